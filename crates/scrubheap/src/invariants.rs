@@ -1,0 +1,162 @@
+//! `check_invariants`: the partition, the free lists, the counters, the dirty bitmap and
+//! the claims, verified from scratch. Tests call it after every operation.
+
+use crate::chunk::{Slot, State, NONE};
+use crate::error::InvariantViolation;
+use crate::heap::Heap;
+use crate::memory::FrameMemory;
+use crate::node::NodeState;
+use crate::types::{Zone, MAX_ORDER};
+use alloc::format;
+use alloc::string::String;
+
+fn fail<T>(msg: String) -> Result<T, InvariantViolation> {
+    Err(InvariantViolation(msg))
+}
+
+#[derive(Default)]
+struct Tally {
+    free: u64,
+    free_dirty: u64,
+    allocated: u64,
+    offline: u64,
+    scrubbing: u64,
+    free_chunks: u64,
+}
+
+fn check_node(n: usize, st: &NodeState) -> Result<Tally, InvariantViolation> {
+    let mut t = Tally::default();
+    let mut pos = 0u32;
+    while pos < st.frames {
+        let s = st.meta[pos as usize];
+        if !s.is_head() {
+            return fail(format!("node {n}: frame offset {pos} starts no chunk"));
+        }
+        let o = s.order();
+        let len = 1u32 << o;
+        if o > MAX_ORDER || !st.aligned(pos, o) || pos as u64 + len as u64 > st.frames as u64 {
+            return fail(format!("node {n}: chunk at {pos} of order {o} is misaligned or overruns the node"));
+        }
+        if st.zone_of(pos) != st.zone_of(pos + len - 1) {
+            return fail(format!("node {n}: chunk at {pos} of order {o} spans two zones"));
+        }
+        if let Some(i) = (pos + 1..pos + len).find(|&i| st.meta[i as usize] != Slot::default()) {
+            return fail(format!("node {n}: frame {i} inside the chunk at {pos} carries metadata"));
+        }
+        let bits = st.dirty.count(pos, len) as u64;
+        match s.state() {
+            State::Free => {
+                let fd = s.first_dirty();
+                let exact = st.dirty.first_set(pos, len).unwrap_or(NONE);
+                if fd != exact {
+                    return fail(format!("node {n}: free chunk at {pos} says first dirty {fd:#x}, bitmap says {exact:#x}"));
+                }
+                t.free += len as u64;
+                t.free_dirty += bits;
+                t.free_chunks += 1;
+            }
+            other => {
+                if bits != 0 && other != State::Scrubbing && other != State::Isolated {
+                    return fail(format!("node {n}: {other:?} chunk at {pos} has {bits} dirty bits"));
+                }
+                match other {
+                    State::Allocated => t.allocated += len as u64,
+                    State::Scrubbing => t.scrubbing += len as u64,
+                    _ => t.offline += len as u64,
+                }
+            }
+        }
+        pos += len;
+    }
+    let mut listed = 0u64;
+    for z in [Zone::Normal, Zone::Movable] {
+        for d in [false, true] {
+            let mask = st.nonempty_mask(z, d);
+            for o in 0..=MAX_ORDER {
+                let mut cur = st.list_head(z, d, o);
+                if (cur != NONE) != (mask & (1 << o) != 0) {
+                    return fail(format!("node {n}: nonempty mask of {z}/{d}/{o} disagrees with the list"));
+                }
+                let mut prev = NONE;
+                while cur != NONE {
+                    let s = st.meta[cur as usize];
+                    if s.state() != State::Free || s.order() != o || st.zone_of(cur) != z || (s.first_dirty() != NONE) != d {
+                        return fail(format!("node {n}: chunk at {cur} is on list {z}/dirty={d}/order {o} but is {:?} order {} fd {:#x}", s.state(), s.order(), s.first_dirty()));
+                    }
+                    if s.a != prev {
+                        return fail(format!("node {n}: chunk at {cur} has a broken back link"));
+                    }
+                    listed += 1;
+                    if listed > t.free_chunks {
+                        return fail(format!("node {n}: free lists hold more entries than free chunks (a cycle?)"));
+                    }
+                    prev = cur;
+                    cur = s.b;
+                }
+            }
+        }
+    }
+    if listed != t.free_chunks {
+        return fail(format!("node {n}: {} free chunks but {listed} on the lists", t.free_chunks));
+    }
+    let counted = (st.free, st.free_dirty, st.allocated, st.offline, st.scrubbing);
+    let walked = (t.free, t.free_dirty, t.allocated, t.offline, t.scrubbing);
+    if counted != walked {
+        return fail(format!("node {n}: counters (free, dirty, allocated, offline, scrubbing) = {counted:?}, walk = {walked:?}"));
+    }
+    Ok(t)
+}
+
+impl<M: FrameMemory> Heap<M> {
+    /// Verifies every invariant of the heap from scratch: the partition of frames into
+    /// aligned chunks, metadata only at heads, free lists and their masks, exact
+    /// `first_dirty` hints, dirty bits only in free chunks, counters (and their lock-free
+    /// mirrors) against a full walk, and claims against free memory.
+    ///
+    /// Takes every lock in turn; O(frames). Meant for tests and `check` lines.
+    pub fn check_invariants(&self) -> Result<(), InvariantViolation> {
+        let mut total_free = 0u64;
+        let mut node_free = alloc::vec::Vec::new();
+        for (n, cell) in self.nodes.iter().enumerate() {
+            let st = cell.state.lock();
+            if st.base != cell.base || st.frames as u64 != cell.frames {
+                return fail(format!("node {n}: range disagrees with its cell"));
+            }
+            let t = check_node(n, &st)?;
+            let mirror = self.node_counters(n);
+            if mirror != [st.free, st.free_dirty, st.allocated, st.offline, st.scrubbing] {
+                return fail(format!("node {n}: published counters {mirror:?} are stale"));
+            }
+            let sum = t.free + t.allocated + t.offline + t.scrubbing;
+            if sum != cell.frames {
+                return fail(format!("node {n}: {sum} frames accounted of {}", cell.frames));
+            }
+            total_free += t.free;
+            node_free.push(t.free);
+        }
+        let book = self.claims.lock();
+        let mut node_total = alloc::vec![0u64; self.nodes.len()];
+        let mut global = 0u64;
+        for (d, c) in &book.doms {
+            if c.total() == 0 {
+                return fail(format!("{d} has an empty claim entry"));
+            }
+            global += c.global;
+            for (t, v) in node_total.iter_mut().zip(&c.nodes) {
+                *t += v;
+            }
+        }
+        if node_total != book.node_total || global != book.global_total {
+            return fail(format!("claim totals {:?}/{} disagree with the entries {node_total:?}/{global}", book.node_total, book.global_total));
+        }
+        for (n, (&claimed, &free)) in book.node_total.iter().zip(&node_free).enumerate() {
+            if claimed > free {
+                return fail(format!("node {n}: {claimed} frames claimed but only {free} free"));
+            }
+        }
+        if book.outstanding() > total_free {
+            return fail(format!("{} frames claimed but only {total_free} free", book.outstanding()));
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,54 @@
+//! scrubheap: a physical page allocator for hypervisors and kernels.
+//!
+//! The heap hands out naturally aligned power-of-two runs of frames ("chunks") from
+//! per-node buddy free lists. Freeing never scrubs: freed frames are marked dirty in a
+//! per-node bitmap and merge with their buddies whether clean or dirty. Scrubbing is done
+//! by [`Heap::scrub_step`] (what an idle CPU calls) or in place, in bounded batches, when an
+//! allocation can only be met from dirty memory. No frame reaches a new owner unscrubbed
+//! unless the caller asked for unscrubbed memory.
+//!
+//! The crate is `#![no_std]` + `alloc` and contains no `unsafe`. It knows nothing of
+//! threads, clocks or mappings: it sees frames ([`Mfn`]), a [`FrameMemory`] that zeroes,
+//! checks and copies them, and (for long operations) a [`Preempt`] it asks whether to yield.
+//!
+//! ```
+//! use scrubheap::{AllocRequest, DomId, Heap, HeapConfig, NullMemory};
+//! let heap = Heap::new(HeapConfig::uniform(2, 1 << 12), NullMemory).unwrap();
+//! let ext = heap.alloc(&AllocRequest::new(9, DomId(1))).unwrap();
+//! assert_eq!(ext.frames(), 512);
+//! heap.free(ext.mfn, 9, DomId(1)).unwrap();
+//! // The freed frames are dirty until a scrubber visits them.
+//! assert_eq!(heap.stats().free_dirty, 512);
+//! heap.scrub_step(0, u64::MAX).unwrap();
+//! assert_eq!(heap.stats().free_dirty, 0);
+//! heap.check_invariants().unwrap();
+//! ```
+#![no_std]
+#![forbid(unsafe_code)]
+#![warn(missing_docs)]
+
+extern crate alloc;
+
+mod chunk;
+mod claims;
+mod config;
+mod dirty;
+mod error;
+mod heap;
+mod invariants;
+mod memory;
+mod node;
+mod policy;
+mod preempt;
+mod stats;
+mod types;
+
+pub use claims::{Claim, ClaimTarget};
+pub use config::{HeapConfig, NodeSpec};
+pub use error::{HeapError, InvariantViolation};
+pub use heap::{AllocRequest, ChunkInfo, ChunkState, Extent, Heap, NodePref};
+pub use memory::{FrameMemory, NullMemory, TestMemory};
+pub use policy::{Policy, UnknownPolicy};
+pub use preempt::{NeverPreempt, Preempt};
+pub use stats::{HeapStats, NodeStats, ScrubBytes};
+pub use types::{DomId, Mfn, Zone, MAX_ORDER, METADATA_BITS_PER_FRAME};

@@ -1,0 +1,66 @@
+//! Counters a toolstack reads: frames per state per node, bytes scrubbed by source.
+
+/// Frames of one node by state.
+#[derive(Copy, Clone, Debug, Default, PartialEq, Eq)]
+pub struct NodeStats {
+    /// Free frames known to be zero.
+    pub free_clean: u64,
+    /// Free frames that still hold a previous owner's bytes.
+    pub free_dirty: u64,
+    /// Frames held by owners.
+    pub allocated: u64,
+    /// Frames out of service (offline, broken, or isolated by an offline in progress).
+    pub offline: u64,
+    /// Frames being scrubbed right now, outside the lock (neither free nor allocated).
+    pub scrubbing: u64,
+    /// Free frames reserved by node claims.
+    pub claimed: u64,
+}
+
+impl NodeStats {
+    /// All frames the node has.
+    pub fn total(&self) -> u64 {
+        self.free_clean + self.free_dirty + self.allocated + self.offline + self.scrubbing
+    }
+    /// Free frames, clean or dirty.
+    pub fn free(&self) -> u64 {
+        self.free_clean + self.free_dirty
+    }
+}
+
+/// Bytes scrubbed, by who paid for it.
+#[derive(Copy, Clone, Debug, Default, PartialEq, Eq)]
+pub struct ScrubBytes {
+    /// By idle CPUs through `scrub_step`.
+    pub background: u64,
+    /// By allocations, in place, before handing frames over.
+    pub in_place: u64,
+    /// By frees, synchronously (the `sync` policy).
+    pub sync: u64,
+}
+
+/// The whole heap: node stats summed, plus scrub accounting.
+#[derive(Copy, Clone, Debug, Default, PartialEq, Eq)]
+pub struct HeapStats {
+    /// Free frames known to be zero.
+    pub free_clean: u64,
+    /// Free frames that still hold a previous owner's bytes.
+    pub free_dirty: u64,
+    /// Frames held by owners.
+    pub allocated: u64,
+    /// Frames out of service.
+    pub offline: u64,
+    /// Frames being scrubbed right now.
+    pub scrubbing: u64,
+    /// Frames reserved by claims (node and global) not yet allocated.
+    pub claimed: u64,
+    /// Bytes scrubbed by source.
+    pub scrubbed: ScrubBytes,
+}
+
+impl HeapStats {
+    /// All frames the heap has.
+    pub fn total(&self) -> u64 {
+        self.free_clean + self.free_dirty + self.allocated + self.offline + self.scrubbing
+    }
+}

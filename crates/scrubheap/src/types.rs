@@ -1,0 +1,53 @@
+//! Basic names: frames, owners, orders, zones.
+
+use core::fmt;
+
+/// Largest order a chunk may have: 2^18 frames, 1 GiB at 4 KiB frames.
+pub const MAX_ORDER: u8 = 18;
+
+/// Number of distinct orders (0..=MAX_ORDER).
+pub(crate) const ORDERS: usize = MAX_ORDER as usize + 1;
+
+/// Bits of heap metadata per frame: one chunk slot plus one bit of the dirty bitmap.
+/// A const assertion holds it at or below 16 bytes, so 1 TiB of 4 KiB frames needs at most 4 GiB.
+pub const METADATA_BITS_PER_FRAME: usize = core::mem::size_of::<crate::chunk::Slot>() * 8 + 1;
+
+const _: () = assert!(METADATA_BITS_PER_FRAME <= 16 * 8, "metadata must stay at or below 16 bytes per frame");
+
+/// A machine frame number: the index of a frame in physical memory.
+#[derive(Copy, Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
+pub struct Mfn(pub u64);
+
+impl fmt::Display for Mfn {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{:#x}", self.0)
+    }
+}
+
+/// The owner of an allocation: a domain (guest), or any other user of frames.
+#[derive(Copy, Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
+pub struct DomId(pub u32);
+
+impl fmt::Display for DomId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "dom{}", self.0)
+    }
+}
+
+/// The zone a frame belongs to within its node.
+#[derive(Copy, Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Zone {
+    /// Memory that may hold unmovable allocations.
+    Normal = 0,
+    /// Memory that only holds movable allocations, so it can be offlined.
+    Movable = 1,
+}
+
+impl fmt::Display for Zone {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Zone::Normal => "Normal",
+            Zone::Movable => "Movable",
+        })
+    }
+}
