@@ -1,1 +1,44 @@
-fn main() {}
+//! The `scrubheap` command line.
+
+mod bench;
+mod replay;
+
+use clap::{Parser, Subcommand};
+use std::process::ExitCode;
+
+/// scrubheap: a physical page allocator with deferred, preemptible scrubbing.
+#[derive(Parser)]
+#[command(name = "scrubheap", version, about)]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Run tenant churn on a real arena with scrubber threads (the main job).
+    Run,
+    /// Replay an op log against a fresh heap and report what happened.
+    Replay(replay::Args),
+    /// Benchmarks.
+    #[command(subcommand)]
+    Bench(bench::Cmd),
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let res = match cli.cmd {
+        Cmd::Run => Err(anyhow::anyhow!(
+            "`scrubheap run` needs the host runtime, which is not built yet (issue 4); try `scrubheap replay` or `scrubheap bench alloc`"
+        )),
+        Cmd::Replay(a) => replay::main(a),
+        Cmd::Bench(c) => bench::main(c),
+    };
+    match res {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("scrubheap: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
