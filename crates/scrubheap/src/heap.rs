@@ -290,7 +290,11 @@ impl<M: FrameMemory> Heap<M> {
         let c = &self.nodes[n];
         if mfn.0 + (1u64 << order) > c.base + c.frames {
             if mfn.0 + (1u64 << order) > self.end {
-                return Err(HeapError::OutOfRange { mfn: Mfn(mfn.0 + (1 << order) - 1), first: Mfn(self.first), end: Mfn(self.end) });
+                return Err(HeapError::OutOfRange {
+                    mfn: Mfn(mfn.0 + (1 << order) - 1),
+                    first: Mfn(self.first),
+                    end: Mfn(self.end),
+                });
             }
             return Err(HeapError::CrossesNode { mfn, order });
         }
@@ -344,12 +348,8 @@ impl<M: FrameMemory> Heap<M> {
         let mut st = cell.state.lock();
         let mut book = self.claims.lock();
         let (others_node, others_all) = book.claimed_by_others(req.owner, n);
-        let total_free: u64 = self
-            .nodes
-            .iter()
-            .enumerate()
-            .map(|(i, c)| if i == n { st.free } else { c.free.load(Relaxed) })
-            .sum();
+        let total_free: u64 =
+            self.nodes.iter().enumerate().map(|(i, c)| if i == n { st.free } else { c.free.load(Relaxed) }).sum();
         if st.free < others_node + want as u64 || total_free < others_all + want as u64 {
             return Err((st.free, core::cmp::min(st.free, core::cmp::max(others_node, others_all))));
         }
@@ -532,12 +532,20 @@ impl<M: FrameMemory> Heap<M> {
             total_free += free;
             let available = free.saturating_sub(book.node_total[i] - old.nodes[i]);
             if new.nodes[i] > available {
-                return Err(HeapError::ClaimExceedsFree { requested: new.nodes[i], where_: format!("node {i}"), available });
+                return Err(HeapError::ClaimExceedsFree {
+                    requested: new.nodes[i],
+                    where_: format!("node {i}"),
+                    available,
+                });
             }
         }
         let available = total_free.saturating_sub(book.outstanding() - old.total());
         if new.total() > available {
-            return Err(HeapError::ClaimExceedsFree { requested: new.total(), where_: "the whole heap".into(), available });
+            return Err(HeapError::ClaimExceedsFree {
+                requested: new.total(),
+                where_: "the whole heap".into(),
+                available,
+            });
         }
         book.install(dom, new);
         Ok(())
@@ -613,12 +621,22 @@ impl<M: FrameMemory> Heap<M> {
             State::Offline => ChunkState::Offline,
             State::Broken | State::None => ChunkState::Broken,
         };
-        Ok(ChunkInfo { extent: Extent { mfn: Mfn(cell.base + h as u64), order: o, node: n }, zone: st.zone_of(h), state })
+        Ok(ChunkInfo {
+            extent: Extent { mfn: Mfn(cell.base + h as u64), order: o, node: n },
+            zone: st.zone_of(h),
+            state,
+        })
     }
 
     pub(crate) fn node_counters(&self, n: usize) -> [u64; 5] {
         let c = &self.nodes[n];
-        [c.free.load(Relaxed), c.free_dirty.load(Relaxed), c.allocated.load(Relaxed), c.offline.load(Relaxed), c.scrubbing.load(Relaxed)]
+        [
+            c.free.load(Relaxed),
+            c.free_dirty.load(Relaxed),
+            c.allocated.load(Relaxed),
+            c.offline.load(Relaxed),
+            c.scrubbing.load(Relaxed),
+        ]
     }
 
     /// A short description of `n`'s free lists, for error messages and debugging.

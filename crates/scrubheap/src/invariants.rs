@@ -49,7 +49,9 @@ fn check_node(n: usize, st: &NodeState) -> Result<Tally, InvariantViolation> {
                 let fd = s.first_dirty();
                 let exact = st.dirty.first_set(pos, len).unwrap_or(NONE);
                 if fd != exact {
-                    return fail(format!("node {n}: free chunk at {pos} says first dirty {fd:#x}, bitmap says {exact:#x}"));
+                    return fail(format!(
+                        "node {n}: free chunk at {pos} says first dirty {fd:#x}, bitmap says {exact:#x}"
+                    ));
                 }
                 t.free += len as u64;
                 t.free_dirty += bits;
@@ -80,8 +82,17 @@ fn check_node(n: usize, st: &NodeState) -> Result<Tally, InvariantViolation> {
                 let mut prev = NONE;
                 while cur != NONE {
                     let s = st.meta[cur as usize];
-                    if s.state() != State::Free || s.order() != o || st.zone_of(cur) != z || (s.first_dirty() != NONE) != d {
-                        return fail(format!("node {n}: chunk at {cur} is on list {z}/dirty={d}/order {o} but is {:?} order {} fd {:#x}", s.state(), s.order(), s.first_dirty()));
+                    if s.state() != State::Free
+                        || s.order() != o
+                        || st.zone_of(cur) != z
+                        || (s.first_dirty() != NONE) != d
+                    {
+                        return fail(format!(
+                            "node {n}: chunk at {cur} is on list {z}/dirty={d}/order {o} but is {:?} order {} fd {:#x}",
+                            s.state(),
+                            s.order(),
+                            s.first_dirty()
+                        ));
                     }
                     if s.a != prev {
                         return fail(format!("node {n}: chunk at {cur} has a broken back link"));
@@ -102,7 +113,9 @@ fn check_node(n: usize, st: &NodeState) -> Result<Tally, InvariantViolation> {
     let counted = (st.free, st.free_dirty, st.allocated, st.offline, st.scrubbing);
     let walked = (t.free, t.free_dirty, t.allocated, t.offline, t.scrubbing);
     if counted != walked {
-        return fail(format!("node {n}: counters (free, dirty, allocated, offline, scrubbing) = {counted:?}, walk = {walked:?}"));
+        return fail(format!(
+            "node {n}: counters (free, dirty, allocated, offline, scrubbing) = {counted:?}, walk = {walked:?}"
+        ));
     }
     Ok(t)
 }
@@ -147,7 +160,10 @@ impl<M: FrameMemory> Heap<M> {
             }
         }
         if node_total != book.node_total || global != book.global_total {
-            return fail(format!("claim totals {:?}/{} disagree with the entries {node_total:?}/{global}", book.node_total, book.global_total));
+            return fail(format!(
+                "claim totals {:?}/{} disagree with the entries {node_total:?}/{global}",
+                book.node_total, book.global_total
+            ));
         }
         for (n, (&claimed, &free)) in book.node_total.iter().zip(&node_free).enumerate() {
             if claimed > free {

@@ -52,4 +52,3 @@ pub use policy::{Policy, UnknownPolicy};
 pub use preempt::{NeverPreempt, Preempt};
 pub use stats::{HeapStats, NodeStats, ScrubBytes};
 pub use types::{DomId, Mfn, Zone, MAX_ORDER, METADATA_BITS_PER_FRAME};
-

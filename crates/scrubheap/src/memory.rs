@@ -89,7 +89,9 @@ impl TestMemory {
         let (lo, hi) = self.range(first, count);
         let st = self.state.lock();
         (lo..hi).find_map(|i| match st.last_writer[i] {
-            Some(w) if w != owner && st.bytes[i * self.frame_size..(i + 1) * self.frame_size].iter().any(|&b| b != 0) => {
+            Some(w)
+                if w != owner && st.bytes[i * self.frame_size..(i + 1) * self.frame_size].iter().any(|&b| b != 0) =>
+            {
                 Some((Mfn(self.first + i as u64), w))
             }
             _ => None,

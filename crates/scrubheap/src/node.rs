@@ -303,5 +303,4 @@ impl NodeState {
         }
         self.insert_free(off, order, fd);
     }
-
 }
