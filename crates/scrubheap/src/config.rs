@@ -112,6 +112,9 @@ impl HeapConfig {
                 }
             }
         }
+        if !self.nodes.iter().any(|n| n.has_cpus) {
+            return bad("no node has CPUs: at least one node must, or nothing would ever scrub".into());
+        }
         if self.first.0.checked_add(self.total_frames()).is_none() {
             return bad("frame numbers overflow 64 bits".into());
         }

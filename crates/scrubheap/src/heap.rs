@@ -211,11 +211,10 @@ impl<M: FrameMemory> Heap<M> {
                 v
             })
             .collect();
-        let mut served: Vec<Vec<usize>> = vec![Vec::new(); n];
-        for m in 0..n {
-            if config.nodes[m].has_cpus {
-                served[m].push(m);
-            } else if let Some(&s) = near[m].iter().find(|&&s| config.nodes[s].has_cpus) {
+        let mut served: Vec<Vec<usize>> =
+            (0..n).map(|m| if config.nodes[m].has_cpus { vec![m] } else { Vec::new() }).collect();
+        for m in (0..n).filter(|&m| !config.nodes[m].has_cpus) {
+            if let Some(&s) = near[m].iter().find(|&&s| config.nodes[s].has_cpus) {
                 served[s].push(m);
             }
         }

@@ -53,6 +53,16 @@ fn check_node(n: usize, st: &NodeState) -> Result<Tally, InvariantViolation> {
                         "node {n}: free chunk at {pos} says first dirty {fd:#x}, bitmap says {exact:#x}"
                     ));
                 }
+                if o < MAX_ORDER {
+                    if let Some(b) = st.buddy(pos, o) {
+                        let bs = st.meta[b as usize];
+                        if bs.state() == State::Free && bs.order() == o && st.zone_of(b) == st.zone_of(pos) {
+                            return fail(format!(
+                                "node {n}: free chunks at {pos} and {b} of order {o} are buddies but did not merge"
+                            ));
+                        }
+                    }
+                }
                 t.free += len as u64;
                 t.free_dirty += bits;
                 t.free_chunks += 1;

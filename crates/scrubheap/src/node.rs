@@ -107,7 +107,7 @@ impl NodeState {
     }
 
     /// Offset of the buddy of the chunk at `off` of `order`, if inside the node.
-    fn buddy(&self, off: u32, order: u8) -> Option<u32> {
+    pub fn buddy(&self, off: u32, order: u8) -> Option<u32> {
         let b = (self.base + off as u64) ^ (1u64 << order);
         b.checked_sub(self.base).filter(|&b| b < self.frames as u64).map(|b| b as u32)
     }

@@ -1,0 +1,153 @@
+//! One test per misuse case of DESIGN section 7: each returns a typed error and leaves the
+//! heap exactly as it was.
+
+mod common;
+
+use common::snapshot;
+use scrubheap::*;
+
+fn heap() -> Heap<NullMemory> {
+    Heap::new(HeapConfig::uniform(2, 1024), NullMemory).unwrap()
+}
+
+/// Runs `f`, expects an error matching `pat`, and checks nothing changed.
+macro_rules! refused {
+    ($h:expr, $f:expr, $pat:pat) => {{
+        let before = snapshot(&$h, &[1, 2]);
+        let r = $f;
+        assert!(matches!(r, Err($pat)), "got {r:?}");
+        let msg = r.unwrap_err().to_string();
+        assert!(!msg.is_empty());
+        assert_eq!(snapshot(&$h, &[1, 2]), before, "a refused operation changed the heap");
+        $h.check_invariants().unwrap();
+        msg
+    }};
+}
+
+#[test]
+fn double_free_is_refused() {
+    let h = heap();
+    let e = h.alloc(&AllocRequest::new(3, DomId(1))).unwrap();
+    h.free(e.mfn, 3, DomId(1)).unwrap();
+    let msg = refused!(h, h.free(e.mfn, 3, DomId(1)), HeapError::NotAllocated { .. });
+    assert!(msg.contains("double free"));
+}
+
+#[test]
+fn free_with_a_larger_order_is_refused() {
+    let h = heap();
+    let e = h.alloc(&AllocRequest::new(3, DomId(1))).unwrap();
+    let mut next = e.mfn;
+    next.0 &= !0xf;
+    refused!(h, h.free(next, 4, DomId(1)), HeapError::OrderTooLarge { .. } | HeapError::NotAllocated { .. });
+    refused!(h, h.free(e.mfn, 4, DomId(1)), HeapError::OrderTooLarge { .. } | HeapError::Unaligned { .. });
+}
+
+#[test]
+fn unaligned_frame_is_refused() {
+    let h = heap();
+    let e = h.alloc(&AllocRequest::new(3, DomId(1))).unwrap();
+    refused!(h, h.free(Mfn(e.mfn.0 + 1), 3, DomId(1)), HeapError::Unaligned { .. });
+}
+
+#[test]
+fn out_of_range_frame_is_refused() {
+    let h = heap();
+    h.alloc(&AllocRequest::new(0, DomId(1))).unwrap();
+    refused!(h, h.free(Mfn(2048), 0, DomId(1)), HeapError::OutOfRange { .. });
+    refused!(h, h.free(Mfn(u64::MAX), 0, DomId(1)), HeapError::OutOfRange { .. });
+    refused!(h, h.chunk_at(Mfn(4096)), HeapError::OutOfRange { .. });
+}
+
+#[test]
+fn range_across_nodes_is_refused() {
+    let h = Heap::new(HeapConfig::uniform(2, 1000), NullMemory).unwrap();
+    // Node 1 starts at frame 1000; [512, 1536) is aligned but crosses into it.
+    refused!(h, h.free(Mfn(512), 9, DomId(1)), HeapError::CrossesNode { .. });
+}
+
+#[test]
+fn invalid_order_is_refused() {
+    let h = heap();
+    refused!(h, h.alloc(&AllocRequest::new(19, DomId(1))), HeapError::InvalidOrder { order: 19 });
+    refused!(h, h.free(Mfn(0), 200, DomId(1)), HeapError::InvalidOrder { .. });
+}
+
+#[test]
+fn unknown_node_is_refused() {
+    let h = heap();
+    refused!(h, h.alloc(&AllocRequest::new(0, DomId(1)).exact(2)), HeapError::NoSuchNode { node: 2, nodes: 2 });
+    refused!(h, h.alloc(&AllocRequest::new(0, DomId(1)).on(7)), HeapError::NoSuchNode { .. });
+    refused!(h, h.scrub_step(9, 10), HeapError::NoSuchNode { .. });
+    refused!(
+        h,
+        h.claim_set(DomId(1), &[Claim { target: ClaimTarget::Node(5), frames: 1 }]),
+        HeapError::NoSuchNode { .. }
+    );
+}
+
+#[test]
+fn wrong_owner_is_refused() {
+    let h = heap();
+    let e = h.alloc(&AllocRequest::new(2, DomId(1))).unwrap();
+    let msg = refused!(h, h.free(e.mfn, 2, DomId(2)), HeapError::WrongOwner { .. });
+    assert!(msg.contains("dom1") && msg.contains("dom2"));
+}
+
+#[test]
+fn free_over_someone_elses_frames_is_refused() {
+    let h = heap();
+    let a = h.alloc(&AllocRequest::new(0, DomId(1)).exact(0)).unwrap();
+    let b = h.alloc(&AllocRequest::new(0, DomId(2)).exact(0)).unwrap();
+    assert_eq!(a.mfn.0 ^ 1, b.mfn.0, "order-0 allocations from a fresh node are buddies");
+    let lo = Mfn(a.mfn.0.min(b.mfn.0));
+    refused!(h, h.free(lo, 1, DomId(1)), HeapError::OrderTooLarge { .. } | HeapError::WrongOwner { .. });
+}
+
+#[test]
+fn out_of_memory_is_refused() {
+    let h = heap();
+    for _ in 0..2 {
+        h.alloc(&AllocRequest::new(10, DomId(1))).unwrap();
+    }
+    let msg = refused!(h, h.alloc(&AllocRequest::new(0, DomId(1))), HeapError::OutOfMemory { .. });
+    assert!(msg.contains("out of memory"));
+}
+
+#[test]
+fn claim_beyond_free_memory_is_refused() {
+    let h = heap();
+    h.alloc(&AllocRequest::new(9, DomId(2)).exact(0)).unwrap();
+    let node = Claim { target: ClaimTarget::Node(0), frames: 513 };
+    refused!(h, h.claim_set(DomId(1), &[node]), HeapError::ClaimExceedsFree { .. });
+    let global = Claim { target: ClaimTarget::Global, frames: 1537 };
+    refused!(h, h.claim_set(DomId(1), &[global]), HeapError::ClaimExceedsFree { .. });
+    // A set is all or nothing: a good entry with a bad one installs neither.
+    let ok = Claim { target: ClaimTarget::Node(1), frames: 10 };
+    refused!(h, h.claim_set(DomId(1), &[ok, node]), HeapError::ClaimExceedsFree { .. });
+}
+
+#[test]
+fn claim_over_others_claims_is_refused() {
+    let h = heap();
+    h.claim_set(DomId(2), &[Claim { target: ClaimTarget::Node(0), frames: 1000 }]).unwrap();
+    refused!(
+        h,
+        h.claim_set(DomId(1), &[Claim { target: ClaimTarget::Node(0), frames: 100 }]),
+        HeapError::ClaimExceedsFree { available: 24, .. }
+    );
+}
+
+#[test]
+fn invalid_configurations_are_refused() {
+    let bad = |c: HeapConfig| Heap::new(c, NullMemory).err().unwrap();
+    assert!(matches!(bad(HeapConfig::uniform(0, 10)), HeapError::InvalidConfig(_)));
+    assert!(matches!(bad(HeapConfig::uniform(1, 0)), HeapError::InvalidConfig(_)));
+    let mut c = HeapConfig::uniform(1, 10);
+    c.frame_size = 3000;
+    assert!(matches!(bad(c), HeapError::InvalidConfig(_)));
+    assert!(matches!(bad(HeapConfig::uniform(1, 10).with_movable_from(11)), HeapError::InvalidConfig(_)));
+    let mut c = HeapConfig::uniform(2, 10);
+    c.distance = vec![vec![10]];
+    assert!(matches!(bad(c), HeapError::InvalidConfig(_)));
+}
