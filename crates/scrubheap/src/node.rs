@@ -210,7 +210,8 @@ impl NodeState {
     /// the upper halves back on the free lists; the lower part stays unlisted.
     pub fn split_free(&mut self, head: u32, from: u8, to: u8) {
         let mut o = from;
-        let fd = self.meta[head as usize].first_dirty();
+        // First dirty offset of the part still being split, [head, 2^o).
+        let mut fd = self.meta[head as usize].first_dirty();
         while o > to {
             o -= 1;
             let upper = head + size(o);
@@ -222,9 +223,11 @@ impl NodeState {
                 self.first_dirty_in(upper, o)
             };
             self.insert_free(upper, o, ufd);
+            if fd != NONE && fd >= size(o) {
+                fd = NONE;
+            }
         }
-        let lfd = if fd == NONE || fd >= size(to) { NONE } else { fd };
-        self.meta[head as usize] = Slot::free(to, lfd);
+        self.meta[head as usize] = Slot::free(to, fd);
     }
 
     /// Splits an allocated (or otherwise held) chunk at `head` of `from` so that the

@@ -1,0 +1,315 @@
+//! A proptest state machine: random operation sequences, misuse included, run against the
+//! heap and a per-frame reference model. After every step: `check_invariants()`,
+//! conservation, model agreement; a refused operation must leave the heap unchanged; no
+//! frame may reach a new owner holding another owner's bytes. Failures shrink to the
+//! smallest sequence.
+
+mod common;
+
+use common::snapshot;
+use proptest::prelude::*;
+use scrubheap::*;
+use std::collections::BTreeMap;
+
+const DOMS: [u32; 3] = [1, 2, 3];
+
+#[derive(Clone, Debug)]
+enum Op {
+    Alloc { order: u8, dom: u32, node: Option<(usize, bool)>, movable: bool, scrub: bool },
+    FreeLive { idx: usize, shrink: u8, sel: u64 },
+    FreeRaw { mfn: u64, order: u8, dom: u32 },
+    Scrub { node: usize, budget: u64 },
+    Claim { dom: u32, node: Option<usize>, frames: u64 },
+    Cancel { dom: u32 },
+}
+
+fn op() -> impl Strategy<Value = Op> {
+    prop_oneof![
+        6 => (prop_oneof![8 => 0u8..=8, 1 => Just(19u8)], 1u32..=3, proptest::option::of((0usize..4, any::<bool>())), any::<bool>(), prop::bool::weighted(0.8))
+            .prop_map(|(order, dom, node, movable, scrub)| Op::Alloc { order, dom, node, movable, scrub }),
+        5 => (any::<usize>(), 0u8..4, any::<u64>()).prop_map(|(idx, shrink, sel)| Op::FreeLive { idx, shrink, sel }),
+        1 => (0u64..700, 0u8..10, 1u32..=3).prop_map(|(mfn, order, dom)| Op::FreeRaw { mfn, order, dom }),
+        2 => (0usize..4, 0u64..300).prop_map(|(node, budget)| Op::Scrub { node, budget }),
+        1 => (1u32..=3, proptest::option::of(0usize..4), 0u64..300).prop_map(|(dom, node, frames)| Op::Claim { dom, node, frames }),
+        1 => (1u32..=3).prop_map(|dom| Op::Cancel { dom }),
+    ]
+}
+
+fn config(policy: Policy, dirty: bool) -> HeapConfig {
+    let mut c = HeapConfig::uniform(3, 1);
+    c.nodes = vec![
+        NodeSpec { frames: 300, movable_from: Some(200), has_cpus: true },
+        NodeSpec { frames: 256, movable_from: None, has_cpus: true },
+        NodeSpec { frames: 100, movable_from: Some(50), has_cpus: false },
+    ];
+    c.policy = policy;
+    c.initially_dirty = dirty;
+    c
+}
+
+struct Model {
+    owner: Vec<Option<u32>>,
+    /// (base, frames, movable_from) per node.
+    nodes: Vec<(u64, u64, u64)>,
+    live: Vec<(u32, Extent)>,
+    claims: BTreeMap<u32, (u64, Vec<u64>)>,
+}
+
+impl Model {
+    fn new(c: &HeapConfig) -> Self {
+        let mut base = 0;
+        let nodes = c
+            .nodes
+            .iter()
+            .map(|n| {
+                let r = (base, n.frames, base + n.movable_from.unwrap_or(n.frames));
+                base += n.frames;
+                r
+            })
+            .collect();
+        Model { owner: vec![None; base as usize], nodes, live: Vec::new(), claims: BTreeMap::new() }
+    }
+
+    fn held_by(&self, dom: u32, mfn: u64, order: u8) -> bool {
+        let end = mfn + (1 << order);
+        end <= self.owner.len() as u64 && (mfn..end).all(|f| self.owner[f as usize] == Some(dom))
+    }
+
+    /// Whether a fully free aligned block of 2^order frames exists on `node` in a zone the
+    /// request may use.
+    fn has_free_block(&self, node: usize, order: u8, movable: bool) -> bool {
+        let (base, frames, mf) = self.nodes[node];
+        let size = 1u64 << order;
+        let zones: Vec<(u64, u64)> = if movable { vec![(base, mf), (mf, base + frames)] } else { vec![(base, mf)] };
+        zones.iter().any(|&(lo, hi)| {
+            let mut m = lo.div_ceil(size) * size;
+            while m + size <= hi {
+                if (m..m + size).all(|f| self.owner[f as usize].is_none()) {
+                    return true;
+                }
+                m += size;
+            }
+            false
+        })
+    }
+
+    fn retire(&mut self, dom: u32, node: usize, frames: u64) {
+        if let Some((g, nodes)) = self.claims.get_mut(&dom) {
+            let a = nodes[node].min(frames);
+            nodes[node] -= a;
+            let b = (*g).min(frames - a);
+            *g -= b;
+            if *g == 0 && nodes.iter().all(|&x| x == 0) {
+                self.claims.remove(&dom);
+            }
+        }
+    }
+
+    fn claims_of(&self, dom: u32) -> Vec<Claim> {
+        let Some((g, nodes)) = self.claims.get(&dom) else { return vec![] };
+        let mut v = vec![];
+        if *g > 0 {
+            v.push(Claim { target: ClaimTarget::Global, frames: *g });
+        }
+        for (i, &f) in nodes.iter().enumerate().filter(|(_, &f)| f > 0) {
+            v.push(Claim { target: ClaimTarget::Node(i), frames: f });
+        }
+        v
+    }
+}
+
+/// Splits `e` around the aligned part `p`, returning the pieces of `e` outside `p`.
+fn remainder(e: Extent, p: (u64, u8)) -> Vec<Extent> {
+    let mut out = vec![];
+    let mut cur = e;
+    while cur.order > p.1 {
+        let half = cur.order - 1;
+        let lo = Extent { mfn: cur.mfn, order: half, node: cur.node };
+        let hi = Extent { mfn: Mfn(cur.mfn.0 + (1 << half)), order: half, node: cur.node };
+        if p.0 >= hi.mfn.0 {
+            out.push(lo);
+            cur = hi;
+        } else {
+            out.push(hi);
+            cur = lo;
+        }
+    }
+    out
+}
+
+fn run(policy: Policy, dirty: bool, ops: &[Op]) -> Result<(), TestCaseError> {
+    let cfg = config(policy, dirty);
+    let total = cfg.total_frames();
+    let heap = Heap::new(cfg.clone(), TestMemory::new(Mfn(0), total, 64)).unwrap();
+    let mut m = Model::new(&cfg);
+    for (step, op) in ops.iter().enumerate() {
+        let before = snapshot(&heap, &DOMS);
+        let refused = match op.clone() {
+            Op::Alloc { order, dom, node, movable, scrub } => {
+                let mut req = AllocRequest::new(order, DomId(dom));
+                req.movable = movable;
+                req.scrub = scrub;
+                if let Some((n, exact)) = node {
+                    req = if exact { req.exact(n) } else { req.on(n) };
+                }
+                match heap.alloc(&req) {
+                    Ok(e) => {
+                        prop_assert!(order <= MAX_ORDER && node.is_none_or(|(n, _)| n < 3));
+                        prop_assert_eq!(e.order, order);
+                        prop_assert_eq!(e.mfn.0 % (1 << order), 0);
+                        if let Some((n, true)) = node {
+                            prop_assert_eq!(e.node, n);
+                        }
+                        let (base, frames, mf) = m.nodes[e.node];
+                        prop_assert!(e.mfn.0 >= base && e.mfn.0 + e.frames() <= base + frames);
+                        if !movable {
+                            prop_assert!(e.mfn.0 + e.frames() <= mf, "unmovable request got Movable memory");
+                        }
+                        for f in e.mfn.0..e.mfn.0 + e.frames() {
+                            prop_assert_eq!(m.owner[f as usize], None, "frame {} handed out twice", f);
+                            m.owner[f as usize] = Some(dom);
+                        }
+                        if scrub {
+                            prop_assert!(heap.memory().is_zero(e.mfn, e.frames()), "unscrubbed frames handed over");
+                        }
+                        heap.memory().write(DomId(dom), e.mfn, e.frames());
+                        m.retire(dom, e.node, e.frames());
+                        m.live.push((dom, e));
+                        false
+                    }
+                    Err(HeapError::OutOfMemory { .. }) => {
+                        if m.claims.is_empty() {
+                            let nodes: Vec<usize> = match node {
+                                Some((n, true)) => vec![n],
+                                _ => (0..3).collect(),
+                            };
+                            let capped = policy == Policy::XenCap2m && scrub && order > 9;
+                            for n in nodes {
+                                prop_assert!(
+                                    capped || !m.has_free_block(n, order, movable),
+                                    "false out-of-memory: node {} has a free aligned block of order {}",
+                                    n,
+                                    order
+                                );
+                            }
+                        }
+                        true
+                    }
+                    Err(e) => {
+                        prop_assert!(order > MAX_ORDER || node.is_some_and(|(n, _)| n >= 3), "unexpected {}", e);
+                        true
+                    }
+                }
+            }
+            Op::FreeLive { idx, shrink, sel } => {
+                if m.live.is_empty() {
+                    continue;
+                }
+                let i = idx % m.live.len();
+                let (dom, e) = m.live[i];
+                let d = shrink.min(e.order);
+                let po = e.order - d;
+                let pm = e.mfn.0 + ((sel % (1 << d)) << po);
+                heap.free(Mfn(pm), po, DomId(dom))
+                    .map_err(|e| TestCaseError::fail(format!("free of a held part: {e}")))?;
+                for f in pm..pm + (1 << po) {
+                    m.owner[f as usize] = None;
+                }
+                m.live.swap_remove(i);
+                for r in remainder(e, (pm, po)) {
+                    m.live.push((dom, r));
+                }
+                false
+            }
+            Op::FreeRaw { mfn, order, dom } => {
+                let valid = mfn % (1 << order) == 0
+                    && mfn + (1 << order) <= total
+                    && m.nodes.iter().any(|&(b, f, _)| mfn >= b && mfn + (1 << order) <= b + f)
+                    && m.held_by(dom, mfn, order);
+                let r = heap.free(Mfn(mfn), order, DomId(dom));
+                prop_assert_eq!(r.is_ok(), valid, "free {} order {} dom {}: {:?}", mfn, order, dom, r);
+                if valid {
+                    for f in mfn..mfn + (1 << order) {
+                        m.owner[f as usize] = None;
+                    }
+                    let mut next = vec![];
+                    for (d, e) in m.live.drain(..) {
+                        let inside = e.mfn.0 >= mfn && e.mfn.0 + e.frames() <= mfn + (1 << order);
+                        let contains = e.mfn.0 <= mfn && mfn + (1 << order) <= e.mfn.0 + e.frames();
+                        if inside {
+                        } else if contains {
+                            next.extend(remainder(e, (mfn, order)).into_iter().map(|r| (d, r)));
+                        } else {
+                            next.push((d, e));
+                        }
+                    }
+                    m.live = next;
+                }
+                !valid
+            }
+            Op::Scrub { node, budget } => match heap.scrub_step(node, budget) {
+                Ok(n) => {
+                    prop_assert!(node < 3 && n <= budget);
+                    false
+                }
+                Err(_) => {
+                    prop_assert!(node >= 3);
+                    true
+                }
+            },
+            Op::Claim { dom, node, frames } => {
+                let mut set = m.claims_of(dom);
+                let target = node.map_or(ClaimTarget::Global, ClaimTarget::Node);
+                set.retain(|c| c.target != target);
+                set.push(Claim { target, frames });
+                match heap.claim_set(DomId(dom), &set) {
+                    Ok(()) => {
+                        let e = m.claims.entry(dom).or_insert((0, vec![0; 3]));
+                        match target {
+                            ClaimTarget::Global => e.0 = frames,
+                            ClaimTarget::Node(n) => e.1[n] = frames,
+                        }
+                        if e.0 == 0 && e.1.iter().all(|&x| x == 0) {
+                            m.claims.remove(&dom);
+                        }
+                        false
+                    }
+                    Err(_) => true,
+                }
+            }
+            Op::Cancel { dom } => {
+                heap.claim_cancel(DomId(dom));
+                m.claims.remove(&dom);
+                false
+            }
+        };
+        if refused {
+            prop_assert_eq!(snapshot(&heap, &DOMS), before, "step {}: refused {:?} changed the heap", step, op);
+        }
+        heap.check_invariants().map_err(|e| TestCaseError::fail(format!("step {step} {op:?}: {e}")))?;
+        let s = heap.stats();
+        prop_assert_eq!(s.total(), total, "conservation");
+        prop_assert_eq!(s.allocated, m.owner.iter().filter(|o| o.is_some()).count() as u64);
+        for d in DOMS {
+            prop_assert_eq!(heap.claims_of(DomId(d)), m.claims_of(d), "claims of dom{}", d);
+        }
+    }
+    for (dom, e) in &m.live {
+        let c = heap.chunk_at(e.mfn).unwrap();
+        let held = matches!(c.state, ChunkState::Allocated { owner, .. } if owner == DomId(*dom));
+        prop_assert!(held, "{:?} should be held by dom{}", e, dom);
+    }
+    Ok(())
+}
+
+fn policy() -> impl Strategy<Value = Policy> {
+    prop::sample::select(Policy::ALL.to_vec())
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 200, ..ProptestConfig::default() })]
+    #[test]
+    fn heap_matches_the_model(policy in policy(), dirty in any::<bool>(), ops in prop::collection::vec(op(), 1..150)) {
+        run(policy, dirty, &ops)?;
+    }
+}
