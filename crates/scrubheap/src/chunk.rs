@@ -19,6 +19,9 @@ pub(crate) enum State {
     Offline = 5,
     /// Removed from service because the frame is broken.
     Broken = 6,
+    /// Reserved for an owner by a pending allocation whose frames are still being
+    /// scrubbed (a scrub ticket); handed over when every frame is clean.
+    Pending = 7,
 }
 
 impl State {
@@ -30,6 +33,7 @@ impl State {
             4 => State::Isolated,
             5 => State::Offline,
             6 => State::Broken,
+            7 => State::Pending,
             _ => State::None,
         }
     }

@@ -1,22 +1,27 @@
 //! The heap: nodes behind their own locks, claims, scrub accounting, and the public
 //! operations. Every operation validates its input before changing anything.
 
-use crate::chunk::{Slot, State, F_MOVABLE, NONE};
+use crate::chunk::{Slot, State, F_MOVABLE};
 use crate::claims::{Claim, ClaimBook, ClaimTarget, DomClaims};
 use crate::config::HeapConfig;
 use crate::error::HeapError;
 use crate::memory::FrameMemory;
 use crate::node::{NodeState, Pick};
+use crate::observe::LockObserver;
 use crate::policy::Policy;
 use crate::stats::{HeapStats, NodeStats, ScrubBytes};
+use crate::sync::{AtomicU64, Mutex, MutexGuard};
+use crate::ticket::{AllocStart, ScrubTicket};
 use crate::types::{DomId, Mfn, Zone, MAX_ORDER};
+use crate::work::Kind;
 use alloc::collections::BTreeMap;
 use alloc::format;
 use alloc::string::String;
+use alloc::sync::Arc;
 use alloc::vec;
 use alloc::vec::Vec;
-use core::sync::atomic::{AtomicU64, Ordering::Relaxed};
-use spin::Mutex;
+use core::ops::{Deref, DerefMut};
+use core::sync::atomic::Ordering::Relaxed;
 
 /// Which node an allocation should come from.
 #[derive(Copy, Clone, Debug, PartialEq, Eq, Default)]
@@ -107,8 +112,13 @@ pub enum ChunkState {
         /// Whether the allocation is movable.
         movable: bool,
     },
-    /// Being scrubbed outside the lock.
+    /// Being scrubbed outside the lock (by an idle CPU, or a `sync` free).
     Scrubbing,
+    /// Reserved for `owner` by a pending allocation still being scrubbed.
+    Pending {
+        /// Who will get it.
+        owner: DomId,
+    },
     /// Isolated by an offline in progress.
     Isolated,
     /// Offline.
@@ -131,7 +141,7 @@ pub struct ChunkInfo {
 pub(crate) struct NodeCell {
     pub base: u64,
     pub frames: u64,
-    pub state: Mutex<NodeState>,
+    state: Mutex<NodeState>,
     free: AtomicU64,
     free_dirty: AtomicU64,
     allocated: AtomicU64,
@@ -141,7 +151,7 @@ pub(crate) struct NodeCell {
 
 impl NodeCell {
     /// Mirrors the counters for lock-free readers; called before the node lock drops.
-    fn publish(&self, st: &NodeState) {
+    pub(crate) fn publish(&self, st: &NodeState) {
         self.free.store(st.free, Relaxed);
         self.free_dirty.store(st.free_dirty, Relaxed);
         self.allocated.store(st.allocated, Relaxed);
@@ -166,10 +176,56 @@ pub struct Heap<M> {
     near: Vec<Vec<usize>>,
     /// Per node: the nodes its scrubbers serve (itself if it has CPUs, and CPU-less nodes
     /// for which it is the nearest node with CPUs).
-    served: Vec<Vec<usize>>,
+    pub(crate) served: Vec<Vec<usize>>,
     pub(crate) claims: Mutex<ClaimBook>,
     pub(crate) acct: Mutex<Accounting>,
-    mem: M,
+    observer: Option<Arc<dyn LockObserver>>,
+    pub(crate) mem: M,
+}
+
+/// A node's state under its lock; tells the observer when the lock drops.
+pub(crate) struct NodeGuard<'a> {
+    guard: MutexGuard<'a, NodeState>,
+    node: usize,
+    observer: Option<&'a dyn LockObserver>,
+}
+
+impl Deref for NodeGuard<'_> {
+    type Target = NodeState;
+    fn deref(&self) -> &NodeState {
+        &self.guard
+    }
+}
+
+impl DerefMut for NodeGuard<'_> {
+    fn deref_mut(&mut self) -> &mut NodeState {
+        &mut self.guard
+    }
+}
+
+impl Drop for NodeGuard<'_> {
+    fn drop(&mut self) {
+        if let Some(o) = self.observer {
+            o.released(self.node);
+        }
+    }
+}
+
+/// Tries to take the pieces an allocation wants from one node.
+pub(crate) enum NodeTry {
+    Ready(Extent),
+    Pending {
+        node: usize,
+        id: u64,
+        ext: Extent,
+    },
+    /// Could not serve: free frames seen, of which claimed by others, and whether a
+    /// background scrub of a big enough chunk was asked to hand it back.
+    No {
+        free: u64,
+        claimed: u64,
+        aborted: bool,
+    },
 }
 
 #[inline]
@@ -226,9 +282,28 @@ impl<M: FrameMemory> Heap<M> {
             served,
             claims: Mutex::new(ClaimBook::new(n)),
             acct: Mutex::new(Accounting::default()),
+            observer: None,
             config,
             mem,
         })
+    }
+
+    /// Has `observer` told of every node lock taken and released (for lock-hold timing).
+    pub fn set_lock_observer(&mut self, observer: Arc<dyn LockObserver>) {
+        self.observer = Some(observer);
+    }
+
+    pub(crate) fn lock_node(&self, node: usize) -> NodeGuard<'_> {
+        let guard = self.nodes[node].state.lock();
+        let observer = self.observer.as_deref();
+        if let Some(o) = observer {
+            o.acquired(node);
+        }
+        NodeGuard { guard, node, observer }
+    }
+
+    pub(crate) fn cell(&self, node: usize) -> &NodeCell {
+        &self.nodes[node]
     }
 
     /// The configuration the heap was built with.
@@ -264,7 +339,7 @@ impl<M: FrameMemory> Heap<M> {
         Ok(&self.served[node])
     }
 
-    fn node(&self, node: usize) -> Result<&NodeCell, HeapError> {
+    pub(crate) fn node(&self, node: usize) -> Result<&NodeCell, HeapError> {
         self.nodes.get(node).ok_or(HeapError::NoSuchNode { node, nodes: self.nodes.len() })
     }
 
@@ -308,108 +383,151 @@ impl<M: FrameMemory> Heap<M> {
         }
     }
 
-    /// Allocates 2^order frames. If the chunk found holds dirty frames and the request
-    /// needs scrubbed memory, they are scrubbed in place before the frames are handed over.
+    /// Allocates 2^order frames and returns them scrubbed (unless the request says
+    /// `noscrub`). This is [`Heap::alloc_start`] driven to completion with no preemption
+    /// point: a caller that must stay preemptible uses the ticket itself.
     pub fn alloc(&self, req: &AllocRequest) -> Result<Extent, HeapError> {
+        match self.alloc_start(req)? {
+            AllocStart::Ready(e) => Ok(e),
+            AllocStart::Pending(mut t) => loop {
+                if let Some(e) = t.advance(&crate::preempt::NeverPreempt)? {
+                    return Ok(e);
+                }
+                crate::sync::relax();
+            },
+        }
+    }
+
+    /// Starts an allocation. Under one node lock it picks a chunk (clean exact fit first;
+    /// never splitting a larger chunk while an exact fit exists), splits it, and retires
+    /// claims. A chunk with no dirty frame is returned [`AllocStart::Ready`]; otherwise
+    /// the frames are reserved and a [`ScrubTicket`] is returned, which the caller
+    /// advances in bounded steps (idle scrubbers of the node help). When only a chunk
+    /// under a background scrub would do, that scrubber is asked to hand it back and the
+    /// ticket waits for it.
+    pub fn alloc_start(&self, req: &AllocRequest) -> Result<AllocStart<'_, M>, HeapError> {
         if req.order > MAX_ORDER {
             return Err(HeapError::InvalidOrder { order: req.order });
         }
+        match req.node {
+            NodePref::Prefer(n) | NodePref::Exact(n) => {
+                self.node(n)?;
+            }
+            NodePref::Any => {}
+        }
+        match self.try_alloc(req)? {
+            NodeTry::Ready(e) => Ok(AllocStart::Ready(e)),
+            NodeTry::Pending { node, id, ext } => {
+                Ok(AllocStart::Pending(ScrubTicket::scrubbing(self, *req, node, id, ext)))
+            }
+            NodeTry::No { .. } => Ok(AllocStart::Pending(ScrubTicket::waiting(self, *req))),
+        }
+    }
+
+    /// One pass over the candidate nodes. `Ok(No)` only when a background scrub was asked
+    /// to hand back a chunk (worth waiting for); out of memory otherwise.
+    pub(crate) fn try_alloc(&self, req: &AllocRequest) -> Result<NodeTry, HeapError> {
         let (start, only) = match req.node {
             NodePref::Any => {
-                let best = (0..self.nodes.len())
-                    .max_by_key(|&n| (self.nodes[n].free.load(Relaxed), core::cmp::Reverse(n)))
-                    .unwrap_or(0);
+                let best =
+                    (0..self.nodes.len()).max_by_key(|&n| (self.available(n), core::cmp::Reverse(n))).unwrap_or(0);
                 (best, false)
             }
-            NodePref::Prefer(n) => (self.node(n).map(|_| n)?, false),
-            NodePref::Exact(n) => (self.node(n).map(|_| n)?, true),
+            NodePref::Prefer(n) => (n, false),
+            NodePref::Exact(n) => (n, true),
         };
         let pick = self.pick_rule(req);
-        let (mut free, mut claimed) = (0, 0);
+        let (mut free, mut claimed, mut aborted) = (0, 0, false);
         let candidates = if only { &self.near[start][..1] } else { &self.near[start][..] };
         for &n in candidates {
             match self.try_node(n, req, pick) {
-                Ok(ext) => return Ok(ext),
-                Err((f, c)) => {
+                NodeTry::No { free: f, claimed: c, aborted: a } => {
                     free += f;
                     claimed += c;
+                    aborted |= a;
                 }
+                got => return Ok(got),
             }
+        }
+        if aborted {
+            return Ok(NodeTry::No { free, claimed, aborted });
         }
         let where_ = if only { format!("node {start}") } else { format!("any of the {} nodes", self.nodes.len()) };
         Err(HeapError::OutOfMemory { order: req.order, where_, free, claimed })
     }
 
-    /// One node's attempt: `Err((free, claimed by others))` when it cannot serve.
-    fn try_node(&self, n: usize, req: &AllocRequest, pick: Pick) -> Result<Extent, (u64, u64)> {
+    fn try_node(&self, n: usize, req: &AllocRequest, pick: Pick) -> NodeTry {
         let cell = &self.nodes[n];
         let want = size(req.order);
-        let mut st = cell.state.lock();
+        let mut st = self.lock_node(n);
         let mut book = self.claims.lock();
         let (others_node, others_all) = book.claimed_by_others(req.owner, n);
-        let total_free: u64 =
-            self.nodes.iter().enumerate().map(|(i, c)| if i == n { st.free } else { c.free.load(Relaxed) }).sum();
-        if st.free < others_node + want as u64 || total_free < others_all + want as u64 {
-            return Err((st.free, core::cmp::min(st.free, core::cmp::max(others_node, others_all))));
+        let total: u64 = (0..self.nodes.len()).map(|i| if i == n { st.available() } else { self.available(i) }).sum();
+        let avail = st.available();
+        if avail < others_node + want as u64 || total < others_all + want as u64 {
+            let claimed = core::cmp::min(avail, core::cmp::max(others_node, others_all));
+            return NodeTry::No { free: st.free, claimed, aborted: false };
         }
         let zones: &[Zone] = if req.movable { &[Zone::Movable, Zone::Normal] } else { &[Zone::Normal] };
         let Some((head, got)) = zones.iter().find_map(|&z| st.pick(z, req.order, pick)) else {
-            return Err((st.free, others_node));
+            let aborted = Self::abort_background(&mut st, zones, req.order);
+            return NodeTry::No { free: st.free, claimed: others_node, aborted };
         };
         st.split_free(head, got, req.order);
-        let dirty = if st.meta[head as usize].first_dirty() == NONE { 0 } else { st.dirty.count(head, want) };
+        let fd = st.meta[head as usize].first_dirty();
+        let dirty = if fd == crate::chunk::NONE { 0 } else { st.dirty.count(head + fd, want - fd) };
         st.free -= want as u64;
         st.free_dirty -= dirty as u64;
         st.allocated += want as u64;
-        let mut scrubbed = 0u64;
-        if dirty > 0 {
-            if req.scrub {
-                scrubbed = self.scrub_runs(&mut st, head, want, u64::MAX);
-            } else {
-                st.dirty.clear(head, want);
-            }
-        }
-        let mut slot = Slot::head(State::Allocated, req.order);
-        slot.a = req.owner.0;
-        slot.set_flag(F_MOVABLE, req.movable);
-        st.meta[head as usize] = slot;
         book.retire(req.owner, n, want as u64);
-        cell.publish(&st);
         drop(book);
-        drop(st);
-        if scrubbed > 0 {
-            let bytes = scrubbed * self.config.frame_size;
-            let mut acct = self.acct.lock();
-            acct.scrubbed.in_place += bytes;
-            *acct.in_place_by_owner.entry(req.owner).or_default() += bytes;
+        let ext = Extent { mfn: Mfn(cell.base + head as u64), order: req.order, node: n };
+        if dirty > 0 && req.scrub {
+            let mut slot = Slot::head(State::Pending, req.order);
+            slot.a = req.owner.0;
+            st.meta[head as usize] = slot;
+            let id = st.add_work(head, req.order, Kind::Ticket { owner: req.owner, movable: req.movable });
+            cell.publish(&st);
+            return NodeTry::Pending { node: n, id, ext };
         }
-        Ok(Extent { mfn: Mfn(cell.base + head as u64), order: req.order, node: n })
+        if dirty > 0 {
+            st.dirty.clear(head, want);
+        }
+        st.meta[head as usize] = Self::allocated_slot(req.order, req.owner, req.movable);
+        cell.publish(&st);
+        NodeTry::Ready(ext)
     }
 
-    /// Zeroes the dirty frames of `[off, off+len)` in batches, clearing their bits, until
-    /// `budget` frames are zeroed; returns the frames zeroed.
-    fn scrub_runs(&self, st: &mut NodeState, off: u32, len: u32, budget: u64) -> u64 {
-        let batch = self.config.scrub_batch as u32;
-        let mut done = 0u64;
-        let mut from = 0;
-        while done < budget {
-            let max = core::cmp::min(batch as u64, budget - done) as u32;
-            let Some((s, l)) = st.dirty.next_run(off, len, from, max) else { break };
-            self.mem.zero(Mfn(st.base + (off + s) as u64), l as u64);
-            st.dirty.clear(off + s, l);
-            done += l as u64;
-            from = s + l;
+    pub(crate) fn allocated_slot(order: u8, owner: DomId, movable: bool) -> Slot {
+        let mut slot = Slot::head(State::Allocated, order);
+        slot.a = owner.0;
+        slot.set_flag(F_MOVABLE, movable);
+        slot
+    }
+
+    /// Asks a background scrubber holding a chunk of at least `order` in `zones` to hand
+    /// it back after its current batch. Returns whether one was found.
+    fn abort_background(st: &mut NodeState, zones: &[Zone], order: u8) -> bool {
+        let mut found = false;
+        for i in 0..st.work.len() {
+            let w = &st.work[i];
+            if w.kind == Kind::Background && w.order >= order && zones.contains(&st.zone_of(w.head)) {
+                st.work[i].stop = true;
+                found = true;
+                break;
+            }
         }
-        done
+        found
     }
 
     /// Frees `[mfn, 2^order)`, which `owner` must hold (all of it, unpinned): a whole
-    /// allocation or any aligned part of one. The frames become dirty (scrubbed at once
-    /// under the `sync` policy) and merge with their free buddies.
+    /// allocation or any aligned part of one. The frames become dirty and merge with
+    /// their free buddies in O(MAX_ORDER) under the node lock. Under the `sync` policy
+    /// they are zeroed first, outside the lock.
     pub fn free(&self, mfn: Mfn, order: u8, owner: DomId) -> Result<(), HeapError> {
         let (n, off) = self.locate(mfn, order)?;
         let cell = &self.nodes[n];
-        let mut st = cell.state.lock();
+        let mut st = self.lock_node(n);
         Self::check_held(&st, off, order, owner)?;
         let (h, o) = st.chunk_of(off);
         if o > order {
@@ -418,24 +536,40 @@ impl<M: FrameMemory> Heap<M> {
         let sync = self.config.policy == Policy::Sync;
         let end = off + size(order);
         let mut pos = off;
-        let mut zeroed = 0u64;
+        let mut ids = Vec::new();
         while pos < end {
             let (h, o) = st.chunk_of(pos);
             debug_assert_eq!(h, pos);
-            st.meta[h as usize] = Slot::default();
             st.allocated -= size(o) as u64;
             if sync {
-                self.mem.zero(Mfn(st.base + h as u64), size(o) as u64);
-                zeroed += size(o) as u64;
+                st.meta[h as usize] = Slot::head(State::Scrubbing, o);
+                st.scrubbing += size(o) as u64;
+                ids.push((st.add_work(h, o, Kind::SyncFree), h, o));
+            } else {
+                st.meta[h as usize] = Slot::default();
+                st.release(h, o, false);
             }
-            st.release(h, o, sync);
             pos += size(o);
         }
         cell.publish(&st);
         drop(st);
-        if zeroed > 0 {
-            self.acct.lock().scrubbed.sync += zeroed * self.config.frame_size;
+        if ids.is_empty() {
+            return Ok(());
         }
+        for &(_, h, o) in &ids {
+            self.mem.zero(Mfn(cell.base + h as u64), size(o) as u64);
+        }
+        let mut st = self.lock_node(n);
+        for &(id, h, o) in &ids {
+            let i = st.work_index(id);
+            st.work.swap_remove(i);
+            st.scrubbing -= size(o) as u64;
+            st.meta[h as usize] = Slot::default();
+            st.put_back(h, o);
+        }
+        cell.publish(&st);
+        drop(st);
+        self.acct.lock().scrubbed.sync += ((end - off) as u64) * self.config.frame_size;
         Ok(())
     }
 
@@ -466,49 +600,6 @@ impl<M: FrameMemory> Heap<M> {
         Ok(())
     }
 
-    /// What an idle CPU of `node` calls: scrub up to `budget` dirty frames of the nodes it
-    /// serves (largest dirty chunks first). Returns the frames scrubbed; 0 means nothing
-    /// was dirty (or the policy does no background scrubbing).
-    pub fn scrub_step(&self, node: usize, budget: u64) -> Result<u64, HeapError> {
-        self.node(node)?;
-        if !self.config.policy.background_scrub() {
-            return Ok(0);
-        }
-        let mut done = 0;
-        for &m in &self.served[node] {
-            let cell = &self.nodes[m];
-            let mut st = cell.state.lock();
-            while done < budget {
-                let Some(head) = Self::largest_dirty(&st) else { break };
-                st.unlink_free(head);
-                let s = st.meta[head as usize];
-                let (o, fd) = (s.order(), s.first_dirty());
-                let len = size(o);
-                let z = self.scrub_runs(&mut st, head, len, budget - done);
-                st.free_dirty -= z;
-                done += z;
-                let nfd = st.dirty.first_set(head + fd, len - fd).map_or(NONE, |r| r + fd);
-                st.insert_free(head, o, nfd);
-            }
-            cell.publish(&st);
-        }
-        if done > 0 {
-            self.acct.lock().scrubbed.background += done * self.config.frame_size;
-        }
-        Ok(done)
-    }
-
-    fn largest_dirty(st: &NodeState) -> Option<u32> {
-        [Zone::Normal, Zone::Movable]
-            .into_iter()
-            .filter_map(|z| {
-                let m = st.nonempty_mask(z, true);
-                (m != 0).then(|| (31 - m.leading_zeros(), z))
-            })
-            .max()
-            .map(|(o, z)| st.list_head(z, true, o as u8))
-    }
-
     /// Installs `dom`'s claim set, replacing any claims it had: all entries or none.
     /// Node entries reserve free memory on that node, the global entry anywhere.
     pub fn claim_set(&self, dom: DomId, set: &[Claim]) -> Result<(), HeapError> {
@@ -527,7 +618,7 @@ impl<M: FrameMemory> Heap<M> {
         let old = book.doms.get(&dom).cloned().unwrap_or(DomClaims { global: 0, nodes: vec![0; n] });
         let mut total_free = 0;
         for i in 0..n {
-            let free = self.nodes[i].free.load(Relaxed);
+            let free = self.available(i);
             total_free += free;
             let available = free.saturating_sub(book.node_total[i] - old.nodes[i]);
             if new.nodes[i] > available {
@@ -609,13 +700,14 @@ impl<M: FrameMemory> Heap<M> {
     pub fn chunk_at(&self, mfn: Mfn) -> Result<ChunkInfo, HeapError> {
         let n = self.node_of(mfn)?;
         let cell = &self.nodes[n];
-        let st = cell.state.lock();
+        let st = self.lock_node(n);
         let (h, o) = st.chunk_of((mfn.0 - cell.base) as u32);
         let s = st.meta[h as usize];
         let state = match s.state() {
             State::Free => ChunkState::Free { dirty_frames: st.dirty.count(h, size(o)) as u64 },
             State::Allocated => ChunkState::Allocated { owner: DomId(s.a), pins: s.b, movable: s.flags(F_MOVABLE) },
             State::Scrubbing => ChunkState::Scrubbing,
+            State::Pending => ChunkState::Pending { owner: DomId(s.a) },
             State::Isolated => ChunkState::Isolated,
             State::Offline => ChunkState::Offline,
             State::Broken | State::None => ChunkState::Broken,
@@ -625,6 +717,11 @@ impl<M: FrameMemory> Heap<M> {
             zone: st.zone_of(h),
             state,
         })
+    }
+
+    /// Free and being-scrubbed frames of node `n`, read without its lock.
+    pub(crate) fn available(&self, n: usize) -> u64 {
+        self.nodes[n].free.load(Relaxed) + self.nodes[n].scrubbing.load(Relaxed)
     }
 
     pub(crate) fn node_counters(&self, n: usize) -> [u64; 5] {
@@ -640,7 +737,8 @@ impl<M: FrameMemory> Heap<M> {
 
     /// A short description of `n`'s free lists, for error messages and debugging.
     pub fn describe_node(&self, n: usize) -> Result<String, HeapError> {
-        let st = self.node(n)?.state.lock();
+        self.node(n)?;
+        let st = self.lock_node(n);
         let mut s = String::new();
         for z in [Zone::Normal, Zone::Movable] {
             for d in [false, true] {

@@ -7,6 +7,7 @@ use crate::heap::Heap;
 use crate::memory::FrameMemory;
 use crate::node::NodeState;
 use crate::types::{Zone, MAX_ORDER};
+use crate::work::Kind;
 use alloc::format;
 use alloc::string::String;
 
@@ -22,6 +23,7 @@ struct Tally {
     offline: u64,
     scrubbing: u64,
     free_chunks: u64,
+    worked: u64,
 }
 
 fn check_node(n: usize, st: &NodeState) -> Result<Tally, InvariantViolation> {
@@ -68,11 +70,26 @@ fn check_node(n: usize, st: &NodeState) -> Result<Tally, InvariantViolation> {
                 t.free_chunks += 1;
             }
             other => {
-                if bits != 0 && other != State::Scrubbing && other != State::Isolated {
+                let worked = matches!(other, State::Scrubbing | State::Pending);
+                if bits != 0 && !worked && other != State::Isolated {
                     return fail(format!("node {n}: {other:?} chunk at {pos} has {bits} dirty bits"));
                 }
+                t.worked += worked as u64;
+                let entries = st.work.iter().filter(|w| w.head == pos).count();
+                if entries != worked as usize {
+                    return fail(format!("node {n}: {other:?} chunk at {pos} has {entries} work entries"));
+                }
+                if let Some(w) = st.work.iter().find(|w| w.head == pos) {
+                    let kind_ok = match w.kind {
+                        Kind::Ticket { owner, .. } => other == State::Pending && s.a == owner.0,
+                        Kind::Background | Kind::SyncFree => other == State::Scrubbing,
+                    };
+                    if !kind_ok || w.order != o || w.cursor > len {
+                        return fail(format!("node {n}: work entry {w:?} does not match its {other:?} chunk at {pos}"));
+                    }
+                }
                 match other {
-                    State::Allocated => t.allocated += len as u64,
+                    State::Allocated | State::Pending => t.allocated += len as u64,
                     State::Scrubbing => t.scrubbing += len as u64,
                     _ => t.offline += len as u64,
                 }
@@ -117,6 +134,9 @@ fn check_node(n: usize, st: &NodeState) -> Result<Tally, InvariantViolation> {
             }
         }
     }
+    if st.work.len() as u64 != t.worked {
+        return fail(format!("node {n}: {} work entries for {} chunks being worked on", st.work.len(), t.worked));
+    }
     if listed != t.free_chunks {
         return fail(format!("node {n}: {} free chunks but {listed} on the lists", t.free_chunks));
     }
@@ -139,9 +159,9 @@ impl<M: FrameMemory> Heap<M> {
     /// Takes every lock in turn; O(frames). Meant for tests and `check` lines.
     pub fn check_invariants(&self) -> Result<(), InvariantViolation> {
         let mut total_free = 0u64;
-        let mut node_free = alloc::vec::Vec::new();
+        let mut node_avail = alloc::vec::Vec::new();
         for (n, cell) in self.nodes.iter().enumerate() {
-            let st = cell.state.lock();
+            let st = self.lock_node(n);
             if st.base != cell.base || st.frames as u64 != cell.frames {
                 return fail(format!("node {n}: range disagrees with its cell"));
             }
@@ -154,8 +174,8 @@ impl<M: FrameMemory> Heap<M> {
             if sum != cell.frames {
                 return fail(format!("node {n}: {sum} frames accounted of {}", cell.frames));
             }
-            total_free += t.free;
-            node_free.push(t.free);
+            total_free += t.free + t.scrubbing;
+            node_avail.push(t.free + t.scrubbing);
         }
         let book = self.claims.lock();
         let mut node_total = alloc::vec![0u64; self.nodes.len()];
@@ -175,9 +195,9 @@ impl<M: FrameMemory> Heap<M> {
                 book.node_total, book.global_total
             ));
         }
-        for (n, (&claimed, &free)) in book.node_total.iter().zip(&node_free).enumerate() {
+        for (n, (&claimed, &free)) in book.node_total.iter().zip(&node_avail).enumerate() {
             if claimed > free {
-                return fail(format!("node {n}: {claimed} frames claimed but only {free} free"));
+                return fail(format!("node {n}: {claimed} frames claimed but only {free} free or being scrubbed"));
             }
         }
         if book.outstanding() > total_free {

@@ -19,7 +19,7 @@
 //! heap.free(ext.mfn, 9, DomId(1)).unwrap();
 //! // The freed frames are dirty until a scrubber visits them.
 //! assert_eq!(heap.stats().free_dirty, 512);
-//! heap.scrub_step(0, u64::MAX).unwrap();
+//! heap.scrub_step(0, u64::MAX, &scrubheap::NeverPreempt).unwrap();
 //! assert_eq!(heap.stats().free_dirty, 0);
 //! heap.check_invariants().unwrap();
 //! ```
@@ -38,17 +38,27 @@ mod heap;
 mod invariants;
 mod memory;
 mod node;
+mod observe;
 mod policy;
 mod preempt;
+mod scrub;
 mod stats;
+mod sync;
+mod ticket;
 mod types;
+mod work;
+
+#[cfg(feature = "oplog")]
+pub mod oplog;
 
 pub use claims::{Claim, ClaimTarget};
 pub use config::{HeapConfig, NodeSpec};
 pub use error::{HeapError, InvariantViolation};
 pub use heap::{AllocRequest, ChunkInfo, ChunkState, Extent, Heap, NodePref};
 pub use memory::{FrameMemory, NullMemory, TestMemory};
+pub use observe::LockObserver;
 pub use policy::{Policy, UnknownPolicy};
 pub use preempt::{NeverPreempt, Preempt};
 pub use stats::{HeapStats, NodeStats, ScrubBytes};
+pub use ticket::{AllocStart, ScrubTicket, MAX_WAIT_POLLS};
 pub use types::{DomId, Mfn, Zone, MAX_ORDER, METADATA_BITS_PER_FRAME};

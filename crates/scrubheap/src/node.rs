@@ -5,6 +5,7 @@
 use crate::chunk::{Slot, State, NONE};
 use crate::dirty::DirtyBitmap;
 use crate::types::{Zone, MAX_ORDER, ORDERS};
+use crate::work::Work;
 use alloc::vec;
 use alloc::vec::Vec;
 
@@ -38,7 +39,11 @@ pub(crate) struct NodeState {
     pub free_dirty: u64,
     pub allocated: u64,
     pub offline: u64,
+    /// Frames in chunks being scrubbed by background scrubbers or sync frees.
     pub scrubbing: u64,
+    /// Chunks being worked on outside the lock: background scrubs, sync frees, tickets.
+    pub work: Vec<Work>,
+    pub next_work_id: u64,
 }
 
 #[inline]
@@ -61,6 +66,8 @@ impl NodeState {
             allocated: 0,
             offline: 0,
             scrubbing: 0,
+            work: Vec::new(),
+            next_work_id: 1,
         };
         n.carve(0, movable_from, dirty);
         n.carve(movable_from, frames, dirty);
@@ -202,7 +209,7 @@ impl NodeState {
     }
 
     /// Exact first dirty offset within `[off, off + 2^order)`.
-    fn first_dirty_in(&self, off: u32, order: u8) -> u32 {
+    pub fn first_dirty_in(&self, off: u32, order: u8) -> u32 {
         self.dirty.first_set(off, size(order)).unwrap_or(NONE)
     }
 
@@ -278,6 +285,37 @@ impl NodeState {
         };
         self.free += n as u64;
         self.merge_insert(off, order, fd);
+    }
+
+    /// Returns a chunk taken off the free lists (its head state is the caller's to
+    /// forget, and so is the counter it was in) with whatever dirty bits it still has.
+    pub fn put_back(&mut self, off: u32, order: u8) {
+        let n = size(order);
+        let fd = self.first_dirty_in(off, order);
+        if fd != NONE {
+            self.free_dirty += self.dirty.count(off + fd, n - fd) as u64;
+        }
+        self.free += n as u64;
+        self.merge_insert(off, order, fd);
+    }
+
+    /// Frames free or being scrubbed: what allocations (and claims) may count on, since
+    /// a scrub in progress can be aborted.
+    pub fn available(&self) -> u64 {
+        self.free + self.scrubbing
+    }
+
+    /// Index of work entry `id`.
+    pub fn work_index(&self, id: u64) -> usize {
+        self.work.iter().position(|w| w.id == id).expect("a work entry outlives its worker")
+    }
+
+    /// Adds a work entry for the chunk at `head`; returns its id.
+    pub fn add_work(&mut self, head: u32, order: u8, kind: crate::work::Kind) -> u64 {
+        let id = self.next_work_id;
+        self.next_work_id += 1;
+        self.work.push(Work { id, head, order, kind, cursor: 0, inflight: 0, stop: false });
+        id
     }
 
     /// Inserts a free chunk, first merging it with free buddies (clean or dirty).

@@ -13,11 +13,6 @@ fn free_state(h: &Heap<impl FrameMemory>, m: u64) -> (u64, u8, u64) {
 }
 
 #[test]
-fn metadata_fits_in_16_bytes_per_frame() {
-    assert!(METADATA_BITS_PER_FRAME <= 128, "{METADATA_BITS_PER_FRAME} bits");
-}
-
-#[test]
 fn unaligned_node_bases_are_carved_into_aligned_chunks() {
     let h = Heap::new(HeapConfig::uniform(3, 1000), NullMemory).unwrap();
     h.check_invariants().unwrap();
@@ -175,12 +170,12 @@ fn a_range_covering_several_pieces_of_one_owner_frees_them_together() {
 fn scrub_step_respects_its_budget_and_keeps_progress() {
     let h =
         Heap::new(HeapConfig::uniform(1, 1024).with_initially_dirty(true), TestMemory::new(Mfn(0), 1024, 64)).unwrap();
-    assert_eq!(h.scrub_step(0, 100).unwrap(), 100);
+    assert_eq!(h.scrub_step(0, 100, &NeverPreempt).unwrap(), 100);
     assert_eq!(h.stats().free_dirty, 924);
     h.check_invariants().unwrap();
     let mut total = 100;
     loop {
-        let n = h.scrub_step(0, 300).unwrap();
+        let n = h.scrub_step(0, 300, &NeverPreempt).unwrap();
         if n == 0 {
             break;
         }
@@ -202,7 +197,7 @@ fn cpu_less_nodes_are_scrubbed_by_the_nearest_node_with_cpus() {
     let h = Heap::new(c, NullMemory).unwrap();
     assert_eq!(h.served_by(2).unwrap(), &[2, 1]);
     assert_eq!(h.served_by(1).unwrap(), &[] as &[usize]);
-    assert_eq!(h.scrub_step(2, u64::MAX).unwrap(), 128);
+    assert_eq!(h.scrub_step(2, u64::MAX, &NeverPreempt).unwrap(), 128);
     assert_eq!(h.node_stats(1).unwrap().free_dirty, 0);
     assert_eq!(h.node_stats(0).unwrap().free_dirty, 64);
 }
@@ -223,7 +218,7 @@ fn sync_policy_scrubs_on_free() {
 fn alloc_policy_never_scrubs_in_the_background() {
     let h = Heap::new(HeapConfig::uniform(1, 64).with_policy(Policy::Alloc).with_initially_dirty(true), NullMemory)
         .unwrap();
-    assert_eq!(h.scrub_step(0, u64::MAX).unwrap(), 0);
+    assert_eq!(h.scrub_step(0, u64::MAX, &NeverPreempt).unwrap(), 0);
     h.alloc(&AllocRequest::new(3, DomId(1))).unwrap();
     assert_eq!(h.stats().scrubbed.in_place, 8 * 4096);
 }
@@ -235,7 +230,7 @@ fn xen_cap2m_refuses_large_dirty_allocations_but_not_clean_ones() {
             .unwrap();
     assert!(matches!(h.alloc(&AllocRequest::new(10, DomId(1))), Err(HeapError::OutOfMemory { .. })));
     h.alloc(&AllocRequest::new(9, DomId(1))).unwrap();
-    h.scrub_step(0, u64::MAX).unwrap();
+    h.scrub_step(0, u64::MAX, &NeverPreempt).unwrap();
     h.alloc(&AllocRequest::new(10, DomId(1))).unwrap();
     h.check_invariants().unwrap();
 }

@@ -78,7 +78,7 @@ fn unknown_node_is_refused() {
     let h = heap();
     refused!(h, h.alloc(&AllocRequest::new(0, DomId(1)).exact(2)), HeapError::NoSuchNode { node: 2, nodes: 2 });
     refused!(h, h.alloc(&AllocRequest::new(0, DomId(1)).on(7)), HeapError::NoSuchNode { .. });
-    refused!(h, h.scrub_step(9, 10), HeapError::NoSuchNode { .. });
+    refused!(h, h.scrub_step(9, 10, &NeverPreempt), HeapError::NoSuchNode { .. });
     refused!(
         h,
         h.claim_set(DomId(1), &[Claim { target: ClaimTarget::Node(5), frames: 1 }]),

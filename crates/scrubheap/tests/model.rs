@@ -21,6 +21,9 @@ enum Op {
     Scrub { node: usize, budget: u64 },
     Claim { dom: u32, node: Option<usize>, frames: u64 },
     Cancel { dom: u32 },
+    TicketStart { order: u8, dom: u32 },
+    TicketAdvance { idx: usize, yield_every: bool },
+    TicketDrop { idx: usize },
 }
 
 fn op() -> impl Strategy<Value = Op> {
@@ -32,6 +35,9 @@ fn op() -> impl Strategy<Value = Op> {
         2 => (0usize..4, 0u64..300).prop_map(|(node, budget)| Op::Scrub { node, budget }),
         1 => (1u32..=3, proptest::option::of(0usize..4), 0u64..300).prop_map(|(dom, node, frames)| Op::Claim { dom, node, frames }),
         1 => (1u32..=3).prop_map(|dom| Op::Cancel { dom }),
+        2 => (0u8..=8, 1u32..=3).prop_map(|(order, dom)| Op::TicketStart { order, dom }),
+        2 => (any::<usize>(), any::<bool>()).prop_map(|(idx, yield_every)| Op::TicketAdvance { idx, yield_every }),
+        1 => any::<usize>().prop_map(|idx| Op::TicketDrop { idx }),
     ]
 }
 
@@ -49,6 +55,8 @@ fn config(policy: Policy, dirty: bool) -> HeapConfig {
 
 struct Model {
     owner: Vec<Option<u32>>,
+    /// Frames reserved by a pending ticket: owned, but not yet the owner's to free.
+    reserved: Vec<bool>,
     /// (base, frames, movable_from) per node.
     nodes: Vec<(u64, u64, u64)>,
     live: Vec<(u32, Extent)>,
@@ -67,12 +75,19 @@ impl Model {
                 r
             })
             .collect();
-        Model { owner: vec![None; base as usize], nodes, live: Vec::new(), claims: BTreeMap::new() }
+        Model {
+            owner: vec![None; base as usize],
+            reserved: vec![false; base as usize],
+            nodes,
+            live: Vec::new(),
+            claims: BTreeMap::new(),
+        }
     }
 
     fn held_by(&self, dom: u32, mfn: u64, order: u8) -> bool {
         let end = mfn + (1 << order);
-        end <= self.owner.len() as u64 && (mfn..end).all(|f| self.owner[f as usize] == Some(dom))
+        end <= self.owner.len() as u64
+            && (mfn..end).all(|f| self.owner[f as usize] == Some(dom) && !self.reserved[f as usize])
     }
 
     /// Whether a fully free aligned block of 2^order frames exists on `node` in a zone the
@@ -142,6 +157,7 @@ fn run(policy: Policy, dirty: bool, ops: &[Op]) -> Result<(), TestCaseError> {
     let total = cfg.total_frames();
     let heap = Heap::new(cfg.clone(), TestMemory::new(Mfn(0), total, 64)).unwrap();
     let mut m = Model::new(&cfg);
+    let mut tickets: Vec<(u32, ScrubTicket<'_, TestMemory>)> = Vec::new();
     for (step, op) in ops.iter().enumerate() {
         let before = snapshot(&heap, &DOMS);
         let refused = match op.clone() {
@@ -247,7 +263,7 @@ fn run(policy: Policy, dirty: bool, ops: &[Op]) -> Result<(), TestCaseError> {
                 }
                 !valid
             }
-            Op::Scrub { node, budget } => match heap.scrub_step(node, budget) {
+            Op::Scrub { node, budget } => match heap.scrub_step(node, budget, &NeverPreempt) {
                 Ok(n) => {
                     prop_assert!(node < 3 && n <= budget);
                     false
@@ -280,6 +296,67 @@ fn run(policy: Policy, dirty: bool, ops: &[Op]) -> Result<(), TestCaseError> {
             Op::Cancel { dom } => {
                 heap.claim_cancel(DomId(dom));
                 m.claims.remove(&dom);
+                false
+            }
+            Op::TicketStart { order, dom } => match heap.alloc_start(&AllocRequest::new(order, DomId(dom))) {
+                Ok(start) => {
+                    let e = match &start {
+                        AllocStart::Ready(e) => *e,
+                        AllocStart::Pending(t) => t.extent().expect("sequential: no handback to wait for"),
+                    };
+                    for f in e.mfn.0..e.mfn.0 + e.frames() {
+                        prop_assert_eq!(m.owner[f as usize], None, "frame {} reserved twice", f);
+                        m.owner[f as usize] = Some(dom);
+                    }
+                    m.retire(dom, e.node, e.frames());
+                    match start {
+                        AllocStart::Ready(e) => {
+                            prop_assert!(heap.memory().is_zero(e.mfn, e.frames()));
+                            heap.memory().write(DomId(dom), e.mfn, e.frames());
+                            m.live.push((dom, e));
+                        }
+                        AllocStart::Pending(t) => {
+                            m.reserved[e.mfn.0 as usize..(e.mfn.0 + e.frames()) as usize].fill(true);
+                            let held = matches!(heap.chunk_at(e.mfn).unwrap().state, ChunkState::Pending { owner } if owner == DomId(dom));
+                            prop_assert!(held, "reserved frames must be Pending");
+                            tickets.push((dom, t));
+                        }
+                    }
+                    false
+                }
+                Err(HeapError::OutOfMemory { .. }) => true,
+                Err(e) => return Err(TestCaseError::fail(format!("ticket start: {e}"))),
+            },
+            Op::TicketAdvance { idx, yield_every } => {
+                if tickets.is_empty() {
+                    continue;
+                }
+                let i = idx % tickets.len();
+                let r = if yield_every { tickets[i].1.advance(&|| true) } else { tickets[i].1.advance(&NeverPreempt) };
+                match r.map_err(|e| TestCaseError::fail(format!("advance: {e}")))? {
+                    Some(e) => {
+                        let (dom, _) = tickets.swap_remove(i);
+                        m.reserved[e.mfn.0 as usize..(e.mfn.0 + e.frames()) as usize].fill(false);
+                        prop_assert!(heap.memory().is_zero(e.mfn, e.frames()), "ticket handed over dirty frames");
+                        prop_assert_eq!(heap.memory().foreign_frame(DomId(dom), e.mfn, e.frames()), None);
+                        heap.memory().write(DomId(dom), e.mfn, e.frames());
+                        m.live.push((dom, e));
+                    }
+                    None => prop_assert!(yield_every, "a sequential ticket finishes when never preempted"),
+                }
+                false
+            }
+            Op::TicketDrop { idx } => {
+                if tickets.is_empty() {
+                    continue;
+                }
+                let (_, t) = tickets.swap_remove(idx % tickets.len());
+                let e = t.extent().unwrap();
+                drop(t);
+                for f in e.mfn.0..e.mfn.0 + e.frames() {
+                    m.owner[f as usize] = None;
+                    m.reserved[f as usize] = false;
+                }
                 false
             }
         };

@@ -1,0 +1,259 @@
+//! Scrubbing outside the lock: background scrub steps, the owner's and helpers' batches
+//! of scrub tickets, and the handbacks between them.
+//!
+//! The pattern everywhere: under the node lock, take a batch (mark the chunk as being
+//! worked on, move a cursor); drop the lock; zero the batch; re-take the lock to clear
+//! its dirty bits, publish progress and look for a stop request. No lock is held while a
+//! frame is written, and no worker runs more than one batch between two looks at its
+//! stop flag and its [`Preempt`].
+
+use crate::chunk::{Slot, State};
+use crate::heap::{Extent, Heap, NodeGuard};
+use crate::memory::FrameMemory;
+use crate::policy::Policy;
+use crate::preempt::Preempt;
+use crate::types::{Mfn, Zone};
+use crate::work::Kind;
+use crate::HeapError;
+use alloc::vec::Vec;
+
+#[inline]
+fn size(order: u8) -> u32 {
+    1u32 << order
+}
+
+impl<M: FrameMemory> Heap<M> {
+    /// What an idle CPU of `node` calls. It first helps pending allocations (scrub
+    /// tickets) on the nodes it serves, then takes dirty free chunks (largest first, nodes
+    /// whose claims want more clean memory first) and scrubs them in batches outside the
+    /// lock, asking `preempt` after each batch and handing a chunk back at once if an
+    /// allocator needs it. Zeroes at most `budget` frames. Returns the frames zeroed;
+    /// 0 means there was nothing to do (or the policy does no background scrubbing).
+    pub fn scrub_step(&self, node: usize, budget: u64, preempt: &dyn Preempt) -> Result<u64, HeapError> {
+        self.node(node)?;
+        if !self.config.policy.background_scrub() {
+            return Ok(0);
+        }
+        let mut done = 0u64;
+        let mut background = 0u64;
+        for m in self.scrub_order(node) {
+            if self.config.policy == Policy::Scrubheap {
+                let (z, stop) = self.help_tickets(m, budget - done, preempt);
+                done += z;
+                if stop {
+                    break;
+                }
+            }
+            let (z, stop) = self.scrub_chunks(m, budget - done, preempt);
+            done += z;
+            background += z;
+            if stop {
+                break;
+            }
+        }
+        if done > 0 {
+            let mut acct = self.acct.lock();
+            acct.scrubbed.background += background * self.config.frame_size;
+            acct.scrubbed.in_place += (done - background) * self.config.frame_size;
+        }
+        Ok(done)
+    }
+
+    /// The nodes `node` serves, those whose claims exceed their clean memory first.
+    fn scrub_order(&self, node: usize) -> Vec<usize> {
+        let mut v = self.served[node].clone();
+        if v.len() > 1 {
+            let book = self.claims.lock();
+            let deficit = |m: usize| {
+                let s = self.node_counters(m);
+                book.node_total[m].saturating_sub(s[0] - s[1])
+            };
+            v.sort_by_key(|&m| core::cmp::Reverse(deficit(m)));
+        }
+        v
+    }
+
+    /// Takes dirty free chunks of node `m` and scrubs them. Returns (frames zeroed,
+    /// whether the budget or `preempt` stopped it).
+    fn scrub_chunks(&self, m: usize, budget: u64, preempt: &dyn Preempt) -> (u64, bool) {
+        let batch = self.config.scrub_batch;
+        let mut done = 0u64;
+        let mut st = self.lock_node(m);
+        loop {
+            if done >= budget {
+                self.cell(m).publish(&st);
+                return (done, true);
+            }
+            let Some(head) = Self::largest_dirty(&st) else {
+                self.cell(m).publish(&st);
+                return (done, false);
+            };
+            st.unlink_free(head);
+            let order = st.meta[head as usize].order();
+            let bits = st.dirty.count(head, size(order)) as u64;
+            st.free -= size(order) as u64;
+            st.free_dirty -= bits;
+            st.scrubbing += size(order) as u64;
+            st.meta[head as usize] = Slot::head(State::Scrubbing, order);
+            let id = st.add_work(head, order, Kind::Background);
+            self.cell(m).publish(&st);
+            loop {
+                let i = st.work_index(id);
+                let (cursor, stop) = (st.work[i].cursor, st.work[i].stop);
+                let max = core::cmp::min(batch, budget - done) as u32;
+                let run = if stop || max == 0 { None } else { st.dirty.next_run(head, size(order), cursor, max) };
+                let Some((s, l)) = run else {
+                    Self::hand_back(&mut st, id);
+                    break;
+                };
+                st.work[i].cursor = s + l;
+                drop(st);
+                self.mem.zero(Mfn(self.cell(m).base + (head + s) as u64), l as u64);
+                done += l as u64;
+                st = self.lock_node(m);
+                st.dirty.clear(head + s, l);
+                if preempt.check() {
+                    Self::hand_back(&mut st, id);
+                    self.cell(m).publish(&st);
+                    return (done, true);
+                }
+            }
+            self.cell(m).publish(&st);
+        }
+    }
+
+    /// Returns a background scrubber's chunk to the free lists, merged, with whatever
+    /// dirty frames it still has.
+    fn hand_back(st: &mut NodeGuard<'_>, id: u64) {
+        let i = st.work_index(id);
+        let w = st.work.swap_remove(i);
+        st.scrubbing -= w.frames();
+        st.meta[w.head as usize] = Slot::default();
+        st.put_back(w.head, w.order);
+    }
+
+    pub(crate) fn largest_dirty(st: &crate::node::NodeState) -> Option<u32> {
+        [Zone::Normal, Zone::Movable]
+            .into_iter()
+            .filter_map(|z| {
+                let m = st.nonempty_mask(z, true);
+                (m != 0).then(|| (31 - m.leading_zeros(), z))
+            })
+            .max()
+            .map(|(o, z)| st.list_head(z, true, o as u8))
+    }
+
+    /// Helps scrub tickets of node `m`, a batch at a time. Returns (frames zeroed,
+    /// whether the budget or `preempt` stopped it).
+    fn help_tickets(&self, m: usize, budget: u64, preempt: &dyn Preempt) -> (u64, bool) {
+        let batch = self.config.scrub_batch as u32;
+        let mut done = 0u64;
+        loop {
+            if done >= budget {
+                return (done, true);
+            }
+            let max = core::cmp::min(batch as u64, budget - done) as u32;
+            let mut st = self.lock_node(m);
+            let found = st.work.iter().enumerate().find_map(|(i, w)| {
+                if !matches!(w.kind, Kind::Ticket { .. }) || w.stop {
+                    return None;
+                }
+                st.dirty.next_run(w.head, size(w.order), w.cursor, max).map(|r| (i, r))
+            });
+            let Some((i, (s, l))) = found else { return (done, false) };
+            let (id, head) = (st.work[i].id, st.work[i].head);
+            st.work[i].cursor = s + l;
+            st.work[i].inflight += 1;
+            drop(st);
+            self.mem.zero(Mfn(self.cell(m).base + (head + s) as u64), l as u64);
+            done += l as u64;
+            let mut st = self.lock_node(m);
+            st.dirty.clear(head + s, l);
+            self.finish_batch(&mut st, m, id);
+            drop(st);
+            if preempt.check() {
+                return (done, true);
+            }
+        }
+    }
+
+    /// A batch of ticket `id` is done: if the ticket was dropped meanwhile and this was
+    /// the last batch in flight, its frames go back to the heap.
+    fn finish_batch(&self, st: &mut NodeGuard<'_>, node: usize, id: u64) {
+        let i = st.work_index(id);
+        st.work[i].inflight -= 1;
+        if st.work[i].stop && st.work[i].inflight == 0 {
+            self.release_ticket(st, node, i);
+        }
+    }
+
+    fn release_ticket(&self, st: &mut NodeGuard<'_>, node: usize, i: usize) {
+        let w = st.work.swap_remove(i);
+        st.allocated -= w.frames();
+        st.meta[w.head as usize] = Slot::default();
+        st.put_back(w.head, w.order);
+        self.cell(node).publish(st);
+    }
+
+    /// The owner's side of a ticket: batches until done, preempted, or waiting on helpers.
+    pub(crate) fn advance_ticket(&self, node: usize, id: u64, preempt: &dyn Preempt) -> Option<Extent> {
+        let whole = self.config.policy.whole_chunk_in_place();
+        let base = self.cell(node).base;
+        let mut zeroed = 0u64;
+        let mut st = self.lock_node(node);
+        let result = loop {
+            let i = st.work_index(id);
+            let w = st.work[i].clone();
+            let batch = if whole { size(w.order) } else { self.config.scrub_batch as u32 };
+            match st.dirty.next_run(w.head, size(w.order), w.cursor, batch) {
+                Some((s, l)) => {
+                    st.work[i].cursor = s + l;
+                    st.work[i].inflight += 1;
+                    drop(st);
+                    self.mem.zero(Mfn(base + (w.head + s) as u64), l as u64);
+                    zeroed += l as u64;
+                    st = self.lock_node(node);
+                    st.dirty.clear(w.head + s, l);
+                    let i = st.work_index(id);
+                    st.work[i].inflight -= 1;
+                    if !whole && preempt.check() {
+                        break None;
+                    }
+                }
+                None if w.inflight > 0 => break None,
+                None => {
+                    st.work.swap_remove(i);
+                    let Kind::Ticket { owner, movable } = w.kind else { unreachable!("ticket work of another kind") };
+                    st.meta[w.head as usize] = Self::allocated_slot(w.order, owner, movable);
+                    self.cell(node).publish(&st);
+                    break Some(Extent { mfn: Mfn(base + w.head as u64), order: w.order, node });
+                }
+            }
+        };
+        let owner = match st.work.iter().find(|w| w.id == id).map(|w| w.kind) {
+            Some(Kind::Ticket { owner, .. }) => Some(owner),
+            _ => result.map(|e| crate::types::DomId(st.meta[(e.mfn.0 - base) as usize].a)),
+        };
+        drop(st);
+        if zeroed > 0 {
+            let bytes = zeroed * self.config.frame_size;
+            let mut acct = self.acct.lock();
+            acct.scrubbed.in_place += bytes;
+            if let Some(o) = owner {
+                *acct.in_place_by_owner.entry(o).or_default() += bytes;
+            }
+        }
+        result
+    }
+
+    /// A ticket was dropped unfinished: its frames go back now, or when the last helper
+    /// batch in flight is done.
+    pub(crate) fn abandon_ticket(&self, node: usize, id: u64) {
+        let mut st = self.lock_node(node);
+        let i = st.work_index(id);
+        st.work[i].stop = true;
+        if st.work[i].inflight == 0 {
+            self.release_ticket(&mut st, node, i);
+        }
+    }
+}

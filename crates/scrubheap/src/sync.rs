@@ -1,0 +1,50 @@
+//! The locks and atomics the heap uses, behind one facade: `spin` by default (no_std),
+//! `parking_lot` with the `parking_lot` feature (hosts, where a lock holder can be
+//! descheduled), and loom's model-checked types under `cfg(loom)`.
+
+#[cfg(not(loom))]
+pub(crate) use core::sync::atomic::AtomicU64;
+#[cfg(loom)]
+pub(crate) use loom::sync::atomic::AtomicU64;
+
+/// A mutex whose `lock` returns the guard directly.
+pub(crate) struct Mutex<T>(Inner<T>);
+
+#[cfg(loom)]
+type Inner<T> = loom::sync::Mutex<T>;
+#[cfg(all(not(loom), feature = "parking_lot"))]
+type Inner<T> = parking_lot::Mutex<T>;
+#[cfg(all(not(loom), not(feature = "parking_lot")))]
+type Inner<T> = spin::Mutex<T>;
+
+#[cfg(loom)]
+pub(crate) type MutexGuard<'a, T> = loom::sync::MutexGuard<'a, T>;
+#[cfg(all(not(loom), feature = "parking_lot"))]
+pub(crate) type MutexGuard<'a, T> = parking_lot::MutexGuard<'a, T>;
+#[cfg(all(not(loom), not(feature = "parking_lot")))]
+pub(crate) type MutexGuard<'a, T> = spin::MutexGuard<'a, T>;
+
+impl<T> Mutex<T> {
+    pub fn new(v: T) -> Self {
+        Mutex(Inner::new(v))
+    }
+
+    #[cfg(loom)]
+    pub fn lock(&self) -> MutexGuard<'_, T> {
+        self.0.lock().expect("a heap lock holder panicked")
+    }
+
+    #[cfg(not(loom))]
+    pub fn lock(&self) -> MutexGuard<'_, T> {
+        self.0.lock()
+    }
+}
+
+/// What a waiter does between two polls of a condition another thread will make true.
+#[inline]
+pub(crate) fn relax() {
+    #[cfg(loom)]
+    loom::thread::yield_now();
+    #[cfg(not(loom))]
+    core::hint::spin_loop();
+}
