@@ -1,1 +1,29 @@
-//! placeholder
+//! scrubheap on real memory.
+//!
+//! - [`Arena`]: one anonymous mapping of frames (hugetlbfs pages when the host has a pool,
+//!   transparent huge pages advised otherwise), prefaulted in parallel, implementing the
+//!   heap's [`scrubheap::FrameMemory`] plus what the runtime needs for owners and leak
+//!   checks (fill, poison, non-zero counts).
+//! - [`Kernel`]: the zeroing kernels (`rep stosb`, AVX2 and AVX-512 non-temporal stores,
+//!   AMD `clzero`, portable `write_bytes`), detected at run time, and [`calibrate`] to
+//!   pick the fastest.
+//!
+//! All of the workspace's `unsafe` lives in this crate; each block says why it holds.
+//!
+//! ```
+//! use scrubheap::{Heap, HeapConfig, Mfn, NeverPreempt};
+//! use scrubheap_host::{Arena, ArenaConfig};
+//! let arena = Arena::new(ArenaConfig::new(Mfn(0), 1024, 4096)).unwrap();
+//! arena.fill(Mfn(0), 1024, 0xdead);
+//! let heap = Heap::new(HeapConfig::uniform(1, 1024).with_initially_dirty(true), &arena).unwrap();
+//! while heap.scrub_step(0, 256, &NeverPreempt).unwrap() > 0 {}
+//! assert_eq!(arena.count_nonzero_words(Mfn(0), 1024), 0);
+//! ```
+#![deny(unsafe_op_in_unsafe_fn)]
+#![warn(missing_docs)]
+
+mod arena;
+mod zero;
+
+pub use arena::{Arena, ArenaConfig, ArenaError, Backing, Prefault, POISON};
+pub use zero::{calibrate, median, Calibration, Kernel, UnknownKernel};
