@@ -147,6 +147,8 @@ pub(crate) struct NodeCell {
     allocated: AtomicU64,
     offline: AtomicU64,
     scrubbing: AtomicU64,
+    /// Outstanding node claims on this node (mirrors the claim book).
+    claimed: AtomicU64,
 }
 
 impl NodeCell {
@@ -178,6 +180,8 @@ pub struct Heap<M> {
     /// for which it is the nearest node with CPUs).
     pub(crate) served: Vec<Vec<usize>>,
     pub(crate) claims: Mutex<ClaimBook>,
+    /// All outstanding claims (mirrors the claim book, for lock-free readers).
+    claimed_total: AtomicU64,
     pub(crate) acct: Mutex<Accounting>,
     observer: Option<Arc<dyn LockObserver>>,
     pub(crate) mem: M,
@@ -254,6 +258,7 @@ impl<M: FrameMemory> Heap<M> {
                 allocated: AtomicU64::new(0),
                 offline: AtomicU64::new(0),
                 scrubbing: AtomicU64::new(0),
+                claimed: AtomicU64::new(0),
             };
             cell.publish(&st);
             *cell.state.lock() = st;
@@ -281,6 +286,7 @@ impl<M: FrameMemory> Heap<M> {
             near,
             served,
             claims: Mutex::new(ClaimBook::new(n)),
+            claimed_total: AtomicU64::new(0),
             acct: Mutex::new(Accounting::default()),
             observer: None,
             config,
@@ -480,6 +486,7 @@ impl<M: FrameMemory> Heap<M> {
         st.free_dirty -= dirty as u64;
         st.allocated += want as u64;
         book.retire(req.owner, n, want as u64);
+        self.publish_claims(&book);
         drop(book);
         let ext = Extent { mfn: Mfn(cell.base + head as u64), order: req.order, node: n };
         if dirty > 0 && req.scrub {
@@ -638,12 +645,15 @@ impl<M: FrameMemory> Heap<M> {
             });
         }
         book.install(dom, new);
+        self.publish_claims(&book);
         Ok(())
     }
 
     /// Drops all of `dom`'s outstanding claims.
     pub fn claim_cancel(&self, dom: DomId) {
-        self.claims.lock().cancel(dom);
+        let mut book = self.claims.lock();
+        book.cancel(dom);
+        self.publish_claims(&book);
     }
 
     /// `dom`'s outstanding claims (global first, then nodes in order; zero entries left out).
@@ -660,7 +670,8 @@ impl<M: FrameMemory> Heap<M> {
         v
     }
 
-    /// Frame counts of one node, read without taking its lock.
+    /// Frame counts of one node, read without taking any lock (each counter is exact at
+    /// some moment; together they may be a moment apart while the heap is busy).
     pub fn node_stats(&self, node: usize) -> Result<NodeStats, HeapError> {
         let c = self.node(node)?;
         let free = c.free.load(Relaxed);
@@ -671,7 +682,7 @@ impl<M: FrameMemory> Heap<M> {
             allocated: c.allocated.load(Relaxed),
             offline: c.offline.load(Relaxed),
             scrubbing: c.scrubbing.load(Relaxed),
-            claimed: self.claims.lock().node_total[node],
+            claimed: c.claimed.load(Relaxed),
         })
     }
 
@@ -686,7 +697,7 @@ impl<M: FrameMemory> Heap<M> {
             s.offline += ns.offline;
             s.scrubbing += ns.scrubbing;
         }
-        s.claimed = self.claims.lock().outstanding();
+        s.claimed = self.claimed_total.load(Relaxed);
         s.scrubbed = self.acct.lock().scrubbed;
         s
     }
@@ -717,6 +728,14 @@ impl<M: FrameMemory> Heap<M> {
             zone: st.zone_of(h),
             state,
         })
+    }
+
+    /// Mirrors the claim totals for lock-free readers; called under the claims lock.
+    fn publish_claims(&self, book: &ClaimBook) {
+        for (c, &t) in self.nodes.iter().zip(&book.node_total) {
+            c.claimed.store(t, Relaxed);
+        }
+        self.claimed_total.store(book.outstanding(), Relaxed);
     }
 
     /// Free and being-scrubbed frames of node `n`, read without its lock.

@@ -195,6 +195,11 @@ impl<M: FrameMemory> Heap<M> {
                 book.node_total, book.global_total
             ));
         }
+        for (n, &t) in book.node_total.iter().enumerate() {
+            if self.node_stats(n).map(|s| s.claimed) != Ok(t) {
+                return fail(format!("node {n}: published claim total is stale"));
+            }
+        }
         for (n, (&claimed, &free)) in book.node_total.iter().zip(&node_avail).enumerate() {
             if claimed > free {
                 return fail(format!("node {n}: {claimed} frames claimed but only {free} free or being scrubbed"));

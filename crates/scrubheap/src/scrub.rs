@@ -63,10 +63,9 @@ impl<M: FrameMemory> Heap<M> {
     fn scrub_order(&self, node: usize) -> Vec<usize> {
         let mut v = self.served[node].clone();
         if v.len() > 1 {
-            let book = self.claims.lock();
             let deficit = |m: usize| {
-                let s = self.node_counters(m);
-                book.node_total[m].saturating_sub(s[0] - s[1])
+                let s = self.node_stats(m).expect("served nodes exist");
+                s.claimed.saturating_sub(s.free_clean)
             };
             v.sort_by_key(|&m| core::cmp::Reverse(deficit(m)));
         }

@@ -268,3 +268,20 @@ fn claims_reserve_memory_and_are_retired_node_first_then_global() {
     assert_eq!(h.stats().claimed, 0);
     h.check_invariants().unwrap();
 }
+
+#[test]
+fn claimed_nodes_are_scrubbed_first_toward_their_clean_target() {
+    let mut c = HeapConfig::uniform(3, 64).with_initially_dirty(true);
+    c.nodes[1].has_cpus = false;
+    c.nodes[2].has_cpus = false;
+    let h = Heap::new(c, NullMemory).unwrap();
+    assert_eq!(h.served_by(0).unwrap(), &[0, 1, 2]);
+    h.claim_set(DomId(7), &[Claim { target: ClaimTarget::Node(2), frames: 40 }]).unwrap();
+    assert_eq!(h.node_stats(2).unwrap().claimed, 40);
+    // The first 64 frames scrubbed are node 2's: its claim wants clean memory.
+    assert_eq!(h.scrub_step(0, 64, &NeverPreempt).unwrap(), 64);
+    assert_eq!(h.node_stats(2).unwrap().free_dirty, 0);
+    assert_eq!(h.node_stats(0).unwrap().free_dirty, 64);
+    assert_eq!(h.node_stats(1).unwrap().free_dirty, 64);
+    h.check_invariants().unwrap();
+}
