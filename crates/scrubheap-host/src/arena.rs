@@ -59,6 +59,12 @@ pub struct ArenaConfig {
     pub kernel: Option<Kernel>,
     /// Bytes the construction-time calibration zeroes per round (at most the arena).
     pub calibration_bytes: usize,
+    /// Bytes per kernel call in the calibration: the heap's scrub batch in bytes, the
+    /// size [`FrameMemory::zero`] will be called with (see [`zero::calibrate`]).
+    pub calibration_call_bytes: usize,
+    /// Whether to advise transparent huge pages (`MADV_HUGEPAGE`) for anonymous memory;
+    /// `false` advises against them (`MADV_NOHUGEPAGE`), for measuring what THP is worth.
+    pub thp: bool,
 }
 
 impl ArenaConfig {
@@ -73,6 +79,8 @@ impl ArenaConfig {
             prefault_threads: 0,
             kernel: None,
             calibration_bytes: 64 * MIB,
+            calibration_call_bytes: MIB,
+            thp: true,
         }
     }
 
@@ -85,6 +93,12 @@ impl ArenaConfig {
     /// Builder: whether to try hugetlbfs pages.
     pub fn with_hugetlb(mut self, on: bool) -> Self {
         self.hugetlb = on;
+        self
+    }
+
+    /// Builder: whether to advise transparent huge pages.
+    pub fn with_thp(mut self, on: bool) -> Self {
+        self.thp = on;
         self
     }
 
@@ -103,7 +117,7 @@ pub enum Backing {
     /// hugetlbfs 2 MiB pages.
     Hugetlb2M,
     /// Ordinary anonymous memory, 2 MiB aligned; `thp_advised` says whether the kernel
-    /// accepted `MADV_HUGEPAGE` (see [`Arena::thp_bytes`] for what it actually got).
+    /// accepted `MADV_HUGEPAGE` (see [`Arena::huge_bytes`] for what it actually got).
     Anonymous {
         /// Whether `madvise(MADV_HUGEPAGE)` succeeded.
         thp_advised: bool,
@@ -116,7 +130,7 @@ impl fmt::Display for Backing {
             Backing::Hugetlb1G => f.write_str("hugetlbfs 1 GiB pages"),
             Backing::Hugetlb2M => f.write_str("hugetlbfs 2 MiB pages"),
             Backing::Anonymous { thp_advised: true } => f.write_str("anonymous, THP advised"),
-            Backing::Anonymous { thp_advised: false } => f.write_str("anonymous, 4 KiB pages (THP unavailable)"),
+            Backing::Anonymous { thp_advised: false } => f.write_str("anonymous, THP not advised"),
         }
     }
 }
@@ -215,7 +229,7 @@ impl Arena {
                 return Err(ArenaError::KernelUnavailable(k));
             }
         }
-        let (ptr, backing) = sys::map(len, cfg.hugetlb)?;
+        let (ptr, backing) = sys::map(len, cfg.hugetlb, cfg.thp)?;
         // From here on `arena` owns the mapping and unmaps it if anything below fails.
         let mut arena = Arena {
             ptr,
@@ -250,7 +264,7 @@ impl Arena {
                 // read-write and initialised (anonymous memory reads as zero), and nobody
                 // else can reach it: the arena is still being built and owned by this frame.
                 let buf = unsafe { std::slice::from_raw_parts_mut(ptr.as_ptr(), n) };
-                let c = zero::calibrate(buf, 3);
+                let c = zero::calibrate(buf, cfg.calibration_call_bytes, 3);
                 let best = c.best;
                 arena.calibration = Some(c);
                 best
@@ -516,8 +530,9 @@ mod sys {
     }
 
     /// Maps `len` bytes (a multiple of 4096): hugetlbfs pages if asked and the host has
-    /// them, else anonymous memory aligned to 2 MiB with THP advised.
-    pub(super) fn map(len: usize, hugetlb: bool) -> Result<(NonNull<u8>, Backing), ArenaError> {
+    /// them, else anonymous memory aligned to 2 MiB with THP advised (or, if `thp` is
+    /// false, advised against).
+    pub(super) fn map(len: usize, hugetlb: bool, thp: bool) -> Result<(NonNull<u8>, Backing), ArenaError> {
         #[cfg(target_os = "linux")]
         if hugetlb {
             let tries =
@@ -552,11 +567,18 @@ mod sys {
         // SAFETY: `start` is `raw` plus `head`, inside the mapping, hence non-null.
         let ptr = unsafe { NonNull::new_unchecked(raw.as_ptr().add(head)) };
         #[cfg(target_os = "linux")]
-        // SAFETY: madvise only changes the kernel's paging policy for `[ptr, ptr + len)`,
-        // which is our own mapping; it never changes the contents.
-        let thp_advised = unsafe { libc::madvise(ptr.as_ptr().cast(), len, libc::MADV_HUGEPAGE) } == 0;
+        let thp_advised = {
+            let advice = if thp { libc::MADV_HUGEPAGE } else { libc::MADV_NOHUGEPAGE };
+            // SAFETY: madvise only changes the kernel's paging policy for `[ptr, ptr + len)`,
+            // which is our own mapping; it never changes the contents.
+            let r = unsafe { libc::madvise(ptr.as_ptr().cast(), len, advice) };
+            thp && r == 0
+        };
         #[cfg(not(target_os = "linux"))]
-        let thp_advised = false;
+        let thp_advised = {
+            let _ = thp;
+            false
+        };
         Ok((ptr, Backing::Anonymous { thp_advised }))
     }
 
@@ -785,12 +807,26 @@ mod tests {
     fn calibrating_picks_an_available_kernel_and_leaves_memory_zero() {
         let mut cfg = ArenaConfig::new(Mfn(0), 1024, F).with_hugetlb(false);
         cfg.calibration_bytes = 1 << 20;
+        cfg.calibration_call_bytes = 64 << 10;
         let a = Arena::new(cfg).unwrap();
         let c = a.calibration().expect("no kernel given, so it calibrated");
         assert_eq!(a.kernel(), c.best);
-        assert_eq!(c.bytes, 1 << 20);
+        assert_eq!((c.bytes, c.call_bytes), (1 << 20, 64 << 10));
         assert!(a.is_zero(a.base(), 1024));
         assert!(a.describe().contains(c.best.name()));
+    }
+
+    #[test]
+    fn thp_can_be_advised_against() {
+        let a = Arena::new(
+            ArenaConfig::new(Mfn(0), 512, F).with_hugetlb(false).with_thp(false).with_kernel(Kernel::WriteBytes),
+        )
+        .unwrap();
+        assert_eq!(a.backing(), Backing::Anonymous { thp_advised: false });
+        assert_eq!(a.huge_bytes().unwrap_or(0), 0);
+        a.fill(a.base(), 512, 1);
+        a.zero(a.base(), 512);
+        assert!(a.is_zero(a.base(), 512));
     }
 
     #[test]

@@ -7,6 +7,7 @@
 //! - [`Kernel`]: the zeroing kernels (`rep stosb`, AVX2 and AVX-512 non-temporal stores,
 //!   AMD `clzero`, portable `write_bytes`), detected at run time, and [`calibrate`] to
 //!   pick the fastest.
+//! - [`thread_cpu_time`]: the calling thread's CPU time.
 //!
 //! All of the workspace's `unsafe` lives in this crate; each block says why it holds.
 //!
@@ -23,7 +24,9 @@
 #![warn(missing_docs)]
 
 mod arena;
+mod clock;
 mod zero;
 
 pub use arena::{Arena, ArenaConfig, ArenaError, Backing, Prefault, POISON};
+pub use clock::thread_cpu_time;
 pub use zero::{calibrate, median, Calibration, Kernel, UnknownKernel};

@@ -192,6 +192,8 @@ pub struct Calibration {
     pub gbps: Vec<(Kernel, f64)>,
     /// Bytes each round zeroed.
     pub bytes: usize,
+    /// Bytes per kernel call (the last call of a round may be shorter).
+    pub call_bytes: usize,
 }
 
 impl Calibration {
@@ -202,30 +204,38 @@ impl Calibration {
 }
 
 /// Zeroes `buf` (which should be prefaulted and larger than the last-level cache, for
-/// example 64 MiB) with each available kernel, `rounds` timed rounds each after one
-/// untimed warm-up, the kernels interleaved round by round so drift in the machine's load
-/// spreads over all of them. Returns the kernel with the best median throughput.
+/// example 64 MiB) with each available kernel, in calls of `call_bytes` (0: the whole
+/// buffer in one call), `rounds` timed rounds each after one untimed warm-up, the kernels
+/// interleaved round by round so drift in the machine's load spreads over all of them.
+/// Returns the kernel with the best median throughput.
+///
+/// Measure at the size the kernel will be called with: the heap calls it once per scrub
+/// batch (1 MiB by default). The ranking depends on it: `rep stosb` switches to
+/// cache-bypassing stores only for very large calls, so it can lead for one call over a
+/// whole arena and trail the non-temporal kernels by half at 1 MiB calls.
 ///
 /// # Panics
 /// If `buf` is empty or `rounds` is 0.
-pub fn calibrate(buf: &mut [u8], rounds: usize) -> Calibration {
+pub fn calibrate(buf: &mut [u8], call_bytes: usize, rounds: usize) -> Calibration {
     assert!(!buf.is_empty() && rounds > 0, "calibration needs a non-empty buffer and at least one round");
+    let call = if call_bytes == 0 { buf.len() } else { call_bytes.min(buf.len()) };
     let kernels = Kernel::available();
     let mut times: Vec<Vec<f64>> = vec![Vec::with_capacity(rounds); kernels.len()];
-    for k in &kernels {
-        k.zero(buf);
+    let run = |k: Kernel, buf: &mut [u8]| buf.chunks_mut(call).for_each(|c| k.zero(c));
+    for &k in &kernels {
+        run(k, buf);
     }
     for _ in 0..rounds {
-        for (i, k) in kernels.iter().enumerate() {
+        for (i, &k) in kernels.iter().enumerate() {
             let t = Instant::now();
-            k.zero(buf);
+            run(k, buf);
             times[i].push(t.elapsed().as_secs_f64());
         }
     }
     let gbps: Vec<(Kernel, f64)> =
         kernels.iter().zip(times).map(|(&k, t)| (k, buf.len() as f64 / median(t).max(1e-9) / 1e9)).collect();
     let best = gbps.iter().copied().max_by(|a, b| a.1.total_cmp(&b.1)).map(|(k, _)| k).unwrap_or(Kernel::WriteBytes);
-    Calibration { best, gbps, bytes: buf.len() }
+    Calibration { best, gbps, bytes: buf.len(), call_bytes: call }
 }
 
 /// The median of `v` (the mean of the middle two for an even count).
@@ -477,13 +487,17 @@ mod tests {
 
     #[test]
     fn calibration_measures_each_available_kernel_and_picks_one_of_them() {
-        let mut buf = vec![1u8; 256 * KIB];
-        let c = calibrate(&mut buf, 2);
+        let mut buf = vec![1u8; 256 * KIB + 100];
+        let c = calibrate(&mut buf, 64 * KIB, 2);
+        assert_eq!(c.call_bytes, 64 * KIB);
         let measured: Vec<Kernel> = c.gbps.iter().map(|&(k, _)| k).collect();
         assert_eq!(measured, Kernel::available());
         assert!(c.gbps.iter().all(|&(_, g)| g.is_finite() && g > 0.0));
         assert!(measured.contains(&c.best));
         assert_eq!(c.gbps_of(c.best), c.gbps.iter().map(|&(_, g)| g).max_by(f64::total_cmp));
+        assert!(buf.iter().all(|&b| b == 0));
+        buf.fill(1);
+        assert_eq!(calibrate(&mut buf, 0, 1).call_bytes, buf.len());
         assert!(buf.iter().all(|&b| b == 0));
     }
 
