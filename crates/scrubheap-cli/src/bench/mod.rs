@@ -2,16 +2,20 @@
 //! schema-1 `bench` keys of DESIGN section 6.
 
 pub mod alloc;
+pub mod scrub;
 
 /// Benchmarks.
 #[derive(clap::Subcommand)]
 pub enum Cmd {
     /// Allocator throughput against buddy_system_allocator on one seeded sequence.
     Alloc(alloc::Args),
+    /// Background scrub throughput against raw zeroing of the same arena, per kernel.
+    Scrub(scrub::Args),
 }
 
 pub fn main(c: Cmd) -> anyhow::Result<()> {
     match c {
         Cmd::Alloc(a) => alloc::main(a),
+        Cmd::Scrub(a) => scrub::main(a),
     }
 }

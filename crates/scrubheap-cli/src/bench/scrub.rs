@@ -1,0 +1,458 @@
+//! `scrubheap bench scrub`: background scrub throughput against raw zeroing of the same
+//! arena by the best kernel (DESIGN sections 6 and 8).
+//!
+//! One arena is mapped and prefaulted, then:
+//!
+//! 1. every available zeroing kernel zeroes the whole arena (dirtied first) two ways: in
+//!    one call (`kernels`) and in calls of one heap scrub batch (`kernels_batched`), the
+//!    kernels interleaved round by round. The fastest in one call is the *raw* kernel;
+//!    the fastest in batch-sized calls (or `--kernel`) is the one the heap scrubs with,
+//!    because batch-sized calls are what the heap makes;
+//! 2. `reps` times, rotating which goes first, each after dirtying the whole arena:
+//!    *raw*, the raw kernel zeroing the arena in one call; *batched*, the scrub kernel
+//!    zeroing it in batch-sized calls with no heap; *background*, a heap built over the
+//!    arena with every frame dirty and one thread calling `heap.scrub_step(0, budget)`
+//!    until it returns 0 (the heap's batches, locking and bookkeeping included), then an
+//!    untimed check that every byte is zero.
+//!
+//! Dirtying and building the heap are never timed. Each run is timed by the wall clock
+//! (the figures) and by the thread's CPU time (`*_cpu_gbps`, which leave out time the
+//! thread spent descheduled on a shared machine). Medians are quoted; GB/s is 10^9
+//! bytes per second; `ratio = background_gbps / raw_gbps`, which splits into
+//! `batched_gbps / raw_gbps` (what calling the kernel a batch at a time costs) times
+//! `heap_efficiency = background_gbps / batched_gbps` (what the heap adds per batch).
+
+use anyhow::{bail, ensure, Context};
+use scrubheap::{FrameMemory, Heap, HeapConfig, Mfn, NeverPreempt};
+use scrubheap_host::{median, thread_cpu_time, Arena, ArenaConfig, Kernel};
+use serde::Serialize;
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::time::Instant;
+
+/// Bytes per frame of the benchmark's arena and heap.
+const FRAME: u64 = 4096;
+
+/// Background scrub throughput against raw zeroing of the same arena.
+#[derive(clap::Args)]
+pub struct Args {
+    /// Where to write the JSON report.
+    #[arg(long)]
+    pub json: Option<PathBuf>,
+    /// Arena size: bytes, or with a unit (KiB, MiB, GiB; K, M, G mean the same).
+    #[arg(long, default_value = "1GiB", value_parser = parse_bytes)]
+    pub memory: u64,
+    /// Timed repetitions of each measurement; medians are reported.
+    #[arg(long, default_value_t = 9)]
+    pub reps: usize,
+    /// Frames each `scrub_step` call may zero (the scrubber's budget per call).
+    #[arg(long, default_value_t = 4096)]
+    pub budget: u64,
+    /// Frames the heap zeroes per batch (`HeapConfig::scrub_batch`); default the heap's.
+    #[arg(long)]
+    pub batch: Option<u64>,
+    /// Scrub with this zeroing kernel instead of the fastest measured at batch size.
+    #[arg(long)]
+    pub kernel: Option<Kernel>,
+    /// Do not try hugetlbfs pages (anonymous memory with THP advised only).
+    #[arg(long)]
+    pub no_hugetlb: bool,
+    /// Advise against transparent huge pages (to measure what they are worth).
+    #[arg(long)]
+    pub no_thp: bool,
+}
+
+/// What to run.
+#[derive(Clone, Debug)]
+pub struct Config {
+    /// Arena bytes (a multiple of 4096).
+    pub memory: u64,
+    /// Timed repetitions.
+    pub reps: usize,
+    /// Frames per `scrub_step` call.
+    pub budget: u64,
+    /// Heap scrub batch in frames (`None`: the heap's default).
+    pub batch: Option<u64>,
+    /// Forced kernel.
+    pub kernel: Option<Kernel>,
+    /// Whether to try hugetlbfs.
+    pub hugetlb: bool,
+    /// Whether to advise THP.
+    pub thp: bool,
+}
+
+/// The schema-1 `bench.scrub` figures, plus what they were measured with.
+#[derive(Clone, Debug, Serialize)]
+pub struct ScrubResult {
+    /// Median GB/s of the fastest kernel zeroing the whole arena in one call.
+    pub raw_gbps: f64,
+    /// Median GB/s of one thread scrubbing the same bytes through `Heap::scrub_step`.
+    pub background_gbps: f64,
+    /// `background_gbps / raw_gbps`.
+    pub ratio: f64,
+    /// Scrubbing threads.
+    pub threads: u32,
+    /// The kernel the heap scrubbed with.
+    pub kernel: String,
+    /// Median GB/s of each available kernel zeroing the whole arena in one call.
+    pub kernels: BTreeMap<String, f64>,
+    /// The kernel of the raw runs (the fastest in `kernels`).
+    pub raw_kernel: String,
+    /// Median GB/s of each available kernel zeroing the arena in batch-sized calls.
+    pub kernels_batched: BTreeMap<String, f64>,
+    /// Median GB/s of the scrub kernel zeroing the arena in batch-sized calls, no heap.
+    pub batched_gbps: f64,
+    /// `background_gbps / batched_gbps`: the share of batch-sized zeroing the heap keeps.
+    pub heap_efficiency: f64,
+    /// Median over repetitions of that repetition's background / raw (adjacent runs share
+    /// the machine's momentary load).
+    pub ratio_paired: f64,
+    /// `raw_gbps` by thread CPU time.
+    pub raw_cpu_gbps: f64,
+    /// `batched_gbps` by thread CPU time.
+    pub batched_cpu_gbps: f64,
+    /// `background_gbps` by thread CPU time.
+    pub background_cpu_gbps: f64,
+    /// `background_cpu_gbps / raw_cpu_gbps`.
+    pub ratio_cpu: f64,
+    /// Arena bytes.
+    pub memory_bytes: u64,
+    /// Timed repetitions per figure.
+    pub reps: usize,
+    /// Frames per `scrub_step` call.
+    pub budget_frames: u64,
+    /// Frames per heap scrub batch (one `FrameMemory::zero` call, one fence).
+    pub batch_frames: u64,
+    /// `scrub_step` calls per background run (the last, returning 0, included).
+    pub scrub_steps: u64,
+    /// Every raw run's GB/s, in run order.
+    pub raw_runs_gbps: Vec<f64>,
+    /// Every batched run's GB/s, in run order.
+    pub batched_runs_gbps: Vec<f64>,
+    /// Every background run's GB/s, in run order.
+    pub background_runs_gbps: Vec<f64>,
+    /// What backs the arena.
+    pub backing: String,
+    /// The arena in one line (backing, huge pages, prefault).
+    pub arena: String,
+    /// Bytes of the arena in huge pages after the runs, where known.
+    pub huge_bytes: Option<u64>,
+    /// Seconds the prefault took.
+    pub prefault_s: f64,
+}
+
+/// The JSON report: `{"scrub": {...}}`.
+#[derive(Clone, Debug, Serialize)]
+pub struct Report {
+    /// The figures.
+    pub scrub: ScrubResult,
+}
+
+/// Parses `1GiB`, `512MiB`, `64K`, `4096`: a whole number of bytes with an optional
+/// binary unit.
+pub fn parse_bytes(s: &str) -> Result<u64, String> {
+    let t = s.trim();
+    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    let n: u64 = num.parse().map_err(|_| format!("{s:?} is not a size: expected a number like 1GiB or 65536"))?;
+    let shift = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 0,
+        "k" | "kb" | "kib" => 10,
+        "m" | "mb" | "mib" => 20,
+        "g" | "gb" | "gib" => 30,
+        "t" | "tb" | "tib" => 40,
+        u => return Err(format!("unknown size unit {u:?} in {s:?}: use KiB, MiB, GiB or TiB")),
+    };
+    n.checked_mul(1 << shift).ok_or_else(|| format!("{s:?} does not fit in 64 bits"))
+}
+
+/// Every byte of the arena non-zero (a different word each time, so nothing is skipped
+/// because memory already holds the value).
+fn dirty(arena: &Arena, round: u64) {
+    arena.fill(arena.base(), arena.frames(), 0x0101_0101_0101_0101u64.wrapping_mul(round % 255 + 1));
+}
+
+fn gbps(bytes: u64, secs: f64) -> f64 {
+    bytes as f64 / secs.max(1e-9) / 1e9
+}
+
+/// Wall-clock and thread CPU seconds of one timed run.
+#[derive(Copy, Clone, Debug)]
+struct Took {
+    wall: f64,
+    cpu: f64,
+}
+
+/// Times `f` by the wall clock and by the thread's CPU time.
+fn timed<T>(f: impl FnOnce() -> T) -> (Took, T) {
+    let (w, c) = (Instant::now(), thread_cpu_time());
+    let out = f();
+    let cpu = thread_cpu_time().saturating_sub(c).as_secs_f64();
+    (Took { wall: w.elapsed().as_secs_f64(), cpu }, out)
+}
+
+/// Zeroes the whole arena with `k` in calls of `call` frames, the way the heap calls
+/// [`FrameMemory::zero`].
+fn time_zero(arena: &Arena, k: Kernel, call: u64) -> Took {
+    arena.set_kernel(k);
+    let (base, end) = (arena.base().0, arena.end().0);
+    timed(|| {
+        let mut f = base;
+        while f < end {
+            let n = call.min(end - f);
+            arena.zero(Mfn(f), n);
+            f += n;
+        }
+    })
+    .0
+}
+
+/// Builds a heap with every frame dirty over the arena and scrubs it with one thread;
+/// returns the time taken and the `scrub_step` calls. Checks every frame was scrubbed and
+/// is zero.
+fn time_background(arena: &Arena, cfg: &HeapConfig, budget: u64) -> anyhow::Result<(Took, u64)> {
+    let heap = Heap::new(cfg.clone(), arena).context("building the heap over the arena")?;
+    let (took, res) = timed(|| -> anyhow::Result<(u64, u64)> {
+        let (mut frames, mut calls) = (0, 0);
+        loop {
+            calls += 1;
+            match heap.scrub_step(0, budget, &NeverPreempt)? {
+                0 => return Ok((frames, calls)),
+                z => frames += z,
+            }
+        }
+    });
+    let (frames, calls) = res?;
+    ensure!(frames == arena.frames(), "scrub_step zeroed {frames} frames of {}", arena.frames());
+    ensure!(heap.stats().free_dirty == 0, "frames still dirty after scrubbing: {:?}", heap.stats());
+    ensure!(
+        arena.is_zero(arena.base(), arena.frames()),
+        "the heap reported all clean but the arena holds non-zero bytes"
+    );
+    Ok((took, calls))
+}
+
+/// Runs the benchmark.
+pub fn bench(c: &Config) -> anyhow::Result<ScrubResult> {
+    ensure!(c.reps > 0, "--reps must be at least 1");
+    ensure!(c.budget > 0, "--budget must be at least 1 frame");
+    ensure!(
+        c.memory >= FRAME && c.memory % FRAME == 0,
+        "--memory {} must be a positive multiple of {FRAME} bytes",
+        c.memory
+    );
+    let frames = c.memory / FRAME;
+    ensure!(frames < u32::MAX as u64, "--memory {} is more than one heap node can hold", c.memory);
+    if let Some(k) = c.kernel {
+        ensure!(k.is_available(), "kernel {k} is not available on this CPU");
+    }
+    let mut hc = HeapConfig::uniform(1, frames).with_initially_dirty(true);
+    if let Some(b) = c.batch {
+        hc.scrub_batch = b;
+    }
+    // Validate the heap configuration (batch size) before the long part.
+    drop(Heap::new(hc.clone(), scrubheap::NullMemory).context("heap configuration")?);
+
+    let acfg = ArenaConfig::new(Mfn(0), frames, FRAME as usize)
+        .with_hugetlb(c.hugetlb)
+        .with_thp(c.thp)
+        .with_kernel(Kernel::WriteBytes);
+    let arena = Arena::new(acfg).context("mapping the arena")?;
+    let batch = hc.scrub_batch;
+
+    // 1. Every kernel over the whole arena, in one call and in batch-sized calls, interleaved.
+    let kernels = Kernel::available();
+    let mut whole: Vec<Vec<f64>> = vec![Vec::new(); kernels.len()];
+    let mut batched: Vec<Vec<f64>> = vec![Vec::new(); kernels.len()];
+    let mut round = 0;
+    for _ in 0..c.reps {
+        for (i, &k) in kernels.iter().enumerate() {
+            for (times, call) in [(&mut whole, frames), (&mut batched, batch)] {
+                round += 1;
+                dirty(&arena, round);
+                times[i].push(time_zero(&arena, k, call).wall);
+            }
+        }
+    }
+    let medians = |t: Vec<Vec<f64>>| -> Vec<(Kernel, f64)> {
+        kernels.iter().zip(t).map(|(&k, t)| (k, gbps(c.memory, median(t)))).collect()
+    };
+    let fastest = |v: &[(Kernel, f64)]| v.iter().max_by(|a, b| a.1.total_cmp(&b.1)).map_or(Kernel::WriteBytes, |x| x.0);
+    let (whole, batched) = (medians(whole), medians(batched));
+    let raw_kernel = fastest(&whole);
+    let scrub_kernel = c.kernel.unwrap_or_else(|| fastest(&batched));
+
+    // 2. Raw, batched and background, interleaved, rotating which goes first.
+    let mut raw = Vec::with_capacity(c.reps);
+    let mut bat = Vec::with_capacity(c.reps);
+    let mut bg = Vec::with_capacity(c.reps);
+    let mut calls = 0;
+    for rep in 0..c.reps {
+        for which in 0..3 {
+            round += 1;
+            dirty(&arena, round);
+            match (which + rep) % 3 {
+                0 => raw.push(time_zero(&arena, raw_kernel, frames)),
+                1 => bat.push(time_zero(&arena, scrub_kernel, batch)),
+                _ => {
+                    arena.set_kernel(scrub_kernel);
+                    let (t, n) = time_background(&arena, &hc, c.budget)?;
+                    bg.push(t);
+                    calls = n;
+                }
+            }
+        }
+    }
+    let wall = |v: &[Took]| v.iter().map(|t| gbps(c.memory, t.wall)).collect::<Vec<f64>>();
+    let cpu = |v: &[Took]| median(v.iter().map(|t| gbps(c.memory, t.cpu)).collect());
+    let (raw_runs, bat_runs, bg_runs) = (wall(&raw), wall(&bat), wall(&bg));
+    let raw_gbps = median(raw_runs.clone());
+    let batched_gbps = median(bat_runs.clone());
+    let background_gbps = median(bg_runs.clone());
+    let (raw_cpu_gbps, batched_cpu_gbps, background_cpu_gbps) = (cpu(&raw), cpu(&bat), cpu(&bg));
+    let ratio_paired = median(bg_runs.iter().zip(&raw_runs).map(|(b, r)| b / r).collect());
+    let names = |v: &[(Kernel, f64)]| v.iter().map(|&(k, g)| (k.name().to_string(), g)).collect();
+    Ok(ScrubResult {
+        raw_gbps,
+        background_gbps,
+        ratio: background_gbps / raw_gbps,
+        threads: 1,
+        kernel: scrub_kernel.name().to_string(),
+        kernels: names(&whole),
+        raw_kernel: raw_kernel.name().to_string(),
+        kernels_batched: names(&batched),
+        batched_gbps,
+        heap_efficiency: background_gbps / batched_gbps,
+        ratio_paired,
+        raw_cpu_gbps,
+        batched_cpu_gbps,
+        background_cpu_gbps,
+        ratio_cpu: background_cpu_gbps / raw_cpu_gbps,
+        memory_bytes: c.memory,
+        reps: c.reps,
+        budget_frames: c.budget,
+        batch_frames: batch,
+        scrub_steps: calls,
+        raw_runs_gbps: raw_runs,
+        batched_runs_gbps: bat_runs,
+        background_runs_gbps: bg_runs,
+        backing: arena.backing().to_string(),
+        arena: arena.describe(),
+        huge_bytes: arena.huge_bytes(),
+        prefault_s: arena.prefault_seconds(),
+    })
+}
+
+fn print_table(r: &ScrubResult) {
+    let runs = |v: &[f64]| v.iter().map(|g| format!("{g:.2}")).collect::<Vec<_>>().join(" ");
+    println!("bench scrub: median of {} interleaved reps, GB/s = 10^9 B/s by the wall clock", r.reps);
+    println!("arena: {}", r.arena);
+    println!("{:<14} {:>10} {:>14}", "kernel", "one call", format!("{} KiB calls", (r.batch_frames * FRAME) >> 10));
+    for (k, g) in &r.kernels {
+        let b = r.kernels_batched.get(k).copied().unwrap_or(f64::NAN);
+        let mut mark = String::new();
+        if *k == r.raw_kernel {
+            mark += "  <- raw";
+        }
+        if *k == r.kernel {
+            mark += "  <- scrub";
+        }
+        println!("{k:<14} {g:>10.2} {b:>14.2}{mark}");
+    }
+    println!("{:<14} {:>10.2}   runs: {}   ({}, one call)", "raw", r.raw_gbps, runs(&r.raw_runs_gbps), r.raw_kernel);
+    println!(
+        "{:<14} {:>10.2}   runs: {}   ({}, {}-frame calls, no heap)",
+        "batched",
+        r.batched_gbps,
+        runs(&r.batched_runs_gbps),
+        r.kernel,
+        r.batch_frames
+    );
+    println!(
+        "{:<14} {:>10.2}   runs: {}   ({}, 1 thread, scrub_step budget {} frames, batch {} frames, {} calls)",
+        "background",
+        r.background_gbps,
+        runs(&r.background_runs_gbps),
+        r.kernel,
+        r.budget_frames,
+        r.batch_frames,
+        r.scrub_steps
+    );
+    println!(
+        "{:<14} {:>10.3}   (background / raw; paired per rep {:.3}; by thread CPU time {:.3} = {:.2} / {:.2})",
+        "ratio", r.ratio, r.ratio_paired, r.ratio_cpu, r.background_cpu_gbps, r.raw_cpu_gbps
+    );
+    println!(
+        "{:<14} {:>10.3}   (batched / raw: calling the kernel a batch at a time)",
+        "",
+        r.batched_gbps / r.raw_gbps
+    );
+    println!("{:<14} {:>10.3}   (background / batched: the heap's share)", "", r.heap_efficiency);
+}
+
+/// `scrubheap bench scrub`.
+pub fn main(a: Args) -> anyhow::Result<()> {
+    if a.reps == 0 {
+        bail!("--reps must be at least 1");
+    }
+    let cfg = Config {
+        memory: a.memory,
+        reps: a.reps,
+        budget: a.budget,
+        batch: a.batch,
+        kernel: a.kernel,
+        hugetlb: !a.no_hugetlb,
+        thp: !a.no_thp,
+    };
+    let scrub = bench(&cfg)?;
+    print_table(&scrub);
+    if let Some(path) = &a.json {
+        let text = serde_json::to_string_pretty(&Report { scrub })?;
+        std::fs::write(path, text + "\n").with_context(|| format!("writing {}", path.display()))?;
+        println!("wrote {}", path.display());
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes_parse_with_binary_units() {
+        assert_eq!(parse_bytes("1GiB"), Ok(1 << 30));
+        assert_eq!(parse_bytes("512MiB"), Ok(512 << 20));
+        assert_eq!(parse_bytes("64k"), Ok(64 << 10));
+        assert_eq!(parse_bytes("4096"), Ok(4096));
+        assert!(parse_bytes("lots").is_err());
+        assert!(parse_bytes("1PB").unwrap_err().contains("unit"));
+        assert!(parse_bytes("99999999999TiB").is_err());
+    }
+
+    #[test]
+    fn a_small_run_reports_every_figure() {
+        let c =
+            Config { memory: 8 << 20, reps: 1, budget: 300, batch: Some(64), kernel: None, hugetlb: false, thp: true };
+        let r = bench(&c).unwrap();
+        assert_eq!(r.kernels.len(), Kernel::available().len());
+        assert_eq!(r.kernels_batched.len(), Kernel::available().len());
+        assert!(r.kernels.contains_key(&r.kernel) && r.kernels.contains_key(&r.raw_kernel));
+        assert_eq!((r.raw_runs_gbps.len(), r.batched_runs_gbps.len(), r.background_runs_gbps.len()), (1, 1, 1));
+        assert!(r.raw_gbps > 0.0 && r.background_gbps > 0.0 && r.ratio > 0.0);
+        // 2048 frames in steps of at most 300, plus the call that returns 0.
+        assert_eq!(r.scrub_steps, 2048u64.div_ceil(300) + 1);
+        let v = serde_json::to_value(Report { scrub: r }).unwrap();
+        for k in ["raw_gbps", "background_gbps", "ratio", "threads", "kernel", "kernels"] {
+            assert!(v["scrub"].get(k).is_some(), "missing scrub.{k}");
+        }
+    }
+
+    #[test]
+    fn bad_input_is_refused() {
+        let ok = Config { memory: 1 << 20, reps: 1, budget: 1, batch: None, kernel: None, hugetlb: false, thp: true };
+        assert!(bench(&Config { memory: 1000, ..ok.clone() }).is_err());
+        assert!(bench(&Config { reps: 0, ..ok.clone() }).is_err());
+        assert!(bench(&Config { budget: 0, ..ok.clone() }).is_err());
+        assert!(bench(&Config { batch: Some(0), ..ok }).is_err());
+    }
+}
