@@ -50,7 +50,8 @@ use crate::error::HeapError;
 use crate::heap::{AllocRequest, ChunkState, Heap, NodePref};
 use crate::memory::NullMemory;
 use crate::policy::Policy;
-use crate::types::{DomId, Mfn, Zone};
+use crate::preempt::NeverPreempt;
+use crate::types::{DomId, Mfn, Zone, MAX_ORDER};
 use alloc::borrow::Cow;
 use alloc::collections::BTreeMap;
 use alloc::format;
@@ -67,6 +68,10 @@ pub const MAX_NODES: u64 = 1024;
 
 /// How many invariant-violation messages a report keeps (the count is always exact).
 pub const MAX_VIOLATION_MESSAGES: usize = 16;
+
+/// The most words a line may have after its verb (no valid line has more than 7); keeps a
+/// hostile line from costing more than linear time.
+const MAX_WORDS: usize = 16;
 
 /// Error kinds of the replayer's own (the others are [`HeapError`] variant names).
 pub mod kind {
@@ -206,6 +211,9 @@ impl<'a> Args<'a> {
     fn new<I: Iterator<Item = &'a str>>(words: I) -> Result<Self, ParseError> {
         let mut toks: Vec<(&str, Option<&str>)> = Vec::new();
         for w in words {
+            if toks.len() == MAX_WORDS {
+                return perr(format!("more than {MAX_WORDS} words after the operation"));
+            }
             let t = match w.split_once('=') {
                 Some((k, v)) => (k, Some(v)),
                 None => (w, None),
@@ -586,10 +594,10 @@ impl Replayer {
         let Some(heap) = &self.heap else { return };
         let s = heap.stats();
         let mut bad = Vec::new();
-        if s.total() != self.total_frames {
-            bad.push(format!("stats account for {} frames of {}", s.total(), self.total_frames));
-        }
         let at_rest = s.free_clean as u128 + s.free_dirty as u128 + s.allocated as u128 + s.offline as u128;
+        if at_rest + s.scrubbing as u128 != self.total_frames as u128 {
+            bad.push(format!("stats account for {} frames of {}", at_rest + s.scrubbing as u128, self.total_frames));
+        }
         if s.scrubbing != 0 || at_rest != self.total_frames as u128 {
             bad.push(format!(
                 "free_clean {} + free_dirty {} + allocated {} + offline {} != {} frames (scrubbing {})",
@@ -662,7 +670,7 @@ impl Replayer {
             Op::Scrub { node, pages } => {
                 let heap = self.heap_or_fail()?;
                 let before = heap.stats();
-                let done = heap.scrub_step(node, pages)?;
+                let done = heap.scrub_step(node, pages, &NeverPreempt)?;
                 let after = heap.stats();
                 if done > pages || before.free_dirty.checked_sub(after.free_dirty) != Some(done) {
                     let msg = format!(
@@ -723,12 +731,16 @@ impl Replayer {
             return fail(kind::DUPLICATE_ID, format!("id {id} still holds frames: free it before reusing the id"));
         }
         let ext = heap.alloc(req)?;
-        let size = 1u64 << ext.order;
+        let size = 1u64 << core::cmp::min(req.order, MAX_ORDER);
+        let Some(end) = ext.mfn.0.checked_add(size).filter(|_| ext.order == req.order && req.order <= MAX_ORDER) else {
+            self.violation(format!("alloc of order {} returned {ext:?}", req.order));
+            return Ok(());
+        };
         let mut bad = Vec::new();
-        if ext.order != req.order || ext.mfn.0 % size != 0 {
+        if ext.mfn.0 % size != 0 {
             bad.push(format!("alloc of order {} returned {ext:?}", req.order));
         }
-        if heap.node_of(ext.mfn) != Ok(ext.node) || heap.node_of(Mfn(ext.mfn.0 + size - 1)) != Ok(ext.node) {
+        if heap.node_of(ext.mfn) != Ok(ext.node) || heap.node_of(Mfn(end - 1)) != Ok(ext.node) {
             bad.push(format!("alloc returned {ext:?}, which is not inside node {}", ext.node));
         }
         if let NodePref::Exact(n) = req.node {
@@ -748,7 +760,7 @@ impl Replayer {
             }
             Err(e) => bad.push(format!("alloc returned {ext:?}, whose chunk cannot be read: {e}")),
         }
-        if let Some((&m, &(o, s))) = self.pieces.range(..ext.mfn.0 + size).next_back() {
+        if let Some((&m, &(o, s))) = self.pieces.range(..end).next_back() {
             if m + (1u64 << o) > ext.mfn.0 {
                 let other = self.held.get(&s).map_or("?", |h| h.name.as_str());
                 bad.push(format!("alloc returned {ext:?}, which overlaps {} held by id {other}", Mfn(m)));
@@ -835,13 +847,15 @@ impl Replayer {
                 }
                 size
             };
+            // Saturating: only a heap that handed the same frames out twice could make the
+            // log hold less than it frees, and that is reported, not a reason to panic.
             covered += gone;
-            self.held_frames -= gone;
+            self.held_frames = self.held_frames.saturating_sub(gone);
             let Some(h) = self.held.get_mut(&serial) else { continue };
             if h.owner != owner {
                 bad.push(format!("the heap freed {} for {owner}, but id {} of {} held it", Mfn(m), h.name, h.owner));
             }
-            h.frames -= gone;
+            h.frames = h.frames.saturating_sub(gone);
             if h.frames == 0 {
                 let name = core::mem::take(&mut h.name);
                 self.held.remove(&serial);
@@ -868,7 +882,7 @@ impl Replayer {
         if set.iter().try_fold(0u64, |t, c| t.checked_add(c.frames)).is_none() {
             let s = heap.stats();
             let free = s.free_clean + s.free_dirty;
-            let own: u64 = set.iter().filter(|c| c.target != target).map(|c| c.frames).sum();
+            let own = set.iter().filter(|c| c.target != target).fold(0u64, |t, c| t.saturating_add(c.frames));
             let available = free.saturating_sub(s.claimed.saturating_sub(own));
             return Err(HeapError::ClaimExceedsFree {
                 requested: u64::MAX,
@@ -950,6 +964,8 @@ mod tests {
         ] {
             assert!(parse_line(bad).is_err(), "{bad} parsed");
         }
+        let long: String = core::iter::once("check".into()).chain((0..100_000).map(|i| format!(" k{i}=1"))).collect();
+        assert!(parse_line(&long).is_err(), "a line of many words is refused, and quickly");
     }
 
     #[test]
