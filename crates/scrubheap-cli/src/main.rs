@@ -1,6 +1,7 @@
 //! The `scrubheap` command line.
 
 mod bench;
+mod oplog_gen;
 mod replay;
 
 use clap::{Parser, Subcommand};

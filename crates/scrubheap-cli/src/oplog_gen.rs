@@ -1,0 +1,297 @@
+//! A generator of random, valid-ish op logs for `scrubheap replay --generate`.
+//!
+//! It replays each line as it writes it, so it knows which allocations exist and where
+//! their pieces are: most lines are meant to succeed (allocations of orders 0 to 18, weighted
+//! to small ones; whole and partial frees; scrubs; claims), a few are deliberate misuse
+//! (double frees, wrong owners, unaligned or oversized frees, unknown and duplicate ids),
+//! and a `check` line comes every `check_every` operations. Under memory pressure it
+//! frees more than it allocates, so the heap stays busy but not full. The same
+//! configuration and seed give the same file, byte for byte.
+
+use anyhow::{bail, Context};
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+use scrubheap::oplog::{Allocation, Outcome, ReplayReport, Replayer};
+use scrubheap::MAX_ORDER;
+use std::io::Write;
+
+/// What to generate.
+pub struct GenConfig {
+    /// Operations (lines that are not comments), the `heap` line included.
+    pub ops: u64,
+    /// Seed of the ChaCha8 generator.
+    pub seed: u64,
+    /// Nodes of the heap.
+    pub nodes: u64,
+    /// Frames per node.
+    pub frames_per_node: u64,
+    /// Where each node's Movable zone begins, if it has one.
+    pub movable_from: Option<u64>,
+    /// A `check` line every this many operations (0: none but the end's).
+    pub check_every: u64,
+    /// The replay's frame limit.
+    pub max_frames: u64,
+}
+
+/// Relative weight of each order 0..=18 in allocations: mostly 4 KiB and 2 MiB pages,
+/// now and then up to 1 GiB.
+const ORDER_WEIGHTS: [u32; MAX_ORDER as usize + 1] =
+    [300, 60, 60, 40, 40, 20, 20, 10, 10, 80, 5, 5, 5, 3, 3, 2, 2, 1, 1];
+
+/// Domains the log allocates for.
+const DOMS: u32 = 16;
+
+struct Gen<'a> {
+    cfg: &'a GenConfig,
+    rng: ChaCha8Rng,
+    replayer: Replayer,
+    /// Ids allocated that may still hold frames (pruned lazily).
+    live: Vec<String>,
+    next_id: u64,
+    /// The last piece freed by mfn, to free again (a double free).
+    last_freed: Option<(u64, u8, u32)>,
+}
+
+impl Gen<'_> {
+    fn heap_line(&self) -> String {
+        let c = self.cfg;
+        let mut l = format!("heap nodes={} frames_per_node={}", c.nodes, c.frames_per_node);
+        if let Some(m) = c.movable_from {
+            l += &format!(" movable_from={m}");
+        }
+        l
+    }
+
+    fn order(&mut self) -> u8 {
+        let total: u32 = ORDER_WEIGHTS.iter().sum();
+        let mut x = self.rng.random_range(0..total);
+        for (o, &w) in ORDER_WEIGHTS.iter().enumerate() {
+            if x < w {
+                return o as u8;
+            }
+            x -= w;
+        }
+        0
+    }
+
+    fn dom(&mut self) -> u32 {
+        self.rng.random_range(1..=DOMS)
+    }
+
+    fn node(&mut self) -> u64 {
+        self.rng.random_range(0..self.cfg.nodes)
+    }
+
+    /// A random live allocation, and its id.
+    fn pick(&mut self) -> Option<(String, Allocation)> {
+        for _ in 0..8 {
+            if self.live.is_empty() {
+                return None;
+            }
+            let i = self.rng.random_range(0..self.live.len());
+            match self.replayer.allocation(&self.live[i]) {
+                Some(a) => return Some((self.live[i].clone(), a)),
+                None => {
+                    self.live.swap_remove(i);
+                }
+            }
+        }
+        None
+    }
+
+    /// A random live allocation and one of its pieces `(first frame, order)`.
+    fn pick_piece(&mut self) -> Option<(String, Allocation, u64, u8)> {
+        let (id, a) = self.pick()?;
+        let (m, o) = a.remaining[self.rng.random_range(0..a.remaining.len())];
+        Some((id, a, m.0, o))
+    }
+
+    fn alloc(&mut self) -> String {
+        let id = format!("a{}", self.next_id);
+        self.next_id += 1;
+        let (dom, order) = (self.dom(), self.order());
+        let mut l = format!("alloc id={id} dom={dom} order={order}");
+        if self.rng.random_bool(0.5) {
+            l += &format!(" node={}", self.node());
+            if self.rng.random_bool(0.2) {
+                l += " exact";
+            }
+        }
+        if self.cfg.movable_from.is_some() && self.rng.random_bool(0.2) {
+            l += " movable";
+        }
+        if self.rng.random_bool(0.05) {
+            l += " noscrub";
+        }
+        self.live.push(id);
+        l
+    }
+
+    fn free_whole(&mut self) -> Option<String> {
+        let (id, _) = self.pick()?;
+        Some(format!("free id={id}"))
+    }
+
+    fn free_part(&mut self) -> Option<String> {
+        let (id, a, m, o) = self.pick_piece()?;
+        let k = self.rng.random_range(0..=o);
+        let j = self.rng.random_range(0..1u64 << (o - k));
+        Some(format!("free id={id} offset={} order={k}", m - a.first.0 + (j << k)))
+    }
+
+    fn free_mfn(&mut self) -> Option<String> {
+        let (_, a, m, o) = self.pick_piece()?;
+        self.last_freed = Some((m, o, a.owner.0));
+        Some(format!("free mfn={m:#x} order={o} dom={}", a.owner.0))
+    }
+
+    fn scrub(&mut self) -> String {
+        let pages = [64, 256, 4096, 65_536, 262_144][self.rng.random_range(0..5)];
+        format!("scrub node={} pages={pages}", self.node())
+    }
+
+    fn claim(&mut self) -> String {
+        let dom = self.dom();
+        let stats = self.replayer.heap().map(|h| h.stats()).unwrap_or_default();
+        let free = stats.free_clean + stats.free_dirty;
+        match self.rng.random_range(0..10) {
+            0..=3 => {
+                let pages = self.rng.random_range(0..=free / (8 * self.cfg.nodes));
+                format!("claim dom={dom} node={} pages={pages}", self.node())
+            }
+            4..=5 => format!("claim dom={dom} global pages={}", self.rng.random_range(0..=free / 16)),
+            _ => format!("claim dom={dom} cancel"),
+        }
+    }
+
+    /// A line that should fail, of one of several kinds.
+    fn misuse(&mut self) -> String {
+        let fallback = format!("free id=gone{}", self.rng.random_range(0..1000));
+        let line = match self.rng.random_range(0..8) {
+            0 => self.last_freed.map(|(m, o, d)| format!("free mfn={m:#x} order={o} dom={d}")),
+            1 => self.pick_piece().map(|(_, a, m, o)| format!("free mfn={m:#x} order={o} dom={}", a.owner.0 + DOMS)),
+            2 => self
+                .pick_piece()
+                .filter(|p| p.3 > 0)
+                .map(|(_, _, m, o)| format!("free mfn={:#x} order={o} dom=1", m + 1)),
+            3 => self.pick().map(|(id, a)| format!("free id={id} offset=0 order={}", a.order + 1)),
+            4 => self.pick().map(|(id, _)| format!("alloc id={id} dom=1 order=0")),
+            5 => Some(format!("alloc id=bad{} dom=1 order=0 node={} exact", self.next_id, self.cfg.nodes)),
+            6 => Some(format!("alloc id=bad{} dom=1 order={}", self.next_id, MAX_ORDER + 1)),
+            _ => Some(format!("free mfn={:#x} order=0 dom=1", self.cfg.nodes * self.cfg.frames_per_node)),
+        };
+        line.unwrap_or(fallback)
+    }
+
+    fn line(&mut self, n: u64) -> String {
+        if self.cfg.check_every > 0 && n % self.cfg.check_every == 0 {
+            return "check".into();
+        }
+        let s = self.replayer.heap().map(|h| h.stats()).unwrap_or_default();
+        let used = s.allocated as f64 / s.total().max(1) as f64;
+        let (alloc, whole) = if used > 0.85 { (15, 40) } else { (40, 18) };
+        let roll = self.rng.random_range(0..100);
+        let line = if roll < alloc {
+            Some(self.alloc())
+        } else if roll < alloc + whole {
+            self.free_whole()
+        } else if roll < alloc + whole + 10 {
+            self.free_part()
+        } else if roll < alloc + whole + 14 {
+            self.free_mfn()
+        } else if roll < alloc + whole + 26 {
+            Some(self.scrub())
+        } else if roll < alloc + whole + 31 {
+            Some(self.claim())
+        } else if roll < alloc + whole + 37 {
+            Some(self.misuse())
+        } else {
+            Some(self.alloc())
+        };
+        line.unwrap_or_else(|| self.alloc())
+    }
+}
+
+/// Writes `cfg.ops` operations to `out` (after one comment line naming the settings) and
+/// returns what replaying them does.
+pub fn generate(cfg: &GenConfig, out: &mut dyn Write) -> anyhow::Result<ReplayReport> {
+    let mut g = Gen {
+        cfg,
+        rng: ChaCha8Rng::seed_from_u64(cfg.seed),
+        replayer: Replayer::with_max_frames(cfg.max_frames),
+        live: Vec::new(),
+        next_id: 0,
+        last_freed: None,
+    };
+    writeln!(
+        out,
+        "# scrubheap replay --generate {} --seed {} --nodes {} --frames-per-node {}{} --check-every {}",
+        cfg.ops,
+        cfg.seed,
+        cfg.nodes,
+        cfg.frames_per_node,
+        cfg.movable_from.map_or(String::new(), |m| format!(" --movable-from {m}")),
+        cfg.check_every
+    )?;
+    if cfg.ops == 0 {
+        return Ok(g.replayer.finish());
+    }
+    let heap = g.heap_line();
+    if let Outcome::Failed { message, .. } = g.replayer.step(&heap) {
+        bail!("the heap `{heap}` is refused: {message}");
+    }
+    writeln!(out, "{heap}")?;
+    for n in 1..cfg.ops {
+        let line = g.line(n);
+        g.replayer.step(&line);
+        writeln!(out, "{line}").context("writing the log")?;
+    }
+    Ok(g.replayer.finish())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cfg(ops: u64, seed: u64) -> GenConfig {
+        GenConfig {
+            ops,
+            seed,
+            nodes: 2,
+            frames_per_node: 1 << 14,
+            movable_from: Some(3 << 12),
+            check_every: 500,
+            max_frames: 1 << 20,
+        }
+    }
+
+    #[test]
+    fn same_seed_same_log_and_it_replays_as_generated() {
+        let (mut a, mut b, mut c) = (Vec::new(), Vec::new(), Vec::new());
+        let rep = generate(&cfg(3000, 7), &mut a).unwrap();
+        generate(&cfg(3000, 7), &mut b).unwrap();
+        generate(&cfg(3000, 8), &mut c).unwrap();
+        assert_eq!(a, b);
+        assert_ne!(a, c);
+        assert_eq!(rep.ops, 3000);
+        assert_eq!(rep.invariant_violations, 0, "{:?}", rep.violations);
+        let mut r = Replayer::new();
+        r.replay_bytes(&a);
+        assert_eq!(r.finish(), rep);
+        let text = String::from_utf8(a).unwrap();
+        for verb in ["alloc", "free id", "free mfn", "scrub", "claim", "check"] {
+            assert!(text.lines().any(|l| l.starts_with(verb)), "no {verb} line");
+        }
+        assert!(rep.ok > rep.ops / 2, "{rep:?}");
+        for kind in ["NotAllocated", "WrongOwner", "Unaligned", "DuplicateId", "NoSuchNode", "InvalidOrder"] {
+            assert!(rep.errors.contains_key(kind), "no {kind} in {:?}", rep.errors);
+        }
+    }
+
+    #[test]
+    fn a_heap_the_replay_refuses_is_an_error() {
+        let mut c = cfg(10, 1);
+        c.frames_per_node = 0;
+        assert!(generate(&c, &mut Vec::new()).is_err());
+    }
+}
