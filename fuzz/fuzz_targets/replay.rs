@@ -1,0 +1,18 @@
+//! Arbitrary bytes into the op-log replayer: it must never panic, every line must be
+//! counted exactly once, and the heap must never break (an invariant violation is a bug,
+//! whatever the input).
+#![no_main]
+
+use libfuzzer_sys::fuzz_target;
+use scrubheap::oplog::Replayer;
+
+/// Small heaps keep each input fast (at most 2^16 frames, under 1 MiB of metadata).
+const MAX_FRAMES: u64 = 1 << 16;
+
+fuzz_target!(|data: &[u8]| {
+    let mut replayer = Replayer::with_max_frames(MAX_FRAMES);
+    replayer.replay_bytes(data);
+    let rep = replayer.finish();
+    assert_eq!(rep.ok + rep.errors.values().sum::<u64>(), rep.ops, "every op counted once");
+    assert_eq!(rep.invariant_violations, 0, "the heap broke: {:?}", rep.violations);
+});
