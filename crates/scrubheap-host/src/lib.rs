@@ -25,6 +25,10 @@
 
 mod arena;
 mod clock;
+pub mod guest;
+pub mod instrument;
+pub mod pool;
+pub mod report;
 mod zero;
 
 pub use arena::{Arena, ArenaConfig, ArenaError, Backing, Prefault, POISON};

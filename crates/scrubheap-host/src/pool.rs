@@ -1,0 +1,402 @@
+//! The pool: a heap over a real arena, scrubber threads per node, and leak checks at
+//! every handoff to a new owner.
+
+use crate::instrument::{LockTimer, PreemptRecorder, Sections};
+use crate::{Arena, ArenaConfig, ArenaError, Kernel};
+use parking_lot::{Condvar, Mutex};
+use scrubheap::{
+    AllocRequest, AllocStart, Claim, ClaimTarget, DomId, Extent, Heap, HeapConfig, HeapError, Mfn, NodeSpec, Policy,
+};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+/// How a pool is built.
+#[derive(Clone, Debug)]
+pub struct PoolConfig {
+    /// Arena bytes (rounded down to whole frames of every node).
+    pub memory_bytes: u64,
+    /// Nodes; on a one-node host they are emulated by splitting the arena.
+    pub nodes: usize,
+    /// Scrubber threads per node.
+    pub scrubbers_per_node: usize,
+    /// Scrubbing policy.
+    pub policy: Policy,
+    /// Verify mode: freed frames are poisoned and every handed-over frame is checked
+    /// word by word (otherwise a few words of every frame are sampled).
+    pub verify: bool,
+    /// Try hugetlbfs pages for the arena.
+    pub hugetlb: bool,
+    /// Zeroing kernel, or calibrate.
+    pub kernel: Option<Kernel>,
+    /// Run scrubbers at idle scheduling priority (SCHED_IDLE), as designed; `false` for
+    /// normal priority.
+    pub idle_priority: bool,
+    /// Yield from a long heap operation once it has run this long (CPU ns).
+    pub quantum_ns: u64,
+    /// Frames zeroed between preemption checks.
+    pub scrub_batch: u64,
+    /// Offset within each node where its Movable zone begins (fraction of the node).
+    pub movable_fraction: Option<f64>,
+}
+
+impl Default for PoolConfig {
+    fn default() -> Self {
+        PoolConfig {
+            memory_bytes: 1 << 30,
+            nodes: 1,
+            scrubbers_per_node: 1,
+            policy: Policy::Scrubheap,
+            verify: false,
+            hugetlb: true,
+            kernel: None,
+            idle_priority: true,
+            quantum_ns: 200_000,
+            scrub_batch: 256,
+            movable_fraction: None,
+        }
+    }
+}
+
+/// Why a pool could not be built.
+#[derive(Debug, thiserror::Error)]
+pub enum PoolError {
+    /// The arena could not be mapped.
+    #[error(transparent)]
+    Arena(#[from] ArenaError),
+    /// The heap refused the configuration.
+    #[error(transparent)]
+    Heap(#[from] HeapError),
+    /// Nonsense sizes.
+    #[error("{0}")]
+    Config(String),
+}
+
+/// Words sampled per frame in the (default) sampled leak check.
+pub const SAMPLED_WORDS_PER_FRAME: usize = 16;
+
+/// Counters of the leak check.
+#[derive(Default)]
+pub struct LeakCounters {
+    /// Frames checked.
+    pub pages_checked: AtomicU64,
+    /// Frames that held a non-zero word.
+    pub nonzero_pages: AtomicU64,
+    /// Words read.
+    pub words_checked: AtomicU64,
+}
+
+struct Bell {
+    generation: Mutex<u64>,
+    cv: Condvar,
+}
+
+struct Shared {
+    stop: AtomicBool,
+    bells: Vec<Bell>,
+    scrub_ns: AtomicU64,
+    scrub_frames: AtomicU64,
+}
+
+/// What a scrubber thread did.
+#[derive(Clone, Debug, Default)]
+pub struct ScrubberStats {
+    /// Node it served.
+    pub node: usize,
+    /// CPU it was pinned to, if pinning worked.
+    pub cpu: Option<usize>,
+    /// Frames it zeroed.
+    pub frames: u64,
+    /// Wall time spent inside `scrub_step` calls that did work.
+    pub busy: Duration,
+    /// Times it parked for lack of work.
+    pub parks: u64,
+}
+
+/// A heap over a real arena with scrubber threads.
+pub struct Pool {
+    heap: Arc<Heap<Arena>>,
+    shared: Arc<Shared>,
+    scrubbers: Vec<JoinHandle<ScrubberStats>>,
+    /// Which node's scrubbers look after each node.
+    scrubbed_by: Vec<usize>,
+    /// Node-lock hold times.
+    pub locks: Arc<LockTimer>,
+    /// Non-preemptible sections of every thread that used the pool.
+    pub sections: Arc<Sections>,
+    /// Leak-check counters.
+    pub leaks: LeakCounters,
+    cfg: PoolConfig,
+}
+
+impl Pool {
+    /// Maps and prefaults the arena, builds the heap and starts the scrubbers.
+    pub fn new(cfg: PoolConfig) -> Result<Pool, PoolError> {
+        if cfg.nodes == 0 || cfg.nodes > 64 {
+            return Err(PoolError::Config(format!("{} nodes: use 1 to 64", cfg.nodes)));
+        }
+        let fs = 4096u64;
+        let per_node = cfg.memory_bytes / fs / cfg.nodes as u64;
+        if per_node < 512 {
+            return Err(PoolError::Config(format!(
+                "{} bytes over {} nodes leaves {} frames per node: give each node at least 2 MiB",
+                cfg.memory_bytes, cfg.nodes, per_node
+            )));
+        }
+        let frames = per_node * cfg.nodes as u64;
+        let mut ac = ArenaConfig::new(Mfn(0), frames, fs as usize).with_hugetlb(cfg.hugetlb);
+        ac.calibration_call_bytes = (cfg.scrub_batch * fs) as usize;
+        if let Some(k) = cfg.kernel {
+            ac = ac.with_kernel(k);
+        }
+        let arena = Arena::new(ac)?;
+        let mut hc = HeapConfig::uniform(cfg.nodes, per_node).with_policy(cfg.policy);
+        hc.scrub_batch = cfg.scrub_batch;
+        if let Some(f) = cfg.movable_fraction {
+            let from = ((per_node as f64 * (1.0 - f)) as u64).min(per_node);
+            hc.nodes = vec![NodeSpec { frames: per_node, movable_from: Some(from), has_cpus: true }; cfg.nodes];
+        }
+        let mut heap = Heap::new(hc, arena)?;
+        let locks = LockTimer::new();
+        heap.set_lock_observer(locks.clone());
+        let heap = Arc::new(heap);
+        let mut scrubbed_by = vec![0; cfg.nodes];
+        for s in 0..cfg.nodes {
+            for &m in heap.served_by(s)? {
+                scrubbed_by[m] = s;
+            }
+        }
+        let shared = Arc::new(Shared {
+            stop: AtomicBool::new(false),
+            bells: (0..cfg.nodes).map(|_| Bell { generation: Mutex::new(0), cv: Condvar::new() }).collect(),
+            scrub_ns: AtomicU64::new(0),
+            scrub_frames: AtomicU64::new(0),
+        });
+        let sections = Arc::new(Sections::default());
+        let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let mut scrubbers = Vec::new();
+        for node in 0..cfg.nodes {
+            for i in 0..cfg.scrubbers_per_node {
+                let (heap, shared, sections) = (heap.clone(), shared.clone(), sections.clone());
+                let cpu = (node * cfg.scrubbers_per_node + i) % cpus;
+                let (idle, quantum) = (cfg.idle_priority, cfg.quantum_ns);
+                let h = std::thread::Builder::new()
+                    .name(format!("scrub-n{node}-{i}"))
+                    .spawn(move || scrubber(node, cpu, idle, quantum, &heap, &shared, &sections))
+                    .map_err(|e| PoolError::Config(format!("cannot start a scrubber thread: {e}")))?;
+                scrubbers.push(h);
+            }
+        }
+        Ok(Pool { heap, shared, scrubbers, scrubbed_by, locks, sections, leaks: LeakCounters::default(), cfg })
+    }
+
+    /// The heap.
+    pub fn heap(&self) -> &Heap<Arena> {
+        &self.heap
+    }
+
+    /// The arena.
+    pub fn arena(&self) -> &Arena {
+        self.heap.memory()
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &PoolConfig {
+        &self.cfg
+    }
+
+    /// Wakes the scrubbers that look after `node`.
+    pub fn ring(&self, node: usize) {
+        let bell = &self.shared.bells[self.scrubbed_by[node]];
+        *bell.generation.lock() += 1;
+        bell.cv.notify_all();
+    }
+
+    /// Allocates and hands over 2^order frames, staying preemptible: a pending allocation
+    /// is advanced a batch at a time, yielding the CPU whenever `rec` says so, while the
+    /// node's scrubbers are woken to help. The frames are leak-checked before return.
+    pub fn alloc(&self, req: &AllocRequest, rec: &PreemptRecorder) -> Result<Extent, HeapError> {
+        rec.enter();
+        let start = self.heap.alloc_start(req);
+        rec.exit();
+        let ext = match start? {
+            AllocStart::Ready(e) => e,
+            AllocStart::Pending(mut t) => {
+                if let Some(e) = t.extent() {
+                    self.ring(e.node);
+                }
+                loop {
+                    rec.enter();
+                    let r = t.advance(rec);
+                    rec.exit();
+                    match r? {
+                        Some(e) => break e,
+                        None => std::thread::yield_now(),
+                    }
+                }
+            }
+        };
+        if req.scrub {
+            self.leak_check(ext);
+        }
+        Ok(ext)
+    }
+
+    /// Checks that frames handed to a new owner hold no word of anyone's (every word in
+    /// verify mode, a sample otherwise); counts what it finds.
+    pub fn leak_check(&self, ext: Extent) {
+        let a = self.arena();
+        let words = if self.cfg.verify { a.frame_size() / 8 } else { SAMPLED_WORDS_PER_FRAME };
+        let n = ext.frames();
+        let mut bad = a.sample_nonzero(ext.mfn, n, words);
+        if bad > 0 {
+            bad = (0..n).filter(|&i| a.sample_nonzero(Mfn(ext.mfn.0 + i), 1, words) > 0).count() as u64;
+        }
+        self.leaks.pages_checked.fetch_add(n, Relaxed);
+        self.leaks.words_checked.fetch_add(n * words as u64, Relaxed);
+        self.leaks.nonzero_pages.fetch_add(bad, Relaxed);
+    }
+
+    /// Frees `[mfn, 2^order)` of `owner` (poisoned first in verify mode) and wakes the
+    /// scrubbers.
+    pub fn free(&self, mfn: Mfn, order: u8, owner: DomId, rec: &PreemptRecorder) -> Result<(), HeapError> {
+        if self.cfg.verify {
+            if let Ok(scrubheap::ChunkInfo { state: scrubheap::ChunkState::Allocated { owner: o, .. }, .. }) =
+                self.heap.chunk_at(mfn)
+            {
+                if o == owner {
+                    self.arena().poison(mfn, 1 << order);
+                }
+            }
+        }
+        rec.enter();
+        let r = self.heap.free(mfn, order, owner);
+        rec.exit();
+        r?;
+        self.ring(self.heap.node_of(mfn)?);
+        Ok(())
+    }
+
+    /// Installs a claim set and wakes the scrubbers of the claimed nodes (they scrub
+    /// ahead of the guest's build).
+    pub fn claim(&self, dom: DomId, set: &[Claim]) -> Result<(), HeapError> {
+        self.heap.claim_set(dom, set)?;
+        for c in set {
+            if let ClaimTarget::Node(n) = c.target {
+                self.ring(n);
+            }
+        }
+        Ok(())
+    }
+
+    /// Frames the scrubbers zeroed so far and the wall time they spent doing it.
+    pub fn scrub_progress(&self) -> (u64, Duration) {
+        (self.shared.scrub_frames.load(Relaxed), Duration::from_nanos(self.shared.scrub_ns.load(Relaxed)))
+    }
+
+    /// Stops the scrubbers and returns what each did.
+    pub fn stop(mut self) -> Vec<ScrubberStats> {
+        self.stop_scrubbers()
+    }
+
+    fn stop_scrubbers(&mut self) -> Vec<ScrubberStats> {
+        self.shared.stop.store(true, Relaxed);
+        for b in &self.shared.bells {
+            *b.generation.lock() += 1;
+            b.cv.notify_all();
+        }
+        self.scrubbers.drain(..).map(|h| h.join().expect("a scrubber thread panicked")).collect()
+    }
+
+    /// Waits until no node has dirty memory left (or `timeout` passes); true if clean.
+    pub fn wait_clean(&self, timeout: Duration) -> bool {
+        let t = Instant::now();
+        loop {
+            let s = self.heap.stats();
+            if s.free_dirty == 0 && s.scrubbing == 0 {
+                return true;
+            }
+            if t.elapsed() > timeout || !self.cfg.policy.background_scrub() {
+                return false;
+            }
+            for n in 0..self.cfg.nodes {
+                self.ring(n);
+            }
+            std::thread::sleep(Duration::from_millis(2));
+        }
+    }
+}
+
+impl Drop for Pool {
+    fn drop(&mut self) {
+        if !self.scrubbers.is_empty() {
+            self.stop_scrubbers();
+        }
+    }
+}
+
+/// Sets the calling thread to SCHED_IDLE; false if the host refused.
+fn set_idle_priority() -> bool {
+    // SAFETY: sched_param is plain data; pid 0 names the calling thread; the call only
+    // reads the struct.
+    unsafe {
+        let p = libc::sched_param { sched_priority: 0 };
+        libc::sched_setscheduler(0, libc::SCHED_IDLE, &p) == 0
+    }
+}
+
+/// Pins the calling thread to `cpu`; false if the host refused.
+fn pin_to(cpu: usize) -> bool {
+    // SAFETY: cpu_set_t is plain data, zero-initialised and then set through the libc
+    // helpers; pid 0 names the calling thread; the call only reads the set.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        libc::CPU_ZERO(&mut set);
+        libc::CPU_SET(cpu, &mut set);
+        libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set) == 0
+    }
+}
+
+/// Frames one `scrub_step` call may zero before the scrubber looks at its stop flag.
+const STEP_BUDGET: u64 = 1 << 14;
+
+fn scrubber(
+    node: usize,
+    cpu: usize,
+    idle: bool,
+    quantum_ns: u64,
+    heap: &Heap<Arena>,
+    shared: &Shared,
+    sections: &Sections,
+) -> ScrubberStats {
+    if idle {
+        set_idle_priority();
+    }
+    let pinned = pin_to(cpu);
+    let rec = PreemptRecorder::new(quantum_ns);
+    let mut st = ScrubberStats { node, cpu: pinned.then_some(cpu), ..Default::default() };
+    let bell = &shared.bells[node];
+    while !shared.stop.load(Relaxed) {
+        let seen = *bell.generation.lock();
+        let t = Instant::now();
+        rec.enter();
+        let z = heap.scrub_step(node, STEP_BUDGET, &rec).expect("scrubber node exists");
+        rec.exit();
+        if z > 0 {
+            let busy = t.elapsed();
+            st.frames += z;
+            st.busy += busy;
+            shared.scrub_frames.fetch_add(z, Relaxed);
+            shared.scrub_ns.fetch_add(busy.as_nanos() as u64, Relaxed);
+            continue;
+        }
+        let mut g = bell.generation.lock();
+        if *g == seen && !shared.stop.load(Relaxed) {
+            st.parks += 1;
+            bell.cv.wait_for(&mut g, Duration::from_millis(50));
+        }
+    }
+    rec.merge_into(sections);
+    st
+}

@@ -1,0 +1,153 @@
+//! What a run reports: the schema-1 `run` keys of DESIGN section 6 (keys may be added,
+//! never renamed), plus the timeline and latency samples the plots are drawn from.
+
+use serde::Serialize;
+
+/// Three quantiles and the maximum of a latency, in milliseconds.
+#[derive(Clone, Debug, Default, Serialize, PartialEq)]
+pub struct Millis {
+    /// Median.
+    pub p50: f64,
+    /// 99th percentile.
+    pub p99: f64,
+    /// Largest.
+    pub max: f64,
+}
+
+/// Lock hold times, in microseconds.
+#[derive(Clone, Debug, Default, Serialize, PartialEq)]
+pub struct LockHoldMicros {
+    /// Median.
+    pub p50: f64,
+    /// 99th percentile.
+    pub p99: f64,
+    /// 99.9th percentile.
+    pub p999: f64,
+    /// Longest.
+    pub max: f64,
+}
+
+/// Bytes scrubbed by who paid for it.
+#[derive(Clone, Debug, Default, Serialize, PartialEq)]
+pub struct BytesScrubbed {
+    /// By idle CPUs (scrubber threads).
+    pub background: u64,
+    /// In place, by allocations.
+    pub in_place: u64,
+    /// By frees, synchronously (`sync` policy).
+    pub sync: u64,
+    /// Zeroed by the kernel at page fault (`kernel` baseline only).
+    pub kernel: u64,
+}
+
+/// Pages handed to a new owner and checked for another owner's bytes.
+#[derive(Clone, Debug, Default, Serialize, PartialEq)]
+pub struct LeakCheck {
+    /// Pages checked (whole pages in verify mode, sampled words otherwise).
+    pub pages_checked: u64,
+    /// Of those, pages holding a non-zero word: a leak between tenants. Must be 0.
+    pub nonzero_pages: u64,
+    /// 8-byte words read by the checks.
+    pub words_checked: u64,
+    /// "full" (every word) or "sampled" (the first, middle and last word of each cache line sampled).
+    pub mode: String,
+}
+
+/// One sample of the memory composition of one node.
+#[derive(Clone, Debug, Default, Serialize, PartialEq)]
+pub struct NodeSample {
+    /// Free frames known to be zero, in bytes.
+    pub clean: u64,
+    /// Free frames still dirty (including those being scrubbed), in bytes.
+    pub dirty: u64,
+    /// Frames held by guests, in bytes.
+    pub used: u64,
+}
+
+/// The memory composition of every node at one moment.
+#[derive(Clone, Debug, Default, Serialize, PartialEq)]
+pub struct Sample {
+    /// Seconds since the run started.
+    pub t: f64,
+    /// Guests alive.
+    pub guests: u64,
+    /// Per node.
+    pub nodes: Vec<NodeSample>,
+    /// Background scrub throughput over the last interval, GB/s.
+    pub scrub_gbps: f64,
+}
+
+/// A run's report (`report.json`).
+#[derive(Clone, Debug, Default, Serialize, PartialEq)]
+pub struct RunReport {
+    /// Schema version of this report.
+    pub schema: u32,
+    /// `sync`, `alloc`, `xen`, `xen-cap2m`, `scrubheap` or `kernel`.
+    pub policy: String,
+    /// Arena bytes.
+    pub memory_bytes: u64,
+    /// Nodes (emulated by splitting the arena on a one-node host).
+    pub nodes: usize,
+    /// Scrubber threads in all.
+    pub scrubbers: usize,
+    /// Workload seed.
+    pub seed: u64,
+    /// Wall-clock seconds the run took.
+    pub duration_s: f64,
+    /// Guests created.
+    pub domains_created: u64,
+    /// Guests destroyed.
+    pub domains_destroyed: u64,
+    /// Bytes scrubbed by source.
+    pub bytes_scrubbed: BytesScrubbed,
+    /// Leak check over every handoff.
+    pub leak_check: LeakCheck,
+    /// Guest create latency: pool allocation of all its memory to ready.
+    pub create_ms: Millis,
+    /// Guest destroy latency: all its memory back in the pool.
+    pub destroy_ms: Millis,
+    /// Longest gap between two preemption points in any heap operation, in thread CPU
+    /// time (what a watchdog cares about).
+    pub max_nonpreemptible_us: f64,
+    /// The same gap in wall-clock time (includes being descheduled by the host OS).
+    pub max_nonpreemptible_wall_us: f64,
+    /// Heap node-lock hold times (wall clock).
+    pub lock_hold_us: LockHoldMicros,
+    /// Background scrub throughput while scrubbing, GB/s.
+    pub scrub_gbps: f64,
+    /// The best zeroing kernel on this arena, GB/s (calibration).
+    pub raw_zero_gbps: f64,
+    /// Allocations of 1 GiB or 2 MiB that failed and fell back to smaller extents.
+    pub highorder_failures: u64,
+    /// Heap invariant violations found (checked during and after the run). Must be 0.
+    pub invariant_violations: u64,
+    /// Where the workload came from, with its memory and time scale factors.
+    pub workload: WorkloadInfo,
+    /// Zeroing kernel used.
+    pub kernel: String,
+    /// Arena backing (hugetlbfs, THP, plain).
+    pub backing: String,
+    /// Memory composition over time.
+    pub timeline: Vec<Sample>,
+    /// Every guest create latency, ms (for the distribution plot).
+    pub create_samples_ms: Vec<f64>,
+    /// Every guest destroy latency, ms.
+    pub destroy_samples_ms: Vec<f64>,
+    /// Guests that could not be created (out of memory), skipped.
+    pub guests_refused: u64,
+    /// Long-term pins taken and the hot-remove event (filled when they happen).
+    pub notes: Vec<String>,
+}
+
+/// Where a workload came from.
+#[derive(Clone, Debug, Default, Serialize, PartialEq)]
+pub struct WorkloadInfo {
+    /// Source description.
+    pub source: String,
+    /// Host bytes per trace byte.
+    pub memory_scale: f64,
+    /// Run seconds per trace second.
+    pub time_scale: f64,
+    /// Guests in the workload.
+    pub guests: u64,
+}
