@@ -29,6 +29,7 @@ pub mod guest;
 pub mod instrument;
 pub mod pool;
 pub mod report;
+pub mod workload;
 mod zero;
 
 pub use arena::{Arena, ArenaConfig, ArenaError, Backing, Prefault, POISON};
