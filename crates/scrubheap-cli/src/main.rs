@@ -3,6 +3,7 @@
 mod bench;
 mod oplog_gen;
 mod replay;
+mod sim;
 
 use clap::{Parser, Subcommand};
 use std::process::ExitCode;
@@ -24,6 +25,9 @@ enum Cmd {
     /// Benchmarks.
     #[command(subcommand)]
     Bench(bench::Cmd),
+    /// Simulate a host of any size: policies side by side on a scenario (destroy-1tb,
+    /// reboot-storm, boot-scrub, trace, or a TOML file), deterministic for a seed.
+    Sim(sim::Args),
 }
 
 fn main() -> ExitCode {
@@ -34,6 +38,7 @@ fn main() -> ExitCode {
         )),
         Cmd::Replay(a) => replay::main(a),
         Cmd::Bench(c) => bench::main(c),
+        Cmd::Sim(a) => sim::main(a),
     };
     match res {
         Ok(()) => ExitCode::SUCCESS,

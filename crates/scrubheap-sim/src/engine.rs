@@ -1,0 +1,998 @@
+//! The discrete-event engine: CPUs are actors on a virtual nanosecond clock; each actor's
+//! step is one call into the real heap, charged modelled time for the bytes the call
+//! zeroed (per-core and shared per-node bandwidth, remote penalties), the heap locks it
+//! took (queues: one lock for the Xen-like policies, one per node otherwise) and its
+//! fixed costs. A step ends at a preemption point; its length is a non-preemptible
+//! section, which the watchdog checks.
+//!
+//! The heap's state changes when the call is made; the modelled time of the call follows.
+//! Between steps nothing is in flight inside the heap (the simulation is one thread), so
+//! every check after an event sees a quiescent heap.
+
+use crate::memory::{LockCounter, SimMemory};
+use crate::preset::{GIB, MIB, PAGE};
+use crate::report::{BytesScrubbed, Checks, P50Max, PolicyResult, PolicyRun, Sample};
+use crate::scenario::{Action, ClaimMode, Scenario};
+use scrubheap::{
+    AllocRequest, AllocStart, Claim, ClaimTarget, DomId, Extent, Heap, HeapConfig, HeapError, Mfn, NodeSpec, Policy,
+    ScrubTicket,
+};
+use std::cmp::Reverse;
+use std::collections::{BTreeSet, BinaryHeap, VecDeque};
+use std::sync::Arc;
+
+/// Options of one run.
+#[derive(Default)]
+pub struct RunOptions<'a> {
+    /// Run the heap's full `check_invariants()` every this many events (None: chosen
+    /// from the heap's size: every event up to 2^10 frames, every frames/2^10 events
+    /// above, rounded up to a power of two).
+    pub full_check_every: Option<u64>,
+    /// Called now and then with the simulated time, seconds.
+    pub progress: Option<&'a (dyn Fn(f64) + Sync)>,
+}
+
+
+/// Simulates `scenario` under `policy`. Single-threaded and deterministic.
+pub fn run(scenario: &Scenario, policy: Policy, opts: &RunOptions) -> Result<PolicyRun, String> {
+    scenario.validate()?;
+    let host = &scenario.host;
+    let fpn = host.frames_per_node();
+    let cfg = HeapConfig {
+        frame_size: host.frame_size,
+        first: Mfn(0),
+        nodes: vec![NodeSpec { frames: fpn, movable_from: None, has_cpus: true }; host.nodes],
+        distance: (0..host.nodes).map(|a| (0..host.nodes).map(|b| host.distance(a, b)).collect()).collect(),
+        policy,
+        scrub_batch: host.scrub_batch_frames(),
+        initially_dirty: scenario.initially_dirty,
+    };
+    let mem = SimMemory::new(Mfn(0), fpn * host.nodes as u64, scenario.initially_dirty);
+    let mut heap = Heap::new(cfg, &mem).map_err(|e| e.to_string())?;
+    let locks = Arc::new(LockCounter::new(host.nodes));
+    heap.set_lock_observer(locks.clone());
+    let heap = heap;
+    let mut e = Engine::new(scenario, policy, &heap, &mem, locks, opts);
+    e.run();
+    Ok(e.finish())
+}
+
+#[derive(Copy, Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
+enum Ev {
+    /// Scenario event `i` is due.
+    Op(usize),
+    /// CPU `c` reaches its next step (a preemption point).
+    Step(usize),
+    /// CPU `c` finished a phase of its step (a zeroing segment, or the fixed costs).
+    Phase(usize),
+    /// Take a timeline sample.
+    Sample,
+}
+
+/// Bytes of zeroing charged as one segment (the rate is re-evaluated between segments).
+const SEGMENT: u64 = 4 * MIB;
+/// Batches an idle CPU zeroes per heap call (each followed by a preemption point).
+const SCRUB_BATCHES: u64 = 16;
+/// Extents an extent-granular teardown frees per step.
+const EXTENTS_PER_STEP: usize = 64;
+/// Bytes a page-granular teardown frees per step (a preemption check every 2 MiB).
+const PAGES_BYTES_PER_STEP: u64 = 2 * MIB;
+
+#[derive(Copy, Clone, PartialEq, Eq)]
+enum StepKind {
+    Scrub,
+    Toolstack,
+}
+
+struct CreateTask<'h> {
+    guest: usize,
+    dom: DomId,
+    measure: bool,
+    started: u64,
+    claimed: bool,
+    claim_done: bool,
+    remaining: u64,
+    /// Slots being filled with smaller extents after a larger one failed: (level, bytes left).
+    fills: Vec<(usize, u64)>,
+    ticket: Option<ScrubTicket<'h, &'h SimMemory>>,
+}
+
+struct DestroyTask {
+    guest: usize,
+    measure: bool,
+    started: u64,
+    then_create: bool,
+    /// Frames of the first extent already freed (page-granular teardown).
+    cursor: u64,
+}
+
+enum Task<'h> {
+    Create(Box<CreateTask<'h>>),
+    Destroy(DestroyTask),
+}
+
+struct Cpu<'h> {
+    node: usize,
+    builder: bool,
+    task: Option<Task<'h>>,
+    /// A Step or Phase event is queued for it.
+    active: bool,
+    kind: StepKind,
+    step_start: u64,
+    section_start: u64,
+    /// Zeroing left in this step: (node, bytes, whether a preemption point follows it).
+    zero: VecDeque<(usize, u64, bool)>,
+    seg: Option<(usize, u64, bool)>,
+    /// Holds its node's single scrubber slot (Xen-like policies).
+    slot: bool,
+}
+
+#[derive(Default)]
+struct GuestRt {
+    dom: Option<DomId>,
+    extents: Vec<Extent>,
+    busy: bool,
+}
+
+/// Pieces of a populate, largest first: 1 GiB, 2 MiB, one frame.
+fn levels(frame: u64) -> [u64; 3] {
+    [GIB.max(frame), (2 * MIB).max(frame), frame]
+}
+
+struct Engine<'h, 'o> {
+    sc: &'h Scenario,
+    policy: Policy,
+    heap: &'h Heap<&'h SimMemory>,
+    mem: &'h SimMemory,
+    lock_obs: Arc<LockCounter>,
+    opts: &'o RunOptions<'o>,
+    now: u64,
+    seq: u64,
+    queue: BinaryHeap<Reverse<(u64, u64, Ev)>>,
+    pending_events: u64,
+    cpus: Vec<Cpu<'h>>,
+    sleeping: Vec<Vec<usize>>,
+    node_slot: Vec<Option<usize>>,
+    locks: Vec<u64>,
+    writers: Vec<u32>,
+    guests: Vec<GuestRt>,
+    ready: VecDeque<(usize, u64)>,
+    free_builders: BTreeSet<usize>,
+    next_dom: u32,
+    ledger: Vec<u64>,
+    pending: Vec<u64>,
+    frame: u64,
+    fpn: u64,
+    inflight_scrub: u64,
+    // results
+    events: u64,
+    destroys: Vec<f64>,
+    creates: Vec<f64>,
+    max_section: u64,
+    trips: u64,
+    highorder_failures: u64,
+    create_failures: u64,
+    claim_failures: u64,
+    dirty_handovers: u64,
+    handovers: u64,
+    violations: u64,
+    messages: Vec<String>,
+    lock_wait_max: u64,
+    op_wait_max: u64,
+    t0: Option<u64>,
+    dirtied_bytes: u64,
+    clean_at: Option<u64>,
+    was_dirty: bool,
+    full_every: u64,
+    full_runs: u64,
+    truncated: bool,
+    timeline: Vec<Sample>,
+    sample_idle: u64,
+    sample_tool: u64,
+    sample_section: u64,
+}
+
+impl<'h, 'o> Engine<'h, 'o> {
+    fn new(
+        sc: &'h Scenario,
+        policy: Policy,
+        heap: &'h Heap<&'h SimMemory>,
+        mem: &'h SimMemory,
+        lock_obs: Arc<LockCounter>,
+        opts: &'o RunOptions<'o>,
+    ) -> Self {
+        let h = &sc.host;
+        let mut cpus = Vec::new();
+        for n in 0..h.nodes {
+            for _ in 0..h.cpus_per_node {
+                cpus.push(Cpu {
+                    node: n,
+                    builder: false,
+                    task: None,
+                    active: false,
+                    kind: StepKind::Scrub,
+                    step_start: 0,
+                    section_start: 0,
+                    zero: VecDeque::new(),
+                    seg: None,
+                    slot: false,
+                });
+            }
+        }
+        // Toolstack CPUs: the last CPUs of each node, round-robin over the nodes.
+        let mut free_builders = BTreeSet::new();
+        for b in 0..sc.builders {
+            let node = b % h.nodes;
+            let c = node * h.cpus_per_node + h.cpus_per_node - 1 - b / h.nodes;
+            cpus[c].builder = true;
+            free_builders.insert(c);
+        }
+        let fpn = h.frames_per_node();
+        let frames = fpn * h.nodes as u64;
+        // Full checks cost O(frames): every event on small heaps, sampled so that they cost
+        // about as much as 2^10 frames per event on large ones.
+        let full_every = opts.full_check_every.unwrap_or(frames.div_ceil(1 << 10).next_power_of_two()).max(1);
+        let global_lock = matches!(policy, Policy::Sync | Policy::Xen | Policy::XenCap2m);
+        let mut e = Engine {
+            sc,
+            policy,
+            heap,
+            mem,
+            lock_obs,
+            opts,
+            now: 0,
+            seq: 0,
+            queue: BinaryHeap::new(),
+            pending_events: 0,
+            sleeping: vec![Vec::new(); h.nodes],
+            node_slot: vec![None; h.nodes],
+            locks: vec![0; if global_lock { 1 } else { h.nodes }],
+            writers: vec![0; h.nodes],
+            guests: (0..sc.guests.len()).map(|_| GuestRt::default()).collect(),
+            ready: VecDeque::new(),
+            free_builders,
+            next_dom: 1,
+            ledger: vec![0; h.nodes],
+            pending: vec![0; h.nodes],
+            frame: h.frame_size,
+            fpn,
+            inflight_scrub: 0,
+            events: 0,
+            destroys: Vec::new(),
+            creates: Vec::new(),
+            max_section: 0,
+            trips: 0,
+            highorder_failures: 0,
+            create_failures: 0,
+            claim_failures: 0,
+            dirty_handovers: 0,
+            handovers: 0,
+            violations: 0,
+            messages: Vec::new(),
+            lock_wait_max: 0,
+            op_wait_max: 0,
+            t0: sc.initially_dirty.then_some(0),
+            dirtied_bytes: if sc.initially_dirty { h.total_bytes() } else { 0 },
+            clean_at: None,
+            was_dirty: sc.initially_dirty,
+            full_every,
+            full_runs: 0,
+            truncated: false,
+            timeline: Vec::new(),
+            sample_idle: 0,
+            sample_tool: 0,
+            sample_section: 0,
+            cpus,
+        };
+        for (i, op) in sc.ops.iter().enumerate() {
+            e.push(op.at_ns, Ev::Op(i));
+        }
+        // Idle CPUs start by looking for dirty memory.
+        for c in 0..e.cpus.len() {
+            e.sleeping[e.cpus[c].node].push(c);
+        }
+        for n in 0..h.nodes {
+            e.wake_node(n);
+        }
+        e.push(0, Ev::Sample);
+        e
+    }
+
+    fn push(&mut self, t: u64, ev: Ev) {
+        self.seq += 1;
+        if ev != Ev::Sample {
+            self.pending_events += 1;
+        }
+        self.queue.push(Reverse((t, self.seq, ev)));
+    }
+
+    fn run(&mut self) {
+        let max = (self.sc.max_s * 1e9) as u64;
+        let mut last_progress = 0u64;
+        while let Some(Reverse((t, _, ev))) = self.queue.pop() {
+            if t > max {
+                self.truncated = true;
+                self.now = max;
+                break;
+            }
+            self.now = t;
+            if ev != Ev::Sample {
+                self.pending_events -= 1;
+            }
+            match ev {
+                Ev::Op(i) => {
+                    self.ready.push_back((i, t));
+                    self.dispatch();
+                }
+                Ev::Step(c) => {
+                    self.cpus[c].active = false;
+                    self.step(c);
+                }
+                Ev::Phase(c) => self.phase_done(c),
+                Ev::Sample => {
+                    self.sample();
+                    if self.pending_events > 0 {
+                        let dt = (self.sc.sample_s * 1e9) as u64;
+                        self.push(t + dt.max(1), Ev::Sample);
+                    }
+                }
+            }
+            self.events += 1;
+            self.check_cheap();
+            if self.events % self.full_every == 0 {
+                self.check_full();
+            }
+            if let Some(p) = self.opts.progress {
+                if self.events - last_progress >= 1 << 16 {
+                    last_progress = self.events;
+                    p(self.now as f64 / 1e9);
+                }
+            }
+        }
+    }
+
+    // ---- scheduling ----
+
+    fn dispatch(&mut self) {
+        let mut i = 0;
+        while i < self.ready.len() && !self.free_builders.is_empty() {
+            let (op, due) = self.ready[i];
+            let spec = &self.sc.ops[op];
+            let g = spec.guest;
+            if self.guests[g].busy {
+                i += 1;
+                continue;
+            }
+            self.ready.remove(i);
+            let alive = self.guests[g].dom.is_some();
+            let action = spec.action;
+            let want_alive = matches!(action, Action::Destroy | Action::Reboot);
+            if want_alive != alive {
+                continue; // destroy of a guest that failed to build, or create of a live one
+            }
+            let home = self.sc.guests[g].node;
+            let b = home
+                .and_then(|n| self.free_builders.iter().copied().find(|&c| self.cpus[c].node == n))
+                .or_else(|| self.free_builders.iter().copied().next())
+                .expect("a free builder");
+            self.free_builders.remove(&b);
+            self.op_wait_max = self.op_wait_max.max(self.now - due);
+            self.guests[g].busy = true;
+            let measure = spec.measure;
+            let task = match action {
+                Action::Create => self.new_create(g, measure),
+                Action::Destroy | Action::Reboot => {
+                    if measure && self.t0.is_none() {
+                        self.t0 = Some(self.now);
+                    }
+                    Task::Destroy(DestroyTask {
+                        guest: g,
+                        measure,
+                        started: self.now,
+                        then_create: action == Action::Reboot,
+                        cursor: 0,
+                    })
+                }
+            };
+            self.cpus[b].task = Some(task);
+            self.kick(b);
+        }
+    }
+
+    fn new_create(&mut self, g: usize, measure: bool) -> Task<'h> {
+        let dom = DomId(self.next_dom);
+        self.next_dom += 1;
+        Task::Create(Box::new(CreateTask {
+            guest: g,
+            dom,
+            measure,
+            started: self.now,
+            claimed: false,
+            claim_done: self.sc.guests[g].claim == ClaimMode::None,
+            remaining: self.sc.guests[g].bytes,
+            fills: Vec::new(),
+            ticket: None,
+        }))
+    }
+
+    /// Makes CPU `c` take its next step now, unless it is in the middle of one.
+    fn kick(&mut self, c: usize) {
+        if self.cpus[c].active {
+            return;
+        }
+        let n = self.cpus[c].node;
+        if let Some(p) = self.sleeping[n].iter().position(|&x| x == c) {
+            self.sleeping[n].swap_remove(p);
+        }
+        self.cpus[c].active = true;
+        self.push(self.now, Ev::Step(c));
+    }
+
+    /// Dirty memory or a scrub ticket appeared on node `n`: wake idle CPUs to scrub it.
+    fn wake_node(&mut self, n: usize) {
+        if !self.policy.background_scrub() {
+            return;
+        }
+        let servers: Vec<usize> = (0..self.sc.host.nodes)
+            .filter(|&s| self.heap.served_by(s).map(|v| v.contains(&n)).unwrap_or(false))
+            .collect();
+        for s in servers {
+            if self.policy.whole_chunk_in_place() {
+                // Xen: one CPU per node scrubs at a time (node_scrubbing).
+                if self.node_slot[s].is_none() {
+                    if let Some(c) = self.sleeping[s].pop() {
+                        self.node_slot[s] = Some(c);
+                        self.cpus[c].slot = true;
+                        self.kick(c);
+                    }
+                }
+            } else {
+                let all = std::mem::take(&mut self.sleeping[s]);
+                for c in all {
+                    self.cpus[c].active = true;
+                    self.push(self.now, Ev::Step(c));
+                }
+            }
+        }
+    }
+
+    fn sleep(&mut self, c: usize) {
+        let n = self.cpus[c].node;
+        if self.cpus[c].slot {
+            self.cpus[c].slot = false;
+            self.node_slot[n] = None;
+        }
+        self.sleeping[n].push(c);
+    }
+
+    // ---- steps ----
+
+    fn step(&mut self, c: usize) {
+        if self.cpus[c].task.is_some() {
+            if self.cpus[c].slot {
+                // A toolstack task preempts this CPU's scrubbing: hand the slot on.
+                let n = self.cpus[c].node;
+                self.cpus[c].slot = false;
+                self.node_slot[n] = None;
+                self.wake_node(n);
+            }
+            self.toolstack_step(c);
+        } else {
+            self.scrub_step(c);
+        }
+    }
+
+    fn scrub_step(&mut self, c: usize) {
+        let n = self.cpus[c].node;
+        if !self.policy.background_scrub() {
+            self.sleep(c);
+            return;
+        }
+        if self.policy.whole_chunk_in_place() && self.node_slot[n] != Some(c) {
+            if self.node_slot[n].is_none() {
+                self.node_slot[n] = Some(c);
+                self.cpus[c].slot = true;
+            } else {
+                self.sleep(c);
+                return;
+            }
+        }
+        // Up to SCRUB_BATCHES batches per call: the heap asks `Preempt` after each one (a
+        // preemption point, charged as the end of a section); nothing asks to yield.
+        let batch = self.sc.host.scrub_batch_frames();
+        let never = || false;
+        let done = self.heap.scrub_step(n, batch * SCRUB_BATCHES, &never).unwrap_or(0);
+        let zero = self.drain_zero();
+        let acq = self.lock_obs.drain();
+        if done == 0 {
+            self.sleep(c);
+            return;
+        }
+        self.begin_split(c, StepKind::Scrub, &acq, 0, zero, true);
+    }
+
+    fn drain_zero(&self) -> Vec<(usize, u64)> {
+        self.mem.drain_log().into_iter().map(|(m, count)| ((m.0 / self.fpn) as usize, count * self.frame)).collect()
+    }
+
+    /// Charges a step that ends at a preemption point: see [`Engine::begin_split`].
+    fn begin(&mut self, c: usize, kind: StepKind, acq: &[u64], cpu_ns: u64, zero: Vec<(usize, u64)>) {
+        self.begin_split(c, kind, acq, cpu_ns, zero, false)
+    }
+
+    /// Charges a step: locks (queued), fixed CPU time, then zeroing segments. With
+    /// `split`, every zeroing call of the step is followed by a preemption point.
+    fn begin_split(
+        &mut self,
+        c: usize,
+        kind: StepKind,
+        acq: &[u64],
+        cpu_ns: u64,
+        zero: Vec<(usize, u64)>,
+        split: bool,
+    ) {
+        let hold = self.sc.host.lock_hold_ns;
+        let mut t = self.now;
+        for (n, &k) in acq.iter().enumerate() {
+            if k == 0 {
+                continue;
+            }
+            let l = if self.locks.len() == 1 { 0 } else { n };
+            let start = t.max(self.locks[l]);
+            self.lock_wait_max = self.lock_wait_max.max(start - t);
+            t = start + k * hold;
+            self.locks[l] = t;
+        }
+        t += cpu_ns;
+        let cpu = &mut self.cpus[c];
+        cpu.kind = kind;
+        cpu.step_start = self.now;
+        cpu.section_start = self.now;
+        cpu.active = true;
+        cpu.zero.clear();
+        for (n, b) in zero {
+            match cpu.zero.back_mut() {
+                Some((m, x, false)) if *m == n && !split => *x += b,
+                _ => cpu.zero.push_back((n, b, split)),
+            }
+        }
+        let bytes: u64 = cpu.zero.iter().map(|z| z.1).sum();
+        if kind == StepKind::Scrub || self.policy == Policy::Sync {
+            self.inflight_scrub += bytes;
+        }
+        cpu.seg = None;
+        self.next_segment(c, t);
+    }
+
+    /// Starts the next zeroing segment of CPU `c` at `t`, or ends its step.
+    fn next_segment(&mut self, c: usize, t: u64) {
+        let cpu_node = self.cpus[c].node;
+        let Some((n, left, point)) = self.cpus[c].zero.pop_front() else {
+            self.push(t, Ev::Phase(c));
+            return;
+        };
+        let b = left.min(SEGMENT);
+        if left > b {
+            self.cpus[c].zero.push_front((n, left - b, point));
+        }
+        let h = &self.sc.host;
+        self.writers[n] += 1;
+        let rate = (h.core_zero_gbps / h.penalty(cpu_node, n)).min(h.node_zero_gbps / self.writers[n] as f64);
+        let dur = (b as f64 / rate).ceil() as u64;
+        self.cpus[c].seg = Some((n, b, point && left == b));
+        self.push(t + dur.max(1), Ev::Phase(c));
+    }
+
+    fn phase_done(&mut self, c: usize) {
+        if let Some((n, b, point)) = self.cpus[c].seg.take() {
+            self.writers[n] -= 1;
+            if point {
+                self.end_section(c);
+            }
+            let kind = self.cpus[c].kind;
+            if kind == StepKind::Scrub {
+                self.sample_idle += b;
+            } else {
+                self.sample_tool += b;
+            }
+            if kind == StepKind::Scrub || self.policy == Policy::Sync {
+                self.inflight_scrub -= b;
+            }
+            if !self.cpus[c].zero.is_empty() {
+                self.next_segment(c, self.now);
+                return;
+            }
+        }
+        // The step is over: a preemption point.
+        if self.now > self.cpus[c].section_start || self.now == self.cpus[c].step_start {
+            self.end_section(c);
+        }
+        self.cpus[c].active = false;
+        self.kick(c);
+    }
+
+    /// CPU `c` reached a preemption point: the stretch since the last one is a section.
+    fn end_section(&mut self, c: usize) {
+        let section = self.now - self.cpus[c].section_start;
+        self.cpus[c].section_start = self.now;
+        self.max_section = self.max_section.max(section);
+        self.sample_section = self.sample_section.max(section);
+        if section as f64 > self.sc.host.watchdog_s * 1e9 {
+            self.trips += 1;
+        }
+    }
+
+    fn toolstack_step(&mut self, c: usize) {
+        match self.cpus[c].task.take() {
+            Some(Task::Create(t)) => self.create_step(c, t),
+            Some(Task::Destroy(t)) => self.destroy_step(c, t),
+            None => unreachable!("toolstack step without a task"),
+        }
+    }
+
+    fn finish_task(&mut self, c: usize, g: usize) {
+        self.guests[g].busy = false;
+        self.free_builders.insert(c);
+        self.cpus[c].active = false;
+        self.dispatch();
+        if self.cpus[c].task.is_none() {
+            // Back to idle: it may scrub.
+            self.cpus[c].active = true;
+            self.push(self.now, Ev::Step(c));
+        }
+    }
+
+    fn create_step(&mut self, c: usize, mut t: Box<CreateTask<'h>>) {
+        let host = &self.sc.host;
+        let spec = &self.sc.guests[t.guest];
+        let frames_of = |bytes: u64| bytes / host.frame_size;
+        if !t.claim_done {
+            t.claim_done = true;
+            let target = match (spec.claim, spec.node) {
+                (ClaimMode::Node, Some(n)) => ClaimTarget::Node(n),
+                _ => ClaimTarget::Global,
+            };
+            match self.heap.claim_set(t.dom, &[Claim { target, frames: frames_of(spec.bytes) }]) {
+                Ok(()) => t.claimed = true,
+                Err(_) => self.claim_failures += 1,
+            }
+            let acq = self.lock_obs.drain();
+            self.cpus[c].task = Some(Task::Create(t));
+            self.begin(c, StepKind::Toolstack, &acq, host.op_ns, Vec::new());
+            return;
+        }
+        if let Some(mut ticket) = t.ticket.take() {
+            let ext = ticket.extent();
+            let r = ticket.advance(&|| true);
+            let zero = self.drain_zero();
+            let acq = self.lock_obs.drain();
+            match r {
+                Ok(Some(e)) => {
+                    drop(ticket);
+                    self.pending[e.node] -= 1 << e.order;
+                    self.handover(&mut t, e);
+                }
+                Ok(None) => t.ticket = Some(ticket),
+                Err(err) => {
+                    drop(ticket);
+                    if let Some(e) = ext {
+                        self.pending[e.node] -= 1 << e.order;
+                    }
+                    self.note(format!("ticket of {} failed: {err}", t.dom));
+                }
+            }
+            self.cpus[c].task = Some(Task::Create(t));
+            self.begin(c, StepKind::Toolstack, &acq, 0, zero);
+            return;
+        }
+        if t.remaining == 0 {
+            if t.claimed {
+                self.heap.claim_cancel(t.dom);
+            }
+            let g = t.guest;
+            if t.measure {
+                self.creates.push((self.now - t.started) as f64 / 1e9);
+            }
+            self.guests[g].dom = Some(t.dom);
+            self.lock_obs.drain();
+            self.finish_task(c, g);
+            return;
+        }
+        let lv = levels(host.frame_size);
+        let level = match t.fills.last() {
+            Some(&(l, _)) => l,
+            None => lv.iter().position(|&s| s <= t.remaining).unwrap_or(2),
+        };
+        let size = lv[level];
+        let order = (size / host.frame_size).trailing_zeros() as u8;
+        let mut req = AllocRequest::new(order, t.dom);
+        req = match (spec.node, spec.claim, t.claimed) {
+            (Some(n), ClaimMode::Node, true) => req.exact(n),
+            (Some(n), _, _) => req.on(n),
+            (None, _, _) => req,
+        };
+        let r = self.heap.alloc_start(&req);
+        let zero = self.drain_zero();
+        let acq = self.lock_obs.drain();
+        match r {
+            Ok(AllocStart::Ready(e)) => self.handover(&mut t, e),
+            Ok(AllocStart::Pending(ticket)) => {
+                if let Some(e) = ticket.extent() {
+                    self.pending[e.node] += 1 << e.order;
+                    self.wake_node(e.node);
+                }
+                t.ticket = Some(ticket);
+            }
+            Err(HeapError::OutOfMemory { .. }) if level < 2 && size > host.frame_size => {
+                self.highorder_failures += 1;
+                t.fills.push((level + 1, size.min(t.remaining)));
+            }
+            Err(err) => {
+                self.create_failures += 1;
+                self.note(format!("create of guest {} ({}) failed: {err}", t.guest, t.dom));
+                self.release_guest(t.guest, t.dom);
+                if t.claimed {
+                    self.heap.claim_cancel(t.dom);
+                }
+                self.lock_obs.drain();
+                let g = t.guest;
+                self.guests[g].dom = None;
+                // The failed call's small cost is not charged; the builder is free at once.
+                self.finish_task(c, g);
+                return;
+            }
+        }
+        self.cpus[c].task = Some(Task::Create(t));
+        self.begin(c, StepKind::Toolstack, &acq, host.op_ns, zero);
+    }
+
+    /// Frees whatever a failed create got (no time charged: it is rare and small).
+    fn release_guest(&mut self, g: usize, dom: DomId) {
+        let exts = std::mem::take(&mut self.guests[g].extents);
+        for e in exts {
+            self.ledger[e.node] -= 1 << e.order;
+            if let Err(err) = self.heap.free(e.mfn, e.order, dom) {
+                self.note(format!("free after a failed create: {err}"));
+            }
+            self.wake_node(e.node);
+        }
+        self.mem.drain_log();
+    }
+
+    fn handover(&mut self, t: &mut CreateTask<'h>, e: Extent) {
+        let frames = e.frames();
+        let bytes = frames * self.frame;
+        self.handovers += 1;
+        let dirty = self.mem.nonzero_frames(e.mfn, frames);
+        if dirty > 0 {
+            self.dirty_handovers += 1;
+            self.note(format!("{} got {dirty} frames not seen zeroed at {} (order {})", t.dom, e.mfn, e.order));
+        }
+        // The new owner writes its data over all of it.
+        self.mem.write(e.mfn, frames);
+        self.ledger[e.node] += frames;
+        self.guests[t.guest].extents.push(e);
+        t.remaining -= bytes;
+        for f in t.fills.iter_mut() {
+            f.1 -= bytes;
+        }
+        while t.fills.last().is_some_and(|f| f.1 == 0) {
+            t.fills.pop();
+        }
+    }
+
+    fn destroy_step(&mut self, c: usize, mut t: DestroyTask) {
+        let host = &self.sc.host;
+        let g = t.guest;
+        let dom = self.guests[g].dom.expect("destroying a live guest");
+        if self.guests[g].extents.is_empty() {
+            if t.measure {
+                self.destroys.push((self.now - t.started) as f64 / 1e9);
+            }
+            self.guests[g].dom = None;
+            if t.then_create {
+                let task = self.new_create(g, t.measure);
+                self.cpus[c].task = Some(task);
+                self.kick(c);
+                return;
+            }
+            self.finish_task(c, g);
+            return;
+        }
+        let page_granular = self.policy != Policy::Scrubheap;
+        let mut cpu_ns = 0;
+        let mut acq = vec![0u64; host.nodes];
+        let mut dirtied = Vec::new();
+        if page_granular {
+            // Xen's relinquish_memory and Linux drop a reference per 4 KiB page and free
+            // page by page under the heap lock; driven here 2 MiB at a time.
+            let mut budget = PAGES_BYTES_PER_STEP;
+            while budget > 0 {
+                let Some(&e) = self.guests[g].extents.last() else { break };
+                let frames = e.frames();
+                let piece_frames = (budget / self.frame).max(1);
+                let left = frames - t.cursor;
+                let take = prev_pow2(piece_frames.min(left).min(largest_aligned(e.mfn.0 + t.cursor)));
+                let order = take.trailing_zeros() as u8;
+                let mfn = Mfn(e.mfn.0 + t.cursor);
+                if let Err(err) = self.heap.free(mfn, order, dom) {
+                    self.note(format!("free of {mfn} order {order} by {dom} failed: {err}"));
+                }
+                let pages = take * self.frame / PAGE;
+                cpu_ns += pages * host.relinquish_ns;
+                acq[e.node] += pages;
+                self.ledger[e.node] -= take;
+                dirtied.push(e.node);
+                t.cursor += take;
+                budget = budget.saturating_sub(take * self.frame);
+                if t.cursor == frames {
+                    self.guests[g].extents.pop();
+                    t.cursor = 0;
+                }
+            }
+            self.lock_obs.drain();
+        } else {
+            for _ in 0..EXTENTS_PER_STEP {
+                let Some(e) = self.guests[g].extents.pop() else { break };
+                if let Err(err) = self.heap.free(e.mfn, e.order, dom) {
+                    self.note(format!("free of {} order {} by {dom} failed: {err}", e.mfn, e.order));
+                }
+                cpu_ns += host.relinquish_ns;
+                self.ledger[e.node] -= e.frames();
+                dirtied.push(e.node);
+            }
+            let obs = self.lock_obs.drain();
+            for (a, o) in acq.iter_mut().zip(obs) {
+                *a += o;
+            }
+        }
+        let zero = self.drain_zero();
+        dirtied.sort_unstable();
+        dirtied.dedup();
+        for n in dirtied {
+            self.wake_node(n);
+        }
+        self.cpus[c].task = Some(Task::Destroy(t));
+        self.begin(c, StepKind::Toolstack, &acq, cpu_ns, zero);
+    }
+
+    // ---- checks and samples ----
+
+    fn note(&mut self, m: String) {
+        if self.messages.len() < 20 {
+            self.messages.push(format!("t={:.6}s: {m}", self.now as f64 / 1e9));
+        }
+    }
+
+    fn violation(&mut self, m: String) {
+        self.violations += 1;
+        self.note(m);
+    }
+
+    fn check_cheap(&mut self) {
+        let mut dirty = self.inflight_scrub > 0;
+        let mut claimed_sum = 0;
+        let mut avail_sum = 0;
+        for n in 0..self.sc.host.nodes {
+            let s = self.heap.node_stats(n).expect("node exists");
+            if s.total() != self.fpn {
+                self.violation(format!("node {n}: {} frames accounted, {} exist", s.total(), self.fpn));
+            }
+            if s.allocated != self.ledger[n] + self.pending[n] {
+                self.violation(format!(
+                    "node {n}: heap says {} allocated, owners hold {} and tickets {}",
+                    s.allocated, self.ledger[n], self.pending[n]
+                ));
+            }
+            if s.scrubbing != 0 {
+                self.violation(format!("node {n}: {} frames being scrubbed between calls", s.scrubbing));
+            }
+            if s.claimed > s.free() + s.scrubbing {
+                self.violation(format!("node {n}: {} frames claimed but only {} free", s.claimed, s.free()));
+            }
+            claimed_sum += s.claimed;
+            avail_sum += s.free() + s.scrubbing;
+            dirty |= s.free_dirty > 0;
+        }
+        let total_claimed = self.heap.stats().claimed;
+        if total_claimed > avail_sum || claimed_sum > total_claimed {
+            self.violation(format!("claims: {total_claimed} outstanding ({claimed_sum} on nodes), {avail_sum} free"));
+        }
+        if dirty != self.was_dirty {
+            self.was_dirty = dirty;
+            self.clean_at = if dirty { None } else { Some(self.now) };
+        }
+    }
+
+    fn check_full(&mut self) {
+        self.full_runs += 1;
+        if let Err(v) = self.heap.check_invariants() {
+            self.violation(v.to_string());
+        }
+    }
+
+    fn sample(&mut self) {
+        let nodes = (0..self.sc.host.nodes)
+            .map(|n| {
+                let s = self.heap.node_stats(n).expect("node exists");
+                [s.free_clean * self.frame, s.free_dirty * self.frame, (s.allocated + s.scrubbing) * self.frame]
+            })
+            .collect();
+        self.timeline.push(Sample {
+            t_s: self.now as f64 / 1e9,
+            nodes,
+            zeroed_idle: std::mem::take(&mut self.sample_idle),
+            zeroed_toolstack: std::mem::take(&mut self.sample_tool),
+            max_section_ns: std::mem::take(&mut self.sample_section),
+        });
+    }
+
+    fn finish(mut self) -> PolicyRun {
+        self.check_full();
+        self.sample();
+        // Dirty bytes the scenario made after t0: what the measured destroys freed.
+        let freed: u64 = self
+            .sc
+            .ops
+            .iter()
+            .filter(|o| o.measure && matches!(o.action, Action::Destroy | Action::Reboot))
+            .map(|o| self.sc.guests[o.guest].bytes)
+            .sum();
+        let dirty_bytes = self.dirtied_bytes + freed;
+        let h = &self.sc.host;
+        let ideal = (dirty_bytes > 0 && self.policy.background_scrub())
+            .then(|| dirty_bytes as f64 / h.aggregate_scrub_bps(h.cpus_per_node));
+        let tt_clean = match (self.t0, self.clean_at, self.was_dirty) {
+            (Some(t0), Some(c), false) if c >= t0 => Some((c - t0) as f64 / 1e9),
+            (Some(_), None, false) => Some(0.0),
+            _ => None,
+        };
+        let s = self.heap.stats();
+        let result = PolicyResult {
+            policy: self.policy.name().to_string(),
+            destroy_s: P50Max::of(&self.destroys).map(|p| p.max),
+            time_to_clean_s: tt_clean,
+            create_s: P50Max::of(&self.creates),
+            max_nonpreemptible_ms: self.max_section as f64 / 1e6,
+            watchdog_trips: self.trips,
+            highorder_failures: self.highorder_failures,
+            invariant_violations: self.violations + self.dirty_handovers,
+            destroy_p50_s: P50Max::of(&self.destroys).map(|p| p.p50),
+            ideal_clean_s: ideal,
+            dirty_handovers: self.dirty_handovers,
+            create_failures: self.create_failures,
+            claim_failures: self.claim_failures,
+            bytes_scrubbed: BytesScrubbed {
+                background: s.scrubbed.background,
+                in_place: s.scrubbed.in_place,
+                sync: s.scrubbed.sync,
+            },
+            lock_wait_max_us: self.lock_wait_max as f64 / 1e3,
+            op_wait_max_s: self.op_wait_max as f64 / 1e9,
+            end_s: self.now as f64 / 1e9,
+            truncated: self.truncated,
+            checks: Checks {
+                cheap_every_event: true,
+                handovers_checked: self.handovers,
+                full_every_events: self.full_every,
+                full_runs: self.full_runs,
+                events: self.events,
+            },
+            messages: self.messages,
+        };
+        PolicyRun { result, timeline: self.timeline }
+    }
+}
+
+fn prev_pow2(x: u64) -> u64 {
+    1 << (63 - x.leading_zeros())
+}
+
+/// Largest power of two dividing `mfn` (the largest order a range starting there may have).
+fn largest_aligned(mfn: u64) -> u64 {
+    if mfn == 0 {
+        1 << 62
+    } else {
+        1 << mfn.trailing_zeros()
+    }
+}
