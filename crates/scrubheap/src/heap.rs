@@ -612,14 +612,22 @@ impl<M: FrameMemory> Heap<M> {
     pub fn claim_set(&self, dom: DomId, set: &[Claim]) -> Result<(), HeapError> {
         let n = self.nodes.len();
         let mut new = DomClaims { global: 0, nodes: vec![0; n] };
+        let too_big = |requested: u64| HeapError::ClaimExceedsFree {
+            requested,
+            where_: "the whole heap (the claim sizes overflow)".into(),
+            available: 0,
+        };
+        let mut total = 0u64;
         for c in set {
-            match c.target {
-                ClaimTarget::Global => new.global += c.frames,
+            let slot = match c.target {
+                ClaimTarget::Global => &mut new.global,
                 ClaimTarget::Node(i) => {
                     self.node(i)?;
-                    new.nodes[i] += c.frames;
+                    &mut new.nodes[i]
                 }
-            }
+            };
+            *slot = slot.checked_add(c.frames).ok_or(too_big(c.frames))?;
+            total = total.checked_add(c.frames).ok_or(too_big(c.frames))?;
         }
         let mut book = self.claims.lock();
         let old = book.doms.get(&dom).cloned().unwrap_or(DomClaims { global: 0, nodes: vec![0; n] });

@@ -151,3 +151,16 @@ fn invalid_configurations_are_refused() {
     c.distance = vec![vec![10]];
     assert!(matches!(bad(c), HeapError::InvalidConfig(_)));
 }
+
+#[test]
+fn claim_sizes_that_overflow_are_refused() {
+    let h = heap();
+    h.claim_set(DomId(1), &[Claim { target: ClaimTarget::Node(0), frames: 10 }]).unwrap();
+    let set =
+        [Claim { target: ClaimTarget::Node(0), frames: 1 }, Claim { target: ClaimTarget::Global, frames: u64::MAX }];
+    refused!(h, h.claim_set(DomId(1), &set), HeapError::ClaimExceedsFree { .. });
+    let twice =
+        [Claim { target: ClaimTarget::Global, frames: u64::MAX }, Claim { target: ClaimTarget::Global, frames: 2 }];
+    refused!(h, h.claim_set(DomId(1), &twice), HeapError::ClaimExceedsFree { .. });
+    assert_eq!(h.claims_of(DomId(1)), vec![Claim { target: ClaimTarget::Node(0), frames: 10 }]);
+}
