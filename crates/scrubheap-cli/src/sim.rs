@@ -44,7 +44,7 @@ pub struct Args {
     #[arg(long, value_name = "FILE", default_value = "../shared/traces/azure_v1/decoded_v1_dev.csv")]
     pub trace: PathBuf,
     /// VMs to take from the trace, in file order.
-    #[arg(long, default_value_t = 20_000)]
+    #[arg(long, default_value_t = 10_000)]
     pub trace_vms: usize,
     /// Trace seconds per simulated second.
     #[arg(long, default_value_t = 60.0)]
@@ -251,11 +251,12 @@ fn print_sweep(rep: &SimReport) {
     for n in &rep.notes {
         println!("  {n}");
     }
-    println!("| {} {}", rep.sweep.first().map_or("", |r| r.param.as_str()), &HEADER[1..HEADER.find('\n').unwrap_or(0)]);
-    println!("|---{}", &HEADER[HEADER.find('\n').unwrap_or(0) + 1..]);
+    let nl = HEADER.find('\n').unwrap_or(0);
+    println!("| {} |{}", rep.sweep.first().map_or("", |r| r.param.as_str()), &HEADER[1..nl]);
+    println!("|---{}", &HEADER[nl + 1..]);
     for s in &rep.sweep {
         for r in &s.results {
-            println!("| {} {}", s.value, &row(r)[1..]);
+            println!("| {} |{}", s.value, &row(r)[1..]);
         }
     }
 }

@@ -32,7 +32,6 @@ pub struct RunOptions<'a> {
     pub progress: Option<&'a (dyn Fn(f64) + Sync)>,
 }
 
-
 /// Simulates `scenario` under `policy`. Single-threaded and deterministic.
 pub fn run(scenario: &Scenario, policy: Policy, opts: &RunOptions) -> Result<PolicyRun, String> {
     scenario.validate()?;
@@ -498,10 +497,13 @@ impl<'h, 'o> Engine<'h, 'o> {
             }
         }
         // Up to SCRUB_BATCHES batches per call: the heap asks `Preempt` after each one (a
-        // preemption point, charged as the end of a section); nothing asks to yield.
+        // preemption point, charged as the end of a section); nothing asks to yield. A
+        // toolstack CPU takes one batch per call, so that a task it is given waits for one
+        // batch at most, as it would on a host whose `Preempt` yields to pending work.
         let batch = self.sc.host.scrub_batch_frames();
+        let batches = if self.cpus[c].builder { 1 } else { SCRUB_BATCHES };
         let never = || false;
-        let done = self.heap.scrub_step(n, batch * SCRUB_BATCHES, &never).unwrap_or(0);
+        let done = self.heap.scrub_step(n, batch * batches, &never).unwrap_or(0);
         let zero = self.drain_zero();
         let acq = self.lock_obs.drain();
         if done == 0 {

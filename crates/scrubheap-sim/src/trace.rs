@@ -24,7 +24,7 @@ pub struct TraceOptions {
 
 impl Default for TraceOptions {
     fn default() -> Self {
-        TraceOptions { vms: 20_000, fill: 0.9, time_compression: 60.0 }
+        TraceOptions { vms: 10_000, fill: 0.9, time_compression: 60.0 }
     }
 }
 
