@@ -7,7 +7,7 @@ use scrubheap_sim::report::PolicyResult;
 use scrubheap_sim::scenario::{self, Scenario};
 use scrubheap_sim::{engine, simulate};
 
-fn by_policy<'a>(rows: &'a [PolicyResult], p: Policy) -> &'a PolicyResult {
+fn by_policy(rows: &[PolicyResult], p: Policy) -> &PolicyResult {
     rows.iter().find(|r| r.policy == p.name()).unwrap()
 }
 
