@@ -21,10 +21,10 @@ pub struct Args {
     #[arg(long, value_name = "NAME|FILE")]
     pub scenario: String,
     /// Run on this host instead of the scenario's own: a built-in preset (xen-2017,
-    /// epyc-2s-4t, tiny). Guests are sized for the scenario's host.
+    /// epyc-2s-4t, tiny). Built-in scenarios size their guests for the host they run on.
     #[arg(long, value_name = "NAME")]
     pub preset: Option<String>,
-    /// A policy (sync, alloc, xen, xen-cap2m, scrubheap) or `all`.
+    /// A policy (sync, alloc, xen, xen-cap2m, scrubheap), a comma-separated list, or `all`.
     #[arg(long, default_value = "all", value_name = "P|all")]
     pub policy: String,
     /// Seed of every random choice in the scenario.
