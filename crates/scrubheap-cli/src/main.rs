@@ -2,7 +2,10 @@
 
 mod bench;
 mod oplog_gen;
+mod plots;
 mod replay;
+mod report;
+mod run;
 mod sim;
 
 use clap::{Parser, Subcommand};
@@ -19,7 +22,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Cmd {
     /// Run tenant churn on a real arena with scrubber threads (the main job).
-    Run,
+    Run(run::Args),
     /// Replay an op log against a fresh heap and report what happened.
     Replay(replay::Args),
     /// Benchmarks.
@@ -33,9 +36,7 @@ enum Cmd {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let res = match cli.cmd {
-        Cmd::Run => Err(anyhow::anyhow!(
-            "`scrubheap run` needs the host runtime, which is not built yet (issue 4); try `scrubheap replay` or `scrubheap bench alloc`"
-        )),
+        Cmd::Run(a) => run::main(a),
         Cmd::Replay(a) => replay::main(a),
         Cmd::Bench(c) => bench::main(c),
         Cmd::Sim(a) => sim::main(a),

@@ -29,6 +29,7 @@ pub mod guest;
 pub mod instrument;
 pub mod pool;
 pub mod report;
+pub mod run;
 pub mod workload;
 mod zero;
 

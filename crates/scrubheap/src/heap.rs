@@ -308,6 +308,12 @@ impl<M: FrameMemory> Heap<M> {
         NodeGuard { guard, node, observer }
     }
 
+    /// The node's lock without telling the observer: for the invariant checker, whose
+    /// O(frames) walk is not an allocator operation and must not count as a lock hold.
+    pub(crate) fn lock_node_unobserved(&self, node: usize) -> MutexGuard<'_, NodeState> {
+        self.nodes[node].state.lock()
+    }
+
     pub(crate) fn cell(&self, node: usize) -> &NodeCell {
         &self.nodes[node]
     }

@@ -161,7 +161,7 @@ impl<M: FrameMemory> Heap<M> {
         let mut total_free = 0u64;
         let mut node_avail = alloc::vec::Vec::new();
         for (n, cell) in self.nodes.iter().enumerate() {
-            let st = self.lock_node(n);
+            let st = self.lock_node_unobserved(n);
             if st.base != cell.base || st.frames as u64 != cell.frames {
                 return fail(format!("node {n}: range disagrees with its cell"));
             }

@@ -1,0 +1,123 @@
+//! The report folder of `scrubheap run`: `summary.txt` (the table), `report.json` (the
+//! schema-1 `run` keys: one run's object, or with `--compare` `{"runs": [...]}` plus a
+//! `report-<policy>.json` per run), and SVG plots.
+
+use anyhow::Context;
+use scrubheap_host::report::RunReport;
+use std::fmt::Write as _;
+use std::path::Path;
+
+/// One line after a run.
+pub fn summary_line(r: &RunReport) -> String {
+    format!(
+        "  {}: {} created, {} destroyed, {} refused; create p50 {:.2} ms max {:.1} ms; destroy p50 {:.2} ms max {:.1} ms; \
+         longest non-preemptible {:.0} us; leak check {} pages, {} non-zero",
+        r.policy,
+        r.domains_created,
+        r.domains_destroyed,
+        r.guests_refused,
+        r.create_ms.p50,
+        r.create_ms.max,
+        r.destroy_ms.p50,
+        r.destroy_ms.max,
+        r.max_nonpreemptible_us,
+        r.leak_check.pages_checked,
+        r.leak_check.nonzero_pages
+    )
+}
+
+/// A row of the table: its name and how to read it off a report.
+type Row = (&'static str, fn(&RunReport) -> String);
+
+/// The side-by-side table.
+pub fn table(rs: &[RunReport]) -> String {
+    let mut t = String::new();
+    let rows: [Row; 15] = [
+        ("guests created / destroyed", |r| format!("{} / {}", r.domains_created, r.domains_destroyed)),
+        ("guests refused (no room)", |r| r.guests_refused.to_string()),
+        ("create ms p50 / p99 / max", |r| {
+            format!("{:.2} / {:.1} / {:.1}", r.create_ms.p50, r.create_ms.p99, r.create_ms.max)
+        }),
+        ("destroy ms p50 / p99 / max", |r| {
+            format!("{:.2} / {:.1} / {:.1}", r.destroy_ms.p50, r.destroy_ms.p99, r.destroy_ms.max)
+        }),
+        ("longest non-preemptible us (cpu)", |r| format!("{:.0}", r.max_nonpreemptible_us)),
+        ("  same, wall clock us", |r| format!("{:.0}", r.max_nonpreemptible_wall_us)),
+        ("lock hold us p50 / p99.9 / max", |r| {
+            format!("{:.2} / {:.1} / {:.0}", r.lock_hold_us.p50, r.lock_hold_us.p999, r.lock_hold_us.max)
+        }),
+        ("scrubbed GiB bg / in place / sync", |r| {
+            let g = |b: u64| b as f64 / (1u64 << 30) as f64;
+            format!(
+                "{:.1} / {:.1} / {:.1}",
+                g(r.bytes_scrubbed.background),
+                g(r.bytes_scrubbed.in_place),
+                g(r.bytes_scrubbed.sync)
+            )
+        }),
+        ("kernel-zeroed GiB", |r| format!("{:.1}", r.bytes_scrubbed.kernel as f64 / (1u64 << 30) as f64)),
+        ("scrub GB/s (raw zero GB/s)", |r| format!("{:.1} ({:.1})", r.scrub_gbps, r.raw_zero_gbps)),
+        ("1G/2M allocations fallen back", |r| r.highorder_failures.to_string()),
+        ("leak check pages / non-zero", |r| format!("{} / {}", r.leak_check.pages_checked, r.leak_check.nonzero_pages)),
+        ("leak check mode", |r| r.leak_check.mode.clone()),
+        ("invariant violations", |r| r.invariant_violations.to_string()),
+        ("run seconds", |r| format!("{:.1}", r.duration_s)),
+    ];
+    let w = 34;
+    let _ = write!(t, "{:w$}", "");
+    for r in rs {
+        let _ = write!(t, " | {:>24}", r.policy);
+    }
+    t.push('\n');
+    for (name, f) in rows {
+        let _ = write!(t, "{name:w$}");
+        for r in rs {
+            let _ = write!(t, " | {:>24}", f(r));
+        }
+        t.push('\n');
+    }
+    if let Some(r) = rs.first() {
+        let _ = writeln!(
+            t,
+            "memory {} MiB over {} node(s); kernel {}; arena {}; seed {}; workload {} (memory x{:.3e}, time x{:.3e})",
+            r.memory_bytes >> 20,
+            r.nodes,
+            r.kernel,
+            r.backing,
+            r.seed,
+            r.workload.source,
+            r.workload.memory_scale,
+            r.workload.time_scale
+        );
+    }
+    for r in rs {
+        for n in &r.notes {
+            let _ = writeln!(t, "{}: {n}", r.policy);
+        }
+    }
+    t
+}
+
+/// Writes the JSON report to `path`.
+pub fn write_json(path: &Path, rs: &[RunReport]) -> anyhow::Result<()> {
+    let text = if rs.len() == 1 {
+        serde_json::to_string_pretty(&rs[0])?
+    } else {
+        serde_json::to_string_pretty(&serde_json::json!({ "schema": 1, "runs": rs }))?
+    };
+    std::fs::write(path, text + "\n").with_context(|| format!("cannot write {}", path.display()))
+}
+
+/// Writes the whole report folder.
+pub fn write_folder(dir: &Path, rs: &[RunReport]) -> anyhow::Result<()> {
+    std::fs::write(dir.join("summary.txt"), table(rs))
+        .with_context(|| format!("cannot write into {}", dir.display()))?;
+    write_json(&dir.join("report.json"), rs)?;
+    if rs.len() > 1 {
+        for r in rs {
+            write_json(&dir.join(format!("report-{}.json", r.policy)), std::slice::from_ref(r))?;
+        }
+    }
+    crate::plots::write(dir, rs)?;
+    Ok(())
+}

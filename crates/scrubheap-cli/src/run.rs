@@ -1,0 +1,281 @@
+//! `scrubheap run`: the main job. Tenant churn on a real arena with scrubber threads, a
+//! live display, and a report folder.
+
+use crate::report;
+use anyhow::{bail, Context};
+use indicatif::{ProgressBar, ProgressStyle};
+use scrubheap_host::report::Sample;
+use scrubheap_host::run::{run, Backend, RunConfig, RunProgress};
+use scrubheap_host::workload::Workload;
+use std::io::IsTerminal;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+/// Run tenant churn on a real arena.
+#[derive(clap::Args)]
+pub struct Args {
+    /// Arena size, e.g. 4GiB, 512MiB, 1G, or bytes. Default: 4 GiB or a quarter of the
+    /// machine's memory, whichever is smaller.
+    #[arg(long, value_parser = parse_size)]
+    pub memory: Option<u64>,
+    /// NUMA nodes; on a one-node host they are emulated by splitting the arena.
+    #[arg(long, default_value_t = 2)]
+    pub nodes: usize,
+    /// Scrubber threads per node.
+    #[arg(long, default_value_t = 1)]
+    pub scrubbers: usize,
+    /// sync, alloc, xen, xen-cap2m, scrubheap, or kernel (fresh memory zeroed at fault).
+    #[arg(long, default_value = "scrubheap", value_parser = parse_backend)]
+    pub policy: Backend,
+    /// Seconds of workload.
+    #[arg(long, default_value_t = 25.0)]
+    pub duration: f64,
+    /// Workload seed.
+    #[arg(long, default_value_t = 1)]
+    pub seed: u64,
+    /// Replay this trace (any file of ../shared/traces in a format its README lists)
+    /// instead of the default Azure V1 churn.
+    #[arg(long)]
+    pub trace: Option<PathBuf>,
+    /// Write every allocation, free and claim as an op log (see `scrubheap replay`).
+    #[arg(long)]
+    pub record: Option<PathBuf>,
+    /// Write report.json here as well.
+    #[arg(long)]
+    pub json: Option<PathBuf>,
+    /// The report folder (summary, report.json, SVG plots).
+    #[arg(long, default_value = "report")]
+    pub report: PathBuf,
+    /// Run several policies on the same workload and seed, side by side. With no value:
+    /// scrubheap, xen, sync, kernel.
+    #[arg(long, num_args = 0..=1, default_missing_value = "scrubheap,xen,sync,kernel", value_delimiter = ',', value_parser = parse_backend)]
+    pub compare: Option<Vec<Backend>>,
+    /// Check every word of every page handed over (and poison freed pages), not a sample.
+    #[arg(long)]
+    pub verify: bool,
+    /// Threads creating and destroying guests.
+    #[arg(long, default_value_t = 2)]
+    pub workers: usize,
+    /// Run scrubbers at normal priority instead of SCHED_IDLE.
+    #[arg(long)]
+    pub no_idle: bool,
+}
+
+fn parse_backend(s: &str) -> Result<Backend, String> {
+    s.parse()
+}
+
+/// Parses `4GiB`, `512MiB`, `1G`, `64k`, or plain bytes.
+pub fn parse_size(s: &str) -> Result<u64, String> {
+    let t = s.trim();
+    let split = t.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    let n: f64 = num.parse().map_err(|_| format!("'{s}' is not a size: use e.g. 4GiB, 512MiB or 1073741824"))?;
+    let mult: u64 = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 1,
+        "k" | "kb" | "kib" => 1 << 10,
+        "m" | "mb" | "mib" => 1 << 20,
+        "g" | "gb" | "gib" => 1 << 30,
+        "t" | "tb" | "tib" => 1 << 40,
+        u => return Err(format!("unknown size unit '{u}' in '{s}': use B, KiB, MiB, GiB or TiB")),
+    };
+    let bytes = n * mult as f64;
+    if !(bytes >= 1.0 && bytes < 2f64.powi(62)) {
+        return Err(format!("size '{s}' must be positive and below 4 EiB"));
+    }
+    Ok(bytes as u64)
+}
+
+fn default_memory() -> u64 {
+    let total = std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|m| m.lines().find(|l| l.starts_with("MemTotal:")).map(str::to_owned))
+        .and_then(|l| l.split_whitespace().nth(1).and_then(|k| k.parse::<u64>().ok()))
+        .map_or(4 << 30, |kib| kib * 1024);
+    (4u64 << 30).min(total / 4)
+}
+
+pub fn main(a: Args) -> anyhow::Result<()> {
+    let memory = a.memory.unwrap_or_else(default_memory);
+    if a.nodes == 0 || a.nodes > 64 {
+        bail!("--nodes {}: use 1 to 64", a.nodes);
+    }
+    if a.scrubbers == 0 || a.scrubbers > 64 {
+        bail!("--scrubbers {}: use 1 to 64 per node", a.scrubbers);
+    }
+    if !(a.duration.is_finite() && a.duration > 0.0 && a.duration <= 86_400.0) {
+        bail!("--duration {}: use a number of seconds above 0 (at most a day)", a.duration);
+    }
+    if a.workers == 0 || a.workers > 256 {
+        bail!("--workers {}: use 1 to 256", a.workers);
+    }
+    if memory < (4 << 20) * a.nodes as u64 {
+        bail!("--memory {memory}: give each of the {} nodes at least 4 MiB", a.nodes);
+    }
+    std::fs::create_dir_all(&a.report)
+        .with_context(|| format!("cannot create the report folder {}", a.report.display()))?;
+    let probe = a.report.join(".write-test");
+    std::fs::write(&probe, b"").with_context(|| format!("the report folder {} is not writable", a.report.display()))?;
+    let _ = std::fs::remove_file(probe);
+
+    let workload = match &a.trace {
+        Some(p) => Workload::from_trace(p, memory, a.duration, a.seed)?,
+        None => Workload::default_churn(memory, a.duration, a.seed, None),
+    };
+    if workload.guests.is_empty() {
+        bail!("the workload has no guests for {memory} bytes over {} s", a.duration);
+    }
+    println!("workload: {workload}");
+    println!("  source: {}", workload.source);
+    let backends = a.compare.clone().unwrap_or_else(|| vec![a.policy]);
+    let mut reports = Vec::new();
+    for (i, &backend) in backends.iter().enumerate() {
+        let cfg = RunConfig {
+            memory_bytes: memory,
+            nodes: if backend == Backend::Kernel { 1 } else { a.nodes },
+            scrubbers_per_node: a.scrubbers,
+            backend,
+            seed: a.seed,
+            workload: workload.clone(),
+            workers: a.workers,
+            verify: a.verify,
+            hugetlb: true,
+            sample_ms: 100,
+            idle_priority: !a.no_idle,
+            record: a.record.as_ref().map(|p| {
+                if backends.len() > 1 {
+                    with_suffix(p, &backend.to_string())
+                } else {
+                    p.clone()
+                }
+            }),
+        };
+        println!(
+            "[{}/{}] {backend}: {} of memory, {} node(s), {} scrubber(s) per node, {} guests over {} s",
+            i + 1,
+            backends.len(),
+            human(memory),
+            cfg.nodes,
+            cfg.scrubbers_per_node,
+            workload.guests.len(),
+            a.duration
+        );
+        let display = Display::new(a.duration);
+        let r = run(&cfg, &|s, p| display.show(s, p)).with_context(|| format!("run under {backend} failed"))?;
+        display.finish();
+        println!("{}", report::summary_line(&r));
+        reports.push(r);
+    }
+    report::write_folder(&a.report, &reports)?;
+    if let Some(j) = &a.json {
+        report::write_json(j, &reports)?;
+    }
+    println!("\n{}", report::table(&reports));
+    println!("report: {}/ (summary.txt, report.json, *.svg)", a.report.display());
+    let leaks: u64 = reports.iter().map(|r| r.leak_check.nonzero_pages).sum();
+    let violations: u64 = reports.iter().map(|r| r.invariant_violations).sum();
+    if leaks > 0 || violations > 0 {
+        bail!("{leaks} leaked page(s) and {violations} invariant violation(s): see the report");
+    }
+    Ok(())
+}
+
+fn with_suffix(p: &Path, s: &str) -> PathBuf {
+    let mut name = p.file_stem().unwrap_or_default().to_os_string();
+    name.push(format!("-{s}"));
+    if let Some(e) = p.extension() {
+        name.push(".");
+        name.push(e);
+    }
+    p.with_file_name(name)
+}
+
+/// Bytes as GiB/MiB.
+pub fn human(b: u64) -> String {
+    if b >= 1 << 30 {
+        format!("{:.1} GiB", b as f64 / (1u64 << 30) as f64)
+    } else {
+        format!("{:.0} MiB", b as f64 / (1u64 << 20) as f64)
+    }
+}
+
+/// A progress bar on a terminal, a line a second otherwise.
+struct Display {
+    bar: Option<ProgressBar>,
+    last_line: std::sync::Mutex<f64>,
+}
+
+impl Display {
+    fn new(duration: f64) -> Display {
+        let bar = std::io::stderr().is_terminal().then(|| {
+            let b = ProgressBar::new((duration * 10.0) as u64);
+            b.set_style(
+                ProgressStyle::with_template("{elapsed:>4} [{bar:30}] {msg}")
+                    .expect("valid template")
+                    .progress_chars("=> "),
+            );
+            b.enable_steady_tick(Duration::from_millis(200));
+            b
+        });
+        Display { bar, last_line: std::sync::Mutex::new(-1.0) }
+    }
+
+    fn show(&self, s: &Sample, p: &RunProgress) {
+        let nodes: Vec<String> = s
+            .nodes
+            .iter()
+            .enumerate()
+            .map(|(i, n)| format!("n{i} {}/{}/{}", short(n.clean), short(n.dirty), short(n.used)))
+            .collect();
+        let msg = format!(
+            "{} guests alive | clean/dirty/used {} | scrub {:.1} GB/s",
+            s.guests,
+            nodes.join("  "),
+            s.scrub_gbps
+        );
+        match &self.bar {
+            Some(b) => {
+                b.set_position(((s.t * 10.0) as u64).min((p.duration_s * 10.0) as u64));
+                b.set_message(msg);
+            }
+            None => {
+                let mut last = self.last_line.lock().expect("display lock");
+                if s.t - *last >= 1.0 {
+                    *last = s.t;
+                    println!("  {:5.1}s {msg}", s.t);
+                }
+            }
+        }
+    }
+
+    fn finish(&self) {
+        if let Some(b) = &self.bar {
+            b.finish_and_clear();
+        }
+    }
+}
+
+fn short(b: u64) -> String {
+    if b >= 1 << 30 {
+        format!("{:.1}G", b as f64 / (1u64 << 30) as f64)
+    } else {
+        format!("{}M", b >> 20)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes_parse_with_units_and_refuse_nonsense() {
+        assert_eq!(parse_size("4GiB"), Ok(4 << 30));
+        assert_eq!(parse_size("512MiB"), Ok(512 << 20));
+        assert_eq!(parse_size("1G"), Ok(1 << 30));
+        assert_eq!(parse_size("4096"), Ok(4096));
+        assert_eq!(parse_size("1.5g"), Ok(3 << 29));
+        for bad in ["", "0", "-1G", "lots", "4XB", "99999999999T"] {
+            assert!(parse_size(bad).is_err(), "{bad}");
+        }
+    }
+}
