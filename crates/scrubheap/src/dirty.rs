@@ -10,101 +10,131 @@ pub(crate) struct DirtyBitmap {
     words: Vec<u64>,
 }
 
-#[inline]
-fn mask(lo: u32, hi: u32) -> u64 {
-    // Bits [lo, hi) of one word, 0 <= lo < hi <= 64.
-    let m = if hi == 64 { u64::MAX } else { (1u64 << hi) - 1 };
-    m & !((1u64 << lo) - 1)
-}
-
 impl DirtyBitmap {
     pub fn new(frames: u32) -> Self {
         DirtyBitmap { words: vec![0; (frames as usize).div_ceil(64)] }
     }
 
-    /// Calls `f(word_index, mask)` for each word piece of `[off, off+len)`.
+    /// Word range and edge masks of `[off, off+len)` (len > 0): first word, last word,
+    /// mask of the first word, mask of the last word.
     #[inline]
-    fn pieces(off: u32, len: u32, mut f: impl FnMut(usize, u64) -> bool) {
-        let mut pos = off;
+    fn span(off: u32, len: u32) -> (usize, usize, u64, u64) {
         let end = off + len;
-        while pos < end {
-            let w = pos / 64;
-            let lo = pos % 64;
-            let hi = core::cmp::min(64, lo + (end - pos));
-            if !f(w as usize, mask(lo, hi)) {
-                return;
-            }
-            pos += hi - lo;
+        let (w0, w1) = ((off / 64) as usize, ((end - 1) / 64) as usize);
+        let lo = u64::MAX << (off % 64);
+        let hi = u64::MAX >> (63 - (end - 1) % 64);
+        (w0, w1, lo, hi)
+    }
+
+    /// Sets the bits of `[off, off+len)`.
+    pub fn set_all(&mut self, off: u32, len: u32) {
+        if len == 0 {
+            return;
+        }
+        let (w0, w1, lo, hi) = Self::span(off, len);
+        if w0 == w1 {
+            self.words[w0] |= lo & hi;
+        } else {
+            self.words[w0] |= lo;
+            self.words[w0 + 1..w1].fill(u64::MAX);
+            self.words[w1] |= hi;
+        }
+    }
+
+    /// Clears the bits of `[off, off+len)`.
+    pub fn clear_all(&mut self, off: u32, len: u32) {
+        if len == 0 {
+            return;
+        }
+        let (w0, w1, lo, hi) = Self::span(off, len);
+        if w0 == w1 {
+            self.words[w0] &= !(lo & hi);
+        } else {
+            self.words[w0] &= !lo;
+            self.words[w0 + 1..w1].fill(0);
+            self.words[w1] &= !hi;
         }
     }
 
     /// Sets the bits of `[off, off+len)`; returns how many were newly set.
     pub fn set(&mut self, off: u32, len: u32) -> u32 {
-        let mut n = 0;
-        let words = &mut self.words;
-        Self::pieces(off, len, |w, m| {
-            n += (!words[w] & m).count_ones();
-            words[w] |= m;
-            true
-        });
-        n
+        let before = self.count(off, len);
+        self.set_all(off, len);
+        len - before
     }
 
     /// Clears the bits of `[off, off+len)`; returns how many were set.
+    #[cfg(test)]
     pub fn clear(&mut self, off: u32, len: u32) -> u32 {
-        let mut n = 0;
-        let words = &mut self.words;
-        Self::pieces(off, len, |w, m| {
-            n += (words[w] & m).count_ones();
-            words[w] &= !m;
-            true
-        });
-        n
+        let before = self.count(off, len);
+        self.clear_all(off, len);
+        before
     }
 
     /// Number of set bits in `[off, off+len)`.
     pub fn count(&self, off: u32, len: u32) -> u32 {
-        let mut n = 0;
-        Self::pieces(off, len, |w, m| {
-            n += (self.words[w] & m).count_ones();
-            true
-        });
-        n
+        if len == 0 {
+            return 0;
+        }
+        let (w0, w1, lo, hi) = Self::span(off, len);
+        if w0 == w1 {
+            return (self.words[w0] & lo & hi).count_ones();
+        }
+        let mid: u32 = self.words[w0 + 1..w1].iter().map(|w| w.count_ones()).sum();
+        (self.words[w0] & lo).count_ones() + mid + (self.words[w1] & hi).count_ones()
     }
 
     /// Offset (relative to `off`) of the first set bit in `[off, off+len)`.
     pub fn first_set(&self, off: u32, len: u32) -> Option<u32> {
-        let mut found = None;
-        Self::pieces(off, len, |w, m| {
-            let v = self.words[w] & m;
-            if v != 0 {
-                found = Some(w as u32 * 64 + v.trailing_zeros() - off);
-                false
-            } else {
-                true
-            }
-        });
-        found
+        if len == 0 {
+            return None;
+        }
+        let (w0, w1, lo, hi) = Self::span(off, len);
+        let at = |w: usize, v: u64| Some(w as u32 * 64 + v.trailing_zeros() - off);
+        let first = self.words[w0] & lo & if w0 == w1 { hi } else { u64::MAX };
+        if first != 0 {
+            return at(w0, first);
+        }
+        if w0 == w1 {
+            return None;
+        }
+        if let Some(i) = self.words[w0 + 1..w1].iter().position(|&w| w != 0) {
+            return at(w0 + 1 + i, self.words[w0 + 1 + i]);
+        }
+        let last = self.words[w1] & hi;
+        (last != 0).then(|| at(w1, last)).flatten()
+    }
+
+    /// Offset (relative to `off`) of the first clear bit in `[off, off+len)`.
+    fn first_clear(&self, off: u32, len: u32) -> Option<u32> {
+        if len == 0 {
+            return None;
+        }
+        let (w0, w1, lo, hi) = Self::span(off, len);
+        let at = |w: usize, v: u64| Some(w as u32 * 64 + v.trailing_zeros() - off);
+        let first = !self.words[w0] & lo & if w0 == w1 { hi } else { u64::MAX };
+        if first != 0 {
+            return at(w0, first);
+        }
+        if w0 == w1 {
+            return None;
+        }
+        if let Some(i) = self.words[w0 + 1..w1].iter().position(|&w| w != u64::MAX) {
+            return at(w0 + 1 + i, !self.words[w0 + 1 + i]);
+        }
+        let last = !self.words[w1] & hi;
+        (last != 0).then(|| at(w1, last)).flatten()
     }
 
     /// The first run of set bits in `[off, off+len)` starting at or after `from` (relative),
     /// at most `max` long: `(start, len)` relative to `off`.
     pub fn next_run(&self, off: u32, len: u32, from: u32, max: u32) -> Option<(u32, u32)> {
+        if from >= len || max == 0 {
+            return None;
+        }
         let start = self.first_set(off + from, len - from)? + from;
-        let mut run = 0;
         let limit = core::cmp::min(max, len - start);
-        Self::pieces(off + start, limit, |w, m| {
-            let v = self.words[w] & m;
-            if v == m {
-                run += m.count_ones();
-                true
-            } else {
-                // Set bits from the low end of the piece up to the first clear one.
-                let lo = m.trailing_zeros();
-                run += (!(v >> lo)).trailing_zeros();
-                false
-            }
-        });
+        let run = self.first_clear(off + start, limit).unwrap_or(limit);
         Some((start, run))
     }
 }
@@ -112,6 +142,47 @@ impl DirtyBitmap {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn word_operations_agree_with_a_bit_by_bit_model() {
+        let n = 700u32;
+        let mut b = DirtyBitmap::new(n);
+        let mut m = alloc::vec![false; n as usize];
+        let mut x = 0x1234_5678_9abc_def0u64;
+        let mut rnd = |k: u32| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            (x % k as u64) as u32
+        };
+        for _ in 0..3000 {
+            let off = rnd(n);
+            let len = rnd(n - off + 1);
+            match rnd(4) {
+                0 => {
+                    let newly = (off..off + len).filter(|&i| !m[i as usize]).count() as u32;
+                    assert_eq!(b.set(off, len), newly);
+                    m[off as usize..(off + len) as usize].fill(true);
+                }
+                1 => {
+                    let was = (off..off + len).filter(|&i| m[i as usize]).count() as u32;
+                    assert_eq!(b.clear(off, len), was);
+                    m[off as usize..(off + len) as usize].fill(false);
+                }
+                _ => {}
+            }
+            let model_first = (off..off + len).find(|&i| m[i as usize]).map(|i| i - off);
+            assert_eq!(b.first_set(off, len), model_first);
+            assert_eq!(b.count(off, len), (off..off + len).filter(|&i| m[i as usize]).count() as u32);
+            let from = rnd(len + 1);
+            let max = rnd(80) + 1;
+            let model_run = (from..len).find(|&i| m[(off + i) as usize]).map(|s| {
+                let r = (s..len).take(max as usize).take_while(|&i| m[(off + i) as usize]).count() as u32;
+                (s, r)
+            });
+            assert_eq!(b.next_run(off, len, from, max), model_run, "off {off} len {len} from {from} max {max}");
+        }
+    }
 
     #[test]
     fn set_clear_count_and_runs() {

@@ -9,12 +9,11 @@ use crate::memory::FrameMemory;
 use crate::node::{NodeState, Pick};
 use crate::observe::LockObserver;
 use crate::policy::Policy;
-use crate::stats::{HeapStats, NodeStats, ScrubBytes};
+use crate::stats::{HeapStats, NodeStats};
 use crate::sync::{AtomicU64, Mutex, MutexGuard};
 use crate::ticket::{AllocStart, ScrubTicket};
 use crate::types::{DomId, Mfn, Zone, MAX_ORDER};
 use crate::work::Kind;
-use alloc::collections::BTreeMap;
 use alloc::format;
 use alloc::string::String;
 use alloc::sync::Arc;
@@ -149,6 +148,16 @@ pub(crate) struct NodeCell {
     scrubbing: AtomicU64,
     /// Outstanding node claims on this node (mirrors the claim book).
     claimed: AtomicU64,
+    /// Bytes scrubbed on this node: background, in place, sync.
+    scrubbed: [AtomicU64; 3],
+}
+
+/// Who paid for a scrub, indexing [`NodeCell::scrubbed`].
+#[derive(Copy, Clone)]
+pub(crate) enum Source {
+    Background = 0,
+    InPlace = 1,
+    Sync = 2,
 }
 
 impl NodeCell {
@@ -160,12 +169,6 @@ impl NodeCell {
         self.offline.store(st.offline, Relaxed);
         self.scrubbing.store(st.scrubbing, Relaxed);
     }
-}
-
-#[derive(Default)]
-pub(crate) struct Accounting {
-    pub scrubbed: ScrubBytes,
-    pub in_place_by_owner: BTreeMap<DomId, u64>,
 }
 
 /// The physical page heap. See the crate documentation.
@@ -182,7 +185,6 @@ pub struct Heap<M> {
     pub(crate) claims: Mutex<ClaimBook>,
     /// All outstanding claims (mirrors the claim book, for lock-free readers).
     claimed_total: AtomicU64,
-    pub(crate) acct: Mutex<Accounting>,
     observer: Option<Arc<dyn LockObserver>>,
     pub(crate) mem: M,
 }
@@ -259,6 +261,7 @@ impl<M: FrameMemory> Heap<M> {
                 offline: AtomicU64::new(0),
                 scrubbing: AtomicU64::new(0),
                 claimed: AtomicU64::new(0),
+                scrubbed: [AtomicU64::new(0), AtomicU64::new(0), AtomicU64::new(0)],
             };
             cell.publish(&st);
             *cell.state.lock() = st;
@@ -287,7 +290,6 @@ impl<M: FrameMemory> Heap<M> {
             served,
             claims: Mutex::new(ClaimBook::new(n)),
             claimed_total: AtomicU64::new(0),
-            acct: Mutex::new(Accounting::default()),
             observer: None,
             config,
             mem,
@@ -472,13 +474,17 @@ impl<M: FrameMemory> Heap<M> {
         let cell = &self.nodes[n];
         let want = size(req.order);
         let mut st = self.lock_node(n);
-        let mut book = self.claims.lock();
-        let (others_node, others_all) = book.claimed_by_others(req.owner, n);
-        let total: u64 = (0..self.nodes.len()).map(|i| if i == n { st.available() } else { self.available(i) }).sum();
+        // Claims change only under every node lock (see claim_set), so with this node's
+        // lock held, "nothing is claimed" cannot become false under us.
+        let mut book = (self.claimed_total.load(Relaxed) > 0).then(|| self.claims.lock());
         let avail = st.available();
-        if avail < others_node + want as u64 || total < others_all + want as u64 {
-            let claimed = core::cmp::min(avail, core::cmp::max(others_node, others_all));
-            return NodeTry::No { free: st.free, claimed, aborted: false };
+        let (others_node, others_all) = book.as_ref().map_or((0, 0), |b| b.claimed_by_others(req.owner, n));
+        if book.is_some() {
+            let total: u64 = (0..self.nodes.len()).map(|i| if i == n { avail } else { self.available(i) }).sum();
+            if avail < others_node + want as u64 || total < others_all + want as u64 {
+                let claimed = core::cmp::min(avail, core::cmp::max(others_node, others_all));
+                return NodeTry::No { free: st.free, claimed, aborted: false };
+            }
         }
         let zones: &[Zone] = if req.movable { &[Zone::Movable, Zone::Normal] } else { &[Zone::Normal] };
         let Some((head, got)) = zones.iter().find_map(|&z| st.pick(z, req.order, pick)) else {
@@ -491,11 +497,14 @@ impl<M: FrameMemory> Heap<M> {
         st.free -= want as u64;
         st.free_dirty -= dirty as u64;
         st.allocated += want as u64;
-        book.retire(req.owner, n, want as u64);
-        self.publish_claims(&book);
+        if let Some(b) = book.as_mut() {
+            b.retire(req.owner, n, want as u64);
+            self.publish_claims(b);
+        }
         drop(book);
         let ext = Extent { mfn: Mfn(cell.base + head as u64), order: req.order, node: n };
-        if dirty > 0 && req.scrub {
+        let in_one_go = want as u64 <= self.config.scrub_batch || self.config.policy.whole_chunk_in_place();
+        if dirty > 0 && req.scrub && !in_one_go {
             let mut slot = Slot::head(State::Pending, req.order);
             slot.a = req.owner.0;
             st.meta[head as usize] = slot;
@@ -504,10 +513,22 @@ impl<M: FrameMemory> Heap<M> {
             return NodeTry::Pending { node: n, id, ext };
         }
         if dirty > 0 {
-            st.dirty.clear(head, want);
+            st.dirty.clear_all(head + fd, want - fd);
         }
         st.meta[head as usize] = Self::allocated_slot(req.order, req.owner, req.movable);
+        let zero = if dirty > 0 && req.scrub { (want - fd) as u64 } else { 0 };
+        if zero > 0 {
+            *st.in_place_by_owner.entry(req.owner).or_default() += zero;
+        }
         cell.publish(&st);
+        drop(st);
+        if zero > 0 {
+            // At most one batch (or, under the xen policies, the whole chunk with no
+            // preemption point, as Xen does). The frames are the owner's only once this
+            // returns, so no one else can touch them meanwhile.
+            self.mem.zero(Mfn(cell.base + (head + fd) as u64), zero);
+            self.account(n, Source::InPlace, zero);
+        }
         NodeTry::Ready(ext)
     }
 
@@ -541,12 +562,21 @@ impl<M: FrameMemory> Heap<M> {
         let (n, off) = self.locate(mfn, order)?;
         let cell = &self.nodes[n];
         let mut st = self.lock_node(n);
+        let sync = self.config.policy == Policy::Sync;
+        let s0 = st.meta[off as usize];
+        if !sync && s0.state() == State::Allocated && s0.order() == order && s0.a == owner.0 && s0.b == 0 {
+            // The common case: exactly one whole allocated chunk.
+            st.meta[off as usize] = Slot::default();
+            st.allocated -= size(order) as u64;
+            st.release(off, order, false);
+            cell.publish(&st);
+            return Ok(());
+        }
         Self::check_held(&st, off, order, owner)?;
         let (h, o) = st.chunk_of(off);
         if o > order {
             st.split_held(h, o, off, order);
         }
-        let sync = self.config.policy == Policy::Sync;
         let end = off + size(order);
         let mut pos = off;
         let mut ids = Vec::new();
@@ -555,8 +585,9 @@ impl<M: FrameMemory> Heap<M> {
             debug_assert_eq!(h, pos);
             st.allocated -= size(o) as u64;
             if sync {
+                // Zeroed outside the lock; counted as allocated until it is back.
+                st.allocated += size(o) as u64;
                 st.meta[h as usize] = Slot::head(State::Scrubbing, o);
-                st.scrubbing += size(o) as u64;
                 ids.push((st.add_work(h, o, Kind::SyncFree), h, o));
             } else {
                 st.meta[h as usize] = Slot::default();
@@ -576,13 +607,13 @@ impl<M: FrameMemory> Heap<M> {
         for &(id, h, o) in &ids {
             let i = st.work_index(id);
             st.work.swap_remove(i);
-            st.scrubbing -= size(o) as u64;
+            st.allocated -= size(o) as u64;
             st.meta[h as usize] = Slot::default();
-            st.put_back(h, o);
+            st.release(h, o, true);
         }
         cell.publish(&st);
         drop(st);
-        self.acct.lock().scrubbed.sync += ((end - off) as u64) * self.config.frame_size;
+        self.account(n, Source::Sync, (end - off) as u64);
         Ok(())
     }
 
@@ -635,11 +666,14 @@ impl<M: FrameMemory> Heap<M> {
             *slot = slot.checked_add(c.frames).ok_or(too_big(c.frames))?;
             total = total.checked_add(c.frames).ok_or(too_big(c.frames))?;
         }
+        // Every node lock, in order, then the claims lock: no allocation is between its
+        // availability check and its update while claims change (try_node relies on it).
+        let guards: Vec<_> = (0..n).map(|i| self.lock_node(i)).collect();
         let mut book = self.claims.lock();
         let old = book.doms.get(&dom).cloned().unwrap_or(DomClaims { global: 0, nodes: vec![0; n] });
         let mut total_free = 0;
-        for i in 0..n {
-            let free = self.available(i);
+        for (i, g) in guards.iter().enumerate() {
+            let free = g.available();
             total_free += free;
             let available = free.saturating_sub(book.node_total[i] - old.nodes[i]);
             if new.nodes[i] > available {
@@ -660,6 +694,8 @@ impl<M: FrameMemory> Heap<M> {
         }
         book.install(dom, new);
         self.publish_claims(&book);
+        drop(book);
+        drop(guards);
         Ok(())
     }
 
@@ -712,13 +748,20 @@ impl<M: FrameMemory> Heap<M> {
             s.scrubbing += ns.scrubbing;
         }
         s.claimed = self.claimed_total.load(Relaxed);
-        s.scrubbed = self.acct.lock().scrubbed;
+        for c in &self.nodes {
+            s.scrubbed.background += c.scrubbed[Source::Background as usize].load(Relaxed);
+            s.scrubbed.in_place += c.scrubbed[Source::InPlace as usize].load(Relaxed);
+            s.scrubbed.sync += c.scrubbed[Source::Sync as usize].load(Relaxed);
+        }
         s
     }
 
     /// Bytes scrubbed in place for allocations by `owner`.
     pub fn in_place_bytes(&self, owner: DomId) -> u64 {
-        self.acct.lock().in_place_by_owner.get(&owner).copied().unwrap_or(0)
+        (0..self.nodes.len())
+            .map(|n| self.lock_node(n).in_place_by_owner.get(&owner).copied().unwrap_or(0))
+            .sum::<u64>()
+            * self.config.frame_size
     }
 
     /// The chunk containing `mfn`.
@@ -744,6 +787,13 @@ impl<M: FrameMemory> Heap<M> {
         })
     }
 
+    /// Counts `frames` scrubbed on `node` for `source`.
+    pub(crate) fn account(&self, node: usize, source: Source, frames: u64) {
+        if frames > 0 {
+            self.nodes[node].scrubbed[source as usize].fetch_add(frames * self.config.frame_size, Relaxed);
+        }
+    }
+
     /// Mirrors the claim totals for lock-free readers; called under the claims lock.
     fn publish_claims(&self, book: &ClaimBook) {
         for (c, &t) in self.nodes.iter().zip(&book.node_total) {
@@ -752,9 +802,9 @@ impl<M: FrameMemory> Heap<M> {
         self.claimed_total.store(book.outstanding(), Relaxed);
     }
 
-    /// Free and being-scrubbed frames of node `n`, read without its lock.
+    /// Free frames of node `n` (including those being scrubbed), read without its lock.
     pub(crate) fn available(&self, n: usize) -> u64 {
-        self.nodes[n].free.load(Relaxed) + self.nodes[n].scrubbing.load(Relaxed)
+        self.nodes[n].free.load(Relaxed)
     }
 
     pub(crate) fn node_counters(&self, n: usize) -> [u64; 5] {

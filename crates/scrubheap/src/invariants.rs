@@ -88,9 +88,18 @@ fn check_node(n: usize, st: &NodeState) -> Result<Tally, InvariantViolation> {
                         return fail(format!("node {n}: work entry {w:?} does not match its {other:?} chunk at {pos}"));
                     }
                 }
+                let background = st.work.iter().any(|w| w.head == pos && w.kind == Kind::Background);
                 match other {
                     State::Allocated | State::Pending => t.allocated += len as u64,
-                    State::Scrubbing => t.scrubbing += len as u64,
+                    State::Scrubbing if background => {
+                        t.free += len as u64;
+                        t.free_dirty += bits;
+                        t.scrubbing += len as u64;
+                    }
+                    State::Scrubbing if bits != 0 => {
+                        return fail(format!("node {n}: a sync free's chunk at {pos} has {bits} dirty bits"))
+                    }
+                    State::Scrubbing => t.allocated += len as u64,
                     _ => t.offline += len as u64,
                 }
             }
@@ -170,12 +179,12 @@ impl<M: FrameMemory> Heap<M> {
             if mirror != [st.free, st.free_dirty, st.allocated, st.offline, st.scrubbing] {
                 return fail(format!("node {n}: published counters {mirror:?} are stale"));
             }
-            let sum = t.free + t.allocated + t.offline + t.scrubbing;
+            let sum = t.free + t.allocated + t.offline;
             if sum != cell.frames {
                 return fail(format!("node {n}: {sum} frames accounted of {}", cell.frames));
             }
-            total_free += t.free + t.scrubbing;
-            node_avail.push(t.free + t.scrubbing);
+            total_free += t.free;
+            node_avail.push(t.free);
         }
         let book = self.claims.lock();
         let mut node_total = alloc::vec![0u64; self.nodes.len()];

@@ -39,11 +39,14 @@ pub(crate) struct NodeState {
     pub free_dirty: u64,
     pub allocated: u64,
     pub offline: u64,
-    /// Frames in chunks being scrubbed by background scrubbers or sync frees.
+    /// Of the free frames, those in chunks a background scrubber holds (counted in `free`,
+    /// their dirty bits in `free_dirty`).
     pub scrubbing: u64,
     /// Chunks being worked on outside the lock: background scrubs, sync frees, tickets.
     pub work: Vec<Work>,
     pub next_work_id: u64,
+    /// Frames scrubbed in place on this node, per owner.
+    pub in_place_by_owner: alloc::collections::BTreeMap<crate::types::DomId, u64>,
 }
 
 #[inline]
@@ -68,6 +71,7 @@ impl NodeState {
             scrubbing: 0,
             work: Vec::new(),
             next_work_id: 1,
+            in_place_by_owner: alloc::collections::BTreeMap::new(),
         };
         n.carve(0, movable_from, dirty);
         n.carve(movable_from, frames, dirty);
@@ -279,8 +283,9 @@ impl NodeState {
             debug_assert_eq!(self.dirty.count(off, n), 0);
             NONE
         } else {
-            let newly = self.dirty.set(off, n);
-            self.free_dirty += newly as u64;
+            debug_assert_eq!(self.dirty.count(off, n), 0, "held frames carry no dirty bits");
+            self.dirty.set_all(off, n);
+            self.free_dirty += n as u64;
             0
         };
         self.free += n as u64;
@@ -299,10 +304,10 @@ impl NodeState {
         self.merge_insert(off, order, fd);
     }
 
-    /// Frames free or being scrubbed: what allocations (and claims) may count on, since
-    /// a scrub in progress can be aborted.
+    /// Free frames, including those being scrubbed: what allocations (and claims) may
+    /// count on, since a scrub in progress can be aborted.
     pub fn available(&self) -> u64 {
-        self.free + self.scrubbing
+        self.free
     }
 
     /// Index of work entry `id`.

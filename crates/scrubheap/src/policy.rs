@@ -11,9 +11,10 @@ pub enum Policy {
     Sync,
     /// Scrub on allocation only, nothing in the background (Linux `init_on_alloc`).
     Alloc,
-    /// Idle scrubbing, and an allocation that meets dirty memory scrubs the whole chunk
-    /// in place without a preemption point (Xen 4.10 and later). Prefers a larger clean
-    /// chunk to an exact dirty fit, as Xen does.
+    /// Idle scrubbing, and an allocation that meets dirty memory scrubs every frame it
+    /// hands out in place in one go, with no preemption point (Xen 4.10 and later: a
+    /// 1 GiB extent is 262,144 pages without a break). Prefers a larger clean chunk to an
+    /// exact dirty fit, as Xen does.
     Xen,
     /// As `Xen`, but dirty allocations are capped at order 9 (2 MiB): larger requests fail
     /// so the caller falls back to smaller extents.
@@ -44,8 +45,8 @@ impl Policy {
         matches!(self, Policy::Xen | Policy::XenCap2m | Policy::Scrubheap)
     }
 
-    /// Whether an in-place scrub covers the whole chunk found rather than only the
-    /// frames handed out, with no preemption point.
+    /// Whether an in-place scrub of the frames handed out runs in one go, with no
+    /// preemption point (the xen policies), rather than a batch at a time.
     pub fn whole_chunk_in_place(self) -> bool {
         matches!(self, Policy::Xen | Policy::XenCap2m)
     }

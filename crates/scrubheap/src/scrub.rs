@@ -7,8 +7,8 @@
 //! frame is written, and no worker runs more than one batch between two looks at its
 //! stop flag and its [`Preempt`].
 
-use crate::chunk::{Slot, State};
-use crate::heap::{Extent, Heap, NodeGuard};
+use crate::chunk::{Slot, State, NONE};
+use crate::heap::{Extent, Heap, NodeGuard, Source};
 use crate::memory::FrameMemory;
 use crate::policy::Policy;
 use crate::preempt::Preempt;
@@ -35,7 +35,6 @@ impl<M: FrameMemory> Heap<M> {
             return Ok(0);
         }
         let mut done = 0u64;
-        let mut background = 0u64;
         for m in self.scrub_order(node) {
             if self.config.policy == Policy::Scrubheap {
                 let (z, stop) = self.help_tickets(m, budget - done, preempt);
@@ -46,15 +45,9 @@ impl<M: FrameMemory> Heap<M> {
             }
             let (z, stop) = self.scrub_chunks(m, budget - done, preempt);
             done += z;
-            background += z;
             if stop {
                 break;
             }
-        }
-        if done > 0 {
-            let mut acct = self.acct.lock();
-            acct.scrubbed.background += background * self.config.frame_size;
-            acct.scrubbed.in_place += (done - background) * self.config.frame_size;
         }
         Ok(done)
     }
@@ -88,13 +81,14 @@ impl<M: FrameMemory> Heap<M> {
                 return (done, false);
             };
             st.unlink_free(head);
-            let order = st.meta[head as usize].order();
-            let bits = st.dirty.count(head, size(order)) as u64;
-            st.free -= size(order) as u64;
-            st.free_dirty -= bits;
+            let (order, fd) = (st.meta[head as usize].order(), st.meta[head as usize].first_dirty());
+            // The chunk stays counted as free, its dirty bits in free_dirty; it is only off
+            // the lists. Nothing here is proportional to the chunk's size.
             st.scrubbing += size(order) as u64;
             st.meta[head as usize] = Slot::head(State::Scrubbing, order);
             let id = st.add_work(head, order, Kind::Background);
+            let i = st.work.len() - 1;
+            st.work[i].cursor = fd;
             self.cell(m).publish(&st);
             loop {
                 let i = st.work_index(id);
@@ -110,7 +104,9 @@ impl<M: FrameMemory> Heap<M> {
                 self.mem.zero(Mfn(self.cell(m).base + (head + s) as u64), l as u64);
                 done += l as u64;
                 st = self.lock_node(m);
-                st.dirty.clear(head + s, l);
+                st.dirty.clear_all(head + s, l);
+                st.free_dirty -= l as u64;
+                self.account(m, Source::Background, l as u64);
                 if preempt.check() {
                     Self::hand_back(&mut st, id);
                     self.cell(m).publish(&st);
@@ -122,13 +118,15 @@ impl<M: FrameMemory> Heap<M> {
     }
 
     /// Returns a background scrubber's chunk to the free lists, merged, with whatever
-    /// dirty frames it still has.
+    /// dirty frames it still has (none before its cursor: those batches are done).
     fn hand_back(st: &mut NodeGuard<'_>, id: u64) {
         let i = st.work_index(id);
         let w = st.work.swap_remove(i);
         st.scrubbing -= w.frames();
         st.meta[w.head as usize] = Slot::default();
-        st.put_back(w.head, w.order);
+        let len = size(w.order);
+        let fd = st.dirty.first_set(w.head + w.cursor, len - w.cursor).map_or(NONE, |r| r + w.cursor);
+        st.merge_insert(w.head, w.order, fd);
     }
 
     pub(crate) fn largest_dirty(st: &crate::node::NodeState) -> Option<u32> {
@@ -167,7 +165,8 @@ impl<M: FrameMemory> Heap<M> {
             self.mem.zero(Mfn(self.cell(m).base + (head + s) as u64), l as u64);
             done += l as u64;
             let mut st = self.lock_node(m);
-            st.dirty.clear(head + s, l);
+            st.dirty.clear_all(head + s, l);
+            self.account(m, Source::InPlace, l as u64);
             self.finish_batch(&mut st, m, id);
             drop(st);
             if preempt.check() {
@@ -200,6 +199,9 @@ impl<M: FrameMemory> Heap<M> {
         let base = self.cell(node).base;
         let mut zeroed = 0u64;
         let mut st = self.lock_node(node);
+        let Kind::Ticket { owner, movable } = st.work[st.work_index(id)].kind else {
+            unreachable!("ticket work of another kind")
+        };
         let result = loop {
             let i = st.work_index(id);
             let w = st.work[i].clone();
@@ -212,7 +214,7 @@ impl<M: FrameMemory> Heap<M> {
                     self.mem.zero(Mfn(base + (w.head + s) as u64), l as u64);
                     zeroed += l as u64;
                     st = self.lock_node(node);
-                    st.dirty.clear(w.head + s, l);
+                    st.dirty.clear_all(w.head + s, l);
                     let i = st.work_index(id);
                     st.work[i].inflight -= 1;
                     if !whole && preempt.check() {
@@ -222,26 +224,17 @@ impl<M: FrameMemory> Heap<M> {
                 None if w.inflight > 0 => break None,
                 None => {
                     st.work.swap_remove(i);
-                    let Kind::Ticket { owner, movable } = w.kind else { unreachable!("ticket work of another kind") };
                     st.meta[w.head as usize] = Self::allocated_slot(w.order, owner, movable);
                     self.cell(node).publish(&st);
                     break Some(Extent { mfn: Mfn(base + w.head as u64), order: w.order, node });
                 }
             }
         };
-        let owner = match st.work.iter().find(|w| w.id == id).map(|w| w.kind) {
-            Some(Kind::Ticket { owner, .. }) => Some(owner),
-            _ => result.map(|e| crate::types::DomId(st.meta[(e.mfn.0 - base) as usize].a)),
-        };
-        drop(st);
         if zeroed > 0 {
-            let bytes = zeroed * self.config.frame_size;
-            let mut acct = self.acct.lock();
-            acct.scrubbed.in_place += bytes;
-            if let Some(o) = owner {
-                *acct.in_place_by_owner.entry(o).or_default() += bytes;
-            }
+            *st.in_place_by_owner.entry(owner).or_default() += zeroed;
         }
+        drop(st);
+        self.account(node, Source::InPlace, zeroed);
         result
     }
 

@@ -7,11 +7,11 @@ pub struct NodeStats {
     pub free_clean: u64,
     /// Free frames that still hold a previous owner's bytes.
     pub free_dirty: u64,
-    /// Frames held by owners.
+    /// Frames held by owners (including pending allocations and `sync` frees in progress).
     pub allocated: u64,
     /// Frames out of service (offline, broken, or isolated by an offline in progress).
     pub offline: u64,
-    /// Frames being scrubbed right now, outside the lock (neither free nor allocated).
+    /// Of the free frames, those in chunks a background scrubber holds right now.
     pub scrubbing: u64,
     /// Free frames reserved by node claims.
     pub claimed: u64,
@@ -20,9 +20,9 @@ pub struct NodeStats {
 impl NodeStats {
     /// All frames the node has.
     pub fn total(&self) -> u64 {
-        self.free_clean + self.free_dirty + self.allocated + self.offline + self.scrubbing
+        self.free_clean + self.free_dirty + self.allocated + self.offline
     }
-    /// Free frames, clean or dirty.
+    /// Free frames, clean or dirty (including those being scrubbed).
     pub fn free(&self) -> u64 {
         self.free_clean + self.free_dirty
     }
@@ -50,7 +50,7 @@ pub struct HeapStats {
     pub allocated: u64,
     /// Frames out of service.
     pub offline: u64,
-    /// Frames being scrubbed right now.
+    /// Of the free frames, those being scrubbed right now.
     pub scrubbing: u64,
     /// Frames reserved by claims (node and global) not yet allocated.
     pub claimed: u64,
@@ -61,6 +61,6 @@ pub struct HeapStats {
 impl HeapStats {
     /// All frames the heap has.
     pub fn total(&self) -> u64 {
-        self.free_clean + self.free_dirty + self.allocated + self.offline + self.scrubbing
+        self.free_clean + self.free_dirty + self.allocated + self.offline
     }
 }

@@ -50,6 +50,9 @@ fn config(policy: Policy, dirty: bool) -> HeapConfig {
     ];
     c.policy = policy;
     c.initially_dirty = dirty;
+    // Small batches, so that allocations of orders 4 to 8 go through scrub tickets
+    // (an allocation of at most one batch is scrubbed in one go without one).
+    c.scrub_batch = 8;
     c
 }
 

@@ -108,7 +108,10 @@ fn run(policy: Policy) {
     assert_eq!(s.total(), 2 * FRAMES);
     assert_eq!(s.allocated, 0);
     assert!(handed.load(Ordering::Relaxed) > 0);
-    assert!(tickets.load(Ordering::Relaxed) > 0, "no allocation ever met dirty memory");
+    if !policy.whole_chunk_in_place() {
+        // Under the xen policies dirty memory is scrubbed in one go: no ticket, by design.
+        assert!(tickets.load(Ordering::Relaxed) > 0, "no allocation ever went through a ticket");
+    }
     if policy != Policy::Sync {
         assert!(s.scrubbed.in_place > 0, "{s:?}");
         assert!(s.scrubbed.background > 0, "{s:?}");
