@@ -12,15 +12,31 @@
 //!    *raw*, the raw kernel zeroing the arena in one call; *batched*, the scrub kernel
 //!    zeroing it in batch-sized calls with no heap; *background*, a heap built over the
 //!    arena with every frame dirty and one thread calling `heap.scrub_step(0, budget)`
-//!    until it returns 0 (the heap's batches, locking and bookkeeping included), then an
-//!    untimed check that every byte is zero.
+//!    until it returns 0 (the heap's batches, locking and bookkeeping included);
+//!    *background2*, the same heap and two threads calling `scrub_step(0, budget)` at
+//!    once, each until it returns 0; *background2_nodes*, a heap of two nodes of half the
+//!    arena each and one thread per node calling `scrub_step(node, budget)` until it
+//!    returns 0, the way the host runtime runs its scrubbers. Every heap run is followed
+//!    by an untimed check that every frame was scrubbed and every byte is zero.
+//!
+//! Two threads on one node are not two scrubbers' worth: an initially dirty node is one
+//! free chunk per power of two (a 1 GiB node is a single order-18 chunk), a scrubber
+//! takes a whole chunk, and a scrubber that finds no chunk to take gets 0 at once. So the
+//! second thread usually finds the chunk taken and stops; it gets work only if it calls in
+//! the moment between two of the first thread's steps, when the chunk is back on the free
+//! list. `background2_thread_frames` records, per run, what each thread zeroed.
+//! Scrubbers scale by nodes (or by chunks), which is what `background2_nodes` measures.
 //!
 //! Dirtying and building the heap are never timed. Each run is timed by the wall clock
-//! (the figures) and by the thread's CPU time (`*_cpu_gbps`, which leave out time the
-//! thread spent descheduled on a shared machine). Medians are quoted; GB/s is 10^9
-//! bytes per second; `ratio = background_gbps / raw_gbps`, which splits into
-//! `batched_gbps / raw_gbps` (what calling the kernel a batch at a time costs) times
-//! `heap_efficiency = background_gbps / batched_gbps` (what the heap adds per batch).
+//! (the figures) and by thread CPU time (`*_cpu_gbps`, which leave out time a thread
+//! spent descheduled on a shared machine). The two-thread runs start both threads at
+//! once from a barrier right after the dirtying; their wall time runs from the first
+//! thread's start to the last thread's end, and their CPU time is the busier thread's
+//! (the wall time they would have taken had neither been descheduled). Medians are
+//! quoted; GB/s is 10^9 bytes per second; `ratio = background_gbps / raw_gbps`, which
+//! splits into `batched_gbps / raw_gbps` (what calling the kernel a batch at a time
+//! costs) times `heap_efficiency = background_gbps / batched_gbps` (what the heap adds
+//! per batch); `ratio2` and `ratio2_nodes` are the two-thread figures over `raw_gbps`.
 
 use anyhow::{bail, ensure, Context};
 use scrubheap::{FrameMemory, Heap, HeapConfig, Mfn, NeverPreempt};
@@ -28,6 +44,7 @@ use scrubheap_host::{median, thread_cpu_time, Arena, ArenaConfig, Kernel};
 use serde::Serialize;
 use std::collections::BTreeMap;
 use std::path::PathBuf;
+use std::sync::Barrier;
 use std::time::Instant;
 
 /// Bytes per frame of the benchmark's arena and heap.
@@ -116,6 +133,26 @@ pub struct ScrubResult {
     pub background_cpu_gbps: f64,
     /// `background_cpu_gbps / raw_cpu_gbps`.
     pub ratio_cpu: f64,
+    /// Median GB/s of two threads scrubbing the same bytes through `scrub_step` on the
+    /// one node at once (see the module doc for why this is about one thread's worth).
+    pub background2_gbps: f64,
+    /// `background2_gbps / raw_gbps`.
+    pub ratio2: f64,
+    /// Median GB/s of a heap of two nodes of half the arena each, one thread per node
+    /// calling `scrub_step(node, ..)`.
+    pub background2_nodes_gbps: f64,
+    /// `background2_nodes_gbps / raw_gbps`.
+    pub ratio2_nodes: f64,
+    /// Scrubbing threads of the `background2*` figures.
+    pub background2_threads: u32,
+    /// `background2_gbps` by thread CPU time (the busier thread's).
+    pub background2_cpu_gbps: f64,
+    /// `background2_nodes_gbps` by thread CPU time (the busier thread's).
+    pub background2_nodes_cpu_gbps: f64,
+    /// `background2_cpu_gbps / raw_cpu_gbps`.
+    pub ratio2_cpu: f64,
+    /// `background2_nodes_cpu_gbps / raw_cpu_gbps`.
+    pub ratio2_nodes_cpu: f64,
     /// Arena bytes.
     pub memory_bytes: u64,
     /// Timed repetitions per figure.
@@ -132,6 +169,13 @@ pub struct ScrubResult {
     pub batched_runs_gbps: Vec<f64>,
     /// Every background run's GB/s, in run order.
     pub background_runs_gbps: Vec<f64>,
+    /// Every two-thread one-node run's GB/s, in run order.
+    pub background2_runs_gbps: Vec<f64>,
+    /// Every two-node run's GB/s, in run order.
+    pub background2_nodes_runs_gbps: Vec<f64>,
+    /// Frames each of the two threads zeroed in every two-thread one-node run, in run
+    /// order.
+    pub background2_thread_frames: Vec<Vec<u64>>,
     /// What backs the arena.
     pub backing: String,
     /// The arena in one line (backing, huge pages, prefault).
@@ -232,6 +276,66 @@ fn time_background(arena: &Arena, heap: &Heap<&Arena>, budget: u64) -> anyhow::R
     Ok((took, calls))
 }
 
+/// One scrubber thread's part of a run.
+struct Share {
+    start: Instant,
+    end: Instant,
+    cpu: f64,
+    frames: u64,
+}
+
+/// Scrubs the whole arena through `heap` (built over it with every frame dirty) with one
+/// thread per entry of `nodes`, thread `i` calling `scrub_step(nodes[i], budget)` until it
+/// returns 0. The threads wait at a barrier while `prepare` (the dirtying) runs and start
+/// together when it returns. Returns the time taken (wall: first start to last end; CPU:
+/// the busier thread's) and the frames each thread zeroed. Checks every frame was
+/// scrubbed and is zero.
+fn time_scrubbers(
+    arena: &Arena,
+    heap: &Heap<&Arena>,
+    budget: u64,
+    nodes: &[usize],
+    prepare: impl FnOnce(),
+) -> anyhow::Result<(Took, Vec<u64>)> {
+    let go = Barrier::new(nodes.len() + 1);
+    let shares = std::thread::scope(|s| {
+        let threads: Vec<_> = nodes
+            .iter()
+            .map(|&node| {
+                let go = &go;
+                s.spawn(move || -> anyhow::Result<Share> {
+                    go.wait();
+                    let (start, c) = (Instant::now(), thread_cpu_time());
+                    let mut frames = 0;
+                    loop {
+                        match heap.scrub_step(node, budget, &NeverPreempt)? {
+                            0 => break,
+                            z => frames += z,
+                        }
+                    }
+                    let cpu = thread_cpu_time().saturating_sub(c).as_secs_f64();
+                    Ok(Share { start, end: Instant::now(), cpu, frames })
+                })
+            })
+            .collect();
+        prepare();
+        go.wait();
+        threads.into_iter().map(|t| t.join().expect("a scrubber thread panicked")).collect::<anyhow::Result<Vec<_>>>()
+    })?;
+    let start = shares.iter().map(|s| s.start).min().context("no scrubber threads")?;
+    let end = shares.iter().map(|s| s.end).max().context("no scrubber threads")?;
+    let cpu = shares.iter().map(|s| s.cpu).fold(0.0, f64::max);
+    let frames: Vec<u64> = shares.iter().map(|s| s.frames).collect();
+    let total: u64 = frames.iter().sum();
+    ensure!(total == arena.frames(), "scrub_step zeroed {total} frames of {} ({frames:?} by thread)", arena.frames());
+    ensure!(heap.stats().free_dirty == 0, "frames still dirty after scrubbing: {:?}", heap.stats());
+    ensure!(
+        arena.is_zero(arena.base(), arena.frames()),
+        "the heap reported all clean but the arena holds non-zero bytes"
+    );
+    Ok((Took { wall: end.duration_since(start).as_secs_f64(), cpu }, frames))
+}
+
 /// Runs the benchmark.
 pub fn bench(c: &Config) -> anyhow::Result<ScrubResult> {
     ensure!(c.reps > 0, "--reps must be at least 1");
@@ -242,6 +346,7 @@ pub fn bench(c: &Config) -> anyhow::Result<ScrubResult> {
         c.memory
     );
     let frames = c.memory / FRAME;
+    ensure!(frames >= 2, "--memory {} must be at least two frames (the two-node heap needs one each)", c.memory);
     ensure!(frames < u32::MAX as u64, "--memory {} is more than one heap node can hold", c.memory);
     if let Some(k) = c.kernel {
         ensure!(k.is_available(), "kernel {k} is not available on this CPU");
@@ -250,8 +355,13 @@ pub fn bench(c: &Config) -> anyhow::Result<ScrubResult> {
     if let Some(b) = c.batch {
         hc.scrub_batch = b;
     }
-    // Validate the heap configuration (batch size) before the long part.
+    // The same frames as two nodes of half the arena each, for one scrubber per node.
+    let mut hc2 = HeapConfig::uniform(2, frames / 2).with_initially_dirty(true);
+    hc2.nodes[1].frames = frames - frames / 2;
+    hc2.scrub_batch = hc.scrub_batch;
+    // Validate the heap configurations (batch size) before the long part.
     drop(Heap::new(hc.clone(), scrubheap::NullMemory).context("heap configuration")?);
+    drop(Heap::new(hc2.clone(), scrubheap::NullMemory).context("two-node heap configuration")?);
 
     let acfg = ArenaConfig::new(Mfn(0), frames, FRAME as usize)
         .with_hugetlb(c.hugetlb)
@@ -282,17 +392,22 @@ pub fn bench(c: &Config) -> anyhow::Result<ScrubResult> {
     let raw_kernel = fastest(&whole);
     let scrub_kernel = c.kernel.unwrap_or_else(|| fastest(&batched));
 
-    // 2. Raw, batched and background, interleaved, rotating which goes first.
+    // 2. Raw, batched and the three background runs, interleaved, rotating which goes
+    // first.
     let mut raw = Vec::with_capacity(c.reps);
     let mut bat = Vec::with_capacity(c.reps);
     let mut bg = Vec::with_capacity(c.reps);
+    let mut bg2 = Vec::with_capacity(c.reps);
+    let mut bg2n = Vec::with_capacity(c.reps);
+    let mut bg2_frames = Vec::with_capacity(c.reps);
     let mut calls = 0;
     for rep in 0..c.reps {
-        for which in 0..3 {
+        for which in 0..5 {
             round += 1;
-            // Every timed run starts right after the arena is dirtied: the heap is built
-            // before that, so none of the runs gets extra time for the writes to drain.
-            match (which + rep) % 3 {
+            // Every timed run starts right after the arena is dirtied: the heap (and the
+            // threads) are set up before that, so none of the runs gets extra time for
+            // the writes to drain.
+            match (which + rep) % 5 {
                 0 => {
                     dirty(&arena, round);
                     raw.push(time_zero(&arena, raw_kernel, frames));
@@ -301,7 +416,7 @@ pub fn bench(c: &Config) -> anyhow::Result<ScrubResult> {
                     dirty(&arena, round);
                     bat.push(time_zero(&arena, scrub_kernel, batch));
                 }
-                _ => {
+                2 => {
                     arena.set_kernel(scrub_kernel);
                     let heap = Heap::new(hc.clone(), &arena).context("building the heap over the arena")?;
                     dirty(&arena, round);
@@ -309,16 +424,32 @@ pub fn bench(c: &Config) -> anyhow::Result<ScrubResult> {
                     bg.push(t);
                     calls = n;
                 }
+                3 => {
+                    arena.set_kernel(scrub_kernel);
+                    let heap = Heap::new(hc.clone(), &arena).context("building the heap over the arena")?;
+                    let (t, f) = time_scrubbers(&arena, &heap, c.budget, &[0, 0], || dirty(&arena, round))?;
+                    bg2.push(t);
+                    bg2_frames.push(f);
+                }
+                _ => {
+                    arena.set_kernel(scrub_kernel);
+                    let heap = Heap::new(hc2.clone(), &arena).context("building the two-node heap over the arena")?;
+                    bg2n.push(time_scrubbers(&arena, &heap, c.budget, &[0, 1], || dirty(&arena, round))?.0);
+                }
             }
         }
     }
     let wall = |v: &[Took]| v.iter().map(|t| gbps(c.memory, t.wall)).collect::<Vec<f64>>();
     let cpu = |v: &[Took]| median(v.iter().map(|t| gbps(c.memory, t.cpu)).collect());
     let (raw_runs, bat_runs, bg_runs) = (wall(&raw), wall(&bat), wall(&bg));
+    let (bg2_runs, bg2n_runs) = (wall(&bg2), wall(&bg2n));
     let raw_gbps = median(raw_runs.clone());
     let batched_gbps = median(bat_runs.clone());
     let background_gbps = median(bg_runs.clone());
+    let background2_gbps = median(bg2_runs.clone());
+    let background2_nodes_gbps = median(bg2n_runs.clone());
     let (raw_cpu_gbps, batched_cpu_gbps, background_cpu_gbps) = (cpu(&raw), cpu(&bat), cpu(&bg));
+    let (background2_cpu_gbps, background2_nodes_cpu_gbps) = (cpu(&bg2), cpu(&bg2n));
     let ratio_paired = median(bg_runs.iter().zip(&raw_runs).map(|(b, r)| b / r).collect());
     let names = |v: &[(Kernel, f64)]| v.iter().map(|&(k, g)| (k.name().to_string(), g)).collect();
     Ok(ScrubResult {
@@ -337,6 +468,15 @@ pub fn bench(c: &Config) -> anyhow::Result<ScrubResult> {
         batched_cpu_gbps,
         background_cpu_gbps,
         ratio_cpu: background_cpu_gbps / raw_cpu_gbps,
+        background2_gbps,
+        ratio2: background2_gbps / raw_gbps,
+        background2_nodes_gbps,
+        ratio2_nodes: background2_nodes_gbps / raw_gbps,
+        background2_threads: 2,
+        background2_cpu_gbps,
+        background2_nodes_cpu_gbps,
+        ratio2_cpu: background2_cpu_gbps / raw_cpu_gbps,
+        ratio2_nodes_cpu: background2_nodes_cpu_gbps / raw_cpu_gbps,
         memory_bytes: c.memory,
         reps: c.reps,
         budget_frames: c.budget,
@@ -345,6 +485,9 @@ pub fn bench(c: &Config) -> anyhow::Result<ScrubResult> {
         raw_runs_gbps: raw_runs,
         batched_runs_gbps: bat_runs,
         background_runs_gbps: bg_runs,
+        background2_runs_gbps: bg2_runs,
+        background2_nodes_runs_gbps: bg2n_runs,
+        background2_thread_frames: bg2_frames,
         backing: arena.backing().to_string(),
         arena: arena.describe(),
         huge_bytes: arena.huge_bytes(),
@@ -354,9 +497,11 @@ pub fn bench(c: &Config) -> anyhow::Result<ScrubResult> {
 
 fn print_table(r: &ScrubResult) {
     let runs = |v: &[f64]| v.iter().map(|g| format!("{g:.2}")).collect::<Vec<_>>().join(" ");
+    let mib = |frames: u64| (frames * FRAME) >> 20;
+    let frames = r.memory_bytes / FRAME;
     println!("bench scrub: median of {} interleaved reps, GB/s = 10^9 B/s by the wall clock", r.reps);
     println!("arena: {}", r.arena);
-    println!("{:<14} {:>10} {:>14}", "kernel", "one call", format!("{} KiB calls", (r.batch_frames * FRAME) >> 10));
+    println!("{:<18} {:>10} {:>14}", "kernel", "one call", format!("{} KiB calls", (r.batch_frames * FRAME) >> 10));
     for (k, g) in &r.kernels {
         let b = r.kernels_batched.get(k).copied().unwrap_or(f64::NAN);
         let mut mark = String::new();
@@ -366,11 +511,11 @@ fn print_table(r: &ScrubResult) {
         if *k == r.kernel {
             mark += "  <- scrub";
         }
-        println!("{k:<14} {g:>10.2} {b:>14.2}{mark}");
+        println!("{k:<18} {g:>10.2} {b:>14.2}{mark}");
     }
-    println!("{:<14} {:>10.2}   runs: {}   ({}, one call)", "raw", r.raw_gbps, runs(&r.raw_runs_gbps), r.raw_kernel);
+    println!("{:<18} {:>10.2}   runs: {}   ({}, one call)", "raw", r.raw_gbps, runs(&r.raw_runs_gbps), r.raw_kernel);
     println!(
-        "{:<14} {:>10.2}   runs: {}   ({}, {}-frame calls, no heap)",
+        "{:<18} {:>10.2}   runs: {}   ({}, {}-frame calls, no heap)",
         "batched",
         r.batched_gbps,
         runs(&r.batched_runs_gbps),
@@ -378,7 +523,7 @@ fn print_table(r: &ScrubResult) {
         r.batch_frames
     );
     println!(
-        "{:<14} {:>10.2}   runs: {}   ({}, 1 thread, scrub_step budget {} frames, batch {} frames, {} calls)",
+        "{:<18} {:>10.2}   runs: {}   ({}, 1 thread, scrub_step budget {} frames, batch {} frames, {} calls)",
         "background",
         r.background_gbps,
         runs(&r.background_runs_gbps),
@@ -387,16 +532,46 @@ fn print_table(r: &ScrubResult) {
         r.batch_frames,
         r.scrub_steps
     );
+    let split = r
+        .background2_thread_frames
+        .iter()
+        .map(|f| f.iter().map(|&n| format!("{}", mib(n))).collect::<Vec<_>>().join("/"))
+        .collect::<Vec<_>>()
+        .join(" ");
     println!(
-        "{:<14} {:>10.3}   (background / raw; paired per rep {:.3}; by thread CPU time {:.3} = {:.2} / {:.2})",
+        "{:<18} {:>10.2}   runs: {}   ({} threads on 1 node; MiB by thread per run: {})",
+        "background2",
+        r.background2_gbps,
+        runs(&r.background2_runs_gbps),
+        r.background2_threads,
+        split
+    );
+    println!(
+        "{:<18} {:>10.2}   runs: {}   (2 nodes of {}/{} MiB, 1 thread each)",
+        "background2_nodes",
+        r.background2_nodes_gbps,
+        runs(&r.background2_nodes_runs_gbps),
+        mib(frames / 2),
+        mib(frames - frames / 2)
+    );
+    println!(
+        "{:<18} {:>10.3}   (background / raw; paired per rep {:.3}; by thread CPU time {:.3} = {:.2} / {:.2})",
         "ratio", r.ratio, r.ratio_paired, r.ratio_cpu, r.background_cpu_gbps, r.raw_cpu_gbps
     );
     println!(
-        "{:<14} {:>10.3}   (batched / raw: calling the kernel a batch at a time)",
+        "{:<18} {:>10.3}   (batched / raw: calling the kernel a batch at a time)",
         "",
         r.batched_gbps / r.raw_gbps
     );
-    println!("{:<14} {:>10.3}   (background / batched: the heap's share)", "", r.heap_efficiency);
+    println!("{:<18} {:>10.3}   (background / batched: the heap's share)", "", r.heap_efficiency);
+    println!(
+        "{:<18} {:>10.3}   (background2 / raw; by the busier thread's CPU time {:.3} = {:.2} / {:.2})",
+        "ratio2", r.ratio2, r.ratio2_cpu, r.background2_cpu_gbps, r.raw_cpu_gbps
+    );
+    println!(
+        "{:<18} {:>10.3}   (background2_nodes / raw; by the busier thread's CPU time {:.3} = {:.2} / {:.2})",
+        "ratio2_nodes", r.ratio2_nodes, r.ratio2_nodes_cpu, r.background2_nodes_cpu_gbps, r.raw_cpu_gbps
+    );
 }
 
 /// `scrubheap bench scrub`.
@@ -447,19 +622,53 @@ mod tests {
         assert_eq!(r.kernels_batched.len(), Kernel::available().len());
         assert!(r.kernels.contains_key(&r.kernel) && r.kernels.contains_key(&r.raw_kernel));
         assert_eq!((r.raw_runs_gbps.len(), r.batched_runs_gbps.len(), r.background_runs_gbps.len()), (1, 1, 1));
+        assert_eq!((r.background2_runs_gbps.len(), r.background2_nodes_runs_gbps.len()), (1, 1));
         assert!(r.raw_gbps > 0.0 && r.background_gbps > 0.0 && r.ratio > 0.0);
+        assert!(r.background2_gbps > 0.0 && r.background2_nodes_gbps > 0.0 && r.ratio2 > 0.0 && r.ratio2_nodes > 0.0);
+        assert_eq!((r.threads, r.background2_threads), (1, 2));
+        assert_eq!(r.background2_thread_frames.len(), 1);
+        assert_eq!(r.background2_thread_frames[0].iter().sum::<u64>(), 2048);
         // 2048 frames in steps of at most 300, plus the call that returns 0.
         assert_eq!(r.scrub_steps, 2048u64.div_ceil(300) + 1);
         let v = serde_json::to_value(Report { scrub: r }).unwrap();
-        for k in ["raw_gbps", "background_gbps", "ratio", "threads", "kernel", "kernels"] {
+        for k in [
+            "raw_gbps",
+            "background_gbps",
+            "ratio",
+            "threads",
+            "kernel",
+            "kernels",
+            "background2_gbps",
+            "background2_nodes_gbps",
+            "ratio2",
+            "ratio2_nodes",
+            "background2_threads",
+        ] {
             assert!(v["scrub"].get(k).is_some(), "missing scrub.{k}");
         }
+    }
+
+    #[test]
+    fn one_scrubber_per_node_scrubs_its_own_node() {
+        let frames = 1024;
+        let arena = Arena::new(ArenaConfig::new(Mfn(0), frames, FRAME as usize).with_hugetlb(false)).unwrap();
+        let mut hc = HeapConfig::uniform(2, 512).with_initially_dirty(true);
+        hc.scrub_batch = 64;
+        let heap = Heap::new(hc, &arena).unwrap();
+        let (t, by_thread) = time_scrubbers(&arena, &heap, 100, &[0, 1], || dirty(&arena, 7)).unwrap();
+        assert_eq!(by_thread, vec![512, 512]);
+        assert!(t.wall > 0.0);
+        // Two threads on one node zero every frame between them, however they split it.
+        let heap = Heap::new(HeapConfig::uniform(1, frames).with_initially_dirty(true), &arena).unwrap();
+        let (_, by_thread) = time_scrubbers(&arena, &heap, 100, &[0, 0], || dirty(&arena, 8)).unwrap();
+        assert_eq!(by_thread.iter().sum::<u64>(), frames);
     }
 
     #[test]
     fn bad_input_is_refused() {
         let ok = Config { memory: 1 << 20, reps: 1, budget: 1, batch: None, kernel: None, hugetlb: false, thp: true };
         assert!(bench(&Config { memory: 1000, ..ok.clone() }).is_err());
+        assert!(bench(&Config { memory: 4096, ..ok.clone() }).is_err());
         assert!(bench(&Config { reps: 0, ..ok.clone() }).is_err());
         assert!(bench(&Config { budget: 0, ..ok.clone() }).is_err());
         assert!(bench(&Config { batch: Some(0), ..ok }).is_err());
