@@ -118,6 +118,11 @@ impl Sections {
         *wall = (*wall).max(max_wall_ns);
     }
 
+    /// The CPU-time quantile `q` (0..=1) of all sections, µs.
+    pub fn quantile_us(&self, q: f64) -> f64 {
+        self.inner.lock().as_ref().map_or(0.0, |(h, _)| h.value_at_quantile(q) as f64 / 1000.0)
+    }
+
     /// (longest CPU µs, longest wall µs, sections recorded).
     pub fn summary(&self) -> (f64, f64, u64) {
         match &*self.inner.lock() {

@@ -39,6 +39,9 @@ pub struct PoolConfig {
     pub scrub_batch: u64,
     /// Offset within each node where its Movable zone begins (fraction of the node).
     pub movable_fraction: Option<f64>,
+    /// Start with every frame dirty, holding a non-zero pattern (memory a previous boot
+    /// or tenant left).
+    pub initially_dirty: bool,
 }
 
 impl Default for PoolConfig {
@@ -55,6 +58,7 @@ impl Default for PoolConfig {
             quantum_ns: 200_000,
             scrub_batch: 256,
             movable_fraction: None,
+            initially_dirty: false,
         }
     }
 }
@@ -151,7 +155,11 @@ impl Pool {
             ac = ac.with_kernel(k);
         }
         let arena = Arena::new(ac)?;
-        let mut hc = HeapConfig::uniform(cfg.nodes, per_node).with_policy(cfg.policy);
+        if cfg.initially_dirty {
+            arena.fill(Mfn(0), frames, crate::POISON);
+        }
+        let mut hc =
+            HeapConfig::uniform(cfg.nodes, per_node).with_policy(cfg.policy).with_initially_dirty(cfg.initially_dirty);
         hc.scrub_batch = cfg.scrub_batch;
         if let Some(f) = cfg.movable_fraction {
             let from = ((per_node as f64 * (1.0 - f)) as u64).min(per_node);

@@ -2,6 +2,7 @@
 //! schema-1 `bench` keys of DESIGN section 6.
 
 pub mod alloc;
+pub mod latency;
 pub mod scrub;
 
 /// Benchmarks.
@@ -11,11 +12,14 @@ pub enum Cmd {
     Alloc(alloc::Args),
     /// Background scrub throughput against raw zeroing of the same arena, per kernel.
     Scrub(scrub::Args),
+    /// Longest non-preemptible section while populating 1 GiB from dirty memory, per policy.
+    Latency(latency::Args),
 }
 
 pub fn main(c: Cmd) -> anyhow::Result<()> {
     match c {
         Cmd::Alloc(a) => alloc::main(a),
         Cmd::Scrub(a) => scrub::main(a),
+        Cmd::Latency(a) => latency::main(a),
     }
 }
