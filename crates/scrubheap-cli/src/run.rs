@@ -126,7 +126,6 @@ pub fn main(a: Args) -> anyhow::Result<()> {
         bail!("the workload has no guests for {memory} bytes over {} s", a.duration);
     }
     println!("workload: {workload}");
-    println!("  source: {}", workload.source);
     let backends = a.compare.clone().unwrap_or_else(|| vec![a.policy]);
     let mut reports = Vec::new();
     for (i, &backend) in backends.iter().enumerate() {

@@ -12,7 +12,7 @@ pub(crate) struct DirtyBitmap {
 
 impl DirtyBitmap {
     pub fn new(frames: u32) -> Self {
-        DirtyBitmap { words: vec![0; (frames as usize).div_ceil(64)] }
+        DirtyBitmap { words: crate::node::touched((frames as usize).div_ceil(64), 0) }
     }
 
     /// Word range and edge masks of `[off, off+len)` (len > 0): first word, last word,

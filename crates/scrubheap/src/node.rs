@@ -6,7 +6,6 @@ use crate::chunk::{Slot, State, NONE};
 use crate::dirty::DirtyBitmap;
 use crate::types::{Zone, MAX_ORDER, ORDERS};
 use crate::work::Work;
-use alloc::vec;
 use alloc::vec::Vec;
 
 /// How to choose among free chunks that can satisfy an order.
@@ -49,6 +48,15 @@ pub(crate) struct NodeState {
     pub in_place_by_owner: alloc::collections::BTreeMap<crate::types::DomId, u64>,
 }
 
+/// A vector of `n` copies of `v`, every page written now: `vec![zero; n]` maps zero pages
+/// lazily, so the first operation touching each page would take the fault (on a virtual
+/// machine, tens of microseconds each) inside a timed, non-preemptible section.
+pub(crate) fn touched<T: Clone>(n: usize, v: T) -> Vec<T> {
+    let mut out = Vec::with_capacity(n);
+    out.resize(n, v);
+    out
+}
+
 #[inline]
 fn size(order: u8) -> u32 {
     1u32 << order
@@ -60,7 +68,7 @@ impl NodeState {
             base,
             frames,
             movable_from,
-            meta: vec![Slot::default(); frames as usize],
+            meta: touched(frames as usize, Slot::default()),
             dirty: DirtyBitmap::new(frames),
             heads: [[[NONE; ORDERS]; 2]; 2],
             nonempty: [[0; 2]; 2],
