@@ -58,7 +58,7 @@ pub struct LeakCheck {
 pub struct NodeSample {
     /// Free frames known to be zero, in bytes.
     pub clean: u64,
-    /// Free frames still dirty (including those being scrubbed), in bytes.
+    /// Free frames still dirty (including those a scrubber holds), in bytes.
     pub dirty: u64,
     /// Frames held by guests, in bytes.
     pub used: u64,

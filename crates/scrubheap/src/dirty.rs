@@ -1,7 +1,6 @@
 //! The per-node dirty bitmap: one bit per frame, set while the frame may hold a previous
 //! owner's bytes. Bits are only ever set inside free (or being-scrubbed, or isolated) chunks.
 
-use alloc::vec;
 use alloc::vec::Vec;
 
 /// A bitmap over a node's frames, addressed by node-relative offset.
