@@ -33,7 +33,9 @@ type Row = (&'static str, fn(&RunReport) -> String);
 pub fn table(rs: &[RunReport]) -> String {
     let mut t = String::new();
     let rows: [Row; 15] = [
-        ("guests created / destroyed", |r| format!("{} / {}", r.domains_created, r.domains_destroyed)),
+        ("guests created / destroyed / rebooted", |r| {
+            format!("{} / {} / {}", r.domains_created, r.domains_destroyed, r.domains_rebooted)
+        }),
         ("guests refused (no room)", |r| r.guests_refused.to_string()),
         ("create ms p50 / p99 / max", |r| {
             format!("{:.2} / {:.1} / {:.1}", r.create_ms.p50, r.create_ms.p99, r.create_ms.max)
@@ -63,7 +65,7 @@ pub fn table(rs: &[RunReport]) -> String {
         ("invariant violations", |r| r.invariant_violations.to_string()),
         ("run seconds", |r| format!("{:.1}", r.duration_s)),
     ];
-    let w = 34;
+    let w = 38;
     let _ = write!(t, "{:w$}", "");
     for r in rs {
         let _ = write!(t, " | {:>24}", r.policy);

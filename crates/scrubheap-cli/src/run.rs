@@ -59,6 +59,14 @@ pub struct Args {
     /// Run scrubbers at normal priority instead of SCHED_IDLE.
     #[arg(long)]
     pub no_idle: bool,
+    /// Zeroing kernel (rep-stosb, avx2-nt, avx512-nt, clzero, write-bytes); default:
+    /// the fastest in a calibration at start.
+    #[arg(long)]
+    pub kernel: Option<scrubheap_host::Kernel>,
+    /// No reboots (by default a third of the guests, and every guest of at least an
+    /// eighth of the host, reboot once midway through life).
+    #[arg(long)]
+    pub no_reboots: bool,
 }
 
 fn parse_backend(s: &str) -> Result<Backend, String> {
@@ -141,6 +149,8 @@ pub fn main(a: Args) -> anyhow::Result<()> {
             hugetlb: true,
             sample_ms: 100,
             idle_priority: !a.no_idle,
+            reboots: !a.no_reboots,
+            kernel: a.kernel,
             record: a.record.as_ref().map(|p| {
                 if backends.len() > 1 {
                     with_suffix(p, &backend.to_string())

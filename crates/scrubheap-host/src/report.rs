@@ -96,8 +96,10 @@ pub struct RunReport {
     pub duration_s: f64,
     /// Guests created.
     pub domains_created: u64,
-    /// Guests destroyed.
+    /// Guests destroyed (a reboot counts as one destroy and one create).
     pub domains_destroyed: u64,
+    /// Guests rebooted (destroyed and built again at once).
+    pub domains_rebooted: u64,
     /// Bytes scrubbed by source.
     pub bytes_scrubbed: BytesScrubbed,
     /// Leak check over every handoff.

@@ -76,6 +76,12 @@ pub struct RunConfig {
     pub idle_priority: bool,
     /// Write every allocation, free and claim the workers make as an op log here.
     pub record: Option<PathBuf>,
+    /// Zeroing kernel, or calibrate.
+    pub kernel: Option<crate::Kernel>,
+    /// A third of the guests, and every guest of at least an eighth of the host, reboot
+    /// once midway through their life: torn down and built again at once, on memory still
+    /// dirty from the teardown (the field's case: large guests rebooting on a full host).
+    pub reboots: bool,
 }
 
 /// Why a run could not go on.
@@ -89,6 +95,12 @@ pub enum RunError {
     Io(String),
 }
 
+enum Job {
+    Create(u64),
+    Destroy(u64, Option<Live>),
+    Reboot(u64, Option<Live>),
+}
+
 enum Live {
     Heap(Guest),
     Kernel(KernelGuest),
@@ -96,7 +108,8 @@ enum Live {
 
 struct Sched {
     next_arrival: usize,
-    destroys: BinaryHeap<Reverse<(u64, u64)>>,
+    /// (time ns, guest, reboot?): destroy or reboot events, earliest first.
+    destroys: BinaryHeap<Reverse<(u64, u64, bool)>>,
     alive: HashMap<u64, Live>,
 }
 
@@ -106,6 +119,7 @@ struct Tally {
     destroy_ms: Vec<f64>,
     created: u64,
     destroyed: u64,
+    rebooted: u64,
     refused: u64,
     highorder_failures: u64,
 }
@@ -140,6 +154,7 @@ pub fn run(cfg: &RunConfig, on_sample: &(dyn Fn(&Sample, &RunProgress) + Sync)) 
             verify: cfg.verify,
             hugetlb: cfg.hugetlb,
             idle_priority: cfg.idle_priority,
+            kernel: cfg.kernel,
             ..PoolConfig::default()
         })?),
         Backend::Kernel => None,
@@ -192,7 +207,7 @@ pub fn run(cfg: &RunConfig, on_sample: &(dyn Fn(&Sample, &RunProgress) + Sync)) 
                             if now >= duration_ns {
                                 let id = sc.alive.keys().next().copied();
                                 match id {
-                                    Some(id) => Some((false, id, sc.alive.remove(&id))),
+                                    Some(id) => Some(Job::Destroy(id, sc.alive.remove(&id))),
                                     None => break,
                                 }
                             } else {
@@ -205,11 +220,12 @@ pub fn run(cfg: &RunConfig, on_sample: &(dyn Fn(&Sample, &RunProgress) + Sync)) 
                                 match next {
                                     Some(t) if t <= now => {
                                         if destroy == Some(t) {
-                                            let Reverse((_, id)) = sc.destroys.pop().expect("peeked");
-                                            Some((false, id, sc.alive.remove(&id)))
+                                            let Reverse((_, id, reboot)) = sc.destroys.pop().expect("peeked");
+                                            let live = sc.alive.remove(&id);
+                                            Some(if reboot { Job::Reboot(id, live) } else { Job::Destroy(id, live) })
                                         } else {
                                             sc.next_arrival += 1;
-                                            Some((true, sc.next_arrival as u64 - 1, None))
+                                            Some(Job::Create(sc.next_arrival as u64 - 1))
                                         }
                                     }
                                     Some(t) => {
@@ -225,24 +241,13 @@ pub fn run(cfg: &RunConfig, on_sample: &(dyn Fn(&Sample, &RunProgress) + Sync)) 
                                 }
                             }
                         };
-                        let Some((create, idx, live)) = job else { continue };
-                        if create {
-                            let spec = &guests[idx as usize];
-                            let dom = DomId(idx as u32 + 1);
-                            let made = match &pool {
-                                Some(p) => create_heap_guest(p, dom, spec.memory_bytes, &rec, oplog.as_ref(), &tally),
-                                None => create_kernel_guest(&kernel, cfg, &kernel_used, dom, spec.memory_bytes, &tally),
-                            };
-                            if let Some(live) = made {
-                                alive.fetch_add(1, Relaxed);
-                                let end = ((spec.arrival_s + spec.lifetime_s) * 1e9) as u64;
-                                let mut sc = sched.lock();
-                                sc.alive.insert(idx, live);
-                                if end < duration_ns {
-                                    sc.destroys.push(Reverse((end.max(now), idx)));
-                                }
-                            }
-                        } else if let Some(live) = live {
+                        let Some(job) = job else { continue };
+                        let (idx, live, reboot, create) = match job {
+                            Job::Create(idx) => (idx, None, false, true),
+                            Job::Destroy(idx, live) => (idx, live, false, false),
+                            Job::Reboot(idx, live) => (idx, live, true, false),
+                        };
+                        if let Some(live) = live {
                             let ms = match live {
                                 Live::Heap(g) => {
                                     if let Some(log) = &oplog {
@@ -261,6 +266,35 @@ pub fn run(cfg: &RunConfig, on_sample: &(dyn Fn(&Sample, &RunProgress) + Sync)) 
                             let mut t = tally.lock();
                             t.destroy_ms.push(ms);
                             t.destroyed += 1;
+                            t.rebooted += reboot as u64;
+                            if !reboot {
+                                continue;
+                            }
+                        } else if !create {
+                            continue;
+                        }
+                        // A new guest, or a rebooting one built again at once on memory
+                        // that is still dirty from its own teardown.
+                        let spec = &guests[idx as usize];
+                        let dom = DomId(idx as u32 + 1);
+                        let made = match &pool {
+                            Some(p) => create_heap_guest(p, dom, spec.memory_bytes, &rec, oplog.as_ref(), &tally),
+                            None => create_kernel_guest(&kernel, cfg, &kernel_used, dom, spec.memory_bytes, &tally),
+                        };
+                        if let Some(live) = made {
+                            alive.fetch_add(1, Relaxed);
+                            let now = t0.elapsed().as_nanos() as u64;
+                            let start = (spec.arrival_s * 1e9) as u64;
+                            let end = ((spec.arrival_s + spec.lifetime_s) * 1e9) as u64;
+                            let mut sc = sched.lock();
+                            sc.alive.insert(idx, live);
+                            let large = spec.memory_bytes >= cfg.memory_bytes / 8;
+                            let reboots = cfg.reboots && !reboot && (idx % 3 == 0 || large);
+                            if reboots && (start + end) / 2 < duration_ns {
+                                sc.destroys.push(Reverse((((start + end) / 2).max(now), idx, true)));
+                            } else if end < duration_ns {
+                                sc.destroys.push(Reverse((end.max(now), idx, false)));
+                            }
                         }
                     }
                     rec.merge_into(&sections);
@@ -293,6 +327,7 @@ pub fn run(cfg: &RunConfig, on_sample: &(dyn Fn(&Sample, &RunProgress) + Sync)) 
         duration_s: run_s,
         domains_created: t.created,
         domains_destroyed: t.destroyed,
+        domains_rebooted: t.rebooted,
         create_ms: millis(&t.create_ms),
         destroy_ms: millis(&t.destroy_ms),
         highorder_failures: t.highorder_failures,
