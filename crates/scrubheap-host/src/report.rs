@@ -77,6 +77,25 @@ pub struct Sample {
     pub scrub_gbps: f64,
 }
 
+/// Balloon operations of the guests that ballooned.
+#[derive(Clone, Debug, Default, Serialize, PartialEq)]
+pub struct Balloon {
+    /// Balloon-outs (a guest gave a quarter of its memory back).
+    pub out: u64,
+    /// Balloon-ins (a guest asked for it again).
+    pub r#in: u64,
+    /// Bytes given back.
+    pub bytes_out: u64,
+    /// Bytes got again.
+    pub bytes_in: u64,
+    /// Balloon-ins that got less than asked (the host had no more).
+    pub in_short: u64,
+    /// Time to balloon out.
+    pub out_ms: Millis,
+    /// Time to balloon in (allocation, leak check and the guest's first write).
+    pub in_ms: Millis,
+}
+
 /// A run's report (`report.json`).
 #[derive(Clone, Debug, Default, Serialize, PartialEq)]
 pub struct RunReport {
@@ -137,7 +156,9 @@ pub struct RunReport {
     pub destroy_samples_ms: Vec<f64>,
     /// Guests that could not be created (out of memory), skipped.
     pub guests_refused: u64,
-    /// Long-term pins taken and the hot-remove event (filled when they happen).
+    /// Guests ballooning out and in.
+    pub balloon: Balloon,
+    /// What a reader should know about the run (time to clean, why a figure is 0).
     pub notes: Vec<String>,
 }
 
