@@ -146,7 +146,7 @@ pub struct RunReport {
     pub workload: WorkloadInfo,
     /// Zeroing kernel used.
     pub kernel: String,
-    /// Arena backing (hugetlbfs, THP, plain).
+    /// Arena backing (hugetlbfs, THP, plain) and how its node slices sit on host NUMA nodes.
     pub backing: String,
     /// Memory composition over time.
     pub timeline: Vec<Sample>,

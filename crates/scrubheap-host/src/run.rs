@@ -432,7 +432,7 @@ pub fn run(cfg: &RunConfig, on_sample: &(dyn Fn(&Sample, &RunProgress) + Sync)) 
             );
             let arena = pool.arena();
             r.kernel = arena.kernel().name().into();
-            r.backing = arena.backing().to_string();
+            r.backing = format!("{}, {}", arena.backing(), arena.numa());
             r.raw_zero_gbps = arena.calibration().map_or(0.0, |c| c.gbps_of(c.best).unwrap_or(0.0));
             r.scrubbers = cfg.nodes * cfg.scrubbers_per_node;
             r.verify_mode(cfg.verify, leaks);
