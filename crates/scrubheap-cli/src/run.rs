@@ -72,6 +72,11 @@ pub struct Args {
     /// thirds).
     #[arg(long)]
     pub no_balloons: bool,
+    /// Start from memory known to be zero. By default the host has just booted: all
+    /// memory holds the previous boot's bytes and idle CPUs scrub it while the first
+    /// guests are built (Xen's bootscrub=idle).
+    #[arg(long)]
+    pub clean_boot: bool,
 }
 
 fn parse_backend(s: &str) -> Result<Backend, String> {
@@ -156,6 +161,7 @@ pub fn main(a: Args) -> anyhow::Result<()> {
             idle_priority: !a.no_idle,
             reboots: !a.no_reboots,
             balloons: !a.no_balloons,
+            boot_dirty: !a.clean_boot,
             kernel: a.kernel,
             record: a.record.as_ref().map(|p| {
                 if backends.len() > 1 {

@@ -85,6 +85,10 @@ pub struct RunConfig {
     /// A third of the guests that do not reboot balloon out a quarter of their memory a
     /// third of the way through their life and balloon it back in at two thirds.
     pub balloons: bool,
+    /// The host has just booted: every frame holds the previous boot's bytes (poison) and
+    /// is dirty, scrubbed by idle CPUs while the first guests are built (Xen's
+    /// `bootscrub=idle`), instead of starting from memory known to be zero.
+    pub boot_dirty: bool,
 }
 
 /// Why a run could not go on.
@@ -198,6 +202,7 @@ pub fn run(cfg: &RunConfig, on_sample: &(dyn Fn(&Sample, &RunProgress) + Sync)) 
             hugetlb: cfg.hugetlb,
             idle_priority: cfg.idle_priority,
             kernel: cfg.kernel,
+            initially_dirty: cfg.boot_dirty,
             ..PoolConfig::default()
         })?),
         Backend::Kernel => None,

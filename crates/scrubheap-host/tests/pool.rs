@@ -138,3 +138,30 @@ fn a_kernel_guest_balloons_out_and_in() {
     assert_eq!(k.nonzero_pages.load(Relaxed), 0);
     k.destroy_guest(g);
 }
+
+#[test]
+fn a_host_booted_dirty_hands_out_only_scrubbed_memory() {
+    // Every frame starts holding poison (the previous boot's bytes) and dirty: guests
+    // built at once get scrubbed memory, and the scrubbers clean the rest.
+    for policy in [Policy::Scrubheap, Policy::Xen] {
+        let p = Pool::new(PoolConfig {
+            memory_bytes: 64 << 20,
+            nodes: 2,
+            policy,
+            hugetlb: false,
+            idle_priority: false,
+            initially_dirty: true,
+            ..PoolConfig::default()
+        })
+        .unwrap();
+        let rec = PreemptRecorder::new(0);
+        let (g, _) = p.create_guest(DomId(1), 20 << 20, &rec).unwrap();
+        assert_eq!(p.leaks.nonzero_pages.load(Relaxed), 0, "{policy}: the previous boot's bytes reached a guest");
+        assert_eq!(p.arena().count_nonzero_words(g.extents[0].mfn, g.extents[0].frames()), 0);
+        p.destroy_guest(g, &rec);
+        assert!(p.wait_clean(Duration::from_secs(20)), "{policy}");
+        assert_eq!(p.arena().count_nonzero_words(scrubheap::Mfn(0), 16384), 0, "{policy}: all of it scrubbed");
+        p.heap().check_invariants().unwrap();
+        p.stop();
+    }
+}
