@@ -32,7 +32,7 @@ type Row = (&'static str, fn(&RunReport) -> String);
 /// The side-by-side table.
 pub fn table(rs: &[RunReport]) -> String {
     let mut t = String::new();
-    let rows: [Row; 16] = [
+    let rows: [Row; 17] = [
         ("guests created / destroyed / rebooted", |r| {
             format!("{} / {} / {}", r.domains_created, r.domains_destroyed, r.domains_rebooted)
         }),
@@ -49,6 +49,9 @@ pub fn table(rs: &[RunReport]) -> String {
             format!("{:.2} / {:.1} / {:.1}", r.destroy_ms.p50, r.destroy_ms.p99, r.destroy_ms.max)
         }),
         ("longest non-preemptible us (cpu)", |r| format!("{:.0}", r.max_nonpreemptible_us)),
+        ("  of which builders / scrubbers", |r| {
+            format!("{:.0} / {:.0}", r.sections_max_us.workers, r.sections_max_us.scrubbers)
+        }),
         ("  same, wall clock us", |r| format!("{:.0}", r.max_nonpreemptible_wall_us)),
         ("lock hold us p50 / p99.9 / max", |r| {
             format!("{:.2} / {:.1} / {:.0}", r.lock_hold_us.p50, r.lock_hold_us.p999, r.lock_hold_us.max)

@@ -96,6 +96,15 @@ pub struct Balloon {
     pub in_ms: Millis,
 }
 
+/// Longest non-preemptible section by the kind of thread, CPU time, µs.
+#[derive(Clone, Debug, Default, Serialize, PartialEq)]
+pub struct SectionsBy {
+    /// Worker threads building, ballooning and destroying guests.
+    pub workers: f64,
+    /// Background scrubber threads.
+    pub scrubbers: f64,
+}
+
 /// A run's report (`report.json`).
 #[derive(Clone, Debug, Default, Serialize, PartialEq)]
 pub struct RunReport {
@@ -132,6 +141,9 @@ pub struct RunReport {
     pub max_nonpreemptible_us: f64,
     /// The same gap in wall-clock time (includes being descheduled by the host OS).
     pub max_nonpreemptible_wall_us: f64,
+    /// The longest sections by who ran them: guest builders (allocations, ticket steps,
+    /// frees, in CPU time) and background scrubbers (scrub batches).
+    pub sections_max_us: SectionsBy,
     /// Heap node-lock hold times (wall clock).
     pub lock_hold_us: LockHoldMicros,
     /// Background scrub throughput while scrubbing, GB/s.
