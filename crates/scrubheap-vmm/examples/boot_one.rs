@@ -16,6 +16,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     for round in 0..2 {
         let t0 = Instant::now();
         let (g, _) = pool.create_guest(DomId(1), mib << 20, &rec)?;
+        println!("pool allocation {:.2} ms", t0.elapsed().as_secs_f64() * 1e3);
         let t = kvm.boot(Ram::Pool(PoolRam::new(&pool, g, &rec)), tag_of(DomId(1)), t0)?;
         println!("pool   #{round}: {:?}", t.stats);
         println!("  destroy {:.2} ms", t.destroy());

@@ -120,11 +120,19 @@ pub struct VmmReport {
     pub host_leak_check: HostLeakCheck,
     /// Pool allocation (or mmap) to the guest's first instruction.
     pub create_ms: QuantilesMax,
+    /// Of `create_ms`, the memory: the pool's claim, allocation and handoff check (every
+    /// frame's sampled words read), or the `kernel` baseline's `mmap`.
+    pub alloc_ms: Quantiles,
+    /// Pool allocation (or mmap) to the guest's done report: create, scan, fill and exits.
+    pub ready_ms: QuantilesMax,
     /// Guest-measured (TSC) time to scan its RAM.
     pub scan_ms: Quantiles,
     /// Guest bytes scanned per second of guest-measured scan time, over all guests (GB/s).
     pub scan_gbps: f64,
-    /// First instruction to halt (scan and fill), VMM wall clock.
+    /// Guest-measured (TSC) time to write its tag over its RAM (for the `kernel` baseline
+    /// this is where most page faults land: the first write to each page).
+    pub fill_ms: Quantiles,
+    /// First instruction to last report (scan, fill and the exits between), VMM wall clock.
     pub run_ms: Quantiles,
     /// VM teardown plus giving the memory back.
     pub destroy_ms: QuantilesMax,
@@ -202,6 +210,7 @@ pub fn run(cfg: &VmmConfig, kvm: &Kvm, progress: &dyn Fn(&VmmProgress)) -> Resul
     let t_run = Instant::now();
     let mut alive: HashMap<usize, Tenant<'_>> = HashMap::new();
     let mut boots: Vec<BootStats> = Vec::new();
+    let mut alloc_ms = Vec::new();
     let mut destroy_ms = Vec::new();
     let mut p = VmmProgress { total: specs.len() as u64, ..Default::default() };
     let mut r = VmmReport::default();
@@ -235,6 +244,7 @@ pub fn run(cfg: &VmmConfig, kvm: &Kvm, progress: &dyn Fn(&VmmProgress)) -> Resul
             },
             None => Ram::Anonymous(AnonRam::new(g.memory_bytes)?),
         };
+        alloc_ms.push(t0.elapsed().as_secs_f64() * 1e3);
         let tenant = kvm.boot(ram, tag_of(dom), t0)?;
         p.booted += 1;
         p.alive += 1;
@@ -269,6 +279,15 @@ pub fn run(cfg: &VmmConfig, kvm: &Kvm, progress: &dyn Fn(&VmmProgress)) -> Resul
     };
     let v = |f: fn(&BootStats) -> f64| boots.iter().map(f).collect::<Vec<f64>>();
     let (mut create, mut scan, mut run_ms) = (v(|b| b.create_ms), v(|b| b.scan_ms), v(|b| b.run_ms));
+    let mut fill = v(|b| b.fill_ms);
+    let mut ready = v(|b| b.create_ms + b.run_ms);
+    r.ready_ms = QuantilesMax {
+        p50: quantile(&mut ready, 0.5),
+        p99: quantile(&mut ready, 0.99),
+        max: quantile(&mut ready, 1.0),
+    };
+    r.alloc_ms = Quantiles { p50: quantile(&mut alloc_ms, 0.5), p99: quantile(&mut alloc_ms, 0.99) };
+    r.fill_ms = Quantiles { p50: quantile(&mut fill, 0.5), p99: quantile(&mut fill, 0.99) };
     r.create_ms = QuantilesMax {
         p50: quantile(&mut create, 0.5),
         p99: quantile(&mut create, 0.99),

@@ -35,12 +35,12 @@ pub enum VmmError {
     )]
     NoKvm(io::Error),
     /// A KVM call failed.
-    #[error("KVM {what} failed: {source}")]
+    #[error("KVM {what} failed: {err}")]
     Kvm {
         /// The call.
         what: &'static str,
         /// What the kernel said.
-        source: io::Error,
+        err: io::Error,
     },
     /// More memory slots than KVM allows one VM.
     #[error(
@@ -77,12 +77,12 @@ pub enum VmmError {
     #[error("a guest of {0} bytes cannot run: use a multiple of 4 KiB from 8 KiB to 3 GiB")]
     BadSize(u64),
     /// Anonymous memory for the `kernel` baseline could not be mapped.
-    #[error("cannot map {bytes} bytes of guest memory: {source}")]
+    #[error("cannot map {bytes} bytes of guest memory: {err}")]
     Map {
         /// Bytes asked for.
         bytes: u64,
         /// What the kernel said.
-        source: io::Error,
+        err: io::Error,
     },
     /// The heap refused.
     #[error(transparent)]
@@ -93,7 +93,7 @@ pub enum VmmError {
 }
 
 fn kvm_err(what: &'static str) -> impl FnOnce(kvm_ioctls::Error) -> VmmError {
-    move |e| VmmError::Kvm { what, source: io::Error::from_raw_os_error(e.errno()) }
+    move |e| VmmError::Kvm { what, err: io::Error::from_raw_os_error(e.errno()) }
 }
 
 /// Guest RAM from the pool: the guest's extents, given back to the pool on drop.
@@ -153,7 +153,7 @@ impl AnonRam {
             )
         };
         if p == libc::MAP_FAILED {
-            return Err(VmmError::Map { bytes, source: io::Error::last_os_error() });
+            return Err(VmmError::Map { bytes, err: io::Error::last_os_error() });
         }
         let addr = p as usize;
         let start = addr.next_multiple_of(HUGE_2M);
@@ -360,7 +360,14 @@ fn calibrate_host_tsc_khz() -> f64 {
 impl Kvm {
     /// Opens `/dev/kvm`, reads the memory-slot limit, calibrates the host TSC.
     pub fn open() -> Result<Kvm, VmmError> {
-        let kvm = kvm_ioctls::Kvm::new().map_err(|e| VmmError::NoKvm(io::Error::from_raw_os_error(e.errno())))?;
+        let no_kvm = |e: kvm_ioctls::Error| VmmError::NoKvm(io::Error::from_raw_os_error(e.errno()));
+        let kvm = kvm_ioctls::Kvm::new().map_err(no_kvm)?;
+        // The file opens, but is it KVM? (KVM_GET_API_VERSION is 12 on every KVM.)
+        let version = kvm.get_api_version();
+        if version != kvm_bindings::KVM_API_VERSION as i32 {
+            let why = if version < 0 { io::Error::last_os_error().to_string() } else { "not KVM's 12".into() };
+            return Err(VmmError::NoKvm(io::Error::other(format!("KVM_GET_API_VERSION gave {version}: {why}"))));
+        }
         let max_memslots = kvm.get_nr_memslots();
         Ok(Kvm { kvm, max_memslots, host_tsc_khz: calibrate_host_tsc_khz(), guest_tsc_khz: OnceLock::new() })
     }
