@@ -6,6 +6,9 @@
 //!   ([`slots`]), and runs the [`payload`]: 32-bit protected-mode code that scans its RAM,
 //!   reports how many 8-byte words were not zero, writes its tenant tag over all of it and
 //!   halts. A non-zero word is a leak between tenants and an error.
+//! - [`vm::DemandPager`] is the hook for populate-on-demand guests: a range with no slot
+//!   exits to the VMM at the guest's first touch, which has the pager populate it, maps
+//!   it as a new slot, completes the access and resumes the guest.
 //! - [`churn::run`] is `scrubheap vmm`: guests of mixed sizes booted, scanned, filled and
 //!   destroyed on the pool, or on fresh anonymous memory (the `kernel` baseline).
 //! - Adapters, each behind a feature: `x86_64` ([`frames::HeapFrames`]: the `x86_64`

@@ -202,12 +202,48 @@ impl Drop for AnonRam {
 // SAFETY: the mapping is owned by this value alone and only touched through it.
 unsafe impl Send for AnonRam {}
 
+/// Guest RAM populated on demand: the hook a populate-on-demand guest plugs into.
+///
+/// Guest-physical ranges the pager has not populated have no memory slot; the guest's
+/// first access to one exits to the VMM (KVM reports it as MMIO), which asks the pager
+/// for the range, maps it as a new slot, completes the access on the new memory and
+/// resumes the guest. For the PoD heap (issue 7) `populate` is `pod_touch(dom, gpa >>
+/// 12, write)` and the slot its mapping's frames.
+///
+/// # Safety
+/// Every slot `populate` returns must cover `gpa`, lie within `[0, bytes())`, not overlap
+/// an earlier one, be page aligned, and be host memory the pager owns for this guest
+/// alone, readable and writable, until the pager is dropped (a `Tenant` drops its VM
+/// first).
+pub unsafe trait DemandPager {
+    /// RAM bytes (guest-physical `[0, bytes)`).
+    fn bytes(&self) -> u64;
+    /// The guest touched `gpa` (writing if `write`), which no slot maps yet: populate the
+    /// range around it and say where it is.
+    fn populate(&mut self, gpa: u64, write: bool) -> Result<Slot, VmmError>;
+}
+
+/// RAM of a [`DemandPager`], and the slots populated so far.
+pub struct DemandRam<'p> {
+    pager: Box<dyn DemandPager + 'p>,
+    slots: Vec<Slot>,
+}
+
+impl<'p> DemandRam<'p> {
+    /// Nothing populated yet.
+    pub fn new(pager: Box<dyn DemandPager + 'p>) -> Self {
+        DemandRam { pager, slots: Vec::new() }
+    }
+}
+
 /// A guest's RAM, owned: while it lives, every slot's host memory belongs to this guest.
 pub enum Ram<'p> {
     /// Extents of the scrubheap pool.
     Pool(PoolRam<'p>),
     /// The `kernel` baseline's fresh anonymous memory.
     Anonymous(AnonRam),
+    /// Populated on first touch.
+    Demand(DemandRam<'p>),
 }
 
 impl Ram<'_> {
@@ -216,6 +252,7 @@ impl Ram<'_> {
         match self {
             Ram::Pool(p) => p.slots.clone(),
             Ram::Anonymous(a) => vec![Slot { gpa: 0, host: a.ptr.as_ptr() as usize, bytes: a.len as u64 }],
+            Ram::Demand(d) => d.slots.clone(),
         }
     }
 
@@ -224,6 +261,7 @@ impl Ram<'_> {
         match self {
             Ram::Pool(p) => p.slots.iter().map(|s| s.bytes).sum(),
             Ram::Anonymous(a) => a.len as u64,
+            Ram::Demand(d) => d.pager.bytes(),
         }
     }
 
@@ -233,6 +271,30 @@ impl Ram<'_> {
         let slots = self.slots();
         let s = slots.iter().find(|s| gpa >= s.gpa && end <= s.gpa + s.bytes)?;
         Some((s.host + (gpa - s.gpa) as usize) as *mut u8)
+    }
+
+    /// For RAM populated on demand: populates the range holding `gpa` unless a slot maps
+    /// it already, and returns the new slot. `Ok(None)`: mapped already.
+    fn populate(&mut self, gpa: u64, write: bool) -> Result<Option<Slot>, VmmError> {
+        let bytes = self.bytes();
+        if self.host(gpa, 1).is_some() {
+            return Ok(None);
+        }
+        let Ram::Demand(d) = self else {
+            return Err(VmmError::Guest(format!("touched guest-physical {gpa:#x}, outside its {bytes} bytes of RAM")));
+        };
+        if gpa >= bytes {
+            return Err(VmmError::Guest(format!("touched guest-physical {gpa:#x}, outside its {bytes} bytes of RAM")));
+        }
+        let s = d.pager.populate(gpa, write)?;
+        let fits = s.gpa <= gpa && gpa < s.gpa + s.bytes && s.gpa + s.bytes <= bytes;
+        let aligned = s.gpa % 4096 == 0 && s.bytes % 4096 == 0 && s.host % 4096 == 0 && s.bytes > 0;
+        let overlaps = d.slots.iter().any(|o| o.gpa < s.gpa + s.bytes && s.gpa < o.gpa + o.bytes);
+        if !fits || !aligned || overlaps {
+            return Err(VmmError::Guest(format!("the pager returned {s:?} for guest-physical {gpa:#x}")));
+        }
+        d.slots.push(s);
+        Ok(Some(s))
     }
 
     /// Reads the 8-byte word at guest-physical `gpa` (8-byte aligned; `None` outside the
@@ -283,6 +345,9 @@ pub struct BootStats {
     pub words_checked: u64,
     /// Of those, non-zero (always 0 for a guest that booted: a leak is an error).
     pub nonzero_words: u64,
+    /// Ranges populated on the guest's first touch ([`Ram::Demand`] only); each added a
+    /// memory slot (counted in `memslots`).
+    pub demand_faults: u64,
 }
 
 /// A guest that ran to the end of its payload and still holds its VM and its memory.
@@ -400,6 +465,7 @@ impl Kvm {
             return Err(VmmError::BadSize(bytes));
         }
         assert_ne!(tag, 0, "a tenant's tag is never zero");
+        ram.populate(ENTRY_GPA, true)?;
         let slots = ram.slots();
         if slots.len() + 1 > self.max_memslots {
             return Err(VmmError::TooManySlots { needed: slots.len(), limit: self.max_memslots });
@@ -410,18 +476,28 @@ impl Kvm {
         let vm = self.kvm.create_vm().map_err(kvm_err("KVM_CREATE_VM"))?;
         vm.set_tss_address(TSS_ADDR).map_err(kvm_err("KVM_SET_TSS_ADDR"))?;
         let tables = PageTables::new()?;
-        for (i, s) in slots.iter().chain([&tables.slot()]).enumerate() {
+        let mut next_slot = 0u32;
+        let mut map = |s: &Slot| -> Result<(), VmmError> {
+            if next_slot as usize + 1 > self.max_memslots {
+                return Err(VmmError::TooManySlots { needed: next_slot as usize + 1, limit: self.max_memslots });
+            }
             let region = kvm_userspace_memory_region {
-                slot: i as u32,
+                slot: next_slot,
                 guest_phys_addr: s.gpa,
                 memory_size: s.bytes,
                 userspace_addr: s.host as u64,
                 flags: 0,
             };
-            // SAFETY: the slot's host range is page aligned (arena frames, or our own
-            // mapping) and belongs to `ram`, which the returned `Tenant` keeps until after
-            // it has dropped this VM; on an error return `vm` drops before `ram` does.
+            // SAFETY: the slot's host range is page aligned (arena frames, our own
+            // mapping, or a pager's, which its trait's contract makes so) and belongs to
+            // `ram` or `tables`, which the returned `Tenant` keeps until after it has
+            // dropped this VM; on an error return `vm` drops before both.
             unsafe { vm.set_user_memory_region(region) }.map_err(kvm_err("KVM_SET_USER_MEMORY_REGION"))?;
+            next_slot += 1;
+            Ok(())
+        };
+        for s in slots.iter().chain([&tables.slot()]) {
+            map(s)?;
         }
         let mut vcpu = vm.create_vcpu(0).map_err(kvm_err("KVM_CREATE_VCPU"))?;
         self.guest_tsc_khz.get_or_init(|| vcpu.get_tsc_khz().ok().filter(|&k| k > 0));
@@ -431,8 +507,34 @@ impl Kvm {
             BootStats { bytes, memslots: slots.len(), words_checked: (bytes - SCAN_START) / 8, ..Default::default() };
         let mut started = None;
         let (mut tsc_lo, mut tsc_hi) = (0u64, 0u64);
-        for _ in 0..MAX_EXITS {
+        // A demand guest exits once per range it populates: at most one per page.
+        let max_exits = MAX_EXITS + if matches!(ram, Ram::Demand(_)) { (bytes / 4096) as usize } else { 0 };
+        for _ in 0..max_exits {
             let exit = match vcpu.run() {
+                Ok(VcpuExit::MmioRead(gpa, data)) => {
+                    if let Some(s) = ram.populate(gpa, false)? {
+                        map(&s)?;
+                        st.demand_faults += 1;
+                    }
+                    let len = data.len() as u64;
+                    let p =
+                        ram.host(gpa, len).ok_or_else(|| VmmError::Guest(format!("read across slots at {gpa:#x}")))?;
+                    // SAFETY: `len` bytes at `p` are inside one slot of `ram` (checked by
+                    // `host`), which the guest, stopped at this exit, does not touch.
+                    unsafe { std::ptr::copy_nonoverlapping(p, data.as_mut_ptr(), data.len()) };
+                    continue;
+                }
+                Ok(VcpuExit::MmioWrite(gpa, data)) => {
+                    if let Some(s) = ram.populate(gpa, true)? {
+                        map(&s)?;
+                        st.demand_faults += 1;
+                    }
+                    if ram.host(gpa, data.len() as u64).is_none() {
+                        return Err(VmmError::Guest(format!("write across slots at {gpa:#x}")));
+                    }
+                    ram.write(gpa, data);
+                    continue;
+                }
                 Ok(VcpuExit::IoOut(port, data)) => {
                     Some((port, data.iter().rev().fold(0u64, |a, &b| a << 8 | b as u64)))
                 }
@@ -482,6 +584,7 @@ impl Kvm {
                     }
                     st.run_ms = started.map_or(0.0, |s| s.elapsed().as_secs_f64() * 1e3);
                     // Done: the guest is not resumed (its `hlt` is for a VMM that would).
+                    st.memslots = ram.slots().len();
                     return Ok(Tenant { vcpu, vm, ram, _tables: tables, tag, stats: st });
                 }
                 p => return Err(VmmError::Guest(format!("wrote {v:#x} to port {p:#x}, which it never uses"))),

@@ -29,7 +29,7 @@ fn pool(mib: u64) -> Pool {
 fn frames(ram: &Ram<'_>) -> HashSet<u64> {
     match ram {
         Ram::Pool(p) => p.guest().extents.iter().flat_map(|e| e.mfn.0..e.mfn.0 + e.frames()).collect(),
-        Ram::Anonymous(_) => HashSet::new(),
+        Ram::Anonymous(_) | Ram::Demand(_) => HashSet::new(),
     }
 }
 
@@ -147,4 +147,105 @@ fn churn_boots_every_guest_and_reports() {
         assert!(r.create_ms.p50 > 0.0 && r.scan_ms.p50 > 0.0 && r.destroy_ms.max > 0.0);
         assert_eq!(r.host_leak_check.nonzero_pages, 0);
     }
+}
+
+/// A pager that gives the guest a 2 MiB extent of the pool wherever it first touches:
+/// the hook a populate-on-demand guest uses, without the PoD heap.
+struct TwoMegOnTouch<'p> {
+    pool: &'p Pool,
+    rec: &'p PreemptRecorder,
+    dom: DomId,
+    bytes: u64,
+    extents: Vec<scrubheap::Extent>,
+    writes: u64,
+}
+
+// SAFETY: each slot is a fresh 2 MiB extent allocated to `dom`, covering the 2 MiB-aligned
+// range around the touch (so never overlapping an earlier one, and inside `bytes`, a
+// multiple of 2 MiB), held until drop.
+unsafe impl scrubheap_vmm::vm::DemandPager for TwoMegOnTouch<'_> {
+    fn bytes(&self) -> u64 {
+        self.bytes
+    }
+
+    fn populate(&mut self, gpa: u64, write: bool) -> Result<scrubheap_vmm::slots::Slot, VmmError> {
+        let e = self.pool.alloc(&scrubheap::AllocRequest::new(9, self.dom), self.rec)?;
+        self.extents.push(e);
+        self.writes += write as u64;
+        Ok(scrubheap_vmm::slots::Slot {
+            gpa: gpa & !((2 << 20) - 1),
+            host: self.pool.arena().host_ptr(e.mfn, 512) as usize,
+            bytes: 2 << 20,
+        })
+    }
+}
+
+impl Drop for TwoMegOnTouch<'_> {
+    fn drop(&mut self) {
+        for e in self.extents.drain(..) {
+            self.pool.free(e.mfn, e.order, self.dom, self.rec).unwrap();
+        }
+    }
+}
+
+#[test]
+fn a_demand_guest_populates_each_range_at_its_first_touch() {
+    let Some(kvm) = kvm() else { return };
+    let pool = pool(64);
+    let rec = PreemptRecorder::new(200_000);
+    let dom = DomId(5);
+    let bytes = 16 << 20;
+    let pager = TwoMegOnTouch { pool: &pool, rec: &rec, dom, bytes, extents: Vec::new(), writes: 0 };
+    let ram = Ram::Demand(scrubheap_vmm::vm::DemandRam::new(Box::new(pager)));
+    let t = kvm.boot(ram, tag_of(dom), Instant::now()).expect("a demand guest boots and finds zero");
+    // The code's range is populated before boot; the scan's first read of each other
+    // 2 MiB range exits and populates it.
+    assert_eq!(t.stats.demand_faults, 7, "{:?}", t.stats);
+    assert_eq!(t.stats.memslots, 8);
+    assert_eq!(t.stats.nonzero_words, 0);
+    assert_eq!(pool.heap().stats().allocated, 8 * 512);
+    for gpa in [SCAN_START, (2 << 20) - 8, 2 << 20, bytes - 8] {
+        assert_eq!(t.ram().read_u64(gpa), Some(tag_of(dom)), "gpa {gpa:#x}");
+    }
+    t.destroy();
+    assert_eq!(pool.heap().stats().allocated, 0);
+}
+
+#[test]
+fn a_pager_slot_away_from_the_touch_is_refused() {
+    let Some(kvm) = kvm() else { return };
+    let pool = pool(16);
+    let rec = PreemptRecorder::new(200_000);
+    // This pager answers the touch of page 0 with a slot at 4 MiB: refused, and the
+    // memory goes back.
+    struct Wrong<'p>(&'p Pool, &'p PreemptRecorder, Vec<scrubheap::Extent>);
+    // SAFETY: the slot it returns is its own extent (it is refused before use anyway).
+    unsafe impl scrubheap_vmm::vm::DemandPager for Wrong<'_> {
+        fn bytes(&self) -> u64 {
+            8 << 20
+        }
+        fn populate(&mut self, _: u64, _: bool) -> Result<scrubheap_vmm::slots::Slot, VmmError> {
+            let e = self.0.alloc(&scrubheap::AllocRequest::new(9, DomId(6)), self.1)?;
+            self.2.push(e);
+            Ok(scrubheap_vmm::slots::Slot {
+                gpa: 4 << 20,
+                host: self.0.arena().host_ptr(e.mfn, 512) as usize,
+                bytes: 2 << 20,
+            })
+        }
+    }
+    impl Drop for Wrong<'_> {
+        fn drop(&mut self) {
+            for e in self.2.drain(..) {
+                self.0.free(e.mfn, e.order, DomId(6), self.1).unwrap();
+            }
+        }
+    }
+    let ram = Ram::Demand(scrubheap_vmm::vm::DemandRam::new(Box::new(Wrong(&pool, &rec, Vec::new()))));
+    match kvm.boot(ram, 1, Instant::now()) {
+        Err(VmmError::Guest(m)) => assert!(m.contains("pager returned"), "{m}"),
+        Err(e) => panic!("wrong error: {e}"),
+        Ok(_) => panic!("a bad pager was accepted"),
+    }
+    assert_eq!(pool.heap().stats().allocated, 0);
 }
