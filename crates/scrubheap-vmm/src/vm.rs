@@ -136,8 +136,11 @@ pub struct AnonRam {
 const HUGE_2M: usize = 2 << 20;
 
 impl AnonRam {
-    /// Maps `bytes` (a multiple of 4 KiB), 2 MiB aligned.
+    /// Maps `bytes` (a non-zero multiple of 4 KiB), 2 MiB aligned.
     pub fn new(bytes: u64) -> Result<AnonRam, VmmError> {
+        if bytes == 0 || !bytes.is_multiple_of(4096) {
+            return Err(VmmError::BadSize(bytes));
+        }
         let len = usize::try_from(bytes).map_err(|_| VmmError::BadSize(bytes))?;
         let over = len + HUGE_2M;
         // SAFETY: a fresh private anonymous mapping with a null hint creates new memory and
