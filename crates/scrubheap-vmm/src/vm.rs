@@ -476,9 +476,10 @@ impl Kvm {
         ram.write(ENTRY_GPA, &CODE);
         ram.write(TAG_GPA, &tag.to_le_bytes());
 
+        // Made before the VM, so it is dropped after it on an error return.
+        let tables = PageTables::new()?;
         let vm = self.kvm.create_vm().map_err(kvm_err("KVM_CREATE_VM"))?;
         vm.set_tss_address(TSS_ADDR).map_err(kvm_err("KVM_SET_TSS_ADDR"))?;
-        let tables = PageTables::new()?;
         let mut next_slot = 0u32;
         let mut map = |s: &Slot| -> Result<(), VmmError> {
             if next_slot as usize + 1 > self.max_memslots {
