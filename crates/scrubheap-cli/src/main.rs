@@ -7,6 +7,7 @@ mod replay;
 mod report;
 mod run;
 mod sim;
+mod vmm;
 
 use clap::{Parser, Subcommand};
 use std::process::ExitCode;
@@ -31,6 +32,8 @@ enum Cmd {
     /// Simulate a host of any size: policies side by side on a scenario (destroy-1tb,
     /// reboot-storm, boot-scrub, trace, or a TOML file), deterministic for a seed.
     Sim(sim::Args),
+    /// Boot real KVM guests on the pool: each finds its memory zero, fills it, dies.
+    Vmm(vmm::Args),
 }
 
 fn main() -> ExitCode {
@@ -40,6 +43,7 @@ fn main() -> ExitCode {
         Cmd::Replay(a) => replay::main(a),
         Cmd::Bench(c) => bench::main(c),
         Cmd::Sim(a) => sim::main(a),
+        Cmd::Vmm(a) => vmm::main(a),
     };
     match res {
         Ok(()) => ExitCode::SUCCESS,

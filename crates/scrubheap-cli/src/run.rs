@@ -104,7 +104,8 @@ pub fn parse_size(s: &str) -> Result<u64, String> {
     Ok(bytes as u64)
 }
 
-fn default_memory() -> u64 {
+/// The default arena: 4 GiB or a quarter of the machine's memory, whichever is smaller.
+pub fn default_memory() -> u64 {
     let total = std::fs::read_to_string("/proc/meminfo")
         .ok()
         .and_then(|m| m.lines().find(|l| l.starts_with("MemTotal:")).map(str::to_owned))

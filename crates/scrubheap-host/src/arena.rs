@@ -428,6 +428,18 @@ impl Arena {
         )
     }
 
+    /// The host address of frame `first`, for handing `count` frames from it to something
+    /// that maps guest memory (a KVM memory slot, a `vm-memory` region). Getting the
+    /// pointer is safe; writing through it is the caller's business: by the arena's
+    /// contract only the frames' owner may touch them, and only while the arena lives.
+    ///
+    /// # Panics
+    /// If any of those frames is outside the arena.
+    pub fn host_ptr(&self, first: Mfn, count: u64) -> *mut u8 {
+        let (off, _) = self.span(first, count);
+        self.ptr.as_ptr().wrapping_add(off)
+    }
+
     /// Byte offset and length of `count` frames from `first`.
     ///
     /// # Panics
