@@ -19,6 +19,8 @@ pub struct Guest {
     pub dom: DomId,
     /// Its extents.
     pub extents: Vec<Extent>,
+    /// Pages it holds long-term pinned (each also inside one of its extents).
+    pub pins: Vec<Extent>,
 }
 
 /// What creating a guest found.
@@ -39,7 +41,9 @@ impl Pool {
     /// Creates a guest of `bytes` (rounded up to 4 KiB): claims its memory on the node
     /// with the most free memory (globally if no node has room), then populates it
     /// largest extents first, falling back to smaller ones where a large one cannot be
-    /// had. On failure every extent is returned and the claim cancelled.
+    /// had. Guest memory is movable (the hypervisor may move it and update the guest's
+    /// frame list), so it comes from the Movable zone first. On failure every extent is
+    /// returned and the claim cancelled.
     pub fn create_guest(&self, dom: DomId, bytes: u64, rec: &PreemptRecorder) -> Result<(Guest, Created), HeapError> {
         let t = Instant::now();
         let frames = bytes.div_ceil(4096);
@@ -53,12 +57,12 @@ impl Pool {
         let room = heap.node_stats(node).map(|s| (s.free() + s.scrubbing).saturating_sub(s.claimed))?;
         let target = if room >= frames { ClaimTarget::Node(node) } else { ClaimTarget::Global };
         self.claim(dom, &[Claim { target, frames }])?;
-        let mut g = Guest { dom, extents: Vec::new() };
+        let mut g = Guest { dom, extents: Vec::new(), pins: Vec::new() };
         let mut c = Created::default();
         let mut left = frames;
         for order in POPULATE_ORDERS {
             while left >= 1 << order {
-                match self.alloc(&AllocRequest::new(order, dom).on(node), rec) {
+                match self.alloc(&AllocRequest::new(order, dom).on(node).movable(), rec) {
                     Ok(e) => {
                         left -= e.frames();
                         g.extents.push(e);
@@ -87,11 +91,14 @@ impl Pool {
         }
     }
 
-    /// Destroys a guest: every extent back to the pool. Returns milliseconds taken.
-    pub fn destroy_guest(&self, g: Guest, rec: &PreemptRecorder) -> f64 {
+    /// Destroys a guest: its pins dropped, every extent back to the pool. Returns
+    /// milliseconds taken.
+    pub fn destroy_guest(&self, mut g: Guest, rec: &PreemptRecorder) -> f64 {
         let t = Instant::now();
+        self.unpin_guest(&mut g);
         for e in g.extents {
-            self.free(e.mfn, e.order, g.dom, rec).expect("a guest frees exactly what it was given");
+            crate::hotplug::retry_busy(|| self.free(e.mfn, e.order, g.dom, rec))
+                .expect("a guest frees exactly what it was given");
         }
         t.elapsed().as_secs_f64() * 1e3
     }
