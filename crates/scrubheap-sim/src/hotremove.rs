@@ -129,6 +129,19 @@ pub struct HotRemoveResult {
     pub invariant_violations: u64,
     /// The checker failures, if any.
     pub messages: Vec<String>,
+    /// Schema-1 `sim` key: no guest is destroyed here (null).
+    pub destroy_s: Option<f64>,
+    /// Schema-1 `sim` key: nothing is scrubbed here (null).
+    pub time_to_clean_s: Option<f64>,
+    /// Schema-1 `sim` key: guests are built before the measured part (null).
+    pub create_s: Option<crate::report::P50Max>,
+    /// The longest single move (one copy by the migrator, with no preemption point
+    /// inside it), ms of modelled time.
+    pub max_nonpreemptible_ms: f64,
+    /// Moves longer than the host's watchdog timeout.
+    pub watchdog_trips: u64,
+    /// Schema-1 `sim` key: no allocation here falls back to a smaller one (0).
+    pub highorder_failures: u64,
 }
 
 /// The report of `scrubheap sim --scenario hot-remove`.
@@ -178,13 +191,20 @@ struct Guests<'a> {
     /// Frames held: first frame to (order, guest).
     held: RefCell<BTreeMap<u64, (u8, u32)>>,
     moved_bytes: Cell<u64>,
+    /// The longest single move, ns, and moves longer than the watchdog.
+    longest_ns: Cell<f64>,
+    trips: Cell<u64>,
+    watchdog_ns: f64,
 }
 
 impl Migrator for Guests<'_> {
     fn migrate(&self, owner: DomId, from: Extent, to: Extent) -> bool {
         let bytes = from.frames() * self.frame_size;
         let c = self.clock;
-        c.now_ns.set(c.now_ns.get() + bytes as f64 / c.copy_bps * 1e9);
+        let ns = bytes as f64 / c.copy_bps * 1e9;
+        c.now_ns.set(c.now_ns.get() + ns);
+        self.longest_ns.set(self.longest_ns.get().max(ns));
+        self.trips.set(self.trips.get() + (ns > self.watchdog_ns) as u64);
         self.moved_bytes.set(self.moved_bytes.get() + bytes);
         let mut held = self.held.borrow_mut();
         // Split the guest's extent around the part that moves, as its frame list would.
@@ -274,6 +294,9 @@ fn run_one(sc: &HotRemove, seed: u64, migrate_pins: bool) -> Result<HotRemoveRes
         frame_size: h.frame_size,
         held: RefCell::new(BTreeMap::new()),
         moved_bytes: Cell::new(0),
+        longest_ns: Cell::new(0.0),
+        trips: Cell::new(0),
+        watchdog_ns: h.watchdog_s * 1e9,
     };
     let mut messages = Vec::new();
     // Build the guests (not timed).
@@ -390,6 +413,12 @@ fn run_one(sc: &HotRemove, seed: u64, migrate_pins: bool) -> Result<HotRemoveRes
             .collect(),
         invariant_violations: messages.len() as u64,
         messages,
+        destroy_s: None,
+        time_to_clean_s: None,
+        create_s: None,
+        max_nonpreemptible_ms: g.longest_ns.get() / 1e6,
+        watchdog_trips: g.trips.get(),
+        highorder_failures: 0,
     })
 }
 
@@ -418,6 +447,7 @@ mod tests {
         assert_eq!(ours.pin_migrated_bytes, base.pinned_in_movable_bytes);
         assert_eq!(ours.offline_bytes, sc.remove_mib * MIB);
         assert!(ours.migrated_bytes > 0 && ours.time_to_offline_s.unwrap() > 0.0);
+        assert!(ours.max_nonpreemptible_ms > 0.0 && ours.watchdog_trips == 0);
         assert_eq!(base.invariant_violations + ours.invariant_violations, 0, "{:?} {:?}", base.messages, ours.messages);
         // Deterministic.
         assert_eq!(run(&sc, 1).unwrap(), rep);
