@@ -570,10 +570,17 @@ fn offline_asks_a_background_scrubber_to_hand_its_chunk_back() {
         std::hint::spin_loop();
     }
     let o = Arc::clone(&h);
-    let offline = std::thread::spawn(move || o.offline(Mfn(0), NODE, &NoMigration, &NoDeadline));
-    // Let the scrubber finish its batch only after the offline has asked.
-    std::thread::sleep(std::time::Duration::from_millis(20));
-    gate.1.store(true, Ordering::SeqCst);
+    // The scrubber finishes its batch only once the offline has asked for the chunk: its
+    // first step (every chunk of the range) asks; the gate opens at its second look at
+    // the deadline.
+    let looks = std::sync::atomic::AtomicU64::new(0);
+    let deadline = move || {
+        if looks.fetch_add(1, Ordering::SeqCst) >= 1 {
+            gate.1.store(true, Ordering::SeqCst);
+        }
+        false
+    };
+    let offline = std::thread::spawn(move || o.offline(Mfn(0), NODE, &NoMigration, &deadline));
     let done = offline.join().unwrap().unwrap();
     scrubber.join().unwrap();
     assert!(done.aborted_scrubs >= 1, "{done:?}");
