@@ -515,53 +515,67 @@ impl<M: FrameMemory> Heap<M> {
     /// Returns `count` offline frames from `first` (inside one node) to service, dirty:
     /// whatever the hardware holds is treated as a previous owner's bytes. Broken frames
     /// in the range stay out of service. Every frame of the range must be offline or
-    /// broken; otherwise nothing changes. Returns the frames put back in service.
+    /// broken; otherwise nothing changes. Works in steps of [`CHUNKS_PER_STEP`] chunks
+    /// under the node lock. Returns the frames put back in service (frames another online
+    /// put back meanwhile are not counted).
     pub fn online(&self, first: Mfn, count: u64) -> Result<u64, HeapError> {
         let (n, lo, hi) = self.locate_range(first, count)?;
         let cell = self.cell(n);
-        let mut st = self.lock_node(n);
         let mut pos = lo;
         while pos < hi {
-            let (h, o) = st.chunk_of(pos);
-            let state = match st.meta[h as usize].state() {
-                State::Offline | State::Broken => None,
-                State::Free => Some("free"),
-                State::Allocated | State::Pending => Some("allocated"),
-                State::Scrubbing => Some("being scrubbed"),
-                State::Isolated => Some("being offlined"),
-                State::None => unreachable!("chunk_of returns heads"),
-            };
-            if let Some(state) = state {
-                return Err(HeapError::NotOffline { mfn: Mfn(cell.base + pos as u64), state });
-            }
-            pos = h + size(o);
-        }
-        // Split offline chunks that straddle either end of the range.
-        for edge in [lo, hi] {
-            if edge >= st.frames {
-                continue;
-            }
-            loop {
-                let (h, o) = st.chunk_of(edge);
-                if h == edge || st.meta[h as usize].state() != State::Offline {
+            let st = self.lock_node(n);
+            for _ in 0..CHUNKS_PER_STEP {
+                if pos >= hi {
                     break;
                 }
-                st.split_held(h, o, edge, o - 1);
+                let (h, o) = st.chunk_of(pos);
+                let state = match st.meta[h as usize].state() {
+                    State::Offline | State::Broken => None,
+                    State::Free => Some("free"),
+                    State::Allocated | State::Pending => Some("allocated"),
+                    State::Scrubbing => Some("being scrubbed"),
+                    State::Isolated => Some("being offlined"),
+                    State::None => unreachable!("chunk_of returns heads"),
+                };
+                if let Some(state) = state {
+                    return Err(HeapError::NotOffline { mfn: Mfn(cell.base + pos as u64), state });
+                }
+                pos = h + size(o);
             }
         }
         let mut pos = lo;
         let mut back = 0u64;
+        let mut edges_split = false;
         while pos < hi {
-            let (h, o) = st.chunk_of(pos);
-            pos = h + size(o);
-            if st.meta[h as usize].state() == State::Offline {
-                st.meta[h as usize] = Slot::default();
-                st.offline -= size(o) as u64;
-                st.release(h, o, false);
-                back += size(o) as u64;
+            let mut st = self.lock_node(n);
+            if !edges_split {
+                // Split offline chunks that straddle either end of the range.
+                for edge in [lo, hi] {
+                    while edge < st.frames {
+                        let (h, o) = st.chunk_of(edge);
+                        if h == edge || st.meta[h as usize].state() != State::Offline {
+                            break;
+                        }
+                        st.split_held(h, o, edge, o - 1);
+                    }
+                }
+                edges_split = true;
             }
+            for _ in 0..CHUNKS_PER_STEP {
+                if pos >= hi {
+                    break;
+                }
+                let (h, o) = st.chunk_of(pos);
+                pos = h + size(o);
+                if st.meta[h as usize].state() == State::Offline {
+                    st.meta[h as usize] = Slot::default();
+                    st.offline -= size(o) as u64;
+                    st.release(h, o, false);
+                    back += size(o) as u64;
+                }
+            }
+            cell.publish(&st);
         }
-        cell.publish(&st);
         Ok(back)
     }
 
