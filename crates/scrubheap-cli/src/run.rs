@@ -67,6 +67,16 @@ pub struct Args {
     /// eighth of the host, reboot once midway through life).
     #[arg(long)]
     pub no_reboots: bool,
+    /// No ballooning (by default a third of the guests that do not reboot give a quarter
+    /// of their memory back a third of the way through life and take it again at two
+    /// thirds).
+    #[arg(long)]
+    pub no_balloons: bool,
+    /// Start from memory known to be zero. By default the host has just booted: all
+    /// memory holds the previous boot's bytes and idle CPUs scrub it while the first
+    /// guests are built (Xen's bootscrub=idle).
+    #[arg(long)]
+    pub clean_boot: bool,
 }
 
 fn parse_backend(s: &str) -> Result<Backend, String> {
@@ -150,6 +160,8 @@ pub fn main(a: Args) -> anyhow::Result<()> {
             sample_ms: 100,
             idle_priority: !a.no_idle,
             reboots: !a.no_reboots,
+            balloons: !a.no_balloons,
+            boot_dirty: !a.clean_boot,
             kernel: a.kernel,
             record: a.record.as_ref().map(|p| {
                 if backends.len() > 1 {

@@ -34,6 +34,6 @@ pub mod run;
 pub mod workload;
 mod zero;
 
-pub use arena::{Arena, ArenaConfig, ArenaError, Backing, Prefault, POISON};
+pub use arena::{Arena, ArenaConfig, ArenaError, Backing, NumaBinding, Prefault, POISON};
 pub use clock::thread_cpu_time;
 pub use zero::{calibrate, median, Calibration, Kernel, UnknownKernel};

@@ -77,6 +77,34 @@ pub struct Sample {
     pub scrub_gbps: f64,
 }
 
+/// Balloon operations of the guests that ballooned.
+#[derive(Clone, Debug, Default, Serialize, PartialEq)]
+pub struct Balloon {
+    /// Balloon-outs (a guest gave a quarter of its memory back).
+    pub out: u64,
+    /// Balloon-ins (a guest asked for it again).
+    pub r#in: u64,
+    /// Bytes given back.
+    pub bytes_out: u64,
+    /// Bytes got again.
+    pub bytes_in: u64,
+    /// Balloon-ins that got less than asked (the host had no more).
+    pub in_short: u64,
+    /// Time to balloon out.
+    pub out_ms: Millis,
+    /// Time to balloon in (allocation, leak check and the guest's first write).
+    pub in_ms: Millis,
+}
+
+/// Longest non-preemptible section by the kind of thread, CPU time, µs.
+#[derive(Clone, Debug, Default, Serialize, PartialEq)]
+pub struct SectionsBy {
+    /// Worker threads building, ballooning and destroying guests.
+    pub workers: f64,
+    /// Background scrubber threads.
+    pub scrubbers: f64,
+}
+
 /// A run's report (`report.json`).
 #[derive(Clone, Debug, Default, Serialize, PartialEq)]
 pub struct RunReport {
@@ -113,6 +141,9 @@ pub struct RunReport {
     pub max_nonpreemptible_us: f64,
     /// The same gap in wall-clock time (includes being descheduled by the host OS).
     pub max_nonpreemptible_wall_us: f64,
+    /// The longest sections by who ran them: guest builders (allocations, ticket steps,
+    /// frees, in CPU time) and background scrubbers (scrub batches).
+    pub sections_max_us: SectionsBy,
     /// Heap node-lock hold times (wall clock).
     pub lock_hold_us: LockHoldMicros,
     /// Background scrub throughput while scrubbing, GB/s.
@@ -127,7 +158,7 @@ pub struct RunReport {
     pub workload: WorkloadInfo,
     /// Zeroing kernel used.
     pub kernel: String,
-    /// Arena backing (hugetlbfs, THP, plain).
+    /// Arena backing (hugetlbfs, THP, plain) and how its node slices sit on host NUMA nodes.
     pub backing: String,
     /// Memory composition over time.
     pub timeline: Vec<Sample>,
@@ -137,7 +168,9 @@ pub struct RunReport {
     pub destroy_samples_ms: Vec<f64>,
     /// Guests that could not be created (out of memory), skipped.
     pub guests_refused: u64,
-    /// Long-term pins taken and the hot-remove event (filled when they happen).
+    /// Guests ballooning out and in.
+    pub balloon: Balloon,
+    /// What a reader should know about the run (time to clean, why a figure is 0).
     pub notes: Vec<String>,
     /// Pages guests pinned long-term, as a device would.
     pub pins: PinReport,

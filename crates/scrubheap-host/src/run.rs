@@ -83,6 +83,13 @@ pub struct RunConfig {
     /// once midway through their life: torn down and built again at once, on memory still
     /// dirty from the teardown (the field's case: large guests rebooting on a full host).
     pub reboots: bool,
+    /// A third of the guests that do not reboot balloon out a quarter of their memory a
+    /// third of the way through their life and balloon it back in at two thirds.
+    pub balloons: bool,
+    /// The host has just booted: every frame holds the previous boot's bytes (poison) and
+    /// is dirty, scrubbed by idle CPUs while the first guests are built (Xen's
+    /// `bootscrub=idle`), instead of starting from memory known to be zero.
+    pub boot_dirty: bool,
 }
 
 /// Why a run could not go on.
@@ -96,24 +103,49 @@ pub enum RunError {
     Io(String),
 }
 
+/// What happens to a live guest at a scheduled time. Every live guest has exactly one
+/// event pending; handling it schedules the next.
+#[derive(Copy, Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
+enum Ev {
+    Destroy,
+    Reboot,
+    BalloonOut,
+    BalloonIn,
+}
+
 enum Job {
     Create(u64),
-    Destroy(u64, Option<Live>),
-    Reboot(u64, Option<Live>),
+    Event(u64, Ev, Option<Live>),
 }
 
 enum Live {
     Heap(HeapGuest),
-    Kernel(KernelGuest),
+    Kernel(KernelGuest, u64),
 }
 
-/// A guest in the pool, with what the op log needs to name its frames.
+/// A pool guest, with what the op log needs to name its frees: every allocation it made
+/// (`id`, first frame, order, frames still held), the frames ballooned out, and the pages
+/// it pinned (`id`, offset).
 struct HeapGuest {
     g: Guest,
-    /// Extents it was built with (op-log ids `d<dom>e<i>`).
-    allocs: usize,
-    /// Pages it pinned: (extent index, offset).
-    pinned: Vec<(usize, u64)>,
+    allocs: Vec<(String, Mfn, u8, u64)>,
+    ballooned: u64,
+    pinned: Vec<(String, u64)>,
+}
+
+impl HeapGuest {
+    /// The op-log line freeing `[mfn, 2^order)`, a part of one of this guest's allocations:
+    /// by id and offset while the part is where it was allocated, by frame once a pin or
+    /// the hot-remove has moved it.
+    fn free_line(&mut self, mfn: Mfn, order: u8) -> String {
+        match self.allocs.iter_mut().find(|a| a.1 .0 <= mfn.0 && mfn.0 < a.1 .0 + (1u64 << a.2)) {
+            Some(a) => {
+                a.3 -= 1 << order;
+                format!("free id={} offset={} order={order}", a.0, mfn.0 - a.1 .0)
+            }
+            None => format!("free mfn={mfn} order={order} dom={}", self.g.dom.0),
+        }
+    }
 }
 
 /// The upper quarter of every node is its Movable zone: guest memory (movable) fills it
@@ -132,8 +164,8 @@ const HOT_REMOVE_BUDGET: Duration = Duration::from_secs(5);
 
 struct Sched {
     next_arrival: usize,
-    /// (time ns, guest, reboot?): destroy or reboot events, earliest first.
-    destroys: BinaryHeap<Reverse<(u64, u64, bool)>>,
+    /// (time ns, guest, event), earliest first.
+    destroys: BinaryHeap<Reverse<(u64, u64, Ev)>>,
     alive: HashMap<u64, Live>,
 }
 
@@ -148,6 +180,16 @@ struct Tally {
     highorder_failures: u64,
     pins: u64,
     pins_moved: u64,
+    balloon: BalloonTally,
+}
+
+#[derive(Default)]
+struct BalloonTally {
+    out_ms: Vec<f64>,
+    in_ms: Vec<f64>,
+    bytes_out: u64,
+    bytes_in: u64,
+    short: u64,
 }
 
 struct OpLog(Mutex<std::io::BufWriter<std::fs::File>>);
@@ -182,6 +224,7 @@ pub fn run(cfg: &RunConfig, on_sample: &(dyn Fn(&Sample, &RunProgress) + Sync)) 
             idle_priority: cfg.idle_priority,
             kernel: cfg.kernel,
             movable_fraction: Some(MOVABLE_FRACTION),
+            initially_dirty: cfg.boot_dirty,
             ..PoolConfig::default()
         })?),
         Backend::Kernel => None,
@@ -245,7 +288,7 @@ pub fn run(cfg: &RunConfig, on_sample: &(dyn Fn(&Sample, &RunProgress) + Sync)) 
                             if now >= duration_ns {
                                 let id = sc.alive.keys().next().copied();
                                 match id {
-                                    Some(id) => Some(Job::Destroy(id, sc.alive.remove(&id))),
+                                    Some(id) => Some(Job::Event(id, Ev::Destroy, sc.alive.remove(&id))),
                                     None => break,
                                 }
                             } else {
@@ -258,9 +301,8 @@ pub fn run(cfg: &RunConfig, on_sample: &(dyn Fn(&Sample, &RunProgress) + Sync)) 
                                 match next {
                                     Some(t) if t <= now => {
                                         if destroy == Some(t) {
-                                            let Reverse((_, id, reboot)) = sc.destroys.pop().expect("peeked");
-                                            let live = sc.alive.remove(&id);
-                                            Some(if reboot { Job::Reboot(id, live) } else { Job::Destroy(id, live) })
+                                            let Reverse((_, id, ev)) = sc.destroys.pop().expect("peeked");
+                                            Some(Job::Event(id, ev, sc.alive.remove(&id)))
                                         } else {
                                             sc.next_arrival += 1;
                                             Some(Job::Create(sc.next_arrival as u64 - 1))
@@ -282,24 +324,38 @@ pub fn run(cfg: &RunConfig, on_sample: &(dyn Fn(&Sample, &RunProgress) + Sync)) 
                         let Some(job) = job else { continue };
                         let (idx, live, reboot, create) = match job {
                             Job::Create(idx) => (idx, None, false, true),
-                            Job::Destroy(idx, live) => (idx, live, false, false),
-                            Job::Reboot(idx, live) => (idx, live, true, false),
+                            Job::Event(idx, ev @ (Ev::BalloonOut | Ev::BalloonIn), Some(mut live)) => {
+                                let spec = &guests[idx as usize];
+                                balloon(pool.as_ref(), &kernel, &mut live, ev, &rec, oplog.as_ref(), &tally);
+                                let (next, ev) = match ev {
+                                    Ev::BalloonOut => (spec.arrival_s + spec.lifetime_s * 2.0 / 3.0, Ev::BalloonIn),
+                                    _ => (spec.arrival_s + spec.lifetime_s, Ev::Destroy),
+                                };
+                                let mut sc = sched.lock();
+                                sc.alive.insert(idx, live);
+                                let next = (next * 1e9) as u64;
+                                if next < duration_ns {
+                                    sc.destroys.push(Reverse((next.max(t0.elapsed().as_nanos() as u64), idx, ev)));
+                                }
+                                continue;
+                            }
+                            Job::Event(idx, ev, live) => (idx, live, ev == Ev::Reboot, false),
                         };
                         if let Some(live) = live {
                             let ms = match live {
-                                Live::Heap(hg) => {
+                                Live::Heap(mut hg) => {
                                     if let Some(log) = &oplog {
-                                        let d = hg.g.dom.0;
-                                        for (j, off) in &hg.pinned {
-                                            log.line(&format!("unpin id=d{d}e{j} offset={off} order=0"));
+                                        for (id, off) in &hg.pinned {
+                                            log.line(&format!("unpin id={id} offset={off} order=0"));
                                         }
-                                        for i in 0..hg.allocs {
-                                            log.line(&format!("free id=d{d}e{i}"));
+                                        for a in hg.allocs.iter().filter(|a| a.3 > 0) {
+                                            log.line(&format!("free id={}", a.0));
                                         }
+                                        hg.allocs.clear();
                                     }
                                     pool.as_ref().expect("heap guests need a pool").destroy_guest(hg.g, &rec)
                                 }
-                                Live::Kernel(g) => {
+                                Live::Kernel(g, _) => {
                                     kernel_used.fetch_sub(g_len(&g), Relaxed);
                                     kernel.destroy_guest(g)
                                 }
@@ -334,10 +390,14 @@ pub fn run(cfg: &RunConfig, on_sample: &(dyn Fn(&Sample, &RunProgress) + Sync)) 
                             sc.alive.insert(idx, live);
                             let large = spec.memory_bytes >= cfg.memory_bytes / 8;
                             let reboots = cfg.reboots && !reboot && (idx % 3 == 0 || large);
+                            let balloons = cfg.balloons && !reboot && !reboots && idx % 3 == 1;
+                            let third = start + (end - start) / 3;
                             if reboots && (start + end) / 2 < duration_ns {
-                                sc.destroys.push(Reverse((((start + end) / 2).max(now), idx, true)));
+                                sc.destroys.push(Reverse((((start + end) / 2).max(now), idx, Ev::Reboot)));
+                            } else if balloons && third < duration_ns {
+                                sc.destroys.push(Reverse((third.max(now), idx, Ev::BalloonOut)));
                             } else if end < duration_ns {
-                                sc.destroys.push(Reverse((end.max(now), idx, false)));
+                                sc.destroys.push(Reverse((end.max(now), idx, Ev::Destroy)));
                             }
                         }
                     }
@@ -376,6 +436,15 @@ pub fn run(cfg: &RunConfig, on_sample: &(dyn Fn(&Sample, &RunProgress) + Sync)) 
         destroy_ms: millis(&t.destroy_ms),
         highorder_failures: t.highorder_failures,
         guests_refused: t.refused,
+        balloon: Balloon {
+            out: t.balloon.out_ms.len() as u64,
+            r#in: t.balloon.in_ms.len() as u64,
+            bytes_out: t.balloon.bytes_out,
+            bytes_in: t.balloon.bytes_in,
+            in_short: t.balloon.short,
+            out_ms: millis(&t.balloon.out_ms),
+            in_ms: millis(&t.balloon.in_ms),
+        },
         create_samples_ms: t.create_ms,
         destroy_samples_ms: t.destroy_ms,
         timeline: timeline.into_inner(),
@@ -421,7 +490,7 @@ pub fn run(cfg: &RunConfig, on_sample: &(dyn Fn(&Sample, &RunProgress) + Sync)) 
             );
             let arena = pool.arena();
             r.kernel = arena.kernel().name().into();
-            r.backing = arena.backing().to_string();
+            r.backing = format!("{}, {}", arena.backing(), arena.numa());
             r.raw_zero_gbps = arena.calibration().map_or(0.0, |c| c.gbps_of(c.best).unwrap_or(0.0));
             r.scrubbers = cfg.nodes * cfg.scrubbers_per_node;
             r.verify_mode(cfg.verify, leaks);
@@ -446,6 +515,7 @@ pub fn run(cfg: &RunConfig, on_sample: &(dyn Fn(&Sample, &RunProgress) + Sync)) 
             let (a, b, _) = pool_sections.summary();
             let (c, d, _) = sections.summary();
             r.max_nonpreemptible_us = a.max(c);
+            r.sections_max_us = SectionsBy { workers: c, scrubbers: a };
             r.max_nonpreemptible_wall_us = b.max(d);
         }
         None => {
@@ -498,21 +568,18 @@ fn create_heap_guest(
     tally: &Mutex<Tally>,
 ) -> Option<Live> {
     match p.create_guest(dom, bytes, rec) {
-        Ok((mut g, c)) => {
+        Ok((g, c)) => {
             p.run_guest(&g);
+            let mut hg = HeapGuest { g, allocs: Vec::new(), ballooned: 0, pinned: Vec::new() };
             if let Some(log) = log {
-                for (i, e) in g.extents.iter().enumerate() {
-                    log.line(&format!(
-                        "alloc id=d{}e{i} dom={} order={} node={} movable",
-                        dom.0, dom.0, e.order, e.node
-                    ));
-                }
+                log_allocs(&mut hg, 0, "e", log);
             }
-            let allocs = g.extents.len();
-            let (pinned, moved) = p.pin_guest_pages(&mut g, PINS_PER_GUEST, seed);
+            let (pinned, moved) = p.pin_guest_pages(&mut hg.g, PINS_PER_GUEST, seed);
             if let Some(log) = log {
                 for (j, off) in &pinned {
-                    log.line(&format!("pin id=d{}e{j} offset={off} order=0", dom.0));
+                    let id = hg.allocs[*j].0.clone();
+                    log.line(&format!("pin id={id} offset={off} order=0"));
+                    hg.pinned.push((id, *off));
                 }
             }
             let mut t = tally.lock();
@@ -521,13 +588,85 @@ fn create_heap_guest(
             t.highorder_failures += c.highorder_failures;
             t.pins += pinned.len() as u64;
             t.pins_moved += moved;
-            Some(Live::Heap(HeapGuest { g, allocs, pinned }))
+            Some(Live::Heap(hg))
         }
         Err(HeapError::OutOfMemory { .. } | HeapError::ClaimExceedsFree { .. }) => {
             tally.lock().refused += 1;
             None
         }
         Err(e) => panic!("guest creation failed in a way the workload cannot cause: {e}"),
+    }
+}
+
+/// Logs an `alloc` line for each of the guest's extents from `from` on, naming them
+/// `d<dom><kind><n>`.
+fn log_allocs(hg: &mut HeapGuest, from: usize, kind: &str, log: &OpLog) {
+    let dom = hg.g.dom.0;
+    for e in &hg.g.extents[from..] {
+        let id = format!("d{dom}{kind}{}", hg.allocs.len());
+        log.line(&format!("alloc id={id} dom={dom} order={} node={} movable", e.order, e.node));
+        hg.allocs.push((id, e.mfn, e.order, e.frames()));
+    }
+}
+
+/// A guest balloons out a quarter of its memory, or back in what it gave.
+fn balloon(
+    pool: Option<&Pool>,
+    kernel: &KernelBackend,
+    live: &mut Live,
+    ev: Ev,
+    rec: &PreemptRecorder,
+    log: Option<&OpLog>,
+    tally: &Mutex<Tally>,
+) {
+    let t = Instant::now();
+    let (out, bytes) = match live {
+        Live::Heap(hg) => {
+            let p = pool.expect("heap guests need a pool");
+            if ev == Ev::BalloonOut {
+                let frames: u64 = hg.g.extents.iter().map(|e| e.frames()).sum();
+                let freed = p.balloon_out(&mut hg.g, frames / 4, rec);
+                if let Some(log) = log {
+                    for &(mfn, order) in &freed {
+                        let line = hg.free_line(mfn, order);
+                        log.line(&line);
+                    }
+                }
+                hg.ballooned = freed.iter().map(|&(_, o)| 1u64 << o).sum();
+                (true, hg.ballooned * 4096)
+            } else {
+                let node = hg.g.extents.first().map_or(0, |e| e.node);
+                let from = hg.g.extents.len();
+                let got: u64 = p.balloon_in(&mut hg.g, hg.ballooned, node, rec).iter().map(|e| e.frames()).sum();
+                if let Some(log) = log {
+                    log_allocs(hg, from, "b", log);
+                }
+                if got < hg.ballooned {
+                    tally.lock().balloon.short += 1;
+                }
+                hg.ballooned = 0;
+                (false, got * 4096)
+            }
+        }
+        Live::Kernel(g, ballooned) => {
+            if ev == Ev::BalloonOut {
+                *ballooned = kernel.balloon_out(g, g_len(g) / 4);
+                (true, *ballooned)
+            } else {
+                kernel.balloon_in(g, *ballooned);
+                let b = std::mem::take(ballooned);
+                (false, b)
+            }
+        }
+    };
+    let ms = t.elapsed().as_secs_f64() * 1e3;
+    let mut t = tally.lock();
+    if out {
+        t.balloon.out_ms.push(ms);
+        t.balloon.bytes_out += bytes;
+    } else {
+        t.balloon.in_ms.push(ms);
+        t.balloon.bytes_in += bytes;
     }
 }
 
@@ -551,7 +690,7 @@ fn create_kernel_guest(
             let mut t = tally.lock();
             t.create_ms.push(ms);
             t.created += 1;
-            Some(Live::Kernel(g))
+            Some(Live::Kernel(g, 0))
         }
         Err(_) => {
             used.fetch_sub(len, Relaxed);

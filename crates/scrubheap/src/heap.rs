@@ -391,7 +391,7 @@ impl<M: FrameMemory> Heap<M> {
 
     fn pick_rule(&self, req: &AllocRequest) -> Pick {
         match self.config.policy {
-            Policy::XenCap2m if req.scrub && req.order > 9 => Pick::CleanOnly,
+            Policy::XenCap2m if req.scrub && (self.config.frame_size << req.order) > 2 << 20 => Pick::CleanOnly,
             Policy::Xen | Policy::XenCap2m => Pick::CleanFirst,
             Policy::Sync | Policy::Alloc | Policy::Scrubheap => Pick::SmallestFirst { prefer_dirty: !req.scrub },
         }
