@@ -32,7 +32,7 @@ type Row = (&'static str, fn(&RunReport) -> String);
 /// The side-by-side table.
 pub fn table(rs: &[RunReport]) -> String {
     let mut t = String::new();
-    let rows: [Row; 17] = [
+    let rows: [Row; 20] = [
         ("guests created / destroyed / rebooted", |r| {
             format!("{} / {} / {}", r.domains_created, r.domains_destroyed, r.domains_rebooted)
         }),
@@ -70,6 +70,15 @@ pub fn table(rs: &[RunReport]) -> String {
         ("1G/2M allocations fallen back", |r| r.highorder_failures.to_string()),
         ("leak check pages / non-zero", |r| format!("{} / {}", r.leak_check.pages_checked, r.leak_check.nonzero_pages)),
         ("leak check mode", |r| r.leak_check.mode.clone()),
+        ("pinned pages / moved to Normal", |r| format!("{} / {}", r.pins.pages, r.pins.moved_to_normal)),
+        ("hot-remove MiB / ms / attempts", |r| match &r.hot_remove {
+            Some(h) if h.completed => format!("{} / {:.1} / {}", h.bytes >> 20, h.time_to_offline_ms, h.attempts),
+            Some(h) => format!("{} / not done / {}", h.bytes >> 20, h.attempts),
+            None => "-".into(),
+        }),
+        ("  guest memory moved MiB", |r| {
+            r.hot_remove.as_ref().map_or("-".into(), |h| (h.migrated_bytes >> 20).to_string())
+        }),
         ("invariant violations", |r| r.invariant_violations.to_string()),
         ("run seconds", |r| format!("{:.1}", r.duration_s)),
     ];

@@ -19,6 +19,8 @@ pub struct Guest {
     pub dom: DomId,
     /// Its extents.
     pub extents: Vec<Extent>,
+    /// Pages it holds long-term pinned (each also inside one of its extents).
+    pub pins: Vec<Extent>,
 }
 
 /// What creating a guest found.
@@ -39,7 +41,9 @@ impl Pool {
     /// Creates a guest of `bytes` (rounded up to 4 KiB): claims its memory on the node
     /// with the most free memory (globally if no node has room), then populates it
     /// largest extents first, falling back to smaller ones where a large one cannot be
-    /// had. On failure every extent is returned and the claim cancelled.
+    /// had. Guest memory is movable (the hypervisor may move it and update the guest's
+    /// frame list), so it comes from the Movable zone first. On failure every extent is
+    /// returned and the claim cancelled.
     pub fn create_guest(&self, dom: DomId, bytes: u64, rec: &PreemptRecorder) -> Result<(Guest, Created), HeapError> {
         let t = Instant::now();
         let frames = bytes.div_ceil(4096);
@@ -53,12 +57,12 @@ impl Pool {
         let room = heap.node_stats(node).map(|s| (s.free() + s.scrubbing).saturating_sub(s.claimed))?;
         let target = if room >= frames { ClaimTarget::Node(node) } else { ClaimTarget::Global };
         self.claim(dom, &[Claim { target, frames }])?;
-        let mut g = Guest { dom, extents: Vec::new() };
+        let mut g = Guest { dom, extents: Vec::new(), pins: Vec::new() };
         let mut c = Created::default();
         let mut left = frames;
         for order in POPULATE_ORDERS {
             while left >= 1 << order {
-                match self.alloc(&AllocRequest::new(order, dom).on(node), rec) {
+                match self.alloc(&AllocRequest::new(order, dom).on(node).movable(), rec) {
                     Ok(e) => {
                         left -= e.frames();
                         g.extents.push(e);
@@ -91,20 +95,28 @@ impl Pool {
     /// but one of its frames) from the top of its memory, as the largest aligned parts of
     /// its extents (a 1 GiB extent losing 300 MiB becomes a 512 MiB, a 128 MiB, a 64 MiB
     /// ... extent; the heap splits the allocation and frees the parts). Freed memory is
-    /// dirty, scrubbed in the background like any other. Returns what was freed, as
+    /// dirty, scrubbed in the background like any other. Extents holding a long-term
+    /// pinned page (a device's DMA buffer) are kept. Returns what was freed, as
     /// `(mfn, order)` parts, in the order freed.
     pub fn balloon_out(&self, g: &mut Guest, frames: u64, rec: &PreemptRecorder) -> Vec<(Mfn, u8)> {
         let total: u64 = g.extents.iter().map(Extent::frames).sum();
         let mut need = frames.min(total.saturating_sub(1));
         let mut freed = Vec::new();
+        let mut pinned = Vec::new();
         while need > 0 {
             let Some(e) = g.extents.pop() else { break };
+            if g.pins.iter().any(|p| p.mfn.0 < e.mfn.0 + e.frames() && e.mfn.0 < p.mfn.0 + p.frames()) {
+                pinned.push(e);
+                continue;
+            }
             let mut kept = Vec::new();
             release(e, &mut need, &mut kept, &mut freed);
             g.extents.extend(kept);
         }
+        g.extents.extend(pinned);
         for &(mfn, order) in &freed {
-            self.free(mfn, order, g.dom, rec).expect("a guest frees an aligned part of what it was given");
+            crate::hotplug::retry_busy(|| self.free(mfn, order, g.dom, rec))
+                .expect("a guest frees an aligned part of what it was given");
         }
         freed
     }
@@ -118,7 +130,7 @@ impl Pool {
         let mut got = Vec::new();
         for order in POPULATE_ORDERS {
             while left >= 1 << order {
-                match self.alloc(&AllocRequest::new(order, g.dom).on(node), rec) {
+                match self.alloc(&AllocRequest::new(order, g.dom).on(node).movable(), rec) {
                     Ok(e) => {
                         left -= e.frames();
                         got.push(e);
@@ -134,11 +146,14 @@ impl Pool {
         got
     }
 
-    /// Destroys a guest: every extent back to the pool. Returns milliseconds taken.
-    pub fn destroy_guest(&self, g: Guest, rec: &PreemptRecorder) -> f64 {
+    /// Destroys a guest: its pins dropped, every extent back to the pool. Returns
+    /// milliseconds taken.
+    pub fn destroy_guest(&self, mut g: Guest, rec: &PreemptRecorder) -> f64 {
         let t = Instant::now();
+        self.unpin_guest(&mut g);
         for e in g.extents {
-            self.free(e.mfn, e.order, g.dom, rec).expect("a guest frees exactly what it was given");
+            crate::hotplug::retry_busy(|| self.free(e.mfn, e.order, g.dom, rec))
+                .expect("a guest frees exactly what it was given");
         }
         t.elapsed().as_secs_f64() * 1e3
     }

@@ -26,6 +26,7 @@
 mod arena;
 mod clock;
 pub mod guest;
+pub mod hotplug;
 pub mod instrument;
 pub mod pool;
 pub mod report;

@@ -172,6 +172,46 @@ pub struct RunReport {
     pub balloon: Balloon,
     /// What a reader should know about the run (time to clean, why a figure is 0).
     pub notes: Vec<String>,
+    /// Pages guests pinned long-term, as a device would.
+    pub pins: PinReport,
+    /// The hot-remove of a Movable range during the run (heap policies only).
+    pub hot_remove: Option<HotRemoveReport>,
+}
+
+/// Long-term pins the guests took.
+#[derive(Clone, Debug, Default, Serialize, PartialEq)]
+pub struct PinReport {
+    /// Pages pinned (4 KiB each).
+    pub pages: u64,
+    /// Of those, pages that were in the Movable zone and moved to Normal memory first.
+    pub moved_to_normal: u64,
+}
+
+/// One hot-remove (offline) of a range of the Movable zone, and its hot-add (online).
+#[derive(Clone, Debug, Default, Serialize, PartialEq)]
+pub struct HotRemoveReport {
+    /// First frame of the range (hex).
+    pub first_mfn: String,
+    /// Bytes removed.
+    pub bytes: u64,
+    /// Seconds into the run when it began.
+    pub at_s: f64,
+    /// Whether the range went offline.
+    pub completed: bool,
+    /// Offline attempts (a refused attempt is rolled back and retried).
+    pub attempts: u64,
+    /// Wall time from the first attempt until the range was offline, ms.
+    pub time_to_offline_ms: f64,
+    /// Guest memory moved out of the range by the attempt that completed, bytes.
+    pub migrated_bytes: u64,
+    /// Extents (or parts of extents) it moved.
+    pub migrated_extents: u64,
+    /// Background scrubs asked to hand a chunk back.
+    pub aborted_scrubs: u64,
+    /// Why earlier attempts were refused (first blocker of each, up to 8).
+    pub blockers: Vec<String>,
+    /// Seconds into the run when the range came back (online, dirty).
+    pub online_at_s: f64,
 }
 
 /// Where a workload came from.

@@ -4,12 +4,13 @@
 //! sampler records memory composition over time. Everything is measured as it happens.
 
 use crate::guest::{Guest, KernelBackend, KernelGuest};
+use crate::hotplug::{move_part, WallDeadline};
 use crate::instrument::{PreemptRecorder, Sections};
 use crate::pool::{Pool, PoolConfig, PoolError, SAMPLED_WORDS_PER_FRAME};
 use crate::report::*;
 use crate::workload::Workload;
 use parking_lot::Mutex;
-use scrubheap::{DomId, HeapError, Mfn, Policy};
+use scrubheap::{DomId, Extent, FrameMemory, HeapError, Mfn, Policy};
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap};
 use std::fmt;
@@ -123,25 +124,43 @@ enum Live {
 }
 
 /// A pool guest, with what the op log needs to name its frees: every allocation it made
-/// (`id`, first frame, order, frames still held) and the frames ballooned out.
+/// (`id`, first frame, order, frames still held), the frames ballooned out, and the pages
+/// it pinned (`id`, offset).
 struct HeapGuest {
     g: Guest,
     allocs: Vec<(String, Mfn, u8, u64)>,
     ballooned: u64,
+    pinned: Vec<(String, u64)>,
 }
 
 impl HeapGuest {
-    /// The op-log line freeing `[mfn, 2^order)`, a part of one of this guest's allocations.
+    /// The op-log line freeing `[mfn, 2^order)`, a part of one of this guest's allocations:
+    /// by id and offset while the part is where it was allocated, by frame once a pin or
+    /// the hot-remove has moved it.
     fn free_line(&mut self, mfn: Mfn, order: u8) -> String {
-        let a = self
-            .allocs
-            .iter_mut()
-            .find(|a| a.1 .0 <= mfn.0 && mfn.0 < a.1 .0 + (1u64 << a.2))
-            .expect("a guest frees only what it holds");
-        a.3 -= 1 << order;
-        format!("free id={} offset={} order={order}", a.0, mfn.0 - a.1 .0)
+        match self.allocs.iter_mut().find(|a| a.1 .0 <= mfn.0 && mfn.0 < a.1 .0 + (1u64 << a.2)) {
+            Some(a) => {
+                a.3 -= 1 << order;
+                format!("free id={} offset={} order={order}", a.0, mfn.0 - a.1 .0)
+            }
+            None => format!("free mfn={mfn} order={order} dom={}", self.g.dom.0),
+        }
     }
 }
+
+/// The upper quarter of every node is its Movable zone: guest memory (movable) fills it
+/// first, unmovable memory never does, and the hot-remove takes its upper half on node 0.
+pub const MOVABLE_FRACTION: f64 = 0.25;
+
+/// Pages each guest pins long-term, as a device doing DMA into them would.
+pub const PINS_PER_GUEST: usize = 4;
+
+/// When the hot-remove happens and when the range comes back, as fractions of the run.
+const HOT_REMOVE_AT: f64 = 0.4;
+const HOT_ADD_AT: f64 = 0.6;
+/// How long one offline attempt may run, and how long the hot-remove keeps retrying.
+const OFFLINE_DEADLINE: Duration = Duration::from_secs(2);
+const HOT_REMOVE_BUDGET: Duration = Duration::from_secs(5);
 
 struct Sched {
     next_arrival: usize,
@@ -159,6 +178,8 @@ struct Tally {
     rebooted: u64,
     refused: u64,
     highorder_failures: u64,
+    pins: u64,
+    pins_moved: u64,
     balloon: BalloonTally,
 }
 
@@ -202,6 +223,7 @@ pub fn run(cfg: &RunConfig, on_sample: &(dyn Fn(&Sample, &RunProgress) + Sync)) 
             hugetlb: cfg.hugetlb,
             idle_priority: cfg.idle_priority,
             kernel: cfg.kernel,
+            movable_fraction: Some(MOVABLE_FRACTION),
             initially_dirty: cfg.boot_dirty,
             ..PoolConfig::default()
         })?),
@@ -216,7 +238,11 @@ pub fn run(cfg: &RunConfig, on_sample: &(dyn Fn(&Sample, &RunProgress) + Sync)) 
             if let Some(pool) = &pool {
                 let per = pool.heap().node_range(0).map(|(a, b)| b.0 - a.0).unwrap_or(0);
                 log.line(&format!("# recorded by scrubheap run, policy {}, seed {}", cfg.backend, cfg.seed));
-                log.line(&format!("heap nodes={} frames_per_node={per} policy={}", cfg.nodes, cfg.backend));
+                let mf = (per as f64 * (1.0 - MOVABLE_FRACTION)) as u64;
+                log.line(&format!(
+                    "heap nodes={} frames_per_node={per} movable_from={mf} policy={}",
+                    cfg.nodes, cfg.backend
+                ));
             }
             Some(log)
         }
@@ -233,6 +259,7 @@ pub fn run(cfg: &RunConfig, on_sample: &(dyn Fn(&Sample, &RunProgress) + Sync)) 
     let t0 = Instant::now();
     let guests = &cfg.workload.guests;
     let progress = RunProgress { guests_total: guests.len() as u64, duration_s: cfg.workload.duration_s };
+    let hot_remove = Mutex::new(None);
 
     std::thread::scope(|s| {
         s.spawn(|| {
@@ -244,6 +271,12 @@ pub fn run(cfg: &RunConfig, on_sample: &(dyn Fn(&Sample, &RunProgress) + Sync)) 
                 timeline.lock().push(sample);
             }
         });
+        if let Some(p) = &pool {
+            s.spawn(|| {
+                let r = hot_remove_and_add(p, cfg, t0, &sampling, &sched, oplog.as_ref());
+                *hot_remove.lock() = r;
+            });
+        }
         let workers: Vec<_> = (0..cfg.workers.max(1))
             .map(|_| {
                 s.spawn(|| {
@@ -312,6 +345,9 @@ pub fn run(cfg: &RunConfig, on_sample: &(dyn Fn(&Sample, &RunProgress) + Sync)) 
                             let ms = match live {
                                 Live::Heap(mut hg) => {
                                     if let Some(log) = &oplog {
+                                        for (id, off) in &hg.pinned {
+                                            log.line(&format!("unpin id={id} offset={off} order=0"));
+                                        }
                                         for a in hg.allocs.iter().filter(|a| a.3 > 0) {
                                             log.line(&format!("free id={}", a.0));
                                         }
@@ -340,7 +376,9 @@ pub fn run(cfg: &RunConfig, on_sample: &(dyn Fn(&Sample, &RunProgress) + Sync)) 
                         let spec = &guests[idx as usize];
                         let dom = DomId(idx as u32 + 1);
                         let made = match &pool {
-                            Some(p) => create_heap_guest(p, dom, spec.memory_bytes, &rec, oplog.as_ref(), &tally),
+                            Some(p) => {
+                                create_heap_guest(p, dom, spec.memory_bytes, cfg.seed, &rec, oplog.as_ref(), &tally)
+                            }
                             None => create_kernel_guest(&kernel, cfg, &kernel_used, dom, spec.memory_bytes, &tally),
                         };
                         if let Some(live) = made {
@@ -416,8 +454,23 @@ pub fn run(cfg: &RunConfig, on_sample: &(dyn Fn(&Sample, &RunProgress) + Sync)) 
             time_scale: cfg.workload.time_scale,
             guests: guests.len() as u64,
         },
+        pins: PinReport { pages: t.pins, moved_to_normal: t.pins_moved },
+        hot_remove: hot_remove.into_inner(),
         ..RunReport::default()
     };
+    if let Some(h) = &r.hot_remove {
+        r.notes.push(format!(
+            "hot-remove of {} MiB at {} ({:.1} s): {}, {} attempt(s), {:.1} ms, {} MiB of guest memory moved; back online at {:.1} s",
+            h.bytes >> 20,
+            h.first_mfn,
+            h.at_s,
+            if h.completed { "offline" } else { "NOT offline" },
+            h.attempts,
+            h.time_to_offline_ms,
+            h.migrated_bytes >> 20,
+            h.online_at_s
+        ));
+    }
     if !clean {
         r.notes.push("memory was still dirty 60 s after the run ended".into());
     } else if pool.is_some() {
@@ -509,6 +562,7 @@ fn create_heap_guest(
     p: &Pool,
     dom: DomId,
     bytes: u64,
+    seed: u64,
     rec: &PreemptRecorder,
     log: Option<&OpLog>,
     tally: &Mutex<Tally>,
@@ -516,14 +570,24 @@ fn create_heap_guest(
     match p.create_guest(dom, bytes, rec) {
         Ok((g, c)) => {
             p.run_guest(&g);
-            let mut hg = HeapGuest { g, allocs: Vec::new(), ballooned: 0 };
+            let mut hg = HeapGuest { g, allocs: Vec::new(), ballooned: 0, pinned: Vec::new() };
             if let Some(log) = log {
                 log_allocs(&mut hg, 0, "e", log);
+            }
+            let (pinned, moved) = p.pin_guest_pages(&mut hg.g, PINS_PER_GUEST, seed);
+            if let Some(log) = log {
+                for (j, off) in &pinned {
+                    let id = hg.allocs[*j].0.clone();
+                    log.line(&format!("pin id={id} offset={off} order=0"));
+                    hg.pinned.push((id, *off));
+                }
             }
             let mut t = tally.lock();
             t.create_ms.push(c.ms);
             t.created += 1;
             t.highorder_failures += c.highorder_failures;
+            t.pins += pinned.len() as u64;
+            t.pins_moved += moved;
             Some(Live::Heap(hg))
         }
         Err(HeapError::OutOfMemory { .. } | HeapError::ClaimExceedsFree { .. }) => {
@@ -540,7 +604,7 @@ fn log_allocs(hg: &mut HeapGuest, from: usize, kind: &str, log: &OpLog) {
     let dom = hg.g.dom.0;
     for e in &hg.g.extents[from..] {
         let id = format!("d{dom}{kind}{}", hg.allocs.len());
-        log.line(&format!("alloc id={id} dom={dom} order={} node={}", e.order, e.node));
+        log.line(&format!("alloc id={id} dom={dom} order={} node={} movable", e.order, e.node));
         hg.allocs.push((id, e.mfn, e.order, e.frames()));
     }
 }
@@ -667,4 +731,86 @@ fn sample(
             Sample { t, guests, nodes: vec![n], scrub_gbps: 0.0 }
         }
     }
+}
+
+/// The hot-remove: at [`HOT_REMOVE_AT`] of the run, offlines the upper half of node 0's
+/// Movable zone, moving guest memory out (the guests' frame lists are updated under the
+/// scheduler lock; a guest being built or torn down at that moment refuses, and the
+/// attempt is rolled back and retried); at [`HOT_ADD_AT`] (or when the run ends) puts
+/// the range back online, dirty.
+fn hot_remove_and_add(
+    p: &Pool,
+    cfg: &RunConfig,
+    t0: Instant,
+    running: &AtomicBool,
+    sched: &Mutex<Sched>,
+    log: Option<&OpLog>,
+) -> Option<HotRemoveReport> {
+    let heap = p.heap();
+    let (a, b) = heap.node_range(0).ok()?;
+    let count = ((b.0 - a.0) as f64 * MOVABLE_FRACTION / 2.0) as u64;
+    let first = Mfn(b.0 - count);
+    let at = Duration::from_secs_f64(cfg.workload.duration_s * HOT_REMOVE_AT);
+    while t0.elapsed() < at {
+        if !running.load(Relaxed) {
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let migrator = |owner: DomId, from: Extent, to: Extent| -> bool {
+        let mut sc = sched.lock();
+        let Some(Live::Heap(hg)) = sc.alive.get_mut(&(owner.0 as u64 - 1)) else { return false };
+        if !hg.g.extents.iter().any(|e| e.mfn.0 <= from.mfn.0 && from.mfn.0 + from.frames() <= e.mfn.0 + e.frames()) {
+            return false;
+        }
+        p.arena().copy(from.mfn, to.mfn, from.frames());
+        move_part(&mut hg.g.extents, from, to)
+    };
+    let mut rep = HotRemoveReport {
+        first_mfn: format!("{first}"),
+        bytes: count * 4096,
+        at_s: t0.elapsed().as_secs_f64(),
+        ..HotRemoveReport::default()
+    };
+    let start = Instant::now();
+    while start.elapsed() < HOT_REMOVE_BUDGET {
+        rep.attempts += 1;
+        match heap.offline(first, count, &migrator, &WallDeadline(Instant::now() + OFFLINE_DEADLINE)) {
+            Ok(done) => {
+                rep.completed = true;
+                rep.time_to_offline_ms = start.elapsed().as_secs_f64() * 1e3;
+                rep.migrated_bytes = done.migrated_frames * 4096;
+                rep.migrated_extents = done.migrated_chunks;
+                rep.aborted_scrubs = done.aborted_scrubs;
+                break;
+            }
+            Err(HeapError::OfflineBlocked { blockers, stop, .. }) => {
+                if rep.blockers.len() < 8 {
+                    let first = blockers.first().map_or("none named".into(), |b| b.to_string());
+                    rep.blockers.push(format!("{stop}: {first}"));
+                }
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            Err(e) => {
+                rep.blockers.push(e.to_string());
+                break;
+            }
+        }
+    }
+    if rep.completed {
+        if let Some(log) = log {
+            log.line(&format!("offline mfn={first} count={count}"));
+        }
+        let back = Duration::from_secs_f64(cfg.workload.duration_s * HOT_ADD_AT);
+        while t0.elapsed() < back && running.load(Relaxed) {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        heap.online(first, count).expect("the range this hot-remove took offline comes back");
+        p.ring(0);
+        if let Some(log) = log {
+            log.line(&format!("online mfn={first} count={count}"));
+        }
+    }
+    rep.online_at_s = t0.elapsed().as_secs_f64();
+    Some(rep)
 }

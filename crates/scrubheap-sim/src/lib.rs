@@ -20,6 +20,7 @@
 #![warn(missing_docs)]
 
 pub mod engine;
+pub mod hotremove;
 pub mod memory;
 pub mod plot;
 pub mod preset;

@@ -120,7 +120,11 @@ impl<'p> PoolRam<'p> {
 
 impl Drop for PoolRam<'_> {
     fn drop(&mut self) {
-        let g = Guest { dom: self.guest.dom, extents: std::mem::take(&mut self.guest.extents) };
+        let g = Guest {
+            dom: self.guest.dom,
+            extents: std::mem::take(&mut self.guest.extents),
+            pins: std::mem::take(&mut self.guest.pins),
+        };
         self.pool.destroy_guest(g, self.rec);
     }
 }

@@ -39,6 +39,8 @@ mod invariants;
 mod memory;
 mod node;
 mod observe;
+mod offline;
+mod pin;
 mod policy;
 mod preempt;
 mod scrub;
@@ -57,6 +59,10 @@ pub use error::{HeapError, InvariantViolation};
 pub use heap::{AllocRequest, ChunkInfo, ChunkState, Extent, Heap, NodePref};
 pub use memory::{FrameMemory, NullMemory, TestMemory};
 pub use observe::LockObserver;
+pub use offline::{
+    BlockReason, Blocker, Broken, Deadline, NoDeadline, OfflineStop, Offlined, StepBudget, MAX_BLOCKERS, MAX_BUSY_POLLS,
+};
+pub use pin::{MetadataMigrator, Migrator, NoMigration};
 pub use policy::{Policy, UnknownPolicy};
 pub use preempt::{NeverPreempt, Preempt};
 pub use stats::{HeapStats, NodeStats, ScrubBytes};
