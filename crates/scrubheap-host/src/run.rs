@@ -131,6 +131,10 @@ struct HeapGuest {
     allocs: Vec<(String, Mfn, u8, u64)>,
     ballooned: u64,
     pinned: Vec<(String, u64)>,
+    /// Parts moved by a pin or the hot-remove: (where they are now, order, where they
+    /// were allocated), so the op log can name them by allocation and offset wherever
+    /// they went (the replayer follows moves by itself).
+    moved: Vec<(Mfn, u8, Mfn)>,
 }
 
 impl HeapGuest {
@@ -138,7 +142,16 @@ impl HeapGuest {
     /// by id and offset while the part is where it was allocated, by frame once a pin or
     /// the hot-remove has moved it.
     fn free_line(&mut self, mfn: Mfn, order: u8) -> String {
-        match self.allocs.iter_mut().find(|a| a.1 .0 <= mfn.0 && mfn.0 < a.1 .0 + (1u64 << a.2)) {
+        let mut mfn = mfn;
+        for _ in 0..self.moved.len() {
+            match self.moved.iter().rev().find(|m| m.0 .0 <= mfn.0 && mfn.0 < m.0 .0 + (1u64 << m.1)) {
+                Some(m) => mfn = Mfn(m.2 .0 + (mfn.0 - m.0 .0)),
+                None => break,
+            }
+        }
+        // Newest first: an older allocation's range may hold frames this guest gave back
+        // and got again in a newer one.
+        match self.allocs.iter_mut().rev().find(|a| a.1 .0 <= mfn.0 && mfn.0 < a.1 .0 + (1u64 << a.2)) {
             Some(a) => {
                 a.3 -= 1 << order;
                 format!("free id={} offset={} order={order}", a.0, mfn.0 - a.1 .0)
@@ -570,11 +583,18 @@ fn create_heap_guest(
     match p.create_guest(dom, bytes, rec) {
         Ok((g, c)) => {
             p.run_guest(&g);
-            let mut hg = HeapGuest { g, allocs: Vec::new(), ballooned: 0, pinned: Vec::new() };
+            let mut hg = HeapGuest { g, allocs: Vec::new(), ballooned: 0, pinned: Vec::new(), moved: Vec::new() };
             if let Some(log) = log {
                 log_allocs(&mut hg, 0, "e", log);
             }
+            let before: Vec<Mfn> = hg.g.extents.iter().map(|e| e.mfn).collect();
             let (pinned, moved) = p.pin_guest_pages(&mut hg.g, PINS_PER_GUEST, seed);
+            for ((j, off), at) in pinned.iter().zip(&hg.g.pins) {
+                let page = Mfn(before[*j].0 + off);
+                if at.mfn != page {
+                    hg.moved.push((at.mfn, at.order, page));
+                }
+            }
             if let Some(log) = log {
                 for (j, off) in &pinned {
                     let id = hg.allocs[*j].0.clone();
@@ -606,6 +626,9 @@ fn log_allocs(hg: &mut HeapGuest, from: usize, kind: &str, log: &OpLog) {
         let id = format!("d{dom}{kind}{}", hg.allocs.len());
         log.line(&format!("alloc id={id} dom={dom} order={} node={} movable", e.order, e.node));
         hg.allocs.push((id, e.mfn, e.order, e.frames()));
+        // Frames moved here once and given back since are this allocation's now.
+        let (lo, hi) = (e.mfn.0, e.mfn.0 + e.frames());
+        hg.moved.retain(|m| m.0 .0 + (1u64 << m.1) <= lo || hi <= m.0 .0);
     }
 }
 
@@ -764,7 +787,11 @@ fn hot_remove_and_add(
             return false;
         }
         p.arena().copy(from.mfn, to.mfn, from.frames());
-        move_part(&mut hg.g.extents, from, to)
+        let done = move_part(&mut hg.g.extents, from, to);
+        if done {
+            hg.moved.push((to.mfn, to.order, from.mfn));
+        }
+        done
     };
     let mut rep = HotRemoveReport {
         first_mfn: format!("{first}"),
@@ -813,4 +840,54 @@ fn hot_remove_and_add(
     }
     rep.online_at_s = t0.elapsed().as_secs_f64();
     Some(rep)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use scrubheap::Extent;
+
+    fn guest() -> HeapGuest {
+        let g = Guest { dom: DomId(1), extents: Vec::new(), pins: Vec::new() };
+        HeapGuest {
+            g,
+            allocs: vec![("d1e0".into(), Mfn(0), 9, 512)],
+            ballooned: 0,
+            pinned: Vec::new(),
+            moved: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn frees_are_named_by_allocation_and_offset_even_after_a_move() {
+        let mut hg = guest();
+        assert_eq!(hg.free_line(Mfn(8), 3), "free id=d1e0 offset=8 order=3");
+        // Frames [32, 48) moved to [4096, 4112) by the hot-remove: a free of part of the
+        // new place names the part of the allocation it came from.
+        hg.moved.push((Mfn(4096), 4, Mfn(32)));
+        assert_eq!(hg.free_line(Mfn(4100), 2), "free id=d1e0 offset=36 order=2");
+        // Moved twice: followed back to where it was allocated.
+        hg.moved.push((Mfn(8192), 2, Mfn(4104)));
+        assert_eq!(hg.free_line(Mfn(8192), 2), "free id=d1e0 offset=40 order=2");
+    }
+
+    #[test]
+    fn frames_got_again_belong_to_the_newest_allocation() {
+        let mut hg = guest();
+        hg.moved.push((Mfn(4096), 4, Mfn(32)));
+        // The guest gave [4096, 4112) back and a balloon-in allocation got [4096, 4608).
+        hg.g.extents.push(Extent { mfn: Mfn(4096), order: 9, node: 0 });
+        let log = OpLog(Mutex::new(std::io::BufWriter::new(tempfile())));
+        log_allocs(&mut hg, 0, "b", &log);
+        assert!(hg.moved.is_empty());
+        assert_eq!(hg.free_line(Mfn(4096), 0), "free id=d1b1 offset=0 order=0");
+        // Frames of the old allocation's range that came back in a newer one.
+        hg.allocs.push(("d1b2".into(), Mfn(0), 3, 8));
+        assert_eq!(hg.free_line(Mfn(0), 3), "free id=d1b2 offset=0 order=3");
+    }
+
+    fn tempfile() -> std::fs::File {
+        let p = std::env::temp_dir().join(format!("scrubheap-oplog-test-{}", std::process::id()));
+        std::fs::File::create(p).unwrap()
+    }
 }
