@@ -50,7 +50,9 @@ pub fn table(rs: &[RunReport]) -> String {
         }),
         ("longest non-preemptible us (cpu)", |r| format!("{:.0}", r.max_nonpreemptible_us)),
         ("  of which builders / scrubbers", |r| {
-            format!("{:.0} / {:.0}", r.sections_max_us.workers, r.sections_max_us.scrubbers)
+            let s = &r.sections_max_us;
+            let op = if s.workers_op.is_empty() { String::new() } else { format!(" ({})", s.workers_op) };
+            format!("{:.0}{op} / {:.0}", s.workers, s.scrubbers)
         }),
         ("  same, wall clock us", |r| format!("{:.0}", r.max_nonpreemptible_wall_us)),
         ("lock hold us p50 / p99.9 / max", |r| {

@@ -34,6 +34,9 @@ pub struct PreemptRecorder {
     quantum_ns: u64,
     cpu: RefCell<Histogram<u64>>,
     max_wall_ns: Cell<u64>,
+    /// The operation the thread is in, and the longest section so far with its operation.
+    op: Cell<&'static str>,
+    longest: Cell<(u64, &'static str)>,
 }
 
 impl PreemptRecorder {
@@ -47,7 +50,15 @@ impl PreemptRecorder {
             quantum_ns,
             cpu: RefCell::new(histogram()),
             max_wall_ns: Cell::new(0),
+            op: Cell::new("heap operation"),
+            longest: Cell::new((0, "")),
         }
+    }
+
+    /// The thread enters the heap operation `op` (named in the longest-section report).
+    pub fn enter_op(&self, op: &'static str) {
+        self.op.set(op);
+        self.enter();
     }
 
     /// The thread enters a heap operation.
@@ -62,6 +73,9 @@ impl PreemptRecorder {
         let now = thread_cpu_ns();
         let gap = now.saturating_sub(self.last_cpu.get()).max(1);
         self.cpu.borrow_mut().saturating_record(gap);
+        if gap > self.longest.get().0 {
+            self.longest.set((gap, self.op.get()));
+        }
         self.last_cpu.set(now);
         if let Some(w) = self.last_wall.get() {
             self.max_wall_ns.set(self.max_wall_ns.get().max(w.elapsed().as_nanos() as u64));
@@ -91,9 +105,15 @@ impl PreemptRecorder {
         self.cpu.borrow().clone()
     }
 
+    /// The longest section so far (CPU µs) and the operation it was in.
+    pub fn longest(&self) -> (f64, &'static str) {
+        let (ns, op) = self.longest.get();
+        (ns as f64 / 1000.0, op)
+    }
+
     /// Adds this recorder's sections into `into` (for a run-wide figure).
     pub fn merge_into(&self, into: &Sections) {
-        into.merge(&self.cpu.borrow(), self.max_wall_ns.get());
+        into.merge(&self.cpu.borrow(), self.max_wall_ns.get(), self.longest.get());
     }
 }
 
@@ -108,14 +128,24 @@ impl Preempt for PreemptRecorder {
 #[derive(Default)]
 pub struct Sections {
     inner: Mutex<Option<(Histogram<u64>, u64)>>,
+    longest: Mutex<(u64, &'static str)>,
 }
 
 impl Sections {
-    fn merge(&self, h: &Histogram<u64>, max_wall_ns: u64) {
+    fn merge(&self, h: &Histogram<u64>, max_wall_ns: u64, longest: (u64, &'static str)) {
         let mut g = self.inner.lock();
         let (all, wall) = g.get_or_insert_with(|| (histogram(), 0));
         all.add(h).expect("same bounds");
         *wall = (*wall).max(max_wall_ns);
+        let mut l = self.longest.lock();
+        if longest.0 > l.0 {
+            *l = longest;
+        }
+    }
+
+    /// The operation the longest section was in ("" if none was recorded).
+    pub fn longest_op(&self) -> &'static str {
+        self.longest.lock().1
     }
 
     /// The CPU-time quantile `q` (0..=1) of all sections, µs.
@@ -187,6 +217,26 @@ mod tests {
         let all = Sections::default();
         r.merge_into(&all);
         assert_eq!(all.summary().2, 3);
+        assert_eq!(all.longest_op(), "heap operation");
+    }
+
+    #[test]
+    fn the_longest_section_is_named_by_its_operation() {
+        let r = PreemptRecorder::new(u64::MAX);
+        r.enter_op("quick");
+        r.exit();
+        r.enter_op("slow");
+        let t = std::time::Instant::now();
+        while t.elapsed().as_millis() < 5 {
+            std::hint::spin_loop();
+        }
+        r.exit();
+        r.enter_op("quick again");
+        r.exit();
+        assert_eq!(r.longest().1, "slow");
+        let all = Sections::default();
+        r.merge_into(&all);
+        assert_eq!(all.longest_op(), "slow");
     }
 
     #[test]

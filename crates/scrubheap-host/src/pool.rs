@@ -237,7 +237,7 @@ impl Pool {
     /// is advanced a batch at a time, yielding the CPU whenever `rec` says so, while the
     /// node's scrubbers are woken to help. The frames are leak-checked before return.
     pub fn alloc(&self, req: &AllocRequest, rec: &PreemptRecorder) -> Result<Extent, HeapError> {
-        rec.enter();
+        rec.enter_op("alloc");
         let start = self.heap.alloc_start(req);
         rec.exit();
         let ext = match start? {
@@ -247,7 +247,7 @@ impl Pool {
                     self.ring(e.node);
                 }
                 loop {
-                    rec.enter();
+                    rec.enter_op("ticket step");
                     let r = t.advance(rec);
                     rec.exit();
                     match r? {
@@ -290,7 +290,7 @@ impl Pool {
                 }
             }
         }
-        rec.enter();
+        rec.enter_op("free");
         let r = self.heap.free(mfn, order, owner);
         rec.exit();
         r?;
@@ -400,7 +400,7 @@ fn scrubber(
     while !shared.stop.load(Relaxed) {
         let seen = *bell.generation.lock();
         let t = Instant::now();
-        rec.enter();
+        rec.enter_op("background scrub");
         let z = heap.scrub_step(node, STEP_BUDGET, &rec).expect("scrubber node exists");
         rec.exit();
         if z > 0 {

@@ -103,6 +103,8 @@ pub struct SectionsBy {
     pub workers: f64,
     /// Background scrubber threads.
     pub scrubbers: f64,
+    /// The operation the workers' longest section was in (alloc, ticket step, free).
+    pub workers_op: String,
 }
 
 /// A run's report (`report.json`).

@@ -528,7 +528,7 @@ pub fn run(cfg: &RunConfig, on_sample: &(dyn Fn(&Sample, &RunProgress) + Sync)) 
             let (a, b, _) = pool_sections.summary();
             let (c, d, _) = sections.summary();
             r.max_nonpreemptible_us = a.max(c);
-            r.sections_max_us = SectionsBy { workers: c, scrubbers: a };
+            r.sections_max_us = SectionsBy { workers: c, scrubbers: a, workers_op: sections.longest_op().into() };
             r.max_nonpreemptible_wall_us = b.max(d);
         }
         None => {

@@ -3,6 +3,7 @@
 
 pub mod alloc;
 pub mod latency;
+pub mod noise;
 pub mod scrub;
 
 /// Benchmarks.
@@ -14,6 +15,8 @@ pub enum Cmd {
     Scrub(scrub::Args),
     /// Longest non-preemptible section while populating 1 GiB from dirty memory, per policy.
     Latency(latency::Args),
+    /// Raw zeroing one batch per call, timed per call: the machine's floor for sections.
+    Noise(noise::Args),
 }
 
 pub fn main(c: Cmd) -> anyhow::Result<()> {
@@ -21,5 +24,6 @@ pub fn main(c: Cmd) -> anyhow::Result<()> {
         Cmd::Alloc(a) => alloc::main(a),
         Cmd::Scrub(a) => scrub::main(a),
         Cmd::Latency(a) => latency::main(a),
+        Cmd::Noise(a) => noise::main(a),
     }
 }
