@@ -39,6 +39,7 @@ mod invariants;
 mod memory;
 mod node;
 mod observe;
+mod pod;
 mod policy;
 mod preempt;
 mod scrub;
@@ -57,6 +58,10 @@ pub use error::{HeapError, InvariantViolation};
 pub use heap::{AllocRequest, ChunkInfo, ChunkState, Extent, Heap, NodePref};
 pub use memory::{FrameMemory, NullMemory, TestMemory};
 pub use observe::LockObserver;
+pub use pod::{
+    PodConfig, PodCounters, PodEntry, PodMapping, PodProgress, PodStats, PodTotals, POD_EAGER_FRAMES,
+    POD_MAX_PAGES_PER_FRAME, POD_MRU, POD_SWEEP_FRAMES,
+};
 pub use policy::{Policy, UnknownPolicy};
 pub use preempt::{NeverPreempt, Preempt};
 pub use stats::{HeapStats, NodeStats, ScrubBytes};
