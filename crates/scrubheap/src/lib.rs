@@ -43,6 +43,7 @@ mod pod;
 mod policy;
 mod preempt;
 mod scrub;
+mod sparse;
 mod stats;
 mod sync;
 mod ticket;
@@ -64,6 +65,7 @@ pub use pod::{
 };
 pub use policy::{Policy, UnknownPolicy};
 pub use preempt::{NeverPreempt, Preempt};
+pub use sparse::SparseMemory;
 pub use stats::{HeapStats, NodeStats, ScrubBytes};
 pub use ticket::{AllocStart, ScrubTicket, MAX_WAIT_POLLS};
 pub use types::{DomId, Mfn, Zone, MAX_ORDER, METADATA_BITS_PER_FRAME};

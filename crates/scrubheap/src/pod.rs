@@ -985,6 +985,16 @@ impl<M: FrameMemory> Heap<M> {
         t
     }
 
+    /// Whether `dom`'s PoD layer holds any frame of `[mfn, mfn + 2^order)` (populated or
+    /// cached): such frames leave the guest only through [`Heap::pod_balloon`] or
+    /// [`Heap::pod_destroy`], never through [`Heap::free`]. O(frames the guest holds).
+    pub fn pod_holds(&self, dom: DomId, mfn: Mfn, order: u8) -> bool {
+        let Ok(g) = self.pod_guest(dom) else { return false };
+        let g = g.lock();
+        let (lo, hi) = (mfn.0, mfn.0.saturating_add(1u64 << order.min(63)));
+        g.pieces().iter().any(|&(m, o)| m < hi && m + (1u64 << o) > lo)
+    }
+
     /// Frames all PoD guests hold (populated + cache).
     pub fn pod_frames(&self) -> u64 {
         let t = self.pod_totals();

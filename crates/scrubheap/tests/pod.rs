@@ -423,7 +423,7 @@ fn random_operations_on_three_guests_keep_every_invariant() {
     let mut seen = PodCounters::default();
     for seed in 1..6u64 {
         let h = heap();
-        let mut rng = Rng(seed * 0x9e37_79b9_7f4a_7c15);
+        let mut rng = Rng(seed.wrapping_mul(0x9e37_79b9_7f4a_7c15));
         let mut crashes = 0;
         for step in 0..1500 {
             let dom = 1 + rng.below(3) as u32;
