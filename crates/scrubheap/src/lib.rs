@@ -61,7 +61,7 @@ pub use memory::{FrameMemory, NullMemory, TestMemory};
 pub use observe::LockObserver;
 pub use pod::{
     PodConfig, PodCounters, PodEntry, PodMapping, PodProgress, PodStats, PodTotals, POD_EAGER_FRAMES,
-    POD_MAX_PAGES_PER_FRAME, POD_MRU, POD_SWEEP_FRAMES,
+    POD_MAX_PAGES_PER_FRAME, POD_MRU, POD_SWEEP_FRAMES, POD_SWEEP_SLOTS,
 };
 pub use policy::{Policy, UnknownPolicy};
 pub use preempt::{NeverPreempt, Preempt};

@@ -47,9 +47,14 @@ pub const POD_MRU: usize = 64;
 /// Frames eager reclaim may zero-check per empty-cache touch.
 pub const POD_EAGER_FRAMES: u64 = 2048;
 
-/// Guest frames the emergency sweep may examine per empty-cache touch (a 2 MiB mapping
-/// counts 512): it stops earlier once it has reclaimed something.
-pub const POD_SWEEP_FRAMES: u64 = 2048;
+/// Frames the emergency sweep may zero-check per empty-cache touch (a 2 MiB mapping
+/// counts 512; 32 MiB read at 4 KiB frames): it stops earlier once it has reclaimed
+/// something.
+pub const POD_SWEEP_FRAMES: u64 = 8192;
+
+/// 2 MiB slots of the p2m the emergency sweep may visit per empty-cache touch (visiting a
+/// PoD or invalid slot reads no guest memory).
+pub const POD_SWEEP_SLOTS: usize = 4096;
 
 /// A PoD p2m may have at most this many entries per frame of the heap (a guest's maximum
 /// may exceed the host's memory, but not absurdly: its p2m costs memory too).
@@ -249,6 +254,10 @@ pub(crate) struct Guest {
     mru: VecDeque<(u64, u8)>,
     /// The slot the next sweep starts from (sweeps go down, wrapping).
     sweep_at: usize,
+    /// Per slot: its 2 MiB mapping was zero-checked and held data. Sweeps pass such
+    /// mappings by without reading them until they are populated again (a decrease
+    /// reservation inside one still checks it).
+    held_data: Vec<bool>,
     counters: PodCounters,
     crashed: Option<u64>,
     /// Destroyed: a thread that still holds the guest must not use it.
@@ -370,6 +379,7 @@ impl Guest {
     fn reclaim_superpage<M: FrameMemory>(&mut self, heap: &Heap<M>, s: usize) -> bool {
         let Slot::Ram(m) = self.p2m.slots[s] else { return false };
         if !heap.mem.is_zero(Mfn(m), SP) {
+            self.held_data[s] = true;
             return false;
         }
         self.p2m.slots[s] = Slot::Pod;
@@ -415,23 +425,24 @@ impl Guest {
         let n = self.p2m.slots.len();
         let mut budget = POD_SWEEP_FRAMES;
         let mut visited = 0;
-        while self.cache_frames() == 0 && budget > 0 && visited < n {
+        while self.cache_frames() == 0 && budget > 0 && visited < n.min(POD_SWEEP_SLOTS) {
             let s = self.sweep_at % n;
             self.sweep_at = if s == 0 { n - 1 } else { s - 1 };
             visited += 1;
             match &self.p2m.slots[s] {
+                Slot::Ram(_) if self.held_data[s] => {}
                 Slot::Ram(_) => {
                     budget = budget.saturating_sub(SP);
                     self.reclaim_superpage(heap, s);
                 }
                 Slot::Split(e) => {
                     let ram: Vec<u64> = (0..SP).filter(|&i| matches!(e[i as usize], E4::Ram(_))).collect();
-                    budget = budget.saturating_sub(1 + ram.len() as u64);
+                    budget = budget.saturating_sub(ram.len() as u64);
                     for i in ram {
                         self.reclaim_4k(heap, s as u64 * SP + i);
                     }
                 }
-                Slot::Pod | Slot::Invalid => budget -= 1,
+                Slot::Pod | Slot::Invalid => {}
             }
         }
     }
@@ -463,6 +474,7 @@ impl Guest {
         self.populated = 0;
         self.entries = 0;
         self.mru.clear();
+        self.held_data = Vec::new();
         self.adjusting = None;
     }
 
@@ -518,6 +530,7 @@ impl Guest {
         if self.p2m.slots[s] == Slot::Pod {
             if let Some(m) = self.cache2m.pop() {
                 self.p2m.slots[s] = Slot::Ram(m);
+                self.held_data[s] = false;
                 self.populated += SP;
                 self.entries -= SP;
                 self.counters.populated_2m += 1;
@@ -825,6 +838,7 @@ impl<M: FrameMemory> Heap<M> {
             entries: cfg.max_pages,
             mru: VecDeque::new(),
             sweep_at: 0,
+            held_data: alloc::vec![false; cfg.max_pages.div_ceil(SP) as usize],
             counters: PodCounters::default(),
             crashed: None,
             gone: false,
