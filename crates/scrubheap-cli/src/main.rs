@@ -7,6 +7,7 @@ mod replay;
 mod report;
 mod run;
 mod sim;
+mod sim_pod;
 
 use clap::{Parser, Subcommand};
 use std::process::ExitCode;

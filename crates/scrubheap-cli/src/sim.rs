@@ -16,8 +16,9 @@ use std::time::{Duration, Instant};
 /// Simulate a host of any size (DESIGN section 5): policies side by side on one scenario.
 #[derive(clap::Args)]
 pub struct Args {
-    /// A built-in scenario (destroy-1tb, reboot-storm, boot-scrub, trace, small) or a TOML
-    /// scenario file (format: docs/sim-scenarios.md).
+    /// A built-in scenario (destroy-1tb, reboot-storm, boot-scrub, trace, small,
+    /// pod-balloon) or a TOML scenario file (format: docs/sim-scenarios.md). pod-balloon
+    /// compares PoD reclaim modes, not policies, and counts pages, not time.
     #[arg(long, value_name = "NAME|FILE")]
     pub scenario: String,
     /// Run on this host instead of the scenario's own: a built-in preset (xen-2017,
@@ -145,6 +146,9 @@ impl Progress {
 }
 
 pub fn main(a: Args) -> anyhow::Result<()> {
+    if a.scenario == "pod-balloon" {
+        return crate::sim_pod::main(&a);
+    }
     let policies = parse_policies(&a.policy)?;
     let sc = load(&a)?;
     if let Some(j) = a.jobs {

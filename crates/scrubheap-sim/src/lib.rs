@@ -22,6 +22,7 @@
 pub mod engine;
 pub mod memory;
 pub mod plot;
+pub mod pod;
 pub mod preset;
 pub mod report;
 pub mod scenario;
