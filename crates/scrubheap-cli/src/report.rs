@@ -32,7 +32,7 @@ type Row = (&'static str, fn(&RunReport) -> String);
 /// The side-by-side table.
 pub fn table(rs: &[RunReport]) -> String {
     let mut t = String::new();
-    let rows: [Row; 15] = [
+    let rows: [Row; 17] = [
         ("guests created / destroyed / rebooted", |r| {
             format!("{} / {} / {}", r.domains_created, r.domains_destroyed, r.domains_rebooted)
         }),
@@ -62,6 +62,12 @@ pub fn table(rs: &[RunReport]) -> String {
         ("1G/2M allocations fallen back", |r| r.highorder_failures.to_string()),
         ("leak check pages / non-zero", |r| format!("{} / {}", r.leak_check.pages_checked, r.leak_check.nonzero_pages)),
         ("leak check mode", |r| r.leak_check.mode.clone()),
+        ("PoD guests / crashed / ballooned", |r| {
+            format!("{} / {} / {}", r.pod.guests, r.pod.crashes, r.pod.pages_ballooned)
+        }),
+        ("PoD 2M rcl / 4K rcl / 2M shattered", |r| {
+            format!("{} / {} / {}", r.pod.superpages_reclaimed, r.pod.zero_pages_reclaimed, r.pod.superpages_shattered)
+        }),
         ("invariant violations", |r| r.invariant_violations.to_string()),
         ("run seconds", |r| format!("{:.1}", r.duration_s)),
     ];

@@ -27,6 +27,7 @@ mod arena;
 mod clock;
 pub mod guest;
 pub mod instrument;
+pub mod pod_guest;
 pub mod pool;
 pub mod report;
 pub mod run;

@@ -139,6 +139,8 @@ pub struct RunReport {
     pub guests_refused: u64,
     /// Long-term pins taken and the hot-remove event (filled when they happen).
     pub notes: Vec<String>,
+    /// Populate-on-demand guests (a share of the guests boot with target below maximum).
+    pub pod: crate::pod_guest::PodSummary,
 }
 
 /// Where a workload came from.

@@ -104,6 +104,7 @@ enum Job {
 enum Live {
     Heap(Guest),
     Kernel(KernelGuest),
+    Pod(crate::pod_guest::PodGuest),
 }
 
 struct Sched {
@@ -122,6 +123,9 @@ struct Tally {
     rebooted: u64,
     refused: u64,
     highorder_failures: u64,
+    pod_created: u64,
+    pod_refused: u64,
+    pod_ballooned: u64,
 }
 
 struct OpLog(Mutex<std::io::BufWriter<std::fs::File>>);
@@ -261,6 +265,11 @@ pub fn run(cfg: &RunConfig, on_sample: &(dyn Fn(&Sample, &RunProgress) + Sync)) 
                                     kernel_used.fetch_sub(g_len(&g), Relaxed);
                                     kernel.destroy_guest(g)
                                 }
+                                Live::Pod(g) => {
+                                    pool.as_ref()
+                                        .expect("PoD guests need a pool")
+                                        .destroy_pod_guest(g, &rec, &|l| log_line(oplog.as_ref(), &l))
+                                }
                             };
                             alive.fetch_sub(1, Relaxed);
                             let mut t = tally.lock();
@@ -278,6 +287,9 @@ pub fn run(cfg: &RunConfig, on_sample: &(dyn Fn(&Sample, &RunProgress) + Sync)) 
                         let spec = &guests[idx as usize];
                         let dom = DomId(idx as u32 + 1);
                         let made = match &pool {
+                            Some(p) if crate::pod_guest::is_pod(idx) => {
+                                create_pod_guest(p, dom, spec.memory_bytes, &rec, oplog.as_ref(), &tally)
+                            }
                             Some(p) => create_heap_guest(p, dom, spec.memory_bytes, &rec, oplog.as_ref(), &tally),
                             None => create_kernel_guest(&kernel, cfg, &kernel_used, dom, spec.memory_bytes, &tally),
                         };
@@ -377,6 +389,7 @@ pub fn run(cfg: &RunConfig, on_sample: &(dyn Fn(&Sample, &RunProgress) + Sync)) 
                 r.invariant_violations = 1;
                 r.notes.push(format!("invariant violation: {v}"));
             }
+            r.pod = pool.pod_summary(t.pod_created, t.pod_refused, t.pod_ballooned);
             if s.allocated != 0 {
                 r.invariant_violations += 1;
                 r.notes.push(format!("{} frames still allocated after every guest was destroyed", s.allocated));
@@ -456,6 +469,39 @@ fn create_heap_guest(
             None
         }
         Err(e) => panic!("guest creation failed in a way the workload cannot cause: {e}"),
+    }
+}
+
+fn log_line(log: Option<&OpLog>, l: &str) {
+    if let Some(log) = log {
+        log.line(l);
+    }
+}
+
+fn create_pod_guest(
+    p: &Pool,
+    dom: DomId,
+    bytes: u64,
+    rec: &PreemptRecorder,
+    log: Option<&OpLog>,
+    tally: &Mutex<Tally>,
+) -> Option<Live> {
+    match p.create_pod_guest(dom, bytes, rec, &|l| log_line(log, &l)) {
+        Ok((g, c, ballooned)) => {
+            let mut t = tally.lock();
+            t.create_ms.push(c.ms);
+            t.created += 1;
+            t.pod_created += 1;
+            t.pod_ballooned += ballooned;
+            Some(Live::Pod(g))
+        }
+        Err(HeapError::OutOfMemory { .. }) => {
+            let mut t = tally.lock();
+            t.refused += 1;
+            t.pod_refused += 1;
+            None
+        }
+        Err(e) => panic!("PoD guest creation failed in a way the workload cannot cause: {e}"),
     }
 }
 
