@@ -1011,8 +1011,8 @@ impl<M: FrameMemory> Heap<M> {
 
     /// Frames all PoD guests hold (populated + cache).
     pub fn pod_frames(&self) -> u64 {
-        let t = self.pod_totals();
-        t.populated + t.cache
+        let guests: Vec<Arc<Mutex<Guest>>> = self.pod.guests.lock().values().cloned().collect();
+        guests.iter().map(|g| g.lock()).map(|g| g.populated + g.cache_frames()).sum()
     }
 
     /// PoD invariants for [`Heap::check_invariants`]: each guest's own, and no frame held
