@@ -278,7 +278,7 @@ fn give_back<M: FrameMemory>(heap: &Heap<M>, dom: DomId, mfn: u64, order: u8) {
     debug_assert!(r.is_ok(), "PoD layer could not free {mfn:#x} order {order} of {dom}: {r:?}");
 }
 
-/// Frees single frames, grouped into the largest aligned runs they form.
+/// Frees single frames, grouped into the largest aligned runs they form inside one node.
 fn give_back_frames<M: FrameMemory>(heap: &Heap<M>, dom: DomId, mut frames: Vec<u64>) {
     frames.sort_unstable();
     let mut i = 0;
@@ -291,7 +291,11 @@ fn give_back_frames<M: FrameMemory>(heap: &Heap<M>, dom: DomId, mut frames: Vec<
         let (mut m, end) = (start, start + len as u64);
         while m < end {
             let mut o = 0u8;
-            while o < MAX_ORDER && m % (2u64 << o) == 0 && m + (2u64 << o) <= end {
+            while o < MAX_ORDER
+                && m % (2u64 << o) == 0
+                && m + (2u64 << o) <= end
+                && heap.node_of(Mfn(m)) == heap.node_of(Mfn(m + (2u64 << o) - 1))
+            {
                 o += 1;
             }
             give_back(heap, dom, m, o);

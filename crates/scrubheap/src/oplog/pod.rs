@@ -192,6 +192,27 @@ mod tests {
     }
 
     #[test]
+    fn a_crash_frees_contiguous_pages_that_straddle_two_nodes() {
+        // Found by the fuzzer: node 1 starts at the odd frame 9403, the 2-frame cache
+        // ends up as frames 9402 and 9403, and a crash must not free them as one order-1
+        // run across the node boundary.
+        let mut r = Replayer::with_max_frames(1 << 16);
+        r.replay_str(
+            "heap nodes=2 frames_per_node=9403\n\
+             pod dom=2 max_pages=1024 target=2\n\
+             touch dom=2 gfn=0 data\n\
+             touch dom=2 gfn=1 data\n\
+             touch dom=2 gfn=2 data\n\
+             destroy dom=2\n\
+             check\n",
+        );
+        let rep = r.finish();
+        assert_eq!(rep.errors.get("PodExhausted"), Some(&1), "{:?}", rep.errors);
+        assert_eq!(rep.invariant_violations, 0, "{:?}", rep.violations);
+        assert_eq!(rep.final_.allocated, 0);
+    }
+
+    #[test]
     fn random_pod_logs_never_break_the_heap() {
         let mut x = 0x2545_f491_4f6c_dd1du64;
         let mut next = move |n: u64| {
