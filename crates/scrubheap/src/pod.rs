@@ -644,12 +644,16 @@ impl Guest {
             // Refuse up front what the heap cannot give, so a refusal changes nothing.
             let s = heap.stats();
             let own: u64 = heap.claims_of(self.dom).iter().map(|c| c.frames).sum();
-            let free = s.free_clean + s.free_dirty;
+            let free: u64 = (0..heap.node_count()).map(|n| heap.normal_free(n)).sum();
             let claimed = s.claimed.saturating_sub(own);
             if want - have > free.saturating_sub(claimed) {
                 return Err(HeapError::OutOfMemory {
                     order: 0,
-                    where_: format!("any node ({} needs {} more frames for its PoD cache)", self.dom, want - have),
+                    where_: format!(
+                        "the Normal zones ({} needs {} more frames for its PoD cache)",
+                        self.dom,
+                        want - have
+                    ),
                     free,
                     claimed,
                 });
@@ -801,6 +805,31 @@ impl PodRegistry {
 }
 
 impl<M: FrameMemory> Heap<M> {
+    /// Free frames of node `n` an unmovable allocation (a PoD cache page) may get: the
+    /// whole of its free memory, or, when it has a Movable zone, the free chunks of its
+    /// Normal zone (on the free lists or being scrubbed in the background).
+    fn normal_free(&self, n: usize) -> u64 {
+        use crate::types::Zone;
+        let st = self.lock_node_unobserved(n);
+        if st.movable_from >= st.frames {
+            return st.free;
+        }
+        let mut free = 0u64;
+        for dirty in [false, true] {
+            let mask = st.nonempty_mask(Zone::Normal, dirty);
+            for o in (0..=MAX_ORDER).filter(|&o| mask & (1 << o) != 0) {
+                let mut at = st.list_head(Zone::Normal, dirty, o);
+                while at != crate::chunk::NONE {
+                    free += 1u64 << o;
+                    at = st.meta[at as usize].b;
+                }
+            }
+        }
+        let scrubbing =
+            st.work.iter().filter(|w| w.kind == crate::work::Kind::Background && st.zone_of(w.head) == Zone::Normal);
+        free + scrubbing.map(|w| w.frames()).sum::<u64>()
+    }
+
     fn pod_guest(&self, dom: DomId) -> Result<Arc<Mutex<Guest>>, HeapError> {
         self.pod.get(dom)
     }

@@ -522,3 +522,22 @@ fn the_sweep_passes_by_superpages_it_found_holding_data() {
     assert!(matches!(touch_slot(34), Err(HeapError::PodExhausted { .. })));
     ok(&h);
 }
+
+#[test]
+fn a_cache_only_the_movable_zone_could_hold_is_refused_up_front() {
+    // PoD pages are unmovable: with Normal zones of 307 frames a node, a target of 1092
+    // frames cannot be met though 8192 frames are free, and the refusal must come before
+    // any allocation (found by the fuzzer: the pages taken and given back were left dirty).
+    let frames = 8192;
+    let h = Heap::new(HeapConfig::uniform(2, frames / 2).with_movable_from(307), TestMemory::new(Mfn(0), frames, FS))
+        .unwrap();
+    h.alloc(&AllocRequest::new(4, DomId(3)).noscrub()).unwrap();
+    let before = snapshot(&h, &[1]);
+    let r = h.pod_create(DomId(1), &PodConfig::new(4096, 1092).on(0), &NeverPreempt);
+    assert!(matches!(r, Err(HeapError::OutOfMemory { .. })), "{r:?}");
+    assert_eq!(snapshot(&h, &[1]), before);
+    assert_eq!(h.pod_stats(DomId(1)), Err(HeapError::PodUnknownDomain { dom: DomId(1) }));
+    // What the Normal zones can hold is granted.
+    create(&h, 1, PodConfig::new(4096, 500));
+    assert_eq!(stats(&h, 1).cache, 500);
+}
