@@ -7,7 +7,9 @@ mod replay;
 mod report;
 mod run;
 mod sim;
+mod sim_hotremove;
 mod sim_pod;
+mod vmm;
 
 use clap::{Parser, Subcommand};
 use std::process::ExitCode;
@@ -30,8 +32,10 @@ enum Cmd {
     #[command(subcommand)]
     Bench(bench::Cmd),
     /// Simulate a host of any size: policies side by side on a scenario (destroy-1tb,
-    /// reboot-storm, boot-scrub, trace, or a TOML file), deterministic for a seed.
+    /// reboot-storm, boot-scrub, hot-remove, trace, or a TOML file), deterministic for a seed.
     Sim(sim::Args),
+    /// Boot real KVM guests on the pool: each finds its memory zero, fills it, dies.
+    Vmm(vmm::Args),
 }
 
 fn main() -> ExitCode {
@@ -41,6 +45,7 @@ fn main() -> ExitCode {
         Cmd::Replay(a) => replay::main(a),
         Cmd::Bench(c) => bench::main(c),
         Cmd::Sim(a) => sim::main(a),
+        Cmd::Vmm(a) => vmm::main(a),
     };
     match res {
         Ok(()) => ExitCode::SUCCESS,

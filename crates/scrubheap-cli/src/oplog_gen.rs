@@ -4,7 +4,8 @@
 //! their pieces are: most lines are meant to succeed (allocations of orders 0 to 18, weighted
 //! to small ones; whole and partial frees; scrubs; claims), a few are deliberate misuse
 //! (double frees, wrong owners, unaligned or oversized frees, unknown and duplicate ids),
-//! and a `check` line comes every `check_every` operations. Under memory pressure it
+//! a few pin, unpin, offline, online and broken lines (some of which fail: pins left
+//! pinned block frees and offlines), and a `check` line comes every `check_every` operations. Under memory pressure it
 //! frees more than it allocates, so the heap stays busy but not full. The same
 //! configuration and seed give the same file, byte for byte.
 
@@ -50,6 +51,8 @@ struct Gen<'a> {
     next_id: u64,
     /// The last piece freed by mfn, to free again (a double free).
     last_freed: Option<(u64, u8, u32)>,
+    /// The last range offlined, to online again.
+    last_offline: Option<(u64, u64)>,
 }
 
 impl Gen<'_> {
@@ -132,11 +135,54 @@ impl Gen<'_> {
         Some(format!("free id={id}"))
     }
 
-    fn free_part(&mut self) -> Option<String> {
+    /// An aligned part of a piece of a live allocation, as `id=X offset=O order=K` (the
+    /// offset counts from where the allocation was; pieces a pin or an offline moved are
+    /// named by frame instead: `None`), or the frame and order.
+    fn part(&mut self) -> Option<(String, Option<u64>, u64, u8, u32)> {
         let (id, a, m, o) = self.pick_piece()?;
         let k = self.rng.random_range(0..=o);
         let j = self.rng.random_range(0..1u64 << (o - k));
-        Some(format!("free id={id} offset={} order={k}", m - a.first.0 + (j << k)))
+        let at = m + (j << k);
+        let inside = at >= a.first.0 && at < a.first.0 + (1u64 << a.order);
+        Some((id, inside.then(|| at - a.first.0), at, k, a.owner.0))
+    }
+
+    fn free_part(&mut self) -> Option<String> {
+        let (id, offset, at, k, dom) = self.part()?;
+        Some(match offset {
+            Some(off) => format!("free id={id} offset={off} order={k}"),
+            None => format!("free mfn={at:#x} order={k} dom={dom}"),
+        })
+    }
+
+    /// A pin, unpin, offline, online or broken line.
+    fn zones(&mut self) -> Option<String> {
+        let fpn = self.cfg.frames_per_node;
+        let node_base = self.node() * fpn;
+        Some(match self.rng.random_range(0..10) {
+            0..=3 => {
+                let (id, offset, _, k, _) = self.part()?;
+                let verb = if self.rng.random_bool(0.5) { "pin" } else { "unpin" };
+                format!("{verb} id={id} offset={} order={k}", offset?)
+            }
+            4..=5 => {
+                let from = self.cfg.movable_from.unwrap_or(0).min(fpn - 1);
+                let first = node_base + self.rng.random_range(from..fpn);
+                let count = self.rng.random_range(1..=(node_base + fpn - first).min(4096));
+                self.last_offline = Some((first, count));
+                let steps = if self.rng.random_bool(0.3) {
+                    format!(" steps={}", self.rng.random_range(0..200))
+                } else {
+                    String::new()
+                };
+                format!("offline mfn={first:#x} count={count}{steps}")
+            }
+            6..=7 => {
+                let (first, count) = self.last_offline.take()?;
+                format!("online mfn={first:#x} count={count}")
+            }
+            _ => format!("broken mfn={:#x}", node_base + self.rng.random_range(0..fpn)),
+        })
     }
 
     fn free_mfn(&mut self) -> Option<String> {
@@ -205,6 +251,8 @@ impl Gen<'_> {
             Some(self.claim())
         } else if roll < alloc + whole + 37 {
             Some(self.misuse())
+        } else if roll < alloc + whole + 41 {
+            self.zones()
         } else {
             Some(self.alloc())
         };
@@ -222,6 +270,7 @@ pub fn generate(cfg: &GenConfig, out: &mut dyn Write) -> anyhow::Result<ReplayRe
         live: Vec::new(),
         next_id: 0,
         last_freed: None,
+        last_offline: None,
     };
     writeln!(
         out,
@@ -279,7 +328,9 @@ mod tests {
         r.replay_bytes(&a);
         assert_eq!(r.finish(), rep);
         let text = String::from_utf8(a).unwrap();
-        for verb in ["alloc", "free id", "free mfn", "scrub", "claim", "check"] {
+        for verb in
+            ["alloc", "free id", "free mfn", "scrub", "claim", "check", "pin", "unpin", "offline", "online", "broken"]
+        {
             assert!(text.lines().any(|l| l.starts_with(verb)), "no {verb} line");
         }
         assert!(rep.ok > rep.ops / 2, "{rep:?}");

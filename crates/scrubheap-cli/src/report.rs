@@ -32,11 +32,16 @@ type Row = (&'static str, fn(&RunReport) -> String);
 /// The side-by-side table.
 pub fn table(rs: &[RunReport]) -> String {
     let mut t = String::new();
-    let rows: [Row; 17] = [
+    let rows: [Row; 22] = [
         ("guests created / destroyed / rebooted", |r| {
             format!("{} / {} / {}", r.domains_created, r.domains_destroyed, r.domains_rebooted)
         }),
         ("guests refused (no room)", |r| r.guests_refused.to_string()),
+        ("balloon out / in, GiB out / in", |r| {
+            let g = |b: u64| b as f64 / (1u64 << 30) as f64;
+            let b = &r.balloon;
+            format!("{} / {}, {:.2} / {:.2}", b.out, b.r#in, g(b.bytes_out), g(b.bytes_in))
+        }),
         ("create ms p50 / p99 / max", |r| {
             format!("{:.2} / {:.1} / {:.1}", r.create_ms.p50, r.create_ms.p99, r.create_ms.max)
         }),
@@ -44,6 +49,9 @@ pub fn table(rs: &[RunReport]) -> String {
             format!("{:.2} / {:.1} / {:.1}", r.destroy_ms.p50, r.destroy_ms.p99, r.destroy_ms.max)
         }),
         ("longest non-preemptible us (cpu)", |r| format!("{:.0}", r.max_nonpreemptible_us)),
+        ("  of which builders / scrubbers", |r| {
+            format!("{:.0} / {:.0}", r.sections_max_us.workers, r.sections_max_us.scrubbers)
+        }),
         ("  same, wall clock us", |r| format!("{:.0}", r.max_nonpreemptible_wall_us)),
         ("lock hold us p50 / p99.9 / max", |r| {
             format!("{:.2} / {:.1} / {:.0}", r.lock_hold_us.p50, r.lock_hold_us.p999, r.lock_hold_us.max)
@@ -62,6 +70,15 @@ pub fn table(rs: &[RunReport]) -> String {
         ("1G/2M allocations fallen back", |r| r.highorder_failures.to_string()),
         ("leak check pages / non-zero", |r| format!("{} / {}", r.leak_check.pages_checked, r.leak_check.nonzero_pages)),
         ("leak check mode", |r| r.leak_check.mode.clone()),
+        ("pinned pages / moved to Normal", |r| format!("{} / {}", r.pins.pages, r.pins.moved_to_normal)),
+        ("hot-remove MiB / ms / attempts", |r| match &r.hot_remove {
+            Some(h) if h.completed => format!("{} / {:.1} / {}", h.bytes >> 20, h.time_to_offline_ms, h.attempts),
+            Some(h) => format!("{} / not done / {}", h.bytes >> 20, h.attempts),
+            None => "-".into(),
+        }),
+        ("  guest memory moved MiB", |r| {
+            r.hot_remove.as_ref().map_or("-".into(), |h| (h.migrated_bytes >> 20).to_string())
+        }),
         ("PoD guests / crashed / ballooned", |r| {
             format!("{} / {} / {}", r.pod.guests, r.pod.crashes, r.pod.pages_ballooned)
         }),

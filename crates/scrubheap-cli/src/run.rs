@@ -67,6 +67,16 @@ pub struct Args {
     /// eighth of the host, reboot once midway through life).
     #[arg(long)]
     pub no_reboots: bool,
+    /// No ballooning (by default a third of the guests that do not reboot give a quarter
+    /// of their memory back a third of the way through life and take it again at two
+    /// thirds).
+    #[arg(long)]
+    pub no_balloons: bool,
+    /// Start from memory known to be zero. By default the host has just booted: all
+    /// memory holds the previous boot's bytes and idle CPUs scrub it while the first
+    /// guests are built (Xen's bootscrub=idle).
+    #[arg(long)]
+    pub clean_boot: bool,
 }
 
 fn parse_backend(s: &str) -> Result<Backend, String> {
@@ -94,7 +104,8 @@ pub fn parse_size(s: &str) -> Result<u64, String> {
     Ok(bytes as u64)
 }
 
-fn default_memory() -> u64 {
+/// The default arena: 4 GiB or a quarter of the machine's memory, whichever is smaller.
+pub fn default_memory() -> u64 {
     let total = std::fs::read_to_string("/proc/meminfo")
         .ok()
         .and_then(|m| m.lines().find(|l| l.starts_with("MemTotal:")).map(str::to_owned))
@@ -150,6 +161,8 @@ pub fn main(a: Args) -> anyhow::Result<()> {
             sample_ms: 100,
             idle_priority: !a.no_idle,
             reboots: !a.no_reboots,
+            balloons: !a.no_balloons,
+            boot_dirty: !a.clean_boot,
             kernel: a.kernel,
             record: a.record.as_ref().map(|p| {
                 if backends.len() > 1 {

@@ -16,8 +16,9 @@ use std::time::{Duration, Instant};
 /// Simulate a host of any size (DESIGN section 5): policies side by side on one scenario.
 #[derive(clap::Args)]
 pub struct Args {
-    /// A built-in scenario (destroy-1tb, reboot-storm, boot-scrub, trace, small,
-    /// pod-balloon) or a TOML scenario file (format: docs/sim-scenarios.md). pod-balloon
+    /// A built-in scenario (destroy-1tb, reboot-storm, boot-scrub, hot-remove, trace, small,
+    /// pod-balloon) or a TOML scenario file (format: docs/sim-scenarios.md). hot-remove always
+    /// compares pins left in the Movable zone with scrubheap's migrated pins; pod-balloon
     /// compares PoD reclaim modes, not policies, and counts pages, not time.
     #[arg(long, value_name = "NAME|FILE")]
     pub scenario: String,
@@ -146,6 +147,9 @@ impl Progress {
 }
 
 pub fn main(a: Args) -> anyhow::Result<()> {
+    if a.scenario == "hot-remove" {
+        return crate::sim_hotremove::main(&a);
+    }
     if a.scenario == "pod-balloon" {
         return crate::sim_pod::main(&a);
     }

@@ -95,6 +95,31 @@ fn an_unwritable_json_report_fails() {
 }
 
 #[test]
+fn a_recorded_run_replays_without_a_single_error() {
+    // Creates, reboots, balloons, pins (some moved to Normal memory) and the hot-remove
+    // moving guest memory: every line the run wrote must replay, frees of moved parts
+    // included.
+    let (log, out, report) = (tmp("run.log"), tmp("run.json"), tmp("run-report"));
+    let r = run(bin()
+        .args(["run", "--duration", "6", "--memory", "512MiB", "--seed", "3", "--record"])
+        .arg(&log)
+        .arg("--report")
+        .arg(&report));
+    assert!(r.status.success());
+    let text = std::fs::read_to_string(&log).unwrap();
+    for kind in ["alloc ", "free ", "pin ", "offset=", "offline ", "online "] {
+        assert!(text.contains(kind), "the run recorded no '{kind}' line");
+    }
+    let rep = run(bin().arg("replay").arg(&log).arg("--json").arg(&out));
+    assert!(rep.status.success());
+    let j = json(&out);
+    assert_eq!(j["invariant_violations"], 0, "{j}");
+    assert_eq!(j["errors"].as_object().map_or(0, |e| e.len()), 0, "{j}");
+    assert_eq!(j["ok"], j["ops"]);
+    assert_eq!(j["final"]["allocated"], 0, "{j}");
+}
+
+#[test]
 fn a_pod_log_reports_its_pod_counts() {
     let (log, out) = (tmp("pod.log"), tmp("pod.json"));
     std::fs::write(&log, include_str!("../../../fuzz/seeds/replay/pod.log")).unwrap();

@@ -5,7 +5,7 @@
 
 use crate::instrument::PreemptRecorder;
 use crate::pool::{Pool, SAMPLED_WORDS_PER_FRAME};
-use scrubheap::{AllocRequest, Claim, ClaimTarget, DomId, Extent, HeapError};
+use scrubheap::{AllocRequest, Claim, ClaimTarget, DomId, Extent, HeapError, Mfn};
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::time::Instant;
 
@@ -19,6 +19,8 @@ pub struct Guest {
     pub dom: DomId,
     /// Its extents.
     pub extents: Vec<Extent>,
+    /// Pages it holds long-term pinned (each also inside one of its extents).
+    pub pins: Vec<Extent>,
 }
 
 /// What creating a guest found.
@@ -39,7 +41,9 @@ impl Pool {
     /// Creates a guest of `bytes` (rounded up to 4 KiB): claims its memory on the node
     /// with the most free memory (globally if no node has room), then populates it
     /// largest extents first, falling back to smaller ones where a large one cannot be
-    /// had. On failure every extent is returned and the claim cancelled.
+    /// had. Guest memory is movable (the hypervisor may move it and update the guest's
+    /// frame list), so it comes from the Movable zone first. On failure every extent is
+    /// returned and the claim cancelled.
     pub fn create_guest(&self, dom: DomId, bytes: u64, rec: &PreemptRecorder) -> Result<(Guest, Created), HeapError> {
         let t = Instant::now();
         let frames = bytes.div_ceil(4096);
@@ -53,12 +57,12 @@ impl Pool {
         let room = heap.node_stats(node).map(|s| (s.free() + s.scrubbing).saturating_sub(s.claimed))?;
         let target = if room >= frames { ClaimTarget::Node(node) } else { ClaimTarget::Global };
         self.claim(dom, &[Claim { target, frames }])?;
-        let mut g = Guest { dom, extents: Vec::new() };
+        let mut g = Guest { dom, extents: Vec::new(), pins: Vec::new() };
         let mut c = Created::default();
         let mut left = frames;
         for order in POPULATE_ORDERS {
             while left >= 1 << order {
-                match self.alloc(&AllocRequest::new(order, dom).on(node), rec) {
+                match self.alloc(&AllocRequest::new(order, dom).on(node).movable(), rec) {
                     Ok(e) => {
                         left -= e.frames();
                         g.extents.push(e);
@@ -87,13 +91,88 @@ impl Pool {
         }
     }
 
-    /// Destroys a guest: every extent back to the pool. Returns milliseconds taken.
-    pub fn destroy_guest(&self, g: Guest, rec: &PreemptRecorder) -> f64 {
+    /// Balloons out: the guest's balloon driver hands back `frames` frames (at most all
+    /// but one of its frames) from the top of its memory, as the largest aligned parts of
+    /// its extents (a 1 GiB extent losing 300 MiB becomes a 512 MiB, a 128 MiB, a 64 MiB
+    /// ... extent; the heap splits the allocation and frees the parts). Freed memory is
+    /// dirty, scrubbed in the background like any other. Extents holding a long-term
+    /// pinned page (a device's DMA buffer) are kept. Returns what was freed, as
+    /// `(mfn, order)` parts, in the order freed.
+    pub fn balloon_out(&self, g: &mut Guest, frames: u64, rec: &PreemptRecorder) -> Vec<(Mfn, u8)> {
+        let total: u64 = g.extents.iter().map(Extent::frames).sum();
+        let mut need = frames.min(total.saturating_sub(1));
+        let mut freed = Vec::new();
+        let mut pinned = Vec::new();
+        while need > 0 {
+            let Some(e) = g.extents.pop() else { break };
+            if g.pins.iter().any(|p| p.mfn.0 < e.mfn.0 + e.frames() && e.mfn.0 < p.mfn.0 + p.frames()) {
+                pinned.push(e);
+                continue;
+            }
+            let mut kept = Vec::new();
+            release(e, &mut need, &mut kept, &mut freed);
+            g.extents.extend(kept);
+        }
+        g.extents.extend(pinned);
+        for &(mfn, order) in &freed {
+            crate::hotplug::retry_busy(|| self.free(mfn, order, g.dom, rec))
+                .expect("a guest frees an aligned part of what it was given");
+        }
+        freed
+    }
+
+    /// Balloons in: the guest asks for `frames` frames back, populated like a creation
+    /// (largest extents first, without a claim: another guest may have taken the memory
+    /// meanwhile). Returns the extents added; fewer frames than asked when the host has
+    /// no more.
+    pub fn balloon_in(&self, g: &mut Guest, frames: u64, node: usize, rec: &PreemptRecorder) -> Vec<Extent> {
+        let mut left = frames;
+        let mut got = Vec::new();
+        for order in POPULATE_ORDERS {
+            while left >= 1 << order {
+                match self.alloc(&AllocRequest::new(order, g.dom).on(node).movable(), rec) {
+                    Ok(e) => {
+                        left -= e.frames();
+                        got.push(e);
+                    }
+                    Err(_) => break,
+                }
+            }
+        }
+        for e in &got {
+            self.arena().fill(e.mfn, e.frames(), tag_of(g.dom));
+        }
+        g.extents.extend(got.iter().copied());
+        got
+    }
+
+    /// Destroys a guest: its pins dropped, every extent back to the pool. Returns
+    /// milliseconds taken.
+    pub fn destroy_guest(&self, mut g: Guest, rec: &PreemptRecorder) -> f64 {
         let t = Instant::now();
+        self.unpin_guest(&mut g);
         for e in g.extents {
-            self.free(e.mfn, e.order, g.dom, rec).expect("a guest frees exactly what it was given");
+            crate::hotplug::retry_busy(|| self.free(e.mfn, e.order, g.dom, rec))
+                .expect("a guest frees exactly what it was given");
         }
         t.elapsed().as_secs_f64() * 1e3
+    }
+}
+
+/// Releases up to `*need` frames from the top of `e`: the largest aligned parts go to
+/// `freed`, what stays with the guest to `kept`.
+fn release(e: Extent, need: &mut u64, kept: &mut Vec<Extent>, freed: &mut Vec<(Mfn, u8)>) {
+    if *need == 0 {
+        kept.push(e);
+    } else if *need >= e.frames() {
+        *need -= e.frames();
+        freed.push((e.mfn, e.order));
+    } else {
+        let half = 1u64 << (e.order - 1);
+        let lo = Extent { order: e.order - 1, ..e };
+        let hi = Extent { mfn: Mfn(e.mfn.0 + half), order: e.order - 1, ..e };
+        release(hi, need, kept, freed);
+        release(lo, need, kept, freed);
     }
 }
 
@@ -177,13 +256,16 @@ impl KernelBackend {
     }
 
     fn leak_check(&self, g: &KernelGuest) {
-        let w = Self::words(g);
+        self.leak_check_words(Self::words(g));
+    }
+
+    fn leak_check_words(&self, w: &[u64]) {
         let mut bad = 0;
         for page in w.chunks_exact(512) {
             let stride = 512 / SAMPLED_WORDS_PER_FRAME;
             bad += (0..SAMPLED_WORDS_PER_FRAME).any(|i| page[i * stride] != 0) as u64;
         }
-        let pages = (g.len / 4096) as u64;
+        let pages = (w.len() / 512) as u64;
         self.pages_checked.fetch_add(pages, Relaxed);
         self.words_checked.fetch_add(pages * SAMPLED_WORDS_PER_FRAME as u64, Relaxed);
         self.nonzero_pages.fetch_add(bad, Relaxed);
@@ -195,6 +277,45 @@ impl KernelBackend {
         // SAFETY: as in `words`, and `g` is borrowed mutably so nobody else reads it.
         let w = unsafe { std::slice::from_raw_parts_mut(g.ptr.cast::<u64>(), g.len / 8) };
         w.fill(tag);
+    }
+
+    /// Balloons out the top `bytes` (rounded down to 4 KiB) of the guest's memory as a
+    /// VMM does for a virtio balloon: `MADV_DONTNEED`, so the kernel takes the pages
+    /// back. Returns the bytes released.
+    pub fn balloon_out(&self, g: &mut KernelGuest, bytes: u64) -> u64 {
+        let b = (bytes as usize / 4096 * 4096).min(g.len - 4096);
+        // SAFETY: [len - b, len) lies inside the mapping `g` owns, borrowed mutably.
+        let rc = unsafe { libc::madvise(g.ptr.add(g.len - b).cast(), b, libc::MADV_DONTNEED) };
+        if rc == 0 {
+            b as u64
+        } else {
+            0
+        }
+    }
+
+    /// Balloons the top `bytes` back in: faulted in again (the kernel zeroes them),
+    /// leak-checked and written with the guest's tag.
+    pub fn balloon_in(&self, g: &mut KernelGuest, bytes: u64) {
+        let b = (bytes as usize).min(g.len);
+        if b == 0 {
+            return;
+        }
+        // SAFETY: [len - b, len) lies inside the mapping `g` owns, borrowed mutably.
+        let region = unsafe { g.ptr.add(g.len - b) };
+        // SAFETY: as above; populating a range of our own mapping.
+        let rc = unsafe { libc::madvise(region.cast(), b, libc::MADV_POPULATE_WRITE) };
+        if rc != 0 {
+            for off in (0..b).step_by(4096) {
+                // SAFETY: off < b, inside the region above.
+                unsafe { region.add(off).write_volatile(0) };
+            }
+        }
+        self.bytes_zeroed.fetch_add(b as u64, Relaxed);
+        // SAFETY: the region is b bytes of the mapping, page aligned, and `g` is borrowed
+        // mutably so nothing else touches it.
+        let w = unsafe { std::slice::from_raw_parts_mut(region.cast::<u64>(), b / 8) };
+        self.leak_check_words(w);
+        w.fill(tag_of(g.dom));
     }
 
     /// Unmaps the guest's memory. Returns milliseconds taken.

@@ -26,6 +26,7 @@
 mod arena;
 mod clock;
 pub mod guest;
+pub mod hotplug;
 pub mod instrument;
 pub mod pod_guest;
 pub mod pool;
@@ -34,6 +35,6 @@ pub mod run;
 pub mod workload;
 mod zero;
 
-pub use arena::{Arena, ArenaConfig, ArenaError, Backing, Prefault, POISON};
+pub use arena::{Arena, ArenaConfig, ArenaError, Backing, NumaBinding, Prefault, POISON};
 pub use clock::thread_cpu_time;
 pub use zero::{calibrate, median, Calibration, Kernel, UnknownKernel};

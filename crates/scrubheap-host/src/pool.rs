@@ -149,7 +149,8 @@ impl Pool {
             )));
         }
         let frames = per_node * cfg.nodes as u64;
-        let mut ac = ArenaConfig::new(Mfn(0), frames, fs as usize).with_hugetlb(cfg.hugetlb);
+        let mut ac =
+            ArenaConfig::new(Mfn(0), frames, fs as usize).with_hugetlb(cfg.hugetlb).with_numa_slices(cfg.nodes);
         ac.calibration_call_bytes = (cfg.scrub_batch * fs) as usize;
         if let Some(k) = cfg.kernel {
             ac = ac.with_kernel(k);
@@ -183,11 +184,22 @@ impl Pool {
         });
         let sections = Arc::new(Sections::default());
         let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let bound = match heap.memory().numa() {
+            crate::arena::NumaBinding::Bound { nodes } => {
+                Some(nodes.iter().map(|&n| crate::arena::sys::node_cpus(n)).collect::<Vec<_>>())
+            }
+            _ => None,
+        };
         let mut scrubbers = Vec::new();
         for node in 0..cfg.nodes {
             for i in 0..cfg.scrubbers_per_node {
                 let (heap, shared, sections) = (heap.clone(), shared.clone(), sections.clone());
-                let cpu = (node * cfg.scrubbers_per_node + i) % cpus;
+                // Emulated nodes: distinct CPUs round robin. Bound nodes: the CPUs of
+                // the host node the slice lives on.
+                let cpu = match bound.as_ref().map(|b| &b[node]).filter(|c| !c.is_empty()) {
+                    Some(c) => c[i % c.len()] as usize,
+                    None => (node * cfg.scrubbers_per_node + i) % cpus,
+                };
                 let (idle, quantum) = (cfg.idle_priority, cfg.quantum_ns);
                 let h = std::thread::Builder::new()
                     .name(format!("scrub-n{node}-{i}"))

@@ -77,6 +77,34 @@ pub struct Sample {
     pub scrub_gbps: f64,
 }
 
+/// Balloon operations of the guests that ballooned.
+#[derive(Clone, Debug, Default, Serialize, PartialEq)]
+pub struct Balloon {
+    /// Balloon-outs (a guest gave a quarter of its memory back).
+    pub out: u64,
+    /// Balloon-ins (a guest asked for it again).
+    pub r#in: u64,
+    /// Bytes given back.
+    pub bytes_out: u64,
+    /// Bytes got again.
+    pub bytes_in: u64,
+    /// Balloon-ins that got less than asked (the host had no more).
+    pub in_short: u64,
+    /// Time to balloon out.
+    pub out_ms: Millis,
+    /// Time to balloon in (allocation, leak check and the guest's first write).
+    pub in_ms: Millis,
+}
+
+/// Longest non-preemptible section by the kind of thread, CPU time, µs.
+#[derive(Clone, Debug, Default, Serialize, PartialEq)]
+pub struct SectionsBy {
+    /// Worker threads building, ballooning and destroying guests.
+    pub workers: f64,
+    /// Background scrubber threads.
+    pub scrubbers: f64,
+}
+
 /// A run's report (`report.json`).
 #[derive(Clone, Debug, Default, Serialize, PartialEq)]
 pub struct RunReport {
@@ -113,6 +141,9 @@ pub struct RunReport {
     pub max_nonpreemptible_us: f64,
     /// The same gap in wall-clock time (includes being descheduled by the host OS).
     pub max_nonpreemptible_wall_us: f64,
+    /// The longest sections by who ran them: guest builders (allocations, ticket steps,
+    /// frees, in CPU time) and background scrubbers (scrub batches).
+    pub sections_max_us: SectionsBy,
     /// Heap node-lock hold times (wall clock).
     pub lock_hold_us: LockHoldMicros,
     /// Background scrub throughput while scrubbing, GB/s.
@@ -127,7 +158,7 @@ pub struct RunReport {
     pub workload: WorkloadInfo,
     /// Zeroing kernel used.
     pub kernel: String,
-    /// Arena backing (hugetlbfs, THP, plain).
+    /// Arena backing (hugetlbfs, THP, plain) and how its node slices sit on host NUMA nodes.
     pub backing: String,
     /// Memory composition over time.
     pub timeline: Vec<Sample>,
@@ -137,10 +168,52 @@ pub struct RunReport {
     pub destroy_samples_ms: Vec<f64>,
     /// Guests that could not be created (out of memory), skipped.
     pub guests_refused: u64,
-    /// Long-term pins taken and the hot-remove event (filled when they happen).
+    /// Guests ballooning out and in.
+    pub balloon: Balloon,
+    /// What a reader should know about the run (time to clean, why a figure is 0).
     pub notes: Vec<String>,
     /// Populate-on-demand guests (a share of the guests boot with target below maximum).
     pub pod: crate::pod_guest::PodSummary,
+    /// Pages guests pinned long-term, as a device would.
+    pub pins: PinReport,
+    /// The hot-remove of a Movable range during the run (heap policies only).
+    pub hot_remove: Option<HotRemoveReport>,
+}
+
+/// Long-term pins the guests took.
+#[derive(Clone, Debug, Default, Serialize, PartialEq)]
+pub struct PinReport {
+    /// Pages pinned (4 KiB each).
+    pub pages: u64,
+    /// Of those, pages that were in the Movable zone and moved to Normal memory first.
+    pub moved_to_normal: u64,
+}
+
+/// One hot-remove (offline) of a range of the Movable zone, and its hot-add (online).
+#[derive(Clone, Debug, Default, Serialize, PartialEq)]
+pub struct HotRemoveReport {
+    /// First frame of the range (hex).
+    pub first_mfn: String,
+    /// Bytes removed.
+    pub bytes: u64,
+    /// Seconds into the run when it began.
+    pub at_s: f64,
+    /// Whether the range went offline.
+    pub completed: bool,
+    /// Offline attempts (a refused attempt is rolled back and retried).
+    pub attempts: u64,
+    /// Wall time from the first attempt until the range was offline, ms.
+    pub time_to_offline_ms: f64,
+    /// Guest memory moved out of the range by the attempt that completed, bytes.
+    pub migrated_bytes: u64,
+    /// Extents (or parts of extents) it moved.
+    pub migrated_extents: u64,
+    /// Background scrubs asked to hand a chunk back.
+    pub aborted_scrubs: u64,
+    /// Why earlier attempts were refused (first blocker of each, up to 8).
+    pub blockers: Vec<String>,
+    /// Seconds into the run when the range came back (online, dirty).
+    pub online_at_s: f64,
 }
 
 /// Where a workload came from.

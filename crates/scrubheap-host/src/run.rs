@@ -4,12 +4,13 @@
 //! sampler records memory composition over time. Everything is measured as it happens.
 
 use crate::guest::{Guest, KernelBackend, KernelGuest};
+use crate::hotplug::{move_part, WallDeadline};
 use crate::instrument::{PreemptRecorder, Sections};
 use crate::pool::{Pool, PoolConfig, PoolError, SAMPLED_WORDS_PER_FRAME};
 use crate::report::*;
 use crate::workload::Workload;
 use parking_lot::Mutex;
-use scrubheap::{DomId, HeapError, Policy};
+use scrubheap::{DomId, Extent, FrameMemory, HeapError, Mfn, Policy};
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap};
 use std::fmt;
@@ -82,6 +83,13 @@ pub struct RunConfig {
     /// once midway through their life: torn down and built again at once, on memory still
     /// dirty from the teardown (the field's case: large guests rebooting on a full host).
     pub reboots: bool,
+    /// A third of the guests that do not reboot balloon out a quarter of their memory a
+    /// third of the way through their life and balloon it back in at two thirds.
+    pub balloons: bool,
+    /// The host has just booted: every frame holds the previous boot's bytes (poison) and
+    /// is dirty, scrubbed by idle CPUs while the first guests are built (Xen's
+    /// `bootscrub=idle`), instead of starting from memory known to be zero.
+    pub boot_dirty: bool,
 }
 
 /// Why a run could not go on.
@@ -95,22 +103,83 @@ pub enum RunError {
     Io(String),
 }
 
+/// What happens to a live guest at a scheduled time. Every live guest has exactly one
+/// event pending; handling it schedules the next.
+#[derive(Copy, Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
+enum Ev {
+    Destroy,
+    Reboot,
+    BalloonOut,
+    BalloonIn,
+}
+
 enum Job {
     Create(u64),
-    Destroy(u64, Option<Live>),
-    Reboot(u64, Option<Live>),
+    Event(u64, Ev, Option<Live>),
 }
 
 enum Live {
-    Heap(Guest),
-    Kernel(KernelGuest),
+    Heap(HeapGuest),
+    Kernel(KernelGuest, u64),
     Pod(crate::pod_guest::PodGuest),
 }
 
+/// A pool guest, with what the op log needs to name its frees: every allocation it made
+/// (`id`, first frame, order, frames still held), the frames ballooned out, and the pages
+/// it pinned (`id`, offset).
+struct HeapGuest {
+    g: Guest,
+    allocs: Vec<(String, Mfn, u8, u64)>,
+    ballooned: u64,
+    pinned: Vec<(String, u64)>,
+    /// Parts moved by a pin or the hot-remove: (where they are now, order, where they
+    /// were allocated), so the op log can name them by allocation and offset wherever
+    /// they went (the replayer follows moves by itself).
+    moved: Vec<(Mfn, u8, Mfn)>,
+}
+
+impl HeapGuest {
+    /// The op-log line freeing `[mfn, 2^order)`, a part of one of this guest's allocations:
+    /// by id and offset while the part is where it was allocated, by frame once a pin or
+    /// the hot-remove has moved it.
+    fn free_line(&mut self, mfn: Mfn, order: u8) -> String {
+        let mut mfn = mfn;
+        for _ in 0..self.moved.len() {
+            match self.moved.iter().rev().find(|m| m.0 .0 <= mfn.0 && mfn.0 < m.0 .0 + (1u64 << m.1)) {
+                Some(m) => mfn = Mfn(m.2 .0 + (mfn.0 - m.0 .0)),
+                None => break,
+            }
+        }
+        // Newest first: an older allocation's range may hold frames this guest gave back
+        // and got again in a newer one.
+        match self.allocs.iter_mut().rev().find(|a| a.1 .0 <= mfn.0 && mfn.0 < a.1 .0 + (1u64 << a.2)) {
+            Some(a) => {
+                a.3 -= 1 << order;
+                format!("free id={} offset={} order={order}", a.0, mfn.0 - a.1 .0)
+            }
+            None => format!("free mfn={mfn} order={order} dom={}", self.g.dom.0),
+        }
+    }
+}
+
+/// The upper quarter of every node is its Movable zone: guest memory (movable) fills it
+/// first, unmovable memory never does, and the hot-remove takes its upper half on node 0.
+pub const MOVABLE_FRACTION: f64 = 0.25;
+
+/// Pages each guest pins long-term, as a device doing DMA into them would.
+pub const PINS_PER_GUEST: usize = 4;
+
+/// When the hot-remove happens and when the range comes back, as fractions of the run.
+const HOT_REMOVE_AT: f64 = 0.4;
+const HOT_ADD_AT: f64 = 0.6;
+/// How long one offline attempt may run, and how long the hot-remove keeps retrying.
+const OFFLINE_DEADLINE: Duration = Duration::from_secs(2);
+const HOT_REMOVE_BUDGET: Duration = Duration::from_secs(5);
+
 struct Sched {
     next_arrival: usize,
-    /// (time ns, guest, reboot?): destroy or reboot events, earliest first.
-    destroys: BinaryHeap<Reverse<(u64, u64, bool)>>,
+    /// (time ns, guest, event), earliest first.
+    destroys: BinaryHeap<Reverse<(u64, u64, Ev)>>,
     alive: HashMap<u64, Live>,
 }
 
@@ -123,9 +192,21 @@ struct Tally {
     rebooted: u64,
     refused: u64,
     highorder_failures: u64,
+    pins: u64,
+    pins_moved: u64,
+    balloon: BalloonTally,
     pod_created: u64,
     pod_refused: u64,
     pod_ballooned: u64,
+}
+
+#[derive(Default)]
+struct BalloonTally {
+    out_ms: Vec<f64>,
+    in_ms: Vec<f64>,
+    bytes_out: u64,
+    bytes_in: u64,
+    short: u64,
 }
 
 struct OpLog(Mutex<std::io::BufWriter<std::fs::File>>);
@@ -159,6 +240,8 @@ pub fn run(cfg: &RunConfig, on_sample: &(dyn Fn(&Sample, &RunProgress) + Sync)) 
             hugetlb: cfg.hugetlb,
             idle_priority: cfg.idle_priority,
             kernel: cfg.kernel,
+            movable_fraction: Some(MOVABLE_FRACTION),
+            initially_dirty: cfg.boot_dirty,
             ..PoolConfig::default()
         })?),
         Backend::Kernel => None,
@@ -172,7 +255,11 @@ pub fn run(cfg: &RunConfig, on_sample: &(dyn Fn(&Sample, &RunProgress) + Sync)) 
             if let Some(pool) = &pool {
                 let per = pool.heap().node_range(0).map(|(a, b)| b.0 - a.0).unwrap_or(0);
                 log.line(&format!("# recorded by scrubheap run, policy {}, seed {}", cfg.backend, cfg.seed));
-                log.line(&format!("heap nodes={} frames_per_node={per} policy={}", cfg.nodes, cfg.backend));
+                let mf = (per as f64 * (1.0 - MOVABLE_FRACTION)) as u64;
+                log.line(&format!(
+                    "heap nodes={} frames_per_node={per} movable_from={mf} policy={}",
+                    cfg.nodes, cfg.backend
+                ));
             }
             Some(log)
         }
@@ -189,6 +276,7 @@ pub fn run(cfg: &RunConfig, on_sample: &(dyn Fn(&Sample, &RunProgress) + Sync)) 
     let t0 = Instant::now();
     let guests = &cfg.workload.guests;
     let progress = RunProgress { guests_total: guests.len() as u64, duration_s: cfg.workload.duration_s };
+    let hot_remove = Mutex::new(None);
 
     std::thread::scope(|s| {
         s.spawn(|| {
@@ -200,6 +288,12 @@ pub fn run(cfg: &RunConfig, on_sample: &(dyn Fn(&Sample, &RunProgress) + Sync)) 
                 timeline.lock().push(sample);
             }
         });
+        if let Some(p) = &pool {
+            s.spawn(|| {
+                let r = hot_remove_and_add(p, cfg, t0, &sampling, &sched, oplog.as_ref());
+                *hot_remove.lock() = r;
+            });
+        }
         let workers: Vec<_> = (0..cfg.workers.max(1))
             .map(|_| {
                 s.spawn(|| {
@@ -211,7 +305,7 @@ pub fn run(cfg: &RunConfig, on_sample: &(dyn Fn(&Sample, &RunProgress) + Sync)) 
                             if now >= duration_ns {
                                 let id = sc.alive.keys().next().copied();
                                 match id {
-                                    Some(id) => Some(Job::Destroy(id, sc.alive.remove(&id))),
+                                    Some(id) => Some(Job::Event(id, Ev::Destroy, sc.alive.remove(&id))),
                                     None => break,
                                 }
                             } else {
@@ -224,9 +318,8 @@ pub fn run(cfg: &RunConfig, on_sample: &(dyn Fn(&Sample, &RunProgress) + Sync)) 
                                 match next {
                                     Some(t) if t <= now => {
                                         if destroy == Some(t) {
-                                            let Reverse((_, id, reboot)) = sc.destroys.pop().expect("peeked");
-                                            let live = sc.alive.remove(&id);
-                                            Some(if reboot { Job::Reboot(id, live) } else { Job::Destroy(id, live) })
+                                            let Reverse((_, id, ev)) = sc.destroys.pop().expect("peeked");
+                                            Some(Job::Event(id, ev, sc.alive.remove(&id)))
                                         } else {
                                             sc.next_arrival += 1;
                                             Some(Job::Create(sc.next_arrival as u64 - 1))
@@ -248,20 +341,38 @@ pub fn run(cfg: &RunConfig, on_sample: &(dyn Fn(&Sample, &RunProgress) + Sync)) 
                         let Some(job) = job else { continue };
                         let (idx, live, reboot, create) = match job {
                             Job::Create(idx) => (idx, None, false, true),
-                            Job::Destroy(idx, live) => (idx, live, false, false),
-                            Job::Reboot(idx, live) => (idx, live, true, false),
+                            Job::Event(idx, ev @ (Ev::BalloonOut | Ev::BalloonIn), Some(mut live)) => {
+                                let spec = &guests[idx as usize];
+                                balloon(pool.as_ref(), &kernel, &mut live, ev, &rec, oplog.as_ref(), &tally);
+                                let (next, ev) = match ev {
+                                    Ev::BalloonOut => (spec.arrival_s + spec.lifetime_s * 2.0 / 3.0, Ev::BalloonIn),
+                                    _ => (spec.arrival_s + spec.lifetime_s, Ev::Destroy),
+                                };
+                                let mut sc = sched.lock();
+                                sc.alive.insert(idx, live);
+                                let next = (next * 1e9) as u64;
+                                if next < duration_ns {
+                                    sc.destroys.push(Reverse((next.max(t0.elapsed().as_nanos() as u64), idx, ev)));
+                                }
+                                continue;
+                            }
+                            Job::Event(idx, ev, live) => (idx, live, ev == Ev::Reboot, false),
                         };
                         if let Some(live) = live {
                             let ms = match live {
-                                Live::Heap(g) => {
+                                Live::Heap(mut hg) => {
                                     if let Some(log) = &oplog {
-                                        for i in 0..g.extents.len() {
-                                            log.line(&format!("free id=d{}e{i}", g.dom.0));
+                                        for (id, off) in &hg.pinned {
+                                            log.line(&format!("unpin id={id} offset={off} order=0"));
                                         }
+                                        for a in hg.allocs.iter().filter(|a| a.3 > 0) {
+                                            log.line(&format!("free id={}", a.0));
+                                        }
+                                        hg.allocs.clear();
                                     }
-                                    pool.as_ref().expect("heap guests need a pool").destroy_guest(g, &rec)
+                                    pool.as_ref().expect("heap guests need a pool").destroy_guest(hg.g, &rec)
                                 }
-                                Live::Kernel(g) => {
+                                Live::Kernel(g, _) => {
                                     kernel_used.fetch_sub(g_len(&g), Relaxed);
                                     kernel.destroy_guest(g)
                                 }
@@ -290,7 +401,9 @@ pub fn run(cfg: &RunConfig, on_sample: &(dyn Fn(&Sample, &RunProgress) + Sync)) 
                             Some(p) if crate::pod_guest::is_pod(idx) => {
                                 create_pod_guest(p, dom, spec.memory_bytes, &rec, oplog.as_ref(), &tally)
                             }
-                            Some(p) => create_heap_guest(p, dom, spec.memory_bytes, &rec, oplog.as_ref(), &tally),
+                            Some(p) => {
+                                create_heap_guest(p, dom, spec.memory_bytes, cfg.seed, &rec, oplog.as_ref(), &tally)
+                            }
                             None => create_kernel_guest(&kernel, cfg, &kernel_used, dom, spec.memory_bytes, &tally),
                         };
                         if let Some(live) = made {
@@ -302,10 +415,19 @@ pub fn run(cfg: &RunConfig, on_sample: &(dyn Fn(&Sample, &RunProgress) + Sync)) 
                             sc.alive.insert(idx, live);
                             let large = spec.memory_bytes >= cfg.memory_bytes / 8;
                             let reboots = cfg.reboots && !reboot && (idx % 3 == 0 || large);
+                            // PoD guests balloon down at boot, in 4 KiB pages (pod_guest.rs).
+                            let balloons = cfg.balloons
+                                && !reboot
+                                && !reboots
+                                && idx % 3 == 1
+                                && !(pool.is_some() && crate::pod_guest::is_pod(idx));
+                            let third = start + (end - start) / 3;
                             if reboots && (start + end) / 2 < duration_ns {
-                                sc.destroys.push(Reverse((((start + end) / 2).max(now), idx, true)));
+                                sc.destroys.push(Reverse((((start + end) / 2).max(now), idx, Ev::Reboot)));
+                            } else if balloons && third < duration_ns {
+                                sc.destroys.push(Reverse((third.max(now), idx, Ev::BalloonOut)));
                             } else if end < duration_ns {
-                                sc.destroys.push(Reverse((end.max(now), idx, false)));
+                                sc.destroys.push(Reverse((end.max(now), idx, Ev::Destroy)));
                             }
                         }
                     }
@@ -330,6 +452,7 @@ pub fn run(cfg: &RunConfig, on_sample: &(dyn Fn(&Sample, &RunProgress) + Sync)) 
         let _ = log.0.lock().flush();
     }
     let t = tally.into_inner();
+    let t_pod = (t.pod_created, t.pod_refused, t.pod_ballooned);
     let mut r = RunReport {
         schema: 1,
         policy: cfg.backend.to_string(),
@@ -344,6 +467,15 @@ pub fn run(cfg: &RunConfig, on_sample: &(dyn Fn(&Sample, &RunProgress) + Sync)) 
         destroy_ms: millis(&t.destroy_ms),
         highorder_failures: t.highorder_failures,
         guests_refused: t.refused,
+        balloon: Balloon {
+            out: t.balloon.out_ms.len() as u64,
+            r#in: t.balloon.in_ms.len() as u64,
+            bytes_out: t.balloon.bytes_out,
+            bytes_in: t.balloon.bytes_in,
+            in_short: t.balloon.short,
+            out_ms: millis(&t.balloon.out_ms),
+            in_ms: millis(&t.balloon.in_ms),
+        },
         create_samples_ms: t.create_ms,
         destroy_samples_ms: t.destroy_ms,
         timeline: timeline.into_inner(),
@@ -353,8 +485,23 @@ pub fn run(cfg: &RunConfig, on_sample: &(dyn Fn(&Sample, &RunProgress) + Sync)) 
             time_scale: cfg.workload.time_scale,
             guests: guests.len() as u64,
         },
+        pins: PinReport { pages: t.pins, moved_to_normal: t.pins_moved },
+        hot_remove: hot_remove.into_inner(),
         ..RunReport::default()
     };
+    if let Some(h) = &r.hot_remove {
+        r.notes.push(format!(
+            "hot-remove of {} MiB at {} ({:.1} s): {}, {} attempt(s), {:.1} ms, {} MiB of guest memory moved; back online at {:.1} s",
+            h.bytes >> 20,
+            h.first_mfn,
+            h.at_s,
+            if h.completed { "offline" } else { "NOT offline" },
+            h.attempts,
+            h.time_to_offline_ms,
+            h.migrated_bytes >> 20,
+            h.online_at_s
+        ));
+    }
     if !clean {
         r.notes.push("memory was still dirty 60 s after the run ended".into());
     } else if pool.is_some() {
@@ -374,7 +521,7 @@ pub fn run(cfg: &RunConfig, on_sample: &(dyn Fn(&Sample, &RunProgress) + Sync)) 
             );
             let arena = pool.arena();
             r.kernel = arena.kernel().name().into();
-            r.backing = arena.backing().to_string();
+            r.backing = format!("{}, {}", arena.backing(), arena.numa());
             r.raw_zero_gbps = arena.calibration().map_or(0.0, |c| c.gbps_of(c.best).unwrap_or(0.0));
             r.scrubbers = cfg.nodes * cfg.scrubbers_per_node;
             r.verify_mode(cfg.verify, leaks);
@@ -389,7 +536,7 @@ pub fn run(cfg: &RunConfig, on_sample: &(dyn Fn(&Sample, &RunProgress) + Sync)) 
                 r.invariant_violations = 1;
                 r.notes.push(format!("invariant violation: {v}"));
             }
-            r.pod = pool.pod_summary(t.pod_created, t.pod_refused, t.pod_ballooned);
+            r.pod = pool.pod_summary(t_pod.0, t_pod.1, t_pod.2);
             if s.allocated != 0 {
                 r.invariant_violations += 1;
                 r.notes.push(format!("{} frames still allocated after every guest was destroyed", s.allocated));
@@ -400,6 +547,7 @@ pub fn run(cfg: &RunConfig, on_sample: &(dyn Fn(&Sample, &RunProgress) + Sync)) 
             let (a, b, _) = pool_sections.summary();
             let (c, d, _) = sections.summary();
             r.max_nonpreemptible_us = a.max(c);
+            r.sections_max_us = SectionsBy { workers: c, scrubbers: a };
             r.max_nonpreemptible_wall_us = b.max(d);
         }
         None => {
@@ -446,6 +594,7 @@ fn create_heap_guest(
     p: &Pool,
     dom: DomId,
     bytes: u64,
+    seed: u64,
     rec: &PreemptRecorder,
     log: Option<&OpLog>,
     tally: &Mutex<Tally>,
@@ -453,22 +602,114 @@ fn create_heap_guest(
     match p.create_guest(dom, bytes, rec) {
         Ok((g, c)) => {
             p.run_guest(&g);
+            let mut hg = HeapGuest { g, allocs: Vec::new(), ballooned: 0, pinned: Vec::new(), moved: Vec::new() };
             if let Some(log) = log {
-                for (i, e) in g.extents.iter().enumerate() {
-                    log.line(&format!("alloc id=d{}e{i} dom={} order={} node={}", dom.0, dom.0, e.order, e.node));
+                log_allocs(&mut hg, 0, "e", log);
+            }
+            let before: Vec<Mfn> = hg.g.extents.iter().map(|e| e.mfn).collect();
+            let (pinned, moved) = p.pin_guest_pages(&mut hg.g, PINS_PER_GUEST, seed);
+            for ((j, off), at) in pinned.iter().zip(&hg.g.pins) {
+                let page = Mfn(before[*j].0 + off);
+                if at.mfn != page {
+                    hg.moved.push((at.mfn, at.order, page));
+                }
+            }
+            if let Some(log) = log {
+                for (j, off) in &pinned {
+                    let id = hg.allocs[*j].0.clone();
+                    log.line(&format!("pin id={id} offset={off} order=0"));
+                    hg.pinned.push((id, *off));
                 }
             }
             let mut t = tally.lock();
             t.create_ms.push(c.ms);
             t.created += 1;
             t.highorder_failures += c.highorder_failures;
-            Some(Live::Heap(g))
+            t.pins += pinned.len() as u64;
+            t.pins_moved += moved;
+            Some(Live::Heap(hg))
         }
         Err(HeapError::OutOfMemory { .. } | HeapError::ClaimExceedsFree { .. }) => {
             tally.lock().refused += 1;
             None
         }
         Err(e) => panic!("guest creation failed in a way the workload cannot cause: {e}"),
+    }
+}
+
+/// Logs an `alloc` line for each of the guest's extents from `from` on, naming them
+/// `d<dom><kind><n>`.
+fn log_allocs(hg: &mut HeapGuest, from: usize, kind: &str, log: &OpLog) {
+    let dom = hg.g.dom.0;
+    for e in &hg.g.extents[from..] {
+        let id = format!("d{dom}{kind}{}", hg.allocs.len());
+        log.line(&format!("alloc id={id} dom={dom} order={} node={} movable", e.order, e.node));
+        hg.allocs.push((id, e.mfn, e.order, e.frames()));
+        // Frames moved here once and given back since are this allocation's now.
+        let (lo, hi) = (e.mfn.0, e.mfn.0 + e.frames());
+        hg.moved.retain(|m| m.0 .0 + (1u64 << m.1) <= lo || hi <= m.0 .0);
+    }
+}
+
+/// A guest balloons out a quarter of its memory, or back in what it gave.
+fn balloon(
+    pool: Option<&Pool>,
+    kernel: &KernelBackend,
+    live: &mut Live,
+    ev: Ev,
+    rec: &PreemptRecorder,
+    log: Option<&OpLog>,
+    tally: &Mutex<Tally>,
+) {
+    let t = Instant::now();
+    let (out, bytes) = match live {
+        Live::Pod(_) => return,
+        Live::Heap(hg) => {
+            let p = pool.expect("heap guests need a pool");
+            if ev == Ev::BalloonOut {
+                let frames: u64 = hg.g.extents.iter().map(|e| e.frames()).sum();
+                let freed = p.balloon_out(&mut hg.g, frames / 4, rec);
+                if let Some(log) = log {
+                    for &(mfn, order) in &freed {
+                        let line = hg.free_line(mfn, order);
+                        log.line(&line);
+                    }
+                }
+                hg.ballooned = freed.iter().map(|&(_, o)| 1u64 << o).sum();
+                (true, hg.ballooned * 4096)
+            } else {
+                let node = hg.g.extents.first().map_or(0, |e| e.node);
+                let from = hg.g.extents.len();
+                let got: u64 = p.balloon_in(&mut hg.g, hg.ballooned, node, rec).iter().map(|e| e.frames()).sum();
+                if let Some(log) = log {
+                    log_allocs(hg, from, "b", log);
+                }
+                if got < hg.ballooned {
+                    tally.lock().balloon.short += 1;
+                }
+                hg.ballooned = 0;
+                (false, got * 4096)
+            }
+        }
+        Live::Kernel(g, ballooned) => {
+            if ev == Ev::BalloonOut {
+                *ballooned = kernel.balloon_out(g, g_len(g) / 4);
+                (true, *ballooned)
+            } else {
+                kernel.balloon_in(g, *ballooned);
+                let b = std::mem::take(ballooned);
+                (false, b)
+            }
+        }
+    };
+    let ms = t.elapsed().as_secs_f64() * 1e3;
+    let mut t = tally.lock();
+    if out {
+        t.balloon.out_ms.push(ms);
+        t.balloon.bytes_out += bytes;
+    } else {
+        t.balloon.in_ms.push(ms);
+        t.balloon.bytes_in += bytes;
     }
 }
 
@@ -525,7 +766,7 @@ fn create_kernel_guest(
             let mut t = tally.lock();
             t.create_ms.push(ms);
             t.created += 1;
-            Some(Live::Kernel(g))
+            Some(Live::Kernel(g, 0))
         }
         Err(_) => {
             used.fetch_sub(len, Relaxed);
@@ -565,5 +806,141 @@ fn sample(
             let n = NodeSample { clean: cfg.memory_bytes.saturating_sub(used), dirty: 0, used };
             Sample { t, guests, nodes: vec![n], scrub_gbps: 0.0 }
         }
+    }
+}
+
+/// The hot-remove: at [`HOT_REMOVE_AT`] of the run, offlines the upper half of node 0's
+/// Movable zone, moving guest memory out (the guests' frame lists are updated under the
+/// scheduler lock; a guest being built or torn down at that moment refuses, and the
+/// attempt is rolled back and retried); at [`HOT_ADD_AT`] (or when the run ends) puts
+/// the range back online, dirty.
+fn hot_remove_and_add(
+    p: &Pool,
+    cfg: &RunConfig,
+    t0: Instant,
+    running: &AtomicBool,
+    sched: &Mutex<Sched>,
+    log: Option<&OpLog>,
+) -> Option<HotRemoveReport> {
+    let heap = p.heap();
+    let (a, b) = heap.node_range(0).ok()?;
+    let count = ((b.0 - a.0) as f64 * MOVABLE_FRACTION / 2.0) as u64;
+    let first = Mfn(b.0 - count);
+    let at = Duration::from_secs_f64(cfg.workload.duration_s * HOT_REMOVE_AT);
+    while t0.elapsed() < at {
+        if !running.load(Relaxed) {
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let migrator = |owner: DomId, from: Extent, to: Extent| -> bool {
+        let mut sc = sched.lock();
+        let Some(Live::Heap(hg)) = sc.alive.get_mut(&(owner.0 as u64 - 1)) else { return false };
+        if !hg.g.extents.iter().any(|e| e.mfn.0 <= from.mfn.0 && from.mfn.0 + from.frames() <= e.mfn.0 + e.frames()) {
+            return false;
+        }
+        p.arena().copy(from.mfn, to.mfn, from.frames());
+        let done = move_part(&mut hg.g.extents, from, to);
+        if done {
+            hg.moved.push((to.mfn, to.order, from.mfn));
+        }
+        done
+    };
+    let mut rep = HotRemoveReport {
+        first_mfn: format!("{first}"),
+        bytes: count * 4096,
+        at_s: t0.elapsed().as_secs_f64(),
+        ..HotRemoveReport::default()
+    };
+    let start = Instant::now();
+    while start.elapsed() < HOT_REMOVE_BUDGET {
+        rep.attempts += 1;
+        match heap.offline(first, count, &migrator, &WallDeadline(Instant::now() + OFFLINE_DEADLINE)) {
+            Ok(done) => {
+                rep.completed = true;
+                rep.time_to_offline_ms = start.elapsed().as_secs_f64() * 1e3;
+                rep.migrated_bytes = done.migrated_frames * 4096;
+                rep.migrated_extents = done.migrated_chunks;
+                rep.aborted_scrubs = done.aborted_scrubs;
+                break;
+            }
+            Err(HeapError::OfflineBlocked { blockers, stop, .. }) => {
+                if rep.blockers.len() < 8 {
+                    let first = blockers.first().map_or("none named".into(), |b| b.to_string());
+                    rep.blockers.push(format!("{stop}: {first}"));
+                }
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            Err(e) => {
+                rep.blockers.push(e.to_string());
+                break;
+            }
+        }
+    }
+    if rep.completed {
+        if let Some(log) = log {
+            log.line(&format!("offline mfn={first} count={count}"));
+        }
+        let back = Duration::from_secs_f64(cfg.workload.duration_s * HOT_ADD_AT);
+        while t0.elapsed() < back && running.load(Relaxed) {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        heap.online(first, count).expect("the range this hot-remove took offline comes back");
+        p.ring(0);
+        if let Some(log) = log {
+            log.line(&format!("online mfn={first} count={count}"));
+        }
+    }
+    rep.online_at_s = t0.elapsed().as_secs_f64();
+    Some(rep)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use scrubheap::Extent;
+
+    fn guest() -> HeapGuest {
+        let g = Guest { dom: DomId(1), extents: Vec::new(), pins: Vec::new() };
+        HeapGuest {
+            g,
+            allocs: vec![("d1e0".into(), Mfn(0), 9, 512)],
+            ballooned: 0,
+            pinned: Vec::new(),
+            moved: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn frees_are_named_by_allocation_and_offset_even_after_a_move() {
+        let mut hg = guest();
+        assert_eq!(hg.free_line(Mfn(8), 3), "free id=d1e0 offset=8 order=3");
+        // Frames [32, 48) moved to [4096, 4112) by the hot-remove: a free of part of the
+        // new place names the part of the allocation it came from.
+        hg.moved.push((Mfn(4096), 4, Mfn(32)));
+        assert_eq!(hg.free_line(Mfn(4100), 2), "free id=d1e0 offset=36 order=2");
+        // Moved twice: followed back to where it was allocated.
+        hg.moved.push((Mfn(8192), 2, Mfn(4104)));
+        assert_eq!(hg.free_line(Mfn(8192), 2), "free id=d1e0 offset=40 order=2");
+    }
+
+    #[test]
+    fn frames_got_again_belong_to_the_newest_allocation() {
+        let mut hg = guest();
+        hg.moved.push((Mfn(4096), 4, Mfn(32)));
+        // The guest gave [4096, 4112) back and a balloon-in allocation got [4096, 4608).
+        hg.g.extents.push(Extent { mfn: Mfn(4096), order: 9, node: 0 });
+        let log = OpLog(Mutex::new(std::io::BufWriter::new(tempfile())));
+        log_allocs(&mut hg, 0, "b", &log);
+        assert!(hg.moved.is_empty());
+        assert_eq!(hg.free_line(Mfn(4096), 0), "free id=d1b1 offset=0 order=0");
+        // Frames of the old allocation's range that came back in a newer one.
+        hg.allocs.push(("d1b2".into(), Mfn(0), 3, 8));
+        assert_eq!(hg.free_line(Mfn(0), 3), "free id=d1b2 offset=0 order=3");
+    }
+
+    fn tempfile() -> std::fs::File {
+        let p = std::env::temp_dir().join(format!("scrubheap-oplog-test-{}", std::process::id()));
+        std::fs::File::create(p).unwrap()
     }
 }

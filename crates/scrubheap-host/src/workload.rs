@@ -69,6 +69,11 @@
 //!   ~7.3e-4 run seconds per trace second (a 300 s VM lives 0.22 s, an hour 2.6 s, a day 63 s).
 //! - The run starts in steady state: the stream is simulated from one longest lifetime
 //!   before 0, and the guests still alive at 0 arrive at 0 with what remains of their lives.
+//! - One large tenant: a guest of the largest flavour (a quarter of `H`, one 1 GiB extent
+//!   on 4 GiB) is on the host from the start (it is created first) and lives for 60% of
+//!   the run. It is built on whatever memory the host booted with and, as a guest of at
+//!   least `H / 8`, reboots midway on its own dirty memory: the case that trips
+//!   hypervisor watchdogs. The stream's occupancy counts it.
 //!
 //! On a 4 GiB host over 25 s (seeds 0 to 9) that is 250 to 360 guests, 60 to 100 of them at 0
 //! and 170 to 280 destroyed within the run; the arena is 58-85% full, 68-74% on average; 60%
@@ -515,6 +520,10 @@ pub(crate) mod tests {
             assert!((100..=450).contains(&w.guests.len()), "seed {seed}: {} guests", w.guests.len());
             check_sorted_and_sized(&w);
             assert!(w.peak_bytes() as f64 <= churn::CAP * host as f64, "seed {seed}");
+            // The large tenant: first, a quarter of the host (one 1 GiB extent here),
+            // there from the start for 60% of the run.
+            let g0 = &w.guests[0];
+            assert_eq!((g0.memory_bytes, g0.arrival_s, g0.lifetime_s), (host / 4, 0.0, 15.0), "seed {seed}");
             // Occupancy sampled every 0.1 s over the run.
             let occ: Vec<f64> = (0..=250)
                 .map(|k| {

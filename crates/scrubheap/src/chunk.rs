@@ -47,6 +47,12 @@ const STATE_SHIFT: u32 = 5;
 const STATE_MASK: u32 = 0x7 << STATE_SHIFT;
 /// Allocated: the allocation is movable (may be migrated by offline).
 pub(crate) const F_MOVABLE: u32 = 1 << 9;
+/// Allocated: frames being migrated (a pin or an offline moves them); the owner may not
+/// free or pin them until the move is done. On a destination chunk, its dirty bits stay
+/// until the copy succeeds, so a refused move gives the frames back exactly as they were.
+pub(crate) const F_MIGRATING: u32 = 1 << 30;
+/// Allocated (order 0 only): the frame is broken and leaves service when it is freed.
+pub(crate) const F_BROKEN: u32 = 1 << 31;
 const FD_SHIFT: u32 = 10;
 const FD_MASK: u32 = 0xf_ffff << FD_SHIFT;
 

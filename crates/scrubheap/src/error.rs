@@ -109,6 +109,81 @@ pub enum HeapError {
         /// Free frames not claimed by other domains.
         available: u64,
     },
+    /// The frame is in the middle of another operation (being scrubbed, migrated,
+    /// allocated through a scrub ticket, or isolated by an offline).
+    #[error("frame {mfn} is {what} right now: retry when that is done")]
+    Busy {
+        /// The frame.
+        mfn: Mfn,
+        /// What is happening to it.
+        what: &'static str,
+    },
+    /// Unpinning a range that holds an unpinned frame.
+    #[error("frame {mfn} of {owner} is not long-term pinned: unpin only what was pinned")]
+    NotPinned {
+        /// The unpinned frame.
+        mfn: Mfn,
+        /// Its owner.
+        owner: DomId,
+    },
+    /// A chunk already holds the most pins a count can hold.
+    #[error("frame {mfn} already holds {max} pins: unpin some first", max = u32::MAX)]
+    PinLimit {
+        /// The frame.
+        mfn: Mfn,
+    },
+    /// The owner's [`crate::Migrator`] refused to move the frames, so the pin (or the
+    /// offline) that needed them moved was not done.
+    #[error("the migrator of {owner} refused to move frames {mfn}+2^{order}: nothing was pinned or moved")]
+    MigrationRefused {
+        /// First frame of the range that would have moved.
+        mfn: Mfn,
+        /// Its order.
+        order: u8,
+        /// The owner.
+        owner: DomId,
+    },
+    /// An offline stopped and was rolled back: every frame it took is back as it was.
+    #[error("offline of {count} frames at {first} rolled back ({stop}): {} blocker(s){}",
+        blockers.len(), blockers.first().map_or(alloc::string::String::new(), |b| alloc::format!(", first {b}")))]
+    OfflineBlocked {
+        /// First frame of the range.
+        first: Mfn,
+        /// Frames in the range.
+        count: u64,
+        /// Why it stopped.
+        stop: crate::offline::OfflineStop,
+        /// What blocked it (at most [`crate::offline::MAX_BLOCKERS`]).
+        blockers: alloc::vec::Vec<crate::offline::Blocker>,
+    },
+    /// Onlining frames that are not offline.
+    #[error("frame {mfn} is not offline (it is {state}): online only frames an offline removed")]
+    NotOffline {
+        /// The frame.
+        mfn: Mfn,
+        /// What it is.
+        state: &'static str,
+    },
+    /// A range of frames that is empty or spans more than one node.
+    #[error("frames {first}+{count}: a range must hold at least one frame and lie inside one node")]
+    BadRange {
+        /// First frame.
+        first: Mfn,
+        /// Frames.
+        count: u64,
+    },
+    /// Taking a free frame out of service would leave less free memory than is claimed.
+    #[error(
+        "frame {mfn} is free but claims need it ({claimed} frames claimed, {free} free): shrink or cancel claims first"
+    )]
+    NeededByClaims {
+        /// The frame.
+        mfn: Mfn,
+        /// Frames claimed on its node and globally.
+        claimed: u64,
+        /// Free frames.
+        free: u64,
+    },
     /// A populate-on-demand operation on a domain that is not a PoD guest.
     #[error("{dom} is not a populate-on-demand guest: create it with pod_create (a `pod` line) first")]
     PodUnknownDomain {

@@ -1,7 +1,7 @@
 //! The heap: nodes behind their own locks, claims, scrub accounting, and the public
 //! operations. Every operation validates its input before changing anything.
 
-use crate::chunk::{Slot, State, F_MOVABLE};
+use crate::chunk::{Slot, State, F_BROKEN, F_MIGRATING, F_MOVABLE};
 use crate::claims::{Claim, ClaimBook, ClaimTarget, DomClaims};
 use crate::config::HeapConfig;
 use crate::error::HeapError;
@@ -178,7 +178,7 @@ pub struct Heap<M> {
     pub(crate) end: u64,
     pub(crate) nodes: Vec<NodeCell>,
     /// Per node: every node, nearest first (itself first).
-    near: Vec<Vec<usize>>,
+    pub(crate) near: Vec<Vec<usize>>,
     /// Per node: the nodes its scrubbers serve (itself if it has CPUs, and CPU-less nodes
     /// for which it is the nearest node with CPUs).
     pub(crate) served: Vec<Vec<usize>>,
@@ -370,7 +370,7 @@ impl<M: FrameMemory> Heap<M> {
 
     /// Validates `[mfn, 2^order)`: a known order, inside one node, naturally aligned.
     /// Returns the node and the node-relative offset.
-    fn locate(&self, mfn: Mfn, order: u8) -> Result<(usize, u32), HeapError> {
+    pub(crate) fn locate(&self, mfn: Mfn, order: u8) -> Result<(usize, u32), HeapError> {
         if order > MAX_ORDER {
             return Err(HeapError::InvalidOrder { order });
         }
@@ -394,7 +394,7 @@ impl<M: FrameMemory> Heap<M> {
 
     fn pick_rule(&self, req: &AllocRequest) -> Pick {
         match self.config.policy {
-            Policy::XenCap2m if req.scrub && req.order > 9 => Pick::CleanOnly,
+            Policy::XenCap2m if req.scrub && (self.config.frame_size << req.order) > 2 << 20 => Pick::CleanOnly,
             Policy::Xen | Policy::XenCap2m => Pick::CleanFirst,
             Policy::Sync | Policy::Alloc | Policy::Scrubheap => Pick::SmallestFirst { prefer_dirty: !req.scrub },
         }
@@ -567,7 +567,8 @@ impl<M: FrameMemory> Heap<M> {
         let mut st = self.lock_node(n);
         let sync = self.config.policy == Policy::Sync;
         let s0 = st.meta[off as usize];
-        if !sync && s0.state() == State::Allocated && s0.order() == order && s0.a == owner.0 && s0.b == 0 {
+        let plain = !s0.flags(F_MIGRATING | F_BROKEN);
+        if !sync && plain && s0.state() == State::Allocated && s0.order() == order && s0.a == owner.0 && s0.b == 0 {
             // The common case: exactly one whole allocated chunk.
             st.meta[off as usize] = Slot::default();
             st.allocated -= size(order) as u64;
@@ -587,7 +588,9 @@ impl<M: FrameMemory> Heap<M> {
             let (h, o) = st.chunk_of(pos);
             debug_assert_eq!(h, pos);
             st.allocated -= size(o) as u64;
-            if sync {
+            if Self::retire_broken(&mut st, h) {
+                // A frame marked broken while allocated leaves service now.
+            } else if sync {
                 // Zeroed outside the lock; counted as allocated until it is back.
                 st.allocated += size(o) as u64;
                 st.meta[h as usize] = Slot::head(State::Scrubbing, o);
@@ -641,6 +644,9 @@ impl<M: FrameMemory> Heap<M> {
             }
             if s.b > 0 {
                 return Err(HeapError::Pinned { mfn: abs(h), owner });
+            }
+            if s.flags(F_MIGRATING) {
+                return Err(HeapError::Busy { mfn: abs(h), what: "being migrated" });
             }
             pos = h + size(o);
         }

@@ -1,7 +1,7 @@
 //! `check_invariants`: the partition, the free lists, the counters, the dirty bitmap and
 //! the claims, verified from scratch. Tests call it after every operation.
 
-use crate::chunk::{Slot, State, NONE};
+use crate::chunk::{Slot, State, F_BROKEN, F_MIGRATING, F_MOVABLE, NONE};
 use crate::error::InvariantViolation;
 use crate::heap::Heap;
 use crate::memory::FrameMemory;
@@ -70,8 +70,10 @@ fn check_node(n: usize, st: &NodeState) -> Result<Tally, InvariantViolation> {
                 t.free_chunks += 1;
             }
             other => {
+                check_held_head(n, st, pos, s)?;
                 let worked = matches!(other, State::Scrubbing | State::Pending);
-                if bits != 0 && !worked && other != State::Isolated {
+                let moving_to = other == State::Allocated && s.flags(F_MIGRATING);
+                if bits != 0 && !worked && other != State::Isolated && !moving_to {
                     return fail(format!("node {n}: {other:?} chunk at {pos} has {bits} dirty bits"));
                 }
                 t.worked += worked as u64;
@@ -157,6 +159,44 @@ fn check_node(n: usize, st: &NodeState) -> Result<Tally, InvariantViolation> {
         ));
     }
     Ok(t)
+}
+
+/// Heads that are not free: pins only on allocations, the broken-when-freed and moving
+/// flags only on allocations (the former on single frames), unmovable memory only in
+/// the Normal zone, nothing at all on isolated, offline and broken heads (broken ones
+/// single frames).
+fn check_held_head(n: usize, st: &NodeState, pos: u32, s: Slot) -> Result<(), InvariantViolation> {
+    let state = s.state();
+    let flags = s.flags(F_BROKEN) || s.flags(F_MIGRATING);
+    match state {
+        State::Allocated => {
+            if s.flags(F_BROKEN) && s.order() != 0 {
+                return fail(format!("node {n}: allocated chunk at {pos} of order {} is marked broken", s.order()));
+            }
+            if !s.flags(F_MOVABLE) && st.zone_of(pos) == Zone::Movable {
+                return fail(format!("node {n}: unmovable allocation at {pos} is in the Movable zone"));
+            }
+        }
+        State::Isolated | State::Offline | State::Broken => {
+            if s.a != 0 || s.b != 0 || flags || s.flags(F_MOVABLE) {
+                return fail(format!("node {n}: {state:?} chunk at {pos} carries owner, pins or flags {s:?}"));
+            }
+            if state == State::Broken && s.order() != 0 {
+                return fail(format!("node {n}: broken chunk at {pos} has order {}", s.order()));
+            }
+        }
+        _ => {
+            if s.b != 0 || flags {
+                return fail(format!("node {n}: {state:?} chunk at {pos} carries pins or flags {s:?}"));
+            }
+        }
+    }
+    if let Some(w) = st.work.iter().find(|w| w.head == pos) {
+        if matches!(w.kind, Kind::Ticket { movable: false, .. }) && st.zone_of(pos) == Zone::Movable {
+            return fail(format!("node {n}: an unmovable pending allocation at {pos} is in the Movable zone"));
+        }
+    }
+    Ok(())
 }
 
 impl<M: FrameMemory> Heap<M> {

@@ -39,6 +39,8 @@ mod invariants;
 mod memory;
 mod node;
 mod observe;
+mod offline;
+mod pin;
 mod pod;
 mod policy;
 mod preempt;
@@ -59,6 +61,10 @@ pub use error::{HeapError, InvariantViolation};
 pub use heap::{AllocRequest, ChunkInfo, ChunkState, Extent, Heap, NodePref};
 pub use memory::{FrameMemory, NullMemory, TestMemory};
 pub use observe::LockObserver;
+pub use offline::{
+    BlockReason, Blocker, Broken, Deadline, NoDeadline, OfflineStop, Offlined, StepBudget, MAX_BLOCKERS, MAX_BUSY_POLLS,
+};
+pub use pin::{MetadataMigrator, Migrator, NoMigration};
 pub use pod::{
     PodConfig, PodCounters, PodEntry, PodMapping, PodProgress, PodStats, PodTotals, POD_EAGER_FRAMES,
     POD_MAX_PAGES_PER_FRAME, POD_MRU, POD_SWEEP_FRAMES, POD_SWEEP_SLOTS,

@@ -37,6 +37,8 @@
 //! free id=X | free id=X offset=O order=K | free mfn=M order=K dom=D
 //! scrub node=N pages=P
 //! claim dom=D node=N pages=P | claim dom=D global pages=P | claim dom=D cancel
+//! pin id=X offset=O order=K | unpin id=X offset=O order=K
+//! offline mfn=M count=C [steps=S] | online mfn=M count=C | broken mfn=M
 //! check
 //! pod dom=D max_pages=N target=T [node=X]   # create a populate-on-demand guest
 //! touch dom=D gfn=G [data]                  # guest access; `data` writes that 4 KiB page
@@ -45,18 +47,22 @@
 //! destroy dom=D                             # its PoD pages go back to the heap
 //! ```
 //!
+//! A pin or an offline that moves frames moves the log's allocation with them (the
+//! replayer is the owner's [`crate::Migrator`]: it moves metadata only), so later
+//! `offset=` lines of that id name the frames where they are now. `steps=S` gives an
+//! offline a deadline of S steps ([`crate::StepBudget`]); without it, none.
+//!
 //! The replay heap runs on [`SparseMemory`], so `touch ... data` leaves pages that zero
 //! checks see as used. A touch that crashes its guest (out of PoD memory) is one
-//! `PodExhausted` error. A `free` of frames a PoD guest holds is refused
+//! `PodExhausted` error. A `free` or `pin` of frames a PoD guest holds is refused
 //! ([`kind::POD_PAGE`]): they leave the guest through `balloon` or `destroy`.
-//!
-//! `pin`, `unpin`, `offline`, `online` and `broken` are recognised and refused as
-//! [`kind::UNSUPPORTED`].
 
 use crate::claims::{Claim, ClaimTarget};
 use crate::config::HeapConfig;
 use crate::error::HeapError;
-use crate::heap::{AllocRequest, ChunkState, Heap, NodePref};
+use crate::heap::{AllocRequest, ChunkState, Extent, Heap, NodePref};
+use crate::offline::{NoDeadline, StepBudget};
+use crate::pin::Migrator;
 use crate::policy::Policy;
 use crate::preempt::NeverPreempt;
 use crate::sparse::SparseMemory;
@@ -228,6 +234,38 @@ pub enum Op<'a> {
         /// The guest.
         dom: DomId,
     },
+    /// `pin id=X offset=O order=K` (`pin: true`) or `unpin ...` (`pin: false`).
+    Pin {
+        /// The allocation.
+        id: &'a str,
+        /// Frames from the allocation's first frame.
+        offset: u64,
+        /// Size of the part.
+        order: u8,
+        /// Pin, or unpin.
+        pin: bool,
+    },
+    /// `offline mfn=M count=C [steps=S]`.
+    Offline {
+        /// First frame.
+        mfn: Mfn,
+        /// Frames.
+        count: u64,
+        /// A deadline in steps, if any.
+        steps: Option<u64>,
+    },
+    /// `online mfn=M count=C`.
+    Online {
+        /// First frame.
+        mfn: Mfn,
+        /// Frames.
+        count: u64,
+    },
+    /// `broken mfn=M`.
+    Broken {
+        /// The frame.
+        mfn: Mfn,
+    },
     /// A recognised line the replayer does not run yet (pin, offline, PoD, ...).
     Unsupported {
         /// Its first word.
@@ -235,7 +273,7 @@ pub enum Op<'a> {
     },
 }
 
-const UNSUPPORTED_VERBS: [&str; 5] = ["pin", "unpin", "offline", "online", "broken"];
+const UNSUPPORTED_VERBS: [&str; 0] = [];
 
 /// The words of one line after its verb: `key=value` pairs and bare flags, each of which
 /// must be used exactly once.
@@ -423,6 +461,14 @@ pub fn parse_line(line: &str) -> Result<Option<Op<'_>>, ParseError> {
         }
         "pod_target" => Op::PodTarget { dom: a.dom()?, target: a.req_num("target")? },
         "destroy" => Op::Destroy { dom: a.dom()? },
+        "pin" | "unpin" => {
+            let id = a.id()?;
+            let offset = a.req_num("offset")?;
+            Op::Pin { id, offset, order: a.order()?, pin: verb == "pin" }
+        }
+        "offline" => Op::Offline { mfn: Mfn(a.req_num("mfn")?), count: a.req_num("count")?, steps: a.num("steps")? },
+        "online" => Op::Online { mfn: Mfn(a.req_num("mfn")?), count: a.req_num("count")? },
+        "broken" => Op::Broken { mfn: Mfn(a.req_num("mfn")?) },
         other => return perr(format!("unknown operation `{other}`")),
     };
     a.finish()?;
@@ -540,6 +586,18 @@ pub struct Allocation {
     pub remaining: Vec<(Mfn, u8)>,
 }
 
+/// The replayer's [`Migrator`]: every move succeeds; each is recorded so the log's
+/// allocations follow their frames.
+#[derive(Default)]
+struct RecordMoves(core::cell::RefCell<Vec<(DomId, Extent, Extent)>>);
+
+impl Migrator for RecordMoves {
+    fn migrate(&self, owner: DomId, from: Extent, to: Extent) -> bool {
+        self.0.borrow_mut().push((owner, from, to));
+        true
+    }
+}
+
 /// Runs op-log lines against a [`Heap`] over [`SparseMemory`], keeping the log's allocations
 /// by id, counting results and checking the heap after every line.
 pub struct Replayer {
@@ -553,6 +611,10 @@ pub struct Replayer {
     /// Every held piece: first frame to (order, serial). Pieces never overlap.
     pieces: BTreeMap<u64, (u8, u64)>,
     held_frames: u64,
+    /// Parts of allocations that pins or offlines moved: (serial, offset in the
+    /// allocation, 64 - order: inner parts sort after the parts holding them) to (first
+    /// frame now, order).
+    moved: BTreeMap<(u64, u64, u8), (u64, u8)>,
     next_serial: u64,
     line_no: u64,
     report: ReplayReport,
@@ -580,6 +642,7 @@ impl Replayer {
             held: BTreeMap::new(),
             pieces: BTreeMap::new(),
             held_frames: 0,
+            moved: BTreeMap::new(),
             next_serial: 0,
             line_no: 0,
             report: ReplayReport::default(),
@@ -600,13 +663,7 @@ impl Replayer {
     pub fn allocation(&self, id: &str) -> Option<Allocation> {
         let serial = *self.names.get(id)?;
         let h = self.held.get(&serial)?;
-        let end = h.first + (1u64 << h.order);
-        let remaining = self
-            .pieces
-            .range(h.first..end)
-            .filter(|(_, &(_, s))| s == serial)
-            .map(|(&m, &(o, _))| (Mfn(m), o))
-            .collect();
+        let remaining = self.pieces_of(serial).into_iter().map(|(m, o)| (Mfn(m), o)).collect();
         Some(Allocation { owner: h.owner, first: Mfn(h.first), order: h.order, node: h.node, remaining })
     }
 
@@ -643,7 +700,8 @@ impl Replayer {
         };
         let before = self.heap.as_ref().map(Heap::stats);
         // A touch that crashes its guest gives the guest's pages back: an error that changes the heap.
-        let may_change_on_error = matches!(op, Op::Heap { .. } | Op::FreeId { .. } | Op::Touch { .. });
+        let may_change_on_error =
+            matches!(op, Op::Heap { .. } | Op::FreeId { .. } | Op::Offline { .. } | Op::Touch { .. });
         let res = self.exec(op);
         if let (Err(_), Some(before), Some(heap)) = (&res, before, &self.heap) {
             let after = heap.stats();
@@ -728,6 +786,7 @@ impl Replayer {
         self.names.clear();
         self.held.clear();
         self.pieces.clear();
+        self.moved.clear();
         self.held_frames = 0;
     }
 
@@ -750,7 +809,7 @@ impl Replayer {
                 let Some(h) = self.names.get(id).and_then(|s| self.held.get(s)) else {
                     return fail(kind::UNKNOWN_ID, format!("id {id} holds nothing"));
                 };
-                let (owner, mfn) = (h.owner, Mfn(h.first.saturating_add(offset)));
+                let (owner, mfn) = (h.owner, Mfn(self.frame_of(self.names[id], h.first, offset)));
                 Self::refuse_pod_pages(heap, mfn, order, owner)?;
                 heap.free(mfn, order, owner)?;
                 self.forget(mfn.0, order, owner);
@@ -795,6 +854,34 @@ impl Replayer {
             Op::Pod { .. } | Op::Touch { .. } | Op::Balloon { .. } | Op::PodTarget { .. } | Op::Destroy { .. } => {
                 self.pod_op(op)
             }
+            Op::Pin { id, offset, order, pin } => {
+                let heap = self.heap_or_fail()?;
+                let Some(&serial) = self.names.get(id) else {
+                    return fail(kind::UNKNOWN_ID, format!("id {id} holds nothing"));
+                };
+                let h = &self.held[&serial];
+                let (owner, mfn) = (h.owner, Mfn(self.frame_of(serial, h.first, offset)));
+                if !pin {
+                    return Ok(heap.unpin(mfn, order, owner)?);
+                }
+                Self::refuse_pod_pages(heap, mfn, order, owner)?;
+                let moves = RecordMoves::default();
+                let r = heap.pin(mfn, order, owner, &moves);
+                self.apply_moves(moves);
+                r.map(|_| ()).map_err(Fail::from)
+            }
+            Op::Offline { mfn, count, steps } => {
+                let heap = self.heap_or_fail()?;
+                let moves = RecordMoves::default();
+                let r = match steps {
+                    Some(s) => heap.offline(mfn, count, &moves, &StepBudget::new(s)),
+                    None => heap.offline(mfn, count, &moves, &NoDeadline),
+                };
+                self.apply_moves(moves);
+                r.map(|_| ()).map_err(Fail::from)
+            }
+            Op::Online { mfn, count } => Ok(self.heap_or_fail()?.online(mfn, count).map(|_| ())?),
+            Op::Broken { mfn } => Ok(self.heap_or_fail()?.mark_broken(mfn).map(|_| ())?),
             Op::Unsupported { verb } => {
                 fail(kind::UNSUPPORTED, format!("`{verb}` lines are not replayed yet: the heap has no such operation"))
             }
@@ -890,17 +977,17 @@ impl Replayer {
         let Some(&serial) = self.names.get(id) else {
             return fail(kind::UNKNOWN_ID, format!("id {id} holds nothing"));
         };
-        let h = &self.held[&serial];
-        let owner = h.owner;
-        let end = h.first + (1u64 << h.order);
-        let mine: Vec<(u64, u8)> =
-            self.pieces.range(h.first..end).filter(|(_, &(_, s))| s == serial).map(|(&m, &(o, _))| (m, o)).collect();
+        let owner = self.held[&serial].owner;
+        let mine = self.pieces_of(serial);
         let results: Vec<(u64, u8, Result<(), HeapError>)> =
             mine.into_iter().map(|(m, o)| (m, o, heap.free(Mfn(m), o, owner))).collect();
         let mut first_err = None;
         for (m, o, res) in results {
             match res {
                 Ok(()) => self.forget(m, o, owner),
+                Err(e @ HeapError::Pinned { .. }) => {
+                    first_err.get_or_insert(e);
+                }
                 Err(e) => {
                     self.violation(format!("the heap refused to free {} order {o}, which id {id} holds: {e}", Mfn(m)));
                     first_err.get_or_insert(e);
@@ -966,6 +1053,64 @@ impl Replayer {
         }
         for b in bad {
             self.violation(b);
+        }
+    }
+
+    /// The frame where offset `offset` of allocation `serial` (first frame `first`) is
+    /// now, following the moves of pins and offlines.
+    fn frame_of(&self, serial: u64, first: u64, offset: u64) -> u64 {
+        let inner = self
+            .moved
+            .range((serial, 0, 0)..=(serial, offset, u8::MAX))
+            .rev()
+            .find(|(&(_, p, _), &(_, k))| offset - p < 1u64 << k)
+            .map(|(&(_, p, _), &(m, _))| m + (offset - p));
+        inner.unwrap_or_else(|| first.saturating_add(offset))
+    }
+
+    /// Every piece allocation `serial` still holds, wherever moves took it, in frame order.
+    fn pieces_of(&self, serial: u64) -> Vec<(u64, u8)> {
+        let Some(h) = self.held.get(&serial) else { return Vec::new() };
+        let mut ranges = alloc::vec![(h.first, h.first + (1u64 << h.order))];
+        for (_, &(m, k)) in self.moved.range((serial, 0, 0)..(serial + 1, 0, 0)) {
+            ranges.push((m, m + (1u64 << k)));
+        }
+        let mut out: Vec<(u64, u8)> = ranges
+            .into_iter()
+            .flat_map(|(lo, hi)| self.pieces.range(lo..hi))
+            .filter(|(_, &(_, s))| s == serial)
+            .map(|(&m, &(o, _))| (m, o))
+            .collect();
+        out.sort_unstable();
+        out.dedup();
+        out
+    }
+
+    /// Moves the log's pieces the way the heap moved frames (the replayer's Migrator).
+    fn apply_moves(&mut self, moves: RecordMoves) {
+        for (owner, from, to) in moves.0.into_inner() {
+            let Some((&m, &(o, serial))) = self.pieces.range(..=from.mfn.0).next_back() else {
+                self.violation(format!("the heap moved {} that the log does not hold", from.mfn));
+                continue;
+            };
+            if m + (1u64 << o) < from.mfn.0 + from.frames() {
+                self.violation(format!("the heap moved {}+{} beyond a piece the log holds", from.mfn, from.frames()));
+                continue;
+            }
+            let first = self.held.get(&serial).map_or(0, |h| h.first);
+            let logical = self
+                .moved
+                .range((serial, 0, 0)..(serial + 1, 0, 0))
+                .rev()
+                .find(|(_, &(n, k))| from.mfn.0 >= n && from.mfn.0 - n < 1u64 << k)
+                .map_or(from.mfn.0.wrapping_sub(first), |(&(_, p, _), &(n, _))| p + (from.mfn.0 - n));
+            self.pieces.insert(to.mfn.0, (to.order, serial));
+            self.held_frames += to.frames();
+            if let Some(h) = self.held.get_mut(&serial) {
+                h.frames += to.frames();
+            }
+            self.forget(from.mfn.0, from.order, owner);
+            self.moved.insert((serial, logical, 64 - to.order), (to.mfn.0, to.order));
         }
     }
 
@@ -1159,7 +1304,7 @@ mod tests {
         let rep = r.finish();
         assert_eq!(rep.ops, 14 + UNSUPPORTED_VERBS.len() as u64);
         assert_eq!(rep.ok, 4);
-        assert_eq!(rep.errors["Unsupported"], UNSUPPORTED_VERBS.len() as u64);
+        assert_eq!(rep.errors.get("Unsupported").copied().unwrap_or(0), UNSUPPORTED_VERBS.len() as u64);
         assert_eq!(rep.errors["TooLarge"], 3);
         assert_eq!(rep.errors["UnknownId"], 3);
         assert_eq!(rep.invariant_violations, 0, "{:?}", rep.violations);
@@ -1343,6 +1488,46 @@ mod tests {
             let rep = r.finish();
             assert_eq!(rep.ok + rep.errors.values().sum::<u64>(), rep.ops);
             assert_eq!(rep.invariant_violations, 0, "{:?}", rep.violations);
+        }
+    }
+
+    #[test]
+    fn pins_offlines_and_broken_frames_replay() {
+        let mut r = Replayer::new();
+        let lines = [
+            ("heap nodes=2 frames_per_node=4096 movable_from=2048", ""),
+            ("alloc id=m dom=1 order=4 node=0 movable", ""),
+            ("alloc id=u dom=2 order=2 node=0", ""),
+            ("pin id=u offset=0 order=1", ""),
+            ("free id=u offset=0 order=1", "Pinned"),
+            ("unpin id=u offset=2 order=1", "NotPinned"),
+            ("pin id=m offset=4 order=2", ""),
+            ("free id=m offset=4 order=2", "Pinned"),
+            ("unpin id=m offset=4 order=2", ""),
+            ("free id=m offset=4 order=0", ""),
+            ("offline mfn=0 count=2048", "OfflineBlocked"),
+            ("offline mfn=2048 count=2048 steps=0", "OfflineBlocked"),
+            ("offline mfn=2048 count=2048", ""),
+            ("online mfn=2048 count=1024", ""),
+            ("online mfn=0 count=1", "NotOffline"),
+            ("broken mfn=0x10", ""),
+            ("broken mfn=0x1000000", "OutOfRange"),
+            ("check", ""),
+            ("free id=m", ""),
+            ("free id=u", "Pinned"),
+            ("unpin id=u offset=0 order=1", ""),
+            ("free id=u", ""),
+        ];
+        for (l, want) in lines {
+            assert_eq!(kind_of(&mut r, l), want, "{l}");
+            clean(&r);
+        }
+        let rep = r.finish();
+        assert_eq!(rep.final_.offline, 1024 + 1);
+        assert_eq!(rep.final_.allocated, 0);
+        assert_eq!(rep.invariant_violations, 0, "{:?}", rep.violations);
+        for bad in ["pin id=a order=0", "offline mfn=0", "online count=3", "broken", "broken mfn=1 dom=2"] {
+            assert!(parse_line(bad).is_err(), "{bad} parsed");
         }
     }
 

@@ -16,8 +16,9 @@ pub enum Policy {
     /// 1 GiB extent is 262,144 pages without a break). Prefers a larger clean chunk to an
     /// exact dirty fit, as Xen does.
     Xen,
-    /// As `Xen`, but dirty allocations are capped at order 9 (2 MiB): larger requests fail
-    /// so the caller falls back to smaller extents.
+    /// As `Xen`, but dirty allocations are capped at 2 MiB (order 9 with 4 KiB frames,
+    /// order 7 with 16 KiB ones): larger requests take clean memory or fail, so the caller
+    /// falls back to smaller extents.
     XenCap2m,
     /// The scrubheap design: idle scrubbing, preemptible in-place scrubbing of only the
     /// frames handed out, exact fits first.

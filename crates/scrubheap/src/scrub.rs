@@ -108,6 +108,9 @@ impl<M: FrameMemory> Heap<M> {
                 st = self.lock_node(m);
                 st.dirty.clear_all(head + s, l);
                 st.free_dirty -= l as u64;
+                // Published before the lock drops again for the next batch: lock-free
+                // readers (and `check_invariants`) must never see a stale count.
+                self.cell(m).publish(&st);
                 self.account(m, Source::Background, l as u64);
                 if preempt.check() {
                     Self::hand_back(&mut st, id);

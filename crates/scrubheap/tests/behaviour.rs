@@ -233,6 +233,13 @@ fn xen_cap2m_refuses_large_dirty_allocations_but_not_clean_ones() {
     h.scrub_step(0, u64::MAX, &NeverPreempt).unwrap();
     h.alloc(&AllocRequest::new(10, DomId(1))).unwrap();
     h.check_invariants().unwrap();
+    // The cap is 2 MiB whatever the frame size: order 7 with 16 KiB frames.
+    let mut c = HeapConfig::uniform(1, 4096).with_policy(Policy::XenCap2m).with_initially_dirty(true);
+    c.frame_size = 16384;
+    let h = Heap::new(c, NullMemory).unwrap();
+    assert!(matches!(h.alloc(&AllocRequest::new(8, DomId(1))), Err(HeapError::OutOfMemory { .. })));
+    h.alloc(&AllocRequest::new(7, DomId(1))).unwrap();
+    h.check_invariants().unwrap();
 }
 
 #[test]

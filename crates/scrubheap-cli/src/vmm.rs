@@ -1,0 +1,273 @@
+//! `scrubheap vmm`: real KVM guests on the pool (see `scrubheap_vmm::churn`).
+
+use crate::run::{human, parse_size};
+use anyhow::{bail, Context};
+use scrubheap_host::run::Backend;
+use std::path::PathBuf;
+
+/// Boot real KVM guests on the pool: each scans its RAM for another tenant's bytes,
+/// fills it with its own, and is destroyed.
+#[derive(clap::Args)]
+pub struct Args {
+    /// Arena size, e.g. 4GiB, 512MiB, or bytes (guests are scaled to it: the largest is a
+    /// quarter). Default: 4 GiB or a quarter of the machine's memory, whichever is smaller.
+    #[arg(long, value_parser = parse_size)]
+    pub memory: Option<u64>,
+    /// NUMA nodes; on a one-node host they are emulated by splitting the arena.
+    #[arg(long, default_value_t = 2)]
+    pub nodes: usize,
+    /// Scrubber threads per node.
+    #[arg(long, default_value_t = 1)]
+    pub scrubbers: usize,
+    /// sync, alloc, xen, xen-cap2m, scrubheap, or kernel (fresh memory zeroed at fault).
+    #[arg(long, default_value = "scrubheap", value_parser = parse_backend)]
+    pub policy: Backend,
+    /// Guests to boot (the first of `scrubheap run`'s churn for this memory and seed).
+    #[arg(long, default_value_t = 200)]
+    pub guests: usize,
+    /// Workload seed.
+    #[arg(long, default_value_t = 1)]
+    pub seed: u64,
+    /// Write the report as JSON here.
+    #[arg(long)]
+    pub json: Option<PathBuf>,
+    /// Run several backends on the same guests, side by side. With no value:
+    /// scrubheap,kernel.
+    #[arg(long, num_args = 0..=1, default_missing_value = "scrubheap,kernel", value_delimiter = ',', value_parser = parse_backend)]
+    pub compare: Option<Vec<Backend>>,
+}
+
+fn parse_backend(s: &str) -> Result<Backend, String> {
+    s.parse()
+}
+
+#[cfg(all(target_os = "linux", target_arch = "x86_64"))]
+pub fn main(a: Args) -> anyhow::Result<()> {
+    use scrubheap_vmm::churn::{self, VmmConfig, VmmReport};
+    use scrubheap_vmm::vm::Kvm;
+
+    let memory = a.memory.unwrap_or_else(crate::run::default_memory);
+    if a.nodes == 0 || a.nodes > 64 {
+        bail!("--nodes {}: use 1 to 64", a.nodes);
+    }
+    if a.scrubbers == 0 || a.scrubbers > 64 {
+        bail!("--scrubbers {}: use 1 to 64 per node", a.scrubbers);
+    }
+    if a.guests == 0 || a.guests > 100_000 {
+        bail!("--guests {}: use 1 to 100000", a.guests);
+    }
+    if memory < (4 << 20) * a.nodes as u64 {
+        bail!("--memory {memory}: give each of the {} nodes at least 4 MiB", a.nodes);
+    }
+    if memory > 64 << 30 {
+        bail!(
+            "--memory {}: at most 64 GiB (guest RAM must stay below 4 GiB each, and the arena is prefaulted)",
+            human(memory)
+        );
+    }
+    let kvm = Kvm::open()?;
+    let backends = a.compare.clone().unwrap_or_else(|| vec![a.policy]);
+    let mut reports: Vec<VmmReport> = Vec::new();
+    for (i, &backend) in backends.iter().enumerate() {
+        let cfg = VmmConfig {
+            memory_bytes: memory,
+            nodes: a.nodes,
+            scrubbers_per_node: a.scrubbers,
+            backend,
+            guests: a.guests,
+            seed: a.seed,
+            hugetlb: true,
+        };
+        println!(
+            "[{}/{}] {backend}: {} guests on {} of memory ({} node(s), {} scrubber(s) per node), KVM allows {} slots per VM",
+            i + 1,
+            backends.len(),
+            a.guests,
+            human(memory),
+            a.nodes,
+            a.scrubbers,
+            kvm.max_memslots()
+        );
+        let display = Display::new(a.guests as u64);
+        let r = churn::run(&cfg, &kvm, &|p| display.show(p)).with_context(|| format!("guests under {backend}"))?;
+        display.finish();
+        println!("{}", summary_line(&r));
+        reports.push(r);
+    }
+    println!("\n{}", table(&reports));
+    if let Some(j) = &a.json {
+        let v = if reports.len() == 1 {
+            serde_json::to_value(&reports[0])?
+        } else {
+            serde_json::json!({ "runs": reports, "compare": compare(&reports) })
+        };
+        std::fs::write(j, serde_json::to_string_pretty(&v)? + "\n")
+            .with_context(|| format!("cannot write {}", j.display()))?;
+        println!("report: {}", j.display());
+    }
+    Ok(())
+}
+
+#[cfg(not(all(target_os = "linux", target_arch = "x86_64")))]
+pub fn main(_: Args) -> anyhow::Result<()> {
+    bail!("scrubheap vmm runs KVM guests: it needs Linux on x86_64")
+}
+
+#[cfg(all(target_os = "linux", target_arch = "x86_64"))]
+fn summary_line(r: &scrubheap_vmm::churn::VmmReport) -> String {
+    format!(
+        "  {}: {} guests ({} at most alive, {} refused), {} GiB scanned: {} non-zero words of {}; \
+         create p50 {:.2} ms, scan p50 {:.2} ms, fill p50 {:.2} ms, destroy p50 {:.2} ms; slots p50 {} max {}; {:.1} s",
+        r.policy,
+        r.guests,
+        r.max_alive,
+        r.guests_refused,
+        r.guest_bytes >> 30,
+        r.leak_check.nonzero_words,
+        r.leak_check.words_checked,
+        r.create_ms.p50,
+        r.scan_ms.p50,
+        r.fill_ms.p50,
+        r.destroy_ms.p50,
+        r.memslots.p50,
+        r.memslots.max,
+        r.duration_s
+    )
+}
+
+/// Each backend against the `kernel` baseline (or the last backend when no `kernel` ran):
+/// the baseline's median over this one's, so above 1 means this one is faster.
+#[cfg(all(target_os = "linux", target_arch = "x86_64"))]
+fn compare(rs: &[scrubheap_vmm::churn::VmmReport]) -> serde_json::Value {
+    let base = rs.iter().find(|r| r.policy == "kernel").unwrap_or(&rs[rs.len() - 1]);
+    let ratio = |b: f64, x: f64| if x > 0.0 { b / x } else { 0.0 };
+    let vs: Vec<_> = rs
+        .iter()
+        .filter(|r| r.policy != base.policy)
+        .map(|r| {
+            serde_json::json!({
+                "policy": r.policy,
+                "create_p50_speedup": ratio(base.create_ms.p50, r.create_ms.p50),
+                "create_p99_speedup": ratio(base.create_ms.p99, r.create_ms.p99),
+                "ready_p50_speedup": ratio(base.ready_ms.p50, r.ready_ms.p50),
+                "scan_p50_speedup": ratio(base.scan_ms.p50, r.scan_ms.p50),
+                "fill_p50_speedup": ratio(base.fill_ms.p50, r.fill_ms.p50),
+                "destroy_p50_speedup": ratio(base.destroy_ms.p50, r.destroy_ms.p50),
+            })
+        })
+        .collect();
+    serde_json::json!({ "baseline": base.policy, "against": vs })
+}
+
+#[cfg(all(target_os = "linux", target_arch = "x86_64"))]
+fn table(rs: &[scrubheap_vmm::churn::VmmReport]) -> String {
+    use scrubheap_vmm::churn::VmmReport;
+    use std::fmt::Write as _;
+    type Row = (&'static str, fn(&VmmReport) -> String);
+    let rows: [Row; 12] = [
+        ("guests booted / most alive at once", |r| format!("{} / {}", r.guests, r.max_alive)),
+        ("guest RAM scanned, GiB", |r| format!("{:.1}", r.guest_bytes as f64 / (1u64 << 30) as f64)),
+        ("non-zero words / words checked", |r| {
+            format!("{} / {}", r.leak_check.nonzero_words, r.leak_check.words_checked)
+        }),
+        ("create ms p50 / p99 / max", |r| {
+            format!("{:.2} / {:.1} / {:.1}", r.create_ms.p50, r.create_ms.p99, r.create_ms.max)
+        }),
+        ("  of which memory ms p50 / p99", |r| format!("{:.2} / {:.1}", r.alloc_ms.p50, r.alloc_ms.p99)),
+        ("ready ms p50 / p99 / max", |r| {
+            format!("{:.2} / {:.1} / {:.1}", r.ready_ms.p50, r.ready_ms.p99, r.ready_ms.max)
+        }),
+        ("scan ms p50 / p99 (guest TSC)", |r| format!("{:.2} / {:.1}", r.scan_ms.p50, r.scan_ms.p99)),
+        ("scan GB/s (all guests)", |r| format!("{:.1}", r.scan_gbps)),
+        ("fill ms p50 / p99 (guest TSC)", |r| format!("{:.2} / {:.1}", r.fill_ms.p50, r.fill_ms.p99)),
+        ("destroy ms p50 / p99 / max", |r| {
+            format!("{:.2} / {:.1} / {:.1}", r.destroy_ms.p50, r.destroy_ms.p99, r.destroy_ms.max)
+        }),
+        ("memory slots p50 / max (limit)", |r| {
+            format!("{} / {} ({})", r.memslots.p50, r.memslots.max, r.memslots.limit)
+        }),
+        ("run seconds", |r| format!("{:.1}", r.duration_s)),
+    ];
+    let w = rows.iter().map(|r| r.0.len()).max().unwrap_or(0);
+    let mut t = String::new();
+    let _ = write!(t, "{:w$}", "");
+    for r in rs {
+        let _ = write!(t, "  {:>22}", r.policy);
+    }
+    for (name, f) in rows {
+        let _ = write!(t, "\n{name:w$}");
+        for r in rs {
+            let _ = write!(t, "  {:>22}", f(r));
+        }
+    }
+    if rs.len() > 1 {
+        let c = compare(rs);
+        for v in c["against"].as_array().into_iter().flatten() {
+            let _ = write!(
+                t,
+                "\n{} against {} (baseline time / this time): create p50 {:.2}x, scan p50 {:.2}x, fill p50 {:.2}x, \
+                 ready p50 {:.2}x, destroy p50 {:.2}x",
+                v["policy"].as_str().unwrap_or(""),
+                c["baseline"].as_str().unwrap_or(""),
+                v["create_p50_speedup"].as_f64().unwrap_or(0.0),
+                v["scan_p50_speedup"].as_f64().unwrap_or(0.0),
+                v["fill_p50_speedup"].as_f64().unwrap_or(0.0),
+                v["ready_p50_speedup"].as_f64().unwrap_or(0.0),
+                v["destroy_p50_speedup"].as_f64().unwrap_or(0.0),
+            );
+        }
+    }
+    t
+}
+
+/// A progress bar on a terminal, a line a second otherwise.
+#[cfg(all(target_os = "linux", target_arch = "x86_64"))]
+struct Display {
+    bar: Option<indicatif::ProgressBar>,
+    last: std::cell::Cell<Option<std::time::Instant>>,
+}
+
+#[cfg(all(target_os = "linux", target_arch = "x86_64"))]
+impl Display {
+    fn new(total: u64) -> Display {
+        use std::io::IsTerminal;
+        let bar = std::io::stderr().is_terminal().then(|| {
+            let b = indicatif::ProgressBar::new(total);
+            b.set_style(
+                indicatif::ProgressStyle::with_template("{elapsed:>4} [{bar:30}] {pos}/{len} guests {msg}")
+                    .expect("valid template")
+                    .progress_chars("=> "),
+            );
+            b
+        });
+        Display { bar, last: std::cell::Cell::new(None) }
+    }
+
+    fn show(&self, p: &scrubheap_vmm::churn::VmmProgress) {
+        let msg = format!(
+            "| {} alive ({}) | {:.1} GiB scanned, all zero",
+            p.alive,
+            human(p.alive_bytes),
+            (p.words_checked * 8) as f64 / (1u64 << 30) as f64
+        );
+        match &self.bar {
+            Some(b) => {
+                b.set_position(p.booted);
+                b.set_message(msg);
+            }
+            None => {
+                let now = std::time::Instant::now();
+                if self.last.get().is_none_or(|t| now - t >= std::time::Duration::from_secs(1)) {
+                    self.last.set(Some(now));
+                    println!("  {}/{} guests {msg}", p.booted, p.total);
+                }
+            }
+        }
+    }
+
+    fn finish(&self) {
+        if let Some(b) = &self.bar {
+            b.finish_and_clear();
+        }
+    }
+}

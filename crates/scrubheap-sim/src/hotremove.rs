@@ -1,0 +1,455 @@
+//! The `hot-remove` scenario (DESIGN 3.5): a host removes a range of Movable memory while
+//! guests hold long-term pinned pages (DPDK hugepages, VFIO DMA buffers), two ways side
+//! by side on the same guests and seed:
+//!
+//! - `pins-in-place`: pins stay where the pages are, in the Movable zone too (Linux before
+//!   it migrated long-term pins out of ZONE_MOVABLE). The offline meets pinned pages and
+//!   cannot finish; the toolstack retries it until its deadline, and the report names
+//!   the blockers (frames and owners) of the last attempt.
+//! - `scrubheap`: a pin first moves the pages to Normal memory ([`Heap::pin`]), so the
+//!   offline only moves movable, unpinned memory and completes.
+//!
+//! The heap is the real one, metadata only. Modelled time: each heap step costs the
+//! preset's `op_ns + lock_hold_ns`, each move copies its bytes at half a core's zeroing
+//! bandwidth (a copy reads and writes every byte). The clock lives in the offline's
+//! [`Deadline`] and the [`Migrator`]: the heap itself has none.
+
+use crate::preset::{HostPreset, GIB, MIB};
+use rand::seq::SliceRandom;
+use rand::SeedableRng;
+use rand_chacha::ChaCha8Rng;
+use scrubheap::{
+    AllocRequest, Deadline, DomId, Extent, Heap, HeapConfig, HeapError, Mfn, Migrator, NodeSpec, NullMemory,
+    OfflineStop,
+};
+use serde::Serialize;
+use std::cell::{Cell, RefCell};
+use std::collections::BTreeMap;
+
+/// The most frames the scenario simulates: larger hosts are simulated with larger frames.
+const MAX_FRAMES: u64 = 1 << 26;
+
+/// The scenario's parameters.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct HotRemove {
+    /// The host.
+    pub host: HostPreset,
+    /// Fraction of each node that is the Movable zone (its upper part).
+    pub movable_fraction: f64,
+    /// Fraction of host memory the guests hold.
+    pub fill_fraction: f64,
+    /// Memory of each guest, GiB.
+    pub guest_gib: u64,
+    /// Every this many guests, one pins pages (a DPDK or VFIO guest).
+    pub pin_every: usize,
+    /// Memory each pinning guest pins, MiB, in 2 MiB pages chosen at random among its own.
+    pub pinned_mib: u64,
+    /// Memory removed: the top of node 0's Movable zone, MiB.
+    pub remove_mib: u64,
+    /// How long the toolstack lets the hot-remove run, seconds.
+    pub deadline_s: f64,
+    /// Pause between two attempts of an offline that was refused, seconds.
+    pub retry_s: f64,
+}
+
+impl HotRemove {
+    /// The built-in scenario on `host` (default: `epyc-2s-4t`), sized for it.
+    pub fn builtin(host: Option<HostPreset>) -> HotRemove {
+        let mut host = host.unwrap_or_else(HostPreset::epyc_2s_4t);
+        while host.frames_per_node() * host.nodes as u64 > MAX_FRAMES {
+            host.frame_size *= 2;
+        }
+        let node_gib = host.node_gib;
+        HotRemove {
+            movable_fraction: 0.5,
+            fill_fraction: 0.75,
+            guest_gib: (node_gib / 16).max(1),
+            pin_every: 4,
+            pinned_mib: ((node_gib / 512).max(1) * 1024).min(node_gib * 1024 / 64).max(2),
+            remove_mib: node_gib * 1024 / 8,
+            deadline_s: 60.0,
+            retry_s: 0.1,
+            host,
+        }
+    }
+
+    fn frames(&self, bytes: u64) -> u64 {
+        bytes / self.host.frame_size
+    }
+}
+
+/// A chunk that blocked the hot-remove.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct BlockerRow {
+    /// First byte address.
+    pub addr: String,
+    /// Bytes.
+    pub bytes: u64,
+    /// Owner (guest domain id), if allocated.
+    pub owner: Option<u32>,
+    /// Why it blocked.
+    pub reason: String,
+}
+
+/// One way of pinning, on the scenario.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct HotRemoveResult {
+    /// `pins-in-place` or `scrubheap`.
+    pub policy: String,
+    /// Whether the range went offline.
+    pub completed: bool,
+    /// From the start of the hot-remove until the range was offline, seconds; null if it
+    /// never was.
+    pub time_to_offline_s: Option<f64>,
+    /// When the hot-remove stopped (completed, or gave up at its deadline), seconds.
+    pub stopped_s: f64,
+    /// Offline attempts.
+    pub attempts: u64,
+    /// Bytes removed from service.
+    pub offline_bytes: u64,
+    /// Bytes the hot-remove moved out of the range.
+    pub migrated_bytes: u64,
+    /// Guests that pinned pages, and the bytes they pinned.
+    pub pinning_guests: usize,
+    /// Bytes pinned.
+    pub pinned_bytes: u64,
+    /// Of them, bytes left in the Movable zone.
+    pub pinned_in_movable_bytes: u64,
+    /// Bytes pins moved to Normal memory first, and the modelled time it took, seconds.
+    pub pin_migrated_bytes: u64,
+    /// Modelled time the pins took (moves included), seconds.
+    pub pin_s: f64,
+    /// Bytes pinned inside the removed range when the hot-remove began.
+    pub pinned_in_range_bytes: u64,
+    /// Guests holding those pins.
+    pub pinned_in_range_owners: Vec<u32>,
+    /// What blocked the last attempt (the heap names at most 16, in frame order).
+    pub blockers: Vec<BlockerRow>,
+    /// Checker failures (conservation, ledger, `check_invariants`, range state).
+    pub invariant_violations: u64,
+    /// The checker failures, if any.
+    pub messages: Vec<String>,
+    /// Schema-1 `sim` key: no guest is destroyed here (null).
+    pub destroy_s: Option<f64>,
+    /// Schema-1 `sim` key: nothing is scrubbed here (null).
+    pub time_to_clean_s: Option<f64>,
+    /// Schema-1 `sim` key: guests are built before the measured part (null).
+    pub create_s: Option<crate::report::P50Max>,
+    /// The longest single move (one copy by the migrator, with no preemption point
+    /// inside it), ms of modelled time.
+    pub max_nonpreemptible_ms: f64,
+    /// Moves longer than the host's watchdog timeout.
+    pub watchdog_trips: u64,
+    /// Schema-1 `sim` key: no allocation here falls back to a smaller one (0).
+    pub highorder_failures: u64,
+}
+
+/// The report of `scrubheap sim --scenario hot-remove`.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct HotRemoveReport {
+    /// Report schema version.
+    pub schema: u32,
+    /// `hot-remove`.
+    pub scenario: String,
+    /// Host preset name.
+    pub preset: String,
+    /// Seed.
+    pub seed: u64,
+    /// One row per way of pinning.
+    pub results: Vec<HotRemoveResult>,
+    /// Simulated frame size, bytes.
+    pub frame_size: u64,
+    /// Host memory, bytes.
+    pub memory_bytes: u64,
+    /// Nodes.
+    pub nodes: usize,
+    /// The scenario's parameters (the host's included).
+    pub params: HotRemove,
+    /// How the scenario was built.
+    pub notes: Vec<String>,
+}
+
+/// The modelled clock, charged by the offline's steps and by every copy.
+struct Clock {
+    now_ns: Cell<f64>,
+    deadline_ns: Cell<f64>,
+    step_ns: f64,
+    copy_bps: f64,
+}
+
+impl Deadline for Clock {
+    fn passed(&self) -> bool {
+        self.now_ns.set(self.now_ns.get() + self.step_ns);
+        self.now_ns.get() >= self.deadline_ns.get()
+    }
+}
+
+/// The guests' side of a move: charges the copy and keeps each guest's extents.
+struct Guests<'a> {
+    clock: &'a Clock,
+    frame_size: u64,
+    /// Frames held: first frame to (order, guest).
+    held: RefCell<BTreeMap<u64, (u8, u32)>>,
+    moved_bytes: Cell<u64>,
+    /// The longest single move, ns, and moves longer than the watchdog.
+    longest_ns: Cell<f64>,
+    trips: Cell<u64>,
+    watchdog_ns: f64,
+}
+
+impl Migrator for Guests<'_> {
+    fn migrate(&self, owner: DomId, from: Extent, to: Extent) -> bool {
+        let bytes = from.frames() * self.frame_size;
+        let c = self.clock;
+        let ns = bytes as f64 / c.copy_bps * 1e9;
+        c.now_ns.set(c.now_ns.get() + ns);
+        self.longest_ns.set(self.longest_ns.get().max(ns));
+        self.trips.set(self.trips.get() + (ns > self.watchdog_ns) as u64);
+        self.moved_bytes.set(self.moved_bytes.get() + bytes);
+        let mut held = self.held.borrow_mut();
+        // Split the guest's extent around the part that moves, as its frame list would.
+        let (&m, &(o, g)) = held.range(..=from.mfn.0).next_back().expect("a guest holds what moves");
+        debug_assert_eq!(g, owner.0);
+        held.remove(&m);
+        let (mut h, mut k) = (m, o);
+        while k > from.order {
+            k -= 1;
+            let upper = h + (1 << k);
+            if from.mfn.0 >= upper {
+                held.insert(h, (k, g));
+                h = upper;
+            } else {
+                held.insert(upper, (k, g));
+            }
+        }
+        held.insert(to.mfn.0, (to.order, g));
+        true
+    }
+}
+
+/// Runs the scenario both ways.
+pub fn run(sc: &HotRemove, seed: u64) -> Result<HotRemoveReport, String> {
+    sc.host.validate()?;
+    let results = vec![run_one(sc, seed, false)?, run_one(sc, seed, true)?];
+    let h = &sc.host;
+    let mut notes = vec![
+        format!(
+            "{} GiB guests fill {:.0}% of the host with movable 2 MiB extents (Movable zone first: the upper {:.0}% of each node); every {}th guest pins {} MiB in 2 MiB pages chosen at random among its own; then the host removes the top {} MiB of node 0's Movable zone",
+            sc.guest_gib,
+            sc.fill_fraction * 100.0,
+            sc.movable_fraction * 100.0,
+            sc.pin_every,
+            sc.pinned_mib,
+            sc.remove_mib
+        ),
+        format!(
+            "modelled time: {} ns per heap step, moves copy at {:.1} GB/s (half a core's zeroing bandwidth: a copy reads and writes); a refused offline is retried every {} s until the {} s deadline",
+            h.op_ns + h.lock_hold_ns,
+            h.core_zero_gbps / 2.0,
+            sc.retry_s,
+            sc.deadline_s
+        ),
+    ];
+    if h.frame_size != 4096 {
+        notes.push(format!(
+            "simulated with {} KiB frames (the metadata of 4 KiB frames for this host would not fit in memory)",
+            h.frame_size / 1024
+        ));
+    }
+    Ok(HotRemoveReport {
+        schema: 1,
+        scenario: "hot-remove".into(),
+        preset: h.name.clone(),
+        seed,
+        results,
+        frame_size: h.frame_size,
+        memory_bytes: h.total_bytes(),
+        nodes: h.nodes,
+        params: sc.clone(),
+        notes,
+    })
+}
+
+fn run_one(sc: &HotRemove, seed: u64, migrate_pins: bool) -> Result<HotRemoveResult, String> {
+    let h = &sc.host;
+    let fpn = h.frames_per_node();
+    let movable_from = fpn - ((fpn as f64 * sc.movable_fraction) as u64);
+    let mut cfg = HeapConfig::uniform(h.nodes, fpn);
+    cfg.frame_size = h.frame_size;
+    cfg.nodes = vec![NodeSpec { frames: fpn, movable_from: Some(movable_from), has_cpus: true }; h.nodes];
+    cfg.scrub_batch = h.scrub_batch_frames();
+    let heap = Heap::new(cfg, NullMemory).map_err(|e| e.to_string())?;
+    let mut rng = ChaCha8Rng::seed_from_u64(seed ^ 0x407_2e70);
+    let order2m = (2 * MIB / h.frame_size).max(1).trailing_zeros() as u8;
+    let clock = Clock {
+        now_ns: Cell::new(0.0),
+        deadline_ns: Cell::new(f64::INFINITY),
+        step_ns: (h.op_ns + h.lock_hold_ns) as f64,
+        copy_bps: h.core_zero_gbps * 1e9 / 2.0,
+    };
+    let guests_n = ((h.total_bytes() as f64 * sc.fill_fraction) / (sc.guest_gib * GIB) as f64) as usize;
+    let per_guest = sc.frames(sc.guest_gib * GIB) >> order2m;
+    let g = Guests {
+        clock: &clock,
+        frame_size: h.frame_size,
+        held: RefCell::new(BTreeMap::new()),
+        moved_bytes: Cell::new(0),
+        longest_ns: Cell::new(0.0),
+        trips: Cell::new(0),
+        watchdog_ns: h.watchdog_s * 1e9,
+    };
+    let mut messages = Vec::new();
+    // Build the guests (not timed).
+    let mut extents: Vec<Vec<u64>> = Vec::with_capacity(guests_n);
+    for i in 0..guests_n {
+        let dom = i as u32 + 1;
+        let req = AllocRequest::new(order2m, DomId(dom)).movable().on(i % h.nodes);
+        let mut mine = Vec::with_capacity(per_guest as usize);
+        for _ in 0..per_guest {
+            let e = heap.alloc(&req).map_err(|e| format!("building guest {dom}: {e}"))?;
+            g.held.borrow_mut().insert(e.mfn.0, (e.order, dom));
+            mine.push(e.mfn.0);
+        }
+        extents.push(mine);
+    }
+    // Pins: random 2 MiB pages of every pin_every-th guest.
+    let pin_pages = (sc.pinned_mib * MIB / (h.frame_size << order2m)).min(per_guest) as usize;
+    let mut pinning = 0;
+    let mut pinned_bytes = 0;
+    let mut pinned_in_movable = 0;
+    let mut pinned_at = Vec::new();
+    let pin_bytes = h.frame_size << order2m;
+    for (i, mine) in extents.iter_mut().enumerate().filter(|(i, _)| i % sc.pin_every.max(1) == 0) {
+        let dom = DomId(i as u32 + 1);
+        pinning += 1;
+        mine.shuffle(&mut rng);
+        for &m in mine.iter().take(pin_pages) {
+            clock.now_ns.set(clock.now_ns.get() + clock.step_ns);
+            let at =
+                if migrate_pins { heap.pin(Mfn(m), order2m, dom, &g) } else { heap.pin_in_place(Mfn(m), order2m, dom) }
+                    .map_err(|e| format!("pin of {} by {dom}: {e}", Mfn(m)))?;
+            pinned_bytes += pin_bytes;
+            pinned_at.push((at.mfn.0, dom.0));
+            if heap.chunk_at(at.mfn).map_err(|e| e.to_string())?.zone == scrubheap::Zone::Movable {
+                pinned_in_movable += pin_bytes;
+            }
+        }
+    }
+    let pin_s = clock.now_ns.get() / 1e9;
+    let pin_migrated_bytes = g.moved_bytes.replace(0);
+    // The hot-remove.
+    let remove = sc.frames(sc.remove_mib * MIB).min(fpn - movable_from);
+    let first = Mfn(fpn - remove);
+    clock.now_ns.set(0.0);
+    clock.deadline_ns.set(sc.deadline_s * 1e9);
+    let in_range: Vec<(u64, u32)> =
+        pinned_at.into_iter().filter(|&(m, _)| m >= first.0 && m < first.0 + remove).collect();
+    let mut pinned_in_range_owners: Vec<u32> = in_range.iter().map(|&(_, d)| d).collect();
+    pinned_in_range_owners.sort_unstable();
+    pinned_in_range_owners.dedup();
+    let mut attempts = 0;
+    let mut blockers = Vec::new();
+    let mut completed = false;
+    let mut done_frames = 0;
+    while clock.now_ns.get() < clock.deadline_ns.get() {
+        attempts += 1;
+        match heap.offline(first, remove, &g, &clock) {
+            Ok(d) => {
+                completed = true;
+                done_frames = d.frames;
+                blockers.clear();
+                break;
+            }
+            Err(HeapError::OfflineBlocked { stop, blockers: b, .. }) => {
+                blockers = b;
+                if stop == OfflineStop::Deadline {
+                    break;
+                }
+                clock.now_ns.set(clock.now_ns.get() + sc.retry_s * 1e9);
+            }
+            Err(e) => return Err(format!("offline: {e}")),
+        }
+    }
+    let stopped_ns = clock.now_ns.get().min(clock.deadline_ns.get());
+    // Checkers.
+    if let Err(e) = heap.check_invariants() {
+        messages.push(e.to_string());
+    }
+    let s = heap.stats();
+    if s.total() != fpn * h.nodes as u64 {
+        messages.push(format!("{} frames accounted of {}", s.total(), fpn * h.nodes as u64));
+    }
+    let ledger: u64 = g.held.borrow().values().map(|&(o, _)| 1u64 << o).sum();
+    if ledger != s.allocated {
+        messages.push(format!("the guests hold {ledger} frames, the heap says {} are allocated", s.allocated));
+    }
+    if completed != (s.offline == remove) {
+        messages.push(format!("completed {completed} but {} frames are offline of {remove}", s.offline));
+    }
+    let bpf = h.frame_size;
+    Ok(HotRemoveResult {
+        policy: if migrate_pins { "scrubheap" } else { "pins-in-place" }.into(),
+        completed,
+        time_to_offline_s: completed.then_some(stopped_ns / 1e9),
+        stopped_s: stopped_ns / 1e9,
+        attempts,
+        offline_bytes: done_frames * bpf,
+        migrated_bytes: g.moved_bytes.get(),
+        pinning_guests: pinning,
+        pinned_bytes,
+        pinned_in_movable_bytes: pinned_in_movable,
+        pin_migrated_bytes,
+        pin_s,
+        pinned_in_range_bytes: in_range.len() as u64 * pin_bytes,
+        pinned_in_range_owners,
+        blockers: blockers
+            .iter()
+            .map(|b| BlockerRow {
+                addr: format!("{:#x}", b.first.0 * bpf),
+                bytes: b.frames * bpf,
+                owner: b.owner.map(|d| d.0),
+                reason: b.reason.to_string(),
+            })
+            .collect(),
+        invariant_violations: messages.len() as u64,
+        messages,
+        destroy_s: None,
+        time_to_clean_s: None,
+        create_s: None,
+        max_nonpreemptible_ms: g.longest_ns.get() / 1e6,
+        watchdog_trips: g.trips.get(),
+        highorder_failures: 0,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pins_in_place_stop_at_the_deadline_and_migrated_pins_let_the_offline_complete() {
+        let mut sc = HotRemove::builtin(Some(HostPreset::tiny()));
+        sc.deadline_s = 2.0;
+        sc.pinned_mib = 128;
+        let rep = run(&sc, 1).unwrap();
+        let [base, ours] = &rep.results[..] else { panic!() };
+        assert_eq!(base.policy, "pins-in-place");
+        assert!(!base.completed && base.time_to_offline_s.is_none());
+        assert!(base.pinned_in_movable_bytes > 0);
+        assert!(!base.blockers.is_empty() && base.blockers.iter().all(|b| b.reason == "long-term pinned"));
+        assert!(base.blockers.iter().all(|b| b.owner.is_some()));
+        assert!(base.attempts > 1);
+        assert!(base.pinned_in_range_bytes > 0 && !base.pinned_in_range_owners.is_empty());
+        assert_eq!(ours.pinned_in_range_bytes, 0);
+        assert_eq!(base.stopped_s, 2.0);
+        assert!(ours.completed, "{ours:?}");
+        assert_eq!(ours.pinned_in_movable_bytes, 0);
+        assert_eq!(ours.pin_migrated_bytes, base.pinned_in_movable_bytes);
+        assert_eq!(ours.offline_bytes, sc.remove_mib * MIB);
+        assert!(ours.migrated_bytes > 0 && ours.time_to_offline_s.unwrap() > 0.0);
+        assert!(ours.max_nonpreemptible_ms > 0.0 && ours.watchdog_trips == 0);
+        assert_eq!(base.invariant_violations + ours.invariant_violations, 0, "{:?} {:?}", base.messages, ours.messages);
+        // Deterministic.
+        assert_eq!(run(&sc, 1).unwrap(), rep);
+    }
+}

@@ -1,0 +1,325 @@
+//! `scrubheap vmm`: real guest churn on the pool.
+//!
+//! The guests are the first `guests` of `scrubheap run`'s default churn for the same
+//! memory and seed (Azure V1 sizes and lifetimes, the host kept about 70% full), played
+//! in event order as fast as the machine goes: at each arrival a guest is allocated,
+//! booted under KVM, scans its RAM, fills it with its tag and halts, and stays alive
+//! (VM and memory held) until its departure, when it is destroyed. Guests still alive
+//! after the last arrival are destroyed at the end. So several guests are alive at once
+//! (tens, at the default size), and later guests boot on memory earlier ones dirtied.
+//!
+//! Under the `kernel` baseline each guest's RAM is a fresh anonymous mapping instead,
+//! which the kernel populates and zeroes as the guest first touches it, and `munmap`s at
+//! destroy.
+
+use crate::vm::{AnonRam, BootStats, Kvm, PoolRam, Ram, Tenant, TscFrequency, VmmError};
+use scrubheap::{DomId, HeapError};
+use scrubheap_host::guest::tag_of;
+use scrubheap_host::instrument::PreemptRecorder;
+use scrubheap_host::pool::{Pool, PoolConfig};
+use scrubheap_host::run::Backend;
+use scrubheap_host::workload::{GuestSpec, Workload};
+use serde::Serialize;
+use std::collections::HashMap;
+use std::time::Instant;
+
+/// How a `scrubheap vmm` run is set up.
+#[derive(Clone, Debug)]
+pub struct VmmConfig {
+    /// Arena bytes (and the host size the workload is scaled to).
+    pub memory_bytes: u64,
+    /// Nodes (emulated on a one-node host).
+    pub nodes: usize,
+    /// Scrubber threads per node.
+    pub scrubbers_per_node: usize,
+    /// Pool policy, or the `kernel` baseline.
+    pub backend: Backend,
+    /// Guests to boot.
+    pub guests: usize,
+    /// Workload seed.
+    pub seed: u64,
+    /// Try hugetlbfs for the arena.
+    pub hugetlb: bool,
+}
+
+/// Median and 99th percentile, in milliseconds.
+#[derive(Clone, Debug, Default, Serialize, PartialEq)]
+pub struct Quantiles {
+    /// Median.
+    pub p50: f64,
+    /// 99th percentile.
+    pub p99: f64,
+}
+
+/// Median, 99th percentile and maximum, in milliseconds.
+#[derive(Clone, Debug, Default, Serialize, PartialEq)]
+pub struct QuantilesMax {
+    /// Median.
+    pub p50: f64,
+    /// 99th percentile.
+    pub p99: f64,
+    /// Largest.
+    pub max: f64,
+}
+
+/// Memory slots per guest.
+#[derive(Clone, Debug, Default, Serialize, PartialEq)]
+pub struct Memslots {
+    /// Median.
+    pub p50: u64,
+    /// Most.
+    pub max: u64,
+    /// The per-VM limit KVM reported (`KVM_CAP_NR_MEMSLOTS`).
+    pub limit: u64,
+}
+
+/// What the guests found: every word of every page they were given but their code page.
+#[derive(Clone, Debug, Default, Serialize, PartialEq)]
+pub struct GuestLeakCheck {
+    /// 8-byte words the guests scanned.
+    pub words_checked: u64,
+    /// Of those, non-zero. Must be 0 (a run stops at the first).
+    pub nonzero_words: u64,
+}
+
+/// The pool's own check at handoff (sampled words of every frame), beside the guests'.
+#[derive(Clone, Debug, Default, Serialize, PartialEq)]
+pub struct HostLeakCheck {
+    /// Frames checked.
+    pub pages_checked: u64,
+    /// Of those, holding a non-zero sampled word.
+    pub nonzero_pages: u64,
+}
+
+/// Report of one `scrubheap vmm` run (JSON keys may be added, never renamed).
+#[derive(Clone, Debug, Default, Serialize, PartialEq)]
+pub struct VmmReport {
+    /// Policy, or `kernel`.
+    pub policy: String,
+    /// Arena bytes.
+    pub memory_bytes: u64,
+    /// Nodes.
+    pub nodes: usize,
+    /// Scrubber threads per node.
+    pub scrubbers: usize,
+    /// Workload seed.
+    pub seed: u64,
+    /// Guests booted, scanned, filled and destroyed.
+    pub guests: u64,
+    /// Guests the pool had no room for (skipped).
+    pub guests_refused: u64,
+    /// Most guests alive at once.
+    pub max_alive: u64,
+    /// Bytes of guest RAM booted, summed over guests.
+    pub guest_bytes: u64,
+    /// Largest guest, bytes.
+    pub largest_guest_bytes: u64,
+    /// The guests' own scans.
+    pub leak_check: GuestLeakCheck,
+    /// The pool's handoff check (zero for `kernel`).
+    pub host_leak_check: HostLeakCheck,
+    /// Pool allocation (or mmap) to the guest's first instruction.
+    pub create_ms: QuantilesMax,
+    /// Of `create_ms`, the memory: the pool's claim, allocation and handoff check (every
+    /// frame's sampled words read), or the `kernel` baseline's `mmap`.
+    pub alloc_ms: Quantiles,
+    /// Pool allocation (or mmap) to the guest's done report: create, scan, fill and exits.
+    pub ready_ms: QuantilesMax,
+    /// Guest-measured (TSC) time to scan its RAM.
+    pub scan_ms: Quantiles,
+    /// Guest bytes scanned per second of guest-measured scan time, over all guests (GB/s).
+    pub scan_gbps: f64,
+    /// Guest-measured (TSC) time to write its tag over its RAM (for the `kernel` baseline
+    /// this is where most page faults land: the first write to each page).
+    pub fill_ms: Quantiles,
+    /// First instruction to last report (scan, fill and the exits between), VMM wall clock.
+    pub run_ms: Quantiles,
+    /// VM teardown plus giving the memory back.
+    pub destroy_ms: QuantilesMax,
+    /// KVM memory slots per guest.
+    pub memslots: Memslots,
+    /// How guest TSC deltas were converted.
+    pub tsc: Option<TscFrequency>,
+    /// Bytes scrubbed by the pool: background, in place (by allocations), sync (by frees).
+    pub bytes_scrubbed: [u64; 3],
+    /// Wall seconds of the whole run (pool set-up excluded).
+    pub duration_s: f64,
+}
+
+/// Progress after each guest event.
+#[derive(Clone, Debug, Default)]
+pub struct VmmProgress {
+    /// Guests booted so far.
+    pub booted: u64,
+    /// Guests to boot.
+    pub total: u64,
+    /// Alive now.
+    pub alive: u64,
+    /// Guest bytes alive now.
+    pub alive_bytes: u64,
+    /// Words the guests scanned so far.
+    pub words_checked: u64,
+}
+
+/// The first `n` guests of the default churn for `memory_bytes` and `seed` (a longer
+/// stretch of the churn is generated until it holds `n`).
+pub fn workload(memory_bytes: u64, n: usize, seed: u64) -> Vec<GuestSpec> {
+    let mut duration = (n as f64 / 8.0).max(1.0);
+    for _ in 0..16 {
+        let w = Workload::default_churn(memory_bytes, duration, seed, None);
+        if w.guests.len() >= n || w.guests.is_empty() {
+            return w.guests.into_iter().take(n).collect();
+        }
+        duration *= 1.5;
+    }
+    Workload::default_churn(memory_bytes, duration, seed, None).guests.into_iter().take(n).collect()
+}
+
+fn quantile(v: &mut [f64], p: f64) -> f64 {
+    if v.is_empty() {
+        return 0.0;
+    }
+    v.sort_by(f64::total_cmp);
+    v[((v.len() - 1) as f64 * p).round() as usize]
+}
+
+/// Runs the churn. Fails at the first leak a guest reports, or any KVM error.
+pub fn run(cfg: &VmmConfig, kvm: &Kvm, progress: &dyn Fn(&VmmProgress)) -> Result<VmmReport, VmmError> {
+    let specs = workload(cfg.memory_bytes, cfg.guests, cfg.seed);
+    let pool = match cfg.backend {
+        Backend::Heap(policy) => Some(Pool::new(PoolConfig {
+            memory_bytes: cfg.memory_bytes,
+            nodes: cfg.nodes,
+            scrubbers_per_node: cfg.scrubbers_per_node,
+            policy,
+            hugetlb: cfg.hugetlb,
+            ..PoolConfig::default()
+        })?),
+        Backend::Kernel => None,
+    };
+    let rec = PreemptRecorder::new(pool.as_ref().map_or(200_000, |p| p.config().quantum_ns));
+    // Events: (time, departure first at equal times, guest index).
+    let mut events: Vec<(f64, bool, usize)> = Vec::with_capacity(2 * specs.len());
+    for (i, g) in specs.iter().enumerate() {
+        events.push((g.arrival_s, false, i));
+        events.push((g.arrival_s + g.lifetime_s, true, i));
+    }
+    events.sort_by(|a, b| a.0.total_cmp(&b.0).then(b.1.cmp(&a.1)).then(a.2.cmp(&b.2)));
+    let last_arrival = specs.last().map_or(0.0, |g| g.arrival_s);
+
+    let t_run = Instant::now();
+    let mut alive: HashMap<usize, Tenant<'_>> = HashMap::new();
+    let mut boots: Vec<BootStats> = Vec::new();
+    let mut alloc_ms = Vec::new();
+    let mut destroy_ms = Vec::new();
+    let mut p = VmmProgress { total: specs.len() as u64, ..Default::default() };
+    let mut r = VmmReport::default();
+    let destroy = |t: Tenant<'_>, p: &mut VmmProgress, destroy_ms: &mut Vec<f64>| {
+        p.alive -= 1;
+        p.alive_bytes -= t.stats.bytes;
+        destroy_ms.push(t.destroy());
+    };
+    // Departures after the last arrival wait for the end, in departure order.
+    for &(t, departs, i) in &events {
+        let g = &specs[i];
+        if departs {
+            if t <= last_arrival {
+                if let Some(tenant) = alive.remove(&i) {
+                    destroy(tenant, &mut p, &mut destroy_ms);
+                    progress(&p);
+                }
+            }
+            continue;
+        }
+        let dom = DomId(i as u32 + 1);
+        let t0 = Instant::now();
+        let ram = match &pool {
+            Some(pool) => match pool.create_guest(dom, g.memory_bytes, &rec) {
+                Ok((guest, _)) => Ram::Pool(PoolRam::new(pool, guest, &rec)),
+                Err(HeapError::OutOfMemory { .. } | HeapError::ClaimExceedsFree { .. }) => {
+                    r.guests_refused += 1;
+                    continue;
+                }
+                Err(e) => return Err(e.into()),
+            },
+            None => Ram::Anonymous(AnonRam::new(g.memory_bytes)?),
+        };
+        alloc_ms.push(t0.elapsed().as_secs_f64() * 1e3);
+        let tenant = kvm.boot(ram, tag_of(dom), t0)?;
+        p.booted += 1;
+        p.alive += 1;
+        p.alive_bytes += tenant.stats.bytes;
+        p.words_checked += tenant.stats.words_checked;
+        r.max_alive = r.max_alive.max(p.alive);
+        boots.push(tenant.stats.clone());
+        alive.insert(i, tenant);
+        progress(&p);
+    }
+    for &(_, departs, i) in &events {
+        if departs {
+            if let Some(tenant) = alive.remove(&i) {
+                destroy(tenant, &mut p, &mut destroy_ms);
+                progress(&p);
+            }
+        }
+    }
+    r.duration_s = t_run.elapsed().as_secs_f64();
+
+    r.policy = cfg.backend.to_string();
+    (r.memory_bytes, r.nodes, r.scrubbers, r.seed) = (cfg.memory_bytes, cfg.nodes, cfg.scrubbers_per_node, cfg.seed);
+    if pool.is_none() {
+        (r.nodes, r.scrubbers) = (1, 0);
+    }
+    r.guests = boots.len() as u64;
+    r.guest_bytes = boots.iter().map(|b| b.bytes).sum();
+    r.largest_guest_bytes = boots.iter().map(|b| b.bytes).max().unwrap_or(0);
+    r.leak_check = GuestLeakCheck {
+        words_checked: boots.iter().map(|b| b.words_checked).sum(),
+        nonzero_words: boots.iter().map(|b| b.nonzero_words).sum(),
+    };
+    let v = |f: fn(&BootStats) -> f64| boots.iter().map(f).collect::<Vec<f64>>();
+    let (mut create, mut scan, mut run_ms) = (v(|b| b.create_ms), v(|b| b.scan_ms), v(|b| b.run_ms));
+    let mut fill = v(|b| b.fill_ms);
+    let mut ready = v(|b| b.create_ms + b.run_ms);
+    r.ready_ms = QuantilesMax {
+        p50: quantile(&mut ready, 0.5),
+        p99: quantile(&mut ready, 0.99),
+        max: quantile(&mut ready, 1.0),
+    };
+    r.alloc_ms = Quantiles { p50: quantile(&mut alloc_ms, 0.5), p99: quantile(&mut alloc_ms, 0.99) };
+    r.fill_ms = Quantiles { p50: quantile(&mut fill, 0.5), p99: quantile(&mut fill, 0.99) };
+    r.create_ms = QuantilesMax {
+        p50: quantile(&mut create, 0.5),
+        p99: quantile(&mut create, 0.99),
+        max: quantile(&mut create, 1.0),
+    };
+    r.scan_ms = Quantiles { p50: quantile(&mut scan, 0.5), p99: quantile(&mut scan, 0.99) };
+    r.run_ms = Quantiles { p50: quantile(&mut run_ms, 0.5), p99: quantile(&mut run_ms, 0.99) };
+    r.destroy_ms = QuantilesMax {
+        p50: quantile(&mut destroy_ms, 0.5),
+        p99: quantile(&mut destroy_ms, 0.99),
+        max: quantile(&mut destroy_ms, 1.0),
+    };
+    let scan_s: f64 = boots.iter().map(|b| b.scan_ms).sum::<f64>() / 1e3;
+    if scan_s > 0.0 {
+        r.scan_gbps = (r.leak_check.words_checked * 8) as f64 / scan_s / 1e9;
+    }
+    let mut slots: Vec<u64> = boots.iter().map(|b| b.memslots as u64).collect();
+    slots.sort_unstable();
+    r.memslots = Memslots {
+        p50: slots.get(slots.len().saturating_sub(1) / 2).copied().unwrap_or(0),
+        max: slots.last().copied().unwrap_or(0),
+        limit: kvm.max_memslots() as u64,
+    };
+    r.tsc = Some(kvm.tsc());
+    if let Some(pool) = &pool {
+        use std::sync::atomic::Ordering::Relaxed;
+        r.host_leak_check = HostLeakCheck {
+            pages_checked: pool.leaks.pages_checked.load(Relaxed),
+            nonzero_pages: pool.leaks.nonzero_pages.load(Relaxed),
+        };
+        let s = pool.heap().stats().scrubbed;
+        r.bytes_scrubbed = [s.background, s.in_place, s.sync];
+    }
+    Ok(r)
+}

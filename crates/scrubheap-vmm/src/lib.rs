@@ -1,0 +1,34 @@
+//! Real guests on the scrubheap pool: a minimal KVM VMM whose guest RAM is the arena
+//! extents the heap handed a guest, and adapters for Rust kernels and rust-vmm VMMs.
+//!
+//! - [`vm::Kvm::boot`] creates a VM and one vCPU, maps the guest's RAM (contiguous
+//!   guest-physical from 0) with one KVM memory slot per run of host-contiguous extents
+//!   ([`slots`]), and runs the [`payload`]: 32-bit protected-mode code that scans its RAM,
+//!   reports how many 8-byte words were not zero, writes its tenant tag over all of it and
+//!   halts. A non-zero word is a leak between tenants and an error.
+//! - [`vm::DemandPager`] is the hook for populate-on-demand guests: a range with no slot
+//!   exits to the VMM at the guest's first touch, which has the pager populate it, maps
+//!   it as a new slot, completes the access and resumes the guest.
+//! - [`churn::run`] is `scrubheap vmm`: guests of mixed sizes booted, scanned, filled and
+//!   destroyed on the pool, or on fresh anonymous memory (the `kernel` baseline).
+//! - Adapters, each behind a feature: `x86_64` ([`frames::HeapFrames`]: the `x86_64`
+//!   crate's `FrameAllocator` and `FrameDeallocator` of 4 KiB, 2 MiB and 1 GiB frames over
+//!   a heap), and `vm-memory` ([`guest_memory::guest_memory_mmap`]: a `GuestMemoryMmap`
+//!   over a guest's extents).
+//!
+//! Linux on x86_64 only: the VMM needs `/dev/kvm`.
+#![deny(unsafe_op_in_unsafe_fn)]
+#![warn(missing_docs)]
+
+pub mod payload;
+pub mod slots;
+
+#[cfg(all(target_os = "linux", target_arch = "x86_64"))]
+pub mod churn;
+#[cfg(all(target_os = "linux", target_arch = "x86_64"))]
+pub mod vm;
+
+#[cfg(feature = "x86_64")]
+pub mod frames;
+#[cfg(all(feature = "vm-memory", unix))]
+pub mod guest_memory;

@@ -1,0 +1,156 @@
+//! The guest: 166 bytes of x86-64 code, hand-encoded below instruction by instruction
+//! (the listing is GNU `as --64` output for the mnemonics in the comments).
+//!
+//! # Contract
+//! - Guest RAM is guest-physical `[0, RDI)`; the code is at guest-physical 0 and the
+//!   tenant's 64-bit tag at [`TAG_GPA`], both in page 0, written by the VMM. Everything
+//!   from [`SCAN_START`] (page 1) to `RDI` is the guest's to check and fill.
+//! - The VMM starts it at `RIP = 0` in 64-bit mode with flat segments and an identity map
+//!   of the low 4 GiB (2 MiB pages, in a slot of the VMM's own above the guest's RAM),
+//!   interrupts off, no stack (it uses none), `RDI` = RAM bytes (a multiple of 8, above
+//!   [`SCAN_START`], at most 3 GiB), at privilege 3 with IOPL 3 so its `OUT`s are allowed.
+//!
+//!   Why not 32-bit protected mode without paging, as first planned: the `/dev/kvm` of the
+//!   machines this was built on is PVM (`kvm_pvm`, the page-table based KVM for nested
+//!   hosts without hardware nesting), which runs a guest natively only in paged 64-bit
+//!   mode and emulates everything else instruction by instruction: the same scan ran at
+//!   about 1 MB/s unpaged (and in 32-bit compatibility mode), at several GB/s here. It runs
+//!   the same on hardware KVM (VT-x, AMD-V).
+//! - It talks through `OUT` to the ports below, in this order:
+//!   1. [`PORT_STARTED`] (one byte, value meaningless): its first instruction ran.
+//!   2. [`PORT_SCAN_TSC_LO`], [`PORT_SCAN_TSC_HI`]: the `rdtsc` delta around its scan.
+//!   3. [`PORT_NONZERO`]: how many 8-byte words of `[SCAN_START, RDI)` were non-zero.
+//!   4. [`PORT_FIRST_NONZERO`]: the guest-physical address of the first (0 if none).
+//!   5. [`PORT_FILL_TSC_LO`], [`PORT_FILL_TSC_HI`]: the `rdtsc` delta around its fill of
+//!      `[SCAN_START, RDI)` with the tag.
+//!   6. [`PORT_DONE`]: the low half of its tag. The VMM does not resume it after this.
+//!
+//! The vCPU is stopped at each `OUT` while the VMM handles it, so at step 4 the non-zero
+//! word is still in memory for the VMM to read and report.
+//!
+//! # What the times include
+//! `rdtsc` is read just before the first load of the scan and just after the last (and
+//! the same around the fill), so a delta covers the loop and everything the host does
+//! while the guest runs it: the faults that map guest RAM into KVM's page tables on first
+//! touch (every backend), the host kernel's page faults that allocate and zero memory (the
+//! `kernel` baseline, whose memory is not populated before the guest runs; reads of a
+//! never-written anonymous page map the shared zero page, so that baseline pays for
+//! allocation and zeroing mostly in the fill, at first write), and any time the vCPU
+//! thread was descheduled.
+
+/// Guest-physical address where the code is loaded and starts.
+pub const ENTRY_GPA: u64 = 0;
+/// Guest-physical address of the tenant's 64-bit tag (in the code's page).
+pub const TAG_GPA: u64 = 0x800;
+/// First guest-physical byte the guest scans and fills (page 0 holds the code).
+pub const SCAN_START: u64 = 0x1000;
+/// Port written first: the guest runs.
+pub const PORT_STARTED: u16 = 0x500;
+/// Port: low 32 bits of the scan's TSC delta.
+pub const PORT_SCAN_TSC_LO: u16 = 0x501;
+/// Port: high 32 bits of the scan's TSC delta.
+pub const PORT_SCAN_TSC_HI: u16 = 0x502;
+/// Port: number of non-zero 8-byte words found.
+pub const PORT_NONZERO: u16 = 0x503;
+/// Port: guest-physical address of the first non-zero word (0: none).
+pub const PORT_FIRST_NONZERO: u16 = 0x504;
+/// Port: low 32 bits of the fill's TSC delta.
+pub const PORT_FILL_TSC_LO: u16 = 0x505;
+/// Port: high 32 bits of the fill's TSC delta.
+pub const PORT_FILL_TSC_HI: u16 = 0x506;
+/// Port: the tag's low half, after the fill.
+pub const PORT_DONE: u16 = 0x507;
+
+/// The code, loaded at [`ENTRY_GPA`].
+#[rustfmt::skip]
+pub const CODE: [u8; 166] = [
+    // 00 start:
+    0x66, 0xba, 0x00, 0x05,              // 00: mov dx,0x500
+    0xee,                                // 04: out dx,al           ; PORT_STARTED: first instruction ran
+    0x0f, 0x31,                          // 05: rdtsc
+    0x48, 0xc1, 0xe2, 0x20,              // 07: shl rdx,0x20
+    0x48, 0x09, 0xd0,                    // 0b: or rax,rdx
+    0x48, 0x89, 0xc5,                    // 0e: mov rbp,rax         ; RBP = TSC at scan start
+    0x31, 0xc9,                          // 11: xor ecx,ecx         ; RCX = non-zero words
+    0x31, 0xdb,                          // 13: xor ebx,ebx         ; RBX = first non-zero address (0: none)
+    0xbe, 0x00, 0x10, 0x00, 0x00,        // 15: mov esi,0x1000      ; RSI = SCAN_START
+    // 1a scan:
+    0x48, 0x8b, 0x06,                    // 1a: mov rax,[rsi]
+    0x48, 0x85, 0xc0,                    // 1d: test rax,rax        ; one 8-byte word
+    0x74, 0x0b,                          // 20: jz next
+    0x48, 0x85, 0xdb,                    // 22: test rbx,rbx
+    0x75, 0x03,                          // 25: jnz counted
+    0x48, 0x89, 0xf3,                    // 27: mov rbx,rsi         ; remember the first
+    // 2a counted:
+    0x48, 0xff, 0xc1,                    // 2a: inc rcx
+    // 2d next:
+    0x48, 0x83, 0xc6, 0x08,              // 2d: add rsi,0x8
+    0x48, 0x39, 0xfe,                    // 31: cmp rsi,rdi         ; RDI = RAM bytes (the end)
+    0x72, 0xe4,                          // 34: jb scan
+    0x0f, 0x31,                          // 36: rdtsc
+    0x48, 0xc1, 0xe2, 0x20,              // 38: shl rdx,0x20
+    0x48, 0x09, 0xd0,                    // 3c: or rax,rdx
+    0x48, 0x29, 0xe8,                    // 3f: sub rax,rbp         ; RAX = scan cycles
+    0x66, 0xba, 0x01, 0x05,              // 42: mov dx,0x501
+    0xef,                                // 46: out dx,eax          ; PORT_SCAN_TSC_LO
+    0x48, 0xc1, 0xe8, 0x20,              // 47: shr rax,0x20
+    0x66, 0xff, 0xc2,                    // 4b: inc dx
+    0xef,                                // 4e: out dx,eax          ; PORT_SCAN_TSC_HI
+    0x89, 0xc8,                          // 4f: mov eax,ecx
+    0x66, 0xff, 0xc2,                    // 51: inc dx
+    0xef,                                // 54: out dx,eax          ; PORT_NONZERO
+    0x89, 0xd8,                          // 55: mov eax,ebx
+    0x66, 0xff, 0xc2,                    // 57: inc dx
+    0xef,                                // 5a: out dx,eax          ; PORT_FIRST_NONZERO
+    0x0f, 0x31,                          // 5b: rdtsc
+    0x48, 0xc1, 0xe2, 0x20,              // 5d: shl rdx,0x20
+    0x48, 0x09, 0xd0,                    // 61: or rax,rdx
+    0x48, 0x89, 0xc5,                    // 64: mov rbp,rax         ; RBP = TSC at fill start
+    0x48, 0x8b, 0x04, 0x25, 0x00, 0x08, 0x00, 0x00, // 67: mov rax,[0x800]     ; the tag, at TAG_GPA
+    0xbe, 0x00, 0x10, 0x00, 0x00,        // 6f: mov esi,0x1000
+    // 74 fill:
+    0x48, 0x89, 0x06,                    // 74: mov [rsi],rax
+    0x48, 0x83, 0xc6, 0x08,              // 77: add rsi,0x8
+    0x48, 0x39, 0xfe,                    // 7b: cmp rsi,rdi
+    0x72, 0xf4,                          // 7e: jb fill
+    0x0f, 0x31,                          // 80: rdtsc
+    0x48, 0xc1, 0xe2, 0x20,              // 82: shl rdx,0x20
+    0x48, 0x09, 0xd0,                    // 86: or rax,rdx
+    0x48, 0x29, 0xe8,                    // 89: sub rax,rbp         ; RAX = fill cycles
+    0x66, 0xba, 0x05, 0x05,              // 8c: mov dx,0x505
+    0xef,                                // 90: out dx,eax          ; PORT_FILL_TSC_LO
+    0x48, 0xc1, 0xe8, 0x20,              // 91: shr rax,0x20
+    0x66, 0xff, 0xc2,                    // 95: inc dx
+    0xef,                                // 98: out dx,eax          ; PORT_FILL_TSC_HI
+    0x48, 0x8b, 0x04, 0x25, 0x00, 0x08, 0x00, 0x00, // 99: mov rax,[0x800]
+    0x66, 0xff, 0xc2,                    // a1: inc dx
+    0xef,                                // a4: out dx,eax          ; PORT_DONE: the tag's low half
+    0xf4,                                // a5: hlt                 ; not reached: the VMM stops at PORT_DONE
+];
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_code_fits_before_the_tag_and_names_its_ports() {
+        assert!((CODE.len() as u64) < TAG_GPA);
+        const { assert!(TAG_GPA + 8 <= SCAN_START) };
+        // The immediates are where the listing says.
+        assert_eq!(u16::from_le_bytes([CODE[0x02], CODE[0x03]]), PORT_STARTED);
+        assert_eq!(u16::from_le_bytes([CODE[0x44], CODE[0x45]]), PORT_SCAN_TSC_LO);
+        assert_eq!(u16::from_le_bytes([CODE[0x8e], CODE[0x8f]]), PORT_FILL_TSC_LO);
+        assert_eq!(PORT_FIRST_NONZERO - PORT_SCAN_TSC_LO, 3, "three `inc dx` between them");
+        assert_eq!(PORT_DONE - PORT_FILL_TSC_LO, 2, "two `inc dx` between them");
+        for at in [0x16, 0x70] {
+            assert_eq!(u32::from_le_bytes(CODE[at..at + 4].try_into().unwrap()) as u64, SCAN_START);
+        }
+        for at in [0x6b, 0x9d] {
+            assert_eq!(u32::from_le_bytes(CODE[at..at + 4].try_into().unwrap()) as u64, TAG_GPA);
+        }
+        // Each branch lands on an instruction of the listing: rel8 from the next one.
+        let target = |at: usize| (at as i64 + 2 + CODE[at + 1] as i8 as i64) as usize;
+        assert_eq!([target(0x20), target(0x25), target(0x34), target(0x7e)], [0x2d, 0x2a, 0x1a, 0x74]);
+        assert_eq!(CODE[0xa5], 0xf4, "ends with hlt");
+    }
+}

@@ -1,0 +1,251 @@
+//! Real guests under KVM on pool memory. Each test skips, saying so, where `/dev/kvm`
+//! cannot be opened.
+
+use scrubheap::{DomId, Mfn, Policy};
+use scrubheap_host::guest::tag_of;
+use scrubheap_host::instrument::PreemptRecorder;
+use scrubheap_host::pool::{Pool, PoolConfig};
+use scrubheap_host::run::Backend;
+use scrubheap_vmm::churn::{self, VmmConfig};
+use scrubheap_vmm::payload::SCAN_START;
+use scrubheap_vmm::vm::{AnonRam, Kvm, PoolRam, Ram, VmmError};
+use std::collections::HashSet;
+use std::time::{Duration, Instant};
+
+fn kvm() -> Option<Kvm> {
+    match Kvm::open() {
+        Ok(k) => Some(k),
+        Err(e) => {
+            eprintln!("SKIPPED: {e}");
+            None
+        }
+    }
+}
+
+fn pool(mib: u64) -> Pool {
+    Pool::new(PoolConfig { memory_bytes: mib << 20, hugetlb: false, ..PoolConfig::default() }).expect("a small pool")
+}
+
+fn frames(ram: &Ram<'_>) -> HashSet<u64> {
+    match ram {
+        Ram::Pool(p) => p.guest().extents.iter().flat_map(|e| e.mfn.0..e.mfn.0 + e.frames()).collect(),
+        Ram::Anonymous(_) | Ram::Demand(_) => HashSet::new(),
+    }
+}
+
+#[test]
+fn a_guest_boots_on_pool_memory_finds_zero_and_writes_its_tag() {
+    let Some(kvm) = kvm() else { return };
+    let pool = pool(64);
+    let rec = PreemptRecorder::new(200_000);
+    let dom = DomId(1);
+    let t0 = Instant::now();
+    let (g, _) = pool.create_guest(dom, 24 << 20, &rec).unwrap();
+    let t = kvm.boot(Ram::Pool(PoolRam::new(&pool, g, &rec)), tag_of(dom), t0).expect("the guest boots and finds zero");
+    let st = &t.stats;
+    assert_eq!(st.bytes, 24 << 20);
+    assert_eq!(st.nonzero_words, 0);
+    assert_eq!(st.words_checked, ((24 << 20) - SCAN_START) / 8);
+    assert!(st.memslots >= 1 && st.memslots <= 24 / 2 + 1, "{st:?}");
+    assert!(st.scan_cycles > 0);
+    for gpa in [SCAN_START, 0x12_3458, (24 << 20) - 8] {
+        assert_eq!(t.ram().read_u64(gpa), Some(tag_of(dom)), "gpa {gpa:#x}");
+    }
+    assert_eq!(t.ram().read_u64(24 << 20), None);
+    t.destroy();
+    assert_eq!(pool.heap().stats().allocated, 0);
+}
+
+#[test]
+fn the_next_tenant_on_the_same_frames_finds_zero_again() {
+    let Some(kvm) = kvm() else { return };
+    // Every frame of the pool goes to each guest: the second one gets the first's frames.
+    let pool = pool(16);
+    let rec = PreemptRecorder::new(200_000);
+    let (a, b) = (DomId(1), DomId(2));
+    let (g, _) = pool.create_guest(a, 16 << 20, &rec).unwrap();
+    let first = kvm.boot(Ram::Pool(PoolRam::new(&pool, g, &rec)), tag_of(a), Instant::now()).unwrap();
+    let frames_a = frames(first.ram());
+    assert_eq!(first.ram().read_u64(SCAN_START), Some(tag_of(a)));
+    first.destroy();
+    assert!(pool.arena().count_nonzero_words(Mfn(0), 4096) > 0, "the first tenant's bytes are still there");
+    assert!(pool.wait_clean(Duration::from_secs(30)), "the scrubbers clean the freed memory");
+    let (g, _) = pool.create_guest(b, 16 << 20, &rec).unwrap();
+    let second = kvm.boot(Ram::Pool(PoolRam::new(&pool, g, &rec)), tag_of(b), Instant::now()).expect("zero again");
+    assert_eq!(frames(second.ram()), frames_a);
+    assert_eq!(second.stats.nonzero_words, 0);
+    assert_eq!(second.ram().read_u64(SCAN_START), Some(tag_of(b)));
+    second.destroy();
+}
+
+#[test]
+fn a_dirty_page_is_reported_by_the_guest() {
+    let Some(kvm) = kvm() else { return };
+    let pool = pool(16);
+    let rec = PreemptRecorder::new(200_000);
+    let dom = DomId(7);
+    let (g, _) = pool.create_guest(dom, 8 << 20, &rec).unwrap();
+    // Bypass the heap: write into two frames after the handoff, before the guest runs.
+    let ram = PoolRam::new(&pool, g, &rec);
+    let slots = Ram::Pool(ram);
+    let Ram::Pool(ram) = &slots else { unreachable!() };
+    let e = ram.guest().extents.iter().max_by_key(|e| (e.order, e.mfn)).copied().unwrap();
+    pool.arena().fill(Mfn(e.mfn.0 + 3), 2, 0xdead_beef);
+    match kvm.boot(slots, tag_of(dom), Instant::now()) {
+        Err(VmmError::Leak { nonzero_words, gpa, gfn, value, .. }) => {
+            assert_eq!(nonzero_words, 2 * 512);
+            assert_eq!(value, 0xdead_beef);
+            assert_eq!(gfn, gpa >> 12);
+            assert!(gpa >= SCAN_START);
+        }
+        Err(e) => panic!("wrong error: {e}"),
+        Ok(_) => panic!("the guest missed a dirty page"),
+    }
+    // The failed boot gave the memory back.
+    assert_eq!(pool.heap().stats().allocated, 0);
+}
+
+#[test]
+fn the_kernel_baseline_boots_on_fresh_anonymous_memory() {
+    let Some(kvm) = kvm() else { return };
+    let ram = Ram::Anonymous(AnonRam::new(6 << 20).unwrap());
+    let t = kvm.boot(ram, 0x5a5a, Instant::now()).expect("fresh memory is zero");
+    assert_eq!((t.stats.memslots, t.stats.nonzero_words), (1, 0));
+    assert_eq!(t.ram().read_u64((6 << 20) - 8), Some(0x5a5a));
+    t.destroy();
+}
+
+#[test]
+fn sizes_the_payload_cannot_run_are_refused() {
+    let Some(kvm) = kvm() else { return };
+    let ram = Ram::Anonymous(AnonRam::new(4096).unwrap());
+    assert!(matches!(kvm.boot(ram, 1, Instant::now()), Err(VmmError::BadSize(4096))));
+}
+
+#[test]
+fn churn_boots_every_guest_and_reports() {
+    let Some(kvm) = kvm() else { return };
+    for backend in [Backend::Heap(Policy::Scrubheap), Backend::Kernel] {
+        let cfg = VmmConfig {
+            memory_bytes: 256 << 20,
+            nodes: 2,
+            scrubbers_per_node: 1,
+            backend,
+            guests: 30,
+            seed: 3,
+            hugetlb: false,
+        };
+        let seen = std::cell::Cell::new(0);
+        let r = churn::run(&cfg, &kvm, &|p| seen.set(p.booted)).expect("a clean churn");
+        assert_eq!(r.guests + r.guests_refused, 30, "{r:?}");
+        assert!(r.guests >= 25, "{r:?}");
+        assert_eq!(seen.get(), r.guests);
+        assert_eq!(r.leak_check.nonzero_words, 0);
+        assert_eq!(r.leak_check.words_checked, r.guest_bytes / 8 - r.guests * SCAN_START / 8);
+        assert!(r.max_alive > 1, "several guests alive at once: {r:?}");
+        assert!(r.memslots.p50 >= 1 && r.memslots.max as u64 <= r.memslots.limit);
+        assert!(r.create_ms.p50 > 0.0 && r.scan_ms.p50 > 0.0 && r.destroy_ms.max > 0.0);
+        assert_eq!(r.host_leak_check.nonzero_pages, 0);
+    }
+}
+
+/// A pager that gives the guest a 2 MiB extent of the pool wherever it first touches:
+/// the hook a populate-on-demand guest uses, without the PoD heap.
+struct TwoMegOnTouch<'p> {
+    pool: &'p Pool,
+    rec: &'p PreemptRecorder,
+    dom: DomId,
+    bytes: u64,
+    extents: Vec<scrubheap::Extent>,
+    writes: u64,
+}
+
+// SAFETY: each slot is a fresh 2 MiB extent allocated to `dom`, covering the 2 MiB-aligned
+// range around the touch (so never overlapping an earlier one, and inside `bytes`, a
+// multiple of 2 MiB), held until drop.
+unsafe impl scrubheap_vmm::vm::DemandPager for TwoMegOnTouch<'_> {
+    fn bytes(&self) -> u64 {
+        self.bytes
+    }
+
+    fn populate(&mut self, gpa: u64, write: bool) -> Result<scrubheap_vmm::slots::Slot, VmmError> {
+        let e = self.pool.alloc(&scrubheap::AllocRequest::new(9, self.dom), self.rec)?;
+        self.extents.push(e);
+        self.writes += write as u64;
+        Ok(scrubheap_vmm::slots::Slot {
+            gpa: gpa & !((2 << 20) - 1),
+            host: self.pool.arena().host_ptr(e.mfn, 512) as usize,
+            bytes: 2 << 20,
+        })
+    }
+}
+
+impl Drop for TwoMegOnTouch<'_> {
+    fn drop(&mut self) {
+        for e in self.extents.drain(..) {
+            self.pool.free(e.mfn, e.order, self.dom, self.rec).unwrap();
+        }
+    }
+}
+
+#[test]
+fn a_demand_guest_populates_each_range_at_its_first_touch() {
+    let Some(kvm) = kvm() else { return };
+    let pool = pool(64);
+    let rec = PreemptRecorder::new(200_000);
+    let dom = DomId(5);
+    let bytes = 16 << 20;
+    let pager = TwoMegOnTouch { pool: &pool, rec: &rec, dom, bytes, extents: Vec::new(), writes: 0 };
+    let ram = Ram::Demand(scrubheap_vmm::vm::DemandRam::new(Box::new(pager)));
+    let t = kvm.boot(ram, tag_of(dom), Instant::now()).expect("a demand guest boots and finds zero");
+    // The code's range is populated before boot; the scan's first read of each other
+    // 2 MiB range exits and populates it.
+    assert_eq!(t.stats.demand_faults, 7, "{:?}", t.stats);
+    assert_eq!(t.stats.memslots, 8);
+    assert_eq!(t.stats.nonzero_words, 0);
+    assert_eq!(pool.heap().stats().allocated, 8 * 512);
+    for gpa in [SCAN_START, (2 << 20) - 8, 2 << 20, bytes - 8] {
+        assert_eq!(t.ram().read_u64(gpa), Some(tag_of(dom)), "gpa {gpa:#x}");
+    }
+    t.destroy();
+    assert_eq!(pool.heap().stats().allocated, 0);
+}
+
+#[test]
+fn a_pager_slot_away_from_the_touch_is_refused() {
+    let Some(kvm) = kvm() else { return };
+    let pool = pool(16);
+    let rec = PreemptRecorder::new(200_000);
+    // This pager answers the touch of page 0 with a slot at 4 MiB: refused, and the
+    // memory goes back.
+    struct Wrong<'p>(&'p Pool, &'p PreemptRecorder, Vec<scrubheap::Extent>);
+    // SAFETY: the slot it returns is its own extent (it is refused before use anyway).
+    unsafe impl scrubheap_vmm::vm::DemandPager for Wrong<'_> {
+        fn bytes(&self) -> u64 {
+            8 << 20
+        }
+        fn populate(&mut self, _: u64, _: bool) -> Result<scrubheap_vmm::slots::Slot, VmmError> {
+            let e = self.0.alloc(&scrubheap::AllocRequest::new(9, DomId(6)), self.1)?;
+            self.2.push(e);
+            Ok(scrubheap_vmm::slots::Slot {
+                gpa: 4 << 20,
+                host: self.0.arena().host_ptr(e.mfn, 512) as usize,
+                bytes: 2 << 20,
+            })
+        }
+    }
+    impl Drop for Wrong<'_> {
+        fn drop(&mut self) {
+            for e in self.2.drain(..) {
+                self.0.free(e.mfn, e.order, DomId(6), self.1).unwrap();
+            }
+        }
+    }
+    let ram = Ram::Demand(scrubheap_vmm::vm::DemandRam::new(Box::new(Wrong(&pool, &rec, Vec::new()))));
+    match kvm.boot(ram, 1, Instant::now()) {
+        Err(VmmError::Guest(m)) => assert!(m.contains("pager returned"), "{m}"),
+        Err(e) => panic!("wrong error: {e}"),
+        Ok(_) => panic!("a bad pager was accepted"),
+    }
+    assert_eq!(pool.heap().stats().allocated, 0);
+}
