@@ -771,13 +771,17 @@ impl Guest {
             return bad(format!("holds {held} frames, not populated {} + cache {cache}", self.populated));
         }
         for &(m, o) in &pieces {
-            match heap.chunk_at(Mfn(m)) {
-                Ok(c)
-                    if matches!(c.state, ChunkState::Allocated { owner, .. } if owner == d)
-                        && c.extent.mfn.0 <= m
-                        && c.extent.mfn.0 + c.extent.frames() >= m + (1u64 << o) => {}
-                Ok(c) => return bad(format!("holds {m:#x} order {o}, which the heap has as {c:?}")),
-                Err(e) => return bad(format!("holds {m:#x}: {e}")),
+            // The heap may have split the allocation (a broken frame inside it, say): every
+            // chunk over the piece must be the guest's.
+            let mut at = m;
+            while at < m + (1u64 << o) {
+                match heap.chunk_at(Mfn(at)) {
+                    Ok(c) if matches!(c.state, ChunkState::Allocated { owner, .. } if owner == d) => {
+                        at = c.extent.mfn.0 + c.extent.frames();
+                    }
+                    Ok(c) => return bad(format!("holds {m:#x} order {o}, but {at:#x} is {c:?}")),
+                    Err(e) => return bad(format!("holds {m:#x}: {e}")),
+                }
             }
         }
         for &m in &self.cache2m {
