@@ -8,6 +8,7 @@ mod report;
 mod run;
 mod sim;
 mod sim_hotremove;
+mod sim_pod;
 mod vmm;
 
 use clap::{Parser, Subcommand};

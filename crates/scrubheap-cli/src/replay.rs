@@ -43,7 +43,9 @@ pub struct Args {
 }
 
 /// The report as JSON: `ops, ok, errors {Kind: count}, invariant_violations,
-/// final {free_clean, free_dirty, allocated, offline}`, plus the first violation messages.
+/// final {free_clean, free_dirty, allocated, offline}, pod {populated, cache, entries,
+/// superpages_reclaimed, zero_pages_reclaimed, superpages_shattered, crashes}`, plus the
+/// first violation messages.
 #[derive(Serialize)]
 struct JsonReport<'a> {
     ops: u64,
@@ -52,7 +54,20 @@ struct JsonReport<'a> {
     invariant_violations: u64,
     #[serde(rename = "final")]
     final_: JsonFinal,
+    pod: JsonPod,
     violations: &'a [String],
+}
+
+/// Populate-on-demand: frames of the guests left at the end, events of the whole log.
+#[derive(Serialize)]
+struct JsonPod {
+    populated: u64,
+    cache: u64,
+    entries: u64,
+    superpages_reclaimed: u64,
+    zero_pages_reclaimed: u64,
+    superpages_shattered: u64,
+    crashes: u64,
 }
 
 #[derive(Serialize)]
@@ -98,6 +113,13 @@ fn print_summary(file: &Path, rep: &ReplayReport, secs: f64) {
         "final frames: free_clean {}, free_dirty {}, allocated {}, offline {}",
         f.free_clean, f.free_dirty, f.allocated, f.offline
     );
+    let p = &rep.pod;
+    if *p != Default::default() {
+        println!(
+            "pod: populated {}, cache {}, entries {}; superpages reclaimed {}, zero pages reclaimed {}, superpages shattered {}, crashes {}",
+            p.populated, p.cache, p.entries, p.superpages_reclaimed, p.zero_pages_reclaimed, p.superpages_shattered, p.crashes
+        );
+    }
     println!("invariant violations: {}", rep.invariant_violations);
     for v in &rep.violations {
         eprintln!("  {v}");
@@ -116,6 +138,15 @@ fn write_json(out: &Path, rep: &ReplayReport) -> anyhow::Result<()> {
             free_dirty: f.free_dirty,
             allocated: f.allocated,
             offline: f.offline,
+        },
+        pod: JsonPod {
+            populated: rep.pod.populated,
+            cache: rep.pod.cache,
+            entries: rep.pod.entries,
+            superpages_reclaimed: rep.pod.superpages_reclaimed,
+            zero_pages_reclaimed: rep.pod.zero_pages_reclaimed,
+            superpages_shattered: rep.pod.superpages_shattered,
+            crashes: rep.pod.crashes,
         },
         violations: &rep.violations,
     };

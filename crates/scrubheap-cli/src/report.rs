@@ -32,7 +32,7 @@ type Row = (&'static str, fn(&RunReport) -> String);
 /// The side-by-side table.
 pub fn table(rs: &[RunReport]) -> String {
     let mut t = String::new();
-    let rows: [Row; 20] = [
+    let rows: [Row; 22] = [
         ("guests created / destroyed / rebooted", |r| {
             format!("{} / {} / {}", r.domains_created, r.domains_destroyed, r.domains_rebooted)
         }),
@@ -80,6 +80,12 @@ pub fn table(rs: &[RunReport]) -> String {
         }),
         ("  guest memory moved MiB", |r| {
             r.hot_remove.as_ref().map_or("-".into(), |h| (h.migrated_bytes >> 20).to_string())
+        }),
+        ("PoD guests / crashed / ballooned", |r| {
+            format!("{} / {} / {}", r.pod.guests, r.pod.crashes, r.pod.pages_ballooned)
+        }),
+        ("PoD 2M rcl / 4K rcl / 2M shattered", |r| {
+            format!("{} / {} / {}", r.pod.superpages_reclaimed, r.pod.zero_pages_reclaimed, r.pod.superpages_shattered)
         }),
         ("invariant violations", |r| r.invariant_violations.to_string()),
         ("run seconds", |r| format!("{:.1}", r.duration_s)),

@@ -16,9 +16,10 @@ use std::time::{Duration, Instant};
 /// Simulate a host of any size (DESIGN section 5): policies side by side on one scenario.
 #[derive(clap::Args)]
 pub struct Args {
-    /// A built-in scenario (destroy-1tb, reboot-storm, boot-scrub, hot-remove, trace, small)
-    /// or a TOML scenario file (format: docs/sim-scenarios.md). hot-remove always compares
-    /// pins left in the Movable zone with scrubheap's migrated pins.
+    /// A built-in scenario (destroy-1tb, reboot-storm, boot-scrub, hot-remove, trace, small,
+    /// pod-balloon) or a TOML scenario file (format: docs/sim-scenarios.md). hot-remove always
+    /// compares pins left in the Movable zone with scrubheap's migrated pins; pod-balloon
+    /// compares PoD reclaim modes, not policies, and counts pages, not time.
     #[arg(long, value_name = "NAME|FILE")]
     pub scenario: String,
     /// Run on this host instead of the scenario's own: a built-in preset (xen-2017,
@@ -148,6 +149,9 @@ impl Progress {
 pub fn main(a: Args) -> anyhow::Result<()> {
     if a.scenario == "hot-remove" {
         return crate::sim_hotremove::main(&a);
+    }
+    if a.scenario == "pod-balloon" {
+        return crate::sim_pod::main(&a);
     }
     let policies = parse_policies(&a.policy)?;
     let sc = load(&a)?;

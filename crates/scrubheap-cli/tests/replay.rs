@@ -118,3 +118,25 @@ fn a_recorded_run_replays_without_a_single_error() {
     assert_eq!(j["ok"], j["ops"]);
     assert_eq!(j["final"]["allocated"], 0, "{j}");
 }
+
+#[test]
+fn a_pod_log_reports_its_pod_counts() {
+    let (log, out) = (tmp("pod.log"), tmp("pod.json"));
+    std::fs::write(&log, include_str!("../../../fuzz/seeds/replay/pod.log")).unwrap();
+    let rep = run(bin().arg("replay").arg(&log).arg("--json").arg(&out));
+    assert!(rep.status.success());
+    let j = json(&out);
+    assert_eq!(j["invariant_violations"], 0, "{j}");
+    // dom 2 has 2 frames and writes a third page: it crashes (one error on that line), and
+    // its next touch is refused.
+    assert_eq!((j["errors"]["PodExhausted"].as_u64(), j["errors"]["PodCrashed"].as_u64()), (Some(1), Some(1)), "{j}");
+    assert_eq!(j["ok"].as_u64().unwrap() + 2, j["ops"].as_u64().unwrap(), "{j}");
+    let p = &j["pod"];
+    assert_eq!((p["superpages_reclaimed"].as_u64(), p["superpages_shattered"].as_u64()), (Some(1), Some(1)), "{j}");
+    assert_eq!(p["crashes"], 1);
+    let held = p["populated"].as_u64().unwrap() + p["cache"].as_u64().unwrap();
+    assert_eq!(held, j["final"]["allocated"].as_u64().unwrap(), "{j}");
+    assert!(p["entries"].as_u64().unwrap() > 0);
+    let _ = std::fs::remove_file(log);
+    let _ = std::fs::remove_file(out);
+}

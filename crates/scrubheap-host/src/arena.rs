@@ -565,6 +565,11 @@ impl FrameMemory for Arena {
         // (checked just above); the heap owns both sets of frames while it copies.
         unsafe { std::ptr::copy_nonoverlapping(self.ptr.as_ptr().add(s), self.ptr.as_ptr().add(d), len) }
     }
+
+    /// The owner writes its tag ([`crate::guest::tag_of`]) into every word of the frames.
+    fn fill(&self, first: Mfn, count: u64, owner: scrubheap::DomId) {
+        Arena::fill(self, first, count, crate::guest::tag_of(owner));
+    }
 }
 
 impl Drop for Arena {

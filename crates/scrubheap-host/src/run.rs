@@ -121,6 +121,7 @@ enum Job {
 enum Live {
     Heap(HeapGuest),
     Kernel(KernelGuest, u64),
+    Pod(crate::pod_guest::PodGuest),
 }
 
 /// A pool guest, with what the op log needs to name its frees: every allocation it made
@@ -194,6 +195,9 @@ struct Tally {
     pins: u64,
     pins_moved: u64,
     balloon: BalloonTally,
+    pod_created: u64,
+    pod_refused: u64,
+    pod_ballooned: u64,
 }
 
 #[derive(Default)]
@@ -372,6 +376,11 @@ pub fn run(cfg: &RunConfig, on_sample: &(dyn Fn(&Sample, &RunProgress) + Sync)) 
                                     kernel_used.fetch_sub(g_len(&g), Relaxed);
                                     kernel.destroy_guest(g)
                                 }
+                                Live::Pod(g) => {
+                                    pool.as_ref()
+                                        .expect("PoD guests need a pool")
+                                        .destroy_pod_guest(g, &rec, &|l| log_line(oplog.as_ref(), &l))
+                                }
                             };
                             alive.fetch_sub(1, Relaxed);
                             let mut t = tally.lock();
@@ -389,6 +398,9 @@ pub fn run(cfg: &RunConfig, on_sample: &(dyn Fn(&Sample, &RunProgress) + Sync)) 
                         let spec = &guests[idx as usize];
                         let dom = DomId(idx as u32 + 1);
                         let made = match &pool {
+                            Some(p) if crate::pod_guest::is_pod(idx) => {
+                                create_pod_guest(p, dom, spec.memory_bytes, &rec, oplog.as_ref(), &tally)
+                            }
                             Some(p) => {
                                 create_heap_guest(p, dom, spec.memory_bytes, cfg.seed, &rec, oplog.as_ref(), &tally)
                             }
@@ -403,7 +415,12 @@ pub fn run(cfg: &RunConfig, on_sample: &(dyn Fn(&Sample, &RunProgress) + Sync)) 
                             sc.alive.insert(idx, live);
                             let large = spec.memory_bytes >= cfg.memory_bytes / 8;
                             let reboots = cfg.reboots && !reboot && (idx % 3 == 0 || large);
-                            let balloons = cfg.balloons && !reboot && !reboots && idx % 3 == 1;
+                            // PoD guests balloon down at boot, in 4 KiB pages (pod_guest.rs).
+                            let balloons = cfg.balloons
+                                && !reboot
+                                && !reboots
+                                && idx % 3 == 1
+                                && !(pool.is_some() && crate::pod_guest::is_pod(idx));
                             let third = start + (end - start) / 3;
                             if reboots && (start + end) / 2 < duration_ns {
                                 sc.destroys.push(Reverse((((start + end) / 2).max(now), idx, Ev::Reboot)));
@@ -435,6 +452,7 @@ pub fn run(cfg: &RunConfig, on_sample: &(dyn Fn(&Sample, &RunProgress) + Sync)) 
         let _ = log.0.lock().flush();
     }
     let t = tally.into_inner();
+    let t_pod = (t.pod_created, t.pod_refused, t.pod_ballooned);
     let mut r = RunReport {
         schema: 1,
         policy: cfg.backend.to_string(),
@@ -518,6 +536,7 @@ pub fn run(cfg: &RunConfig, on_sample: &(dyn Fn(&Sample, &RunProgress) + Sync)) 
                 r.invariant_violations = 1;
                 r.notes.push(format!("invariant violation: {v}"));
             }
+            r.pod = pool.pod_summary(t_pod.0, t_pod.1, t_pod.2);
             if s.allocated != 0 {
                 r.invariant_violations += 1;
                 r.notes.push(format!("{} frames still allocated after every guest was destroyed", s.allocated));
@@ -644,6 +663,7 @@ fn balloon(
 ) {
     let t = Instant::now();
     let (out, bytes) = match live {
+        Live::Pod(_) => return,
         Live::Heap(hg) => {
             let p = pool.expect("heap guests need a pool");
             if ev == Ev::BalloonOut {
@@ -690,6 +710,39 @@ fn balloon(
     } else {
         t.balloon.in_ms.push(ms);
         t.balloon.bytes_in += bytes;
+    }
+}
+
+fn log_line(log: Option<&OpLog>, l: &str) {
+    if let Some(log) = log {
+        log.line(l);
+    }
+}
+
+fn create_pod_guest(
+    p: &Pool,
+    dom: DomId,
+    bytes: u64,
+    rec: &PreemptRecorder,
+    log: Option<&OpLog>,
+    tally: &Mutex<Tally>,
+) -> Option<Live> {
+    match p.create_pod_guest(dom, bytes, rec, &|l| log_line(log, &l)) {
+        Ok((g, c, ballooned)) => {
+            let mut t = tally.lock();
+            t.create_ms.push(c.ms);
+            t.created += 1;
+            t.pod_created += 1;
+            t.pod_ballooned += ballooned;
+            Some(Live::Pod(g))
+        }
+        Err(HeapError::OutOfMemory { .. }) => {
+            let mut t = tally.lock();
+            t.refused += 1;
+            t.pod_refused += 1;
+            None
+        }
+        Err(e) => panic!("PoD guest creation failed in a way the workload cannot cause: {e}"),
     }
 }
 

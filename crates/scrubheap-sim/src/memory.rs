@@ -91,6 +91,9 @@ impl FrameMemory for SimMemory {
             self.set_range(Mfn(dst.0 + i), 1, z);
         }
     }
+    fn fill(&self, first: Mfn, count: u64, _owner: scrubheap::DomId) {
+        self.write(first, count);
+    }
 }
 
 /// Counts node-lock acquisitions per node, so the engine can queue them on its lock model.

@@ -184,6 +184,79 @@ pub enum HeapError {
         /// Free frames.
         free: u64,
     },
+    /// A populate-on-demand operation on a domain that is not a PoD guest.
+    #[error("{dom} is not a populate-on-demand guest: create it with pod_create (a `pod` line) first")]
+    PodUnknownDomain {
+        /// The domain.
+        dom: DomId,
+    },
+    /// Creating a PoD guest that already exists.
+    #[error("{dom} is already a populate-on-demand guest: destroy it first or use another domain id")]
+    PodDomainExists {
+        /// The domain.
+        dom: DomId,
+    },
+    /// A guest frame range beyond the guest's p2m.
+    #[error(
+        "gfn {gfn:#x} order {order} of {dom} is beyond its max_pages {max_pages}: guest frames are 0..{max_pages}"
+    )]
+    PodGfnOutOfRange {
+        /// The domain.
+        dom: DomId,
+        /// First guest frame given.
+        gfn: u64,
+        /// Order given.
+        order: u8,
+        /// Size of the guest's p2m.
+        max_pages: u64,
+    },
+    /// A guest frame range whose first frame is not a multiple of its size.
+    #[error("gfn {gfn:#x} of {dom} is not aligned to order {order}: use a gfn that is a multiple of 2^{order}")]
+    PodUnaligned {
+        /// The domain.
+        dom: DomId,
+        /// First guest frame given.
+        gfn: u64,
+        /// Order given.
+        order: u8,
+    },
+    /// A PoD target above the guest's maximum.
+    #[error(
+        "target {target} of {dom} is above its max_pages {max_pages}: a guest cannot have more memory than its p2m"
+    )]
+    PodTargetTooLarge {
+        /// The domain.
+        dom: DomId,
+        /// Target given.
+        target: u64,
+        /// Size of the guest's p2m.
+        max_pages: u64,
+    },
+    /// A touch of a guest frame that was ballooned out.
+    #[error("gfn {gfn:#x} of {dom} is not mapped (ballooned out): the guest gave it back")]
+    PodNotMapped {
+        /// The domain.
+        dom: DomId,
+        /// The guest frame.
+        gfn: u64,
+    },
+    /// An operation on a PoD guest that has crashed.
+    #[error("{dom} crashed out of populate-on-demand memory (touching gfn {gfn:#x}): destroy it")]
+    PodCrashed {
+        /// The domain.
+        dom: DomId,
+        /// The guest frame whose touch crashed it.
+        gfn: u64,
+    },
+    /// A touch found no page in the guest's cache and no zeroed page to reclaim: the guest
+    /// has crashed and its memory is back in the heap.
+    #[error("{dom} is out of populate-on-demand memory touching gfn {gfn:#x}: it has crashed and its pages are back in the heap (its balloon driver must give back max_pages - target pages, or raise its target)")]
+    PodExhausted {
+        /// The domain.
+        dom: DomId,
+        /// The guest frame whose touch found nothing.
+        gfn: u64,
+    },
 }
 
 /// A broken invariant found by [`crate::Heap::check_invariants`]: a bug in the heap.

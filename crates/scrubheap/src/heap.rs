@@ -187,6 +187,8 @@ pub struct Heap<M> {
     claimed_total: AtomicU64,
     observer: Option<Arc<dyn LockObserver>>,
     pub(crate) mem: M,
+    /// Populate-on-demand guests (see `pod.rs`).
+    pub(crate) pod: crate::pod::PodRegistry,
 }
 
 /// A node's state under its lock; tells the observer when the lock drops.
@@ -293,6 +295,7 @@ impl<M: FrameMemory> Heap<M> {
             observer: None,
             config,
             mem,
+            pod: crate::pod::PodRegistry::new(),
         })
     }
 

@@ -203,7 +203,9 @@ impl<M: FrameMemory> Heap<M> {
     /// Verifies every invariant of the heap from scratch: the partition of frames into
     /// aligned chunks, metadata only at heads, free lists and their masks, exact
     /// `first_dirty` hints, dirty bits only in free chunks, counters (and their lock-free
-    /// mirrors) against a full walk, and claims against free memory.
+    /// mirrors) against a full walk, claims against free memory, and the populate-on-demand
+    /// guests (p2m counts, cache bounds, every held frame allocated to its guest and held
+    /// once, every cached frame zero).
     ///
     /// Takes every lock in turn; O(frames). Meant for tests and `check` lines.
     pub fn check_invariants(&self) -> Result<(), InvariantViolation> {
@@ -257,6 +259,7 @@ impl<M: FrameMemory> Heap<M> {
         if book.outstanding() > total_free {
             return fail(format!("{} frames claimed but only {total_free} free", book.outstanding()));
         }
-        Ok(())
+        drop(book);
+        self.check_pod()
     }
 }

@@ -15,6 +15,12 @@ pub trait FrameMemory {
     fn is_zero(&self, first: Mfn, count: u64) -> bool;
     /// Copies `count` frames from `src` to `dst` (ranges do not overlap).
     fn copy(&self, src: Mfn, dst: Mfn, count: u64);
+    /// `owner` writes non-zero bytes (its tag) over `count` frames at `first`: a guest's
+    /// data, which populate-on-demand zero checks must tell from zeroed pages. The heap
+    /// calls it only for frames `owner` holds. Memory that keeps no bytes does nothing.
+    fn fill(&self, first: Mfn, count: u64, owner: DomId) {
+        let _ = (first, count, owner);
+    }
 }
 
 /// Memory that is not there: zeroing and copying cost nothing, every frame reads as zero.
@@ -39,6 +45,9 @@ impl<M: FrameMemory + ?Sized> FrameMemory for &M {
     }
     fn copy(&self, src: Mfn, dst: Mfn, count: u64) {
         (**self).copy(src, dst, count)
+    }
+    fn fill(&self, first: Mfn, count: u64, owner: DomId) {
+        (**self).fill(first, count, owner)
     }
 }
 
@@ -124,5 +133,8 @@ impl FrameMemory for TestMemory {
         let mut st = self.state.lock();
         st.bytes.copy_within(s * fs..(s + count as usize) * fs, d * fs);
         st.last_writer.copy_within(s..s + count as usize, d);
+    }
+    fn fill(&self, first: Mfn, count: u64, owner: DomId) {
+        self.write(owner, first, count);
     }
 }

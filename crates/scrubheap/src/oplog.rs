@@ -40,6 +40,11 @@
 //! pin id=X offset=O order=K | unpin id=X offset=O order=K
 //! offline mfn=M count=C [steps=S] | online mfn=M count=C | broken mfn=M
 //! check
+//! pod dom=D max_pages=N target=T [node=X]   # create a populate-on-demand guest
+//! touch dom=D gfn=G [data]                  # guest access; `data` writes that 4 KiB page
+//! balloon dom=D gfn=G order=K               # decrease reservation
+//! pod_target dom=D target=T
+//! destroy dom=D                             # its PoD pages go back to the heap
 //! ```
 //!
 //! A pin or an offline that moves frames moves the log's allocation with them (the
@@ -47,18 +52,20 @@
 //! `offset=` lines of that id name the frames where they are now. `steps=S` gives an
 //! offline a deadline of S steps ([`crate::StepBudget`]); without it, none.
 //!
-//! The populate-on-demand lines (`pod`, `touch`, `balloon`, `pod_target`, `destroy`)
-//! are recognised and refused as [`kind::UNSUPPORTED`].
+//! The replay heap runs on [`SparseMemory`], so `touch ... data` leaves pages that zero
+//! checks see as used. A touch that crashes its guest (out of PoD memory) is one
+//! `PodExhausted` error. A `free` or `pin` of frames a PoD guest holds is refused
+//! ([`kind::POD_PAGE`]): they leave the guest through `balloon` or `destroy`.
 
 use crate::claims::{Claim, ClaimTarget};
 use crate::config::HeapConfig;
 use crate::error::HeapError;
 use crate::heap::{AllocRequest, ChunkState, Extent, Heap, NodePref};
-use crate::memory::NullMemory;
 use crate::offline::{NoDeadline, StepBudget};
 use crate::pin::Migrator;
 use crate::policy::Policy;
 use crate::preempt::NeverPreempt;
+use crate::sparse::SparseMemory;
 use crate::types::{DomId, Mfn, Zone, MAX_ORDER};
 use alloc::borrow::Cow;
 use alloc::collections::BTreeMap;
@@ -93,8 +100,12 @@ pub mod kind {
     pub const DUPLICATE_ID: &str = "DuplicateId";
     /// A line the replayer recognises but does not run yet.
     pub const UNSUPPORTED: &str = "Unsupported";
-    /// A `heap` line beyond the replayer's memory guard.
+    /// A `heap` line beyond the replayer's memory guard (or `pod` lines whose p2m sizes
+    /// together exceed it).
     pub const TOO_LARGE: &str = "TooLarge";
+    /// A `free` of frames a populate-on-demand guest holds (they leave it through
+    /// `balloon` or `destroy`).
+    pub const POD_PAGE: &str = "PodPage";
 }
 
 /// The kind under which a heap error is counted: its variant name (`OutOfMemory`, ...).
@@ -182,6 +193,47 @@ pub enum Op<'a> {
     },
     /// `check`: run the full invariant checker.
     Check,
+    /// `pod dom=D max_pages=N target=T [node=X]`: create a populate-on-demand guest.
+    Pod {
+        /// The guest.
+        dom: DomId,
+        /// Size of its p2m.
+        max_pages: u64,
+        /// Frames behind it.
+        target: u64,
+        /// Preferred node.
+        node: Option<usize>,
+    },
+    /// `touch dom=D gfn=G [data]`: the guest accesses a frame (and writes it, with `data`).
+    Touch {
+        /// The guest.
+        dom: DomId,
+        /// The guest frame.
+        gfn: u64,
+        /// Whether it writes non-zero bytes into the page.
+        data: bool,
+    },
+    /// `balloon dom=D gfn=G order=K`: decrease reservation.
+    Balloon {
+        /// The guest.
+        dom: DomId,
+        /// First guest frame.
+        gfn: u64,
+        /// Size.
+        order: u8,
+    },
+    /// `pod_target dom=D target=T`.
+    PodTarget {
+        /// The guest.
+        dom: DomId,
+        /// Its new target.
+        target: u64,
+    },
+    /// `destroy dom=D`: destroy a PoD guest.
+    Destroy {
+        /// The guest.
+        dom: DomId,
+    },
     /// `pin id=X offset=O order=K` (`pin: true`) or `unpin ...` (`pin: false`).
     Pin {
         /// The allocation.
@@ -221,7 +273,7 @@ pub enum Op<'a> {
     },
 }
 
-const UNSUPPORTED_VERBS: [&str; 5] = ["pod", "touch", "balloon", "pod_target", "destroy"];
+const UNSUPPORTED_VERBS: [&str; 0] = [];
 
 /// The words of one line after its verb: `key=value` pairs and bare flags, each of which
 /// must be used exactly once.
@@ -398,6 +450,17 @@ pub fn parse_line(line: &str) -> Result<Option<Op<'_>>, ParseError> {
             }
         }
         "check" => Op::Check,
+        "pod" => {
+            let dom = a.dom()?;
+            Op::Pod { dom, max_pages: a.req_num("max_pages")?, target: a.req_num("target")?, node: a.node()? }
+        }
+        "touch" => Op::Touch { dom: a.dom()?, gfn: a.req_num("gfn")?, data: a.flag("data") },
+        "balloon" => {
+            let dom = a.dom()?;
+            Op::Balloon { dom, gfn: a.req_num("gfn")?, order: a.order()? }
+        }
+        "pod_target" => Op::PodTarget { dom: a.dom()?, target: a.req_num("target")? },
+        "destroy" => Op::Destroy { dom: a.dom()? },
         "pin" | "unpin" => {
             let id = a.id()?;
             let offset = a.req_num("offset")?;
@@ -440,6 +503,28 @@ pub struct ReplayReport {
     pub violations: Vec<String>,
     /// The heap's frames at the end (all zero when no heap is left).
     pub final_: FinalCounts,
+    /// Populate-on-demand: frames of the guests left at the end, and events of every
+    /// heap of the log.
+    pub pod: PodReport,
+}
+
+/// The populate-on-demand part of a [`ReplayReport`].
+#[derive(Copy, Clone, Debug, Default, PartialEq, Eq)]
+pub struct PodReport {
+    /// RAM entries of the PoD guests left at the end (frames).
+    pub populated: u64,
+    /// Their cache pages (frames).
+    pub cache: u64,
+    /// Their outstanding PoD entries (frames).
+    pub entries: u64,
+    /// Zeroed 2 MiB mappings reclaimed whole.
+    pub superpages_reclaimed: u64,
+    /// Zeroed 4 KiB pages reclaimed.
+    pub zero_pages_reclaimed: u64,
+    /// 2 MiB mappings shattered by decrease reservations.
+    pub superpages_shattered: u64,
+    /// Guests crashed out of PoD memory.
+    pub crashes: u64,
 }
 
 /// What one line did.
@@ -513,11 +598,11 @@ impl Migrator for RecordMoves {
     }
 }
 
-/// Runs op-log lines against a [`Heap`] over [`NullMemory`], keeping the log's allocations
+/// Runs op-log lines against a [`Heap`] over [`SparseMemory`], keeping the log's allocations
 /// by id, counting results and checking the heap after every line.
 pub struct Replayer {
     max_frames: u64,
-    heap: Option<Heap<NullMemory>>,
+    heap: Option<Heap<SparseMemory>>,
     total_frames: u64,
     /// Live ids to their serial numbers.
     names: BTreeMap<String, u64>,
@@ -565,7 +650,7 @@ impl Replayer {
     }
 
     /// The current heap, if a `heap` line built one.
-    pub fn heap(&self) -> Option<&Heap<NullMemory>> {
+    pub fn heap(&self) -> Option<&Heap<SparseMemory>> {
         self.heap.as_ref()
     }
 
@@ -614,7 +699,9 @@ impl Replayer {
             Err(e) => return self.count(Err(Fail { kind: Cow::Borrowed(kind::PARSE), message: e.0 })),
         };
         let before = self.heap.as_ref().map(Heap::stats);
-        let may_change_on_error = matches!(op, Op::Heap { .. } | Op::FreeId { .. } | Op::Offline { .. });
+        // A touch that crashes its guest gives the guest's pages back: an error that changes the heap.
+        let may_change_on_error =
+            matches!(op, Op::Heap { .. } | Op::FreeId { .. } | Op::Offline { .. } | Op::Touch { .. });
         let res = self.exec(op);
         if let (Err(_), Some(before), Some(heap)) = (&res, before, &self.heap) {
             let after = heap.stats();
@@ -662,8 +749,12 @@ impl Replayer {
                 s.free_clean, s.free_dirty, s.allocated, s.offline, self.total_frames, s.scrubbing
             ));
         }
-        if s.allocated != self.held_frames {
-            bad.push(format!("the heap says {} frames are allocated, the log holds {}", s.allocated, self.held_frames));
+        let pod = heap.pod_frames();
+        if s.allocated != self.held_frames + pod {
+            bad.push(format!(
+                "the heap says {} frames are allocated, the log holds {} and PoD guests {pod}",
+                s.allocated, self.held_frames
+            ));
         }
         if s.claimed as u128 > s.free_clean as u128 + s.free_dirty as u128 {
             bad.push(format!("{} frames claimed but only {} free", s.claimed, s.free_clean + s.free_dirty));
@@ -676,6 +767,7 @@ impl Replayer {
     /// Full check of the current heap, then drops it and every id.
     fn end_heap(&mut self) {
         if let Some(heap) = self.heap.take() {
+            self.pod_end(&heap);
             let s = heap.stats();
             self.report.final_ = FinalCounts {
                 free_clean: s.free_clean,
@@ -688,6 +780,7 @@ impl Replayer {
             }
         } else {
             self.report.final_ = FinalCounts::default();
+            (self.report.pod.populated, self.report.pod.cache, self.report.pod.entries) = (0, 0, 0);
         }
         self.total_frames = 0;
         self.names.clear();
@@ -697,7 +790,7 @@ impl Replayer {
         self.held_frames = 0;
     }
 
-    fn heap_or_fail(&self) -> Result<&Heap<NullMemory>, Fail> {
+    fn heap_or_fail(&self) -> Result<&Heap<SparseMemory>, Fail> {
         match &self.heap {
             Some(h) => Ok(h),
             None => fail(kind::NO_HEAP, "no heap: the log needs a `heap` line first".into()),
@@ -717,12 +810,15 @@ impl Replayer {
                     return fail(kind::UNKNOWN_ID, format!("id {id} holds nothing"));
                 };
                 let (owner, mfn) = (h.owner, Mfn(self.frame_of(self.names[id], h.first, offset)));
+                Self::refuse_pod_pages(heap, mfn, order, owner)?;
                 heap.free(mfn, order, owner)?;
                 self.forget(mfn.0, order, owner);
                 Ok(())
             }
             Op::FreeMfn { mfn, order, dom } => {
-                self.heap_or_fail()?.free(mfn, order, dom)?;
+                let heap = self.heap_or_fail()?;
+                Self::refuse_pod_pages(heap, mfn, order, dom)?;
+                heap.free(mfn, order, dom)?;
                 self.forget(mfn.0, order, dom);
                 Ok(())
             }
@@ -755,6 +851,9 @@ impl Replayer {
                 }
                 Ok(())
             }
+            Op::Pod { .. } | Op::Touch { .. } | Op::Balloon { .. } | Op::PodTarget { .. } | Op::Destroy { .. } => {
+                self.pod_op(op)
+            }
             Op::Pin { id, offset, order, pin } => {
                 let heap = self.heap_or_fail()?;
                 let Some(&serial) = self.names.get(id) else {
@@ -765,6 +864,7 @@ impl Replayer {
                 if !pin {
                     return Ok(heap.unpin(mfn, order, owner)?);
                 }
+                Self::refuse_pod_pages(heap, mfn, order, owner)?;
                 let moves = RecordMoves::default();
                 let r = heap.pin(mfn, order, owner, &moves);
                 self.apply_moves(moves);
@@ -806,7 +906,7 @@ impl Replayer {
         if let Some(m) = movable_from {
             config = config.with_movable_from(m);
         }
-        self.heap = Some(Heap::new(config, NullMemory)?);
+        self.heap = Some(Heap::new(config, SparseMemory::new())?);
         self.total_frames = nodes * fpn;
         Ok(())
     }
@@ -1045,6 +1145,8 @@ impl Replayer {
     }
 }
 
+mod pod;
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1202,7 +1304,7 @@ mod tests {
         let rep = r.finish();
         assert_eq!(rep.ops, 14 + UNSUPPORTED_VERBS.len() as u64);
         assert_eq!(rep.ok, 4);
-        assert_eq!(rep.errors["Unsupported"], UNSUPPORTED_VERBS.len() as u64);
+        assert_eq!(rep.errors.get("Unsupported").copied().unwrap_or(0), UNSUPPORTED_VERBS.len() as u64);
         assert_eq!(rep.errors["TooLarge"], 3);
         assert_eq!(rep.errors["UnknownId"], 3);
         assert_eq!(rep.invariant_violations, 0, "{:?}", rep.violations);

@@ -100,6 +100,8 @@ impl<M: FrameMemory> Heap<M> {
                     break;
                 };
                 st.work[i].cursor = s + l;
+                // The last batch changed free_dirty: mirror it before the lock drops.
+                self.cell(m).publish(&st);
                 drop(st);
                 self.mem.zero(Mfn(self.cell(m).base + (head + s) as u64), l as u64);
                 done += l as u64;
