@@ -90,12 +90,12 @@ impl Pool {
         let node = (0..heap.node_count())
             .max_by_key(|&n| (heap.node_stats(n).map_or(0, |s| s.free()), std::cmp::Reverse(n)))
             .unwrap_or(0);
-        rec.enter();
+        rec.enter_op("pod create");
         let mut r = heap.pod_create(dom, &PodConfig::new(max_pages, target).on(node), rec);
         rec.exit();
         while let Ok(PodProgress::Preempted) = r {
             std::thread::yield_now();
-            rec.enter();
+            rec.enter_op("pod set_target");
             r = heap.pod_set_target(dom, target, rec);
             rec.exit();
         }
@@ -116,7 +116,7 @@ impl Pool {
     /// One touch: populates if needed (leak-checking what the guest is handed), and with
     /// `data` writes the guest's tag into the page. A crash ends the guest's run.
     fn pod_touch(&self, g: &PodGuest, gfn: u64, data: bool, rec: &PreemptRecorder, log: LogLine<'_>) -> bool {
-        rec.enter();
+        rec.enter_op("pod touch");
         let r = self.heap().pod_touch(g.dom, gfn, false);
         rec.exit();
         log(format!("touch dom={} gfn={gfn}{}", g.dom.0, if data { " data" } else { "" }));
@@ -153,7 +153,7 @@ impl Pool {
             if self.heap().pod_lookup(g.dom, gfn) == Ok(PodEntry::Invalid) {
                 continue;
             }
-            rec.enter();
+            rec.enter_op("pod balloon");
             let r = self.heap().pod_balloon(g.dom, gfn, 0);
             rec.exit();
             if r.is_err() {
@@ -182,7 +182,7 @@ impl Pool {
     /// Returns milliseconds taken.
     pub fn destroy_pod_guest(&self, g: PodGuest, rec: &PreemptRecorder, log: LogLine<'_>) -> f64 {
         let t = Instant::now();
-        rec.enter();
+        rec.enter_op("pod destroy");
         let r = self.heap().pod_destroy(g.dom);
         rec.exit();
         r.expect("a live PoD guest can be destroyed");
