@@ -3,12 +3,13 @@
 //!
 //! - [`vm::Kvm::boot`] creates a VM and one vCPU, maps the guest's RAM (contiguous
 //!   guest-physical from 0) with one KVM memory slot per run of host-contiguous extents
-//!   ([`slots`]), and runs the [`payload`]: 32-bit protected-mode code that scans its RAM,
+//!   ([`slots`]), and runs the [`payload`]: 64-bit code (see there why not 32-bit) that scans its RAM,
 //!   reports how many 8-byte words were not zero, writes its tenant tag over all of it and
 //!   halts. A non-zero word is a leak between tenants and an error.
 //! - [`vm::DemandPager`] is the hook for populate-on-demand guests: a range with no slot
 //!   exits to the VMM at the guest's first touch, which has the pager populate it, maps
-//!   it as a new slot, completes the access and resumes the guest.
+//!   it as a new slot, completes the access and resumes the guest; [`pod::PodPager`]
+//!   serves it from the heap's populate-on-demand layer.
 //! - [`churn::run`] is `scrubheap vmm`: guests of mixed sizes booted, scanned, filled and
 //!   destroyed on the pool, or on fresh anonymous memory (the `kernel` baseline).
 //! - Adapters, each behind a feature: `x86_64` ([`frames::HeapFrames`]: the `x86_64`
@@ -25,6 +26,8 @@ pub mod slots;
 
 #[cfg(all(target_os = "linux", target_arch = "x86_64"))]
 pub mod churn;
+#[cfg(all(target_os = "linux", target_arch = "x86_64"))]
+pub mod pod;
 #[cfg(all(target_os = "linux", target_arch = "x86_64"))]
 pub mod vm;
 
