@@ -269,7 +269,8 @@ fn print_sweep(rep: &SimReport) {
     }
 }
 
-fn write_json(out: &Path, rep: &SimReport) -> anyhow::Result<()> {
+/// Writes `rep` as pretty JSON to `out` (every `sim` scenario's `--json`).
+pub(crate) fn write_json<T: serde::Serialize>(out: &Path, rep: &T) -> anyhow::Result<()> {
     let mut w = std::io::BufWriter::new(std::fs::File::create(out)?);
     serde_json::to_writer_pretty(&mut w, rep)?;
     writeln!(w)?;

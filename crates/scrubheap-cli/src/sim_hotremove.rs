@@ -5,7 +5,6 @@ use crate::sim::Args;
 use anyhow::{bail, Context};
 use scrubheap_sim::hotremove::{self, HotRemove, HotRemoveReport};
 use scrubheap_sim::preset::HostPreset;
-use std::io::Write;
 use std::time::Instant;
 
 pub fn main(a: &Args) -> anyhow::Result<()> {
@@ -34,14 +33,7 @@ pub fn main(a: &Args) -> anyhow::Result<()> {
     let rep = hotremove::run(&sc, a.seed).map_err(anyhow::Error::msg)?;
     print_table(&rep);
     if let Some(out) = &a.json {
-        let write = || -> anyhow::Result<()> {
-            let mut w = std::io::BufWriter::new(std::fs::File::create(out)?);
-            serde_json::to_writer_pretty(&mut w, &rep)?;
-            writeln!(w)?;
-            w.flush()?;
-            Ok(())
-        };
-        write().with_context(|| format!("cannot write JSON report {}", out.display()))?;
+        crate::sim::write_json(out, &rep).with_context(|| format!("cannot write JSON report {}", out.display()))?;
     }
     eprintln!("wall time {:.1} s (not in the JSON)", started.elapsed().as_secs_f64());
     let bad: u64 = rep.results.iter().map(|r| r.invariant_violations).sum();

@@ -5,7 +5,6 @@ use crate::sim::Args;
 use anyhow::{bail, Context};
 use scrubheap_sim::pod::{self, PodBalloonParams, PodBalloonReport};
 use scrubheap_sim::preset::HostPreset;
-use std::io::Write;
 
 pub fn main(a: &Args) -> anyhow::Result<()> {
     if a.sweep.is_some() || a.report.is_some() {
@@ -27,14 +26,7 @@ pub fn main(a: &Args) -> anyhow::Result<()> {
     let rep = pod::run(&host, a.seed, &PodBalloonParams::default()).map_err(anyhow::Error::msg)?;
     print_table(&rep);
     if let Some(out) = &a.json {
-        let write = || -> anyhow::Result<()> {
-            let mut w = std::io::BufWriter::new(std::fs::File::create(out)?);
-            serde_json::to_writer_pretty(&mut w, &rep)?;
-            writeln!(w)?;
-            w.flush()?;
-            Ok(())
-        };
-        write().with_context(|| format!("cannot write JSON report {}", out.display()))?;
+        crate::sim::write_json(out, &rep).with_context(|| format!("cannot write JSON report {}", out.display()))?;
     }
     let bad: u64 = rep.results.iter().map(|r| r.invariant_violations).sum();
     if bad > 0 {
