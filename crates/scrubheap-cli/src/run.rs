@@ -11,11 +11,12 @@ use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-/// Run tenant churn on a real arena.
+/// The pool a run stands on: shared by `run` and `vmm`.
 #[derive(clap::Args)]
-pub struct Args {
-    /// Arena size, e.g. 4GiB, 512MiB, 1G, or bytes. Default: 4 GiB or a quarter of the
-    /// machine's memory, whichever is smaller.
+pub struct PoolArgs {
+    /// Arena size, e.g. 4GiB, 512MiB, 1G, or bytes (guests are scaled to it: the largest
+    /// is a quarter). Default: 4 GiB or a quarter of the machine's memory, whichever is
+    /// smaller.
     #[arg(long, value_parser = parse_size)]
     pub memory: Option<u64>,
     /// NUMA nodes; on a one-node host they are emulated by splitting the arena.
@@ -27,6 +28,30 @@ pub struct Args {
     /// sync, alloc, xen, xen-cap2m, scrubheap, or kernel (fresh memory zeroed at fault).
     #[arg(long, default_value = "scrubheap", value_parser = parse_backend)]
     pub policy: Backend,
+}
+
+impl PoolArgs {
+    /// Checks the flags; returns the arena size in bytes.
+    pub fn memory(&self) -> anyhow::Result<u64> {
+        let memory = self.memory.unwrap_or_else(default_memory);
+        if self.nodes == 0 || self.nodes > 64 {
+            bail!("--nodes {}: use 1 to 64", self.nodes);
+        }
+        if self.scrubbers == 0 || self.scrubbers > 64 {
+            bail!("--scrubbers {}: use 1 to 64 per node", self.scrubbers);
+        }
+        if memory < (4 << 20) * self.nodes as u64 {
+            bail!("--memory {memory}: give each of the {} nodes at least 4 MiB", self.nodes);
+        }
+        Ok(memory)
+    }
+}
+
+/// Run tenant churn on a real arena.
+#[derive(clap::Args)]
+pub struct Args {
+    #[command(flatten)]
+    pub pool: PoolArgs,
     /// Seconds of workload.
     #[arg(long, default_value_t = 25.0)]
     pub duration: f64,
@@ -79,7 +104,7 @@ pub struct Args {
     pub clean_boot: bool,
 }
 
-fn parse_backend(s: &str) -> Result<Backend, String> {
+pub(crate) fn parse_backend(s: &str) -> Result<Backend, String> {
     s.parse()
 }
 
@@ -105,7 +130,7 @@ pub fn parse_size(s: &str) -> Result<u64, String> {
 }
 
 /// The default arena: 4 GiB or a quarter of the machine's memory, whichever is smaller.
-pub fn default_memory() -> u64 {
+fn default_memory() -> u64 {
     let total = std::fs::read_to_string("/proc/meminfo")
         .ok()
         .and_then(|m| m.lines().find(|l| l.starts_with("MemTotal:")).map(str::to_owned))
@@ -115,21 +140,12 @@ pub fn default_memory() -> u64 {
 }
 
 pub fn main(a: Args) -> anyhow::Result<()> {
-    let memory = a.memory.unwrap_or_else(default_memory);
-    if a.nodes == 0 || a.nodes > 64 {
-        bail!("--nodes {}: use 1 to 64", a.nodes);
-    }
-    if a.scrubbers == 0 || a.scrubbers > 64 {
-        bail!("--scrubbers {}: use 1 to 64 per node", a.scrubbers);
-    }
+    let memory = a.pool.memory()?;
     if !(a.duration.is_finite() && a.duration > 0.0 && a.duration <= 86_400.0) {
         bail!("--duration {}: use a number of seconds above 0 (at most a day)", a.duration);
     }
     if a.workers == 0 || a.workers > 256 {
         bail!("--workers {}: use 1 to 256", a.workers);
-    }
-    if memory < (4 << 20) * a.nodes as u64 {
-        bail!("--memory {memory}: give each of the {} nodes at least 4 MiB", a.nodes);
     }
     std::fs::create_dir_all(&a.report)
         .with_context(|| format!("cannot create the report folder {}", a.report.display()))?;
@@ -145,13 +161,13 @@ pub fn main(a: Args) -> anyhow::Result<()> {
         bail!("the workload has no guests for {memory} bytes over {} s", a.duration);
     }
     println!("workload: {workload}");
-    let backends = a.compare.clone().unwrap_or_else(|| vec![a.policy]);
+    let backends = a.compare.clone().unwrap_or_else(|| vec![a.pool.policy]);
     let mut reports = Vec::new();
     for (i, &backend) in backends.iter().enumerate() {
         let cfg = RunConfig {
             memory_bytes: memory,
-            nodes: if backend == Backend::Kernel { 1 } else { a.nodes },
-            scrubbers_per_node: a.scrubbers,
+            nodes: if backend == Backend::Kernel { 1 } else { a.pool.nodes },
+            scrubbers_per_node: a.pool.scrubbers,
             backend,
             seed: a.seed,
             workload: workload.clone(),

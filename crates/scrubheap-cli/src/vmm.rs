@@ -1,6 +1,6 @@
 //! `scrubheap vmm`: real KVM guests on the pool (see `scrubheap_vmm::churn`).
 
-use crate::run::{human, parse_size};
+use crate::run::{human, parse_backend, PoolArgs};
 use anyhow::{bail, Context};
 use scrubheap_host::run::Backend;
 use std::path::PathBuf;
@@ -9,19 +9,8 @@ use std::path::PathBuf;
 /// fills it with its own, and is destroyed.
 #[derive(clap::Args)]
 pub struct Args {
-    /// Arena size, e.g. 4GiB, 512MiB, or bytes (guests are scaled to it: the largest is a
-    /// quarter). Default: 4 GiB or a quarter of the machine's memory, whichever is smaller.
-    #[arg(long, value_parser = parse_size)]
-    pub memory: Option<u64>,
-    /// NUMA nodes; on a one-node host they are emulated by splitting the arena.
-    #[arg(long, default_value_t = 2)]
-    pub nodes: usize,
-    /// Scrubber threads per node.
-    #[arg(long, default_value_t = 1)]
-    pub scrubbers: usize,
-    /// sync, alloc, xen, xen-cap2m, scrubheap, or kernel (fresh memory zeroed at fault).
-    #[arg(long, default_value = "scrubheap", value_parser = parse_backend)]
-    pub policy: Backend,
+    #[command(flatten)]
+    pub pool: PoolArgs,
     /// Guests to boot (the first of `scrubheap run`'s churn for this memory and seed).
     #[arg(long, default_value_t = 200)]
     pub guests: usize,
@@ -37,27 +26,14 @@ pub struct Args {
     pub compare: Option<Vec<Backend>>,
 }
 
-fn parse_backend(s: &str) -> Result<Backend, String> {
-    s.parse()
-}
-
 #[cfg(all(target_os = "linux", target_arch = "x86_64"))]
 pub fn main(a: Args) -> anyhow::Result<()> {
     use scrubheap_vmm::churn::{self, VmmConfig, VmmReport};
     use scrubheap_vmm::vm::Kvm;
 
-    let memory = a.memory.unwrap_or_else(crate::run::default_memory);
-    if a.nodes == 0 || a.nodes > 64 {
-        bail!("--nodes {}: use 1 to 64", a.nodes);
-    }
-    if a.scrubbers == 0 || a.scrubbers > 64 {
-        bail!("--scrubbers {}: use 1 to 64 per node", a.scrubbers);
-    }
+    let memory = a.pool.memory()?;
     if a.guests == 0 || a.guests > 100_000 {
         bail!("--guests {}: use 1 to 100000", a.guests);
-    }
-    if memory < (4 << 20) * a.nodes as u64 {
-        bail!("--memory {memory}: give each of the {} nodes at least 4 MiB", a.nodes);
     }
     if memory > 64 << 30 {
         bail!(
@@ -66,13 +42,13 @@ pub fn main(a: Args) -> anyhow::Result<()> {
         );
     }
     let kvm = Kvm::open()?;
-    let backends = a.compare.clone().unwrap_or_else(|| vec![a.policy]);
+    let backends = a.compare.clone().unwrap_or_else(|| vec![a.pool.policy]);
     let mut reports: Vec<VmmReport> = Vec::new();
     for (i, &backend) in backends.iter().enumerate() {
         let cfg = VmmConfig {
             memory_bytes: memory,
-            nodes: a.nodes,
-            scrubbers_per_node: a.scrubbers,
+            nodes: a.pool.nodes,
+            scrubbers_per_node: a.pool.scrubbers,
             backend,
             guests: a.guests,
             seed: a.seed,
@@ -84,8 +60,8 @@ pub fn main(a: Args) -> anyhow::Result<()> {
             backends.len(),
             a.guests,
             human(memory),
-            a.nodes,
-            a.scrubbers,
+            a.pool.nodes,
+            a.pool.scrubbers,
             kvm.max_memslots()
         );
         let display = Display::new(a.guests as u64);
