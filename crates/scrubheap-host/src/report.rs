@@ -14,6 +14,19 @@ pub struct Millis {
     pub max: f64,
 }
 
+impl Millis {
+    /// Median (nearest rank), 99th percentile and maximum of `v`; all 0 if `v` is empty.
+    pub fn of(v: &[f64]) -> Millis {
+        if v.is_empty() {
+            return Millis::default();
+        }
+        let mut s = v.to_vec();
+        s.sort_by(f64::total_cmp);
+        let q = |p: f64| s[((s.len() - 1) as f64 * p).round() as usize];
+        Millis { p50: q(0.5), p99: q(0.99), max: s[s.len() - 1] }
+    }
+}
+
 /// Lock hold times, in microseconds.
 #[derive(Clone, Debug, Default, Serialize, PartialEq)]
 pub struct LockHoldMicros {

@@ -217,16 +217,6 @@ impl OpLog {
     }
 }
 
-fn millis(v: &[f64]) -> Millis {
-    if v.is_empty() {
-        return Millis::default();
-    }
-    let mut s = v.to_vec();
-    s.sort_by(f64::total_cmp);
-    let q = |p: f64| s[((s.len() - 1) as f64 * p).round() as usize];
-    Millis { p50: q(0.5), p99: q(0.99), max: s[s.len() - 1] }
-}
-
 /// Runs the workload; `on_sample` sees every timeline sample as it is taken (for a live
 /// display).
 pub fn run(cfg: &RunConfig, on_sample: &(dyn Fn(&Sample, &RunProgress) + Sync)) -> Result<RunReport, RunError> {
@@ -463,8 +453,8 @@ pub fn run(cfg: &RunConfig, on_sample: &(dyn Fn(&Sample, &RunProgress) + Sync)) 
         domains_created: t.created,
         domains_destroyed: t.destroyed,
         domains_rebooted: t.rebooted,
-        create_ms: millis(&t.create_ms),
-        destroy_ms: millis(&t.destroy_ms),
+        create_ms: Millis::of(&t.create_ms),
+        destroy_ms: Millis::of(&t.destroy_ms),
         highorder_failures: t.highorder_failures,
         guests_refused: t.refused,
         balloon: Balloon {
@@ -473,8 +463,8 @@ pub fn run(cfg: &RunConfig, on_sample: &(dyn Fn(&Sample, &RunProgress) + Sync)) 
             bytes_out: t.balloon.bytes_out,
             bytes_in: t.balloon.bytes_in,
             in_short: t.balloon.short,
-            out_ms: millis(&t.balloon.out_ms),
-            in_ms: millis(&t.balloon.in_ms),
+            out_ms: Millis::of(&t.balloon.out_ms),
+            in_ms: Millis::of(&t.balloon.in_ms),
         },
         create_samples_ms: t.create_ms,
         destroy_samples_ms: t.destroy_ms,

@@ -17,6 +17,7 @@ use scrubheap::{DomId, HeapError};
 use scrubheap_host::guest::tag_of;
 use scrubheap_host::instrument::PreemptRecorder;
 use scrubheap_host::pool::{Pool, PoolConfig};
+use scrubheap_host::report::Millis;
 use scrubheap_host::run::Backend;
 use scrubheap_host::workload::{GuestSpec, Workload};
 use serde::Serialize;
@@ -49,17 +50,6 @@ pub struct Quantiles {
     pub p50: f64,
     /// 99th percentile.
     pub p99: f64,
-}
-
-/// Median, 99th percentile and maximum, in milliseconds.
-#[derive(Clone, Debug, Default, Serialize, PartialEq)]
-pub struct QuantilesMax {
-    /// Median.
-    pub p50: f64,
-    /// 99th percentile.
-    pub p99: f64,
-    /// Largest.
-    pub max: f64,
 }
 
 /// Memory slots per guest.
@@ -119,12 +109,12 @@ pub struct VmmReport {
     /// The pool's handoff check (zero for `kernel`).
     pub host_leak_check: HostLeakCheck,
     /// Pool allocation (or mmap) to the guest's first instruction.
-    pub create_ms: QuantilesMax,
+    pub create_ms: Millis,
     /// Of `create_ms`, the memory: the pool's claim, allocation and handoff check (every
     /// frame's sampled words read), or the `kernel` baseline's `mmap`.
     pub alloc_ms: Quantiles,
     /// Pool allocation (or mmap) to the guest's done report: create, scan, fill and exits.
-    pub ready_ms: QuantilesMax,
+    pub ready_ms: Millis,
     /// Guest-measured (TSC) time to scan its RAM.
     pub scan_ms: Quantiles,
     /// Guest bytes scanned per second of guest-measured scan time, over all guests (GB/s).
@@ -135,7 +125,7 @@ pub struct VmmReport {
     /// First instruction to last report (scan, fill and the exits between), VMM wall clock.
     pub run_ms: Quantiles,
     /// VM teardown plus giving the memory back.
-    pub destroy_ms: QuantilesMax,
+    pub destroy_ms: Millis,
     /// KVM memory slots per guest.
     pub memslots: Memslots,
     /// How guest TSC deltas were converted.
@@ -173,14 +163,6 @@ pub fn workload(memory_bytes: u64, n: usize, seed: u64) -> Vec<GuestSpec> {
         duration *= 1.5;
     }
     Workload::default_churn(memory_bytes, duration, seed, None).guests.into_iter().take(n).collect()
-}
-
-fn quantile(v: &mut [f64], p: f64) -> f64 {
-    if v.is_empty() {
-        return 0.0;
-    }
-    v.sort_by(f64::total_cmp);
-    v[((v.len() - 1) as f64 * p).round() as usize]
 }
 
 /// Runs the churn. Fails at the first leak a guest reports, or any KVM error.
@@ -278,28 +260,16 @@ pub fn run(cfg: &VmmConfig, kvm: &Kvm, progress: &dyn Fn(&VmmProgress)) -> Resul
         nonzero_words: boots.iter().map(|b| b.nonzero_words).sum(),
     };
     let v = |f: fn(&BootStats) -> f64| boots.iter().map(f).collect::<Vec<f64>>();
-    let (mut create, mut scan, mut run_ms) = (v(|b| b.create_ms), v(|b| b.scan_ms), v(|b| b.run_ms));
-    let mut fill = v(|b| b.fill_ms);
-    let mut ready = v(|b| b.create_ms + b.run_ms);
-    r.ready_ms = QuantilesMax {
-        p50: quantile(&mut ready, 0.5),
-        p99: quantile(&mut ready, 0.99),
-        max: quantile(&mut ready, 1.0),
-    };
-    r.alloc_ms = Quantiles { p50: quantile(&mut alloc_ms, 0.5), p99: quantile(&mut alloc_ms, 0.99) };
-    r.fill_ms = Quantiles { p50: quantile(&mut fill, 0.5), p99: quantile(&mut fill, 0.99) };
-    r.create_ms = QuantilesMax {
-        p50: quantile(&mut create, 0.5),
-        p99: quantile(&mut create, 0.99),
-        max: quantile(&mut create, 1.0),
-    };
-    r.scan_ms = Quantiles { p50: quantile(&mut scan, 0.5), p99: quantile(&mut scan, 0.99) };
-    r.run_ms = Quantiles { p50: quantile(&mut run_ms, 0.5), p99: quantile(&mut run_ms, 0.99) };
-    r.destroy_ms = QuantilesMax {
-        p50: quantile(&mut destroy_ms, 0.5),
-        p99: quantile(&mut destroy_ms, 0.99),
-        max: quantile(&mut destroy_ms, 1.0),
-    };
+    let (create, scan, run_ms) = (v(|b| b.create_ms), v(|b| b.scan_ms), v(|b| b.run_ms));
+    let (fill, ready) = (v(|b| b.fill_ms), v(|b| b.create_ms + b.run_ms));
+    let two = |m: Millis| Quantiles { p50: m.p50, p99: m.p99 };
+    r.ready_ms = Millis::of(&ready);
+    r.alloc_ms = two(Millis::of(&alloc_ms));
+    r.fill_ms = two(Millis::of(&fill));
+    r.create_ms = Millis::of(&create);
+    r.scan_ms = two(Millis::of(&scan));
+    r.run_ms = two(Millis::of(&run_ms));
+    r.destroy_ms = Millis::of(&destroy_ms);
     let scan_s: f64 = boots.iter().map(|b| b.scan_ms).sum::<f64>() / 1e3;
     if scan_s > 0.0 {
         r.scan_gbps = (r.leak_check.words_checked * 8) as f64 / scan_s / 1e9;
