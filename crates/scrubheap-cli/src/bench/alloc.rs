@@ -23,6 +23,7 @@ use buddy_system_allocator::FrameAllocator;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use scrubheap::{AllocRequest, DomId, Heap, HeapConfig, Mfn, NeverPreempt, NullMemory};
+use scrubheap_host::median;
 use serde::Serialize;
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, BinaryHeap};
@@ -406,19 +407,6 @@ fn touch<S: Subject>(s: &mut S) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn median(v: &[f64]) -> f64 {
-    let mut s = v.to_vec();
-    s.sort_by(f64::total_cmp);
-    let n = s.len();
-    if n == 0 {
-        f64::NAN
-    } else if n % 2 == 1 {
-        s[n / 2]
-    } else {
-        (s[n / 2 - 1] + s[n / 2]) / 2.0
-    }
-}
-
 fn mops(ops: usize, d: Duration) -> f64 {
     ops as f64 / d.as_secs_f64().max(1e-9) / 1e6
 }
@@ -473,7 +461,7 @@ fn bench_order(cfg: &Config, order: u8) -> anyhow::Result<OrderResult> {
         h.heap.check_invariants().with_context(|| format!("{name} after the timed runs"))?;
         ensure!(h.heap.stats().allocated == 0, "{name}: frames left allocated after the timed runs");
     }
-    let (ma, mb, mc) = (median(&ra), median(&rb), median(&rc));
+    let (ma, mb, mc) = (median(ra.clone()), median(rb.clone()), median(rc.clone()));
     Ok(OrderResult {
         scrubheap_mops: ma,
         peer_mops: mb,

@@ -57,7 +57,7 @@ pub struct Args {
     #[arg(long)]
     pub json: Option<PathBuf>,
     /// Arena size: bytes, or with a unit (KiB, MiB, GiB; K, M, G mean the same).
-    #[arg(long, default_value = "1GiB", value_parser = parse_bytes)]
+    #[arg(long, default_value = "1GiB", value_parser = crate::run::parse_size)]
     pub memory: u64,
     /// Timed repetitions of each measurement; medians are reported.
     #[arg(long, default_value_t = 9)]
@@ -191,24 +191,6 @@ pub struct ScrubResult {
 pub struct Report {
     /// The figures.
     pub scrub: ScrubResult,
-}
-
-/// Parses `1GiB`, `512MiB`, `64K`, `4096`: a whole number of bytes with an optional
-/// binary unit.
-pub fn parse_bytes(s: &str) -> Result<u64, String> {
-    let t = s.trim();
-    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
-    let (num, unit) = t.split_at(split);
-    let n: u64 = num.parse().map_err(|_| format!("{s:?} is not a size: expected a number like 1GiB or 65536"))?;
-    let shift = match unit.trim().to_ascii_lowercase().as_str() {
-        "" | "b" => 0,
-        "k" | "kb" | "kib" => 10,
-        "m" | "mb" | "mib" => 20,
-        "g" | "gb" | "gib" => 30,
-        "t" | "tb" | "tib" => 40,
-        u => return Err(format!("unknown size unit {u:?} in {s:?}: use KiB, MiB, GiB or TiB")),
-    };
-    n.checked_mul(1 << shift).ok_or_else(|| format!("{s:?} does not fit in 64 bits"))
 }
 
 /// Every byte of the arena non-zero (a different word each time, so nothing is skipped
@@ -604,13 +586,15 @@ mod tests {
 
     #[test]
     fn sizes_parse_with_binary_units() {
-        assert_eq!(parse_bytes("1GiB"), Ok(1 << 30));
-        assert_eq!(parse_bytes("512MiB"), Ok(512 << 20));
-        assert_eq!(parse_bytes("64k"), Ok(64 << 10));
-        assert_eq!(parse_bytes("4096"), Ok(4096));
-        assert!(parse_bytes("lots").is_err());
-        assert!(parse_bytes("1PB").unwrap_err().contains("unit"));
-        assert!(parse_bytes("99999999999TiB").is_err());
+        // The one size parser of the command line, as `bench scrub --memory` uses it.
+        use crate::run::parse_size;
+        assert_eq!(parse_size("1GiB"), Ok(1 << 30));
+        assert_eq!(parse_size("512MiB"), Ok(512 << 20));
+        assert_eq!(parse_size("64k"), Ok(64 << 10));
+        assert_eq!(parse_size("4096"), Ok(4096));
+        assert!(parse_size("lots").is_err());
+        assert!(parse_size("1PB").unwrap_err().contains("unit"));
+        assert!(parse_size("99999999999TiB").is_err());
     }
 
     #[test]
