@@ -103,8 +103,9 @@ pub enum RunError {
     Io(String),
 }
 
-/// What happens to a live guest at a scheduled time. Every live guest has exactly one
-/// event pending; handling it schedules the next.
+/// What happens to a live guest at a scheduled time. A live guest has at most one event
+/// pending (none when its next one would fall after the run); handling it schedules the
+/// next.
 #[derive(Copy, Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
 enum Ev {
     Destroy,
@@ -179,7 +180,7 @@ const HOT_REMOVE_BUDGET: Duration = Duration::from_secs(5);
 struct Sched {
     next_arrival: usize,
     /// (time ns, guest, event), earliest first.
-    destroys: BinaryHeap<Reverse<(u64, u64, Ev)>>,
+    events: BinaryHeap<Reverse<(u64, u64, Ev)>>,
     alive: HashMap<u64, Live>,
 }
 
@@ -187,8 +188,6 @@ struct Sched {
 struct Tally {
     create_ms: Vec<f64>,
     destroy_ms: Vec<f64>,
-    created: u64,
-    destroyed: u64,
     rebooted: u64,
     refused: u64,
     highorder_failures: u64,
@@ -255,7 +254,7 @@ pub fn run(cfg: &RunConfig, on_sample: &(dyn Fn(&Sample, &RunProgress) + Sync)) 
         }
         None => None,
     };
-    let sched = Mutex::new(Sched { next_arrival: 0, destroys: BinaryHeap::new(), alive: HashMap::new() });
+    let sched = Mutex::new(Sched { next_arrival: 0, events: BinaryHeap::new(), alive: HashMap::new() });
     let tally = Mutex::new(Tally::default());
     let sections = Sections::default();
     let alive = AtomicU64::new(0);
@@ -300,7 +299,7 @@ pub fn run(cfg: &RunConfig, on_sample: &(dyn Fn(&Sample, &RunProgress) + Sync)) 
                                 }
                             } else {
                                 let arrival = guests.get(sc.next_arrival).map(|g| (g.arrival_s * 1e9) as u64);
-                                let destroy = sc.destroys.peek().map(|r| r.0 .0);
+                                let destroy = sc.events.peek().map(|r| r.0 .0);
                                 let next = match (arrival, destroy) {
                                     (Some(a), Some(d)) => Some(a.min(d)),
                                     (a, d) => a.or(d),
@@ -308,7 +307,7 @@ pub fn run(cfg: &RunConfig, on_sample: &(dyn Fn(&Sample, &RunProgress) + Sync)) 
                                 match next {
                                     Some(t) if t <= now => {
                                         if destroy == Some(t) {
-                                            let Reverse((_, id, ev)) = sc.destroys.pop().expect("peeked");
+                                            let Reverse((_, id, ev)) = sc.events.pop().expect("peeked");
                                             Some(Job::Event(id, ev, sc.alive.remove(&id)))
                                         } else {
                                             sc.next_arrival += 1;
@@ -342,7 +341,7 @@ pub fn run(cfg: &RunConfig, on_sample: &(dyn Fn(&Sample, &RunProgress) + Sync)) 
                                 sc.alive.insert(idx, live);
                                 let next = (next * 1e9) as u64;
                                 if next < duration_ns {
-                                    sc.destroys.push(Reverse((next.max(t0.elapsed().as_nanos() as u64), idx, ev)));
+                                    sc.events.push(Reverse((next.max(t0.elapsed().as_nanos() as u64), idx, ev)));
                                 }
                                 continue;
                             }
@@ -375,7 +374,6 @@ pub fn run(cfg: &RunConfig, on_sample: &(dyn Fn(&Sample, &RunProgress) + Sync)) 
                             alive.fetch_sub(1, Relaxed);
                             let mut t = tally.lock();
                             t.destroy_ms.push(ms);
-                            t.destroyed += 1;
                             t.rebooted += reboot as u64;
                             if !reboot {
                                 continue;
@@ -413,11 +411,11 @@ pub fn run(cfg: &RunConfig, on_sample: &(dyn Fn(&Sample, &RunProgress) + Sync)) 
                                 && !(pool.is_some() && crate::pod_guest::is_pod(idx));
                             let third = start + (end - start) / 3;
                             if reboots && (start + end) / 2 < duration_ns {
-                                sc.destroys.push(Reverse((((start + end) / 2).max(now), idx, Ev::Reboot)));
+                                sc.events.push(Reverse((((start + end) / 2).max(now), idx, Ev::Reboot)));
                             } else if balloons && third < duration_ns {
-                                sc.destroys.push(Reverse((third.max(now), idx, Ev::BalloonOut)));
+                                sc.events.push(Reverse((third.max(now), idx, Ev::BalloonOut)));
                             } else if end < duration_ns {
-                                sc.destroys.push(Reverse((end.max(now), idx, Ev::Destroy)));
+                                sc.events.push(Reverse((end.max(now), idx, Ev::Destroy)));
                             }
                         }
                     }
@@ -450,8 +448,8 @@ pub fn run(cfg: &RunConfig, on_sample: &(dyn Fn(&Sample, &RunProgress) + Sync)) 
         nodes: cfg.nodes,
         seed: cfg.seed,
         duration_s: run_s,
-        domains_created: t.created,
-        domains_destroyed: t.destroyed,
+        domains_created: t.create_ms.len() as u64,
+        domains_destroyed: t.destroy_ms.len() as u64,
         domains_rebooted: t.rebooted,
         create_ms: Millis::of(&t.create_ms),
         destroy_ms: Millis::of(&t.destroy_ms),
@@ -613,7 +611,6 @@ fn create_heap_guest(
             }
             let mut t = tally.lock();
             t.create_ms.push(c.ms);
-            t.created += 1;
             t.highorder_failures += c.highorder_failures;
             t.pins += pinned.len() as u64;
             t.pins_moved += moved;
@@ -721,7 +718,6 @@ fn create_pod_guest(
         Ok((g, c, ballooned)) => {
             let mut t = tally.lock();
             t.create_ms.push(c.ms);
-            t.created += 1;
             t.pod_created += 1;
             t.pod_ballooned += ballooned;
             Some(Live::Pod(g))
@@ -755,7 +751,6 @@ fn create_kernel_guest(
             k.run_guest(&mut g);
             let mut t = tally.lock();
             t.create_ms.push(ms);
-            t.created += 1;
             Some(Live::Kernel(g, 0))
         }
         Err(_) => {
