@@ -45,6 +45,9 @@ pub(crate) const NONE: u32 = u32::MAX;
 const ORDER_MASK: u32 = 0x1f;
 const STATE_SHIFT: u32 = 5;
 const STATE_MASK: u32 = 0x7 << STATE_SHIFT;
+/// Allocated: the frames belong to a guest's populate-on-demand layer (its cache or its
+/// populated pages); only that layer frees them, and nobody pins them.
+pub(crate) const F_POD: u32 = 1 << 8;
 /// Allocated: the allocation is movable (may be migrated by offline).
 pub(crate) const F_MOVABLE: u32 = 1 << 9;
 /// Allocated: frames being migrated (a pin or an offline moves them); the owner may not

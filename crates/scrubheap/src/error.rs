@@ -257,6 +257,14 @@ pub enum HeapError {
         /// The guest frame whose touch found nothing.
         gfn: u64,
     },
+    /// A free or pin of frames the guest's populate-on-demand layer holds.
+    #[error("frame {mfn} holds {owner}'s populate-on-demand memory: give it back with pod_balloon or pod_destroy")]
+    PodPage {
+        /// The frame.
+        mfn: Mfn,
+        /// The guest.
+        owner: DomId,
+    },
 }
 
 /// A broken invariant found by [`crate::Heap::check_invariants`]: a bug in the heap.

@@ -1,7 +1,7 @@
 //! The heap: nodes behind their own locks, claims, scrub accounting, and the public
 //! operations. Every operation validates its input before changing anything.
 
-use crate::chunk::{Slot, State, F_BROKEN, F_MIGRATING, F_MOVABLE};
+use crate::chunk::{Slot, State, F_BROKEN, F_MIGRATING, F_MOVABLE, F_POD};
 use crate::claims::{Claim, ClaimBook, ClaimTarget, DomClaims};
 use crate::config::HeapConfig;
 use crate::error::HeapError;
@@ -535,6 +535,15 @@ impl<M: FrameMemory> Heap<M> {
         NodeTry::Ready(ext)
     }
 
+    /// Marks an extent just allocated as held by the populate-on-demand layer, so that
+    /// only that layer frees it ([`Heap::free_held`]) and nobody pins it.
+    pub(crate) fn mark_pod(&self, e: Extent) {
+        let (n, off) = self.locate(e.mfn, e.order).expect("an extent the heap handed out");
+        let mut st = self.lock_node(n);
+        debug_assert_eq!(st.meta[off as usize].state(), State::Allocated);
+        st.meta[off as usize].set_flag(F_POD, true);
+    }
+
     pub(crate) fn allocated_slot(order: u8, owner: DomId, movable: bool) -> Slot {
         let mut slot = Slot::head(State::Allocated, order);
         slot.a = owner.0;
@@ -562,12 +571,18 @@ impl<M: FrameMemory> Heap<M> {
     /// their free buddies in O(MAX_ORDER) under the node lock. Under the `sync` policy
     /// they are zeroed first, outside the lock.
     pub fn free(&self, mfn: Mfn, order: u8, owner: DomId) -> Result<(), HeapError> {
+        self.free_held(mfn, order, owner, false)
+    }
+
+    /// [`Heap::free`], and with `pod` also of frames the populate-on-demand layer holds
+    /// (only that layer passes it).
+    pub(crate) fn free_held(&self, mfn: Mfn, order: u8, owner: DomId, pod: bool) -> Result<(), HeapError> {
         let (n, off) = self.locate(mfn, order)?;
         let cell = &self.nodes[n];
         let mut st = self.lock_node(n);
         let sync = self.config.policy == Policy::Sync;
         let s0 = st.meta[off as usize];
-        let plain = !s0.flags(F_MIGRATING | F_BROKEN);
+        let plain = !s0.flags(F_MIGRATING | F_BROKEN | F_POD);
         if !sync && plain && s0.state() == State::Allocated && s0.order() == order && s0.a == owner.0 && s0.b == 0 {
             // The common case: exactly one whole allocated chunk.
             st.meta[off as usize] = Slot::default();
@@ -576,7 +591,7 @@ impl<M: FrameMemory> Heap<M> {
             cell.publish(&st);
             return Ok(());
         }
-        Self::check_held(&st, off, order, owner)?;
+        Self::check_held(&st, off, order, owner, pod)?;
         let (h, o) = st.chunk_of(off);
         if o > order {
             st.split_held(h, o, off, order);
@@ -623,8 +638,9 @@ impl<M: FrameMemory> Heap<M> {
         Ok(())
     }
 
-    /// Checks that `owner` holds every frame of `[off, 2^order)`, unpinned.
-    fn check_held(st: &NodeState, off: u32, order: u8, owner: DomId) -> Result<(), HeapError> {
+    /// Checks that `owner` holds every frame of `[off, 2^order)`, unpinned, and (unless
+    /// `pod`) none of them through its populate-on-demand layer.
+    fn check_held(st: &NodeState, off: u32, order: u8, owner: DomId, pod: bool) -> Result<(), HeapError> {
         let end = off + size(order);
         let mut pos = off;
         let abs = |o: u32| Mfn(st.base + o as u64);
@@ -644,6 +660,9 @@ impl<M: FrameMemory> Heap<M> {
             }
             if s.b > 0 {
                 return Err(HeapError::Pinned { mfn: abs(h), owner });
+            }
+            if s.flags(F_POD) && !pod {
+                return Err(HeapError::PodPage { mfn: abs(h), owner });
             }
             if s.flags(F_MIGRATING) {
                 return Err(HeapError::Busy { mfn: abs(h), what: "being migrated" });

@@ -54,8 +54,8 @@
 //!
 //! The replay heap runs on [`SparseMemory`], so `touch ... data` leaves pages that zero
 //! checks see as used. A touch that crashes its guest (out of PoD memory) is one
-//! `PodExhausted` error. A `free` or `pin` of frames a PoD guest holds is refused
-//! ([`kind::POD_PAGE`]): they leave the guest through `balloon` or `destroy`.
+//! `PodExhausted` error. A `free` or `pin` of frames a PoD guest holds is refused by the
+//! heap (`PodPage`): they leave the guest through `balloon` or `destroy`.
 
 use crate::claims::{Claim, ClaimTarget};
 use crate::config::HeapConfig;
@@ -103,9 +103,6 @@ pub mod kind {
     /// A `heap` line beyond the replayer's memory guard (or `pod` lines whose p2m sizes
     /// together exceed it).
     pub const TOO_LARGE: &str = "TooLarge";
-    /// A `free` of frames a populate-on-demand guest holds (they leave it through
-    /// `balloon` or `destroy`).
-    pub const POD_PAGE: &str = "PodPage";
 }
 
 /// The kind under which a heap error is counted: its variant name (`OutOfMemory`, ...).
@@ -810,14 +807,12 @@ impl Replayer {
                     return fail(kind::UNKNOWN_ID, format!("id {id} holds nothing"));
                 };
                 let (owner, mfn) = (h.owner, Mfn(self.frame_of(self.names[id], h.first, offset)));
-                Self::refuse_pod_pages(heap, mfn, order, owner)?;
                 heap.free(mfn, order, owner)?;
                 self.forget(mfn.0, order, owner);
                 Ok(())
             }
             Op::FreeMfn { mfn, order, dom } => {
                 let heap = self.heap_or_fail()?;
-                Self::refuse_pod_pages(heap, mfn, order, dom)?;
                 heap.free(mfn, order, dom)?;
                 self.forget(mfn.0, order, dom);
                 Ok(())
@@ -864,7 +859,6 @@ impl Replayer {
                 if !pin {
                     return Ok(heap.unpin(mfn, order, owner)?);
                 }
-                Self::refuse_pod_pages(heap, mfn, order, owner)?;
                 let moves = RecordMoves::default();
                 let r = heap.pin(mfn, order, owner, &moves);
                 self.apply_moves(moves);

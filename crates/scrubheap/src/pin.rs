@@ -7,7 +7,7 @@
 //! and changes nothing. A pinned frame cannot be freed (`HeapError::Pinned`) until it is
 //! unpinned as many times as it was pinned.
 
-use crate::chunk::{Slot, State, F_BROKEN, F_MIGRATING, F_MOVABLE};
+use crate::chunk::{Slot, State, F_BROKEN, F_MIGRATING, F_MOVABLE, F_POD};
 use crate::error::HeapError;
 use crate::heap::{Extent, Heap};
 use crate::memory::FrameMemory;
@@ -193,6 +193,9 @@ impl<M: FrameMemory> Heap<M> {
             }
             if s.flags(F_MIGRATING) {
                 return Err(HeapError::Busy { mfn: abs(h), what: "being migrated" });
+            }
+            if s.flags(F_POD) {
+                return Err(HeapError::PodPage { mfn: abs(h), owner });
             }
             held.movable_zone |= st.zone_of(h) == Zone::Movable;
             held.movable &= s.flags(F_MOVABLE);

@@ -271,10 +271,10 @@ pub(crate) struct PodRegistry {
     retired: Mutex<PodCounters>,
 }
 
-/// Frees a run of frames the guest holds; a failure is a bug in this layer (or pages of
-/// the guest freed behind its back through [`Heap::free`]), never the caller's input.
+/// Frees a run of frames the guest holds; a failure is a bug in this layer, never the
+/// caller's input ([`Heap::free`] and [`Heap::pin`] refuse frames this layer holds).
 fn give_back<M: FrameMemory>(heap: &Heap<M>, dom: DomId, mfn: u64, order: u8) {
-    let r = heap.free(Mfn(mfn), order, dom);
+    let r = heap.free_held(Mfn(mfn), order, dom, true);
     debug_assert!(r.is_ok(), "PoD layer could not free {mfn:#x} order {order} of {dom}: {r:?}");
 }
 
@@ -677,6 +677,9 @@ impl Guest {
                     Err(_) if order > 0 => alloc_preemptible(heap, &AllocRequest { order: 0, ..req }, preempt)?,
                     r => r?,
                 };
+                if let Some(e) = got {
+                    heap.mark_pod(e);
+                }
                 match got {
                     Some(e) if e.order == SP_ORDER => self.cache2m.push(e.mfn.0),
                     Some(e) => self.cache4k.push(e.mfn.0),
@@ -1034,16 +1037,6 @@ impl<M: FrameMemory> Heap<M> {
             t.counters.add(&s.counters);
         }
         t
-    }
-
-    /// Whether `dom`'s PoD layer holds any frame of `[mfn, mfn + 2^order)` (populated or
-    /// cached): such frames leave the guest only through [`Heap::pod_balloon`] or
-    /// [`Heap::pod_destroy`], never through [`Heap::free`]. O(frames the guest holds).
-    pub fn pod_holds(&self, dom: DomId, mfn: Mfn, order: u8) -> bool {
-        let Ok(g) = self.pod_guest(dom) else { return false };
-        let g = g.lock();
-        let (lo, hi) = (mfn.0, mfn.0.saturating_add(1u64 << order.min(63)));
-        g.pieces().iter().any(|&(m, o)| m < hi && m + (1u64 << o) > lo)
     }
 
     /// Frames all PoD guests hold (populated + cache).

@@ -541,3 +541,26 @@ fn a_cache_only_the_movable_zone_could_hold_is_refused_up_front() {
     create(&h, 1, PodConfig::new(4096, 500));
     assert_eq!(stats(&h, 1).cache, 500);
 }
+
+#[test]
+fn frames_the_pod_layer_holds_cannot_be_freed_or_pinned_behind_its_back() {
+    let h = heap();
+    create(&h, 1, PodConfig::new(1024, 1024));
+    // A populated page and a cached one: both are the PoD layer's alone.
+    let m = h.pod_touch(DomId(1), 3, false).unwrap();
+    let populated = Mfn(m.mfn.0 + (3 - m.gfn));
+    let before = snapshot(&h, &[1]);
+    for (mfn, order) in [(populated, 0), (m.mfn, m.order)] {
+        let e = h.free(mfn, order, DomId(1)).unwrap_err();
+        assert!(matches!(e, HeapError::PodPage { owner: DomId(1), .. }), "{e}");
+        let e = h.pin(mfn, order, DomId(1), &MetadataMigrator).unwrap_err();
+        assert!(matches!(e, HeapError::PodPage { .. }), "{e}");
+        assert!(matches!(h.pin_in_place(mfn, order, DomId(1)), Err(HeapError::PodPage { .. })));
+    }
+    assert_eq!(snapshot(&h, &[1]), before, "a refused free or pin changes nothing");
+    ok(&h);
+    // The layer itself still gives everything back.
+    h.pod_destroy(DomId(1)).unwrap();
+    assert_eq!(h.stats().allocated, 0);
+    ok(&h);
+}

@@ -6,7 +6,6 @@ use crate::heap::Heap;
 use crate::pod::{PodConfig, PodProgress, POD_MAX_PAGES_PER_FRAME};
 use crate::preempt::NeverPreempt;
 use crate::sparse::SparseMemory;
-use crate::types::{DomId, Mfn};
 use alloc::format;
 
 impl Replayer {
@@ -47,17 +46,6 @@ impl Replayer {
             }
             Op::Destroy { dom } => heap.pod_destroy(dom)?,
             _ => {}
-        }
-        Ok(())
-    }
-
-    /// Refuses a `free` of frames `owner`'s PoD layer holds, before the heap sees it.
-    pub(super) fn refuse_pod_pages(heap: &Heap<SparseMemory>, mfn: Mfn, order: u8, owner: DomId) -> Result<(), Fail> {
-        if heap.pod_holds(owner, mfn, order) {
-            return fail(
-                kind::POD_PAGE,
-                format!("frames {mfn}+2^{order} hold {owner}'s populate-on-demand memory: give them back with balloon or destroy"),
-            );
         }
         Ok(())
     }
@@ -170,7 +158,7 @@ mod tests {
     }
 
     #[test]
-    fn frees_of_pod_pages_are_refused_before_the_heap_sees_them() {
+    fn frees_and_pins_of_pod_pages_are_refused_by_the_heap() {
         let mut r = Replayer::with_max_frames(1 << 16);
         r.replay_str(
             "heap nodes=1 frames_per_node=4096\n\
