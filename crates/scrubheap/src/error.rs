@@ -179,9 +179,10 @@ pub enum HeapError {
     NeededByClaims {
         /// The frame.
         mfn: Mfn,
-        /// Frames claimed on its node and globally.
+        /// All outstanding claims, node and global (the refusal may come from this node's
+        /// claims or from the total).
         claimed: u64,
-        /// Free frames.
+        /// Free frames on its node.
         free: u64,
     },
     /// A populate-on-demand operation on a domain that is not a PoD guest.

@@ -98,8 +98,6 @@ pub mod kind {
     pub const UNKNOWN_ID: &str = "UnknownId";
     /// An `alloc id=X` while X still holds frames.
     pub const DUPLICATE_ID: &str = "DuplicateId";
-    /// A line the replayer recognises but does not run yet.
-    pub const UNSUPPORTED: &str = "Unsupported";
     /// A `heap` line beyond the replayer's memory guard (or `pod` lines whose p2m sizes
     /// together exceed it).
     pub const TOO_LARGE: &str = "TooLarge";
@@ -263,14 +261,7 @@ pub enum Op<'a> {
         /// The frame.
         mfn: Mfn,
     },
-    /// A recognised line the replayer does not run yet (pin, offline, PoD, ...).
-    Unsupported {
-        /// Its first word.
-        verb: &'a str,
-    },
 }
-
-const UNSUPPORTED_VERBS: [&str; 0] = [];
 
 /// The words of one line after its verb: `key=value` pairs and bare flags, each of which
 /// must be used exactly once.
@@ -387,9 +378,6 @@ pub fn parse_line(line: &str) -> Result<Option<Op<'_>>, ParseError> {
     let text = line.split('#').next().unwrap_or("");
     let mut words = text.split_whitespace();
     let Some(verb) = words.next() else { return Ok(None) };
-    if UNSUPPORTED_VERBS.contains(&verb) {
-        return Ok(Some(Op::Unsupported { verb }));
-    }
     let mut a = Args::new(words)?;
     let op = match verb {
         "heap" => {
@@ -876,9 +864,6 @@ impl Replayer {
             }
             Op::Online { mfn, count } => Ok(self.heap_or_fail()?.online(mfn, count).map(|_| ())?),
             Op::Broken { mfn } => Ok(self.heap_or_fail()?.mark_broken(mfn).map(|_| ())?),
-            Op::Unsupported { verb } => {
-                fail(kind::UNSUPPORTED, format!("`{verb}` lines are not replayed yet: the heap has no such operation"))
-            }
         }
     }
 
@@ -1287,18 +1272,15 @@ mod tests {
         assert_eq!(kind_of(&mut r, "alloc id=a dom=1 order=0"), "DuplicateId");
         assert_eq!(kind_of(&mut r, "free id=b"), "UnknownId");
         assert_eq!(kind_of(&mut r, "free id=b offset=0 order=0"), "UnknownId");
-        for verb in UNSUPPORTED_VERBS {
-            assert_eq!(kind_of(&mut r, &format!("{verb} id=a offset=0 order=0")), "Unsupported");
-        }
         assert_eq!(kind_of(&mut r, "alloc"), "Parse");
         assert_eq!(kind_of(&mut r, "# comment"), "skipped");
         assert_eq!(kind_of(&mut r, "free id=a"), "");
         assert_eq!(kind_of(&mut r, "free id=a"), "UnknownId");
         assert_eq!(kind_of(&mut r, "alloc id=a dom=1 order=0"), "", "a freed id may be used again");
         let rep = r.finish();
-        assert_eq!(rep.ops, 14 + UNSUPPORTED_VERBS.len() as u64);
+        assert_eq!(rep.ops, 14);
         assert_eq!(rep.ok, 4);
-        assert_eq!(rep.errors.get("Unsupported").copied().unwrap_or(0), UNSUPPORTED_VERBS.len() as u64);
+        assert!(!rep.errors.contains_key("Unsupported"), "every verb is replayed");
         assert_eq!(rep.errors["TooLarge"], 3);
         assert_eq!(rep.errors["UnknownId"], 3);
         assert_eq!(rep.invariant_violations, 0, "{:?}", rep.violations);

@@ -134,7 +134,7 @@ pub struct PodMapping {
 /// What a guest frame is, as [`Heap::pod_lookup`] reports it.
 #[derive(Copy, Clone, Debug, PartialEq, Eq)]
 pub enum PodEntry {
-    /// Ballooned out (or beyond the guest's maximum in its last 2 MiB).
+    /// Ballooned out (a frame beyond the guest's maximum is `PodGfnOutOfRange`).
     Invalid,
     /// Populated on first touch; `order` 9 for a 2 MiB PoD entry.
     Pod {
@@ -817,7 +817,7 @@ impl<M: FrameMemory> Heap<M> {
     /// Normal zone (on the free lists or being scrubbed in the background).
     fn normal_free(&self, n: usize) -> u64 {
         use crate::types::Zone;
-        let st = self.lock_node_unobserved(n);
+        let st = self.lock_node(n);
         if st.movable_from >= st.frames {
             return st.free;
         }
