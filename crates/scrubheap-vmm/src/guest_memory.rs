@@ -56,7 +56,7 @@ pub unsafe fn guest_memory_mmap(arena: &Arena, extents: &[Extent]) -> Result<Gue
     let mut regions = Vec::with_capacity(slots.len());
     for s in slots {
         // SAFETY: `[host, host + bytes)` is frames of the arena's read-write private
-        // anonymous mapping (`pool_slots` checks they are inside it), page aligned; the
+        // anonymous mapping (`Arena::host_ptr`, which `pool_slots` calls, asserts they are inside it), page aligned; the
         // caller keeps them allocated to this guest and the arena mapped while the region
         // lives. A raw region does not unmap on drop.
         let region = unsafe {

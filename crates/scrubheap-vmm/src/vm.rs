@@ -14,7 +14,8 @@ use std::ptr::NonNull;
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
-/// Largest guest RAM the 32-bit payload can address (with room to spare below 4 GiB).
+/// Largest guest RAM the payload runs in: its identity map covers the low 4 GiB and the
+/// VMM's own slot sits at [`PAGE_TABLES_GPA`] (3.75 GiB), above any guest's RAM.
 pub const MAX_GUEST_BYTES: u64 = 3 << 30;
 /// Smallest guest RAM: the code page and one page to scan.
 pub const MIN_GUEST_BYTES: u64 = 2 * 4096;
@@ -509,7 +510,7 @@ impl Kvm {
         }
         let mut vcpu = vm.create_vcpu(0).map_err(kvm_err("KVM_CREATE_VCPU"))?;
         self.guest_tsc_khz.get_or_init(|| vcpu.get_tsc_khz().ok().filter(|&k| k > 0));
-        set_protected_mode(&vcpu, bytes)?;
+        set_long_mode(&vcpu, bytes)?;
 
         let mut st =
             BootStats { bytes, memslots: slots.len(), words_checked: (bytes - SCAN_START) / 8, ..Default::default() };
@@ -598,7 +599,7 @@ impl Kvm {
                 p => return Err(VmmError::Guest(format!("wrote {v:#x} to port {p:#x}, which it never uses"))),
             }
         }
-        Err(VmmError::Guest(format!("still running after {MAX_EXITS} exits, at {}", where_is(&vcpu))))
+        Err(VmmError::Guest(format!("still running after {max_exits} exits, at {}", where_is(&vcpu))))
     }
 }
 
@@ -659,7 +660,7 @@ impl PageTables {
 /// 64-bit mode with the identity map and flat segments, at privilege 3 with IOPL 3 (so its
 /// `OUT`s are allowed; see the payload for why not privilege 0 or 32-bit mode), caches on,
 /// interrupts off, at the payload's entry with `RDI` = RAM bytes.
-fn set_protected_mode(vcpu: &VcpuFd, bytes: u64) -> Result<(), VmmError> {
+fn set_long_mode(vcpu: &VcpuFd, bytes: u64) -> Result<(), VmmError> {
     let mut s = vcpu.get_sregs().map_err(kvm_err("KVM_GET_SREGS"))?;
     let code = kvm_segment {
         base: 0,
