@@ -32,7 +32,8 @@ enum Cmd {
     #[command(subcommand)]
     Bench(bench::Cmd),
     /// Simulate a host of any size: policies side by side on a scenario (destroy-1tb,
-    /// reboot-storm, boot-scrub, hot-remove, trace, or a TOML file), deterministic for a seed.
+    /// reboot-storm, boot-scrub, small, trace, hot-remove, pod-balloon, or a TOML file),
+    /// deterministic for a seed.
     Sim(sim::Args),
     /// Boot real KVM guests on the pool: each finds its memory zero, fills it, dies.
     Vmm(vmm::Args),

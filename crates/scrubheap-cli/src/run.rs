@@ -75,7 +75,8 @@ pub struct Args {
     /// scrubheap, xen, sync, kernel.
     #[arg(long, num_args = 0..=1, default_missing_value = "scrubheap,xen,sync,kernel", value_delimiter = ',', value_parser = parse_backend)]
     pub compare: Option<Vec<Backend>>,
-    /// Check every word of every page handed over (and poison freed pages), not a sample.
+    /// Check every word of every page the pool hands over (and poison freed pages), not a
+    /// sample. The kernel baseline is always sampled.
     #[arg(long)]
     pub verify: bool,
     /// Threads creating and destroying guests.

@@ -90,16 +90,6 @@ impl PreemptRecorder {
         self.last_wall.set(None);
     }
 
-    /// Longest section so far, CPU time, µs.
-    pub fn max_cpu_us(&self) -> f64 {
-        self.cpu.borrow().max() as f64 / 1000.0
-    }
-
-    /// Longest section so far, wall clock, µs.
-    pub fn max_wall_us(&self) -> f64 {
-        self.max_wall_ns.get() as f64 / 1000.0
-    }
-
     /// All sections recorded (CPU ns).
     pub fn histogram(&self) -> Histogram<u64> {
         self.cpu.borrow().clone()

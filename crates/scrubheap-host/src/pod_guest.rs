@@ -43,7 +43,7 @@ pub struct PodSummary {
     pub guests: u64,
     /// PoD guests refused (out of memory for their cache).
     pub refused: u64,
-    /// First touches populated with 2 MiB / 4 KiB pages.
+    /// First touches populated with 2 MiB pages.
     pub populated_2m: u64,
     /// First touches populated with 4 KiB pages.
     pub populated_4k: u64,

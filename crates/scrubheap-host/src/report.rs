@@ -62,7 +62,7 @@ pub struct LeakCheck {
     pub nonzero_pages: u64,
     /// 8-byte words read by the checks.
     pub words_checked: u64,
-    /// "full" (every word) or "sampled" (the first, middle and last word of each cache line sampled).
+    /// "full" (every word) or "sampled" (16 words of each 4 KiB page, one per 256 bytes).
     pub mode: String,
 }
 
@@ -167,7 +167,8 @@ pub struct RunReport {
     pub raw_zero_gbps: f64,
     /// Allocations of 1 GiB or 2 MiB that failed and fell back to smaller extents.
     pub highorder_failures: u64,
-    /// Heap invariant violations found (checked during and after the run). Must be 0.
+    /// Heap invariant violations found by the full check after the run, and frames still
+    /// allocated once every guest is gone. Must be 0.
     pub invariant_violations: u64,
     /// Where the workload came from, with its memory and time scale factors.
     pub workload: WorkloadInfo,
