@@ -64,6 +64,35 @@ pub fn move_part(extents: &mut Vec<Extent>, from: Extent, to: Extent) -> bool {
     true
 }
 
+/// What a migration does on real memory: copies the bytes of `from` to `to` in the arena
+/// and replaces `from` by `to` in the guest's extents ([`move_part`]). False, after the
+/// copy, if no extent holds `from`.
+pub fn move_guest_part(pool: &Pool, extents: &mut Vec<Extent>, from: Extent, to: Extent) -> bool {
+    pool.arena().copy(from.mfn, to.mfn, from.frames());
+    move_part(extents, from, to)
+}
+
+/// A page a guest pinned: which of its extents and where in it, and where the page is
+/// now (moved to Normal memory if it was in the Movable zone).
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+pub struct PinnedPage {
+    /// Index of the extent (as it was before the pins) the page was in.
+    pub extent: usize,
+    /// Frame offset in that extent.
+    pub offset: u64,
+    /// The page where it was.
+    pub was: Mfn,
+    /// The page where it is, pinned.
+    pub at: Extent,
+}
+
+impl PinnedPage {
+    /// Whether the pin moved the page.
+    pub fn moved(&self) -> bool {
+        self.at.mfn != self.was
+    }
+}
+
 /// Copies a guest's frames in the arena and updates its extents, for a guest the caller
 /// holds (a pin while it is being built).
 struct OwnGuest<'a> {
@@ -73,8 +102,7 @@ struct OwnGuest<'a> {
 
 impl Migrator for OwnGuest<'_> {
     fn migrate(&self, _owner: DomId, from: Extent, to: Extent) -> bool {
-        self.pool.arena().copy(from.mfn, to.mfn, from.frames());
-        move_part(&mut self.extents.borrow_mut(), from, to)
+        move_guest_part(self.pool, &mut self.extents.borrow_mut(), from, to)
     }
 }
 
@@ -82,11 +110,9 @@ impl Pool {
     /// The guest pins `count` single pages, as a device that does DMA into them would
     /// (DPDK, VFIO), one in each of its first `count` extents at an offset drawn from
     /// `seed`. A page in the Movable zone is moved to Normal memory first (its bytes
-    /// copied, the guest's extents updated). Returns `(extent index, offset)` of each
-    /// page pinned, and how many of them moved.
-    pub fn pin_guest_pages(&self, g: &mut Guest, count: usize, seed: u64) -> (Vec<(usize, u64)>, u64) {
+    /// copied, the guest's extents updated). Returns each page pinned.
+    pub fn pin_guest_pages(&self, g: &mut Guest, count: usize, seed: u64) -> Vec<PinnedPage> {
         let mut pinned = Vec::new();
-        let mut moved = 0;
         let originals: Vec<Extent> = g.extents.iter().take(count).copied().collect();
         for (j, e) in originals.into_iter().enumerate() {
             let off = splitmix(seed ^ (g.dom.0 as u64) << 20 ^ j as u64) % e.frames();
@@ -96,17 +122,16 @@ impl Pool {
             let mig = OwnGuest { pool: self, extents: RefCell::new(&mut g.extents) };
             match retry_busy(|| self.heap().pin(page, 0, dom, &mig)) {
                 Ok(at) => {
-                    moved += (at.mfn != page) as u64;
                     debug_assert!(at.mfn == page || before == Ok(scrubheap::Zone::Movable));
                     g.pins.push(at);
-                    pinned.push((j, off));
+                    pinned.push(PinnedPage { extent: j, offset: off, was: page, at });
                 }
                 // No Normal memory free to move the page to: the device goes without.
                 Err(HeapError::OutOfMemory { .. }) => {}
                 Err(e) => panic!("pinning a page the guest holds failed: {e}"),
             }
         }
-        (pinned, moved)
+        pinned
     }
 
     /// Drops every pin the guest holds (a device detached before teardown).

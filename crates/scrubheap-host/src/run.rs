@@ -4,13 +4,13 @@
 //! sampler records memory composition over time. Everything is measured as it happens.
 
 use crate::guest::{Guest, KernelBackend, KernelGuest};
-use crate::hotplug::{move_part, WallDeadline};
+use crate::hotplug::{move_guest_part, WallDeadline};
 use crate::instrument::{PreemptRecorder, Sections};
 use crate::pool::{Pool, PoolConfig, PoolError, SAMPLED_WORDS_PER_FRAME};
 use crate::report::*;
 use crate::workload::Workload;
 use parking_lot::Mutex;
-use scrubheap::{DomId, Extent, FrameMemory, HeapError, Mfn, Policy};
+use scrubheap::{DomId, Extent, HeapError, Mfn, Policy};
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap};
 use std::fmt;
@@ -594,19 +594,14 @@ fn create_heap_guest(
             if let Some(log) = log {
                 log_allocs(&mut hg, 0, "e", log);
             }
-            let before: Vec<Mfn> = hg.g.extents.iter().map(|e| e.mfn).collect();
-            let (pinned, moved) = p.pin_guest_pages(&mut hg.g, PINS_PER_GUEST, seed);
-            for ((j, off), at) in pinned.iter().zip(&hg.g.pins) {
-                let page = Mfn(before[*j].0 + off);
-                if at.mfn != page {
-                    hg.moved.push((at.mfn, at.order, page));
-                }
-            }
+            let pinned = p.pin_guest_pages(&mut hg.g, PINS_PER_GUEST, seed);
+            let moved = pinned.iter().filter(|q| q.moved()).count() as u64;
+            hg.moved.extend(pinned.iter().filter(|q| q.moved()).map(|q| (q.at.mfn, q.at.order, q.was)));
             if let Some(log) = log {
-                for (j, off) in &pinned {
-                    let id = hg.allocs[*j].0.clone();
-                    log.line(&format!("pin id={id} offset={off} order=0"));
-                    hg.pinned.push((id, *off));
+                for q in &pinned {
+                    let id = hg.allocs[q.extent].0.clone();
+                    log.line(&format!("pin id={id} offset={} order=0", q.offset));
+                    hg.pinned.push((id, q.offset));
                 }
             }
             let mut t = tally.lock();
@@ -824,8 +819,7 @@ fn hot_remove_and_add(
         if !hg.g.extents.iter().any(|e| e.mfn.0 <= from.mfn.0 && from.mfn.0 + from.frames() <= e.mfn.0 + e.frames()) {
             return false;
         }
-        p.arena().copy(from.mfn, to.mfn, from.frames());
-        let done = move_part(&mut hg.g.extents, from, to);
+        let done = move_guest_part(p, &mut hg.g.extents, from, to);
         if done {
             hg.moved.push((to.mfn, to.order, from.mfn));
         }
