@@ -404,11 +404,25 @@ impl<M: FrameMemory> Heap<M> {
     /// `noscrub`). This is [`Heap::alloc_start`] driven to completion with no preemption
     /// point: a caller that must stay preemptible uses the ticket itself.
     pub fn alloc(&self, req: &AllocRequest) -> Result<Extent, HeapError> {
+        let e = self.alloc_preemptible(req, &crate::preempt::NeverPreempt)?;
+        Ok(e.expect("NeverPreempt never asks to yield"))
+    }
+
+    /// [`Heap::alloc`], asking `preempt` between batches: `None` when it said to yield
+    /// (the ticket is dropped; the frames it scrubbed stay clean in the heap).
+    pub(crate) fn alloc_preemptible(
+        &self,
+        req: &AllocRequest,
+        preempt: &dyn crate::preempt::Preempt,
+    ) -> Result<Option<Extent>, HeapError> {
         match self.alloc_start(req)? {
-            AllocStart::Ready(e) => Ok(e),
+            AllocStart::Ready(e) => Ok(Some(e)),
             AllocStart::Pending(mut t) => loop {
-                if let Some(e) = t.advance(&crate::preempt::NeverPreempt)? {
-                    return Ok(e);
+                if let Some(e) = t.advance(preempt)? {
+                    return Ok(Some(e));
+                }
+                if preempt.check() {
+                    return Ok(None);
                 }
                 crate::sync::relax();
             },

@@ -32,7 +32,6 @@ use crate::heap::{AllocRequest, ChunkState, Heap};
 use crate::memory::FrameMemory;
 use crate::preempt::Preempt;
 use crate::sync::Mutex;
-use crate::ticket::AllocStart;
 use crate::types::{DomId, Mfn, MAX_ORDER};
 use alloc::collections::{BTreeMap, VecDeque};
 use alloc::format;
@@ -302,27 +301,6 @@ fn give_back_frames<M: FrameMemory>(heap: &Heap<M>, dom: DomId, mut frames: Vec<
             m += 1 << o;
         }
         i += len;
-    }
-}
-
-/// One allocation, scrubbed in batches with `preempt` asked between them: `None` when it
-/// said to yield (the ticket is dropped; the frames it scrubbed stay clean in the heap).
-fn alloc_preemptible<M: FrameMemory>(
-    heap: &Heap<M>,
-    req: &AllocRequest,
-    preempt: &dyn Preempt,
-) -> Result<Option<crate::heap::Extent>, HeapError> {
-    match heap.alloc_start(req)? {
-        AllocStart::Ready(e) => Ok(Some(e)),
-        AllocStart::Pending(mut t) => loop {
-            if let Some(e) = t.advance(preempt)? {
-                return Ok(Some(e));
-            }
-            if preempt.check() {
-                return Ok(None);
-            }
-            crate::sync::relax();
-        },
     }
 }
 
@@ -673,8 +651,8 @@ impl Guest {
                 if let Some(n) = self.node {
                     req = req.on(n);
                 }
-                let got = match alloc_preemptible(heap, &req, preempt) {
-                    Err(_) if order > 0 => alloc_preemptible(heap, &AllocRequest { order: 0, ..req }, preempt)?,
+                let got = match heap.alloc_preemptible(&req, preempt) {
+                    Err(_) if order > 0 => heap.alloc_preemptible(&AllocRequest { order: 0, ..req }, preempt)?,
                     r => r?,
                 };
                 if let Some(e) = got {
