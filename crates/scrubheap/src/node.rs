@@ -106,10 +106,7 @@ impl NodeState {
 
     /// Largest order whose chunk starts at `off` (aligned in absolute frames) and fits in `room`.
     pub fn largest_order_at(&self, off: u32, room: u32) -> u8 {
-        let abs = self.base + off as u64;
-        let align = if abs == 0 { MAX_ORDER as u32 } else { abs.trailing_zeros() };
-        let fit = 31 - room.leading_zeros();
-        core::cmp::min(core::cmp::min(align, fit), MAX_ORDER as u32) as u8
+        largest_order(self.base + off as u64, room as u64)
     }
 
     pub fn zone_of(&self, off: u32) -> Zone {
@@ -357,4 +354,12 @@ impl NodeState {
         }
         self.insert_free(off, order, fd);
     }
+}
+
+/// Largest order (at most `MAX_ORDER`) whose chunk starts at absolute frame `abs` (aligned
+/// to it) and fits in `room` frames (at least 1).
+pub(crate) fn largest_order(abs: u64, room: u64) -> u8 {
+    let align = if abs == 0 { MAX_ORDER as u32 } else { abs.trailing_zeros() };
+    let fit = 63 - room.leading_zeros();
+    core::cmp::min(core::cmp::min(align, fit), MAX_ORDER as u32) as u8
 }

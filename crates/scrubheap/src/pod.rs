@@ -30,6 +30,7 @@ mod p2m;
 use crate::error::{HeapError, InvariantViolation};
 use crate::heap::{AllocRequest, ChunkState, Heap};
 use crate::memory::FrameMemory;
+use crate::node::largest_order;
 use crate::preempt::Preempt;
 use crate::sync::Mutex;
 use crate::types::{DomId, Mfn, MAX_ORDER};
@@ -289,14 +290,9 @@ fn give_back_frames<M: FrameMemory>(heap: &Heap<M>, dom: DomId, mut frames: Vec<
         }
         let (mut m, end) = (start, start + len as u64);
         while m < end {
-            let mut o = 0u8;
-            while o < MAX_ORDER
-                && m % (2u64 << o) == 0
-                && m + (2u64 << o) <= end
-                && heap.node_of(Mfn(m)) == heap.node_of(Mfn(m + (2u64 << o) - 1))
-            {
-                o += 1;
-            }
+            // Runs never cross a node's end.
+            let node_end = heap.node_of(Mfn(m)).and_then(|n| heap.node_range(n)).map_or(m + 1, |(_, e)| e.0);
+            let o = largest_order(m, end.min(node_end) - m);
             give_back(heap, dom, m, o);
             m += 1 << o;
         }
