@@ -49,17 +49,7 @@ pub fn move_part(extents: &mut Vec<Extent>, from: Extent, to: Extent) -> bool {
         extents.push(e);
         return false;
     }
-    let (mut h, mut k) = (e.mfn.0, e.order);
-    while k > from.order {
-        k -= 1;
-        let upper = h + (1 << k);
-        if from.mfn.0 >= upper {
-            extents.push(Extent { mfn: Mfn(h), order: k, node: e.node });
-            h = upper;
-        } else {
-            extents.push(Extent { mfn: Mfn(upper), order: k, node: e.node });
-        }
-    }
+    extents.extend(e.split_around(from));
     extents.push(to);
     true
 }

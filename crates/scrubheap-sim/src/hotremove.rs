@@ -211,16 +211,8 @@ impl Migrator for Guests<'_> {
         let (&m, &(o, g)) = held.range(..=from.mfn.0).next_back().expect("a guest holds what moves");
         debug_assert_eq!(g, owner.0);
         held.remove(&m);
-        let (mut h, mut k) = (m, o);
-        while k > from.order {
-            k -= 1;
-            let upper = h + (1 << k);
-            if from.mfn.0 >= upper {
-                held.insert(h, (k, g));
-                h = upper;
-            } else {
-                held.insert(upper, (k, g));
-            }
+        for r in (Extent { mfn: Mfn(m), order: o, node: from.node }).split_around(from) {
+            held.insert(r.mfn.0, (r.order, g));
         }
         held.insert(to.mfn.0, (to.order, g));
         true

@@ -476,7 +476,8 @@ impl Kvm {
         ram.populate(ENTRY_GPA, true)?;
         let slots = ram.slots();
         if slots.len() + 1 > self.max_memslots {
-            return Err(VmmError::TooManySlots { needed: slots.len(), limit: self.max_memslots });
+            // One more for the VMM's own page-table slot.
+            return Err(VmmError::TooManySlots { needed: slots.len() + 1, limit: self.max_memslots });
         }
         ram.write(ENTRY_GPA, &CODE);
         ram.write(TAG_GPA, &tag.to_le_bytes());

@@ -92,6 +92,25 @@ impl Extent {
     pub fn frames(&self) -> u64 {
         1 << self.order
     }
+
+    /// The aligned parts of `self` that remain when `part` (an aligned part of it, of
+    /// `part.order <= self.order`) is taken out: one buddy at each order from
+    /// `self.order - 1` down to `part.order`, as the heap splits a chunk around a part.
+    pub fn split_around(&self, part: Extent) -> Vec<Extent> {
+        let (mut h, mut k) = (self.mfn.0, self.order);
+        let mut rest = Vec::new();
+        while k > part.order {
+            k -= 1;
+            let upper = h + (1 << k);
+            if part.mfn.0 >= upper {
+                rest.push(Extent { mfn: Mfn(h), order: k, node: self.node });
+                h = upper;
+            } else {
+                rest.push(Extent { mfn: Mfn(upper), order: k, node: self.node });
+            }
+        }
+        rest
+    }
 }
 
 /// State of a chunk as [`Heap::chunk_at`] reports it.

@@ -292,3 +292,17 @@ fn claimed_nodes_are_scrubbed_first_toward_their_clean_target() {
     assert_eq!(h.node_stats(1).unwrap().free_dirty, 64);
     h.check_invariants().unwrap();
 }
+
+#[test]
+fn an_extent_splits_into_buddies_around_a_part() {
+    let e = Extent { mfn: Mfn(1024), order: 4, node: 0 };
+    let part = Extent { mfn: Mfn(1024 + 5), order: 0, node: 0 };
+    let rest = e.split_around(part);
+    let got: Vec<(u64, u8)> = rest.iter().map(|r| (r.mfn.0, r.order)).collect();
+    assert_eq!(got, [(1024 + 8, 3), (1024, 2), (1024 + 6, 1), (1024 + 4, 0)]);
+    // With the part, the pieces cover the extent exactly once.
+    let mut frames: Vec<u64> = rest.iter().chain([&part]).flat_map(|r| r.mfn.0..r.mfn.0 + r.frames()).collect();
+    frames.sort_unstable();
+    assert_eq!(frames, (1024..1024 + 16).collect::<Vec<_>>());
+    assert!(e.split_around(e).is_empty(), "the whole extent leaves nothing");
+}
