@@ -523,6 +523,13 @@ impl<'h, 'o> Engine<'h, 'o> {
     }
 
     /// Charges a step: locks (queued), fixed CPU time, then zeroing segments. With
+    /// Whether a zeroing step's bytes count as scrubbing in flight: background scrubs,
+    /// and every zeroing under a policy that scrubs on free. Adding and subtracting them
+    /// must agree, so both ask here.
+    fn counts_as_scrub(policy: Policy, kind: StepKind) -> bool {
+        kind == StepKind::Scrub || policy.scrubs_on_free()
+    }
+
     /// `split`, every zeroing call of the step is followed by a preemption point.
     fn begin_split(
         &mut self,
@@ -559,7 +566,7 @@ impl<'h, 'o> Engine<'h, 'o> {
             }
         }
         let bytes: u64 = cpu.zero.iter().map(|z| z.1).sum();
-        if kind == StepKind::Scrub || self.policy == Policy::Sync {
+        if Self::counts_as_scrub(self.policy, kind) {
             self.inflight_scrub += bytes;
         }
         cpu.seg = None;
@@ -597,7 +604,7 @@ impl<'h, 'o> Engine<'h, 'o> {
             } else {
                 self.sample_tool += b;
             }
-            if kind == StepKind::Scrub || self.policy == Policy::Sync {
+            if Self::counts_as_scrub(self.policy, kind) {
                 self.inflight_scrub -= b;
             }
             if !self.cpus[c].zero.is_empty() {

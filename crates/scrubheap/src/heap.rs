@@ -613,7 +613,7 @@ impl<M: FrameMemory> Heap<M> {
         let (n, off) = self.locate(mfn, order)?;
         let cell = &self.nodes[n];
         let mut st = self.lock_node(n);
-        let sync = self.config.policy == Policy::Sync;
+        let sync = self.config.policy.scrubs_on_free();
         let s0 = st.meta[off as usize];
         let plain = !s0.flags(F_MIGRATING | F_BROKEN | F_POD);
         if !sync && plain && s0.state() == State::Allocated && s0.order() == order && s0.a == owner.0 && s0.b == 0 {

@@ -41,6 +41,11 @@ impl Policy {
         }
     }
 
+    /// Whether a free scrubs the frames before they are free (the `sync` policy).
+    pub fn scrubs_on_free(self) -> bool {
+        self == Policy::Sync
+    }
+
     /// Whether idle CPUs scrub free memory under this policy.
     pub fn background_scrub(self) -> bool {
         matches!(self, Policy::Xen | Policy::XenCap2m | Policy::Scrubheap)
