@@ -118,6 +118,8 @@ pub struct ScrubberStats {
     pub busy: Duration,
     /// Times it parked for lack of work.
     pub parks: u64,
+    /// CPUs it ran on (`sched_getcpu` after pinning and after each step that did work).
+    pub cpus_seen: Vec<u32>,
 }
 
 /// A shared handle on a pool's heap (and so its arena) that may outlive the [`Pool`]:
@@ -438,6 +440,7 @@ fn scrubber(
     let pinned = pin_to(cpu);
     let rec = PreemptRecorder::new(quantum_ns);
     let mut st = ScrubberStats { node, cpu: pinned.then_some(cpu), ..Default::default() };
+    crate::numa::note_cpu(&mut st.cpus_seen);
     let bell = &shared.bells[node];
     while !shared.stop.load(Relaxed) {
         let seen = *bell.generation.lock();
@@ -449,6 +452,7 @@ fn scrubber(
             let busy = t.elapsed();
             st.frames += z;
             st.busy += busy;
+            crate::numa::note_cpu(&mut st.cpus_seen);
             shared.scrub_frames.fetch_add(z, Relaxed);
             shared.scrub_ns.fetch_add(busy.as_nanos() as u64, Relaxed);
             continue;
