@@ -7,7 +7,9 @@ use scrubheap::DomId;
 use scrubheap_host::guest::Guest;
 use scrubheap_host::instrument::PreemptRecorder;
 use scrubheap_host::pool::{Pool, PoolConfig};
-use scrubheap_vmm::guest_memory::{pool_guest_memory, GuestLayout, GuestMemoryError, LayoutError, FOUR_GIB};
+use scrubheap_vmm::guest_memory::{
+    pool_guest_memory, GuestLayout, GuestMemoryError, LayoutError, PoolGuestMemory, FOUR_GIB,
+};
 use std::sync::{mpsc, Arc, Barrier};
 use vm_memory::{Bytes, GuestAddress, GuestMemory, GuestMemoryBackend, GuestMemoryRegion, Permissions, VolatileMemory};
 
@@ -17,9 +19,14 @@ fn pool(mib: u64) -> Pool {
     Pool::new(cfg).unwrap()
 }
 
-/// A guest of 2 MiB extents and `pages` 4 KiB ones: several regions.
+/// A guest of `bytes` (2 MiB extents, then 4 KiB ones).
 fn guest(pool: &Pool, dom: u32, bytes: u64) -> Guest {
     pool.create_guest(DomId(dom), bytes, &PreemptRecorder::new(200_000)).unwrap().0
+}
+
+/// The memory of a new guest of `bytes`, guest-physical from 0.
+fn from_zero(pool: &Pool, dom: u32, bytes: u64) -> PoolGuestMemory {
+    pool_guest_memory(pool, guest(pool, dom, bytes), &GuestLayout::contiguous(GuestAddress(0), bytes).unwrap()).unwrap()
 }
 
 #[test]
@@ -103,9 +110,7 @@ fn a_layout_from_another_base_and_with_several_ranges() {
 fn clones_on_device_threads_keep_the_guest_until_the_last_one_drops() {
     let pool = pool(32);
     let bytes = 8 << 20;
-    let mem =
-        pool_guest_memory(&pool, guest(&pool, 3, bytes), &GuestLayout::contiguous(GuestAddress(0), bytes).unwrap())
-            .unwrap();
+    let mem = from_zero(&pool, 3, bytes);
     let frames = bytes / 4096;
     let devices = 3;
     let start = Arc::new(Barrier::new(devices + 1));
@@ -146,9 +151,7 @@ fn clones_on_device_threads_keep_the_guest_until_the_last_one_drops() {
 fn a_region_taken_out_of_the_memory_keeps_the_guest_alone() {
     let pool = pool(32);
     let bytes = 2 << 20;
-    let mem =
-        pool_guest_memory(&pool, guest(&pool, 4, bytes), &GuestLayout::contiguous(GuestAddress(0), bytes).unwrap())
-            .unwrap();
+    let mem = from_zero(&pool, 4, bytes);
     assert_eq!(mem.num_regions(), 1);
     let (rest, region) = mem.remove_region(GuestAddress(0), bytes).unwrap();
     assert_eq!(rest.num_regions(), 0);
@@ -165,9 +168,7 @@ fn a_region_taken_out_of_the_memory_keeps_the_guest_alone() {
 fn the_pool_can_go_first() {
     let pool = pool(32);
     let bytes = 2 << 20;
-    let mem =
-        pool_guest_memory(&pool, guest(&pool, 5, bytes), &GuestLayout::contiguous(GuestAddress(0), bytes).unwrap())
-            .unwrap();
+    let mem = from_zero(&pool, 5, bytes);
     let heap_left = pool.handle();
     drop(pool);
     mem.write_obj(42u64, GuestAddress(bytes - 8)).unwrap();
