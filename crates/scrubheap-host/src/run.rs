@@ -529,7 +529,7 @@ pub fn run(cfg: &RunConfig, on_sample: &(dyn Fn(&Sample, &RunProgress) + Sync)) 
                 r.invariant_violations += 1;
                 r.notes.push(format!("{} frames still allocated after every guest was destroyed", s.allocated));
             }
-            drop(pool);
+            r.numa = crate::numa::stop_and_place(pool);
             let ([p50, p99, p999, max], _) = locks.quantiles_us();
             r.lock_hold_us = LockHoldMicros { p50, p99, p999, max };
             let (a, b, _) = pool_sections.summary();
