@@ -205,3 +205,50 @@ pub(crate) unsafe fn put<T>(p: *mut T, v: T) {
     // SAFETY: the caller's contract.
     unsafe { p.write(v) }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{scrubheap_heap_destroy, scrubheap_heap_new, scrubheap_stats, ScrubheapConfig, ScrubheapMemoryOps};
+    use std::ffi::c_void;
+
+    unsafe extern "C" fn zero(_: *mut c_void, _: u64, _: u64) {}
+    unsafe extern "C" fn is_zero(_: *mut c_void, _: u64, _: u64) -> bool {
+        true
+    }
+    unsafe extern "C" fn copy(_: *mut c_void, _: u64, _: u64, _: u64) {}
+
+    #[test]
+    fn a_panic_inside_a_call_poisons_the_heap_until_destroy() {
+        let frames = [1024u64];
+        let config = ScrubheapConfig {
+            frame_size: 0,
+            first_frame: 0,
+            node_count: 1,
+            node_frames: frames.as_ptr(),
+            movable_from: crate::SCRUBHEAP_NO_MOVABLE,
+            policy: crate::SCRUBHEAP_POLICY_SCRUBHEAP,
+            scrub_batch: 0,
+            initially_dirty: false,
+            memory: ScrubheapMemoryOps {
+                ctx: std::ptr::null_mut(),
+                zero: Some(zero),
+                is_zero: Some(is_zero),
+                copy: Some(copy),
+            },
+        };
+        let mut h = std::ptr::null_mut();
+        let mut stats = crate::ScrubheapStats::default();
+        // SAFETY: a valid config (frames outlives the heap) and out-pointers; the heap is
+        // used by this thread only and destroyed once at the end.
+        unsafe {
+            assert_eq!(scrubheap_heap_new(&config, &mut h), ScrubheapStatus::SCRUBHEAP_OK);
+            assert_eq!(scrubheap_stats(h, &mut stats), ScrubheapStatus::SCRUBHEAP_OK);
+            assert_eq!(stats.free_clean, 1024);
+            let s = with_heap(h, |_| panic!("a bug inside the heap"));
+            assert_eq!(s, ScrubheapStatus::SCRUBHEAP_E_PANIC);
+            assert_eq!(scrubheap_stats(h, &mut stats), ScrubheapStatus::SCRUBHEAP_E_POISONED);
+            assert_eq!(scrubheap_heap_destroy(h), ScrubheapStatus::SCRUBHEAP_OK);
+        }
+    }
+}
