@@ -214,7 +214,8 @@ static uint64_t scrub_until_clean(ScrubheapHeap *h) {
     return 0;
 }
 
-int main(void) {
+/* Boot: the arena holds a previous boot's bytes, and the heap knows it is all dirty. */
+static ScrubheapHeap *boot(void) {
     arena = malloc((size_t)TOTAL * FRAME);
     CHECK(arena != NULL, "no arena");
     memset(arena, 0xA5, (size_t)TOTAL * FRAME); /* a previous boot's bytes */
@@ -240,14 +241,22 @@ int main(void) {
     OK(scrubheap_stats(h, &st));
     CHECK(st.free_dirty == TOTAL, "boot: %llu dirty of %u", (unsigned long long)st.free_dirty, TOTAL);
 
-    /* Build guests on dirty memory: every extent goes through a ticket that yields. */
+    return h;
+}
+
+/* Build guests on dirty memory: every extent goes through a ticket that yields. */
+static void build_all(ScrubheapHeap *h) {
     for (uint32_t d = 1; d <= GUESTS; d++) build_guest(h, d, d % NODES, d % 2 ? SCRUBHEAP_ALLOC_MOVABLE : 0);
     CHECK(yields > 0, "no ticket ever yielded on dirty memory");
     check_counters(h, 0);
+    ScrubheapStats st;
     OK(scrubheap_stats(h, &st));
     CHECK(st.scrubbed_in_place >= held_frames() * FRAME, "in-place bytes %llu below what guests got",
           (unsigned long long)st.scrubbed_in_place);
 
+}
+
+static void pin_and_hot_remove(ScrubheapHeap *h) {
     /* A device pins a page of guest 1 (movable): our migrator moves it to Normal memory. */
     ScrubheapMigrator mig = {.ctx = guests, .migrate = migrate};
     ScrubheapExtent last = guests[1].ext[guests[1].n - 1], pinned;
@@ -273,6 +282,10 @@ int main(void) {
     OK(scrubheap_unpin(h, pinned.mfn, pinned.order, 1));
     check_counters(h, 0);
 
+}
+
+static void destroy_and_scrub(ScrubheapHeap *h) {
+    ScrubheapStats st;
     /* Destroy half the guests: their frames go back dirty, nothing is scrubbed yet. */
     uint64_t before = zeroed_frames, freed = guests[1].frames + guests[2].frames + guests[3].frames;
     destroy_guest(h, 1), destroy_guest(h, 2), destroy_guest(h, 3);
@@ -291,6 +304,10 @@ int main(void) {
           (unsigned long long)st.scrubbed_background);
     check_counters(h, 0);
 
+}
+
+static void reboot_and_tear_down(ScrubheapHeap *h) {
+    ScrubheapStats st;
     /* Reboot storm: the destroyed guests come back on memory others dirtied; all zero. */
     destroy_guest(h, 4);
     for (uint32_t d = 1; d <= 4; d++) build_guest(h, d, (d + 1) % NODES, 0);
@@ -301,6 +318,14 @@ int main(void) {
     check_counters(h, 0);
     OK(scrubheap_stats(h, &st));
     CHECK(st.free_clean == TOTAL, "after all, %llu clean of %u", (unsigned long long)st.free_clean, TOTAL);
+}
+
+int main(void) {
+    ScrubheapHeap *h = boot();
+    build_all(h);
+    pin_and_hot_remove(h);
+    destroy_and_scrub(h);
+    reboot_and_tear_down(h);
     OK(scrubheap_heap_destroy(h));
     free(arena);
     printf("hypervisor: %u guests built over dirty memory and 4 rebuilt, %llu ticket yields, %llu frames zeroed, "
