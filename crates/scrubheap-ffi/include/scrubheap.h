@@ -56,8 +56,8 @@
 #define SCRUBHEAP_MAX_CLAIMS 4096
 
 // What every function returns: 0 or 1 when it did its work, a negative code when it
-// refused (and changed nothing). [`scrubheap_status_str`] names each code;
-// [`scrubheap_last_error`] gives the detail of the calling thread's last refusal.
+// refused (and changed nothing). `scrubheap_status_str` names each code;
+// `scrubheap_last_error` gives the detail of the calling thread's last refusal.
 enum ScrubheapStatus
 #if defined(__cplusplus) || __STDC_VERSION__ >= 202311L
   : int32_t
@@ -322,7 +322,7 @@ ScrubheapStatus scrubheap_heap_destroy(struct ScrubheapHeap *heap);
 
 // Allocates `2^req.order` frames and stores them in `*out`, scrubbing any dirty frame
 // first with no preemption point: a caller that must stay preemptible uses
-// [`crate::scrubheap_alloc_start`] and a ticket.
+// `scrubheap_alloc_start` and a ticket.
 //
 // # Safety
 // `heap` must be null or a live handle; `req` and `out` null or valid.
@@ -355,7 +355,7 @@ ScrubheapStatus scrubheap_scrub_step(struct ScrubheapHeap *heap,
                                      uint64_t *zeroed);
 
 // Installs `owner`'s claim set (`count` entries), replacing its claims: all or none.
-// `count` 0 with `claims` null cancels them, as [`scrubheap_claim_cancel`] does.
+// `count` 0 with `claims` null cancels them, as `scrubheap_claim_cancel` does.
 //
 // # Safety
 // `heap` must be null or a live handle; `claims` must point to `count` entries.
@@ -472,7 +472,7 @@ size_t scrubheap_last_error(char *buf, size_t len);
 // Starts an allocation. Returns `SCRUBHEAP_OK` with the frames in `*ready` (and
 // `*ticket` set to null) when they were clean; `SCRUBHEAP_PENDING` with a ticket in
 // `*ticket` when frames must be scrubbed first: advance it with
-// [`scrubheap_ticket_advance`] until it returns `SCRUBHEAP_OK`, then drop it. The
+// `scrubheap_ticket_advance` until it returns `SCRUBHEAP_OK`, then drop it. The
 // ticket keeps the heap alive; the heap refuses to be destroyed until it is dropped.
 //
 // # Safety

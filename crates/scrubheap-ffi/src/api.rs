@@ -59,7 +59,7 @@ pub unsafe extern "C" fn scrubheap_heap_destroy(heap: *mut ScrubheapHeap) -> Scr
 
 /// Allocates `2^req.order` frames and stores them in `*out`, scrubbing any dirty frame
 /// first with no preemption point: a caller that must stay preemptible uses
-/// [`crate::scrubheap_alloc_start`] and a ticket.
+/// `scrubheap_alloc_start` and a ticket.
 ///
 /// # Safety
 /// `heap` must be null or a live handle; `req` and `out` null or valid.
@@ -139,7 +139,7 @@ pub unsafe extern "C" fn scrubheap_scrub_step(
 }
 
 /// Installs `owner`'s claim set (`count` entries), replacing its claims: all or none.
-/// `count` 0 with `claims` null cancels them, as [`scrubheap_claim_cancel`] does.
+/// `count` 0 with `claims` null cancels them, as `scrubheap_claim_cancel` does.
 ///
 /// # Safety
 /// `heap` must be null or a live handle; `claims` must point to `count` entries.

@@ -70,14 +70,15 @@ impl Drop for PoisonOnPanic<'_> {
 /// Refuses null and handles whose first word is not `magic`.
 ///
 /// # Safety
-/// `p` must be null or point to at least 8 readable, 8-aligned bytes (any live handle of
-/// this library does).
+/// `p` must be null or point to at least 8 readable bytes (any live handle of this
+/// library does).
 unsafe fn check_magic(p: *const u8, magic: u64, what: &str) -> Result<(), Failure> {
     if p.is_null() {
         return Err(Failure::new(ScrubheapStatus::SCRUBHEAP_E_NULL, format!("the {what} handle is null")));
     }
-    // SAFETY: not null; the caller promises 8 readable aligned bytes.
-    let found = unsafe { p.cast::<u64>().read() };
+    // SAFETY: not null; the caller promises 8 readable bytes (read unaligned, so a
+    // misaligned stray pointer is refused by its value rather than by its alignment).
+    let found = unsafe { p.cast::<u64>().read_unaligned() };
     if found != magic {
         let m = format!("the pointer given as a {what} is not a live {what} handle (first word {found:#x})");
         return Err(Failure::new(ScrubheapStatus::SCRUBHEAP_E_BAD_HANDLE, m));

@@ -7,8 +7,8 @@ use std::ffi::{c_char, CStr, CString};
 use std::panic::{catch_unwind, AssertUnwindSafe};
 
 /// What every function returns: 0 or 1 when it did its work, a negative code when it
-/// refused (and changed nothing). [`scrubheap_status_str`] names each code;
-/// [`scrubheap_last_error`] gives the detail of the calling thread's last refusal.
+/// refused (and changed nothing). `scrubheap_status_str` names each code;
+/// `scrubheap_last_error` gives the detail of the calling thread's last refusal.
 #[repr(i32)]
 #[derive(Copy, Clone, Debug, PartialEq, Eq)]
 #[allow(non_camel_case_types)] // named as C sees them
@@ -184,7 +184,7 @@ impl From<&HeapError> for ScrubheapStatus {
 }
 
 /// A refused call: its code and the detail the caller can read with
-/// [`scrubheap_last_error`].
+/// `scrubheap_last_error`.
 #[derive(Debug)]
 pub(crate) struct Failure {
     pub status: ScrubheapStatus,

@@ -21,7 +21,7 @@ enum NoTicket {
 /// Starts an allocation. Returns `SCRUBHEAP_OK` with the frames in `*ready` (and
 /// `*ticket` set to null) when they were clean; `SCRUBHEAP_PENDING` with a ticket in
 /// `*ticket` when frames must be scrubbed first: advance it with
-/// [`scrubheap_ticket_advance`] until it returns `SCRUBHEAP_OK`, then drop it. The
+/// `scrubheap_ticket_advance` until it returns `SCRUBHEAP_OK`, then drop it. The
 /// ticket keeps the heap alive; the heap refuses to be destroyed until it is dropped.
 ///
 /// # Safety
