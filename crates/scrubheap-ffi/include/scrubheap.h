@@ -1,4 +1,17 @@
-/* scrubheap: the C interface of the scrubheap page allocator (crates/scrubheap-ffi). */
+/*
+ * scrubheap: the C interface of the scrubheap page allocator (crates/scrubheap-ffi).
+ *
+ * Every function returns SCRUBHEAP_OK (0), SCRUBHEAP_PENDING (1), or a negative code after
+ * which nothing changed; scrubheap_status_str() names a code and scrubheap_last_error()
+ * copies the calling thread's last refusal in words.
+ *
+ * Threads: a heap handle may be used from many threads at once (its memory callbacks are
+ * then called from them, several at once for disjoint frames). A ticket is used by one
+ * thread at a time. scrubheap_heap_destroy() runs alone, after every ticket is dropped.
+ * Preemption, deadline and migrator callbacks run only during the call that passed them;
+ * no callback may call into the same heap, longjmp out, or throw.
+ * The full contract is in the crate documentation: cargo doc -p scrubheap-ffi --open
+ */
 
 #ifndef SCRUBHEAP_H
 #define SCRUBHEAP_H
