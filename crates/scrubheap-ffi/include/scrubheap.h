@@ -2,8 +2,9 @@
  * scrubheap: the C interface of the scrubheap page allocator (crates/scrubheap-ffi).
  *
  * Every function returns SCRUBHEAP_OK (0), SCRUBHEAP_PENDING (1), or a negative code after
- * which nothing changed; scrubheap_status_str() names a code and scrubheap_last_error()
- * copies the calling thread's last refusal in words.
+ * which the heap is as it was (an offline that rolls back keeps the moves it made);
+ * scrubheap_status_str() names a code and scrubheap_last_error() copies the calling
+ * thread's last refusal in words.
  *
  * Threads: a heap handle may be used from many threads at once (its memory callbacks are
  * then called from them, several at once for disjoint frames). A ticket is used by one
@@ -69,7 +70,7 @@
 #define SCRUBHEAP_MAX_CLAIMS 4096
 
 // What every function returns: 0 or 1 when it did its work, a negative code when it
-// refused (and changed nothing). `scrubheap_status_str` names each code;
+// refused (the heap as it was, but for the moves of an offline that rolled back). `scrubheap_status_str` names each code;
 // `scrubheap_last_error` gives the detail of the calling thread's last refusal.
 enum ScrubheapStatus
 #if defined(__cplusplus) || __STDC_VERSION__ >= 202311L
@@ -438,7 +439,8 @@ ScrubheapStatus scrubheap_unpin(struct ScrubheapHeap *heap,
 // asking `deadline(ctx)` before each (null: no deadline) and moving movable unpinned
 // allocations out through `migrator` (null: none moves). Either completes (`*out` says
 // what it did) or rolls back: `SCRUBHEAP_E_OFFLINE_BLOCKED`, the last error naming the
-// blockers, every frame as it was.
+// blockers, every frame it took back in service as it was (allocations it already moved
+// stay moved: their owners were remapped).
 //
 // # Safety
 // `heap` must be null or a live handle; `migrator` and `out` null or valid; the callbacks

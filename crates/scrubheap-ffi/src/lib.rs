@@ -21,7 +21,8 @@
 //!
 //! # Errors
 //! Every function returns a `ScrubheapStatus`: `SCRUBHEAP_OK` (0), `SCRUBHEAP_PENDING`
-//! (1), or a negative code after which nothing changed. `scrubheap_status_str(code)`
+//! (1), or a negative code after which the heap is as it was (an offline that rolls back
+//! keeps the moves it made). `scrubheap_status_str(code)`
 //! returns a static message for a code; `scrubheap_last_error` copies the detail of the
 //! calling thread's last refusal (which frame, which owner, what to do). Null pointers,
 //! handles of the wrong kind and misuse (double free, wrong owner, out-of-range frames,

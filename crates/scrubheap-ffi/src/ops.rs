@@ -69,7 +69,8 @@ pub unsafe extern "C" fn scrubheap_unpin(heap: *mut ScrubheapHeap, mfn: u64, ord
 /// asking `deadline(ctx)` before each (null: no deadline) and moving movable unpinned
 /// allocations out through `migrator` (null: none moves). Either completes (`*out` says
 /// what it did) or rolls back: `SCRUBHEAP_E_OFFLINE_BLOCKED`, the last error naming the
-/// blockers, every frame as it was.
+/// blockers, every frame it took back in service as it was (allocations it already moved
+/// stay moved: their owners were remapped).
 ///
 /// # Safety
 /// `heap` must be null or a live handle; `migrator` and `out` null or valid; the callbacks

@@ -7,7 +7,7 @@ use std::ffi::{c_char, CStr, CString};
 use std::panic::{catch_unwind, AssertUnwindSafe};
 
 /// What every function returns: 0 or 1 when it did its work, a negative code when it
-/// refused (and changed nothing). `scrubheap_status_str` names each code;
+/// refused (the heap as it was, but for the moves of an offline that rolled back). `scrubheap_status_str` names each code;
 /// `scrubheap_last_error` gives the detail of the calling thread's last refusal.
 #[repr(i32)]
 #[derive(Copy, Clone, Debug, PartialEq, Eq)]
