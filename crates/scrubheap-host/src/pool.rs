@@ -7,6 +7,7 @@ use parking_lot::{Condvar, Mutex};
 use scrubheap::{
     AllocRequest, AllocStart, Claim, ClaimTarget, DomId, Extent, Heap, HeapConfig, HeapError, Mfn, NodeSpec, Policy,
 };
+use scrubheap_pod::Pods;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
 use std::thread::JoinHandle;
@@ -121,6 +122,8 @@ pub struct ScrubberStats {
 /// A heap over a real arena with scrubber threads.
 pub struct Pool {
     heap: Arc<Heap<Arena>>,
+    /// The populate-on-demand guests beside the heap.
+    pods: Pods,
     shared: Arc<Shared>,
     scrubbers: Vec<JoinHandle<ScrubberStats>>,
     /// Which node's scrubbers look after each node.
@@ -208,12 +211,18 @@ impl Pool {
                 scrubbers.push(h);
             }
         }
-        Ok(Pool { heap, shared, scrubbers, scrubbed_by, locks, sections, leaks: LeakCounters::default(), cfg })
+        let leaks = LeakCounters::default();
+        Ok(Pool { heap, pods: Pods::new(), shared, scrubbers, scrubbed_by, locks, sections, leaks, cfg })
     }
 
     /// The heap.
     pub fn heap(&self) -> &Heap<Arena> {
         &self.heap
+    }
+
+    /// The populate-on-demand guests beside the heap.
+    pub fn pods(&self) -> &Pods {
+        &self.pods
     }
 
     /// The arena.

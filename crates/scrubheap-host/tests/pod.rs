@@ -37,7 +37,7 @@ fn pod_guests_boot_balloon_write_and_leave_nothing_behind() {
             let (guest, c, ballooned) = p.create_pod_guest(dom, (6 + 4 * g as u64) << 20, &rec, &log).unwrap();
             assert!(c.ms >= 0.0);
             assert_eq!(ballooned, guest.max_pages - guest.target, "the balloon gives back max - target");
-            let s = p.heap().pod_stats(dom).unwrap();
+            let s = p.pods().stats(dom).unwrap();
             assert_eq!(s.crashed, None);
             assert!(s.populated + s.cache <= guest.target);
             assert!(s.cache <= s.entries);
