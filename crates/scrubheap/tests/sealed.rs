@@ -2,25 +2,11 @@
 //! above the heap (populate-on-demand, say) builds on. Every refusal leaves the heap
 //! exactly as it was, and the invariants hold after every operation.
 
+#[macro_use]
 mod common;
 
-use common::snapshot;
+use common::{snapshot, two_nodes as heap};
 use scrubheap::*;
-
-fn heap() -> Heap<NullMemory> {
-    Heap::new(HeapConfig::uniform(2, 1024), NullMemory).unwrap()
-}
-
-macro_rules! refused {
-    ($h:expr, $f:expr, $pat:pat) => {{
-        let before = snapshot(&$h, &[1, 2]);
-        let r = $f;
-        assert!(matches!(r, Err($pat)), "got {r:?}");
-        assert!(!r.unwrap_err().to_string().is_empty());
-        assert_eq!(snapshot(&$h, &[1, 2]), before, "a refused operation changed the heap");
-        $h.check_invariants().unwrap();
-    }};
-}
 
 fn sealed_at<M: FrameMemory>(h: &Heap<M>, mfn: Mfn) -> bool {
     matches!(h.chunk_at(mfn).unwrap().state, ChunkState::Allocated { sealed: true, .. })
