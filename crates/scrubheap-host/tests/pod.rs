@@ -44,6 +44,7 @@ fn pod_guests_boot_balloon_write_and_leave_nothing_behind() {
             // The guest's tag is in the pages it wrote.
             assert!(s.populated > 0);
             p.heap().check_invariants().unwrap();
+            p.pods().check_invariants(p.heap()).unwrap();
             guests.push(guest);
         }
         for g in guests {
@@ -53,6 +54,7 @@ fn pod_guests_boot_balloon_write_and_leave_nothing_behind() {
     assert!(p.leaks.pages_checked.load(Relaxed) > 0);
     assert_eq!(p.leaks.nonzero_pages.load(Relaxed), 0, "a PoD guest was handed another tenant's bytes");
     p.heap().check_invariants().unwrap();
+    p.pods().check_invariants(p.heap()).unwrap();
     assert_eq!(p.heap().stats().allocated, 0);
     let sum = p.pod_summary(6, 0, 0);
     assert!(sum.populated_2m + sum.populated_4k > 0 && sum.superpages_reclaimed > 0, "{sum:?}");

@@ -25,8 +25,9 @@ impl Guest {
         v
     }
 
-    /// This guest's invariants; returns the frames it holds.
-    pub(crate) fn check<M: FrameMemory>(&self, heap: &Heap<M>) -> Result<Vec<(u64, u8)>, PodViolation> {
+    /// Counts the p2m's RAM and PoD entries, checking each slot's shape: `(populated,
+    /// entries)`.
+    fn count_p2m(&self) -> Result<(u64, u64), PodViolation> {
         let d = self.dom;
         let bad = |m: alloc::string::String| Err(PodViolation(format!("{d}: {m}")));
         let (mut populated, mut entries) = (0u64, 0u64);
@@ -60,6 +61,14 @@ impl Guest {
                 }
             }
         }
+        Ok((populated, entries))
+    }
+
+    /// This guest's invariants; returns the frames it holds.
+    pub(crate) fn check<M: FrameMemory>(&self, heap: &Heap<M>) -> Result<Vec<(u64, u8)>, PodViolation> {
+        let d = self.dom;
+        let bad = |m: alloc::string::String| Err(PodViolation(format!("{d}: {m}")));
+        let (populated, entries) = self.count_p2m()?;
         if self.crashed.is_none() && self.p2m.slots.len() as u64 != self.max_pages.div_ceil(SP) {
             return bad(format!("p2m has {} slots for {} pages", self.p2m.slots.len(), self.max_pages));
         }

@@ -275,8 +275,9 @@ fn a_pod_guest_is_populated_from_its_cache_at_each_first_touch() {
         assert_eq!(t.ram().read_u64(gpa), Some(tag_of(dom)), "gpa {gpa:#x}");
     }
     pool.heap().check_invariants().unwrap();
+    pool.pods().check_invariants(pool.heap()).unwrap();
     t.destroy();
-    // pod_destroy gave every frame back.
+    // Pods::destroy gave every frame back.
     assert_eq!(pool.heap().stats().allocated, 0);
     assert!(pool.pods().stats(dom).is_err());
 }
