@@ -608,3 +608,23 @@ fn frames_the_pod_layer_holds_cannot_be_freed_or_pinned_behind_its_back() {
     assert_eq!(h.stats().allocated, 0);
     ok(&h);
 }
+
+#[test]
+fn a_guests_own_claim_is_its_own_and_others_claims_refuse_it_through_the_claims_gate() {
+    let h = heap();
+    let never = &NeverPreempt;
+    h.claim_set(DomId(1), &[Claim { target: ClaimTarget::Global, frames: FRAMES - 100 }]).unwrap();
+    // Dom 2 may have only the 100 frames dom 1 left unclaimed: the heap's own gate says so.
+    let before = state(&h, 2);
+    let r = h.pods.create(&h.heap, DomId(2), &PodConfig::new(1024, 101), never);
+    assert!(matches!(r, Err(PodError::Heap(HeapError::ClaimedByOthers { .. }))), "{r:?}");
+    assert!(r.unwrap_err().is_out_of_memory());
+    assert_eq!(state(&h, 2), before);
+    // Dom 1 fills its cache from its own claim, which its allocations retire.
+    create(&h, 1, PodConfig::new(4096, 4096));
+    assert_eq!(h.claims_of(DomId(1)), vec![Claim { target: ClaimTarget::Global, frames: FRAMES - 100 - 4096 }]);
+    create(&h, 2, PodConfig::new(1024, 100));
+    h.pods.destroy(&h.heap, DomId(1)).unwrap();
+    h.pods.destroy(&h.heap, DomId(2)).unwrap();
+    ok(&h);
+}
