@@ -7,6 +7,7 @@ use parking_lot::{Condvar, Mutex};
 use scrubheap::{
     AllocRequest, AllocStart, Claim, ClaimTarget, DomId, Extent, Heap, HeapConfig, HeapError, Mfn, NodeSpec, Policy,
 };
+use scrubheap_pod::Pods;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
 use std::thread::JoinHandle;
@@ -136,6 +137,8 @@ pub struct PoolHandle {
 /// A heap over a real arena with scrubber threads.
 pub struct Pool {
     pub(crate) core: PoolHandle,
+    /// The populate-on-demand guests beside the heap.
+    pods: Pods,
     scrubbers: Vec<JoinHandle<ScrubberStats>>,
     /// Node-lock hold times.
     pub locks: Arc<LockTimer>,
@@ -222,12 +225,17 @@ impl Pool {
             }
         }
         let core = PoolHandle { heap, shared, verify: cfg.verify };
-        Ok(Pool { core, scrubbers, locks, sections, leaks: LeakCounters::default(), cfg })
+        Ok(Pool { core, pods: Pods::new(), scrubbers, locks, sections, leaks: LeakCounters::default(), cfg })
     }
 
     /// The heap.
     pub fn heap(&self) -> &Heap<Arena> {
         &self.core.heap
+    }
+
+    /// The populate-on-demand guests beside the heap.
+    pub fn pods(&self) -> &Pods {
+        &self.pods
     }
 
     /// The arena.

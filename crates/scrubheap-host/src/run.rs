@@ -497,7 +497,10 @@ pub fn run(cfg: &RunConfig, on_sample: &(dyn Fn(&Sample, &RunProgress) + Sync)) 
     }
     match pool {
         Some(pool) => {
-            let heap_violations = pool.heap().check_invariants().err();
+            // The heap's invariants, then the PoD layer's beside it.
+            let heap_violations = (pool.heap().check_invariants().map_err(|e| e.to_string()))
+                .and_then(|()| pool.pods().check_invariants(pool.heap()).map_err(|e| e.to_string()))
+                .err();
             let s = pool.heap().stats();
             let (frames, busy) = pool.scrub_progress();
             let locks = pool.locks.clone();
@@ -717,7 +720,7 @@ fn create_pod_guest(
             t.pod_ballooned += ballooned;
             Some(Live::Pod(g))
         }
-        Err(HeapError::OutOfMemory { .. }) => {
+        Err(e) if e.is_out_of_memory() => {
             let mut t = tally.lock();
             t.refused += 1;
             t.pod_refused += 1;
