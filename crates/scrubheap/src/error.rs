@@ -152,9 +152,9 @@ pub enum HeapError {
         /// Frames in the range.
         count: u64,
         /// Why it stopped.
-        stop: crate::offline::OfflineStop,
+        stop: crate::blocker::OfflineStop,
         /// What blocked it (at most [`crate::offline::MAX_BLOCKERS`]).
-        blockers: alloc::vec::Vec<crate::offline::Blocker>,
+        blockers: alloc::vec::Vec<crate::blocker::Blocker>,
     },
     /// Onlining frames that are not offline.
     #[error("frame {mfn} is not offline (it is {state}): online only frames an offline removed")]
