@@ -52,9 +52,6 @@ mod ticket;
 mod types;
 mod work;
 
-#[cfg(feature = "oplog")]
-pub mod oplog;
-
 pub use claims::{Claim, ClaimTarget};
 pub use config::{HeapConfig, NodeSpec};
 pub use error::{HeapError, InvariantViolation};

@@ -1,16 +1,21 @@
 //! The populate-on-demand lines of the op log: `pod`, `touch`, `balloon`, `pod_target`,
-//! `destroy`, and the guard that keeps `free` lines off a PoD guest's pages.
+//! `destroy`, the PoD frames the checks count, and the PoD part of the report.
+//!
+//! Every call the op log makes to the PoD API is in this module (its tests included),
+//! so moving PoD out of the heap re-points this one file.
 
-use super::{fail, kind, Fail, Op, Replayer};
-use crate::heap::Heap;
-use crate::pod::{PodConfig, PodProgress, POD_MAX_PAGES_PER_FRAME};
-use crate::preempt::NeverPreempt;
-use crate::sparse::SparseMemory;
-use alloc::format;
+use super::{fail, Fail, Replayer};
+use crate::{kind, Op};
+use scrubheap::{Heap, NeverPreempt, PodConfig, PodProgress, SparseMemory, POD_MAX_PAGES_PER_FRAME};
+
+/// Frames the heap's PoD guests hold (allocated, but by no id of the log).
+pub(super) fn pod_frames(heap: &Heap<SparseMemory>) -> u64 {
+    heap.pod_frames()
+}
 
 impl Replayer {
     /// Runs one PoD line.
-    pub(super) fn pod_op(&mut self, op: Op<'_>) -> Result<(), Fail> {
+    pub(super) fn pod_op(&mut self, op: Op) -> Result<(), Fail> {
         let heap = self.heap_or_fail()?;
         match op {
             Op::Pod { dom, max_pages, target, node } => {
@@ -66,8 +71,8 @@ impl Replayer {
 
 #[cfg(test)]
 mod tests {
-    use crate::oplog::{parse_line, Op, Replayer};
-    use crate::types::DomId;
+    use crate::{parse_line, Op, Replayer};
+    use scrubheap::DomId;
 
     #[test]
     fn every_pod_line_parses() {
@@ -167,10 +172,10 @@ mod tests {
              touch dom=1 gfn=0 data\n",
         );
         let m = r.heap().unwrap().pod_lookup(DomId(1), 0).unwrap();
-        let crate::pod::PodEntry::Ram { mfn, .. } = m else { panic!("{m:?}") };
+        let scrubheap::PodEntry::Ram { mfn, .. } = m else { panic!("{m:?}") };
         let a = r.allocation("a").unwrap().first;
-        r.step(&alloc::format!("free mfn={:#x} order=0 dom=1", mfn.0));
-        r.step(&alloc::format!("free id=a offset={} order=0", mfn.0.wrapping_sub(a.0)));
+        r.step(&format!("free mfn={:#x} order=0 dom=1", mfn.0));
+        r.step(&format!("free id=a offset={} order=0", mfn.0.wrapping_sub(a.0)));
         r.step("free id=a");
         r.step("check");
         let rep = r.finish();
@@ -222,21 +227,21 @@ mod tests {
         };
         let nums = ["0", "1", "3", "511", "512", "513", "1024", "4095", "0xffffffffffffffff", "0x100000000"];
         for round in 0..40 {
-            let mut log = alloc::string::String::from("heap nodes=2 frames_per_node=2048\n");
+            let mut log = String::from("heap nodes=2 frames_per_node=2048\n");
             for _ in 0..400 {
                 let d = 1 + next(3);
                 let n = nums[next(nums.len() as u64) as usize];
-                let g = if next(4) == 0 { n.into() } else { alloc::format!("{}", next(2048)) };
+                let g = if next(4) == 0 { n.into() } else { format!("{}", next(2048)) };
                 let line = match next(12) {
-                    0 => alloc::format!("pod dom={d} max_pages={} target={}", 512 + next(2048), next(1500)),
-                    1 => alloc::format!("pod_target dom={d} target={}", next(2100)),
-                    2 => alloc::format!("destroy dom={d}"),
-                    3 | 4 => alloc::format!("balloon dom={d} gfn={g} order={}", [0, 0, 1, 9, 10, 19][next(6) as usize]),
-                    5 => alloc::format!("alloc id=x{} dom={d} order={}", next(8), next(10)),
-                    6 => alloc::format!("free mfn={} order=0 dom={d}", next(4096)),
-                    7 => alloc::format!("scrub node={} pages=512", next(2)),
+                    0 => format!("pod dom={d} max_pages={} target={}", 512 + next(2048), next(1500)),
+                    1 => format!("pod_target dom={d} target={}", next(2100)),
+                    2 => format!("destroy dom={d}"),
+                    3 | 4 => format!("balloon dom={d} gfn={g} order={}", [0, 0, 1, 9, 10, 19][next(6) as usize]),
+                    5 => format!("alloc id=x{} dom={d} order={}", next(8), next(10)),
+                    6 => format!("free mfn={} order=0 dom={d}", next(4096)),
+                    7 => format!("scrub node={} pages=512", next(2)),
                     8 => "check".into(),
-                    _ => alloc::format!("touch dom={d} gfn={g}{}", if next(2) == 0 { " data" } else { "" }),
+                    _ => format!("touch dom={d} gfn={g}{}", if next(2) == 0 { " data" } else { "" }),
                 };
                 log.push_str(&line);
                 log.push('\n');
