@@ -5,6 +5,7 @@ use super::{Fail, Replayer};
 use scrubheap::{AllocRequest, ChunkState, Extent, Mfn, NeverPreempt, NodePref, Zone};
 
 impl Replayer {
+    /// Counters against the heap's size and against the frames the log holds.
     pub(super) fn cheap_checks(&mut self) {
         let Some(heap) = &self.heap else { return };
         let s = heap.stats();
@@ -33,8 +34,6 @@ impl Replayer {
             self.violation(b);
         }
     }
-
-    /// Full check of the current heap, then drops it and every id.
 
     /// What an allocation returned (`ext`, ending before frame `end`): aligned, inside its
     /// node (the asked-for one if `exact`), owned as the heap says, in the right zone,

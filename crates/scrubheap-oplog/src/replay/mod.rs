@@ -183,7 +183,7 @@ impl Replayer {
         }
     }
 
-    /// Counters against the heap's size and against the frames the log holds.
+    /// Full check of the current heap, then drops it and every id.
     fn end_heap(&mut self) {
         if let Some(heap) = self.heap.take() {
             self.pod_end(&heap);
