@@ -80,3 +80,27 @@ pub enum Outcome {
         message: String,
     },
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn json_keys_are_the_documented_ones_in_order() {
+        let mut rep = ReplayReport { ops: 3, ok: 2, ..ReplayReport::default() };
+        rep.errors.insert("UnknownId".into(), 1);
+        let v = serde_json::to_value(&rep).unwrap();
+        let mut keys: Vec<&str> = v.as_object().unwrap().keys().map(String::as_str).collect();
+        keys.sort_unstable();
+        let want = ["ops", "ok", "errors", "invariant_violations", "final", "pod", "violations"];
+        let mut sorted = want;
+        sorted.sort_unstable();
+        assert_eq!(keys, sorted);
+        let text = serde_json::to_string(&rep).unwrap();
+        let at: Vec<usize> = want.iter().map(|k| text.find(&format!("\"{k}\":")).unwrap()).collect();
+        assert!(at.windows(2).all(|w| w[0] < w[1]), "written in the documented order: {text}");
+        assert_eq!(v["errors"]["UnknownId"], 1);
+        assert_eq!(v["final"].as_object().unwrap().len(), 4);
+        assert_eq!(v["pod"].as_object().unwrap().len(), 7);
+    }
+}

@@ -80,14 +80,19 @@ impl Replayer {
         Ok(())
     }
 
-    /// `free id=X offset=O order=K`: the part at offset O, wherever moves took it.
-    pub(super) fn free_part(&mut self, id: &str, offset: u64, order: u8) -> Result<(), Fail> {
-        let heap = self.heap_or_fail()?;
+    /// The owner of id `id`, and the frame where its offset `offset` is now.
+    fn locate(&self, id: &str, offset: u64) -> Result<(DomId, Mfn), Fail> {
         let Some(&serial) = self.names.get(id) else {
             return fail(kind::UNKNOWN_ID, format!("id {id} holds nothing"));
         };
         let h = &self.held[&serial];
-        let (owner, mfn) = (h.owner, Mfn(self.frame_of(serial, h.first, offset)));
+        Ok((h.owner, Mfn(self.frame_of(serial, h.first, offset))))
+    }
+
+    /// `free id=X offset=O order=K`: the part at offset O, wherever moves took it.
+    pub(super) fn free_part(&mut self, id: &str, offset: u64, order: u8) -> Result<(), Fail> {
+        let heap = self.heap_or_fail()?;
+        let (owner, mfn) = self.locate(id, offset)?;
         heap.free(mfn, order, owner)?;
         self.forget(mfn.0, order, owner);
         Ok(())
@@ -96,11 +101,7 @@ impl Replayer {
     /// `pin` or `unpin id=X offset=O order=K`; a pin's moves move the log's pieces.
     pub(super) fn pin(&mut self, id: &str, offset: u64, order: u8, pin: bool) -> Result<(), Fail> {
         let heap = self.heap_or_fail()?;
-        let Some(&serial) = self.names.get(id) else {
-            return fail(kind::UNKNOWN_ID, format!("id {id} holds nothing"));
-        };
-        let h = &self.held[&serial];
-        let (owner, mfn) = (h.owner, Mfn(self.frame_of(serial, h.first, offset)));
+        let (owner, mfn) = self.locate(id, offset)?;
         if !pin {
             return Ok(heap.unpin(mfn, order, owner)?);
         }
