@@ -189,7 +189,9 @@ impl Gen<'_> {
                 let first = node_base + self.rng.random_range(from..fpn);
                 let count = self.rng.random_range(1..=(node_base + fpn - first).min(4096));
                 self.last_offline = Some((first, count));
-                let steps = self.rng.random_bool(0.3).then(|| self.rng.random_range(0..200));
+                // Drawn as an i32, as the text generator did, so a seed gives the same log as before.
+                let steps =
+                    self.rng.random_bool(0.3).then(|| u64::from(self.rng.random_range(0..200i32).unsigned_abs()));
                 Op::Offline { mfn: Mfn(first), count, steps }
             }
             6..=7 => {
