@@ -4,7 +4,7 @@
 //! zeroed by the kernel at fault, released with munmap).
 
 use crate::instrument::PreemptRecorder;
-use crate::pool::{Pool, SAMPLED_WORDS_PER_FRAME};
+use crate::pool::{Pool, PoolHandle, SAMPLED_WORDS_PER_FRAME};
 use scrubheap::{AllocRequest, Claim, ClaimTarget, DomId, Extent, HeapError, Mfn};
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::time::Instant;
@@ -148,6 +148,14 @@ impl Pool {
 
     /// Destroys a guest: its pins dropped, every extent back to the pool. Returns
     /// milliseconds taken.
+    pub fn destroy_guest(&self, g: Guest, rec: &PreemptRecorder) -> f64 {
+        self.core.destroy_guest(g, rec)
+    }
+}
+
+impl PoolHandle {
+    /// Destroys a guest: its pins dropped, every extent back to the heap, dirty, and
+    /// the scrubbers woken. Returns milliseconds taken.
     pub fn destroy_guest(&self, mut g: Guest, rec: &PreemptRecorder) -> f64 {
         let t = Instant::now();
         self.unpin_guest(&mut g);

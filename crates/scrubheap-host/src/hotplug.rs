@@ -4,7 +4,7 @@
 //! the Movable zone under a wall-clock [`Deadline`].
 
 use crate::guest::Guest;
-use crate::pool::Pool;
+use crate::pool::{Pool, PoolHandle};
 use scrubheap::{Deadline, DomId, Extent, FrameMemory, HeapError, Mfn, Migrator};
 use std::cell::RefCell;
 use std::time::Instant;
@@ -124,6 +124,13 @@ impl Pool {
         pinned
     }
 
+    /// Drops every pin the guest holds (a device detached before teardown).
+    pub fn unpin_guest(&self, g: &mut Guest) {
+        self.core.unpin_guest(g);
+    }
+}
+
+impl PoolHandle {
     /// Drops every pin the guest holds (a device detached before teardown).
     pub fn unpin_guest(&self, g: &mut Guest) {
         for p in g.pins.drain(..) {

@@ -28,6 +28,7 @@ mod clock;
 pub mod guest;
 pub mod hotplug;
 pub mod instrument;
+pub mod numa;
 pub mod pod_guest;
 pub mod pool;
 pub mod report;

@@ -7,8 +7,9 @@
 use crate::guest::Created;
 use crate::instrument::PreemptRecorder;
 use crate::pool::Pool;
-use scrubheap::{DomId, Extent, HeapError, PodConfig, PodEntry, PodProgress};
+use scrubheap::{DomId, Extent};
 use scrubheap_oplog::Op;
+use scrubheap_pod::{PodConfig, PodEntry, PodError, PodProgress};
 use serde::Serialize;
 use std::time::Instant;
 
@@ -83,7 +84,7 @@ impl Pool {
         bytes: u64,
         rec: &PreemptRecorder,
         log: LogLine<'_>,
-    ) -> Result<(PodGuest, Created, u64), HeapError> {
+    ) -> Result<(PodGuest, Created, u64), PodError> {
         let t = Instant::now();
         let heap = self.heap();
         let max_pages = bytes.div_ceil(4096).max(512);
@@ -92,16 +93,16 @@ impl Pool {
             .max_by_key(|&n| (heap.node_stats(n).map_or(0, |s| s.free()), std::cmp::Reverse(n)))
             .unwrap_or(0);
         rec.enter_op("pod create");
-        let mut r = heap.pod_create(dom, &PodConfig::new(max_pages, target).on(node), rec);
+        let mut r = self.pods().create(heap, dom, &PodConfig::new(max_pages, target).on(node), rec);
         rec.exit();
         while let Ok(PodProgress::Preempted) = r {
             std::thread::yield_now();
             rec.enter_op("pod set_target");
-            r = heap.pod_set_target(dom, target, rec);
+            r = self.pods().set_target(heap, dom, target, rec);
             rec.exit();
         }
         if let Err(e) = r {
-            let _ = heap.pod_destroy(dom);
+            let _ = self.pods().destroy(heap, dom);
             return Err(e);
         }
         for n in 0..heap.node_count() {
@@ -118,7 +119,7 @@ impl Pool {
     /// `data` writes the guest's tag into the page. A crash ends the guest's run.
     fn pod_touch(&self, g: &PodGuest, gfn: u64, data: bool, rec: &PreemptRecorder, log: LogLine<'_>) -> bool {
         rec.enter_op("pod touch");
-        let r = self.heap().pod_touch(g.dom, gfn, false);
+        let r = self.pods().touch(self.heap(), g.dom, gfn, false);
         rec.exit();
         log(Op::Touch { dom: g.dom, gfn, data });
         match r {
@@ -133,7 +134,7 @@ impl Pool {
                 }
                 true
             }
-            Err(HeapError::PodNotMapped { .. }) => true,
+            Err(PodError::NotMapped { .. }) => true,
             Err(_) => false,
         }
     }
@@ -151,11 +152,11 @@ impl Pool {
         while ballooned < g.max_pages - g.target && tries < 4 * g.max_pages {
             tries += 1;
             let gfn = rng.below(g.max_pages);
-            if self.heap().pod_lookup(g.dom, gfn) == Ok(PodEntry::Invalid) {
+            if self.pods().lookup(g.dom, gfn) == Ok(PodEntry::Invalid) {
                 continue;
             }
             rec.enter_op("pod balloon");
-            let r = self.heap().pod_balloon(g.dom, gfn, 0);
+            let r = self.pods().balloon(self.heap(), g.dom, gfn, 0);
             rec.exit();
             if r.is_err() {
                 return ballooned;
@@ -169,7 +170,7 @@ impl Pool {
         for _ in 0..g.target / 2 {
             // The guest uses memory it still has (not what its balloon gave back).
             let gfn = rng.below(g.max_pages);
-            if self.heap().pod_lookup(g.dom, gfn) == Ok(PodEntry::Invalid) {
+            if self.pods().lookup(g.dom, gfn) == Ok(PodEntry::Invalid) {
                 continue;
             }
             if !self.pod_touch(g, gfn, true, rec, log) {
@@ -184,7 +185,7 @@ impl Pool {
     pub fn destroy_pod_guest(&self, g: PodGuest, rec: &PreemptRecorder, log: LogLine<'_>) -> f64 {
         let t = Instant::now();
         rec.enter_op("pod destroy");
-        let r = self.heap().pod_destroy(g.dom);
+        let r = self.pods().destroy(self.heap(), g.dom);
         rec.exit();
         r.expect("a live PoD guest can be destroyed");
         log(Op::Destroy { dom: g.dom });
@@ -196,7 +197,7 @@ impl Pool {
 
     /// The PoD counters of every guest the run has had.
     pub fn pod_summary(&self, guests: u64, refused: u64, pages_ballooned: u64) -> PodSummary {
-        let c = self.heap().pod_totals().counters;
+        let c = self.pods().totals().counters;
         PodSummary {
             guests,
             refused,

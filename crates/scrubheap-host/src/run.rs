@@ -497,7 +497,10 @@ pub fn run(cfg: &RunConfig, on_sample: &(dyn Fn(&Sample, &RunProgress) + Sync)) 
     }
     match pool {
         Some(pool) => {
-            let heap_violations = pool.heap().check_invariants().err();
+            // The heap's invariants, then the PoD layer's beside it.
+            let heap_violations = (pool.heap().check_invariants().map_err(|e| e.to_string()))
+                .and_then(|()| pool.pods().check_invariants(pool.heap()).map_err(|e| e.to_string()))
+                .err();
             let s = pool.heap().stats();
             let (frames, busy) = pool.scrub_progress();
             let locks = pool.locks.clone();
@@ -529,7 +532,7 @@ pub fn run(cfg: &RunConfig, on_sample: &(dyn Fn(&Sample, &RunProgress) + Sync)) 
                 r.invariant_violations += 1;
                 r.notes.push(format!("{} frames still allocated after every guest was destroyed", s.allocated));
             }
-            drop(pool);
+            r.numa = crate::numa::stop_and_place(pool);
             let ([p50, p99, p999, max], _) = locks.quantiles_us();
             r.lock_hold_us = LockHoldMicros { p50, p99, p999, max };
             let (a, b, _) = pool_sections.summary();
@@ -719,7 +722,7 @@ fn create_pod_guest(
             t.pod_ballooned += ballooned;
             Some(Live::Pod(g))
         }
-        Err(HeapError::OutOfMemory { .. }) => {
+        Err(e) if e.is_out_of_memory() => {
             let mut t = tally.lock();
             t.refused += 1;
             t.pod_refused += 1;

@@ -54,8 +54,11 @@
 //!
 //! The replay heap runs on [`scrubheap::SparseMemory`], so `touch ... data` leaves pages that zero
 //! checks see as used. A touch that crashes its guest (out of PoD memory) is one
-//! `PodExhausted` error. A `free` or `pin` of frames a PoD guest holds is refused by the
-//! heap (`PodPage`): they leave the guest through `balloon` or `destroy`.
+//! `PodExhausted` error (PoD errors count as `Pod` + the variant of
+//! [`scrubheap_pod::PodError`], see [`scrubheap_pod::PodError::kind`]). The PoD guests
+//! are a [`scrubheap_pod::Pods`] beside the heap ([`Replayer::pods`]). A `free` or `pin`
+//! of frames a PoD guest holds is refused by the heap (`Sealed`: the PoD layer allocates
+//! its pages sealed): they leave the guest through `balloon` or `destroy`.
 //!
 //! Modules: [`Op`] (`op`), [`parse_line`] (`parse`), the [`Replayer`] and its checks
 //! (`replay`; every populate-on-demand call is in `replay/pod.rs`), the [`ReplayReport`]

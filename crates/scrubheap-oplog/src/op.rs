@@ -66,7 +66,9 @@ pub enum Op {
     Alloc {
         /// The name the log gives the allocation.
         id: Id,
-        /// The request.
+        /// The request. The text has no `sealed`: a log records ordinary allocations only
+        /// (sealed ones belong to the PoD layer, whose own lines record them), so a
+        /// sealed request is written, and replayed, as an ordinary one.
         req: AllocRequest,
     },
     /// `free id=X`: free all that remains of X.
@@ -278,7 +280,15 @@ mod tests {
             any::<usize>().prop_map(NodePref::Exact)
         ];
         (any::<u8>(), any::<u32>(), node, any::<bool>(), any::<bool>()).prop_map(
-            |(order, dom, node, movable, scrub)| AllocRequest { order, owner: DomId(dom), node, movable, scrub },
+            |(order, dom, node, movable, scrub)| AllocRequest {
+                order,
+                owner: DomId(dom),
+                node,
+                movable,
+                scrub,
+                // Not part of the text (see `Op::Alloc`).
+                sealed: false,
+            },
         )
     }
 

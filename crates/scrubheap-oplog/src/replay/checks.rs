@@ -20,7 +20,7 @@ impl Replayer {
                 s.free_clean, s.free_dirty, s.allocated, s.offline, self.total_frames, s.scrubbing
             ));
         }
-        let pod = super::pod::pod_frames(heap);
+        let pod = super::pod::pod_frames(&self.pods);
         if s.allocated != self.held_frames + pod {
             bad.push(format!(
                 "the heap says {} frames are allocated, the log holds {} and PoD guests {pod}",

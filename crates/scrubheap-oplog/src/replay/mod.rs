@@ -11,6 +11,7 @@ use held::{Held, RecordMoves};
 use scrubheap::{
     Claim, ClaimTarget, DomId, Heap, HeapConfig, HeapError, Mfn, NoDeadline, Policy, SparseMemory, StepBudget,
 };
+use scrubheap_pod::Pods;
 use std::collections::BTreeMap;
 
 mod checks;
@@ -42,6 +43,8 @@ fn fail<T>(kind: &'static str, message: String) -> Result<T, Fail> {
 pub struct Replayer {
     max_frames: u64,
     heap: Option<Heap<SparseMemory>>,
+    /// The PoD guests of the current heap.
+    pods: Pods,
     total_frames: u64,
     /// Live ids to their serial numbers.
     names: BTreeMap<String, u64>,
@@ -76,6 +79,7 @@ impl Replayer {
         Replayer {
             max_frames,
             heap: None,
+            pods: Pods::new(),
             total_frames: 0,
             names: BTreeMap::new(),
             held: BTreeMap::new(),
@@ -91,6 +95,11 @@ impl Replayer {
     /// The current heap, if a `heap` line built one.
     pub fn heap(&self) -> Option<&Heap<SparseMemory>> {
         self.heap.as_ref()
+    }
+
+    /// The PoD guests of the current heap.
+    pub fn pods(&self) -> &Pods {
+        &self.pods
     }
 
     /// The ids that still hold frames, in name order.
@@ -186,7 +195,7 @@ impl Replayer {
     /// Full check of the current heap, then drops it and every id.
     fn end_heap(&mut self) {
         if let Some(heap) = self.heap.take() {
-            self.pod_end(&heap);
+            self.pod_end();
             let s = heap.stats();
             self.report.final_ = FinalCounts {
                 free_clean: s.free_clean,
@@ -196,6 +205,9 @@ impl Replayer {
             };
             if let Err(e) = heap.check_invariants() {
                 self.violation(format!("{e}"));
+            }
+            if let Err(e) = pod::pod_invariants(&self.pods, &heap) {
+                self.violation(e);
             }
         } else {
             self.report.final_ = FinalCounts::default();
@@ -207,6 +219,7 @@ impl Replayer {
         self.pieces.clear();
         self.moved.clear();
         self.held_frames = 0;
+        self.pods = Pods::new();
     }
 
     fn heap_or_fail(&self) -> Result<&Heap<SparseMemory>, Fail> {
@@ -240,8 +253,10 @@ impl Replayer {
                 Ok(())
             }
             Op::Check => {
-                if let Err(e) = self.heap_or_fail()?.check_invariants() {
-                    self.violation(format!("{e}"));
+                let heap = self.heap_or_fail()?;
+                let r = heap.check_invariants().map_err(|e| format!("{e}"));
+                if let Err(e) = r.and_then(|()| pod::pod_invariants(&self.pods, heap)) {
+                    self.violation(e);
                 }
                 Ok(())
             }
@@ -283,6 +298,7 @@ impl Replayer {
             config = config.with_movable_from(m);
         }
         self.heap = Some(Heap::new(config, SparseMemory::new())?);
+        self.pods = Pods::new();
         self.total_frames = nodes * fpn;
         Ok(())
     }

@@ -6,11 +6,25 @@
 
 use super::{fail, Fail, Replayer};
 use crate::{kind, Op};
-use scrubheap::{Heap, NeverPreempt, PodConfig, PodProgress, SparseMemory, POD_MAX_PAGES_PER_FRAME};
+use scrubheap::{Heap, NeverPreempt, SparseMemory};
+use scrubheap_pod::{PodConfig, PodError, PodProgress, Pods, POD_MAX_PAGES_PER_FRAME};
 
-/// Frames the heap's PoD guests hold (allocated, but by no id of the log).
-pub(super) fn pod_frames(heap: &Heap<SparseMemory>) -> u64 {
-    heap.pod_frames()
+/// Frames the PoD guests hold (allocated, but by no id of the log).
+pub(super) fn pod_frames(pods: &Pods) -> u64 {
+    pods.frames()
+}
+
+/// The PoD layer's own invariants over `heap` (a broken one is a bug, never an input error).
+pub(super) fn pod_invariants(pods: &Pods, heap: &Heap<SparseMemory>) -> Result<(), String> {
+    pods.check_invariants(heap).map_err(|e| e.to_string())
+}
+
+/// A PoD error counts as `Pod` + its variant (`PodExhausted`, ...), a heap error under it
+/// as the heap's kind.
+impl From<PodError> for Fail {
+    fn from(e: PodError) -> Self {
+        Fail { kind: e.kind(), message: e.to_string() }
+    }
 }
 
 impl Replayer {
@@ -21,8 +35,8 @@ impl Replayer {
             Op::Pod { dom, max_pages, target, node } => {
                 // Every p2m costs memory: all of them together stay within the heap's own
                 // per-guest limit, so a hostile log cannot make the replayer allocate much.
-                let live: u64 =
-                    heap.pod_domains().iter().filter_map(|&d| heap.pod_stats(d).ok()).map(|s| s.max_pages).sum();
+                let pods = &self.pods;
+                let live: u64 = pods.domains().iter().filter_map(|&d| pods.stats(d).ok()).map(|s| s.max_pages).sum();
                 let limit = self.total_frames.saturating_mul(POD_MAX_PAGES_PER_FRAME);
                 if live.saturating_add(max_pages) > limit {
                     return fail(
@@ -31,33 +45,33 @@ impl Replayer {
                     );
                 }
                 let cfg = PodConfig { node, ..PodConfig::new(max_pages, target) };
-                let p = heap.pod_create(dom, &cfg, &NeverPreempt)?;
+                let p = self.pods.create(heap, dom, &cfg, &NeverPreempt)?;
                 if p != PodProgress::Done {
                     self.violation(format!("pod_create of {dom} never asked to yield but returned {p:?}"));
                 }
             }
             Op::Touch { dom, gfn, data } => {
-                let m = heap.pod_touch(dom, gfn, data)?;
+                let m = self.pods.touch(heap, dom, gfn, data)?;
                 if m.gfn > gfn || gfn - m.gfn >= 1u64 << m.order {
                     self.violation(format!("touch of gfn {gfn:#x} returned a mapping {m:?} that does not hold it"));
                 }
             }
-            Op::Balloon { dom, gfn, order } => heap.pod_balloon(dom, gfn, order)?,
+            Op::Balloon { dom, gfn, order } => self.pods.balloon(heap, dom, gfn, order)?,
             Op::PodTarget { dom, target } => {
-                let p = heap.pod_set_target(dom, target, &NeverPreempt)?;
+                let p = self.pods.set_target(heap, dom, target, &NeverPreempt)?;
                 if p != PodProgress::Done {
                     self.violation(format!("pod_set_target of {dom} never asked to yield but returned {p:?}"));
                 }
             }
-            Op::Destroy { dom } => heap.pod_destroy(dom)?,
+            Op::Destroy { dom } => self.pods.destroy(heap, dom)?,
             _ => {}
         }
         Ok(())
     }
 
     /// Adds the heap's PoD state to the report as the heap ends.
-    pub(super) fn pod_end(&mut self, heap: &Heap<SparseMemory>) {
-        let t = heap.pod_totals();
+    pub(super) fn pod_end(&mut self) {
+        let t = self.pods.totals();
         let p = &mut self.report.pod;
         p.populated = t.populated;
         p.cache = t.cache;
@@ -138,7 +152,7 @@ mod tests {
              check\n",
         );
         assert_eq!(r.report().invariant_violations, 0, "{:?}", r.report().violations);
-        let holds = r.heap().unwrap().pod_stats(DomId(1)).unwrap();
+        let holds = r.pods().stats(DomId(1)).unwrap();
         let rep = r.finish();
         assert_eq!(rep.invariant_violations, 0, "{:?}", rep.violations);
         for (kind, n) in [
@@ -171,15 +185,15 @@ mod tests {
              pod dom=1 max_pages=1024 target=512\n\
              touch dom=1 gfn=0 data\n",
         );
-        let m = r.heap().unwrap().pod_lookup(DomId(1), 0).unwrap();
-        let scrubheap::PodEntry::Ram { mfn, .. } = m else { panic!("{m:?}") };
+        let m = r.pods().lookup(DomId(1), 0).unwrap();
+        let scrubheap_pod::PodEntry::Ram { mfn, .. } = m else { panic!("{m:?}") };
         let a = r.allocation("a").unwrap().first;
         r.step(&format!("free mfn={:#x} order=0 dom=1", mfn.0));
         r.step(&format!("free id=a offset={} order=0", mfn.0.wrapping_sub(a.0)));
         r.step("free id=a");
         r.step("check");
         let rep = r.finish();
-        assert_eq!(rep.errors.get("PodPage"), Some(&2), "{:?}", rep.errors);
+        assert_eq!(rep.errors.get("Sealed"), Some(&2), "{:?}", rep.errors);
         assert_eq!(rep.invariant_violations, 0, "{:?}", rep.violations);
         assert_eq!(rep.final_.allocated, 512);
     }
