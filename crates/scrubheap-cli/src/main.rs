@@ -1,7 +1,6 @@
 //! The `scrubheap` command line.
 
 mod bench;
-mod oplog_gen;
 mod plots;
 mod replay;
 mod report;

@@ -10,7 +10,8 @@ use crate::pool::{Pool, PoolConfig, PoolError, SAMPLED_WORDS_PER_FRAME};
 use crate::report::*;
 use crate::workload::Workload;
 use parking_lot::Mutex;
-use scrubheap::{DomId, Extent, HeapError, Mfn, Policy};
+use scrubheap::{AllocRequest, DomId, Extent, HeapError, Mfn, NodePref, Policy};
+use scrubheap_oplog::{Id, Op};
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap};
 use std::fmt;
@@ -130,9 +131,9 @@ enum Live {
 /// it pinned (`id`, offset).
 struct HeapGuest {
     g: Guest,
-    allocs: Vec<(String, Mfn, u8, u64)>,
+    allocs: Vec<(Id, Mfn, u8, u64)>,
     ballooned: u64,
-    pinned: Vec<(String, u64)>,
+    pinned: Vec<(Id, u64)>,
     /// Parts moved by a pin or the hot-remove: (where they are now, order, where they
     /// were allocated), so the op log can name them by allocation and offset wherever
     /// they went (the replayer follows moves by itself).
@@ -143,7 +144,7 @@ impl HeapGuest {
     /// The op-log line freeing `[mfn, 2^order)`, a part of one of this guest's allocations:
     /// by id and offset while the part is where it was allocated, by frame once a pin or
     /// the hot-remove has moved it.
-    fn free_line(&mut self, mfn: Mfn, order: u8) -> String {
+    fn free_op(&mut self, mfn: Mfn, order: u8) -> Op {
         let mut mfn = mfn;
         for _ in 0..self.moved.len() {
             match self.moved.iter().rev().find(|m| m.0 .0 <= mfn.0 && mfn.0 < m.0 .0 + (1u64 << m.1)) {
@@ -156,9 +157,9 @@ impl HeapGuest {
         match self.allocs.iter_mut().rev().find(|a| a.1 .0 <= mfn.0 && mfn.0 < a.1 .0 + (1u64 << a.2)) {
             Some(a) => {
                 a.3 -= 1 << order;
-                format!("free id={} offset={} order={order}", a.0, mfn.0 - a.1 .0)
+                Op::FreePart { id: a.0.clone(), offset: mfn.0 - a.1 .0, order }
             }
-            None => format!("free mfn={mfn} order={order} dom={}", self.g.dom.0),
+            None => Op::FreeMfn { mfn, order, dom: self.g.dom },
         }
     }
 }
@@ -211,8 +212,8 @@ struct BalloonTally {
 struct OpLog(Mutex<std::io::BufWriter<std::fs::File>>);
 
 impl OpLog {
-    fn line(&self, s: &str) {
-        let _ = writeln!(self.0.lock(), "{s}");
+    fn line(&self, op: &Op) {
+        let _ = writeln!(self.0.lock(), "{op}");
     }
 }
 
@@ -243,12 +244,11 @@ pub fn run(cfg: &RunConfig, on_sample: &(dyn Fn(&Sample, &RunProgress) + Sync)) 
             let log = OpLog(Mutex::new(std::io::BufWriter::new(f)));
             if let Some(pool) = &pool {
                 let per = pool.heap().node_range(0).map(|(a, b)| b.0 - a.0).unwrap_or(0);
-                log.line(&format!("# recorded by scrubheap run, policy {}, seed {}", cfg.backend, cfg.seed));
+                let _ =
+                    writeln!(log.0.lock(), "# recorded by scrubheap run, policy {}, seed {}", cfg.backend, cfg.seed);
                 let mf = (per as f64 * (1.0 - MOVABLE_FRACTION)) as u64;
-                log.line(&format!(
-                    "heap nodes={} frames_per_node={per} movable_from={mf} policy={}",
-                    cfg.nodes, cfg.backend
-                ));
+                let policy = pool.heap().policy();
+                log.line(&Op::Heap { nodes: cfg.nodes as u64, frames_per_node: per, movable_from: Some(mf), policy });
             }
             Some(log)
         }
@@ -352,10 +352,10 @@ pub fn run(cfg: &RunConfig, on_sample: &(dyn Fn(&Sample, &RunProgress) + Sync)) 
                                 Live::Heap(mut hg) => {
                                     if let Some(log) = &oplog {
                                         for (id, off) in &hg.pinned {
-                                            log.line(&format!("unpin id={id} offset={off} order=0"));
+                                            log.line(&Op::Pin { id: id.clone(), offset: *off, order: 0, pin: false });
                                         }
                                         for a in hg.allocs.iter().filter(|a| a.3 > 0) {
-                                            log.line(&format!("free id={}", a.0));
+                                            log.line(&Op::FreeId { id: a.0.clone() });
                                         }
                                         hg.allocs.clear();
                                     }
@@ -368,7 +368,7 @@ pub fn run(cfg: &RunConfig, on_sample: &(dyn Fn(&Sample, &RunProgress) + Sync)) 
                                 Live::Pod(g) => {
                                     pool.as_ref()
                                         .expect("PoD guests need a pool")
-                                        .destroy_pod_guest(g, &rec, &|l| log_line(oplog.as_ref(), &l))
+                                        .destroy_pod_guest(g, &rec, &|op| log_line(oplog.as_ref(), &op))
                                 }
                             };
                             alive.fetch_sub(1, Relaxed);
@@ -436,7 +436,7 @@ pub fn run(cfg: &RunConfig, on_sample: &(dyn Fn(&Sample, &RunProgress) + Sync)) 
     let clean = pool.as_ref().is_none_or(|p| p.wait_clean(Duration::from_secs(60)));
     let time_to_clean_s = clean_t.elapsed().as_secs_f64();
     if let Some(log) = &oplog {
-        log.line("check");
+        log.line(&Op::Check);
         let _ = log.0.lock().flush();
     }
     let t = tally.into_inner();
@@ -603,7 +603,7 @@ fn create_heap_guest(
             if let Some(log) = log {
                 for q in &pinned {
                     let id = hg.allocs[q.extent].0.clone();
-                    log.line(&format!("pin id={id} offset={} order=0", q.offset));
+                    log.line(&Op::Pin { id: id.clone(), offset: q.offset, order: 0, pin: true });
                     hg.pinned.push((id, q.offset));
                 }
             }
@@ -627,8 +627,10 @@ fn create_heap_guest(
 fn log_allocs(hg: &mut HeapGuest, from: usize, kind: &str, log: &OpLog) {
     let dom = hg.g.dom.0;
     for e in &hg.g.extents[from..] {
-        let id = format!("d{dom}{kind}{}", hg.allocs.len());
-        log.line(&format!("alloc id={id} dom={dom} order={} node={} movable", e.order, e.node));
+        let id = Id::new(format!("d{dom}{kind}{}", hg.allocs.len())).expect("d, digits and a letter make an id");
+        let req =
+            AllocRequest { node: NodePref::Prefer(e.node), movable: true, ..AllocRequest::new(e.order, hg.g.dom) };
+        log.line(&Op::Alloc { id: id.clone(), req });
         hg.allocs.push((id, e.mfn, e.order, e.frames()));
         // Frames moved here once and given back since are this allocation's now.
         let (lo, hi) = (e.mfn.0, e.mfn.0 + e.frames());
@@ -656,8 +658,8 @@ fn balloon(
                 let freed = p.balloon_out(&mut hg.g, frames / 4, rec);
                 if let Some(log) = log {
                     for &(mfn, order) in &freed {
-                        let line = hg.free_line(mfn, order);
-                        log.line(&line);
+                        let op = hg.free_op(mfn, order);
+                        log.line(&op);
                     }
                 }
                 hg.ballooned = freed.iter().map(|&(_, o)| 1u64 << o).sum();
@@ -698,9 +700,9 @@ fn balloon(
     }
 }
 
-fn log_line(log: Option<&OpLog>, l: &str) {
+fn log_line(log: Option<&OpLog>, op: &Op) {
     if let Some(log) = log {
-        log.line(l);
+        log.line(op);
     }
 }
 
@@ -712,7 +714,7 @@ fn create_pod_guest(
     log: Option<&OpLog>,
     tally: &Mutex<Tally>,
 ) -> Option<Live> {
-    match p.create_pod_guest(dom, bytes, rec, &|l| log_line(log, &l)) {
+    match p.create_pod_guest(dom, bytes, rec, &|op| log_line(log, &op)) {
         Ok((g, c, ballooned)) => {
             let mut t = tally.lock();
             t.create_ms.push(c.ms);
@@ -861,7 +863,7 @@ fn hot_remove_and_add(
     }
     if rep.completed {
         if let Some(log) = log {
-            log.line(&format!("offline mfn={first} count={count}"));
+            log.line(&Op::Offline { mfn: first, count, steps: None });
         }
         let back = Duration::from_secs_f64(cfg.workload.duration_s * HOT_ADD_AT);
         while t0.elapsed() < back && running.load(Relaxed) {
@@ -870,7 +872,7 @@ fn hot_remove_and_add(
         heap.online(first, count).expect("the range this hot-remove took offline comes back");
         p.ring(0);
         if let Some(log) = log {
-            log.line(&format!("online mfn={first} count={count}"));
+            log.line(&Op::Online { mfn: first, count });
         }
     }
     rep.online_at_s = t0.elapsed().as_secs_f64();
@@ -882,28 +884,31 @@ mod tests {
     use super::*;
     use scrubheap::Extent;
 
+    fn id(name: &str) -> Id {
+        Id::new(name).unwrap()
+    }
+
+    /// The line an op writes.
+    fn text(op: Op) -> String {
+        op.to_string()
+    }
+
     fn guest() -> HeapGuest {
         let g = Guest { dom: DomId(1), extents: Vec::new(), pins: Vec::new() };
-        HeapGuest {
-            g,
-            allocs: vec![("d1e0".into(), Mfn(0), 9, 512)],
-            ballooned: 0,
-            pinned: Vec::new(),
-            moved: Vec::new(),
-        }
+        HeapGuest { g, allocs: vec![(id("d1e0"), Mfn(0), 9, 512)], ballooned: 0, pinned: Vec::new(), moved: Vec::new() }
     }
 
     #[test]
     fn frees_are_named_by_allocation_and_offset_even_after_a_move() {
         let mut hg = guest();
-        assert_eq!(hg.free_line(Mfn(8), 3), "free id=d1e0 offset=8 order=3");
+        assert_eq!(text(hg.free_op(Mfn(8), 3)), "free id=d1e0 offset=8 order=3");
         // Frames [32, 48) moved to [4096, 4112) by the hot-remove: a free of part of the
         // new place names the part of the allocation it came from.
         hg.moved.push((Mfn(4096), 4, Mfn(32)));
-        assert_eq!(hg.free_line(Mfn(4100), 2), "free id=d1e0 offset=36 order=2");
+        assert_eq!(text(hg.free_op(Mfn(4100), 2)), "free id=d1e0 offset=36 order=2");
         // Moved twice: followed back to where it was allocated.
         hg.moved.push((Mfn(8192), 2, Mfn(4104)));
-        assert_eq!(hg.free_line(Mfn(8192), 2), "free id=d1e0 offset=40 order=2");
+        assert_eq!(text(hg.free_op(Mfn(8192), 2)), "free id=d1e0 offset=40 order=2");
     }
 
     #[test]
@@ -915,10 +920,10 @@ mod tests {
         let log = OpLog(Mutex::new(std::io::BufWriter::new(tempfile())));
         log_allocs(&mut hg, 0, "b", &log);
         assert!(hg.moved.is_empty());
-        assert_eq!(hg.free_line(Mfn(4096), 0), "free id=d1b1 offset=0 order=0");
+        assert_eq!(text(hg.free_op(Mfn(4096), 0)), "free id=d1b1 offset=0 order=0");
         // Frames of the old allocation's range that came back in a newer one.
-        hg.allocs.push(("d1b2".into(), Mfn(0), 3, 8));
-        assert_eq!(hg.free_line(Mfn(0), 3), "free id=d1b2 offset=0 order=3");
+        hg.allocs.push((id("d1b2"), Mfn(0), 3, 8));
+        assert_eq!(text(hg.free_op(Mfn(0), 3)), "free id=d1b2 offset=0 order=3");
     }
 
     fn tempfile() -> std::fs::File {
