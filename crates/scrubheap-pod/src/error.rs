@@ -79,6 +79,19 @@ pub enum PodError {
         /// Free frames of the Normal zones of every node.
         free: u64,
     },
+    /// A cache growth the Normal zones could cover, but not beside other domains' claims:
+    /// each node gives at most what the claims gate leaves this guest there.
+    #[error("{dom} needs {needed} more frames for its PoD cache; the Normal zones have {free} free but other domains' claims leave it only {reach}: cancel or shrink claims, or lower the target")]
+    ClaimedNormal {
+        /// The domain.
+        dom: DomId,
+        /// Frames the growth needs.
+        needed: u64,
+        /// Free frames of the Normal zones of every node.
+        free: u64,
+        /// Of those, what the claims gate leaves this domain, node by node.
+        reach: u64,
+    },
     /// A touch of a guest frame that was ballooned out.
     #[error("gfn {gfn:#x} of {dom} is not mapped (ballooned out): the guest gave it back")]
     NotMapped {
@@ -121,6 +134,7 @@ impl PodError {
             PodError::Unaligned { .. } => "PodUnaligned",
             PodError::TargetTooLarge { .. } => "PodTargetTooLarge",
             PodError::OutOfMemory { .. } => "PodOutOfMemory",
+            PodError::ClaimedNormal { .. } => "PodClaimedNormal",
             PodError::NotMapped { .. } => "PodNotMapped",
             PodError::Crashed { .. } => "PodCrashed",
             PodError::Exhausted { .. } => "PodExhausted",
@@ -134,6 +148,7 @@ impl PodError {
         matches!(
             self,
             PodError::OutOfMemory { .. }
+                | PodError::ClaimedNormal { .. }
                 | PodError::Heap(HeapError::OutOfMemory { .. } | HeapError::ClaimedByOthers { .. })
         )
     }
