@@ -16,14 +16,14 @@ use std::time::{Duration, Instant};
 /// Simulate a host of any size (DESIGN section 5): policies side by side on one scenario.
 #[derive(clap::Args)]
 pub struct Args {
-    /// A built-in scenario (destroy-1tb, reboot-storm, boot-scrub, hot-remove, trace, small,
+    /// A built-in scenario (destroy-1tb, reboot-storm, boot-scrub, claims-reboot, hot-remove, trace, small,
     /// pod-balloon) or a TOML scenario file (format: docs/sim-scenarios.md). hot-remove always
     /// compares pins left in the Movable zone with scrubheap's migrated pins; pod-balloon
     /// compares PoD reclaim modes, not policies, and counts pages, not time.
     #[arg(long, value_name = "NAME|FILE")]
     pub scenario: String,
     /// Run on this host instead of the scenario's own: a built-in preset (xen-2017,
-    /// epyc-2s-4t, tiny). Built-in scenarios size their guests for the host they run on.
+    /// epyc-2s-4t, xenserver-4s, tiny). Built-in scenarios size their guests for the host they run on.
     #[arg(long, value_name = "NAME")]
     pub preset: Option<String>,
     /// A policy (sync, alloc, xen, xen-cap2m, scrubheap), a comma-separated list, or `all`.
@@ -51,6 +51,11 @@ pub struct Args {
     /// Trace seconds per simulated second.
     #[arg(long, default_value_t = 60.0)]
     pub trace_compression: f64,
+    /// Mechanisms of the 2026 watchdog reports to switch on (docs/sim-presets.md): `none`,
+    /// `all`, or a comma-separated list of guest-traffic, xen-locks, remote. Without it a
+    /// TOML scenario keeps its own `[mechanisms]` and a built-in one has none.
+    #[arg(long, value_name = "LIST")]
+    pub mechanisms: Option<String>,
     /// Simulations run at once (each one is single-threaded); default: the CPU count.
     #[arg(long)]
     pub jobs: Option<usize>,
@@ -154,7 +159,10 @@ pub fn main(a: Args) -> anyhow::Result<()> {
         return crate::sim_pod::main(&a);
     }
     let policies = parse_policies(&a.policy)?;
-    let sc = load(&a)?;
+    let mut sc = load(&a)?;
+    if let Some(m) = &a.mechanisms {
+        sc.mechanisms = scenario::Mechanisms::parse(m).map_err(anyhow::Error::msg)?;
+    }
     if let Some(j) = a.jobs {
         rayon::ThreadPoolBuilder::new()
             .num_threads(j.max(1))
@@ -164,13 +172,14 @@ pub fn main(a: Args) -> anyhow::Result<()> {
     let started = Instant::now();
     let frames = sc.host.frames_per_node() * sc.host.nodes as u64;
     eprintln!(
-        "sim {} on {} ({} nodes x {} CPUs, {} GiB, {} KiB frames: {frames} frames), policies: {}",
+        "sim {} on {} ({} nodes, {} CPUs, {} GiB, {} KiB frames: {frames} frames), mechanisms: {}, policies: {}",
         sc.name,
         sc.host.name,
         sc.host.nodes,
-        sc.host.cpus_per_node,
+        sc.host.cpus(),
         sc.host.total_bytes() >> 30,
         sc.host.frame_size / 1024,
+        sc.mechanisms.label(),
         policies.iter().map(|p| p.name()).collect::<Vec<_>>().join(", ")
     );
     let report = if let Some(s) = &a.sweep {
@@ -238,7 +247,7 @@ fn row(r: &PolicyResult) -> String {
 const HEADER: &str = "| policy | destroy_s | time_to_clean_s | ideal_clean_s | create_s p50/max | max_nonpreemptible_ms | watchdog_trips | highorder_failures | invariant_violations |\n|---|---|---|---|---|---|---|---|---|";
 
 fn print_table(rep: &SimReport) {
-    println!("scenario {} on {} (seed {})", rep.scenario, rep.preset, rep.seed);
+    println!("scenario {} on {} (seed {}, mechanisms {})", rep.scenario, rep.preset, rep.seed, rep.mechanisms.label());
     for n in &rep.notes {
         println!("  {n}");
     }
