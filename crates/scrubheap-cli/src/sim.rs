@@ -4,10 +4,11 @@
 use anyhow::{bail, Context};
 use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
 use scrubheap::Policy;
+use scrubheap_sim::builtin::{Kind, OtherReport};
 use scrubheap_sim::preset::HostPreset;
 use scrubheap_sim::report::{PolicyResult, SimReport};
 use scrubheap_sim::scenario::{self, Scenario};
-use scrubheap_sim::{plot, trace, Sweep};
+use scrubheap_sim::{plot, trace, Builtin, Sweep};
 use std::io::{IsTerminal, Write};
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
@@ -69,13 +70,7 @@ fn parse_policies(s: &str) -> anyhow::Result<Vec<Policy>> {
 }
 
 fn load(a: &Args) -> anyhow::Result<Scenario> {
-    let preset = match &a.preset {
-        None => None,
-        Some(p) => Some(
-            HostPreset::builtin(p)
-                .with_context(|| format!("unknown preset '{p}': use one of {}", HostPreset::NAMES.join(", ")))?,
-        ),
-    };
+    let preset = preset(a)?;
     let path = Path::new(&a.scenario);
     if a.scenario.ends_with(".toml") || path.is_file() {
         let text = std::fs::read_to_string(path).with_context(|| format!("cannot read scenario {}", path.display()))?;
@@ -88,7 +83,7 @@ fn load(a: &Args) -> anyhow::Result<Scenario> {
         }
         return Ok(sc);
     }
-    if a.scenario == "trace" {
+    if a.scenario == Builtin::Trace.name() {
         let host = preset.unwrap_or_else(HostPreset::epyc_2s_4t);
         let opts =
             trace::TraceOptions { vms: a.trace_vms, time_compression: a.trace_compression, ..Default::default() };
@@ -151,12 +146,53 @@ impl Progress {
     }
 }
 
-pub fn main(a: Args) -> anyhow::Result<()> {
-    if a.scenario == "hot-remove" {
-        return crate::sim_hotremove::main(&a);
+fn preset(a: &Args) -> anyhow::Result<Option<HostPreset>> {
+    a.preset
+        .as_deref()
+        .map(|p| {
+            HostPreset::builtin(p)
+                .with_context(|| format!("unknown preset '{p}': use one of {}", HostPreset::NAMES.join(", ")))
+        })
+        .transpose()
+}
+
+/// A built-in scenario that compares something other than policies (hot-remove,
+/// pod-balloon): no sweep, timeline, policy list or mechanisms.
+fn main_other(a: &Args, b: Builtin) -> anyhow::Result<()> {
+    if a.sweep.is_some() || a.report.is_some() || a.mechanisms.is_some() {
+        bail!("the {b} scenario has no timeline and no mechanisms: it takes no --sweep, --report or --mechanisms");
     }
-    if a.scenario == "pod-balloon" {
-        return crate::sim_pod::main(&a);
+    if a.policy != "all" {
+        bail!("the {b} scenario does not compare policies: leave out --policy");
+    }
+    let host = preset(a)?;
+    let started = Instant::now();
+    eprintln!("sim {b} (seed {})", a.seed);
+    let (bad, rep) = match b.run_other(host, a.seed).map_err(anyhow::Error::msg)? {
+        OtherReport::HotRemove(r) => {
+            crate::sim_hotremove::print_table(&r);
+            (r.results.iter().map(|r| r.invariant_violations).sum::<u64>(), serde_json::to_value(&*r)?)
+        }
+        OtherReport::PodBalloon(r) => {
+            crate::sim_pod::print_table(&r);
+            (r.results.iter().map(|r| r.invariant_violations).sum::<u64>(), serde_json::to_value(&r)?)
+        }
+    };
+    if let Some(out) = &a.json {
+        write_json(out, &rep).with_context(|| format!("cannot write JSON report {}", out.display()))?;
+    }
+    eprintln!("wall time {:.1} s (not in the JSON)", started.elapsed().as_secs_f64());
+    if bad > 0 {
+        bail!("{bad} checker failures in the {b} run: see the messages in the report");
+    }
+    Ok(())
+}
+
+pub fn main(a: Args) -> anyhow::Result<()> {
+    if let Ok(b) = a.scenario.parse::<Builtin>() {
+        if b.kind() != Kind::Policies {
+            return main_other(&a, b);
+        }
     }
     let policies = parse_policies(&a.policy)?;
     let mut sc = load(&a)?;

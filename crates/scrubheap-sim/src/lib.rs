@@ -19,6 +19,7 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+pub mod builtin;
 pub mod engine;
 pub mod hotremove;
 pub mod memory;
@@ -29,6 +30,7 @@ pub mod report;
 pub mod scenario;
 pub mod trace;
 
+pub use builtin::Builtin;
 use rayon::prelude::*;
 use report::{PolicyRun, SimReport, SweepRow};
 use scenario::Scenario;

@@ -2,6 +2,7 @@
 //! reproduce the field's cases; users write their own as TOML (format in
 //! `docs/sim-scenarios.md`).
 
+use crate::builtin::Builtin;
 use crate::preset::{HostPreset, GIB, MIB};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
@@ -140,22 +141,22 @@ pub struct Scenario {
     pub mechanisms: Mechanisms,
 }
 
-/// Names of the built-in scenarios.
-pub const BUILTIN: [&str; 6] = ["destroy-1tb", "reboot-storm", "boot-scrub", "claims-reboot", "trace", "small"];
-
 impl Scenario {
-    /// A built-in scenario on `preset` (or its default host), with `seed` for any random
-    /// choices. `trace` needs [`crate::trace::azure_v1`] instead.
+    /// A built-in scenario that compares policies (see [`Builtin`]) on `preset` (or its
+    /// default host), with `seed` for any random choices. `trace` needs
+    /// [`crate::trace::azure_v1`] instead.
     pub fn builtin(name: &str, preset: Option<HostPreset>, seed: u64) -> Result<Scenario, String> {
         let mut rng = ChaCha8Rng::seed_from_u64(seed ^ 0x5ce7_a710);
-        match name {
-            "destroy-1tb" => Ok(destroy_1tb(preset.unwrap_or_else(HostPreset::xen_2017))),
-            "reboot-storm" => Ok(reboot_storm(preset.unwrap_or_else(HostPreset::epyc_2s_4t), &mut rng)),
-            "boot-scrub" => Ok(boot_scrub(preset.unwrap_or_else(HostPreset::epyc_2s_4t))),
-            "small" => Ok(small(preset.unwrap_or_else(HostPreset::tiny), &mut rng)),
-            "claims-reboot" => Ok(claims_reboot(preset.unwrap_or_else(HostPreset::xenserver_4s), &mut rng)),
-            "trace" => Err("the trace scenario is built from a trace file (scrubheap_sim::trace)".into()),
-            _ => Err(format!("unknown scenario '{name}': use one of {}, or a TOML file", BUILTIN.join(", "))),
+        match name.parse::<Builtin>()? {
+            Builtin::Destroy1tb => Ok(destroy_1tb(preset.unwrap_or_else(HostPreset::xen_2017))),
+            Builtin::RebootStorm => Ok(reboot_storm(preset.unwrap_or_else(HostPreset::epyc_2s_4t), &mut rng)),
+            Builtin::BootScrub => Ok(boot_scrub(preset.unwrap_or_else(HostPreset::epyc_2s_4t))),
+            Builtin::Small => Ok(small(preset.unwrap_or_else(HostPreset::tiny), &mut rng)),
+            Builtin::ClaimsReboot => Ok(claims_reboot(preset.unwrap_or_else(HostPreset::xenserver_4s), &mut rng)),
+            Builtin::Trace => Err("the trace scenario is built from a trace file (scrubheap_sim::trace)".into()),
+            b @ (Builtin::HotRemove | Builtin::PodBalloon) => {
+                Err(format!("{b} does not compare policies: run it with Builtin::run_other"))
+            }
         }
     }
 
