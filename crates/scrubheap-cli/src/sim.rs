@@ -54,7 +54,8 @@ pub struct Args {
     pub trace_compression: f64,
     /// Mechanisms of the 2026 watchdog reports to switch on (docs/sim-presets.md): `none`,
     /// `all`, or a comma-separated list of guest-traffic, xen-locks, remote. Without it a
-    /// TOML scenario keeps its own `[mechanisms]` and a built-in one has none.
+    /// TOML scenario keeps its own `[mechanisms]`, claims-reboot has all and the other
+    /// built-in scenarios none.
     #[arg(long, value_name = "LIST")]
     pub mechanisms: Option<String>,
     /// Simulations run at once (each one is single-threaded); default: the CPU count.

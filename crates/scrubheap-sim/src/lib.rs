@@ -131,7 +131,13 @@ pub fn with_param(scenario: &Scenario, param: &str, value: f64) -> Result<Scenar
         let mut t = toml::Table::new();
         let v = if matches!(
             param,
-            "core_zero_gbps" | "node_zero_gbps" | "remote_penalty" | "socket_penalty" | "watchdog_s"
+            "core_zero_gbps"
+                | "node_zero_gbps"
+                | "remote_penalty"
+                | "socket_penalty"
+                | "watchdog_s"
+                | "guest_traffic_share"
+                | "interconnect_gbps"
         ) {
             toml::Value::Float(value)
         } else {
