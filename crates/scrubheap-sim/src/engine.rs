@@ -76,6 +76,10 @@ const SEGMENT: u64 = 4 * MIB;
 const SCRUB_BATCHES: u64 = 16;
 /// Extents an extent-granular teardown frees per step.
 const EXTENTS_PER_STEP: usize = 64;
+/// The time one scrub batch of the `scrubheap` policy is sized to take at the bandwidth
+/// its writer is expected to get: half the 1 ms goal, leaving the other half for writers
+/// that join during the batch and for lock waits.
+const SECTION_TARGET_NS: u64 = 500_000;
 /// Bytes a page-granular teardown frees per step (a preemption check every 2 MiB).
 const PAGES_BYTES_PER_STEP: u64 = 2 * MIB;
 
@@ -516,8 +520,10 @@ impl<'h, 'o> Engine<'h, 'o> {
         // batch at most, as it would on a host whose `Preempt` yields to pending work.
         let batch = self.sc.host.scrub_batch_frames();
         let batches = if self.cpus[c].builder { 1 } else { SCRUB_BATCHES };
-        let never = || false;
-        let done = self.heap.scrub_step(n, batch * batches, &never).unwrap_or(0);
+        // The engine charges a call's lock acquisitions before its zeroing: a call of
+        // SCRUB_BATCHES batches of the size the heap will use keeps that charge small.
+        let limit = self.batch_limit(c, n, false);
+        let done = self.heap.scrub_step(n, batch.min(limit.frames) * batches, &limit).unwrap_or(0);
         let zero = self.drain_zero();
         let acq = self.lock_obs.drain();
         if done == 0 {
@@ -619,15 +625,39 @@ impl<'h, 'o> Engine<'h, 'o> {
     /// writer counts already including it: its core, its share of the node (less the
     /// guests' own traffic) and, across sockets, its share of the interconnect.
     fn zero_rate(&self, cpu: usize, mem: usize, cross: bool) -> f64 {
+        self.rate_with(cpu, mem, self.writers[mem], cross.then_some(self.cross_writers))
+    }
+
+    /// [`Engine::zero_rate`] with `writers` on `mem` and `cross` writers on the
+    /// interconnect (None: the write does not cross it).
+    fn rate_with(&self, cpu: usize, mem: usize, writers: u32, cross: Option<u32>) -> f64 {
         let h = &self.sc.host;
         let guests = if self.sc.mechanisms.guest_traffic { 1.0 - h.guest_traffic_share } else { 1.0 };
-        let mut rate =
-            (h.core_zero_gbps / h.penalty(cpu, mem)).min(h.node_zero_gbps * guests / self.writers[mem] as f64);
-        if cross {
-            rate = rate.min(h.interconnect_gbps / self.cross_writers as f64);
+        let mut rate = (h.core_zero_gbps / h.penalty(cpu, mem)).min(h.node_zero_gbps * guests / writers.max(1) as f64);
+        if let Some(x) = cross {
+            rate = rate.min(h.interconnect_gbps / x.max(1) as f64);
         }
         assert!(rate > 0.0 && rate.is_finite(), "zeroing rate {rate}");
         rate
+    }
+
+    /// What scrubheap's CPU `c` tells the heap before zeroing node `mem`: batches sized
+    /// so that one takes [`SECTION_TARGET_NS`] at the bandwidth a writer would get if
+    /// every awake CPU of the node wrote it too. The other policies keep the heap's fixed batch.
+    fn batch_limit(&self, c: usize, mem: usize, yield_after_batch: bool) -> scrubheap::BatchLimit {
+        let fixed = scrubheap::BatchLimit { frames: self.sc.host.scrub_batch_frames(), yield_after_batch };
+        if self.policy != Policy::Scrubheap {
+            return fixed;
+        }
+        let cpu = self.cpus[c].node;
+        let cross = self.crosses_interconnect(cpu, mem).then_some(self.cross_writers + 1);
+        // Writers that may join during the batch: every CPU of the node that is awake
+        // (a host knows how many of a node's scrubbers are running).
+        let awake = if self.sc.host.has_cpus(mem) { self.sc.host.cpus_per_node - self.sleeping[mem].len() } else { 0 };
+        let writers = (self.writers[mem] + 1).max(awake as u32);
+        let rate = self.rate_with(cpu, mem, writers, cross);
+        let frames = (rate * SECTION_TARGET_NS as f64 / self.frame as f64) as u64;
+        scrubheap::BatchLimit { frames: frames.clamp(1, fixed.frames), yield_after_batch }
     }
 
     fn phase_done(&mut self, c: usize) {
@@ -713,7 +743,8 @@ impl<'h, 'o> Engine<'h, 'o> {
         }
         if let Some(mut ticket) = t.ticket.take() {
             let ext = ticket.extent();
-            let r = ticket.advance(&|| true);
+            let limit = self.batch_limit(c, ext.map_or(self.cpus[c].node, |e| e.node), true);
+            let r = ticket.advance(&limit);
             let zero = self.drain_zero();
             let acq = self.lock_obs.drain();
             match r {

@@ -99,3 +99,18 @@ fn a_memory_only_node_is_scrubbed_by_its_neighbour() {
         assert!(r.bytes_scrubbed.background > 0);
     }
 }
+
+#[test]
+fn scrubheap_batches_follow_a_starved_bandwidth() {
+    // 25 CPUs of a node share 0.5 GB/s: a fixed 1 MiB batch would take 52 ms.
+    let host = HostPreset { cpus_per_node: 25, node_zero_gbps: 0.5, ..HostPreset::tiny() };
+    let sc = Scenario::builtin("destroy-1tb", Some(host), 1).unwrap();
+    let sh = run(&sc, Policy::Scrubheap);
+    assert!(sh.max_nonpreemptible_ms <= 1.0, "{sh:?}");
+    // Without giving up throughput: clean within 10% of the node bandwidth's ideal.
+    let (tc, ideal) = (sh.time_to_clean_s.unwrap(), sh.ideal_clean_s.unwrap());
+    assert!(tc <= ideal * 1.1, "{tc} vs {ideal}");
+    // The baselines keep the heap's fixed batch.
+    let xen = run(&sc, Policy::Xen);
+    assert!(xen.max_nonpreemptible_ms > 1.0, "{xen:?}");
+}

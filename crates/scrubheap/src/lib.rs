@@ -70,7 +70,7 @@ pub use pod::{
     POD_MAX_PAGES_PER_FRAME, POD_MRU, POD_SWEEP_FRAMES, POD_SWEEP_SLOTS,
 };
 pub use policy::{Policy, UnknownPolicy};
-pub use preempt::{NeverPreempt, Preempt};
+pub use preempt::{BatchLimit, NeverPreempt, Preempt};
 pub use sparse::SparseMemory;
 pub use stats::{HeapStats, NodeStats, ScrubBytes};
 pub use ticket::{AllocStart, ScrubTicket, MAX_WAIT_POLLS};
