@@ -236,18 +236,27 @@ fn fill_nodes(host: &HostPreset, claim: ClaimMode) -> Vec<GuestSpec> {
     v
 }
 
-fn reboot_storm(host: HostPreset, rng: &mut ChaCha8Rng) -> Scenario {
-    let guests = fill_nodes(&host, ClaimMode::Node);
+/// `fill_nodes` guests under node claims, built at t=0 (not measured); the first
+/// `wave` of them reboot within one second from t=10 s (measured). fill_nodes numbers
+/// guests round-robin over the nodes, so a wave of half of them is half of every node's.
+fn fill_then_reboot(host: &HostPreset, rng: &mut ChaCha8Rng, wave: usize) -> (Vec<GuestSpec>, Vec<TimedOp>) {
+    let guests = fill_nodes(host, ClaimMode::Node);
+    assert!(wave <= guests.len());
     let mut ops: Vec<TimedOp> =
         (0..guests.len()).map(|g| TimedOp { at_ns: 0, guest: g, action: Action::Create, measure: false }).collect();
-    // Every guest reboots within the same second: each node's memory is freed dirty and
-    // claimed again at once by the guests that lived there.
-    let storm = ns(10.0);
-    for g in 0..guests.len() {
+    let at = ns(10.0);
+    for g in 0..wave {
         let jitter = rng.random_range(0..ns(1.0));
-        ops.push(TimedOp { at_ns: storm + jitter, guest: g, action: Action::Reboot, measure: true });
+        ops.push(TimedOp { at_ns: at + jitter, guest: g, action: Action::Reboot, measure: true });
     }
     ops.sort_by_key(|o| (o.at_ns, o.guest));
+    (guests, ops)
+}
+
+fn reboot_storm(host: HostPreset, rng: &mut ChaCha8Rng) -> Scenario {
+    // Every guest reboots within the same second: each node's memory is freed dirty and
+    // claimed again at once by the guests that lived there.
+    let (guests, ops) = fill_then_reboot(&host, rng, host.nodes * 7);
     let builders = host.nodes * 2;
     let n = guests.len();
     Scenario {
@@ -269,18 +278,8 @@ fn reboot_storm(host: HostPreset, rng: &mut ChaCha8Rng) -> Scenario {
 /// VMs fill every node under node claims; a wave of them reboots in parallel, each rebuilt
 /// on its own claimed node while its old memory (and its neighbours') is still dirty.
 fn claims_reboot(host: HostPreset, rng: &mut ChaCha8Rng) -> Scenario {
-    let guests = fill_nodes(&host, ClaimMode::Node);
-    let mut ops: Vec<TimedOp> =
-        (0..guests.len()).map(|g| TimedOp { at_ns: 0, guest: g, action: Action::Create, measure: false }).collect();
-    // fill_nodes numbers guests round-robin over the nodes: the first half of them is
-    // half of every node's guests.
-    let wave = guests.len().div_ceil(2);
-    let at = ns(10.0);
-    for g in 0..wave {
-        let jitter = rng.random_range(0..ns(1.0));
-        ops.push(TimedOp { at_ns: at + jitter, guest: g, action: Action::Reboot, measure: true });
-    }
-    ops.sort_by_key(|o| (o.at_ns, o.guest));
+    let wave = (host.nodes * 7).div_ceil(2);
+    let (guests, ops) = fill_then_reboot(&host, rng, wave);
     let builders = CLAIMS_REBOOT_BUILDERS.min(host.cpus());
     let n = guests.len();
     Scenario {
