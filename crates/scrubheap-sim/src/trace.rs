@@ -112,6 +112,7 @@ pub fn azure_v1(path: &Path, host: HostPreset, opts: &TraceOptions, seed: u64) -
         ops,
         max_s: span + 3600.0,
         sample_s: (span / 400.0).max(0.01),
+        mechanisms: Default::default(),
         notes: vec![
             format!("trace: {} (Azure Public Dataset V1, CC BY 4.0; Cortez et al., SOSP 2017)", path.display()),
             format!(

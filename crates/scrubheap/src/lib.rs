@@ -65,7 +65,7 @@ pub use observe::LockObserver;
 pub use offline::{Broken, Deadline, NoDeadline, Offlined, StepBudget, MAX_BLOCKERS, MAX_BUSY_POLLS};
 pub use pin::{MetadataMigrator, Migrator, NoMigration};
 pub use policy::{Policy, UnknownPolicy};
-pub use preempt::{NeverPreempt, Preempt};
+pub use preempt::{BatchLimit, NeverPreempt, Preempt};
 pub use sparse::SparseMemory;
 pub use stats::{HeapStats, NodeStats, ScrubBytes, ZoneStats};
 #[cfg(any(test, feature = "testing"))]
