@@ -153,7 +153,7 @@ pub enum HeapError {
         count: u64,
         /// Why it stopped.
         stop: crate::blocker::OfflineStop,
-        /// What blocked it (at most [`crate::offline::MAX_BLOCKERS`]).
+        /// What blocked it (at most [`crate::MAX_BLOCKERS`]).
         blockers: alloc::vec::Vec<crate::blocker::Blocker>,
     },
     /// Onlining frames that are not offline.

@@ -12,7 +12,6 @@ use crate::observe::LockObserver;
 use crate::policy::Policy;
 use crate::stats::{HeapStats, NodeStats, ZoneStats};
 use crate::sync::{AtomicU64, Mutex, MutexGuard};
-use crate::ticket::{AllocStart, ScrubTicket};
 use crate::types::{DomId, Mfn, Zone, MAX_ORDER};
 use crate::work::Kind;
 use alloc::format;
@@ -427,64 +426,6 @@ impl<M: FrameMemory> Heap<M> {
             Policy::XenCap2m if req.scrub && (self.config.frame_size << req.order) > 2 << 20 => Pick::CleanOnly,
             Policy::Xen | Policy::XenCap2m => Pick::CleanFirst,
             Policy::Sync | Policy::Alloc | Policy::Scrubheap => Pick::SmallestFirst { prefer_dirty: !req.scrub },
-        }
-    }
-
-    /// Allocates 2^order frames and returns them scrubbed (unless the request says
-    /// `noscrub`). This is [`Heap::alloc_start`] driven to completion with no preemption
-    /// point: a caller that must stay preemptible uses the ticket itself.
-    pub fn alloc(&self, req: &AllocRequest) -> Result<Extent, HeapError> {
-        let e = self.alloc_preemptible(req, &crate::preempt::NeverPreempt)?;
-        Ok(e.expect("NeverPreempt never asks to yield"))
-    }
-
-    /// [`Heap::alloc`], asking `preempt` between batches: `None` when it said to yield
-    /// (the ticket is dropped; the frames it scrubbed stay clean in the heap).
-    pub fn alloc_preemptible(
-        &self,
-        req: &AllocRequest,
-        preempt: &dyn crate::preempt::Preempt,
-    ) -> Result<Option<Extent>, HeapError> {
-        match self.alloc_start(req)? {
-            AllocStart::Ready(e) => Ok(Some(e)),
-            AllocStart::Pending(mut t) => loop {
-                if let Some(e) = t.advance(preempt)? {
-                    return Ok(Some(e));
-                }
-                if preempt.check() {
-                    return Ok(None);
-                }
-                crate::sync::relax();
-            },
-        }
-    }
-
-    /// Starts an allocation. Under one node lock it picks a chunk (clean exact fit first;
-    /// never splitting a larger chunk while an exact fit exists), splits it, and retires
-    /// claims. A chunk with no dirty frame is returned [`AllocStart::Ready`]; otherwise
-    /// the frames are reserved and a [`ScrubTicket`] is returned, which the caller
-    /// advances in bounded steps (idle scrubbers of the node help). When only a chunk
-    /// under a background scrub would do, that scrubber is asked to hand it back and the
-    /// ticket waits for it.
-    pub fn alloc_start(&self, req: &AllocRequest) -> Result<AllocStart<'_, M>, HeapError> {
-        if req.order > MAX_ORDER {
-            return Err(HeapError::InvalidOrder { order: req.order });
-        }
-        if req.sealed && req.movable {
-            return Err(HeapError::SealedMovable);
-        }
-        match req.node {
-            NodePref::Prefer(n) | NodePref::Exact(n) => {
-                self.node(n)?;
-            }
-            NodePref::Any => {}
-        }
-        match self.try_alloc(req)? {
-            NodeTry::Ready(e) => Ok(AllocStart::Ready(e)),
-            NodeTry::Pending { node, id, ext } => {
-                Ok(AllocStart::Pending(ScrubTicket::scrubbing(self, *req, node, id, ext)))
-            }
-            NodeTry::No { .. } => Ok(AllocStart::Pending(ScrubTicket::waiting(self, *req))),
         }
     }
 
