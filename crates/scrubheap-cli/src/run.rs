@@ -6,7 +6,7 @@ use anyhow::{bail, Context};
 use indicatif::{ProgressBar, ProgressStyle};
 use scrubheap_host::report::Sample;
 use scrubheap_host::run::{run, Backend, RunConfig, RunProgress};
-use scrubheap_host::workload::Workload;
+use scrubheap_workload::Workload;
 use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
 use std::time::Duration;

@@ -32,7 +32,6 @@ pub mod pod_guest;
 pub mod pool;
 pub mod report;
 pub mod run;
-pub mod workload;
 mod zero;
 
 pub use arena::{Arena, ArenaConfig, ArenaError, Backing, NumaBinding, Prefault, POISON};

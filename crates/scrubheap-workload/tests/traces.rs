@@ -4,7 +4,7 @@
 
 use std::path::{Path, PathBuf};
 
-use scrubheap_host::workload::{TraceFormat, Workload, WorkloadError, MIN_GUEST_BYTES, PAGE_BYTES};
+use scrubheap_workload::{TraceFormat, Workload, WorkloadError, MIN_GUEST_BYTES, PAGE_BYTES};
 
 const HOST: u64 = 4 << 30;
 
@@ -194,7 +194,7 @@ fn errors_say_what_to_fix() {
 
 /// Prints what the default churn and each trace give on a 4 GiB host over 25 s: the
 /// figures quoted in the documentation.
-/// `cargo test -p scrubheap-host --release --test workload summary -- --ignored --nocapture`
+/// `cargo test -p scrubheap-workload --release --test traces summary -- --ignored --nocapture`
 #[test]
 #[ignore = "prints a summary; run with --ignored --nocapture"]
 fn summary() {
