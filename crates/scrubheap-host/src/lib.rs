@@ -25,15 +25,14 @@
 
 mod arena;
 mod clock;
-pub mod guest;
-pub mod hotplug;
 pub mod instrument;
-pub mod pod_guest;
 pub mod pool;
-pub mod report;
 pub mod run;
+pub mod tenants;
 mod zero;
 
-pub use arena::{Arena, ArenaConfig, ArenaError, Backing, NumaBinding, Prefault, POISON};
+pub use arena::{tag_of, Arena, ArenaConfig, ArenaError, Backing, NumaBinding, Prefault, POISON};
 pub use clock::thread_cpu_time;
+pub use run::report;
+pub use tenants::{guest, hot_remove, pins, pod_guest, GuestOps, PinOps, PodGuestOps};
 pub use zero::{calibrate, median, Calibration, Kernel, UnknownKernel};

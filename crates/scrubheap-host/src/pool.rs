@@ -357,6 +357,24 @@ impl Drop for Pool {
 }
 
 /// Sets the calling thread to SCHED_IDLE; false if the host refused.
+/// How many times a free or unpin is retried while the heap says its frames are being
+/// moved (a move takes one copy of at most one extent).
+const BUSY_RETRIES: u32 = 1 << 20;
+
+/// Retries `f` while it fails with `HeapError::Busy`, yielding between tries.
+pub fn retry_busy<T>(mut f: impl FnMut() -> Result<T, HeapError>) -> Result<T, HeapError> {
+    let mut tries = 0;
+    loop {
+        match f() {
+            Err(HeapError::Busy { .. }) if tries < BUSY_RETRIES => {
+                tries += 1;
+                std::thread::yield_now();
+            }
+            r => return r,
+        }
+    }
+}
+
 fn set_idle_priority() -> bool {
     // SAFETY: sched_param is plain data; pid 0 names the calling thread; the call only
     // reads the struct.

@@ -19,6 +19,7 @@ use scrubheap_host::instrument::PreemptRecorder;
 use scrubheap_host::pool::{Pool, PoolConfig};
 use scrubheap_host::report::Millis;
 use scrubheap_host::run::Backend;
+use scrubheap_host::GuestOps;
 use scrubheap_workload::{GuestSpec, Workload};
 use serde::Serialize;
 use std::collections::HashMap;

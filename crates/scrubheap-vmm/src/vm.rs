@@ -9,6 +9,7 @@ use scrubheap::HeapError;
 use scrubheap_host::guest::Guest;
 use scrubheap_host::instrument::PreemptRecorder;
 use scrubheap_host::pool::{Pool, PoolError};
+use scrubheap_host::GuestOps;
 use std::io;
 use std::ptr::NonNull;
 use std::sync::OnceLock;

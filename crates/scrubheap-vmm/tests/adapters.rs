@@ -4,6 +4,7 @@
 use scrubheap::{DomId, Heap, HeapConfig, Mfn};
 use scrubheap_host::instrument::PreemptRecorder;
 use scrubheap_host::pool::{Pool, PoolConfig};
+use scrubheap_host::GuestOps;
 use scrubheap_host::{Arena, ArenaConfig, Kernel};
 use scrubheap_vmm::frames::HeapFrames;
 use scrubheap_vmm::guest_memory::guest_memory_mmap;

@@ -15,6 +15,7 @@ use hdrhistogram::Histogram;
 use scrubheap::{AllocRequest, DomId, Policy};
 use scrubheap_host::instrument::PreemptRecorder;
 use scrubheap_host::pool::{Pool, PoolConfig};
+use scrubheap_host::GuestOps;
 use serde::Serialize;
 use std::collections::BTreeMap;
 use std::path::PathBuf;

@@ -3,12 +3,14 @@
 //! page, destroy it when its lifetime ends); scrubber threads scrub in the background; a
 //! sampler records memory composition over time. Everything is measured as it happens.
 
-use crate::guest::{Guest, KernelBackend, KernelGuest};
-use crate::hotplug::{move_guest_part, WallDeadline};
 use crate::instrument::{PreemptRecorder, Sections};
 use crate::pool::{Pool, PoolConfig, PoolError, SAMPLED_WORDS_PER_FRAME};
-use crate::report::*;
+use crate::tenants::guest::{Guest, GuestOps, KernelBackend, KernelGuest};
+use crate::tenants::hot_remove::{move_guest_part, WallDeadline};
+use crate::tenants::pins::PinOps;
+use crate::tenants::pod_guest::{self, PodGuestOps};
 use parking_lot::Mutex;
+use report::*;
 use scrubheap::{DomId, Extent, HeapError, Mfn, Policy};
 use scrubheap_workload::Workload;
 use std::cmp::Reverse;
@@ -19,6 +21,8 @@ use std::path::PathBuf;
 use std::str::FromStr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 use std::time::{Duration, Instant};
+
+pub mod report;
 
 /// Where guests get their memory.
 #[derive(Copy, Clone, Debug, PartialEq, Eq)]
@@ -122,7 +126,7 @@ enum Job {
 enum Live {
     Heap(HeapGuest),
     Kernel(KernelGuest, u64),
-    Pod(crate::pod_guest::PodGuest),
+    Pod(pod_guest::PodGuest),
 }
 
 /// A pool guest, with what the op log needs to name its frees: every allocation it made
@@ -386,7 +390,7 @@ pub fn run(cfg: &RunConfig, on_sample: &(dyn Fn(&Sample, &RunProgress) + Sync)) 
                         let spec = &guests[idx as usize];
                         let dom = DomId(idx as u32 + 1);
                         let made = match &pool {
-                            Some(p) if crate::pod_guest::is_pod(idx) => {
+                            Some(p) if pod_guest::is_pod(idx) => {
                                 create_pod_guest(p, dom, spec.memory_bytes, &rec, oplog.as_ref(), &tally)
                             }
                             Some(p) => {
@@ -408,7 +412,7 @@ pub fn run(cfg: &RunConfig, on_sample: &(dyn Fn(&Sample, &RunProgress) + Sync)) 
                                 && !reboot
                                 && !reboots
                                 && idx % 3 == 1
-                                && !(pool.is_some() && crate::pod_guest::is_pod(idx));
+                                && !(pool.is_some() && pod_guest::is_pod(idx));
                             let third = start + (end - start) / 3;
                             if reboots && (start + end) / 2 < duration_ns {
                                 sc.events.push(Reverse((((start + end) / 2).max(now), idx, Ev::Reboot)));
