@@ -7,7 +7,7 @@ use std::path::Path;
 use crate::azure_v1;
 use crate::churn;
 use crate::error::WorkloadError;
-use crate::formats::{self, TraceFormat};
+use crate::formats::{self, RawGuest, TraceFormat};
 use crate::spec::{events, guest_bytes, peak, GuestSpec, MIN_GUEST_BYTES};
 
 /// Share of the host a replayed trace's peak concurrent memory is scaled to.
@@ -37,6 +37,33 @@ fn window_guests(host_bytes: u64, duration_s: f64) -> usize {
     let by_time = (TRACE_GUESTS_PER_S * duration_s).round().max(1.0);
     let by_host = (host_bytes / HOST_BYTES_PER_TRACE_GUEST).max(1) as f64;
     by_time.min(by_host) as usize
+}
+
+/// The largest memory factor for which the window's peak of concurrent memory, after each
+/// guest's rounding ([`guest_bytes`]), is at most `target` bytes (found by bisection).
+fn memory_factor(guests: &[RawGuest], target: f64) -> f64 {
+    let ev = events(guests.iter().map(|g| (g.arrival_s, g.lifetime_s)));
+    let sizes = |m: f64| -> Vec<u64> { guests.iter().map(|g| guest_bytes(g.bytes * m)).collect() };
+    let raw_peak = {
+        let raw: Vec<u64> = guests.iter().map(|g| g.bytes.ceil() as u64).collect();
+        peak(&ev, &raw)
+    };
+    // Rounding only adds bytes, so the factor is at most target / raw peak; bisect below it.
+    let mut hi = if raw_peak > 0 { target / raw_peak as f64 } else { 0.0 };
+    let mut lo = 0.0;
+    if hi > 0.0 && peak(&ev, &sizes(hi)) as f64 > target {
+        for _ in 0..64 {
+            let mid = (lo + hi) / 2.0;
+            if peak(&ev, &sizes(mid)) as f64 <= target {
+                lo = mid;
+            } else {
+                hi = mid;
+            }
+        }
+    } else {
+        lo = hi;
+    }
+    lo
 }
 
 impl Workload {
@@ -93,29 +120,8 @@ impl Workload {
         }
         let time_scale = if span > 0.0 { duration_s / span } else { 1.0 };
 
-        let ev = events(trace.guests.iter().map(|g| (g.arrival_s, g.lifetime_s)));
-        let sizes = |m: f64| -> Vec<u64> { trace.guests.iter().map(|g| guest_bytes(g.bytes * m)).collect() };
-        let raw_peak = {
-            let raw: Vec<u64> = trace.guests.iter().map(|g| g.bytes.ceil() as u64).collect();
-            peak(&ev, &raw)
-        };
-        // Rounding only adds bytes, so the factor is at most target / raw peak; bisect below it.
-        let mut hi = if raw_peak > 0 { target / raw_peak as f64 } else { 0.0 };
-        let mut lo = 0.0;
-        if hi > 0.0 && peak(&ev, &sizes(hi)) as f64 > target {
-            for _ in 0..64 {
-                let mid = (lo + hi) / 2.0;
-                if peak(&ev, &sizes(mid)) as f64 <= target {
-                    lo = mid;
-                } else {
-                    hi = mid;
-                }
-            }
-        } else {
-            lo = hi;
-        }
-        let memory_scale = lo;
-        let bytes = sizes(memory_scale);
+        let memory_scale = memory_factor(&trace.guests, target);
+        let bytes: Vec<u64> = trace.guests.iter().map(|g| guest_bytes(g.bytes * memory_scale)).collect();
 
         let mut tenants: std::collections::HashMap<u64, u64> = std::collections::HashMap::new();
         let guests = trace
