@@ -1,7 +1,9 @@
 //! The `scrubheap` command line.
+#![forbid(unsafe_code)]
 
 mod bench;
 mod oplog_gen;
+mod output;
 mod plots;
 mod replay;
 mod report;

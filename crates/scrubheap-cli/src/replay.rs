@@ -150,11 +150,7 @@ fn write_json(out: &Path, rep: &ReplayReport) -> anyhow::Result<()> {
         },
         violations: &rep.violations,
     };
-    let mut w = BufWriter::new(File::create(out)?);
-    serde_json::to_writer_pretty(&mut w, &json)?;
-    writeln!(w)?;
-    w.flush()?;
-    Ok(())
+    crate::output::write_json(out, "replay", serde_json::Value::Null, &json)
 }
 
 fn generate(a: &Args, ops: u64) -> anyhow::Result<()> {

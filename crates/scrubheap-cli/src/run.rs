@@ -205,9 +205,18 @@ pub fn main(a: Args) -> anyhow::Result<()> {
         println!("{}", report::summary_line(&r));
         reports.push(r);
     }
-    report::write_folder(&a.report, &reports)?;
+    let settings = serde_json::json!({
+        "memory_bytes": memory,
+        "nodes": a.pool.nodes,
+        "scrubbers_per_node": a.pool.scrubbers,
+        "policies": backends.iter().map(|b| b.to_string()).collect::<Vec<_>>(),
+        "duration_s": a.duration,
+        "seed": a.seed,
+        "workload": workload.source,
+    });
+    report::write_folder(&a.report, &settings, &reports)?;
     if let Some(j) = &a.json {
-        report::write_json(j, &reports)?;
+        report::write_json(j, &settings, &reports)?;
     }
     println!("\n{}", report::table(&reports));
     println!("report: {}/ (summary.txt, report.json, *.svg)", a.report.display());

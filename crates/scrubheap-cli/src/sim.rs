@@ -8,7 +8,7 @@ use scrubheap_sim::preset::HostPreset;
 use scrubheap_sim::report::{PolicyResult, SimReport};
 use scrubheap_sim::scenario::{self, Scenario};
 use scrubheap_sim::{plot, trace, Sweep};
-use std::io::{IsTerminal, Write};
+use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
@@ -205,7 +205,7 @@ pub fn main(a: Args) -> anyhow::Result<()> {
         rep
     };
     if let Some(out) = &a.json {
-        write_json(out, &report).with_context(|| format!("cannot write JSON report {}", out.display()))?;
+        crate::output::write_json(out, "sim", serde_json::Value::Null, &report)?;
     }
     eprintln!("wall time {:.1} s (not in the JSON)", started.elapsed().as_secs_f64());
     let bad: u64 =
@@ -267,13 +267,4 @@ fn print_sweep(rep: &SimReport) {
             println!("| {} |{}", s.value, &row(r)[1..]);
         }
     }
-}
-
-/// Writes `rep` as pretty JSON to `out` (every `sim` scenario's `--json`).
-pub(crate) fn write_json<T: serde::Serialize>(out: &Path, rep: &T) -> anyhow::Result<()> {
-    let mut w = std::io::BufWriter::new(std::fs::File::create(out)?);
-    serde_json::to_writer_pretty(&mut w, rep)?;
-    writeln!(w)?;
-    w.flush()?;
-    Ok(())
 }

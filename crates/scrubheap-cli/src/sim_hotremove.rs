@@ -33,7 +33,7 @@ pub fn main(a: &Args) -> anyhow::Result<()> {
     let rep = hotremove::run(&sc, a.seed).map_err(anyhow::Error::msg)?;
     print_table(&rep);
     if let Some(out) = &a.json {
-        crate::sim::write_json(out, &rep).with_context(|| format!("cannot write JSON report {}", out.display()))?;
+        crate::output::write_json(out, "sim", serde_json::Value::Null, &rep)?;
     }
     eprintln!("wall time {:.1} s (not in the JSON)", started.elapsed().as_secs_f64());
     let bad: u64 = rep.results.iter().map(|r| r.invariant_violations).sum();

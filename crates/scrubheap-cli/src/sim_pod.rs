@@ -26,7 +26,7 @@ pub fn main(a: &Args) -> anyhow::Result<()> {
     let rep = pod::run(&host, a.seed, &PodBalloonParams::default()).map_err(anyhow::Error::msg)?;
     print_table(&rep);
     if let Some(out) = &a.json {
-        crate::sim::write_json(out, &rep).with_context(|| format!("cannot write JSON report {}", out.display()))?;
+        crate::output::write_json(out, "sim", serde_json::Value::Null, &rep)?;
     }
     let bad: u64 = rep.results.iter().map(|r| r.invariant_violations).sum();
     if bad > 0 {

@@ -197,8 +197,7 @@ pub fn main(a: Args) -> anyhow::Result<()> {
         }
     });
     if let Some(p) = &a.json {
-        std::fs::write(p, serde_json::to_string_pretty(&json)? + "\n")
-            .with_context(|| format!("cannot write {}", p.display()))?;
+        crate::output::write_json(p, "bench latency", serde_json::Value::Null, &json)?;
         println!("wrote {}", p.display());
     }
     Ok(())
