@@ -7,7 +7,7 @@ use scrubheap::Policy;
 use scrubheap_sim::preset::HostPreset;
 use scrubheap_sim::report::{PolicyResult, SimReport};
 use scrubheap_sim::scenario::{self, Scenario};
-use scrubheap_sim::{plot, trace, Sweep};
+use scrubheap_sim::{trace, Sweep};
 use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
@@ -199,7 +199,8 @@ pub fn main(a: Args) -> anyhow::Result<()> {
         progress.finish();
         print_table(&rep);
         if let Some(dir) = &a.report {
-            let files = plot::write_all(dir, &sc.name, &runs, sc.host.watchdog_s).map_err(anyhow::Error::msg)?;
+            let files =
+                crate::plots::sim::write_all(dir, &sc.name, &runs, sc.host.watchdog_s).map_err(anyhow::Error::msg)?;
             eprintln!("wrote {} SVG timelines to {}", files.len(), dir.display());
         }
         rep

@@ -22,7 +22,6 @@
 pub mod engine;
 pub mod hotremove;
 pub mod memory;
-pub mod plot;
 pub mod pod;
 pub mod preset;
 pub mod report;
