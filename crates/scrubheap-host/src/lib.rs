@@ -9,7 +9,12 @@
 //!   pick the fastest.
 //! - [`thread_cpu_time`]: the calling thread's CPU time.
 //!
-//! All of the workspace's `unsafe` lives in this crate; each block says why it holds.
+//! In layers, each using only those before it: `arena` (with the zeroing kernels) ->
+//! [`pool`] -> [`tenants`] (guests, PoD guests, pins, hot-remove) -> [`run`].
+//!
+//! This crate's `unsafe` (the mapping, the zeroing kernels, the clock, thread affinity and
+//! the kernel baseline's guests) is in `arena`, `zero`, `clock`, `pool` and
+//! `tenants::guest`; each block says why it holds. The VMM crate has its own (KVM).
 //!
 //! ```
 //! use scrubheap::{Heap, HeapConfig, Mfn, NeverPreempt};

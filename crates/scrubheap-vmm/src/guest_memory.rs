@@ -6,6 +6,7 @@
 //! use scrubheap::DomId;
 //! use scrubheap_host::instrument::PreemptRecorder;
 //! use scrubheap_host::pool::{Pool, PoolConfig};
+//! use scrubheap_host::GuestOps;
 //! use scrubheap_vmm::guest_memory::guest_memory_mmap;
 //! use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryRegion};
 //!

@@ -107,7 +107,7 @@ pub struct PoolRam<'p> {
 }
 
 impl<'p> PoolRam<'p> {
-    /// Takes over `guest` (made by [`Pool::create_guest`]); `rec` records the preemptible
+    /// Takes over `guest` (made by [`GuestOps::create_guest`]); `rec` records the preemptible
     /// sections of freeing it.
     pub fn new(pool: &'p Pool, guest: Guest, rec: &'p PreemptRecorder) -> Self {
         let slots = pool_slots(pool.arena(), &guest.extents);

@@ -16,7 +16,7 @@ use rand_chacha::ChaCha8Rng;
 use crate::bins::{bin_lifetime, SAMPLE_S};
 use crate::error::WorkloadError;
 
-/// The trace formats [`Workload::from_trace`] reads, told apart by their header line.
+/// The trace formats [`crate::Workload::from_trace`] reads, told apart by their header line.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum TraceFormat {
     /// `azure_v1/decoded_v1_{dev,test}.csv`: Azure V1 VMs with flavour memory, arrival in a
@@ -47,7 +47,7 @@ impl TraceFormat {
         }
     }
 
-    /// The dataset and its licence, for the [`Workload::source`] line.
+    /// The dataset and its licence, for the [`crate::Workload::source`] line.
     pub fn citation(self) -> &'static str {
         match self {
             TraceFormat::AzureV1Decoded => {

@@ -9,7 +9,7 @@ pub const PAGE_BYTES: u64 = 4 << 10;
 /// One guest of a workload.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct GuestSpec {
-    /// Its index in [`Workload::guests`].
+    /// Its index in [`crate::Workload::guests`].
     pub id: u64,
     /// Run seconds from the start of the run.
     pub arrival_s: f64,
