@@ -87,3 +87,41 @@ pub fn azure_v1(path: &Path, host: HostPreset, opts: &TraceOptions, seed: u64) -
     s.validate()?;
     Ok(s)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::scenario::Action;
+
+    /// The scenario is built from what `scrubheap_workload::read_trace` reads with the same
+    /// seed: the same VMs in arrival order, every one destroyed (censored VMs included).
+    #[test]
+    fn the_scenario_follows_the_one_reader() {
+        let dir = std::env::temp_dir().join(format!("scrubheap-sim-trace-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("d.csv");
+        let mut text =
+            String::from("arrival_bin_end_s,batch_idx,vcpus,mem_gb,dur_bin,censored,dur_bin_lo_s,dur_bin_hi_s\n");
+        for i in 0..12 {
+            text += &format!("{},0,1,{},13,{},3900,7200\n", 300 * (1 + i / 4), [0.75, 1.75][i % 2], (i % 3 == 0) as u8);
+        }
+        std::fs::write(&path, text).unwrap();
+        let opts = TraceOptions { vms: 10, fill: 0.5, time_compression: 100.0 };
+        let sc = azure_v1(&path, HostPreset::tiny(), &opts, 7).unwrap();
+        let read = read_trace(&path, 7).unwrap();
+        assert_eq!(sc.guests.len(), 10);
+        let creates: Vec<u64> = (0..10)
+            .map(|g| sc.ops.iter().find(|o| o.guest == g && o.action == Action::Create).unwrap().at_ns)
+            .collect();
+        let start = read.guests[0].arrival_s;
+        for (g, at) in creates.iter().enumerate() {
+            let want = (((read.guests[g].arrival_s - start) / 100.0) * 1e9).round() as u64;
+            assert_eq!(*at, want, "guest {g}");
+        }
+        for g in 0..10 {
+            assert!(sc.ops.iter().any(|o| o.guest == g && o.action == Action::Destroy), "guest {g} is destroyed");
+        }
+        assert!(azure_v1(&path, HostPreset::tiny(), &TraceOptions { vms: 0, ..opts }, 7).is_err());
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}
