@@ -205,15 +205,7 @@ pub fn main(a: Args) -> anyhow::Result<()> {
         println!("{}", report::summary_line(&r));
         reports.push(r);
     }
-    let settings = serde_json::json!({
-        "memory_bytes": memory,
-        "nodes": a.pool.nodes,
-        "scrubbers_per_node": a.pool.scrubbers,
-        "policies": backends.iter().map(|b| b.to_string()).collect::<Vec<_>>(),
-        "duration_s": a.duration,
-        "seed": a.seed,
-        "workload": workload.source,
-    });
+    let settings = settings(&a, memory, &backends, &workload);
     report::write_folder(&a.report, &settings, &reports)?;
     if let Some(j) = &a.json {
         report::write_json(j, &settings, &reports)?;
@@ -326,4 +318,17 @@ mod tests {
             assert!(parse_size(bad).is_err(), "{bad}");
         }
     }
+}
+
+/// The settings `run` resolved from its arguments, for the JSON envelope's `configuration`.
+fn settings(a: &Args, memory: u64, backends: &[Backend], workload: &Workload) -> serde_json::Value {
+    serde_json::json!({
+        "memory_bytes": memory,
+        "nodes": a.pool.nodes,
+        "scrubbers_per_node": a.pool.scrubbers,
+        "policies": backends.iter().map(|b| b.to_string()).collect::<Vec<_>>(),
+        "duration_s": a.duration,
+        "seed": a.seed,
+        "workload": workload.source,
+    })
 }
