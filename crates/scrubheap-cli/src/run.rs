@@ -303,6 +303,19 @@ fn short(b: u64) -> String {
     }
 }
 
+/// The settings `run` resolved from its arguments, for the JSON envelope's `configuration`.
+fn settings(a: &Args, memory: u64, backends: &[Backend], workload: &Workload) -> serde_json::Value {
+    serde_json::json!({
+        "memory_bytes": memory,
+        "nodes": a.pool.nodes,
+        "scrubbers_per_node": a.pool.scrubbers,
+        "policies": backends.iter().map(|b| b.to_string()).collect::<Vec<_>>(),
+        "duration_s": a.duration,
+        "seed": a.seed,
+        "workload": workload.source,
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -318,17 +331,4 @@ mod tests {
             assert!(parse_size(bad).is_err(), "{bad}");
         }
     }
-}
-
-/// The settings `run` resolved from its arguments, for the JSON envelope's `configuration`.
-fn settings(a: &Args, memory: u64, backends: &[Backend], workload: &Workload) -> serde_json::Value {
-    serde_json::json!({
-        "memory_bytes": memory,
-        "nodes": a.pool.nodes,
-        "scrubbers_per_node": a.pool.scrubbers,
-        "policies": backends.iter().map(|b| b.to_string()).collect::<Vec<_>>(),
-        "duration_s": a.duration,
-        "seed": a.seed,
-        "workload": workload.source,
-    })
 }
