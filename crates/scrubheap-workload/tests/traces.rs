@@ -8,17 +8,10 @@ use scrubheap_workload::{TraceFormat, Workload, WorkloadError, MIN_GUEST_BYTES, 
 
 const HOST: u64 = 4 << 30;
 
-fn traces_dir() -> Option<PathBuf> {
-    let dir = std::env::var_os("SCRUBHEAP_TRACES")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../shared/traces"));
-    if dir.join("README.md").is_file() {
-        Some(dir)
-    } else {
-        println!("skipped: no traces folder at {}", dir.display());
-        None
-    }
-}
+// The unit tests' helper, shared rather than copied.
+#[path = "../src/test_support.rs"]
+mod test_support;
+use test_support::traces_dir;
 
 /// A file in a fresh temporary folder of this process.
 fn temp_file(test: &str, name: &str, text: &str) -> PathBuf {
