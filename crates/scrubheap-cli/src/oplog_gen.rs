@@ -12,8 +12,8 @@
 use anyhow::{bail, Context};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
-use scrubheap::oplog::{Allocation, Outcome, ReplayReport, Replayer};
 use scrubheap::MAX_ORDER;
+use scrubheap_pod::oplog::{Allocation, Outcome, ReplayReport, Replayer};
 use std::io::Write;
 
 /// What to generate.

@@ -3,7 +3,7 @@
 
 use crate::oplog_gen::{self, GenConfig};
 use anyhow::{bail, Context};
-use scrubheap::oplog::{ReplayReport, Replayer, DEFAULT_MAX_FRAMES};
+use scrubheap_pod::oplog::{ReplayReport, Replayer, DEFAULT_MAX_FRAMES};
 use serde::Serialize;
 use std::collections::BTreeMap;
 use std::fs::File;

@@ -1,6 +1,6 @@
 //! The report folder of `scrubheap run`: `summary.txt` (the table), `report.json` (the
-//! schema-1 `run` keys: one run's object, or with `--compare` `{"runs": [...]}` plus a
-//! `report-<policy>.json` per run), and SVG plots.
+//! `run` envelope, whose `results` are one run's object, or with `--compare`
+//! `{"runs": [...]}` plus a `report-<policy>.json` per run), and SVG plots.
 
 use anyhow::Context;
 use scrubheap_host::report::RunReport;
@@ -32,7 +32,7 @@ type Row = (&'static str, fn(&RunReport) -> String);
 /// The side-by-side table.
 pub fn table(rs: &[RunReport]) -> String {
     let mut t = String::new();
-    let rows: [Row; 22] = [
+    let rows: [Row; 23] = [
         ("guests created / destroyed / rebooted", |r| {
             format!("{} / {} / {}", r.domains_created, r.domains_destroyed, r.domains_rebooted)
         }),
@@ -87,6 +87,7 @@ pub fn table(rs: &[RunReport]) -> String {
         ("PoD 2M rcl / 4K rcl / 2M shattered", |r| {
             format!("{} / {} / {}", r.pod.superpages_reclaimed, r.pod.zero_pages_reclaimed, r.pod.superpages_shattered)
         }),
+        ("node slices on host nodes (verified)", numa_cell),
         ("invariant violations", |r| r.invariant_violations.to_string()),
         ("run seconds", |r| format!("{:.1}", r.duration_s)),
     ];
@@ -121,8 +122,25 @@ pub fn table(rs: &[RunReport]) -> String {
         for n in &r.notes {
             let _ = writeln!(t, "{}: {n}", r.policy);
         }
+        for p in r.numa.iter().filter(|p| p.bound_to.is_some()) {
+            let _ = writeln!(t, "{}: numa {}", r.policy, p.describe());
+        }
     }
     t
+}
+
+/// The table's NUMA cell: `emulated`, or each node's host node and whether the kernel
+/// and the scrubbers confirmed it (details in the lines under the table).
+fn numa_cell(r: &RunReport) -> String {
+    if r.numa.is_empty() {
+        return "-".into();
+    }
+    if r.numa.iter().all(|p| p.bound_to.is_none()) {
+        return "emulated".into();
+    }
+    let nodes: Vec<String> = r.numa.iter().map(|p| p.bound_to.map_or("-".into(), |n| n.to_string())).collect();
+    let ok = r.numa.iter().all(|p| p.verified());
+    format!("[{}] ({})", nodes.join(", "), if ok { "yes" } else { "NO" })
 }
 
 /// Writes the JSON report to `path`: the `run` envelope whose results are the one run's

@@ -52,8 +52,8 @@ impl PoolArgs {
 pub struct Args {
     #[command(flatten)]
     pub pool: PoolArgs,
-    /// Seconds of workload.
-    #[arg(long, default_value_t = 25.0)]
+    /// How long the workload lasts: 12s, 2m, 500ms, 1h, or plain seconds.
+    #[arg(long, default_value_t = 25.0, value_parser = parse_duration)]
     pub duration: f64,
     /// Workload seed.
     #[arg(long, default_value_t = 1)]
@@ -109,13 +109,19 @@ pub(crate) fn parse_backend(s: &str) -> Result<Backend, String> {
     s.parse()
 }
 
-/// Parses `4GiB`, `512MiB`, `1G`, `64k`, or plain bytes.
-pub fn parse_size(s: &str) -> Result<u64, String> {
+/// Splits `12.5 MiB` into its number and its unit, lowercased (empty when there is none).
+fn number_and_unit(s: &str) -> Option<(f64, String)> {
     let t = s.trim();
     let split = t.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(t.len());
     let (num, unit) = t.split_at(split);
-    let n: f64 = num.parse().map_err(|_| format!("'{s}' is not a size: use e.g. 4GiB, 512MiB or 1073741824"))?;
-    let mult: u64 = match unit.trim().to_ascii_lowercase().as_str() {
+    Some((num.parse().ok()?, unit.trim().to_ascii_lowercase()))
+}
+
+/// Parses `4GiB`, `512MiB`, `1G`, `64k`, or plain bytes.
+pub fn parse_size(s: &str) -> Result<u64, String> {
+    let (n, unit) =
+        number_and_unit(s).ok_or_else(|| format!("'{s}' is not a size: use e.g. 4GiB, 512MiB or 1073741824"))?;
+    let mult: u64 = match unit.as_str() {
         "" | "b" => 1,
         "k" | "kb" | "kib" => 1 << 10,
         "m" | "mb" | "mib" => 1 << 20,
@@ -128,6 +134,25 @@ pub fn parse_size(s: &str) -> Result<u64, String> {
         return Err(format!("size '{s}' must be positive and below 4 EiB"));
     }
     Ok(bytes as u64)
+}
+
+/// Parses a duration into seconds: a number with a unit (`500ms`, `12s`, `2m`, `1h`) or
+/// plain seconds (`12`, `0.5`). At most a day; the one-line error names the units.
+pub fn parse_duration(s: &str) -> Result<f64, String> {
+    let not = || format!("'{s}' is not a duration: use e.g. 12s, 2m, 500ms or 12 (seconds)");
+    let (n, unit) = number_and_unit(s).ok_or_else(not)?;
+    let secs_per_unit = match unit.as_str() {
+        "" | "s" | "sec" | "secs" => 1.0,
+        "ms" => 1e-3,
+        "m" | "min" | "mins" => 60.0,
+        "h" => 3600.0,
+        u => return Err(format!("unknown duration unit '{u}' in '{s}': use ms, s, m or h (e.g. 12s, 2m, 500ms)")),
+    };
+    let secs = n * secs_per_unit;
+    if !(secs > 0.0 && secs <= 86_400.0) {
+        return Err(format!("duration '{s}' must be above 0 and at most a day (24h)"));
+    }
+    Ok(secs)
 }
 
 /// The default arena: 4 GiB or a quarter of the machine's memory, whichever is smaller.
@@ -330,5 +355,21 @@ mod tests {
         for bad in ["", "0", "-1G", "lots", "4XB", "99999999999T"] {
             assert!(parse_size(bad).is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn durations_take_units_or_plain_seconds() {
+        assert_eq!(parse_duration("12s"), Ok(12.0));
+        assert_eq!(parse_duration("2m"), Ok(120.0));
+        assert_eq!(parse_duration("500ms"), Ok(0.5));
+        assert_eq!(parse_duration("1h"), Ok(3600.0));
+        assert_eq!(parse_duration("12"), Ok(12.0));
+        assert_eq!(parse_duration("2.5"), Ok(2.5));
+        assert_eq!(parse_duration(" 3 min "), Ok(180.0));
+        for bad in ["12x", "2 days", "s", "", "-1s", "0", "0ms", "25h", "1.2.3s"] {
+            let e = parse_duration(bad).unwrap_err();
+            assert!(!e.contains('\n') && !e.is_empty(), "{bad}: {e}");
+        }
+        assert!(parse_duration("12x").unwrap_err().contains("unknown duration unit 'x'"));
     }
 }

@@ -10,11 +10,13 @@
 //! - [`thread_cpu_time`]: the calling thread's CPU time.
 //!
 //! In layers, each using only those before it: `arena` (with the zeroing kernels) ->
-//! [`pool`] -> [`tenants`] (guests, PoD guests, pins, hot-remove) -> [`run`].
+//! [`pool`] -> [`numa`] (where a pool's nodes really sit) and [`tenants`] (guests, PoD
+//! guests, pins, hot-remove) -> [`run`].
 //!
-//! This crate's `unsafe` (the mapping, the zeroing kernels, the clock, thread affinity and
-//! the kernel baseline's guests) is in `arena`, `zero`, `clock`, `pool` and
-//! `tenants::guest`; each block says why it holds. The VMM crate has its own (KVM).
+//! This crate's `unsafe` (the mapping, the zeroing kernels, the clock, thread affinity,
+//! the kernel's memory-policy queries and the kernel baseline's guests) is in `arena`,
+//! `zero`, `clock`, `pool`, `numa` and `tenants::guest`; each block says why it holds.
+//! The VMM crate has its own (KVM).
 //!
 //! ```
 //! use scrubheap::{Heap, HeapConfig, Mfn, NeverPreempt};
@@ -31,6 +33,7 @@
 mod arena;
 mod clock;
 pub mod instrument;
+pub mod numa;
 pub mod pool;
 pub mod run;
 pub mod tenants;
@@ -39,5 +42,5 @@ mod zero;
 pub use arena::{tag_of, Arena, ArenaConfig, ArenaError, Backing, NumaBinding, Prefault, POISON};
 pub use clock::thread_cpu_time;
 pub use run::report;
-pub use tenants::{guest, hot_remove, pins, pod_guest, GuestOps, PinOps, PodGuestOps};
+pub use tenants::{guest, hot_remove, pins, pod_guest, GuestOps, GuestTeardown, PinOps, PodGuestOps};
 pub use zero::{calibrate, median, Calibration, Kernel, UnknownKernel};

@@ -7,6 +7,7 @@ use parking_lot::{Condvar, Mutex};
 use scrubheap::{
     AllocRequest, AllocStart, Claim, ClaimTarget, DomId, Extent, Heap, HeapConfig, HeapError, Mfn, NodeSpec, Policy,
 };
+use scrubheap_pod::Pods;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
 use std::thread::JoinHandle;
@@ -99,6 +100,8 @@ struct Bell {
 struct Shared {
     stop: AtomicBool,
     bells: Vec<Bell>,
+    /// Which node's scrubbers look after each node.
+    scrubbed_by: Vec<usize>,
     scrub_ns: AtomicU64,
     scrub_frames: AtomicU64,
 }
@@ -116,15 +119,27 @@ pub struct ScrubberStats {
     pub busy: Duration,
     /// Times it parked for lack of work.
     pub parks: u64,
+    /// CPUs it ran on (`sched_getcpu` after pinning and after each step that did work).
+    pub cpus_seen: Vec<u32>,
+}
+
+/// A shared handle on a pool's heap (and so its arena) that may outlive the [`Pool`]:
+/// it frees frames and wakes the scrubbers that look after them (once the pool is
+/// dropped its scrubbers are stopped, and frames freed through a handle stay dirty).
+/// Cloning it is cheap; the arena stays mapped while any handle lives.
+#[derive(Clone)]
+pub struct PoolHandle {
+    heap: Arc<Heap<Arena>>,
+    shared: Arc<Shared>,
+    verify: bool,
 }
 
 /// A heap over a real arena with scrubber threads.
 pub struct Pool {
-    heap: Arc<Heap<Arena>>,
-    shared: Arc<Shared>,
+    pub(crate) core: PoolHandle,
+    /// The populate-on-demand guests beside the heap.
+    pods: Pods,
     scrubbers: Vec<JoinHandle<ScrubberStats>>,
-    /// Which node's scrubbers look after each node.
-    scrubbed_by: Vec<usize>,
     /// Node-lock hold times.
     pub locks: Arc<LockTimer>,
     /// Non-preemptible sections of every thread that used the pool.
@@ -179,6 +194,7 @@ impl Pool {
         let shared = Arc::new(Shared {
             stop: AtomicBool::new(false),
             bells: (0..cfg.nodes).map(|_| Bell { generation: Mutex::new(0), cv: Condvar::new() }).collect(),
+            scrubbed_by,
             scrub_ns: AtomicU64::new(0),
             scrub_frames: AtomicU64::new(0),
         });
@@ -208,17 +224,29 @@ impl Pool {
                 scrubbers.push(h);
             }
         }
-        Ok(Pool { heap, shared, scrubbers, scrubbed_by, locks, sections, leaks: LeakCounters::default(), cfg })
+        let core = PoolHandle { heap, shared, verify: cfg.verify };
+        Ok(Pool { core, pods: Pods::new(), scrubbers, locks, sections, leaks: LeakCounters::default(), cfg })
     }
 
     /// The heap.
     pub fn heap(&self) -> &Heap<Arena> {
-        &self.heap
+        &self.core.heap
+    }
+
+    /// The populate-on-demand guests beside the heap.
+    pub fn pods(&self) -> &Pods {
+        &self.pods
     }
 
     /// The arena.
     pub fn arena(&self) -> &Arena {
-        self.heap.memory()
+        self.core.heap.memory()
+    }
+
+    /// A handle on the heap that keeps it (and the arena's mapping) alive after the pool
+    /// is dropped: what a guest's memory holds so that its frames outlive every user.
+    pub fn handle(&self) -> PoolHandle {
+        self.core.clone()
     }
 
     /// The configuration.
@@ -228,9 +256,7 @@ impl Pool {
 
     /// Wakes the scrubbers that look after `node`.
     pub fn ring(&self, node: usize) {
-        let bell = &self.shared.bells[self.scrubbed_by[node]];
-        *bell.generation.lock() += 1;
-        bell.cv.notify_all();
+        self.core.ring(node);
     }
 
     /// Allocates and hands over 2^order frames, staying preemptible: a pending allocation
@@ -238,7 +264,7 @@ impl Pool {
     /// node's scrubbers are woken to help. The frames are leak-checked before return.
     pub fn alloc(&self, req: &AllocRequest, rec: &PreemptRecorder) -> Result<Extent, HeapError> {
         rec.enter_op("alloc");
-        let start = self.heap.alloc_start(req);
+        let start = self.core.heap.alloc_start(req);
         rec.exit();
         let ext = match start? {
             AllocStart::Ready(e) => e,
@@ -281,7 +307,77 @@ impl Pool {
     /// Frees `[mfn, 2^order)` of `owner` (poisoned first in verify mode) and wakes the
     /// scrubbers.
     pub fn free(&self, mfn: Mfn, order: u8, owner: DomId, rec: &PreemptRecorder) -> Result<(), HeapError> {
-        if self.cfg.verify {
+        self.core.free(mfn, order, owner, rec)
+    }
+
+    /// Installs a claim set and wakes the scrubbers of the claimed nodes (they scrub
+    /// ahead of the guest's build).
+    pub fn claim(&self, dom: DomId, set: &[Claim]) -> Result<(), HeapError> {
+        self.core.heap.claim_set(dom, set)?;
+        for c in set {
+            if let ClaimTarget::Node(n) = c.target {
+                self.ring(n);
+            }
+        }
+        Ok(())
+    }
+
+    /// Frames the scrubbers zeroed so far and the wall time they spent doing it.
+    pub fn scrub_progress(&self) -> (u64, Duration) {
+        (self.core.shared.scrub_frames.load(Relaxed), Duration::from_nanos(self.core.shared.scrub_ns.load(Relaxed)))
+    }
+
+    /// Stops the scrubbers and returns what each did.
+    pub fn stop(mut self) -> Vec<ScrubberStats> {
+        self.stop_scrubbers()
+    }
+
+    fn stop_scrubbers(&mut self) -> Vec<ScrubberStats> {
+        self.core.shared.stop.store(true, Relaxed);
+        for b in &self.core.shared.bells {
+            *b.generation.lock() += 1;
+            b.cv.notify_all();
+        }
+        self.scrubbers.drain(..).map(|h| h.join().expect("a scrubber thread panicked")).collect()
+    }
+
+    /// Waits until no node has dirty memory left (or `timeout` passes); true if clean.
+    pub fn wait_clean(&self, timeout: Duration) -> bool {
+        let t = Instant::now();
+        loop {
+            let s = self.core.heap.stats();
+            if s.free_dirty == 0 && s.scrubbing == 0 {
+                return true;
+            }
+            if t.elapsed() > timeout || !self.cfg.policy.background_scrub() {
+                return false;
+            }
+            for n in 0..self.cfg.nodes {
+                self.ring(n);
+            }
+            std::thread::sleep(Duration::from_millis(2));
+        }
+    }
+}
+
+impl PoolHandle {
+    /// The heap.
+    pub fn heap(&self) -> &Heap<Arena> {
+        &self.heap
+    }
+
+    /// Wakes the scrubbers that look after `node` (no-op for a node the pool does not have).
+    pub fn ring(&self, node: usize) {
+        let Some(&s) = self.shared.scrubbed_by.get(node) else { return };
+        let bell = &self.shared.bells[s];
+        *bell.generation.lock() += 1;
+        bell.cv.notify_all();
+    }
+
+    /// Frees `[mfn, 2^order)` of `owner` (poisoned first in verify mode) and wakes the
+    /// scrubbers.
+    pub fn free(&self, mfn: Mfn, order: u8, owner: DomId, rec: &PreemptRecorder) -> Result<(), HeapError> {
+        if self.verify {
             if let Ok(scrubheap::ChunkInfo { state: scrubheap::ChunkState::Allocated { owner: o, .. }, .. }) =
                 self.heap.chunk_at(mfn)
             {
@@ -298,53 +394,9 @@ impl Pool {
         Ok(())
     }
 
-    /// Installs a claim set and wakes the scrubbers of the claimed nodes (they scrub
-    /// ahead of the guest's build).
-    pub fn claim(&self, dom: DomId, set: &[Claim]) -> Result<(), HeapError> {
-        self.heap.claim_set(dom, set)?;
-        for c in set {
-            if let ClaimTarget::Node(n) = c.target {
-                self.ring(n);
-            }
-        }
-        Ok(())
-    }
-
-    /// Frames the scrubbers zeroed so far and the wall time they spent doing it.
-    pub fn scrub_progress(&self) -> (u64, Duration) {
-        (self.shared.scrub_frames.load(Relaxed), Duration::from_nanos(self.shared.scrub_ns.load(Relaxed)))
-    }
-
-    /// Stops the scrubbers and returns what each did.
-    pub fn stop(mut self) -> Vec<ScrubberStats> {
-        self.stop_scrubbers()
-    }
-
-    fn stop_scrubbers(&mut self) -> Vec<ScrubberStats> {
-        self.shared.stop.store(true, Relaxed);
-        for b in &self.shared.bells {
-            *b.generation.lock() += 1;
-            b.cv.notify_all();
-        }
-        self.scrubbers.drain(..).map(|h| h.join().expect("a scrubber thread panicked")).collect()
-    }
-
-    /// Waits until no node has dirty memory left (or `timeout` passes); true if clean.
-    pub fn wait_clean(&self, timeout: Duration) -> bool {
-        let t = Instant::now();
-        loop {
-            let s = self.heap.stats();
-            if s.free_dirty == 0 && s.scrubbing == 0 {
-                return true;
-            }
-            if t.elapsed() > timeout || !self.cfg.policy.background_scrub() {
-                return false;
-            }
-            for n in 0..self.cfg.nodes {
-                self.ring(n);
-            }
-            std::thread::sleep(Duration::from_millis(2));
-        }
+    /// The arena.
+    pub fn arena(&self) -> &Arena {
+        self.heap.memory()
     }
 }
 
@@ -356,7 +408,6 @@ impl Drop for Pool {
     }
 }
 
-/// Sets the calling thread to SCHED_IDLE; false if the host refused.
 /// How many times a free or unpin is retried while the heap says its frames are being
 /// moved (a move takes one copy of at most one extent).
 const BUSY_RETRIES: u32 = 1 << 20;
@@ -375,6 +426,7 @@ pub fn retry_busy<T>(mut f: impl FnMut() -> Result<T, HeapError>) -> Result<T, H
     }
 }
 
+/// Sets the calling thread to SCHED_IDLE; false if the host refused.
 fn set_idle_priority() -> bool {
     // SAFETY: sched_param is plain data; pid 0 names the calling thread; the call only
     // reads the struct.
@@ -396,6 +448,25 @@ fn pin_to(cpu: usize) -> bool {
     }
 }
 
+/// Records the CPU the calling thread is on into `seen` (a short, sorted list).
+fn note_cpu(seen: &mut Vec<u32>) {
+    const MAX_CPUS_NOTED: usize = 1024;
+    if let Some(c) = current_cpu() {
+        if let Err(i) = seen.binary_search(&c) {
+            if seen.len() < MAX_CPUS_NOTED {
+                seen.insert(i, c);
+            }
+        }
+    }
+}
+
+/// The CPU the calling thread runs on.
+fn current_cpu() -> Option<u32> {
+    // SAFETY: sched_getcpu takes no arguments and only reports the calling thread's CPU.
+    let c = unsafe { libc::sched_getcpu() };
+    (c >= 0).then_some(c as u32)
+}
+
 /// Frames one `scrub_step` call may zero before the scrubber looks at its stop flag.
 const STEP_BUDGET: u64 = 1 << 14;
 
@@ -414,6 +485,7 @@ fn scrubber(
     let pinned = pin_to(cpu);
     let rec = PreemptRecorder::new(quantum_ns);
     let mut st = ScrubberStats { node, cpu: pinned.then_some(cpu), ..Default::default() };
+    note_cpu(&mut st.cpus_seen);
     let bell = &shared.bells[node];
     while !shared.stop.load(Relaxed) {
         let seen = *bell.generation.lock();
@@ -425,6 +497,7 @@ fn scrubber(
             let busy = t.elapsed();
             st.frames += z;
             st.busy += busy;
+            note_cpu(&mut st.cpus_seen);
             shared.scrub_frames.fetch_add(z, Relaxed);
             shared.scrub_ns.fetch_add(busy.as_nanos() as u64, Relaxed);
             continue;
@@ -437,4 +510,24 @@ fn scrubber(
     }
     rec.merge_into(sections);
     st
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_pinned_thread_notes_its_one_cpu_once() {
+        let seen = std::thread::spawn(|| {
+            let cpu = current_cpu().expect("sched_getcpu answers");
+            assert!(pin_to(cpu as usize), "a thread may pin itself to the CPU it is on");
+            let mut seen = Vec::new();
+            note_cpu(&mut seen);
+            note_cpu(&mut seen);
+            (cpu, seen)
+        })
+        .join()
+        .expect("the probe thread finishes");
+        assert_eq!(seen.1, [seen.0], "one CPU noted once");
+    }
 }

@@ -38,13 +38,14 @@ fn pod_guests_boot_balloon_write_and_leave_nothing_behind() {
             let (guest, c, ballooned) = p.create_pod_guest(dom, (6 + 4 * g as u64) << 20, &rec, &log).unwrap();
             assert!(c.ms >= 0.0);
             assert_eq!(ballooned, guest.max_pages - guest.target, "the balloon gives back max - target");
-            let s = p.heap().pod_stats(dom).unwrap();
+            let s = p.pods().stats(dom).unwrap();
             assert_eq!(s.crashed, None);
             assert!(s.populated + s.cache <= guest.target);
             assert!(s.cache <= s.entries);
             // The guest's tag is in the pages it wrote.
             assert!(s.populated > 0);
             p.heap().check_invariants().unwrap();
+            p.pods().check_invariants(p.heap()).unwrap();
             guests.push(guest);
         }
         for g in guests {
@@ -54,6 +55,7 @@ fn pod_guests_boot_balloon_write_and_leave_nothing_behind() {
     assert!(p.leaks.pages_checked.load(Relaxed) > 0);
     assert_eq!(p.leaks.nonzero_pages.load(Relaxed), 0, "a PoD guest was handed another tenant's bytes");
     p.heap().check_invariants().unwrap();
+    p.pods().check_invariants(p.heap()).unwrap();
     assert_eq!(p.heap().stats().allocated, 0);
     let sum = p.pod_summary(6, 0, 0);
     assert!(sum.populated_2m + sum.populated_4k > 0 && sum.superpages_reclaimed > 0, "{sum:?}");

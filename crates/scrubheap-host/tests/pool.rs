@@ -104,7 +104,7 @@ fn a_guest_balloons_out_and_in_without_leaking() {
     for e in &g.extents {
         assert_eq!(
             heap.chunk_at(e.mfn).unwrap().state,
-            scrubheap::ChunkState::Allocated { owner: DomId(7), pins: 0, movable: true }
+            scrubheap::ChunkState::Allocated { owner: DomId(7), pins: 0, movable: true, sealed: false }
         );
     }
     // Another tenant may take the ballooned memory meanwhile: it finds it zero.

@@ -21,7 +21,8 @@ use crate::memory::SimMemory;
 use crate::preset::HostPreset;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
-use scrubheap::{AllocRequest, DomId, Heap, HeapConfig, HeapError, Mfn, NeverPreempt, PodConfig};
+use scrubheap::{AllocRequest, DomId, Heap, HeapConfig, Mfn, NeverPreempt};
+use scrubheap_pod::{PodConfig, PodError, Pods};
 use serde::Serialize;
 
 /// What the scenario does (the defaults are what `scrubheap sim --scenario pod-balloon` runs).
@@ -153,10 +154,11 @@ fn run_mode(host: &HostPreset, seed: u64, p: &PodBalloonParams, max: u64, target
     let heap = Heap::new(HeapConfig::uniform(host.nodes, fpn), SimMemory::new(Mfn(0), total, false))
         .expect("a validated preset builds a heap");
     let mut rng = ChaCha8Rng::seed_from_u64(seed ^ 0x90d_ba11);
+    let pods = Pods::new();
     let mut out = PodBalloonResult { mode: mode.into(), ..Default::default() };
     let check = |heap: &Heap<SimMemory>, out: &mut PodBalloonResult| {
         heap.memory().drain_log();
-        if heap.check_invariants().is_err() {
+        if heap.check_invariants().is_err() || pods.check_invariants(heap).is_err() {
             out.invariant_violations += 1;
         }
     };
@@ -181,17 +183,17 @@ fn run_mode(host: &HostPreset, seed: u64, p: &PodBalloonParams, max: u64, target
     for (i, &dom) in doms.iter().enumerate() {
         let mut cfg = PodConfig::new(max, target).on(i % host.nodes);
         cfg.superpage_reclaim = mode == "2m-reclaim";
-        heap.pod_create(dom, &cfg, &NeverPreempt).expect("the guests' targets fit the host");
+        pods.create(&heap, dom, &cfg, &NeverPreempt).expect("the guests' targets fit the host");
     }
-    let alive = |heap: &Heap<SimMemory>, dom| heap.pod_stats(dom).is_ok_and(|s| s.crashed.is_none());
+    let alive = |dom| pods.stats(dom).is_ok_and(|s| s.crashed.is_none());
     // Boot: every guest touches its memory in order, the guests interleaved a 2 MiB at a time.
     for base in (0..max).step_by(512) {
         for (i, &dom) in doms.iter().enumerate() {
             for g in base..base + 512 {
-                if !alive(&heap, dom) {
+                if !alive(dom) {
                     break;
                 }
-                let _ = heap.pod_touch(dom, g, data[i][g as usize]);
+                let _ = pods.touch(&heap, dom, g, data[i][g as usize]);
             }
         }
         heap.memory().drain_log();
@@ -204,10 +206,10 @@ fn run_mode(host: &HostPreset, seed: u64, p: &PodBalloonParams, max: u64, target
             free.swap(k, rng.random_range(0..=k));
         }
         for &g in free.iter().take((max - target) as usize) {
-            if !alive(&heap, dom) {
+            if !alive(dom) {
                 break;
             }
-            let _ = heap.pod_balloon(dom, g, 0);
+            let _ = pods.balloon(&heap, dom, g, 0);
         }
         heap.memory().drain_log();
     }
@@ -217,18 +219,18 @@ fn run_mode(host: &HostPreset, seed: u64, p: &PodBalloonParams, max: u64, target
         let want = (p.work_share * target as f64) as u64;
         let mut done = 0;
         let mut tries = 0;
-        while done < want && tries < 8 * max && alive(&heap, dom) {
+        while done < want && tries < 8 * max && alive(dom) {
             tries += 1;
-            match heap.pod_touch(dom, rng.random_range(0..max), true) {
+            match pods.touch(&heap, dom, rng.random_range(0..max), true) {
                 Ok(_) => done += 1,
-                Err(HeapError::PodNotMapped { .. }) => {}
+                Err(PodError::NotMapped { .. }) => {}
                 Err(_) => break,
             }
         }
         heap.memory().drain_log();
     }
     check(&heap, &mut out);
-    let t = heap.pod_totals();
+    let t = pods.totals();
     out.superpage_mappings = t.superpage_mappings;
     out.superpages_kept = t.superpage_mappings + t.cache_superpages;
     out.superpages_shattered = t.counters.superpages_shattered;

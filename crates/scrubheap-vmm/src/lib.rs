@@ -14,8 +14,9 @@
 //!   destroyed on the pool, or on fresh anonymous memory (the `kernel` baseline).
 //! - Adapters, each behind a feature: `x86_64` ([`frames::HeapFrames`]: the `x86_64`
 //!   crate's `FrameAllocator` and `FrameDeallocator` of 4 KiB, 2 MiB and 1 GiB frames over
-//!   a heap), and `vm-memory` ([`guest_memory::guest_memory_mmap`]: a `GuestMemoryMmap`
-//!   over a guest's extents).
+//!   a heap), and `vm-memory` ([`guest_memory::pool_guest_memory`]: `vm-memory` guest
+//!   memory over a guest's extents, in the guest-physical layout the VMM chooses, that
+//!   owns the guest and gives its frames back to the pool when its last clone drops).
 //!
 //! Linux on x86_64 only: the VMM needs `/dev/kvm`.
 #![deny(unsafe_op_in_unsafe_fn)]

@@ -92,6 +92,9 @@ pub enum VmmError {
     /// The pool could not be built.
     #[error(transparent)]
     Pool(#[from] PoolError),
+    /// The populate-on-demand layer refused.
+    #[error(transparent)]
+    Pod(#[from] scrubheap_pod::PodError),
 }
 
 fn kvm_err(what: &'static str) -> impl FnOnce(kvm_ioctls::Error) -> VmmError {
@@ -216,7 +219,7 @@ unsafe impl Send for AnonRam {}
 /// Guest-physical ranges the pager has not populated have no memory slot; the guest's
 /// first access to one exits to the VMM (KVM reports it as MMIO), which asks the pager
 /// for the range, maps it as a new slot, completes the access on the new memory and
-/// resumes the guest. For the PoD heap (issue 7) `populate` is `pod_touch(dom, gpa >>
+/// resumes the guest. For the PoD layer (issue 7) `populate` is `Pods::touch(heap, dom, gpa >>
 /// 12, write)` and the slot its mapping's frames.
 ///
 /// # Safety

@@ -1,16 +1,10 @@
-//! The adapters: `x86_64` frame allocation of every size over a heap, and `vm-memory`
-//! guest memory over a pool guest's extents, read and written through `GuestMemory`.
+//! The `x86_64` adapter: frame allocation of every size over a heap (the `vm-memory`
+//! adapter is tested in `guest_memory.rs`).
 
 use scrubheap::{DomId, Heap, HeapConfig, Mfn};
-use scrubheap_host::instrument::PreemptRecorder;
-use scrubheap_host::pool::{Pool, PoolConfig};
-use scrubheap_host::GuestOps;
 use scrubheap_host::{Arena, ArenaConfig, Kernel};
 use scrubheap_vmm::frames::HeapFrames;
-use scrubheap_vmm::guest_memory::guest_memory_mmap;
-use scrubheap_vmm::slots::pool_slots;
 use std::collections::HashSet;
-use vm_memory::{Bytes, GuestAddress, GuestMemory, GuestMemoryBackend, GuestMemoryRegion, Permissions, VolatileSlice};
 use x86_64::structures::paging::{FrameAllocator, FrameDeallocator, PageSize, PhysFrame, Size1GiB, Size2MiB, Size4KiB};
 
 /// 2 GiB of 4 KiB frames over a real arena, dirty at the start (every frame holds a
@@ -80,53 +74,4 @@ impl ZeroRange for Arena {
     fn is_zero_range(&self, first: u64, n: u64) -> bool {
         self.count_nonzero_words(Mfn(first), n) == 0
     }
-}
-
-#[test]
-fn guest_memory_reads_and_writes_land_in_the_guests_frames() {
-    let pool = Pool::new(PoolConfig { memory_bytes: 64 << 20, hugetlb: false, ..Default::default() }).unwrap();
-    let rec = PreemptRecorder::new(200_000);
-    // 2 MiB extents and 4 KiB ones: several regions.
-    let bytes = (6 << 20) + 5 * 4096;
-    let (guest, _) = pool.create_guest(DomId(9), bytes, &rec).unwrap();
-    let slots = pool_slots(pool.arena(), &guest.extents);
-    // SAFETY (of the test): `mem` is dropped before the guest is destroyed.
-    let mem = unsafe { guest_memory_mmap(pool.arena(), &guest.extents) }.unwrap();
-    assert_eq!(mem.num_regions(), slots.len());
-    assert_eq!(mem.iter().map(|r| r.len()).sum::<u64>(), bytes);
-    assert_eq!(mem.last_addr(), GuestAddress(bytes - 1));
-    assert!(GuestMemory::check_range(&mem, GuestAddress(0), bytes as usize, Permissions::ReadWrite));
-    assert!(!GuestMemory::check_range(&mem, GuestAddress(0), bytes as usize + 1, Permissions::Read));
-    // Everything reads zero (the pool scrubbed it), through `GuestMemory::get_slices`.
-    let mut total = 0;
-    for s in GuestMemory::get_slices(&mem, GuestAddress(0), bytes as usize, Permissions::Read).unwrap() {
-        let s: VolatileSlice<'_, _> = s.unwrap();
-        let mut buf = vec![0xffu8; s.len()];
-        s.copy_to(&mut buf[..]);
-        assert!(buf.iter().all(|&b| b == 0));
-        total += s.len();
-    }
-    assert_eq!(total, bytes as usize);
-    // Words at the start, across every region boundary and at the end.
-    let mut addrs = vec![0, bytes - 8];
-    addrs.extend(slots.iter().skip(1).map(|s| s.gpa - 4));
-    for (i, &a) in addrs.iter().enumerate() {
-        mem.write_obj(0xabc0_0000_u64 + i as u64, GuestAddress(a)).unwrap();
-    }
-    for (i, &a) in addrs.iter().enumerate() {
-        assert_eq!(mem.read_obj::<u64>(GuestAddress(a)).unwrap(), 0xabc0_0000 + i as u64);
-    }
-    // A slice across the whole guest, then the words land in the arena's frames.
-    let data: Vec<u8> = (0..bytes).map(|i| (i % 251) as u8 + 1).collect();
-    mem.write_slice(&data, GuestAddress(0)).unwrap();
-    let mut back = vec![0u8; data.len()];
-    mem.read_slice(&mut back, GuestAddress(0)).unwrap();
-    assert_eq!(back, data);
-    let frames: u64 = guest.extents.iter().map(|e| e.frames()).sum();
-    let nonzero: u64 = guest.extents.iter().map(|e| pool.arena().count_nonzero_words(e.mfn, e.frames())).sum();
-    assert_eq!(nonzero, frames * 512);
-    assert!(mem.write_obj(1u64, GuestAddress(bytes)).is_err(), "past the end");
-    drop(mem);
-    pool.destroy_guest(guest, &rec);
-    assert!(pool.wait_clean(std::time::Duration::from_secs(30)));
 }

@@ -263,23 +263,24 @@ fn a_pod_guest_is_populated_from_its_cache_at_each_first_touch() {
     let bytes = 16 << 20;
     let pager = PodPager::new(&pool, dom, bytes, 0, &rec).expect("a PoD guest is created with its cache full");
     // The cache holds the guest's whole target, scrubbed; nothing is mapped yet.
-    assert_eq!(pool.heap().pod_stats(dom).unwrap().populated, 0);
+    assert_eq!(pool.pods().stats(dom).unwrap().populated, 0);
     let ram = Ram::Demand(scrubheap_vmm::vm::DemandRam::new(Box::new(pager)));
     let t = kvm.boot(ram, tag_of(dom), Instant::now()).expect("a PoD guest boots and finds zero");
     // Eight 2 MiB entries, each populated whole from the cache at its first touch.
     assert_eq!(t.stats.memslots, 8, "{:?}", t.stats);
     assert_eq!(t.stats.nonzero_words, 0);
-    let s = pool.heap().pod_stats(dom).unwrap();
+    let s = pool.pods().stats(dom).unwrap();
     assert_eq!(s.populated, bytes / 4096, "{s:?}");
     assert_eq!(s.cache, 0, "{s:?}");
     for gpa in [SCAN_START, (2 << 20) - 8, 2 << 20, bytes - 8] {
         assert_eq!(t.ram().read_u64(gpa), Some(tag_of(dom)), "gpa {gpa:#x}");
     }
     pool.heap().check_invariants().unwrap();
+    pool.pods().check_invariants(pool.heap()).unwrap();
     t.destroy();
-    // pod_destroy gave every frame back.
+    // Pods::destroy gave every frame back.
     assert_eq!(pool.heap().stats().allocated, 0);
-    assert!(pool.heap().pod_stats(dom).is_err());
+    assert!(pool.pods().stats(dom).is_err());
 }
 
 #[test]

@@ -45,9 +45,10 @@ pub(crate) const NONE: u32 = u32::MAX;
 const ORDER_MASK: u32 = 0x1f;
 const STATE_SHIFT: u32 = 5;
 const STATE_MASK: u32 = 0x7 << STATE_SHIFT;
-/// Allocated: the frames belong to a guest's populate-on-demand layer (its cache or its
-/// populated pages); only that layer frees them, and nobody pins them.
-pub(crate) const F_POD: u32 = 1 << 8;
+/// Allocated: a sealed allocation (see [`crate::AllocRequest::sealed`]): the ordinary
+/// free and pin refuse it; only [`crate::Heap::free_sealed`] gives it back. Never on a
+/// movable allocation.
+pub(crate) const F_SEALED: u32 = 1 << 8;
 /// Allocated: the allocation is movable (may be migrated by offline).
 pub(crate) const F_MOVABLE: u32 = 1 << 9;
 /// Allocated: frames being migrated (a pin or an offline moves them); the owner may not

@@ -185,86 +185,42 @@ pub enum HeapError {
         /// Free frames on its node.
         free: u64,
     },
-    /// A populate-on-demand operation on a domain that is not a PoD guest.
-    #[error("{dom} is not a populate-on-demand guest: create it with pod_create (a `pod` line) first")]
-    PodUnknownDomain {
-        /// The domain.
-        dom: DomId,
-    },
-    /// Creating a PoD guest that already exists.
-    #[error("{dom} is already a populate-on-demand guest: destroy it first or use another domain id")]
-    PodDomainExists {
-        /// The domain.
-        dom: DomId,
-    },
-    /// A guest frame range beyond the guest's p2m.
+    /// An ordinary free or pin of frames in a sealed allocation.
     #[error(
-        "gfn {gfn:#x} order {order} of {dom} is beyond its max_pages {max_pages}: guest frames are 0..{max_pages}"
+        "frame {mfn} is in a sealed allocation of {owner}: only the layer that sealed it gives it back (free_sealed); it cannot be freed or pinned directly"
     )]
-    PodGfnOutOfRange {
-        /// The domain.
-        dom: DomId,
-        /// First guest frame given.
-        gfn: u64,
-        /// Order given.
-        order: u8,
-        /// Size of the guest's p2m.
-        max_pages: u64,
-    },
-    /// A guest frame range whose first frame is not a multiple of its size.
-    #[error("gfn {gfn:#x} of {dom} is not aligned to order {order}: use a gfn that is a multiple of 2^{order}")]
-    PodUnaligned {
-        /// The domain.
-        dom: DomId,
-        /// First guest frame given.
-        gfn: u64,
-        /// Order given.
-        order: u8,
-    },
-    /// A PoD target above the guest's maximum.
-    #[error(
-        "target {target} of {dom} is above its max_pages {max_pages}: a guest cannot have more memory than its p2m"
-    )]
-    PodTargetTooLarge {
-        /// The domain.
-        dom: DomId,
-        /// Target given.
-        target: u64,
-        /// Size of the guest's p2m.
-        max_pages: u64,
-    },
-    /// A touch of a guest frame that was ballooned out.
-    #[error("gfn {gfn:#x} of {dom} is not mapped (ballooned out): the guest gave it back")]
-    PodNotMapped {
-        /// The domain.
-        dom: DomId,
-        /// The guest frame.
-        gfn: u64,
-    },
-    /// An operation on a PoD guest that has crashed.
-    #[error("{dom} crashed out of populate-on-demand memory (touching gfn {gfn:#x}): destroy it")]
-    PodCrashed {
-        /// The domain.
-        dom: DomId,
-        /// The guest frame whose touch crashed it.
-        gfn: u64,
-    },
-    /// A touch found no page in the guest's cache and no zeroed page to reclaim: the guest
-    /// has crashed and its memory is back in the heap.
-    #[error("{dom} is out of populate-on-demand memory touching gfn {gfn:#x}: it has crashed and its pages are back in the heap (its balloon driver must give back max_pages - target pages, or raise its target)")]
-    PodExhausted {
-        /// The domain.
-        dom: DomId,
-        /// The guest frame whose touch found nothing.
-        gfn: u64,
-    },
-    /// A free or pin of frames the guest's populate-on-demand layer holds.
-    #[error("frame {mfn} holds {owner}'s populate-on-demand memory: give it back with pod_balloon or pod_destroy")]
-    PodPage {
-        /// The frame.
+    Sealed {
+        /// The first sealed frame met.
         mfn: Mfn,
-        /// The guest.
+        /// The owner named.
         owner: DomId,
+    },
+    /// A [`crate::Heap::free_sealed`] of frames that are not sealed.
+    #[error("frame {mfn} of {owner} is not in a sealed allocation: free it with free, not free_sealed")]
+    NotSealed {
+        /// The first frame met that is not sealed.
+        mfn: Mfn,
+        /// The owner named.
+        owner: DomId,
+    },
+    /// A request for an allocation both sealed and movable.
+    #[error("a sealed allocation cannot be movable: drop .movable() or .sealed() from the request")]
+    SealedMovable,
+    /// The claims gate refused an allocation: other domains' claims need the free memory.
+    #[error(
+        "{frames} frames for {owner} on {where_}: {free} frames are free but {claimed} of them are claimed by other domains; cancel or shrink claims, or free memory"
+    )]
+    ClaimedByOthers {
+        /// The domain asking.
+        owner: DomId,
+        /// Frames asked for.
+        frames: u64,
+        /// Where ("node N" or "the whole heap").
+        where_: String,
+        /// Free frames there.
+        free: u64,
+        /// Frames there claimed by other domains.
+        claimed: u64,
     },
 }
 

@@ -1,7 +1,8 @@
 //! The heap: nodes behind their own locks, claims, scrub accounting, and the public
 //! operations. Every operation validates its input before changing anything.
 
-use crate::chunk::{Slot, State, F_BROKEN, F_MIGRATING, F_MOVABLE, F_POD};
+use crate::chunk::NONE;
+use crate::chunk::{Slot, State, F_BROKEN, F_MIGRATING, F_MOVABLE, F_SEALED};
 use crate::claims::{Claim, ClaimBook, ClaimTarget, DomClaims};
 use crate::config::HeapConfig;
 use crate::error::HeapError;
@@ -9,7 +10,7 @@ use crate::memory::FrameMemory;
 use crate::node::{NodeState, Pick};
 use crate::observe::LockObserver;
 use crate::policy::Policy;
-use crate::stats::{HeapStats, NodeStats};
+use crate::stats::{HeapStats, NodeStats, ZoneStats};
 use crate::sync::{AtomicU64, Mutex, MutexGuard};
 use crate::ticket::{AllocStart, ScrubTicket};
 use crate::types::{DomId, Mfn, Zone, MAX_ORDER};
@@ -47,12 +48,14 @@ pub struct AllocRequest {
     pub movable: bool,
     /// Whether the frames must be scrubbed before the owner gets them (almost always).
     pub scrub: bool,
+    /// Whether the allocation is sealed (see [`AllocRequest::sealed`]).
+    pub sealed: bool,
 }
 
 impl AllocRequest {
     /// 2^order scrubbed, unmovable frames for `owner` from any node.
     pub fn new(order: u8, owner: DomId) -> Self {
-        AllocRequest { order, owner, node: NodePref::Any, movable: false, scrub: true }
+        AllocRequest { order, owner, node: NodePref::Any, movable: false, scrub: true, sealed: false }
     }
     /// Prefer `node`, falling back to the nearest others.
     pub fn on(mut self, node: usize) -> Self {
@@ -72,6 +75,15 @@ impl AllocRequest {
     /// The caller will overwrite every frame itself: hand frames over without scrubbing.
     pub fn noscrub(mut self) -> Self {
         self.scrub = false;
+        self
+    }
+    /// Sealed: a layer above the heap (a populate-on-demand cache, a balloon, a device
+    /// driver's ring) keeps the frames for the owner and gives them back itself. The
+    /// ordinary [`Heap::free`] and [`Heap::pin`] refuse every frame of a sealed
+    /// allocation ([`HeapError::Sealed`]); only [`Heap::free_sealed`] frees it (whole or
+    /// any aligned part). A sealed allocation is never movable ([`HeapError::SealedMovable`]).
+    pub fn sealed(mut self) -> Self {
+        self.sealed = true;
         self
     }
 }
@@ -129,6 +141,8 @@ pub enum ChunkState {
         pins: u32,
         /// Whether the allocation is movable.
         movable: bool,
+        /// Whether the allocation is sealed (freed only by [`Heap::free_sealed`]).
+        sealed: bool,
     },
     /// Being scrubbed outside the lock (by an idle CPU, or a `sync` free).
     Scrubbing,
@@ -206,8 +220,6 @@ pub struct Heap<M> {
     claimed_total: AtomicU64,
     observer: Option<Arc<dyn LockObserver>>,
     pub(crate) mem: M,
-    /// Populate-on-demand guests (see `pod.rs`).
-    pub(crate) pod: crate::pod::PodRegistry,
 }
 
 /// A node's state under its lock; tells the observer when the lock drops.
@@ -314,7 +326,6 @@ impl<M: FrameMemory> Heap<M> {
             observer: None,
             config,
             mem,
-            pod: crate::pod::PodRegistry::new(),
         })
     }
 
@@ -429,7 +440,7 @@ impl<M: FrameMemory> Heap<M> {
 
     /// [`Heap::alloc`], asking `preempt` between batches: `None` when it said to yield
     /// (the ticket is dropped; the frames it scrubbed stay clean in the heap).
-    pub(crate) fn alloc_preemptible(
+    pub fn alloc_preemptible(
         &self,
         req: &AllocRequest,
         preempt: &dyn crate::preempt::Preempt,
@@ -458,6 +469,9 @@ impl<M: FrameMemory> Heap<M> {
     pub fn alloc_start(&self, req: &AllocRequest) -> Result<AllocStart<'_, M>, HeapError> {
         if req.order > MAX_ORDER {
             return Err(HeapError::InvalidOrder { order: req.order });
+        }
+        if req.sealed && req.movable {
+            return Err(HeapError::SealedMovable);
         }
         match req.node {
             NodePref::Prefer(n) | NodePref::Exact(n) => {
@@ -515,9 +529,8 @@ impl<M: FrameMemory> Heap<M> {
         let mut book = (self.claimed_total.load(Relaxed) > 0).then(|| self.claims.lock());
         let avail = st.available();
         let (others_node, others_all) = book.as_ref().map_or((0, 0), |b| b.claimed_by_others(req.owner, n));
-        if book.is_some() {
-            let total: u64 = (0..self.nodes.len()).map(|i| if i == n { avail } else { self.available(i) }).sum();
-            if avail < others_node + want as u64 || total < others_all + want as u64 {
+        if let Some(b) = book.as_ref() {
+            if self.claims_gate(b, req.owner, n, avail, want as u64).is_err() {
                 let claimed = core::cmp::min(avail, core::cmp::max(others_node, others_all));
                 return NodeTry::No { free: st.free, claimed, aborted: false };
             }
@@ -544,14 +557,18 @@ impl<M: FrameMemory> Heap<M> {
             let mut slot = Slot::head(State::Pending, req.order);
             slot.a = req.owner.0;
             st.meta[head as usize] = slot;
-            let id = st.add_work(head, req.order, Kind::Ticket { owner: req.owner, movable: req.movable });
+            let id = st.add_work(
+                head,
+                req.order,
+                Kind::Ticket { owner: req.owner, movable: req.movable, sealed: req.sealed },
+            );
             cell.publish(&st);
             return NodeTry::Pending { node: n, id, ext };
         }
         if dirty > 0 {
             st.dirty.clear_all(head + fd, want - fd);
         }
-        st.meta[head as usize] = Self::allocated_slot(req.order, req.owner, req.movable);
+        st.meta[head as usize] = Self::allocated_slot(req.order, req.owner, req.movable, req.sealed);
         let zero = if dirty > 0 && req.scrub { (want - fd) as u64 } else { 0 };
         if zero > 0 {
             *st.in_place_by_owner.entry(req.owner).or_default() += zero;
@@ -568,19 +585,12 @@ impl<M: FrameMemory> Heap<M> {
         NodeTry::Ready(ext)
     }
 
-    /// Marks an extent just allocated as held by the populate-on-demand layer, so that
-    /// only that layer frees it ([`Heap::free_held`]) and nobody pins it.
-    pub(crate) fn mark_pod(&self, e: Extent) {
-        let (n, off) = self.locate(e.mfn, e.order).expect("an extent the heap handed out");
-        let mut st = self.lock_node(n);
-        debug_assert_eq!(st.meta[off as usize].state(), State::Allocated);
-        st.meta[off as usize].set_flag(F_POD, true);
-    }
-
-    pub(crate) fn allocated_slot(order: u8, owner: DomId, movable: bool) -> Slot {
+    pub(crate) fn allocated_slot(order: u8, owner: DomId, movable: bool, sealed: bool) -> Slot {
+        debug_assert!(!(movable && sealed), "a sealed allocation is never movable");
         let mut slot = Slot::head(State::Allocated, order);
         slot.a = owner.0;
         slot.set_flag(F_MOVABLE, movable);
+        slot.set_flag(F_SEALED, sealed);
         slot
     }
 
@@ -603,19 +613,28 @@ impl<M: FrameMemory> Heap<M> {
     /// allocation or any aligned part of one. The frames become dirty and merge with
     /// their free buddies in O(MAX_ORDER) under the node lock. Under the `sync` policy
     /// they are zeroed first, outside the lock.
+    /// Frames of a sealed allocation are refused ([`HeapError::Sealed`]).
     pub fn free(&self, mfn: Mfn, order: u8, owner: DomId) -> Result<(), HeapError> {
         self.free_held(mfn, order, owner, false)
     }
 
-    /// [`Heap::free`], and with `pod` also of frames the populate-on-demand layer holds
-    /// (only that layer passes it).
-    pub(crate) fn free_held(&self, mfn: Mfn, order: u8, owner: DomId, pod: bool) -> Result<(), HeapError> {
+    /// [`Heap::free`] for sealed allocations (see [`AllocRequest::sealed`]): every frame
+    /// of `[mfn, 2^order)` must be `owner`'s, unpinned and sealed (else
+    /// [`HeapError::NotSealed`], nothing changed). The layer that sealed the frames calls
+    /// this; a range may be a whole sealed allocation or any aligned part of one, and may
+    /// span several sealed allocations of the owner.
+    pub fn free_sealed(&self, mfn: Mfn, order: u8, owner: DomId) -> Result<(), HeapError> {
+        self.free_held(mfn, order, owner, true)
+    }
+
+    /// Frees a held range: ordinary frames (`sealed` false) or sealed ones (true).
+    fn free_held(&self, mfn: Mfn, order: u8, owner: DomId, sealed: bool) -> Result<(), HeapError> {
         let (n, off) = self.locate(mfn, order)?;
         let cell = &self.nodes[n];
         let mut st = self.lock_node(n);
         let sync = self.config.policy.scrubs_on_free();
         let s0 = st.meta[off as usize];
-        let plain = !s0.flags(F_MIGRATING | F_BROKEN | F_POD);
+        let plain = !s0.flags(F_MIGRATING | F_BROKEN) && s0.flags(F_SEALED) == sealed;
         if !sync && plain && s0.state() == State::Allocated && s0.order() == order && s0.a == owner.0 && s0.b == 0 {
             // The common case: exactly one whole allocated chunk.
             st.meta[off as usize] = Slot::default();
@@ -624,7 +643,7 @@ impl<M: FrameMemory> Heap<M> {
             cell.publish(&st);
             return Ok(());
         }
-        Self::check_held(&st, off, order, owner, pod)?;
+        Self::check_held(&st, off, order, owner, sealed)?;
         let (h, o) = st.chunk_of(off);
         if o > order {
             st.split_held(h, o, off, order);
@@ -671,9 +690,9 @@ impl<M: FrameMemory> Heap<M> {
         Ok(())
     }
 
-    /// Checks that `owner` holds every frame of `[off, 2^order)`, unpinned, and (unless
-    /// `pod`) none of them through its populate-on-demand layer.
-    fn check_held(st: &NodeState, off: u32, order: u8, owner: DomId, pod: bool) -> Result<(), HeapError> {
+    /// Checks that `owner` holds every frame of `[off, 2^order)`, unpinned, every one
+    /// sealed if `sealed` and none otherwise.
+    fn check_held(st: &NodeState, off: u32, order: u8, owner: DomId, sealed: bool) -> Result<(), HeapError> {
         let end = off + size(order);
         let mut pos = off;
         let abs = |o: u32| Mfn(st.base + o as u64);
@@ -694,8 +713,13 @@ impl<M: FrameMemory> Heap<M> {
             if s.b > 0 {
                 return Err(HeapError::Pinned { mfn: abs(h), owner });
             }
-            if s.flags(F_POD) && !pod {
-                return Err(HeapError::PodPage { mfn: abs(h), owner });
+            if s.flags(F_SEALED) != sealed {
+                let mfn = abs(h.max(off));
+                return Err(if sealed {
+                    HeapError::NotSealed { mfn, owner }
+                } else {
+                    HeapError::Sealed { mfn, owner }
+                });
             }
             if s.flags(F_MIGRATING) {
                 return Err(HeapError::Busy { mfn: abs(h), what: "being migrated" });
@@ -760,6 +784,49 @@ impl<M: FrameMemory> Heap<M> {
         Ok(())
     }
 
+    /// The claims gate: whether the claims of other domains leave `frames` more frames
+    /// for `owner` on `node` (`owner`'s own node and global claims count as its own).
+    /// The allocation path asks the same question ([`Heap::alloc_start`], under the node
+    /// lock); this read takes only the claims lock, so the answer is a snapshot that
+    /// concurrent operations may change. It says nothing of whether `frames` are free in
+    /// one piece: an admitted allocation can still run out of memory.
+    ///
+    /// Refused with [`HeapError::ClaimedByOthers`] (naming the node or the whole heap),
+    /// or [`HeapError::NoSuchNode`].
+    pub fn claims_admit(&self, owner: DomId, node: usize, frames: u64) -> Result<(), HeapError> {
+        self.node(node)?;
+        if self.claimed_total.load(Relaxed) == 0 {
+            return Ok(());
+        }
+        let book = self.claims.lock();
+        let avail = self.available(node);
+        self.claims_gate(&book, owner, node, avail, frames)
+            .map_err(|(where_, free, claimed)| HeapError::ClaimedByOthers { owner, frames, where_, free, claimed })
+    }
+
+    /// The one rule of the claims gate, with `node`'s free frames `avail` read by the
+    /// caller (under the node lock on the allocation path): `frames` fit beside what
+    /// others claim on the node and in the whole heap. On refusal: where, free, claimed.
+    fn claims_gate(
+        &self,
+        book: &ClaimBook,
+        owner: DomId,
+        node: usize,
+        avail: u64,
+        frames: u64,
+    ) -> Result<(), (String, u64, u64)> {
+        debug_assert!(node < self.nodes.len());
+        let (others_node, others_all) = book.claimed_by_others(owner, node);
+        if avail < others_node.saturating_add(frames) {
+            return Err((format!("node {node}"), avail, others_node));
+        }
+        let total: u64 = (0..self.nodes.len()).map(|i| if i == node { avail } else { self.available(i) }).sum();
+        if total < others_all.saturating_add(frames) {
+            return Err(("the whole heap".into(), total, others_all));
+        }
+        Ok(())
+    }
+
     /// Drops all of `dom`'s outstanding claims.
     pub fn claim_cancel(&self, dom: DomId) {
         let mut book = self.claims.lock();
@@ -795,6 +862,31 @@ impl<M: FrameMemory> Heap<M> {
             scrubbing: c.scrubbing.load(Relaxed),
             claimed: c.claimed.load(Relaxed),
         })
+    }
+
+    /// Free frames of `zone` on `node`, clean, dirty and being scrubbed in the background,
+    /// counted from its free lists under the node lock (O(free chunks of the zone)). A
+    /// node without a Movable zone has all its free frames in Normal.
+    pub fn zone_stats(&self, node: usize, zone: Zone) -> Result<ZoneStats, HeapError> {
+        self.node(node)?;
+        let st = self.lock_node(node);
+        let mut z = ZoneStats::default();
+        for listed_dirty in [false, true] {
+            let mask = st.nonempty_mask(zone, listed_dirty);
+            for o in (0..=MAX_ORDER).filter(|&o| mask & (1 << o) != 0) {
+                let mut at = st.list_head(zone, listed_dirty, o);
+                while at != NONE {
+                    let dirty = if listed_dirty { st.dirty.count(at, size(o)) as u64 } else { 0 };
+                    z.free_dirty += dirty;
+                    z.free_clean += (1u64 << o) - dirty;
+                    at = st.meta[at as usize].b;
+                }
+            }
+        }
+        let scrubbing = st.work.iter().filter(|w| w.kind == Kind::Background && st.zone_of(w.head) == zone);
+        z.scrubbing = scrubbing.map(|w| w.frames()).sum();
+        debug_assert!(z.free() <= st.free, "a zone has no more free frames than its node");
+        Ok(z)
     }
 
     /// Frame counts of the whole heap, and bytes scrubbed by source.
@@ -834,7 +926,12 @@ impl<M: FrameMemory> Heap<M> {
         let s = st.meta[h as usize];
         let state = match s.state() {
             State::Free => ChunkState::Free { dirty_frames: st.dirty.count(h, size(o)) as u64 },
-            State::Allocated => ChunkState::Allocated { owner: DomId(s.a), pins: s.b, movable: s.flags(F_MOVABLE) },
+            State::Allocated => ChunkState::Allocated {
+                owner: DomId(s.a),
+                pins: s.b,
+                movable: s.flags(F_MOVABLE),
+                sealed: s.flags(F_SEALED),
+            },
             State::Scrubbing => ChunkState::Scrubbing,
             State::Pending => ChunkState::Pending { owner: DomId(s.a) },
             State::Isolated => ChunkState::Isolated,

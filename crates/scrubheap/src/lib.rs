@@ -41,37 +41,34 @@ mod node;
 mod observe;
 mod offline;
 mod pin;
-mod pod;
 mod policy;
 mod preempt;
 mod scrub;
 mod sparse;
 mod stats;
 mod sync;
+#[cfg(any(test, feature = "testing"))]
+mod testing;
 mod ticket;
 mod types;
 mod work;
-
-#[cfg(feature = "oplog")]
-pub mod oplog;
 
 pub use claims::{Claim, ClaimTarget};
 pub use config::{HeapConfig, NodeSpec};
 pub use error::{HeapError, InvariantViolation};
 pub use heap::{AllocRequest, ChunkInfo, ChunkState, Extent, Heap, NodePref};
-pub use memory::{FrameMemory, NullMemory, TestMemory};
+pub use memory::{FrameMemory, NullMemory};
+pub use node::largest_order;
 pub use observe::LockObserver;
 pub use offline::{
     BlockReason, Blocker, Broken, Deadline, NoDeadline, OfflineStop, Offlined, StepBudget, MAX_BLOCKERS, MAX_BUSY_POLLS,
 };
 pub use pin::{MetadataMigrator, Migrator, NoMigration};
-pub use pod::{
-    PodConfig, PodCounters, PodEntry, PodMapping, PodProgress, PodStats, PodTotals, POD_EAGER_FRAMES,
-    POD_MAX_PAGES_PER_FRAME, POD_MRU, POD_SWEEP_FRAMES, POD_SWEEP_SLOTS,
-};
 pub use policy::{Policy, UnknownPolicy};
 pub use preempt::{NeverPreempt, Preempt};
 pub use sparse::SparseMemory;
-pub use stats::{HeapStats, NodeStats, ScrubBytes};
+pub use stats::{HeapStats, NodeStats, ScrubBytes, ZoneStats};
+#[cfg(any(test, feature = "testing"))]
+pub use testing::TestMemory;
 pub use ticket::{AllocStart, ScrubTicket, MAX_WAIT_POLLS};
 pub use types::{DomId, Mfn, Zone, MAX_ORDER, METADATA_BITS_PER_FRAME};

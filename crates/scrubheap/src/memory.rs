@@ -1,9 +1,6 @@
 //! What the heap needs of the memory behind the frames: zero, check, copy.
 
 use crate::types::{DomId, Mfn};
-use alloc::vec;
-use alloc::vec::Vec;
-use spin::Mutex;
 
 /// The memory behind the heap's frames. The heap calls it only for frames it owns
 /// exclusively at that moment (free frames being scrubbed, or frames being handed over),
@@ -48,93 +45,5 @@ impl<M: FrameMemory + ?Sized> FrameMemory for &M {
     }
     fn fill(&self, first: Mfn, count: u64, owner: DomId) {
         (**self).fill(first, count, owner)
-    }
-}
-
-struct TestState {
-    bytes: Vec<u8>,
-    last_writer: Vec<Option<DomId>>,
-    zeroed_frames: u64,
-}
-
-/// Real bytes for small heaps, for tests: remembers which owner last wrote each frame, so a
-/// test can assert that no frame reaches a new owner holding another owner's bytes.
-pub struct TestMemory {
-    first: u64,
-    frame_size: usize,
-    state: Mutex<TestState>,
-}
-
-impl TestMemory {
-    /// Memory for `frames` frames of `frame_size` bytes starting at frame `first`, all zero.
-    pub fn new(first: Mfn, frames: u64, frame_size: usize) -> Self {
-        TestMemory {
-            first: first.0,
-            frame_size,
-            state: Mutex::new(TestState {
-                bytes: vec![0; frames as usize * frame_size],
-                last_writer: vec![None; frames as usize],
-                zeroed_frames: 0,
-            }),
-        }
-    }
-
-    fn range(&self, first: Mfn, count: u64) -> (usize, usize) {
-        let i = (first.0 - self.first) as usize;
-        (i, i + count as usize)
-    }
-
-    /// The owner writes its tag (a non-zero byte pattern) over `count` frames at `first`.
-    pub fn write(&self, owner: DomId, first: Mfn, count: u64) {
-        let (lo, hi) = self.range(first, count);
-        let tag = (owner.0 % 255) as u8 + 1;
-        let mut st = self.state.lock();
-        st.bytes[lo * self.frame_size..hi * self.frame_size].fill(tag);
-        st.last_writer[lo..hi].fill(Some(owner));
-    }
-
-    /// The first frame in the range holding bytes another owner than `owner` wrote.
-    pub fn foreign_frame(&self, owner: DomId, first: Mfn, count: u64) -> Option<(Mfn, DomId)> {
-        let (lo, hi) = self.range(first, count);
-        let st = self.state.lock();
-        (lo..hi).find_map(|i| match st.last_writer[i] {
-            Some(w)
-                if w != owner && st.bytes[i * self.frame_size..(i + 1) * self.frame_size].iter().any(|&b| b != 0) =>
-            {
-                Some((Mfn(self.first + i as u64), w))
-            }
-            _ => None,
-        })
-    }
-
-    /// How many frames have been zeroed through [`FrameMemory::zero`].
-    pub fn zeroed_frames(&self) -> u64 {
-        self.state.lock().zeroed_frames
-    }
-}
-
-impl FrameMemory for TestMemory {
-    fn zero(&self, first: Mfn, count: u64) {
-        let (lo, hi) = self.range(first, count);
-        let mut st = self.state.lock();
-        st.bytes[lo * self.frame_size..hi * self.frame_size].fill(0);
-        st.last_writer[lo..hi].fill(None);
-        st.zeroed_frames += count;
-    }
-    fn is_zero(&self, first: Mfn, count: u64) -> bool {
-        let (lo, hi) = self.range(first, count);
-        let st = self.state.lock();
-        st.bytes[lo * self.frame_size..hi * self.frame_size].iter().all(|&b| b == 0)
-    }
-    fn copy(&self, src: Mfn, dst: Mfn, count: u64) {
-        let (s, _) = self.range(src, count);
-        let (d, _) = self.range(dst, count);
-        let fs = self.frame_size;
-        let mut st = self.state.lock();
-        st.bytes.copy_within(s * fs..(s + count as usize) * fs, d * fs);
-        st.last_writer.copy_within(s..s + count as usize, d);
-    }
-    fn fill(&self, first: Mfn, count: u64, owner: DomId) {
-        self.write(owner, first, count);
     }
 }

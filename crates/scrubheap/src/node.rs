@@ -356,9 +356,16 @@ impl NodeState {
     }
 }
 
-/// Largest order (at most `MAX_ORDER`) whose chunk starts at absolute frame `abs` (aligned
-/// to it) and fits in `room` frames (at least 1).
-pub(crate) fn largest_order(abs: u64, room: u64) -> u8 {
+/// Largest order (at most [`MAX_ORDER`]) whose chunk starts at absolute frame `abs`
+/// (aligned to it) and fits in `room` frames (at least 1): the heap's rule for cutting a
+/// run of frames into aligned chunks, for layers that free runs piece by piece.
+///
+/// ```
+/// assert_eq!(scrubheap::largest_order(512, 1000), 9);
+/// assert_eq!(scrubheap::largest_order(513, 1000), 0);
+/// ```
+pub fn largest_order(abs: u64, room: u64) -> u8 {
+    debug_assert!(room >= 1, "a run holds at least one frame");
     let align = if abs == 0 { MAX_ORDER as u32 } else { abs.trailing_zeros() };
     let fit = 63 - room.leading_zeros();
     core::cmp::min(core::cmp::min(align, fit), MAX_ORDER as u32) as u8

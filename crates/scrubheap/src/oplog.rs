@@ -11,7 +11,7 @@
 //! invariant violations: they are heap (or replayer) bugs, never input errors.
 //!
 //! ```
-//! use scrubheap::oplog::Replayer;
+//! use scrubheap_pod::oplog::Replayer;
 //! let mut r = Replayer::new();
 //! r.replay_str(
 //!     "heap nodes=2 frames_per_node=4096\n\
@@ -48,31 +48,30 @@
 //! ```
 //!
 //! A pin or an offline that moves frames moves the log's allocation with them (the
-//! replayer is the owner's [`crate::Migrator`]: it moves metadata only), so later
+//! replayer is the owner's [`scrubheap::Migrator`]: it moves metadata only), so later
 //! `offset=` lines of that id name the frames where they are now. `steps=S` gives an
-//! offline a deadline of S steps ([`crate::StepBudget`]); without it, none.
+//! offline a deadline of S steps ([`scrubheap::StepBudget`]); without it, none.
 //!
 //! The replay heap runs on [`SparseMemory`], so `touch ... data` leaves pages that zero
 //! checks see as used. A touch that crashes its guest (out of PoD memory) is one
-//! `PodExhausted` error. A `free` or `pin` of frames a PoD guest holds is refused by the
-//! heap (`PodPage`): they leave the guest through `balloon` or `destroy`.
+//! `PodExhausted` error (PoD errors count as `Pod` + the [`crate::PodError`] variant). A
+//! `free` or `pin` of frames a PoD guest holds is refused by the heap (`Sealed`): they
+//! leave the guest through `balloon` or `destroy`.
+//!
+//! This module is compiled into `scrubheap-pod` (feature `oplog`), since it replays PoD
+//! lines and the heap crate cannot depend on the PoD layer.
 
-use crate::claims::{Claim, ClaimTarget};
-use crate::config::HeapConfig;
-use crate::error::HeapError;
-use crate::heap::{AllocRequest, ChunkState, Extent, Heap, NodePref};
-use crate::offline::{NoDeadline, StepBudget};
-use crate::pin::Migrator;
-use crate::policy::Policy;
-use crate::preempt::NeverPreempt;
-use crate::sparse::SparseMemory;
-use crate::types::{DomId, Mfn, Zone, MAX_ORDER};
+use crate::Pods;
 use alloc::borrow::Cow;
 use alloc::collections::BTreeMap;
 use alloc::format;
 use alloc::string::{String, ToString};
 use alloc::vec::Vec;
 use core::fmt;
+use scrubheap::{
+    AllocRequest, ChunkState, Claim, ClaimTarget, DomId, Extent, Heap, HeapConfig, HeapError, Mfn, Migrator,
+    NeverPreempt, NoDeadline, NodePref, Policy, SparseMemory, StepBudget, Zone, MAX_ORDER,
+};
 
 /// The largest heap (in frames, all nodes together) a `heap` line may ask for unless the
 /// replayer is told otherwise: 2^28 frames (1 TiB at 4 KiB), about 3 GiB of metadata.
@@ -368,7 +367,7 @@ impl<'a> Args<'a> {
 /// Parses one line: `Ok(None)` for a blank or comment-only line.
 ///
 /// ```
-/// use scrubheap::oplog::{parse_line, Op};
+/// use scrubheap_pod::oplog::{parse_line, Op};
 /// assert_eq!(parse_line("  # just a comment").unwrap(), None);
 /// assert!(matches!(parse_line("free id=a1 offset=0x200 order=9"),
 ///     Ok(Some(Op::FreePart { id: "a1", offset: 512, order: 9 }))));
@@ -588,6 +587,8 @@ impl Migrator for RecordMoves {
 pub struct Replayer {
     max_frames: u64,
     heap: Option<Heap<SparseMemory>>,
+    /// The PoD guests of the current heap.
+    pods: Pods,
     total_frames: u64,
     /// Live ids to their serial numbers.
     names: BTreeMap<String, u64>,
@@ -622,6 +623,7 @@ impl Replayer {
         Replayer {
             max_frames,
             heap: None,
+            pods: Pods::new(),
             total_frames: 0,
             names: BTreeMap::new(),
             held: BTreeMap::new(),
@@ -637,6 +639,11 @@ impl Replayer {
     /// The current heap, if a `heap` line built one.
     pub fn heap(&self) -> Option<&Heap<SparseMemory>> {
         self.heap.as_ref()
+    }
+
+    /// The PoD guests of the current heap.
+    pub fn pods(&self) -> &Pods {
+        &self.pods
     }
 
     /// The ids that still hold frames, in name order.
@@ -734,7 +741,7 @@ impl Replayer {
                 s.free_clean, s.free_dirty, s.allocated, s.offline, self.total_frames, s.scrubbing
             ));
         }
-        let pod = heap.pod_frames();
+        let pod = self.pods.frames();
         if s.allocated != self.held_frames + pod {
             bad.push(format!(
                 "the heap says {} frames are allocated, the log holds {} and PoD guests {pod}",
@@ -752,7 +759,7 @@ impl Replayer {
     /// Full check of the current heap, then drops it and every id.
     fn end_heap(&mut self) {
         if let Some(heap) = self.heap.take() {
-            self.pod_end(&heap);
+            self.pod_end();
             let s = heap.stats();
             self.report.final_ = FinalCounts {
                 free_clean: s.free_clean,
@@ -761,6 +768,9 @@ impl Replayer {
                 offline: s.offline,
             };
             if let Err(e) = heap.check_invariants() {
+                self.violation(format!("{e}"));
+            }
+            if let Err(e) = self.pods.check_invariants(&heap) {
                 self.violation(format!("{e}"));
             }
         } else {
@@ -773,6 +783,7 @@ impl Replayer {
         self.pieces.clear();
         self.moved.clear();
         self.held_frames = 0;
+        self.pods = Pods::new();
     }
 
     fn heap_or_fail(&self) -> Result<&Heap<SparseMemory>, Fail> {
@@ -829,8 +840,11 @@ impl Replayer {
                 Ok(())
             }
             Op::Check => {
-                if let Err(e) = self.heap_or_fail()?.check_invariants() {
-                    self.violation(format!("{e}"));
+                let heap = self.heap_or_fail()?;
+                let r = heap.check_invariants().map_err(|e| format!("{e}"));
+                let r = r.and_then(|()| self.pods.check_invariants(heap).map_err(|e| format!("{e}")));
+                if let Err(e) = r {
+                    self.violation(e);
                 }
                 Ok(())
             }
@@ -886,6 +900,7 @@ impl Replayer {
             config = config.with_movable_from(m);
         }
         self.heap = Some(Heap::new(config, SparseMemory::new())?);
+        self.pods = Pods::new();
         self.total_frames = nodes * fpn;
         Ok(())
     }
@@ -1124,6 +1139,7 @@ impl Replayer {
     }
 }
 
+#[path = "oplog/pod.rs"]
 mod pod;
 
 #[cfg(test)]

@@ -7,7 +7,7 @@
 //! and changes nothing. A pinned frame cannot be freed (`HeapError::Pinned`) until it is
 //! unpinned as many times as it was pinned.
 
-use crate::chunk::{Slot, State, F_BROKEN, F_MIGRATING, F_MOVABLE, F_POD};
+use crate::chunk::{Slot, State, F_BROKEN, F_MIGRATING, F_MOVABLE, F_SEALED};
 use crate::error::HeapError;
 use crate::heap::{Extent, Heap};
 use crate::memory::FrameMemory;
@@ -194,8 +194,8 @@ impl<M: FrameMemory> Heap<M> {
             if s.flags(F_MIGRATING) {
                 return Err(HeapError::Busy { mfn: abs(h), what: "being migrated" });
             }
-            if s.flags(F_POD) {
-                return Err(HeapError::PodPage { mfn: abs(h), owner });
+            if s.flags(F_SEALED) {
+                return Err(HeapError::Sealed { mfn: abs(h.max(off)), owner });
             }
             held.movable_zone |= st.zone_of(h) == Zone::Movable;
             held.movable &= s.flags(F_MOVABLE);
@@ -348,7 +348,7 @@ impl<M: FrameMemory> Heap<M> {
             st.free -= want;
             st.free_dirty -= dirty;
             st.allocated += want;
-            let mut slot = Self::allocated_slot(order, owner, movable);
+            let mut slot = Self::allocated_slot(order, owner, movable, false);
             slot.set_flag(F_MIGRATING, true);
             st.meta[head as usize] = slot;
             let cell = self.cell(n);

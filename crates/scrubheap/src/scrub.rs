@@ -204,7 +204,7 @@ impl<M: FrameMemory> Heap<M> {
         let base = self.cell(node).base;
         let mut zeroed = 0u64;
         let mut st = self.lock_node(node);
-        let Kind::Ticket { owner, movable } = st.work[st.work_index(id)].kind else {
+        let Kind::Ticket { owner, movable, sealed } = st.work[st.work_index(id)].kind else {
             unreachable!("ticket work of another kind")
         };
         let result = loop {
@@ -229,7 +229,7 @@ impl<M: FrameMemory> Heap<M> {
                 None if w.inflight > 0 => break None,
                 None => {
                     st.work.swap_remove(i);
-                    st.meta[w.head as usize] = Self::allocated_slot(w.order, owner, movable);
+                    st.meta[w.head as usize] = Self::allocated_slot(w.order, owner, movable, sealed);
                     self.cell(node).publish(&st);
                     break Some(Extent { mfn: Mfn(base + w.head as u64), order: w.order, node });
                 }

@@ -28,6 +28,24 @@ impl NodeStats {
     }
 }
 
+/// Free frames of one zone of one node (see [`crate::Heap::zone_stats`]).
+#[derive(Copy, Clone, Debug, Default, PartialEq, Eq)]
+pub struct ZoneStats {
+    /// Frames of free chunks on the zone's free lists that are known to be zero.
+    pub free_clean: u64,
+    /// Frames of free chunks on the zone's free lists that still hold old bytes.
+    pub free_dirty: u64,
+    /// Frames of free chunks of the zone a background scrubber holds right now.
+    pub scrubbing: u64,
+}
+
+impl ZoneStats {
+    /// All free frames of the zone, being scrubbed or not.
+    pub fn free(&self) -> u64 {
+        self.free_clean + self.free_dirty + self.scrubbing
+    }
+}
+
 /// Bytes scrubbed, by who paid for it.
 #[derive(Copy, Clone, Debug, Default, PartialEq, Eq)]
 pub struct ScrubBytes {

@@ -14,8 +14,9 @@ pub(crate) enum Kind {
     SyncFree,
     /// A pending allocation for `owner` (state Pending): its owner and any idle helpers
     /// take batches from `cursor`; `stop` means the ticket was dropped, and whoever
-    /// finishes the last batch in flight returns the chunk to the heap.
-    Ticket { owner: DomId, movable: bool },
+    /// finishes the last batch in flight returns the chunk to the heap. `movable` and
+    /// `sealed` are the flags the allocation gets when it is handed over.
+    Ticket { owner: DomId, movable: bool, sealed: bool },
 }
 
 #[derive(Clone, Debug)]

@@ -1,28 +1,11 @@
 //! One test per misuse case of DESIGN section 7: each returns a typed error and leaves the
 //! heap exactly as it was.
 
+#[macro_use]
 mod common;
 
-use common::snapshot;
+use common::{snapshot, two_nodes as heap};
 use scrubheap::*;
-
-fn heap() -> Heap<NullMemory> {
-    Heap::new(HeapConfig::uniform(2, 1024), NullMemory).unwrap()
-}
-
-/// Runs `f`, expects an error matching `pat`, and checks nothing changed.
-macro_rules! refused {
-    ($h:expr, $f:expr, $pat:pat) => {{
-        let before = snapshot(&$h, &[1, 2]);
-        let r = $f;
-        assert!(matches!(r, Err($pat)), "got {r:?}");
-        let msg = r.unwrap_err().to_string();
-        assert!(!msg.is_empty());
-        assert_eq!(snapshot(&$h, &[1, 2]), before, "a refused operation changed the heap");
-        $h.check_invariants().unwrap();
-        msg
-    }};
-}
 
 #[test]
 fn double_free_is_refused() {

@@ -313,7 +313,7 @@ fn offline_migrates_movable_allocations_out_and_keeps_their_bytes() {
         assert_eq!(mem.foreign_frame(DomId(1), to.mfn, 16), None);
         assert!(matches!(
             h.chunk_at(to.mfn).unwrap().state,
-            ChunkState::Allocated { owner: DomId(1), movable: true, pins: 0 }
+            ChunkState::Allocated { owner: DomId(1), movable: true, pins: 0, sealed: false }
         ));
     }
     assert!(all_offline(&h, first, count));

@@ -327,9 +327,10 @@ fn run(ops: &[Op]) -> Result<(), TestCaseError> {
                 (F::Free, ChunkState::Free { .. })
                 | (F::Offline, ChunkState::Offline)
                 | (F::Broken, ChunkState::Broken) => true,
-                (F::Held { dom, pins, movable, .. }, ChunkState::Allocated { owner, pins: p, movable: mv }) => {
-                    owner == DomId(dom) && p == pins && mv == movable
-                }
+                (
+                    F::Held { dom, pins, movable, .. },
+                    ChunkState::Allocated { owner, pins: p, movable: mv, sealed: false },
+                ) => owner == DomId(dom) && p == pins && mv == movable,
                 _ => false,
             };
             prop_assert!(

@@ -10,12 +10,16 @@ pub mod scrub;
 #[derive(clap::Subcommand)]
 pub enum Cmd {
     /// Allocator throughput against buddy_system_allocator on one seeded sequence.
+    #[command(after_help = "Example:\n  scrubheap bench alloc --json alloc.json")]
     Alloc(alloc::Args),
     /// Background scrub throughput against raw zeroing of the same arena, per kernel.
+    #[command(after_help = "Example:\n  scrubheap bench scrub --memory 512MiB --json scrub.json")]
     Scrub(scrub::Args),
     /// Longest non-preemptible section while populating 1 GiB from dirty memory, per policy.
+    #[command(after_help = "Example:\n  scrubheap bench latency --reps 3 --json latency.json")]
     Latency(latency::Args),
     /// Raw zeroing one batch per call, timed per call: the machine's floor for sections.
+    #[command(after_help = "Example:\n  scrubheap bench noise --duration 5s --json noise.json")]
     Noise(noise::Args),
 }
 

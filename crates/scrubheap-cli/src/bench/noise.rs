@@ -19,8 +19,8 @@ pub struct Args {
     /// Where to write the JSON report.
     #[arg(long)]
     pub json: Option<PathBuf>,
-    /// Seconds to run.
-    #[arg(long, default_value_t = 10.0)]
+    /// How long to run: 10s, 500ms, 2m, or plain seconds.
+    #[arg(long, visible_alias = "duration", default_value_t = 10.0, value_parser = crate::run::parse_duration)]
     pub seconds: f64,
     /// Arena size in MiB.
     #[arg(long, default_value_t = 1024)]

@@ -95,7 +95,10 @@ fn notes(r: &mut RunReport, clean: Option<f64>, pool: bool) {
 
 /// What the pool measured: backing, leaks, scrubbing, invariants, PoD, locks, sections.
 fn pool_part(r: &mut RunReport, cfg: &RunConfig, pool: Pool, sections: &Sections, t_pod: (u64, u64, u64)) {
-    let heap_violations = pool.heap().check_invariants().err();
+    // The heap's invariants, then the PoD layer's beside it.
+    let heap_violations = (pool.heap().check_invariants().map_err(|e| e.to_string()))
+        .and_then(|()| pool.pods().check_invariants(pool.heap()).map_err(|e| e.to_string()))
+        .err();
     let s = pool.heap().stats();
     let (frames, busy) = pool.scrub_progress();
     let locks = pool.locks.clone();
@@ -127,7 +130,7 @@ fn pool_part(r: &mut RunReport, cfg: &RunConfig, pool: Pool, sections: &Sections
         r.invariant_violations += 1;
         r.notes.push(format!("{} frames still allocated after every guest was destroyed", s.allocated));
     }
-    drop(pool);
+    r.numa = crate::numa::stop_and_place(pool);
     let ([p50, p99, p999, max], _) = locks.quantiles_us();
     r.lock_hold_us = LockHoldMicros { p50, p99, p999, max };
     let (a, b, _) = pool_sections.summary();

@@ -194,6 +194,9 @@ pub struct RunReport {
     pub pins: PinReport,
     /// The hot-remove of a Movable range during the run (heap policies only).
     pub hot_remove: Option<HotRemoveReport>,
+    /// Per heap node: the host node its slice is bound to as the kernel reports it, and
+    /// the CPUs its scrubbers were pinned to and ran on (heap policies only).
+    pub numa: Vec<crate::numa::NodePlacement>,
 }
 
 /// Long-term pins the guests took.

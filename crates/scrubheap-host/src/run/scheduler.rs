@@ -405,7 +405,7 @@ fn create_pod_guest(
             t.pod_ballooned += ballooned;
             Some(Live::Pod(g))
         }
-        Err(HeapError::OutOfMemory { .. }) => {
+        Err(e) if e.is_out_of_memory() => {
             let mut t = tally.lock();
             t.refused += 1;
             t.pod_refused += 1;

@@ -5,8 +5,8 @@
 
 pub use crate::arena::tag_of;
 use crate::instrument::PreemptRecorder;
-use crate::pool::{retry_busy, Pool, SAMPLED_WORDS_PER_FRAME};
-use crate::tenants::pins::PinOps;
+use crate::pool::{retry_busy, Pool, PoolHandle, SAMPLED_WORDS_PER_FRAME};
+use crate::tenants::pins::unpin_all;
 use scrubheap::{AllocRequest, Claim, ClaimTarget, DomId, Extent, HeapError, Mfn};
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::time::Instant;
@@ -155,9 +155,23 @@ impl GuestOps for Pool {
         got
     }
 
+    fn destroy_guest(&self, g: Guest, rec: &PreemptRecorder) -> f64 {
+        GuestTeardown::destroy_guest(&self.core, g, rec)
+    }
+}
+
+/// Tearing a guest down, which needs only a [`PoolHandle`]: what a guest's memory holds
+/// so that its frames can go back to the heap after the [`Pool`] itself is gone.
+pub trait GuestTeardown {
+    /// Destroys a guest: its pins dropped, every extent back to the heap, dirty, and
+    /// the scrubbers woken. Returns milliseconds taken.
+    fn destroy_guest(&self, g: Guest, rec: &PreemptRecorder) -> f64;
+}
+
+impl GuestTeardown for PoolHandle {
     fn destroy_guest(&self, mut g: Guest, rec: &PreemptRecorder) -> f64 {
         let t = Instant::now();
-        self.unpin_guest(&mut g);
+        unpin_all(self.heap(), &mut g);
         for e in g.extents {
             retry_busy(|| self.free(e.mfn, e.order, g.dom, rec)).expect("a guest frees exactly what it was given");
         }

@@ -2,10 +2,11 @@
 //! page in the Movable zone is first moved to Normal memory by the host's [`Migrator`],
 //! which copies the frames in the arena and updates the guest's extent list.
 
+use crate::arena::Arena;
 use crate::pool::{retry_busy, Pool};
 use crate::tenants::guest::Guest;
 use crate::tenants::hot_remove::move_guest_part;
-use scrubheap::{DomId, Extent, HeapError, Mfn, Migrator};
+use scrubheap::{DomId, Extent, Heap, HeapError, Mfn, Migrator};
 use std::cell::RefCell;
 
 /// A page a guest pinned: which of its extents and where in it, and where the page is
@@ -79,10 +80,17 @@ impl PinOps for Pool {
     }
 
     fn unpin_guest(&self, g: &mut Guest) {
-        for p in g.pins.drain(..) {
-            retry_busy(|| self.heap().unpin(p.mfn, p.order, g.dom)).expect("a guest unpins what it pinned");
-        }
+        unpin_all(self.heap(), g);
     }
+}
+
+/// Drops every pin `g` holds on `heap` (a [`Pool`]'s or a
+/// [`PoolHandle`](crate::pool::PoolHandle)'s, which tears a guest down after its pool).
+pub(crate) fn unpin_all(heap: &Heap<Arena>, g: &mut Guest) {
+    for p in g.pins.drain(..) {
+        retry_busy(|| heap.unpin(p.mfn, p.order, g.dom)).expect("a guest unpins what it pinned");
+    }
+    debug_assert!(g.pins.is_empty());
 }
 
 fn splitmix(mut x: u64) -> u64 {

@@ -7,7 +7,8 @@
 use crate::instrument::PreemptRecorder;
 use crate::pool::Pool;
 use crate::tenants::guest::Created;
-use scrubheap::{DomId, Extent, HeapError, PodConfig, PodEntry, PodProgress};
+use scrubheap::{DomId, Extent};
+use scrubheap_pod::{PodConfig, PodEntry, PodError, PodProgress};
 use serde::Serialize;
 use std::time::Instant;
 
@@ -84,7 +85,7 @@ pub trait PodGuestOps {
         bytes: u64,
         rec: &PreemptRecorder,
         log: LogLine<'_>,
-    ) -> Result<(PodGuest, Created, u64), HeapError>;
+    ) -> Result<(PodGuest, Created, u64), PodError>;
     /// Boot, balloon, work (see [`PodGuestOps::create_pod_guest`]). Returns pages ballooned.
     fn run_pod_guest(&self, g: &PodGuest, rec: &PreemptRecorder, log: LogLine<'_>) -> u64;
     /// Destroys a PoD guest (crashed or not): its pages go back to the heap, dirty.
@@ -101,7 +102,7 @@ impl PodGuestOps for Pool {
         bytes: u64,
         rec: &PreemptRecorder,
         log: LogLine<'_>,
-    ) -> Result<(PodGuest, Created, u64), HeapError> {
+    ) -> Result<(PodGuest, Created, u64), PodError> {
         let t = Instant::now();
         let heap = self.heap();
         let max_pages = bytes.div_ceil(4096).max(512);
@@ -110,16 +111,16 @@ impl PodGuestOps for Pool {
             .max_by_key(|&n| (heap.node_stats(n).map_or(0, |s| s.free()), std::cmp::Reverse(n)))
             .unwrap_or(0);
         rec.enter_op("pod create");
-        let mut r = heap.pod_create(dom, &PodConfig::new(max_pages, target).on(node), rec);
+        let mut r = self.pods().create(heap, dom, &PodConfig::new(max_pages, target).on(node), rec);
         rec.exit();
         while let Ok(PodProgress::Preempted) = r {
             std::thread::yield_now();
             rec.enter_op("pod set_target");
-            r = heap.pod_set_target(dom, target, rec);
+            r = self.pods().set_target(heap, dom, target, rec);
             rec.exit();
         }
         if let Err(e) = r {
-            let _ = heap.pod_destroy(dom);
+            let _ = self.pods().destroy(heap, dom);
             return Err(e);
         }
         for n in 0..heap.node_count() {
@@ -132,8 +133,6 @@ impl PodGuestOps for Pool {
         Ok((g, c, ballooned))
     }
 
-    /// One touch: populates if needed (leak-checking what the guest is handed), and with
-    /// `data` writes the guest's tag into the page. A crash ends the guest's run.
     fn run_pod_guest(&self, g: &PodGuest, rec: &PreemptRecorder, log: LogLine<'_>) -> u64 {
         for gfn in 0..g.max_pages {
             if !self.pod_touch(g, gfn, false, rec, log) {
@@ -146,11 +145,11 @@ impl PodGuestOps for Pool {
         while ballooned < g.max_pages - g.target && tries < 4 * g.max_pages {
             tries += 1;
             let gfn = rng.below(g.max_pages);
-            if self.heap().pod_lookup(g.dom, gfn) == Ok(PodEntry::Invalid) {
+            if self.pods().lookup(g.dom, gfn) == Ok(PodEntry::Invalid) {
                 continue;
             }
             rec.enter_op("pod balloon");
-            let r = self.heap().pod_balloon(g.dom, gfn, 0);
+            let r = self.pods().balloon(self.heap(), g.dom, gfn, 0);
             rec.exit();
             if r.is_err() {
                 return ballooned;
@@ -164,7 +163,7 @@ impl PodGuestOps for Pool {
         for _ in 0..g.target / 2 {
             // The guest uses memory it still has (not what its balloon gave back).
             let gfn = rng.below(g.max_pages);
-            if self.heap().pod_lookup(g.dom, gfn) == Ok(PodEntry::Invalid) {
+            if self.pods().lookup(g.dom, gfn) == Ok(PodEntry::Invalid) {
                 continue;
             }
             if !self.pod_touch(g, gfn, true, rec, log) {
@@ -177,7 +176,7 @@ impl PodGuestOps for Pool {
     fn destroy_pod_guest(&self, g: PodGuest, rec: &PreemptRecorder, log: LogLine<'_>) -> f64 {
         let t = Instant::now();
         rec.enter_op("pod destroy");
-        let r = self.heap().pod_destroy(g.dom);
+        let r = self.pods().destroy(self.heap(), g.dom);
         rec.exit();
         r.expect("a live PoD guest can be destroyed");
         log(format!("destroy dom={}", g.dom.0));
@@ -188,7 +187,7 @@ impl PodGuestOps for Pool {
     }
 
     fn pod_summary(&self, guests: u64, refused: u64, pages_ballooned: u64) -> PodSummary {
-        let c = self.heap().pod_totals().counters;
+        let c = self.pods().totals().counters;
         PodSummary {
             guests,
             refused,
@@ -213,7 +212,7 @@ trait PodTouch {
 impl PodTouch for Pool {
     fn pod_touch(&self, g: &PodGuest, gfn: u64, data: bool, rec: &PreemptRecorder, log: LogLine<'_>) -> bool {
         rec.enter_op("pod touch");
-        let r = self.heap().pod_touch(g.dom, gfn, false);
+        let r = self.pods().touch(self.heap(), g.dom, gfn, false);
         rec.exit();
         log(format!("touch dom={} gfn={gfn}{}", g.dom.0, if data { " data" } else { "" }));
         match r {
@@ -228,7 +227,7 @@ impl PodTouch for Pool {
                 }
                 true
             }
-            Err(HeapError::PodNotMapped { .. }) => true,
+            Err(PodError::NotMapped { .. }) => true,
             Err(_) => false,
         }
     }

@@ -1,12 +1,29 @@
 //! The populate-on-demand lines of the op log: `pod`, `touch`, `balloon`, `pod_target`,
 //! `destroy`, and the guard that keeps `free` lines off a PoD guest's pages.
 
-use super::{fail, kind, Fail, Op, Replayer};
-use crate::heap::Heap;
-use crate::pod::{PodConfig, PodProgress, POD_MAX_PAGES_PER_FRAME};
-use crate::preempt::NeverPreempt;
-use crate::sparse::SparseMemory;
+use super::{fail, heap_error_kind, kind, Fail, Op, Replayer};
+use crate::{PodConfig, PodError, PodProgress, POD_MAX_PAGES_PER_FRAME};
+use alloc::borrow::Cow;
 use alloc::format;
+use alloc::string::ToString;
+use scrubheap::NeverPreempt;
+
+/// The kind under which a PoD error is counted: the heap's variant name for a heap error,
+/// `Pod` + the variant name otherwise (`PodExhausted`, ...).
+pub fn pod_error_kind(e: &PodError) -> alloc::string::String {
+    if let PodError::Heap(h) = e {
+        return heap_error_kind(h);
+    }
+    let dbg = format!("{e:?}");
+    let end = dbg.find(|c: char| !c.is_ascii_alphanumeric()).unwrap_or(dbg.len());
+    format!("Pod{}", &dbg[..end])
+}
+
+impl From<PodError> for Fail {
+    fn from(e: PodError) -> Self {
+        Fail { kind: Cow::Owned(pod_error_kind(&e)), message: e.to_string() }
+    }
+}
 
 impl Replayer {
     /// Runs one PoD line.
@@ -16,8 +33,8 @@ impl Replayer {
             Op::Pod { dom, max_pages, target, node } => {
                 // Every p2m costs memory: all of them together stay within the heap's own
                 // per-guest limit, so a hostile log cannot make the replayer allocate much.
-                let live: u64 =
-                    heap.pod_domains().iter().filter_map(|&d| heap.pod_stats(d).ok()).map(|s| s.max_pages).sum();
+                let pods = &self.pods;
+                let live: u64 = pods.domains().iter().filter_map(|&d| pods.stats(d).ok()).map(|s| s.max_pages).sum();
                 let limit = self.total_frames.saturating_mul(POD_MAX_PAGES_PER_FRAME);
                 if live.saturating_add(max_pages) > limit {
                     return fail(
@@ -26,33 +43,33 @@ impl Replayer {
                     );
                 }
                 let cfg = PodConfig { node, ..PodConfig::new(max_pages, target) };
-                let p = heap.pod_create(dom, &cfg, &NeverPreempt)?;
+                let p = self.pods.create(heap, dom, &cfg, &NeverPreempt)?;
                 if p != PodProgress::Done {
                     self.violation(format!("pod_create of {dom} never asked to yield but returned {p:?}"));
                 }
             }
             Op::Touch { dom, gfn, data } => {
-                let m = heap.pod_touch(dom, gfn, data)?;
+                let m = self.pods.touch(heap, dom, gfn, data)?;
                 if m.gfn > gfn || gfn - m.gfn >= 1u64 << m.order {
                     self.violation(format!("touch of gfn {gfn:#x} returned a mapping {m:?} that does not hold it"));
                 }
             }
-            Op::Balloon { dom, gfn, order } => heap.pod_balloon(dom, gfn, order)?,
+            Op::Balloon { dom, gfn, order } => self.pods.balloon(heap, dom, gfn, order)?,
             Op::PodTarget { dom, target } => {
-                let p = heap.pod_set_target(dom, target, &NeverPreempt)?;
+                let p = self.pods.set_target(heap, dom, target, &NeverPreempt)?;
                 if p != PodProgress::Done {
                     self.violation(format!("pod_set_target of {dom} never asked to yield but returned {p:?}"));
                 }
             }
-            Op::Destroy { dom } => heap.pod_destroy(dom)?,
+            Op::Destroy { dom } => self.pods.destroy(heap, dom)?,
             _ => {}
         }
         Ok(())
     }
 
     /// Adds the heap's PoD state to the report as the heap ends.
-    pub(super) fn pod_end(&mut self, heap: &Heap<SparseMemory>) {
-        let t = heap.pod_totals();
+    pub(super) fn pod_end(&mut self) {
+        let t = self.pods.totals();
         let p = &mut self.report.pod;
         p.populated = t.populated;
         p.cache = t.cache;
@@ -67,7 +84,7 @@ impl Replayer {
 #[cfg(test)]
 mod tests {
     use crate::oplog::{parse_line, Op, Replayer};
-    use crate::types::DomId;
+    use scrubheap::DomId;
 
     #[test]
     fn every_pod_line_parses() {
@@ -133,7 +150,7 @@ mod tests {
              check\n",
         );
         assert_eq!(r.report().invariant_violations, 0, "{:?}", r.report().violations);
-        let holds = r.heap().unwrap().pod_stats(DomId(1)).unwrap();
+        let holds = r.pods().stats(DomId(1)).unwrap();
         let rep = r.finish();
         assert_eq!(rep.invariant_violations, 0, "{:?}", rep.violations);
         for (kind, n) in [
@@ -166,15 +183,15 @@ mod tests {
              pod dom=1 max_pages=1024 target=512\n\
              touch dom=1 gfn=0 data\n",
         );
-        let m = r.heap().unwrap().pod_lookup(DomId(1), 0).unwrap();
-        let crate::pod::PodEntry::Ram { mfn, .. } = m else { panic!("{m:?}") };
+        let m = r.pods().lookup(DomId(1), 0).unwrap();
+        let crate::PodEntry::Ram { mfn, .. } = m else { panic!("{m:?}") };
         let a = r.allocation("a").unwrap().first;
         r.step(&alloc::format!("free mfn={:#x} order=0 dom=1", mfn.0));
         r.step(&alloc::format!("free id=a offset={} order=0", mfn.0.wrapping_sub(a.0)));
         r.step("free id=a");
         r.step("check");
         let rep = r.finish();
-        assert_eq!(rep.errors.get("PodPage"), Some(&2), "{:?}", rep.errors);
+        assert_eq!(rep.errors.get("Sealed"), Some(&2), "{:?}", rep.errors);
         assert_eq!(rep.invariant_violations, 0, "{:?}", rep.violations);
         assert_eq!(rep.final_.allocated, 512);
     }

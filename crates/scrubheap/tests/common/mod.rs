@@ -23,3 +23,25 @@ pub fn snapshot<M: FrameMemory>(h: &Heap<M>, doms: &[u32]) -> Snapshot {
     }
     Snapshot { chunks, stats: h.stats(), claims: doms.iter().map(|&d| (d, h.claims_of(DomId(d)))).collect() }
 }
+
+/// Two nodes of 1024 frames over `NullMemory`: the heap of the misuse tests.
+pub fn two_nodes() -> scrubheap::Heap<scrubheap::NullMemory> {
+    scrubheap::Heap::new(scrubheap::HeapConfig::uniform(2, 1024), scrubheap::NullMemory).unwrap()
+}
+
+/// Runs `$f`, expects an error matching `$pat`, and checks that nothing changed (every
+/// chunk, the counters, the claims of domains 1 and 2) and that the invariants hold.
+/// Returns the error's message. (Used by the files that declare `#[macro_use] mod common`.)
+#[allow(unused_macros)]
+macro_rules! refused {
+    ($h:expr, $f:expr, $pat:pat) => {{
+        let before = snapshot(&$h, &[1, 2]);
+        let r = $f;
+        assert!(matches!(r, Err($pat)), "got {r:?}");
+        let msg = r.unwrap_err().to_string();
+        assert!(!msg.is_empty());
+        assert_eq!(snapshot(&$h, &[1, 2]), before, "a refused operation changed the heap");
+        $h.check_invariants().unwrap();
+        msg
+    }};
+}

@@ -3,29 +3,52 @@
 //! reservation, crash, preemptible targets) and every refusal, with the full invariant
 //! check after each operation.
 
+#[path = "../../scrubheap/tests/common/mod.rs"]
 mod common;
 
 use common::snapshot;
 use scrubheap::*;
+use scrubheap_pod::*;
 
 const FRAMES: u64 = 8192;
 const FS: usize = 64;
 
-fn heap() -> Heap<TestMemory> {
-    Heap::new(HeapConfig::uniform(1, FRAMES), TestMemory::new(Mfn(0), FRAMES, FS)).unwrap()
+/// A heap and the PoD guests beside it; derefs to the heap.
+struct World {
+    heap: Heap<TestMemory>,
+    pods: Pods,
 }
 
-fn ok<M: FrameMemory>(h: &Heap<M>) {
-    h.check_invariants().unwrap();
+impl World {
+    fn new(heap: Heap<TestMemory>) -> World {
+        World { heap, pods: Pods::new() }
+    }
 }
 
-fn create<M: FrameMemory>(h: &Heap<M>, dom: u32, cfg: PodConfig) {
-    assert_eq!(h.pod_create(DomId(dom), &cfg, &NeverPreempt).unwrap(), PodProgress::Done);
+impl core::ops::Deref for World {
+    type Target = Heap<TestMemory>;
+    fn deref(&self) -> &Heap<TestMemory> {
+        &self.heap
+    }
+}
+
+fn heap() -> World {
+    World::new(Heap::new(HeapConfig::uniform(1, FRAMES), TestMemory::new(Mfn(0), FRAMES, FS)).unwrap())
+}
+
+/// Both checkers, the heap's and the PoD layer's: called after every operation.
+fn ok(h: &World) {
+    h.heap.check_invariants().unwrap();
+    h.pods.check_invariants(&h.heap).unwrap();
+}
+
+fn create(h: &World, dom: u32, cfg: PodConfig) {
+    assert_eq!(h.pods.create(&h.heap, DomId(dom), &cfg, &NeverPreempt).unwrap(), PodProgress::Done);
     ok(h);
 }
 
-fn stats<M: FrameMemory>(h: &Heap<M>, dom: u32) -> PodStats {
-    h.pod_stats(DomId(dom)).unwrap()
+fn stats(h: &World, dom: u32) -> PodStats {
+    h.pods.stats(DomId(dom)).unwrap()
 }
 
 #[test]
@@ -37,7 +60,7 @@ fn create_fills_the_cache_with_superpages_then_small_pages() {
     assert_eq!(h.stats().allocated, 1100);
     assert!(!s.balanced(), "entries exceed the cache until the balloon driver runs");
     for g in [0, 511, 4095] {
-        assert_eq!(h.pod_lookup(DomId(1), g).unwrap(), PodEntry::Pod { order: 9 });
+        assert_eq!(h.pods.lookup(DomId(1), g).unwrap(), PodEntry::Pod { order: 9 });
     }
 }
 
@@ -45,8 +68,8 @@ fn create_fills_the_cache_with_superpages_then_small_pages() {
 fn a_max_that_is_not_a_multiple_of_512_ends_in_invalid_entries() {
     let h = heap();
     create(&h, 1, PodConfig::new(600, 600));
-    assert_eq!(h.pod_lookup(DomId(1), 599).unwrap(), PodEntry::Pod { order: 0 });
-    let m = h.pod_touch(DomId(1), 599, true).unwrap();
+    assert_eq!(h.pods.lookup(DomId(1), 599).unwrap(), PodEntry::Pod { order: 0 });
+    let m = h.pods.touch(&h.heap, DomId(1), 599, true).unwrap();
     assert_eq!(m.order, 0);
     ok(&h);
 }
@@ -55,7 +78,7 @@ fn a_max_that_is_not_a_multiple_of_512_ends_in_invalid_entries() {
 fn touch_populates_2m_when_the_entry_and_the_cache_have_one() {
     let h = heap();
     create(&h, 1, PodConfig::new(4096, 1024));
-    let m = h.pod_touch(DomId(1), 515, true).unwrap();
+    let m = h.pods.touch(&h.heap, DomId(1), 515, true).unwrap();
     assert_eq!((m.gfn, m.order, m.populated), (512, 9, true));
     assert_eq!(m.mfn.0 % 512, 0);
     ok(&h);
@@ -63,9 +86,9 @@ fn touch_populates_2m_when_the_entry_and_the_cache_have_one() {
     assert!(!h.memory().is_zero(Mfn(m.mfn.0 + 3), 1));
     assert!(h.memory().is_zero(Mfn(m.mfn.0), 3));
     // A second touch anywhere in the superpage populates nothing.
-    let again = h.pod_touch(DomId(1), 1000, false).unwrap();
+    let again = h.pods.touch(&h.heap, DomId(1), 1000, false).unwrap();
     assert_eq!((again.mfn, again.populated), (m.mfn, false));
-    assert_eq!(h.pod_lookup(DomId(1), 515).unwrap(), PodEntry::Ram { mfn: Mfn(m.mfn.0 + 3), order: 9 });
+    assert_eq!(h.pods.lookup(DomId(1), 515).unwrap(), PodEntry::Ram { mfn: Mfn(m.mfn.0 + 3), order: 9 });
     let s = stats(&h, 1);
     assert_eq!((s.populated, s.cache, s.entries, s.superpage_mappings), (512, 512, 3584, 1));
     assert_eq!(s.counters.populated_2m, 1);
@@ -75,10 +98,10 @@ fn touch_populates_2m_when_the_entry_and_the_cache_have_one() {
 fn touch_splinters_to_4k_when_the_cache_has_no_superpage() {
     let h = heap();
     create(&h, 1, PodConfig::new(2048, 100));
-    let m = h.pod_touch(DomId(1), 700, false).unwrap();
+    let m = h.pods.touch(&h.heap, DomId(1), 700, false).unwrap();
     assert_eq!((m.gfn, m.order), (700, 0));
-    assert_eq!(h.pod_lookup(DomId(1), 701).unwrap(), PodEntry::Pod { order: 0 });
-    assert_eq!(h.pod_lookup(DomId(1), 0).unwrap(), PodEntry::Pod { order: 9 });
+    assert_eq!(h.pods.lookup(DomId(1), 701).unwrap(), PodEntry::Pod { order: 0 });
+    assert_eq!(h.pods.lookup(DomId(1), 0).unwrap(), PodEntry::Pod { order: 9 });
     let s = stats(&h, 1);
     assert_eq!((s.populated, s.cache, s.entries, s.counters.populated_4k), (1, 99, 2047, 1));
     ok(&h);
@@ -89,9 +112,9 @@ fn a_split_entry_breaks_a_cached_superpage_into_4k_pages() {
     let h = heap();
     create(&h, 1, PodConfig::new(2048, 1024));
     // Ballooning one PoD page splits slot 0's PoD entry.
-    h.pod_balloon(DomId(1), 0, 0).unwrap();
+    h.pods.balloon(&h.heap, DomId(1), 0, 0).unwrap();
     ok(&h);
-    let m = h.pod_touch(DomId(1), 1, true).unwrap();
+    let m = h.pods.touch(&h.heap, DomId(1), 1, true).unwrap();
     assert_eq!(m.order, 0);
     let s = stats(&h, 1);
     assert_eq!((s.cache, s.cache_superpages, s.populated), (1023, 1, 1));
@@ -103,18 +126,18 @@ fn eager_reclaim_takes_back_recently_populated_zero_pages() {
     let h = heap();
     create(&h, 1, PodConfig::new(2048, 64));
     for g in 0..64 {
-        h.pod_touch(DomId(1), g, g % 2 == 0).unwrap();
+        h.pods.touch(&h.heap, DomId(1), g, g % 2 == 0).unwrap();
     }
     assert_eq!(stats(&h, 1).cache, 0);
     // The cache is empty: the most recent zero page (gfn 63) is reclaimed and reused.
-    let m = h.pod_touch(DomId(1), 1500, true).unwrap();
+    let m = h.pods.touch(&h.heap, DomId(1), 1500, true).unwrap();
     assert!(m.populated);
     let s = stats(&h, 1);
     assert_eq!(s.counters.zero_pages_reclaimed, 1);
-    assert_eq!(h.pod_lookup(DomId(1), 63).unwrap(), PodEntry::Pod { order: 0 });
+    assert_eq!(h.pods.lookup(DomId(1), 63).unwrap(), PodEntry::Pod { order: 0 });
     // Pages with data are never reclaimed.
     for g in (0..64).step_by(2) {
-        assert!(matches!(h.pod_lookup(DomId(1), g).unwrap(), PodEntry::Ram { .. }));
+        assert!(matches!(h.pods.lookup(DomId(1), g).unwrap(), PodEntry::Ram { .. }));
     }
     ok(&h);
 }
@@ -123,12 +146,12 @@ fn eager_reclaim_takes_back_recently_populated_zero_pages() {
 fn eager_reclaim_takes_back_a_zeroed_superpage_whole() {
     let h = heap();
     create(&h, 1, PodConfig::new(2048, 512));
-    h.pod_touch(DomId(1), 0, false).unwrap();
-    let m = h.pod_touch(DomId(1), 600, true).unwrap();
+    h.pods.touch(&h.heap, DomId(1), 0, false).unwrap();
+    let m = h.pods.touch(&h.heap, DomId(1), 600, true).unwrap();
     assert_eq!(m.order, 9, "the superpage of slot 0 came back whole and went to slot 1");
     let s = stats(&h, 1);
     assert_eq!(s.counters.superpages_reclaimed, 1);
-    assert_eq!(h.pod_lookup(DomId(1), 0).unwrap(), PodEntry::Pod { order: 9 });
+    assert_eq!(h.pods.lookup(DomId(1), 0).unwrap(), PodEntry::Pod { order: 9 });
     ok(&h);
 }
 
@@ -137,19 +160,19 @@ fn the_emergency_sweep_finds_zero_pages_older_than_the_recent_list() {
     let h = heap();
     create(&h, 1, PodConfig::new(2048, 200));
     for g in 0..100 {
-        h.pod_touch(DomId(1), g, false).unwrap();
+        h.pods.touch(&h.heap, DomId(1), g, false).unwrap();
     }
     // The recent-population list now holds only pages with data.
     for g in 100..200 {
-        h.pod_touch(DomId(1), g, true).unwrap();
+        h.pods.touch(&h.heap, DomId(1), g, true).unwrap();
     }
     assert_eq!(stats(&h, 1).cache, 0);
-    h.pod_touch(DomId(1), 1000, true).unwrap();
+    h.pods.touch(&h.heap, DomId(1), 1000, true).unwrap();
     let s = stats(&h, 1);
     assert_eq!(s.counters.zero_pages_reclaimed, 100, "the sweep reclaims every zero page of the slot it visits");
     assert_eq!(s.cache, 99);
-    assert_eq!(h.pod_lookup(DomId(1), 5).unwrap(), PodEntry::Pod { order: 0 });
-    assert!(matches!(h.pod_lookup(DomId(1), 150).unwrap(), PodEntry::Ram { order: 0, .. }));
+    assert_eq!(h.pods.lookup(DomId(1), 5).unwrap(), PodEntry::Pod { order: 0 });
+    assert!(matches!(h.pods.lookup(DomId(1), 150).unwrap(), PodEntry::Ram { order: 0, .. }));
     ok(&h);
 }
 
@@ -158,13 +181,13 @@ fn out_of_pod_memory_crashes_that_guest_only() {
     let h = heap();
     create(&h, 1, PodConfig::new(2048, 32));
     create(&h, 2, PodConfig::new(1024, 1024));
-    let other = h.pod_touch(DomId(2), 7, true).unwrap();
+    let other = h.pods.touch(&h.heap, DomId(2), 7, true).unwrap();
     let before = stats(&h, 2);
     for g in 0..32 {
-        h.pod_touch(DomId(1), g, true).unwrap();
+        h.pods.touch(&h.heap, DomId(1), g, true).unwrap();
     }
-    let e = h.pod_touch(DomId(1), 32, true).unwrap_err();
-    assert_eq!(e, HeapError::PodExhausted { dom: DomId(1), gfn: 32 });
+    let e = h.pods.touch(&h.heap, DomId(1), 32, true).unwrap_err();
+    assert_eq!(e, PodError::Exhausted { dom: DomId(1), gfn: 32 });
     assert!(e.to_string().contains("crashed"));
     ok(&h);
     // Its memory is back in the heap (dirty); the other guest is as it was.
@@ -176,12 +199,12 @@ fn out_of_pod_memory_crashes_that_guest_only() {
     let s = stats(&h, 1);
     assert_eq!((s.crashed, s.populated, s.cache, s.entries, s.counters.crashes), (Some(32), 0, 0, 0, 1));
     // Later operations say it crashed; destroy clears it and keeps the count.
-    assert_eq!(h.pod_touch(DomId(1), 0, false), Err(HeapError::PodCrashed { dom: DomId(1), gfn: 32 }));
-    assert!(matches!(h.pod_balloon(DomId(1), 0, 0), Err(HeapError::PodCrashed { .. })));
-    assert!(matches!(h.pod_set_target(DomId(1), 0, &NeverPreempt), Err(HeapError::PodCrashed { .. })));
-    h.pod_destroy(DomId(1)).unwrap();
-    assert_eq!(h.pod_totals().counters.crashes, 1);
-    assert_eq!(h.pod_domains(), vec![DomId(2)]);
+    assert_eq!(h.pods.touch(&h.heap, DomId(1), 0, false), Err(PodError::Crashed { dom: DomId(1), gfn: 32 }));
+    assert!(matches!(h.pods.balloon(&h.heap, DomId(1), 0, 0), Err(PodError::Crashed { .. })));
+    assert!(matches!(h.pods.set_target(&h.heap, DomId(1), 0, &NeverPreempt), Err(PodError::Crashed { .. })));
+    h.pods.destroy(&h.heap, DomId(1)).unwrap();
+    assert_eq!(h.pods.totals().counters.crashes, 1);
+    assert_eq!(h.pods.domains(), vec![DomId(2)]);
     ok(&h);
 }
 
@@ -189,15 +212,15 @@ fn out_of_pod_memory_crashes_that_guest_only() {
 fn balloon_inside_a_zeroed_superpage_reclaims_it_whole() {
     let h = heap();
     create(&h, 1, PodConfig::new(2048, 1024));
-    h.pod_touch(DomId(1), 0, false).unwrap();
-    h.pod_balloon(DomId(1), 17, 0).unwrap();
+    h.pods.touch(&h.heap, DomId(1), 0, false).unwrap();
+    h.pods.balloon(&h.heap, DomId(1), 17, 0).unwrap();
     let s = stats(&h, 1);
     assert_eq!(s.counters.superpages_reclaimed, 1);
     assert_eq!(s.counters.superpages_shattered, 0);
     assert_eq!((s.populated, s.cache, s.cache_superpages, s.entries), (0, 1024, 2, 2047));
-    assert_eq!(h.pod_lookup(DomId(1), 17).unwrap(), PodEntry::Invalid);
-    assert_eq!(h.pod_lookup(DomId(1), 16).unwrap(), PodEntry::Pod { order: 0 });
-    assert_eq!(h.pod_touch(DomId(1), 17, false), Err(HeapError::PodNotMapped { dom: DomId(1), gfn: 17 }));
+    assert_eq!(h.pods.lookup(DomId(1), 17).unwrap(), PodEntry::Invalid);
+    assert_eq!(h.pods.lookup(DomId(1), 16).unwrap(), PodEntry::Pod { order: 0 });
+    assert_eq!(h.pods.touch(&h.heap, DomId(1), 17, false), Err(PodError::NotMapped { dom: DomId(1), gfn: 17 }));
     ok(&h);
 }
 
@@ -205,14 +228,14 @@ fn balloon_inside_a_zeroed_superpage_reclaims_it_whole() {
 fn balloon_with_4k_only_reclaim_shatters_the_superpage() {
     let h = heap();
     create(&h, 1, PodConfig::new(2048, 1024).no_superpage_reclaim());
-    let m = h.pod_touch(DomId(1), 0, false).unwrap();
-    h.pod_balloon(DomId(1), 17, 0).unwrap();
+    let m = h.pods.touch(&h.heap, DomId(1), 0, false).unwrap();
+    h.pods.balloon(&h.heap, DomId(1), 17, 0).unwrap();
     let s = stats(&h, 1);
     assert_eq!((s.counters.superpages_reclaimed, s.counters.superpages_shattered), (0, 1));
     // The zero page went to the (short) cache; its neighbours stay mapped at 4 KiB.
     assert_eq!(s.counters.zero_pages_reclaimed, 1);
     assert_eq!((s.populated, s.cache, s.superpage_mappings), (511, 513, 0));
-    assert_eq!(h.pod_lookup(DomId(1), 16).unwrap(), PodEntry::Ram { mfn: Mfn(m.mfn.0 + 16), order: 0 });
+    assert_eq!(h.pods.lookup(DomId(1), 16).unwrap(), PodEntry::Ram { mfn: Mfn(m.mfn.0 + 16), order: 0 });
     ok(&h);
 }
 
@@ -220,11 +243,11 @@ fn balloon_with_4k_only_reclaim_shatters_the_superpage() {
 fn a_superpage_with_data_is_shattered_even_with_superpage_reclaim() {
     let h = heap();
     create(&h, 1, PodConfig::new(2048, 1024));
-    h.pod_touch(DomId(1), 3, true).unwrap();
-    h.pod_balloon(DomId(1), 17, 0).unwrap();
+    h.pods.touch(&h.heap, DomId(1), 3, true).unwrap();
+    h.pods.balloon(&h.heap, DomId(1), 17, 0).unwrap();
     let s = stats(&h, 1);
     assert_eq!((s.counters.superpages_reclaimed, s.counters.superpages_shattered), (0, 1));
-    assert!(matches!(h.pod_lookup(DomId(1), 3).unwrap(), PodEntry::Ram { order: 0, .. }));
+    assert!(matches!(h.pods.lookup(DomId(1), 3).unwrap(), PodEntry::Ram { order: 0, .. }));
     ok(&h);
 }
 
@@ -233,21 +256,21 @@ fn ballooning_to_the_target_balances_the_guest_and_frees_the_excess() {
     let h = heap();
     create(&h, 1, PodConfig::new(4096, 2048));
     for g in (0..1024).step_by(64) {
-        h.pod_touch(DomId(1), g, true).unwrap();
+        h.pods.touch(&h.heap, DomId(1), g, true).unwrap();
     }
     let s = stats(&h, 1);
     assert_eq!((s.populated, s.cache, s.entries), (1024, 1024, 3072));
     // The balloon driver gives back max - target frames: every entry is backed.
-    h.pod_balloon(DomId(1), 2048, 11).unwrap();
+    h.pods.balloon(&h.heap, DomId(1), 2048, 11).unwrap();
     let s = stats(&h, 1);
     assert_eq!((s.populated, s.cache, s.entries), (1024, 1024, 1024));
     assert!(s.balanced());
     ok(&h);
     // A 2 MiB mapping with data goes back to the heap whole; the cache stays.
-    h.pod_balloon(DomId(1), 0, 9).unwrap();
+    h.pods.balloon(&h.heap, DomId(1), 0, 9).unwrap();
     assert_eq!(h.stats().free_dirty, 512);
     // Once no entry is left, the cache has nothing to back and goes back too.
-    h.pod_balloon(DomId(1), 1024, 10).unwrap();
+    h.pods.balloon(&h.heap, DomId(1), 1024, 10).unwrap();
     let s = stats(&h, 1);
     assert_eq!((s.populated, s.entries, s.cache), (512, 0, 0));
     assert_eq!(h.stats().allocated, 512);
@@ -258,16 +281,16 @@ fn ballooning_to_the_target_balances_the_guest_and_frees_the_excess() {
 fn set_target_grows_and_shrinks_the_cache() {
     let h = heap();
     create(&h, 1, PodConfig::new(4096, 100));
-    assert_eq!(h.pod_set_target(DomId(1), 1700, &NeverPreempt).unwrap(), PodProgress::Done);
+    assert_eq!(h.pods.set_target(&h.heap, DomId(1), 1700, &NeverPreempt).unwrap(), PodProgress::Done);
     let s = stats(&h, 1);
     assert_eq!((s.target, s.cache), (1700, 1700));
     ok(&h);
-    h.pod_touch(DomId(1), 0, true).unwrap();
-    assert_eq!(h.pod_set_target(DomId(1), 600, &NeverPreempt).unwrap(), PodProgress::Done);
+    h.pods.touch(&h.heap, DomId(1), 0, true).unwrap();
+    assert_eq!(h.pods.set_target(&h.heap, DomId(1), 600, &NeverPreempt).unwrap(), PodProgress::Done);
     let s = stats(&h, 1);
     assert_eq!((s.target, s.populated, s.cache), (600, 512, 88));
     // Below populated: the cache empties, populated pages stay.
-    h.pod_set_target(DomId(1), 10, &NeverPreempt).unwrap();
+    h.pods.set_target(&h.heap, DomId(1), 10, &NeverPreempt).unwrap();
     let s = stats(&h, 1);
     assert_eq!((s.target, s.populated, s.cache), (10, 512, 0));
     assert_eq!(h.stats().allocated, 512);
@@ -276,17 +299,19 @@ fn set_target_grows_and_shrinks_the_cache() {
 
 #[test]
 fn set_target_is_preemptible_and_keeps_its_progress() {
-    let h = Heap::new(HeapConfig::uniform(1, FRAMES).with_initially_dirty(true), TestMemory::new(Mfn(0), FRAMES, FS))
-        .unwrap();
+    let h = World::new(
+        Heap::new(HeapConfig::uniform(1, FRAMES).with_initially_dirty(true), TestMemory::new(Mfn(0), FRAMES, FS))
+            .unwrap(),
+    );
     let yield_always = || true;
     let mut calls = 0;
-    let mut r = h.pod_create(DomId(1), &PodConfig::new(4096, 2000), &yield_always).unwrap();
+    let mut r = h.pods.create(&h.heap, DomId(1), &PodConfig::new(4096, 2000), &yield_always).unwrap();
     let mut cache = stats(&h, 1).cache;
     while r == PodProgress::Preempted {
         calls += 1;
         assert!(calls < 1000, "no progress");
         ok(&h);
-        r = h.pod_set_target(DomId(1), 2000, &yield_always).unwrap();
+        r = h.pods.set_target(&h.heap, DomId(1), 2000, &yield_always).unwrap();
         let now = stats(&h, 1).cache;
         assert!(now >= cache, "a preempted step lost progress");
         cache = now;
@@ -297,7 +322,7 @@ fn set_target_is_preemptible_and_keeps_its_progress() {
     ok(&h);
     // Shrinking: one release of at most a superpage between checks.
     let mut calls = 0;
-    while h.pod_set_target(DomId(1), 0, &yield_always).unwrap() == PodProgress::Preempted {
+    while h.pods.set_target(&h.heap, DomId(1), 0, &yield_always).unwrap() == PodProgress::Preempted {
         calls += 1;
         ok(&h);
     }
@@ -311,14 +336,14 @@ fn pages_reach_the_guest_zero_and_never_leak_another_guests_bytes() {
     let h = heap();
     create(&h, 1, PodConfig::new(2048, 2048));
     for g in 0..2048 {
-        h.pod_touch(DomId(1), g, true).unwrap();
+        h.pods.touch(&h.heap, DomId(1), g, true).unwrap();
     }
-    h.pod_destroy(DomId(1)).unwrap();
+    h.pods.destroy(&h.heap, DomId(1)).unwrap();
     ok(&h);
     assert!(h.stats().free_dirty >= 2048);
     create(&h, 2, PodConfig::new(8192, 8192));
     for g in (0..8192).step_by(7) {
-        let m = h.pod_touch(DomId(2), g, false).unwrap();
+        let m = h.pods.touch(&h.heap, DomId(2), g, false).unwrap();
         let mfn = Mfn(m.mfn.0 + (g - m.gfn));
         assert!(h.memory().is_zero(mfn, 1), "gfn {g} populated with a non-zero frame");
         assert_eq!(h.memory().foreign_frame(DomId(2), mfn, 1), None);
@@ -330,23 +355,23 @@ fn pages_reach_the_guest_zero_and_never_leak_another_guests_bytes() {
 fn destroy_returns_every_frame_and_keeps_the_counters() {
     let h = heap();
     create(&h, 1, PodConfig::new(2048, 1024));
-    h.pod_touch(DomId(1), 0, false).unwrap();
-    h.pod_touch(DomId(1), 1, false).unwrap();
-    h.pod_balloon(DomId(1), 4, 0).unwrap();
-    h.pod_destroy(DomId(1)).unwrap();
+    h.pods.touch(&h.heap, DomId(1), 0, false).unwrap();
+    h.pods.touch(&h.heap, DomId(1), 1, false).unwrap();
+    h.pods.balloon(&h.heap, DomId(1), 4, 0).unwrap();
+    h.pods.destroy(&h.heap, DomId(1)).unwrap();
     assert_eq!(h.stats().allocated, 0);
-    assert_eq!(h.pod_totals().counters.superpages_reclaimed, 1);
-    assert_eq!(h.pod_totals().guests, 0);
-    assert_eq!(h.pod_stats(DomId(1)), Err(HeapError::PodUnknownDomain { dom: DomId(1) }));
+    assert_eq!(h.pods.totals().counters.superpages_reclaimed, 1);
+    assert_eq!(h.pods.totals().guests, 0);
+    assert_eq!(h.pods.stats(DomId(1)), Err(PodError::UnknownDomain { dom: DomId(1) }));
     ok(&h);
 }
 
 /// Everything observable: the heap's chunks, counters and claims, and the guest's counts
 /// and every p2m entry.
-fn state(h: &Heap<TestMemory>, dom: u32) -> (common::Snapshot, Option<PodStats>, Vec<Option<PodEntry>>) {
-    let s = h.pod_stats(DomId(dom)).ok();
-    let entries = (0..s.map_or(0, |s| s.max_pages)).map(|g| h.pod_lookup(DomId(dom), g).ok()).collect();
-    (snapshot(h, &[dom]), s, entries)
+fn state(h: &World, dom: u32) -> (common::Snapshot, Option<PodStats>, Vec<Option<PodEntry>>) {
+    let s = h.pods.stats(DomId(dom)).ok();
+    let entries = (0..s.map_or(0, |s| s.max_pages)).map(|g| h.pods.lookup(DomId(dom), g).ok()).collect();
+    (snapshot(&h.heap, &[dom]), s, entries)
 }
 
 macro_rules! refused {
@@ -356,7 +381,7 @@ macro_rules! refused {
         assert!(matches!(r, Err($pat)), "got {r:?}");
         assert!(!r.unwrap_err().to_string().is_empty());
         assert_eq!(state(&$h, 1), before, "a refused operation changed the heap or the guest");
-        $h.check_invariants().unwrap();
+        ok(&$h);
     }};
 }
 
@@ -364,44 +389,56 @@ macro_rules! refused {
 fn misuse_is_refused_and_changes_nothing() {
     let h = heap();
     let never = &NeverPreempt;
-    refused!(h, h.pod_touch(DomId(1), 0, false), HeapError::PodUnknownDomain { .. });
-    refused!(h, h.pod_balloon(DomId(1), 0, 0), HeapError::PodUnknownDomain { .. });
-    refused!(h, h.pod_set_target(DomId(1), 0, never), HeapError::PodUnknownDomain { .. });
-    refused!(h, h.pod_destroy(DomId(1)), HeapError::PodUnknownDomain { .. });
-    refused!(h, h.pod_create(DomId(1), &PodConfig::new(0, 0), never), HeapError::InvalidConfig(_));
+    refused!(h, h.pods.touch(&h.heap, DomId(1), 0, false), PodError::UnknownDomain { .. });
+    refused!(h, h.pods.balloon(&h.heap, DomId(1), 0, 0), PodError::UnknownDomain { .. });
+    refused!(h, h.pods.set_target(&h.heap, DomId(1), 0, never), PodError::UnknownDomain { .. });
+    refused!(h, h.pods.destroy(&h.heap, DomId(1)), PodError::UnknownDomain { .. });
+    refused!(h, h.pods.create(&h.heap, DomId(1), &PodConfig::new(0, 0), never), PodError::BadMaxPages { .. });
     refused!(
         h,
-        h.pod_create(DomId(1), &PodConfig::new(FRAMES * POD_MAX_PAGES_PER_FRAME + 1, 0), never),
-        HeapError::InvalidConfig(_)
+        h.pods.create(&h.heap, DomId(1), &PodConfig::new(FRAMES * POD_MAX_PAGES_PER_FRAME + 1, 0), never),
+        PodError::BadMaxPages { .. }
     );
-    refused!(h, h.pod_create(DomId(1), &PodConfig::new(100, 101), never), HeapError::PodTargetTooLarge { .. });
-    refused!(h, h.pod_create(DomId(1), &PodConfig::new(100, 10).on(3), never), HeapError::NoSuchNode { .. });
-    refused!(h, h.pod_create(DomId(1), &PodConfig::new(FRAMES * 2, FRAMES + 1), never), HeapError::OutOfMemory { .. });
+    refused!(h, h.pods.create(&h.heap, DomId(1), &PodConfig::new(100, 101), never), PodError::TargetTooLarge { .. });
+    refused!(
+        h,
+        h.pods.create(&h.heap, DomId(1), &PodConfig::new(100, 10).on(3), never),
+        PodError::Heap(HeapError::NoSuchNode { .. })
+    );
+    refused!(
+        h,
+        h.pods.create(&h.heap, DomId(1), &PodConfig::new(FRAMES * 2, FRAMES + 1), never),
+        PodError::OutOfMemory { .. }
+    );
     // Claims by others count against the cache.
     h.claim_set(DomId(9), &[Claim { target: ClaimTarget::Global, frames: FRAMES - 10 }]).unwrap();
-    refused!(h, h.pod_create(DomId(1), &PodConfig::new(100, 11), never), HeapError::OutOfMemory { .. });
+    refused!(
+        h,
+        h.pods.create(&h.heap, DomId(1), &PodConfig::new(100, 11), never),
+        PodError::Heap(HeapError::ClaimedByOthers { .. })
+    );
     h.claim_cancel(DomId(9));
 
     create(&h, 1, PodConfig::new(2048, 1024));
-    h.pod_touch(DomId(1), 0, true).unwrap();
-    h.pod_balloon(DomId(1), 600, 0).unwrap();
+    h.pods.touch(&h.heap, DomId(1), 0, true).unwrap();
+    h.pods.balloon(&h.heap, DomId(1), 600, 0).unwrap();
     ok(&h);
-    refused!(h, h.pod_create(DomId(1), &PodConfig::new(100, 10), never), HeapError::PodDomainExists { .. });
-    refused!(h, h.pod_touch(DomId(1), 2048, false), HeapError::PodGfnOutOfRange { .. });
-    refused!(h, h.pod_touch(DomId(1), u64::MAX, true), HeapError::PodGfnOutOfRange { .. });
-    refused!(h, h.pod_touch(DomId(1), 600, true), HeapError::PodNotMapped { .. });
-    refused!(h, h.pod_balloon(DomId(1), 1, 1), HeapError::PodUnaligned { .. });
-    refused!(h, h.pod_balloon(DomId(1), 1536, 10), HeapError::PodUnaligned { .. });
-    refused!(h, h.pod_balloon(DomId(1), 2048, 0), HeapError::PodGfnOutOfRange { .. });
-    refused!(h, h.pod_balloon(DomId(1), 0, 12), HeapError::PodGfnOutOfRange { .. });
-    refused!(h, h.pod_balloon(DomId(1), 0, 19), HeapError::InvalidOrder { .. });
-    refused!(h, h.pod_balloon(DomId(1), u64::MAX, 0), HeapError::PodGfnOutOfRange { .. });
-    refused!(h, h.pod_set_target(DomId(1), 2049, never), HeapError::PodTargetTooLarge { .. });
+    refused!(h, h.pods.create(&h.heap, DomId(1), &PodConfig::new(100, 10), never), PodError::DomainExists { .. });
+    refused!(h, h.pods.touch(&h.heap, DomId(1), 2048, false), PodError::GfnOutOfRange { .. });
+    refused!(h, h.pods.touch(&h.heap, DomId(1), u64::MAX, true), PodError::GfnOutOfRange { .. });
+    refused!(h, h.pods.touch(&h.heap, DomId(1), 600, true), PodError::NotMapped { .. });
+    refused!(h, h.pods.balloon(&h.heap, DomId(1), 1, 1), PodError::Unaligned { .. });
+    refused!(h, h.pods.balloon(&h.heap, DomId(1), 1536, 10), PodError::Unaligned { .. });
+    refused!(h, h.pods.balloon(&h.heap, DomId(1), 2048, 0), PodError::GfnOutOfRange { .. });
+    refused!(h, h.pods.balloon(&h.heap, DomId(1), 0, 12), PodError::GfnOutOfRange { .. });
+    refused!(h, h.pods.balloon(&h.heap, DomId(1), 0, 19), PodError::Heap(HeapError::InvalidOrder { .. }));
+    refused!(h, h.pods.balloon(&h.heap, DomId(1), u64::MAX, 0), PodError::GfnOutOfRange { .. });
+    refused!(h, h.pods.set_target(&h.heap, DomId(1), 2049, never), PodError::TargetTooLarge { .. });
     let free = h.stats().free_clean + h.stats().free_dirty;
     h.claim_set(DomId(9), &[Claim { target: ClaimTarget::Global, frames: free - 100 }]).unwrap();
-    refused!(h, h.pod_set_target(DomId(1), 2048, never), HeapError::OutOfMemory { .. });
+    refused!(h, h.pods.set_target(&h.heap, DomId(1), 2048, never), PodError::Heap(HeapError::ClaimedByOthers { .. }));
     h.claim_cancel(DomId(9));
-    refused!(h, h.pod_lookup(DomId(1), 4096), HeapError::PodGfnOutOfRange { .. });
+    refused!(h, h.pods.lookup(DomId(1), 4096), PodError::GfnOutOfRange { .. });
 }
 
 /// A small deterministic generator, so the random walk below is the same on every run.
@@ -430,32 +467,37 @@ fn random_operations_on_three_guests_keep_every_invariant() {
             let max = 1024 + 512 * (dom as u64);
             let r = match rng.below(20) {
                 0 => h
-                    .pod_create(
+                    .pods
+                    .create(
+                        &h.heap,
                         DomId(dom),
                         &PodConfig { superpage_reclaim: dom != 2, ..PodConfig::new(max, max / 2) },
                         &NeverPreempt,
                     )
                     .map(|_| ()),
-                1 => h.pod_destroy(DomId(dom)),
-                2 => h.pod_set_target(DomId(dom), rng.below(max + 1), &|| rng_bit(step)).map(|_| ()),
+                1 => h.pods.destroy(&h.heap, DomId(dom)),
+                2 => h.pods.set_target(&h.heap, DomId(dom), rng.below(max + 1), &|| rng_bit(step)).map(|_| ()),
                 3..=5 => {
                     let order = [0u8, 0, 0, 3, 9][rng.below(5) as usize];
                     let g = rng.below(max) & !((1u64 << order) - 1);
-                    h.pod_balloon(DomId(dom), g, order)
+                    h.pods.balloon(&h.heap, DomId(dom), g, order)
                 }
-                6 => h.scrub_step(0, 256, &NeverPreempt).map(|_| ()),
-                _ => h.pod_touch(DomId(dom), rng.below(max), rng.below(3) == 0).map(|_| ()),
+                6 => h.scrub_step(0, 256, &NeverPreempt).map(|_| ()).map_err(PodError::from),
+                _ => h.pods.touch(&h.heap, DomId(dom), rng.below(max), rng.below(3) == 0).map(|_| ()),
             };
-            if let Err(HeapError::PodExhausted { .. }) = r {
+            if let Err(PodError::Exhausted { .. }) = r {
                 crashes += 1;
             }
             if let Err(e) = h.check_invariants() {
                 panic!("seed {seed} step {step}: {e} (last result {r:?})");
             }
-            let t = h.pod_totals();
+            if let Err(e) = h.pods.check_invariants(&h.heap) {
+                panic!("seed {seed} step {step}: {e} (last result {r:?})");
+            }
+            let t = h.pods.totals();
             assert_eq!(h.stats().allocated, t.populated + t.cache, "seed {seed} step {step}");
         }
-        let c = h.pod_totals().counters;
+        let c = h.pods.totals().counters;
         assert_eq!(c.crashes, crashes);
         seen.add(&c);
     }
@@ -498,13 +540,13 @@ fn the_sweep_passes_by_superpages_it_found_holding_data() {
     // that must pass 8 + 14 data-holding mappings to reach slot 1: more than its 16
     // superpage checks, unless it skips those already found holding data.
     let frames = 16384;
-    let h = Heap::new(HeapConfig::uniform(1, frames), TestMemory::new(Mfn(0), frames, FS)).unwrap();
+    let h = World::new(Heap::new(HeapConfig::uniform(1, frames), TestMemory::new(Mfn(0), frames, FS)).unwrap());
     create(&h, 1, PodConfig::new(48 * 512, 24 * 512));
     let data_slot = |s: u64| (2..16).contains(&s) || (24..48).contains(&s);
-    let touch_slot = |s: u64| -> Result<PodMapping, HeapError> {
-        let first = h.pod_touch(DomId(1), s * 512, data_slot(s))?;
+    let touch_slot = |s: u64| -> Result<PodMapping, PodError> {
+        let first = h.pods.touch(&h.heap, DomId(1), s * 512, data_slot(s))?;
         for g in s * 512 + 1..(s + 1) * 512 {
-            h.pod_touch(DomId(1), g, false)?;
+            h.pods.touch(&h.heap, DomId(1), g, false)?;
         }
         Ok(first)
     };
@@ -519,7 +561,7 @@ fn the_sweep_passes_by_superpages_it_found_holding_data() {
     }
     assert_eq!(stats(&h, 1).counters.superpages_reclaimed, 10);
     // Nothing zeroed is left: the next touch crashes the guest.
-    assert!(matches!(touch_slot(34), Err(HeapError::PodExhausted { .. })));
+    assert!(matches!(touch_slot(34), Err(PodError::Exhausted { .. })));
     ok(&h);
 }
 
@@ -529,14 +571,16 @@ fn a_cache_only_the_movable_zone_could_hold_is_refused_up_front() {
     // frames cannot be met though 8192 frames are free, and the refusal must come before
     // any allocation (found by the fuzzer: the pages taken and given back were left dirty).
     let frames = 8192;
-    let h = Heap::new(HeapConfig::uniform(2, frames / 2).with_movable_from(307), TestMemory::new(Mfn(0), frames, FS))
-        .unwrap();
+    let h = World::new(
+        Heap::new(HeapConfig::uniform(2, frames / 2).with_movable_from(307), TestMemory::new(Mfn(0), frames, FS))
+            .unwrap(),
+    );
     h.alloc(&AllocRequest::new(4, DomId(3)).noscrub()).unwrap();
-    let before = snapshot(&h, &[1]);
-    let r = h.pod_create(DomId(1), &PodConfig::new(4096, 1092).on(0), &NeverPreempt);
-    assert!(matches!(r, Err(HeapError::OutOfMemory { .. })), "{r:?}");
-    assert_eq!(snapshot(&h, &[1]), before);
-    assert_eq!(h.pod_stats(DomId(1)), Err(HeapError::PodUnknownDomain { dom: DomId(1) }));
+    let before = snapshot(&h.heap, &[1]);
+    let r = h.pods.create(&h.heap, DomId(1), &PodConfig::new(4096, 1092).on(0), &NeverPreempt);
+    assert!(matches!(r, Err(PodError::OutOfMemory { .. })), "{r:?}");
+    assert_eq!(snapshot(&h.heap, &[1]), before);
+    assert_eq!(h.pods.stats(DomId(1)), Err(PodError::UnknownDomain { dom: DomId(1) }));
     // What the Normal zones can hold is granted.
     create(&h, 1, PodConfig::new(4096, 500));
     assert_eq!(stats(&h, 1).cache, 500);
@@ -547,20 +591,40 @@ fn frames_the_pod_layer_holds_cannot_be_freed_or_pinned_behind_its_back() {
     let h = heap();
     create(&h, 1, PodConfig::new(1024, 1024));
     // A populated page and a cached one: both are the PoD layer's alone.
-    let m = h.pod_touch(DomId(1), 3, false).unwrap();
+    let m = h.pods.touch(&h.heap, DomId(1), 3, false).unwrap();
     let populated = Mfn(m.mfn.0 + (3 - m.gfn));
-    let before = snapshot(&h, &[1]);
+    let before = snapshot(&h.heap, &[1]);
     for (mfn, order) in [(populated, 0), (m.mfn, m.order)] {
         let e = h.free(mfn, order, DomId(1)).unwrap_err();
-        assert!(matches!(e, HeapError::PodPage { owner: DomId(1), .. }), "{e}");
+        assert!(matches!(e, HeapError::Sealed { owner: DomId(1), .. }), "{e}");
         let e = h.pin(mfn, order, DomId(1), &MetadataMigrator).unwrap_err();
-        assert!(matches!(e, HeapError::PodPage { .. }), "{e}");
-        assert!(matches!(h.pin_in_place(mfn, order, DomId(1)), Err(HeapError::PodPage { .. })));
+        assert!(matches!(e, HeapError::Sealed { .. }), "{e}");
+        assert!(matches!(h.pin_in_place(mfn, order, DomId(1)), Err(HeapError::Sealed { .. })));
     }
-    assert_eq!(snapshot(&h, &[1]), before, "a refused free or pin changes nothing");
+    assert_eq!(snapshot(&h.heap, &[1]), before, "a refused free or pin changes nothing");
     ok(&h);
     // The layer itself still gives everything back.
-    h.pod_destroy(DomId(1)).unwrap();
+    h.pods.destroy(&h.heap, DomId(1)).unwrap();
     assert_eq!(h.stats().allocated, 0);
+    ok(&h);
+}
+
+#[test]
+fn a_guests_own_claim_is_its_own_and_others_claims_refuse_it_through_the_claims_gate() {
+    let h = heap();
+    let never = &NeverPreempt;
+    h.claim_set(DomId(1), &[Claim { target: ClaimTarget::Global, frames: FRAMES - 100 }]).unwrap();
+    // Dom 2 may have only the 100 frames dom 1 left unclaimed: the heap's own gate says so.
+    let before = state(&h, 2);
+    let r = h.pods.create(&h.heap, DomId(2), &PodConfig::new(1024, 101), never);
+    assert!(matches!(r, Err(PodError::Heap(HeapError::ClaimedByOthers { .. }))), "{r:?}");
+    assert!(r.unwrap_err().is_out_of_memory());
+    assert_eq!(state(&h, 2), before);
+    // Dom 1 fills its cache from its own claim, which its allocations retire.
+    create(&h, 1, PodConfig::new(4096, 4096));
+    assert_eq!(h.claims_of(DomId(1)), vec![Claim { target: ClaimTarget::Global, frames: FRAMES - 100 - 4096 }]);
+    create(&h, 2, PodConfig::new(1024, 100));
+    h.pods.destroy(&h.heap, DomId(1)).unwrap();
+    h.pods.destroy(&h.heap, DomId(2)).unwrap();
     ok(&h);
 }

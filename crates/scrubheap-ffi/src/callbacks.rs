@@ -1,0 +1,101 @@
+//! The caller's callbacks: the memory behind the frames (zero, check, copy: its C struct,
+//! part of the configuration, is in `types`), the preemption question, the migrator and the
+//! deadline. Each is a C function pointer and the `void *` context it is called with.
+
+use crate::types::{ScrubheapExtent, ScrubheapMemoryOps};
+use scrubheap::{Deadline, DomId, Extent, FrameMemory, Mfn, Migrator, Preempt};
+use std::ffi::c_void;
+
+/// Asked between bounded steps: return true to make the operation stop there (it keeps
+/// its progress) so the caller can yield.
+pub type ScrubheapPreemptFn = Option<unsafe extern "C" fn(ctx: *mut c_void) -> bool>;
+/// Asked between the bounded steps of an offline: return true once the deadline passed.
+pub type ScrubheapDeadlineFn = Option<unsafe extern "C" fn(ctx: *mut c_void) -> bool>;
+/// Moves an owner's frames: copy the `2^from.order` frames of `from` to `to` and point the
+/// owner's frame list at `to`. Return false to refuse, having written nothing to `to`.
+pub type ScrubheapMigrateFn =
+    Option<unsafe extern "C" fn(ctx: *mut c_void, owner: u32, from: ScrubheapExtent, to: ScrubheapExtent) -> bool>;
+
+/// A caller's [`ScrubheapMemoryOps`] with every function checked present.
+pub(crate) struct CMemory {
+    ctx: *mut c_void,
+    zero: unsafe extern "C" fn(*mut c_void, u64, u64),
+    is_zero: unsafe extern "C" fn(*mut c_void, u64, u64) -> bool,
+    copy: unsafe extern "C" fn(*mut c_void, u64, u64, u64),
+}
+
+impl CMemory {
+    /// `None` if a function is missing.
+    pub(crate) fn new(ops: &ScrubheapMemoryOps) -> Option<CMemory> {
+        Some(CMemory { ctx: ops.ctx, zero: ops.zero?, is_zero: ops.is_zero?, copy: ops.copy? })
+    }
+}
+
+// SAFETY: scrubheap_heap_new's contract requires the memory callbacks and their context
+// to be callable from any thread that calls into the heap, several at once for disjoint
+// frames: exactly what sharing a CMemory between threads does.
+unsafe impl Send for CMemory {}
+// SAFETY: as for Send.
+unsafe impl Sync for CMemory {}
+
+impl FrameMemory for CMemory {
+    fn zero(&self, first: Mfn, count: u64) {
+        // SAFETY: the caller of scrubheap_heap_new promised the function and its context
+        // stay valid while the heap lives and may be called for any frames of the heap.
+        unsafe { (self.zero)(self.ctx, first.0, count) }
+    }
+    fn is_zero(&self, first: Mfn, count: u64) -> bool {
+        // SAFETY: as for `zero`.
+        unsafe { (self.is_zero)(self.ctx, first.0, count) }
+    }
+    fn copy(&self, src: Mfn, dst: Mfn, count: u64) {
+        // SAFETY: as for `zero`.
+        unsafe { (self.copy)(self.ctx, src.0, dst.0, count) }
+    }
+}
+
+/// A caller's preemption question; no function means never yield.
+pub(crate) struct CPreempt {
+    pub f: ScrubheapPreemptFn,
+    pub ctx: *mut c_void,
+}
+
+impl Preempt for CPreempt {
+    fn check(&self) -> bool {
+        // SAFETY: the caller passed the function and context to this very call, which
+        // promises they are valid until it returns; the heap asks only during the call.
+        self.f.is_some_and(|f| unsafe { f(self.ctx) })
+    }
+}
+
+/// A caller's deadline; no function means no deadline (every offline step is bounded).
+pub(crate) struct CDeadline {
+    pub f: ScrubheapDeadlineFn,
+    pub ctx: *mut c_void,
+}
+
+impl Deadline for CDeadline {
+    fn passed(&self) -> bool {
+        // SAFETY: as for CPreempt: valid for the duration of the call that passed it.
+        self.f.is_some_and(|f| unsafe { f(self.ctx) })
+    }
+}
+
+/// An owner's migrator. With no function every move is refused: a pin in the Movable
+/// zone is refused and an offline over allocations rolls back.
+#[repr(C)]
+#[derive(Copy, Clone, Debug)]
+pub struct ScrubheapMigrator {
+    /// Passed to `migrate` as is.
+    pub ctx: *mut c_void,
+    /// Moves frames; null refuses every move.
+    pub migrate: ScrubheapMigrateFn,
+}
+
+impl Migrator for ScrubheapMigrator {
+    fn migrate(&self, owner: DomId, from: Extent, to: Extent) -> bool {
+        let (from, to) = (ScrubheapExtent::from(from), ScrubheapExtent::from(to));
+        // SAFETY: as for CPreempt: valid for the duration of the call that passed it.
+        self.migrate.is_some_and(|f| unsafe { f(self.ctx, owner.0, from, to) })
+    }
+}
