@@ -4,7 +4,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use scrubheap_pod::oplog::Replayer;
+use scrubheap_oplog::Replayer;
 
 /// Small heaps keep each input fast (at most 2^16 frames, under 1 MiB of metadata).
 const MAX_FRAMES: u64 = 1 << 16;

@@ -2,7 +2,6 @@
 #![forbid(unsafe_code)]
 
 mod bench;
-mod oplog_gen;
 mod output;
 mod plots;
 mod replay;

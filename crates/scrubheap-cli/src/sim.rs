@@ -4,10 +4,11 @@
 use anyhow::{bail, Context};
 use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
 use scrubheap::Policy;
+use scrubheap_sim::builtin::{Kind, OtherReport};
 use scrubheap_sim::preset::HostPreset;
 use scrubheap_sim::report::{PolicyResult, SimReport};
 use scrubheap_sim::scenario::{self, Scenario};
-use scrubheap_sim::{trace, Sweep};
+use scrubheap_sim::{trace, Builtin, Sweep};
 use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
@@ -16,14 +17,14 @@ use std::time::{Duration, Instant};
 /// Simulate a host of any size (DESIGN section 5): policies side by side on one scenario.
 #[derive(clap::Args)]
 pub struct Args {
-    /// A built-in scenario (destroy-1tb, reboot-storm, boot-scrub, hot-remove, trace, small,
+    /// A built-in scenario (destroy-1tb, reboot-storm, boot-scrub, claims-reboot, hot-remove, trace, small,
     /// pod-balloon) or a TOML scenario file (format: docs/sim-scenarios.md). hot-remove always
     /// compares pins left in the Movable zone with scrubheap's migrated pins; pod-balloon
     /// compares PoD reclaim modes, not policies, and counts pages, not time.
     #[arg(long, value_name = "NAME|FILE")]
     pub scenario: String,
     /// Run on this host instead of the scenario's own: a built-in preset (xen-2017,
-    /// epyc-2s-4t, tiny). Built-in scenarios size their guests for the host they run on.
+    /// epyc-2s-4t, xenserver-4s, tiny). Built-in scenarios size their guests for the host they run on.
     #[arg(long, value_name = "NAME")]
     pub preset: Option<String>,
     /// A policy (sync, alloc, xen, xen-cap2m, scrubheap), a comma-separated list, or `all`.
@@ -51,6 +52,12 @@ pub struct Args {
     /// Trace seconds per simulated second.
     #[arg(long, default_value_t = 60.0)]
     pub trace_compression: f64,
+    /// Mechanisms of the 2026 watchdog reports to switch on (docs/sim-presets.md): `none`,
+    /// `all`, or a comma-separated list of guest-traffic, xen-locks, remote. Without it a
+    /// TOML scenario keeps its own `[mechanisms]`, claims-reboot has all and the other
+    /// built-in scenarios none.
+    #[arg(long, value_name = "LIST")]
+    pub mechanisms: Option<String>,
     /// Simulations run at once (each one is single-threaded); default: the CPU count.
     #[arg(long)]
     pub jobs: Option<usize>,
@@ -64,13 +71,7 @@ fn parse_policies(s: &str) -> anyhow::Result<Vec<Policy>> {
 }
 
 fn load(a: &Args) -> anyhow::Result<Scenario> {
-    let preset = match &a.preset {
-        None => None,
-        Some(p) => Some(
-            HostPreset::builtin(p)
-                .with_context(|| format!("unknown preset '{p}': use one of {}", HostPreset::NAMES.join(", ")))?,
-        ),
-    };
+    let preset = preset(a)?;
     let path = Path::new(&a.scenario);
     if a.scenario.ends_with(".toml") || path.is_file() {
         let text = std::fs::read_to_string(path).with_context(|| format!("cannot read scenario {}", path.display()))?;
@@ -83,7 +84,7 @@ fn load(a: &Args) -> anyhow::Result<Scenario> {
         }
         return Ok(sc);
     }
-    if a.scenario == "trace" {
+    if a.scenario == Builtin::Trace.name() {
         let host = preset.unwrap_or_else(HostPreset::epyc_2s_4t);
         let opts =
             trace::TraceOptions { vms: a.trace_vms, time_compression: a.trace_compression, ..Default::default() };
@@ -146,15 +147,59 @@ impl Progress {
     }
 }
 
-pub fn main(a: Args) -> anyhow::Result<()> {
-    if a.scenario == "hot-remove" {
-        return crate::sim_hotremove::main(&a);
+fn preset(a: &Args) -> anyhow::Result<Option<HostPreset>> {
+    a.preset
+        .as_deref()
+        .map(|p| {
+            HostPreset::builtin(p)
+                .with_context(|| format!("unknown preset '{p}': use one of {}", HostPreset::NAMES.join(", ")))
+        })
+        .transpose()
+}
+
+/// A built-in scenario that compares something other than policies (hot-remove,
+/// pod-balloon): no sweep, timeline, policy list or mechanisms.
+fn main_other(a: &Args, b: Builtin) -> anyhow::Result<()> {
+    if a.sweep.is_some() || a.report.is_some() || a.mechanisms.is_some() {
+        bail!("the {b} scenario has no timeline and no mechanisms: it takes no --sweep, --report or --mechanisms");
     }
-    if a.scenario == "pod-balloon" {
-        return crate::sim_pod::main(&a);
+    if a.policy != "all" {
+        bail!("the {b} scenario does not compare policies: leave out --policy");
+    }
+    let host = preset(a)?;
+    let started = Instant::now();
+    eprintln!("sim {b} (seed {})", a.seed);
+    let (bad, rep) = match b.run_other(host, a.seed).map_err(anyhow::Error::msg)? {
+        OtherReport::HotRemove(r) => {
+            crate::sim_hotremove::print_table(&r);
+            (r.results.iter().map(|r| r.invariant_violations).sum::<u64>(), serde_json::to_value(&*r)?)
+        }
+        OtherReport::PodBalloon(r) => {
+            crate::sim_pod::print_table(&r);
+            (r.results.iter().map(|r| r.invariant_violations).sum::<u64>(), serde_json::to_value(&r)?)
+        }
+    };
+    if let Some(out) = &a.json {
+        crate::output::write_json(out, "sim", serde_json::Value::Null, &rep)?;
+    }
+    eprintln!("wall time {:.1} s (not in the JSON)", started.elapsed().as_secs_f64());
+    if bad > 0 {
+        bail!("{bad} checker failures in the {b} run: see the messages in the report");
+    }
+    Ok(())
+}
+
+pub fn main(a: Args) -> anyhow::Result<()> {
+    if let Ok(b) = a.scenario.parse::<Builtin>() {
+        if b.kind() != Kind::Policies {
+            return main_other(&a, b);
+        }
     }
     let policies = parse_policies(&a.policy)?;
-    let sc = load(&a)?;
+    let mut sc = load(&a)?;
+    if let Some(m) = &a.mechanisms {
+        sc.mechanisms = scenario::Mechanisms::parse(m).map_err(anyhow::Error::msg)?;
+    }
     if let Some(j) = a.jobs {
         rayon::ThreadPoolBuilder::new()
             .num_threads(j.max(1))
@@ -164,13 +209,14 @@ pub fn main(a: Args) -> anyhow::Result<()> {
     let started = Instant::now();
     let frames = sc.host.frames_per_node() * sc.host.nodes as u64;
     eprintln!(
-        "sim {} on {} ({} nodes x {} CPUs, {} GiB, {} KiB frames: {frames} frames), policies: {}",
+        "sim {} on {} ({} nodes, {} CPUs, {} GiB, {} KiB frames: {frames} frames), mechanisms: {}, policies: {}",
         sc.name,
         sc.host.name,
         sc.host.nodes,
-        sc.host.cpus_per_node,
+        sc.host.cpus(),
         sc.host.total_bytes() >> 30,
         sc.host.frame_size / 1024,
+        sc.mechanisms.label(),
         policies.iter().map(|p| p.name()).collect::<Vec<_>>().join(", ")
     );
     let report = if let Some(s) = &a.sweep {
@@ -239,7 +285,7 @@ fn row(r: &PolicyResult) -> String {
 const HEADER: &str = "| policy | destroy_s | time_to_clean_s | ideal_clean_s | create_s p50/max | max_nonpreemptible_ms | watchdog_trips | highorder_failures | invariant_violations |\n|---|---|---|---|---|---|---|---|---|";
 
 fn print_table(rep: &SimReport) {
-    println!("scenario {} on {} (seed {})", rep.scenario, rep.preset, rep.seed);
+    println!("scenario {} on {} (seed {}, mechanisms {})", rep.scenario, rep.preset, rep.seed, rep.mechanisms.label());
     for n in &rep.notes {
         println!("  {n}");
     }

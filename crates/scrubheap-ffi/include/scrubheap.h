@@ -138,8 +138,15 @@ enum ScrubheapStatus
   SCRUBHEAP_E_NEEDED_BY_CLAIMS = -29,
   // The invariant check failed: a bug in the heap.
   SCRUBHEAP_E_INVARIANT = -30,
-  // A heap refusal this interface has no code of its own for (see the last error).
-  SCRUBHEAP_E_OTHER = -31,
+  // An ordinary free or pin of frames in a sealed allocation (one a layer above the
+  // heap holds and gives back itself).
+  SCRUBHEAP_E_SEALED = -31,
+  // A sealed free of frames that are not sealed.
+  SCRUBHEAP_E_NOT_SEALED = -32,
+  // A request both sealed and movable.
+  SCRUBHEAP_E_SEALED_MOVABLE = -33,
+  // Other domains' claims need the free memory this allocation asked for.
+  SCRUBHEAP_E_CLAIMED_BY_OTHERS = -34,
 };
 #ifndef __cplusplus
 #if __STDC_VERSION__ >= 202311L

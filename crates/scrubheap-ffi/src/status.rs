@@ -74,14 +74,21 @@ pub enum ScrubheapStatus {
     SCRUBHEAP_E_NEEDED_BY_CLAIMS = -29,
     /// The invariant check failed: a bug in the heap.
     SCRUBHEAP_E_INVARIANT = -30,
-    /// A heap refusal this interface has no code of its own for (see the last error).
-    SCRUBHEAP_E_OTHER = -31,
+    /// An ordinary free or pin of frames in a sealed allocation (one a layer above the
+    /// heap holds and gives back itself).
+    SCRUBHEAP_E_SEALED = -31,
+    /// A sealed free of frames that are not sealed.
+    SCRUBHEAP_E_NOT_SEALED = -32,
+    /// A request both sealed and movable.
+    SCRUBHEAP_E_SEALED_MOVABLE = -33,
+    /// Other domains' claims need the free memory this allocation asked for.
+    SCRUBHEAP_E_CLAIMED_BY_OTHERS = -34,
 }
 
 use ScrubheapStatus as S;
 
 /// Every status, for the message table and its tests.
-pub(crate) const ALL: [ScrubheapStatus; 31] = [
+pub(crate) const ALL: [ScrubheapStatus; 34] = [
     S::SCRUBHEAP_OK,
     S::SCRUBHEAP_PENDING,
     S::SCRUBHEAP_E_NULL,
@@ -112,7 +119,10 @@ pub(crate) const ALL: [ScrubheapStatus; 31] = [
     S::SCRUBHEAP_E_BAD_RANGE,
     S::SCRUBHEAP_E_NEEDED_BY_CLAIMS,
     S::SCRUBHEAP_E_INVARIANT,
-    S::SCRUBHEAP_E_OTHER,
+    S::SCRUBHEAP_E_SEALED,
+    S::SCRUBHEAP_E_NOT_SEALED,
+    S::SCRUBHEAP_E_SEALED_MOVABLE,
+    S::SCRUBHEAP_E_CLAIMED_BY_OTHERS,
 ];
 
 impl ScrubheapStatus {
@@ -149,7 +159,10 @@ impl ScrubheapStatus {
             S::SCRUBHEAP_E_BAD_RANGE => c"empty range, or one spanning nodes",
             S::SCRUBHEAP_E_NEEDED_BY_CLAIMS => c"claims need that frame",
             S::SCRUBHEAP_E_INVARIANT => c"heap invariant violated (a bug)",
-            S::SCRUBHEAP_E_OTHER => c"heap refusal without a code of its own (see the last error)",
+            S::SCRUBHEAP_E_SEALED => c"frames of a sealed allocation: only the layer that sealed them frees them",
+            S::SCRUBHEAP_E_NOT_SEALED => c"frames are not in a sealed allocation: free them with the ordinary free",
+            S::SCRUBHEAP_E_SEALED_MOVABLE => c"a sealed allocation cannot be movable",
+            S::SCRUBHEAP_E_CLAIMED_BY_OTHERS => c"other domains' claims need that free memory",
         }
     }
 }
@@ -177,8 +190,10 @@ impl From<&HeapError> for ScrubheapStatus {
             HeapError::NotOffline { .. } => S::SCRUBHEAP_E_NOT_OFFLINE,
             HeapError::BadRange { .. } => S::SCRUBHEAP_E_BAD_RANGE,
             HeapError::NeededByClaims { .. } => S::SCRUBHEAP_E_NEEDED_BY_CLAIMS,
-            // Populate-on-demand is not part of this interface; its refusals cannot reach it.
-            _ => S::SCRUBHEAP_E_OTHER,
+            HeapError::Sealed { .. } => S::SCRUBHEAP_E_SEALED,
+            HeapError::NotSealed { .. } => S::SCRUBHEAP_E_NOT_SEALED,
+            HeapError::SealedMovable => S::SCRUBHEAP_E_SEALED_MOVABLE,
+            HeapError::ClaimedByOthers { .. } => S::SCRUBHEAP_E_CLAIMED_BY_OTHERS,
         }
     }
 }

@@ -26,7 +26,7 @@ fn pod_guests_boot_balloon_write_and_leave_nothing_behind() {
     let p = pool();
     let rec = PreemptRecorder::new(0);
     let lines = std::sync::Mutex::new(Vec::new());
-    let log = |l: String| lines.lock().unwrap().push(l);
+    let log = |op: scrubheap_oplog::Op| lines.lock().unwrap().push(op.to_string());
     for round in 0..3u32 {
         // A plain guest's data first, so PoD pages are handed over from dirty memory.
         let (plain, _) = p.create_guest(DomId(100 + round), 8 << 20, &rec).unwrap();

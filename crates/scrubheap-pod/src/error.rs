@@ -79,6 +79,19 @@ pub enum PodError {
         /// Free frames of the Normal zones of every node.
         free: u64,
     },
+    /// A cache growth the Normal zones could cover, but not beside other domains' claims:
+    /// each node gives at most what the claims gate leaves this guest there.
+    #[error("{dom} needs {needed} more frames for its PoD cache; the Normal zones have {free} free but other domains' claims leave it only {reach}: cancel or shrink claims, or lower the target")]
+    ClaimedNormal {
+        /// The domain.
+        dom: DomId,
+        /// Frames the growth needs.
+        needed: u64,
+        /// Free frames of the Normal zones of every node.
+        free: u64,
+        /// Of those, what the claims gate leaves this domain, node by node.
+        reach: u64,
+    },
     /// A touch of a guest frame that was ballooned out.
     #[error("gfn {gfn:#x} of {dom} is not mapped (ballooned out): the guest gave it back")]
     NotMapped {
@@ -107,6 +120,27 @@ pub enum PodError {
 }
 
 impl PodError {
+    /// A stable name for the error, for counting errors by kind (the op log's
+    /// `errors {Kind: count}` map): `Pod` + the variant's name (`"PodExhausted"`, ...), or
+    /// the heap's [`HeapError::kind`] for [`PodError::Heap`]. It never changes for an
+    /// existing variant.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            PodError::Heap(h) => h.kind(),
+            PodError::UnknownDomain { .. } => "PodUnknownDomain",
+            PodError::DomainExists { .. } => "PodDomainExists",
+            PodError::BadMaxPages { .. } => "PodBadMaxPages",
+            PodError::GfnOutOfRange { .. } => "PodGfnOutOfRange",
+            PodError::Unaligned { .. } => "PodUnaligned",
+            PodError::TargetTooLarge { .. } => "PodTargetTooLarge",
+            PodError::OutOfMemory { .. } => "PodOutOfMemory",
+            PodError::ClaimedNormal { .. } => "PodClaimedNormal",
+            PodError::NotMapped { .. } => "PodNotMapped",
+            PodError::Crashed { .. } => "PodCrashed",
+            PodError::Exhausted { .. } => "PodExhausted",
+        }
+    }
+
     /// Whether the refusal is for lack of memory: the Normal zones' free frames, the
     /// heap's, or what other domains' claims leave. A toolstack counts these as refused
     /// guests; anything else is a caller's mistake or a bug.
@@ -114,6 +148,7 @@ impl PodError {
         matches!(
             self,
             PodError::OutOfMemory { .. }
+                | PodError::ClaimedNormal { .. }
                 | PodError::Heap(HeapError::OutOfMemory { .. } | HeapError::ClaimedByOthers { .. })
         )
     }
@@ -123,3 +158,39 @@ impl PodError {
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 #[error("PoD invariant violated: {0}")]
 pub struct PodViolation(pub alloc::string::String);
+
+#[cfg(test)]
+mod tests {
+    use super::PodError;
+    use alloc::format;
+    use scrubheap::{DomId, HeapError, Mfn};
+
+    /// The kind is `Pod` + the variant's name, as the `Debug` text starts with it; a heap
+    /// error keeps the heap's kind.
+    #[test]
+    fn kinds_are_pod_and_the_variant_name() {
+        let d = DomId(1);
+        let all = [
+            PodError::UnknownDomain { dom: d },
+            PodError::DomainExists { dom: d },
+            PodError::BadMaxPages { dom: d, max_pages: 0, limit: 4 },
+            PodError::GfnOutOfRange { dom: d, gfn: 9, order: 0, max_pages: 4 },
+            PodError::Unaligned { dom: d, gfn: 1, order: 1 },
+            PodError::TargetTooLarge { dom: d, target: 9, max_pages: 4 },
+            PodError::OutOfMemory { dom: d, needed: 9, free: 4 },
+            PodError::NotMapped { dom: d, gfn: 1 },
+            PodError::Crashed { dom: d, gfn: 1 },
+            PodError::Exhausted { dom: d, gfn: 1 },
+        ];
+        for e in &all {
+            let dbg = format!("{e:?}");
+            let k = e.kind();
+            assert!(k.starts_with("Pod"), "{k}");
+            assert!(dbg.starts_with(&k[3..]), "{dbg} is not of kind {k}");
+            assert!(dbg[k.len() - 3..].starts_with(' '), "{dbg}: kind {k}");
+        }
+        assert_eq!(PodError::Exhausted { dom: d, gfn: 1 }.kind(), "PodExhausted");
+        let h = HeapError::NotAllocated { mfn: Mfn(3) };
+        assert_eq!(PodError::Heap(h.clone()).kind(), h.kind());
+    }
+}

@@ -397,26 +397,27 @@ impl Guest {
     }
 
     /// Refuses a cache growth of `need` frames that the heap cannot give: more than the
-    /// free frames of the Normal zones (PoD pages are unmovable), or more than the claims
-    /// gate admits on every node the growth may come from (the preferred node and those
-    /// the heap falls back to: all of them).
+    /// free frames of the Normal zones (PoD pages are unmovable), or more than the Normal
+    /// frames the claims gate leaves this guest, added up over every node the growth may
+    /// come from (the preferred node and those the heap falls back to: all of them).
     fn admit<M: FrameMemory>(&self, heap: &Heap<M>, need: u64) -> Result<(), PodError> {
-        let mut free = 0u64;
+        let (mut free, mut reach) = (0u64, 0u64);
         for n in 0..heap.node_count() {
-            free += heap.zone_stats(n, Zone::Normal)?.free();
+            let normal = heap.zone_stats(n, Zone::Normal)?.free();
+            free += normal;
+            reach += normal.min(heap.claims_room(self.dom, n)?);
         }
+        debug_assert!(reach <= free, "claims only take away");
         if need > free {
             return Err(PodError::OutOfMemory { dom: self.dom, needed: need, free });
         }
-        let first = self.node.unwrap_or(0);
-        let refusal = match heap.claims_admit(self.dom, first, need) {
-            Ok(()) => return Ok(()),
-            Err(e) => e,
-        };
-        if (0..heap.node_count()).any(|n| n != first && heap.claims_admit(self.dom, n, need).is_ok()) {
-            return Ok(());
+        if need > reach {
+            // The gate's own refusal names where others' claims bind.
+            let first = self.node.unwrap_or(0);
+            heap.claims_admit(self.dom, first, need)?;
+            return Err(PodError::ClaimedNormal { dom: self.dom, needed: need, free, reach });
         }
-        Err(refusal.into())
+        Ok(())
     }
 
     /// Moves the cache toward `target` in bounded steps (one allocation or one release of

@@ -64,10 +64,6 @@ mod guest;
 mod p2m;
 mod pods;
 
-#[cfg(feature = "oplog")]
-#[path = "../../scrubheap/src/oplog.rs"]
-pub mod oplog;
-
 pub use error::{PodError, PodViolation};
 pub use pods::Pods;
 

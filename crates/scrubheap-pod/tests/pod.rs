@@ -587,6 +587,31 @@ fn a_cache_only_the_movable_zone_could_hold_is_refused_up_front() {
 }
 
 #[test]
+fn a_cache_others_claims_keep_out_of_the_normal_zones_is_refused_up_front() {
+    // Found by the fuzzer: node 0's Normal zone is free but claimed by others, node 1's
+    // Normal zone alone is too small. Each node admitted the growth on its own (its free
+    // frames, Movable included, exceed the claims), so 403 frames were taken and given
+    // back dirty before the cache ran out. What the claims leave, node by node, is
+    // counted now before anything is allocated.
+    let frames = 8192;
+    let h = World::new(
+        Heap::new(HeapConfig::uniform(2, frames / 2).with_movable_from(307), TestMemory::new(Mfn(0), frames, FS))
+            .unwrap(),
+    );
+    h.claim_set(DomId(7), &[Claim { target: ClaimTarget::Node(0), frames: 4000 }]).unwrap();
+    let room: u64 = (0..2).map(|n| h.claims_room(DomId(1), n).unwrap()).sum();
+    assert_eq!(room, 96 + 4096, "node 0 leaves 96 frames to others, node 1 all of its own");
+    let before = snapshot(&h.heap, &[1, 7]);
+    let r = h.pods.create(&h.heap, DomId(1), &PodConfig::new(4096, 500).on(0), &NeverPreempt);
+    assert!(r.as_ref().is_err_and(PodError::is_out_of_memory), "{r:?}");
+    assert_eq!(snapshot(&h.heap, &[1, 7]), before, "a refused create changes nothing");
+    ok(&h);
+    // What the claims and the Normal zones leave together is granted: 96 + 307 frames.
+    create(&h, 1, PodConfig::new(4096, 403));
+    assert_eq!(stats(&h, 1).cache, 403);
+}
+
+#[test]
 fn frames_the_pod_layer_holds_cannot_be_freed_or_pinned_behind_its_back() {
     let h = heap();
     create(&h, 1, PodConfig::new(1024, 1024));

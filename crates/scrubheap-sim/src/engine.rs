@@ -40,7 +40,9 @@ pub fn run(scenario: &Scenario, policy: Policy, opts: &RunOptions) -> Result<Pol
     let cfg = HeapConfig {
         frame_size: host.frame_size,
         first: Mfn(0),
-        nodes: vec![NodeSpec { frames: fpn, movable_from: None, has_cpus: true }; host.nodes],
+        nodes: (0..host.nodes)
+            .map(|n| NodeSpec { frames: fpn, movable_from: None, has_cpus: host.has_cpus(n) })
+            .collect(),
         distance: (0..host.nodes).map(|a| (0..host.nodes).map(|b| host.distance(a, b)).collect()).collect(),
         policy,
         scrub_batch: host.scrub_batch_frames(),
@@ -74,6 +76,10 @@ const SEGMENT: u64 = 4 * MIB;
 const SCRUB_BATCHES: u64 = 16;
 /// Extents an extent-granular teardown frees per step.
 const EXTENTS_PER_STEP: usize = 64;
+/// The time one scrub batch of the `scrubheap` policy is sized to take at the bandwidth
+/// its writer is expected to get: half the 1 ms goal, leaving the other half for writers
+/// that join during the batch and for lock waits.
+const SECTION_TARGET_NS: u64 = 500_000;
 /// Bytes a page-granular teardown frees per step (a preemption check every 2 MiB).
 const PAGES_BYTES_PER_STEP: u64 = 2 * MIB;
 
@@ -153,7 +159,12 @@ struct Engine<'h, 'o> {
     sleeping: Vec<Vec<usize>>,
     node_slot: Vec<Option<usize>>,
     locks: Vec<u64>,
+    /// Extra hold of the global heap lock charged by the next step (Xen's page-granular
+    /// work under the lock, `xen_locks` mechanism), ns.
+    extra_hold: u64,
     writers: Vec<u32>,
+    /// CPUs writing a node of another socket (they share the interconnect).
+    cross_writers: u32,
     guests: Vec<GuestRt>,
     ready: VecDeque<(usize, u64)>,
     free_builders: BTreeSet<usize>,
@@ -202,8 +213,10 @@ impl<'h, 'o> Engine<'h, 'o> {
     ) -> Self {
         let h = &sc.host;
         let mut cpus = Vec::new();
-        for n in 0..h.nodes {
+        let mut node_cpus = vec![Vec::new(); h.nodes];
+        for n in h.cpu_nodes() {
             for _ in 0..h.cpus_per_node {
+                node_cpus[n].push(cpus.len());
                 cpus.push(Cpu {
                     node: n,
                     builder: false,
@@ -218,11 +231,12 @@ impl<'h, 'o> Engine<'h, 'o> {
                 });
             }
         }
-        // Toolstack CPUs: the last CPUs of each node, round-robin over the nodes.
+        // Toolstack CPUs: the last CPUs of each node, round-robin over the nodes with CPUs.
         let mut free_builders = BTreeSet::new();
+        let cpu_nodes = h.cpu_nodes();
         for b in 0..sc.builders {
-            let node = b % h.nodes;
-            let c = node * h.cpus_per_node + h.cpus_per_node - 1 - b / h.nodes;
+            let node = cpu_nodes[b % cpu_nodes.len()];
+            let c = node_cpus[node][h.cpus_per_node - 1 - b / cpu_nodes.len()];
             cpus[c].builder = true;
             free_builders.insert(c);
         }
@@ -246,7 +260,9 @@ impl<'h, 'o> Engine<'h, 'o> {
             sleeping: vec![Vec::new(); h.nodes],
             node_slot: vec![None; h.nodes],
             locks: vec![0; if global_lock { 1 } else { h.nodes }],
+            extra_hold: 0,
             writers: vec![0; h.nodes],
+            cross_writers: 0,
             guests: (0..sc.guests.len()).map(|_| GuestRt::default()).collect(),
             ready: VecDeque::new(),
             free_builders,
@@ -369,7 +385,9 @@ impl<'h, 'o> Engine<'h, 'o> {
             if want_alive != alive {
                 continue; // destroy of a guest that failed to build, or create of a live one
             }
-            let home = self.sc.guests[g].node;
+            // Under the `remote` mechanism a builder is whichever toolstack CPU is free
+            // (dom0's vCPUs are not placed by the guest's claimed node).
+            let home = self.sc.guests[g].node.filter(|_| !self.sc.mechanisms.remote);
             let b = home
                 .and_then(|n| self.free_builders.iter().copied().find(|&c| self.cpus[c].node == n))
                 .or_else(|| self.free_builders.iter().copied().next())
@@ -502,8 +520,10 @@ impl<'h, 'o> Engine<'h, 'o> {
         // batch at most, as it would on a host whose `Preempt` yields to pending work.
         let batch = self.sc.host.scrub_batch_frames();
         let batches = if self.cpus[c].builder { 1 } else { SCRUB_BATCHES };
-        let never = || false;
-        let done = self.heap.scrub_step(n, batch * batches, &never).unwrap_or(0);
+        // The engine charges a call's lock acquisitions before its zeroing: a call of
+        // SCRUB_BATCHES batches of the size the heap will use keeps that charge small.
+        let limit = self.batch_limit(c, n, false);
+        let done = self.heap.scrub_step(n, batch.min(limit.frames) * batches, &limit).unwrap_or(0);
         let zero = self.drain_zero();
         let acq = self.lock_obs.drain();
         if done == 0 {
@@ -542,6 +562,7 @@ impl<'h, 'o> Engine<'h, 'o> {
     ) {
         let hold = self.sc.host.lock_hold_ns;
         let mut t = self.now;
+        let mut extra = std::mem::take(&mut self.extra_hold);
         for (n, &k) in acq.iter().enumerate() {
             if k == 0 {
                 continue;
@@ -549,7 +570,7 @@ impl<'h, 'o> Engine<'h, 'o> {
             let l = if self.locks.len() == 1 { 0 } else { n };
             let start = t.max(self.locks[l]);
             self.lock_wait_max = self.lock_wait_max.max(start - t);
-            t = start + k * hold;
+            t = start + k * hold + std::mem::take(&mut extra);
             self.locks[l] = t;
         }
         t += cpu_ns;
@@ -584,17 +605,67 @@ impl<'h, 'o> Engine<'h, 'o> {
         if left > b {
             self.cpus[c].zero.push_front((n, left - b, point));
         }
-        let h = &self.sc.host;
         self.writers[n] += 1;
-        let rate = (h.core_zero_gbps / h.penalty(cpu_node, n)).min(h.node_zero_gbps / self.writers[n] as f64);
+        let cross = self.crosses_interconnect(cpu_node, n);
+        self.cross_writers += cross as u32;
+        let rate = self.zero_rate(cpu_node, n, cross);
         let dur = (b as f64 / rate).ceil() as u64;
         self.cpus[c].seg = Some((n, b, point && left == b));
         self.push(t + dur.max(1), Ev::Phase(c));
     }
 
+    /// Whether a CPU of node `cpu` writing node `mem` uses the shared interconnect (a
+    /// cross-socket write under the `remote` mechanism with a limited interconnect).
+    fn crosses_interconnect(&self, cpu: usize, mem: usize) -> bool {
+        let h = &self.sc.host;
+        self.sc.mechanisms.remote && h.interconnect_gbps > 0.0 && h.socket_of(cpu) != h.socket_of(mem)
+    }
+
+    /// GB/s (bytes per ns) of one writer on node `cpu` zeroing node `mem`, with the
+    /// writer counts already including it: its core, its share of the node (less the
+    /// guests' own traffic) and, across sockets, its share of the interconnect.
+    fn zero_rate(&self, cpu: usize, mem: usize, cross: bool) -> f64 {
+        self.rate_with(cpu, mem, self.writers[mem], cross.then_some(self.cross_writers))
+    }
+
+    /// [`Engine::zero_rate`] with `writers` on `mem` and `cross` writers on the
+    /// interconnect (None: the write does not cross it).
+    fn rate_with(&self, cpu: usize, mem: usize, writers: u32, cross: Option<u32>) -> f64 {
+        let h = &self.sc.host;
+        let guests = if self.sc.mechanisms.guest_traffic { 1.0 - h.guest_traffic_share } else { 1.0 };
+        let mut rate = (h.core_zero_gbps / h.penalty(cpu, mem)).min(h.node_zero_gbps * guests / writers.max(1) as f64);
+        if let Some(x) = cross {
+            rate = rate.min(h.interconnect_gbps / x.max(1) as f64);
+        }
+        assert!(rate > 0.0 && rate.is_finite(), "zeroing rate {rate}");
+        rate
+    }
+
+    /// What scrubheap's CPU `c` tells the heap before zeroing node `mem`: batches sized
+    /// so that one takes [`SECTION_TARGET_NS`] at the bandwidth a writer would get if
+    /// every awake CPU of the node wrote it too. The other policies keep the heap's fixed batch.
+    fn batch_limit(&self, c: usize, mem: usize, yield_after_batch: bool) -> scrubheap::BatchLimit {
+        let fixed = scrubheap::BatchLimit { frames: self.sc.host.scrub_batch_frames(), yield_after_batch };
+        if self.policy != Policy::Scrubheap {
+            return fixed;
+        }
+        let cpu = self.cpus[c].node;
+        let cross = self.crosses_interconnect(cpu, mem).then_some(self.cross_writers + 1);
+        // Writers that may join during the batch: every CPU of the node that is awake
+        // (a host knows how many of a node's scrubbers are running).
+        let awake = if self.sc.host.has_cpus(mem) { self.sc.host.cpus_per_node - self.sleeping[mem].len() } else { 0 };
+        let writers = (self.writers[mem] + 1).max(awake as u32);
+        let rate = self.rate_with(cpu, mem, writers, cross);
+        let frames = (rate * SECTION_TARGET_NS as f64 / self.frame as f64) as u64;
+        scrubheap::BatchLimit { frames: frames.clamp(1, fixed.frames), yield_after_batch }
+    }
+
     fn phase_done(&mut self, c: usize) {
         if let Some((n, b, point)) = self.cpus[c].seg.take() {
             self.writers[n] -= 1;
+            if self.crosses_interconnect(self.cpus[c].node, n) {
+                self.cross_writers -= 1;
+            }
             if point {
                 self.end_section(c);
             }
@@ -672,7 +743,8 @@ impl<'h, 'o> Engine<'h, 'o> {
         }
         if let Some(mut ticket) = t.ticket.take() {
             let ext = ticket.extent();
-            let r = ticket.advance(&|| true);
+            let limit = self.batch_limit(c, ext.map_or(self.cpus[c].node, |e| e.node), true);
+            let r = ticket.advance(&limit);
             let zero = self.drain_zero();
             let acq = self.lock_obs.drain();
             match r {
@@ -723,6 +795,11 @@ impl<'h, 'o> Engine<'h, 'o> {
         let r = self.heap.alloc_start(&req);
         let zero = self.drain_zero();
         let acq = self.lock_obs.drain();
+        match &r {
+            Ok(AllocStart::Ready(e)) => self.page_work_under_lock(e.frames()),
+            Ok(AllocStart::Pending(ticket)) => self.page_work_under_lock(ticket.extent().map_or(0, |e| e.frames())),
+            Err(_) => {}
+        }
         match r {
             Ok(AllocStart::Ready(e)) => self.handover(&mut t, e),
             Ok(AllocStart::Pending(ticket)) => {
@@ -753,6 +830,15 @@ impl<'h, 'o> Engine<'h, 'o> {
         }
         self.cpus[c].task = Some(Task::Create(t));
         self.begin(c, StepKind::Toolstack, &acq, host.op_ns, zero);
+    }
+
+    /// Xen's allocator and free path touch every 4 KiB page of an extent under the global
+    /// heap lock: with the `xen_locks` mechanism, `frames` frames of that work are added
+    /// to the hold of the next step's global-lock acquisition.
+    fn page_work_under_lock(&mut self, frames: u64) {
+        if self.sc.mechanisms.xen_locks && self.locks.len() == 1 {
+            self.extra_hold += frames * self.frame / PAGE * self.sc.host.lock_page_ns;
+        }
     }
 
     /// Frees whatever a failed create got (no time charged: it is rare and small).
@@ -829,6 +915,7 @@ impl<'h, 'o> Engine<'h, 'o> {
                 }
                 let pages = take * self.frame / PAGE;
                 cpu_ns += pages * host.relinquish_ns;
+                self.page_work_under_lock(take);
                 acq[e.node] += pages;
                 self.ledger[e.node] -= take;
                 dirtied.push(e.node);

@@ -19,6 +19,7 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+pub mod builtin;
 pub mod engine;
 pub mod hotremove;
 pub mod memory;
@@ -28,6 +29,7 @@ pub mod report;
 pub mod scenario;
 pub mod trace;
 
+pub use builtin::Builtin;
 use rayon::prelude::*;
 use report::{PolicyRun, SimReport, SweepRow};
 use scenario::Scenario;
@@ -74,7 +76,8 @@ pub fn report(scenario: &Scenario, seed: u64, runs: &[PolicyRun]) -> SimReport {
         frame_size: h.frame_size,
         memory_bytes: h.total_bytes(),
         nodes: h.nodes,
-        cpus: h.nodes * h.cpus_per_node,
+        cpus: h.cpus(),
+        mechanisms: scenario.mechanisms,
         host: h.clone(),
         notes,
         sweep: Vec::new(),
@@ -127,7 +130,13 @@ pub fn with_param(scenario: &Scenario, param: &str, value: f64) -> Result<Scenar
         let mut t = toml::Table::new();
         let v = if matches!(
             param,
-            "core_zero_gbps" | "node_zero_gbps" | "remote_penalty" | "socket_penalty" | "watchdog_s"
+            "core_zero_gbps"
+                | "node_zero_gbps"
+                | "remote_penalty"
+                | "socket_penalty"
+                | "watchdog_s"
+                | "guest_traffic_share"
+                | "interconnect_gbps"
         ) {
             toml::Value::Float(value)
         } else {

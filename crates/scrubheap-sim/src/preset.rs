@@ -49,6 +49,23 @@ pub struct HostPreset {
     pub scrub_batch_bytes: u64,
     /// Watchdog timeout on one non-preemptible section, seconds.
     pub watchdog_s: f64,
+    /// Share of each node's bandwidth the running guests' own memory traffic takes
+    /// (0 to below 1); used when the `guest_traffic` mechanism is on.
+    #[serde(default)]
+    pub guest_traffic_share: f64,
+    /// Heap-lock hold time per 4 KiB page of the page-granular work Xen does under its
+    /// global heap lock when it allocates or frees an extent, ns; used when the
+    /// `xen_locks` mechanism is on, by the policies with one global heap lock.
+    #[serde(default)]
+    pub lock_page_ns: u64,
+    /// Bandwidth of the interconnect between sockets, shared by every cross-socket
+    /// writer, GB/s; used when the `remote` mechanism is on.
+    #[serde(default)]
+    pub interconnect_gbps: f64,
+    /// Nodes with memory and no CPUs (CXL-style memory-only nodes); the heap has the
+    /// nearest node with CPUs scrub them.
+    #[serde(default)]
+    pub cpuless_nodes: Vec<usize>,
 }
 
 impl HostPreset {
@@ -57,13 +74,14 @@ impl HostPreset {
         match name {
             "xen-2017" => Some(Self::xen_2017()),
             "epyc-2s-4t" => Some(Self::epyc_2s_4t()),
+            "xenserver-4s" => Some(Self::xenserver_4s()),
             "tiny" => Some(Self::tiny()),
             _ => None,
         }
     }
 
     /// Names of the built-in presets.
-    pub const NAMES: [&'static str; 3] = ["xen-2017", "epyc-2s-4t", "tiny"];
+    pub const NAMES: [&'static str; 4] = ["xen-2017", "epyc-2s-4t", "xenserver-4s", "tiny"];
 
     /// The 1 TB-guest host of the 2017 "Memory scrubbing from idle loop" work, modelled as
     /// an 8-socket Xeon E7 v2 class host (see `docs/sim-presets.md`).
@@ -85,6 +103,7 @@ impl HostPreset {
             op_ns: 500,
             scrub_batch_bytes: MIB,
             watchdog_s: 5.0,
+            ..Self::no_mechanisms()
         }
     }
 
@@ -108,6 +127,36 @@ impl HostPreset {
             op_ns: 500,
             scrub_batch_bytes: MIB,
             watchdog_s: 5.0,
+            ..Self::no_mechanisms()
+        }
+    }
+
+    /// A XenServer-class host of the 2026 watchdog reports: four sockets of Intel Xeon
+    /// Platinum 8490H (Sapphire Rapids, 60 cores, 8 channels of DDR5-4800 each), one NUMA
+    /// node per socket, 4 TiB. Simulated with 16 KiB frames. Every mechanism parameter is
+    /// set; the scenario's switches say which the engine uses.
+    pub fn xenserver_4s() -> HostPreset {
+        HostPreset {
+            name: "xenserver-4s".into(),
+            description: "4x Xeon Platinum 8490H (4 nodes of 60 cores), 4 TiB DDR5-4800, UPI 2.0 full mesh".into(),
+            frame_size: 16384,
+            nodes: 4,
+            sockets: 4,
+            cpus_per_node: 60,
+            node_gib: 1024,
+            core_zero_gbps: 12.0,
+            node_zero_gbps: 184.0,
+            remote_penalty: 1.6,
+            socket_penalty: 1.6,
+            relinquish_ns: 150,
+            lock_hold_ns: 74,
+            op_ns: 500,
+            scrub_batch_bytes: MIB,
+            watchdog_s: 5.0,
+            guest_traffic_share: 0.3,
+            lock_page_ns: 5,
+            interconnect_gbps: 192.0,
+            cpuless_nodes: Vec::new(),
         }
     }
 
@@ -130,7 +179,51 @@ impl HostPreset {
             op_ns: 500,
             scrub_batch_bytes: MIB,
             watchdog_s: 5.0,
+            ..Self::no_mechanisms()
         }
+    }
+
+    /// The mechanism parameters of a preset that gives none: no guest traffic, no
+    /// page-granular lock work, no interconnect limit, every node with CPUs. Only the
+    /// mechanism fields of the result are meant to be used (`..Self::no_mechanisms()`).
+    fn no_mechanisms() -> HostPreset {
+        HostPreset {
+            name: String::new(),
+            description: String::new(),
+            frame_size: PAGE,
+            nodes: 1,
+            sockets: 1,
+            cpus_per_node: 1,
+            node_gib: 1,
+            core_zero_gbps: 1.0,
+            node_zero_gbps: 1.0,
+            remote_penalty: 1.0,
+            socket_penalty: 1.0,
+            relinquish_ns: 0,
+            lock_hold_ns: 0,
+            op_ns: 0,
+            scrub_batch_bytes: MIB,
+            watchdog_s: 5.0,
+            guest_traffic_share: 0.0,
+            lock_page_ns: 0,
+            interconnect_gbps: 0.0,
+            cpuless_nodes: Vec::new(),
+        }
+    }
+
+    /// Whether node `n` has CPUs.
+    pub fn has_cpus(&self, n: usize) -> bool {
+        !self.cpuless_nodes.contains(&n)
+    }
+
+    /// The nodes with CPUs, in order.
+    pub fn cpu_nodes(&self) -> Vec<usize> {
+        (0..self.nodes).filter(|&n| self.has_cpus(n)).collect()
+    }
+
+    /// All CPUs of the host.
+    pub fn cpus(&self) -> usize {
+        self.cpu_nodes().len() * self.cpus_per_node
     }
 
     /// Frames per node.
@@ -173,7 +266,7 @@ impl HostPreset {
     /// node, bytes/s: the sum over nodes of min(node bandwidth, CPUs x core bandwidth).
     pub fn aggregate_scrub_bps(&self, cpus_per_node: usize) -> f64 {
         let per_node = (self.core_zero_gbps * cpus_per_node as f64).min(self.node_zero_gbps);
-        per_node * 1e9 * self.nodes as f64
+        per_node * 1e9 * self.cpu_nodes().len() as f64
     }
 
     /// Checks that the preset describes a host the simulator can run.
@@ -206,6 +299,21 @@ impl HostPreset {
         if self.remote_penalty < 1.0 || self.socket_penalty < 1.0 {
             return err("remote penalties are divisors of bandwidth and must be at least 1".into());
         }
+        if !(0.0..1.0).contains(&self.guest_traffic_share) {
+            return err(format!("guest_traffic_share {} must be at least 0 and below 1", self.guest_traffic_share));
+        }
+        if !(self.interconnect_gbps.is_finite() && self.interconnect_gbps >= 0.0) {
+            return err(format!("interconnect_gbps {} must be 0 (no limit) or positive", self.interconnect_gbps));
+        }
+        if let Some(&n) = self.cpuless_nodes.iter().find(|&&n| n >= self.nodes) {
+            return err(format!("cpuless_nodes names node {n} but the host has {} nodes", self.nodes));
+        }
+        if self.cpu_nodes().is_empty() {
+            return err("cpuless_nodes leaves no node with CPUs".into());
+        }
+        if self.lock_page_ns > 1_000_000 {
+            return err(format!("lock_page_ns {} is over 1 ms per page", self.lock_page_ns));
+        }
         if self.scrub_batch_bytes < self.frame_size {
             return err(format!("scrub_batch_bytes must be at least one frame ({} bytes)", self.frame_size));
         }
@@ -213,9 +321,87 @@ impl HostPreset {
     }
 }
 
+/// The mechanisms of the 2026 watchdog reports the engine can switch on, each with its
+/// parameters in the host preset (sources in `docs/sim-presets.md`). All off, the engine
+/// models what it did before they existed.
+#[derive(Copy, Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Mechanisms {
+    /// The running guests' own memory traffic takes `guest_traffic_share` of every
+    /// node's bandwidth from every zeroing.
+    pub guest_traffic: bool,
+    /// Xen's global heap lock does `lock_page_ns` of work per 4 KiB page of every extent
+    /// it allocates or frees (policies with one global heap lock only).
+    pub xen_locks: bool,
+    /// Builders take the next free toolstack CPU whatever node the guest claimed, and
+    /// every cross-socket writer shares `interconnect_gbps`.
+    pub remote: bool,
+}
+
+impl Mechanisms {
+    /// Every mechanism on.
+    pub const ALL: Mechanisms = Mechanisms { guest_traffic: true, xen_locks: true, remote: true };
+    /// The names `parse` accepts, in table order.
+    pub const NAMES: [&'static str; 3] = ["guest-traffic", "xen-locks", "remote"];
+
+    /// Parses `none`, `all` or a comma-separated list of [`Mechanisms::NAMES`].
+    pub fn parse(s: &str) -> Result<Mechanisms, String> {
+        let mut m = Mechanisms::default();
+        for w in s.split(',').map(str::trim) {
+            match w {
+                "none" => {}
+                "all" => m = Mechanisms::ALL,
+                "guest-traffic" => m.guest_traffic = true,
+                "xen-locks" => m.xen_locks = true,
+                "remote" => m.remote = true,
+                _ => {
+                    return Err(format!(
+                        "unknown mechanism '{w}': use none, all or a list of {}",
+                        Mechanisms::NAMES.join(", ")
+                    ))
+                }
+            }
+        }
+        Ok(m)
+    }
+
+    /// The switched-on names joined by `+`, or `none`.
+    pub fn label(&self) -> String {
+        let on = [self.guest_traffic, self.xen_locks, self.remote];
+        let v: Vec<&str> = Mechanisms::NAMES.iter().zip(on).filter(|(_, b)| *b).map(|(n, _)| *n).collect();
+        if v.is_empty() {
+            "none".into()
+        } else {
+            v.join("+")
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn xenserver_4s_derives_from_its_sources() {
+        let p = HostPreset::xenserver_4s();
+        // 8 channels x DDR5-4800 x 8 bytes = 307.2 GB/s a socket; 60% of it for writes.
+        assert!((p.node_zero_gbps - 0.6 * 8.0 * 4.8 * 8.0).abs() < 1.0);
+        // 6 UPI links of a 4-socket mesh, 16 GT/s x 20.8 GB/s per 10.4 GT/s, one way.
+        assert!((p.interconnect_gbps - 6.0 * 16.0 * 20.8 / 10.4).abs() < 1.0);
+        assert!(p.total_bytes() < 5_000_000_000_000 && p.total_bytes() >= 4 << 40);
+    }
+
+    #[test]
+    fn cpuless_nodes_validate() {
+        let mut p = HostPreset::tiny();
+        p.cpuless_nodes = vec![1];
+        p.validate().unwrap();
+        assert_eq!(p.cpus(), 4);
+        p.cpuless_nodes = vec![0, 1];
+        assert!(p.validate().unwrap_err().contains("no node with CPUs"));
+        p.cpuless_nodes = vec![2];
+        assert!(p.validate().unwrap_err().contains("node 2"));
+    }
 
     #[test]
     fn builtins_validate() {

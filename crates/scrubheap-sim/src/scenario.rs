@@ -2,6 +2,8 @@
 //! reproduce the field's cases; users write their own as TOML (format in
 //! `docs/sim-scenarios.md`).
 
+use crate::builtin::Builtin;
+pub use crate::preset::Mechanisms;
 use crate::preset::{HostPreset, GIB, MIB};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
@@ -80,23 +82,26 @@ pub struct Scenario {
     pub sample_s: f64,
     /// Things the report should say about how the scenario was built (scaling factors...).
     pub notes: Vec<String>,
+    /// The mechanisms switched on.
+    pub mechanisms: Mechanisms,
 }
 
-/// Names of the built-in scenarios.
-pub const BUILTIN: [&str; 5] = ["destroy-1tb", "reboot-storm", "boot-scrub", "trace", "small"];
-
 impl Scenario {
-    /// A built-in scenario on `preset` (or its default host), with `seed` for any random
-    /// choices. `trace` needs [`crate::trace::azure_v1`] instead.
+    /// A built-in scenario that compares policies (see [`Builtin`]) on `preset` (or its
+    /// default host), with `seed` for any random choices. `trace` needs
+    /// [`crate::trace::azure_v1`] instead.
     pub fn builtin(name: &str, preset: Option<HostPreset>, seed: u64) -> Result<Scenario, String> {
         let mut rng = ChaCha8Rng::seed_from_u64(seed ^ 0x5ce7_a710);
-        match name {
-            "destroy-1tb" => Ok(destroy_1tb(preset.unwrap_or_else(HostPreset::xen_2017))),
-            "reboot-storm" => Ok(reboot_storm(preset.unwrap_or_else(HostPreset::epyc_2s_4t), &mut rng)),
-            "boot-scrub" => Ok(boot_scrub(preset.unwrap_or_else(HostPreset::epyc_2s_4t))),
-            "small" => Ok(small(preset.unwrap_or_else(HostPreset::tiny), &mut rng)),
-            "trace" => Err("the trace scenario is built from a trace file (scrubheap_sim::trace)".into()),
-            _ => Err(format!("unknown scenario '{name}': use one of {}, or a TOML file", BUILTIN.join(", "))),
+        match name.parse::<Builtin>()? {
+            Builtin::Destroy1tb => Ok(destroy_1tb(preset.unwrap_or_else(HostPreset::xen_2017))),
+            Builtin::RebootStorm => Ok(reboot_storm(preset.unwrap_or_else(HostPreset::epyc_2s_4t), &mut rng)),
+            Builtin::BootScrub => Ok(boot_scrub(preset.unwrap_or_else(HostPreset::epyc_2s_4t))),
+            Builtin::Small => Ok(small(preset.unwrap_or_else(HostPreset::tiny), &mut rng)),
+            Builtin::ClaimsReboot => Ok(claims_reboot(preset.unwrap_or_else(HostPreset::xenserver_4s), &mut rng)),
+            Builtin::Trace => Err("the trace scenario is built from a trace file (scrubheap_sim::trace)".into()),
+            b @ (Builtin::HotRemove | Builtin::PodBalloon) => {
+                Err(format!("{b} does not compare policies: run it with Builtin::run_other"))
+            }
         }
     }
 
@@ -106,7 +111,7 @@ impl Scenario {
         if self.builders == 0 {
             return Err("a scenario needs at least one builder CPU".into());
         }
-        let cpus = self.host.nodes * self.host.cpus_per_node;
+        let cpus = self.host.cpus();
         if self.builders > cpus {
             return Err(format!("{} builders but the host has {cpus} CPUs", self.builders));
         }
@@ -159,6 +164,7 @@ fn destroy_1tb(host: HostPreset) -> Scenario {
         max_s: 7200.0,
         sample_s: 1.0,
         notes: vec!["one 1 TiB guest (1 GiB extents, spread over the nodes) is built, then destroyed at t=1 s by one toolstack CPU".into()],
+        mechanisms: Mechanisms::default(),
     }
 }
 
@@ -175,18 +181,27 @@ fn fill_nodes(host: &HostPreset, claim: ClaimMode) -> Vec<GuestSpec> {
     v
 }
 
-fn reboot_storm(host: HostPreset, rng: &mut ChaCha8Rng) -> Scenario {
-    let guests = fill_nodes(&host, ClaimMode::Node);
+/// `fill_nodes` guests under node claims, built at t=0 (not measured); the first
+/// `wave` of them reboot within one second from t=10 s (measured). fill_nodes numbers
+/// guests round-robin over the nodes, so a wave of half of them is half of every node's.
+fn fill_then_reboot(host: &HostPreset, rng: &mut ChaCha8Rng, wave: usize) -> (Vec<GuestSpec>, Vec<TimedOp>) {
+    let guests = fill_nodes(host, ClaimMode::Node);
+    assert!(wave <= guests.len());
     let mut ops: Vec<TimedOp> =
         (0..guests.len()).map(|g| TimedOp { at_ns: 0, guest: g, action: Action::Create, measure: false }).collect();
-    // Every guest reboots within the same second: each node's memory is freed dirty and
-    // claimed again at once by the guests that lived there.
-    let storm = ns(10.0);
-    for g in 0..guests.len() {
+    let at = ns(10.0);
+    for g in 0..wave {
         let jitter = rng.random_range(0..ns(1.0));
-        ops.push(TimedOp { at_ns: storm + jitter, guest: g, action: Action::Reboot, measure: true });
+        ops.push(TimedOp { at_ns: at + jitter, guest: g, action: Action::Reboot, measure: true });
     }
     ops.sort_by_key(|o| (o.at_ns, o.guest));
+    (guests, ops)
+}
+
+fn reboot_storm(host: HostPreset, rng: &mut ChaCha8Rng) -> Scenario {
+    // Every guest reboots within the same second: each node's memory is freed dirty and
+    // claimed again at once by the guests that lived there.
+    let (guests, ops) = fill_then_reboot(&host, rng, host.nodes * 7);
     let builders = host.nodes * 2;
     let n = guests.len();
     Scenario {
@@ -201,8 +216,37 @@ fn reboot_storm(host: HostPreset, rng: &mut ChaCha8Rng) -> Scenario {
         notes: vec![format!(
             "{n} guests (7 per node, 1/8 of a node each, node claims) are built, then all reboot within 1 s from t=10 s; {builders} toolstack CPUs (2 per node)"
         )],
+        mechanisms: Mechanisms::default(),
     }
 }
+
+/// VMs fill every node under node claims; a wave of them reboots in parallel, each rebuilt
+/// on its own claimed node while its old memory (and its neighbours') is still dirty.
+fn claims_reboot(host: HostPreset, rng: &mut ChaCha8Rng) -> Scenario {
+    let wave = (host.nodes * 7).div_ceil(2);
+    let (guests, ops) = fill_then_reboot(&host, rng, wave);
+    let builders = CLAIMS_REBOOT_BUILDERS.min(host.cpus());
+    let n = guests.len();
+    Scenario {
+        name: "claims-reboot".into(),
+        host,
+        builders,
+        initially_dirty: false,
+        guests,
+        ops,
+        max_s: 3600.0,
+        sample_s: 0.25,
+        notes: vec![format!(
+            "{n} guests (7 per node, 1/8 of a node each, node claims) are built; {wave} of them (half of every node's) reboot within 1 s from t=10 s, each rebuilt under a node claim on its own node; {builders} toolstack CPUs"
+        )],
+        // The scenario of the 2026 reports: every mechanism they name is on unless the
+        // caller switches it off.
+        mechanisms: Mechanisms::ALL,
+    }
+}
+
+/// Toolstack CPUs of `claims-reboot`: dom0's vCPUs (see `docs/sim-presets.md`).
+pub const CLAIMS_REBOOT_BUILDERS: usize = 16;
 
 fn boot_scrub(host: HostPreset) -> Scenario {
     let guests = fill_nodes(&host, ClaimMode::Node);
@@ -222,6 +266,7 @@ fn boot_scrub(host: HostPreset) -> Scenario {
         notes: vec![format!(
             "all memory dirty at boot; {n} guests (7 per node, node claims) are built from t=0 by {builders} toolstack CPUs"
         )],
+        mechanisms: Mechanisms::default(),
     }
 }
 
@@ -251,6 +296,7 @@ fn small(host: HostPreset, rng: &mut ChaCha8Rng) -> Scenario {
         max_s: 60.0,
         sample_s: 0.005,
         notes: vec!["small host, dirty at boot: guests built, rebooted and destroyed (tests)".into()],
+        mechanisms: Mechanisms::default(),
     }
 }
 
@@ -266,6 +312,8 @@ struct FileScenario {
     guests: Vec<FileGuests>,
     #[serde(default)]
     events: Vec<FileEvent>,
+    #[serde(default)]
+    mechanisms: Mechanisms,
 }
 
 #[derive(Deserialize)]
@@ -414,6 +462,7 @@ pub fn from_toml(text: &str, seed: u64) -> Result<Scenario, String> {
         max_s: f.run.max_s,
         sample_s: f.run.sample_s,
         notes: Vec::new(),
+        mechanisms: f.mechanisms,
     };
     s.validate()?;
     Ok(s)
@@ -450,7 +499,7 @@ mod tests {
 
     #[test]
     fn builtins_validate() {
-        for n in ["destroy-1tb", "reboot-storm", "boot-scrub", "small"] {
+        for n in ["destroy-1tb", "reboot-storm", "boot-scrub", "claims-reboot", "small"] {
             Scenario::builtin(n, None, 1).unwrap().validate().unwrap();
         }
         assert!(Scenario::builtin("nope", None, 1).is_err());

@@ -73,6 +73,7 @@ pub fn azure_v1(path: &Path, host: HostPreset, opts: &TraceOptions, seed: u64) -
         ops,
         max_s: span + 3600.0,
         sample_s: (span / 400.0).max(0.01),
+        mechanisms: Default::default(),
         notes: vec![
             format!("trace: {} ({})", path.display(), trace.format.citation()),
             format!(

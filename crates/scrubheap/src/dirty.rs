@@ -3,6 +3,15 @@
 
 use alloc::vec::Vec;
 
+/// A vector of `n` copies of `v`, every page written now: `vec![zero; n]` maps zero pages
+/// lazily, so the first operation touching each page would take the fault (on a virtual
+/// machine, tens of microseconds each) inside a timed, non-preemptible section.
+pub(crate) fn touched<T: Clone>(n: usize, v: T) -> Vec<T> {
+    let mut out = Vec::with_capacity(n);
+    out.resize(n, v);
+    out
+}
+
 /// A bitmap over a node's frames, addressed by node-relative offset.
 #[derive(Clone, Debug)]
 pub(crate) struct DirtyBitmap {
@@ -11,7 +20,7 @@ pub(crate) struct DirtyBitmap {
 
 impl DirtyBitmap {
     pub fn new(frames: u32) -> Self {
-        DirtyBitmap { words: crate::node::touched((frames as usize).div_ceil(64), 0) }
+        DirtyBitmap { words: touched((frames as usize).div_ceil(64), 0) }
     }
 
     /// Word range and edge masks of `[off, off+len)` (len > 0): first word, last word,

@@ -152,9 +152,9 @@ pub enum HeapError {
         /// Frames in the range.
         count: u64,
         /// Why it stopped.
-        stop: crate::offline::OfflineStop,
+        stop: crate::blocker::OfflineStop,
         /// What blocked it (at most [`crate::offline::MAX_BLOCKERS`]).
-        blockers: alloc::vec::Vec<crate::offline::Blocker>,
+        blockers: alloc::vec::Vec<crate::blocker::Blocker>,
     },
     /// Onlining frames that are not offline.
     #[error("frame {mfn} is not offline (it is {state}): online only frames an offline removed")]
@@ -224,7 +224,73 @@ pub enum HeapError {
     },
 }
 
+impl HeapError {
+    /// A stable name for the variant (`"OutOfMemory"`, ...), for counting errors by kind
+    /// (the op log's `errors {Kind: count}` map). It is the variant's name and never
+    /// changes for an existing variant.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            HeapError::InvalidConfig(..) => "InvalidConfig",
+            HeapError::InvalidOrder { .. } => "InvalidOrder",
+            HeapError::NoSuchNode { .. } => "NoSuchNode",
+            HeapError::OutOfRange { .. } => "OutOfRange",
+            HeapError::Unaligned { .. } => "Unaligned",
+            HeapError::CrossesNode { .. } => "CrossesNode",
+            HeapError::OutOfMemory { .. } => "OutOfMemory",
+            HeapError::NotAllocated { .. } => "NotAllocated",
+            HeapError::WrongOwner { .. } => "WrongOwner",
+            HeapError::OrderTooLarge { .. } => "OrderTooLarge",
+            HeapError::Pinned { .. } => "Pinned",
+            HeapError::ClaimExceedsFree { .. } => "ClaimExceedsFree",
+            HeapError::Busy { .. } => "Busy",
+            HeapError::NotPinned { .. } => "NotPinned",
+            HeapError::PinLimit { .. } => "PinLimit",
+            HeapError::MigrationRefused { .. } => "MigrationRefused",
+            HeapError::OfflineBlocked { .. } => "OfflineBlocked",
+            HeapError::NotOffline { .. } => "NotOffline",
+            HeapError::BadRange { .. } => "BadRange",
+            HeapError::NeededByClaims { .. } => "NeededByClaims",
+            HeapError::Sealed { .. } => "Sealed",
+            HeapError::NotSealed { .. } => "NotSealed",
+            HeapError::SealedMovable => "SealedMovable",
+            HeapError::ClaimedByOthers { .. } => "ClaimedByOthers",
+        }
+    }
+}
+
 /// A broken invariant found by [`crate::Heap::check_invariants`]: a bug in the heap.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 #[error("heap invariant violated: {0}")]
 pub struct InvariantViolation(pub String);
+
+#[cfg(test)]
+mod tests {
+    use super::HeapError;
+    use crate::types::{DomId, Mfn};
+    use alloc::format;
+
+    /// The kind is the variant's name, as the `Debug` text starts with it.
+    fn same_as_debug(e: &HeapError) {
+        let dbg = format!("{e:?}");
+        assert!(dbg.starts_with(e.kind()), "{dbg} is not of kind {}", e.kind());
+        let rest = &dbg[e.kind().len()..];
+        assert!(rest.is_empty() || rest.starts_with([' ', '(']), "{dbg}: kind {}", e.kind());
+    }
+
+    #[test]
+    fn kinds_are_variant_names() {
+        assert_eq!(HeapError::InvalidConfig("x (y)".into()).kind(), "InvalidConfig");
+        assert_eq!(HeapError::NotAllocated { mfn: Mfn(3) }.kind(), "NotAllocated");
+        assert_eq!(HeapError::Sealed { mfn: Mfn(3), owner: DomId(1) }.kind(), "Sealed");
+        for e in [
+            HeapError::InvalidConfig("x".into()),
+            HeapError::NotAllocated { mfn: Mfn(3) },
+            HeapError::Sealed { mfn: Mfn(3), owner: DomId(1) },
+            HeapError::NotSealed { mfn: Mfn(3), owner: DomId(1) },
+            HeapError::SealedMovable,
+            HeapError::ClaimedByOthers { owner: DomId(1), frames: 2, where_: "node 0".into(), free: 3, claimed: 2 },
+        ] {
+            same_as_debug(&e);
+        }
+    }
+}

@@ -804,9 +804,36 @@ impl<M: FrameMemory> Heap<M> {
             .map_err(|(where_, free, claimed)| HeapError::ClaimedByOthers { owner, frames, where_, free, claimed })
     }
 
-    /// The one rule of the claims gate, with `node`'s free frames `avail` read by the
-    /// caller (under the node lock on the allocation path): `frames` fit beside what
-    /// others claim on the node and in the whole heap. On refusal: where, free, claimed.
+    /// The most frames the claims gate admits for `owner` on `node` now: what the claims
+    /// of other domains leave of the node's free frames and of the whole heap's. A
+    /// snapshot, as [`Heap::claims_admit`]; a layer that fills from several nodes (PoD's
+    /// cache) adds it up node by node to know what it can reach before it allocates.
+    pub fn claims_room(&self, owner: DomId, node: usize) -> Result<u64, HeapError> {
+        self.node(node)?;
+        let book = self.claims.lock();
+        let room = self.room(&book, owner, node, self.available(node));
+        Ok(room.node.min(room.heap))
+    }
+
+    /// What the claims of domains other than `owner` leave on `node` (whose free frames
+    /// `avail` the caller read) and in the whole heap: the one rule of the claims gate.
+    fn room(&self, book: &ClaimBook, owner: DomId, node: usize, avail: u64) -> Room {
+        debug_assert!(node < self.nodes.len());
+        let (others_node, others_all) = book.claimed_by_others(owner, node);
+        let total: u64 = (0..self.nodes.len()).map(|i| if i == node { avail } else { self.available(i) }).sum();
+        debug_assert!(total >= avail, "the heap's free frames include the node's");
+        Room {
+            node: avail.saturating_sub(others_node),
+            heap: total.saturating_sub(others_all),
+            avail,
+            total,
+            others_node,
+            others_all,
+        }
+    }
+
+    /// The claims gate: `frames` for `owner` on `node` fit in [`Heap::room`]. On
+    /// refusal: where, free, claimed.
     fn claims_gate(
         &self,
         book: &ClaimBook,
@@ -815,14 +842,12 @@ impl<M: FrameMemory> Heap<M> {
         avail: u64,
         frames: u64,
     ) -> Result<(), (String, u64, u64)> {
-        debug_assert!(node < self.nodes.len());
-        let (others_node, others_all) = book.claimed_by_others(owner, node);
-        if avail < others_node.saturating_add(frames) {
-            return Err((format!("node {node}"), avail, others_node));
+        let room = self.room(book, owner, node, avail);
+        if frames > room.node {
+            return Err((format!("node {node}"), room.avail, room.others_node));
         }
-        let total: u64 = (0..self.nodes.len()).map(|i| if i == node { avail } else { self.available(i) }).sum();
-        if total < others_all.saturating_add(frames) {
-            return Err(("the whole heap".into(), total, others_all));
+        if frames > room.heap {
+            return Err(("the whole heap".into(), room.total, room.others_all));
         }
         Ok(())
     }
@@ -991,4 +1016,21 @@ impl<M: FrameMemory> Heap<M> {
         }
         Ok(s)
     }
+}
+
+/// What other domains' claims leave for one owner: on a node and in the whole heap, with
+/// the figures a refusal reports.
+struct Room {
+    /// Frames the owner may take from the node.
+    node: u64,
+    /// Frames the owner may take from the whole heap.
+    heap: u64,
+    /// The node's free frames.
+    avail: u64,
+    /// The heap's free frames.
+    total: u64,
+    /// Frames of the node claimed by others.
+    others_node: u64,
+    /// Frames claimed by others anywhere.
+    others_all: u64,
 }

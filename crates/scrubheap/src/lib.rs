@@ -29,6 +29,7 @@
 
 extern crate alloc;
 
+mod blocker;
 mod chunk;
 mod claims;
 mod config;
@@ -53,6 +54,7 @@ mod ticket;
 mod types;
 mod work;
 
+pub use blocker::{BlockReason, Blocker, OfflineStop};
 pub use claims::{Claim, ClaimTarget};
 pub use config::{HeapConfig, NodeSpec};
 pub use error::{HeapError, InvariantViolation};
@@ -60,12 +62,10 @@ pub use heap::{AllocRequest, ChunkInfo, ChunkState, Extent, Heap, NodePref};
 pub use memory::{FrameMemory, NullMemory};
 pub use node::largest_order;
 pub use observe::LockObserver;
-pub use offline::{
-    BlockReason, Blocker, Broken, Deadline, NoDeadline, OfflineStop, Offlined, StepBudget, MAX_BLOCKERS, MAX_BUSY_POLLS,
-};
+pub use offline::{Broken, Deadline, NoDeadline, Offlined, StepBudget, MAX_BLOCKERS, MAX_BUSY_POLLS};
 pub use pin::{MetadataMigrator, Migrator, NoMigration};
 pub use policy::{Policy, UnknownPolicy};
-pub use preempt::{NeverPreempt, Preempt};
+pub use preempt::{BatchLimit, NeverPreempt, Preempt};
 pub use sparse::SparseMemory;
 pub use stats::{HeapStats, NodeStats, ScrubBytes, ZoneStats};
 #[cfg(any(test, feature = "testing"))]

@@ -3,7 +3,7 @@
 //! offsets from the node's first frame, `u32`) and runs under the node's lock.
 
 use crate::chunk::{Slot, State, NONE};
-use crate::dirty::DirtyBitmap;
+use crate::dirty::{touched, DirtyBitmap};
 use crate::types::{Zone, MAX_ORDER, ORDERS};
 use crate::work::Work;
 use alloc::vec::Vec;
@@ -46,15 +46,6 @@ pub(crate) struct NodeState {
     pub next_work_id: u64,
     /// Frames scrubbed in place on this node, per owner.
     pub in_place_by_owner: alloc::collections::BTreeMap<crate::types::DomId, u64>,
-}
-
-/// A vector of `n` copies of `v`, every page written now: `vec![zero; n]` maps zero pages
-/// lazily, so the first operation touching each page would take the fault (on a virtual
-/// machine, tens of microseconds each) inside a timed, non-preemptible section.
-pub(crate) fn touched<T: Clone>(n: usize, v: T) -> Vec<T> {
-    let mut out = Vec::with_capacity(n);
-    out.resize(n, v);
-    out
 }
 
 #[inline]

@@ -8,6 +8,7 @@
 //! says which frames and owners blocked it. The heap has no clock: the caller's
 //! `Deadline` maps steps to wall time (a host) or simulated time (a simulator).
 
+use crate::blocker::{BlockReason, Blocker, OfflineStop};
 use crate::chunk::{Slot, State, F_BROKEN, F_MIGRATING, F_MOVABLE};
 use crate::error::HeapError;
 use crate::heap::{Extent, Heap};
@@ -19,7 +20,6 @@ use crate::work::Kind;
 use alloc::collections::BTreeMap;
 use alloc::vec::Vec;
 use core::cell::Cell;
-use core::fmt;
 
 /// The most blockers an offline reports (the first ones in frame order).
 pub const MAX_BLOCKERS: usize = 16;
@@ -87,81 +87,6 @@ impl Deadline for StepBudget {
                 false
             }
         }
-    }
-}
-
-/// Why an offline stopped without completing.
-#[derive(Copy, Clone, Debug, PartialEq, Eq)]
-pub enum OfflineStop {
-    /// A frame that cannot move (see the blockers).
-    Blocked,
-    /// The caller's deadline passed.
-    Deadline,
-}
-
-impl fmt::Display for OfflineStop {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            OfflineStop::Blocked => "blocked",
-            OfflineStop::Deadline => "deadline passed",
-        })
-    }
-}
-
-/// Why a chunk blocked an offline.
-#[derive(Copy, Clone, Debug, PartialEq, Eq)]
-pub enum BlockReason {
-    /// An unmovable allocation.
-    Unmovable,
-    /// A long-term pinned allocation.
-    Pinned,
-    /// The owner's migrator refused to move it.
-    MigrationRefused,
-    /// No free memory outside the range to move it to.
-    NoMemory,
-    /// Busy with another operation for longer than [`MAX_BUSY_POLLS`] looks (a scrub
-    /// ticket, a move, another offline).
-    Busy,
-    /// Taking the free frames would leave less free memory than is claimed.
-    Claimed,
-    /// An allocation the offline had not reached when its deadline passed.
-    NotReached,
-}
-
-impl fmt::Display for BlockReason {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            BlockReason::Unmovable => "unmovable",
-            BlockReason::Pinned => "long-term pinned",
-            BlockReason::MigrationRefused => "migration refused",
-            BlockReason::NoMemory => "no memory to move it to",
-            BlockReason::Busy => "busy",
-            BlockReason::Claimed => "needed by claims",
-            BlockReason::NotReached => "not reached",
-        })
-    }
-}
-
-/// A chunk that kept an offline from completing.
-#[derive(Copy, Clone, Debug, PartialEq, Eq)]
-pub struct Blocker {
-    /// Its first frame.
-    pub first: Mfn,
-    /// Its frames.
-    pub frames: u64,
-    /// Its owner, if allocated.
-    pub owner: Option<DomId>,
-    /// Why it blocked.
-    pub reason: BlockReason,
-}
-
-impl fmt::Display for Blocker {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}+{}", self.first, self.frames)?;
-        if let Some(o) = self.owner {
-            write!(f, " of {o}")?;
-        }
-        write!(f, " ({})", self.reason)
     }
 }
 
@@ -515,7 +440,7 @@ impl<M: FrameMemory> Heap<M> {
     /// Returns `count` offline frames from `first` (inside one node) to service, dirty:
     /// whatever the hardware holds is treated as a previous owner's bytes. Broken frames
     /// in the range stay out of service. Every frame of the range must be offline or
-    /// broken; otherwise nothing changes. Works in steps of [`CHUNKS_PER_STEP`] chunks
+    /// broken; otherwise nothing changes. Works in steps of a bounded number of chunks (64)
     /// under the node lock. Returns the frames put back in service (frames another online
     /// put back meanwhile are not counted).
     pub fn online(&self, first: Mfn, count: u64) -> Result<u64, HeapError> {

@@ -68,7 +68,7 @@ impl<M: FrameMemory> Heap<M> {
     /// Takes dirty free chunks of node `m` and scrubs them. Returns (frames zeroed,
     /// whether the budget or `preempt` stopped it).
     fn scrub_chunks(&self, m: usize, budget: u64, preempt: &dyn Preempt) -> (u64, bool) {
-        let batch = self.config.scrub_batch;
+        let batch = crate::preempt::batch_frames(self.config.scrub_batch, preempt);
         let mut done = 0u64;
         let mut st = self.lock_node(m);
         loop {
@@ -148,7 +148,7 @@ impl<M: FrameMemory> Heap<M> {
     /// Helps scrub tickets of node `m`, a batch at a time. Returns (frames zeroed,
     /// whether the budget or `preempt` stopped it).
     fn help_tickets(&self, m: usize, budget: u64, preempt: &dyn Preempt) -> (u64, bool) {
-        let batch = self.config.scrub_batch as u32;
+        let batch = crate::preempt::batch_frames(self.config.scrub_batch, preempt) as u32;
         let mut done = 0u64;
         loop {
             if done >= budget {
@@ -210,7 +210,11 @@ impl<M: FrameMemory> Heap<M> {
         let result = loop {
             let i = st.work_index(id);
             let w = st.work[i].clone();
-            let batch = if whole { size(w.order) } else { self.config.scrub_batch as u32 };
+            let batch = if whole {
+                size(w.order)
+            } else {
+                crate::preempt::batch_frames(self.config.scrub_batch, preempt) as u32
+            };
             match st.dirty.next_run(w.head, size(w.order), w.cursor, batch) {
                 Some((s, l)) => {
                     st.work[i].cursor = s + l;

@@ -14,6 +14,7 @@ use crate::tenants::pins::PinOps;
 use crate::tenants::pod_guest::{self, PodGuestOps};
 use parking_lot::Mutex;
 use scrubheap::{DomId, Extent, HeapError, Mfn};
+use scrubheap_oplog::Op;
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
@@ -227,7 +228,7 @@ impl<'a> Shared<'a> {
                 self.kernel.destroy_guest(g)
             }
             Live::Pod(g) => {
-                self.pool.expect("PoD guests need a pool").destroy_pod_guest(g, rec, &|l| log_line(self.oplog, &l))
+                self.pool.expect("PoD guests need a pool").destroy_pod_guest(g, rec, &|op| log_line(self.oplog, &op))
             }
         };
         self.alive.fetch_sub(1, Relaxed);
@@ -308,7 +309,7 @@ fn create_heap_guest(
             if let Some(log) = log {
                 for q in &pinned {
                     let id = hg.allocs[q.extent].0.clone();
-                    log.line(&format!("pin id={id} offset={} order=0", q.offset));
+                    log.line(&Op::Pin { id: id.clone(), offset: q.offset, order: 0, pin: true });
                     hg.pinned.push((id, q.offset));
                 }
             }
@@ -347,8 +348,8 @@ fn balloon(
                 let freed = p.balloon_out(&mut hg.g, frames / 4, rec);
                 if let Some(log) = log {
                     for &(mfn, order) in &freed {
-                        let line = hg.free_line(mfn, order);
-                        log.line(&line);
+                        let op = hg.free_op(mfn, order);
+                        log.line(&op);
                     }
                 }
                 hg.ballooned = freed.iter().map(|&(_, o)| 1u64 << o).sum();
@@ -397,7 +398,7 @@ fn create_pod_guest(
     log: Option<&OpLog>,
     tally: &Mutex<Tally>,
 ) -> Option<Live> {
-    match p.create_pod_guest(dom, bytes, rec, &|l| log_line(log, &l)) {
+    match p.create_pod_guest(dom, bytes, rec, &|op| log_line(log, &op)) {
         Ok((g, c, ballooned)) => {
             let mut t = tally.lock();
             t.create_ms.push(c.ms);
@@ -513,7 +514,7 @@ pub(super) fn hot_remove_and_add(
     }
     if rep.completed {
         if let Some(log) = log {
-            log.line(&format!("offline mfn={first} count={count}"));
+            log.line(&Op::Offline { mfn: first, count, steps: None });
         }
         let back = Duration::from_secs_f64(cfg.workload.duration_s * HOT_ADD_AT);
         while t0.elapsed() < back && running.load(Relaxed) {
@@ -522,7 +523,7 @@ pub(super) fn hot_remove_and_add(
         heap.online(first, count).expect("the range this hot-remove took offline comes back");
         p.ring(0);
         if let Some(log) = log {
-            log.line(&format!("online mfn={first} count={count}"));
+            log.line(&Op::Online { mfn: first, count });
         }
     }
     rep.online_at_s = t0.elapsed().as_secs_f64();

@@ -8,6 +8,7 @@ use crate::instrument::PreemptRecorder;
 use crate::pool::Pool;
 use crate::tenants::guest::Created;
 use scrubheap::{DomId, Extent};
+use scrubheap_oplog::Op;
 use scrubheap_pod::{PodConfig, PodEntry, PodError, PodProgress};
 use serde::Serialize;
 use std::time::Instant;
@@ -35,7 +36,7 @@ pub struct PodGuest {
 }
 
 /// One line of an op log (the caller records it, or not).
-pub type LogLine<'a> = &'a dyn Fn(String);
+pub type LogLine<'a> = &'a dyn Fn(Op);
 
 /// The PoD part of a run's report (keys may be added, never renamed).
 #[derive(Clone, Debug, Default, Serialize, PartialEq)]
@@ -126,7 +127,7 @@ impl PodGuestOps for Pool {
         for n in 0..heap.node_count() {
             self.ring(n);
         }
-        log(format!("pod dom={} max_pages={max_pages} target={target} node={node}", dom.0));
+        log(Op::Pod { dom, max_pages, target, node: Some(node) });
         let g = PodGuest { dom, max_pages, target };
         let c = Created { ms: t.elapsed().as_secs_f64() * 1e3, highorder_failures: 0 };
         let ballooned = self.run_pod_guest(&g, rec, log);
@@ -154,7 +155,7 @@ impl PodGuestOps for Pool {
             if r.is_err() {
                 return ballooned;
             }
-            log(format!("balloon dom={} gfn={gfn} order=0", g.dom.0));
+            log(Op::Balloon { dom: g.dom, gfn, order: 0 });
             ballooned += 1;
         }
         for n in 0..self.heap().node_count() {
@@ -179,7 +180,7 @@ impl PodGuestOps for Pool {
         let r = self.pods().destroy(self.heap(), g.dom);
         rec.exit();
         r.expect("a live PoD guest can be destroyed");
-        log(format!("destroy dom={}", g.dom.0));
+        log(Op::Destroy { dom: g.dom });
         for n in 0..self.heap().node_count() {
             self.ring(n);
         }
@@ -214,7 +215,7 @@ impl PodTouch for Pool {
         rec.enter_op("pod touch");
         let r = self.pods().touch(self.heap(), g.dom, gfn, false);
         rec.exit();
-        log(format!("touch dom={} gfn={gfn}{}", g.dom.0, if data { " data" } else { "" }));
+        log(Op::Touch { dom: g.dom, gfn, data });
         match r {
             Ok(m) => {
                 if m.populated {

@@ -5,18 +5,21 @@
 //! to small ones; whole and partial frees; scrubs; claims), a few are deliberate misuse
 //! (double frees, wrong owners, unaligned or oversized frees, unknown and duplicate ids),
 //! a few pin, unpin, offline, online and broken lines (some of which fail: pins left
-//! pinned block frees and offlines), and a `check` line comes every `check_every` operations. Under memory pressure it
+//! pinned block frees and offlines), and a `check` line comes every `check_every`
+//! operations. Every line is an [`Op`] written with its `Display`. Under memory pressure it
 //! frees more than it allocates, so the heap stays busy but not full. The same
 //! configuration and seed give the same file, byte for byte.
 
-use anyhow::{bail, Context};
+use crate::op::{Id, Op};
+use crate::replay::{Allocation, Replayer};
+use crate::report::{Outcome, ReplayReport};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
-use scrubheap::MAX_ORDER;
-use scrubheap_pod::oplog::{Allocation, Outcome, ReplayReport, Replayer};
+use scrubheap::{AllocRequest, ClaimTarget, DomId, Mfn, NodePref, Policy, MAX_ORDER};
 use std::io::Write;
 
 /// What to generate.
+#[derive(Clone, Debug)]
 pub struct GenConfig {
     /// Operations (lines that are not comments), the `heap` line included.
     pub ops: u64,
@@ -34,6 +37,22 @@ pub struct GenConfig {
     pub max_frames: u64,
 }
 
+/// Why [`generate`] stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum GenError {
+    /// The replayer refuses the configured heap (too large, no nodes, ...).
+    #[error("the heap `{heap}` is refused: {message}")]
+    HeapRefused {
+        /// The `heap` line.
+        heap: String,
+        /// Why.
+        message: String,
+    },
+    /// Writing the log failed.
+    #[error("writing the log: {0}")]
+    Io(#[from] std::io::Error),
+}
+
 /// Relative weight of each order 0..=18 in allocations: mostly 4 KiB and 2 MiB pages,
 /// now and then up to 1 GiB.
 const ORDER_WEIGHTS: [u32; MAX_ORDER as usize + 1] =
@@ -41,6 +60,11 @@ const ORDER_WEIGHTS: [u32; MAX_ORDER as usize + 1] =
 
 /// Domains the log allocates for.
 const DOMS: u32 = 16;
+
+/// An id the generator names (`a17`, `gone3`, ...): letters and digits, always valid.
+fn id(name: String) -> Id {
+    Id::new(name).expect("the generator's ids are letters and digits")
+}
 
 struct Gen<'a> {
     cfg: &'a GenConfig,
@@ -56,13 +80,14 @@ struct Gen<'a> {
 }
 
 impl Gen<'_> {
-    fn heap_line(&self) -> String {
+    fn heap_op(&self) -> Op {
         let c = self.cfg;
-        let mut l = format!("heap nodes={} frames_per_node={}", c.nodes, c.frames_per_node);
-        if let Some(m) = c.movable_from {
-            l += &format!(" movable_from={m}");
+        Op::Heap {
+            nodes: c.nodes,
+            frames_per_node: c.frames_per_node,
+            movable_from: c.movable_from,
+            policy: Policy::default(),
         }
-        l
     }
 
     fn order(&mut self) -> u8 {
@@ -109,30 +134,24 @@ impl Gen<'_> {
         Some((id, a, m.0, o))
     }
 
-    fn alloc(&mut self) -> String {
-        let id = format!("a{}", self.next_id);
+    fn alloc(&mut self) -> Op {
+        let name = format!("a{}", self.next_id);
         self.next_id += 1;
         let (dom, order) = (self.dom(), self.order());
-        let mut l = format!("alloc id={id} dom={dom} order={order}");
+        let mut req = AllocRequest::new(order, DomId(dom));
         if self.rng.random_bool(0.5) {
-            l += &format!(" node={}", self.node());
-            if self.rng.random_bool(0.2) {
-                l += " exact";
-            }
+            let node = self.node() as usize;
+            req.node = if self.rng.random_bool(0.2) { NodePref::Exact(node) } else { NodePref::Prefer(node) };
         }
-        if self.cfg.movable_from.is_some() && self.rng.random_bool(0.2) {
-            l += " movable";
-        }
-        if self.rng.random_bool(0.05) {
-            l += " noscrub";
-        }
-        self.live.push(id);
-        l
+        req.movable = self.cfg.movable_from.is_some() && self.rng.random_bool(0.2);
+        req.scrub = !self.rng.random_bool(0.05);
+        self.live.push(name.clone());
+        Op::Alloc { id: id(name), req }
     }
 
-    fn free_whole(&mut self) -> Option<String> {
-        let (id, _) = self.pick()?;
-        Some(format!("free id={id}"))
+    fn free_whole(&mut self) -> Option<Op> {
+        let (name, _) = self.pick()?;
+        Some(Op::FreeId { id: id(name) })
     }
 
     /// An aligned part of a piece of a live allocation, as `id=X offset=O order=K` (the
@@ -147,97 +166,97 @@ impl Gen<'_> {
         Some((id, inside.then(|| at - a.first.0), at, k, a.owner.0))
     }
 
-    fn free_part(&mut self) -> Option<String> {
-        let (id, offset, at, k, dom) = self.part()?;
+    fn free_part(&mut self) -> Option<Op> {
+        let (name, offset, at, order, dom) = self.part()?;
         Some(match offset {
-            Some(off) => format!("free id={id} offset={off} order={k}"),
-            None => format!("free mfn={at:#x} order={k} dom={dom}"),
+            Some(offset) => Op::FreePart { id: id(name), offset, order },
+            None => Op::FreeMfn { mfn: Mfn(at), order, dom: DomId(dom) },
         })
     }
 
     /// A pin, unpin, offline, online or broken line.
-    fn zones(&mut self) -> Option<String> {
+    fn zones(&mut self) -> Option<Op> {
         let fpn = self.cfg.frames_per_node;
         let node_base = self.node() * fpn;
         Some(match self.rng.random_range(0..10) {
             0..=3 => {
-                let (id, offset, _, k, _) = self.part()?;
-                let verb = if self.rng.random_bool(0.5) { "pin" } else { "unpin" };
-                format!("{verb} id={id} offset={} order={k}", offset?)
+                let (name, offset, _, order, _) = self.part()?;
+                let pin = self.rng.random_bool(0.5);
+                Op::Pin { id: id(name), offset: offset?, order, pin }
             }
             4..=5 => {
                 let from = self.cfg.movable_from.unwrap_or(0).min(fpn - 1);
                 let first = node_base + self.rng.random_range(from..fpn);
                 let count = self.rng.random_range(1..=(node_base + fpn - first).min(4096));
                 self.last_offline = Some((first, count));
-                let steps = if self.rng.random_bool(0.3) {
-                    format!(" steps={}", self.rng.random_range(0..200))
-                } else {
-                    String::new()
-                };
-                format!("offline mfn={first:#x} count={count}{steps}")
+                // Drawn as an i32, as the text generator did, so a seed gives the same log as before.
+                let steps =
+                    self.rng.random_bool(0.3).then(|| u64::from(self.rng.random_range(0..200i32).unsigned_abs()));
+                Op::Offline { mfn: Mfn(first), count, steps }
             }
             6..=7 => {
                 let (first, count) = self.last_offline.take()?;
-                format!("online mfn={first:#x} count={count}")
+                Op::Online { mfn: Mfn(first), count }
             }
-            _ => format!("broken mfn={:#x}", node_base + self.rng.random_range(0..fpn)),
+            _ => Op::Broken { mfn: Mfn(node_base + self.rng.random_range(0..fpn)) },
         })
     }
 
-    fn free_mfn(&mut self) -> Option<String> {
+    fn free_mfn(&mut self) -> Option<Op> {
         let (_, a, m, o) = self.pick_piece()?;
         self.last_freed = Some((m, o, a.owner.0));
-        Some(format!("free mfn={m:#x} order={o} dom={}", a.owner.0))
+        Some(Op::FreeMfn { mfn: Mfn(m), order: o, dom: a.owner })
     }
 
-    fn scrub(&mut self) -> String {
+    fn scrub(&mut self) -> Op {
         let pages = [64, 256, 4096, 65_536, 262_144][self.rng.random_range(0..5)];
-        format!("scrub node={} pages={pages}", self.node())
+        Op::Scrub { node: self.node() as usize, pages }
     }
 
-    fn claim(&mut self) -> String {
-        let dom = self.dom();
+    fn claim(&mut self) -> Op {
+        let dom = DomId(self.dom());
         let stats = self.replayer.heap().map(|h| h.stats()).unwrap_or_default();
         let free = stats.free_clean + stats.free_dirty;
         match self.rng.random_range(0..10) {
             0..=3 => {
                 let pages = self.rng.random_range(0..=free / (8 * self.cfg.nodes));
-                format!("claim dom={dom} node={} pages={pages}", self.node())
+                Op::Claim { dom, target: ClaimTarget::Node(self.node() as usize), pages }
             }
-            4..=5 => format!("claim dom={dom} global pages={}", self.rng.random_range(0..=free / 16)),
-            _ => format!("claim dom={dom} cancel"),
+            4..=5 => Op::Claim { dom, target: ClaimTarget::Global, pages: self.rng.random_range(0..=free / 16) },
+            _ => Op::ClaimCancel { dom },
         }
     }
 
-    /// A line that should fail, of one of several kinds.
-    fn misuse(&mut self) -> String {
-        let fallback = format!("free id=gone{}", self.rng.random_range(0..1000));
-        let line = match self.rng.random_range(0..8) {
-            0 => self.last_freed.map(|(m, o, d)| format!("free mfn={m:#x} order={o} dom={d}")),
-            1 => self.pick_piece().map(|(_, a, m, o)| format!("free mfn={m:#x} order={o} dom={}", a.owner.0 + DOMS)),
-            2 => self
-                .pick_piece()
-                .filter(|p| p.3 > 0)
-                .map(|(_, _, m, o)| format!("free mfn={:#x} order={o} dom=1", m + 1)),
-            3 => self.pick().map(|(id, a)| format!("free id={id} offset=0 order={}", a.order + 1)),
-            4 => self.pick().map(|(id, _)| format!("alloc id={id} dom=1 order=0")),
-            5 => Some(format!("alloc id=bad{} dom=1 order=0 node={} exact", self.next_id, self.cfg.nodes)),
-            6 => Some(format!("alloc id=bad{} dom=1 order={}", self.next_id, MAX_ORDER + 1)),
-            _ => Some(format!("free mfn={:#x} order=0 dom=1", self.cfg.nodes * self.cfg.frames_per_node)),
+    /// An operation that should fail, of one of several kinds.
+    fn misuse(&mut self) -> Op {
+        let fallback = Op::FreeId { id: id(format!("gone{}", self.rng.random_range(0..1000))) };
+        let free = |m: u64, order: u8, d: u32| Op::FreeMfn { mfn: Mfn(m), order, dom: DomId(d) };
+        let bad_alloc = |next: u64, order: u8, node: NodePref| {
+            let req = AllocRequest { node, ..AllocRequest::new(order, DomId(1)) };
+            Op::Alloc { id: id(format!("bad{next}")), req }
         };
-        line.unwrap_or(fallback)
+        let op = match self.rng.random_range(0..8) {
+            0 => self.last_freed.map(|(m, o, d)| free(m, o, d)),
+            1 => self.pick_piece().map(|(_, a, m, o)| free(m, o, a.owner.0 + DOMS)),
+            2 => self.pick_piece().filter(|p| p.3 > 0).map(|(_, _, m, o)| free(m + 1, o, 1)),
+            3 => self.pick().map(|(name, a)| Op::FreePart { id: id(name), offset: 0, order: a.order + 1 }),
+            4 => self.pick().map(|(name, _)| Op::Alloc { id: id(name), req: AllocRequest::new(0, DomId(1)) }),
+            5 => Some(bad_alloc(self.next_id, 0, NodePref::Exact(self.cfg.nodes as usize))),
+            6 => Some(bad_alloc(self.next_id, MAX_ORDER + 1, NodePref::Any)),
+            _ => Some(free(self.cfg.nodes * self.cfg.frames_per_node, 0, 1)),
+        };
+        op.unwrap_or(fallback)
     }
 
-    fn line(&mut self, n: u64) -> String {
+    fn op(&mut self, n: u64) -> Op {
         if self.cfg.check_every > 0 && n % self.cfg.check_every == 0 {
-            return "check".into();
+            return Op::Check;
         }
         let s = self.replayer.heap().map(|h| h.stats()).unwrap_or_default();
         let used = s.allocated as f64 / s.total().max(1) as f64;
         let (alloc, whole) = if used > 0.85 { (15, 40) } else { (40, 18) };
         let roll = self.rng.random_range(0..100);
-        let line = if roll < alloc {
+        let op = if roll < alloc {
             Some(self.alloc())
         } else if roll < alloc + whole {
             self.free_whole()
@@ -256,13 +275,13 @@ impl Gen<'_> {
         } else {
             Some(self.alloc())
         };
-        line.unwrap_or_else(|| self.alloc())
+        op.unwrap_or_else(|| self.alloc())
     }
 }
 
 /// Writes `cfg.ops` operations to `out` (after one comment line naming the settings) and
-/// returns what replaying them does.
-pub fn generate(cfg: &GenConfig, out: &mut dyn Write) -> anyhow::Result<ReplayReport> {
+/// returns what replaying them does. The same configuration gives the same bytes.
+pub fn generate(cfg: &GenConfig, out: &mut dyn Write) -> Result<ReplayReport, GenError> {
     let mut g = Gen {
         cfg,
         rng: ChaCha8Rng::seed_from_u64(cfg.seed),
@@ -285,15 +304,15 @@ pub fn generate(cfg: &GenConfig, out: &mut dyn Write) -> anyhow::Result<ReplayRe
     if cfg.ops == 0 {
         return Ok(g.replayer.finish());
     }
-    let heap = g.heap_line();
-    if let Outcome::Failed { message, .. } = g.replayer.step(&heap) {
-        bail!("the heap `{heap}` is refused: {message}");
+    let heap = g.heap_op();
+    if let Outcome::Failed { message, .. } = g.replayer.apply(heap.clone()) {
+        return Err(GenError::HeapRefused { heap: heap.to_string(), message });
     }
     writeln!(out, "{heap}")?;
     for n in 1..cfg.ops {
-        let line = g.line(n);
-        g.replayer.step(&line);
-        writeln!(out, "{line}").context("writing the log")?;
+        let op = g.op(n);
+        writeln!(out, "{op}")?;
+        g.replayer.apply(op);
     }
     Ok(g.replayer.finish())
 }

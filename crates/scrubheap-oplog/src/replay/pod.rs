@@ -1,33 +1,35 @@
 //! The populate-on-demand lines of the op log: `pod`, `touch`, `balloon`, `pod_target`,
-//! `destroy`, and the guard that keeps `free` lines off a PoD guest's pages.
+//! `destroy`, the PoD frames the checks count, and the PoD part of the report.
+//!
+//! Every call the op log makes to the PoD API is in this module (its tests included),
+//! so moving PoD out of the heap re-points this one file.
 
-use super::{fail, heap_error_kind, kind, Fail, Op, Replayer};
-use crate::{PodConfig, PodError, PodProgress, POD_MAX_PAGES_PER_FRAME};
-use alloc::borrow::Cow;
-use alloc::format;
-use alloc::string::ToString;
-use scrubheap::NeverPreempt;
+use super::{fail, Fail, Replayer};
+use crate::{kind, Op};
+use scrubheap::{Heap, NeverPreempt, SparseMemory};
+use scrubheap_pod::{PodConfig, PodError, PodProgress, Pods, POD_MAX_PAGES_PER_FRAME};
 
-/// The kind under which a PoD error is counted: the heap's variant name for a heap error,
-/// `Pod` + the variant name otherwise (`PodExhausted`, ...).
-pub fn pod_error_kind(e: &PodError) -> alloc::string::String {
-    if let PodError::Heap(h) = e {
-        return heap_error_kind(h);
-    }
-    let dbg = format!("{e:?}");
-    let end = dbg.find(|c: char| !c.is_ascii_alphanumeric()).unwrap_or(dbg.len());
-    format!("Pod{}", &dbg[..end])
+/// Frames the PoD guests hold (allocated, but by no id of the log).
+pub(super) fn pod_frames(pods: &Pods) -> u64 {
+    pods.frames()
 }
 
+/// The PoD layer's own invariants over `heap` (a broken one is a bug, never an input error).
+pub(super) fn pod_invariants(pods: &Pods, heap: &Heap<SparseMemory>) -> Result<(), String> {
+    pods.check_invariants(heap).map_err(|e| e.to_string())
+}
+
+/// A PoD error counts as `Pod` + its variant (`PodExhausted`, ...), a heap error under it
+/// as the heap's kind.
 impl From<PodError> for Fail {
     fn from(e: PodError) -> Self {
-        Fail { kind: Cow::Owned(pod_error_kind(&e)), message: e.to_string() }
+        Fail { kind: e.kind(), message: e.to_string() }
     }
 }
 
 impl Replayer {
     /// Runs one PoD line.
-    pub(super) fn pod_op(&mut self, op: Op<'_>) -> Result<(), Fail> {
+    pub(super) fn pod_op(&mut self, op: Op) -> Result<(), Fail> {
         let heap = self.heap_or_fail()?;
         match op {
             Op::Pod { dom, max_pages, target, node } => {
@@ -83,7 +85,7 @@ impl Replayer {
 
 #[cfg(test)]
 mod tests {
-    use crate::oplog::{parse_line, Op, Replayer};
+    use crate::{parse_line, Op, Replayer};
     use scrubheap::DomId;
 
     #[test]
@@ -184,10 +186,10 @@ mod tests {
              touch dom=1 gfn=0 data\n",
         );
         let m = r.pods().lookup(DomId(1), 0).unwrap();
-        let crate::PodEntry::Ram { mfn, .. } = m else { panic!("{m:?}") };
+        let scrubheap_pod::PodEntry::Ram { mfn, .. } = m else { panic!("{m:?}") };
         let a = r.allocation("a").unwrap().first;
-        r.step(&alloc::format!("free mfn={:#x} order=0 dom=1", mfn.0));
-        r.step(&alloc::format!("free id=a offset={} order=0", mfn.0.wrapping_sub(a.0)));
+        r.step(&format!("free mfn={:#x} order=0 dom=1", mfn.0));
+        r.step(&format!("free id=a offset={} order=0", mfn.0.wrapping_sub(a.0)));
         r.step("free id=a");
         r.step("check");
         let rep = r.finish();
@@ -239,21 +241,21 @@ mod tests {
         };
         let nums = ["0", "1", "3", "511", "512", "513", "1024", "4095", "0xffffffffffffffff", "0x100000000"];
         for round in 0..40 {
-            let mut log = alloc::string::String::from("heap nodes=2 frames_per_node=2048\n");
+            let mut log = String::from("heap nodes=2 frames_per_node=2048\n");
             for _ in 0..400 {
                 let d = 1 + next(3);
                 let n = nums[next(nums.len() as u64) as usize];
-                let g = if next(4) == 0 { n.into() } else { alloc::format!("{}", next(2048)) };
+                let g = if next(4) == 0 { n.into() } else { format!("{}", next(2048)) };
                 let line = match next(12) {
-                    0 => alloc::format!("pod dom={d} max_pages={} target={}", 512 + next(2048), next(1500)),
-                    1 => alloc::format!("pod_target dom={d} target={}", next(2100)),
-                    2 => alloc::format!("destroy dom={d}"),
-                    3 | 4 => alloc::format!("balloon dom={d} gfn={g} order={}", [0, 0, 1, 9, 10, 19][next(6) as usize]),
-                    5 => alloc::format!("alloc id=x{} dom={d} order={}", next(8), next(10)),
-                    6 => alloc::format!("free mfn={} order=0 dom={d}", next(4096)),
-                    7 => alloc::format!("scrub node={} pages=512", next(2)),
+                    0 => format!("pod dom={d} max_pages={} target={}", 512 + next(2048), next(1500)),
+                    1 => format!("pod_target dom={d} target={}", next(2100)),
+                    2 => format!("destroy dom={d}"),
+                    3 | 4 => format!("balloon dom={d} gfn={g} order={}", [0, 0, 1, 9, 10, 19][next(6) as usize]),
+                    5 => format!("alloc id=x{} dom={d} order={}", next(8), next(10)),
+                    6 => format!("free mfn={} order=0 dom={d}", next(4096)),
+                    7 => format!("scrub node={} pages=512", next(2)),
                     8 => "check".into(),
-                    _ => alloc::format!("touch dom={d} gfn={g}{}", if next(2) == 0 { " data" } else { "" }),
+                    _ => format!("touch dom={d} gfn={g}{}", if next(2) == 0 { " data" } else { "" }),
                 };
                 log.push_str(&line);
                 log.push('\n');
