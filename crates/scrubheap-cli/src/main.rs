@@ -1,6 +1,8 @@
 //! The `scrubheap` command line.
+#![forbid(unsafe_code)]
 
 mod bench;
+mod output;
 mod plots;
 mod replay;
 mod report;

@@ -8,6 +8,8 @@
 //!   non-preemptible section, one bar per policy;
 //! - `scrub.svg`: background scrub throughput and guests alive over time, one row per policy.
 //!
+//! [`sim`] draws the simulator's timelines. This module holds the one palette both use.
+//!
 //! Text is written as SVG `<text>` elements, so no font is needed to draw; sizes of text are
 //! estimated, so labels are kept short.
 
@@ -19,6 +21,8 @@ use plotters::prelude::*;
 use plotters::style::text_anchor::{HPos, Pos, VPos};
 use scrubheap_host::report::{RunReport, Sample};
 use std::path::{Path, PathBuf};
+
+pub mod sim;
 
 /// An SVG drawing area in pixels.
 type Area<'a> = DrawingArea<SVGBackend<'a>, Shift>;

@@ -87,13 +87,10 @@ fn print_summary(file: &Path, rep: &ReplayReport, secs: f64) {
     }
 }
 
-/// The report as JSON, as [`ReplayReport`] serialises it (its documentation lists the keys).
+/// The report as JSON: the `replay` envelope, whose results are [`ReplayReport`] as it
+/// serialises (its documentation lists the keys).
 fn write_json(out: &Path, rep: &ReplayReport) -> anyhow::Result<()> {
-    let mut w = BufWriter::new(File::create(out)?);
-    serde_json::to_writer_pretty(&mut w, rep)?;
-    writeln!(w)?;
-    w.flush()?;
-    Ok(())
+    crate::output::write_json(out, "replay", serde_json::Value::Null, rep)
 }
 
 fn generate(a: &Args, ops: u64) -> anyhow::Result<()> {

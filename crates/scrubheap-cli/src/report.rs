@@ -1,6 +1,6 @@
 //! The report folder of `scrubheap run`: `summary.txt` (the table), `report.json` (the
-//! schema-1 `run` keys: one run's object, or with `--compare` `{"runs": [...]}` plus a
-//! `report-<policy>.json` per run), and SVG plots.
+//! `run` envelope, whose `results` are one run's object, or with `--compare`
+//! `{"runs": [...]}` plus a `report-<policy>.json` per run), and SVG plots.
 
 use anyhow::Context;
 use scrubheap_host::report::RunReport;
@@ -143,24 +143,24 @@ fn numa_cell(r: &RunReport) -> String {
     format!("[{}] ({})", nodes.join(", "), if ok { "yes" } else { "NO" })
 }
 
-/// Writes the JSON report to `path`.
-pub fn write_json(path: &Path, rs: &[RunReport]) -> anyhow::Result<()> {
-    let text = if rs.len() == 1 {
-        serde_json::to_string_pretty(&rs[0])?
+/// Writes the JSON report to `path`: the `run` envelope whose results are the one run's
+/// report, or `{schema: 1, runs}` for several policies side by side.
+pub fn write_json(path: &Path, settings: &serde_json::Value, rs: &[RunReport]) -> anyhow::Result<()> {
+    if rs.len() == 1 {
+        crate::output::write_json(path, "run", settings.clone(), &rs[0])
     } else {
-        serde_json::to_string_pretty(&serde_json::json!({ "schema": 1, "runs": rs }))?
-    };
-    std::fs::write(path, text + "\n").with_context(|| format!("cannot write {}", path.display()))
+        crate::output::write_json(path, "run", settings.clone(), &serde_json::json!({ "schema": 1, "runs": rs }))
+    }
 }
 
 /// Writes the whole report folder.
-pub fn write_folder(dir: &Path, rs: &[RunReport]) -> anyhow::Result<()> {
+pub fn write_folder(dir: &Path, settings: &serde_json::Value, rs: &[RunReport]) -> anyhow::Result<()> {
     std::fs::write(dir.join("summary.txt"), table(rs))
         .with_context(|| format!("cannot write into {}", dir.display()))?;
-    write_json(&dir.join("report.json"), rs)?;
+    write_json(&dir.join("report.json"), settings, rs)?;
     if rs.len() > 1 {
         for r in rs {
-            write_json(&dir.join(format!("report-{}.json", r.policy)), std::slice::from_ref(r))?;
+            write_json(&dir.join(format!("report-{}.json", r.policy)), settings, std::slice::from_ref(r))?;
         }
     }
     crate::plots::write(dir, rs)?;

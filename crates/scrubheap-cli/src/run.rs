@@ -6,7 +6,7 @@ use anyhow::{bail, Context};
 use indicatif::{ProgressBar, ProgressStyle};
 use scrubheap_host::report::Sample;
 use scrubheap_host::run::{run, Backend, RunConfig, RunProgress};
-use scrubheap_host::workload::Workload;
+use scrubheap_workload::Workload;
 use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -230,9 +230,10 @@ pub fn main(a: Args) -> anyhow::Result<()> {
         println!("{}", report::summary_line(&r));
         reports.push(r);
     }
-    report::write_folder(&a.report, &reports)?;
+    let settings = settings(&a, memory, &backends, &workload);
+    report::write_folder(&a.report, &settings, &reports)?;
     if let Some(j) = &a.json {
-        report::write_json(j, &reports)?;
+        report::write_json(j, &settings, &reports)?;
     }
     println!("\n{}", report::table(&reports));
     println!("report: {}/ (summary.txt, report.json, *.svg)", a.report.display());
@@ -325,6 +326,19 @@ fn short(b: u64) -> String {
     } else {
         format!("{}M", b >> 20)
     }
+}
+
+/// The settings `run` resolved from its arguments, for the JSON envelope's `configuration`.
+fn settings(a: &Args, memory: u64, backends: &[Backend], workload: &Workload) -> serde_json::Value {
+    serde_json::json!({
+        "memory_bytes": memory,
+        "nodes": a.pool.nodes,
+        "scrubbers_per_node": a.pool.scrubbers,
+        "policies": backends.iter().map(|b| b.to_string()).collect::<Vec<_>>(),
+        "duration_s": a.duration,
+        "seed": a.seed,
+        "workload": workload.source,
+    })
 }
 
 #[cfg(test)]

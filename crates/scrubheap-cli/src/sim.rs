@@ -8,8 +8,8 @@ use scrubheap_sim::builtin::{Kind, OtherReport};
 use scrubheap_sim::preset::HostPreset;
 use scrubheap_sim::report::{PolicyResult, SimReport};
 use scrubheap_sim::scenario::{self, Scenario};
-use scrubheap_sim::{plot, trace, Builtin, Sweep};
-use std::io::{IsTerminal, Write};
+use scrubheap_sim::{trace, Builtin, Sweep};
+use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
@@ -180,7 +180,7 @@ fn main_other(a: &Args, b: Builtin) -> anyhow::Result<()> {
         }
     };
     if let Some(out) = &a.json {
-        write_json(out, &rep).with_context(|| format!("cannot write JSON report {}", out.display()))?;
+        crate::output::write_json(out, "sim", serde_json::Value::Null, &rep)?;
     }
     eprintln!("wall time {:.1} s (not in the JSON)", started.elapsed().as_secs_f64());
     if bad > 0 {
@@ -245,13 +245,14 @@ pub fn main(a: Args) -> anyhow::Result<()> {
         progress.finish();
         print_table(&rep);
         if let Some(dir) = &a.report {
-            let files = plot::write_all(dir, &sc.name, &runs, sc.host.watchdog_s).map_err(anyhow::Error::msg)?;
+            let files =
+                crate::plots::sim::write_all(dir, &sc.name, &runs, sc.host.watchdog_s).map_err(anyhow::Error::msg)?;
             eprintln!("wrote {} SVG timelines to {}", files.len(), dir.display());
         }
         rep
     };
     if let Some(out) = &a.json {
-        write_json(out, &report).with_context(|| format!("cannot write JSON report {}", out.display()))?;
+        crate::output::write_json(out, "sim", serde_json::Value::Null, &report)?;
     }
     eprintln!("wall time {:.1} s (not in the JSON)", started.elapsed().as_secs_f64());
     let bad: u64 =
@@ -313,13 +314,4 @@ fn print_sweep(rep: &SimReport) {
             println!("| {} |{}", s.value, &row(r)[1..]);
         }
     }
-}
-
-/// Writes `rep` as pretty JSON to `out` (every `sim` scenario's `--json`).
-pub(crate) fn write_json<T: serde::Serialize>(out: &Path, rep: &T) -> anyhow::Result<()> {
-    let mut w = std::io::BufWriter::new(std::fs::File::create(out)?);
-    serde_json::to_writer_pretty(&mut w, rep)?;
-    writeln!(w)?;
-    w.flush()?;
-    Ok(())
 }

@@ -77,8 +77,7 @@ pub fn main(a: Args) -> anyhow::Result<()> {
         } else {
             serde_json::json!({ "runs": reports, "compare": compare(&reports) })
         };
-        std::fs::write(j, serde_json::to_string_pretty(&v)? + "\n")
-            .with_context(|| format!("cannot write {}", j.display()))?;
+        crate::output::write_json(j, "vmm", serde_json::Value::Null, &v)?;
         println!("report: {}", j.display());
     }
     Ok(())

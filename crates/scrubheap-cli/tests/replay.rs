@@ -17,8 +17,13 @@ fn run(cmd: &mut Command) -> Output {
     out
 }
 
+/// The `results` of a JSON report's envelope, after checking the envelope.
 fn json(path: &PathBuf) -> serde_json::Value {
-    serde_json::from_slice(&std::fs::read(path).expect("JSON report written")).expect("valid JSON")
+    let j: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(path).expect("JSON report written")).expect("valid JSON");
+    assert_eq!((j["schema"].as_u64(), j["command"].as_str()), (Some(2), Some("replay")), "{j}");
+    assert!(j["configuration"]["args"].is_array(), "{j}");
+    j["results"].clone()
 }
 
 #[test]

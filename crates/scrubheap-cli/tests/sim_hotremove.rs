@@ -17,6 +17,8 @@ fn hot_remove_on_the_tiny_host() {
     assert!(run.status.success());
     assert!(text.contains("| pins-in-place | false |") && text.contains("| scrubheap | true |"), "{text}");
     let j: serde_json::Value = serde_json::from_slice(&std::fs::read(&out).unwrap()).unwrap();
+    assert_eq!(j["command"], "sim");
+    let j = &j["results"];
     assert_eq!(j["scenario"], "hot-remove");
     let r = j["results"].as_array().unwrap();
     assert_eq!(r[0]["policy"], "pins-in-place");

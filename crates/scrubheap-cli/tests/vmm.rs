@@ -35,6 +35,8 @@ fn compare_boots_every_guest_on_both_backends_and_writes_json() {
         .arg(&json));
     assert!(out.status.success());
     let j: serde_json::Value = serde_json::from_slice(&std::fs::read(&json).unwrap()).unwrap();
+    assert_eq!(j["command"], "vmm");
+    let j = &j["results"];
     let runs = j["runs"].as_array().unwrap();
     assert_eq!(runs.iter().map(|r| r["policy"].as_str().unwrap()).collect::<Vec<_>>(), ["scrubheap", "kernel"]);
     for r in runs {

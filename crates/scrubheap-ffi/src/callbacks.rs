@@ -1,17 +1,11 @@
-//! The caller's callbacks: the memory behind the frames (zero, check, copy), the
-//! preemption question, the migrator and the deadline. Each is a C function pointer and
-//! the `void *` context it is called with.
+//! The caller's callbacks: the memory behind the frames (zero, check, copy: its C struct,
+//! part of the configuration, is in `types`), the preemption question, the migrator and the
+//! deadline. Each is a C function pointer and the `void *` context it is called with.
 
-use crate::types::ScrubheapExtent;
+use crate::types::{ScrubheapExtent, ScrubheapMemoryOps};
 use scrubheap::{Deadline, DomId, Extent, FrameMemory, Mfn, Migrator, Preempt};
 use std::ffi::c_void;
 
-/// Writes zero over `count` frames from frame `first`.
-pub type ScrubheapZeroFn = Option<unsafe extern "C" fn(ctx: *mut c_void, first: u64, count: u64)>;
-/// Whether `count` frames from frame `first` are all zero.
-pub type ScrubheapIsZeroFn = Option<unsafe extern "C" fn(ctx: *mut c_void, first: u64, count: u64) -> bool>;
-/// Copies `count` frames from frame `src` to frame `dst` (the ranges do not overlap).
-pub type ScrubheapCopyFn = Option<unsafe extern "C" fn(ctx: *mut c_void, src: u64, dst: u64, count: u64)>;
 /// Asked between bounded steps: return true to make the operation stop there (it keeps
 /// its progress) so the caller can yield.
 pub type ScrubheapPreemptFn = Option<unsafe extern "C" fn(ctx: *mut c_void) -> bool>;
@@ -21,26 +15,6 @@ pub type ScrubheapDeadlineFn = Option<unsafe extern "C" fn(ctx: *mut c_void) -> 
 /// owner's frame list at `to`. Return false to refuse, having written nothing to `to`.
 pub type ScrubheapMigrateFn =
     Option<unsafe extern "C" fn(ctx: *mut c_void, owner: u32, from: ScrubheapExtent, to: ScrubheapExtent) -> bool>;
-
-/// The memory behind the heap's frames, which is the caller's: the heap calls these for
-/// frames it owns exclusively at that moment (free frames being scrubbed, frames being
-/// handed over), never for frames an owner holds. Every function must be set.
-///
-/// They may be called from any thread that calls into the heap, several at once for
-/// disjoint frame ranges, for as long as the heap (or one of its tickets) lives. They must
-/// return normally: no `longjmp` over the library's frames and no C++ exception.
-#[repr(C)]
-#[derive(Copy, Clone, Debug)]
-pub struct ScrubheapMemoryOps {
-    /// Passed to every callback as is.
-    pub ctx: *mut c_void,
-    /// Writes zero over frames.
-    pub zero: ScrubheapZeroFn,
-    /// Whether frames are all zero.
-    pub is_zero: ScrubheapIsZeroFn,
-    /// Copies frames.
-    pub copy: ScrubheapCopyFn,
-}
 
 /// A caller's [`ScrubheapMemoryOps`] with every function checked present.
 pub(crate) struct CMemory {

@@ -1,11 +1,38 @@
 //! The plain C structs of the interface, and their checked conversions to the heap's types.
 
-use crate::callbacks::ScrubheapMemoryOps;
 use crate::status::{Failure, ScrubheapStatus};
 use scrubheap::{
     AllocRequest, Claim, ClaimTarget, DomId, Extent, HeapConfig, HeapStats, Mfn, NodePref, NodeSpec, NodeStats,
     Offlined, Policy,
 };
+use std::ffi::c_void;
+
+/// Writes zero over `count` frames from frame `first`.
+pub type ScrubheapZeroFn = Option<unsafe extern "C" fn(ctx: *mut c_void, first: u64, count: u64)>;
+/// Whether `count` frames from frame `first` are all zero.
+pub type ScrubheapIsZeroFn = Option<unsafe extern "C" fn(ctx: *mut c_void, first: u64, count: u64) -> bool>;
+/// Copies `count` frames from frame `src` to frame `dst` (the ranges do not overlap).
+pub type ScrubheapCopyFn = Option<unsafe extern "C" fn(ctx: *mut c_void, src: u64, dst: u64, count: u64)>;
+
+/// The memory behind the heap's frames, which is the caller's: the heap calls these for
+/// frames it owns exclusively at that moment (free frames being scrubbed, frames being
+/// handed over), never for frames an owner holds. Every function must be set.
+///
+/// They may be called from any thread that calls into the heap, several at once for
+/// disjoint frame ranges, for as long as the heap (or one of its tickets) lives. They must
+/// return normally: no `longjmp` over the library's frames and no C++ exception.
+#[repr(C)]
+#[derive(Copy, Clone, Debug)]
+pub struct ScrubheapMemoryOps {
+    /// Passed to every callback as is.
+    pub ctx: *mut c_void,
+    /// Writes zero over frames.
+    pub zero: ScrubheapZeroFn,
+    /// Whether frames are all zero.
+    pub is_zero: ScrubheapIsZeroFn,
+    /// Copies frames.
+    pub copy: ScrubheapCopyFn,
+}
 
 /// `ScrubheapConfig::policy`: idle scrubbing, preemptible in-place scrubbing (the design).
 pub const SCRUBHEAP_POLICY_SCRUBHEAP: u32 = 0;

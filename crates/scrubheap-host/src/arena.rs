@@ -13,7 +13,7 @@
 //! racing on a page get); the heap and the runtime never make such calls.
 //!
 //! ```
-//! use scrubheap::{FrameMemory, Mfn};
+//! use scrubheap::{DomId, FrameMemory, Mfn};
 //! use scrubheap_host::{Arena, ArenaConfig, Kernel};
 //! let arena = Arena::new(ArenaConfig::new(Mfn(0x100), 16, 4096).with_kernel(Kernel::WriteBytes)).unwrap();
 //! arena.fill(Mfn(0x104), 2, 0xfeed);
@@ -23,7 +23,7 @@
 //! ```
 
 use crate::zero::{self, Calibration, Kernel};
-use scrubheap::{FrameMemory, Mfn};
+use scrubheap::{DomId, FrameMemory, Mfn};
 use std::fmt;
 use std::io;
 use std::ptr::NonNull;
@@ -566,9 +566,9 @@ impl FrameMemory for Arena {
         unsafe { std::ptr::copy_nonoverlapping(self.ptr.as_ptr().add(s), self.ptr.as_ptr().add(d), len) }
     }
 
-    /// The owner writes its tag ([`crate::guest::tag_of`]) into every word of the frames.
+    /// The owner writes its tag ([`tag_of`]) into every word of the frames.
     fn fill(&self, first: Mfn, count: u64, owner: scrubheap::DomId) {
-        Arena::fill(self, first, count, crate::guest::tag_of(owner));
+        Arena::fill(self, first, count, tag_of(owner));
     }
 }
 
@@ -796,6 +796,12 @@ pub(crate) mod sys {
         }
         Some(total.min(len as u64))
     }
+}
+
+/// The tag a tenant writes into every word of its pages (never zero): what the leak check
+/// looks for in another tenant's memory.
+pub fn tag_of(dom: DomId) -> u64 {
+    0x7a6_0000_0000_0000 | (dom.0 as u64) << 8 | 0xa5
 }
 
 #[cfg(test)]

@@ -9,7 +9,14 @@
 //!   pick the fastest.
 //! - [`thread_cpu_time`]: the calling thread's CPU time.
 //!
-//! All of the workspace's `unsafe` lives in this crate; each block says why it holds.
+//! In layers, each using only those before it: `arena` (with the zeroing kernels) ->
+//! [`pool`] -> [`numa`] (where a pool's nodes really sit) and [`tenants`] (guests, PoD
+//! guests, pins, hot-remove) -> [`run`].
+//!
+//! This crate's `unsafe` (the mapping, the zeroing kernels, the clock, thread affinity,
+//! the kernel's memory-policy queries and the kernel baseline's guests) is in `arena`,
+//! `zero`, `clock`, `pool`, `numa` and `tenants::guest`; each block says why it holds.
+//! The VMM crate has its own (KVM).
 //!
 //! ```
 //! use scrubheap::{Heap, HeapConfig, Mfn, NeverPreempt};
@@ -25,17 +32,15 @@
 
 mod arena;
 mod clock;
-pub mod guest;
-pub mod hotplug;
 pub mod instrument;
 pub mod numa;
-pub mod pod_guest;
 pub mod pool;
-pub mod report;
 pub mod run;
-pub mod workload;
+pub mod tenants;
 mod zero;
 
-pub use arena::{Arena, ArenaConfig, ArenaError, Backing, NumaBinding, Prefault, POISON};
+pub use arena::{tag_of, Arena, ArenaConfig, ArenaError, Backing, NumaBinding, Prefault, POISON};
 pub use clock::thread_cpu_time;
+pub use run::report;
+pub use tenants::{guest, hot_remove, pins, pod_guest, GuestOps, GuestTeardown, PinOps, PodGuestOps};
 pub use zero::{calibrate, median, Calibration, Kernel, UnknownKernel};

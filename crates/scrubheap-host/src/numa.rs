@@ -104,18 +104,6 @@ pub fn stop_and_place(pool: Pool) -> Vec<NodePlacement> {
     placed
 }
 
-/// Records the CPU the calling thread is on into `seen` (a short, sorted list).
-pub(crate) fn note_cpu(seen: &mut Vec<u32>) {
-    const MAX_CPUS_NOTED: usize = 1024;
-    if let Some(c) = current_cpu() {
-        if let Err(i) = seen.binary_search(&c) {
-            if seen.len() < MAX_CPUS_NOTED {
-                seen.insert(i, c);
-            }
-        }
-    }
-}
-
 /// Words of the node mask `get_mempolicy` fills (1024 nodes).
 const MASK_WORDS: usize = 16;
 
@@ -172,13 +160,6 @@ fn page_node(addr: *mut u8) -> Option<u32> {
     (r == 0 && node >= 0).then_some(node as u32)
 }
 
-/// The CPU the calling thread runs on.
-fn current_cpu() -> Option<u32> {
-    // SAFETY: sched_getcpu takes no arguments and only reports the calling thread's CPU.
-    let c = unsafe { libc::sched_getcpu() };
-    (c >= 0).then_some(c as u32)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -190,10 +171,6 @@ mod tests {
         let (mode, _) = page_policy(addr).expect("get_mempolicy answers for a mapped page");
         assert_ne!(mode, "other");
         assert!(page_node(addr).is_some());
-        let mut seen = Vec::new();
-        note_cpu(&mut seen);
-        note_cpu(&mut seen);
-        assert_eq!(seen.len(), 1, "one CPU noted once: {seen:?}");
     }
 
     #[test]

@@ -408,6 +408,24 @@ impl Drop for Pool {
     }
 }
 
+/// How many times a free or unpin is retried while the heap says its frames are being
+/// moved (a move takes one copy of at most one extent).
+const BUSY_RETRIES: u32 = 1 << 20;
+
+/// Retries `f` while it fails with `HeapError::Busy`, yielding between tries.
+pub fn retry_busy<T>(mut f: impl FnMut() -> Result<T, HeapError>) -> Result<T, HeapError> {
+    let mut tries = 0;
+    loop {
+        match f() {
+            Err(HeapError::Busy { .. }) if tries < BUSY_RETRIES => {
+                tries += 1;
+                std::thread::yield_now();
+            }
+            r => return r,
+        }
+    }
+}
+
 /// Sets the calling thread to SCHED_IDLE; false if the host refused.
 fn set_idle_priority() -> bool {
     // SAFETY: sched_param is plain data; pid 0 names the calling thread; the call only
@@ -430,6 +448,25 @@ fn pin_to(cpu: usize) -> bool {
     }
 }
 
+/// Records the CPU the calling thread is on into `seen` (a short, sorted list).
+fn note_cpu(seen: &mut Vec<u32>) {
+    const MAX_CPUS_NOTED: usize = 1024;
+    if let Some(c) = current_cpu() {
+        if let Err(i) = seen.binary_search(&c) {
+            if seen.len() < MAX_CPUS_NOTED {
+                seen.insert(i, c);
+            }
+        }
+    }
+}
+
+/// The CPU the calling thread runs on.
+fn current_cpu() -> Option<u32> {
+    // SAFETY: sched_getcpu takes no arguments and only reports the calling thread's CPU.
+    let c = unsafe { libc::sched_getcpu() };
+    (c >= 0).then_some(c as u32)
+}
+
 /// Frames one `scrub_step` call may zero before the scrubber looks at its stop flag.
 const STEP_BUDGET: u64 = 1 << 14;
 
@@ -448,7 +485,7 @@ fn scrubber(
     let pinned = pin_to(cpu);
     let rec = PreemptRecorder::new(quantum_ns);
     let mut st = ScrubberStats { node, cpu: pinned.then_some(cpu), ..Default::default() };
-    crate::numa::note_cpu(&mut st.cpus_seen);
+    note_cpu(&mut st.cpus_seen);
     let bell = &shared.bells[node];
     while !shared.stop.load(Relaxed) {
         let seen = *bell.generation.lock();
@@ -460,7 +497,7 @@ fn scrubber(
             let busy = t.elapsed();
             st.frames += z;
             st.busy += busy;
-            crate::numa::note_cpu(&mut st.cpus_seen);
+            note_cpu(&mut st.cpus_seen);
             shared.scrub_frames.fetch_add(z, Relaxed);
             shared.scrub_ns.fetch_add(busy.as_nanos() as u64, Relaxed);
             continue;
@@ -473,4 +510,24 @@ fn scrubber(
     }
     rec.merge_into(sections);
     st
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_pinned_thread_notes_its_one_cpu_once() {
+        let seen = std::thread::spawn(|| {
+            let cpu = current_cpu().expect("sched_getcpu answers");
+            assert!(pin_to(cpu as usize), "a thread may pin itself to the CPU it is on");
+            let mut seen = Vec::new();
+            note_cpu(&mut seen);
+            note_cpu(&mut seen);
+            (cpu, seen)
+        })
+        .join()
+        .expect("the probe thread finishes");
+        assert_eq!(seen.1, [seen.0], "one CPU noted once");
+    }
 }

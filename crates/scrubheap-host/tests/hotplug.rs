@@ -2,9 +2,10 @@
 //! bytes and its extent list, and nothing leaks to the next tenant.
 
 use scrubheap::{DomId, Extent, MetadataMigrator, NoDeadline, Zone};
-use scrubheap_host::hotplug::move_guest_part;
+use scrubheap_host::hot_remove::move_guest_part;
 use scrubheap_host::instrument::PreemptRecorder;
 use scrubheap_host::pool::{Pool, PoolConfig};
+use scrubheap_host::{GuestOps, PinOps};
 use std::cell::RefCell;
 use std::sync::atomic::Ordering::Relaxed;
 

@@ -5,6 +5,7 @@
 use scrubheap::{DomId, Policy};
 use scrubheap_host::instrument::PreemptRecorder;
 use scrubheap_host::pool::{Pool, PoolConfig};
+use scrubheap_host::{GuestOps, PodGuestOps};
 use std::sync::atomic::Ordering::Relaxed;
 
 fn pool() -> Pool {

@@ -4,6 +4,7 @@
 use scrubheap::{DomId, Policy};
 use scrubheap_host::instrument::PreemptRecorder;
 use scrubheap_host::pool::{Pool, PoolConfig};
+use scrubheap_host::GuestOps;
 use std::sync::atomic::Ordering::Relaxed;
 use std::time::Duration;
 

@@ -73,8 +73,8 @@ mod replay;
 mod report;
 
 pub use gen::{generate, GenConfig, GenError};
-pub use op::{Id, Op, MAX_ID_BYTES};
-pub use parse::{parse_line, ParseError};
+pub use op::{Id, Op, ParseError, MAX_ID_BYTES};
+pub use parse::parse_line;
 pub use replay::{Allocation, Replayer};
 pub use report::{FinalCounts, Outcome, PodReport, ReplayReport, MAX_VIOLATION_MESSAGES};
 

@@ -1,9 +1,13 @@
 //! [`Op`]: one op-log line as a value. Every writer builds `Op`s and prints them with
 //! `Display`, which writes exactly the text [`crate::parse_line`] reads back.
 
-use crate::parse::ParseError;
 use scrubheap::{AllocRequest, ClaimTarget, DomId, Mfn, NodePref, Policy};
 use std::fmt;
+
+/// A line that is not valid op-log syntax: the message says what is wrong with it.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct ParseError(pub String);
 
 /// The longest id an op log may use, in bytes.
 pub const MAX_ID_BYTES: usize = 256;

@@ -1,17 +1,12 @@
 //! The parser: one line of text to an [`Op`]. It reads exactly what [`Op`]'s `Display`
 //! writes, plus comments, blank lines, `0x` hex in every number, and words in any order.
 
-use crate::op::{Id, Op};
+use crate::op::{Id, Op, ParseError};
 use scrubheap::{AllocRequest, ClaimTarget, DomId, Mfn, NodePref, Policy};
 
 /// The most words a line may have after its verb (no valid line has more than 7); keeps a
 /// hostile line from costing more than linear time.
 const MAX_WORDS: usize = 16;
-
-/// A line that is not valid op-log syntax: the message says what is wrong with it.
-#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
-#[error("{0}")]
-pub struct ParseError(pub String);
 
 /// The words of one line after its verb: `key=value` pairs and bare flags, each of which
 /// must be used exactly once.

@@ -23,7 +23,6 @@ pub mod builtin;
 pub mod engine;
 pub mod hotremove;
 pub mod memory;
-pub mod plot;
 pub mod pod;
 pub mod preset;
 pub mod report;

@@ -148,7 +148,7 @@ pub struct SimReport {
     /// The host's parameters.
     pub host: crate::preset::HostPreset,
     /// The mechanisms of the 2026 watchdog reports switched on for this run.
-    pub mechanisms: crate::scenario::Mechanisms,
+    pub mechanisms: crate::preset::Mechanisms,
     /// How the scenario was built (scaling factors, frame size notes...).
     pub notes: Vec<String>,
     /// Sweep rows, when `--sweep` was given.

@@ -3,10 +3,11 @@
 //! `docs/sim-scenarios.md`).
 
 use crate::builtin::Builtin;
+pub use crate::preset::Mechanisms;
 use crate::preset::{HostPreset, GIB, MIB};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
 use std::collections::BTreeMap;
 
 /// How a guest reserves memory before it is populated.
@@ -19,62 +20,6 @@ pub enum ClaimMode {
     Node,
     /// A global claim for all of its memory.
     Global,
-}
-
-/// The mechanisms of the 2026 watchdog reports the engine can switch on, each with its
-/// parameters in the host preset (sources in `docs/sim-presets.md`). All off, the engine
-/// models what it did before they existed.
-#[derive(Copy, Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct Mechanisms {
-    /// The running guests' own memory traffic takes `guest_traffic_share` of every
-    /// node's bandwidth from every zeroing.
-    pub guest_traffic: bool,
-    /// Xen's global heap lock does `lock_page_ns` of work per 4 KiB page of every extent
-    /// it allocates or frees (policies with one global heap lock only).
-    pub xen_locks: bool,
-    /// Builders take the next free toolstack CPU whatever node the guest claimed, and
-    /// every cross-socket writer shares `interconnect_gbps`.
-    pub remote: bool,
-}
-
-impl Mechanisms {
-    /// Every mechanism on.
-    pub const ALL: Mechanisms = Mechanisms { guest_traffic: true, xen_locks: true, remote: true };
-    /// The names `parse` accepts, in table order.
-    pub const NAMES: [&'static str; 3] = ["guest-traffic", "xen-locks", "remote"];
-
-    /// Parses `none`, `all` or a comma-separated list of [`Mechanisms::NAMES`].
-    pub fn parse(s: &str) -> Result<Mechanisms, String> {
-        let mut m = Mechanisms::default();
-        for w in s.split(',').map(str::trim) {
-            match w {
-                "none" => {}
-                "all" => m = Mechanisms::ALL,
-                "guest-traffic" => m.guest_traffic = true,
-                "xen-locks" => m.xen_locks = true,
-                "remote" => m.remote = true,
-                _ => {
-                    return Err(format!(
-                        "unknown mechanism '{w}': use none, all or a list of {}",
-                        Mechanisms::NAMES.join(", ")
-                    ))
-                }
-            }
-        }
-        Ok(m)
-    }
-
-    /// The switched-on names joined by `+`, or `none`.
-    pub fn label(&self) -> String {
-        let on = [self.guest_traffic, self.xen_locks, self.remote];
-        let v: Vec<&str> = Mechanisms::NAMES.iter().zip(on).filter(|(_, b)| *b).map(|(n, _)| *n).collect();
-        if v.is_empty() {
-            "none".into()
-        } else {
-            v.join("+")
-        }
-    }
 }
 
 /// One guest's shape.

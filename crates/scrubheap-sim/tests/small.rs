@@ -126,6 +126,15 @@ fn a_synthetic_azure_trace_replays_clean() {
     let sc = scrubheap_sim::trace::azure_v1(&path, HostPreset::tiny(), &opts, 4).unwrap();
     assert_eq!(sc.guests.len(), 30);
     assert!(sc.notes.iter().any(|n| n.contains("scaled by") && n.contains("compressed 100x")));
+    // Built from what the one trace reader reads with the same seed: the same VMs in
+    // arrival order, and every one destroyed, censored VMs included.
+    let read = scrubheap_workload::read_trace(&path, 4).unwrap();
+    let start = read.guests[0].arrival_s;
+    for (g, vm) in read.guests.iter().take(30).enumerate() {
+        let create = sc.ops.iter().find(|o| o.guest == g && o.action == scenario::Action::Create).unwrap();
+        assert_eq!(create.at_ns, (((vm.arrival_s - start) / 100.0) * 1e9).round() as u64, "guest {g}");
+        assert!(sc.ops.iter().any(|o| o.guest == g && o.action == scenario::Action::Destroy), "guest {g} is destroyed");
+    }
     for p in [Policy::Xen, Policy::Scrubheap] {
         let r = engine::run(&sc, p, &Default::default()).unwrap().result;
         assert_eq!(r.invariant_violations, 0, "{}: {:?}", r.policy, r.messages);

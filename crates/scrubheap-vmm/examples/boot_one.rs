@@ -5,6 +5,7 @@ use scrubheap::DomId;
 use scrubheap_host::guest::tag_of;
 use scrubheap_host::instrument::PreemptRecorder;
 use scrubheap_host::pool::{Pool, PoolConfig};
+use scrubheap_host::GuestOps;
 use scrubheap_vmm::vm::{AnonRam, Kvm, PoolRam, Ram};
 use std::time::Instant;
 

@@ -9,6 +9,7 @@
 use scrubheap::DomId;
 use scrubheap_host::instrument::PreemptRecorder;
 use scrubheap_host::pool::{Pool, PoolConfig};
+use scrubheap_host::GuestOps;
 use scrubheap_vmm::guest_memory::{pool_guest_memory, GuestLayout, PoolGuestMemory, FOUR_GIB};
 use std::sync::mpsc;
 use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryRegion};

@@ -16,6 +16,7 @@
 //! use scrubheap::DomId;
 //! use scrubheap_host::instrument::PreemptRecorder;
 //! use scrubheap_host::pool::{Pool, PoolConfig};
+//! use scrubheap_host::GuestOps;
 //! use scrubheap_vmm::guest_memory::{pool_guest_memory, GuestLayout};
 //! use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryRegion};
 //!
@@ -37,6 +38,7 @@ use crate::slots::{host_ranges, place};
 use scrubheap_host::guest::Guest;
 use scrubheap_host::instrument::PreemptRecorder;
 use scrubheap_host::pool::{Pool, PoolHandle};
+use scrubheap_host::GuestTeardown;
 use std::fmt;
 use std::sync::Arc;
 use vm_memory::bitmap::BS;

@@ -9,6 +9,7 @@ use scrubheap::HeapError;
 use scrubheap_host::guest::Guest;
 use scrubheap_host::instrument::PreemptRecorder;
 use scrubheap_host::pool::{Pool, PoolError};
+use scrubheap_host::GuestOps;
 use std::io;
 use std::ptr::NonNull;
 use std::sync::OnceLock;
@@ -109,7 +110,7 @@ pub struct PoolRam<'p> {
 }
 
 impl<'p> PoolRam<'p> {
-    /// Takes over `guest` (made by [`Pool::create_guest`]); `rec` records the preemptible
+    /// Takes over `guest` (made by [`GuestOps::create_guest`]); `rec` records the preemptible
     /// sections of freeing it.
     pub fn new(pool: &'p Pool, guest: Guest, rec: &'p PreemptRecorder) -> Self {
         let slots = pool_slots(pool.arena(), &guest.extents);

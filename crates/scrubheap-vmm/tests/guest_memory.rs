@@ -7,6 +7,7 @@ use scrubheap::DomId;
 use scrubheap_host::guest::Guest;
 use scrubheap_host::instrument::PreemptRecorder;
 use scrubheap_host::pool::{Pool, PoolConfig};
+use scrubheap_host::GuestOps;
 use scrubheap_vmm::guest_memory::{
     pool_guest_memory, GuestLayout, GuestMemoryError, LayoutError, PoolGuestMemory, FOUR_GIB,
 };

@@ -6,6 +6,7 @@ use scrubheap_host::guest::tag_of;
 use scrubheap_host::instrument::PreemptRecorder;
 use scrubheap_host::pool::{Pool, PoolConfig};
 use scrubheap_host::run::Backend;
+use scrubheap_host::GuestOps;
 use scrubheap_vmm::churn::{self, VmmConfig};
 use scrubheap_vmm::payload::SCAN_START;
 use scrubheap_vmm::vm::{AnonRam, Kvm, PoolRam, Ram, VmmError};

@@ -546,8 +546,8 @@ pub fn main(a: Args) -> anyhow::Result<()> {
     let report = bench(&cfg)?;
     print_table(&report);
     if let Some(path) = &a.json {
-        let text = serde_json::to_string_pretty(&report)?;
-        std::fs::write(path, text + "\n").with_context(|| format!("writing {}", path.display()))?;
+        let settings = serde_json::json!({ "seed": a.seed, "steps": a.steps, "reps": a.reps });
+        crate::output::write_json(path, "bench alloc", settings, &report)?;
         println!("wrote {}", path.display());
     }
     Ok(())

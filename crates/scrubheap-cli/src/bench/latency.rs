@@ -15,6 +15,7 @@ use hdrhistogram::Histogram;
 use scrubheap::{AllocRequest, DomId, Policy};
 use scrubheap_host::instrument::PreemptRecorder;
 use scrubheap_host::pool::{Pool, PoolConfig};
+use scrubheap_host::GuestOps;
 use serde::Serialize;
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -196,8 +197,7 @@ pub fn main(a: Args) -> anyhow::Result<()> {
         }
     });
     if let Some(p) = &a.json {
-        std::fs::write(p, serde_json::to_string_pretty(&json)? + "\n")
-            .with_context(|| format!("cannot write {}", p.display()))?;
+        crate::output::write_json(p, "bench latency", serde_json::Value::Null, &json)?;
         println!("wrote {}", p.display());
     }
     Ok(())

@@ -95,7 +95,7 @@ pub fn main(a: Args) -> anyhow::Result<()> {
     );
     if let Some(p) = &a.json {
         let j = serde_json::json!({ "schema": 1, "bench": { "noise": n } });
-        std::fs::write(p, serde_json::to_vec_pretty(&j)?).with_context(|| format!("cannot write {}", p.display()))?;
+        crate::output::write_json(p, "bench noise", serde_json::Value::Null, &j)?;
     }
     Ok(())
 }

@@ -573,8 +573,7 @@ pub fn main(a: Args) -> anyhow::Result<()> {
     let scrub = bench(&cfg)?;
     print_table(&scrub);
     if let Some(path) = &a.json {
-        let text = serde_json::to_string_pretty(&Report { scrub })?;
-        std::fs::write(path, text + "\n").with_context(|| format!("writing {}", path.display()))?;
+        crate::output::write_json(path, "bench scrub", serde_json::Value::Null, &Report { scrub })?;
         println!("wrote {}", path.display());
     }
     Ok(())

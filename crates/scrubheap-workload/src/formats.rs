@@ -7,13 +7,73 @@
 //! error naming the file, the line (1-based, the header is line 1) and the column.
 
 use std::collections::HashMap;
+use std::fmt;
 use std::path::{Path, PathBuf};
 
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 
-use super::azure_v1::{bin_lifetime, SAMPLE_S};
-use super::{TraceFormat, WorkloadError};
+use crate::bins::{bin_lifetime, SAMPLE_S};
+use crate::error::WorkloadError;
+
+/// The trace formats [`crate::Workload::from_trace`] reads, told apart by their header line.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum TraceFormat {
+    /// `azure_v1/decoded_v1_{dev,test}.csv`: Azure V1 VMs with flavour memory, arrival in a
+    /// 300 s bin, lifetime in a bin (`arrival_bin_end_s,batch_idx,...,dur_bin_hi_s`).
+    AzureV1Decoded,
+    /// `azure_packing2020_machine16_first5000.csv`: times in days, memory as a fraction of a
+    /// machine of type 16 (assumed 562.5 GiB), its VM type table beside it.
+    AzurePacking2020,
+    /// `azure_v1_filtered_vmtables_50.csv`: raw Azure V1 `vmtable` rows, seconds and GiB.
+    AzureV1Vmtable,
+    /// `alibaba_gpu2023_openb_pod_list_default.csv`: Kubernetes pods, seconds and MiB.
+    AlibabaGpu2023,
+}
+
+impl TraceFormat {
+    /// The format a header line names, if any.
+    ///
+    /// ```
+    /// use scrubheap_workload::TraceFormat;
+    /// let h = "vmId,vmTypeId,priority,starttime,endtime,core,memory,machineId";
+    /// assert_eq!(TraceFormat::detect(h), Some(TraceFormat::AzurePacking2020));
+    /// assert_eq!(TraceFormat::detect("vmTypeId,core,memory"), None); // a type table, not VMs
+    /// ```
+    pub fn detect(header: &str) -> Option<TraceFormat> {
+        match detect(header) {
+            Kind::Workload(f) => Some(f),
+            _ => None,
+        }
+    }
+
+    /// The dataset and its licence, for the [`crate::Workload::source`] line.
+    pub fn citation(self) -> &'static str {
+        match self {
+            TraceFormat::AzureV1Decoded => {
+                "Azure Public Dataset V1, CC BY 4.0; flavours and lifetime bins by huaweicloud/trace_generation_rnn"
+            }
+            TraceFormat::AzurePacking2020 => {
+                "Azure Packing Trace 2020, CC BY 4.0; memory as a fraction of a type-16 machine, assumed 562.5 GiB"
+            }
+            TraceFormat::AzureV1Vmtable => "Azure Public Dataset V1 vmtable, CC BY 4.0",
+            TraceFormat::AlibabaGpu2023 => {
+                "Alibaba clusterdata GPU trace 2023 (Weng et al., ATC 2023), licence in alibaba_gpu2023_README.md"
+            }
+        }
+    }
+}
+
+impl fmt::Display for TraceFormat {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            TraceFormat::AzureV1Decoded => "Azure V1 decoded",
+            TraceFormat::AzurePacking2020 => "Azure Packing 2020",
+            TraceFormat::AzureV1Vmtable => "Azure V1 vmtable",
+            TraceFormat::AlibabaGpu2023 => "Alibaba GPU 2023",
+        })
+    }
+}
 
 /// Bytes per GiB: the Azure traces' `GB` sizes are binary (0.75 GB is 768 MiB).
 pub(crate) const GIB: f64 = (1u64 << 30) as f64;
@@ -29,12 +89,12 @@ pub(crate) const PACKING_MACHINE16_GIB: f64 = 562.5;
 /// The packing trace's VM type table, looked for next to the VM file.
 pub(crate) const PACKING_VMTYPE_FILE: &str = "azure_packing2020_vmtype_machine16.csv";
 
-/// One guest as the trace gives it.
+/// One guest as the trace gives it, in trace units.
 #[derive(Debug, Clone, Copy, PartialEq)]
-pub(crate) struct RawGuest {
+pub struct RawGuest {
     /// Trace seconds.
     pub arrival_s: f64,
-    /// Trace seconds.
+    /// Trace seconds; finite for every format (see the crate's rules).
     pub lifetime_s: f64,
     /// Trace bytes.
     pub bytes: f64,
@@ -42,11 +102,12 @@ pub(crate) struct RawGuest {
     pub tenant: Option<u64>,
 }
 
-/// A parsed trace file.
+/// A trace file read with the crate's rules, before any scaling.
 #[derive(Debug, Clone)]
-pub(crate) struct Trace {
+pub struct Trace {
+    /// The format its header named.
     pub format: TraceFormat,
-    /// In file order.
+    /// Sorted by arrival, ties in file order.
     pub guests: Vec<RawGuest>,
     /// Trace time at which the trace begins.
     pub start_s: f64,
@@ -54,6 +115,21 @@ pub(crate) struct Trace {
     pub end_s: f64,
     /// Rows read but not turned into guests, and why.
     pub skipped: Option<(usize, &'static str)>,
+}
+
+/// Reads a trace file of any known format with the crate's one set of rules, guests sorted
+/// by arrival (ties in file order). `seed` places Azure V1 decoded VMs within their arrival
+/// and lifetime bins; the other formats have exact times and do not use it.
+///
+/// Errors name the file, and for a bad row the line and column, so the user can fix it.
+pub fn read_trace(path: &Path, seed: u64) -> Result<Trace, WorkloadError> {
+    let text = read(path)?;
+    let mut trace = parse(path, &text, seed)?;
+    drop(text);
+    trace.guests.sort_by(|a, b| a.arrival_s.total_cmp(&b.arrival_s));
+    debug_assert!(!trace.guests.is_empty(), "parse refuses a trace without guests");
+    debug_assert!(trace.guests.iter().all(|g| g.lifetime_s.is_finite() && g.lifetime_s >= 0.0));
+    Ok(trace)
 }
 
 /// Reads a whole trace file, mapping "no such file" to its own error.

@@ -15,7 +15,7 @@
 //! ```
 //!
 //! and the same table is printed in Rust syntax by
-//! `cargo test -p scrubheap-host --lib workload::azure_v1::tests::print_table -- --ignored --nocapture`;
+//! `cargo test -p scrubheap-workload --lib azure_v1::tests::print_table -- --ignored --nocapture`;
 //! the test `builtin_table_matches_the_trace` checks it against the file whenever the file is
 //! present.
 
@@ -23,11 +23,9 @@ use std::path::Path;
 
 use rand::Rng;
 
-use super::formats;
-use super::WorkloadError;
-
-/// Seconds between the samples of Azure V1's `vmtable`: lifetimes are known to this resolution.
-pub(crate) const SAMPLE_S: f64 = 300.0;
+use crate::bins::{bin_lifetime, bin_mean, SAMPLE_S};
+use crate::error::WorkloadError;
+use crate::formats;
 
 /// Memory of the Azure V1 flavours seen in `decoded_v1_dev.csv`: (MiB, VMs). The file's
 /// `mem_gb` are GiB (Azure sizes are binary): 0.75 GB is 768 MiB.
@@ -91,29 +89,6 @@ const BUILTIN_LIFE: [(u64, u64, u64, u64); 39] = [
     (173100, 259200, 315, 1603),
     (259500, 345600, 12, 468),
 ];
-
-/// A VM's lifetime from its Azure V1 duration bin: uniform in `[lo, hi]` when it ended
-/// within the trace, the bin's upper edge `hi` when it was still running at the trace end
-/// (censored). A bin `[0, 0]` means the VM was seen in one 300 s sample only, so it lived
-/// less than one sample: its range is widened to `[0, 300]` rather than giving it no life.
-pub(crate) fn bin_lifetime<R: Rng>(lo: f64, hi: f64, censored: bool, rng: &mut R) -> f64 {
-    let hi = if hi <= 0.0 { SAMPLE_S } else { hi };
-    if censored || hi <= lo {
-        hi
-    } else {
-        lo + (hi - lo) * rng.random::<f64>()
-    }
-}
-
-/// The mean of [`bin_lifetime`] over one bin.
-fn bin_mean(lo: f64, hi: f64, censored: bool) -> f64 {
-    let hi = if hi <= 0.0 { SAMPLE_S } else { hi };
-    if censored || hi <= lo {
-        hi
-    } else {
-        (lo + hi) / 2.0
-    }
-}
 
 /// One lifetime bin of the distribution.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -280,7 +255,7 @@ mod tests {
 
     #[test]
     fn builtin_table_matches_the_trace() {
-        let Some(dir) = crate::workload::tests::traces_dir() else { return };
+        let Some(dir) = crate::test_support::traces_dir() else { return };
         let d = Dist::from_file(&dir.join(DEV_FILE)).unwrap();
         assert_eq!(d, Dist::builtin(), "the built-in table is stale; the trace gives:\n{}", d.to_rust());
     }
@@ -288,7 +263,7 @@ mod tests {
     #[test]
     #[ignore = "prints the built-in table from the trace; run with --ignored --nocapture"]
     fn print_table() {
-        let dir = crate::workload::tests::traces_dir().expect("the traces folder");
+        let dir = crate::test_support::traces_dir().expect("the traces folder");
         print!("{}", Dist::from_file(&dir.join(DEV_FILE)).unwrap().to_rust());
     }
 

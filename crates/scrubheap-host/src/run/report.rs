@@ -189,7 +189,7 @@ pub struct RunReport {
     /// What a reader should know about the run (time to clean, why a figure is 0).
     pub notes: Vec<String>,
     /// Populate-on-demand guests (a share of the guests boot with target below maximum).
-    pub pod: crate::pod_guest::PodSummary,
+    pub pod: crate::tenants::pod_guest::PodSummary,
     /// Pages guests pinned long-term, as a device would.
     pub pins: PinReport,
     /// The hot-remove of a Movable range during the run (heap policies only).

@@ -3,8 +3,10 @@
 //! and the `kernel` baseline that does what VMMs do today (fresh anonymous memory,
 //! zeroed by the kernel at fault, released with munmap).
 
+pub use crate::arena::tag_of;
 use crate::instrument::PreemptRecorder;
-use crate::pool::{Pool, PoolHandle, SAMPLED_WORDS_PER_FRAME};
+use crate::pool::{retry_busy, Pool, PoolHandle, SAMPLED_WORDS_PER_FRAME};
+use crate::tenants::pins::unpin_all;
 use scrubheap::{AllocRequest, Claim, ClaimTarget, DomId, Extent, HeapError, Mfn};
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::time::Instant;
@@ -32,19 +34,38 @@ pub struct Created {
     pub highorder_failures: u64,
 }
 
-/// The tag a tenant writes into its pages (never zero).
-pub fn tag_of(dom: DomId) -> u64 {
-    0x7a6_0000_0000_0000 | (dom.0 as u64) << 8 | 0xa5
-}
-
-impl Pool {
+/// A guest's life on the pool (create, run, balloon, destroy): the guest layer's
+/// operations, kept out of [`Pool`]'s own impl so the pool knows nothing of guests.
+pub trait GuestOps {
     /// Creates a guest of `bytes` (rounded up to 4 KiB): claims its memory on the node
     /// with the most free memory (globally if no node has room), then populates it
     /// largest extents first, falling back to smaller ones where a large one cannot be
     /// had. Guest memory is movable (the hypervisor may move it and update the guest's
     /// frame list), so it comes from the Movable zone first. On failure every extent is
     /// returned and the claim cancelled.
-    pub fn create_guest(&self, dom: DomId, bytes: u64, rec: &PreemptRecorder) -> Result<(Guest, Created), HeapError> {
+    fn create_guest(&self, dom: DomId, bytes: u64, rec: &PreemptRecorder) -> Result<(Guest, Created), HeapError>;
+    /// The guest runs: writes its tag into every page it owns, at memory speed.
+    fn run_guest(&self, g: &Guest);
+    /// Balloons out: the guest's balloon driver hands back `frames` frames (at most all
+    /// but one of its frames) from the top of its memory, as the largest aligned parts of
+    /// its extents (a 1 GiB extent losing 300 MiB becomes a 512 MiB, a 128 MiB, a 64 MiB
+    /// ... extent; the heap splits the allocation and frees the parts). Freed memory is
+    /// dirty, scrubbed in the background like any other. Extents holding a long-term
+    /// pinned page (a device's DMA buffer) are kept. Returns what was freed, as
+    /// `(mfn, order)` parts, in the order freed.
+    fn balloon_out(&self, g: &mut Guest, frames: u64, rec: &PreemptRecorder) -> Vec<(Mfn, u8)>;
+    /// Balloons in: the guest asks for `frames` frames back, populated like a creation
+    /// (largest extents first, without a claim: another guest may have taken the memory
+    /// meanwhile). Returns the extents added; fewer frames than asked when the host has
+    /// no more.
+    fn balloon_in(&self, g: &mut Guest, frames: u64, node: usize, rec: &PreemptRecorder) -> Vec<Extent>;
+    /// Destroys a guest: its pins dropped, every extent back to the pool. Returns
+    /// milliseconds taken.
+    fn destroy_guest(&self, g: Guest, rec: &PreemptRecorder) -> f64;
+}
+
+impl GuestOps for Pool {
+    fn create_guest(&self, dom: DomId, bytes: u64, rec: &PreemptRecorder) -> Result<(Guest, Created), HeapError> {
         let t = Instant::now();
         let frames = bytes.div_ceil(4096);
         let heap = self.heap();
@@ -84,21 +105,13 @@ impl Pool {
         Ok((g, c))
     }
 
-    /// The guest runs: writes its tag into every page it owns, at memory speed.
-    pub fn run_guest(&self, g: &Guest) {
+    fn run_guest(&self, g: &Guest) {
         for e in &g.extents {
             self.arena().fill(e.mfn, e.frames(), tag_of(g.dom));
         }
     }
 
-    /// Balloons out: the guest's balloon driver hands back `frames` frames (at most all
-    /// but one of its frames) from the top of its memory, as the largest aligned parts of
-    /// its extents (a 1 GiB extent losing 300 MiB becomes a 512 MiB, a 128 MiB, a 64 MiB
-    /// ... extent; the heap splits the allocation and frees the parts). Freed memory is
-    /// dirty, scrubbed in the background like any other. Extents holding a long-term
-    /// pinned page (a device's DMA buffer) are kept. Returns what was freed, as
-    /// `(mfn, order)` parts, in the order freed.
-    pub fn balloon_out(&self, g: &mut Guest, frames: u64, rec: &PreemptRecorder) -> Vec<(Mfn, u8)> {
+    fn balloon_out(&self, g: &mut Guest, frames: u64, rec: &PreemptRecorder) -> Vec<(Mfn, u8)> {
         let total: u64 = g.extents.iter().map(Extent::frames).sum();
         let mut need = frames.min(total.saturating_sub(1));
         let mut freed = Vec::new();
@@ -115,17 +128,13 @@ impl Pool {
         }
         g.extents.extend(pinned);
         for &(mfn, order) in &freed {
-            crate::hotplug::retry_busy(|| self.free(mfn, order, g.dom, rec))
+            retry_busy(|| self.free(mfn, order, g.dom, rec))
                 .expect("a guest frees an aligned part of what it was given");
         }
         freed
     }
 
-    /// Balloons in: the guest asks for `frames` frames back, populated like a creation
-    /// (largest extents first, without a claim: another guest may have taken the memory
-    /// meanwhile). Returns the extents added; fewer frames than asked when the host has
-    /// no more.
-    pub fn balloon_in(&self, g: &mut Guest, frames: u64, node: usize, rec: &PreemptRecorder) -> Vec<Extent> {
+    fn balloon_in(&self, g: &mut Guest, frames: u64, node: usize, rec: &PreemptRecorder) -> Vec<Extent> {
         let mut left = frames;
         let mut got = Vec::new();
         for order in POPULATE_ORDERS {
@@ -146,22 +155,25 @@ impl Pool {
         got
     }
 
-    /// Destroys a guest: its pins dropped, every extent back to the pool. Returns
-    /// milliseconds taken.
-    pub fn destroy_guest(&self, g: Guest, rec: &PreemptRecorder) -> f64 {
-        self.core.destroy_guest(g, rec)
+    fn destroy_guest(&self, g: Guest, rec: &PreemptRecorder) -> f64 {
+        GuestTeardown::destroy_guest(&self.core, g, rec)
     }
 }
 
-impl PoolHandle {
+/// Tearing a guest down, which needs only a [`PoolHandle`]: what a guest's memory holds
+/// so that its frames can go back to the heap after the [`Pool`] itself is gone.
+pub trait GuestTeardown {
     /// Destroys a guest: its pins dropped, every extent back to the heap, dirty, and
     /// the scrubbers woken. Returns milliseconds taken.
-    pub fn destroy_guest(&self, mut g: Guest, rec: &PreemptRecorder) -> f64 {
+    fn destroy_guest(&self, g: Guest, rec: &PreemptRecorder) -> f64;
+}
+
+impl GuestTeardown for PoolHandle {
+    fn destroy_guest(&self, mut g: Guest, rec: &PreemptRecorder) -> f64 {
         let t = Instant::now();
-        self.unpin_guest(&mut g);
+        unpin_all(self.heap(), &mut g);
         for e in g.extents {
-            crate::hotplug::retry_busy(|| self.free(e.mfn, e.order, g.dom, rec))
-                .expect("a guest frees exactly what it was given");
+            retry_busy(|| self.free(e.mfn, e.order, g.dom, rec)).expect("a guest frees exactly what it was given");
         }
         t.elapsed().as_secs_f64() * 1e3
     }

@@ -4,9 +4,9 @@
 //! tag into a working set of half its target. Every page a touch populates is leak-checked
 //! before the guest writes it, whether it came from the PoD cache or from a reclaim.
 
-use crate::guest::Created;
 use crate::instrument::PreemptRecorder;
 use crate::pool::Pool;
+use crate::tenants::guest::Created;
 use scrubheap::{DomId, Extent};
 use scrubheap_oplog::Op;
 use scrubheap_pod::{PodConfig, PodEntry, PodError, PodProgress};
@@ -73,12 +73,31 @@ impl Rng {
     }
 }
 
-impl Pool {
+/// A populate-on-demand guest's life on the pool: the PoD guest layer's operations, kept
+/// out of [`Pool`]'s own impl so the pool knows nothing of guests.
+pub trait PodGuestOps {
     /// Creates a PoD guest of `bytes` maximum (at least 2 MiB) with a target of three
     /// quarters of it on the node with the most free memory, filling its cache preemptibly,
     /// then boots it (touch and zero everything), balloons it down to its target in 4 KiB
     /// pages, and has it write its tag into half its target. `log` sees the op-log lines.
-    pub fn create_pod_guest(
+    fn create_pod_guest(
+        &self,
+        dom: DomId,
+        bytes: u64,
+        rec: &PreemptRecorder,
+        log: LogLine<'_>,
+    ) -> Result<(PodGuest, Created, u64), PodError>;
+    /// Boot, balloon, work (see [`PodGuestOps::create_pod_guest`]). Returns pages ballooned.
+    fn run_pod_guest(&self, g: &PodGuest, rec: &PreemptRecorder, log: LogLine<'_>) -> u64;
+    /// Destroys a PoD guest (crashed or not): its pages go back to the heap, dirty.
+    /// Returns milliseconds taken.
+    fn destroy_pod_guest(&self, g: PodGuest, rec: &PreemptRecorder, log: LogLine<'_>) -> f64;
+    /// The PoD counters of every guest the run has had.
+    fn pod_summary(&self, guests: u64, refused: u64, pages_ballooned: u64) -> PodSummary;
+}
+
+impl PodGuestOps for Pool {
+    fn create_pod_guest(
         &self,
         dom: DomId,
         bytes: u64,
@@ -115,32 +134,7 @@ impl Pool {
         Ok((g, c, ballooned))
     }
 
-    /// One touch: populates if needed (leak-checking what the guest is handed), and with
-    /// `data` writes the guest's tag into the page. A crash ends the guest's run.
-    fn pod_touch(&self, g: &PodGuest, gfn: u64, data: bool, rec: &PreemptRecorder, log: LogLine<'_>) -> bool {
-        rec.enter_op("pod touch");
-        let r = self.pods().touch(self.heap(), g.dom, gfn, false);
-        rec.exit();
-        log(Op::Touch { dom: g.dom, gfn, data });
-        match r {
-            Ok(m) => {
-                if m.populated {
-                    let node = self.heap().node_of(m.mfn).unwrap_or(0);
-                    self.leak_check(Extent { mfn: m.mfn, order: m.order, node });
-                }
-                if data {
-                    let mfn = scrubheap::Mfn(m.mfn.0 + (gfn - m.gfn));
-                    scrubheap::FrameMemory::fill(self.arena(), mfn, 1, g.dom);
-                }
-                true
-            }
-            Err(PodError::NotMapped { .. }) => true,
-            Err(_) => false,
-        }
-    }
-
-    /// Boot, balloon, work (see [`Pool::create_pod_guest`]). Returns pages ballooned.
-    pub fn run_pod_guest(&self, g: &PodGuest, rec: &PreemptRecorder, log: LogLine<'_>) -> u64 {
+    fn run_pod_guest(&self, g: &PodGuest, rec: &PreemptRecorder, log: LogLine<'_>) -> u64 {
         for gfn in 0..g.max_pages {
             if !self.pod_touch(g, gfn, false, rec, log) {
                 return 0;
@@ -180,9 +174,7 @@ impl Pool {
         ballooned
     }
 
-    /// Destroys a PoD guest (crashed or not): its pages go back to the heap, dirty.
-    /// Returns milliseconds taken.
-    pub fn destroy_pod_guest(&self, g: PodGuest, rec: &PreemptRecorder, log: LogLine<'_>) -> f64 {
+    fn destroy_pod_guest(&self, g: PodGuest, rec: &PreemptRecorder, log: LogLine<'_>) -> f64 {
         let t = Instant::now();
         rec.enter_op("pod destroy");
         let r = self.pods().destroy(self.heap(), g.dom);
@@ -195,8 +187,7 @@ impl Pool {
         t.elapsed().as_secs_f64() * 1e3
     }
 
-    /// The PoD counters of every guest the run has had.
-    pub fn pod_summary(&self, guests: u64, refused: u64, pages_ballooned: u64) -> PodSummary {
+    fn pod_summary(&self, guests: u64, refused: u64, pages_ballooned: u64) -> PodSummary {
         let c = self.pods().totals().counters;
         PodSummary {
             guests,
@@ -208,6 +199,37 @@ impl Pool {
             superpages_shattered: c.superpages_shattered,
             crashes: c.crashes,
             pages_ballooned,
+        }
+    }
+}
+
+/// Steps of [`PodGuestOps`] that are not part of its interface.
+trait PodTouch {
+    /// One touch: populates if needed (leak-checking what the guest is handed), and with
+    /// `data` writes the guest's tag into the page. A crash ends the guest's run.
+    fn pod_touch(&self, g: &PodGuest, gfn: u64, data: bool, rec: &PreemptRecorder, log: LogLine<'_>) -> bool;
+}
+
+impl PodTouch for Pool {
+    fn pod_touch(&self, g: &PodGuest, gfn: u64, data: bool, rec: &PreemptRecorder, log: LogLine<'_>) -> bool {
+        rec.enter_op("pod touch");
+        let r = self.pods().touch(self.heap(), g.dom, gfn, false);
+        rec.exit();
+        log(Op::Touch { dom: g.dom, gfn, data });
+        match r {
+            Ok(m) => {
+                if m.populated {
+                    let node = self.heap().node_of(m.mfn).unwrap_or(0);
+                    self.leak_check(Extent { mfn: m.mfn, order: m.order, node });
+                }
+                if data {
+                    let mfn = scrubheap::Mfn(m.mfn.0 + (gfn - m.gfn));
+                    scrubheap::FrameMemory::fill(self.arena(), mfn, 1, g.dom);
+                }
+                true
+            }
+            Err(PodError::NotMapped { .. }) => true,
+            Err(_) => false,
         }
     }
 }

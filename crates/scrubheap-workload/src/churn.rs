@@ -10,8 +10,8 @@ use std::collections::BinaryHeap;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
-use super::azure_v1::Dist;
-use super::{guest_bytes, GuestSpec};
+use crate::azure_v1::Dist;
+use crate::spec::{guest_bytes, GuestSpec};
 
 /// Guests per second the scheduler sends when the host is at [`TARGET`].
 pub(crate) const BASE_RATE: f64 = 8.0;

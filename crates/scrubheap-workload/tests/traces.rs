@@ -4,21 +4,14 @@
 
 use std::path::{Path, PathBuf};
 
-use scrubheap_host::workload::{TraceFormat, Workload, WorkloadError, MIN_GUEST_BYTES, PAGE_BYTES};
+use scrubheap_workload::{TraceFormat, Workload, WorkloadError, MIN_GUEST_BYTES, PAGE_BYTES};
 
 const HOST: u64 = 4 << 30;
 
-fn traces_dir() -> Option<PathBuf> {
-    let dir = std::env::var_os("SCRUBHEAP_TRACES")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../shared/traces"));
-    if dir.join("README.md").is_file() {
-        Some(dir)
-    } else {
-        println!("skipped: no traces folder at {}", dir.display());
-        None
-    }
-}
+// The unit tests' helper, shared rather than copied.
+#[path = "../src/test_support.rs"]
+mod test_support;
+use test_support::traces_dir;
 
 /// A file in a fresh temporary folder of this process.
 fn temp_file(test: &str, name: &str, text: &str) -> PathBuf {
@@ -194,7 +187,7 @@ fn errors_say_what_to_fix() {
 
 /// Prints what the default churn and each trace give on a 4 GiB host over 25 s: the
 /// figures quoted in the documentation.
-/// `cargo test -p scrubheap-host --release --test workload summary -- --ignored --nocapture`
+/// `cargo test -p scrubheap-workload --release --test traces summary -- --ignored --nocapture`
 #[test]
 #[ignore = "prints a summary; run with --ignored --nocapture"]
 fn summary() {
@@ -233,4 +226,31 @@ fn summary() {
         let ended = w.guests.iter().filter(|g| g.arrival_s + g.lifetime_s < w.duration_s).count();
         println!("{w}; {ended} destroyed in the run");
     }
+}
+
+/// The rules every reader of Azure V1 decoded files follows (crate docs): columns by name,
+/// `censored` 0 or 1 only, censored VMs living to their bin's upper edge, reversed bins
+/// refused, the seed used as given.
+#[test]
+fn decoded_rules_are_one_set() {
+    let h = "arrival_bin_end_s,batch_idx,vcpus,mem_gb,dur_bin,censored,dur_bin_lo_s,dur_bin_hi_s";
+    // Reordered and extra columns: found by name.
+    let reordered = "extra,censored,dur_bin_hi_s,dur_bin_lo_s,mem_gb,arrival_bin_end_s\nx,1,7200,3900,0.75,600\nx,0,7200,3900,1.75,600\n";
+    let t = scrubheap_workload::read_trace(&temp_file("rules", "reordered.csv", reordered), 5).unwrap();
+    let censored = t.guests.iter().find(|g| g.bytes == 0.75 * (1u64 << 30) as f64).unwrap();
+    assert_eq!(censored.lifetime_s, 7200.0, "a censored VM lives to its bin's upper edge");
+    assert!(t.guests.iter().all(|g| (300.0..600.0).contains(&g.arrival_s) && g.lifetime_s.is_finite()));
+    // `censored` other than 0 or 1, and a reversed bin: errors naming the column.
+    for (name, row, column) in
+        [("two.csv", "300,0,1,0.75,1,2,300,300", "censored"), ("rev.csv", "300,0,1,0.75,1,0,600,300", "dur_bin_hi_s")]
+    {
+        let e = scrubheap_workload::read_trace(&temp_file("rules", name, &format!("{h}\n{row}\n")), 1).unwrap_err();
+        assert!(matches!(e, WorkloadError::Malformed { column: ref c, line: 2, .. } if c == column), "{name}: {e}");
+    }
+    // The seed as given: the same seed places every VM at the same instant, another does not.
+    let file =
+        temp_file("rules", "seeded.csv", &format!("{h}\n300,0,1,0.75,13,0,3900,7200\n600,0,1,1.75,13,0,3900,7200\n"));
+    let (a, b) = (scrubheap_workload::read_trace(&file, 9).unwrap(), scrubheap_workload::read_trace(&file, 9).unwrap());
+    assert_eq!(a.guests, b.guests);
+    assert_ne!(a.guests, scrubheap_workload::read_trace(&file, 10).unwrap().guests);
 }

@@ -1,17 +1,10 @@
-//! SVG timelines: memory composition per node, scrub throughput, longest sections.
+//! The simulator's SVG timelines (`scrubheap sim --report DIR`): memory composition per
+//! node, scrub throughput, longest sections; in the palette of [`super`].
 
-use crate::report::{PolicyRun, Sample};
+use super::{CLEAN, DIRTY, FONT, GIB, POLICY_COLORS as COLORS, USED};
 use plotters::prelude::*;
+use scrubheap_sim::report::{PolicyRun, Sample};
 use std::path::{Path, PathBuf};
-
-const GIB: f64 = (1u64 << 30) as f64;
-const COLORS: [RGBColor; 5] = [
-    RGBColor(31, 119, 180),
-    RGBColor(255, 127, 14),
-    RGBColor(44, 160, 44),
-    RGBColor(214, 39, 40),
-    RGBColor(148, 103, 189),
-];
 
 fn err<E: std::fmt::Display>(e: E) -> String {
     e.to_string()
@@ -45,15 +38,15 @@ fn memory(path: &Path, title: &str, tl: &[Sample]) -> Result<(), String> {
     let rows = nodes.div_ceil(cols);
     let root = SVGBackend::new(path, (320 * cols as u32, 60 + 240 * rows as u32)).into_drawing_area();
     root.fill(&WHITE).map_err(err)?;
-    let root = root.titled(title, ("sans-serif", 20)).map_err(err)?;
+    let root = root.titled(title, (FONT, 20)).map_err(err)?;
     let panels = root.split_evenly((rows, cols));
     let t_max = tl.last().map_or(1.0, |s| s.t_s).max(1e-9);
     let y_max = tl.iter().flat_map(|s| s.nodes.iter().map(|n| (n[0] + n[1] + n[2]) as f64 / GIB)).fold(1e-9, f64::max);
     let names = ["free clean", "free dirty", "allocated"];
-    let colors = [COLORS[2], COLORS[3], COLORS[0]];
+    let colors = [CLEAN, DIRTY, USED];
     for (n, panel) in panels.iter().enumerate().take(nodes) {
         let mut chart = ChartBuilder::on(panel)
-            .caption(format!("node {n}"), ("sans-serif", 14))
+            .caption(format!("node {n}"), (FONT, 14))
             .margin(6)
             .x_label_area_size(28)
             .y_label_area_size(44)
@@ -94,7 +87,7 @@ fn throughput(path: &Path, scenario: &str, runs: &[PolicyRun]) -> Result<(), Str
         .collect();
     let y_max = series.iter().flatten().map(|p| p.1).fold(1e-9, f64::max);
     let mut chart = ChartBuilder::on(&root)
-        .caption(format!("{scenario}: bytes zeroed per second (idle and toolstack CPUs)"), ("sans-serif", 18))
+        .caption(format!("{scenario}: bytes zeroed per second (idle and toolstack CPUs)"), (FONT, 18))
         .margin(10)
         .x_label_area_size(36)
         .y_label_area_size(56)
@@ -124,7 +117,7 @@ fn sections(path: &Path, scenario: &str, runs: &[PolicyRun], watchdog_s: f64) ->
         * 2.0;
     let t_max = end_time(runs);
     let mut chart = ChartBuilder::on(&root)
-        .caption(format!("{scenario}: longest non-preemptible section per sample"), ("sans-serif", 18))
+        .caption(format!("{scenario}: longest non-preemptible section per sample"), (FONT, 18))
         .margin(10)
         .x_label_area_size(36)
         .y_label_area_size(64)
