@@ -441,26 +441,13 @@ fn misuse_is_refused_and_changes_nothing() {
     refused!(h, h.pods.lookup(DomId(1), 4096), PodError::GfnOutOfRange { .. });
 }
 
-/// A small deterministic generator, so the random walk below is the same on every run.
-struct Rng(u64);
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0
-    }
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
-    }
-}
-
 #[test]
 fn random_operations_on_three_guests_keep_every_invariant() {
     let mut seen = PodCounters::default();
     for seed in 1..6u64 {
         let h = heap();
-        let mut rng = Rng(seed.wrapping_mul(0x9e37_79b9_7f4a_7c15));
+        // Deterministic, so the random walk is the same on every run.
+        let mut rng = TestRng::new(seed.wrapping_mul(0x9e37_79b9_7f4a_7c15));
         let mut crashes = 0;
         for step in 0..1500 {
             let dom = 1 + rng.below(3) as u32;
@@ -511,20 +498,6 @@ fn random_operations_on_three_guests_keep_every_invariant() {
         ("crashes", seen.crashes),
     ] {
         assert!(n > 0, "the random walk never saw {what}: {seen:?}");
-    }
-}
-
-trait Add {
-    fn add(&mut self, o: &PodCounters);
-}
-impl Add for PodCounters {
-    fn add(&mut self, o: &PodCounters) {
-        self.populated_2m += o.populated_2m;
-        self.populated_4k += o.populated_4k;
-        self.superpages_reclaimed += o.superpages_reclaimed;
-        self.zero_pages_reclaimed += o.zero_pages_reclaimed;
-        self.superpages_shattered += o.superpages_shattered;
-        self.crashes += o.crashes;
     }
 }
 
