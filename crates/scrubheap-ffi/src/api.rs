@@ -1,7 +1,7 @@
 //! The heap's exported functions: lifecycle, allocation, scrubbing, claims, statistics,
 //! the invariant check.
 
-use crate::callbacks::{CMemory, CPreempt, ScrubheapPreemptFn};
+use crate::callbacks::{CMemory, CQuestion, ScrubheapPreemptFn};
 use crate::handle::{destroy_heap, need_out, new_heap, put, with_heap, ScrubheapHeap, Shared};
 use crate::status::{guard, Failure, ScrubheapStatus};
 use crate::types::{
@@ -130,7 +130,7 @@ pub unsafe extern "C" fn scrubheap_scrub_step(
     unsafe {
         with_heap(heap, |s| {
             need_out(zeroed, "zeroed")?;
-            let n = s.heap.scrub_step(node as usize, budget, &CPreempt { f: preempt, ctx })?;
+            let n = s.heap.scrub_step(node as usize, budget, &CQuestion { f: preempt, ctx })?;
             assert!(n <= budget, "a scrub step zeroes at most its budget");
             put(zeroed, n);
             Ok(ScrubheapStatus::SCRUBHEAP_OK)

@@ -54,30 +54,33 @@ impl FrameMemory for CMemory {
     }
 }
 
-/// A caller's preemption question; no function means never yield.
-pub(crate) struct CPreempt {
-    pub f: ScrubheapPreemptFn,
+/// A caller's yes/no question with its context: a preemption check ([`ScrubheapPreemptFn`],
+/// no function: never yield) or a deadline ([`ScrubheapDeadlineFn`], no function: no
+/// deadline, every offline step is bounded). Both have the same C signature, so one type
+/// serves both traits.
+pub(crate) struct CQuestion {
+    pub f: Option<unsafe extern "C" fn(ctx: *mut c_void) -> bool>,
     pub ctx: *mut c_void,
 }
 
-impl Preempt for CPreempt {
-    fn check(&self) -> bool {
+impl CQuestion {
+    /// The caller's answer; false when there is no function.
+    fn ask(&self) -> bool {
         // SAFETY: the caller passed the function and context to this very call, which
         // promises they are valid until it returns; the heap asks only during the call.
         self.f.is_some_and(|f| unsafe { f(self.ctx) })
     }
 }
 
-/// A caller's deadline; no function means no deadline (every offline step is bounded).
-pub(crate) struct CDeadline {
-    pub f: ScrubheapDeadlineFn,
-    pub ctx: *mut c_void,
+impl Preempt for CQuestion {
+    fn check(&self) -> bool {
+        self.ask()
+    }
 }
 
-impl Deadline for CDeadline {
+impl Deadline for CQuestion {
     fn passed(&self) -> bool {
-        // SAFETY: as for CPreempt: valid for the duration of the call that passed it.
-        self.f.is_some_and(|f| unsafe { f(self.ctx) })
+        self.ask()
     }
 }
 
@@ -95,7 +98,7 @@ pub struct ScrubheapMigrator {
 impl Migrator for ScrubheapMigrator {
     fn migrate(&self, owner: DomId, from: Extent, to: Extent) -> bool {
         let (from, to) = (ScrubheapExtent::from(from), ScrubheapExtent::from(to));
-        // SAFETY: as for CPreempt: valid for the duration of the call that passed it.
+        // SAFETY: as for CQuestion: valid for the duration of the call that passed it.
         self.migrate.is_some_and(|f| unsafe { f(self.ctx, owner.0, from, to) })
     }
 }

@@ -1,6 +1,6 @@
 //! Long-term pins, offline and online, broken frames.
 
-use crate::callbacks::{CDeadline, ScrubheapDeadlineFn, ScrubheapMigrator};
+use crate::callbacks::{CQuestion, ScrubheapDeadlineFn, ScrubheapMigrator};
 use crate::handle::{need_out, put, with_heap, ScrubheapHeap};
 use crate::status::ScrubheapStatus;
 use crate::types::{
@@ -91,7 +91,7 @@ pub unsafe extern "C" fn scrubheap_offline(
             need_out(out, "out")?;
             // SAFETY: the caller's contract on `migrator`.
             let m = self::migrator(migrator);
-            let done = s.heap.offline(Mfn(first), count, &m, &CDeadline { f: deadline, ctx })?;
+            let done = s.heap.offline(Mfn(first), count, &m, &CQuestion { f: deadline, ctx })?;
             put(out, done.into());
             Ok(ScrubheapStatus::SCRUBHEAP_OK)
         })

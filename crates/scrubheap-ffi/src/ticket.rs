@@ -2,7 +2,7 @@
 //! steps, yielding whenever its preemption callback says so.
 
 use crate::api::read_request;
-use crate::callbacks::{CPreempt, ScrubheapPreemptFn};
+use crate::callbacks::{CQuestion, ScrubheapPreemptFn};
 use crate::handle::{
     drop_ticket, need_out, new_ticket, put, with_heap, with_ticket, ScrubheapHeap, ScrubheapTicket, TicketCell,
 };
@@ -86,7 +86,7 @@ pub unsafe extern "C" fn scrubheap_ticket_advance(
                 let m = "this ticket has already returned its extent or failed: drop it";
                 return Err(Failure::new(ScrubheapStatus::SCRUBHEAP_E_TICKET_FINISHED, m));
             }
-            let p = CPreempt { f: preempt, ctx };
+            let p = CQuestion { f: preempt, ctx };
             let r = b.cell.with_dependent_mut(|_, t| t.advance(&p));
             b.finished = !matches!(r, Ok(None));
             match r? {

@@ -44,25 +44,27 @@ fn build_and_run(name: &str) -> String {
     out.into_owned()
 }
 
-#[test]
-fn hypervisor_program_builds_guests_on_dirty_memory_and_finds_every_frame_zero() {
+/// [`build_and_run`] when there is a C compiler, echoing the program's output; `None`
+/// (the caller skips, with a message) when there is none.
+fn run_if_cc(name: &str) -> Option<String> {
     if !have_cc() {
         eprintln!("SKIPPED: no C compiler (`cc`) on this machine; install one (apt-get install gcc) to run tests/c");
-        return;
+        return None;
     }
-    let out = build_and_run("hypervisor");
+    let out = build_and_run(name);
     eprintln!("{out}");
+    Some(out)
+}
+
+#[test]
+fn hypervisor_program_builds_guests_on_dirty_memory_and_finds_every_frame_zero() {
+    let Some(out) = run_if_cc("hypervisor") else { return };
     assert!(out.contains("every frame handed over was zero and the counters added up"), "{out}");
 }
 
 #[test]
 fn misuse_program_gets_the_expected_code_for_every_refusal() {
-    if !have_cc() {
-        eprintln!("SKIPPED: no C compiler (`cc`) on this machine; install one (apt-get install gcc) to run tests/c");
-        return;
-    }
-    let out = build_and_run("misuse");
-    eprintln!("{out}");
+    let Some(out) = run_if_cc("misuse") else { return };
     let refusals = out.lines().filter(|l| l.starts_with("refused as expected")).count();
     assert!(refusals >= 40, "only {refusals} refusals checked:\n{out}");
 }

@@ -184,7 +184,8 @@ pub struct PodCounters {
 }
 
 impl PodCounters {
-    pub(crate) fn add(&mut self, o: &PodCounters) {
+    /// Adds `o`'s counts to these (totals over guests, or over runs).
+    pub fn add(&mut self, o: &PodCounters) {
         self.superpages_reclaimed += o.superpages_reclaimed;
         self.zero_pages_reclaimed += o.zero_pages_reclaimed;
         self.superpages_shattered += o.superpages_shattered;

@@ -208,13 +208,22 @@ fn out_of_pod_memory_crashes_that_guest_only() {
     ok(&h);
 }
 
-#[test]
-fn balloon_inside_a_zeroed_superpage_reclaims_it_whole() {
+/// The scene of the reclaim tests: guest 1 under `cfg`, its gfn `gfn` touched (`data`:
+/// written to), then gfn 17 (inside the same first superpage) ballooned out. Returns the
+/// heap, the touch's mapping and the guest's stats after the balloon.
+fn balloon_17_after_a_touch(cfg: PodConfig, gfn: u64, data: bool) -> (World, PodMapping, PodStats) {
+    assert!(gfn < 512 && gfn != 17, "the touch is in the first superpage, not at gfn 17");
     let h = heap();
-    create(&h, 1, PodConfig::new(2048, 1024));
-    h.pods.touch(&h.heap, DomId(1), 0, false).unwrap();
+    create(&h, 1, cfg);
+    let m = h.pods.touch(&h.heap, DomId(1), gfn, data).unwrap();
     h.pods.balloon(&h.heap, DomId(1), 17, 0).unwrap();
     let s = stats(&h, 1);
+    (h, m, s)
+}
+
+#[test]
+fn balloon_inside_a_zeroed_superpage_reclaims_it_whole() {
+    let (h, _, s) = balloon_17_after_a_touch(PodConfig::new(2048, 1024), 0, false);
     assert_eq!(s.counters.superpages_reclaimed, 1);
     assert_eq!(s.counters.superpages_shattered, 0);
     assert_eq!((s.populated, s.cache, s.cache_superpages, s.entries), (0, 1024, 2, 2047));
@@ -226,11 +235,7 @@ fn balloon_inside_a_zeroed_superpage_reclaims_it_whole() {
 
 #[test]
 fn balloon_with_4k_only_reclaim_shatters_the_superpage() {
-    let h = heap();
-    create(&h, 1, PodConfig::new(2048, 1024).no_superpage_reclaim());
-    let m = h.pods.touch(&h.heap, DomId(1), 0, false).unwrap();
-    h.pods.balloon(&h.heap, DomId(1), 17, 0).unwrap();
-    let s = stats(&h, 1);
+    let (h, m, s) = balloon_17_after_a_touch(PodConfig::new(2048, 1024).no_superpage_reclaim(), 0, false);
     assert_eq!((s.counters.superpages_reclaimed, s.counters.superpages_shattered), (0, 1));
     // The zero page went to the (short) cache; its neighbours stay mapped at 4 KiB.
     assert_eq!(s.counters.zero_pages_reclaimed, 1);
@@ -241,11 +246,7 @@ fn balloon_with_4k_only_reclaim_shatters_the_superpage() {
 
 #[test]
 fn a_superpage_with_data_is_shattered_even_with_superpage_reclaim() {
-    let h = heap();
-    create(&h, 1, PodConfig::new(2048, 1024));
-    h.pods.touch(&h.heap, DomId(1), 3, true).unwrap();
-    h.pods.balloon(&h.heap, DomId(1), 17, 0).unwrap();
-    let s = stats(&h, 1);
+    let (h, _, s) = balloon_17_after_a_touch(PodConfig::new(2048, 1024), 3, true);
     assert_eq!((s.counters.superpages_reclaimed, s.counters.superpages_shattered), (0, 1));
     assert!(matches!(h.pods.lookup(DomId(1), 3).unwrap(), PodEntry::Ram { order: 0, .. }));
     ok(&h);
@@ -441,26 +442,13 @@ fn misuse_is_refused_and_changes_nothing() {
     refused!(h, h.pods.lookup(DomId(1), 4096), PodError::GfnOutOfRange { .. });
 }
 
-/// A small deterministic generator, so the random walk below is the same on every run.
-struct Rng(u64);
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0
-    }
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
-    }
-}
-
 #[test]
 fn random_operations_on_three_guests_keep_every_invariant() {
     let mut seen = PodCounters::default();
     for seed in 1..6u64 {
         let h = heap();
-        let mut rng = Rng(seed.wrapping_mul(0x9e37_79b9_7f4a_7c15));
+        // Deterministic, so the random walk is the same on every run.
+        let mut rng = TestRng::new(seed.wrapping_mul(0x9e37_79b9_7f4a_7c15));
         let mut crashes = 0;
         for step in 0..1500 {
             let dom = 1 + rng.below(3) as u32;
@@ -511,20 +499,6 @@ fn random_operations_on_three_guests_keep_every_invariant() {
         ("crashes", seen.crashes),
     ] {
         assert!(n > 0, "the random walk never saw {what}: {seen:?}");
-    }
-}
-
-trait Add {
-    fn add(&mut self, o: &PodCounters);
-}
-impl Add for PodCounters {
-    fn add(&mut self, o: &PodCounters) {
-        self.populated_2m += o.populated_2m;
-        self.populated_4k += o.populated_4k;
-        self.superpages_reclaimed += o.superpages_reclaimed;
-        self.zero_pages_reclaimed += o.zero_pages_reclaimed;
-        self.superpages_shattered += o.superpages_shattered;
-        self.crashes += o.crashes;
     }
 }
 

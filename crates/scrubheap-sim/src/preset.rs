@@ -98,12 +98,7 @@ impl HostPreset {
             node_zero_gbps: 3.3,
             remote_penalty: 2.0,
             socket_penalty: 2.0,
-            relinquish_ns: 150,
-            lock_hold_ns: 74,
-            op_ns: 500,
-            scrub_batch_bytes: MIB,
-            watchdog_s: 5.0,
-            ..Self::no_mechanisms()
+            ..Self::xen_costs()
         }
     }
 
@@ -122,12 +117,7 @@ impl HostPreset {
             node_zero_gbps: 70.0,
             remote_penalty: 1.2,
             socket_penalty: 1.6,
-            relinquish_ns: 150,
-            lock_hold_ns: 74,
-            op_ns: 500,
-            scrub_batch_bytes: MIB,
-            watchdog_s: 5.0,
-            ..Self::no_mechanisms()
+            ..Self::xen_costs()
         }
     }
 
@@ -148,15 +138,10 @@ impl HostPreset {
             node_zero_gbps: 184.0,
             remote_penalty: 1.6,
             socket_penalty: 1.6,
-            relinquish_ns: 150,
-            lock_hold_ns: 74,
-            op_ns: 500,
-            scrub_batch_bytes: MIB,
-            watchdog_s: 5.0,
             guest_traffic_share: 0.3,
             lock_page_ns: 5,
             interconnect_gbps: 192.0,
-            cpuless_nodes: Vec::new(),
+            ..Self::xen_costs()
         }
     }
 
@@ -174,19 +159,17 @@ impl HostPreset {
             node_zero_gbps: 8.0,
             remote_penalty: 1.5,
             socket_penalty: 2.0,
-            relinquish_ns: 150,
-            lock_hold_ns: 74,
-            op_ns: 500,
-            scrub_batch_bytes: MIB,
-            watchdog_s: 5.0,
-            ..Self::no_mechanisms()
+            ..Self::xen_costs()
         }
     }
 
-    /// The mechanism parameters of a preset that gives none: no guest traffic, no
-    /// page-granular lock work, no interconnect limit, every node with CPUs. Only the
-    /// mechanism fields of the result are meant to be used (`..Self::no_mechanisms()`).
-    fn no_mechanisms() -> HostPreset {
+    /// What every built-in preset shares: Xen's per-operation costs (relinquish, lock hold,
+    /// toolstack op), 1 MiB scrub batches, a 5 s watchdog, and no mechanism (no guest
+    /// traffic, no page-granular lock work, no interconnect limit, every node with CPUs).
+    /// Only those fields of the result are meant to be used (`..Self::xen_costs()`): each
+    /// preset sets its own size, bandwidths and penalties, and a preset of the 2026
+    /// reports its mechanisms.
+    fn xen_costs() -> HostPreset {
         HostPreset {
             name: String::new(),
             description: String::new(),
@@ -199,9 +182,9 @@ impl HostPreset {
             node_zero_gbps: 1.0,
             remote_penalty: 1.0,
             socket_penalty: 1.0,
-            relinquish_ns: 0,
-            lock_hold_ns: 0,
-            op_ns: 0,
+            relinquish_ns: 150,
+            lock_hold_ns: 74,
+            op_ns: 500,
             scrub_batch_bytes: MIB,
             watchdog_s: 5.0,
             guest_traffic_share: 0.0,

@@ -198,14 +198,19 @@ fn fill_then_reboot(host: &HostPreset, rng: &mut ChaCha8Rng, wave: usize) -> (Ve
     (guests, ops)
 }
 
-fn reboot_storm(host: HostPreset, rng: &mut ChaCha8Rng) -> Scenario {
-    // Every guest reboots within the same second: each node's memory is freed dirty and
-    // claimed again at once by the guests that lived there.
-    let (guests, ops) = fill_then_reboot(&host, rng, host.nodes * 7);
-    let builders = host.nodes * 2;
-    let n = guests.len();
+/// A scenario over `fill_nodes` guests, run for an hour at most and sampled every 0.25 s:
+/// memory clean at the start and no mechanism (a caller overrides either with `..`).
+fn filled_nodes(
+    name: &str,
+    host: HostPreset,
+    builders: usize,
+    (guests, ops): (Vec<GuestSpec>, Vec<TimedOp>),
+    note: String,
+) -> Scenario {
+    assert!(builders > 0 && !guests.is_empty());
+    assert!(ops.windows(2).all(|w| w[0].at_ns <= w[1].at_ns), "events in time order");
     Scenario {
-        name: "reboot-storm".into(),
+        name: name.into(),
         host,
         builders,
         initially_dirty: false,
@@ -213,11 +218,21 @@ fn reboot_storm(host: HostPreset, rng: &mut ChaCha8Rng) -> Scenario {
         ops,
         max_s: 3600.0,
         sample_s: 0.25,
-        notes: vec![format!(
-            "{n} guests (7 per node, 1/8 of a node each, node claims) are built, then all reboot within 1 s from t=10 s; {builders} toolstack CPUs (2 per node)"
-        )],
+        notes: vec![note],
         mechanisms: Mechanisms::default(),
     }
+}
+
+fn reboot_storm(host: HostPreset, rng: &mut ChaCha8Rng) -> Scenario {
+    // Every guest reboots within the same second: each node's memory is freed dirty and
+    // claimed again at once by the guests that lived there.
+    let (guests, ops) = fill_then_reboot(&host, rng, host.nodes * 7);
+    let builders = host.nodes * 2;
+    let note = format!(
+        "{} guests (7 per node, 1/8 of a node each, node claims) are built, then all reboot within 1 s from t=10 s; {builders} toolstack CPUs (2 per node)",
+        guests.len()
+    );
+    filled_nodes("reboot-storm", host, builders, (guests, ops), note)
 }
 
 /// VMs fill every node under node claims; a wave of them reboots in parallel, each rebuilt
@@ -226,22 +241,15 @@ fn claims_reboot(host: HostPreset, rng: &mut ChaCha8Rng) -> Scenario {
     let wave = (host.nodes * 7).div_ceil(2);
     let (guests, ops) = fill_then_reboot(&host, rng, wave);
     let builders = CLAIMS_REBOOT_BUILDERS.min(host.cpus());
-    let n = guests.len();
+    let note = format!(
+        "{} guests (7 per node, 1/8 of a node each, node claims) are built; {wave} of them (half of every node's) reboot within 1 s from t=10 s, each rebuilt under a node claim on its own node; {builders} toolstack CPUs",
+        guests.len()
+    );
     Scenario {
-        name: "claims-reboot".into(),
-        host,
-        builders,
-        initially_dirty: false,
-        guests,
-        ops,
-        max_s: 3600.0,
-        sample_s: 0.25,
-        notes: vec![format!(
-            "{n} guests (7 per node, 1/8 of a node each, node claims) are built; {wave} of them (half of every node's) reboot within 1 s from t=10 s, each rebuilt under a node claim on its own node; {builders} toolstack CPUs"
-        )],
         // The scenario of the 2026 reports: every mechanism they name is on unless the
         // caller switches it off.
         mechanisms: Mechanisms::ALL,
+        ..filled_nodes("claims-reboot", host, builders, (guests, ops), note)
     }
 }
 
@@ -253,21 +261,11 @@ fn boot_scrub(host: HostPreset) -> Scenario {
     let ops =
         (0..guests.len()).map(|g| TimedOp { at_ns: 0, guest: g, action: Action::Create, measure: true }).collect();
     let builders = host.nodes * 2;
-    let n = guests.len();
-    Scenario {
-        name: "boot-scrub".into(),
-        host,
-        builders,
-        initially_dirty: true,
-        guests,
-        ops,
-        max_s: 3600.0,
-        sample_s: 0.25,
-        notes: vec![format!(
-            "all memory dirty at boot; {n} guests (7 per node, node claims) are built from t=0 by {builders} toolstack CPUs"
-        )],
-        mechanisms: Mechanisms::default(),
-    }
+    let note = format!(
+        "all memory dirty at boot; {} guests (7 per node, node claims) are built from t=0 by {builders} toolstack CPUs",
+        guests.len()
+    );
+    Scenario { initially_dirty: true, ..filled_nodes("boot-scrub", host, builders, (guests, ops), note) }
 }
 
 fn small(host: HostPreset, rng: &mut ChaCha8Rng) -> Scenario {

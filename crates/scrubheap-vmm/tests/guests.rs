@@ -9,7 +9,7 @@ use scrubheap_host::run::Backend;
 use scrubheap_host::GuestOps;
 use scrubheap_vmm::churn::{self, VmmConfig};
 use scrubheap_vmm::payload::SCAN_START;
-use scrubheap_vmm::vm::{AnonRam, Kvm, PoolRam, Ram, VmmError};
+use scrubheap_vmm::vm::{AnonRam, Kvm, PoolRam, Ram, Tenant, VmmError};
 use std::collections::HashSet;
 use std::time::{Duration, Instant};
 
@@ -23,8 +23,19 @@ fn kvm() -> Option<Kvm> {
     }
 }
 
-fn pool(mib: u64) -> Pool {
-    Pool::new(PoolConfig { memory_bytes: mib << 20, hugetlb: false, ..PoolConfig::default() }).expect("a small pool")
+/// A small pool of `mib` MiB and the preemption recorder its calls report to.
+fn pool(mib: u64) -> (Pool, PreemptRecorder) {
+    let pool = Pool::new(PoolConfig { memory_bytes: mib << 20, hugetlb: false, ..PoolConfig::default() })
+        .expect("a small pool");
+    (pool, PreemptRecorder::new(200_000))
+}
+
+/// Asserts that the guest `t` wrote its tag (`dom`'s) at each of `gpas`.
+fn assert_tagged(t: &Tenant<'_>, dom: DomId, gpas: &[u64]) {
+    assert!(!gpas.is_empty());
+    for &gpa in gpas {
+        assert_eq!(t.ram().read_u64(gpa), Some(tag_of(dom)), "gpa {gpa:#x}");
+    }
 }
 
 fn frames(ram: &Ram<'_>) -> HashSet<u64> {
@@ -37,8 +48,7 @@ fn frames(ram: &Ram<'_>) -> HashSet<u64> {
 #[test]
 fn a_guest_boots_on_pool_memory_finds_zero_and_writes_its_tag() {
     let Some(kvm) = kvm() else { return };
-    let pool = pool(64);
-    let rec = PreemptRecorder::new(200_000);
+    let (pool, rec) = pool(64);
     let dom = DomId(1);
     let t0 = Instant::now();
     let (g, _) = pool.create_guest(dom, 24 << 20, &rec).unwrap();
@@ -49,9 +59,7 @@ fn a_guest_boots_on_pool_memory_finds_zero_and_writes_its_tag() {
     assert_eq!(st.words_checked, ((24 << 20) - SCAN_START) / 8);
     assert!(st.memslots >= 1 && st.memslots <= 24 / 2 + 1, "{st:?}");
     assert!(st.scan_cycles > 0);
-    for gpa in [SCAN_START, 0x12_3458, (24 << 20) - 8] {
-        assert_eq!(t.ram().read_u64(gpa), Some(tag_of(dom)), "gpa {gpa:#x}");
-    }
+    assert_tagged(&t, dom, &[SCAN_START, 0x12_3458, (24 << 20) - 8]);
     assert_eq!(t.ram().read_u64(24 << 20), None);
     t.destroy();
     assert_eq!(pool.heap().stats().allocated, 0);
@@ -61,8 +69,7 @@ fn a_guest_boots_on_pool_memory_finds_zero_and_writes_its_tag() {
 fn the_next_tenant_on_the_same_frames_finds_zero_again() {
     let Some(kvm) = kvm() else { return };
     // Every frame of the pool goes to each guest: the second one gets the first's frames.
-    let pool = pool(16);
-    let rec = PreemptRecorder::new(200_000);
+    let (pool, rec) = pool(16);
     let (a, b) = (DomId(1), DomId(2));
     let (g, _) = pool.create_guest(a, 16 << 20, &rec).unwrap();
     let first = kvm.boot(Ram::Pool(PoolRam::new(&pool, g, &rec)), tag_of(a), Instant::now()).unwrap();
@@ -84,8 +91,7 @@ fn the_next_tenant_on_the_same_frames_finds_zero_again() {
 #[test]
 fn a_dirty_page_is_reported_by_the_guest() {
     let Some(kvm) = kvm() else { return };
-    let pool = pool(16);
-    let rec = PreemptRecorder::new(200_000);
+    let (pool, rec) = pool(16);
     let dom = DomId(7);
     let (g, _) = pool.create_guest(dom, 8 << 20, &rec).unwrap();
     // Bypass the heap: write into two frames after the handoff, before the guest runs.
@@ -194,8 +200,7 @@ impl Drop for TwoMegOnTouch<'_> {
 #[test]
 fn a_demand_guest_populates_each_range_at_its_first_touch() {
     let Some(kvm) = kvm() else { return };
-    let pool = pool(64);
-    let rec = PreemptRecorder::new(200_000);
+    let (pool, rec) = pool(64);
     let dom = DomId(5);
     let bytes = 16 << 20;
     let pager = TwoMegOnTouch { pool: &pool, rec: &rec, dom, bytes, extents: Vec::new(), writes: 0 };
@@ -207,9 +212,7 @@ fn a_demand_guest_populates_each_range_at_its_first_touch() {
     assert_eq!(t.stats.memslots, 8);
     assert_eq!(t.stats.nonzero_words, 0);
     assert_eq!(pool.heap().stats().allocated, 8 * 512);
-    for gpa in [SCAN_START, (2 << 20) - 8, 2 << 20, bytes - 8] {
-        assert_eq!(t.ram().read_u64(gpa), Some(tag_of(dom)), "gpa {gpa:#x}");
-    }
+    assert_tagged(&t, dom, &[SCAN_START, (2 << 20) - 8, 2 << 20, bytes - 8]);
     t.destroy();
     assert_eq!(pool.heap().stats().allocated, 0);
 }
@@ -217,8 +220,7 @@ fn a_demand_guest_populates_each_range_at_its_first_touch() {
 #[test]
 fn a_pager_slot_away_from_the_touch_is_refused() {
     let Some(kvm) = kvm() else { return };
-    let pool = pool(16);
-    let rec = PreemptRecorder::new(200_000);
+    let (pool, rec) = pool(16);
     // This pager answers the touch of page 0 with a slot at 4 MiB: refused, and the
     // memory goes back.
     struct Wrong<'p>(&'p Pool, &'p PreemptRecorder, Vec<scrubheap::Extent>);
@@ -257,8 +259,7 @@ fn a_pager_slot_away_from_the_touch_is_refused() {
 fn a_pod_guest_is_populated_from_its_cache_at_each_first_touch() {
     use scrubheap_vmm::pod::PodPager;
     let Some(kvm) = kvm() else { return };
-    let pool = pool(64);
-    let rec = PreemptRecorder::new(200_000);
+    let (pool, rec) = pool(64);
     let dom = DomId(6);
     let bytes = 16 << 20;
     let pager = PodPager::new(&pool, dom, bytes, 0, &rec).expect("a PoD guest is created with its cache full");
@@ -272,9 +273,7 @@ fn a_pod_guest_is_populated_from_its_cache_at_each_first_touch() {
     let s = pool.pods().stats(dom).unwrap();
     assert_eq!(s.populated, bytes / 4096, "{s:?}");
     assert_eq!(s.cache, 0, "{s:?}");
-    for gpa in [SCAN_START, (2 << 20) - 8, 2 << 20, bytes - 8] {
-        assert_eq!(t.ram().read_u64(gpa), Some(tag_of(dom)), "gpa {gpa:#x}");
-    }
+    assert_tagged(&t, dom, &[SCAN_START, (2 << 20) - 8, 2 << 20, bytes - 8]);
     pool.heap().check_invariants().unwrap();
     pool.pods().check_invariants(pool.heap()).unwrap();
     t.destroy();
@@ -286,8 +285,7 @@ fn a_pod_guest_is_populated_from_its_cache_at_each_first_touch() {
 #[test]
 fn a_pod_guest_must_be_whole_superpages() {
     use scrubheap_vmm::pod::PodPager;
-    let pool = pool(64);
-    let rec = PreemptRecorder::new(200_000);
+    let (pool, rec) = pool(64);
     assert!(PodPager::new(&pool, DomId(7), 3 << 20, 0, &rec).is_err());
     assert!(PodPager::new(&pool, DomId(7), 0, 0, &rec).is_err());
     assert_eq!(pool.heap().stats().allocated, 0);

@@ -69,6 +69,6 @@ pub use preempt::{BatchLimit, NeverPreempt, Preempt};
 pub use sparse::SparseMemory;
 pub use stats::{HeapStats, NodeStats, ScrubBytes, ZoneStats};
 #[cfg(any(test, feature = "testing"))]
-pub use testing::TestMemory;
+pub use testing::{TestMemory, TestRng};
 pub use ticket::{AllocStart, ScrubTicket, MAX_WAIT_POLLS};
 pub use types::{DomId, Mfn, Zone, MAX_ORDER, METADATA_BITS_PER_FRAME};

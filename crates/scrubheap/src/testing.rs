@@ -93,3 +93,31 @@ impl FrameMemory for TestMemory {
         self.write(owner, first, count);
     }
 }
+
+/// A small deterministic generator (xorshift64) for tests: the same seed gives the same
+/// numbers on every run and every machine, so a random walk fails the same way twice.
+#[derive(Clone, Debug)]
+pub struct TestRng(u64);
+
+impl TestRng {
+    /// A generator from `seed`, which must not be zero (xorshift stays at zero forever).
+    pub fn new(seed: u64) -> Self {
+        assert!(seed != 0, "a xorshift seed must not be zero");
+        TestRng(seed)
+    }
+
+    /// The next number.
+    #[allow(clippy::should_implement_trait)]
+    pub fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+
+    /// A number below `n`, which must not be zero.
+    pub fn below(&mut self, n: u64) -> u64 {
+        assert!(n > 0, "below(0) has no answer");
+        self.next() % n
+    }
+}

@@ -10,17 +10,6 @@ use std::sync::Arc;
 const FRAMES: u64 = 4096;
 const OPS: usize = 20_000;
 
-/// A tiny deterministic generator per thread (the test asserts behaviour, not timing).
-struct Rng(u64);
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0
-    }
-}
-
 fn run(policy: Policy) {
     let mut c = HeapConfig::uniform(2, FRAMES).with_initially_dirty(true).with_policy(policy);
     c.scrub_batch = 16;
@@ -45,7 +34,8 @@ fn run(policy: Policy) {
             let (h, handed, tickets) = (heap.clone(), handed.clone(), tickets.clone());
             std::thread::spawn(move || {
                 let dom = DomId(w + 1);
-                let mut rng = Rng(0x9e37_79b9_7f4a_7c15 ^ (w as u64 + 1));
+                // A deterministic generator per thread (the test asserts behaviour, not timing).
+                let mut rng = TestRng::new(0x9e37_79b9_7f4a_7c15 ^ (w as u64 + 1));
                 let mut live: Vec<Extent> = Vec::new();
                 for _ in 0..OPS {
                     let r = rng.next();

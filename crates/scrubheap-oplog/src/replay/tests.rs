@@ -9,6 +9,13 @@ fn run(text: &str) -> ReplayReport {
     r.finish()
 }
 
+/// Finishes `r` and asserts what every replay test asserts: no check failed.
+pub(super) fn finish_clean(r: Replayer) -> ReplayReport {
+    let rep = r.finish();
+    assert_eq!(rep.invariant_violations, 0, "{:?}", rep.violations);
+    rep
+}
+
 fn errs(rep: &ReplayReport) -> Vec<(&str, u64)> {
     rep.errors.iter().map(|(k, &v)| (k.as_str(), v)).collect()
 }
@@ -88,8 +95,7 @@ fn heap_errors_by_variant_name() {
     assert_eq!(kind_of(&mut r, "claim dom=2 global pages=5000"), "ClaimExceedsFree");
     assert_eq!(kind_of(&mut r, "heap nodes=0 frames_per_node=64"), "InvalidConfig");
     assert_eq!(kind_of(&mut r, "heap nodes=1 frames_per_node=64 movable_from=65"), "InvalidConfig");
-    let rep = r.finish();
-    assert_eq!(rep.invariant_violations, 0, "{:?}", rep.violations);
+    let rep = finish_clean(r);
     assert_eq!(rep.ops, 20);
     assert_eq!(rep.errors["InvalidConfig"], 2);
 }
@@ -112,13 +118,12 @@ fn replayer_errors() {
     assert_eq!(kind_of(&mut r, "free id=a"), "");
     assert_eq!(kind_of(&mut r, "free id=a"), "UnknownId");
     assert_eq!(kind_of(&mut r, "alloc id=a dom=1 order=0"), "", "a freed id may be used again");
-    let rep = r.finish();
+    let rep = finish_clean(r);
     assert_eq!(rep.ops, 14);
     assert_eq!(rep.ok, 4);
     assert!(!rep.errors.contains_key("Unsupported"), "every verb is replayed");
     assert_eq!(rep.errors["TooLarge"], 3);
     assert_eq!(rep.errors["UnknownId"], 3);
-    assert_eq!(rep.invariant_violations, 0, "{:?}", rep.violations);
     assert_eq!(rep.final_.allocated, 1);
 }
 
@@ -141,8 +146,7 @@ fn partial_frees_split_what_remains() {
     assert!(r.allocation("a").is_none());
     assert_eq!(r.heap().unwrap().stats().allocated, 0);
     clean(&r);
-    let rep = r.finish();
-    assert_eq!(rep.invariant_violations, 0, "{:?}", rep.violations);
+    let rep = finish_clean(r);
     assert_eq!(rep.final_.free_dirty, 16);
 }
 
@@ -166,8 +170,7 @@ fn frees_that_span_ids_of_one_owner() {
     assert_eq!(kind_of(&mut r, "free id=c offset=0 order=2"), "", "frees c's first half and all of d");
     assert!(r.allocation("d").is_none());
     assert_eq!(r.allocation("c").unwrap().remaining.len(), 1);
-    let rep = r.finish();
-    assert_eq!(rep.invariant_violations, 0, "{:?}", rep.violations);
+    let rep = finish_clean(r);
     assert_eq!(rep.final_.allocated, 4);
 }
 
@@ -200,8 +203,7 @@ fn claim_lines_set_one_entry_and_keep_the_others() {
     assert_eq!(kind_of(&mut r, "claim dom=1 cancel"), "");
     assert!(claims(&r, 1).is_empty());
     assert_eq!(kind_of(&mut r, "claim dom=9 cancel"), "");
-    let rep = r.finish();
-    assert_eq!(rep.invariant_violations, 0, "{:?}", rep.violations);
+    finish_clean(r);
 }
 
 #[test]
@@ -296,9 +298,8 @@ fn garbage_bytes_never_panic() {
         }
         let mut r = Replayer::with_max_frames(1 << 16);
         r.replay_bytes(&bytes);
-        let rep = r.finish();
+        let rep = finish_clean(r);
         assert_eq!(rep.ok + rep.errors.values().sum::<u64>(), rep.ops);
-        assert_eq!(rep.invariant_violations, 0, "{:?}", rep.violations);
     }
 }
 
@@ -333,10 +334,9 @@ fn pins_offlines_and_broken_frames_replay() {
         assert_eq!(kind_of(&mut r, l), want, "{l}");
         clean(&r);
     }
-    let rep = r.finish();
+    let rep = finish_clean(r);
     assert_eq!(rep.final_.offline, 1024 + 1);
     assert_eq!(rep.final_.allocated, 0);
-    assert_eq!(rep.invariant_violations, 0, "{:?}", rep.violations);
     for bad in ["pin id=a order=0", "offline mfn=0", "online count=3", "broken", "broken mfn=1 dom=2"] {
         assert!(parse_line(bad).is_err(), "{bad} parsed");
     }
