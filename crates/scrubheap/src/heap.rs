@@ -3,7 +3,7 @@
 
 use crate::chunk::NONE;
 use crate::chunk::{Slot, State, F_BROKEN, F_MIGRATING, F_MOVABLE, F_SEALED};
-use crate::claims::{Claim, ClaimBook, ClaimTarget, DomClaims};
+use crate::claims::{Claim, ClaimBook, ClaimTarget, DomClaims, Retired};
 use crate::config::HeapConfig;
 use crate::error::HeapError;
 use crate::memory::FrameMemory;
@@ -487,21 +487,23 @@ impl<M: FrameMemory> Heap<M> {
         st.free -= want as u64;
         st.free_dirty -= dirty as u64;
         st.allocated += want as u64;
+        let in_one_go = want as u64 <= self.config.scrub_batch || self.config.policy.whole_chunk_in_place();
+        let ticket = dirty > 0 && req.scrub && !in_one_go;
+        let mut claim = Retired::default();
         if let Some(b) = book.as_mut() {
-            b.retire(req.owner, n, want as u64);
+            claim = b.retire(req.owner, n, want as u64, ticket);
             self.publish_claims(b);
         }
         drop(book);
         let ext = Extent { mfn: Mfn(cell.base + head as u64), order: req.order, node: n };
-        let in_one_go = want as u64 <= self.config.scrub_batch || self.config.policy.whole_chunk_in_place();
-        if dirty > 0 && req.scrub && !in_one_go {
+        if ticket {
             let mut slot = Slot::head(State::Pending, req.order);
             slot.a = req.owner.0;
             st.meta[head as usize] = slot;
             let id = st.add_work(
                 head,
                 req.order,
-                Kind::Ticket { owner: req.owner, movable: req.movable, sealed: req.sealed },
+                Kind::Ticket { owner: req.owner, movable: req.movable, sealed: req.sealed, claim },
             );
             cell.publish(&st);
             return NodeTry::Pending { node: n, id, ext };
@@ -674,7 +676,7 @@ impl<M: FrameMemory> Heap<M> {
     /// Node entries reserve free memory on that node, the global entry anywhere.
     pub fn claim_set(&self, dom: DomId, set: &[Claim]) -> Result<(), HeapError> {
         let n = self.nodes.len();
-        let mut new = DomClaims { global: 0, nodes: vec![0; n] };
+        let mut new = DomClaims::empty(n);
         let too_big = |requested: u64| HeapError::ClaimExceedsFree {
             requested,
             where_: "the whole heap (the claim sizes overflow)".into(),
@@ -696,7 +698,7 @@ impl<M: FrameMemory> Heap<M> {
         // availability check and its update while claims change (try_node relies on it).
         let guards: Vec<_> = (0..n).map(|i| self.lock_node(i)).collect();
         let mut book = self.claims.lock();
-        let old = book.doms.get(&dom).cloned().unwrap_or(DomClaims { global: 0, nodes: vec![0; n] });
+        let old = book.doms.get(&dom).cloned().unwrap_or(DomClaims::empty(n));
         let mut total_free = 0;
         for (i, g) in guards.iter().enumerate() {
             let free = g.available();
@@ -919,7 +921,7 @@ impl<M: FrameMemory> Heap<M> {
     }
 
     /// Mirrors the claim totals for lock-free readers; called under the claims lock.
-    fn publish_claims(&self, book: &ClaimBook) {
+    pub(crate) fn publish_claims(&self, book: &ClaimBook) {
         for (c, &t) in self.nodes.iter().zip(&book.node_total) {
             c.claimed.store(t, Relaxed);
         }

@@ -1,6 +1,6 @@
 //! loom models of the heap's handoffs (run with `RUSTFLAGS="--cfg loom"`): every
 //! interleaving of the scrub/abort handoff, of helpers and the owner on one ticket, and of
-//! a free merging beside a scrub in progress. Each checks invariants, conservation and
+//! a free merging beside a scrub in progress, and of a dropped ticket giving its claim back. Each checks invariants, conservation and
 //! that every frame handed over is zero.
 #![cfg(loom)]
 
@@ -74,6 +74,26 @@ fn a_dropped_ticket_returns_its_frames_after_the_helpers_batch() {
         drop(t);
         helper.join().unwrap();
         settle(&h, 2);
+        assert_eq!(h.stats().allocated, 0);
+    });
+}
+
+#[test]
+fn a_dropped_ticket_restores_its_claim_whoever_finishes_the_last_batch() {
+    loom::model(|| {
+        let h = heap(2, true);
+        let claim = [Claim { target: ClaimTarget::Node(0), frames: 2 }];
+        h.claim_set(DomId(1), &claim).unwrap();
+        let AllocStart::Pending(t) = h.alloc_start(&AllocRequest::new(1, DomId(1))).unwrap() else {
+            panic!("dirty memory gives a ticket")
+        };
+        assert_eq!(h.claims_of(DomId(1)), vec![], "the ticket retired the whole claim");
+        let s = h.clone();
+        let helper = thread::spawn(move || s.scrub_step(0, u64::MAX, &NeverPreempt).unwrap());
+        drop(t);
+        helper.join().unwrap();
+        settle(&h, 2);
+        assert_eq!(h.claims_of(DomId(1)), claim.to_vec(), "the dropped ticket gave its claim back");
         assert_eq!(h.stats().allocated, 0);
     });
 }
