@@ -100,9 +100,10 @@ impl ClaimBook {
     }
 
     /// Frames on `node` that `dom` may not use because others claimed them:
-    /// `(on the node, in the whole heap)`.
-    pub fn claimed_by_others(&self, dom: DomId, node: usize) -> (u64, u64) {
-        let (own_node, own_global) = self.own(dom, node);
+    /// `(on the node, in the whole heap)`. With no `dom` (frames taken for nobody's
+    /// claims: an offline, a move's destination) every claim counts.
+    pub fn claimed_by_others(&self, dom: Option<DomId>, node: usize) -> (u64, u64) {
+        let (own_node, own_global) = dom.map_or((0, 0), |d| self.own(d, node));
         (self.node_total[node] - own_node, self.outstanding() - own_node - own_global)
     }
 

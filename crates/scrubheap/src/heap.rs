@@ -469,9 +469,9 @@ impl<M: FrameMemory> Heap<M> {
         // lock held, "nothing is claimed" cannot become false under us.
         let mut book = (self.claimed_total.load(Relaxed) > 0).then(|| self.claims.lock());
         let avail = st.available();
-        let (others_node, others_all) = book.as_ref().map_or((0, 0), |b| b.claimed_by_others(req.owner, n));
+        let (others_node, others_all) = book.as_ref().map_or((0, 0), |b| b.claimed_by_others(Some(req.owner), n));
         if let Some(b) = book.as_ref() {
-            if self.claims_gate(b, req.owner, n, avail, want as u64).is_err() {
+            if self.claims_gate(b, Some(req.owner), n, avail, want as u64).is_err() {
                 let claimed = core::cmp::min(avail, core::cmp::max(others_node, others_all));
                 return NodeTry::No { free: st.free, claimed, aborted: false };
             }
@@ -743,7 +743,7 @@ impl<M: FrameMemory> Heap<M> {
         }
         let book = self.claims.lock();
         let avail = self.available(node);
-        self.claims_gate(&book, owner, node, avail, frames)
+        self.claims_gate(&book, Some(owner), node, avail, frames)
             .map_err(|(where_, free, claimed)| HeapError::ClaimedByOthers { owner, frames, where_, free, claimed })
     }
 
@@ -754,13 +754,14 @@ impl<M: FrameMemory> Heap<M> {
     pub fn claims_room(&self, owner: DomId, node: usize) -> Result<u64, HeapError> {
         self.node(node)?;
         let book = self.claims.lock();
-        let room = self.room(&book, owner, node, self.available(node));
+        let room = self.room(&book, Some(owner), node, self.available(node));
         Ok(room.node.min(room.heap))
     }
 
     /// What the claims of domains other than `owner` leave on `node` (whose free frames
     /// `avail` the caller read) and in the whole heap: the one rule of the claims gate.
-    fn room(&self, book: &ClaimBook, owner: DomId, node: usize, avail: u64) -> Room {
+    /// With no `owner`, every claim counts.
+    fn room(&self, book: &ClaimBook, owner: Option<DomId>, node: usize, avail: u64) -> Room {
         debug_assert!(node < self.nodes.len());
         let (others_node, others_all) = book.claimed_by_others(owner, node);
         let total: u64 = (0..self.nodes.len()).map(|i| if i == node { avail } else { self.available(i) }).sum();
@@ -780,7 +781,7 @@ impl<M: FrameMemory> Heap<M> {
     fn claims_gate(
         &self,
         book: &ClaimBook,
-        owner: DomId,
+        owner: Option<DomId>,
         node: usize,
         avail: u64,
         frames: u64,
@@ -793,6 +794,33 @@ impl<M: FrameMemory> Heap<M> {
             return Err(("the whole heap".into(), room.total, room.others_all));
         }
         Ok(())
+    }
+
+    /// The claims gate for a caller that holds `node`'s lock and read its free frames
+    /// `avail` under it: may `frames` leave the node's free memory for `owner` without
+    /// eating into others' claims? `None` for frames taken for nobody's claims (an
+    /// offline isolating them, a move's destination, a frame marked broken): then every
+    /// claim counts. Takes the claims lock only while some claim exists; claims change
+    /// only under every node lock ([`Heap::claim_set`]), so the answer holds for this
+    /// node until its lock drops. On refusal: where, free, claimed.
+    pub(crate) fn claims_admit_locked(
+        &self,
+        owner: Option<DomId>,
+        node: usize,
+        avail: u64,
+        frames: u64,
+    ) -> Result<(), (String, u64, u64)> {
+        debug_assert!(node < self.nodes.len());
+        if self.claimed_total.load(Relaxed) == 0 {
+            return Ok(());
+        }
+        let book = self.claims.lock();
+        self.claims_gate(&book, owner, node, avail, frames)
+    }
+
+    /// All outstanding claims, node and global, from their lock-free mirror.
+    pub(crate) fn claimed_total(&self) -> u64 {
+        self.claimed_total.load(Relaxed)
     }
 
     /// Drops all of `dom`'s outstanding claims.

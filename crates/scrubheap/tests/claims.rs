@@ -121,3 +121,63 @@ fn a_ticket_of_a_domain_without_claims_restores_nothing() {
     assert_eq!(h.claims_of(DomId(1)), vec![]);
     assert_eq!(h.claims_of(DomId(2)), vec![Claim { target: NODE, frames: 1000 }]);
 }
+
+// One claims gate: offline, pins and marking a frame broken ask the heap's one rule, in
+// which every claim counts (those frames are taken for nobody's claims).
+
+/// One node of 1024 clean frames, the Movable zone from 512.
+fn zoned_heap() -> Heap<NullMemory> {
+    Heap::new(HeapConfig::uniform(1, 1024).with_movable_from(512), NullMemory).unwrap()
+}
+
+#[test]
+fn a_pin_does_not_move_frames_into_others_claims() {
+    let h = zoned_heap();
+    let e = h.alloc(&AllocRequest::new(0, DomId(1)).movable()).unwrap();
+    assert_eq!(h.chunk_at(e.mfn).unwrap().zone, Zone::Movable);
+    h.claim_set(DomId(2), &[Claim { target: NODE, frames: 1023 }]).unwrap();
+    refused!(h, h.pin(e.mfn, 0, DomId(1), &MetadataMigrator), HeapError::OutOfMemory { .. });
+    h.claim_set(DomId(2), &[Claim { target: ClaimTarget::Global, frames: 1023 }]).unwrap();
+    refused!(h, h.pin(e.mfn, 0, DomId(1), &MetadataMigrator), HeapError::OutOfMemory { .. });
+    h.claim_set(DomId(2), &[Claim { target: NODE, frames: 1022 }]).unwrap();
+    let to = h.pin(e.mfn, 0, DomId(1), &MetadataMigrator).unwrap();
+    assert_eq!(h.chunk_at(to.mfn).unwrap().zone, Zone::Normal);
+    h.check_invariants().unwrap();
+}
+
+#[test]
+fn a_pin_does_not_move_frames_into_the_owners_own_claims_either() {
+    // A move does not retire claims: the destination is taken for nobody's claims.
+    let h = zoned_heap();
+    let e = h.alloc(&AllocRequest::new(0, DomId(1)).movable()).unwrap();
+    h.claim_set(DomId(1), &[Claim { target: NODE, frames: 1023 }]).unwrap();
+    refused!(h, h.pin(e.mfn, 0, DomId(1), &MetadataMigrator), HeapError::OutOfMemory { .. });
+    assert_eq!(h.claims_of(DomId(1)), vec![Claim { target: NODE, frames: 1023 }]);
+}
+
+#[test]
+fn offline_is_blocked_by_a_global_claim_as_by_a_node_claim() {
+    let h = zoned_heap();
+    for target in [NODE, ClaimTarget::Global] {
+        h.claim_set(DomId(1), &[Claim { target, frames: 600 }]).unwrap();
+        refused!(h, h.offline(Mfn(512), 512, &NoMigration, &NoDeadline), HeapError::OfflineBlocked { .. });
+        let Err(HeapError::OfflineBlocked { blockers, .. }) = h.offline(Mfn(512), 512, &NoMigration, &NoDeadline)
+        else {
+            unreachable!()
+        };
+        assert_eq!(blockers[0].reason, BlockReason::Claimed);
+    }
+    h.claim_set(DomId(1), &[Claim { target: ClaimTarget::Global, frames: 512 }]).unwrap();
+    h.offline(Mfn(512), 512, &NoMigration, &NoDeadline).unwrap();
+    h.check_invariants().unwrap();
+}
+
+#[test]
+fn a_free_frame_is_not_marked_broken_while_a_node_claim_needs_it() {
+    let h = zoned_heap();
+    h.claim_set(DomId(1), &[Claim { target: NODE, frames: 1024 }]).unwrap();
+    refused!(h, h.mark_broken(Mfn(3)), HeapError::NeededByClaims { claimed: 1024, free: 1024, .. });
+    h.claim_set(DomId(1), &[Claim { target: NODE, frames: 1023 }]).unwrap();
+    assert_eq!(h.mark_broken(Mfn(3)).unwrap(), Broken::Now);
+    h.check_invariants().unwrap();
+}

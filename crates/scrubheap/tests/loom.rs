@@ -1,7 +1,7 @@
 //! loom models of the heap's handoffs (run with `RUSTFLAGS="--cfg loom"`): every
-//! interleaving of the scrub/abort handoff, of helpers and the owner on one ticket, and of
-//! a free merging beside a scrub in progress, and of a dropped ticket giving its claim back. Each checks invariants, conservation and
-//! that every frame handed over is zero.
+//! interleaving of the scrub/abort handoff, of helpers and the owner on one ticket, of a
+//! free merging beside a scrub in progress, and of a dropped ticket giving its claim back.
+//! Each checks invariants, conservation and that every frame handed over is zero.
 #![cfg(loom)]
 
 use loom::sync::Arc;
