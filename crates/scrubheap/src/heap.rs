@@ -462,12 +462,11 @@ impl<M: FrameMemory> Heap<M> {
     }
 
     fn try_node(&self, n: usize, req: &AllocRequest, pick: Pick) -> NodeTry {
-        let cell = &self.nodes[n];
         let want = size(req.order);
         let mut st = self.lock_node(n);
         // Claims change only under every node lock (see claim_set), so with this node's
         // lock held, "nothing is claimed" cannot become false under us.
-        let mut book = (self.claimed_total.load(Relaxed) > 0).then(|| self.claims.lock());
+        let book = (self.claimed_total.load(Relaxed) > 0).then(|| self.claims.lock());
         let avail = st.available();
         let (others_node, others_all) = book.as_ref().map_or((0, 0), |b| b.claimed_by_others(Some(req.owner), n));
         if let Some(b) = book.as_ref() {
@@ -482,6 +481,26 @@ impl<M: FrameMemory> Heap<M> {
             return NodeTry::No { free: st.free, claimed: others_node, aborted };
         };
         st.split_free(head, got, req.order);
+        self.take_chunk(st, n, head, req, book)
+    }
+
+    /// Hands the free chunk at `head` of node `n` (of `req.order`, off the free lists,
+    /// its head a Free slot with an exact first-dirty hint, admitted by the claims gate
+    /// under the `book` the caller holds, if any claim exists) to `req.owner`: counters,
+    /// claims retired, then clean frames at once, dirty ones scrubbed in place within
+    /// one batch, or a scrub ticket for more. The one tail of every allocation.
+    pub(crate) fn take_chunk(
+        &self,
+        mut st: NodeGuard<'_>,
+        n: usize,
+        head: u32,
+        req: &AllocRequest,
+        mut book: Option<MutexGuard<'_, ClaimBook>>,
+    ) -> NodeTry {
+        let cell = &self.nodes[n];
+        let want = size(req.order);
+        debug_assert!(st.meta[head as usize].state() == State::Free && st.meta[head as usize].order() == req.order);
+        debug_assert!(st.aligned(head, req.order) && st.free >= want as u64);
         let fd = st.meta[head as usize].first_dirty();
         let dirty = if fd == crate::chunk::NONE { 0 } else { st.dirty.count(head + fd, want - fd) };
         st.free -= want as u64;

@@ -344,7 +344,7 @@ impl<M: FrameMemory> Heap<M> {
     /// Splits the free chunk `(h, o)`, taken off its list, into the aligned pieces inside
     /// `[lo, hi)`, which it returns (still counted free; their heads are the caller's), and
     /// those outside, which go back on the free lists.
-    fn split_free_around(st: &mut NodeState, h: u32, o: u8, lo: u32, hi: u32) -> Vec<(u32, u8)> {
+    pub(crate) fn split_free_around(st: &mut NodeState, h: u32, o: u8, lo: u32, hi: u32) -> Vec<(u32, u8)> {
         let mut inside = Vec::new();
         let mut stack = alloc::vec![(h, o)];
         st.meta[h as usize] = Slot::default();
