@@ -3,9 +3,11 @@
 //! frame of it is free, and refuses otherwise with nothing changed.
 
 use crate::chunk::{Slot, State};
+use crate::claims::ClaimBook;
 use crate::error::{FrameUse, HeapError};
 use crate::heap::{AllocRequest, Extent, Heap, NodeGuard, NodeTry};
 use crate::memory::FrameMemory;
+use crate::sync::MutexGuard;
 use crate::ticket::{AllocStart, ScrubTicket};
 use crate::types::{DomId, Mfn, Zone};
 use crate::work::Kind;
@@ -59,10 +61,7 @@ impl<M: FrameMemory> Heap<M> {
         }
         let mut req = AllocRequest::new(order, owner).exact(n);
         req.movable = st.zone_of(off) == Zone::Movable;
-        let st = self.carve(st, n, off, &req)?;
-        // Claims change only under every node lock (see claim_set): the gate's answer
-        // holds while this node's lock is held.
-        let book = (self.claimed_total() > 0).then(|| self.claims.lock());
+        let (st, book) = self.carve(st, n, off, &req)?;
         match self.take_chunk(st, n, off, &req, book) {
             NodeTry::Ready(e) => Ok(AllocStart::Ready(e)),
             NodeTry::Pending { node, id, ext } => {
@@ -75,13 +74,14 @@ impl<M: FrameMemory> Heap<M> {
     /// Checks that every frame of `[off, 2^req.order)` of node `n` is free and that the
     /// claims gate admits it for `req.owner`, then makes it one free chunk off the free
     /// lists (the rest of any larger chunk goes back on them). Nothing changes on refusal.
+    /// Returns the node guard and the claims lock if the owner's claims are to be retired.
     fn carve<'a>(
-        &self,
+        &'a self,
         mut st: NodeGuard<'a>,
         n: usize,
         off: u32,
         req: &AllocRequest,
-    ) -> Result<NodeGuard<'a>, HeapError> {
+    ) -> Result<(NodeGuard<'a>, Option<MutexGuard<'a, ClaimBook>>), HeapError> {
         let end = off + size(req.order);
         let (h, o) = st.chunk_of(off);
         let whole = o >= req.order;
@@ -94,7 +94,8 @@ impl<M: FrameMemory> Heap<M> {
             pos = h + size(o);
         }
         let want = size(req.order) as u64;
-        if let Err((where_, free, claimed)) = self.claims_admit_locked(Some(req.owner), n, st.free, want) {
+        let (room, book) = self.gate(Some(req.owner), n, st.free);
+        if let Some((where_, free, claimed)) = room.refusal(n, want) {
             return Err(HeapError::ClaimedByOthers { owner: req.owner, frames: want, where_, free, claimed });
         }
         if whole {
@@ -113,7 +114,7 @@ impl<M: FrameMemory> Heap<M> {
         let fd = st.first_dirty_in(off, req.order);
         st.meta[off as usize] = Slot::free(req.order, fd);
         debug_assert_eq!(st.chunk_of(off), (off, req.order));
-        Ok(st)
+        Ok((st, book))
     }
 
     /// The refusal for the range `[off, 2^order)` whose chunk at `h` is not free; a

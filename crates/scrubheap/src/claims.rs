@@ -72,7 +72,7 @@ impl Retired {
 }
 
 /// All outstanding claims, with per-node and global totals kept in step.
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug)]
 pub(crate) struct ClaimBook {
     pub doms: BTreeMap<DomId, DomClaims>,
     pub node_total: Vec<u64>,
@@ -82,11 +82,39 @@ pub(crate) struct ClaimBook {
     pub in_tickets: u64,
     /// The epoch the next installed set gets.
     next_epoch: u64,
+    /// Per bit of [`ClaimBook::bit`], how many domains with an entry have that bit.
+    holders: [u32; 64],
 }
 
 impl ClaimBook {
     pub fn new(nodes: usize) -> Self {
-        ClaimBook { doms: BTreeMap::new(), node_total: vec![0; nodes], global_total: 0, in_tickets: 0, next_epoch: 1 }
+        ClaimBook {
+            doms: BTreeMap::new(),
+            node_total: vec![0; nodes],
+            global_total: 0,
+            in_tickets: 0,
+            next_epoch: 1,
+            holders: [0; 64],
+        }
+    }
+
+    /// `dom`'s bit in the claimants mask.
+    pub fn bit(dom: DomId) -> u64 {
+        1 << (dom.0 % 64)
+    }
+
+    /// The claimants mask: the bits of every domain with an entry.
+    pub fn claimants(&self) -> u64 {
+        self.holders.iter().enumerate().filter(|(_, &h)| h > 0).fold(0, |m, (i, _)| m | 1 << i)
+    }
+
+    /// Removes `dom`'s entry (counts are the caller's).
+    fn remove(&mut self, dom: DomId) -> Option<DomClaims> {
+        let old = self.doms.remove(&dom)?;
+        let h = &mut self.holders[(dom.0 % 64) as usize];
+        debug_assert!(*h > 0, "an entry counted in its bit");
+        *h -= 1;
+        Some(old)
     }
 
     /// All outstanding claimed frames.
@@ -125,7 +153,7 @@ impl ClaimBook {
             self.in_tickets += r.frames();
         }
         if c.spent() {
-            self.doms.remove(&dom);
+            self.remove(dom);
         }
         debug_assert!(r.frames() <= frames, "an allocation retires at most its own size");
         r
@@ -146,7 +174,7 @@ impl ClaimBook {
     /// A ticket of `dom` finished: what it retired stays retired.
     pub fn settle(&mut self, dom: DomId, r: Retired) {
         if self.out_of_tickets(dom, r).is_some_and(|c| c.spent()) {
-            self.doms.remove(&dom);
+            self.remove(dom);
         }
     }
 
@@ -169,6 +197,7 @@ impl ClaimBook {
         set.epoch = self.next_epoch;
         set.in_tickets = 0;
         self.next_epoch += 1;
+        self.holders[(dom.0 % 64) as usize] += 1;
         for (t, v) in self.node_total.iter_mut().zip(&set.nodes) {
             *t += v;
         }
@@ -178,7 +207,7 @@ impl ClaimBook {
 
     /// Drops all of `dom`'s claims.
     pub fn cancel(&mut self, dom: DomId) {
-        if let Some(old) = self.doms.remove(&dom) {
+        if let Some(old) = self.remove(dom) {
             for (t, v) in self.node_total.iter_mut().zip(&old.nodes) {
                 *t -= v;
             }

@@ -20,7 +20,7 @@ use alloc::sync::Arc;
 use alloc::vec;
 use alloc::vec::Vec;
 use core::ops::{Deref, DerefMut};
-use core::sync::atomic::Ordering::Relaxed;
+use core::sync::atomic::Ordering::{Acquire, Relaxed, Release};
 
 /// Which node an allocation should come from.
 #[derive(Copy, Clone, Debug, PartialEq, Eq, Default)]
@@ -178,8 +178,9 @@ pub(crate) struct NodeCell {
     allocated: AtomicU64,
     offline: AtomicU64,
     scrubbing: AtomicU64,
-    /// Outstanding node claims on this node (mirrors the claim book).
-    claimed: AtomicU64,
+    /// Outstanding node claims on this node (mirrors the claim book; stored with Release
+    /// before the node's free count, see the gate module).
+    pub(crate) claimed: AtomicU64,
     /// Bytes scrubbed on this node: background, in place, sync.
     scrubbed: [AtomicU64; 3],
 }
@@ -195,7 +196,8 @@ pub(crate) enum Source {
 impl NodeCell {
     /// Mirrors the counters for lock-free readers; called before the node lock drops.
     pub(crate) fn publish(&self, st: &NodeState) {
-        self.free.store(st.free, Relaxed);
+        // Release: a claim given back before these frames is visible to whoever sees them.
+        self.free.store(st.free, Release);
         self.free_dirty.store(st.free_dirty, Relaxed);
         self.allocated.store(st.allocated, Relaxed);
         self.offline.store(st.offline, Relaxed);
@@ -217,6 +219,9 @@ pub struct Heap<M> {
     pub(crate) claims: Mutex<ClaimBook>,
     /// All outstanding claims (mirrors the claim book, for lock-free readers).
     claimed_total: AtomicU64,
+    /// Bit `d % 64` set while some domain `d` has a claim entry (mirrors the claim book):
+    /// a clear bit tells the gate a domain holds no claims without the claims lock.
+    claimants: AtomicU64,
     observer: Option<Arc<dyn LockObserver>>,
     pub(crate) mem: M,
 }
@@ -322,6 +327,7 @@ impl<M: FrameMemory> Heap<M> {
             served,
             claims: Mutex::new(ClaimBook::new(n)),
             claimed_total: AtomicU64::new(0),
+            claimants: AtomicU64::new(0),
             observer: None,
             config,
             mem,
@@ -464,21 +470,17 @@ impl<M: FrameMemory> Heap<M> {
     fn try_node(&self, n: usize, req: &AllocRequest, pick: Pick) -> NodeTry {
         let want = size(req.order);
         let mut st = self.lock_node(n);
-        // Claims change only under every node lock (see claim_set), so with this node's
-        // lock held, "nothing is claimed" cannot become false under us.
-        let book = (self.claimed_total.load(Relaxed) > 0).then(|| self.claims.lock());
+        // The claims lock only if the owner holds claims (see the gate module).
         let avail = st.available();
-        let (others_node, others_all) = book.as_ref().map_or((0, 0), |b| b.claimed_by_others(Some(req.owner), n));
-        if let Some(b) = book.as_ref() {
-            if self.claims_gate(b, Some(req.owner), n, avail, want as u64).is_err() {
-                let claimed = core::cmp::min(avail, core::cmp::max(others_node, others_all));
-                return NodeTry::No { free: st.free, claimed, aborted: false };
-            }
+        let (room, book) = self.gate(Some(req.owner), n, avail);
+        if room.refusal(n, want as u64).is_some() {
+            let claimed = core::cmp::min(avail, core::cmp::max(room.others_node, room.others_all));
+            return NodeTry::No { free: st.free, claimed, aborted: false };
         }
         let zones: &[Zone] = if req.movable { &[Zone::Movable, Zone::Normal] } else { &[Zone::Normal] };
         let Some((head, got)) = zones.iter().find_map(|&z| st.pick(z, req.order, pick)) else {
             let aborted = Self::abort_background(&mut st, zones, req.order);
-            return NodeTry::No { free: st.free, claimed: others_node, aborted };
+            return NodeTry::No { free: st.free, claimed: room.others_node, aborted };
         };
         st.split_free(head, got, req.order);
         self.take_chunk(st, n, head, req, book)
@@ -746,102 +748,6 @@ impl<M: FrameMemory> Heap<M> {
         Ok(())
     }
 
-    /// The claims gate: whether the claims of other domains leave `frames` more frames
-    /// for `owner` on `node` (`owner`'s own node and global claims count as its own).
-    /// The allocation path asks the same question ([`Heap::alloc_start`], under the node
-    /// lock); this read takes only the claims lock, so the answer is a snapshot that
-    /// concurrent operations may change. It says nothing of whether `frames` are free in
-    /// one piece: an admitted allocation can still run out of memory.
-    ///
-    /// Refused with [`HeapError::ClaimedByOthers`] (naming the node or the whole heap),
-    /// or [`HeapError::NoSuchNode`].
-    pub fn claims_admit(&self, owner: DomId, node: usize, frames: u64) -> Result<(), HeapError> {
-        self.node(node)?;
-        if self.claimed_total.load(Relaxed) == 0 {
-            return Ok(());
-        }
-        let book = self.claims.lock();
-        let avail = self.available(node);
-        self.claims_gate(&book, Some(owner), node, avail, frames)
-            .map_err(|(where_, free, claimed)| HeapError::ClaimedByOthers { owner, frames, where_, free, claimed })
-    }
-
-    /// The most frames the claims gate admits for `owner` on `node` now: what the claims
-    /// of other domains leave of the node's free frames and of the whole heap's. A
-    /// snapshot, as [`Heap::claims_admit`]; a layer that fills from several nodes (PoD's
-    /// cache) adds it up node by node to know what it can reach before it allocates.
-    pub fn claims_room(&self, owner: DomId, node: usize) -> Result<u64, HeapError> {
-        self.node(node)?;
-        let book = self.claims.lock();
-        let room = self.room(&book, Some(owner), node, self.available(node));
-        Ok(room.node.min(room.heap))
-    }
-
-    /// What the claims of domains other than `owner` leave on `node` (whose free frames
-    /// `avail` the caller read) and in the whole heap: the one rule of the claims gate.
-    /// With no `owner`, every claim counts.
-    fn room(&self, book: &ClaimBook, owner: Option<DomId>, node: usize, avail: u64) -> Room {
-        debug_assert!(node < self.nodes.len());
-        let (others_node, others_all) = book.claimed_by_others(owner, node);
-        let total: u64 = (0..self.nodes.len()).map(|i| if i == node { avail } else { self.available(i) }).sum();
-        debug_assert!(total >= avail, "the heap's free frames include the node's");
-        Room {
-            node: avail.saturating_sub(others_node),
-            heap: total.saturating_sub(others_all),
-            avail,
-            total,
-            others_node,
-            others_all,
-        }
-    }
-
-    /// The claims gate: `frames` for `owner` on `node` fit in [`Heap::room`]. On
-    /// refusal: where, free, claimed.
-    fn claims_gate(
-        &self,
-        book: &ClaimBook,
-        owner: Option<DomId>,
-        node: usize,
-        avail: u64,
-        frames: u64,
-    ) -> Result<(), (String, u64, u64)> {
-        let room = self.room(book, owner, node, avail);
-        if frames > room.node {
-            return Err((format!("node {node}"), room.avail, room.others_node));
-        }
-        if frames > room.heap {
-            return Err(("the whole heap".into(), room.total, room.others_all));
-        }
-        Ok(())
-    }
-
-    /// The claims gate for a caller that holds `node`'s lock and read its free frames
-    /// `avail` under it: may `frames` leave the node's free memory for `owner` without
-    /// eating into others' claims? `None` for frames taken for nobody's claims (an
-    /// offline isolating them, a move's destination, a frame marked broken): then every
-    /// claim counts. Takes the claims lock only while some claim exists; claims change
-    /// only under every node lock ([`Heap::claim_set`]), so the answer holds for this
-    /// node until its lock drops. On refusal: where, free, claimed.
-    pub(crate) fn claims_admit_locked(
-        &self,
-        owner: Option<DomId>,
-        node: usize,
-        avail: u64,
-        frames: u64,
-    ) -> Result<(), (String, u64, u64)> {
-        debug_assert!(node < self.nodes.len());
-        if self.claimed_total.load(Relaxed) == 0 {
-            return Ok(());
-        }
-        let book = self.claims.lock();
-        self.claims_gate(&book, owner, node, avail, frames)
-    }
-
-    /// All outstanding claims, node and global, from their lock-free mirror.
-    pub(crate) fn claimed_total(&self) -> u64 {
-        self.claimed_total.load(Relaxed)
-    }
-
     /// Drops all of `dom`'s outstanding claims.
     pub fn claim_cancel(&self, dom: DomId) {
         let mut book = self.claims.lock();
@@ -915,7 +821,7 @@ impl<M: FrameMemory> Heap<M> {
             s.offline += ns.offline;
             s.scrubbing += ns.scrubbing;
         }
-        s.claimed = self.claimed_total.load(Relaxed);
+        s.claimed = self.claimed_total();
         for c in &self.nodes {
             s.scrubbed.background += c.scrubbed[Source::Background as usize].load(Relaxed);
             s.scrubbed.in_place += c.scrubbed[Source::InPlace as usize].load(Relaxed);
@@ -968,16 +874,33 @@ impl<M: FrameMemory> Heap<M> {
     }
 
     /// Mirrors the claim totals for lock-free readers; called under the claims lock.
+    /// Release: published before any frames a given-back claim brings (see the gate).
     pub(crate) fn publish_claims(&self, book: &ClaimBook) {
         for (c, &t) in self.nodes.iter().zip(&book.node_total) {
-            c.claimed.store(t, Relaxed);
+            c.claimed.store(t, Release);
         }
-        self.claimed_total.store(book.outstanding(), Relaxed);
+        self.claimed_total.store(book.outstanding(), Release);
+        self.claimants.store(book.claimants(), Release);
+    }
+
+    /// All outstanding claims, node and global, from their lock-free mirror.
+    pub(crate) fn claimed_total(&self) -> u64 {
+        self.claimed_total.load(Acquire)
+    }
+
+    /// The published claimants mask (for the invariant checker).
+    pub(crate) fn claimants(&self) -> u64 {
+        self.claimants.load(Acquire)
+    }
+
+    /// Whether `dom` may hold claims: false means it holds none (its bit is clear).
+    pub(crate) fn may_hold_claims(&self, dom: DomId) -> bool {
+        self.claimants.load(Acquire) & ClaimBook::bit(dom) != 0
     }
 
     /// Free frames of node `n` (including those being scrubbed), read without its lock.
     pub(crate) fn available(&self, n: usize) -> u64 {
-        self.nodes[n].free.load(Relaxed)
+        self.nodes[n].free.load(Acquire)
     }
 
     pub(crate) fn node_counters(&self, n: usize) -> [u64; 5] {
@@ -1006,21 +929,4 @@ impl<M: FrameMemory> Heap<M> {
         }
         Ok(s)
     }
-}
-
-/// What other domains' claims leave for one owner: on a node and in the whole heap, with
-/// the figures a refusal reports.
-struct Room {
-    /// Frames the owner may take from the node.
-    node: u64,
-    /// Frames the owner may take from the whole heap.
-    heap: u64,
-    /// The node's free frames.
-    avail: u64,
-    /// The heap's free frames.
-    total: u64,
-    /// Frames of the node claimed by others.
-    others_node: u64,
-    /// Frames claimed by others anywhere.
-    others_all: u64,
 }

@@ -254,6 +254,14 @@ impl<M: FrameMemory> Heap<M> {
                 book.node_total, book.global_total
             ));
         }
+        let mask = book.doms.keys().fold(0, |m, &d| m | ClaimBook::bit(d));
+        if mask != book.claimants() || mask != self.claimants() {
+            return fail(format!(
+                "claimants mask {:#x} (published {:#x}) disagrees with the entries {mask:#x}",
+                book.claimants(),
+                self.claimants()
+            ));
+        }
         for (n, &t) in book.node_total.iter().enumerate() {
             if self.node_stats(n).map(|s| s.claimed) != Ok(t) {
                 return fail(format!("node {n}: published claim total is stale"));

@@ -36,6 +36,7 @@ mod claims;
 mod config;
 mod dirty;
 mod error;
+mod gate;
 mod heap;
 mod invariants;
 mod memory;

@@ -247,7 +247,9 @@ impl<M: FrameMemory> Heap<M> {
                     st.work.swap_remove(i);
                     if claim.frames() > 0 {
                         // Handed over: what the ticket retired stays retired.
-                        self.claims.lock().settle(owner, claim);
+                        let mut book = self.claims.lock();
+                        book.settle(owner, claim);
+                        self.publish_claims(&book);
                     }
                     st.meta[w.head as usize] = Self::allocated_slot(w.order, owner, movable, sealed);
                     self.cell(node).publish(&st);
