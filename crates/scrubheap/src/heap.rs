@@ -716,7 +716,8 @@ impl<M: FrameMemory> Heap<M> {
             total = total.checked_add(c.frames).ok_or(too_big(c.frames))?;
         }
         // Every node lock, in order, then the claims lock: no allocation is between its
-        // availability check and its update while claims change (try_node relies on it).
+        // availability check and its update while claims change (the claims gate relies
+        // on it, see gate.rs).
         let guards: Vec<_> = (0..n).map(|i| self.lock_node(i)).collect();
         let mut book = self.claims.lock();
         let old = book.doms.get(&dom).cloned().unwrap_or(DomClaims::empty(n));
