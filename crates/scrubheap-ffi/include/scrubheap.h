@@ -147,6 +147,10 @@ enum ScrubheapStatus
   SCRUBHEAP_E_SEALED_MOVABLE = -33,
   // Other domains' claims need the free memory this allocation asked for.
   SCRUBHEAP_E_CLAIMED_BY_OTHERS = -34,
+  // A frame of the range asked for is not free (allocating a given range).
+  SCRUBHEAP_E_NOT_FREE = -35,
+  // The range asked for has frames in both zones of its node.
+  SCRUBHEAP_E_CROSSES_ZONE = -36,
 };
 #ifndef __cplusplus
 #if __STDC_VERSION__ >= 202311L

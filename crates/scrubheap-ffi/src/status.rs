@@ -83,12 +83,16 @@ pub enum ScrubheapStatus {
     SCRUBHEAP_E_SEALED_MOVABLE = -33,
     /// Other domains' claims need the free memory this allocation asked for.
     SCRUBHEAP_E_CLAIMED_BY_OTHERS = -34,
+    /// A frame of the range asked for is not free (allocating a given range).
+    SCRUBHEAP_E_NOT_FREE = -35,
+    /// The range asked for has frames in both zones of its node.
+    SCRUBHEAP_E_CROSSES_ZONE = -36,
 }
 
 use ScrubheapStatus as S;
 
 /// Every status, for the message table and its tests.
-pub(crate) const ALL: [ScrubheapStatus; 34] = [
+pub(crate) const ALL: [ScrubheapStatus; 36] = [
     S::SCRUBHEAP_OK,
     S::SCRUBHEAP_PENDING,
     S::SCRUBHEAP_E_NULL,
@@ -123,6 +127,8 @@ pub(crate) const ALL: [ScrubheapStatus; 34] = [
     S::SCRUBHEAP_E_NOT_SEALED,
     S::SCRUBHEAP_E_SEALED_MOVABLE,
     S::SCRUBHEAP_E_CLAIMED_BY_OTHERS,
+    S::SCRUBHEAP_E_NOT_FREE,
+    S::SCRUBHEAP_E_CROSSES_ZONE,
 ];
 
 impl ScrubheapStatus {
@@ -163,6 +169,8 @@ impl ScrubheapStatus {
             S::SCRUBHEAP_E_NOT_SEALED => c"frames are not in a sealed allocation: free them with the ordinary free",
             S::SCRUBHEAP_E_SEALED_MOVABLE => c"a sealed allocation cannot be movable",
             S::SCRUBHEAP_E_CLAIMED_BY_OTHERS => c"other domains' claims need that free memory",
+            S::SCRUBHEAP_E_NOT_FREE => c"a frame of that range is not free",
+            S::SCRUBHEAP_E_CROSSES_ZONE => c"range has frames in both zones of its node",
         }
     }
 }
@@ -194,6 +202,8 @@ impl From<&HeapError> for ScrubheapStatus {
             HeapError::NotSealed { .. } => S::SCRUBHEAP_E_NOT_SEALED,
             HeapError::SealedMovable => S::SCRUBHEAP_E_SEALED_MOVABLE,
             HeapError::ClaimedByOthers { .. } => S::SCRUBHEAP_E_CLAIMED_BY_OTHERS,
+            HeapError::NotFree { .. } => S::SCRUBHEAP_E_NOT_FREE,
+            HeapError::CrossesZone { .. } => S::SCRUBHEAP_E_CROSSES_ZONE,
         }
     }
 }

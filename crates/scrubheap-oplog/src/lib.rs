@@ -34,6 +34,7 @@
 //! ```text
 //! heap nodes=N frames_per_node=F [movable_from=M] [policy=P]
 //! alloc id=X dom=D order=K [node=N] [exact] [movable] [noscrub]
+//! alloc-at id=X mfn=M order=K dom=D         # exactly that aligned range, if all free
 //! free id=X | free id=X offset=O order=K | free mfn=M order=K dom=D
 //! scrub node=N pages=P
 //! claim dom=D node=N pages=P | claim dom=D global pages=P | claim dom=D cancel

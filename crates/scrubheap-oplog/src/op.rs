@@ -75,6 +75,18 @@ pub enum Op {
         /// sealed request is written, and replayed, as an ordinary one.
         req: AllocRequest,
     },
+    /// `alloc-at id=X mfn=M order=K dom=D`: exactly the aligned range at M, if every frame
+    /// of it is free ([`scrubheap::Heap::alloc_at`]).
+    AllocAt {
+        /// The name the log gives the allocation.
+        id: Id,
+        /// First frame of the range.
+        mfn: Mfn,
+        /// Size of the range.
+        order: u8,
+        /// Who will own it.
+        dom: DomId,
+    },
     /// `free id=X`: free all that remains of X.
     FreeId {
         /// The allocation.
@@ -210,6 +222,9 @@ impl fmt::Display for Op {
                 write!(f, " policy={policy}")
             }
             Op::Alloc { id, req } => write_alloc(f, id, req),
+            Op::AllocAt { id, mfn, order, dom } => {
+                write!(f, "alloc-at id={id} mfn={:#x} order={order} dom={}", mfn.0, dom.0)
+            }
             Op::FreeId { id } => write!(f, "free id={id}"),
             Op::FreePart { id, offset, order } => write!(f, "free id={id} offset={offset} order={order}"),
             Op::FreeMfn { mfn, order, dom } => write!(f, "free mfn={:#x} order={order} dom={}", mfn.0, dom.0),
@@ -353,6 +368,12 @@ mod tests {
             }),
             (any::<u64>(), any::<u64>()).prop_map(|(m, count)| Op::Online { mfn: Mfn(m), count }),
             any::<u64>().prop_map(|m| Op::Broken { mfn: Mfn(m) }),
+            (id(), any::<u64>(), any::<u8>(), any::<u32>()).prop_map(|(id, m, order, d)| Op::AllocAt {
+                id,
+                mfn: Mfn(m),
+                order,
+                dom: DomId(d)
+            }),
         ]
     }
 
@@ -396,5 +417,7 @@ mod tests {
         assert_eq!(p.to_string(), "pod dom=2 max_pages=4096 target=3072 node=0");
         assert_eq!(Op::Touch { dom: DomId(2), gfn: 7, data: true }.to_string(), "touch dom=2 gfn=7 data");
         assert_eq!(Op::Offline { mfn: Mfn(16), count: 8, steps: None }.to_string(), "offline mfn=0x10 count=8");
+        let at = Op::AllocAt { id: Id::new("r").unwrap(), mfn: Mfn(0x200), order: 9, dom: DomId(4) };
+        assert_eq!(at.to_string(), "alloc-at id=r mfn=0x200 order=9 dom=4");
     }
 }

@@ -126,6 +126,10 @@ pub fn parse_line(line: &str) -> Result<Option<Op>, ParseError> {
     let op = match verb {
         "heap" => heap(&mut a)?,
         "alloc" => alloc(&mut a)?,
+        "alloc-at" => {
+            let id = a.id()?;
+            Op::AllocAt { id, mfn: Mfn(a.req_num("mfn")?), order: a.order()?, dom: a.dom()? }
+        }
         "free" => free(&mut a)?,
         "scrub" => {
             let node = a.node()?.map_or_else(|| perr("missing node=".into()), Ok)?;

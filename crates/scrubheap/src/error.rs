@@ -222,6 +222,63 @@ pub enum HeapError {
         /// Frames there claimed by other domains.
         claimed: u64,
     },
+    /// [`crate::Heap::alloc_at`] of a range holding a frame that is not free.
+    #[error(
+        "cannot allocate the order-{order} range at {mfn}: frame {first} is {what}; allocate a range whose every frame is free (chunk_at shows a frame's state)"
+    )]
+    NotFree {
+        /// The range's first frame.
+        mfn: Mfn,
+        /// The range's order.
+        order: u8,
+        /// The first frame of the range that is not free.
+        first: Mfn,
+        /// What that frame is doing.
+        what: FrameUse,
+    },
+    /// [`crate::Heap::alloc_at`] of a range with frames in both zones of its node.
+    #[error(
+        "the order-{order} range at {mfn} has frames in both zones (the Movable zone starts at {movable_from}): an allocation lies in one zone"
+    )]
+    CrossesZone {
+        /// The range's first frame.
+        mfn: Mfn,
+        /// The range's order.
+        order: u8,
+        /// The first frame of the node's Movable zone.
+        movable_from: Mfn,
+    },
+}
+
+/// What a frame that is not free is doing, as [`HeapError::NotFree`] reports it.
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+pub enum FrameUse {
+    /// Allocated to a domain.
+    Allocated,
+    /// Reserved for a pending allocation (a scrub ticket) while it is scrubbed.
+    Pending,
+    /// Being scrubbed outside the lock (a background scrubber, asked to hand it back,
+    /// or a `sync` free): retry shortly.
+    Scrubbing,
+    /// Isolated by an offline in progress.
+    Isolated,
+    /// Offline.
+    Offline,
+    /// Broken: never allocated again.
+    Broken,
+}
+
+impl core::fmt::Display for FrameUse {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.write_str(match self {
+            FrameUse::Allocated => "allocated",
+            FrameUse::Pending => "reserved for a pending allocation still being scrubbed",
+            FrameUse::Scrubbing => "being scrubbed (retry once the scrubber hands it back)",
+            FrameUse::Isolated => "isolated by an offline in progress",
+            FrameUse::Offline => "offline",
+            FrameUse::Broken => "broken",
+        })
+    }
 }
 
 impl HeapError {
@@ -254,6 +311,8 @@ impl HeapError {
             HeapError::NotSealed { .. } => "NotSealed",
             HeapError::SealedMovable => "SealedMovable",
             HeapError::ClaimedByOthers { .. } => "ClaimedByOthers",
+            HeapError::NotFree { .. } => "NotFree",
+            HeapError::CrossesZone { .. } => "CrossesZone",
         }
     }
 }

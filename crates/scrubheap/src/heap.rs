@@ -3,7 +3,7 @@
 
 use crate::chunk::NONE;
 use crate::chunk::{Slot, State, F_BROKEN, F_MIGRATING, F_MOVABLE, F_SEALED};
-use crate::claims::{Claim, ClaimBook, ClaimTarget, DomClaims};
+use crate::claims::{Claim, ClaimBook, ClaimTarget, DomClaims, Retired};
 use crate::config::HeapConfig;
 use crate::error::HeapError;
 use crate::memory::FrameMemory;
@@ -20,7 +20,7 @@ use alloc::sync::Arc;
 use alloc::vec;
 use alloc::vec::Vec;
 use core::ops::{Deref, DerefMut};
-use core::sync::atomic::Ordering::Relaxed;
+use core::sync::atomic::Ordering::{Acquire, Relaxed, Release};
 
 /// Which node an allocation should come from.
 #[derive(Copy, Clone, Debug, PartialEq, Eq, Default)]
@@ -178,8 +178,9 @@ pub(crate) struct NodeCell {
     allocated: AtomicU64,
     offline: AtomicU64,
     scrubbing: AtomicU64,
-    /// Outstanding node claims on this node (mirrors the claim book).
-    claimed: AtomicU64,
+    /// Outstanding node claims on this node (mirrors the claim book; stored with Release
+    /// before the node's free count, see the gate module).
+    pub(crate) claimed: AtomicU64,
     /// Bytes scrubbed on this node: background, in place, sync.
     scrubbed: [AtomicU64; 3],
 }
@@ -195,7 +196,8 @@ pub(crate) enum Source {
 impl NodeCell {
     /// Mirrors the counters for lock-free readers; called before the node lock drops.
     pub(crate) fn publish(&self, st: &NodeState) {
-        self.free.store(st.free, Relaxed);
+        // Release: a claim given back before these frames is visible to whoever sees them.
+        self.free.store(st.free, Release);
         self.free_dirty.store(st.free_dirty, Relaxed);
         self.allocated.store(st.allocated, Relaxed);
         self.offline.store(st.offline, Relaxed);
@@ -217,6 +219,9 @@ pub struct Heap<M> {
     pub(crate) claims: Mutex<ClaimBook>,
     /// All outstanding claims (mirrors the claim book, for lock-free readers).
     claimed_total: AtomicU64,
+    /// Bit `d % 64` set while some domain `d` has a claim entry (mirrors the claim book):
+    /// a clear bit tells the gate a domain holds no claims without the claims lock.
+    claimants: AtomicU64,
     observer: Option<Arc<dyn LockObserver>>,
     pub(crate) mem: M,
 }
@@ -322,6 +327,7 @@ impl<M: FrameMemory> Heap<M> {
             served,
             claims: Mutex::new(ClaimBook::new(n)),
             claimed_total: AtomicU64::new(0),
+            claimants: AtomicU64::new(0),
             observer: None,
             config,
             mem,
@@ -462,46 +468,63 @@ impl<M: FrameMemory> Heap<M> {
     }
 
     fn try_node(&self, n: usize, req: &AllocRequest, pick: Pick) -> NodeTry {
-        let cell = &self.nodes[n];
         let want = size(req.order);
         let mut st = self.lock_node(n);
-        // Claims change only under every node lock (see claim_set), so with this node's
-        // lock held, "nothing is claimed" cannot become false under us.
-        let mut book = (self.claimed_total.load(Relaxed) > 0).then(|| self.claims.lock());
+        // The claims lock only if the owner holds claims (see the gate module).
         let avail = st.available();
-        let (others_node, others_all) = book.as_ref().map_or((0, 0), |b| b.claimed_by_others(req.owner, n));
-        if let Some(b) = book.as_ref() {
-            if self.claims_gate(b, req.owner, n, avail, want as u64).is_err() {
-                let claimed = core::cmp::min(avail, core::cmp::max(others_node, others_all));
-                return NodeTry::No { free: st.free, claimed, aborted: false };
-            }
+        let (room, book) = self.gate(Some(req.owner), n, avail);
+        if room.refusal(n, want as u64).is_some() {
+            let claimed = core::cmp::min(avail, core::cmp::max(room.others_node, room.others_all));
+            return NodeTry::No { free: st.free, claimed, aborted: false };
         }
         let zones: &[Zone] = if req.movable { &[Zone::Movable, Zone::Normal] } else { &[Zone::Normal] };
         let Some((head, got)) = zones.iter().find_map(|&z| st.pick(z, req.order, pick)) else {
             let aborted = Self::abort_background(&mut st, zones, req.order);
-            return NodeTry::No { free: st.free, claimed: others_node, aborted };
+            return NodeTry::No { free: st.free, claimed: room.others_node, aborted };
         };
         st.split_free(head, got, req.order);
+        self.take_chunk(st, n, head, req, book)
+    }
+
+    /// Hands the free chunk at `head` of node `n` (of `req.order`, off the free lists,
+    /// its head a Free slot with an exact first-dirty hint, admitted by the claims gate
+    /// under the `book` the caller holds, if any claim exists) to `req.owner`: counters,
+    /// claims retired, then clean frames at once, dirty ones scrubbed in place within
+    /// one batch, or a scrub ticket for more. The one tail of every allocation.
+    pub(crate) fn take_chunk(
+        &self,
+        mut st: NodeGuard<'_>,
+        n: usize,
+        head: u32,
+        req: &AllocRequest,
+        mut book: Option<MutexGuard<'_, ClaimBook>>,
+    ) -> NodeTry {
+        let cell = &self.nodes[n];
+        let want = size(req.order);
+        debug_assert!(st.meta[head as usize].state() == State::Free && st.meta[head as usize].order() == req.order);
+        debug_assert!(st.aligned(head, req.order) && st.free >= want as u64);
         let fd = st.meta[head as usize].first_dirty();
         let dirty = if fd == crate::chunk::NONE { 0 } else { st.dirty.count(head + fd, want - fd) };
         st.free -= want as u64;
         st.free_dirty -= dirty as u64;
         st.allocated += want as u64;
+        let in_one_go = want as u64 <= self.config.scrub_batch || self.config.policy.whole_chunk_in_place();
+        let ticket = dirty > 0 && req.scrub && !in_one_go;
+        let mut claim = Retired::default();
         if let Some(b) = book.as_mut() {
-            b.retire(req.owner, n, want as u64);
+            claim = b.retire(req.owner, n, want as u64, ticket);
             self.publish_claims(b);
         }
         drop(book);
         let ext = Extent { mfn: Mfn(cell.base + head as u64), order: req.order, node: n };
-        let in_one_go = want as u64 <= self.config.scrub_batch || self.config.policy.whole_chunk_in_place();
-        if dirty > 0 && req.scrub && !in_one_go {
+        if ticket {
             let mut slot = Slot::head(State::Pending, req.order);
             slot.a = req.owner.0;
             st.meta[head as usize] = slot;
             let id = st.add_work(
                 head,
                 req.order,
-                Kind::Ticket { owner: req.owner, movable: req.movable, sealed: req.sealed },
+                Kind::Ticket { owner: req.owner, movable: req.movable, sealed: req.sealed, claim },
             );
             cell.publish(&st);
             return NodeTry::Pending { node: n, id, ext };
@@ -674,7 +697,7 @@ impl<M: FrameMemory> Heap<M> {
     /// Node entries reserve free memory on that node, the global entry anywhere.
     pub fn claim_set(&self, dom: DomId, set: &[Claim]) -> Result<(), HeapError> {
         let n = self.nodes.len();
-        let mut new = DomClaims { global: 0, nodes: vec![0; n] };
+        let mut new = DomClaims::empty(n);
         let too_big = |requested: u64| HeapError::ClaimExceedsFree {
             requested,
             where_: "the whole heap (the claim sizes overflow)".into(),
@@ -693,10 +716,11 @@ impl<M: FrameMemory> Heap<M> {
             total = total.checked_add(c.frames).ok_or(too_big(c.frames))?;
         }
         // Every node lock, in order, then the claims lock: no allocation is between its
-        // availability check and its update while claims change (try_node relies on it).
+        // availability check and its update while claims change (the claims gate relies
+        // on it, see gate.rs).
         let guards: Vec<_> = (0..n).map(|i| self.lock_node(i)).collect();
         let mut book = self.claims.lock();
-        let old = book.doms.get(&dom).cloned().unwrap_or(DomClaims { global: 0, nodes: vec![0; n] });
+        let old = book.doms.get(&dom).cloned().unwrap_or(DomClaims::empty(n));
         let mut total_free = 0;
         for (i, g) in guards.iter().enumerate() {
             let free = g.available();
@@ -722,74 +746,6 @@ impl<M: FrameMemory> Heap<M> {
         self.publish_claims(&book);
         drop(book);
         drop(guards);
-        Ok(())
-    }
-
-    /// The claims gate: whether the claims of other domains leave `frames` more frames
-    /// for `owner` on `node` (`owner`'s own node and global claims count as its own).
-    /// The allocation path asks the same question ([`Heap::alloc_start`], under the node
-    /// lock); this read takes only the claims lock, so the answer is a snapshot that
-    /// concurrent operations may change. It says nothing of whether `frames` are free in
-    /// one piece: an admitted allocation can still run out of memory.
-    ///
-    /// Refused with [`HeapError::ClaimedByOthers`] (naming the node or the whole heap),
-    /// or [`HeapError::NoSuchNode`].
-    pub fn claims_admit(&self, owner: DomId, node: usize, frames: u64) -> Result<(), HeapError> {
-        self.node(node)?;
-        if self.claimed_total.load(Relaxed) == 0 {
-            return Ok(());
-        }
-        let book = self.claims.lock();
-        let avail = self.available(node);
-        self.claims_gate(&book, owner, node, avail, frames)
-            .map_err(|(where_, free, claimed)| HeapError::ClaimedByOthers { owner, frames, where_, free, claimed })
-    }
-
-    /// The most frames the claims gate admits for `owner` on `node` now: what the claims
-    /// of other domains leave of the node's free frames and of the whole heap's. A
-    /// snapshot, as [`Heap::claims_admit`]; a layer that fills from several nodes (PoD's
-    /// cache) adds it up node by node to know what it can reach before it allocates.
-    pub fn claims_room(&self, owner: DomId, node: usize) -> Result<u64, HeapError> {
-        self.node(node)?;
-        let book = self.claims.lock();
-        let room = self.room(&book, owner, node, self.available(node));
-        Ok(room.node.min(room.heap))
-    }
-
-    /// What the claims of domains other than `owner` leave on `node` (whose free frames
-    /// `avail` the caller read) and in the whole heap: the one rule of the claims gate.
-    fn room(&self, book: &ClaimBook, owner: DomId, node: usize, avail: u64) -> Room {
-        debug_assert!(node < self.nodes.len());
-        let (others_node, others_all) = book.claimed_by_others(owner, node);
-        let total: u64 = (0..self.nodes.len()).map(|i| if i == node { avail } else { self.available(i) }).sum();
-        debug_assert!(total >= avail, "the heap's free frames include the node's");
-        Room {
-            node: avail.saturating_sub(others_node),
-            heap: total.saturating_sub(others_all),
-            avail,
-            total,
-            others_node,
-            others_all,
-        }
-    }
-
-    /// The claims gate: `frames` for `owner` on `node` fit in [`Heap::room`]. On
-    /// refusal: where, free, claimed.
-    fn claims_gate(
-        &self,
-        book: &ClaimBook,
-        owner: DomId,
-        node: usize,
-        avail: u64,
-        frames: u64,
-    ) -> Result<(), (String, u64, u64)> {
-        let room = self.room(book, owner, node, avail);
-        if frames > room.node {
-            return Err((format!("node {node}"), room.avail, room.others_node));
-        }
-        if frames > room.heap {
-            return Err(("the whole heap".into(), room.total, room.others_all));
-        }
         Ok(())
     }
 
@@ -866,7 +822,7 @@ impl<M: FrameMemory> Heap<M> {
             s.offline += ns.offline;
             s.scrubbing += ns.scrubbing;
         }
-        s.claimed = self.claimed_total.load(Relaxed);
+        s.claimed = self.claimed_total();
         for c in &self.nodes {
             s.scrubbed.background += c.scrubbed[Source::Background as usize].load(Relaxed);
             s.scrubbed.in_place += c.scrubbed[Source::InPlace as usize].load(Relaxed);
@@ -919,16 +875,33 @@ impl<M: FrameMemory> Heap<M> {
     }
 
     /// Mirrors the claim totals for lock-free readers; called under the claims lock.
-    fn publish_claims(&self, book: &ClaimBook) {
+    /// Release: published before any frames a given-back claim brings (see the gate).
+    pub(crate) fn publish_claims(&self, book: &ClaimBook) {
         for (c, &t) in self.nodes.iter().zip(&book.node_total) {
-            c.claimed.store(t, Relaxed);
+            c.claimed.store(t, Release);
         }
-        self.claimed_total.store(book.outstanding(), Relaxed);
+        self.claimed_total.store(book.outstanding(), Release);
+        self.claimants.store(book.claimants(), Release);
+    }
+
+    /// All outstanding claims, node and global, from their lock-free mirror.
+    pub(crate) fn claimed_total(&self) -> u64 {
+        self.claimed_total.load(Acquire)
+    }
+
+    /// The published claimants mask (for the invariant checker).
+    pub(crate) fn claimants(&self) -> u64 {
+        self.claimants.load(Acquire)
+    }
+
+    /// Whether `dom` may hold claims: false means it holds none (its bit is clear).
+    pub(crate) fn may_hold_claims(&self, dom: DomId) -> bool {
+        self.claimants.load(Acquire) & ClaimBook::bit(dom) != 0
     }
 
     /// Free frames of node `n` (including those being scrubbed), read without its lock.
     pub(crate) fn available(&self, n: usize) -> u64 {
-        self.nodes[n].free.load(Relaxed)
+        self.nodes[n].free.load(Acquire)
     }
 
     pub(crate) fn node_counters(&self, n: usize) -> [u64; 5] {
@@ -957,21 +930,4 @@ impl<M: FrameMemory> Heap<M> {
         }
         Ok(s)
     }
-}
-
-/// What other domains' claims leave for one owner: on a node and in the whole heap, with
-/// the figures a refusal reports.
-struct Room {
-    /// Frames the owner may take from the node.
-    node: u64,
-    /// Frames the owner may take from the whole heap.
-    heap: u64,
-    /// The node's free frames.
-    avail: u64,
-    /// The heap's free frames.
-    total: u64,
-    /// Frames of the node claimed by others.
-    others_node: u64,
-    /// Frames claimed by others anywhere.
-    others_all: u64,
 }

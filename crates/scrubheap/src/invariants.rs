@@ -2,11 +2,12 @@
 //! the claims, verified from scratch. Tests call it after every operation.
 
 use crate::chunk::{Slot, State, F_BROKEN, F_MIGRATING, F_MOVABLE, F_SEALED, NONE};
+use crate::claims::ClaimBook;
 use crate::error::InvariantViolation;
 use crate::heap::Heap;
 use crate::memory::FrameMemory;
 use crate::node::NodeState;
-use crate::types::{Zone, MAX_ORDER};
+use crate::types::{DomId, Zone, MAX_ORDER};
 use crate::work::Kind;
 use alloc::format;
 use alloc::string::String;
@@ -213,6 +214,9 @@ impl<M: FrameMemory> Heap<M> {
     pub fn check_invariants(&self) -> Result<(), InvariantViolation> {
         let mut total_free = 0u64;
         let mut node_avail = alloc::vec::Vec::new();
+        // Every node lock, in order, then the claims lock (as claim_set takes them): the
+        // tickets' retired claims and the claim book are compared at one moment.
+        let mut guards = alloc::vec::Vec::new();
         for (n, cell) in self.nodes.iter().enumerate() {
             let st = self.lock_node_unobserved(n);
             if st.base != cell.base || st.frames as u64 != cell.frames {
@@ -229,12 +233,14 @@ impl<M: FrameMemory> Heap<M> {
             }
             total_free += t.free;
             node_avail.push(t.free);
+            guards.push(st);
         }
         let book = self.claims.lock();
+        check_tickets_claims(&book, &guards)?;
         let mut node_total = alloc::vec![0u64; self.nodes.len()];
         let mut global = 0u64;
         for (d, c) in &book.doms {
-            if c.total() == 0 {
+            if c.total() == 0 && c.in_tickets == 0 {
                 return fail(format!("{d} has an empty claim entry"));
             }
             global += c.global;
@@ -246,6 +252,14 @@ impl<M: FrameMemory> Heap<M> {
             return fail(format!(
                 "claim totals {:?}/{} disagree with the entries {node_total:?}/{global}",
                 book.node_total, book.global_total
+            ));
+        }
+        let mask = book.doms.keys().fold(0, |m, &d| m | ClaimBook::bit(d));
+        if mask != book.claimants() || mask != self.claimants() {
+            return fail(format!(
+                "claimants mask {:#x} (published {:#x}) disagrees with the entries {mask:#x}",
+                book.claimants(),
+                self.claimants()
             ));
         }
         for (n, &t) in book.node_total.iter().enumerate() {
@@ -262,6 +276,47 @@ impl<M: FrameMemory> Heap<M> {
             return fail(format!("{} frames claimed but only {total_free} free", book.outstanding()));
         }
         drop(book);
+        drop(guards);
         Ok(())
     }
+}
+
+/// The claims retired by unfinished scrub tickets agree with the claim book: in all, and
+/// per domain for the tickets whose set is still installed. A ticket that gave back its
+/// frames without its claim (or twice) breaks one of the two.
+fn check_tickets_claims(
+    book: &ClaimBook,
+    nodes: &[impl core::ops::Deref<Target = NodeState>],
+) -> Result<(), InvariantViolation> {
+    let mut all = 0u64;
+    let mut by_dom = alloc::collections::BTreeMap::<DomId, u64>::new();
+    for (n, st) in nodes.iter().enumerate() {
+        for w in &st.work {
+            let Kind::Ticket { owner, claim, .. } = w.kind else { continue };
+            if claim.frames() > w.frames() {
+                return fail(format!(
+                    "node {n}: a ticket of {} frames retired {} of claims",
+                    w.frames(),
+                    claim.frames()
+                ));
+            }
+            all += claim.frames();
+            if book.doms.get(&owner).is_some_and(|c| c.epoch == claim.epoch) {
+                *by_dom.entry(owner).or_default() += claim.frames();
+            }
+        }
+    }
+    if all != book.in_tickets {
+        return fail(format!("tickets hold {all} frames of retired claims, the claim book counts {}", book.in_tickets));
+    }
+    for (d, c) in &book.doms {
+        let held = by_dom.get(d).copied().unwrap_or(0);
+        if held != c.in_tickets {
+            return fail(format!(
+                "{d}: its tickets hold {held} frames of retired claims, its entry counts {}",
+                c.in_tickets
+            ));
+        }
+    }
+    Ok(())
 }

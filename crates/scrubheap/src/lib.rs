@@ -29,12 +29,14 @@
 
 extern crate alloc;
 
+mod at;
 mod blocker;
 mod chunk;
 mod claims;
 mod config;
 mod dirty;
 mod error;
+mod gate;
 mod heap;
 mod invariants;
 mod memory;
@@ -57,7 +59,7 @@ mod work;
 pub use blocker::{BlockReason, Blocker, OfflineStop};
 pub use claims::{Claim, ClaimTarget};
 pub use config::{HeapConfig, NodeSpec};
-pub use error::{HeapError, InvariantViolation};
+pub use error::{FrameUse, HeapError, InvariantViolation};
 pub use heap::{AllocRequest, ChunkInfo, ChunkState, Extent, Heap, NodePref};
 pub use memory::{FrameMemory, NullMemory};
 pub use node::largest_order;

@@ -238,15 +238,10 @@ impl<M: FrameMemory> Heap<M> {
             match s.state() {
                 State::Free => {
                     let inside = (core::cmp::min(end, job.hi) - core::cmp::max(h, job.lo)) as u64;
-                    let book = self.claims.lock();
-                    let total: u64 =
-                        (0..self.nodes.len()).map(|i| if i == n { st.free } else { self.available(i) }).sum();
-                    if st.free < book.node_total[n] + inside || total < book.outstanding() + inside {
-                        drop(book);
+                    if self.claims_admit_locked(None, n, st.free, inside).is_err() {
                         cell.publish(&st);
                         return blocker(BlockReason::Claimed, None);
                     }
-                    drop(book);
                     st.unlink_free(h);
                     for (ph, po) in Self::split_free_around(&mut st, h, o, job.lo, job.hi) {
                         let len = size(po);
@@ -349,7 +344,7 @@ impl<M: FrameMemory> Heap<M> {
     /// Splits the free chunk `(h, o)`, taken off its list, into the aligned pieces inside
     /// `[lo, hi)`, which it returns (still counted free; their heads are the caller's), and
     /// those outside, which go back on the free lists.
-    fn split_free_around(st: &mut NodeState, h: u32, o: u8, lo: u32, hi: u32) -> Vec<(u32, u8)> {
+    pub(crate) fn split_free_around(st: &mut NodeState, h: u32, o: u8, lo: u32, hi: u32) -> Vec<(u32, u8)> {
         let mut inside = Vec::new();
         let mut stack = alloc::vec![(h, o)];
         st.meta[h as usize] = Slot::default();
@@ -530,13 +525,9 @@ impl<M: FrameMemory> Heap<M> {
                 Broken::Now
             }
             State::Free => {
-                let book = self.claims.lock();
-                let total: u64 = (0..self.nodes.len()).map(|i| if i == n { st.free } else { self.available(i) }).sum();
-                let claimed = book.outstanding();
-                if st.free < book.node_total[n] + 1 || total < book.outstanding() + 1 {
-                    return Err(HeapError::NeededByClaims { mfn, claimed, free: st.free });
+                if self.claims_admit_locked(None, n, st.free, 1).is_err() {
+                    return Err(HeapError::NeededByClaims { mfn, claimed: self.claimed_total(), free: st.free });
                 }
-                drop(book);
                 st.unlink_free(h);
                 let pieces = Self::split_free_around(&mut st, h, o, off, off + 1);
                 debug_assert_eq!(pieces, alloc::vec![(off, 0)]);

@@ -335,12 +335,9 @@ impl<M: FrameMemory> Heap<M> {
         let want = size(order) as u64;
         for &n in &self.near[node] {
             let mut st = self.lock_node(n);
-            let book = self.claims.lock();
-            let total: u64 = (0..self.nodes.len()).map(|i| if i == n { st.free } else { self.available(i) }).sum();
-            if st.free < book.node_total[n] + want || total < book.outstanding() + want {
+            if self.claims_admit_locked(None, n, st.free, want).is_err() {
                 continue;
             }
-            drop(book);
             let pick = Pick::SmallestFirst { prefer_dirty: true };
             let Some((head, got)) = zones.iter().find_map(|&z| st.pick(z, order, pick)) else { continue };
             st.split_free(head, got, order);

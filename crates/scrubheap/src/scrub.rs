@@ -190,11 +190,23 @@ impl<M: FrameMemory> Heap<M> {
         }
     }
 
+    /// Returns a dropped ticket's frames to the heap and the claim it retired to its
+    /// owner (under the node lock, then the claims lock: the frames and the claim come
+    /// back together, so no allocation sees one without the other).
     fn release_ticket(&self, st: &mut NodeGuard<'_>, node: usize, i: usize) {
         let w = st.work.swap_remove(i);
+        debug_assert!(w.stop && w.inflight == 0, "a ticket is released once dropped and idle");
         st.allocated -= w.frames();
         st.meta[w.head as usize] = Slot::default();
         st.put_back(w.head, w.order);
+        if let Kind::Ticket { owner, claim, .. } = w.kind {
+            debug_assert!(claim.frames() <= w.frames());
+            if claim.frames() > 0 {
+                let mut book = self.claims.lock();
+                book.restore(owner, node, claim);
+                self.publish_claims(&book);
+            }
+        }
         self.cell(node).publish(st);
     }
 
@@ -204,7 +216,7 @@ impl<M: FrameMemory> Heap<M> {
         let base = self.cell(node).base;
         let mut zeroed = 0u64;
         let mut st = self.lock_node(node);
-        let Kind::Ticket { owner, movable, sealed } = st.work[st.work_index(id)].kind else {
+        let Kind::Ticket { owner, movable, sealed, claim } = st.work[st.work_index(id)].kind else {
             unreachable!("ticket work of another kind")
         };
         let result = loop {
@@ -233,6 +245,12 @@ impl<M: FrameMemory> Heap<M> {
                 None if w.inflight > 0 => break None,
                 None => {
                     st.work.swap_remove(i);
+                    if claim.frames() > 0 {
+                        // Handed over: what the ticket retired stays retired.
+                        let mut book = self.claims.lock();
+                        book.settle(owner, claim);
+                        self.publish_claims(&book);
+                    }
                     st.meta[w.head as usize] = Self::allocated_slot(w.order, owner, movable, sealed);
                     self.cell(node).publish(&st);
                     break Some(Extent { mfn: Mfn(base + w.head as u64), order: w.order, node });

@@ -81,7 +81,16 @@ impl<M: FrameMemory> Heap<M> {
         req: &AllocRequest,
         preempt: &dyn crate::preempt::Preempt,
     ) -> Result<Option<Extent>, HeapError> {
-        match self.alloc_start(req)? {
+        Self::drive(self.alloc_start(req)?, preempt)
+    }
+
+    /// Advances a started allocation until it is done or `preempt` says to yield (then
+    /// `None`, and the ticket is dropped).
+    pub(crate) fn drive(
+        start: AllocStart<'_, M>,
+        preempt: &dyn crate::preempt::Preempt,
+    ) -> Result<Option<Extent>, HeapError> {
+        match start {
             AllocStart::Ready(e) => Ok(Some(e)),
             AllocStart::Pending(mut t) => loop {
                 if let Some(e) = t.advance(preempt)? {

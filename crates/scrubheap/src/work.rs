@@ -2,6 +2,7 @@
 //! list, naming who works on it and how far they got; workers re-take the lock between
 //! batches to publish progress and to see a stop request.
 
+use crate::claims::Retired;
 use crate::types::DomId;
 
 /// Who is working on a chunk.
@@ -15,8 +16,9 @@ pub(crate) enum Kind {
     /// A pending allocation for `owner` (state Pending): its owner and any idle helpers
     /// take batches from `cursor`; `stop` means the ticket was dropped, and whoever
     /// finishes the last batch in flight returns the chunk to the heap. `movable` and
-    /// `sealed` are the flags the allocation gets when it is handed over.
-    Ticket { owner: DomId, movable: bool, sealed: bool },
+    /// `sealed` are the flags the allocation gets when it is handed over; `claim` is what
+    /// the allocation retired of the owner's claims, given back if the ticket is dropped.
+    Ticket { owner: DomId, movable: bool, sealed: bool, claim: Retired },
 }
 
 #[derive(Clone, Debug)]

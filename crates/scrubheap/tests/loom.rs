@@ -1,7 +1,8 @@
 //! loom models of the heap's handoffs (run with `RUSTFLAGS="--cfg loom"`): every
-//! interleaving of the scrub/abort handoff, of helpers and the owner on one ticket, and of
-//! a free merging beside a scrub in progress. Each checks invariants, conservation and
-//! that every frame handed over is zero.
+//! interleaving of the scrub/abort handoff, of helpers and the owner on one ticket, of a
+//! free merging beside a scrub in progress, of a dropped ticket giving its claim back, and
+//! of the claims gate's unlocked path against a claim being set or retired.
+//! Each checks invariants, conservation and that every frame handed over is zero.
 #![cfg(loom)]
 
 use loom::sync::Arc;
@@ -75,6 +76,71 @@ fn a_dropped_ticket_returns_its_frames_after_the_helpers_batch() {
         helper.join().unwrap();
         settle(&h, 2);
         assert_eq!(h.stats().allocated, 0);
+    });
+}
+
+#[test]
+fn a_dropped_ticket_restores_its_claim_whoever_finishes_the_last_batch() {
+    loom::model(|| {
+        let h = heap(2, true);
+        let claim = [Claim { target: ClaimTarget::Node(0), frames: 2 }];
+        h.claim_set(DomId(1), &claim).unwrap();
+        let AllocStart::Pending(t) = h.alloc_start(&AllocRequest::new(1, DomId(1))).unwrap() else {
+            panic!("dirty memory gives a ticket")
+        };
+        assert_eq!(h.claims_of(DomId(1)), vec![], "the ticket retired the whole claim");
+        let s = h.clone();
+        let helper = thread::spawn(move || s.scrub_step(0, u64::MAX, &NeverPreempt).unwrap());
+        drop(t);
+        helper.join().unwrap();
+        settle(&h, 2);
+        assert_eq!(h.claims_of(DomId(1)), claim.to_vec(), "the dropped ticket gave its claim back");
+        assert_eq!(h.stats().allocated, 0);
+    });
+}
+
+/// A claim being set and an allocation by a domain without claims (the gate's unlocked
+/// path) on `nodes` nodes of `frames` each: never both succeed when together they need
+/// more than the heap has.
+fn claim_against_an_unclaimed_allocation(nodes: usize, frames: u64, target: ClaimTarget) {
+    loom::model(move || {
+        let h = Arc::new(Heap::new(HeapConfig::uniform(nodes, frames), NullMemory).unwrap());
+        let s = h.clone();
+        let claimer = thread::spawn(move || s.claim_set(DomId(2), &[Claim { target, frames: 3 }]).is_ok());
+        let got = h.alloc(&AllocRequest::new(1, DomId(1)).exact(0)).is_ok();
+        let claimed = claimer.join().unwrap();
+        assert!(!(got && claimed), "an allocation ate into a claim set at the same time");
+        assert!(got || claimed, "one of them fits alone");
+        h.check_invariants().unwrap();
+    });
+}
+
+#[test]
+fn a_node_claim_set_during_an_unclaimed_allocation_is_never_eaten_into() {
+    // Node 0 alone is short: the whole heap has room.
+    claim_against_an_unclaimed_allocation(2, 4, ClaimTarget::Node(0));
+}
+
+#[test]
+fn a_global_claim_set_during_an_unclaimed_allocation_is_never_eaten_into() {
+    claim_against_an_unclaimed_allocation(2, 2, ClaimTarget::Global);
+}
+
+#[test]
+fn a_claimant_and_a_domain_without_claims_racing_leave_the_claim_whole() {
+    loom::model(|| {
+        let h = Arc::new(Heap::new(HeapConfig::uniform(1, 4), NullMemory).unwrap());
+        h.claim_set(DomId(1), &[Claim { target: ClaimTarget::Node(0), frames: 2 }]).unwrap();
+        let s = h.clone();
+        let claimant = thread::spawn(move || s.alloc(&AllocRequest::new(1, DomId(1))).is_ok());
+        let mut others = 0;
+        while others < 3 && h.alloc(&AllocRequest::new(0, DomId(2))).is_ok() {
+            others += 1;
+        }
+        assert!(claimant.join().unwrap(), "the claimant got its claimed frames");
+        assert_eq!(others, 2, "the other domain got exactly the unclaimed frames");
+        assert_eq!(h.claims_of(DomId(1)), vec![]);
+        h.check_invariants().unwrap();
     });
 }
 

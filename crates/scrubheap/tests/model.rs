@@ -56,6 +56,9 @@ fn config(policy: Policy, dirty: bool) -> HeapConfig {
     c
 }
 
+/// What a ticket retired of its owner's claims: (node part, global part, claims epoch).
+type Retired = (u64, u64, u64);
+
 struct Model {
     owner: Vec<Option<u32>>,
     /// Frames reserved by a pending ticket: owned, but not yet the owner's to free.
@@ -64,6 +67,9 @@ struct Model {
     nodes: Vec<(u64, u64, u64)>,
     live: Vec<(u32, Extent)>,
     claims: BTreeMap<u32, (u64, Vec<u64>)>,
+    /// Per domain, how many times its claims were set or cancelled: a dropped ticket
+    /// restores what it retired only to the set it retired it from.
+    epoch: BTreeMap<u32, u64>,
 }
 
 impl Model {
@@ -84,6 +90,7 @@ impl Model {
             nodes,
             live: Vec::new(),
             claims: BTreeMap::new(),
+            epoch: BTreeMap::new(),
         }
     }
 
@@ -111,16 +118,28 @@ impl Model {
         })
     }
 
-    fn retire(&mut self, dom: u32, node: usize, frames: u64) {
-        if let Some((g, nodes)) = self.claims.get_mut(&dom) {
-            let a = nodes[node].min(frames);
-            nodes[node] -= a;
-            let b = (*g).min(frames - a);
-            *g -= b;
-            if *g == 0 && nodes.iter().all(|&x| x == 0) {
-                self.claims.remove(&dom);
-            }
+    /// Retires `frames` of `dom`'s claims on `node`; returns (node part, global part, epoch).
+    fn retire(&mut self, dom: u32, node: usize, frames: u64) -> Retired {
+        let epoch = self.epoch.get(&dom).copied().unwrap_or(0);
+        let Some((g, nodes)) = self.claims.get_mut(&dom) else { return (0, 0, epoch) };
+        let a = nodes[node].min(frames);
+        nodes[node] -= a;
+        let b = (*g).min(frames - a);
+        *g -= b;
+        if *g == 0 && nodes.iter().all(|&x| x == 0) {
+            self.claims.remove(&dom);
         }
+        (a, b, epoch)
+    }
+
+    /// A dropped ticket gives back what it retired, if `dom`'s claims were not set since.
+    fn restore(&mut self, dom: u32, node: usize, (a, b, epoch): Retired) {
+        if a + b == 0 || self.epoch.get(&dom).copied().unwrap_or(0) != epoch {
+            return;
+        }
+        let e = self.claims.entry(dom).or_insert((0, vec![0; 3]));
+        e.1[node] += a;
+        e.0 += b;
     }
 
     fn claims_of(&self, dom: u32) -> Vec<Claim> {
@@ -160,7 +179,7 @@ fn run(policy: Policy, dirty: bool, ops: &[Op]) -> Result<(), TestCaseError> {
     let total = cfg.total_frames();
     let heap = Heap::new(cfg.clone(), TestMemory::new(Mfn(0), total, 64)).unwrap();
     let mut m = Model::new(&cfg);
-    let mut tickets: Vec<(u32, ScrubTicket<'_, TestMemory>)> = Vec::new();
+    let mut tickets: Vec<(u32, ScrubTicket<'_, TestMemory>, Retired)> = Vec::new();
     for (step, op) in ops.iter().enumerate() {
         let before = snapshot(&heap, &DOMS);
         let refused = match op.clone() {
@@ -283,6 +302,7 @@ fn run(policy: Policy, dirty: bool, ops: &[Op]) -> Result<(), TestCaseError> {
                 set.push(Claim { target, frames });
                 match heap.claim_set(DomId(dom), &set) {
                     Ok(()) => {
+                        *m.epoch.entry(dom).or_default() += 1;
                         let e = m.claims.entry(dom).or_insert((0, vec![0; 3]));
                         match target {
                             ClaimTarget::Global => e.0 = frames,
@@ -298,6 +318,7 @@ fn run(policy: Policy, dirty: bool, ops: &[Op]) -> Result<(), TestCaseError> {
             }
             Op::Cancel { dom } => {
                 heap.claim_cancel(DomId(dom));
+                *m.epoch.entry(dom).or_default() += 1;
                 m.claims.remove(&dom);
                 false
             }
@@ -311,7 +332,7 @@ fn run(policy: Policy, dirty: bool, ops: &[Op]) -> Result<(), TestCaseError> {
                         prop_assert_eq!(m.owner[f as usize], None, "frame {} reserved twice", f);
                         m.owner[f as usize] = Some(dom);
                     }
-                    m.retire(dom, e.node, e.frames());
+                    let retired = m.retire(dom, e.node, e.frames());
                     match start {
                         AllocStart::Ready(e) => {
                             prop_assert!(heap.memory().is_zero(e.mfn, e.frames()));
@@ -322,7 +343,7 @@ fn run(policy: Policy, dirty: bool, ops: &[Op]) -> Result<(), TestCaseError> {
                             m.reserved[e.mfn.0 as usize..(e.mfn.0 + e.frames()) as usize].fill(true);
                             let held = matches!(heap.chunk_at(e.mfn).unwrap().state, ChunkState::Pending { owner } if owner == DomId(dom));
                             prop_assert!(held, "reserved frames must be Pending");
-                            tickets.push((dom, t));
+                            tickets.push((dom, t, retired));
                         }
                     }
                     false
@@ -338,7 +359,7 @@ fn run(policy: Policy, dirty: bool, ops: &[Op]) -> Result<(), TestCaseError> {
                 let r = if yield_every { tickets[i].1.advance(&|| true) } else { tickets[i].1.advance(&NeverPreempt) };
                 match r.map_err(|e| TestCaseError::fail(format!("advance: {e}")))? {
                     Some(e) => {
-                        let (dom, _) = tickets.swap_remove(i);
+                        let (dom, _, _) = tickets.swap_remove(i);
                         m.reserved[e.mfn.0 as usize..(e.mfn.0 + e.frames()) as usize].fill(false);
                         prop_assert!(heap.memory().is_zero(e.mfn, e.frames()), "ticket handed over dirty frames");
                         prop_assert_eq!(heap.memory().foreign_frame(DomId(dom), e.mfn, e.frames()), None);
@@ -353,9 +374,10 @@ fn run(policy: Policy, dirty: bool, ops: &[Op]) -> Result<(), TestCaseError> {
                 if tickets.is_empty() {
                     continue;
                 }
-                let (_, t) = tickets.swap_remove(idx % tickets.len());
+                let (dom, t, retired) = tickets.swap_remove(idx % tickets.len());
                 let e = t.extent().unwrap();
                 drop(t);
+                m.restore(dom, e.node, retired);
                 for f in e.mfn.0..e.mfn.0 + e.frames() {
                     m.owner[f as usize] = None;
                     m.reserved[f as usize] = false;

@@ -63,21 +63,38 @@ impl Replayer {
             return Ok(());
         };
         self.check_alloc(req, ext, end);
+        self.hold(id, req.owner, ext);
+        Ok(())
+    }
+
+    /// `alloc-at id=X mfn=M order=K dom=D`: exactly that range, checked, held under `id`.
+    pub(super) fn alloc_at(&mut self, id: &str, mfn: Mfn, order: u8, dom: DomId) -> Result<(), Fail> {
+        let heap = self.heap_or_fail()?;
+        if self.names.contains_key(id) {
+            return fail(kind::DUPLICATE_ID, format!("id {id} still holds frames: free it before reusing the id"));
+        }
+        let ext = heap.alloc_at(mfn, order, dom)?;
+        if ext.mfn != mfn || ext.order != order {
+            self.violation(format!("alloc-at {mfn} order {order} returned {ext:?}"));
+            return Ok(());
+        }
+        let mut req = AllocRequest::new(order, dom).exact(ext.node);
+        req.movable = true; // the zone is the range's: any zone is right
+        self.check_alloc(&req, ext, ext.mfn.0 + (1u64 << order));
+        self.hold(id, dom, ext);
+        Ok(())
+    }
+
+    /// Holds `ext` for `owner` under the log's name `id`.
+    fn hold(&mut self, id: &str, owner: DomId, ext: Extent) {
+        let size = 1u64 << ext.order;
         let serial = self.next_serial;
         self.next_serial += 1;
-        let held = Held {
-            name: id.into(),
-            owner: req.owner,
-            first: ext.mfn.0,
-            order: ext.order,
-            node: ext.node,
-            frames: size,
-        };
+        let held = Held { name: id.into(), owner, first: ext.mfn.0, order: ext.order, node: ext.node, frames: size };
         self.names.insert(id.into(), serial);
         self.held.insert(serial, held);
         self.pieces.insert(ext.mfn.0, (ext.order, serial));
         self.held_frames += size;
-        Ok(())
     }
 
     /// The owner of id `id`, and the frame where its offset `offset` is now.

@@ -235,6 +235,7 @@ impl Replayer {
                 self.new_heap(nodes, frames_per_node, movable_from, policy)
             }
             Op::Alloc { id, req } => self.alloc(id.as_str(), &req),
+            Op::AllocAt { id, mfn, order, dom } => self.alloc_at(id.as_str(), mfn, order, dom),
             Op::FreeId { id } => self.free_id(id.as_str()),
             Op::FreePart { id, offset, order } => self.free_part(id.as_str(), offset, order),
             Op::FreeMfn { mfn, order, dom } => {

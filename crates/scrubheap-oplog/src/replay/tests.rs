@@ -341,3 +341,20 @@ fn pins_offlines_and_broken_frames_replay() {
         assert!(parse_line(bad).is_err(), "{bad} parsed");
     }
 }
+
+#[test]
+fn alloc_at_takes_exactly_its_range_or_fails_with_its_kind() {
+    let mut r = Replayer::new();
+    assert_eq!(kind_of(&mut r, "heap nodes=2 frames_per_node=4096 movable_from=2048"), "");
+    assert_eq!(kind_of(&mut r, "alloc-at id=x mfn=0x1200 order=9 dom=1"), "");
+    let x = r.allocation("x").unwrap();
+    assert_eq!((x.first, x.node), (scrubheap::Mfn(0x1200), 1));
+    assert_eq!(kind_of(&mut r, "alloc-at id=y mfn=0x1000 order=11 dom=2"), "NotFree");
+    assert_eq!(kind_of(&mut r, "alloc-at id=y mfn=0x1300 order=9 dom=2"), "Unaligned");
+    assert_eq!(kind_of(&mut r, "alloc-at id=y mfn=0x0 order=12 dom=2"), "CrossesZone");
+    assert_eq!(kind_of(&mut r, "alloc-at id=x mfn=0x0 order=0 dom=2"), kind::DUPLICATE_ID);
+    assert_eq!(kind_of(&mut r, "free id=x offset=0x100 order=8"), "");
+    assert_eq!(kind_of(&mut r, "alloc-at id=y mfn=0x1300 order=8 dom=2"), "");
+    assert_eq!(kind_of(&mut r, "check"), "");
+    clean(&r);
+}
