@@ -89,10 +89,10 @@ pub const POD_SWEEP_FRAMES: u64 = 8192;
 /// PoD or invalid slot reads no guest memory).
 pub const POD_SWEEP_SLOTS: usize = 4096;
 
-/// Frames a destroy's drain frees between two preemption points, at most (a 2 MiB mapping
-/// counts 512: it is one free of the heap, never split for this): 4 superpages, or 2048
-/// frames of 4 KiB.
-pub const POD_DRAIN_FRAMES: u64 = 2048;
+/// Frames a destroy's drain frees between two preemption points, at most: one 2 MiB
+/// mapping (512 frames in one free of the heap, never split for this), or 512 frames of
+/// 4 KiB (each its own free unless neighbours form a run).
+pub const POD_DRAIN_FRAMES: u64 = 512;
 
 /// p2m slots (2 MiB of guest frames each) a destroy's drain walks between two preemption
 /// points, at most (a split slot's 512 entries are read as one slot).

@@ -697,7 +697,12 @@ fn counted_destroy(h: &World, dom: u32) -> ((u64, u64), (u64, u64)) {
         assert_eq!(h.heap.stats().allocated, h.pods.totals().dying);
     }
     let end = p.now();
-    (p.max.get(), (start.0 - end.0, end.1 - start.1))
+    let (max, all) = (p.max.get(), (start.0 - end.0, end.1 - start.1));
+    println!(
+        "{dom:?}: longest section freed {} frames, walked {} slots; {} frames, {} slots in all",
+        max.0, max.1, all.0, all.1
+    );
+    (max, all)
 }
 
 /// A heap big enough for a guest whose one-shot destroy would pass both bounds.
