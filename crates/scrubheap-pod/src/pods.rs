@@ -215,25 +215,31 @@ impl Pods {
         dom: DomId,
         preempt: &dyn Preempt,
     ) -> Result<PodProgress, PodError> {
-        let dying = self.dying.lock().get(&dom).cloned();
-        let g = match dying {
-            Some(g) => g,
-            None => {
-                let g = self.guests.lock().remove(&dom).ok_or(PodError::UnknownDomain { dom })?;
-                // Dead before it is listed as dying: a thread that still holds it sees `gone`.
-                g.lock().gone = true;
-                self.dying.lock().insert(dom, g.clone());
-                g
+        let g = {
+            // Moved from the live guests to the dying ones under the registry lock, so a
+            // create of `dom` sees one or the other. (A guest's lock is never taken under it.)
+            let mut guests = self.guests.lock();
+            let mut dying = self.dying.lock();
+            match dying.get(&dom) {
+                Some(g) => g.clone(),
+                None => {
+                    let g = guests.remove(&dom).ok_or(PodError::UnknownDomain { dom })?;
+                    dying.insert(dom, g.clone());
+                    g
+                }
             }
         };
         let mut guard = g.lock();
-        if !guard.gone {
-            // Another destroy finished this guest and `dom` was created anew meanwhile.
-            return Err(PodError::UnknownDomain { dom });
-        }
+        // Dead from here on: a thread that still holds the guest sees `gone`.
+        guard.gone = true;
         let p = guard.drain(heap, preempt, &self.drained_slots);
-        if p == PodProgress::Done && self.dying.lock().remove(&dom).is_some() {
-            self.retired.lock().add(&guard.counters);
+        if p == PodProgress::Done {
+            let mut dying = self.dying.lock();
+            // Only this guest: a racing destroy may have retired it, and `dom` died anew.
+            if dying.get(&dom).is_some_and(|d| Arc::ptr_eq(d, &g)) {
+                dying.remove(&dom);
+                self.retired.lock().add(&guard.counters);
+            }
         }
         debug_assert!(p == PodProgress::Preempted || guard.populated + guard.cache_frames() == 0, "drained");
         Ok(p)
@@ -275,7 +281,9 @@ impl Pods {
     /// All PoD guests together; counters include destroyed guests.
     pub fn totals(&self) -> PodTotals {
         let mut t = PodTotals { counters: *self.retired.lock(), ..PodTotals::default() };
-        for g in self.dying.lock().values() {
+        // Cloned out first: a guest's lock is never taken under a registry lock.
+        let dying: Vec<_> = self.dying.lock().values().cloned().collect();
+        for g in dying {
             let g = g.lock();
             t.dying += g.populated + g.cache_frames();
             t.counters.add(&g.counters);
