@@ -3,12 +3,21 @@
 
 use crate::p2m::{P2m, Slot, E4, SP, SP_ORDER};
 use crate::{
-    PodConfig, PodCounters, PodError, PodMapping, PodProgress, PodStats, POD_EAGER_FRAMES, POD_MRU, POD_SWEEP_FRAMES,
-    POD_SWEEP_SLOTS,
+    PodConfig, PodCounters, PodError, PodMapping, PodProgress, PodStats, POD_DRAIN_FRAMES, POD_DRAIN_SLOTS,
+    POD_EAGER_FRAMES, POD_MRU, POD_SWEEP_FRAMES, POD_SWEEP_SLOTS,
 };
 use alloc::collections::VecDeque;
 use alloc::vec::Vec;
+use core::sync::atomic::{AtomicU64, Ordering};
 use scrubheap::{largest_order, AllocRequest, DomId, FrameMemory, Heap, HeapError, Mfn, Preempt, Zone, MAX_ORDER};
+
+/// What one drain step did.
+struct DrainStep {
+    /// p2m slots it walked (and dropped).
+    slots: u64,
+    /// Whether the guest now holds nothing.
+    done: bool,
+}
 
 pub(crate) struct Guest {
     pub(crate) dom: DomId,
@@ -217,35 +226,102 @@ impl Guest {
         }
     }
 
-    /// Out of PoD memory: every page goes back to the heap, the p2m is dropped.
-    fn crash<M: FrameMemory>(&mut self, heap: &Heap<M>, gfn: u64) -> PodError {
-        self.release_all(heap);
+    /// Out of PoD memory: the guest is marked crashed and frees nothing here (this runs in
+    /// a vCPU's fault path); its frames drain through [`crate::Pods::destroy`].
+    fn crash(&mut self, gfn: u64) -> PodError {
+        debug_assert!(self.crashed.is_none(), "a crashed guest is never touched again");
         self.crashed = Some(gfn);
         self.counters.crashes += 1;
+        self.mru.clear();
+        self.adjusting = None;
         PodError::Exhausted { dom: self.dom, gfn }
     }
 
-    /// Frees every page the guest holds and empties its p2m.
+    /// Frees every page the guest holds and empties its p2m, in one go (bounded steps with
+    /// no preemption point: only for a guest whose create failed, which holds no more than
+    /// the part of its cache that was filled).
     pub(crate) fn release_all<M: FrameMemory>(&mut self, heap: &Heap<M>) {
-        let mut small = core::mem::take(&mut self.cache4k);
-        for slot in core::mem::take(&mut self.p2m.slots) {
-            match slot {
-                Slot::Ram(m) => give_back(heap, self.dom, m, SP_ORDER),
-                Slot::Split(e) => {
-                    small.extend(e.iter().filter_map(|x| if let E4::Ram(m) = x { Some(*m) } else { None }))
-                }
-                Slot::Pod | Slot::Invalid => {}
+        while !self.drain_step(heap).done {}
+        debug_assert_eq!(self.populated + self.cache_frames() + self.entries, 0, "released everything");
+    }
+
+    /// Frees what a dead guest holds, one bounded step at a time, asking `preempt` between
+    /// two steps; [`PodProgress::Preempted`] means call again. Adds the slots it walks to
+    /// `walked`.
+    pub(crate) fn drain<M: FrameMemory>(
+        &mut self,
+        heap: &Heap<M>,
+        preempt: &dyn Preempt,
+        walked: &AtomicU64,
+    ) -> PodProgress {
+        debug_assert!(self.gone, "only a destroyed guest drains");
+        loop {
+            let step = self.drain_step(heap);
+            walked.fetch_add(step.slots, Ordering::Relaxed);
+            if step.done {
+                debug_assert_eq!(self.populated + self.cache_frames(), 0, "a drained guest holds nothing");
+                return PodProgress::Done;
+            }
+            if preempt.check() {
+                return PodProgress::Preempted;
             }
         }
-        for m in core::mem::take(&mut self.cache2m) {
+    }
+
+    /// One step of a drain: the cache first, then the p2m from its end, freeing at most
+    /// [`POD_DRAIN_FRAMES`] frames and walking at most [`POD_DRAIN_SLOTS`] slots. Counts
+    /// stay exact (a slot is dropped with its frames), so the invariants hold between steps.
+    fn drain_step<M: FrameMemory>(&mut self, heap: &Heap<M>) -> DrainStep {
+        let mut frames = 0u64;
+        while frames + SP <= POD_DRAIN_FRAMES {
+            let Some(m) = self.cache2m.pop() else { break };
             give_back(heap, self.dom, m, SP_ORDER);
+            frames += SP;
+        }
+        let mut small = Vec::new();
+        while frames < POD_DRAIN_FRAMES {
+            let Some(m) = self.cache4k.pop() else { break };
+            small.push(m);
+            frames += 1;
+        }
+        let mut slots = 0u64;
+        while slots < POD_DRAIN_SLOTS {
+            let cost = match self.p2m.slots.last() {
+                None => break,
+                Some(Slot::Ram(_)) => SP,
+                Some(Slot::Split(e)) => e.iter().filter(|x| matches!(x, E4::Ram(_))).count() as u64,
+                Some(Slot::Pod | Slot::Invalid) => 0,
+            };
+            if frames + cost > POD_DRAIN_FRAMES {
+                break;
+            }
+            slots += 1;
+            frames += cost;
+            match self.p2m.slots.pop() {
+                Some(Slot::Ram(m)) => {
+                    give_back(heap, self.dom, m, SP_ORDER);
+                    self.populated -= SP;
+                }
+                Some(Slot::Split(e)) => {
+                    for x in e.iter() {
+                        match x {
+                            E4::Ram(m) => {
+                                small.push(*m);
+                                self.populated -= 1;
+                            }
+                            E4::Pod => self.entries -= 1,
+                            E4::Invalid => {}
+                        }
+                    }
+                }
+                Some(Slot::Pod) => self.entries -= SP,
+                Some(Slot::Invalid) | None => {}
+            }
         }
         give_back_frames(heap, self.dom, small);
-        self.populated = 0;
-        self.entries = 0;
-        self.mru.clear();
-        self.held_data = Vec::new();
-        self.adjusting = None;
+        self.held_data.truncate(self.p2m.slots.len());
+        debug_assert!(frames <= POD_DRAIN_FRAMES && slots <= POD_DRAIN_SLOTS, "a drain step stays bounded");
+        DrainStep { slots, done: self.p2m.slots.is_empty() && self.cache_frames() == 0 }
     }
 
     /// Gives `n` cache frames back to the heap: 4 KiB pages first, whole superpages while
@@ -294,7 +370,7 @@ impl Guest {
             self.reclaim(heap);
         }
         if self.cache_frames() == 0 {
-            return Err(self.crash(heap, gfn));
+            return Err(self.crash(gfn));
         }
         let s = (gfn / SP) as usize;
         if self.p2m.slots[s] == Slot::Pod {
@@ -309,7 +385,7 @@ impl Guest {
             }
             self.p2m.slots[s] = Slot::split_of(E4::Pod, SP);
         }
-        let Some(m) = self.take_4k() else { return Err(self.crash(heap, gfn)) };
+        let Some(m) = self.take_4k() else { return Err(self.crash(gfn)) };
         let Slot::Split(e) = &mut self.p2m.slots[s] else {
             debug_assert!(false, "populating a gfn that is not a PoD entry");
             self.cache4k.push(m);

@@ -11,9 +11,10 @@
 //! reclaim), then a bounded sweep of the p2m. When the balloon driver hands back 4 KiB of
 //! a 2 MiB mapping, the whole superpage is zero-checked and, if zero, reclaimed into the
 //! cache whole instead of being shattered. A guest whose touch finds neither a cached
-//! page nor a zeroed one to reclaim crashes: every page it holds goes back to the heap,
-//! and the touch reports [`PodError::Exhausted`]; the host and the other guests are
-//! untouched.
+//! page nor a zeroed one to reclaim crashes: the touch marks it crashed, frees nothing
+//! (it runs in a vCPU's fault path) and reports [`PodError::Exhausted`]; the host and the
+//! other guests are untouched. [`Pods::destroy`], of a crashed guest or a live one, kills
+//! it at once and gives its pages back in bounded, resumable steps.
 //!
 //! Counts, in frames: `populated` (RAM entries), `cache`, `entries` (outstanding PoD
 //! entries). The guest holds exactly `populated + cache` frames of the heap. The cache
@@ -49,7 +50,7 @@
 //! assert!(s.balanced());
 //! pods.check_invariants(&heap).unwrap();
 //! heap.check_invariants().unwrap();
-//! pods.destroy(&heap, DomId(1)).unwrap();
+//! while pods.destroy(&heap, DomId(1), &NeverPreempt).unwrap() == PodProgress::Preempted {}
 //! assert_eq!(heap.stats().allocated, 0);
 //! ```
 #![no_std]
@@ -87,6 +88,15 @@ pub const POD_SWEEP_FRAMES: u64 = 8192;
 /// 2 MiB slots of the p2m the emergency sweep may visit per empty-cache touch (visiting a
 /// PoD or invalid slot reads no guest memory).
 pub const POD_SWEEP_SLOTS: usize = 4096;
+
+/// Frames a destroy's drain frees between two preemption points, at most: one 2 MiB
+/// mapping (512 frames in one free of the heap, never split for this), or 512 frames of
+/// 4 KiB (each its own free unless neighbours form a run).
+pub const POD_DRAIN_FRAMES: u64 = 512;
+
+/// p2m slots (2 MiB of guest frames each) a destroy's drain walks between two preemption
+/// points, at most (a split slot's 512 entries are read as one slot).
+pub const POD_DRAIN_SLOTS: u64 = 1024;
 
 /// A PoD p2m may have at most this many entries per frame of the heap (a guest's maximum
 /// may exceed the host's memory, but not absurdly: its p2m costs memory too).
@@ -126,10 +136,11 @@ impl PodConfig {
 /// Whether a preemptible PoD operation finished.
 #[derive(Copy, Clone, Debug, PartialEq, Eq)]
 pub enum PodProgress {
-    /// The cache is at its target.
+    /// The cache is at its target ([`Pods::create`], [`Pods::set_target`]), or every
+    /// frame of the destroyed guest is back in the heap ([`Pods::destroy`]).
     Done,
-    /// `Preempt` asked to yield: call [`Pods::set_target`] again with the same
-    /// target to go on (progress is kept).
+    /// `Preempt` asked to yield: call [`Pods::set_target`] again with the same target, or
+    /// [`Pods::destroy`] again, to go on (progress is kept).
     Preempted,
 }
 
@@ -221,7 +232,8 @@ pub struct PodStats {
     pub superpage_mappings: u64,
     /// What has happened to it.
     pub counters: PodCounters,
-    /// The gfn whose touch crashed it, if it crashed (it then holds nothing).
+    /// The gfn whose touch crashed it, if it crashed (it keeps its pages until
+    /// [`Pods::destroy`] drains them).
     pub crashed: Option<u64>,
 }
 
@@ -249,6 +261,9 @@ pub struct PodTotals {
     pub entries: u64,
     /// 2 MiB mappings of all guests.
     pub superpage_mappings: u64,
+    /// Frames of destroyed guests still draining back to the heap ([`Pods::destroy`]
+    /// returned [`PodProgress::Preempted`]); not in `populated` or `cache`.
+    pub dying: u64,
     /// Counters of every guest the heap has had, destroyed ones included.
     pub counters: PodCounters,
 }

@@ -7,10 +7,13 @@ use crate::{
     PodConfig, PodCounters, PodEntry, PodError, PodMapping, PodProgress, PodStats, PodTotals, PodViolation,
     POD_MAX_PAGES_PER_FRAME,
 };
+#[cfg(doc)]
+use crate::{POD_DRAIN_FRAMES, POD_DRAIN_SLOTS};
 use alloc::collections::BTreeMap;
 use alloc::format;
 use alloc::sync::Arc;
 use alloc::vec::Vec;
+use core::sync::atomic::{AtomicU64, Ordering};
 use scrubheap::{DomId, FrameMemory, Heap, Mfn, Preempt};
 use spin::Mutex;
 
@@ -21,8 +24,12 @@ use spin::Mutex;
 #[derive(Default)]
 pub struct Pods {
     guests: Mutex<BTreeMap<DomId, Arc<Mutex<Guest>>>>,
+    /// Destroyed guests whose frames are still draining back to the heap.
+    dying: Mutex<BTreeMap<DomId, Arc<Mutex<Guest>>>>,
     /// Counters of destroyed guests.
     retired: Mutex<PodCounters>,
+    /// p2m slots walked by destroy drains so far.
+    drained_slots: AtomicU64,
 }
 
 /// The heap's size in frames (what the p2m size limit scales with).
@@ -42,6 +49,13 @@ impl Pods {
 
     fn all(&self) -> Vec<Arc<Mutex<Guest>>> {
         self.guests.lock().values().cloned().collect()
+    }
+
+    /// Live guests and dying ones (destroyed, still draining) together.
+    fn all_with_dying(&self) -> Vec<Arc<Mutex<Guest>>> {
+        let mut v = self.all();
+        v.extend(self.dying.lock().values().cloned());
+        v
     }
 
     /// Creates a populate-on-demand guest: a p2m of `cfg.max_pages` PoD entries and a
@@ -76,7 +90,7 @@ impl Pods {
         let mut guard = g.lock();
         {
             let mut guests = self.guests.lock();
-            if guests.contains_key(&dom) {
+            if guests.contains_key(&dom) || self.dying.lock().contains_key(&dom) {
                 return Err(PodError::DomainExists { dom });
             }
             guests.insert(dom, g.clone());
@@ -184,16 +198,57 @@ impl Pods {
         Ok(())
     }
 
-    /// Destroys `dom`'s PoD state: every page it holds goes back to the heap (dirty, to be
-    /// scrubbed as usual). Its counters stay in [`Pods::totals`].
-    pub fn destroy<M: FrameMemory>(&self, heap: &Heap<M>, dom: DomId) -> Result<(), PodError> {
-        let g = self.guests.lock().remove(&dom).ok_or(PodError::UnknownDomain { dom })?;
-        let mut g = g.lock();
-        g.release_all(heap);
-        g.gone = true;
-        self.retired.lock().add(&g.counters);
-        debug_assert_eq!(g.populated + g.cache_frames(), 0, "a destroyed guest holds nothing");
-        Ok(())
+    /// Destroys `dom`'s PoD state, crashed or not: the guest is dead at once (every later
+    /// touch, balloon or target of it is refused as [`PodError::UnknownDomain`], and a
+    /// create of `dom` as [`PodError::DomainExists`] until the drain is done), and every
+    /// page it holds goes back to the heap (dirty, to be scrubbed as usual) in bounded
+    /// steps: at most [`POD_DRAIN_FRAMES`] frames freed and [`POD_DRAIN_SLOTS`] p2m slots
+    /// walked between two calls of `preempt`. On [`PodProgress::Preempted`] call it again
+    /// to go on; until it returns [`PodProgress::Done`] the guest's frames count as dying
+    /// ([`PodTotals::dying`], [`Pods::frames`], [`Pods::check_invariants`]). Its counters
+    /// stay in [`Pods::totals`].
+    ///
+    /// Refused, with nothing changed: a `dom` that is neither a PoD guest nor dying.
+    pub fn destroy<M: FrameMemory>(
+        &self,
+        heap: &Heap<M>,
+        dom: DomId,
+        preempt: &dyn Preempt,
+    ) -> Result<PodProgress, PodError> {
+        let g = {
+            // Moved from the live guests to the dying ones under the registry lock, so a
+            // create of `dom` sees one or the other. (A guest's lock is never taken under it.)
+            let mut guests = self.guests.lock();
+            let mut dying = self.dying.lock();
+            match dying.get(&dom) {
+                Some(g) => g.clone(),
+                None => {
+                    let g = guests.remove(&dom).ok_or(PodError::UnknownDomain { dom })?;
+                    dying.insert(dom, g.clone());
+                    g
+                }
+            }
+        };
+        let mut guard = g.lock();
+        // Dead from here on: a thread that still holds the guest sees `gone`.
+        guard.gone = true;
+        let p = guard.drain(heap, preempt, &self.drained_slots);
+        if p == PodProgress::Done {
+            let mut dying = self.dying.lock();
+            // Only this guest: a racing destroy may have retired it, and `dom` died anew.
+            if dying.get(&dom).is_some_and(|d| Arc::ptr_eq(d, &g)) {
+                dying.remove(&dom);
+                self.retired.lock().add(&guard.counters);
+            }
+        }
+        debug_assert!(p == PodProgress::Preempted || guard.populated + guard.cache_frames() == 0, "drained");
+        Ok(p)
+    }
+
+    /// p2m slots that destroy drains have walked so far, over every guest (for a caller
+    /// that counts the work between two preemption points; a plain counter, no lock).
+    pub fn drained_slots(&self) -> u64 {
+        self.drained_slots.load(Ordering::Relaxed)
     }
 
     /// One PoD guest's counts.
@@ -226,6 +281,13 @@ impl Pods {
     /// All PoD guests together; counters include destroyed guests.
     pub fn totals(&self) -> PodTotals {
         let mut t = PodTotals { counters: *self.retired.lock(), ..PodTotals::default() };
+        // Cloned out first: a guest's lock is never taken under a registry lock.
+        let dying: Vec<_> = self.dying.lock().values().cloned().collect();
+        for g in dying {
+            let g = g.lock();
+            t.dying += g.populated + g.cache_frames();
+            t.counters.add(&g.counters);
+        }
         for g in self.all() {
             let s = g.lock().stats();
             t.guests += 1;
@@ -239,18 +301,19 @@ impl Pods {
         t
     }
 
-    /// Frames all PoD guests hold (populated + cache).
+    /// Frames all PoD guests hold (populated + cache), dying ones (destroyed, still
+    /// draining) included.
     pub fn frames(&self) -> u64 {
-        self.all().iter().map(|g| g.lock()).map(|g| g.populated + g.cache_frames()).sum()
+        self.all_with_dying().iter().map(|g| g.lock()).map(|g| g.populated + g.cache_frames()).sum()
     }
 
     /// Verifies every PoD invariant from scratch against `heap`: each guest's own (p2m
     /// counts, cache bounds, every held frame a sealed allocation of the guest, every
-    /// cached frame zero), and no frame held twice. O(held frames + p2m size); for tests
+    /// cached frame zero), dying guests' included, and no frame held twice. O(held frames + p2m size); for tests
     /// and `check` lines, beside [`Heap::check_invariants`].
     pub fn check_invariants<M: FrameMemory>(&self, heap: &Heap<M>) -> Result<(), PodViolation> {
         let mut all = Vec::new();
-        for g in self.all() {
+        for g in self.all_with_dying() {
             all.extend(g.lock().check(heap)?);
         }
         all.sort_unstable();

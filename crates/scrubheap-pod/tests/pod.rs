@@ -47,6 +47,15 @@ fn create(h: &World, dom: u32, cfg: PodConfig) {
     ok(h);
 }
 
+/// Destroys `dom` to the end (one drain step between two checks), checking the invariants
+/// at every step.
+fn destroy(h: &World, dom: u32) {
+    while h.pods.destroy(&h.heap, DomId(dom), &|| true).unwrap() == PodProgress::Preempted {
+        ok(h);
+    }
+    ok(h);
+}
+
 fn stats(h: &World, dom: u32) -> PodStats {
     h.pods.stats(DomId(dom)).unwrap()
 }
@@ -190,19 +199,22 @@ fn out_of_pod_memory_crashes_that_guest_only() {
     assert_eq!(e, PodError::Exhausted { dom: DomId(1), gfn: 32 });
     assert!(e.to_string().contains("crashed"));
     ok(&h);
-    // Its memory is back in the heap (dirty); the other guest is as it was.
-    assert_eq!(h.stats().allocated, 1024);
-    assert_eq!(h.stats().free_dirty, 32);
+    // The touch freed nothing (it is a vCPU's fault path): the guest keeps its pages,
+    // crashed, until destroy drains them; the other guest is as it was.
+    assert_eq!(h.stats().allocated, 1024 + 32);
     assert_eq!(stats(&h, 2), before);
     assert_eq!(h.memory().foreign_frame(DomId(2), Mfn(other.mfn.0 + 7), 1), None);
     assert!(!h.memory().is_zero(Mfn(other.mfn.0 + 7), 1));
     let s = stats(&h, 1);
-    assert_eq!((s.crashed, s.populated, s.cache, s.entries, s.counters.crashes), (Some(32), 0, 0, 0, 1));
-    // Later operations say it crashed; destroy clears it and keeps the count.
+    assert_eq!((s.crashed, s.populated, s.cache, s.counters.crashes), (Some(32), 32, 0, 1));
+    // Later operations say it crashed; destroy drains it and keeps the count.
     assert_eq!(h.pods.touch(&h.heap, DomId(1), 0, false), Err(PodError::Crashed { dom: DomId(1), gfn: 32 }));
     assert!(matches!(h.pods.balloon(&h.heap, DomId(1), 0, 0), Err(PodError::Crashed { .. })));
     assert!(matches!(h.pods.set_target(&h.heap, DomId(1), 0, &NeverPreempt), Err(PodError::Crashed { .. })));
-    h.pods.destroy(&h.heap, DomId(1)).unwrap();
+    destroy(&h, 1);
+    // Its memory is back in the heap (dirty).
+    assert_eq!(h.stats().allocated, 1024);
+    assert_eq!(h.stats().free_dirty, 32);
     assert_eq!(h.pods.totals().counters.crashes, 1);
     assert_eq!(h.pods.domains(), vec![DomId(2)]);
     ok(&h);
@@ -339,7 +351,7 @@ fn pages_reach_the_guest_zero_and_never_leak_another_guests_bytes() {
     for g in 0..2048 {
         h.pods.touch(&h.heap, DomId(1), g, true).unwrap();
     }
-    h.pods.destroy(&h.heap, DomId(1)).unwrap();
+    destroy(&h, 1);
     ok(&h);
     assert!(h.stats().free_dirty >= 2048);
     create(&h, 2, PodConfig::new(8192, 8192));
@@ -359,7 +371,7 @@ fn destroy_returns_every_frame_and_keeps_the_counters() {
     h.pods.touch(&h.heap, DomId(1), 0, false).unwrap();
     h.pods.touch(&h.heap, DomId(1), 1, false).unwrap();
     h.pods.balloon(&h.heap, DomId(1), 4, 0).unwrap();
-    h.pods.destroy(&h.heap, DomId(1)).unwrap();
+    destroy(&h, 1);
     assert_eq!(h.stats().allocated, 0);
     assert_eq!(h.pods.totals().counters.superpages_reclaimed, 1);
     assert_eq!(h.pods.totals().guests, 0);
@@ -393,7 +405,7 @@ fn misuse_is_refused_and_changes_nothing() {
     refused!(h, h.pods.touch(&h.heap, DomId(1), 0, false), PodError::UnknownDomain { .. });
     refused!(h, h.pods.balloon(&h.heap, DomId(1), 0, 0), PodError::UnknownDomain { .. });
     refused!(h, h.pods.set_target(&h.heap, DomId(1), 0, never), PodError::UnknownDomain { .. });
-    refused!(h, h.pods.destroy(&h.heap, DomId(1)), PodError::UnknownDomain { .. });
+    refused!(h, h.pods.destroy(&h.heap, DomId(1), &NeverPreempt), PodError::UnknownDomain { .. });
     refused!(h, h.pods.create(&h.heap, DomId(1), &PodConfig::new(0, 0), never), PodError::BadMaxPages { .. });
     refused!(
         h,
@@ -463,7 +475,7 @@ fn random_operations_on_three_guests_keep_every_invariant() {
                         &NeverPreempt,
                     )
                     .map(|_| ()),
-                1 => h.pods.destroy(&h.heap, DomId(dom)),
+                1 => h.pods.destroy(&h.heap, DomId(dom), &|| rng_bit(step)).map(|_| ()),
                 2 => h.pods.set_target(&h.heap, DomId(dom), rng.below(max + 1), &|| rng_bit(step)).map(|_| ()),
                 3..=5 => {
                     let order = [0u8, 0, 0, 3, 9][rng.below(5) as usize];
@@ -483,7 +495,7 @@ fn random_operations_on_three_guests_keep_every_invariant() {
                 panic!("seed {seed} step {step}: {e} (last result {r:?})");
             }
             let t = h.pods.totals();
-            assert_eq!(h.stats().allocated, t.populated + t.cache, "seed {seed} step {step}");
+            assert_eq!(h.stats().allocated, t.populated + t.cache + t.dying, "seed {seed} step {step}");
         }
         let c = h.pods.totals().counters;
         assert_eq!(c.crashes, crashes);
@@ -603,7 +615,7 @@ fn frames_the_pod_layer_holds_cannot_be_freed_or_pinned_behind_its_back() {
     assert_eq!(snapshot(&h.heap, &[1]), before, "a refused free or pin changes nothing");
     ok(&h);
     // The layer itself still gives everything back.
-    h.pods.destroy(&h.heap, DomId(1)).unwrap();
+    destroy(&h, 1);
     assert_eq!(h.stats().allocated, 0);
     ok(&h);
 }
@@ -623,7 +635,136 @@ fn a_guests_own_claim_is_its_own_and_others_claims_refuse_it_through_the_claims_
     create(&h, 1, PodConfig::new(4096, 4096));
     assert_eq!(h.claims_of(DomId(1)), vec![Claim { target: ClaimTarget::Global, frames: FRAMES - 100 - 4096 }]);
     create(&h, 2, PodConfig::new(1024, 100));
-    h.pods.destroy(&h.heap, DomId(1)).unwrap();
-    h.pods.destroy(&h.heap, DomId(2)).unwrap();
+    destroy(&h, 1);
+    destroy(&h, 2);
     ok(&h);
+}
+
+/// A `Preempt` that counts, at every check, the frames the heap got back and the p2m slots
+/// destroy drains walked since the previous check (or since it was made), and keeps the
+/// largest of each: the work of the longest section, measured by counting.
+struct CountingPreempt<'a> {
+    h: &'a World,
+    last: core::cell::Cell<(u64, u64)>,
+    max: core::cell::Cell<(u64, u64)>,
+}
+
+impl<'a> CountingPreempt<'a> {
+    fn new(h: &'a World) -> Self {
+        let c = CountingPreempt { h, last: Default::default(), max: Default::default() };
+        c.last.set(c.now());
+        c
+    }
+    /// (frames allocated, slots drained) now.
+    fn now(&self) -> (u64, u64) {
+        (self.h.heap.stats().allocated, self.h.pods.drained_slots())
+    }
+    /// Closes the section that ends here (a check, or the operation's return).
+    fn section(&self) {
+        let ((a0, s0), (a1, s1)) = (self.last.get(), self.now());
+        assert!(a1 <= a0, "a drain only frees");
+        let (f, s) = self.max.get();
+        self.max.set((f.max(a0 - a1), s.max(s1 - s0)));
+        self.last.set((a1, s1));
+    }
+}
+
+impl Preempt for CountingPreempt<'_> {
+    fn check(&self) -> bool {
+        self.section();
+        true
+    }
+}
+
+/// Drives `dom`'s destroy to the end with a counting preempt, one section a call; returns
+/// the most frames freed and slots walked by one section, and the totals.
+fn counted_destroy(h: &World, dom: u32) -> ((u64, u64), (u64, u64)) {
+    let p = CountingPreempt::new(h);
+    let start = p.now();
+    loop {
+        let r = h.pods.destroy(&h.heap, DomId(dom), &p).unwrap();
+        p.section();
+        h.pods.check_invariants(&h.heap).unwrap();
+        if r == PodProgress::Done {
+            break;
+        }
+        // Dead at once: every later call on it is refused.
+        assert!(matches!(h.pods.touch(&h.heap, DomId(dom), 0, false), Err(PodError::UnknownDomain { .. })));
+        assert!(matches!(
+            h.pods.create(&h.heap, DomId(dom), &PodConfig::new(512, 0), &NeverPreempt),
+            Err(PodError::DomainExists { .. })
+        ));
+        assert_eq!(h.heap.stats().allocated, h.pods.totals().dying);
+    }
+    let end = p.now();
+    let (max, all) = (p.max.get(), (start.0 - end.0, end.1 - start.1));
+    println!(
+        "{dom:?}: longest section freed {} frames, walked {} slots; {} frames, {} slots in all",
+        max.0, max.1, all.0, all.1
+    );
+    (max, all)
+}
+
+/// A heap big enough for a guest whose one-shot destroy would pass both bounds.
+fn big() -> World {
+    const BIG: u64 = 32768;
+    World::new(Heap::new(HeapConfig::uniform(1, BIG), TestMemory::new(Mfn(0), BIG, 8)).unwrap())
+}
+
+#[test]
+fn destroy_frees_and_walks_at_most_the_named_bounds_between_two_preemption_points() {
+    let h = big();
+    // 4096 slots of p2m, 12000 frames behind them: mixed 2 MiB and 4 KiB mappings and cache.
+    let max = 4096 * 512;
+    create(&h, 1, PodConfig::new(max, 12000));
+    for g in (0..max).step_by(512 * 499) {
+        h.pods.touch(&h.heap, DomId(1), g, true).unwrap();
+    }
+    // Ballooning 4 KiB out of a superpage that holds data shatters it into 4 KiB mappings.
+    h.pods.balloon(&h.heap, DomId(1), 7, 0).unwrap();
+    ok(&h);
+    let s = stats(&h, 1);
+    assert!(s.superpage_mappings > 0 && s.counters.superpages_shattered == 1 && s.cache > 0, "{s:?}");
+    let held = h.heap.stats().allocated;
+    let ((frames, slots), (all_frames, all_slots)) = counted_destroy(&h, 1);
+    // The one-shot destroy freed and walked all of it in one section: it would fail below.
+    assert_eq!(all_frames, held);
+    assert_eq!(all_slots, 4096);
+    assert!(all_frames > POD_DRAIN_FRAMES && all_slots > POD_DRAIN_SLOTS);
+    assert!(frames <= POD_DRAIN_FRAMES, "{frames} frames freed in one section");
+    assert!(slots <= POD_DRAIN_SLOTS, "{slots} slots walked in one section");
+    assert_eq!((h.heap.stats().allocated, h.pods.totals().dying, h.pods.frames()), (0, 0, 0));
+    ok(&h);
+}
+
+#[test]
+fn a_crash_frees_nothing_in_the_touch_and_its_drain_is_bounded() {
+    let h = big();
+    let max = 4096 * 512;
+    create(&h, 1, PodConfig::new(max, 8 * 512 + 2000));
+    // Every page touched holds data: nothing to reclaim, so the guest crashes.
+    let mut crashed = None;
+    for g in (0..max).step_by(512) {
+        match h.pods.touch(&h.heap, DomId(1), g, true) {
+            Ok(_) => {}
+            Err(e) => {
+                crashed = Some((g, e));
+                break;
+            }
+        }
+    }
+    let (g, e) = crashed.expect("the guest ran out of PoD memory");
+    assert_eq!(e, PodError::Exhausted { dom: DomId(1), gfn: g });
+    ok(&h);
+    // The touch freed nothing: the crashed guest still holds its frames, counted.
+    let held = 8 * 512 + 2000;
+    assert_eq!((h.heap.stats().allocated, h.pods.frames()), (held, held));
+    assert_eq!(stats(&h, 1).crashed, Some(g));
+    let ((frames, slots), (all_frames, all_slots)) = counted_destroy(&h, 1);
+    assert_eq!((all_frames, all_slots), (held, 4096));
+    assert!(all_frames > POD_DRAIN_FRAMES && all_slots > POD_DRAIN_SLOTS);
+    assert!(frames <= POD_DRAIN_FRAMES, "{frames} frames freed in one section");
+    assert!(slots <= POD_DRAIN_SLOTS, "{slots} slots walked in one section");
+    assert_eq!(h.pods.totals().counters.crashes, 1);
+    assert_eq!(h.heap.stats().allocated, 0);
 }

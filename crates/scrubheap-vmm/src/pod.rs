@@ -74,9 +74,13 @@ unsafe impl DemandPager for PodPager<'_> {
 
 impl Drop for PodPager<'_> {
     fn drop(&mut self) {
-        match self.pool.pods().destroy(self.pool.heap(), self.dom) {
-            Ok(()) | Err(PodError::UnknownDomain { .. }) => {}
-            Err(e) => panic!("a PoD guest's memory could not go back to the heap: {e}"),
+        // The VM is gone: drain in bounded steps, yielding between two.
+        loop {
+            match self.pool.pods().destroy(self.pool.heap(), self.dom, &|| true) {
+                Ok(PodProgress::Preempted) => std::thread::yield_now(),
+                Ok(PodProgress::Done) | Err(PodError::UnknownDomain { .. }) => break,
+                Err(e) => panic!("a PoD guest's memory could not go back to the heap: {e}"),
+            }
         }
     }
 }

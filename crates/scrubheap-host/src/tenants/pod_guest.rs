@@ -121,7 +121,8 @@ impl PodGuestOps for Pool {
             rec.exit();
         }
         if let Err(e) = r {
-            let _ = self.pods().destroy(heap, dom);
+            // A refused create leaves nothing; a failure after it existed drains it.
+            let _ = self.drain_pod_guest(dom, rec);
             return Err(e);
         }
         for n in 0..heap.node_count() {
@@ -176,10 +177,7 @@ impl PodGuestOps for Pool {
 
     fn destroy_pod_guest(&self, g: PodGuest, rec: &PreemptRecorder, log: LogLine<'_>) -> f64 {
         let t = Instant::now();
-        rec.enter_op("pod destroy");
-        let r = self.pods().destroy(self.heap(), g.dom);
-        rec.exit();
-        r.expect("a live PoD guest can be destroyed");
+        self.drain_pod_guest(g.dom, rec).expect("a live PoD guest can be destroyed");
         log(Op::Destroy { dom: g.dom });
         for n in 0..self.heap().node_count() {
             self.ring(n);
@@ -208,6 +206,9 @@ trait PodTouch {
     /// One touch: populates if needed (leak-checking what the guest is handed), and with
     /// `data` writes the guest's tag into the page. A crash ends the guest's run.
     fn pod_touch(&self, g: &PodGuest, gfn: u64, data: bool, rec: &PreemptRecorder, log: LogLine<'_>) -> bool;
+    /// Destroys `dom` (crashed or not) to the end: each bounded drain step is one
+    /// recorded section, with a yield between two.
+    fn drain_pod_guest(&self, dom: DomId, rec: &PreemptRecorder) -> Result<(), PodError>;
 }
 
 impl PodTouch for Pool {
@@ -230,6 +231,18 @@ impl PodTouch for Pool {
             }
             Err(PodError::NotMapped { .. }) => true,
             Err(_) => false,
+        }
+    }
+
+    fn drain_pod_guest(&self, dom: DomId, rec: &PreemptRecorder) -> Result<(), PodError> {
+        loop {
+            rec.enter_op("pod destroy");
+            let r = self.pods().destroy(self.heap(), dom, rec);
+            rec.exit();
+            match r? {
+                PodProgress::Done => return Ok(()),
+                PodProgress::Preempted => std::thread::yield_now(),
+            }
         }
     }
 }

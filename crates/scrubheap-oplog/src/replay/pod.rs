@@ -63,7 +63,10 @@ impl Replayer {
                     self.violation(format!("pod_set_target of {dom} never asked to yield but returned {p:?}"));
                 }
             }
-            Op::Destroy { dom } => self.pods.destroy(heap, dom)?,
+            Op::Destroy { dom } => {
+                // Driven to completion with a preempt that asks at every drain step.
+                while self.pods.destroy(heap, dom, &|| true)? == PodProgress::Preempted {}
+            }
             _ => {}
         }
         Ok(())
