@@ -22,12 +22,13 @@
 //! assert!(arena.is_zero(Mfn(0x100), 16));
 //! ```
 
+use crate::pool::{LeakCounters, SAMPLED_WORDS_PER_FRAME};
 use crate::zero::{self, Calibration, Kernel};
 use scrubheap::{DomId, FrameMemory, Mfn};
 use std::fmt;
 use std::io;
 use std::ptr::NonNull;
-use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 const MIB: usize = 1 << 20;
@@ -197,6 +198,13 @@ pub struct Arena {
     prefault_method: Prefault,
     prefault_threads: usize,
     numa: NumaBinding,
+    /// What the read-back after every zeroing found (the leak check where frames become
+    /// clean).
+    scrub_check: LeakCounters,
+    /// Words of each zeroed frame read back: [`SAMPLED_WORDS_PER_FRAME`], or every word.
+    readback_words: AtomicUsize,
+    /// Test hook: zeroing does nothing, so the read-back must catch it.
+    skip_zeroing: AtomicBool,
 }
 
 /// How the arena's node slices relate to the host's NUMA nodes.
@@ -282,6 +290,9 @@ impl Arena {
             prefault_method: Prefault::PopulateWrite,
             prefault_threads: 0,
             numa: NumaBinding::Emulated,
+            scrub_check: LeakCounters::default(),
+            readback_words: AtomicUsize::new(SAMPLED_WORDS_PER_FRAME),
+            skip_zeroing: AtomicBool::new(false),
         };
         let host_nodes = sys::host_numa_nodes();
         if host_nodes.len() > 1 && cfg.numa_slices > 1 {
@@ -502,6 +513,35 @@ impl Arena {
         self.words(first, count).iter().map(|&w| (w != 0) as u64).sum()
     }
 
+    /// The leak check where frames become clean: every [`FrameMemory::zero`] (a scrubber
+    /// thread's, an allocation's in-place scrub, a synchronous scrub at free) reads back
+    /// [`Arena::scrub_readback_words`] words of each frame it zeroed and counts here.
+    pub fn scrub_check(&self) -> &LeakCounters {
+        &self.scrub_check
+    }
+
+    /// Words of each frame read back after zeroing.
+    pub fn scrub_readback_words(&self) -> usize {
+        self.readback_words.load(Ordering::Relaxed)
+    }
+
+    /// Sets the words of each frame read back after zeroing (at least 1; at or above the
+    /// words in a frame, every word).
+    ///
+    /// # Panics
+    /// If `words` is 0: the read-back is what proves a scrub, it cannot be turned off.
+    pub fn set_scrub_readback_words(&self, words: usize) {
+        assert!(words > 0, "the read-back after zeroing reads at least one word a frame");
+        self.readback_words.store(words.min(self.frame_size / 8), Ordering::Relaxed);
+    }
+
+    /// Test hook: with `skip` set, [`FrameMemory::zero`] leaves the bytes as they are (a
+    /// broken zeroing kernel) but still reads them back, so the read-back must report them.
+    #[doc(hidden)]
+    pub fn sabotage_zeroing(&self, skip: bool) {
+        self.skip_zeroing.store(skip, Ordering::Relaxed);
+    }
+
     /// A sampled leak check: reads `words_per_frame` 8-byte words of each of `count` frames
     /// from `first`, spread evenly over the frame at an offset that varies with the frame
     /// number, and returns how many were non-zero. With `words_per_frame` at or above the
@@ -542,13 +582,17 @@ fn kernel_index(k: Kernel) -> u8 {
 }
 
 impl FrameMemory for Arena {
-    /// Zeroes the frames with the arena's kernel: one call, one fence.
+    /// Zeroes the frames with the arena's kernel (one call, one fence), then reads back a
+    /// sample of each (every word if so set) into [`Arena::scrub_check`].
     fn zero(&self, first: Mfn, count: u64) {
         let (off, len) = self.span(first, count);
-        // SAFETY: the range is inside the mapping (checked by `span`), and the heap passes
-        // only frames it owns exclusively, so no one else touches them during the call. The
-        // kernel was checked available when it was set.
-        unsafe { self.kernel().zero_raw(self.ptr.as_ptr().add(off), len) }
+        if !self.skip_zeroing.load(Ordering::Relaxed) {
+            // SAFETY: the range is inside the mapping (checked by `span`), and the heap
+            // passes only frames it owns exclusively, so no one else touches them during the
+            // call. The kernel was checked available when it was set.
+            unsafe { self.kernel().zero_raw(self.ptr.as_ptr().add(off), len) }
+        }
+        self.scrub_check.check(self, first, count, self.scrub_readback_words());
     }
 
     fn is_zero(&self, first: Mfn, count: u64) -> bool {
