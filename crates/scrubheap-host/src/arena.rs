@@ -22,13 +22,12 @@
 //! assert!(arena.is_zero(Mfn(0x100), 16));
 //! ```
 
-use crate::pool::{LeakCounters, SAMPLED_WORDS_PER_FRAME};
 use crate::zero::{self, Calibration, Kernel};
 use scrubheap::{DomId, FrameMemory, Mfn};
 use std::fmt;
 use std::io;
 use std::ptr::NonNull;
-use std::sync::atomic::{AtomicBool, AtomicU8, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, AtomicUsize, Ordering, Ordering::Relaxed};
 use std::time::{Duration, Instant};
 
 const MIB: usize = 1 << 20;
@@ -177,6 +176,68 @@ pub enum ArenaError {
     /// The configured zeroing kernel does not run on this CPU.
     #[error("zeroing kernel {0} is not available on this CPU (available: {avail})", avail = available_names())]
     KernelUnavailable(Kernel),
+}
+
+/// Words sampled per frame in the (default) sampled leak check.
+pub const SAMPLED_WORDS_PER_FRAME: usize = 16;
+
+/// Counters of one place's leak check.
+#[derive(Debug, Default)]
+pub struct LeakCounters {
+    /// Frames checked.
+    pub pages_checked: AtomicU64,
+    /// Frames that held a non-zero word.
+    pub nonzero_pages: AtomicU64,
+    /// Words read.
+    pub words_checked: AtomicU64,
+}
+
+impl LeakCounters {
+    /// Reads `words` words of each of `count` frames from `first` (every word if `words`
+    /// is at least a frame's) and counts the frames and those holding a non-zero word;
+    /// returns that number of non-zero frames.
+    ///
+    /// # Panics
+    /// If any of those frames is outside the arena.
+    pub fn check(&self, arena: &Arena, first: Mfn, count: u64, words: usize) -> u64 {
+        let words = words.min(arena.frame_size() / 8);
+        let mut bad = arena.sample_nonzero(first, count, words);
+        if bad > 0 {
+            bad = (0..count).filter(|&i| arena.sample_nonzero(Mfn(first.0 + i), 1, words) > 0).count() as u64;
+        }
+        assert!(bad <= count);
+        self.pages_checked.fetch_add(count, Relaxed);
+        self.words_checked.fetch_add(count * words as u64, Relaxed);
+        self.nonzero_pages.fetch_add(bad, Relaxed);
+        bad
+    }
+
+    /// The counts so far, named after the place that made them.
+    pub fn tally(&self, place: &str, words_per_page: usize) -> LeakTally {
+        LeakTally {
+            place: place.to_string(),
+            pages_checked: self.pages_checked.load(Relaxed),
+            nonzero_pages: self.nonzero_pages.load(Relaxed),
+            words_checked: self.words_checked.load(Relaxed),
+            words_per_page,
+        }
+    }
+}
+
+/// What one place's leak check found (a snapshot of [`LeakCounters`]).
+#[derive(Clone, Debug, Default, PartialEq, serde::Serialize)]
+pub struct LeakTally {
+    /// `boot` (frames clean from the prefault, read once), `scrub` (read back after each
+    /// zeroing) or `handoff` (read when given to a new owner: verify mode only).
+    pub place: String,
+    /// Frames checked.
+    pub pages_checked: u64,
+    /// Of those, frames holding a non-zero word. Must be 0.
+    pub nonzero_pages: u64,
+    /// 8-byte words read.
+    pub words_checked: u64,
+    /// Words read of each frame (512 for every word of a 4 KiB frame).
+    pub words_per_page: usize,
 }
 
 fn available_names() -> String {
