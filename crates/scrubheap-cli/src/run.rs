@@ -75,8 +75,9 @@ pub struct Args {
     /// scrubheap, xen, sync, kernel.
     #[arg(long, num_args = 0..=1, default_missing_value = "scrubheap,xen,sync,kernel", value_delimiter = ',', value_parser = parse_backend)]
     pub compare: Option<Vec<Backend>>,
-    /// Check every word of every page the pool hands over (and poison freed pages), not a
-    /// sample. The kernel baseline is always sampled.
+    /// Check every word of every page the pool zeroes and of every page it hands over (and
+    /// poison freed pages); by default a sample of each zeroed page is read back and nothing
+    /// at handoff. The kernel baseline is always sampled.
     #[arg(long)]
     pub verify: bool,
     /// Threads creating and destroying guests.

@@ -24,6 +24,11 @@ pub struct Args {
     /// scrubheap,kernel.
     #[arg(long, num_args = 0..=1, default_missing_value = "scrubheap,kernel", value_delimiter = ',', value_parser = parse_backend)]
     pub compare: Option<Vec<Backend>>,
+    /// The pool's verify mode: every word of each frame read back after its scrub and
+    /// read again when handed to a guest (on the guest's critical path). By default a
+    /// sample of each zeroed frame is read back by the scrub and nothing at handoff.
+    #[arg(long)]
+    pub verify: bool,
 }
 
 #[cfg(all(target_os = "linux", target_arch = "x86_64"))]
@@ -53,11 +58,13 @@ pub fn main(a: Args) -> anyhow::Result<()> {
             guests: a.guests,
             seed: a.seed,
             hugetlb: true,
+            verify: a.verify,
         };
         println!(
-            "[{}/{}] {backend}: {} guests on {} of memory ({} node(s), {} scrubber(s) per node), KVM allows {} slots per VM",
+            "[{}/{}] {backend}{}: {} guests on {} of memory ({} node(s), {} scrubber(s) per node), KVM allows {} slots per VM",
             i + 1,
             backends.len(),
+            if a.verify && backend != Backend::Kernel { " --verify" } else { "" },
             a.guests,
             human(memory),
             a.pool.nodes,
@@ -139,11 +146,19 @@ fn table(rs: &[scrubheap_vmm::churn::VmmReport]) -> String {
     use scrubheap_vmm::churn::VmmReport;
     use std::fmt::Write as _;
     type Row = (&'static str, fn(&VmmReport) -> String);
-    let rows: [Row; 12] = [
+    let rows: [Row; 13] = [
         ("guests booted / most alive at once", |r| format!("{} / {}", r.guests, r.max_alive)),
         ("guest RAM scanned, GiB", |r| format!("{:.1}", r.guest_bytes as f64 / (1u64 << 30) as f64)),
         ("non-zero words / words checked", |r| {
             format!("{} / {}", r.leak_check.nonzero_words, r.leak_check.words_checked)
+        }),
+        ("host check pages boot / scrub / handoff", |r| {
+            let t = &r.host_leak_check;
+            let n = |p: &str| t.places.iter().find(|x| x.place == p).map_or(0, |x| x.pages_checked);
+            if t.places.is_empty() {
+                return "-".into();
+            }
+            format!("{} / {} / {}: {} bad", n("boot"), n("scrub"), n("handoff"), t.nonzero_pages)
         }),
         ("create ms p50 / p99 / max", |r| {
             format!("{:.2} / {:.1} / {:.1}", r.create_ms.p50, r.create_ms.p99, r.create_ms.max)

@@ -27,7 +27,7 @@ use scrubheap::{DomId, FrameMemory, Mfn};
 use std::fmt;
 use std::io;
 use std::ptr::NonNull;
-use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, AtomicUsize, Ordering, Ordering::Relaxed};
 use std::time::{Duration, Instant};
 
 const MIB: usize = 1 << 20;
@@ -178,6 +178,68 @@ pub enum ArenaError {
     KernelUnavailable(Kernel),
 }
 
+/// Words sampled per frame in the (default) sampled leak check.
+pub const SAMPLED_WORDS_PER_FRAME: usize = 16;
+
+/// Counters of one place's leak check.
+#[derive(Debug, Default)]
+pub struct LeakCounters {
+    /// Frames checked.
+    pub pages_checked: AtomicU64,
+    /// Frames that held a non-zero word.
+    pub nonzero_pages: AtomicU64,
+    /// Words read.
+    pub words_checked: AtomicU64,
+}
+
+impl LeakCounters {
+    /// Reads `words` words of each of `count` frames from `first` (every word if `words`
+    /// is at least a frame's) and counts the frames and those holding a non-zero word;
+    /// returns that number of non-zero frames.
+    ///
+    /// # Panics
+    /// If any of those frames is outside the arena.
+    pub fn check(&self, arena: &Arena, first: Mfn, count: u64, words: usize) -> u64 {
+        let words = words.min(arena.frame_size() / 8);
+        let mut bad = arena.sample_nonzero(first, count, words);
+        if bad > 0 {
+            bad = (0..count).filter(|&i| arena.sample_nonzero(Mfn(first.0 + i), 1, words) > 0).count() as u64;
+        }
+        assert!(bad <= count);
+        self.pages_checked.fetch_add(count, Relaxed);
+        self.words_checked.fetch_add(count * words as u64, Relaxed);
+        self.nonzero_pages.fetch_add(bad, Relaxed);
+        bad
+    }
+
+    /// The counts so far, named after the place that made them.
+    pub fn tally(&self, place: &str, words_per_page: usize) -> LeakTally {
+        LeakTally {
+            place: place.to_string(),
+            pages_checked: self.pages_checked.load(Relaxed),
+            nonzero_pages: self.nonzero_pages.load(Relaxed),
+            words_checked: self.words_checked.load(Relaxed),
+            words_per_page,
+        }
+    }
+}
+
+/// What one place's leak check found (a snapshot of [`LeakCounters`]).
+#[derive(Clone, Debug, Default, PartialEq, serde::Serialize)]
+pub struct LeakTally {
+    /// `boot` (frames clean from the prefault, read once), `scrub` (read back after each
+    /// zeroing) or `handoff` (read when given to a new owner: verify mode only).
+    pub place: String,
+    /// Frames checked.
+    pub pages_checked: u64,
+    /// Of those, frames holding a non-zero word. Must be 0.
+    pub nonzero_pages: u64,
+    /// 8-byte words read.
+    pub words_checked: u64,
+    /// Words read of each frame (512 for every word of a 4 KiB frame).
+    pub words_per_page: usize,
+}
+
 fn available_names() -> String {
     Kernel::available().iter().map(|k| k.name()).collect::<Vec<_>>().join(", ")
 }
@@ -197,6 +259,13 @@ pub struct Arena {
     prefault_method: Prefault,
     prefault_threads: usize,
     numa: NumaBinding,
+    /// What the read-back after every zeroing found (the leak check where frames become
+    /// clean).
+    scrub_check: LeakCounters,
+    /// Words of each zeroed frame read back: [`SAMPLED_WORDS_PER_FRAME`], or every word.
+    readback_words: AtomicUsize,
+    /// Test hook: zeroing does nothing, so the read-back must catch it.
+    skip_zeroing: AtomicBool,
 }
 
 /// How the arena's node slices relate to the host's NUMA nodes.
@@ -282,6 +351,9 @@ impl Arena {
             prefault_method: Prefault::PopulateWrite,
             prefault_threads: 0,
             numa: NumaBinding::Emulated,
+            scrub_check: LeakCounters::default(),
+            readback_words: AtomicUsize::new(SAMPLED_WORDS_PER_FRAME),
+            skip_zeroing: AtomicBool::new(false),
         };
         let host_nodes = sys::host_numa_nodes();
         if host_nodes.len() > 1 && cfg.numa_slices > 1 {
@@ -502,6 +574,35 @@ impl Arena {
         self.words(first, count).iter().map(|&w| (w != 0) as u64).sum()
     }
 
+    /// The leak check where frames become clean: every [`FrameMemory::zero`] (a scrubber
+    /// thread's, an allocation's in-place scrub, a synchronous scrub at free) reads back
+    /// [`Arena::scrub_readback_words`] words of each frame it zeroed and counts here.
+    pub fn scrub_check(&self) -> &LeakCounters {
+        &self.scrub_check
+    }
+
+    /// Words of each frame read back after zeroing.
+    pub fn scrub_readback_words(&self) -> usize {
+        self.readback_words.load(Ordering::Relaxed)
+    }
+
+    /// Sets the words of each frame read back after zeroing (at least 1; at or above the
+    /// words in a frame, every word).
+    ///
+    /// # Panics
+    /// If `words` is 0: the read-back is what proves a scrub, it cannot be turned off.
+    pub fn set_scrub_readback_words(&self, words: usize) {
+        assert!(words > 0, "the read-back after zeroing reads at least one word a frame");
+        self.readback_words.store(words.min(self.frame_size / 8), Ordering::Relaxed);
+    }
+
+    /// Test hook: with `skip` set, [`FrameMemory::zero`] leaves the bytes as they are (a
+    /// broken zeroing kernel) but still reads them back, so the read-back must report them.
+    #[doc(hidden)]
+    pub fn sabotage_zeroing(&self, skip: bool) {
+        self.skip_zeroing.store(skip, Ordering::Relaxed);
+    }
+
     /// A sampled leak check: reads `words_per_frame` 8-byte words of each of `count` frames
     /// from `first`, spread evenly over the frame at an offset that varies with the frame
     /// number, and returns how many were non-zero. With `words_per_frame` at or above the
@@ -542,13 +643,17 @@ fn kernel_index(k: Kernel) -> u8 {
 }
 
 impl FrameMemory for Arena {
-    /// Zeroes the frames with the arena's kernel: one call, one fence.
+    /// Zeroes the frames with the arena's kernel (one call, one fence), then reads back a
+    /// sample of each (every word if so set) into [`Arena::scrub_check`].
     fn zero(&self, first: Mfn, count: u64) {
         let (off, len) = self.span(first, count);
-        // SAFETY: the range is inside the mapping (checked by `span`), and the heap passes
-        // only frames it owns exclusively, so no one else touches them during the call. The
-        // kernel was checked available when it was set.
-        unsafe { self.kernel().zero_raw(self.ptr.as_ptr().add(off), len) }
+        if !self.skip_zeroing.load(Ordering::Relaxed) {
+            // SAFETY: the range is inside the mapping (checked by `span`), and the heap
+            // passes only frames it owns exclusively, so no one else touches them during the
+            // call. The kernel was checked available when it was set.
+            unsafe { self.kernel().zero_raw(self.ptr.as_ptr().add(off), len) }
+        }
+        self.scrub_check.check(self, first, count, self.scrub_readback_words());
     }
 
     fn is_zero(&self, first: Mfn, count: u64) -> bool {

@@ -1,6 +1,19 @@
-//! The pool: a heap over a real arena, scrubber threads per node, and leak checks at
-//! every handoff to a new owner.
+//! The pool: a heap over a real arena, scrubber threads per node, and leak checks where
+//! frames become clean.
+//!
+//! Where frames are checked for another owner's bytes (see [`Pool::leak_tallies`]):
+//! - at scrub: every zeroing reads back what it zeroed (a scrubber thread's, an
+//!   allocation's in-place scrub, a synchronous scrub at free; [`Arena::scrub_check`]);
+//! - at boot: frames that start clean (the kernel zeroed them at prefault) are read once
+//!   when the pool is built, as they never pass through a scrub the pool sees (a dirty
+//!   boot's frames all do);
+//! - at handoff: only in verify mode (every word of every frame given to a new owner,
+//!   which also catches a frame written behind the pool's back after its scrub), and when
+//!   a test calls [`Pool::leak_check`].
+//!
+//! A guest's own scan of every word it is given stays the end-to-end proof.
 
+pub use crate::arena::{LeakCounters, LeakTally, SAMPLED_WORDS_PER_FRAME};
 use crate::instrument::{LockTimer, PreemptRecorder, Sections};
 use crate::{Arena, ArenaConfig, ArenaError, Kernel};
 use parking_lot::{Condvar, Mutex};
@@ -24,8 +37,9 @@ pub struct PoolConfig {
     pub scrubbers_per_node: usize,
     /// Scrubbing policy.
     pub policy: Policy,
-    /// Verify mode: freed frames are poisoned and every handed-over frame is checked
-    /// word by word (otherwise a few words of every frame are sampled).
+    /// Verify mode: freed frames are poisoned, every zeroed frame is read back word by
+    /// word, and so is every frame handed to a new owner. Otherwise a few words of every
+    /// zeroed frame are read back and nothing is read at handoff.
     pub verify: bool,
     /// Try hugetlbfs pages for the arena.
     pub hugetlb: bool,
@@ -76,20 +90,6 @@ pub enum PoolError {
     /// Nonsense sizes.
     #[error("{0}")]
     Config(String),
-}
-
-/// Words sampled per frame in the (default) sampled leak check.
-pub const SAMPLED_WORDS_PER_FRAME: usize = 16;
-
-/// Counters of the leak check.
-#[derive(Default)]
-pub struct LeakCounters {
-    /// Frames checked.
-    pub pages_checked: AtomicU64,
-    /// Frames that held a non-zero word.
-    pub nonzero_pages: AtomicU64,
-    /// Words read.
-    pub words_checked: AtomicU64,
 }
 
 struct Bell {
@@ -144,8 +144,10 @@ pub struct Pool {
     pub locks: Arc<LockTimer>,
     /// Non-preemptible sections of every thread that used the pool.
     pub sections: Arc<Sections>,
-    /// Leak-check counters.
+    /// Leak-check counters at handoff (verify mode, or [`Pool::leak_check`]).
     pub leaks: LeakCounters,
+    /// Leak-check counters of the frames clean from the start, read when the pool is built.
+    pub boot_check: LeakCounters,
     cfg: PoolConfig,
 }
 
@@ -171,8 +173,15 @@ impl Pool {
             ac = ac.with_kernel(k);
         }
         let arena = Arena::new(ac)?;
+        let words = if cfg.verify { fs as usize / 8 } else { SAMPLED_WORDS_PER_FRAME };
+        arena.set_scrub_readback_words(words);
+        let boot_check = LeakCounters::default();
         if cfg.initially_dirty {
             arena.fill(Mfn(0), frames, crate::POISON);
+        } else {
+            // Clean from the start: these frames reach guests without a scrub the pool
+            // sees, so they are read here once (the scrubs read back all the others).
+            boot_check.check(&arena, Mfn(0), frames, words);
         }
         let mut hc =
             HeapConfig::uniform(cfg.nodes, per_node).with_policy(cfg.policy).with_initially_dirty(cfg.initially_dirty);
@@ -225,7 +234,8 @@ impl Pool {
             }
         }
         let core = PoolHandle { heap, shared, verify: cfg.verify };
-        Ok(Pool { core, pods: Pods::new(), scrubbers, locks, sections, leaks: LeakCounters::default(), cfg })
+        let leaks = LeakCounters::default();
+        Ok(Pool { core, pods: Pods::new(), scrubbers, locks, sections, leaks, boot_check, cfg })
     }
 
     /// The heap.
@@ -261,7 +271,8 @@ impl Pool {
 
     /// Allocates and hands over 2^order frames, staying preemptible: a pending allocation
     /// is advanced a batch at a time, yielding the CPU whenever `rec` says so, while the
-    /// node's scrubbers are woken to help. The frames are leak-checked before return.
+    /// node's scrubbers are woken to help. In verify mode the frames are leak-checked
+    /// before return (otherwise their check was the read-back of their scrub).
     pub fn alloc(&self, req: &AllocRequest, rec: &PreemptRecorder) -> Result<Extent, HeapError> {
         rec.enter_op("alloc");
         let start = self.core.heap.alloc_start(req);
@@ -284,24 +295,43 @@ impl Pool {
             }
         };
         if req.scrub {
-            self.leak_check(ext);
+            self.handoff_check(ext);
         }
         Ok(ext)
     }
 
-    /// Checks that frames handed to a new owner hold no word of anyone's (every word in
-    /// verify mode, a sample otherwise); counts what it finds.
-    pub fn leak_check(&self, ext: Extent) {
-        let a = self.arena();
-        let words = if self.cfg.verify { a.frame_size() / 8 } else { SAMPLED_WORDS_PER_FRAME };
-        let n = ext.frames();
-        let mut bad = a.sample_nonzero(ext.mfn, n, words);
-        if bad > 0 {
-            bad = (0..n).filter(|&i| a.sample_nonzero(Mfn(ext.mfn.0 + i), 1, words) > 0).count() as u64;
+    /// The check at handoff: in verify mode, [`Pool::leak_check`]; otherwise nothing (the
+    /// frames were read back when they were zeroed, or at boot).
+    pub fn handoff_check(&self, ext: Extent) {
+        if self.cfg.verify {
+            self.leak_check(ext);
         }
-        self.leaks.pages_checked.fetch_add(n, Relaxed);
-        self.leaks.words_checked.fetch_add(n * words as u64, Relaxed);
-        self.leaks.nonzero_pages.fetch_add(bad, Relaxed);
+    }
+
+    /// Checks that frames handed to a new owner hold no word of anyone's (every word in
+    /// verify mode, a sample otherwise); counts what it finds in [`Pool::leaks`].
+    pub fn leak_check(&self, ext: Extent) {
+        self.leaks.check(self.arena(), ext.mfn, ext.frames(), self.check_words());
+    }
+
+    /// Words of each frame the checks read: every word in verify mode, else a sample.
+    pub fn check_words(&self) -> usize {
+        if self.cfg.verify {
+            self.arena().frame_size() / 8
+        } else {
+            SAMPLED_WORDS_PER_FRAME
+        }
+    }
+
+    /// Every place's leak check so far: `boot`, `scrub`, `handoff` (see the module
+    /// documentation).
+    pub fn leak_tallies(&self) -> [LeakTally; 3] {
+        let w = self.check_words();
+        [
+            self.boot_check.tally("boot", w),
+            self.arena().scrub_check().tally("scrub", self.arena().scrub_readback_words()),
+            self.leaks.tally("handoff", w),
+        ]
     }
 
     /// Frees `[mfn, 2^order)` of `owner` (poisoned first in verify mode) and wakes the

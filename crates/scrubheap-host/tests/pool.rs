@@ -160,10 +160,115 @@ fn a_host_booted_dirty_hands_out_only_scrubbed_memory() {
         let (g, _) = p.create_guest(DomId(1), 20 << 20, &rec).unwrap();
         assert_eq!(p.leaks.nonzero_pages.load(Relaxed), 0, "{policy}: the previous boot's bytes reached a guest");
         assert_eq!(p.arena().count_nonzero_words(g.extents[0].mfn, g.extents[0].frames()), 0);
+        // A dirty boot's frames all pass through a scrub, whose read-back counts them; none
+        // is counted as clean from boot.
+        let scrub = p.arena().scrub_check();
+        assert!(scrub.pages_checked.load(Relaxed) >= (20 << 20) / 4096, "{policy}");
+        assert_eq!(scrub.nonzero_pages.load(Relaxed), 0, "{policy}");
+        assert_eq!(p.boot_check.pages_checked.load(Relaxed), 0, "{policy}");
         p.destroy_guest(g, &rec);
         assert!(p.wait_clean(Duration::from_secs(20)), "{policy}");
         assert_eq!(p.arena().count_nonzero_words(scrubheap::Mfn(0), 16384), 0, "{policy}: all of it scrubbed");
         p.heap().check_invariants().unwrap();
+        p.stop();
+    }
+}
+
+const FRAMES: u64 = (64 << 20) / 4096;
+
+/// Creates an 8 MiB guest, fills it with its tag, destroys it and waits for the scrubbers.
+fn dirty_then_scrub(p: &Pool) -> u64 {
+    let rec = PreemptRecorder::new(0);
+    let (g, _) = p.create_guest(DomId(1), 8 << 20, &rec).unwrap();
+    p.run_guest(&g);
+    let frames = g.extents.iter().map(|e| e.frames()).sum();
+    p.destroy_guest(g, &rec);
+    assert!(p.wait_clean(Duration::from_secs(20)), "the scrubbers did not finish");
+    frames
+}
+
+#[test]
+fn a_clean_boot_is_read_once_and_the_handoff_only_under_verify() {
+    for verify in [false, true] {
+        let p = pool(Policy::Scrubheap, verify);
+        let words = if verify { 512 } else { 16 };
+        let [boot, scrub, handoff] = p.leak_tallies();
+        assert_eq!((boot.pages_checked, boot.words_checked, boot.nonzero_pages), (FRAMES, FRAMES * words, 0));
+        assert_eq!((scrub.pages_checked, handoff.pages_checked), (0, 0), "nothing zeroed or handed over yet");
+        let frames = dirty_then_scrub(&p);
+        let [_, scrub, handoff] = p.leak_tallies();
+        assert_eq!(scrub.words_per_page as u64, words);
+        assert!(scrub.pages_checked >= frames && scrub.nonzero_pages == 0, "{scrub:?}");
+        let expected = if verify { frames } else { 0 };
+        assert_eq!(handoff.pages_checked, expected, "the handoff reads frames only under verify");
+        p.stop();
+    }
+}
+
+#[test]
+fn a_frame_poisoned_while_dirty_is_zero_after_its_scrub() {
+    // The `alloc` policy has no scrubber thread: freed frames stay dirty, untouched, until
+    // an allocation scrubs them in place (so the poisoning below races with nothing).
+    let p = pool(Policy::Alloc, false);
+    let rec = PreemptRecorder::new(0);
+    let (g, _) = p.create_guest(DomId(1), 8 << 20, &rec).unwrap();
+    let old = g.extents.clone();
+    p.destroy_guest(g, &rec);
+    // Written behind the pool's back while free and dirty: the scrub zeroes it anyway.
+    for e in &old {
+        p.arena().poison(e.mfn, e.frames());
+    }
+    let (g, _) = p.create_guest(DomId(2), 8 << 20, &rec).unwrap();
+    let frames: u64 = g.extents.iter().map(|e| e.frames()).sum();
+    let reused = g
+        .extents
+        .iter()
+        .filter(|e| old.iter().any(|o| o.mfn.0 < e.mfn.0 + e.frames() && e.mfn.0 < o.mfn.0 + o.frames()));
+    assert!(reused.count() > 0, "the second guest reuses the poisoned frames");
+    let scrub = p.arena().scrub_check();
+    assert!(scrub.pages_checked.load(Relaxed) >= frames, "its frames were read back after their scrub");
+    assert_eq!(scrub.nonzero_pages.load(Relaxed), 0);
+    for e in &g.extents {
+        assert_eq!(p.arena().count_nonzero_words(e.mfn, e.frames()), 0, "every poisoned word was zeroed");
+    }
+    p.destroy_guest(g, &rec);
+    p.stop();
+}
+
+#[test]
+fn a_frame_poisoned_after_its_scrub_is_caught_at_handoff_under_verify() {
+    let p = pool(Policy::Scrubheap, true);
+    dirty_then_scrub(&p);
+    assert_eq!(p.arena().scrub_check().nonzero_pages.load(Relaxed), 0, "the scrubs left zeros");
+    // Now every frame is free and clean, verified by its scrub; write behind the pool's back.
+    p.arena().poison(scrubheap::Mfn(0), FRAMES);
+    let rec = PreemptRecorder::new(0);
+    let (g, _) = p.create_guest(DomId(2), 4 << 20, &rec).unwrap();
+    assert_eq!(p.leaks.nonzero_pages.load(Relaxed), 1024, "the handoff check reads every frame it gives");
+    assert_eq!(p.arena().scrub_check().nonzero_pages.load(Relaxed), 0, "no scrub ran: the frames were clean");
+    p.destroy_guest(g, &rec);
+    p.stop();
+}
+
+#[test]
+fn a_sabotaged_scrub_is_caught_by_its_read_back() {
+    // Background (scrubber threads) and in place (an allocation's ticket, `alloc` policy).
+    for policy in [Policy::Scrubheap, Policy::Alloc] {
+        let p = pool(policy, false);
+        p.arena().sabotage_zeroing(true);
+        let rec = PreemptRecorder::new(0);
+        let (g, _) = p.create_guest(DomId(1), 8 << 20, &rec).unwrap();
+        p.run_guest(&g);
+        p.destroy_guest(g, &rec);
+        if policy.background_scrub() {
+            assert!(p.wait_clean(Duration::from_secs(20)), "{policy}");
+        } else {
+            let (g, _) = p.create_guest(DomId(2), 8 << 20, &rec).unwrap();
+            p.destroy_guest(g, &rec);
+        }
+        let scrub = p.arena().scrub_check();
+        assert!(scrub.nonzero_pages.load(Relaxed) > 0, "{policy}: a scrub that zeroed nothing passed its read-back");
+        assert_eq!(p.leaks.pages_checked.load(Relaxed), 0, "{policy}: caught without a handoff check");
         p.stop();
     }
 }

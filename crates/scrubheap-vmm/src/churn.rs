@@ -16,7 +16,7 @@ use crate::vm::{AnonRam, BootStats, Kvm, PoolRam, Ram, Tenant, TscFrequency, Vmm
 use scrubheap::{DomId, HeapError};
 use scrubheap_host::guest::tag_of;
 use scrubheap_host::instrument::PreemptRecorder;
-use scrubheap_host::pool::{Pool, PoolConfig};
+use scrubheap_host::pool::{LeakTally, Pool, PoolConfig};
 use scrubheap_host::report::Millis;
 use scrubheap_host::run::Backend;
 use scrubheap_host::GuestOps;
@@ -42,6 +42,10 @@ pub struct VmmConfig {
     pub seed: u64,
     /// Try hugetlbfs for the arena.
     pub hugetlb: bool,
+    /// The pool's verify mode: every word of every frame read back after its scrub and
+    /// read again at handoff, on the guest's critical path (otherwise a sample is read
+    /// back after each scrub and nothing at handoff).
+    pub verify: bool,
 }
 
 /// Median and 99th percentile, in milliseconds.
@@ -73,13 +77,16 @@ pub struct GuestLeakCheck {
     pub nonzero_words: u64,
 }
 
-/// The pool's own check at handoff (sampled words of every frame), beside the guests'.
+/// The pool's own checks, beside the guests': the read-back after every scrub, the frames
+/// clean from boot, and (with `verify`) every frame at handoff.
 #[derive(Clone, Debug, Default, Serialize, PartialEq)]
 pub struct HostLeakCheck {
-    /// Frames checked.
+    /// Frames checked, summed over the places.
     pub pages_checked: u64,
-    /// Of those, holding a non-zero sampled word.
+    /// Of those, holding a non-zero word read.
     pub nonzero_pages: u64,
+    /// Each place's counts: `boot`, `scrub`, `handoff` (empty for `kernel`).
+    pub places: Vec<LeakTally>,
 }
 
 /// Report of one `scrubheap vmm` run (JSON keys may be added, never renamed).
@@ -87,6 +94,8 @@ pub struct HostLeakCheck {
 pub struct VmmReport {
     /// Policy, or `kernel`.
     pub policy: String,
+    /// The pool ran in verify mode (every word checked, at scrub and at handoff).
+    pub verify: bool,
     /// Arena bytes.
     pub memory_bytes: u64,
     /// Nodes.
@@ -107,12 +116,12 @@ pub struct VmmReport {
     pub largest_guest_bytes: u64,
     /// The guests' own scans.
     pub leak_check: GuestLeakCheck,
-    /// The pool's handoff check (zero for `kernel`).
+    /// The pool's checks by place (zero for `kernel`).
     pub host_leak_check: HostLeakCheck,
     /// Pool allocation (or mmap) to the guest's first instruction.
     pub create_ms: Millis,
-    /// Of `create_ms`, the memory: the pool's claim, allocation and handoff check (every
-    /// frame's sampled words read), or the `kernel` baseline's `mmap`.
+    /// Of `create_ms`, the memory: the pool's claim and allocation (with `verify`, also the
+    /// handoff check of every word), or the `kernel` baseline's `mmap`.
     pub alloc_ms: Quantiles,
     /// Pool allocation (or mmap) to the guest's done report: create, scan, fill and exits.
     pub ready_ms: Millis,
@@ -176,6 +185,7 @@ pub fn run(cfg: &VmmConfig, kvm: &Kvm, progress: &dyn Fn(&VmmProgress)) -> Resul
             scrubbers_per_node: cfg.scrubbers_per_node,
             policy,
             hugetlb: cfg.hugetlb,
+            verify: cfg.verify,
             ..PoolConfig::default()
         })?),
         Backend::Kernel => None,
@@ -249,6 +259,7 @@ pub fn run(cfg: &VmmConfig, kvm: &Kvm, progress: &dyn Fn(&VmmProgress)) -> Resul
     r.duration_s = t_run.elapsed().as_secs_f64();
 
     r.policy = cfg.backend.to_string();
+    r.verify = cfg.verify && pool.is_some();
     (r.memory_bytes, r.nodes, r.scrubbers, r.seed) = (cfg.memory_bytes, cfg.nodes, cfg.scrubbers_per_node, cfg.seed);
     if pool.is_none() {
         (r.nodes, r.scrubbers) = (1, 0);
@@ -284,10 +295,11 @@ pub fn run(cfg: &VmmConfig, kvm: &Kvm, progress: &dyn Fn(&VmmProgress)) -> Resul
     };
     r.tsc = Some(kvm.tsc());
     if let Some(pool) = &pool {
-        use std::sync::atomic::Ordering::Relaxed;
+        let places = pool.leak_tallies().to_vec();
         r.host_leak_check = HostLeakCheck {
-            pages_checked: pool.leaks.pages_checked.load(Relaxed),
-            nonzero_pages: pool.leaks.nonzero_pages.load(Relaxed),
+            pages_checked: places.iter().map(|t| t.pages_checked).sum(),
+            nonzero_pages: places.iter().map(|t| t.nonzero_pages).sum(),
+            places,
         };
         let s = pool.heap().stats().scrubbed;
         r.bytes_scrubbed = [s.background, s.in_place, s.sync];

@@ -134,7 +134,8 @@ fn sizes_the_payload_cannot_run_are_refused() {
 #[test]
 fn churn_boots_every_guest_and_reports() {
     let Some(kvm) = kvm() else { return };
-    for backend in [Backend::Heap(Policy::Scrubheap), Backend::Kernel] {
+    let pool = Backend::Heap(Policy::Scrubheap);
+    for (backend, verify) in [(pool, false), (pool, true), (Backend::Kernel, false)] {
         let cfg = VmmConfig {
             memory_bytes: 256 << 20,
             nodes: 2,
@@ -143,6 +144,7 @@ fn churn_boots_every_guest_and_reports() {
             guests: 30,
             seed: 3,
             hugetlb: false,
+            verify,
         };
         let seen = std::cell::Cell::new(0);
         let r = churn::run(&cfg, &kvm, &|p| seen.set(p.booted)).expect("a clean churn");
@@ -155,6 +157,19 @@ fn churn_boots_every_guest_and_reports() {
         assert!(r.memslots.p50 >= 1 && r.memslots.max as u64 <= r.memslots.limit);
         assert!(r.create_ms.p50 > 0.0 && r.scan_ms.p50 > 0.0 && r.destroy_ms.max > 0.0);
         assert_eq!(r.host_leak_check.nonzero_pages, 0);
+        let h = &r.host_leak_check;
+        let place = |p: &str| h.places.iter().find(|t| t.place == p).map_or(0, |t| t.pages_checked);
+        if backend == Backend::Kernel {
+            assert!(h.places.is_empty() && h.pages_checked == 0, "{h:?}");
+            continue;
+        }
+        // Every frame was clean at boot and read then; later guests got scrubbed frames,
+        // read back after their scrub; the handoff reads them again only under verify.
+        assert_eq!(place("boot"), (256 << 20) / 4096, "{h:?}");
+        assert!(place("scrub") > 0, "{h:?}");
+        assert_eq!(place("handoff") > 0, verify, "{h:?}");
+        assert_eq!(h.pages_checked, place("boot") + place("scrub") + place("handoff"));
+        assert_eq!(r.verify, verify);
     }
 }
 

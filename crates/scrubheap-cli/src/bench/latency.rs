@@ -143,8 +143,8 @@ fn measure(policy: Policy, reps: usize, batch: u64) -> anyhow::Result<Figures> {
     f.lock_hold_max_us = pool.locks.quantiles_us().0[3];
     f.small_allocs = small;
     anyhow::ensure!(
-        pool.leaks.nonzero_pages.load(Relaxed) == 0,
-        "{policy}: a page reached its new owner with old bytes"
+        pool.leak_tallies().iter().all(|t| t.nonzero_pages == 0),
+        "{policy}: a page read at boot, after its scrub or at handoff held old bytes"
     );
     pool.heap().check_invariants().map_err(|e| anyhow::anyhow!("{policy}: {e}"))?;
     Ok(f)

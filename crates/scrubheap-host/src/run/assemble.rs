@@ -6,7 +6,7 @@ use super::config::RunConfig;
 use super::report::*;
 use super::scheduler::Tally;
 use crate::instrument::Sections;
-use crate::pool::{Pool, SAMPLED_WORDS_PER_FRAME};
+use crate::pool::{LeakTally, Pool, SAMPLED_WORDS_PER_FRAME};
 use crate::tenants::guest::KernelBackend;
 use crate::tenants::pod_guest::PodGuestOps;
 use std::sync::atomic::Ordering::Relaxed;
@@ -103,11 +103,7 @@ fn pool_part(r: &mut RunReport, cfg: &RunConfig, pool: Pool, sections: &Sections
     let (frames, busy) = pool.scrub_progress();
     let locks = pool.locks.clone();
     let pool_sections = pool.sections.clone();
-    let leaks = (
-        pool.leaks.pages_checked.load(Relaxed),
-        pool.leaks.nonzero_pages.load(Relaxed),
-        pool.leaks.words_checked.load(Relaxed),
-    );
+    let leaks = pool.leak_tallies();
     let arena = pool.arena();
     r.kernel = arena.kernel().name().into();
     r.backing = format!("{}, {}", arena.backing(), arena.numa());
@@ -149,6 +145,7 @@ fn kernel_part(r: &mut RunReport, kernel: &KernelBackend) {
         nonzero_pages: kernel.nonzero_pages.load(Relaxed),
         words_checked: kernel.words_checked.load(Relaxed),
         mode: "sampled".into(),
+        places: Vec::new(),
     };
     r.bytes_scrubbed.kernel = kernel.bytes_zeroed.load(Relaxed);
     r.notes.push(
@@ -159,9 +156,21 @@ fn kernel_part(r: &mut RunReport, kernel: &KernelBackend) {
 }
 
 impl RunReport {
-    fn verify_mode(&mut self, verify: bool, (pages, bad, words): (u64, u64, u64)) {
-        let mode =
-            if verify { "full".to_string() } else { format!("sampled ({SAMPLED_WORDS_PER_FRAME} words per page)") };
-        self.leak_check = LeakCheck { pages_checked: pages, nonzero_pages: bad, words_checked: words, mode };
+    /// The pool's leak checks, summed over the places that made them (boot, scrub,
+    /// handoff), with each place kept beside the sum.
+    fn verify_mode(&mut self, verify: bool, places: [LeakTally; 3]) {
+        let sum = |f: fn(&LeakTally) -> u64| places.iter().map(f).sum::<u64>();
+        let mode = if verify {
+            "full, at boot, after every scrub and at handoff".to_string()
+        } else {
+            format!("sampled ({SAMPLED_WORDS_PER_FRAME} words per page) at boot and after every scrub; none at handoff")
+        };
+        self.leak_check = LeakCheck {
+            pages_checked: sum(|t| t.pages_checked),
+            nonzero_pages: sum(|t| t.nonzero_pages),
+            words_checked: sum(|t| t.words_checked),
+            mode,
+            places: places.to_vec(),
+        };
     }
 }

@@ -62,8 +62,11 @@ pub struct LeakCheck {
     pub nonzero_pages: u64,
     /// 8-byte words read by the checks.
     pub words_checked: u64,
-    /// "full" (every word) or "sampled" (16 words of each 4 KiB page, one per 256 bytes).
+    /// "full" (every word) or "sampled" (16 words of each 4 KiB page, one per 256 bytes),
+    /// and where the pool checked: at boot, after every scrub, at handoff (verify only).
     pub mode: String,
+    /// The pool's counts by place (`boot`, `scrub`, `handoff`); empty for the kernel.
+    pub places: Vec<crate::pool::LeakTally>,
 }
 
 /// One sample of the memory composition of one node.

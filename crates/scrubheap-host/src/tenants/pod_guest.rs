@@ -221,7 +221,7 @@ impl PodTouch for Pool {
             Ok(m) => {
                 if m.populated {
                     let node = self.heap().node_of(m.mfn).unwrap_or(0);
-                    self.leak_check(Extent { mfn: m.mfn, order: m.order, node });
+                    self.handoff_check(Extent { mfn: m.mfn, order: m.order, node });
                 }
                 if data {
                     let mfn = scrubheap::Mfn(m.mfn.0 + (gfn - m.gfn));
