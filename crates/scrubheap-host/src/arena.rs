@@ -27,7 +27,9 @@ use scrubheap::{DomId, FrameMemory, Mfn};
 use std::fmt;
 use std::io;
 use std::ptr::NonNull;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, AtomicUsize, Ordering, Ordering::Relaxed};
+#[cfg(feature = "testing")]
+use std::sync::atomic::AtomicBool;
+use std::sync::atomic::{AtomicU64, AtomicU8, AtomicUsize, Ordering, Ordering::Relaxed};
 use std::time::{Duration, Instant};
 
 const MIB: usize = 1 << 20;
@@ -264,7 +266,8 @@ pub struct Arena {
     scrub_check: LeakCounters,
     /// Words of each zeroed frame read back: [`SAMPLED_WORDS_PER_FRAME`], or every word.
     readback_words: AtomicUsize,
-    /// Test hook: zeroing does nothing, so the read-back must catch it.
+    /// Test hook (feature `testing`): zeroing does nothing, so the read-back must catch it.
+    #[cfg(feature = "testing")]
     skip_zeroing: AtomicBool,
 }
 
@@ -353,6 +356,7 @@ impl Arena {
             numa: NumaBinding::Emulated,
             scrub_check: LeakCounters::default(),
             readback_words: AtomicUsize::new(SAMPLED_WORDS_PER_FRAME),
+            #[cfg(feature = "testing")]
             skip_zeroing: AtomicBool::new(false),
         };
         let host_nodes = sys::host_numa_nodes();
@@ -596,9 +600,10 @@ impl Arena {
         self.readback_words.store(words.min(self.frame_size / 8), Ordering::Relaxed);
     }
 
-    /// Test hook: with `skip` set, [`FrameMemory::zero`] leaves the bytes as they are (a
-    /// broken zeroing kernel) but still reads them back, so the read-back must report them.
-    #[doc(hidden)]
+    /// Test hook (feature `testing`, never in a production build): with `skip` set,
+    /// [`FrameMemory::zero`] leaves the bytes as they are (a broken zeroing kernel) but
+    /// still reads them back, so the read-back must report them.
+    #[cfg(feature = "testing")]
     pub fn sabotage_zeroing(&self, skip: bool) {
         self.skip_zeroing.store(skip, Ordering::Relaxed);
     }
@@ -647,7 +652,11 @@ impl FrameMemory for Arena {
     /// sample of each (every word if so set) into [`Arena::scrub_check`].
     fn zero(&self, first: Mfn, count: u64) {
         let (off, len) = self.span(first, count);
-        if !self.skip_zeroing.load(Ordering::Relaxed) {
+        #[cfg(feature = "testing")]
+        let skip = self.skip_zeroing.load(Ordering::Relaxed);
+        #[cfg(not(feature = "testing"))]
+        let skip = false;
+        if !skip {
             // SAFETY: the range is inside the mapping (checked by `span`), and the heap
             // passes only frames it owns exclusively, so no one else touches them during the
             // call. The kernel was checked available when it was set.
