@@ -51,6 +51,8 @@ enum Cmd {
 }
 
 fn main() -> ExitCode {
+    // `scrubheap sim ... | head` ends quietly when `head` has read enough.
+    scrubheap_host::process::restore_default_sigpipe();
     let cli = Cli::parse();
     let res = match cli.cmd {
         Cmd::Run(a) => run::main(a),

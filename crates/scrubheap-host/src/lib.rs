@@ -14,8 +14,9 @@
 //! guests, pins, hot-remove) -> [`run`].
 //!
 //! This crate's `unsafe` (the mapping, the zeroing kernels, the clock, thread affinity,
-//! the kernel's memory-policy queries and the kernel baseline's guests) is in `arena`,
-//! `zero`, `clock`, `pool`, `numa` and `tenants::guest`; each block says why it holds.
+//! the kernel's memory-policy queries, the kernel baseline's guests and the `SIGPIPE`
+//! disposition) is in `arena`, `zero`, `clock`, `pool`, `numa`, `process` and
+//! `tenants::guest`; each block says why it holds.
 //! The VMM crate has its own (KVM).
 //!
 //! ```
@@ -35,6 +36,7 @@ mod clock;
 pub mod instrument;
 pub mod numa;
 pub mod pool;
+pub mod process;
 pub mod run;
 pub mod tenants;
 mod zero;
