@@ -305,3 +305,35 @@ fn a_pod_guest_must_be_whole_superpages() {
     assert!(PodPager::new(&pool, DomId(7), 0, 0, &rec).is_err());
     assert_eq!(pool.heap().stats().allocated, 0);
 }
+
+#[test]
+fn a_pod_guest_below_its_maximum_balloons_down_and_finds_zero() {
+    use scrubheap_vmm::pod::PodPager;
+    let Some(kvm) = kvm() else { return };
+    let (pool, rec) = pool(64);
+    let dom = DomId(8);
+    let (bytes, keep) = (16u64 << 20, 12u64 << 20);
+    let pager = PodPager::below(&pool, dom, bytes, keep, 0, &rec).expect("a PoD guest at 3/4 of its maximum");
+    let s = pool.pods().stats(dom).unwrap();
+    assert_eq!((s.max_pages, s.target, s.cache, s.populated), (bytes / 4096, keep / 4096, keep / 4096, 0));
+    let ram = Ram::Demand(scrubheap_vmm::vm::DemandRam::new(Box::new(pager)));
+    let t = kvm.boot(ram, tag_of(dom), Instant::now()).expect("a PoD guest below its maximum boots and finds zero");
+    let st = &t.stats;
+    // Its balloon driver touched, then gave back, each 2 MiB above what it keeps: the VMM
+    // removed the slot of each before the PoD layer took the page back.
+    assert_eq!(st.ballooned_bytes, bytes - keep, "{st:?}");
+    assert_eq!(st.slots_removed, (bytes - keep) / (2 << 20), "{st:?}");
+    assert_eq!(st.nonzero_words, 0);
+    assert_eq!(st.words_checked, (keep - SCAN_START) / 8);
+    assert_eq!(st.memslots as u64, keep / (2 << 20), "{st:?}");
+    let s = pool.pods().stats(dom).unwrap();
+    assert_eq!((s.populated, s.cache, s.entries), (keep / 4096, 0, 0), "{s:?}");
+    assert!(s.balanced(), "{s:?}");
+    assert_tagged(&t, dom, &[SCAN_START, keep - 8]);
+    // What it gave back has no slot any more.
+    assert_eq!(t.ram().read_u64(keep), None);
+    pool.heap().check_invariants().unwrap();
+    pool.pods().check_invariants(pool.heap()).unwrap();
+    t.destroy();
+    assert_eq!(pool.heap().stats().allocated, 0);
+}
