@@ -76,6 +76,10 @@ pub(crate) struct Guest {
     pub(crate) superpage_mappings: u64,
     /// An empty-cache reclaim that yielded.
     pub(crate) reclaiming: Option<Reclaim>,
+    /// A decrease reservation that yielded: its range and the slot it goes on from (the
+    /// slots before are done: all their entries in the range are invalid, which no touch
+    /// changes).
+    pub(crate) ballooning: Option<(u64, u8, usize)>,
     /// The target whose growth [`Guest::admit`] let through (a resumed growth is not
     /// admitted again).
     pub(crate) admitted: Option<u64>,
@@ -137,6 +141,7 @@ impl Guest {
             held_data: alloc::vec![false; cfg.max_pages.div_ceil(SP) as usize],
             superpage_mappings: 0,
             reclaiming: None,
+            ballooning: None,
             admitted: None,
             counters: PodCounters::default(),
             crashed: None,
@@ -605,8 +610,9 @@ impl Guest {
     /// Decrease reservation of `[gfn, gfn + 2^order)`, one slot a step, asking `preempt`
     /// after each step that changed something (a step zero-checks and frees at most one
     /// batch: see [`Guest::balloon_slot`]; the cache's excess is trimmed in the same
-    /// step). Resumable by calling again with the same range: the slots already done
-    /// are invalid and cost only their walk. Adds the slots walked to `walked`.
+    /// step). Resumable by calling again with the same range: it goes on from the slot it
+    /// stopped at (after another range's call, from the start: the slots already done
+    /// are invalid and cost only their walk). Adds the slots walked to `walked`.
     pub(crate) fn balloon<M: FrameMemory>(
         &mut self,
         heap: &Heap<M>,
@@ -617,7 +623,10 @@ impl Guest {
     ) -> PodProgress {
         let end = gfn + (1u64 << order);
         self.mru.retain(|&(g, o)| g + (1u64 << o) <= gfn || g >= end);
-        let mut s = (gfn / SP) as usize;
+        let mut s = match self.ballooning.take() {
+            Some((g, o, at)) if (g, o) == (gfn, order) => at,
+            _ => (gfn / SP) as usize,
+        };
         while (s as u64) * SP < end {
             let base = s as u64 * SP;
             let range = (gfn.max(base) - base, end.min(base + SP) - base);
@@ -631,6 +640,7 @@ impl Guest {
             }
             let more = (s as u64) * SP < end;
             if step != SlotStep::Nothing && more && preempt.check() {
+                self.ballooning = Some((gfn, order, s));
                 return PodProgress::Preempted;
             }
         }
