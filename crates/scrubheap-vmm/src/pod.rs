@@ -171,3 +171,74 @@ impl Drop for PodPager<'_> {
         }
     }
 }
+
+/// Granule of a PoD guest's maximum under `scrubheap vmm --pod`: 8 MiB, so that 3/4 of
+/// it is whole 2 MiB pages.
+const POD_GRANULE: u64 = 8 << 20;
+
+/// The maximum and the kept bytes (its target, 3/4 of the maximum) of the PoD guest that
+/// stands for a workload guest of `bytes`: the maximum is `bytes` rounded down to 8 MiB
+/// (at least 8 MiB, at most [`crate::vm::MAX_GUEST_BYTES`]).
+pub fn pod_sizes(bytes: u64) -> (u64, u64) {
+    let max = (bytes / POD_GRANULE * POD_GRANULE).clamp(POD_GRANULE, crate::vm::MAX_GUEST_BYTES);
+    let keep = max / 4 * 3;
+    debug_assert!(keep.is_multiple_of(2 << 20) && keep < max, "whole superpages, below the maximum");
+    (max, keep)
+}
+
+/// RAM of a PoD guest `dom` for a workload guest of `bytes` (see [`pod_sizes`]), booted
+/// below its maximum, on node `dom % nodes`. `Ok(None)`: the pool has no room for its
+/// target now (the caller counts it refused).
+pub fn pod_ram<'p>(
+    pool: &'p Pool,
+    dom: DomId,
+    bytes: u64,
+    rec: &'p PreemptRecorder,
+) -> Result<Option<crate::vm::Ram<'p>>, VmmError> {
+    let (max, keep) = pod_sizes(bytes);
+    let node = dom.0 as usize % pool.heap().node_count();
+    match PodPager::below(pool, dom, max, keep, node, rec) {
+        Ok(p) => Ok(Some(crate::vm::Ram::Demand(crate::vm::DemandRam::new(Box::new(p))))),
+        Err(VmmError::Pod(e)) if e.is_out_of_memory() => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
+/// The PoD part of a `scrubheap vmm --pod` report.
+#[derive(Clone, Debug, Default, serde::Serialize, PartialEq)]
+pub struct PodVmmReport {
+    /// Guests booted below their maximum (each at 3/4 of it).
+    pub guests_below_max: u64,
+    /// Their maximums, summed (bytes).
+    pub max_bytes: u64,
+    /// What their balloon drivers gave back at boot, summed (bytes): a quarter of
+    /// `max_bytes`; every guest scanned and filled the rest.
+    pub ballooned_bytes: u64,
+    /// KVM memory slots the VMM removed because the PoD layer's unmap hook asked, before
+    /// the page behind each went back to the cache or the heap.
+    pub slots_removed: u64,
+    /// 2 MiB and 4 KiB populations from the PoD caches.
+    pub populated_2m: u64,
+    /// See `populated_2m`.
+    pub populated_4k: u64,
+    /// Superpages taken back whole because they were zero (the balloon of a touched 2 MiB).
+    pub superpages_reclaimed: u64,
+    /// Guests crashed out of PoD memory (0 in a run that completes).
+    pub crashes: u64,
+}
+
+/// The PoD figures of the guests `boots` booted on `pool`.
+pub fn pod_report(boots: &[crate::vm::BootStats], pool: &Pool) -> PodVmmReport {
+    let c = pool.pods().totals().counters;
+    let below: Vec<_> = boots.iter().filter(|b| b.ballooned_bytes > 0).collect();
+    PodVmmReport {
+        guests_below_max: below.len() as u64,
+        max_bytes: below.iter().map(|b| b.bytes).sum(),
+        ballooned_bytes: below.iter().map(|b| b.ballooned_bytes).sum(),
+        slots_removed: boots.iter().map(|b| b.slots_removed).sum(),
+        populated_2m: c.populated_2m,
+        populated_4k: c.populated_4k,
+        superpages_reclaimed: c.superpages_reclaimed,
+        crashes: c.crashes,
+    }
+}

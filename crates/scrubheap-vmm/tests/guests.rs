@@ -145,6 +145,7 @@ fn churn_boots_every_guest_and_reports() {
             seed: 3,
             hugetlb: false,
             verify,
+            pod: false,
         };
         let seen = std::cell::Cell::new(0);
         let r = churn::run(&cfg, &kvm, &|p| seen.set(p.booted)).expect("a clean churn");
@@ -336,4 +337,33 @@ fn a_pod_guest_below_its_maximum_balloons_down_and_finds_zero() {
     pool.pods().check_invariants(pool.heap()).unwrap();
     t.destroy();
     assert_eq!(pool.heap().stats().allocated, 0);
+}
+
+#[test]
+fn a_pod_churn_boots_every_guest_below_its_maximum_and_each_finds_zero() {
+    let Some(kvm) = kvm() else { return };
+    let cfg = VmmConfig {
+        memory_bytes: 256 << 20,
+        nodes: 2,
+        scrubbers_per_node: 1,
+        backend: Backend::Heap(Policy::Scrubheap),
+        guests: 24,
+        seed: 5,
+        hugetlb: false,
+        verify: false,
+        pod: true,
+    };
+    let r = churn::run(&cfg, &kvm, &|_| {}).expect("a clean PoD churn");
+    let pod = r.pod.clone().expect("a PoD report");
+    assert!(r.guests > 0, "{r:?}");
+    assert_eq!(r.leak_check.nonzero_words, 0);
+    assert_eq!(pod.guests_below_max, r.guests, "{pod:?}");
+    assert_eq!(pod.max_bytes, r.guest_bytes);
+    assert_eq!(pod.ballooned_bytes * 4, pod.max_bytes, "each gave back a quarter: {pod:?}");
+    // Every 2 MiB given back had been touched, so mapped: its slot went first.
+    assert!(pod.slots_removed >= pod.ballooned_bytes / (2 << 20), "{pod:?}");
+    // Each guest scanned what it kept, all of it but the code page.
+    assert_eq!(r.leak_check.words_checked, (pod.max_bytes - pod.ballooned_bytes - r.guests * SCAN_START) / 8);
+    assert_eq!(pod.crashes, 0);
+    assert!(pod.populated_2m > 0 && pod.superpages_reclaimed > 0, "{pod:?}");
 }
