@@ -429,3 +429,29 @@ fn random_operations_stay_within_the_bounds_and_unmap_before_taking_back() {
     assert!(t.counters.superpages_reclaimed > 0 && t.counters.zero_pages_reclaimed > 0, "{t:?}");
     assert!(t.counters.superpages_shattered > 0, "{t:?}");
 }
+
+/// What a growth's admission reads instead of walking the free lists: on a node without
+/// a Movable zone, the node's lock-free free counts are its Normal zone's free frames.
+#[test]
+fn a_node_without_a_movable_zone_has_its_normal_free_frames_in_its_node_counts() {
+    let h = heap(8192, true);
+    let same = || {
+        let (z, n) = (h.zone_stats(0, Zone::Normal).unwrap(), h.node_stats(0).unwrap());
+        assert_eq!(z.free(), n.free_clean + n.free_dirty, "{z:?} against {n:?}");
+    };
+    let mut held = Vec::new();
+    for (i, order) in [9u8, 0, 3, 9, 1, 0, 10].into_iter().enumerate() {
+        let dom = DomId(1 + i as u32 % 2);
+        held.push((h.alloc(&AllocRequest::new(order, dom).noscrub()).unwrap(), dom));
+    }
+    for (e, dom) in held.drain(..).step_by(2) {
+        h.free(e.mfn, e.order, dom).unwrap();
+    }
+    same();
+    // After a background scrub that stopped after its first batch, and one that ran on.
+    let first = BatchLimit { frames: 64, yield_after_batch: true };
+    assert!(h.scrub_step(0, 4096, &first).unwrap() > 0);
+    same();
+    assert!(h.scrub_step(0, 4096, &NeverPreempt).unwrap() > 0);
+    same();
+}
