@@ -184,38 +184,29 @@ fn touch(s: &Sections<'_>, dom: DomId, gfn: u64, data: bool, unmap: &mut dyn Unm
     }
 }
 
-/// Balloons `[gfn, gfn + 2^order)` out to the end, a call per section or more.
-fn balloon(s: &Sections<'_>, dom: DomId, gfn: u64, order: u8, unmap: &mut dyn Unmap) -> Result<(), PodError> {
+/// Calls a resumable operation until it is done, each call a section or more.
+fn drive(s: &Sections<'_>, mut call: impl FnMut() -> Result<PodProgress, PodError>) -> Result<(), PodError> {
     loop {
         s.begin();
-        let p = s.pods.balloon(s.heap, dom, gfn, order, unmap, s);
+        let p = call();
         s.close();
         if p? == PodProgress::Done {
             return Ok(());
         }
     }
+}
+
+/// Balloons `[gfn, gfn + 2^order)` out to the end.
+fn balloon(s: &Sections<'_>, dom: DomId, gfn: u64, order: u8, unmap: &mut dyn Unmap) -> Result<(), PodError> {
+    drive(s, || s.pods.balloon(s.heap, dom, gfn, order, unmap, s))
 }
 
 fn set_target(s: &Sections<'_>, dom: DomId, target: u64) -> Result<(), PodError> {
-    loop {
-        s.begin();
-        let p = s.pods.set_target(s.heap, dom, target, s);
-        s.close();
-        if p? == PodProgress::Done {
-            return Ok(());
-        }
-    }
+    drive(s, || s.pods.set_target(s.heap, dom, target, s))
 }
 
 fn destroy(s: &Sections<'_>, dom: DomId) -> Result<(), PodError> {
-    loop {
-        s.begin();
-        let p = s.pods.destroy(s.heap, dom, s);
-        s.close();
-        if p? == PodProgress::Done {
-            return Ok(());
-        }
-    }
+    drive(s, || s.pods.destroy(s.heap, dom, s))
 }
 
 /// The guests of the big tests: 2^19 guest frames (2 GiB) on a heap of 32768 frames.

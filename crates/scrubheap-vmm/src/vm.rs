@@ -223,10 +223,12 @@ unsafe impl Send for AnonRam {}
 /// 12, write)` and the slot its mapping's frames.
 ///
 /// # Safety
-/// Every slot `populate` returns must cover `gpa`, lie within `[0, bytes())`, not overlap
-/// an earlier one, be page aligned, and be host memory the pager owns for this guest
-/// alone, readable and writable, until the pager is dropped (a `Tenant` drops its VM
-/// first).
+/// Every slot `populate` (or `populate_unmapping`) returns must cover `gpa`, lie within
+/// `[0, bytes())`, not overlap a slot still mapped, be page aligned, and be host memory the
+/// pager owns for this guest alone, readable and writable, until the pager is dropped (a
+/// `Tenant` drops its VM first) or, for a pager that takes pages back, until it has
+/// called `unmap` over the slot's range (the VMM has then removed the slot) and only then
+/// lets the memory go.
 pub unsafe trait DemandPager {
     /// RAM bytes (guest-physical `[0, bytes)`).
     fn bytes(&self) -> u64;
