@@ -169,8 +169,9 @@ impl PodConfig {
 /// Whether a preemptible PoD operation finished.
 #[derive(Copy, Clone, Debug, PartialEq, Eq)]
 pub enum PodProgress {
-    /// The cache is at its target ([`Pods::create`], [`Pods::set_target`]), or every
-    /// frame of the destroyed guest is back in the heap ([`Pods::destroy`]).
+    /// The cache is at its target ([`Pods::create`], [`Pods::set_target`]), the whole
+    /// range is given back ([`Pods::balloon`]), or every frame of the destroyed guest is
+    /// back in the heap ([`Pods::destroy`]).
     Done,
     /// `Preempt` asked to yield: call [`Pods::set_target`] again with the same target,
     /// [`Pods::balloon`] again with the same range, or [`Pods::destroy`] again, to go on
