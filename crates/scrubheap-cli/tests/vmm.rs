@@ -53,12 +53,37 @@ fn compare_boots_every_guest_on_both_backends_and_writes_json() {
 }
 
 #[test]
+fn pod_guests_boot_below_their_maximum_balloon_down_and_find_zero() {
+    if !have_kvm() {
+        return;
+    }
+    let json = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("vmm-pod-{}.json", std::process::id()));
+    let out =
+        run(bin().args(["vmm", "--pod", "--memory", "256MiB", "--guests", "16", "--seed", "4", "--json"]).arg(&json));
+    assert!(out.status.success());
+    assert!(String::from_utf8_lossy(&out.stdout).contains("PoD: below max"));
+    let j: serde_json::Value = serde_json::from_slice(&std::fs::read(&json).unwrap()).unwrap();
+    let r = &j["results"];
+    let booted = r["guests"].as_u64().unwrap();
+    assert!(booted > 0, "{r}");
+    assert_eq!(booted + r["guests_refused"].as_u64().unwrap(), 16, "{r}");
+    assert_eq!(r["leak_check"]["nonzero_words"], 0);
+    let pod = &r["pod"];
+    assert_eq!(pod["guests_below_max"].as_u64().unwrap(), booted, "{pod}");
+    assert_eq!(pod["ballooned_bytes"].as_u64().unwrap() * 4, pod["max_bytes"].as_u64().unwrap(), "{pod}");
+    assert!(pod["slots_removed"].as_u64().unwrap() > 0, "{pod}");
+    assert_eq!(pod["crashes"], 0);
+    let _ = std::fs::remove_file(json);
+}
+
+#[test]
 fn bad_input_fails_with_one_clear_line() {
     for (args, says) in [
         (&["vmm", "--guests", "0"][..], "--guests 0"),
         (&["vmm", "--nodes", "0"][..], "--nodes 0"),
         (&["vmm", "--memory", "1MiB"][..], "at least 4 MiB"),
         (&["vmm", "--policy", "nope"][..], "unknown policy"),
+        (&["vmm", "--pod", "--compare"][..], "leave the kernel baseline out"),
     ] {
         let out = run(bin().args(args));
         assert!(!out.status.success(), "{args:?}");

@@ -80,6 +80,10 @@ impl Guest {
                 self.populated, self.entries
             ));
         }
+        let sp = self.p2m.slots.iter().filter(|s| matches!(s, Slot::Ram(_))).count() as u64;
+        if sp != self.superpage_mappings {
+            return bad(format!("counts {} 2 MiB mappings but the p2m holds {sp}", self.superpage_mappings));
+        }
         let cache = self.cache_frames();
         // A dying guest's cache is only frames to free (its drain drops entries first).
         if !self.gone && cache > self.cache_cap() {

@@ -3,13 +3,45 @@
 
 use crate::p2m::{P2m, Slot, E4, SP, SP_ORDER};
 use crate::{
-    PodConfig, PodCounters, PodError, PodMapping, PodProgress, PodStats, POD_DRAIN_FRAMES, POD_DRAIN_SLOTS,
-    POD_EAGER_FRAMES, POD_MRU, POD_SWEEP_FRAMES, POD_SWEEP_SLOTS,
+    PodConfig, PodCounters, PodError, PodMapping, PodProgress, PodStats, Unmap, POD_BATCH_FRAMES, POD_DRAIN_FRAMES,
+    POD_DRAIN_SLOTS, POD_EAGER_FRAMES, POD_MRU, POD_STEP_SLOTS, POD_SWEEP_FRAMES, POD_SWEEP_SLOTS,
 };
 use alloc::collections::VecDeque;
 use alloc::vec::Vec;
 use core::sync::atomic::{AtomicU64, Ordering};
 use scrubheap::{largest_order, AllocRequest, DomId, FrameMemory, Heap, HeapError, Mfn, Preempt, Zone, MAX_ORDER};
+
+/// An empty-cache reclaim in progress: what is left of its budgets. Kept across touches
+/// that yielded, so the reclaim goes on where it stopped; dropped when it ends (a page
+/// found, or the guest crashed) and when a touch finds the cache filled otherwise.
+#[derive(Copy, Clone, Debug)]
+pub(crate) struct Reclaim {
+    /// Frames eager reclaim may still zero-check.
+    eager: u64,
+    /// Frames the sweep may still zero-check.
+    sweep: u64,
+    /// Slots the sweep may still visit.
+    slots: usize,
+}
+
+/// What one bounded reclaim step did.
+struct ReclaimStep {
+    /// p2m slots it walked.
+    slots: u64,
+    /// Whether budget is left to go on (the cache still empty).
+    more: bool,
+}
+
+/// What a decrease reservation did to one slot.
+#[derive(Copy, Clone, PartialEq, Eq)]
+enum SlotStep {
+    /// Nothing of the range was left in it (a call resumed after a preemption).
+    Nothing,
+    /// The range is out of it.
+    Done,
+    /// Its 2 MiB mapping held data and was shattered: the range is next, as 4 KiB entries.
+    Shattered,
+}
 
 /// What one drain step did.
 struct DrainStep {
@@ -40,6 +72,17 @@ pub(crate) struct Guest {
     /// mappings by without reading them until they are populated again (a decrease
     /// reservation inside one still checks it).
     pub(crate) held_data: Vec<bool>,
+    /// 2 MiB mappings in the p2m (kept, so [`Guest::stats`] walks nothing).
+    pub(crate) superpage_mappings: u64,
+    /// An empty-cache reclaim that yielded.
+    pub(crate) reclaiming: Option<Reclaim>,
+    /// A decrease reservation that yielded: its range and the slot it goes on from (the
+    /// slots before are done: all their entries in the range are invalid, which no touch
+    /// changes).
+    pub(crate) ballooning: Option<(u64, u8, usize)>,
+    /// The target whose growth [`Guest::admit`] let through (a resumed growth is not
+    /// admitted again).
+    pub(crate) admitted: Option<u64>,
     pub(crate) counters: PodCounters,
     pub(crate) crashed: Option<u64>,
     /// Destroyed: a thread that still holds the guest must not use it.
@@ -96,6 +139,10 @@ impl Guest {
             mru: VecDeque::new(),
             sweep_at,
             held_data: alloc::vec![false; cfg.max_pages.div_ceil(SP) as usize],
+            superpage_mappings: 0,
+            reclaiming: None,
+            ballooning: None,
+            admitted: None,
             counters: PodCounters::default(),
             crashed: None,
             gone: false,
@@ -115,7 +162,7 @@ impl Guest {
             cache: self.cache_frames(),
             cache_superpages: self.cache2m.len() as u64,
             entries: self.entries,
-            superpage_mappings: self.p2m.slots.iter().filter(|s| matches!(s, Slot::Ram(_))).count() as u64,
+            superpage_mappings: self.superpage_mappings,
             counters: self.counters,
             crashed: self.crashed,
         }
@@ -153,15 +200,17 @@ impl Guest {
         self.mru.push_back((gfn, order));
     }
 
-    /// Reclaims slot `s`'s 2 MiB mapping into the cache if it is all zero; returns
-    /// whether it did.
-    fn reclaim_superpage<M: FrameMemory>(&mut self, heap: &Heap<M>, s: usize) -> bool {
+    /// Reclaims slot `s`'s 2 MiB mapping into the cache if it is all zero (the second
+    /// mapping removed first); returns whether it did.
+    fn reclaim_superpage<M: FrameMemory>(&mut self, heap: &Heap<M>, s: usize, unmap: &mut dyn Unmap) -> bool {
         let Slot::Ram(m) = self.p2m.slots[s] else { return false };
+        unmap.unmap(self.dom, s as u64 * SP, SP_ORDER);
         if !heap.memory().is_zero(Mfn(m), SP) {
             self.held_data[s] = true;
             return false;
         }
         self.p2m.slots[s] = Slot::Pod;
+        self.superpage_mappings -= 1;
         self.cache2m.push(m);
         self.populated -= SP;
         self.entries += SP;
@@ -169,15 +218,18 @@ impl Guest {
         true
     }
 
-    /// Reclaims the 4 KiB mapping of `gfn` into the cache if it is zero.
-    fn reclaim_4k<M: FrameMemory>(&mut self, heap: &Heap<M>, gfn: u64) -> bool {
+    /// Reclaims the 4 KiB mapping of `gfn` into the cache if it is zero (the second
+    /// mapping removed first).
+    fn reclaim_4k<M: FrameMemory>(&mut self, heap: &Heap<M>, gfn: u64, unmap: &mut dyn Unmap) -> bool {
         let s = (gfn / SP) as usize;
-        let Slot::Split(e) = &mut self.p2m.slots[s] else { return false };
+        let Slot::Split(e) = &self.p2m.slots[s] else { return false };
         let i = (gfn % SP) as usize;
         let E4::Ram(m) = e[i] else { return false };
+        unmap.unmap(self.dom, gfn, 0);
         if !heap.memory().is_zero(Mfn(m), 1) {
             return false;
         }
+        let Slot::Split(e) = &mut self.p2m.slots[s] else { return false };
         e[i] = E4::Pod;
         self.p2m.slots[s].normalize();
         self.cache4k.push(m);
@@ -187,43 +239,76 @@ impl Guest {
         true
     }
 
-    /// The cache is empty: reclaim zeroed pages, recently populated ones first, then a
-    /// bounded sweep of the p2m downward from where the last sweep stopped.
-    fn reclaim<M: FrameMemory>(&mut self, heap: &Heap<M>) {
-        let mut budget = POD_EAGER_FRAMES;
-        while self.cache_frames() == 0 && budget > 0 {
-            let Some((gfn, order)) = self.mru.pop_back() else { break };
-            if order == SP_ORDER {
-                budget = budget.saturating_sub(SP);
-                self.reclaim_superpage(heap, (gfn / SP) as usize);
-            } else {
-                budget -= 1;
-                self.reclaim_4k(heap, gfn);
-            }
+    /// Frames a sweep zero-checks in slot `s` (0: it reads nothing there).
+    fn sweep_cost(&self, s: usize) -> u64 {
+        match &self.p2m.slots[s] {
+            Slot::Ram(_) if self.held_data[s] => 0,
+            Slot::Ram(_) => SP,
+            Slot::Split(e) => e.iter().filter(|x| matches!(x, E4::Ram(_))).count() as u64,
+            Slot::Pod | Slot::Invalid => 0,
         }
+    }
+
+    /// Sweeps slot `s`: reclaims its zero mappings.
+    fn sweep_slot<M: FrameMemory>(&mut self, heap: &Heap<M>, s: usize, unmap: &mut dyn Unmap) {
+        match &self.p2m.slots[s] {
+            Slot::Ram(_) if self.held_data[s] => {}
+            Slot::Ram(_) => {
+                self.reclaim_superpage(heap, s, unmap);
+            }
+            Slot::Split(e) => {
+                let ram: Vec<u64> = (0..SP).filter(|&i| matches!(e[i as usize], E4::Ram(_))).collect();
+                for i in ram {
+                    self.reclaim_4k(heap, s as u64 * SP + i, unmap);
+                }
+            }
+            Slot::Pod | Slot::Invalid => {}
+        }
+    }
+
+    /// One bounded step of the empty-cache reclaim: recently populated pages first, then
+    /// the sweep of the p2m downward from where the last one stopped. It zero-checks at
+    /// most [`POD_BATCH_FRAMES`] frames and walks at most [`POD_STEP_SLOTS`] slots.
+    fn reclaim_step<M: FrameMemory>(&mut self, heap: &Heap<M>, unmap: &mut dyn Unmap) -> ReclaimStep {
         let n = self.p2m.slots.len();
-        let mut budget = POD_SWEEP_FRAMES;
-        let mut visited = 0;
-        while self.cache_frames() == 0 && budget > 0 && visited < n.min(POD_SWEEP_SLOTS) {
-            let s = self.sweep_at % n;
-            self.sweep_at = if s == 0 { n - 1 } else { s - 1 };
-            visited += 1;
-            match &self.p2m.slots[s] {
-                Slot::Ram(_) if self.held_data[s] => {}
-                Slot::Ram(_) => {
-                    budget = budget.saturating_sub(SP);
-                    self.reclaim_superpage(heap, s);
-                }
-                Slot::Split(e) => {
-                    let ram: Vec<u64> = (0..SP).filter(|&i| matches!(e[i as usize], E4::Ram(_))).collect();
-                    budget = budget.saturating_sub(ram.len() as u64);
-                    for i in ram {
-                        self.reclaim_4k(heap, s as u64 * SP + i);
-                    }
-                }
-                Slot::Pod | Slot::Invalid => {}
+        let fresh = Reclaim { eager: POD_EAGER_FRAMES, sweep: POD_SWEEP_FRAMES, slots: n.min(POD_SWEEP_SLOTS) };
+        let mut r = self.reclaiming.take().unwrap_or(fresh);
+        let (mut checked, mut walked) = (0u64, 0u64);
+        while self.cache_frames() == 0 && r.eager > 0 {
+            let Some(&(gfn, order)) = self.mru.back() else {
+                r.eager = 0;
+                break;
+            };
+            let cost = 1u64 << order;
+            if checked > 0 && checked + cost > POD_BATCH_FRAMES {
+                break;
+            }
+            self.mru.pop_back();
+            r.eager = r.eager.saturating_sub(cost);
+            checked += cost;
+            if order == SP_ORDER {
+                self.reclaim_superpage(heap, (gfn / SP) as usize, unmap);
+            } else {
+                self.reclaim_4k(heap, gfn, unmap);
             }
         }
+        while self.cache_frames() == 0 && r.eager == 0 && r.sweep > 0 && r.slots > 0 && walked < POD_STEP_SLOTS {
+            let s = self.sweep_at % n;
+            let cost = self.sweep_cost(s);
+            if checked > 0 && checked + cost > POD_BATCH_FRAMES {
+                break;
+            }
+            self.sweep_at = if s == 0 { n - 1 } else { s - 1 };
+            (r.slots, r.sweep) = (r.slots - 1, r.sweep.saturating_sub(cost));
+            (walked, checked) = (walked + 1, checked + cost);
+            self.sweep_slot(heap, s, unmap);
+        }
+        debug_assert!(checked <= POD_BATCH_FRAMES && walked <= POD_STEP_SLOTS, "a reclaim step stays bounded");
+        let more = self.cache_frames() == 0 && (r.eager > 0 || (r.sweep > 0 && r.slots > 0));
+        if more {
+            self.reclaiming = Some(r);
+        }
+        ReclaimStep { slots: walked, more }
     }
 
     /// Out of PoD memory: the guest is marked crashed and frees nothing here (this runs in
@@ -233,7 +318,9 @@ impl Guest {
         self.crashed = Some(gfn);
         self.counters.crashes += 1;
         self.mru.clear();
+        self.reclaiming = None;
         self.adjusting = None;
+        self.admitted = None;
         PodError::Exhausted { dom: self.dom, gfn }
     }
 
@@ -301,6 +388,7 @@ impl Guest {
                 Some(Slot::Ram(m)) => {
                     give_back(heap, self.dom, m, SP_ORDER);
                     self.populated -= SP;
+                    self.superpage_mappings -= 1;
                 }
                 Some(Slot::Split(e)) => {
                     for x in e.iter() {
@@ -364,24 +452,47 @@ impl Guest {
         }
     }
 
-    /// Populates the PoD entry of `gfn` (which must be one).
-    pub(crate) fn populate<M: FrameMemory>(&mut self, heap: &Heap<M>, gfn: u64) -> Result<PodMapping, PodError> {
-        if self.cache_frames() == 0 {
-            self.reclaim(heap);
+    /// Populates the PoD entry of `gfn` (which must be one). An empty cache is refilled
+    /// by reclaim steps, `preempt` asked between two; `Ok(None)`: it asked to yield before
+    /// a page was found (the reclaim goes on at the next touch). Adds the slots the
+    /// reclaim walks to `walked`.
+    pub(crate) fn populate<M: FrameMemory>(
+        &mut self,
+        heap: &Heap<M>,
+        gfn: u64,
+        unmap: &mut dyn Unmap,
+        preempt: &dyn Preempt,
+        walked: &AtomicU64,
+    ) -> Result<Option<PodMapping>, PodError> {
+        if self.cache_frames() > 0 {
+            // Filled otherwise since a reclaim yielded: the next one starts afresh.
+            self.reclaiming = None;
         }
-        if self.cache_frames() == 0 {
-            return Err(self.crash(gfn));
+        while self.cache_frames() == 0 {
+            let step = self.reclaim_step(heap, unmap);
+            walked.fetch_add(step.slots, Ordering::Relaxed);
+            if self.cache_frames() > 0 {
+                break;
+            }
+            if !step.more {
+                return Err(self.crash(gfn));
+            }
+            if preempt.check() {
+                return Ok(None);
+            }
         }
+        debug_assert!(self.reclaiming.is_none(), "a reclaim that found a page is over");
         let s = (gfn / SP) as usize;
         if self.p2m.slots[s] == Slot::Pod {
             if let Some(m) = self.cache2m.pop() {
                 self.p2m.slots[s] = Slot::Ram(m);
+                self.superpage_mappings += 1;
                 self.held_data[s] = false;
                 self.populated += SP;
                 self.entries -= SP;
                 self.counters.populated_2m += 1;
                 self.remember(s as u64 * SP, SP_ORDER);
-                return Ok(PodMapping { gfn: s as u64 * SP, mfn: Mfn(m), order: SP_ORDER, populated: true });
+                return Ok(Some(PodMapping { gfn: s as u64 * SP, mfn: Mfn(m), order: SP_ORDER, populated: true }));
             }
             self.p2m.slots[s] = Slot::split_of(E4::Pod, SP);
         }
@@ -396,23 +507,35 @@ impl Guest {
         self.entries -= 1;
         self.counters.populated_4k += 1;
         self.remember(gfn, 0);
-        Ok(PodMapping { gfn, mfn: Mfn(m), order: 0, populated: true })
+        Ok(Some(PodMapping { gfn, mfn: Mfn(m), order: 0, populated: true }))
     }
 
     /// Decrease reservation of the 4 KiB entries `lo..hi` of split slot `s`. A RAM page is
-    /// kept for the cache if it is zero and the cache is short, freed otherwise.
-    fn balloon_4k<M: FrameMemory>(&mut self, heap: &Heap<M>, s: usize, lo: u64, hi: u64, freed: &mut Vec<u64>) {
+    /// unmapped, then kept for the cache if it is zero and the cache is short, freed
+    /// otherwise. Returns whether anything of the range was left.
+    fn balloon_4k<M: FrameMemory>(
+        &mut self,
+        heap: &Heap<M>,
+        s: usize,
+        (lo, hi): (u64, u64),
+        unmap: &mut dyn Unmap,
+        freed: &mut Vec<u64>,
+    ) -> bool {
+        let mut any = false;
         for i in lo..hi {
-            let Slot::Split(e) = &mut self.p2m.slots[s] else { return };
+            let Slot::Split(e) = &mut self.p2m.slots[s] else { return any };
             match e[i as usize] {
                 E4::Invalid => {}
                 E4::Pod => {
                     e[i as usize] = E4::Invalid;
                     self.entries -= 1;
+                    any = true;
                 }
                 E4::Ram(m) => {
                     e[i as usize] = E4::Invalid;
                     self.populated -= 1;
+                    any = true;
+                    unmap.unmap(self.dom, s as u64 * SP + i, 0);
                     if self.cache_frames() < self.entries && heap.memory().is_zero(Mfn(m), 1) {
                         self.cache4k.push(m);
                         self.counters.zero_pages_reclaimed += 1;
@@ -423,63 +546,126 @@ impl Guest {
             }
         }
         self.p2m.slots[s].normalize();
+        any
     }
 
-    pub(crate) fn balloon<M: FrameMemory>(&mut self, heap: &Heap<M>, gfn: u64, order: u8) {
+    /// Decrease reservation of guest frames `lo..hi` of slot `s`: zero-checks at most one
+    /// superpage or 512 pages, frees at most 512 frames. A 2 MiB mapping only partly in
+    /// the range that holds data is shattered and the range left for the next step.
+    fn balloon_slot<M: FrameMemory>(
+        &mut self,
+        heap: &Heap<M>,
+        s: usize,
+        (lo, hi): (u64, u64),
+        unmap: &mut dyn Unmap,
+        freed: &mut Vec<u64>,
+    ) -> SlotStep {
+        let whole = lo == 0 && hi == SP;
+        let base = s as u64 * SP;
+        match self.p2m.slots[s] {
+            Slot::Invalid => return SlotStep::Nothing,
+            Slot::Pod if whole => {
+                self.p2m.slots[s] = Slot::Invalid;
+                self.entries -= SP;
+            }
+            Slot::Pod => {
+                self.p2m.slots[s] = Slot::split_of(E4::Pod, SP);
+                self.balloon_4k(heap, s, (lo, hi), unmap, freed);
+            }
+            Slot::Ram(m) if whole => {
+                unmap.unmap(self.dom, base, SP_ORDER);
+                self.p2m.slots[s] = Slot::Invalid;
+                self.superpage_mappings -= 1;
+                self.populated -= SP;
+                if self.cache_frames() + SP <= self.entries && heap.memory().is_zero(Mfn(m), SP) {
+                    self.cache2m.push(m);
+                    self.counters.superpages_reclaimed += 1;
+                } else {
+                    give_back(heap, self.dom, m, SP_ORDER);
+                }
+            }
+            Slot::Ram(m) => {
+                if self.superpage_reclaim && self.reclaim_superpage(heap, s, unmap) {
+                    self.p2m.slots[s] = Slot::split_of(E4::Pod, SP);
+                    self.balloon_4k(heap, s, (lo, hi), unmap, freed);
+                    return SlotStep::Done;
+                }
+                if !self.superpage_reclaim {
+                    unmap.unmap(self.dom, base, SP_ORDER);
+                }
+                self.p2m.slots[s] = Slot::Split((0..SP).map(|i| E4::Ram(m + i)).collect());
+                self.superpage_mappings -= 1;
+                self.counters.superpages_shattered += 1;
+                return SlotStep::Shattered;
+            }
+            Slot::Split(_) => {
+                if !self.balloon_4k(heap, s, (lo, hi), unmap, freed) {
+                    return SlotStep::Nothing;
+                }
+            }
+        }
+        SlotStep::Done
+    }
+
+    /// Decrease reservation of `[gfn, gfn + 2^order)`, one slot a step, asking `preempt`
+    /// after each step that changed something (a step zero-checks and frees at most one
+    /// batch: see [`Guest::balloon_slot`]; the cache's excess is trimmed in the same
+    /// step). Resumable by calling again with the same range: it goes on from the slot it
+    /// stopped at (after another range's call, from the start: the slots already done
+    /// are invalid and cost only their walk). Adds the slots walked to `walked`.
+    pub(crate) fn balloon<M: FrameMemory>(
+        &mut self,
+        heap: &Heap<M>,
+        (gfn, order): (u64, u8),
+        unmap: &mut dyn Unmap,
+        preempt: &dyn Preempt,
+        walked: &AtomicU64,
+    ) -> PodProgress {
         let end = gfn + (1u64 << order);
-        let mut freed = Vec::new();
-        let mut s = (gfn / SP) as usize;
+        self.mru.retain(|&(g, o)| g + (1u64 << o) <= gfn || g >= end);
+        let mut s = match self.ballooning.take() {
+            Some((g, o, at)) if (g, o) == (gfn, order) => at,
+            _ => (gfn / SP) as usize,
+        };
         while (s as u64) * SP < end {
             let base = s as u64 * SP;
-            let lo = gfn.max(base) - base;
-            let hi = end.min(base + SP) - base;
-            let whole = lo == 0 && hi == SP;
-            match self.p2m.slots[s] {
-                Slot::Invalid => {}
-                Slot::Pod if whole => {
-                    self.p2m.slots[s] = Slot::Invalid;
-                    self.entries -= SP;
-                }
-                Slot::Pod => {
-                    self.p2m.slots[s] = Slot::split_of(E4::Pod, SP);
-                    self.balloon_4k(heap, s, lo, hi, &mut freed);
-                }
-                Slot::Ram(m) if whole => {
-                    self.p2m.slots[s] = Slot::Invalid;
-                    self.populated -= SP;
-                    if self.cache_frames() + SP <= self.entries && heap.memory().is_zero(Mfn(m), SP) {
-                        self.cache2m.push(m);
-                        self.counters.superpages_reclaimed += 1;
-                    } else {
-                        give_back(heap, self.dom, m, SP_ORDER);
-                    }
-                }
-                Slot::Ram(m) => {
-                    if !(self.superpage_reclaim && self.reclaim_superpage(heap, s)) {
-                        self.p2m.slots[s] = Slot::Split((0..SP).map(|i| E4::Ram(m + i)).collect());
-                        self.counters.superpages_shattered += 1;
-                    } else {
-                        self.p2m.slots[s] = Slot::split_of(E4::Pod, SP);
-                    }
-                    self.balloon_4k(heap, s, lo, hi, &mut freed);
-                }
-                Slot::Split(_) => self.balloon_4k(heap, s, lo, hi, &mut freed),
+            let range = (gfn.max(base) - base, end.min(base + SP) - base);
+            walked.fetch_add(1, Ordering::Relaxed);
+            let mut freed = Vec::new();
+            let step = self.balloon_slot(heap, s, range, unmap, &mut freed);
+            give_back_frames(heap, self.dom, freed);
+            self.trim(heap);
+            if step != SlotStep::Shattered {
+                s += 1;
             }
-            s += 1;
+            let more = (s as u64) * SP < end;
+            if step != SlotStep::Nothing && more && preempt.check() {
+                self.ballooning = Some((gfn, order, s));
+                return PodProgress::Preempted;
+            }
         }
-        give_back_frames(heap, self.dom, freed);
-        self.trim(heap);
-        self.mru.retain(|&(g, o)| g + (1u64 << o) <= gfn || g >= end);
+        PodProgress::Done
     }
 
     /// Refuses a cache growth of `need` frames that the heap cannot give: more than the
     /// free frames of the Normal zones (PoD pages are unmovable), or more than the Normal
     /// frames the claims gate leaves this guest, added up over every node the growth may
     /// come from (the preferred node and those the heap falls back to: all of them).
+    ///
+    /// A node without a Movable zone has all its free frames in Normal: its lock-free
+    /// per-node counters answer in O(1). Only a node with a Movable zone is counted from
+    /// its free lists ([`Heap::zone_stats`], under its lock), and [`Guest::adjust`] asks
+    /// once per new target, not on every resumed step of a growth.
     fn admit<M: FrameMemory>(&self, heap: &Heap<M>, need: u64) -> Result<(), PodError> {
         let (mut free, mut reach) = (0u64, 0u64);
         for n in 0..heap.node_count() {
-            let normal = heap.zone_stats(n, Zone::Normal)?.free();
+            let movable = heap.config().nodes.get(n).is_some_and(|spec| spec.movable_from.is_some());
+            let normal = if movable {
+                heap.zone_stats(n, Zone::Normal)?.free()
+            } else {
+                let st = heap.node_stats(n)?;
+                st.free_clean + st.free_dirty
+            };
             free += normal;
             reach += normal.min(heap.claims_room(self.dom, n)?);
         }
@@ -506,9 +692,11 @@ impl Guest {
     ) -> Result<PodProgress, PodError> {
         let want = target.saturating_sub(self.populated).min(self.entries);
         let have = self.cache_frames();
-        if want > have {
-            // Refuse up front what the heap cannot give, so a refusal changes nothing.
+        if want > have && self.admitted != Some(target) {
+            // Refuse up front what the heap cannot give, so a refusal changes nothing; a
+            // resumed growth toward the same target was admitted already.
             self.admit(heap, want - have)?;
+            self.admitted = Some(target);
         }
         // The bound on the cache while adjusting: the largest target worked toward since
         // the last adjustment finished (a preempted growth may have cached up to it).
@@ -538,6 +726,7 @@ impl Guest {
             } else {
                 self.target = target;
                 self.adjusting = None;
+                self.admitted = None;
                 return Ok(PodProgress::Done);
             }
             if preempt.check() {

@@ -16,6 +16,21 @@
 //! other guests are untouched. [`Pods::destroy`], of a crashed guest or a live one, kills
 //! it at once and gives its pages back in bounded, resumable steps.
 //!
+//! Every operation is bounded and resumable. Between two calls of the caller's
+//! [`Preempt`](scrubheap::Preempt) an operation zero-checks at most [`POD_BATCH_FRAMES`]
+//! frames, frees at most as many, walks at most [`POD_STEP_SLOTS`] p2m slots, and zeroes
+//! only through the heap's own preemptible allocation (at most its `scrub_batch`):
+//! [`Pods::destroy`] drains, [`Pods::balloon`] works one 2 MiB slot a step,
+//! [`Pods::touch`]'s empty-cache reclaim works in steps and returns
+//! [`PodTouch::Preempted`] to be touched again, [`Pods::set_target`] and [`Pods::create`]
+//! allocate or release at most a superpage a step. [`Pods::stats`], [`Pods::lookup`],
+//! [`Pods::totals`] and [`Pods::frames`] read kept counts. [`Pods::check_invariants`] is
+//! the one exception, a from-scratch check for tests.
+//!
+//! Before the layer takes back a page it had handed out as a mapping (a sweep, a
+//! superpage reclaim, a decrease reservation) it calls the caller's [`Unmap`] hook, so a
+//! VMM that mapped the page into a VM removes that mapping before the frames go.
+//!
 //! Counts, in frames: `populated` (RAM entries), `cache`, `entries` (outstanding PoD
 //! entries). The guest holds exactly `populated + cache` frames of the heap. The cache
 //! never exceeds what the guest may still use (`cache <= entries`) nor its target
@@ -30,21 +45,26 @@
 //! The layer uses only the heap's public API: it allocates its pages *sealed*
 //! ([`AllocRequest::sealed`]), so the heap refuses to free or pin them through the
 //! ordinary calls and only this layer gives them back ([`Heap::free_sealed`]); it sizes
-//! cache growths with [`Heap::zone_stats`] and the claims gate [`Heap::claims_admit`];
+//! cache growths with [`Heap::node_stats`] (or [`Heap::zone_stats`] where a node has a
+//! Movable zone) and the claims gate [`Heap::claims_admit`];
 //! it zero-checks and fills guest pages through [`Heap::memory`]. Its state lives in a
 //! [`Pods`] value beside the heap, whose operations take the heap as an argument.
 //!
 //! ```
 //! use scrubheap::{DomId, Heap, HeapConfig, Mfn, NeverPreempt, TestMemory};
-//! use scrubheap_pod::{PodConfig, PodProgress, Pods};
+//! use scrubheap_pod::{NoSecondMapping, PodConfig, PodProgress, Pods};
 //! let heap = Heap::new(HeapConfig::uniform(1, 4096), TestMemory::new(Mfn(0), 4096, 64)).unwrap();
 //! let pods = Pods::new();
 //! // 8 MiB of guest-physical memory, 4 MiB behind it.
 //! let cfg = PodConfig::new(2048, 1024);
 //! assert_eq!(pods.create(&heap, DomId(1), &cfg, &NeverPreempt).unwrap(), PodProgress::Done);
-//! let m = pods.touch(&heap, DomId(1), 3, true).unwrap(); // the guest writes gfn 3
+//! // The guest writes gfn 3 (no VMM maps its pages: no second mapping to remove).
+//! let t = pods.touch(&heap, DomId(1), 3, true, &mut NoSecondMapping, &NeverPreempt).unwrap();
+//! let m = t.mapping().unwrap();
 //! assert_eq!((m.order, m.populated), (9, true)); // populated with a whole 2 MiB page
-//! pods.balloon(&heap, DomId(1), 1024, 10).unwrap(); // the balloon driver gives back 4 MiB
+//! // The balloon driver gives back 4 MiB.
+//! let p = pods.balloon(&heap, DomId(1), 1024, 10, &mut NoSecondMapping, &NeverPreempt).unwrap();
+//! assert_eq!(p, PodProgress::Done);
 //! let s = pods.stats(DomId(1)).unwrap();
 //! assert_eq!((s.populated, s.cache, s.entries), (512, 512, 512));
 //! assert!(s.balanced());
@@ -77,26 +97,39 @@ use scrubheap::{DomId, Mfn};
 /// when the cache runs dry).
 pub const POD_MRU: usize = 64;
 
-/// Frames eager reclaim may zero-check per empty-cache touch.
+/// Frames eager reclaim may zero-check per empty-cache touch (over as many calls as it
+/// takes: at most [`POD_BATCH_FRAMES`] between two preemption points).
 pub const POD_EAGER_FRAMES: u64 = 2048;
 
 /// Frames the emergency sweep may zero-check per empty-cache touch (a 2 MiB mapping
-/// counts 512; 32 MiB read at 4 KiB frames): it stops earlier once it has reclaimed
-/// something.
+/// counts 512; 32 MiB read at 4 KiB frames, at most [`POD_BATCH_FRAMES`] between two
+/// preemption points): it stops earlier once it has reclaimed something.
 pub const POD_SWEEP_FRAMES: u64 = 8192;
 
 /// 2 MiB slots of the p2m the emergency sweep may visit per empty-cache touch (visiting a
-/// PoD or invalid slot reads no guest memory).
+/// PoD or invalid slot reads no guest memory; at most [`POD_STEP_SLOTS`] between two
+/// preemption points).
 pub const POD_SWEEP_SLOTS: usize = 4096;
+
+/// One batch: the most frames any PoD operation zero-checks, and the most it frees,
+/// between two preemption points (one 2 MiB mapping, or 512 pages of 4 KiB). Zeroing is
+/// the heap's: a cache growth's allocation scrubs at most the heap's `scrub_batch` frames
+/// between two preemption points.
+pub const POD_BATCH_FRAMES: u64 = 512;
+
+/// The most p2m slots (2 MiB of guest frames each; a split slot's 512 entries read as
+/// one) any PoD operation walks between two preemption points: the named constant for
+/// metadata walks beside [`POD_BATCH_FRAMES`].
+pub const POD_STEP_SLOTS: u64 = 1024;
 
 /// Frames a destroy's drain frees between two preemption points, at most: one 2 MiB
 /// mapping (512 frames in one free of the heap, never split for this), or 512 frames of
 /// 4 KiB (each its own free unless neighbours form a run).
-pub const POD_DRAIN_FRAMES: u64 = 512;
+pub const POD_DRAIN_FRAMES: u64 = POD_BATCH_FRAMES;
 
 /// p2m slots (2 MiB of guest frames each) a destroy's drain walks between two preemption
 /// points, at most (a split slot's 512 entries are read as one slot).
-pub const POD_DRAIN_SLOTS: u64 = 1024;
+pub const POD_DRAIN_SLOTS: u64 = POD_STEP_SLOTS;
 
 /// A PoD p2m may have at most this many entries per frame of the heap (a guest's maximum
 /// may exceed the host's memory, but not absurdly: its p2m costs memory too).
@@ -136,12 +169,69 @@ impl PodConfig {
 /// Whether a preemptible PoD operation finished.
 #[derive(Copy, Clone, Debug, PartialEq, Eq)]
 pub enum PodProgress {
-    /// The cache is at its target ([`Pods::create`], [`Pods::set_target`]), or every
-    /// frame of the destroyed guest is back in the heap ([`Pods::destroy`]).
+    /// The cache is at its target ([`Pods::create`], [`Pods::set_target`]), the whole
+    /// range is given back ([`Pods::balloon`]), or every frame of the destroyed guest is
+    /// back in the heap ([`Pods::destroy`]).
     Done,
-    /// `Preempt` asked to yield: call [`Pods::set_target`] again with the same target, or
-    /// [`Pods::destroy`] again, to go on (progress is kept).
+    /// `Preempt` asked to yield: call [`Pods::set_target`] again with the same target,
+    /// [`Pods::balloon`] again with the same range, or [`Pods::destroy`] again, to go on
+    /// (progress is kept).
     Preempted,
+}
+
+/// What a [`Pods::touch`] did.
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+pub enum PodTouch {
+    /// The gfn is backed: map this.
+    Mapped(PodMapping),
+    /// The cache was empty and the reclaim of zeroed pages asked to yield before it found
+    /// one: nothing is mapped yet. Touch again (the vCPU re-executes its access after the
+    /// caller yields); the reclaim goes on where it stopped.
+    Preempted,
+}
+
+impl PodTouch {
+    /// The mapping, if the touch got that far.
+    pub fn mapping(self) -> Option<PodMapping> {
+        match self {
+            PodTouch::Mapped(m) => Some(m),
+            PodTouch::Preempted => None,
+        }
+    }
+}
+
+/// The hook the PoD layer calls *before* it takes back a page it had handed out as a
+/// mapping (a zero sweep or eager reclaim, a superpage reclaim, a decrease reservation),
+/// so that a VMM which mapped the page a second time (a KVM memory slot) removes that
+/// mapping first and the guest can no longer reach the frames when they go to the cache
+/// or the heap.
+///
+/// `unmap(dom, gfn, order)` asks that no second mapping of `dom` overlapping guest frames
+/// `[gfn, gfn + 2^order)` survive the call. Removing more (a whole slot that overlaps) is
+/// fine: a later access faults and [`Pods::touch`] returns the page's mapping again. The
+/// call cannot fail: a VMM that cannot remove a mapping must stop the guest's vCPUs for
+/// good before it returns. The page may stay with the guest after all (a zero check that
+/// finds data): the hook is called before the check, never after, so there is no window
+/// in which the guest writes a page being reclaimed. [`Pods::destroy`] calls no hook: the
+/// guest must no longer run (a VMM drops its VM first).
+pub trait Unmap {
+    /// Removes every second mapping of `dom` that overlaps `[gfn, gfn + 2^order)`.
+    fn unmap(&mut self, dom: DomId, gfn: u64, order: u8);
+}
+
+/// For callers whose guests have no second mapping (the host runtime's simulated guests,
+/// the simulator, the op log): nothing to remove.
+#[derive(Copy, Clone, Debug, Default)]
+pub struct NoSecondMapping;
+
+impl Unmap for NoSecondMapping {
+    fn unmap(&mut self, _dom: DomId, _gfn: u64, _order: u8) {}
+}
+
+impl<F: FnMut(DomId, u64, u8)> Unmap for F {
+    fn unmap(&mut self, dom: DomId, gfn: u64, order: u8) {
+        self(dom, gfn, order)
+    }
 }
 
 /// What backs a guest frame after [`Pods::touch`]: the whole mapping it lies in.

@@ -4,11 +4,11 @@
 use crate::guest::Guest;
 use crate::p2m::{Slot, E4, SP, SP_ORDER};
 use crate::{
-    PodConfig, PodCounters, PodEntry, PodError, PodMapping, PodProgress, PodStats, PodTotals, PodViolation,
-    POD_MAX_PAGES_PER_FRAME,
+    PodConfig, PodCounters, PodEntry, PodError, PodMapping, PodProgress, PodStats, PodTotals, PodTouch, PodViolation,
+    Unmap, POD_MAX_PAGES_PER_FRAME,
 };
 #[cfg(doc)]
-use crate::{POD_DRAIN_FRAMES, POD_DRAIN_SLOTS};
+use crate::{POD_BATCH_FRAMES, POD_DRAIN_FRAMES, POD_DRAIN_SLOTS, POD_STEP_SLOTS};
 use alloc::collections::BTreeMap;
 use alloc::format;
 use alloc::sync::Arc;
@@ -28,8 +28,8 @@ pub struct Pods {
     dying: Mutex<BTreeMap<DomId, Arc<Mutex<Guest>>>>,
     /// Counters of destroyed guests.
     retired: Mutex<PodCounters>,
-    /// p2m slots walked by destroy drains so far.
-    drained_slots: AtomicU64,
+    /// p2m slots walked so far by drains, sweeps and decrease reservations.
+    walked_slots: AtomicU64,
 }
 
 /// The heap's size in frames (what the p2m size limit scales with).
@@ -137,22 +137,29 @@ impl Pods {
 
     /// The guest touches `gfn` (and, with `data`, writes its tag into that 4 KiB page
     /// through [`FrameMemory::fill`]): a PoD entry is populated from the cache, 2 MiB when
-    /// the entry is 2 MiB and the cache holds a superpage, 4 KiB otherwise; an empty cache
-    /// is refilled by reclaiming zeroed pages. This is what a VMM calls on a guest's
-    /// first-access exit; it maps the returned [`PodMapping`].
+    /// the entry is 2 MiB and the cache holds a superpage, 4 KiB otherwise. This is what a
+    /// VMM calls on a guest's first-access exit; it maps the returned [`PodMapping`].
+    ///
+    /// An empty cache is refilled by reclaiming pages the guest has zeroed (recently
+    /// populated ones, then a sweep of the p2m), in steps of at most [`POD_BATCH_FRAMES`]
+    /// frames zero-checked and [`POD_STEP_SLOTS`] slots walked, asking `preempt` between
+    /// two: [`PodTouch::Preempted`] means touch again to go on. Before it takes back a
+    /// page the guest had mapped it calls `unmap` (see [`Unmap`]).
     ///
     /// Refused, with nothing changed: an unknown or crashed `dom`, `gfn` beyond its
-    /// `max_pages`, a ballooned-out (invalid) `gfn`. When nothing can be reclaimed the
-    /// guest crashes: every page it holds returns to the heap and the result is
-    /// [`PodError::Exhausted`] (later operations on it report [`PodError::Crashed`]
-    /// until [`Pods::destroy`]).
+    /// `max_pages`, a ballooned-out (invalid) `gfn`. When the reclaim's budget is spent
+    /// and nothing was found the guest crashes: the touch frees nothing (it runs in a
+    /// vCPU's fault path) and reports [`PodError::Exhausted`]; later operations on it
+    /// report [`PodError::Crashed`] until [`Pods::destroy`] drains it.
     pub fn touch<M: FrameMemory>(
         &self,
         heap: &Heap<M>,
         dom: DomId,
         gfn: u64,
         data: bool,
-    ) -> Result<PodMapping, PodError> {
+        unmap: &mut dyn Unmap,
+        preempt: &dyn Preempt,
+    ) -> Result<PodTouch, PodError> {
         let g = self.guest(dom)?;
         let mut g = g.lock();
         if g.gone {
@@ -165,7 +172,9 @@ impl Pods {
             (Slot::Ram(m), _) => PodMapping { gfn: s as u64 * SP, mfn: Mfn(*m), order: SP_ORDER, populated: false },
             (_, E4::Ram(m)) => PodMapping { gfn, mfn: Mfn(m), order: 0, populated: false },
             (_, E4::Pod) => {
-                let m = g.populate(heap, gfn)?;
+                let Some(m) = g.populate(heap, gfn, unmap, preempt, &self.walked_slots)? else {
+                    return Ok(PodTouch::Preempted);
+                };
                 g.trim(heap);
                 m
             }
@@ -174,7 +183,7 @@ impl Pods {
         if data {
             heap.memory().fill(Mfn(map.mfn.0 + (gfn - map.gfn)), 1, dom);
         }
-        Ok(map)
+        Ok(PodTouch::Mapped(map))
     }
 
     /// Decrease reservation: the guest's balloon driver gives back `[gfn, gfn + 2^order)`.
@@ -183,19 +192,32 @@ impl Pods {
     /// zero-checked first and, if zero, reclaimed into the cache whole (unless the guest
     /// was built with [`PodConfig::no_superpage_reclaim`]); otherwise the mapping is
     /// shattered into 4 KiB mappings. A cache left larger than the remaining PoD entries
-    /// gives the excess back to the heap, 4 KiB pages first.
+    /// gives the excess back to the heap, 4 KiB pages first. Before it takes back a page
+    /// the guest had mapped it calls `unmap` (see [`Unmap`]).
+    ///
+    /// Bounded and resumable: it works one 2 MiB slot a step, each zero-checking at most
+    /// [`POD_BATCH_FRAMES`] frames and freeing at most as many, and asks `preempt` between
+    /// two; on [`PodProgress::Preempted`] call it again with the same range to go on (a
+    /// call walks at most 2^order / 512 + 1 slots, within [`POD_STEP_SLOTS`]).
     ///
     /// Refused, with nothing changed: an unknown or crashed `dom`, an order above
     /// [`scrubheap::MAX_ORDER`], a `gfn` not aligned to the order, a range beyond `max_pages`.
-    pub fn balloon<M: FrameMemory>(&self, heap: &Heap<M>, dom: DomId, gfn: u64, order: u8) -> Result<(), PodError> {
+    pub fn balloon<M: FrameMemory>(
+        &self,
+        heap: &Heap<M>,
+        dom: DomId,
+        gfn: u64,
+        order: u8,
+        unmap: &mut dyn Unmap,
+        preempt: &dyn Preempt,
+    ) -> Result<PodProgress, PodError> {
         let g = self.guest(dom)?;
         let mut g = g.lock();
         if g.gone {
             return Err(PodError::UnknownDomain { dom });
         }
         g.check_gfn(gfn, order)?;
-        g.balloon(heap, gfn, order);
-        Ok(())
+        Ok(g.balloon(heap, (gfn, order), unmap, preempt, &self.walked_slots))
     }
 
     /// Destroys `dom`'s PoD state, crashed or not: the guest is dead at once (every later
@@ -232,7 +254,7 @@ impl Pods {
         let mut guard = g.lock();
         // Dead from here on: a thread that still holds the guest sees `gone`.
         guard.gone = true;
-        let p = guard.drain(heap, preempt, &self.drained_slots);
+        let p = guard.drain(heap, preempt, &self.walked_slots);
         if p == PodProgress::Done {
             let mut dying = self.dying.lock();
             // Only this guest: a racing destroy may have retired it, and `dom` died anew.
@@ -245,10 +267,17 @@ impl Pods {
         Ok(p)
     }
 
-    /// p2m slots that destroy drains have walked so far, over every guest (for a caller
-    /// that counts the work between two preemption points; a plain counter, no lock).
+    /// p2m slots that destroy drains, empty-cache sweeps and decrease reservations have
+    /// walked so far, over every guest (for a caller that counts the work between two
+    /// preemption points: at most [`POD_STEP_SLOTS`]; a plain counter, no lock).
+    pub fn walked_slots(&self) -> u64 {
+        self.walked_slots.load(Ordering::Relaxed)
+    }
+
+    /// [`Pods::walked_slots`] under its name before sweeps and balloons counted too (kept
+    /// for callers written against it).
     pub fn drained_slots(&self) -> u64 {
-        self.drained_slots.load(Ordering::Relaxed)
+        self.walked_slots()
     }
 
     /// One PoD guest's counts.

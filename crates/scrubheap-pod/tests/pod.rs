@@ -23,6 +23,17 @@ impl World {
     fn new(heap: Heap<TestMemory>) -> World {
         World { heap, pods: Pods::new() }
     }
+    /// A touch that never yields, of a guest with no second mapping.
+    fn touch(&self, dom: DomId, gfn: u64, data: bool) -> Result<PodMapping, PodError> {
+        let t = self.pods.touch(&self.heap, dom, gfn, data, &mut NoSecondMapping, &NeverPreempt)?;
+        Ok(t.mapping().expect("NeverPreempt never yields"))
+    }
+    /// A decrease reservation that never yields, of a guest with no second mapping.
+    fn balloon(&self, dom: DomId, gfn: u64, order: u8) -> Result<(), PodError> {
+        let p = self.pods.balloon(&self.heap, dom, gfn, order, &mut NoSecondMapping, &NeverPreempt)?;
+        assert_eq!(p, PodProgress::Done, "NeverPreempt never yields");
+        Ok(())
+    }
 }
 
 impl core::ops::Deref for World {
@@ -78,7 +89,7 @@ fn a_max_that_is_not_a_multiple_of_512_ends_in_invalid_entries() {
     let h = heap();
     create(&h, 1, PodConfig::new(600, 600));
     assert_eq!(h.pods.lookup(DomId(1), 599).unwrap(), PodEntry::Pod { order: 0 });
-    let m = h.pods.touch(&h.heap, DomId(1), 599, true).unwrap();
+    let m = h.touch(DomId(1), 599, true).unwrap();
     assert_eq!(m.order, 0);
     ok(&h);
 }
@@ -87,7 +98,7 @@ fn a_max_that_is_not_a_multiple_of_512_ends_in_invalid_entries() {
 fn touch_populates_2m_when_the_entry_and_the_cache_have_one() {
     let h = heap();
     create(&h, 1, PodConfig::new(4096, 1024));
-    let m = h.pods.touch(&h.heap, DomId(1), 515, true).unwrap();
+    let m = h.touch(DomId(1), 515, true).unwrap();
     assert_eq!((m.gfn, m.order, m.populated), (512, 9, true));
     assert_eq!(m.mfn.0 % 512, 0);
     ok(&h);
@@ -95,7 +106,7 @@ fn touch_populates_2m_when_the_entry_and_the_cache_have_one() {
     assert!(!h.memory().is_zero(Mfn(m.mfn.0 + 3), 1));
     assert!(h.memory().is_zero(Mfn(m.mfn.0), 3));
     // A second touch anywhere in the superpage populates nothing.
-    let again = h.pods.touch(&h.heap, DomId(1), 1000, false).unwrap();
+    let again = h.touch(DomId(1), 1000, false).unwrap();
     assert_eq!((again.mfn, again.populated), (m.mfn, false));
     assert_eq!(h.pods.lookup(DomId(1), 515).unwrap(), PodEntry::Ram { mfn: Mfn(m.mfn.0 + 3), order: 9 });
     let s = stats(&h, 1);
@@ -107,7 +118,7 @@ fn touch_populates_2m_when_the_entry_and_the_cache_have_one() {
 fn touch_splinters_to_4k_when_the_cache_has_no_superpage() {
     let h = heap();
     create(&h, 1, PodConfig::new(2048, 100));
-    let m = h.pods.touch(&h.heap, DomId(1), 700, false).unwrap();
+    let m = h.touch(DomId(1), 700, false).unwrap();
     assert_eq!((m.gfn, m.order), (700, 0));
     assert_eq!(h.pods.lookup(DomId(1), 701).unwrap(), PodEntry::Pod { order: 0 });
     assert_eq!(h.pods.lookup(DomId(1), 0).unwrap(), PodEntry::Pod { order: 9 });
@@ -121,9 +132,9 @@ fn a_split_entry_breaks_a_cached_superpage_into_4k_pages() {
     let h = heap();
     create(&h, 1, PodConfig::new(2048, 1024));
     // Ballooning one PoD page splits slot 0's PoD entry.
-    h.pods.balloon(&h.heap, DomId(1), 0, 0).unwrap();
+    h.balloon(DomId(1), 0, 0).unwrap();
     ok(&h);
-    let m = h.pods.touch(&h.heap, DomId(1), 1, true).unwrap();
+    let m = h.touch(DomId(1), 1, true).unwrap();
     assert_eq!(m.order, 0);
     let s = stats(&h, 1);
     assert_eq!((s.cache, s.cache_superpages, s.populated), (1023, 1, 1));
@@ -135,11 +146,11 @@ fn eager_reclaim_takes_back_recently_populated_zero_pages() {
     let h = heap();
     create(&h, 1, PodConfig::new(2048, 64));
     for g in 0..64 {
-        h.pods.touch(&h.heap, DomId(1), g, g % 2 == 0).unwrap();
+        h.touch(DomId(1), g, g % 2 == 0).unwrap();
     }
     assert_eq!(stats(&h, 1).cache, 0);
     // The cache is empty: the most recent zero page (gfn 63) is reclaimed and reused.
-    let m = h.pods.touch(&h.heap, DomId(1), 1500, true).unwrap();
+    let m = h.touch(DomId(1), 1500, true).unwrap();
     assert!(m.populated);
     let s = stats(&h, 1);
     assert_eq!(s.counters.zero_pages_reclaimed, 1);
@@ -155,8 +166,8 @@ fn eager_reclaim_takes_back_recently_populated_zero_pages() {
 fn eager_reclaim_takes_back_a_zeroed_superpage_whole() {
     let h = heap();
     create(&h, 1, PodConfig::new(2048, 512));
-    h.pods.touch(&h.heap, DomId(1), 0, false).unwrap();
-    let m = h.pods.touch(&h.heap, DomId(1), 600, true).unwrap();
+    h.touch(DomId(1), 0, false).unwrap();
+    let m = h.touch(DomId(1), 600, true).unwrap();
     assert_eq!(m.order, 9, "the superpage of slot 0 came back whole and went to slot 1");
     let s = stats(&h, 1);
     assert_eq!(s.counters.superpages_reclaimed, 1);
@@ -169,14 +180,14 @@ fn the_emergency_sweep_finds_zero_pages_older_than_the_recent_list() {
     let h = heap();
     create(&h, 1, PodConfig::new(2048, 200));
     for g in 0..100 {
-        h.pods.touch(&h.heap, DomId(1), g, false).unwrap();
+        h.touch(DomId(1), g, false).unwrap();
     }
     // The recent-population list now holds only pages with data.
     for g in 100..200 {
-        h.pods.touch(&h.heap, DomId(1), g, true).unwrap();
+        h.touch(DomId(1), g, true).unwrap();
     }
     assert_eq!(stats(&h, 1).cache, 0);
-    h.pods.touch(&h.heap, DomId(1), 1000, true).unwrap();
+    h.touch(DomId(1), 1000, true).unwrap();
     let s = stats(&h, 1);
     assert_eq!(s.counters.zero_pages_reclaimed, 100, "the sweep reclaims every zero page of the slot it visits");
     assert_eq!(s.cache, 99);
@@ -190,12 +201,12 @@ fn out_of_pod_memory_crashes_that_guest_only() {
     let h = heap();
     create(&h, 1, PodConfig::new(2048, 32));
     create(&h, 2, PodConfig::new(1024, 1024));
-    let other = h.pods.touch(&h.heap, DomId(2), 7, true).unwrap();
+    let other = h.touch(DomId(2), 7, true).unwrap();
     let before = stats(&h, 2);
     for g in 0..32 {
-        h.pods.touch(&h.heap, DomId(1), g, true).unwrap();
+        h.touch(DomId(1), g, true).unwrap();
     }
-    let e = h.pods.touch(&h.heap, DomId(1), 32, true).unwrap_err();
+    let e = h.touch(DomId(1), 32, true).unwrap_err();
     assert_eq!(e, PodError::Exhausted { dom: DomId(1), gfn: 32 });
     assert!(e.to_string().contains("crashed"));
     ok(&h);
@@ -208,8 +219,8 @@ fn out_of_pod_memory_crashes_that_guest_only() {
     let s = stats(&h, 1);
     assert_eq!((s.crashed, s.populated, s.cache, s.counters.crashes), (Some(32), 32, 0, 1));
     // Later operations say it crashed; destroy drains it and keeps the count.
-    assert_eq!(h.pods.touch(&h.heap, DomId(1), 0, false), Err(PodError::Crashed { dom: DomId(1), gfn: 32 }));
-    assert!(matches!(h.pods.balloon(&h.heap, DomId(1), 0, 0), Err(PodError::Crashed { .. })));
+    assert_eq!(h.touch(DomId(1), 0, false), Err(PodError::Crashed { dom: DomId(1), gfn: 32 }));
+    assert!(matches!(h.balloon(DomId(1), 0, 0), Err(PodError::Crashed { .. })));
     assert!(matches!(h.pods.set_target(&h.heap, DomId(1), 0, &NeverPreempt), Err(PodError::Crashed { .. })));
     destroy(&h, 1);
     // Its memory is back in the heap (dirty).
@@ -227,8 +238,8 @@ fn balloon_17_after_a_touch(cfg: PodConfig, gfn: u64, data: bool) -> (World, Pod
     assert!(gfn < 512 && gfn != 17, "the touch is in the first superpage, not at gfn 17");
     let h = heap();
     create(&h, 1, cfg);
-    let m = h.pods.touch(&h.heap, DomId(1), gfn, data).unwrap();
-    h.pods.balloon(&h.heap, DomId(1), 17, 0).unwrap();
+    let m = h.touch(DomId(1), gfn, data).unwrap();
+    h.balloon(DomId(1), 17, 0).unwrap();
     let s = stats(&h, 1);
     (h, m, s)
 }
@@ -241,7 +252,7 @@ fn balloon_inside_a_zeroed_superpage_reclaims_it_whole() {
     assert_eq!((s.populated, s.cache, s.cache_superpages, s.entries), (0, 1024, 2, 2047));
     assert_eq!(h.pods.lookup(DomId(1), 17).unwrap(), PodEntry::Invalid);
     assert_eq!(h.pods.lookup(DomId(1), 16).unwrap(), PodEntry::Pod { order: 0 });
-    assert_eq!(h.pods.touch(&h.heap, DomId(1), 17, false), Err(PodError::NotMapped { dom: DomId(1), gfn: 17 }));
+    assert_eq!(h.touch(DomId(1), 17, false), Err(PodError::NotMapped { dom: DomId(1), gfn: 17 }));
     ok(&h);
 }
 
@@ -269,21 +280,21 @@ fn ballooning_to_the_target_balances_the_guest_and_frees_the_excess() {
     let h = heap();
     create(&h, 1, PodConfig::new(4096, 2048));
     for g in (0..1024).step_by(64) {
-        h.pods.touch(&h.heap, DomId(1), g, true).unwrap();
+        h.touch(DomId(1), g, true).unwrap();
     }
     let s = stats(&h, 1);
     assert_eq!((s.populated, s.cache, s.entries), (1024, 1024, 3072));
     // The balloon driver gives back max - target frames: every entry is backed.
-    h.pods.balloon(&h.heap, DomId(1), 2048, 11).unwrap();
+    h.balloon(DomId(1), 2048, 11).unwrap();
     let s = stats(&h, 1);
     assert_eq!((s.populated, s.cache, s.entries), (1024, 1024, 1024));
     assert!(s.balanced());
     ok(&h);
     // A 2 MiB mapping with data goes back to the heap whole; the cache stays.
-    h.pods.balloon(&h.heap, DomId(1), 0, 9).unwrap();
+    h.balloon(DomId(1), 0, 9).unwrap();
     assert_eq!(h.stats().free_dirty, 512);
     // Once no entry is left, the cache has nothing to back and goes back too.
-    h.pods.balloon(&h.heap, DomId(1), 1024, 10).unwrap();
+    h.balloon(DomId(1), 1024, 10).unwrap();
     let s = stats(&h, 1);
     assert_eq!((s.populated, s.entries, s.cache), (512, 0, 0));
     assert_eq!(h.stats().allocated, 512);
@@ -298,7 +309,7 @@ fn set_target_grows_and_shrinks_the_cache() {
     let s = stats(&h, 1);
     assert_eq!((s.target, s.cache), (1700, 1700));
     ok(&h);
-    h.pods.touch(&h.heap, DomId(1), 0, true).unwrap();
+    h.touch(DomId(1), 0, true).unwrap();
     assert_eq!(h.pods.set_target(&h.heap, DomId(1), 600, &NeverPreempt).unwrap(), PodProgress::Done);
     let s = stats(&h, 1);
     assert_eq!((s.target, s.populated, s.cache), (600, 512, 88));
@@ -349,14 +360,14 @@ fn pages_reach_the_guest_zero_and_never_leak_another_guests_bytes() {
     let h = heap();
     create(&h, 1, PodConfig::new(2048, 2048));
     for g in 0..2048 {
-        h.pods.touch(&h.heap, DomId(1), g, true).unwrap();
+        h.touch(DomId(1), g, true).unwrap();
     }
     destroy(&h, 1);
     ok(&h);
     assert!(h.stats().free_dirty >= 2048);
     create(&h, 2, PodConfig::new(8192, 8192));
     for g in (0..8192).step_by(7) {
-        let m = h.pods.touch(&h.heap, DomId(2), g, false).unwrap();
+        let m = h.touch(DomId(2), g, false).unwrap();
         let mfn = Mfn(m.mfn.0 + (g - m.gfn));
         assert!(h.memory().is_zero(mfn, 1), "gfn {g} populated with a non-zero frame");
         assert_eq!(h.memory().foreign_frame(DomId(2), mfn, 1), None);
@@ -368,9 +379,9 @@ fn pages_reach_the_guest_zero_and_never_leak_another_guests_bytes() {
 fn destroy_returns_every_frame_and_keeps_the_counters() {
     let h = heap();
     create(&h, 1, PodConfig::new(2048, 1024));
-    h.pods.touch(&h.heap, DomId(1), 0, false).unwrap();
-    h.pods.touch(&h.heap, DomId(1), 1, false).unwrap();
-    h.pods.balloon(&h.heap, DomId(1), 4, 0).unwrap();
+    h.touch(DomId(1), 0, false).unwrap();
+    h.touch(DomId(1), 1, false).unwrap();
+    h.balloon(DomId(1), 4, 0).unwrap();
     destroy(&h, 1);
     assert_eq!(h.stats().allocated, 0);
     assert_eq!(h.pods.totals().counters.superpages_reclaimed, 1);
@@ -402,8 +413,8 @@ macro_rules! refused {
 fn misuse_is_refused_and_changes_nothing() {
     let h = heap();
     let never = &NeverPreempt;
-    refused!(h, h.pods.touch(&h.heap, DomId(1), 0, false), PodError::UnknownDomain { .. });
-    refused!(h, h.pods.balloon(&h.heap, DomId(1), 0, 0), PodError::UnknownDomain { .. });
+    refused!(h, h.touch(DomId(1), 0, false), PodError::UnknownDomain { .. });
+    refused!(h, h.balloon(DomId(1), 0, 0), PodError::UnknownDomain { .. });
     refused!(h, h.pods.set_target(&h.heap, DomId(1), 0, never), PodError::UnknownDomain { .. });
     refused!(h, h.pods.destroy(&h.heap, DomId(1), &NeverPreempt), PodError::UnknownDomain { .. });
     refused!(h, h.pods.create(&h.heap, DomId(1), &PodConfig::new(0, 0), never), PodError::BadMaxPages { .. });
@@ -433,19 +444,19 @@ fn misuse_is_refused_and_changes_nothing() {
     h.claim_cancel(DomId(9));
 
     create(&h, 1, PodConfig::new(2048, 1024));
-    h.pods.touch(&h.heap, DomId(1), 0, true).unwrap();
-    h.pods.balloon(&h.heap, DomId(1), 600, 0).unwrap();
+    h.touch(DomId(1), 0, true).unwrap();
+    h.balloon(DomId(1), 600, 0).unwrap();
     ok(&h);
     refused!(h, h.pods.create(&h.heap, DomId(1), &PodConfig::new(100, 10), never), PodError::DomainExists { .. });
-    refused!(h, h.pods.touch(&h.heap, DomId(1), 2048, false), PodError::GfnOutOfRange { .. });
-    refused!(h, h.pods.touch(&h.heap, DomId(1), u64::MAX, true), PodError::GfnOutOfRange { .. });
-    refused!(h, h.pods.touch(&h.heap, DomId(1), 600, true), PodError::NotMapped { .. });
-    refused!(h, h.pods.balloon(&h.heap, DomId(1), 1, 1), PodError::Unaligned { .. });
-    refused!(h, h.pods.balloon(&h.heap, DomId(1), 1536, 10), PodError::Unaligned { .. });
-    refused!(h, h.pods.balloon(&h.heap, DomId(1), 2048, 0), PodError::GfnOutOfRange { .. });
-    refused!(h, h.pods.balloon(&h.heap, DomId(1), 0, 12), PodError::GfnOutOfRange { .. });
-    refused!(h, h.pods.balloon(&h.heap, DomId(1), 0, 19), PodError::Heap(HeapError::InvalidOrder { .. }));
-    refused!(h, h.pods.balloon(&h.heap, DomId(1), u64::MAX, 0), PodError::GfnOutOfRange { .. });
+    refused!(h, h.touch(DomId(1), 2048, false), PodError::GfnOutOfRange { .. });
+    refused!(h, h.touch(DomId(1), u64::MAX, true), PodError::GfnOutOfRange { .. });
+    refused!(h, h.touch(DomId(1), 600, true), PodError::NotMapped { .. });
+    refused!(h, h.balloon(DomId(1), 1, 1), PodError::Unaligned { .. });
+    refused!(h, h.balloon(DomId(1), 1536, 10), PodError::Unaligned { .. });
+    refused!(h, h.balloon(DomId(1), 2048, 0), PodError::GfnOutOfRange { .. });
+    refused!(h, h.balloon(DomId(1), 0, 12), PodError::GfnOutOfRange { .. });
+    refused!(h, h.balloon(DomId(1), 0, 19), PodError::Heap(HeapError::InvalidOrder { .. }));
+    refused!(h, h.balloon(DomId(1), u64::MAX, 0), PodError::GfnOutOfRange { .. });
     refused!(h, h.pods.set_target(&h.heap, DomId(1), 2049, never), PodError::TargetTooLarge { .. });
     let free = h.stats().free_clean + h.stats().free_dirty;
     h.claim_set(DomId(9), &[Claim { target: ClaimTarget::Global, frames: free - 100 }]).unwrap();
@@ -480,10 +491,10 @@ fn random_operations_on_three_guests_keep_every_invariant() {
                 3..=5 => {
                     let order = [0u8, 0, 0, 3, 9][rng.below(5) as usize];
                     let g = rng.below(max) & !((1u64 << order) - 1);
-                    h.pods.balloon(&h.heap, DomId(dom), g, order)
+                    h.balloon(DomId(dom), g, order)
                 }
                 6 => h.scrub_step(0, 256, &NeverPreempt).map(|_| ()).map_err(PodError::from),
-                _ => h.pods.touch(&h.heap, DomId(dom), rng.below(max), rng.below(3) == 0).map(|_| ()),
+                _ => h.touch(DomId(dom), rng.below(max), rng.below(3) == 0).map(|_| ()),
             };
             if let Err(PodError::Exhausted { .. }) = r {
                 crashes += 1;
@@ -530,9 +541,9 @@ fn the_sweep_passes_by_superpages_it_found_holding_data() {
     create(&h, 1, PodConfig::new(48 * 512, 24 * 512));
     let data_slot = |s: u64| (2..16).contains(&s) || (24..48).contains(&s);
     let touch_slot = |s: u64| -> Result<PodMapping, PodError> {
-        let first = h.pods.touch(&h.heap, DomId(1), s * 512, data_slot(s))?;
+        let first = h.touch(DomId(1), s * 512, data_slot(s))?;
         for g in s * 512 + 1..(s + 1) * 512 {
-            h.pods.touch(&h.heap, DomId(1), g, false)?;
+            h.touch(DomId(1), g, false)?;
         }
         Ok(first)
     };
@@ -602,7 +613,7 @@ fn frames_the_pod_layer_holds_cannot_be_freed_or_pinned_behind_its_back() {
     let h = heap();
     create(&h, 1, PodConfig::new(1024, 1024));
     // A populated page and a cached one: both are the PoD layer's alone.
-    let m = h.pods.touch(&h.heap, DomId(1), 3, false).unwrap();
+    let m = h.touch(DomId(1), 3, false).unwrap();
     let populated = Mfn(m.mfn.0 + (3 - m.gfn));
     let before = snapshot(&h.heap, &[1]);
     for (mfn, order) in [(populated, 0), (m.mfn, m.order)] {
@@ -657,7 +668,7 @@ impl<'a> CountingPreempt<'a> {
     }
     /// (frames allocated, slots drained) now.
     fn now(&self) -> (u64, u64) {
-        (self.h.heap.stats().allocated, self.h.pods.drained_slots())
+        (self.h.heap.stats().allocated, self.h.pods.walked_slots())
     }
     /// Closes the section that ends here (a check, or the operation's return).
     fn section(&self) {
@@ -689,7 +700,7 @@ fn counted_destroy(h: &World, dom: u32) -> ((u64, u64), (u64, u64)) {
             break;
         }
         // Dead at once: every later call on it is refused.
-        assert!(matches!(h.pods.touch(&h.heap, DomId(dom), 0, false), Err(PodError::UnknownDomain { .. })));
+        assert!(matches!(h.touch(DomId(dom), 0, false), Err(PodError::UnknownDomain { .. })));
         assert!(matches!(
             h.pods.create(&h.heap, DomId(dom), &PodConfig::new(512, 0), &NeverPreempt),
             Err(PodError::DomainExists { .. })
@@ -718,10 +729,10 @@ fn destroy_frees_and_walks_at_most_the_named_bounds_between_two_preemption_point
     let max = 4096 * 512;
     create(&h, 1, PodConfig::new(max, 12000));
     for g in (0..max).step_by(512 * 499) {
-        h.pods.touch(&h.heap, DomId(1), g, true).unwrap();
+        h.touch(DomId(1), g, true).unwrap();
     }
     // Ballooning 4 KiB out of a superpage that holds data shatters it into 4 KiB mappings.
-    h.pods.balloon(&h.heap, DomId(1), 7, 0).unwrap();
+    h.balloon(DomId(1), 7, 0).unwrap();
     ok(&h);
     let s = stats(&h, 1);
     assert!(s.superpage_mappings > 0 && s.counters.superpages_shattered == 1 && s.cache > 0, "{s:?}");
@@ -745,7 +756,7 @@ fn a_crash_frees_nothing_in_the_touch_and_its_drain_is_bounded() {
     // Every page touched holds data: nothing to reclaim, so the guest crashes.
     let mut crashed = None;
     for g in (0..max).step_by(512) {
-        match h.pods.touch(&h.heap, DomId(1), g, true) {
+        match h.touch(DomId(1), g, true) {
             Ok(_) => {}
             Err(e) => {
                 crashed = Some((g, e));

@@ -22,7 +22,7 @@ use crate::preset::HostPreset;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use scrubheap::{AllocRequest, DomId, Heap, HeapConfig, Mfn, NeverPreempt};
-use scrubheap_pod::{PodConfig, PodError, PodMapping, PodProgress, Pods};
+use scrubheap_pod::{NoSecondMapping, PodConfig, PodError, PodMapping, PodProgress, PodTouch, Pods};
 use serde::Serialize;
 
 /// What the scenario does (the defaults are what `scrubheap sim --scenario pod-balloon` runs).
@@ -209,7 +209,8 @@ fn run_mode(host: &HostPreset, seed: u64, p: &PodBalloonParams, max: u64, target
             if !alive(dom) {
                 break;
             }
-            let _ = pods.balloon(&heap, dom, g, 0);
+            // The simulator's guests have no second mapping: nothing to unmap.
+            let _ = pods.balloon(&heap, dom, g, 0, &mut NoSecondMapping, &NeverPreempt);
         }
         heap.memory().drain_log();
     }
@@ -254,11 +255,18 @@ fn run_mode(host: &HostPreset, seed: u64, p: &PodBalloonParams, max: u64, target
     out
 }
 
-/// A guest's touch; one that crashes the guest (which frees nothing in the touch) is
-/// followed by its destroy, driven to the end in bounded drain steps, as a toolstack
-/// that sees the crash does.
+/// A guest's touch (its empty-cache reclaim driven to the end in bounded steps, as a vCPU
+/// that re-executes its access does; no second mapping to unmap); one that crashes the
+/// guest (which frees nothing in the touch) is followed by its destroy, driven to the end
+/// in bounded drain steps, as a toolstack that sees the crash does.
 fn touch(pods: &Pods, heap: &Heap<SimMemory>, dom: DomId, gfn: u64, data: bool) -> Result<PodMapping, PodError> {
-    let r = pods.touch(heap, dom, gfn, data);
+    let r = loop {
+        match pods.touch(heap, dom, gfn, data, &mut NoSecondMapping, &|| true) {
+            Ok(PodTouch::Mapped(m)) => break Ok(m),
+            Ok(PodTouch::Preempted) => {}
+            Err(e) => break Err(e),
+        }
+    };
     if let Err(PodError::Exhausted { .. }) = r {
         while pods.destroy(heap, dom, &|| true).expect("a crashed guest can be destroyed") == PodProgress::Preempted {}
     }

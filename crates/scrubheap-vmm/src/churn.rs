@@ -46,6 +46,10 @@ pub struct VmmConfig {
     /// read again at handoff, on the guest's critical path (otherwise a sample is read
     /// back after each scrub and nothing at handoff).
     pub verify: bool,
+    /// Populate-on-demand guests booted at 3/4 of their maximum, whose balloon drivers
+    /// give back the rest ([`crate::pod::pod_ram`]); pool backends only (the `kernel`
+    /// baseline ignores it).
+    pub pod: bool,
 }
 
 /// Median and 99th percentile, in milliseconds.
@@ -144,6 +148,8 @@ pub struct VmmReport {
     pub bytes_scrubbed: [u64; 3],
     /// Wall seconds of the whole run (pool set-up excluded).
     pub duration_s: f64,
+    /// With `pod`: the PoD guests' balloons, slots removed and populations.
+    pub pod: Option<crate::pod::PodVmmReport>,
 }
 
 /// Progress after each guest event.
@@ -227,6 +233,13 @@ pub fn run(cfg: &VmmConfig, kvm: &Kvm, progress: &dyn Fn(&VmmProgress)) -> Resul
         let dom = DomId(i as u32 + 1);
         let t0 = Instant::now();
         let ram = match &pool {
+            Some(pool) if cfg.pod => match crate::pod::pod_ram(pool, dom, g.memory_bytes, &rec)? {
+                Some(ram) => ram,
+                None => {
+                    r.guests_refused += 1;
+                    continue;
+                }
+            },
             Some(pool) => match pool.create_guest(dom, g.memory_bytes, &rec) {
                 Ok((guest, _)) => Ram::Pool(PoolRam::new(pool, guest, &rec)),
                 Err(HeapError::OutOfMemory { .. } | HeapError::ClaimExceedsFree { .. }) => {
@@ -303,6 +316,7 @@ pub fn run(cfg: &VmmConfig, kvm: &Kvm, progress: &dyn Fn(&VmmProgress)) -> Resul
         };
         let s = pool.heap().stats().scrubbed;
         r.bytes_scrubbed = [s.background, s.in_place, s.sync];
+        r.pod = cfg.pod.then(|| crate::pod::pod_report(&boots, pool));
     }
     Ok(r)
 }

@@ -128,6 +128,44 @@ pub const CODE: [u8; 166] = [
     0xf4,                                // a5: hlt                 ; not reached: the VMM stops at PORT_DONE
 ];
 
+/// Where the balloon prologue is loaded and starts, for a guest that boots below its
+/// maximum (after [`CODE`], before the tag, in page 0).
+pub const BALLOON_ENTRY: u64 = 0x100;
+/// Guest-physical address of the 64-bit byte count the guest keeps (its target), written
+/// by the VMM for a guest that boots below its maximum.
+pub const KEEP_GPA: u64 = 0x808;
+/// Port: the guest gives back the [`BALLOON_CHUNK`] bytes at this guest-physical address
+/// (its balloon driver's decrease reservation).
+pub const PORT_BALLOON: u16 = 0x508;
+/// What one [`PORT_BALLOON`] gives back: 2 MiB.
+pub const BALLOON_CHUNK: u64 = 2 << 20;
+
+/// The balloon prologue, loaded at [`BALLOON_ENTRY`], where a guest booted below its
+/// maximum starts instead of [`ENTRY_GPA`].
+///
+/// # Contract
+/// `RDI` = the guest's maximum in bytes and `[KEEP_GPA]` = the bytes it keeps, both
+/// multiples of [`BALLOON_CHUNK`], `BALLOON_CHUNK <= keep < RDI`. For each chunk of
+/// `[keep, RDI)` the guest reads its first word (its kernel touched that memory at boot
+/// before the balloon driver took it: the chunk is populated, so giving it back takes a
+/// mapping away) and writes the chunk's address to [`PORT_BALLOON`]. Then it sets
+/// `RDI = keep` and jumps to [`ENTRY_GPA`]: [`CODE`] scans and fills only what it kept.
+#[rustfmt::skip]
+pub const BALLOON_CODE: [u8; 42] = [
+    0x48, 0x8b, 0x34, 0x25, 0x08, 0x08, 0x00, 0x00, // 00: mov rsi,[0x808]     ; RSI = bytes kept
+    // 08 balloon:
+    0x48, 0x8b, 0x06,                    // 08: mov rax,[rsi]       ; touch the chunk
+    0x89, 0xf0,                          // 0b: mov eax,esi
+    0x66, 0xba, 0x08, 0x05,              // 0d: mov dx,0x508
+    0xef,                                // 11: out dx,eax          ; PORT_BALLOON: give it back
+    0x48, 0x81, 0xc6, 0x00, 0x00, 0x20, 0x00, // 12: add rsi,0x200000
+    0x48, 0x39, 0xfe,                    // 19: cmp rsi,rdi
+    0x72, 0xea,                          // 1c: jb balloon
+    0x48, 0x8b, 0x3c, 0x25, 0x08, 0x08, 0x00, 0x00, // 1e: mov rdi,[0x808]     ; RDI = bytes kept
+    0x31, 0xc0,                          // 26: xor eax,eax
+    0xff, 0xe0,                          // 28: jmp rax             ; to CODE at ENTRY_GPA
+];
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -152,5 +190,20 @@ mod tests {
         let target = |at: usize| (at as i64 + 2 + CODE[at + 1] as i8 as i64) as usize;
         assert_eq!([target(0x20), target(0x25), target(0x34), target(0x7e)], [0x2d, 0x2a, 0x1a, 0x74]);
         assert_eq!(CODE[0xa5], 0xf4, "ends with hlt");
+    }
+
+    #[test]
+    fn the_balloon_prologue_fits_between_the_code_and_the_tag_and_names_its_port() {
+        const { assert!(ENTRY_GPA + CODE.len() as u64 <= BALLOON_ENTRY) };
+        const { assert!(BALLOON_ENTRY + BALLOON_CODE.len() as u64 <= TAG_GPA) };
+        const { assert!(TAG_GPA + 8 <= KEEP_GPA && KEEP_GPA + 8 <= SCAN_START) };
+        let c = &BALLOON_CODE;
+        for at in [0x04, 0x22] {
+            assert_eq!(u32::from_le_bytes(c[at..at + 4].try_into().unwrap()) as u64, KEEP_GPA);
+        }
+        assert_eq!(u16::from_le_bytes([c[0x0f], c[0x10]]), PORT_BALLOON);
+        assert_eq!(u32::from_le_bytes(c[0x15..0x19].try_into().unwrap()) as u64, BALLOON_CHUNK);
+        assert_eq!(0x1c + 2 + c[0x1d] as i8 as i64, 0x08, "the loop goes back to the touch");
+        assert_eq!(c[c.len() - 2..], [0xff, 0xe0], "ends jumping to RAX = ENTRY_GPA");
     }
 }

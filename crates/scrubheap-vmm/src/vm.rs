@@ -223,16 +223,117 @@ unsafe impl Send for AnonRam {}
 /// 12, write)` and the slot its mapping's frames.
 ///
 /// # Safety
-/// Every slot `populate` returns must cover `gpa`, lie within `[0, bytes())`, not overlap
-/// an earlier one, be page aligned, and be host memory the pager owns for this guest
-/// alone, readable and writable, until the pager is dropped (a `Tenant` drops its VM
-/// first).
+/// Every slot `populate` (or `populate_unmapping`) returns must cover `gpa`, lie within
+/// `[0, bytes())`, not overlap a slot still mapped, be page aligned, and be host memory the
+/// pager owns for this guest alone, readable and writable, until the pager is dropped (a
+/// `Tenant` drops its VM first) or, for a pager that takes pages back, until it has
+/// called `unmap` over the slot's range (the VMM has then removed the slot) and only then
+/// lets the memory go.
 pub unsafe trait DemandPager {
     /// RAM bytes (guest-physical `[0, bytes)`).
     fn bytes(&self) -> u64;
     /// The guest touched `gpa` (writing if `write`), which no slot maps yet: populate the
     /// range around it and say where it is.
     fn populate(&mut self, gpa: u64, write: bool) -> Result<Slot, VmmError>;
+
+    /// Bytes the guest keeps: below [`DemandPager::bytes`] for a guest that boots below its
+    /// maximum and has its balloon driver give back the rest (the VMM then starts it at the
+    /// payload's balloon prologue). By default all of them.
+    fn keep_bytes(&self) -> u64 {
+        self.bytes()
+    }
+
+    /// [`DemandPager::populate`] for a pager that may take back pages it populated earlier
+    /// (a PoD reclaim of zeroed pages): before any such page goes, it calls
+    /// `unmap(gpa, bytes)`, and the VMM removes every slot overlapping that range first.
+    /// By default, for pagers that never take a page back, `populate`.
+    fn populate_unmapping(&mut self, gpa: u64, write: bool, unmap: &mut dyn FnMut(u64, u64)) -> Result<Slot, VmmError> {
+        let _ = unmap;
+        self.populate(gpa, write)
+    }
+
+    /// The guest's balloon driver gives back `[gpa, gpa + bytes)`: the pager calls
+    /// `unmap(gpa, bytes)` before each range it had populated goes. By default refused.
+    fn balloon(&mut self, gpa: u64, bytes: u64, unmap: &mut dyn FnMut(u64, u64)) -> Result<(), VmmError> {
+        let _ = unmap;
+        Err(VmmError::Guest(format!("gave back {bytes} bytes at {gpa:#x}, but its RAM has no balloon")))
+    }
+}
+
+/// The KVM memory slots of one VM: ids handed out in order and reused once a slot is
+/// removed (a PoD guest's reclaimed pages lose their slots).
+struct KvmSlots<'v> {
+    vm: &'v VmFd,
+    limit: usize,
+    next: u32,
+    free: Vec<u32>,
+    /// Live slots by first guest-physical byte: (id, bytes).
+    live: std::collections::BTreeMap<u64, (u32, u64)>,
+    /// Slots removed so far.
+    removed: u64,
+}
+
+impl<'v> KvmSlots<'v> {
+    fn new(vm: &'v VmFd, limit: usize) -> Self {
+        KvmSlots { vm, limit, next: 0, free: Vec::new(), live: Default::default(), removed: 0 }
+    }
+
+    /// Maps `s` as a new slot.
+    fn add(&mut self, s: &Slot) -> Result<(), VmmError> {
+        let id = match self.free.pop() {
+            Some(id) => id,
+            None if (self.next as usize) < self.limit => self.next,
+            None => return Err(VmmError::TooManySlots { needed: self.live.len() + 1, limit: self.limit }),
+        };
+        let region = kvm_userspace_memory_region {
+            slot: id,
+            guest_phys_addr: s.gpa,
+            memory_size: s.bytes,
+            userspace_addr: s.host as u64,
+            flags: 0,
+        };
+        // SAFETY: the slot's host range is page aligned (arena frames, our own mapping, or
+        // a pager's, which its trait's contract makes so) and belongs to the guest's `Ram`
+        // or the VMM's tables, which the returned `Tenant` keeps until after it has dropped
+        // this VM, or until the slot is removed (`remove_overlapping`); on an error return
+        // the VM drops before both.
+        unsafe { self.vm.set_user_memory_region(region) }.map_err(kvm_err("KVM_SET_USER_MEMORY_REGION"))?;
+        if id == self.next {
+            self.next += 1;
+        }
+        self.live.insert(s.gpa, (id, s.bytes));
+        Ok(())
+    }
+
+    /// Removes every slot overlapping guest-physical `[gpa, gpa + bytes)` from the VM and
+    /// from `ram`, before the pager lets the memory go.
+    fn remove_overlapping(&mut self, gpa: u64, bytes: u64, ram: &mut Vec<Slot>) -> Result<(), VmmError> {
+        let hit: Vec<(u64, u32)> = self
+            .live
+            .range(..gpa + bytes)
+            .filter(|(&at, &(_, len))| at + len > gpa)
+            .map(|(&at, &(id, _))| (at, id))
+            .collect();
+        for (at, id) in hit {
+            let region = kvm_userspace_memory_region {
+                slot: id,
+                guest_phys_addr: at,
+                memory_size: 0,
+                userspace_addr: 0,
+                flags: 0,
+            };
+            // SAFETY: a memory size of 0 deletes slot `id`: KVM stops mapping its host
+            // memory into the guest; nothing is mapped anew.
+            unsafe { self.vm.set_user_memory_region(region) }
+                .map_err(kvm_err("KVM_SET_USER_MEMORY_REGION (delete)"))?;
+            self.live.remove(&at);
+            self.free.push(id);
+            self.removed += 1;
+            ram.retain(|s| s.gpa != at);
+        }
+        debug_assert!(self.live.range(..gpa + bytes).all(|(&at, &(_, len))| at + len <= gpa), "none left");
+        Ok(())
+    }
 }
 
 /// RAM of a [`DemandPager`], and the slots populated so far.
@@ -287,7 +388,7 @@ impl Ram<'_> {
 
     /// For RAM populated on demand: populates the range holding `gpa` unless a slot maps
     /// it already, and returns the new slot. `Ok(None)`: mapped already.
-    fn populate(&mut self, gpa: u64, write: bool) -> Result<Option<Slot>, VmmError> {
+    fn populate(&mut self, gpa: u64, write: bool, kvm: &mut KvmSlots<'_>) -> Result<Option<Slot>, VmmError> {
         let bytes = self.bytes();
         if self.host(gpa, 1).is_some() {
             return Ok(None);
@@ -298,15 +399,57 @@ impl Ram<'_> {
         if gpa >= bytes {
             return Err(VmmError::Guest(format!("touched guest-physical {gpa:#x}, outside its {bytes} bytes of RAM")));
         }
-        let s = d.pager.populate(gpa, write)?;
+        let DemandRam { pager, slots } = d;
+        let mut failed = None;
+        let mut unmap = |at: u64, len: u64| {
+            if let Err(e) = kvm.remove_overlapping(at, len, slots) {
+                failed.get_or_insert(e);
+            }
+        };
+        let s = pager.populate_unmapping(gpa, write, &mut unmap);
+        // A slot that could not be removed: the guest never runs again (the VM is torn
+        // down on this error, before the memory goes anywhere else).
+        if let Some(e) = failed {
+            return Err(e);
+        }
+        let s = s?;
         let fits = s.gpa <= gpa && gpa < s.gpa + s.bytes && s.gpa + s.bytes <= bytes;
         let aligned = s.gpa % 4096 == 0 && s.bytes % 4096 == 0 && s.host % 4096 == 0 && s.bytes > 0;
-        let overlaps = d.slots.iter().any(|o| o.gpa < s.gpa + s.bytes && s.gpa < o.gpa + o.bytes);
+        let overlaps = slots.iter().any(|o| o.gpa < s.gpa + s.bytes && s.gpa < o.gpa + o.bytes);
         if !fits || !aligned || overlaps {
             return Err(VmmError::Guest(format!("the pager returned {s:?} for guest-physical {gpa:#x}")));
         }
-        d.slots.push(s);
+        slots.push(s);
         Ok(Some(s))
+    }
+
+    /// The guest's balloon driver gives back the [`payload::BALLOON_CHUNK`] at `gpa`: the
+    /// pager takes it back, the VMM removing its slots first. Returns the bytes given back.
+    fn balloon(&mut self, gpa: u64, kvm: &mut KvmSlots<'_>) -> Result<u64, VmmError> {
+        let bytes = payload::BALLOON_CHUNK;
+        let Ram::Demand(DemandRam { pager, slots }) = self else {
+            return Err(VmmError::Guest(format!("gave back {bytes} bytes at {gpa:#x}, but its RAM has no balloon")));
+        };
+        if !gpa.is_multiple_of(bytes) || gpa.saturating_add(bytes) > pager.bytes() {
+            return Err(VmmError::Guest(format!("gave back {bytes} bytes at {gpa:#x}, outside its RAM or unaligned")));
+        }
+        let mut failed = None;
+        let mut unmap = |at: u64, len: u64| {
+            if let Err(e) = kvm.remove_overlapping(at, len, slots) {
+                failed.get_or_insert(e);
+            }
+        };
+        let r = pager.balloon(gpa, bytes, &mut unmap);
+        failed.map_or(r, Err)?;
+        Ok(bytes)
+    }
+
+    /// Bytes the guest keeps (see [`DemandPager::keep_bytes`]).
+    fn keep_bytes(&self) -> u64 {
+        match self {
+            Ram::Demand(d) => d.pager.keep_bytes(),
+            _ => self.bytes(),
+        }
     }
 
     /// Reads the 8-byte word at guest-physical `gpa` (8-byte aligned; `None` outside the
@@ -360,6 +503,12 @@ pub struct BootStats {
     /// Ranges populated on the guest's first touch ([`Ram::Demand`] only); each added a
     /// memory slot (counted in `memslots`).
     pub demand_faults: u64,
+    /// Bytes the guest's balloon driver gave back at boot ([`Ram::Demand`] below its
+    /// maximum only): it then scanned and filled only what it kept.
+    pub ballooned_bytes: u64,
+    /// Memory slots the VMM removed before the pager took their memory back (the PoD
+    /// layer's unmap hook).
+    pub slots_removed: u64,
 }
 
 /// A guest that ran to the end of its payload and still holds its VM and its memory.
@@ -477,57 +626,54 @@ impl Kvm {
             return Err(VmmError::BadSize(bytes));
         }
         assert_ne!(tag, 0, "a tenant's tag is never zero");
-        ram.populate(ENTRY_GPA, true)?;
+        let keep = ram.keep_bytes();
+        let balloon = keep < bytes;
+        let chunk = payload::BALLOON_CHUNK;
+        if balloon && (keep < chunk || !bytes.is_multiple_of(chunk) || !keep.is_multiple_of(chunk)) {
+            return Err(VmmError::BadSize(keep));
+        }
         let slots = ram.slots();
         if slots.len() + 1 > self.max_memslots {
             // One more for the VMM's own page-table slot.
             return Err(VmmError::TooManySlots { needed: slots.len() + 1, limit: self.max_memslots });
         }
-        ram.write(ENTRY_GPA, &CODE);
-        ram.write(TAG_GPA, &tag.to_le_bytes());
 
         // Made before the VM, so it is dropped after it on an error return.
         let tables = PageTables::new()?;
         let vm = self.kvm.create_vm().map_err(kvm_err("KVM_CREATE_VM"))?;
         vm.set_tss_address(TSS_ADDR).map_err(kvm_err("KVM_SET_TSS_ADDR"))?;
-        let mut next_slot = 0u32;
-        let mut map = |s: &Slot| -> Result<(), VmmError> {
-            if next_slot as usize + 1 > self.max_memslots {
-                return Err(VmmError::TooManySlots { needed: next_slot as usize + 1, limit: self.max_memslots });
-            }
-            let region = kvm_userspace_memory_region {
-                slot: next_slot,
-                guest_phys_addr: s.gpa,
-                memory_size: s.bytes,
-                userspace_addr: s.host as u64,
-                flags: 0,
-            };
-            // SAFETY: the slot's host range is page aligned (arena frames, our own
-            // mapping, or a pager's, which its trait's contract makes so) and belongs to
-            // `ram` or `tables`, which the returned `Tenant` keeps until after it has
-            // dropped this VM; on an error return `vm` drops before both.
-            unsafe { vm.set_user_memory_region(region) }.map_err(kvm_err("KVM_SET_USER_MEMORY_REGION"))?;
-            next_slot += 1;
-            Ok(())
-        };
+        let mut kvm_slots = KvmSlots::new(&vm, self.max_memslots);
         for s in slots.iter().chain([&tables.slot()]) {
-            map(s)?;
+            kvm_slots.add(s)?;
+        }
+        // The code's page, populated on demand like any other (after the VM exists, so a
+        // pager that takes pages back can have their slots removed).
+        if let Some(s) = ram.populate(ENTRY_GPA, true, &mut kvm_slots)? {
+            kvm_slots.add(&s)?;
+        }
+        ram.write(ENTRY_GPA, &CODE);
+        ram.write(TAG_GPA, &tag.to_le_bytes());
+        if balloon {
+            ram.write(payload::BALLOON_ENTRY, &payload::BALLOON_CODE);
+            ram.write(payload::KEEP_GPA, &keep.to_le_bytes());
         }
         let mut vcpu = vm.create_vcpu(0).map_err(kvm_err("KVM_CREATE_VCPU"))?;
         self.guest_tsc_khz.get_or_init(|| vcpu.get_tsc_khz().ok().filter(|&k| k > 0));
-        set_long_mode(&vcpu, bytes)?;
+        set_long_mode(&vcpu, bytes, if balloon { payload::BALLOON_ENTRY } else { ENTRY_GPA })?;
 
         let mut st =
-            BootStats { bytes, memslots: slots.len(), words_checked: (bytes - SCAN_START) / 8, ..Default::default() };
+            BootStats { bytes, memslots: slots.len(), words_checked: (keep - SCAN_START) / 8, ..Default::default() };
         let mut started = None;
         let (mut tsc_lo, mut tsc_hi) = (0u64, 0u64);
         // A demand guest exits once per range it populates: at most one per page.
-        let max_exits = MAX_EXITS + if matches!(ram, Ram::Demand(_)) { (bytes / 4096) as usize } else { 0 };
+        // A demand guest exits once per range it populates (at most one per page; once
+        // more per page a reclaim took away), and twice per chunk its balloon gives back.
+        let max_exits = MAX_EXITS + if matches!(ram, Ram::Demand(_)) { (bytes / 2048) as usize } else { 0 };
         for _ in 0..max_exits {
             let exit = match vcpu.run() {
                 Ok(VcpuExit::MmioRead(gpa, data)) => {
-                    if let Some(s) = ram.populate(gpa, false)? {
-                        map(&s)?;
+                    if let Some(s) = ram.populate(gpa, false, &mut kvm_slots)? {
+                        kvm_slots.add(&s)?;
                         st.demand_faults += 1;
                     }
                     let len = data.len() as u64;
@@ -539,8 +685,8 @@ impl Kvm {
                     continue;
                 }
                 Ok(VcpuExit::MmioWrite(gpa, data)) => {
-                    if let Some(s) = ram.populate(gpa, true)? {
-                        map(&s)?;
+                    if let Some(s) = ram.populate(gpa, true, &mut kvm_slots)? {
+                        kvm_slots.add(&s)?;
                         st.demand_faults += 1;
                     }
                     if ram.host(gpa, data.len() as u64).is_none() {
@@ -564,6 +710,7 @@ impl Kvm {
                 return Err(VmmError::Guest(format!("halted before it was done, at {}", where_is(&vcpu))));
             };
             match port {
+                payload::PORT_BALLOON if balloon => st.ballooned_bytes += ram.balloon(v, &mut kvm_slots)?,
                 payload::PORT_STARTED => {
                     st.create_ms = t0.elapsed().as_secs_f64() * 1e3;
                     started = Some(Instant::now());
@@ -599,6 +746,7 @@ impl Kvm {
                     st.run_ms = started.map_or(0.0, |s| s.elapsed().as_secs_f64() * 1e3);
                     // Done: the guest is not resumed (its `hlt` is for a VMM that would).
                     st.memslots = ram.slots().len();
+                    st.slots_removed = kvm_slots.removed;
                     return Ok(Tenant { vcpu, vm, ram, _tables: tables, tag, stats: st });
                 }
                 p => return Err(VmmError::Guest(format!("wrote {v:#x} to port {p:#x}, which it never uses"))),
@@ -664,8 +812,9 @@ impl PageTables {
 
 /// 64-bit mode with the identity map and flat segments, at privilege 3 with IOPL 3 (so its
 /// `OUT`s are allowed; see the payload for why not privilege 0 or 32-bit mode), caches on,
-/// interrupts off, at the payload's entry with `RDI` = RAM bytes.
-fn set_long_mode(vcpu: &VcpuFd, bytes: u64) -> Result<(), VmmError> {
+/// interrupts off, at `entry` (the payload's, or its balloon prologue's) with `RDI` = RAM
+/// bytes.
+fn set_long_mode(vcpu: &VcpuFd, bytes: u64, entry: u64) -> Result<(), VmmError> {
     let mut s = vcpu.get_sregs().map_err(kvm_err("KVM_GET_SREGS"))?;
     let code = kvm_segment {
         base: 0,
@@ -705,6 +854,6 @@ fn set_long_mode(vcpu: &VcpuFd, bytes: u64) -> Result<(), VmmError> {
         padding: 0,
     };
     vcpu.set_sregs(&s).map_err(kvm_err("KVM_SET_SREGS"))?;
-    let regs = kvm_bindings::kvm_regs { rip: ENTRY_GPA, rflags: 0x3002, rdi: bytes, ..Default::default() };
+    let regs = kvm_bindings::kvm_regs { rip: entry, rflags: 0x3002, rdi: bytes, ..Default::default() };
     vcpu.set_regs(&regs).map_err(kvm_err("KVM_SET_REGS"))
 }

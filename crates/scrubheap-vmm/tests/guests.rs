@@ -145,6 +145,7 @@ fn churn_boots_every_guest_and_reports() {
             seed: 3,
             hugetlb: false,
             verify,
+            pod: false,
         };
         let seen = std::cell::Cell::new(0);
         let r = churn::run(&cfg, &kvm, &|p| seen.set(p.booted)).expect("a clean churn");
@@ -304,4 +305,65 @@ fn a_pod_guest_must_be_whole_superpages() {
     assert!(PodPager::new(&pool, DomId(7), 3 << 20, 0, &rec).is_err());
     assert!(PodPager::new(&pool, DomId(7), 0, 0, &rec).is_err());
     assert_eq!(pool.heap().stats().allocated, 0);
+}
+
+#[test]
+fn a_pod_guest_below_its_maximum_balloons_down_and_finds_zero() {
+    use scrubheap_vmm::pod::PodPager;
+    let Some(kvm) = kvm() else { return };
+    let (pool, rec) = pool(64);
+    let dom = DomId(8);
+    let (bytes, keep) = (16u64 << 20, 12u64 << 20);
+    let pager = PodPager::below(&pool, dom, bytes, keep, 0, &rec).expect("a PoD guest at 3/4 of its maximum");
+    let s = pool.pods().stats(dom).unwrap();
+    assert_eq!((s.max_pages, s.target, s.cache, s.populated), (bytes / 4096, keep / 4096, keep / 4096, 0));
+    let ram = Ram::Demand(scrubheap_vmm::vm::DemandRam::new(Box::new(pager)));
+    let t = kvm.boot(ram, tag_of(dom), Instant::now()).expect("a PoD guest below its maximum boots and finds zero");
+    let st = &t.stats;
+    // Its balloon driver touched, then gave back, each 2 MiB above what it keeps: the VMM
+    // removed the slot of each before the PoD layer took the page back.
+    assert_eq!(st.ballooned_bytes, bytes - keep, "{st:?}");
+    assert_eq!(st.slots_removed, (bytes - keep) / (2 << 20), "{st:?}");
+    assert_eq!(st.nonzero_words, 0);
+    assert_eq!(st.words_checked, (keep - SCAN_START) / 8);
+    assert_eq!(st.memslots as u64, keep / (2 << 20), "{st:?}");
+    let s = pool.pods().stats(dom).unwrap();
+    assert_eq!((s.populated, s.cache, s.entries), (keep / 4096, 0, 0), "{s:?}");
+    assert!(s.balanced(), "{s:?}");
+    assert_tagged(&t, dom, &[SCAN_START, keep - 8]);
+    // What it gave back has no slot any more.
+    assert_eq!(t.ram().read_u64(keep), None);
+    pool.heap().check_invariants().unwrap();
+    pool.pods().check_invariants(pool.heap()).unwrap();
+    t.destroy();
+    assert_eq!(pool.heap().stats().allocated, 0);
+}
+
+#[test]
+fn a_pod_churn_boots_every_guest_below_its_maximum_and_each_finds_zero() {
+    let Some(kvm) = kvm() else { return };
+    let cfg = VmmConfig {
+        memory_bytes: 256 << 20,
+        nodes: 2,
+        scrubbers_per_node: 1,
+        backend: Backend::Heap(Policy::Scrubheap),
+        guests: 24,
+        seed: 5,
+        hugetlb: false,
+        verify: false,
+        pod: true,
+    };
+    let r = churn::run(&cfg, &kvm, &|_| {}).expect("a clean PoD churn");
+    let pod = r.pod.clone().expect("a PoD report");
+    assert!(r.guests > 0, "{r:?}");
+    assert_eq!(r.leak_check.nonzero_words, 0);
+    assert_eq!(pod.guests_below_max, r.guests, "{pod:?}");
+    assert_eq!(pod.max_bytes, r.guest_bytes);
+    assert_eq!(pod.ballooned_bytes * 4, pod.max_bytes, "each gave back a quarter: {pod:?}");
+    // Every 2 MiB given back had been touched, so mapped: its slot went first.
+    assert!(pod.slots_removed >= pod.ballooned_bytes / (2 << 20), "{pod:?}");
+    // Each guest scanned what it kept, all of it but the code page.
+    assert_eq!(r.leak_check.words_checked, (pod.max_bytes - pod.ballooned_bytes - r.guests * SCAN_START) / 8);
+    assert_eq!(pod.crashes, 0);
+    assert!(pod.populated_2m > 0 && pod.superpages_reclaimed > 0, "{pod:?}");
 }

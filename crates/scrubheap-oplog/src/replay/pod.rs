@@ -7,7 +7,7 @@
 use super::{fail, Fail, Replayer};
 use crate::{kind, Op};
 use scrubheap::{Heap, NeverPreempt, SparseMemory};
-use scrubheap_pod::{PodConfig, PodError, PodProgress, Pods, POD_MAX_PAGES_PER_FRAME};
+use scrubheap_pod::{NoSecondMapping, PodConfig, PodError, PodProgress, PodTouch, Pods, POD_MAX_PAGES_PER_FRAME};
 
 /// Frames the PoD guests hold (allocated, but by no id of the log).
 pub(super) fn pod_frames(pods: &Pods) -> u64 {
@@ -51,12 +51,24 @@ impl Replayer {
                 }
             }
             Op::Touch { dom, gfn, data } => {
-                let m = self.pods.touch(heap, dom, gfn, data)?;
+                // The log's guests have no second mapping; an empty-cache reclaim is driven
+                // in its bounded steps to the end, as a vCPU re-executing its access does.
+                let m = loop {
+                    match self.pods.touch(heap, dom, gfn, data, &mut NoSecondMapping, &|| true)? {
+                        PodTouch::Mapped(m) => break m,
+                        PodTouch::Preempted => {}
+                    }
+                };
                 if m.gfn > gfn || gfn - m.gfn >= 1u64 << m.order {
                     self.violation(format!("touch of gfn {gfn:#x} returned a mapping {m:?} that does not hold it"));
                 }
             }
-            Op::Balloon { dom, gfn, order } => self.pods.balloon(heap, dom, gfn, order)?,
+            Op::Balloon { dom, gfn, order } => {
+                // One bounded slot step per call, driven to the end.
+                while self.pods.balloon(heap, dom, gfn, order, &mut NoSecondMapping, &|| true)?
+                    == PodProgress::Preempted
+                {}
+            }
             Op::PodTarget { dom, target } => {
                 let p = self.pods.set_target(heap, dom, target, &NeverPreempt)?;
                 if p != PodProgress::Done {
