@@ -1,6 +1,6 @@
 //! `scrubheap vmm`: real KVM guests on the pool (see `scrubheap_vmm::churn`).
 
-use crate::run::{human, parse_backend, PoolArgs};
+use crate::run::{human, parse_backend, parse_size, PoolArgs};
 use anyhow::{bail, Context};
 use scrubheap_host::run::Backend;
 use std::path::PathBuf;
@@ -29,6 +29,10 @@ pub struct Args {
     /// sample of each zeroed frame is read back by the scrub and nothing at handoff.
     #[arg(long)]
     pub verify: bool,
+    /// Every guest this size (e.g. 1GiB) instead of the default churn's mixed sizes: one
+    /// arrives after another, as many alive as fit in 70% of the memory.
+    #[arg(long, value_parser = parse_size)]
+    pub guest_size: Option<u64>,
 }
 
 #[cfg(all(target_os = "linux", target_arch = "x86_64"))]
@@ -46,6 +50,11 @@ pub fn main(a: Args) -> anyhow::Result<()> {
             human(memory)
         );
     }
+    if let Some(g) = a.guest_size {
+        if g % 4096 != 0 || !(8192..=3 << 30).contains(&g) || g > memory {
+            bail!("--guest-size {}: use a multiple of 4 KiB from 8 KiB to 3 GiB, at most --memory", human(g));
+        }
+    }
     let kvm = Kvm::open()?;
     let backends = a.compare.clone().unwrap_or_else(|| vec![a.pool.policy]);
     let mut reports: Vec<VmmReport> = Vec::new();
@@ -59,13 +68,15 @@ pub fn main(a: Args) -> anyhow::Result<()> {
             seed: a.seed,
             hugetlb: true,
             verify: a.verify,
+            guest_bytes: a.guest_size,
         };
         println!(
-            "[{}/{}] {backend}{}: {} guests on {} of memory ({} node(s), {} scrubber(s) per node), KVM allows {} slots per VM",
+            "[{}/{}] {backend}{}: {} guests{} on {} of memory ({} node(s), {} scrubber(s) per node), KVM allows {} slots per VM",
             i + 1,
             backends.len(),
             if a.verify && backend != Backend::Kernel { " --verify" } else { "" },
             a.guests,
+            a.guest_size.map_or(String::new(), |g| format!(" of {}", human(g))),
             human(memory),
             a.pool.nodes,
             a.pool.scrubbers,
@@ -146,7 +157,7 @@ fn table(rs: &[scrubheap_vmm::churn::VmmReport]) -> String {
     use scrubheap_vmm::churn::VmmReport;
     use std::fmt::Write as _;
     type Row = (&'static str, fn(&VmmReport) -> String);
-    let rows: [Row; 13] = [
+    let rows: [Row; 16] = [
         ("guests booted / most alive at once", |r| format!("{} / {}", r.guests, r.max_alive)),
         ("guest RAM scanned, GiB", |r| format!("{:.1}", r.guest_bytes as f64 / (1u64 << 30) as f64)),
         ("non-zero words / words checked", |r| {
@@ -164,6 +175,19 @@ fn table(rs: &[scrubheap_vmm::churn::VmmReport]) -> String {
             format!("{:.2} / {:.1} / {:.1}", r.create_ms.p50, r.create_ms.p99, r.create_ms.max)
         }),
         ("  of which memory ms p50 / p99", |r| format!("{:.2} / {:.1}", r.alloc_ms.p50, r.alloc_ms.p99)),
+        ("  prepare / VM / slots ms p50", |r| {
+            let s = &r.setup_ms_p50;
+            format!("{:.2} / {:.2} / {:.2}", s.prepare_ms, s.vm_ms, s.memslots_ms)
+        }),
+        ("  vCPU / prefault / entry ms p50", |r| {
+            let s = &r.setup_ms_p50;
+            format!("{:.2} / {:.2} / {:.2}", s.vcpu_ms, s.prefault_ms, s.entry_ms)
+        }),
+        ("guest RAM mapped before it ran", |r| match r.prefault {
+            Some(p) if r.prefaulted_bytes > 0 => format!("{} ({p})", human(r.prefaulted_bytes)),
+            Some(_) => "none (no prefault)".into(),
+            None => "none (not populated)".into(),
+        }),
         ("ready ms p50 / p99 / max", |r| {
             format!("{:.2} / {:.1} / {:.1}", r.ready_ms.p50, r.ready_ms.p99, r.ready_ms.max)
         }),

@@ -11,7 +11,9 @@ use scrubheap_host::instrument::PreemptRecorder;
 use scrubheap_host::pool::{Pool, PoolError};
 use scrubheap_host::GuestOps;
 use std::io;
+use std::os::fd::AsRawFd;
 use std::ptr::NonNull;
+use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
@@ -360,6 +362,28 @@ pub struct BootStats {
     /// Ranges populated on the guest's first touch ([`Ram::Demand`] only); each added a
     /// memory slot (counted in `memslots`).
     pub demand_faults: u64,
+    /// Where `create_ms` went after the memory was allocated (the profile of the create path).
+    pub setup: SetupTimes,
+    /// Bytes mapped into KVM's second-stage tables before the guest's first instruction
+    /// (pool RAM, where the host's KVM has `KVM_PRE_FAULT_MEMORY`).
+    pub prefaulted_bytes: u64,
+}
+
+/// The create path after the memory, step by step, in milliseconds (VMM wall clock).
+#[derive(Clone, Debug, Default, PartialEq, serde::Serialize)]
+pub struct SetupTimes {
+    /// Memory slots computed, payload written, the VMM's page tables built.
+    pub prepare_ms: f64,
+    /// `KVM_CREATE_VM` and its TSS address.
+    pub vm_ms: f64,
+    /// `KVM_SET_USER_MEMORY_REGION` of every slot.
+    pub memslots_ms: f64,
+    /// `KVM_CREATE_VCPU` and its registers.
+    pub vcpu_ms: f64,
+    /// `KVM_PRE_FAULT_MEMORY` over the guest's RAM (0 where not used).
+    pub prefault_ms: f64,
+    /// First `KVM_RUN` to the guest's first report.
+    pub entry_ms: f64,
 }
 
 /// A guest that ran to the end of its payload and still holds its VM and its memory.
@@ -404,6 +428,64 @@ pub struct Kvm {
     max_memslots: usize,
     host_tsc_khz: f64,
     guest_tsc_khz: OnceLock<Option<u32>>,
+    /// `KVM_PRE_FAULT_MEMORY` is offered and has not failed yet.
+    pre_fault: AtomicBool,
+}
+
+/// How pool RAM is mapped into KVM before a guest's first access.
+#[derive(Copy, Clone, Debug, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Prefault {
+    /// `KVM_PRE_FAULT_MEMORY` on the vCPU over every slot of pool RAM: the guest's
+    /// second-stage mappings exist before it runs (pool memory is populated and zero, so
+    /// nothing is allocated or zeroed for it).
+    KvmPreFaultMemory,
+    /// This host's KVM does not offer it (`KVM_CAP_PRE_FAULT_MEMORY` is 0: kernels before
+    /// 6.10, or KVMs without two-dimensional paging such as PVM's shadow paging), or it
+    /// failed once: KVM maps each range at the guest's first touch.
+    AtFirstTouch,
+}
+
+impl std::fmt::Display for Prefault {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Prefault::KvmPreFaultMemory => "KVM_PRE_FAULT_MEMORY",
+            Prefault::AtFirstTouch => "at first touch (this KVM has no KVM_PRE_FAULT_MEMORY)",
+        })
+    }
+}
+
+/// `KVM_PRE_FAULT_MEMORY`: `_IOWR(KVMIO, 0xd5, struct kvm_pre_fault_memory)` (Linux 6.10).
+const KVM_PRE_FAULT_MEMORY: libc::c_ulong = (3 << 30) | (64 << 16) | (0xae << 8) | 0xd5;
+/// `KVM_CAP_PRE_FAULT_MEMORY`.
+const CAP_PRE_FAULT_MEMORY: libc::c_ulong = 236;
+/// Calls of `KVM_PRE_FAULT_MEMORY` per slot before giving up (it returns early when a
+/// signal is pending or it needs rescheduling, and is called again from where it stopped).
+const MAX_PREFAULT_CALLS: usize = 1 << 16;
+
+/// Maps `[gpa, gpa + bytes)` into the vCPU's second-stage tables with
+/// `KVM_PRE_FAULT_MEMORY`, calling again where a call stopped early.
+fn pre_fault(vcpu: &VcpuFd, gpa: u64, bytes: u64) -> io::Result<()> {
+    assert!(gpa.is_multiple_of(4096) && bytes.is_multiple_of(4096));
+    let mut r = kvm_bindings::kvm_pre_fault_memory { gpa, size: bytes, ..Default::default() };
+    for _ in 0..MAX_PREFAULT_CALLS {
+        if r.size == 0 {
+            return Ok(());
+        }
+        // SAFETY: `r` is a `kvm_pre_fault_memory` the kernel reads and updates in place
+        // (64 bytes, the size the request number encodes); the fd is a live vCPU.
+        let ret = unsafe { libc::ioctl(vcpu.as_raw_fd(), KVM_PRE_FAULT_MEMORY, &mut r) };
+        if ret < 0 {
+            let e = io::Error::last_os_error();
+            if !matches!(e.raw_os_error(), Some(libc::EINTR | libc::EAGAIN)) {
+                return Err(e);
+            }
+        }
+    }
+    Err(io::Error::other(format!(
+        "KVM_PRE_FAULT_MEMORY still had {} bytes left after {MAX_PREFAULT_CALLS} calls",
+        r.size
+    )))
 }
 
 /// Where the TSC frequency used for guest times comes from.
@@ -446,7 +528,34 @@ impl Kvm {
             return Err(VmmError::NoKvm(io::Error::other(format!("KVM_GET_API_VERSION gave {version}: {why}"))));
         }
         let max_memslots = kvm.get_nr_memslots();
-        Ok(Kvm { kvm, max_memslots, host_tsc_khz: calibrate_host_tsc_khz(), guest_tsc_khz: OnceLock::new() })
+        let pre_fault = AtomicBool::new(kvm.check_extension_raw(CAP_PRE_FAULT_MEMORY) > 0);
+        let host_tsc_khz = calibrate_host_tsc_khz();
+        Ok(Kvm { kvm, max_memslots, host_tsc_khz, guest_tsc_khz: OnceLock::new(), pre_fault })
+    }
+
+    /// How pool RAM is mapped into KVM before a guest runs.
+    pub fn prefault(&self) -> Prefault {
+        if self.pre_fault.load(Relaxed) {
+            Prefault::KvmPreFaultMemory
+        } else {
+            Prefault::AtFirstTouch
+        }
+    }
+
+    /// Pre-faults `slots` of pool RAM for `vcpu` if this KVM can; returns the bytes mapped.
+    /// A failure turns pre-faulting off for this `Kvm` (the guest then maps at first touch).
+    pub(crate) fn pre_fault_slots(&self, vcpu: &VcpuFd, slots: &[Slot]) -> u64 {
+        let mut done = 0;
+        for s in slots {
+            if self.prefault() != Prefault::KvmPreFaultMemory {
+                break;
+            }
+            match pre_fault(vcpu, s.gpa, s.bytes) {
+                Ok(()) => done += s.bytes,
+                Err(_) => self.pre_fault.store(false, Relaxed),
+            }
+        }
+        done
     }
 
     /// Memory slots one VM may have (`KVM_CAP_NR_MEMSLOTS`).
@@ -477,6 +586,7 @@ impl Kvm {
             return Err(VmmError::BadSize(bytes));
         }
         assert_ne!(tag, 0, "a tenant's tag is never zero");
+        let t_prepare = Instant::now();
         ram.populate(ENTRY_GPA, true)?;
         let slots = ram.slots();
         if slots.len() + 1 > self.max_memslots {
@@ -485,41 +595,45 @@ impl Kvm {
         }
         ram.write(ENTRY_GPA, &CODE);
         ram.write(TAG_GPA, &tag.to_le_bytes());
-
         // Made before the VM, so it is dropped after it on an error return.
         let tables = PageTables::new()?;
-        let vm = self.kvm.create_vm().map_err(kvm_err("KVM_CREATE_VM"))?;
-        vm.set_tss_address(TSS_ADDR).map_err(kvm_err("KVM_SET_TSS_ADDR"))?;
+        let mut setup = SetupTimes { prepare_ms: ms_since(t_prepare), ..Default::default() };
+
+        let t = Instant::now();
+        let vm = self.new_vm()?;
+        setup.vm_ms = ms_since(t);
+        let t = Instant::now();
         let mut next_slot = 0u32;
         let mut map = |s: &Slot| -> Result<(), VmmError> {
             if next_slot as usize + 1 > self.max_memslots {
                 return Err(VmmError::TooManySlots { needed: next_slot as usize + 1, limit: self.max_memslots });
             }
-            let region = kvm_userspace_memory_region {
-                slot: next_slot,
-                guest_phys_addr: s.gpa,
-                memory_size: s.bytes,
-                userspace_addr: s.host as u64,
-                flags: 0,
-            };
             // SAFETY: the slot's host range is page aligned (arena frames, our own
             // mapping, or a pager's, which its trait's contract makes so) and belongs to
             // `ram` or `tables`, which the returned `Tenant` keeps until after it has
             // dropped this VM; on an error return `vm` drops before both.
-            unsafe { vm.set_user_memory_region(region) }.map_err(kvm_err("KVM_SET_USER_MEMORY_REGION"))?;
+            unsafe { set_slot(&vm, next_slot, s) }?;
             next_slot += 1;
             Ok(())
         };
         for s in slots.iter().chain([&tables.slot()]) {
             map(s)?;
         }
+        setup.memslots_ms = ms_since(t);
+        let t = Instant::now();
         let mut vcpu = vm.create_vcpu(0).map_err(kvm_err("KVM_CREATE_VCPU"))?;
         self.guest_tsc_khz.get_or_init(|| vcpu.get_tsc_khz().ok().filter(|&k| k > 0));
         set_long_mode(&vcpu, bytes)?;
+        setup.vcpu_ms = ms_since(t);
+        let t = Instant::now();
+        // Pool memory is populated and zero: map it before the guest touches it.
+        let prefaulted_bytes = if matches!(ram, Ram::Pool(_)) { self.pre_fault_slots(&vcpu, &slots) } else { 0 };
+        setup.prefault_ms = ms_since(t);
 
-        let mut st =
-            BootStats { bytes, memslots: slots.len(), words_checked: (bytes - SCAN_START) / 8, ..Default::default() };
+        let words_checked = (bytes - SCAN_START) / 8;
+        let mut st = BootStats { bytes, memslots: slots.len(), words_checked, prefaulted_bytes, ..Default::default() };
         let mut started = None;
+        let t_entry = Instant::now();
         let (mut tsc_lo, mut tsc_hi) = (0u64, 0u64);
         // A demand guest exits once per range it populates: at most one per page.
         let max_exits = MAX_EXITS + if matches!(ram, Ram::Demand(_)) { (bytes / 4096) as usize } else { 0 };
@@ -566,6 +680,8 @@ impl Kvm {
             match port {
                 payload::PORT_STARTED => {
                     st.create_ms = t0.elapsed().as_secs_f64() * 1e3;
+                    setup.entry_ms = ms_since(t_entry);
+                    st.setup = setup.clone();
                     started = Some(Instant::now());
                 }
                 payload::PORT_SCAN_TSC_LO => tsc_lo = v,
@@ -606,6 +722,39 @@ impl Kvm {
         }
         Err(VmmError::Guest(format!("still running after {max_exits} exits, at {}", where_is(&vcpu))))
     }
+}
+
+impl Kvm {
+    /// A new VM with its TSS address set.
+    pub(crate) fn new_vm(&self) -> Result<VmFd, VmmError> {
+        let vm = self.kvm.create_vm().map_err(kvm_err("KVM_CREATE_VM"))?;
+        vm.set_tss_address(TSS_ADDR).map_err(kvm_err("KVM_SET_TSS_ADDR"))?;
+        Ok(vm)
+    }
+}
+
+/// Milliseconds since `t`.
+pub(crate) fn ms_since(t: Instant) -> f64 {
+    t.elapsed().as_secs_f64() * 1e3
+}
+
+/// Sets KVM memory slot `id` of `vm` to `s` (`s.bytes == 0` deletes it).
+///
+/// # Safety
+/// Unless `s.bytes` is 0, `[s.host, s.host + s.bytes)` must be page aligned, readable and
+/// writable host memory that stays mapped, and is this guest's alone, until the slot is
+/// deleted or `vm` is dropped.
+pub(crate) unsafe fn set_slot(vm: &VmFd, id: u32, s: &Slot) -> Result<(), VmmError> {
+    assert!(s.gpa.is_multiple_of(4096) && s.bytes.is_multiple_of(4096), "slots are whole pages");
+    let region = kvm_userspace_memory_region {
+        slot: id,
+        guest_phys_addr: s.gpa,
+        memory_size: s.bytes,
+        userspace_addr: s.host as u64,
+        flags: 0,
+    };
+    // SAFETY: the caller's contract.
+    unsafe { vm.set_user_memory_region(region) }.map_err(kvm_err("KVM_SET_USER_MEMORY_REGION"))
 }
 
 /// The vCPU's instruction pointer and registers, for error messages.

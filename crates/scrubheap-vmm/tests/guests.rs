@@ -145,6 +145,7 @@ fn churn_boots_every_guest_and_reports() {
             seed: 3,
             hugetlb: false,
             verify,
+            guest_bytes: None,
         };
         let seen = std::cell::Cell::new(0);
         let r = churn::run(&cfg, &kvm, &|p| seen.set(p.booted)).expect("a clean churn");
