@@ -33,6 +33,19 @@ pub struct Args {
     /// arrives after another, as many alive as fit in 70% of the memory.
     #[arg(long, value_parser = parse_size)]
     pub guest_size: Option<u64>,
+    /// Balloon one real guest instead of a churn: it gives back the top `--balloon-size`
+    /// of its RAM (`--guest-size`, default 2 GiB) and asks for it again, `--rounds` times,
+    /// under the pool and under the kernel's `MADV_DONTNEED` paths (4 KiB at a time as
+    /// virtio-balloon, whole range as virtio-mem). The pool gets the guest plus twice its
+    /// balloon unless `--memory` says otherwise: a clean reserve beside the frames just given back.
+    #[arg(long)]
+    pub balloon: bool,
+    /// Bytes the balloon guest gives back and takes again each round.
+    #[arg(long, value_parser = parse_size, default_value = "1GiB")]
+    pub balloon_size: u64,
+    /// Shrink-and-grow rounds of the balloon guest (figures are medians over them).
+    #[arg(long, default_value_t = 3)]
+    pub rounds: u32,
 }
 
 #[cfg(all(target_os = "linux", target_arch = "x86_64"))]
@@ -54,6 +67,9 @@ pub fn main(a: Args) -> anyhow::Result<()> {
         if g % 4096 != 0 || !(8192..=3 << 30).contains(&g) || g > memory {
             bail!("--guest-size {}: use a multiple of 4 KiB from 8 KiB to 3 GiB, at most --memory", human(g));
         }
+    }
+    if a.balloon {
+        return balloon(&a, memory_given(&a));
     }
     let kvm = Kvm::open()?;
     let backends = a.compare.clone().unwrap_or_else(|| vec![a.pool.policy]);
@@ -99,6 +115,108 @@ pub fn main(a: Args) -> anyhow::Result<()> {
         println!("report: {}", j.display());
     }
     Ok(())
+}
+
+#[cfg(all(target_os = "linux", target_arch = "x86_64"))]
+/// `--memory` if given (the balloon run sizes its pool from the guest otherwise).
+fn memory_given(a: &Args) -> Option<u64> {
+    a.pool.memory.is_some().then(|| a.pool.memory().ok()).flatten()
+}
+
+/// `scrubheap vmm --balloon`: one guest per backend, side by side.
+#[cfg(all(target_os = "linux", target_arch = "x86_64"))]
+fn balloon(a: &Args, memory: Option<u64>) -> anyhow::Result<()> {
+    use scrubheap_host::pool::{Pool, PoolConfig};
+    use scrubheap_vmm::balloon::{self, BalloonBackend, BalloonConfig};
+    use scrubheap_vmm::vm::Kvm;
+
+    let cfg =
+        BalloonConfig { guest_bytes: a.guest_size.unwrap_or(2 << 30), balloon_bytes: a.balloon_size, rounds: a.rounds };
+    cfg.validate()?;
+    let need = (cfg.guest_bytes + cfg.balloon_bytes).next_multiple_of(2 << 20);
+    let memory = memory.unwrap_or(need + cfg.balloon_bytes.next_multiple_of(2 << 20));
+    if memory < need {
+        bail!("--memory {}: the pool must hold the guest and its balloon ({})", human(memory), human(need));
+    }
+    let kvm = Kvm::open()?;
+    println!(
+        "balloon: a guest of {} gives back {} and takes it again, {} round(s), per backend; pool of {}",
+        human(cfg.guest_bytes),
+        human(cfg.balloon_bytes),
+        cfg.rounds,
+        human(memory)
+    );
+    let pool = Pool::new(PoolConfig {
+        memory_bytes: memory,
+        nodes: a.pool.nodes,
+        scrubbers_per_node: a.pool.scrubbers,
+        hugetlb: true,
+        verify: a.verify,
+        ..PoolConfig::default()
+    })?;
+    let mut reports = Vec::new();
+    for backend in [BalloonBackend::Pool, BalloonBackend::KernelPage, BalloonBackend::KernelRange] {
+        let r =
+            balloon::run(&kvm, &cfg, backend, Some(&pool)).with_context(|| format!("balloon guest under {backend}"))?;
+        println!(
+            "  {backend}: shrink {:.1} GiB/s ({:.2} ms pause), grow {:.1} GiB/s ({:.2} ms pause + {:.2} ms first touch), \
+             {} non-zero words of {}",
+            r.shrink_gib_s, r.shrink_pause_ms, r.grow_gib_s, r.grow_pause_ms, r.grow_ready_ms - r.grow_pause_ms,
+            r.nonzero_words, r.words_checked
+        );
+        reports.push(r);
+    }
+    println!("\n{}", balloon_table(&reports));
+    if let Some(j) = &a.json {
+        crate::output::write_json(j, "vmm-balloon", serde_json::Value::Null, &serde_json::json!({ "runs": reports }))?;
+        println!("report: {}", j.display());
+    }
+    Ok(())
+}
+
+#[cfg(all(target_os = "linux", target_arch = "x86_64"))]
+fn balloon_table(rs: &[scrubheap_vmm::balloon::BalloonReport]) -> String {
+    use scrubheap_vmm::balloon::BalloonReport;
+    use std::fmt::Write as _;
+    type Row = (&'static str, fn(&BalloonReport) -> String);
+    let rows: [Row; 8] = [
+        ("shrink GiB/s (p50 over rounds)", |r| format!("{:.1}", r.shrink_gib_s)),
+        ("  pause ms p50", |r| format!("{:.2}", r.shrink_pause_ms)),
+        ("grow GiB/s (pause + first touch)", |r| format!("{:.1}", r.grow_gib_s)),
+        ("  pause ms / first touch ms p50", |r| {
+            format!("{:.2} / {:.2}", r.grow_pause_ms, r.grow_ready_ms - r.grow_pause_ms)
+        }),
+        ("guest check of every word, GB/s", |r| format!("{:.1}", r.check_gb_s)),
+        ("non-zero words / words checked", |r| format!("{} / {}", r.nonzero_words, r.words_checked)),
+        ("madvise calls / scrubbed in place", |r| {
+            format!("{} / {}", r.madvise_calls, human(r.bytes_scrubbed_in_place))
+        }),
+        ("grown memory mapped", |r| r.prefault.map_or("at first touch (refault)".into(), |p| p.to_string())),
+    ];
+    let w = rows.iter().map(|r| r.0.len()).max().unwrap_or(0);
+    let mut t = format!("{:w$}", "");
+    for r in rs {
+        let _ = write!(t, "  {:>22}", r.backend);
+    }
+    for (name, f) in rows {
+        let _ = write!(t, "\n{name:w$}");
+        for r in rs {
+            let _ = write!(t, "  {:>22}", f(r));
+        }
+    }
+    let base = rs.iter().find(|r| r.backend == "kernel-4k");
+    for r in rs.iter().filter(|r| r.backend != "kernel-4k") {
+        if let Some(b) = base {
+            let _ = write!(
+                t,
+                "\n{} against kernel-4k: shrink {:.1}x, grow {:.1}x",
+                r.backend,
+                r.shrink_gib_s / b.shrink_gib_s,
+                r.grow_gib_s / b.grow_gib_s
+            );
+        }
+    }
+    t
 }
 
 #[cfg(not(all(target_os = "linux", target_arch = "x86_64")))]

@@ -26,6 +26,8 @@ pub mod payload;
 pub mod slots;
 
 #[cfg(all(target_os = "linux", target_arch = "x86_64"))]
+pub mod balloon;
+#[cfg(all(target_os = "linux", target_arch = "x86_64"))]
 pub mod churn;
 #[cfg(all(target_os = "linux", target_arch = "x86_64"))]
 pub mod pod;

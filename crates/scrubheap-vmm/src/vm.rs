@@ -99,7 +99,7 @@ pub enum VmmError {
     Pod(#[from] scrubheap_pod::PodError),
 }
 
-fn kvm_err(what: &'static str) -> impl FnOnce(kvm_ioctls::Error) -> VmmError {
+pub(crate) fn kvm_err(what: &'static str) -> impl FnOnce(kvm_ioctls::Error) -> VmmError {
     move |e| VmmError::Kvm { what, err: io::Error::from_raw_os_error(e.errno()) }
 }
 
@@ -191,6 +191,11 @@ impl AnonRam {
 }
 
 impl AnonRam {
+    /// Its host address and length in bytes.
+    pub(crate) fn host_range(&self) -> (usize, usize) {
+        (self.ptr.as_ptr() as usize, self.len)
+    }
+
     /// The mapping as bytes, for the VMM's own tables.
     fn bytes_mut(&mut self) -> &mut [u8] {
         // SAFETY: as in `words_mut`.
@@ -784,10 +789,10 @@ const TSS_LIMIT: u32 = (IO_BITMAP + 0x600 / 8) as u32 - 1;
 /// `OUT` (PVM does), it checks the bitmap, which without a TSS of ours would be read from
 /// wherever the reset TR points: guest RAM, which the guest fills with its tag. The bitmap
 /// allows ports `0x500..=0x5ff` (the payload's) and denies the rest.
-struct PageTables(AnonRam);
+pub(crate) struct PageTables(AnonRam);
 
 impl PageTables {
-    fn new() -> Result<PageTables, VmmError> {
+    pub(crate) fn new() -> Result<PageTables, VmmError> {
         let mut m = AnonRam::new(PAGE_TABLES_BYTES as u64)?;
         let bytes = m.bytes_mut();
         let tss = &mut bytes[(TSS_GPA - PAGE_TABLES_GPA) as usize..];
@@ -806,7 +811,7 @@ impl PageTables {
         Ok(PageTables(m))
     }
 
-    fn slot(&self) -> Slot {
+    pub(crate) fn slot(&self) -> Slot {
         Slot { gpa: PAGE_TABLES_GPA, host: self.0.ptr.as_ptr() as usize, bytes: self.0.len as u64 }
     }
 }
@@ -814,7 +819,7 @@ impl PageTables {
 /// 64-bit mode with the identity map and flat segments, at privilege 3 with IOPL 3 (so its
 /// `OUT`s are allowed; see the payload for why not privilege 0 or 32-bit mode), caches on,
 /// interrupts off, at the payload's entry with `RDI` = RAM bytes.
-fn set_long_mode(vcpu: &VcpuFd, bytes: u64) -> Result<(), VmmError> {
+pub(crate) fn set_long_mode(vcpu: &VcpuFd, bytes: u64) -> Result<(), VmmError> {
     let mut s = vcpu.get_sregs().map_err(kvm_err("KVM_GET_SREGS"))?;
     let code = kvm_segment {
         base: 0,
