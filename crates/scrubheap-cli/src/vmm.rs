@@ -178,8 +178,7 @@ fn balloon(a: &Args, memory: Option<u64>) -> anyhow::Result<()> {
 fn balloon_table(rs: &[scrubheap_vmm::balloon::BalloonReport]) -> String {
     use scrubheap_vmm::balloon::BalloonReport;
     use std::fmt::Write as _;
-    type Row = (&'static str, fn(&BalloonReport) -> String);
-    let rows: [Row; 8] = [
+    let rows: [Row<BalloonReport>; 8] = [
         ("shrink GiB/s (p50 over rounds)", |r| format!("{:.1}", r.shrink_gib_s)),
         ("  pause ms p50", |r| format!("{:.2}", r.shrink_pause_ms)),
         ("grow GiB/s (pause + first touch)", |r| format!("{:.1}", r.grow_gib_s)),
@@ -193,17 +192,7 @@ fn balloon_table(rs: &[scrubheap_vmm::balloon::BalloonReport]) -> String {
         }),
         ("grown memory mapped", |r| r.prefault.map_or("at first touch (refault)".into(), |p| p.to_string())),
     ];
-    let w = rows.iter().map(|r| r.0.len()).max().unwrap_or(0);
-    let mut t = format!("{:w$}", "");
-    for r in rs {
-        let _ = write!(t, "  {:>22}", r.backend);
-    }
-    for (name, f) in rows {
-        let _ = write!(t, "\n{name:w$}");
-        for r in rs {
-            let _ = write!(t, "  {:>22}", f(r));
-        }
-    }
+    let mut t = grid(rs, |r| &r.backend, &rows);
     let base = rs.iter().find(|r| r.backend == "kernel-4k");
     for r in rs.iter().filter(|r| r.backend != "kernel-4k") {
         if let Some(b) = base {
@@ -274,8 +263,7 @@ fn compare(rs: &[scrubheap_vmm::churn::VmmReport]) -> serde_json::Value {
 fn table(rs: &[scrubheap_vmm::churn::VmmReport]) -> String {
     use scrubheap_vmm::churn::VmmReport;
     use std::fmt::Write as _;
-    type Row = (&'static str, fn(&VmmReport) -> String);
-    let rows: [Row; 16] = [
+    let rows: [Row<VmmReport>; 16] = [
         ("guests booted / most alive at once", |r| format!("{} / {}", r.guests, r.max_alive)),
         ("guest RAM scanned, GiB", |r| format!("{:.1}", r.guest_bytes as f64 / (1u64 << 30) as f64)),
         ("non-zero words / words checked", |r| {
@@ -297,9 +285,9 @@ fn table(rs: &[scrubheap_vmm::churn::VmmReport]) -> String {
             let s = &r.setup_ms_p50;
             format!("{:.2} / {:.2} / {:.2}", s.prepare_ms, s.vm_ms, s.memslots_ms)
         }),
-        ("  vCPU / prefault / entry ms p50", |r| {
+        ("  vCPU / prefault / entry / other ms p50", |r| {
             let s = &r.setup_ms_p50;
-            format!("{:.2} / {:.2} / {:.2}", s.vcpu_ms, s.prefault_ms, s.entry_ms)
+            format!("{:.2} / {:.2} / {:.2} / {:.2}", s.vcpu_ms, s.prefault_ms, s.entry_ms, s.other_ms)
         }),
         ("guest RAM mapped before it ran", |r| match r.prefault {
             Some(p) if r.prefaulted_bytes > 0 => format!("{} ({p})", human(r.prefaulted_bytes)),
@@ -320,18 +308,7 @@ fn table(rs: &[scrubheap_vmm::churn::VmmReport]) -> String {
         }),
         ("run seconds", |r| format!("{:.1}", r.duration_s)),
     ];
-    let w = rows.iter().map(|r| r.0.len()).max().unwrap_or(0);
-    let mut t = String::new();
-    let _ = write!(t, "{:w$}", "");
-    for r in rs {
-        let _ = write!(t, "  {:>22}", r.policy);
-    }
-    for (name, f) in rows {
-        let _ = write!(t, "\n{name:w$}");
-        for r in rs {
-            let _ = write!(t, "  {:>22}", f(r));
-        }
-    }
+    let mut t = grid(rs, |r| &r.policy, &rows);
     if rs.len() > 1 {
         let c = compare(rs);
         for v in c["against"].as_array().into_iter().flatten() {
@@ -347,6 +324,28 @@ fn table(rs: &[scrubheap_vmm::churn::VmmReport]) -> String {
                 v["ready_p50_speedup"].as_f64().unwrap_or(0.0),
                 v["destroy_p50_speedup"].as_f64().unwrap_or(0.0),
             );
+        }
+    }
+    t
+}
+
+#[cfg(all(target_os = "linux", target_arch = "x86_64"))]
+/// A table row: its name, and its cell for a report.
+type Row<T> = (&'static str, fn(&T) -> String);
+
+/// Named rows of figures, a column per report headed by `head`.
+#[cfg(all(target_os = "linux", target_arch = "x86_64"))]
+fn grid<T>(rs: &[T], head: fn(&T) -> &str, rows: &[Row<T>]) -> String {
+    use std::fmt::Write as _;
+    let w = rows.iter().map(|r| r.0.len()).max().unwrap_or(0);
+    let mut t = format!("{:w$}", "");
+    for r in rs {
+        let _ = write!(t, "  {:>22}", head(r));
+    }
+    for (name, f) in rows {
+        let _ = write!(t, "\n{name:w$}");
+        for r in rs {
+            let _ = write!(t, "  {:>22}", f(r));
         }
     }
     t
