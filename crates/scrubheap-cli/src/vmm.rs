@@ -159,7 +159,7 @@ fn balloon(a: &Args, memory: Option<u64>) -> anyhow::Result<()> {
         let r =
             balloon::run(&kvm, &cfg, backend, Some(&pool)).with_context(|| format!("balloon guest under {backend}"))?;
         println!(
-            "  {backend}: shrink {:.1} GiB/s ({:.2} ms pause), grow {:.1} GiB/s ({:.2} ms pause + {:.2} ms first touch), \
+            "  {backend}: shrink {:.2} GiB/s ({:.2} ms pause), grow {:.2} GiB/s ({:.2} ms pause + {:.2} ms first touch), \
              {} non-zero words of {}",
             r.shrink_gib_s, r.shrink_pause_ms, r.grow_gib_s, r.grow_pause_ms, r.grow_ready_ms - r.grow_pause_ms,
             r.nonzero_words, r.words_checked
@@ -179,9 +179,9 @@ fn balloon_table(rs: &[scrubheap_vmm::balloon::BalloonReport]) -> String {
     use scrubheap_vmm::balloon::BalloonReport;
     use std::fmt::Write as _;
     let rows: [Row<BalloonReport>; 8] = [
-        ("shrink GiB/s (p50 over rounds)", |r| format!("{:.1}", r.shrink_gib_s)),
+        ("shrink GiB/s (p50 over rounds)", |r| format!("{:.2}", r.shrink_gib_s)),
         ("  pause ms p50", |r| format!("{:.2}", r.shrink_pause_ms)),
-        ("grow GiB/s (pause + first touch)", |r| format!("{:.1}", r.grow_gib_s)),
+        ("grow GiB/s (pause + first touch)", |r| format!("{:.2}", r.grow_gib_s)),
         ("  pause ms / first touch ms p50", |r| {
             format!("{:.2} / {:.2}", r.grow_pause_ms, r.grow_ready_ms - r.grow_pause_ms)
         }),
@@ -190,7 +190,7 @@ fn balloon_table(rs: &[scrubheap_vmm::balloon::BalloonReport]) -> String {
         ("madvise calls / scrubbed in place", |r| {
             format!("{} / {}", r.madvise_calls, human(r.bytes_scrubbed_in_place))
         }),
-        ("grown memory mapped", |r| r.prefault.map_or("at first touch (refault)".into(), |p| p.to_string())),
+        ("grown memory mapped (pre-faulted?)", |r| r.prefault.map_or("refault".into(), |p| p.to_string())),
     ];
     let mut t = grid(rs, |r| &r.backend, &rows);
     let base = rs.iter().find(|r| r.backend == "kernel-4k");
@@ -198,7 +198,7 @@ fn balloon_table(rs: &[scrubheap_vmm::balloon::BalloonReport]) -> String {
         if let Some(b) = base {
             let _ = write!(
                 t,
-                "\n{} against kernel-4k: shrink {:.1}x, grow {:.1}x",
+                "\n{} against kernel-4k (its GiB/s over kernel-4k's): shrink {:.1}x, grow {:.1}x",
                 r.backend,
                 r.shrink_gib_s / b.shrink_gib_s,
                 r.grow_gib_s / b.grow_gib_s
@@ -291,7 +291,7 @@ fn table(rs: &[scrubheap_vmm::churn::VmmReport]) -> String {
         }),
         ("guest RAM mapped before it ran", |r| match r.prefault {
             Some(p) if r.prefaulted_bytes > 0 => format!("{} ({p})", human(r.prefaulted_bytes)),
-            Some(_) => "none (no prefault)".into(),
+            Some(p) => format!("none ({p})"),
             None => "none (not populated)".into(),
         }),
         ("ready ms p50 / p99 / max", |r| {

@@ -459,7 +459,7 @@ impl std::fmt::Display for Prefault {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(match self {
             Prefault::KvmPreFaultMemory => "KVM_PRE_FAULT_MEMORY",
-            Prefault::AtFirstTouch => "at first touch (this KVM has no KVM_PRE_FAULT_MEMORY)",
+            Prefault::AtFirstTouch => "at first touch",
         })
     }
 }
