@@ -178,9 +178,15 @@ fn balloon(a: &Args, memory: Option<u64>) -> anyhow::Result<()> {
 fn balloon_table(rs: &[scrubheap_vmm::balloon::BalloonReport]) -> String {
     use scrubheap_vmm::balloon::BalloonReport;
     use std::fmt::Write as _;
-    let rows: [Row<BalloonReport>; 8] = [
+    let rows: [Row<BalloonReport>; 9] = [
         ("shrink GiB/s (p50 over rounds)", |r| format!("{:.2}", r.shrink_gib_s)),
         ("  pause ms p50", |r| format!("{:.2}", r.shrink_pause_ms)),
+        ("  of which unmap / free ms p50", |r| {
+            let p50 = |f: fn(&scrubheap_vmm::balloon::BalloonRound) -> f64| {
+                scrubheap_host::report::Millis::of(&r.rounds.iter().map(f).collect::<Vec<f64>>()).p50
+            };
+            format!("{:.2} / {:.2}", p50(|x| x.shrink_unmap_ms), p50(|x| x.shrink_free_ms))
+        }),
         ("grow GiB/s (pause + first touch)", |r| format!("{:.2}", r.grow_gib_s)),
         ("  pause ms / first touch ms p50", |r| {
             format!("{:.2} / {:.2}", r.grow_pause_ms, r.grow_ready_ms - r.grow_pause_ms)

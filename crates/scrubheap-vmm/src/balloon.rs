@@ -98,6 +98,11 @@ impl BalloonConfig {
 pub struct BalloonRound {
     /// The vCPU stopped at its shrink request, ms.
     pub shrink_pause_ms: f64,
+    /// Of the shrink pause: taking the range out of the guest (deleting or shortening
+    /// its KVM memory slots; the kernel paths' `madvise` calls), ms.
+    pub shrink_unmap_ms: f64,
+    /// Of the shrink pause: the frames back to the pool, ms (0 for the kernel paths).
+    pub shrink_free_ms: f64,
     /// The vCPU stopped at its grow request, ms.
     pub grow_pause_ms: f64,
     /// Its first write to each 4 KiB page it got back (guest TSC), ms.
@@ -335,13 +340,18 @@ impl<'k, 'p> BalloonVm<'k, 'p> {
         Ok(())
     }
 
-    /// The guest gives back `[base, end)`.
-    fn shrink(&mut self, base: u64, end: u64) -> Result<(), VmmError> {
+    /// The guest gives back `[base, end)`. Returns the milliseconds spent taking it out
+    /// of the guest (slots, or `madvise`) and giving frames back to the pool.
+    fn shrink(&mut self, base: u64, end: u64) -> Result<(f64, f64), VmmError> {
+        let t = Instant::now();
         match &mut self.mem {
             Memory::Pool(_) => {
                 self.cut_slots(base)?;
+                let unmap_ms = ms_since(t);
                 let Memory::Pool(p) = &mut self.mem else { unreachable!() };
-                p.release_from(base)
+                let t = Instant::now();
+                p.release_from(base)?;
+                Ok((unmap_ms, ms_since(t)))
             }
             Memory::Anon { ram, per_page, madvise_calls } => {
                 let (host, len) = ram.host_range();
@@ -358,7 +368,7 @@ impl<'k, 'p> BalloonVm<'k, 'p> {
                     }
                     *madvise_calls += 1;
                 }
-                Ok(())
+                Ok((ms_since(t), 0.0))
             }
         }
     }
@@ -423,7 +433,7 @@ impl BalloonVm<'_, '_> {
                 port::BASE_GFN => base = v << 12,
                 port::SHRINK_PAGES => {
                     asked(v)?;
-                    self.shrink(base, end)?;
+                    (cur.shrink_unmap_ms, cur.shrink_free_ms) = self.shrink(base, end)?;
                     cur.shrink_pause_ms = ms_since(t);
                     (cur.frames_while_shrunk, cur.slots_shrunk_grown.0) = (self.frames(), self.slots.len());
                 }
