@@ -1,6 +1,6 @@
 //! `scrubheap vmm`: real KVM guests on the pool (see `scrubheap_vmm::churn`).
 
-use crate::run::{human, parse_backend, PoolArgs};
+use crate::run::{human, parse_backend, parse_size, PoolArgs};
 use anyhow::{bail, Context};
 use scrubheap_host::run::Backend;
 use std::path::PathBuf;
@@ -34,6 +34,23 @@ pub struct Args {
     /// what it kept. Pool policies only.
     #[arg(long)]
     pub pod: bool,
+    /// Every guest this size (e.g. 1GiB) instead of the default churn's mixed sizes: one
+    /// arrives after another, as many alive as fit in 70% of the memory.
+    #[arg(long, value_parser = parse_size)]
+    pub guest_size: Option<u64>,
+    /// Balloon one real guest instead of a churn: it gives back the top `--balloon-size`
+    /// of its RAM (`--guest-size`, default 2 GiB) and asks for it again, `--rounds` times,
+    /// under the pool and under the kernel's `MADV_DONTNEED` paths (4 KiB at a time as
+    /// virtio-balloon, whole range as virtio-mem). The pool gets the guest plus twice its
+    /// balloon unless `--memory` says otherwise: a clean reserve beside the frames just given back.
+    #[arg(long)]
+    pub balloon: bool,
+    /// Bytes the balloon guest gives back and takes again each round.
+    #[arg(long, value_parser = parse_size, default_value = "1GiB")]
+    pub balloon_size: u64,
+    /// Shrink-and-grow rounds of the balloon guest (figures are medians over them).
+    #[arg(long, default_value_t = 3)]
+    pub rounds: u32,
 }
 
 #[cfg(all(target_os = "linux", target_arch = "x86_64"))]
@@ -50,6 +67,17 @@ pub fn main(a: Args) -> anyhow::Result<()> {
             "--memory {}: at most 64 GiB (guest RAM must stay below 4 GiB each, and the arena is prefaulted)",
             human(memory)
         );
+    }
+    if let Some(g) = a.guest_size {
+        if g % 4096 != 0 || !(8192..=3 << 30).contains(&g) || g > memory {
+            bail!("--guest-size {}: use a multiple of 4 KiB from 8 KiB to 3 GiB, at most --memory", human(g));
+        }
+    }
+    if a.balloon {
+        if a.pod {
+            bail!("--balloon runs one ordinary guest; leave --pod out (it has its own balloon at boot)");
+        }
+        return balloon(&a, memory_given(&a));
     }
     let backends = a.compare.clone().unwrap_or_else(|| vec![a.pool.policy]);
     if a.pod && backends.contains(&Backend::Kernel) {
@@ -68,13 +96,15 @@ pub fn main(a: Args) -> anyhow::Result<()> {
             hugetlb: true,
             verify: a.verify,
             pod: a.pod,
+            guest_bytes: a.guest_size,
         };
         println!(
-            "[{}/{}] {backend}{}: {} guests on {} of memory ({} node(s), {} scrubber(s) per node), KVM allows {} slots per VM",
+            "[{}/{}] {backend}{}: {} guests{} on {} of memory ({} node(s), {} scrubber(s) per node), KVM allows {} slots per VM",
             i + 1,
             backends.len(),
             if a.verify && backend != Backend::Kernel { " --verify" } else { "" },
             a.guests,
+            a.guest_size.map_or(String::new(), |g| format!(" of {}", human(g))),
             human(memory),
             a.pool.nodes,
             a.pool.scrubbers,
@@ -97,6 +127,103 @@ pub fn main(a: Args) -> anyhow::Result<()> {
         println!("report: {}", j.display());
     }
     Ok(())
+}
+
+#[cfg(all(target_os = "linux", target_arch = "x86_64"))]
+/// `--memory` if given (the balloon run sizes its pool from the guest otherwise).
+fn memory_given(a: &Args) -> Option<u64> {
+    a.pool.memory.is_some().then(|| a.pool.memory().ok()).flatten()
+}
+
+/// `scrubheap vmm --balloon`: one guest per backend, side by side.
+#[cfg(all(target_os = "linux", target_arch = "x86_64"))]
+fn balloon(a: &Args, memory: Option<u64>) -> anyhow::Result<()> {
+    use scrubheap_host::pool::{Pool, PoolConfig};
+    use scrubheap_vmm::balloon::{self, BalloonBackend, BalloonConfig};
+    use scrubheap_vmm::vm::Kvm;
+
+    let cfg =
+        BalloonConfig { guest_bytes: a.guest_size.unwrap_or(2 << 30), balloon_bytes: a.balloon_size, rounds: a.rounds };
+    cfg.validate()?;
+    let need = (cfg.guest_bytes + cfg.balloon_bytes).next_multiple_of(2 << 20);
+    let memory = memory.unwrap_or(need + cfg.balloon_bytes.next_multiple_of(2 << 20));
+    if memory < need {
+        bail!("--memory {}: the pool must hold the guest and its balloon ({})", human(memory), human(need));
+    }
+    let kvm = Kvm::open()?;
+    println!(
+        "balloon: a guest of {} gives back {} and takes it again, {} round(s), per backend; pool of {}",
+        human(cfg.guest_bytes),
+        human(cfg.balloon_bytes),
+        cfg.rounds,
+        human(memory)
+    );
+    let pool = Pool::new(PoolConfig {
+        memory_bytes: memory,
+        nodes: a.pool.nodes,
+        scrubbers_per_node: a.pool.scrubbers,
+        hugetlb: true,
+        verify: a.verify,
+        ..PoolConfig::default()
+    })?;
+    let mut reports = Vec::new();
+    for backend in [BalloonBackend::Pool, BalloonBackend::KernelPage, BalloonBackend::KernelRange] {
+        let r =
+            balloon::run(&kvm, &cfg, backend, Some(&pool)).with_context(|| format!("balloon guest under {backend}"))?;
+        println!(
+            "  {backend}: shrink {:.2} GiB/s ({:.2} ms pause), grow {:.2} GiB/s ({:.2} ms pause + {:.2} ms first touch), \
+             {} non-zero words of {}",
+            r.shrink_gib_s, r.shrink_pause_ms, r.grow_gib_s, r.grow_pause_ms, r.grow_ready_ms - r.grow_pause_ms,
+            r.nonzero_words, r.words_checked
+        );
+        reports.push(r);
+    }
+    println!("\n{}", balloon_table(&reports));
+    if let Some(j) = &a.json {
+        crate::output::write_json(j, "vmm-balloon", serde_json::Value::Null, &serde_json::json!({ "runs": reports }))?;
+        println!("report: {}", j.display());
+    }
+    Ok(())
+}
+
+#[cfg(all(target_os = "linux", target_arch = "x86_64"))]
+fn balloon_table(rs: &[scrubheap_vmm::balloon::BalloonReport]) -> String {
+    use scrubheap_vmm::balloon::BalloonReport;
+    use std::fmt::Write as _;
+    let rows: [Row<BalloonReport>; 9] = [
+        ("shrink GiB/s (p50 over rounds)", |r| format!("{:.2}", r.shrink_gib_s)),
+        ("  pause ms p50", |r| format!("{:.2}", r.shrink_pause_ms)),
+        ("  of which unmap / free ms p50", |r| {
+            let p50 = |f: fn(&scrubheap_vmm::balloon::BalloonRound) -> f64| {
+                scrubheap_host::report::Millis::of(&r.rounds.iter().map(f).collect::<Vec<f64>>()).p50
+            };
+            format!("{:.2} / {:.2}", p50(|x| x.shrink_unmap_ms), p50(|x| x.shrink_free_ms))
+        }),
+        ("grow GiB/s (pause + first touch)", |r| format!("{:.2}", r.grow_gib_s)),
+        ("  pause ms / first touch ms p50", |r| {
+            format!("{:.2} / {:.2}", r.grow_pause_ms, r.grow_ready_ms - r.grow_pause_ms)
+        }),
+        ("guest check of every word, GB/s", |r| format!("{:.1}", r.check_gb_s)),
+        ("non-zero words / words checked", |r| format!("{} / {}", r.nonzero_words, r.words_checked)),
+        ("madvise calls / scrubbed in place", |r| {
+            format!("{} / {}", r.madvise_calls, human(r.bytes_scrubbed_in_place))
+        }),
+        ("grown memory mapped (pre-faulted?)", |r| r.prefault.map_or("refault".into(), |p| p.to_string())),
+    ];
+    let mut t = grid(rs, |r| &r.backend, &rows);
+    let base = rs.iter().find(|r| r.backend == "kernel-4k");
+    for r in rs.iter().filter(|r| r.backend != "kernel-4k") {
+        if let Some(b) = base {
+            let _ = write!(
+                t,
+                "\n{} against kernel-4k (its GiB/s over kernel-4k's): shrink {:.1}x, grow {:.1}x",
+                r.backend,
+                r.shrink_gib_s / b.shrink_gib_s,
+                r.grow_gib_s / b.grow_gib_s
+            );
+        }
+    }
+    t
 }
 
 #[cfg(not(all(target_os = "linux", target_arch = "x86_64")))]
@@ -154,8 +281,7 @@ fn compare(rs: &[scrubheap_vmm::churn::VmmReport]) -> serde_json::Value {
 fn table(rs: &[scrubheap_vmm::churn::VmmReport]) -> String {
     use scrubheap_vmm::churn::VmmReport;
     use std::fmt::Write as _;
-    type Row = (&'static str, fn(&VmmReport) -> String);
-    let rows: [Row; 14] = [
+    let rows: [Row<VmmReport>; 17] = [
         ("guests booted / most alive at once", |r| format!("{} / {}", r.guests, r.max_alive)),
         ("guest RAM scanned, GiB", |r| format!("{:.1}", r.guest_bytes as f64 / (1u64 << 30) as f64)),
         ("non-zero words / words checked", |r| {
@@ -173,6 +299,19 @@ fn table(rs: &[scrubheap_vmm::churn::VmmReport]) -> String {
             format!("{:.2} / {:.1} / {:.1}", r.create_ms.p50, r.create_ms.p99, r.create_ms.max)
         }),
         ("  of which memory ms p50 / p99", |r| format!("{:.2} / {:.1}", r.alloc_ms.p50, r.alloc_ms.p99)),
+        ("  prepare / VM / slots ms p50", |r| {
+            let s = &r.setup_ms_p50;
+            format!("{:.2} / {:.2} / {:.2}", s.prepare_ms, s.vm_ms, s.memslots_ms)
+        }),
+        ("  vCPU / prefault / entry / other ms p50", |r| {
+            let s = &r.setup_ms_p50;
+            format!("{:.2} / {:.2} / {:.2} / {:.2}", s.vcpu_ms, s.prefault_ms, s.entry_ms, s.other_ms)
+        }),
+        ("guest RAM mapped before it ran", |r| match r.prefault {
+            Some(p) if r.prefaulted_bytes > 0 => format!("{} ({p})", human(r.prefaulted_bytes)),
+            Some(p) => format!("none ({p})"),
+            None => "none (not populated)".into(),
+        }),
         ("ready ms p50 / p99 / max", |r| {
             format!("{:.2} / {:.1} / {:.1}", r.ready_ms.p50, r.ready_ms.p99, r.ready_ms.max)
         }),
@@ -196,18 +335,7 @@ fn table(rs: &[scrubheap_vmm::churn::VmmReport]) -> String {
         }),
         ("run seconds", |r| format!("{:.1}", r.duration_s)),
     ];
-    let w = rows.iter().map(|r| r.0.len()).max().unwrap_or(0);
-    let mut t = String::new();
-    let _ = write!(t, "{:w$}", "");
-    for r in rs {
-        let _ = write!(t, "  {:>22}", r.policy);
-    }
-    for (name, f) in rows {
-        let _ = write!(t, "\n{name:w$}");
-        for r in rs {
-            let _ = write!(t, "  {:>22}", f(r));
-        }
-    }
+    let mut t = grid(rs, |r| &r.policy, &rows);
     if rs.len() > 1 {
         let c = compare(rs);
         for v in c["against"].as_array().into_iter().flatten() {
@@ -223,6 +351,28 @@ fn table(rs: &[scrubheap_vmm::churn::VmmReport]) -> String {
                 v["ready_p50_speedup"].as_f64().unwrap_or(0.0),
                 v["destroy_p50_speedup"].as_f64().unwrap_or(0.0),
             );
+        }
+    }
+    t
+}
+
+#[cfg(all(target_os = "linux", target_arch = "x86_64"))]
+/// A table row: its name, and its cell for a report.
+type Row<T> = (&'static str, fn(&T) -> String);
+
+/// Named rows of figures, a column per report headed by `head`.
+#[cfg(all(target_os = "linux", target_arch = "x86_64"))]
+fn grid<T>(rs: &[T], head: fn(&T) -> &str, rows: &[Row<T>]) -> String {
+    use std::fmt::Write as _;
+    let w = rows.iter().map(|r| r.0.len()).max().unwrap_or(0);
+    let mut t = format!("{:w$}", "");
+    for r in rs {
+        let _ = write!(t, "  {:>22}", head(r));
+    }
+    for (name, f) in rows {
+        let _ = write!(t, "\n{name:w$}");
+        for r in rs {
+            let _ = write!(t, "  {:>22}", f(r));
         }
     }
     t

@@ -8,11 +8,17 @@
 //! after the last arrival are destroyed at the end. So several guests are alive at once
 //! (tens, at the default size), and later guests boot on memory earlier ones dirtied.
 //!
+//! With [`VmmConfig::guest_bytes`] the guests are all of one size instead
+//! ([`fixed_workload`]), for figures at a given guest size (1 GiB in `docs/results.md`).
+//!
 //! Under the `kernel` baseline each guest's RAM is a fresh anonymous mapping instead,
 //! which the kernel populates and zeroes as the guest first touches it, and `munmap`s at
 //! destroy.
 
-use crate::vm::{AnonRam, BootStats, Kvm, PoolRam, Ram, Tenant, TscFrequency, VmmError};
+use crate::vm::{
+    AnonRam, BootStats, Kvm, PoolRam, Prefault, Ram, SetupTimes, Tenant, TscFrequency, VmmError, MAX_GUEST_BYTES,
+    MIN_GUEST_BYTES,
+};
 use scrubheap::{DomId, HeapError};
 use scrubheap_host::guest::tag_of;
 use scrubheap_host::instrument::PreemptRecorder;
@@ -50,7 +56,12 @@ pub struct VmmConfig {
     /// give back the rest ([`crate::pod::pod_ram`]); pool backends only (the `kernel`
     /// baseline ignores it).
     pub pod: bool,
+    /// Every guest of this size instead of the default churn's (see [`fixed_workload`]).
+    pub guest_bytes: Option<u64>,
 }
+
+/// Most of the memory a fixed-size churn keeps alive, in percent (as the default churn).
+pub const FIXED_FILL_PERCENT: u64 = 70;
 
 /// Median and 99th percentile, in milliseconds.
 #[derive(Clone, Debug, Default, Serialize, PartialEq)]
@@ -144,6 +155,15 @@ pub struct VmmReport {
     pub memslots: Memslots,
     /// How guest TSC deltas were converted.
     pub tsc: Option<TscFrequency>,
+    /// Every guest's size when the churn was of one size (`--guest-size`), else 0.
+    pub fixed_guest_bytes: u64,
+    /// The create path after the memory, step by step: each step's median over guests.
+    pub setup_ms_p50: SetupTimes,
+    /// How pool RAM was mapped into KVM before each guest ran (`None` for `kernel`,
+    /// whose memory is not populated before the guest touches it).
+    pub prefault: Option<Prefault>,
+    /// Guest RAM bytes mapped before the guests ran, summed over guests.
+    pub prefaulted_bytes: u64,
     /// Bytes scrubbed by the pool: background, in place (by allocations), sync (by frees).
     pub bytes_scrubbed: [u64; 3],
     /// Wall seconds of the whole run (pool set-up excluded).
@@ -181,9 +201,37 @@ pub fn workload(memory_bytes: u64, n: usize, seed: u64) -> Vec<GuestSpec> {
     Workload::default_churn(memory_bytes, duration, seed, None).guests.into_iter().take(n).collect()
 }
 
+/// `n` guests of `guest_bytes` each, one arriving per second, each living as long as
+/// keeps as many alive as fit in [`FIXED_FILL_PERCENT`] of `memory_bytes` (at least one):
+/// a guest departs as the one that many places after it arrives, so each boots on memory
+/// an earlier one dirtied.
+pub fn fixed_workload(memory_bytes: u64, guest_bytes: u64, n: usize) -> Vec<GuestSpec> {
+    assert!(guest_bytes > 0, "a guest has memory");
+    let alive = (memory_bytes * FIXED_FILL_PERCENT / 100 / guest_bytes).max(1);
+    let specs: Vec<GuestSpec> = (0..n as u64)
+        .map(|id| GuestSpec {
+            id,
+            arrival_s: id as f64,
+            lifetime_s: alive as f64,
+            memory_bytes: guest_bytes,
+            tenant: id,
+        })
+        .collect();
+    debug_assert!(specs.iter().all(|g| g.memory_bytes == guest_bytes));
+    specs
+}
+
 /// Runs the churn. Fails at the first leak a guest reports, or any KVM error.
 pub fn run(cfg: &VmmConfig, kvm: &Kvm, progress: &dyn Fn(&VmmProgress)) -> Result<VmmReport, VmmError> {
-    let specs = workload(cfg.memory_bytes, cfg.guests, cfg.seed);
+    if let Some(b) = cfg.guest_bytes {
+        if !(MIN_GUEST_BYTES..=MAX_GUEST_BYTES).contains(&b) || !b.is_multiple_of(4096) || b > cfg.memory_bytes {
+            return Err(VmmError::BadSize(b));
+        }
+    }
+    let specs = match cfg.guest_bytes {
+        Some(b) => fixed_workload(cfg.memory_bytes, b, cfg.guests),
+        None => workload(cfg.memory_bytes, cfg.guests, cfg.seed),
+    };
     let pool = match cfg.backend {
         Backend::Heap(policy) => Some(Pool::new(PoolConfig {
             memory_bytes: cfg.memory_bytes,
@@ -250,8 +298,12 @@ pub fn run(cfg: &VmmConfig, kvm: &Kvm, progress: &dyn Fn(&VmmProgress)) -> Resul
             },
             None => Ram::Anonymous(AnonRam::new(g.memory_bytes)?),
         };
-        alloc_ms.push(t0.elapsed().as_secs_f64() * 1e3);
-        let tenant = kvm.boot(ram, tag_of(dom), t0)?;
+        let memory_ms = t0.elapsed().as_secs_f64() * 1e3;
+        alloc_ms.push(memory_ms);
+        let mut tenant = kvm.boot(ram, tag_of(dom), t0)?;
+        let s = &mut tenant.stats.setup;
+        let steps = s.prepare_ms + s.vm_ms + s.memslots_ms + s.vcpu_ms + s.prefault_ms + s.entry_ms;
+        s.other_ms = (tenant.stats.create_ms - memory_ms - steps).max(0.0);
         p.booted += 1;
         p.alive += 1;
         p.alive_bytes += tenant.stats.bytes;
@@ -307,6 +359,10 @@ pub fn run(cfg: &VmmConfig, kvm: &Kvm, progress: &dyn Fn(&VmmProgress)) -> Resul
         limit: kvm.max_memslots() as u64,
     };
     r.tsc = Some(kvm.tsc());
+    r.fixed_guest_bytes = cfg.guest_bytes.unwrap_or(0);
+    r.setup_ms_p50 = setup_p50(&boots);
+    r.prefault = pool.as_ref().map(|_| kvm.prefault());
+    r.prefaulted_bytes = boots.iter().map(|b| b.prefaulted_bytes).sum();
     if let Some(pool) = &pool {
         let places = pool.leak_tallies().to_vec();
         r.host_leak_check = HostLeakCheck {
@@ -319,4 +375,18 @@ pub fn run(cfg: &VmmConfig, kvm: &Kvm, progress: &dyn Fn(&VmmProgress)) -> Resul
         r.pod = cfg.pod.then(|| crate::pod::pod_report(&boots, pool));
     }
     Ok(r)
+}
+
+/// Each setup step's median over `boots`.
+fn setup_p50(boots: &[BootStats]) -> SetupTimes {
+    let p50 = |f: fn(&SetupTimes) -> f64| Millis::of(&boots.iter().map(|b| f(&b.setup)).collect::<Vec<f64>>()).p50;
+    SetupTimes {
+        prepare_ms: p50(|s| s.prepare_ms),
+        vm_ms: p50(|s| s.vm_ms),
+        memslots_ms: p50(|s| s.memslots_ms),
+        vcpu_ms: p50(|s| s.vcpu_ms),
+        prefault_ms: p50(|s| s.prefault_ms),
+        entry_ms: p50(|s| s.entry_ms),
+        other_ms: p50(|s| s.other_ms),
+    }
 }

@@ -10,8 +10,14 @@
 //!   exits to the VMM at the guest's first touch, which has the pager populate it, maps
 //!   it as a new slot, completes the access and resumes the guest; [`pod::PodPager`]
 //!   serves it from the heap's populate-on-demand layer.
-//! - [`churn::run`] is `scrubheap vmm`: guests of mixed sizes booted, scanned, filled and
-//!   destroyed on the pool, or on fresh anonymous memory (the `kernel` baseline).
+//! - [`churn::run`] is `scrubheap vmm`: guests of mixed sizes (or of one size,
+//!   [`churn::fixed_workload`]) booted, scanned, filled and destroyed on the pool, or on
+//!   fresh anonymous memory (the `kernel` baseline). Pool RAM is pre-faulted into KVM
+//!   before the guest runs where KVM has `KVM_PRE_FAULT_MEMORY` ([`vm::Prefault`]).
+//! - [`balloon::run`] is `scrubheap vmm --balloon`: a guest gives the top of its RAM back
+//!   over its port and asks for it again; the pool path shrinks its memory slots and frees
+//!   the frames to the pool, the kernel paths `madvise` them away as virtio-balloon and
+//!   virtio-mem VMMs do.
 //! - Adapters, each behind a feature: `x86_64` ([`frames::HeapFrames`]: the `x86_64`
 //!   crate's `FrameAllocator` and `FrameDeallocator` of 4 KiB, 2 MiB and 1 GiB frames over
 //!   a heap), and `vm-memory` ([`guest_memory::pool_guest_memory`]: `vm-memory` guest
@@ -25,6 +31,8 @@
 pub mod payload;
 pub mod slots;
 
+#[cfg(all(target_os = "linux", target_arch = "x86_64"))]
+pub mod balloon;
 #[cfg(all(target_os = "linux", target_arch = "x86_64"))]
 pub mod churn;
 #[cfg(all(target_os = "linux", target_arch = "x86_64"))]

@@ -151,7 +151,7 @@ pub const BALLOON_CHUNK: u64 = 2 << 20;
 /// mapping away) and writes the chunk's address to [`PORT_BALLOON`]. Then it sets
 /// `RDI = keep` and jumps to [`ENTRY_GPA`]: [`CODE`] scans and fills only what it kept.
 #[rustfmt::skip]
-pub const BALLOON_CODE: [u8; 42] = [
+pub const BALLOON_PROLOGUE: [u8; 42] = [
     0x48, 0x8b, 0x34, 0x25, 0x08, 0x08, 0x00, 0x00, // 00: mov rsi,[0x808]     ; RSI = bytes kept
     // 08 balloon:
     0x48, 0x8b, 0x06,                    // 08: mov rax,[rsi]       ; touch the chunk
@@ -164,6 +164,141 @@ pub const BALLOON_CODE: [u8; 42] = [
     0x48, 0x8b, 0x3c, 0x25, 0x08, 0x08, 0x00, 0x00, // 1e: mov rdi,[0x808]     ; RDI = bytes kept
     0x31, 0xc0,                          // 26: xor eax,eax
     0xff, 0xe0,                          // 28: jmp rax             ; to CODE at ENTRY_GPA
+];
+
+/// Ports of the balloon guest ([`BALLOON_CODE`]), in the order it writes them.
+pub mod balloon_ports {
+    /// Its first instruction ran.
+    pub const STARTED: u16 = 0x510;
+    /// First guest frame number of the range it is about to give back (the range runs to
+    /// the end of its RAM).
+    pub const BASE_GFN: u16 = 0x511;
+    /// Shrink: it gives back that many 4 KiB pages from `BASE_GFN` and waits (the vCPU is
+    /// stopped at the `OUT` while the VMM takes the range away).
+    pub const SHRINK_PAGES: u16 = 0x512;
+    /// Grow: it asks for the same pages back and waits until they are mapped.
+    pub const GROW_PAGES: u16 = 0x513;
+    /// Low and high 32 bits of the TSC delta of its first write to each page it got back.
+    pub const TOUCH_TSC_LO: u16 = 0x514;
+    /// See [`TOUCH_TSC_LO`].
+    pub const TOUCH_TSC_HI: u16 = 0x515;
+    /// Low and high 32 bits of the TSC delta of its check of every word it got back.
+    pub const CHECK_TSC_LO: u16 = 0x516;
+    /// See [`CHECK_TSC_LO`].
+    pub const CHECK_TSC_HI: u16 = 0x517;
+    /// Non-zero 8-byte words found in the range it got back.
+    pub const NONZERO: u16 = 0x518;
+    /// Guest-physical address of the first (0: none). It then fills the range with its tag
+    /// and starts the next round, or after the last writes [`DONE`].
+    pub const FIRST_NONZERO: u16 = 0x519;
+    /// The tag's low half: every round is done.
+    pub const DONE: u16 = 0x51a;
+}
+
+/// The balloon guest, loaded at [`ENTRY_GPA`] (the listing is GNU `as --64` output for
+/// the mnemonics in the comments), with the boot payload's contract for RAM, tag, mode
+/// and privilege, and two more registers: `R8` = bytes it gives back each round (a
+/// multiple of 4 KiB, below `RDI - SCAN_START`) and `R9` = rounds (at least 1).
+///
+/// It writes its tag over all of `[SCAN_START, RDI)` (so what it gives back is dirty),
+/// then each round: names the top `R8` bytes of its RAM ([`balloon_ports::BASE_GFN`]),
+/// gives them back ([`balloon_ports::SHRINK_PAGES`]), asks for them again
+/// ([`balloon_ports::GROW_PAGES`]), writes once to each 4 KiB page of them without
+/// changing it (`or qword [rsi],0`: where the VMM has not mapped memory yet, this is the
+/// fault that maps, allocates and zeroes it), timed; reads every word of them, counting
+/// the non-zero ones, timed; reports; and writes its tag over them again.
+#[rustfmt::skip]
+pub const BALLOON_CODE: [u8; 251] = [
+    // 00 start:
+    0x66, 0xba, 0x10, 0x05,              // 00: mov dx,0x510
+    0xee,                                // 04: out dx,al
+    0x48, 0x8b, 0x04, 0x25, 0x00, 0x08, 0x00, 0x00, // 05: mov rax,[0x800]
+    0xbe, 0x00, 0x10, 0x00, 0x00,        // 0d: mov esi,0x1000
+    // 12 fill_all:
+    0x48, 0x89, 0x06,                    // 12: mov [rsi],rax
+    0x48, 0x83, 0xc6, 0x08,              // 15: add rsi,0x8
+    0x48, 0x39, 0xfe,                    // 19: cmp rsi,rdi
+    0x72, 0xf4,                          // 1c: jb fill_all
+    // 1e round:
+    0x49, 0x89, 0xfa,                    // 1e: mov r10,rdi
+    0x4d, 0x29, 0xc2,                    // 21: sub r10,r8
+    0x4c, 0x89, 0xd0,                    // 24: mov rax,r10
+    0x48, 0xc1, 0xe8, 0x0c,              // 27: shr rax,0xc
+    0x66, 0xba, 0x11, 0x05,              // 2b: mov dx,0x511
+    0xef,                                // 2f: out dx,eax
+    0x4c, 0x89, 0xc0,                    // 30: mov rax,r8
+    0x48, 0xc1, 0xe8, 0x0c,              // 33: shr rax,0xc
+    0x66, 0xba, 0x12, 0x05,              // 37: mov dx,0x512
+    0xef,                                // 3b: out dx,eax
+    0x66, 0xba, 0x13, 0x05,              // 3c: mov dx,0x513
+    0xef,                                // 40: out dx,eax
+    0x0f, 0x31,                          // 41: rdtsc
+    0x48, 0xc1, 0xe2, 0x20,              // 43: shl rdx,0x20
+    0x48, 0x09, 0xd0,                    // 47: or rax,rdx
+    0x48, 0x89, 0xc5,                    // 4a: mov rbp,rax
+    0x4c, 0x89, 0xd6,                    // 4d: mov rsi,r10
+    // 50 touch:
+    0x48, 0x83, 0x0e, 0x00,              // 50: or qword [rsi],0x0
+    0x48, 0x81, 0xc6, 0x00, 0x10, 0x00, 0x00, // 54: add rsi,0x1000
+    0x48, 0x39, 0xfe,                    // 5b: cmp rsi,rdi
+    0x72, 0xf0,                          // 5e: jb touch
+    0x0f, 0x31,                          // 60: rdtsc
+    0x48, 0xc1, 0xe2, 0x20,              // 62: shl rdx,0x20
+    0x48, 0x09, 0xd0,                    // 66: or rax,rdx
+    0x48, 0x29, 0xe8,                    // 69: sub rax,rbp
+    0x66, 0xba, 0x14, 0x05,              // 6c: mov dx,0x514
+    0xef,                                // 70: out dx,eax
+    0x48, 0xc1, 0xe8, 0x20,              // 71: shr rax,0x20
+    0x66, 0xff, 0xc2,                    // 75: inc dx
+    0xef,                                // 78: out dx,eax
+    0x0f, 0x31,                          // 79: rdtsc
+    0x48, 0xc1, 0xe2, 0x20,              // 7b: shl rdx,0x20
+    0x48, 0x09, 0xd0,                    // 7f: or rax,rdx
+    0x48, 0x89, 0xc5,                    // 82: mov rbp,rax
+    0x31, 0xc9,                          // 85: xor ecx,ecx
+    0x31, 0xdb,                          // 87: xor ebx,ebx
+    0x4c, 0x89, 0xd6,                    // 89: mov rsi,r10
+    // 8c check:
+    0x48, 0x8b, 0x06,                    // 8c: mov rax,[rsi]
+    0x48, 0x85, 0xc0,                    // 8f: test rax,rax
+    0x74, 0x0b,                          // 92: je next
+    0x48, 0x85, 0xdb,                    // 94: test rbx,rbx
+    0x75, 0x03,                          // 97: jne counted
+    0x48, 0x89, 0xf3,                    // 99: mov rbx,rsi
+    // 9c counted:
+    0x48, 0xff, 0xc1,                    // 9c: inc rcx
+    // 9f next:
+    0x48, 0x83, 0xc6, 0x08,              // 9f: add rsi,0x8
+    0x48, 0x39, 0xfe,                    // a3: cmp rsi,rdi
+    0x72, 0xe4,                          // a6: jb check
+    0x0f, 0x31,                          // a8: rdtsc
+    0x48, 0xc1, 0xe2, 0x20,              // aa: shl rdx,0x20
+    0x48, 0x09, 0xd0,                    // ae: or rax,rdx
+    0x48, 0x29, 0xe8,                    // b1: sub rax,rbp
+    0x66, 0xba, 0x16, 0x05,              // b4: mov dx,0x516
+    0xef,                                // b8: out dx,eax
+    0x48, 0xc1, 0xe8, 0x20,              // b9: shr rax,0x20
+    0x66, 0xff, 0xc2,                    // bd: inc dx
+    0xef,                                // c0: out dx,eax
+    0x89, 0xc8,                          // c1: mov eax,ecx
+    0x66, 0xff, 0xc2,                    // c3: inc dx
+    0xef,                                // c6: out dx,eax
+    0x89, 0xd8,                          // c7: mov eax,ebx
+    0x66, 0xff, 0xc2,                    // c9: inc dx
+    0xef,                                // cc: out dx,eax
+    0x48, 0x8b, 0x04, 0x25, 0x00, 0x08, 0x00, 0x00, // cd: mov rax,[0x800]
+    0x4c, 0x89, 0xd6,                    // d5: mov rsi,r10
+    // d8 refill:
+    0x48, 0x89, 0x06,                    // d8: mov [rsi],rax
+    0x48, 0x83, 0xc6, 0x08,              // db: add rsi,0x8
+    0x48, 0x39, 0xfe,                    // df: cmp rsi,rdi
+    0x72, 0xf4,                          // e2: jb refill
+    0x49, 0xff, 0xc9,                    // e4: dec r9
+    0x0f, 0x85, 0x31, 0xff, 0xff, 0xff,  // e7: jne round
+    0x48, 0x8b, 0x04, 0x25, 0x00, 0x08, 0x00, 0x00, // ed: mov rax,[0x800]
+    0x66, 0xba, 0x1a, 0x05,              // f5: mov dx,0x51a
+    0xef,                                // f9: out dx,eax
+    0xf4,                                // fa: hlt
 ];
 
 #[cfg(test)]
@@ -195,9 +330,9 @@ mod tests {
     #[test]
     fn the_balloon_prologue_fits_between_the_code_and_the_tag_and_names_its_port() {
         const { assert!(ENTRY_GPA + CODE.len() as u64 <= BALLOON_ENTRY) };
-        const { assert!(BALLOON_ENTRY + BALLOON_CODE.len() as u64 <= TAG_GPA) };
+        const { assert!(BALLOON_ENTRY + BALLOON_PROLOGUE.len() as u64 <= TAG_GPA) };
         const { assert!(TAG_GPA + 8 <= KEEP_GPA && KEEP_GPA + 8 <= SCAN_START) };
-        let c = &BALLOON_CODE;
+        let c = &BALLOON_PROLOGUE;
         for at in [0x04, 0x22] {
             assert_eq!(u32::from_le_bytes(c[at..at + 4].try_into().unwrap()) as u64, KEEP_GPA);
         }
@@ -205,5 +340,30 @@ mod tests {
         assert_eq!(u32::from_le_bytes(c[0x15..0x19].try_into().unwrap()) as u64, BALLOON_CHUNK);
         assert_eq!(0x1c + 2 + c[0x1d] as i8 as i64, 0x08, "the loop goes back to the touch");
         assert_eq!(c[c.len() - 2..], [0xff, 0xe0], "ends jumping to RAX = ENTRY_GPA");
+    }
+
+    #[test]
+    fn the_balloon_code_fits_and_names_its_ports() {
+        use super::balloon_ports as b;
+        assert!((BALLOON_CODE.len() as u64) < TAG_GPA);
+        let port = |at: usize| u16::from_le_bytes([BALLOON_CODE[at], BALLOON_CODE[at + 1]]);
+        assert_eq!(
+            [port(0x02), port(0x2d), port(0x39), port(0x3e)],
+            [b::STARTED, b::BASE_GFN, b::SHRINK_PAGES, b::GROW_PAGES]
+        );
+        assert_eq!([port(0x6e), port(0xb6), port(0xf7)], [b::TOUCH_TSC_LO, b::CHECK_TSC_LO, b::DONE]);
+        assert_eq!(b::FIRST_NONZERO - b::CHECK_TSC_LO, 3, "three `inc dx` between them");
+        for at in [0x09, 0xd1, 0xf1] {
+            assert_eq!(u32::from_le_bytes(BALLOON_CODE[at..at + 4].try_into().unwrap()) as u64, TAG_GPA);
+        }
+        let target = |at: usize| (at as i64 + 2 + BALLOON_CODE[at + 1] as i8 as i64) as usize;
+        assert_eq!(
+            [target(0x1c), target(0x5e), target(0x92), target(0x97), target(0xa6), target(0xe2)],
+            [0x12, 0x50, 0x9f, 0x9c, 0x8c, 0xd8]
+        );
+        let rel32 = i32::from_le_bytes(BALLOON_CODE[0xe9..0xed].try_into().unwrap());
+        assert_eq!(0xed + rel32 as i64, 0x1e, "the rounds loop back to `round`");
+        assert_eq!(BALLOON_CODE[0x50..0x54], [0x48, 0x83, 0x0e, 0x00], "the touch writes without changing the word");
+        assert_eq!(BALLOON_CODE[0xfa], 0xf4, "ends with hlt");
     }
 }

@@ -11,7 +11,9 @@ use scrubheap_host::instrument::PreemptRecorder;
 use scrubheap_host::pool::{Pool, PoolError};
 use scrubheap_host::GuestOps;
 use std::io;
+use std::os::fd::AsRawFd;
 use std::ptr::NonNull;
+use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
@@ -97,7 +99,7 @@ pub enum VmmError {
     Pod(#[from] scrubheap_pod::PodError),
 }
 
-fn kvm_err(what: &'static str) -> impl FnOnce(kvm_ioctls::Error) -> VmmError {
+pub(crate) fn kvm_err(what: &'static str) -> impl FnOnce(kvm_ioctls::Error) -> VmmError {
     move |e| VmmError::Kvm { what, err: io::Error::from_raw_os_error(e.errno()) }
 }
 
@@ -189,6 +191,11 @@ impl AnonRam {
 }
 
 impl AnonRam {
+    /// Its host address and length in bytes.
+    pub(crate) fn host_range(&self) -> (usize, usize) {
+        (self.ptr.as_ptr() as usize, self.len)
+    }
+
     /// The mapping as bytes, for the VMM's own tables.
     fn bytes_mut(&mut self) -> &mut [u8] {
         // SAFETY: as in `words_mut`.
@@ -509,6 +516,32 @@ pub struct BootStats {
     /// Memory slots the VMM removed before the pager took their memory back (the PoD
     /// layer's unmap hook).
     pub slots_removed: u64,
+    /// Where `create_ms` went after the memory was allocated (the profile of the create path).
+    pub setup: SetupTimes,
+    /// Bytes mapped into KVM's second-stage tables before the guest's first instruction
+    /// (pool RAM, where the host's KVM has `KVM_PRE_FAULT_MEMORY`).
+    pub prefaulted_bytes: u64,
+}
+
+/// The create path after the memory, step by step, in milliseconds (VMM wall clock).
+#[derive(Clone, Debug, Default, PartialEq, serde::Serialize)]
+pub struct SetupTimes {
+    /// Memory slots computed, payload written, the VMM's page tables built.
+    pub prepare_ms: f64,
+    /// `KVM_CREATE_VM` and its TSS address.
+    pub vm_ms: f64,
+    /// `KVM_SET_USER_MEMORY_REGION` of every slot.
+    pub memslots_ms: f64,
+    /// `KVM_CREATE_VCPU` and its registers.
+    pub vcpu_ms: f64,
+    /// `KVM_PRE_FAULT_MEMORY` over the guest's RAM (0 where not used).
+    pub prefault_ms: f64,
+    /// First `KVM_RUN` to the guest's first report.
+    pub entry_ms: f64,
+    /// Of the guest's create, what no step above and not the memory holds (filled in by
+    /// the churn, which times the memory: the time between steps, and the VMM's own
+    /// slot layout of the pool's extents).
+    pub other_ms: f64,
 }
 
 /// A guest that ran to the end of its payload and still holds its VM and its memory.
@@ -553,6 +586,64 @@ pub struct Kvm {
     max_memslots: usize,
     host_tsc_khz: f64,
     guest_tsc_khz: OnceLock<Option<u32>>,
+    /// `KVM_PRE_FAULT_MEMORY` is offered and has not failed yet.
+    pre_fault: AtomicBool,
+}
+
+/// How pool RAM is mapped into KVM before a guest's first access.
+#[derive(Copy, Clone, Debug, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Prefault {
+    /// `KVM_PRE_FAULT_MEMORY` on the vCPU over every slot of pool RAM: the guest's
+    /// second-stage mappings exist before it runs (pool memory is populated and zero, so
+    /// nothing is allocated or zeroed for it).
+    KvmPreFaultMemory,
+    /// This host's KVM does not offer it (`KVM_CAP_PRE_FAULT_MEMORY` is 0: kernels before
+    /// 6.10, or KVMs without two-dimensional paging such as PVM's shadow paging), or it
+    /// failed once: KVM maps each range at the guest's first touch.
+    AtFirstTouch,
+}
+
+impl std::fmt::Display for Prefault {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Prefault::KvmPreFaultMemory => "KVM_PRE_FAULT_MEMORY",
+            Prefault::AtFirstTouch => "at first touch",
+        })
+    }
+}
+
+/// `KVM_PRE_FAULT_MEMORY`: `_IOWR(KVMIO, 0xd5, struct kvm_pre_fault_memory)` (Linux 6.10).
+const KVM_PRE_FAULT_MEMORY: libc::c_ulong = (3 << 30) | (64 << 16) | (0xae << 8) | 0xd5;
+/// `KVM_CAP_PRE_FAULT_MEMORY`.
+const CAP_PRE_FAULT_MEMORY: libc::c_ulong = 236;
+/// Calls of `KVM_PRE_FAULT_MEMORY` per slot before giving up (it returns early when a
+/// signal is pending or it needs rescheduling, and is called again from where it stopped).
+const MAX_PREFAULT_CALLS: usize = 1 << 16;
+
+/// Maps `[gpa, gpa + bytes)` into the vCPU's second-stage tables with
+/// `KVM_PRE_FAULT_MEMORY`, calling again where a call stopped early.
+fn pre_fault(vcpu: &VcpuFd, gpa: u64, bytes: u64) -> io::Result<()> {
+    assert!(gpa.is_multiple_of(4096) && bytes.is_multiple_of(4096));
+    let mut r = kvm_bindings::kvm_pre_fault_memory { gpa, size: bytes, ..Default::default() };
+    for _ in 0..MAX_PREFAULT_CALLS {
+        if r.size == 0 {
+            return Ok(());
+        }
+        // SAFETY: `r` is a `kvm_pre_fault_memory` the kernel reads and updates in place
+        // (64 bytes, the size the request number encodes); the fd is a live vCPU.
+        let ret = unsafe { libc::ioctl(vcpu.as_raw_fd(), KVM_PRE_FAULT_MEMORY, &mut r) };
+        if ret < 0 {
+            let e = io::Error::last_os_error();
+            if !matches!(e.raw_os_error(), Some(libc::EINTR | libc::EAGAIN)) {
+                return Err(e);
+            }
+        }
+    }
+    Err(io::Error::other(format!(
+        "KVM_PRE_FAULT_MEMORY still had {} bytes left after {MAX_PREFAULT_CALLS} calls",
+        r.size
+    )))
 }
 
 /// Where the TSC frequency used for guest times comes from.
@@ -595,7 +686,34 @@ impl Kvm {
             return Err(VmmError::NoKvm(io::Error::other(format!("KVM_GET_API_VERSION gave {version}: {why}"))));
         }
         let max_memslots = kvm.get_nr_memslots();
-        Ok(Kvm { kvm, max_memslots, host_tsc_khz: calibrate_host_tsc_khz(), guest_tsc_khz: OnceLock::new() })
+        let pre_fault = AtomicBool::new(kvm.check_extension_raw(CAP_PRE_FAULT_MEMORY) > 0);
+        let host_tsc_khz = calibrate_host_tsc_khz();
+        Ok(Kvm { kvm, max_memslots, host_tsc_khz, guest_tsc_khz: OnceLock::new(), pre_fault })
+    }
+
+    /// How pool RAM is mapped into KVM before a guest runs.
+    pub fn prefault(&self) -> Prefault {
+        if self.pre_fault.load(Relaxed) {
+            Prefault::KvmPreFaultMemory
+        } else {
+            Prefault::AtFirstTouch
+        }
+    }
+
+    /// Pre-faults `slots` of pool RAM for `vcpu` if this KVM can; returns the bytes mapped.
+    /// A failure turns pre-faulting off for this `Kvm` (the guest then maps at first touch).
+    pub(crate) fn pre_fault_slots(&self, vcpu: &VcpuFd, slots: &[Slot]) -> u64 {
+        let mut done = 0;
+        for s in slots {
+            if self.prefault() != Prefault::KvmPreFaultMemory {
+                break;
+            }
+            match pre_fault(vcpu, s.gpa, s.bytes) {
+                Ok(()) => done += s.bytes,
+                Err(_) => self.pre_fault.store(false, Relaxed),
+            }
+        }
+        done
     }
 
     /// Memory slots one VM may have (`KVM_CAP_NR_MEMSLOTS`).
@@ -632,6 +750,7 @@ impl Kvm {
         if balloon && (keep < chunk || !bytes.is_multiple_of(chunk) || !keep.is_multiple_of(chunk)) {
             return Err(VmmError::BadSize(keep));
         }
+        let t_prepare = Instant::now();
         let slots = ram.slots();
         if slots.len() + 1 > self.max_memslots {
             // One more for the VMM's own page-table slot.
@@ -640,8 +759,11 @@ impl Kvm {
 
         // Made before the VM, so it is dropped after it on an error return.
         let tables = PageTables::new()?;
-        let vm = self.kvm.create_vm().map_err(kvm_err("KVM_CREATE_VM"))?;
-        vm.set_tss_address(TSS_ADDR).map_err(kvm_err("KVM_SET_TSS_ADDR"))?;
+        let mut setup = SetupTimes { prepare_ms: ms_since(t_prepare), ..Default::default() };
+        let t = Instant::now();
+        let vm = self.new_vm()?;
+        setup.vm_ms = ms_since(t);
+        let t = Instant::now();
         let mut kvm_slots = KvmSlots::new(&vm, self.max_memslots);
         for s in slots.iter().chain([&tables.slot()]) {
             kvm_slots.add(s)?;
@@ -654,18 +776,25 @@ impl Kvm {
         ram.write(ENTRY_GPA, &CODE);
         ram.write(TAG_GPA, &tag.to_le_bytes());
         if balloon {
-            ram.write(payload::BALLOON_ENTRY, &payload::BALLOON_CODE);
+            ram.write(payload::BALLOON_ENTRY, &payload::BALLOON_PROLOGUE);
             ram.write(payload::KEEP_GPA, &keep.to_le_bytes());
         }
+        setup.memslots_ms = ms_since(t);
+        let t = Instant::now();
         let mut vcpu = vm.create_vcpu(0).map_err(kvm_err("KVM_CREATE_VCPU"))?;
         self.guest_tsc_khz.get_or_init(|| vcpu.get_tsc_khz().ok().filter(|&k| k > 0));
         set_long_mode(&vcpu, bytes, if balloon { payload::BALLOON_ENTRY } else { ENTRY_GPA })?;
+        setup.vcpu_ms = ms_since(t);
+        let t = Instant::now();
+        // Pool memory is populated and zero: map it before the guest touches it.
+        let prefaulted_bytes = if matches!(ram, Ram::Pool(_)) { self.pre_fault_slots(&vcpu, &slots) } else { 0 };
+        setup.prefault_ms = ms_since(t);
 
-        let mut st =
-            BootStats { bytes, memslots: slots.len(), words_checked: (keep - SCAN_START) / 8, ..Default::default() };
+        let words_checked = (keep - SCAN_START) / 8;
+        let mut st = BootStats { bytes, memslots: slots.len(), words_checked, prefaulted_bytes, ..Default::default() };
         let mut started = None;
+        let t_entry = Instant::now();
         let (mut tsc_lo, mut tsc_hi) = (0u64, 0u64);
-        // A demand guest exits once per range it populates: at most one per page.
         // A demand guest exits once per range it populates (at most one per page; once
         // more per page a reclaim took away), and twice per chunk its balloon gives back.
         let max_exits = MAX_EXITS + if matches!(ram, Ram::Demand(_)) { (bytes / 2048) as usize } else { 0 };
@@ -713,6 +842,8 @@ impl Kvm {
                 payload::PORT_BALLOON if balloon => st.ballooned_bytes += ram.balloon(v, &mut kvm_slots)?,
                 payload::PORT_STARTED => {
                     st.create_ms = t0.elapsed().as_secs_f64() * 1e3;
+                    setup.entry_ms = ms_since(t_entry);
+                    st.setup = setup.clone();
                     started = Some(Instant::now());
                 }
                 payload::PORT_SCAN_TSC_LO => tsc_lo = v,
@@ -756,6 +887,39 @@ impl Kvm {
     }
 }
 
+impl Kvm {
+    /// A new VM with its TSS address set.
+    pub(crate) fn new_vm(&self) -> Result<VmFd, VmmError> {
+        let vm = self.kvm.create_vm().map_err(kvm_err("KVM_CREATE_VM"))?;
+        vm.set_tss_address(TSS_ADDR).map_err(kvm_err("KVM_SET_TSS_ADDR"))?;
+        Ok(vm)
+    }
+}
+
+/// Milliseconds since `t`.
+pub(crate) fn ms_since(t: Instant) -> f64 {
+    t.elapsed().as_secs_f64() * 1e3
+}
+
+/// Sets KVM memory slot `id` of `vm` to `s` (`s.bytes == 0` deletes it).
+///
+/// # Safety
+/// Unless `s.bytes` is 0, `[s.host, s.host + s.bytes)` must be page aligned, readable and
+/// writable host memory that stays mapped, and is this guest's alone, until the slot is
+/// deleted or `vm` is dropped.
+pub(crate) unsafe fn set_slot(vm: &VmFd, id: u32, s: &Slot) -> Result<(), VmmError> {
+    assert!(s.gpa.is_multiple_of(4096) && s.bytes.is_multiple_of(4096), "slots are whole pages");
+    let region = kvm_userspace_memory_region {
+        slot: id,
+        guest_phys_addr: s.gpa,
+        memory_size: s.bytes,
+        userspace_addr: s.host as u64,
+        flags: 0,
+    };
+    // SAFETY: the caller's contract.
+    unsafe { vm.set_user_memory_region(region) }.map_err(kvm_err("KVM_SET_USER_MEMORY_REGION"))
+}
+
 /// The vCPU's instruction pointer and registers, for error messages.
 fn where_is(vcpu: &VcpuFd) -> String {
     match vcpu.get_regs() {
@@ -783,10 +947,10 @@ const TSS_LIMIT: u32 = (IO_BITMAP + 0x600 / 8) as u32 - 1;
 /// `OUT` (PVM does), it checks the bitmap, which without a TSS of ours would be read from
 /// wherever the reset TR points: guest RAM, which the guest fills with its tag. The bitmap
 /// allows ports `0x500..=0x5ff` (the payload's) and denies the rest.
-struct PageTables(AnonRam);
+pub(crate) struct PageTables(AnonRam);
 
 impl PageTables {
-    fn new() -> Result<PageTables, VmmError> {
+    pub(crate) fn new() -> Result<PageTables, VmmError> {
         let mut m = AnonRam::new(PAGE_TABLES_BYTES as u64)?;
         let bytes = m.bytes_mut();
         let tss = &mut bytes[(TSS_GPA - PAGE_TABLES_GPA) as usize..];
@@ -805,7 +969,7 @@ impl PageTables {
         Ok(PageTables(m))
     }
 
-    fn slot(&self) -> Slot {
+    pub(crate) fn slot(&self) -> Slot {
         Slot { gpa: PAGE_TABLES_GPA, host: self.0.ptr.as_ptr() as usize, bytes: self.0.len as u64 }
     }
 }
@@ -814,7 +978,7 @@ impl PageTables {
 /// `OUT`s are allowed; see the payload for why not privilege 0 or 32-bit mode), caches on,
 /// interrupts off, at `entry` (the payload's, or its balloon prologue's) with `RDI` = RAM
 /// bytes.
-fn set_long_mode(vcpu: &VcpuFd, bytes: u64, entry: u64) -> Result<(), VmmError> {
+pub(crate) fn set_long_mode(vcpu: &VcpuFd, bytes: u64, entry: u64) -> Result<(), VmmError> {
     let mut s = vcpu.get_sregs().map_err(kvm_err("KVM_GET_SREGS"))?;
     let code = kvm_segment {
         base: 0,

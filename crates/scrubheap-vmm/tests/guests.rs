@@ -7,6 +7,7 @@ use scrubheap_host::instrument::PreemptRecorder;
 use scrubheap_host::pool::{Pool, PoolConfig};
 use scrubheap_host::run::Backend;
 use scrubheap_host::GuestOps;
+use scrubheap_vmm::balloon::{self, BalloonBackend, BalloonConfig};
 use scrubheap_vmm::churn::{self, VmmConfig};
 use scrubheap_vmm::payload::SCAN_START;
 use scrubheap_vmm::vm::{AnonRam, Kvm, PoolRam, Ram, Tenant, VmmError};
@@ -146,6 +147,7 @@ fn churn_boots_every_guest_and_reports() {
             hugetlb: false,
             verify,
             pod: false,
+            guest_bytes: None,
         };
         let seen = std::cell::Cell::new(0);
         let r = churn::run(&cfg, &kvm, &|p| seen.set(p.booted)).expect("a clean churn");
@@ -352,6 +354,7 @@ fn a_pod_churn_boots_every_guest_below_its_maximum_and_each_finds_zero() {
         hugetlb: false,
         verify: false,
         pod: true,
+        guest_bytes: None,
     };
     let r = churn::run(&cfg, &kvm, &|_| {}).expect("a clean PoD churn");
     let pod = r.pod.clone().expect("a PoD report");
@@ -366,4 +369,106 @@ fn a_pod_churn_boots_every_guest_below_its_maximum_and_each_finds_zero() {
     assert_eq!(r.leak_check.words_checked, (pod.max_bytes - pod.ballooned_bytes - r.guests * SCAN_START) / 8);
     assert_eq!(pod.crashes, 0);
     assert!(pod.populated_2m > 0 && pod.superpages_reclaimed > 0, "{pod:?}");
+}
+
+#[test]
+fn a_fixed_size_churn_boots_guests_of_that_size() {
+    let Some(kvm) = kvm() else { return };
+    for backend in [Backend::Heap(Policy::Scrubheap), Backend::Kernel] {
+        let cfg = VmmConfig {
+            memory_bytes: 64 << 20,
+            nodes: 1,
+            scrubbers_per_node: 1,
+            backend,
+            guests: 6,
+            seed: 1,
+            hugetlb: false,
+            verify: false,
+            pod: false,
+            guest_bytes: Some(16 << 20),
+        };
+        let r = churn::run(&cfg, &kvm, &|_| {}).expect("a clean fixed-size churn");
+        assert_eq!((r.guests, r.guests_refused, r.fixed_guest_bytes), (6, 0, 16 << 20), "{r:?}");
+        assert_eq!(r.guest_bytes, 6 * (16 << 20));
+        assert_eq!(r.max_alive, 2, "70% of 64 MiB holds two 16 MiB guests: {r:?}");
+        assert_eq!(r.leak_check.nonzero_words, 0);
+        assert_eq!(r.prefault.is_some(), backend != Backend::Kernel);
+        assert!(r.setup_ms_p50.vm_ms > 0.0 && r.setup_ms_p50.entry_ms > 0.0, "{:?}", r.setup_ms_p50);
+    }
+    let mut bad = VmmConfig { guest_bytes: Some(4096), ..churn_cfg() };
+    assert!(matches!(churn::run(&bad, &kvm, &|_| {}), Err(VmmError::BadSize(4096))));
+    bad.guest_bytes = Some(1 << 30);
+    assert!(matches!(churn::run(&bad, &kvm, &|_| {}), Err(VmmError::BadSize(_))), "larger than the memory");
+}
+
+fn churn_cfg() -> VmmConfig {
+    VmmConfig {
+        memory_bytes: 64 << 20,
+        nodes: 1,
+        scrubbers_per_node: 1,
+        backend: Backend::Kernel,
+        guests: 1,
+        seed: 1,
+        hugetlb: false,
+        verify: false,
+        pod: false,
+        guest_bytes: None,
+    }
+}
+
+/// 16 MiB guests giving back 5 MiB and 12 KiB (not a whole 2 MiB extent: the pool frees
+/// the parts of one above the cut, and KVM's slot is re-created shorter).
+fn balloon_cfg() -> BalloonConfig {
+    BalloonConfig { guest_bytes: 16 << 20, balloon_bytes: (5 << 20) + 3 * 4096, rounds: 2 }
+}
+
+#[test]
+fn a_guest_shrinks_and_grows_on_each_backend_and_gets_zero_back() {
+    let Some(kvm) = kvm() else { return };
+    let cfg = balloon_cfg();
+    let (pool, _) = pool(32);
+    for backend in [BalloonBackend::Pool, BalloonBackend::KernelPage, BalloonBackend::KernelRange] {
+        let r = balloon::run(&kvm, &cfg, backend, Some(&pool)).expect("a clean balloon run");
+        assert_eq!(r.backend, backend.to_string());
+        assert_eq!(r.rounds.len(), 2);
+        assert_eq!(r.nonzero_words, 0);
+        assert_eq!(r.words_checked, 2 * cfg.balloon_bytes / 8);
+        let kept = (cfg.guest_bytes - cfg.balloon_bytes) / 4096;
+        for round in &r.rounds {
+            assert!(round.shrink_pause_ms > 0.0 && round.check_ms > 0.0, "{round:?}");
+            if backend == BalloonBackend::Pool {
+                assert_eq!(round.frames_while_shrunk, kept, "the pool holds only what the guest kept");
+                assert!(round.slots_shrunk_grown.1 > round.slots_shrunk_grown.0, "{round:?}");
+            } else {
+                assert_eq!(round.frames_while_shrunk, cfg.guest_bytes / 4096, "the kernel's slot stays");
+            }
+        }
+        let calls = match backend {
+            BalloonBackend::Pool => 0,
+            BalloonBackend::KernelPage => 2 * cfg.balloon_bytes / 4096,
+            BalloonBackend::KernelRange => 2,
+        };
+        assert_eq!(r.madvise_calls, calls);
+        assert_eq!(pool.heap().stats().allocated, 0, "every frame back in the pool");
+    }
+    assert!(balloon::run(&kvm, &BalloonConfig { rounds: 0, ..cfg.clone() }, BalloonBackend::Pool, Some(&pool)).is_err());
+    let whole = BalloonConfig { balloon_bytes: cfg.guest_bytes, ..cfg };
+    assert!(balloon::run(&kvm, &whole, BalloonBackend::KernelPage, None).is_err(), "page 0 stays");
+}
+
+#[test]
+fn a_frame_written_behind_the_pools_back_is_caught_by_the_growing_guest() {
+    let Some(kvm) = kvm() else { return };
+    let cfg = BalloonConfig { guest_bytes: 16 << 20, balloon_bytes: 8 << 20, rounds: 1 };
+    let (pool, _) = pool(24);
+    // Every frame, clean as far as the pool knows, now holds another tenant's word.
+    pool.arena().fill(Mfn(0), (24 << 20) / 4096, 0xbad);
+    match balloon::run(&kvm, &cfg, BalloonBackend::Pool, Some(&pool)) {
+        Err(VmmError::Leak { nonzero_words, value, gpa, .. }) => {
+            assert!(nonzero_words > 0);
+            assert_eq!(value, 0xbad);
+            assert!(gpa >= cfg.guest_bytes - cfg.balloon_bytes, "in the range it got back: {gpa:#x}");
+        }
+        other => panic!("the guest must report the dirty frame: {other:?}"),
+    }
 }
