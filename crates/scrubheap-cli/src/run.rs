@@ -83,8 +83,13 @@ pub struct Args {
     /// Threads creating and destroying guests.
     #[arg(long, default_value_t = 2)]
     pub workers: usize,
-    /// Run scrubbers at normal priority instead of SCHED_IDLE.
-    #[arg(long)]
+    /// How scrubber threads are scheduled: idle (SCHED_IDLE), nice19 (the lowest normal
+    /// priority), boost (SCHED_IDLE, raised to normal while holding a heap node lock) or
+    /// normal.
+    #[arg(long, default_value_t = scrubheap_host::ScrubPriority::default())]
+    pub scrub_priority: scrubheap_host::ScrubPriority,
+    /// Run scrubbers at normal priority (the same as `--scrub-priority normal`).
+    #[arg(long, conflicts_with = "scrub_priority")]
     pub no_idle: bool,
     /// Zeroing kernel (rep-stosb, avx2-nt, avx512-nt, clzero, write-bytes); default:
     /// the fastest in a calibration at start.
@@ -202,7 +207,7 @@ pub fn main(a: Args) -> anyhow::Result<()> {
             verify: a.verify,
             hugetlb: true,
             sample_ms: 100,
-            idle_priority: !a.no_idle,
+            scrub_priority: if a.no_idle { scrubheap_host::ScrubPriority::Normal } else { a.scrub_priority },
             reboots: !a.no_reboots,
             balloons: !a.no_balloons,
             boot_dirty: !a.clean_boot,

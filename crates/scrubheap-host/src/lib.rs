@@ -15,7 +15,7 @@
 //!
 //! This crate's `unsafe` (the mapping, the zeroing kernels, the clock, thread affinity,
 //! the kernel's memory-policy queries and the kernel baseline's guests) is in `arena`,
-//! `zero`, `clock`, `pool`, `numa` and `tenants::guest`; each block says why it holds.
+//! `zero`, `clock`, `pool`, `priority`, `numa` and `tenants::guest`; each block says why it holds.
 //! The VMM crate has its own (KVM).
 //!
 //! ```
@@ -35,12 +35,14 @@ mod clock;
 pub mod instrument;
 pub mod numa;
 pub mod pool;
+pub mod priority;
 pub mod run;
 pub mod tenants;
 mod zero;
 
 pub use arena::{tag_of, Arena, ArenaConfig, ArenaError, Backing, NumaBinding, Prefault, POISON};
 pub use clock::thread_cpu_time;
+pub use priority::ScrubPriority;
 pub use run::report;
 pub use tenants::{guest, hot_remove, pins, pod_guest, GuestOps, GuestTeardown, PinOps, PodGuestOps};
 pub use zero::{calibrate, median, Calibration, Kernel, UnknownKernel};

@@ -73,7 +73,7 @@ fn measure(policy: Policy, reps: usize, batch: u64) -> anyhow::Result<Figures> {
         scrubbers_per_node: 0,
         policy,
         initially_dirty: true,
-        idle_priority: false,
+        scrub_priority: scrubheap_host::ScrubPriority::Normal,
         scrub_batch: batch,
         ..PoolConfig::default()
     })

@@ -61,8 +61,8 @@ pub struct RunConfig {
     pub hugetlb: bool,
     /// Milliseconds between timeline samples.
     pub sample_ms: u64,
-    /// Scrubbers at SCHED_IDLE.
-    pub idle_priority: bool,
+    /// How scrubber threads are scheduled.
+    pub scrub_priority: crate::ScrubPriority,
     /// Write every allocation, free and claim the workers make as an op log here.
     pub record: Option<PathBuf>,
     /// Zeroing kernel, or calibrate.
