@@ -8,6 +8,7 @@ use hdrhistogram::Histogram;
 use parking_lot::Mutex;
 use scrubheap::{LockObserver, Preempt};
 use std::cell::{Cell, RefCell};
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -315,12 +316,14 @@ thread_local! {
 /// Times every node-lock hold of a heap (wall clock, from acquire to release).
 pub struct LockTimer {
     hist: Mutex<Histogram<u64>>,
+    /// The longest hold by a background scrubber thread, ns.
+    scrubber_max_ns: AtomicU64,
 }
 
 impl LockTimer {
     /// A new timer, to be given to [`scrubheap::Heap::set_lock_observer`].
     pub fn new() -> Arc<Self> {
-        Arc::new(LockTimer { hist: Mutex::new(histogram()) })
+        Arc::new(LockTimer { hist: Mutex::new(histogram()), scrubber_max_ns: AtomicU64::new(0) })
     }
 
     /// (p50, p99, p99.9, p99.99, max) in µs, and the number of holds.
@@ -330,9 +333,16 @@ impl LockTimer {
         ([q(0.5), q(0.99), q(0.999), q(0.9999), h.max() as f64 / 1000.0], h.len())
     }
 
+    /// The longest hold by a background scrubber thread (one that set its
+    /// [`ScrubPriority`](crate::ScrubPriority)), µs: where a priority inversion shows.
+    pub fn scrubber_max_us(&self) -> f64 {
+        self.scrubber_max_ns.load(Relaxed) as f64 / 1000.0
+    }
+
     /// Forgets everything recorded so far.
     pub fn reset(&self) {
         self.hist.lock().reset();
+        self.scrubber_max_ns.store(0, Relaxed);
     }
 }
 
@@ -348,6 +358,9 @@ impl LockObserver for LockTimer {
         if let Some(t) = LOCK_TAKEN.with(|c| c.take()) {
             let ns = (t.elapsed().as_nanos() as u64).max(1);
             self.hist.lock().saturating_record(ns);
+            if crate::priority::is_scrubber() {
+                self.scrubber_max_ns.fetch_max(ns, Relaxed);
+            }
         }
     }
 }

@@ -52,6 +52,7 @@ impl ScrubPriority {
     /// Sets the calling thread's scheduling as this choice says; false if the host
     /// refused (the thread then runs at whatever it had).
     pub(crate) fn apply(self) -> bool {
+        SCRUBBER.with(|b| b.set(true));
         BOOSTABLE.with(|b| b.set(self == ScrubPriority::Boost));
         match self {
             ScrubPriority::Idle | ScrubPriority::Boost => set_policy(libc::SCHED_IDLE),
@@ -86,6 +87,13 @@ thread_local! {
     static BOOSTABLE: Cell<bool> = const { Cell::new(false) };
     /// This thread is boosted now.
     static BOOSTED: Cell<bool> = const { Cell::new(false) };
+    /// This thread is a background scrubber (it applied a [`ScrubPriority`]).
+    static SCRUBBER: Cell<bool> = const { Cell::new(false) };
+}
+
+/// Whether the calling thread is a background scrubber.
+pub(crate) fn is_scrubber() -> bool {
+    SCRUBBER.with(Cell::get)
 }
 
 /// The calling thread took a node lock (called by the pool's lock observer).

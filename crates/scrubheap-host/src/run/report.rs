@@ -42,6 +42,9 @@ pub struct LockHoldMicros {
     pub max: f64,
     /// Holds recorded.
     pub holds: u64,
+    /// The longest hold by a background scrubber thread (a priority inversion shows
+    /// here: a scrubber descheduled while it holds the lock).
+    pub scrubbers_max: f64,
 }
 
 /// Bytes scrubbed by who paid for it.
