@@ -71,8 +71,9 @@ pub fn table(rs: &[RunReport]) -> String {
         ("lock hold us p50 / p99.99 / max", |r| {
             format!("{:.2} / {:.1} / {:.0}", r.lock_hold_us.p50, r.lock_hold_us.p9999, r.lock_hold_us.max)
         }),
-        ("  longest by a scrubber / priority", |r| {
-            format!("{:.0} / {}", r.lock_hold_us.scrubbers_max, r.scrub_priority)
+        ("  longest by scrubbers (priority) / others", |r| {
+            let l = &r.lock_hold_us;
+            format!("{:.0} ({}) / {:.0}", l.scrubbers_max, r.scrub_priority, l.others_max)
         }),
         ("scrubbed GiB bg / in place / sync", |r| {
             let g = |b: u64| b as f64 / (1u64 << 30) as f64;

@@ -316,14 +316,19 @@ thread_local! {
 /// Times every node-lock hold of a heap (wall clock, from acquire to release).
 pub struct LockTimer {
     hist: Mutex<Histogram<u64>>,
-    /// The longest hold by a background scrubber thread, ns.
+    /// The longest hold by a background scrubber thread, and by any other, ns.
     scrubber_max_ns: AtomicU64,
+    others_max_ns: AtomicU64,
 }
 
 impl LockTimer {
     /// A new timer, to be given to [`scrubheap::Heap::set_lock_observer`].
     pub fn new() -> Arc<Self> {
-        Arc::new(LockTimer { hist: Mutex::new(histogram()), scrubber_max_ns: AtomicU64::new(0) })
+        Arc::new(LockTimer {
+            hist: Mutex::new(histogram()),
+            scrubber_max_ns: AtomicU64::new(0),
+            others_max_ns: AtomicU64::new(0),
+        })
     }
 
     /// (p50, p99, p99.9, p99.99, max) in µs, and the number of holds.
@@ -339,10 +344,16 @@ impl LockTimer {
         self.scrubber_max_ns.load(Relaxed) as f64 / 1000.0
     }
 
+    /// The longest hold by any other thread (builders, pins, hot-remove, PoD), µs.
+    pub fn others_max_us(&self) -> f64 {
+        self.others_max_ns.load(Relaxed) as f64 / 1000.0
+    }
+
     /// Forgets everything recorded so far.
     pub fn reset(&self) {
         self.hist.lock().reset();
         self.scrubber_max_ns.store(0, Relaxed);
+        self.others_max_ns.store(0, Relaxed);
     }
 }
 
@@ -358,9 +369,8 @@ impl LockObserver for LockTimer {
         if let Some(t) = LOCK_TAKEN.with(|c| c.take()) {
             let ns = (t.elapsed().as_nanos() as u64).max(1);
             self.hist.lock().saturating_record(ns);
-            if crate::priority::is_scrubber() {
-                self.scrubber_max_ns.fetch_max(ns, Relaxed);
-            }
+            let max = if crate::priority::is_scrubber() { &self.scrubber_max_ns } else { &self.others_max_ns };
+            max.fetch_max(ns, Relaxed);
         }
     }
 }

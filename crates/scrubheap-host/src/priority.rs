@@ -26,9 +26,10 @@ pub enum ScrubPriority {
     /// Normal scheduling at the lowest normal priority (nice 19): a small share of the
     /// CPU under load, but never starved while it holds a lock.
     Nice19,
-    /// `SCHED_IDLE` while it zeroes, normal priority (nice 0) from the moment it takes a
-    /// node lock until it next works on frames outside the locks: a lock that boosts its
-    /// holder.
+    /// `SCHED_IDLE` while it zeroes; real-time (`SCHED_FIFO` 1, or normal priority if
+    /// the host refuses it) from the moment it takes a node lock until it next works on
+    /// frames outside the locks: a lock that boosts its holder, so a descheduled holder
+    /// cannot keep a lock while normal threads run.
     Boost,
     /// Normal priority (nice 0), as any other thread.
     Normal,
@@ -55,9 +56,9 @@ impl ScrubPriority {
         SCRUBBER.with(|b| b.set(true));
         BOOSTABLE.with(|b| b.set(self == ScrubPriority::Boost));
         match self {
-            ScrubPriority::Idle | ScrubPriority::Boost => set_policy(libc::SCHED_IDLE),
-            ScrubPriority::Nice19 => set_policy(libc::SCHED_OTHER) && set_nice(19),
-            ScrubPriority::Normal => set_policy(libc::SCHED_OTHER) && set_nice(0),
+            ScrubPriority::Idle | ScrubPriority::Boost => set_policy(libc::SCHED_IDLE, 0),
+            ScrubPriority::Nice19 => set_policy(libc::SCHED_OTHER, 0) && set_nice(19),
+            ScrubPriority::Normal => set_policy(libc::SCHED_OTHER, 0) && set_nice(0),
         }
     }
 }
@@ -100,7 +101,8 @@ pub(crate) fn is_scrubber() -> bool {
 pub(crate) fn lock_taken() {
     NODE_LOCKS.with(|n| n.set(n.get() + 1));
     if BOOSTABLE.with(Cell::get) && !BOOSTED.with(Cell::get) {
-        BOOSTED.with(|b| b.set(set_policy(libc::SCHED_OTHER)));
+        let boosted = set_policy(libc::SCHED_FIFO, 1) || set_policy(libc::SCHED_OTHER, 0);
+        BOOSTED.with(|b| b.set(boosted));
     }
 }
 
@@ -130,17 +132,18 @@ pub(crate) fn outside_node_locks(what: &str) {
 /// Drops a boosted thread back to `SCHED_IDLE` (no-op otherwise).
 pub(crate) fn unboost() {
     if BOOSTED.with(Cell::get) && node_locks_held() == 0 {
-        set_policy(libc::SCHED_IDLE);
+        set_policy(libc::SCHED_IDLE, 0);
         BOOSTED.with(|b| b.set(false));
     }
 }
 
-/// Sets the calling thread's scheduling policy (priority 0); false if refused.
-fn set_policy(policy: libc::c_int) -> bool {
+/// Sets the calling thread's scheduling policy and static priority (0 but for the
+/// real-time policies); false if refused.
+fn set_policy(policy: libc::c_int, priority: libc::c_int) -> bool {
     // SAFETY: sched_param is plain data; pid 0 names the calling thread; the call only
     // reads the struct.
     unsafe {
-        let p = libc::sched_param { sched_priority: 0 };
+        let p = libc::sched_param { sched_priority: priority };
         libc::sched_setscheduler(0, policy, &p) == 0
     }
 }
@@ -217,8 +220,9 @@ mod tests {
         })
         .join()
         .unwrap();
-        if let Some(s) = seen {
-            assert_eq!(s, (libc::SCHED_OTHER, libc::SCHED_IDLE, 0));
+        if let Some((held, after, locks)) = seen {
+            assert!(held == libc::SCHED_FIFO || held == libc::SCHED_OTHER, "boosted while holding: {held}");
+            assert_eq!((after, locks), (libc::SCHED_IDLE, 0));
         }
     }
 

@@ -128,7 +128,8 @@ fn pool_part(r: &mut RunReport, cfg: &RunConfig, pool: Pool, sections: &Sections
     }
     r.numa = crate::numa::stop_and_place(pool);
     let ([p50, p99, p999, p9999, max], holds) = locks.quantiles_us();
-    r.lock_hold_us = LockHoldMicros { p50, p99, p999, p9999, max, holds, scrubbers_max: locks.scrubber_max_us() };
+    let (scrubbers_max, others_max) = (locks.scrubber_max_us(), locks.others_max_us());
+    r.lock_hold_us = LockHoldMicros { p50, p99, p999, p9999, max, holds, scrubbers_max, others_max };
     r.scrub_priority = cfg.scrub_priority.to_string();
     let (a, b, _) = pool_sections.summary();
     let (c, d, _) = sections.summary();

@@ -45,6 +45,8 @@ pub struct LockHoldMicros {
     /// The longest hold by a background scrubber thread (a priority inversion shows
     /// here: a scrubber descheduled while it holds the lock).
     pub scrubbers_max: f64,
+    /// The longest hold by any other thread (builders, pins, hot-remove, PoD).
+    pub others_max: f64,
 }
 
 /// Bytes scrubbed by who paid for it.
