@@ -73,7 +73,8 @@ pub fn table(rs: &[RunReport]) -> String {
         }),
         ("  longest by scrubbers (priority) / others", |r| {
             let l = &r.lock_hold_us;
-            format!("{:.0} ({}) / {:.0}", l.scrubbers_max, r.scrub_priority, l.others_max)
+            let boost = if r.lock_boost { ", all boosted" } else { "" };
+            format!("{:.0} ({}{boost}) / {:.0}", l.scrubbers_max, r.scrub_priority, l.others_max)
         }),
         ("scrubbed GiB bg / in place / sync", |r| {
             let g = |b: u64| b as f64 / (1u64 << 30) as f64;

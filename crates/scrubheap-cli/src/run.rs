@@ -88,6 +88,11 @@ pub struct Args {
     /// normal.
     #[arg(long, default_value_t = scrubheap_host::ScrubPriority::default())]
     pub scrub_priority: scrubheap_host::ScrubPriority,
+    /// Do not raise the guest builders and the hot-remove while they hold a heap node
+    /// lock (by default they run at SCHED_FIFO 1 from taking one until they leave the
+    /// heap or next work on frames, as `--scrub-priority boost` does scrubbers).
+    #[arg(long)]
+    pub no_lock_boost: bool,
     /// Run scrubbers at normal priority (the same as `--scrub-priority normal`).
     #[arg(long, conflicts_with = "scrub_priority")]
     pub no_idle: bool,
@@ -207,6 +212,7 @@ pub fn main(a: Args) -> anyhow::Result<()> {
             verify: a.verify,
             hugetlb: true,
             sample_ms: 100,
+            lock_boost: !a.no_lock_boost,
             scrub_priority: if a.no_idle { scrubheap_host::ScrubPriority::Normal } else { a.scrub_priority },
             reboots: !a.no_reboots,
             balloons: !a.no_balloons,

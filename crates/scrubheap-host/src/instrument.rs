@@ -211,10 +211,12 @@ impl PreemptRecorder {
         now
     }
 
-    /// The operation returned.
+    /// The operation returned (a thread boosted while it held a node lock goes back to
+    /// its own priority: see [`crate::priority::boost_lock_holds`]).
     pub fn exit(&self) {
         self.mark();
         self.last_wall.set(None);
+        crate::priority::unboost();
     }
 
     /// All sections recorded (CPU ns).

@@ -16,20 +16,22 @@
 use std::cell::Cell;
 use std::fmt;
 use std::str::FromStr;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 
 /// How background scrubber threads are scheduled.
 #[derive(Copy, Clone, Debug, Default, PartialEq, Eq)]
 pub enum ScrubPriority {
     /// `SCHED_IDLE` throughout: runs only when nothing else wants the CPU.
-    #[default]
     Idle,
     /// Normal scheduling at the lowest normal priority (nice 19): a small share of the
-    /// CPU under load, but never starved while it holds a lock.
+    /// CPU under load, but not starved outright while it holds a lock.
     Nice19,
     /// `SCHED_IDLE` while it zeroes; real-time (`SCHED_FIFO` 1, or normal priority if
     /// the host refuses it) from the moment it takes a node lock until it next works on
     /// frames outside the locks: a lock that boosts its holder, so a descheduled holder
-    /// cannot keep a lock while normal threads run.
+    /// cannot keep a lock while normal threads run. The default, chosen by the figures in
+    /// `docs/results.md`.
+    #[default]
     Boost,
     /// Normal priority (nice 0), as any other thread.
     Normal,
@@ -55,6 +57,7 @@ impl ScrubPriority {
     pub(crate) fn apply(self) -> bool {
         SCRUBBER.with(|b| b.set(true));
         BOOSTABLE.with(|b| b.set(self == ScrubPriority::Boost));
+        BASE_POLICY.with(|b| b.set(libc::SCHED_IDLE));
         match self {
             ScrubPriority::Idle | ScrubPriority::Boost => set_policy(libc::SCHED_IDLE, 0),
             ScrubPriority::Nice19 => set_policy(libc::SCHED_OTHER, 0) && set_nice(19),
@@ -86,6 +89,8 @@ thread_local! {
     static NODE_LOCKS: Cell<u32> = const { Cell::new(0) };
     /// This thread runs at `SCHED_IDLE` but is boosted while it holds a node lock.
     static BOOSTABLE: Cell<bool> = const { Cell::new(false) };
+    /// The policy a boosted thread goes back to.
+    static BASE_POLICY: Cell<libc::c_int> = const { Cell::new(libc::SCHED_OTHER) };
     /// This thread is boosted now.
     static BOOSTED: Cell<bool> = const { Cell::new(false) };
     /// This thread is a background scrubber (it applied a [`ScrubPriority`]).
@@ -97,11 +102,25 @@ pub(crate) fn is_scrubber() -> bool {
     SCRUBBER.with(Cell::get)
 }
 
+/// Boosts the host refused `SCHED_FIFO` for (no `CAP_SYS_NICE` or `RLIMIT_RTPRIO`), which
+/// fell back to normal priority.
+static FIFO_REFUSED: AtomicU64 = AtomicU64::new(0);
+
+/// How many boosts so far fell back to normal priority because the host refused
+/// `SCHED_FIFO`.
+pub fn fifo_refused() -> u64 {
+    FIFO_REFUSED.load(Relaxed)
+}
+
 /// The calling thread took a node lock (called by the pool's lock observer).
 pub(crate) fn lock_taken() {
     NODE_LOCKS.with(|n| n.set(n.get() + 1));
     if BOOSTABLE.with(Cell::get) && !BOOSTED.with(Cell::get) {
-        let boosted = set_policy(libc::SCHED_FIFO, 1) || set_policy(libc::SCHED_OTHER, 0);
+        let fifo = set_policy(libc::SCHED_FIFO, 1);
+        if !fifo {
+            FIFO_REFUSED.fetch_add(1, Relaxed);
+        }
+        let boosted = fifo || set_policy(libc::SCHED_OTHER, 0);
         BOOSTED.with(|b| b.set(boosted));
     }
 }
@@ -129,10 +148,25 @@ pub(crate) fn outside_node_locks(what: &str) {
     unboost();
 }
 
-/// Drops a boosted thread back to `SCHED_IDLE` (no-op otherwise).
+/// From now on the calling thread (a normal-priority one: a guest builder, the
+/// hot-remove) is raised like a [`ScrubPriority::Boost`] scrubber while it holds a node
+/// lock, and goes back to normal priority when it next works on frames or leaves the
+/// heap ([`crate::instrument::PreemptRecorder::exit`]). Returns false (and changes
+/// nothing) for a thread that is not at `SCHED_OTHER`.
+pub fn boost_lock_holds() -> bool {
+    if current().0 != libc::SCHED_OTHER {
+        return false;
+    }
+    BASE_POLICY.with(|b| b.set(libc::SCHED_OTHER));
+    BOOSTABLE.with(|b| b.set(true));
+    true
+}
+
+/// Drops a boosted thread back to its own policy, once it holds no node lock (no-op
+/// otherwise).
 pub(crate) fn unboost() {
     if BOOSTED.with(Cell::get) && node_locks_held() == 0 {
-        set_policy(libc::SCHED_IDLE, 0);
+        set_policy(BASE_POLICY.with(Cell::get), 0);
         BOOSTED.with(|b| b.set(false));
     }
 }
@@ -224,6 +258,25 @@ mod tests {
             assert!(held == libc::SCHED_FIFO || held == libc::SCHED_OTHER, "boosted while holding: {held}");
             assert_eq!((after, locks), (libc::SCHED_IDLE, 0));
         }
+    }
+
+    #[test]
+    fn a_normal_thread_may_ask_to_be_boosted_while_it_holds_a_lock() {
+        let seen = std::thread::spawn(|| {
+            assert!(boost_lock_holds());
+            lock_taken();
+            let held = current().0;
+            unboost();
+            let still = current().0;
+            lock_released();
+            unboost();
+            (held, still, current().0)
+        })
+        .join()
+        .unwrap();
+        assert_ne!(seen.0, libc::SCHED_IDLE);
+        assert_eq!(seen.1, seen.0, "not dropped while a lock is held");
+        assert_eq!(seen.2, libc::SCHED_OTHER);
     }
 
     #[test]

@@ -21,6 +21,7 @@ fn small_run(seed: u64, scrub_priority: ScrubPriority) -> RunConfig {
         hugetlb: false,
         sample_ms: 100,
         scrub_priority,
+        lock_boost: scrub_priority == ScrubPriority::Boost,
         record: None,
         kernel: None,
         reboots: true,
@@ -36,6 +37,7 @@ fn the_hot_remove_moves_guest_memory_and_every_role_is_recorded() {
         assert_eq!(r.invariant_violations, 0, "{:?}", r.notes);
         assert_eq!(r.leak_check.nonzero_pages, 0);
         assert_eq!(r.scrub_priority, prio.name());
+        assert_eq!(r.lock_boost, prio == ScrubPriority::Boost);
         let h = r.hot_remove.as_ref().expect("the hot-remove ran");
         assert!(h.completed, "{h:?}");
         assert!(h.guest_frames_in_range > 0, "the range chosen holds guest memory: {h:?}");

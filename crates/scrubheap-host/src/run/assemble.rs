@@ -131,6 +131,13 @@ fn pool_part(r: &mut RunReport, cfg: &RunConfig, pool: Pool, sections: &Sections
     let (scrubbers_max, others_max) = (locks.scrubber_max_us(), locks.others_max_us());
     r.lock_hold_us = LockHoldMicros { p50, p99, p999, p9999, max, holds, scrubbers_max, others_max };
     r.scrub_priority = cfg.scrub_priority.to_string();
+    r.lock_boost = cfg.lock_boost;
+    let refused = crate::priority::fifo_refused();
+    if refused > 0 {
+        r.notes.push(format!(
+            "the host refused SCHED_FIFO {refused} time(s) (no CAP_SYS_NICE or RLIMIT_RTPRIO): those lock holders were raised to normal priority only"
+        ));
+    }
     let (a, b, _) = pool_sections.summary();
     let (c, d, _) = sections.summary();
     r.max_nonpreemptible_us = a.max(c);

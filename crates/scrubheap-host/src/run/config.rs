@@ -63,6 +63,9 @@ pub struct RunConfig {
     pub sample_ms: u64,
     /// How scrubber threads are scheduled.
     pub scrub_priority: crate::ScrubPriority,
+    /// The run's own threads (guest builders, the hot-remove) are raised while they hold
+    /// a node lock, as `boost` scrubbers are ([`crate::priority::boost_lock_holds`]).
+    pub lock_boost: bool,
     /// Write every allocation, free and claim the workers make as an op log here.
     pub record: Option<PathBuf>,
     /// Zeroing kernel, or calibrate.

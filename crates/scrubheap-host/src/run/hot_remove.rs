@@ -51,6 +51,9 @@ impl HotRemove<'_> {
         if !self.sleep_until(HOT_REMOVE_AT) {
             return None;
         }
+        if self.cfg.lock_boost {
+            crate::priority::boost_lock_holds();
+        }
         let rec = PreemptRecorder::new(self.pool.config().quantum_ns);
         let (first, count, guest_frames) = self.choose_range()?;
         let mut rep = HotRemoveReport {

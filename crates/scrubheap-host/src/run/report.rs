@@ -208,6 +208,8 @@ pub struct RunReport {
     pub lock_hold_us: LockHoldMicros,
     /// How the scrubber threads were scheduled (idle, nice19, boost, normal).
     pub scrub_priority: String,
+    /// Whether the run's own threads were raised while holding a node lock too.
+    pub lock_boost: bool,
     /// Background scrub throughput while scrubbing, GB/s.
     pub scrub_gbps: f64,
     /// The best zeroing kernel on this arena, GB/s (calibration).

@@ -216,6 +216,9 @@ impl<'a> Shared<'a> {
 
     /// One worker thread: runs jobs until the run is over and every guest destroyed.
     pub(super) fn work(&self) {
+        if self.cfg.lock_boost {
+            crate::priority::boost_lock_holds();
+        }
         let rec = PreemptRecorder::new(self.pool.map_or(200_000, |p| p.config().quantum_ns));
         loop {
             let job = match self.next_job() {
