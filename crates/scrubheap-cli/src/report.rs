@@ -71,7 +71,7 @@ pub fn table(rs: &[RunReport]) -> String {
         ("lock hold us p50 / p99.99 / max", |r| {
             format!("{:.2} / {:.1} / {:.0}", r.lock_hold_us.p50, r.lock_hold_us.p9999, r.lock_hold_us.max)
         }),
-        ("  longest by scrubbers (priority) / others", |r| {
+        ("  max by scrubbers (prio) / others", |r| {
             let l = &r.lock_hold_us;
             let boost = if r.lock_boost { ", all boosted" } else { "" };
             format!("{:.0} ({}{boost}) / {:.0}", l.scrubbers_max, r.scrub_priority, l.others_max)
