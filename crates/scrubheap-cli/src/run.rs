@@ -84,8 +84,8 @@ pub struct Args {
     #[arg(long, default_value_t = 2)]
     pub workers: usize,
     /// How scrubber threads are scheduled: idle (SCHED_IDLE), nice19 (the lowest normal
-    /// priority), boost (SCHED_IDLE, raised to normal while holding a heap node lock) or
-    /// normal.
+    /// priority), boost (SCHED_IDLE, raised to SCHED_FIFO 1 while holding a heap node
+    /// lock; the default) or normal.
     #[arg(long, default_value_t = scrubheap_host::ScrubPriority::default())]
     pub scrub_priority: scrubheap_host::ScrubPriority,
     /// Do not raise the guest builders and the hot-remove while they hold a heap node
