@@ -29,10 +29,19 @@ pub fn summary_line(r: &RunReport) -> String {
 /// A row of the table: its name and how to read it off a report.
 type Row = (&'static str, fn(&RunReport) -> String);
 
+/// `us` rounded, with the operation it was in if any: `634 (ticket step)`.
+fn with_op(us: f64, op: &str) -> String {
+    if op.is_empty() {
+        format!("{us:.0}")
+    } else {
+        format!("{us:.0} ({op})")
+    }
+}
+
 /// The side-by-side table.
 pub fn table(rs: &[RunReport]) -> String {
     let mut t = String::new();
-    let rows: [Row; 23] = [
+    let rows: [Row; 26] = [
         ("guests created / destroyed / rebooted", |r| {
             format!("{} / {} / {}", r.domains_created, r.domains_destroyed, r.domains_rebooted)
         }),
@@ -51,12 +60,21 @@ pub fn table(rs: &[RunReport]) -> String {
         ("longest non-preemptible us (cpu)", |r| format!("{:.0}", r.max_nonpreemptible_us)),
         ("  of which builders / scrubbers", |r| {
             let s = &r.sections_max_us;
-            let op = if s.workers_op.is_empty() { String::new() } else { format!(" ({})", s.workers_op) };
-            format!("{:.0}{op} / {:.0}", s.workers, s.scrubbers)
+            format!("{} / {:.0}", with_op(s.builders, &s.builders_op), s.scrubbers)
         }),
+        ("  pins / hot-remove", |r| {
+            let s = &r.sections_max_us;
+            format!("{:.0} / {}", s.pins, with_op(s.hot_remove, &s.hot_remove_op))
+        }),
+        ("  PoD", |r| with_op(r.sections_max_us.pod, &r.sections_max_us.pod_op)),
         ("  same, wall clock us", |r| format!("{:.0}", r.max_nonpreemptible_wall_us)),
-        ("lock hold us p50 / p99.9 / max", |r| {
-            format!("{:.2} / {:.1} / {:.0}", r.lock_hold_us.p50, r.lock_hold_us.p999, r.lock_hold_us.max)
+        ("lock hold us p50 / p99.99 / max", |r| {
+            format!("{:.2} / {:.1} / {:.0}", r.lock_hold_us.p50, r.lock_hold_us.p9999, r.lock_hold_us.max)
+        }),
+        ("  max by scrubbers (prio) / others", |r| {
+            let l = &r.lock_hold_us;
+            let boost = if r.lock_boost { ", all boosted" } else { "" };
+            format!("{:.0} ({}{boost}) / {:.0}", l.scrubbers_max, r.scrub_priority, l.others_max)
         }),
         ("scrubbed GiB bg / in place / sync", |r| {
             let g = |b: u64| b as f64 / (1u64 << 30) as f64;
@@ -78,8 +96,8 @@ pub fn table(rs: &[RunReport]) -> String {
             Some(h) => format!("{} / not done / {}", h.bytes >> 20, h.attempts),
             None => "-".into(),
         }),
-        ("  guest memory moved MiB", |r| {
-            r.hot_remove.as_ref().map_or("-".into(), |h| (h.migrated_bytes >> 20).to_string())
+        ("  guest memory moved MiB / frames", |r| {
+            r.hot_remove.as_ref().map_or("-".into(), |h| format!("{} / {}", h.migrated_bytes >> 20, h.migrated_frames))
         }),
         ("PoD guests / crashed / ballooned", |r| {
             format!("{} / {} / {}", r.pod.guests, r.pod.crashes, r.pod.pages_ballooned)

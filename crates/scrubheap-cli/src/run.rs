@@ -83,8 +83,18 @@ pub struct Args {
     /// Threads creating and destroying guests.
     #[arg(long, default_value_t = 2)]
     pub workers: usize,
-    /// Run scrubbers at normal priority instead of SCHED_IDLE.
+    /// How scrubber threads are scheduled: idle (SCHED_IDLE), nice19 (the lowest normal
+    /// priority), boost (SCHED_IDLE, raised to SCHED_FIFO 1 while holding a heap node
+    /// lock; the default) or normal.
+    #[arg(long, default_value_t = scrubheap_host::ScrubPriority::default())]
+    pub scrub_priority: scrubheap_host::ScrubPriority,
+    /// Do not raise the guest builders and the hot-remove while they hold a heap node
+    /// lock (by default they run at SCHED_FIFO 1 from taking one until they leave the
+    /// heap or next work on frames, as `--scrub-priority boost` does scrubbers).
     #[arg(long)]
+    pub no_lock_boost: bool,
+    /// Run scrubbers at normal priority (the same as `--scrub-priority normal`).
+    #[arg(long, conflicts_with = "scrub_priority")]
     pub no_idle: bool,
     /// Zeroing kernel (rep-stosb, avx2-nt, avx512-nt, clzero, write-bytes); default:
     /// the fastest in a calibration at start.
@@ -202,7 +212,8 @@ pub fn main(a: Args) -> anyhow::Result<()> {
             verify: a.verify,
             hugetlb: true,
             sample_ms: 100,
-            idle_priority: !a.no_idle,
+            lock_boost: !a.no_lock_boost,
+            scrub_priority: if a.no_idle { scrubheap_host::ScrubPriority::Normal } else { a.scrub_priority },
             reboots: !a.no_reboots,
             balloons: !a.no_balloons,
             boot_dirty: !a.clean_boot,

@@ -12,23 +12,32 @@ pub fn print_table(rep: &HotRemoveReport) {
     for n in &rep.notes {
         println!("  {n}");
     }
-    println!("| policy | completed | time_to_offline_s | stopped_s | attempts | migrated GiB | pinned GiB (in Movable) | pin moves GiB / s | blockers | invariant_violations |");
-    println!("|---|---|---|---|---|---|---|---|---|---|");
+    println!("| policy | completed | time_to_offline_s | stopped_s | attempts | migrated GiB | longest move ms (MiB) | pinned GiB (in Movable) | pin moves GiB / s | blockers | invariant_violations |");
+    println!("|---|---|---|---|---|---|---|---|---|---|---|");
     for r in &rep.results {
         println!(
-            "| {} | {} | {} | {:.3} | {} | {} | {} ({}) | {} / {:.3} | {} | {} |",
+            "| {} | {} | {} | {:.3} | {} | {} | {:.2} ({}) | {} ({}) | {} / {:.3} | {} | {} |",
             r.policy,
             r.completed,
             r.time_to_offline_s.map_or("-".into(), |t| format!("{t:.3}")),
             r.stopped_s,
             r.attempts,
             gib(r.migrated_bytes),
+            r.max_nonpreemptible_ms,
+            r.longest_move_bytes >> 20,
             gib(r.pinned_bytes),
             gib(r.pinned_in_movable_bytes),
             gib(r.pin_migrated_bytes),
             r.pin_s,
             r.blockers.len(),
             r.invariant_violations
+        );
+    }
+    if let Some(r) = rep.results.first() {
+        let e = r.guest_extents;
+        println!(
+            "guests built with {} extents of 1 GiB and {} of 2 MiB; the longest move is one copy with no preemption point inside it",
+            e.extents_1g, e.extents_2m
         );
     }
     for r in rep.results.iter().filter(|r| !r.blockers.is_empty()) {

@@ -651,6 +651,7 @@ impl FrameMemory for Arena {
     /// Zeroes the frames with the arena's kernel (one call, one fence), then reads back a
     /// sample of each (every word if so set) into [`Arena::scrub_check`].
     fn zero(&self, first: Mfn, count: u64) {
+        crate::priority::outside_node_locks("zeroing frames");
         let (off, len) = self.span(first, count);
         #[cfg(feature = "testing")]
         let skip = self.skip_zeroing.load(Ordering::Relaxed);
@@ -666,12 +667,14 @@ impl FrameMemory for Arena {
     }
 
     fn is_zero(&self, first: Mfn, count: u64) -> bool {
+        crate::priority::outside_node_locks("checking frames are zero");
         self.words(first, count).chunks(512).all(|c| c.iter().fold(0, |a, &w| a | w) == 0)
     }
 
     /// # Panics
     /// If either range is outside the arena, or the ranges overlap.
     fn copy(&self, src: Mfn, dst: Mfn, count: u64) {
+        crate::priority::outside_node_locks("copying frames");
         let (s, len) = self.span(src, count);
         let (d, _) = self.span(dst, count);
         assert!(s + len <= d || d + len <= s, "copy of {count} frames from {src} to {dst}: the ranges overlap");

@@ -15,7 +15,7 @@
 //!
 //! This crate's `unsafe` (the mapping, the zeroing kernels, the clock, thread affinity,
 //! the kernel's memory-policy queries, the kernel baseline's guests and the `SIGPIPE`
-//! disposition) is in `arena`, `zero`, `clock`, `pool`, `numa`, `process` and
+//! disposition) is in `arena`, `zero`, `clock`, `pool`, `priority`, `numa`, `process` and
 //! `tenants::guest`; each block says why it holds.
 //! The VMM crate has its own (KVM).
 //!
@@ -36,6 +36,7 @@ mod clock;
 pub mod instrument;
 pub mod numa;
 pub mod pool;
+pub mod priority;
 pub mod process;
 pub mod run;
 pub mod tenants;
@@ -43,6 +44,7 @@ mod zero;
 
 pub use arena::{tag_of, Arena, ArenaConfig, ArenaError, Backing, NumaBinding, Prefault, POISON};
 pub use clock::thread_cpu_time;
+pub use priority::ScrubPriority;
 pub use run::report;
 pub use tenants::{guest, hot_remove, pins, pod_guest, GuestOps, GuestTeardown, PinOps, PodGuestOps};
 pub use zero::{calibrate, median, Calibration, Kernel, UnknownKernel};

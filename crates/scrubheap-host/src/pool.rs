@@ -15,6 +15,7 @@
 
 pub use crate::arena::{LeakCounters, LeakTally, SAMPLED_WORDS_PER_FRAME};
 use crate::instrument::{LockTimer, PreemptRecorder, Sections};
+use crate::priority::ScrubPriority;
 use crate::{Arena, ArenaConfig, ArenaError, Kernel};
 use parking_lot::{Condvar, Mutex};
 use scrubheap::{
@@ -45,9 +46,8 @@ pub struct PoolConfig {
     pub hugetlb: bool,
     /// Zeroing kernel, or calibrate.
     pub kernel: Option<Kernel>,
-    /// Run scrubbers at idle scheduling priority (SCHED_IDLE), as designed; `false` for
-    /// normal priority.
-    pub idle_priority: bool,
+    /// How scrubber threads are scheduled (see [`ScrubPriority`]).
+    pub scrub_priority: ScrubPriority,
     /// Yield from a long heap operation once it has run this long (CPU ns).
     pub quantum_ns: u64,
     /// Frames zeroed between preemption checks.
@@ -69,7 +69,7 @@ impl Default for PoolConfig {
             verify: false,
             hugetlb: true,
             kernel: None,
-            idle_priority: true,
+            scrub_priority: ScrubPriority::default(),
             quantum_ns: 200_000,
             scrub_batch: 256,
             movable_fraction: None,
@@ -225,10 +225,10 @@ impl Pool {
                     Some(c) => c[i % c.len()] as usize,
                     None => (node * cfg.scrubbers_per_node + i) % cpus,
                 };
-                let (idle, quantum) = (cfg.idle_priority, cfg.quantum_ns);
+                let (prio, quantum) = (cfg.scrub_priority, cfg.quantum_ns);
                 let h = std::thread::Builder::new()
                     .name(format!("scrub-n{node}-{i}"))
-                    .spawn(move || scrubber(node, cpu, idle, quantum, &heap, &shared, &sections))
+                    .spawn(move || scrubber(node, cpu, prio, quantum, &heap, &shared, &sections))
                     .map_err(|e| PoolError::Config(format!("cannot start a scrubber thread: {e}")))?;
                 scrubbers.push(h);
             }
@@ -456,16 +456,6 @@ pub fn retry_busy<T>(mut f: impl FnMut() -> Result<T, HeapError>) -> Result<T, H
     }
 }
 
-/// Sets the calling thread to SCHED_IDLE; false if the host refused.
-fn set_idle_priority() -> bool {
-    // SAFETY: sched_param is plain data; pid 0 names the calling thread; the call only
-    // reads the struct.
-    unsafe {
-        let p = libc::sched_param { sched_priority: 0 };
-        libc::sched_setscheduler(0, libc::SCHED_IDLE, &p) == 0
-    }
-}
-
 /// Pins the calling thread to `cpu`; false if the host refused.
 fn pin_to(cpu: usize) -> bool {
     // SAFETY: cpu_set_t is plain data, zero-initialised and then set through the libc
@@ -503,15 +493,13 @@ const STEP_BUDGET: u64 = 1 << 14;
 fn scrubber(
     node: usize,
     cpu: usize,
-    idle: bool,
+    prio: ScrubPriority,
     quantum_ns: u64,
     heap: &Heap<Arena>,
     shared: &Shared,
     sections: &Sections,
 ) -> ScrubberStats {
-    if idle {
-        set_idle_priority();
-    }
+    prio.apply();
     let pinned = pin_to(cpu);
     let rec = PreemptRecorder::new(quantum_ns);
     let mut st = ScrubberStats { node, cpu: pinned.then_some(cpu), ..Default::default() };
@@ -523,6 +511,7 @@ fn scrubber(
         rec.enter_op("background scrub");
         let z = heap.scrub_step(node, STEP_BUDGET, &rec).expect("scrubber node exists");
         rec.exit();
+        crate::priority::unboost();
         if z > 0 {
             let busy = t.elapsed();
             st.frames += z;

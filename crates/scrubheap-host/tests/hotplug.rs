@@ -16,7 +16,7 @@ fn pins_and_an_offline_move_guest_bytes_and_leak_nothing() {
         nodes: 2,
         verify: true,
         hugetlb: false,
-        idle_priority: false,
+        scrub_priority: scrubheap_host::ScrubPriority::Normal,
         movable_fraction: Some(0.5),
         ..PoolConfig::default()
     })
@@ -29,7 +29,7 @@ fn pins_and_an_offline_move_guest_bytes_and_leak_nothing() {
     assert!(g.extents.iter().all(|e| heap.chunk_at(e.mfn).unwrap().zone == Zone::Movable), "movable guest memory");
     let words = |e: &Extent| p.arena().count_nonzero_words(e.mfn, e.frames());
     let full = |e: &Extent| e.frames() * 512;
-    let pinned = p.pin_guest_pages(&mut g, 4, 7);
+    let pinned = p.pin_guest_pages(&mut g, 4, 7, &rec);
     let moved = pinned.iter().filter(|q| q.moved()).count();
     assert_eq!(pinned.len(), 4.min(g.extents.len()));
     assert_eq!(moved, pinned.len(), "every pinned page was in the Movable zone");

@@ -15,7 +15,7 @@ fn pool() -> Pool {
         policy: Policy::Scrubheap,
         verify: true,
         hugetlb: false,
-        idle_priority: false,
+        scrub_priority: scrubheap_host::ScrubPriority::Normal,
         ..PoolConfig::default()
     })
     .unwrap()

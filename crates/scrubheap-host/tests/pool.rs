@@ -15,7 +15,7 @@ fn pool(policy: Policy, verify: bool) -> Pool {
         policy,
         verify,
         hugetlb: false,
-        idle_priority: false,
+        scrub_priority: scrubheap_host::ScrubPriority::Normal,
         ..PoolConfig::default()
     })
     .unwrap()
@@ -151,7 +151,7 @@ fn a_host_booted_dirty_hands_out_only_scrubbed_memory() {
             nodes: 2,
             policy,
             hugetlb: false,
-            idle_priority: false,
+            scrub_priority: scrubheap_host::ScrubPriority::Normal,
             initially_dirty: true,
             ..PoolConfig::default()
         })

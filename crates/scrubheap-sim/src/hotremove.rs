@@ -40,7 +40,7 @@ pub struct HotRemove {
     pub fill_fraction: f64,
     /// Memory of each guest, GiB.
     pub guest_gib: u64,
-    /// Every this many guests, one pins pages (a DPDK or VFIO guest).
+    /// Every this many guests of each node, one pins pages (a DPDK or VFIO guest).
     pub pin_every: usize,
     /// Memory each pinning guest pins, MiB, in 2 MiB pages chosen at random among its own.
     pub pinned_mib: u64,
@@ -138,8 +138,12 @@ pub struct HotRemoveResult {
     /// The longest single move (one copy by the migrator, with no preemption point
     /// inside it), ms of modelled time.
     pub max_nonpreemptible_ms: f64,
+    /// Bytes of that longest move (a whole 1 GiB extent when one lies in the range).
+    pub longest_move_bytes: u64,
     /// Moves longer than the host's watchdog timeout.
     pub watchdog_trips: u64,
+    /// The extents the guests were built with.
+    pub guest_extents: GuestExtents,
     /// Schema-1 `sim` key: no allocation here falls back to a smaller one (0).
     pub highorder_failures: u64,
 }
@@ -191,8 +195,9 @@ struct Guests<'a> {
     /// Frames held: first frame to (order, guest).
     held: RefCell<BTreeMap<u64, (u8, u32)>>,
     moved_bytes: Cell<u64>,
-    /// The longest single move, ns, and moves longer than the watchdog.
+    /// The longest single move, ns and bytes, and moves longer than the watchdog.
     longest_ns: Cell<f64>,
+    longest_bytes: Cell<u64>,
     trips: Cell<u64>,
     watchdog_ns: f64,
 }
@@ -203,7 +208,10 @@ impl Migrator for Guests<'_> {
         let c = self.clock;
         let ns = bytes as f64 / c.copy_bps * 1e9;
         c.now_ns.set(c.now_ns.get() + ns);
-        self.longest_ns.set(self.longest_ns.get().max(ns));
+        if ns > self.longest_ns.get() {
+            self.longest_ns.set(ns);
+            self.longest_bytes.set(bytes);
+        }
         self.trips.set(self.trips.get() + (ns > self.watchdog_ns) as u64);
         self.moved_bytes.set(self.moved_bytes.get() + bytes);
         let mut held = self.held.borrow_mut();
@@ -219,6 +227,53 @@ impl Migrator for Guests<'_> {
     }
 }
 
+/// What the guests were built with: extents of 1 GiB and of 2 MiB.
+#[derive(Copy, Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct GuestExtents {
+    /// 1 GiB extents.
+    pub extents_1g: u64,
+    /// 2 MiB extents (where no 1 GiB one could be had, or for the rest of a guest).
+    pub extents_2m: u64,
+}
+
+/// Builds `n` guests of `frames` each, as the host does: 1 GiB extents first, 2 MiB ones
+/// where no 1 GiB extent is free (on guest `i`'s node `i % nodes`, Movable zone first).
+/// Returns each guest's 2 MiB pages (what its pins choose among) and the extent counts.
+fn build_guests(
+    heap: &Heap<NullMemory>,
+    g: &Guests<'_>,
+    n: usize,
+    frames: u64,
+    nodes: usize,
+    order2m: u8,
+) -> Result<(Vec<Vec<u64>>, GuestExtents), String> {
+    let order1g = (GIB / g.frame_size).max(1).trailing_zeros() as u8;
+    let mut built = GuestExtents::default();
+    let mut pages: Vec<Vec<u64>> = Vec::with_capacity(n);
+    for i in 0..n {
+        let dom = i as u32 + 1;
+        let mut mine = Vec::with_capacity((frames >> order2m) as usize);
+        let mut left = frames;
+        for order in [order1g, order2m] {
+            let req = AllocRequest::new(order, DomId(dom)).movable().on(i % nodes);
+            while left >= 1 << order {
+                let e = match heap.alloc(&req) {
+                    Ok(e) => e,
+                    Err(HeapError::OutOfMemory { .. }) if order == order1g => break,
+                    Err(e) => return Err(format!("building guest {dom}: {e}")),
+                };
+                g.held.borrow_mut().insert(e.mfn.0, (e.order, dom));
+                mine.extend((0..e.frames() >> order2m).map(|k| e.mfn.0 + (k << order2m)));
+                left -= e.frames();
+                *(if order == order1g { &mut built.extents_1g } else { &mut built.extents_2m }) += 1;
+            }
+        }
+        pages.push(mine);
+    }
+    debug_assert!(pages.iter().all(|p| p.len() as u64 == frames >> order2m));
+    Ok((pages, built))
+}
+
 /// Runs the scenario both ways.
 pub fn run(sc: &HotRemove, seed: u64) -> Result<HotRemoveReport, String> {
     sc.host.validate()?;
@@ -226,7 +281,7 @@ pub fn run(sc: &HotRemove, seed: u64) -> Result<HotRemoveReport, String> {
     let h = &sc.host;
     let mut notes = vec![
         format!(
-            "{} GiB guests fill {:.0}% of the host with movable 2 MiB extents (Movable zone first: the upper {:.0}% of each node); every {}th guest pins {} MiB in 2 MiB pages chosen at random among its own; then the host removes the top {} MiB of node 0's Movable zone",
+            "{} GiB guests fill {:.0}% of the host with movable 1 GiB extents, 2 MiB ones where no 1 GiB extent is free (Movable zone first: the upper {:.0}% of each node); every {}th guest of each node pins {} MiB in 2 MiB pages chosen at random among its own; then the host removes the top {} MiB of node 0's Movable zone",
             sc.guest_gib,
             sc.fill_fraction * 100.0,
             sc.movable_fraction * 100.0,
@@ -287,31 +342,21 @@ fn run_one(sc: &HotRemove, seed: u64, migrate_pins: bool) -> Result<HotRemoveRes
         held: RefCell::new(BTreeMap::new()),
         moved_bytes: Cell::new(0),
         longest_ns: Cell::new(0.0),
+        longest_bytes: Cell::new(0),
         trips: Cell::new(0),
         watchdog_ns: h.watchdog_s * 1e9,
     };
     let mut messages = Vec::new();
-    // Build the guests (not timed).
-    let mut extents: Vec<Vec<u64>> = Vec::with_capacity(guests_n);
-    for i in 0..guests_n {
-        let dom = i as u32 + 1;
-        let req = AllocRequest::new(order2m, DomId(dom)).movable().on(i % h.nodes);
-        let mut mine = Vec::with_capacity(per_guest as usize);
-        for _ in 0..per_guest {
-            let e = heap.alloc(&req).map_err(|e| format!("building guest {dom}: {e}"))?;
-            g.held.borrow_mut().insert(e.mfn.0, (e.order, dom));
-            mine.push(e.mfn.0);
-        }
-        extents.push(mine);
-    }
-    // Pins: random 2 MiB pages of every pin_every-th guest.
+    let (mut extents, built) = build_guests(&heap, &g, guests_n, sc.frames(sc.guest_gib * GIB), h.nodes, order2m)?;
+    // Pins: random 2 MiB pages of every pin_every-th guest of each node (guest i is on
+    // node i % nodes), so that every node has guests that pin and guests that do not.
     let pin_pages = (sc.pinned_mib * MIB / (h.frame_size << order2m)).min(per_guest) as usize;
     let mut pinning = 0;
     let mut pinned_bytes = 0;
     let mut pinned_in_movable = 0;
     let mut pinned_at = Vec::new();
     let pin_bytes = h.frame_size << order2m;
-    for (i, mine) in extents.iter_mut().enumerate().filter(|(i, _)| i % sc.pin_every.max(1) == 0) {
+    for (i, mine) in extents.iter_mut().enumerate().filter(|(i, _)| (i / h.nodes) % sc.pin_every.max(1) == 0) {
         let dom = DomId(i as u32 + 1);
         pinning += 1;
         mine.shuffle(&mut rng);
@@ -409,7 +454,9 @@ fn run_one(sc: &HotRemove, seed: u64, migrate_pins: bool) -> Result<HotRemoveRes
         time_to_clean_s: None,
         create_s: None,
         max_nonpreemptible_ms: g.longest_ns.get() / 1e6,
+        longest_move_bytes: g.longest_bytes.get(),
         watchdog_trips: g.trips.get(),
+        guest_extents: built,
         highorder_failures: 0,
     })
 }
@@ -443,5 +490,22 @@ mod tests {
         assert_eq!(base.invariant_violations + ours.invariant_violations, 0, "{:?} {:?}", base.messages, ours.messages);
         // Deterministic.
         assert_eq!(run(&sc, 1).unwrap(), rep);
+    }
+
+    #[test]
+    fn guests_hold_1g_extents_and_the_longest_move_is_a_whole_one() {
+        let mut host = HostPreset::tiny();
+        host.node_gib = 8;
+        let mut sc = HotRemove::builtin(Some(host));
+        sc.guest_gib = 2;
+        sc.remove_mib = 3072;
+        let rep = run(&sc, 3).unwrap();
+        let ours = &rep.results[1];
+        assert!(ours.completed, "{ours:?}");
+        assert!(ours.guest_extents.extents_1g > 0, "{:?}", ours.guest_extents);
+        assert_eq!(ours.longest_move_bytes, GIB, "a 1 GiB extent in the range moves in one copy");
+        let copy_ms = GIB as f64 / (sc.host.core_zero_gbps * 1e9 / 2.0) * 1e3;
+        assert!((ours.max_nonpreemptible_ms - copy_ms).abs() < 1e-6, "{} vs {copy_ms}", ours.max_nonpreemptible_ms);
+        assert_eq!(ours.invariant_violations, 0, "{:?}", ours.messages);
     }
 }

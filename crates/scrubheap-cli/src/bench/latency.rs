@@ -73,7 +73,7 @@ fn measure(policy: Policy, reps: usize, batch: u64) -> anyhow::Result<Figures> {
         scrubbers_per_node: 0,
         policy,
         initially_dirty: true,
-        idle_priority: false,
+        scrub_priority: scrubheap_host::ScrubPriority::Normal,
         scrub_batch: batch,
         ..PoolConfig::default()
     })
@@ -140,7 +140,7 @@ fn measure(policy: Policy, reps: usize, batch: u64) -> anyhow::Result<Figures> {
     f.max_nonpreemptible_wall_us = wall;
     f.alloc_p999_us = churn_hist.value_at_quantile(0.999) as f64 / 1000.0;
     f.alloc_max_us = churn_hist.max() as f64 / 1000.0;
-    f.lock_hold_max_us = pool.locks.quantiles_us().0[3];
+    f.lock_hold_max_us = pool.locks.quantiles_us().0[4];
     f.small_allocs = small;
     anyhow::ensure!(
         pool.leak_tallies().iter().all(|t| t.nonzero_pages == 0),

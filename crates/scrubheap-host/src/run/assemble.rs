@@ -5,7 +5,7 @@
 use super::config::RunConfig;
 use super::report::*;
 use super::scheduler::Tally;
-use crate::instrument::Sections;
+use crate::instrument::{Role, Sections};
 use crate::pool::{LeakTally, Pool, SAMPLED_WORDS_PER_FRAME};
 use crate::tenants::guest::KernelBackend;
 use crate::tenants::pod_guest::PodGuestOps;
@@ -127,13 +127,69 @@ fn pool_part(r: &mut RunReport, cfg: &RunConfig, pool: Pool, sections: &Sections
         r.notes.push(format!("{} frames still allocated after every guest was destroyed", s.allocated));
     }
     r.numa = crate::numa::stop_and_place(pool);
-    let ([p50, p99, p999, max], _) = locks.quantiles_us();
-    r.lock_hold_us = LockHoldMicros { p50, p99, p999, max };
+    let ([p50, p99, p999, p9999, max], holds) = locks.quantiles_us();
+    let (scrubbers_max, others_max) = (locks.scrubber_max_us(), locks.others_max_us());
+    r.lock_hold_us = LockHoldMicros { p50, p99, p999, p9999, max, holds, scrubbers_max, others_max };
+    r.scrub_priority = cfg.scrub_priority.to_string();
+    r.lock_boost = cfg.lock_boost;
+    let refused = crate::priority::fifo_refused();
+    if refused > 0 {
+        r.notes.push(format!(
+            "the host refused SCHED_FIFO {refused} time(s) (no CAP_SYS_NICE or RLIMIT_RTPRIO): those lock holders were raised to normal priority only"
+        ));
+    }
     let (a, b, _) = pool_sections.summary();
     let (c, d, _) = sections.summary();
     r.max_nonpreemptible_us = a.max(c);
-    r.sections_max_us = SectionsBy { workers: c, scrubbers: a, workers_op: sections.longest_op().into() };
+    r.sections_max_us = sections_by(sections, &pool_sections, c, a);
     r.max_nonpreemptible_wall_us = b.max(d);
+}
+
+/// The longest sections by role and by operation: `run` are the run's own threads
+/// (workers and the hot-remove), `pool` the scrubbers; `run_max` and `pool_max` their
+/// longest (µs).
+fn sections_by(run: &Sections, pool: &Sections, run_max: f64, pool_max: f64) -> SectionsBy {
+    let us = |ns: u64| ns as f64 / 1000.0;
+    let of = |role| {
+        let (a, op) = run.longest_of(role);
+        let (b, op2) = pool.longest_of(role);
+        if a >= b {
+            (us(a), op.to_string())
+        } else {
+            (us(b), op2.to_string())
+        }
+    };
+    let worker_roles = [Role::Builder, Role::Pins, Role::Pod];
+    let (workers, workers_op) =
+        worker_roles.into_iter().map(of).fold((0.0, String::new()), |a, b| if b.0 > a.0 { b } else { a });
+    let ((builders, builders_op), (pins, _), (hot_remove, hot_remove_op), (pod, pod_op)) =
+        (of(Role::Builder), of(Role::Pins), of(Role::HotRemove), of(Role::Pod));
+    let mut by_op: Vec<OpSectionsReport> = [run.by_op(), pool.by_op()]
+        .concat()
+        .into_iter()
+        .map(|o| OpSectionsReport {
+            op: o.op.into(),
+            role: Role::of(o.op).name().into(),
+            sections: o.sections,
+            max_us: us(o.max_cpu_ns),
+            max_wall_us: us(o.max_wall_ns),
+        })
+        .collect();
+    by_op.sort_by(|a, b| b.max_us.total_cmp(&a.max_us));
+    debug_assert!(workers <= run_max.max(pool_max) + 1e-9);
+    SectionsBy {
+        workers,
+        scrubbers: pool_max.max(of(Role::Scrubber).0),
+        workers_op,
+        builders,
+        builders_op,
+        pins,
+        hot_remove,
+        hot_remove_op,
+        pod,
+        pod_op,
+        by_op,
+    }
 }
 
 /// What the kernel baseline measured: its leak check and the bytes it zeroed.

@@ -61,8 +61,11 @@ pub struct RunConfig {
     pub hugetlb: bool,
     /// Milliseconds between timeline samples.
     pub sample_ms: u64,
-    /// Scrubbers at SCHED_IDLE.
-    pub idle_priority: bool,
+    /// How scrubber threads are scheduled.
+    pub scrub_priority: crate::ScrubPriority,
+    /// The run's own threads (guest builders, the hot-remove) are raised while they hold
+    /// a node lock, as `boost` scrubbers are ([`crate::priority::boost_lock_holds`]).
+    pub lock_boost: bool,
     /// Write every allocation, free and claim the workers make as an op log here.
     pub record: Option<PathBuf>,
     /// Zeroing kernel, or calibrate.

@@ -4,21 +4,23 @@
 //! sampler records memory composition over time. Everything is measured as it happens.
 //!
 //! In layers, each a file: [`config`] (how a run is set up), the scheduler (workers taking
-//! due jobs and carrying them out on the tenants layer), the recorder (the op log), and
-//! report assembly; [`report`] holds the report's types. `run` below only wires them up.
+//! due jobs and carrying them out on the tenants layer), the hot-remove beside them, the
+//! recorder (the op log), and report assembly; [`report`] holds the report's types. `run` below only wires them up.
 
 use crate::pool::{Pool, PoolConfig};
 use crate::tenants::guest::KernelBackend;
 use assemble::{assemble, Ended};
+use hot_remove::HotRemove;
 use parking_lot::Mutex;
 use recorder::OpLog;
 use report::{NodeSample, RunReport, Sample};
-use scheduler::{hot_remove_and_add, Shared};
+use scheduler::Shared;
 use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
 use std::time::{Duration, Instant};
 
 mod assemble;
 pub mod config;
+mod hot_remove;
 mod recorder;
 pub mod report;
 mod scheduler;
@@ -38,10 +40,17 @@ pub fn run(cfg: &RunConfig, on_sample: &(dyn Fn(&Sample, &RunProgress) + Sync)) 
     std::thread::scope(|s| {
         s.spawn(|| sampler(&shared, &sampling, &timeline, on_sample));
         if let Some(p) = &pool {
-            s.spawn(|| {
-                let r = hot_remove_and_add(p, cfg, shared.t0, &sampling, &shared.sched, oplog.as_ref());
-                *hot_remove.lock() = r;
-            });
+            let hr = HotRemove {
+                pool: p,
+                cfg,
+                t0: shared.t0,
+                running: &sampling,
+                sched: &shared.sched,
+                log: oplog.as_ref(),
+                sections: &shared.sections,
+            };
+            let slot = &hot_remove;
+            s.spawn(move || *slot.lock() = hr.run());
         }
         let workers: Vec<_> = (0..cfg.workers.max(1)).map(|_| s.spawn(|| shared.work())).collect();
         for w in workers {
@@ -74,7 +83,7 @@ fn open_pool(cfg: &RunConfig) -> Result<Option<Pool>, RunError> {
         policy,
         verify: cfg.verify,
         hugetlb: cfg.hugetlb,
-        idle_priority: cfg.idle_priority,
+        scrub_priority: cfg.scrub_priority,
         kernel: cfg.kernel,
         movable_fraction: Some(MOVABLE_FRACTION),
         initially_dirty: cfg.boot_dirty,

@@ -36,8 +36,17 @@ pub struct LockHoldMicros {
     pub p99: f64,
     /// 99.9th percentile.
     pub p999: f64,
+    /// 99.99th percentile.
+    pub p9999: f64,
     /// Longest.
     pub max: f64,
+    /// Holds recorded.
+    pub holds: u64,
+    /// The longest hold by a background scrubber thread (a priority inversion shows
+    /// here: a scrubber descheduled while it holds the lock).
+    pub scrubbers_max: f64,
+    /// The longest hold by any other thread (builders, pins, hot-remove, PoD).
+    pub others_max: f64,
 }
 
 /// Bytes scrubbed by who paid for it.
@@ -112,15 +121,48 @@ pub struct Balloon {
     pub in_ms: Millis,
 }
 
-/// Longest non-preemptible section by the kind of thread, CPU time, µs.
+/// Longest non-preemptible section by who ran it, CPU time, µs.
 #[derive(Clone, Debug, Default, Serialize, PartialEq)]
 pub struct SectionsBy {
-    /// Worker threads building, ballooning and destroying guests.
+    /// Worker threads (guest builders, their pins and their PoD guests).
     pub workers: f64,
     /// Background scrubber threads.
     pub scrubbers: f64,
-    /// The operation the workers' longest section was in (alloc, ticket step, free).
+    /// The operation the workers' longest section was in (alloc, ticket step, free, pin,
+    /// pod touch, ...).
     pub workers_op: String,
+    /// Guest builders' allocations, scrub tickets, frees and balloons.
+    pub builders: f64,
+    /// The operation of the builders' longest section.
+    pub builders_op: String,
+    /// Long-term pins and unpins (a pin in the Movable zone moves its page first).
+    pub pins: f64,
+    /// The hot-remove's offline and online.
+    pub hot_remove: f64,
+    /// The operation of the hot-remove's longest section.
+    pub hot_remove_op: String,
+    /// Populate-on-demand guests (create, touch, balloon, destroy).
+    pub pod: f64,
+    /// The operation of the PoD guests' longest section.
+    pub pod_op: String,
+    /// Every operation: its sections, longest first.
+    pub by_op: Vec<OpSectionsReport>,
+}
+
+/// The sections of one operation in a run.
+#[derive(Clone, Debug, Default, Serialize, PartialEq)]
+pub struct OpSectionsReport {
+    /// The operation (`alloc`, `ticket step`, `free`, `pin`, `unpin`, `background scrub`,
+    /// `hot-remove offline`, `pod touch`, ...).
+    pub op: String,
+    /// Who runs it: builders, scrubbers, pins, hot-remove or pod.
+    pub role: String,
+    /// Sections recorded.
+    pub sections: u64,
+    /// Longest, thread CPU µs.
+    pub max_us: f64,
+    /// Longest, wall µs (includes time the thread was descheduled).
+    pub max_wall_us: f64,
 }
 
 /// A run's report (`report.json`).
@@ -159,11 +201,15 @@ pub struct RunReport {
     pub max_nonpreemptible_us: f64,
     /// The same gap in wall-clock time (includes being descheduled by the host OS).
     pub max_nonpreemptible_wall_us: f64,
-    /// The longest sections by who ran them: guest builders (allocations, ticket steps,
-    /// frees, in CPU time) and background scrubbers (scrub batches).
+    /// The longest sections by who ran them (builders, scrubbers, pins, hot-remove, PoD)
+    /// and by operation, in CPU time.
     pub sections_max_us: SectionsBy,
     /// Heap node-lock hold times (wall clock).
     pub lock_hold_us: LockHoldMicros,
+    /// How the scrubber threads were scheduled (idle, nice19, boost, normal).
+    pub scrub_priority: String,
+    /// Whether the run's own threads were raised while holding a node lock too.
+    pub lock_boost: bool,
     /// Background scrub throughput while scrubbing, GB/s.
     pub scrub_gbps: f64,
     /// The best zeroing kernel on this arena, GB/s (calibration).
@@ -226,7 +272,12 @@ pub struct HotRemoveReport {
     pub attempts: u64,
     /// Wall time from the first attempt until the range was offline, ms.
     pub time_to_offline_ms: f64,
-    /// Guest memory moved out of the range by the attempt that completed, bytes.
+    /// Frames of live guests in the range when it was chosen (the half of a node's
+    /// Movable zone holding the most).
+    pub guest_frames_in_range: u64,
+    /// Guest memory moved out of the range by the attempt that completed, frames.
+    pub migrated_frames: u64,
+    /// The same in bytes.
     pub migrated_bytes: u64,
     /// Extents (or parts of extents) it moved.
     pub migrated_extents: u64,

@@ -1,23 +1,23 @@
 //! The scheduler of `scrubheap run`: worker threads take the next due job (a guest's
 //! arrival, or its pending event: reboot, balloon, destroy), carry it out on the pool or
-//! the kernel baseline, count it, and schedule the guest's next event. The hot-remove runs
-//! beside them on its own timer.
+//! the kernel baseline, count it, and schedule the guest's next event. The hot-remove
+//! (`hot_remove.rs`) runs beside them on its own timer. No heap work happens under the
+//! scheduler lock ([`SchedLock`]).
 
-use super::config::{RunConfig, MOVABLE_FRACTION, PINS_PER_GUEST};
+use super::config::{RunConfig, PINS_PER_GUEST};
 use super::recorder::{log_allocs, log_destroy, log_line, HeapGuest, OpLog};
-use super::report::HotRemoveReport;
-use crate::instrument::{PreemptRecorder, Sections};
+use crate::instrument::{NoHeapWork, PreemptRecorder, Sections};
 use crate::pool::Pool;
 use crate::tenants::guest::{GuestOps, KernelBackend, KernelGuest};
-use crate::tenants::hot_remove::{move_guest_part, WallDeadline};
 use crate::tenants::pins::PinOps;
 use crate::tenants::pod_guest::{self, PodGuestOps};
-use parking_lot::Mutex;
-use scrubheap::{DomId, Extent, HeapError, Mfn};
+use parking_lot::{Mutex, MutexGuard};
+use scrubheap::{DomId, HeapError};
 use scrubheap_oplog::Op;
 use std::cmp::Reverse;
-use std::collections::{BinaryHeap, HashMap};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
+use std::collections::{BinaryHeap, HashMap, HashSet};
+use std::ops::{Deref, DerefMut};
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::time::{Duration, Instant};
 
 /// What happens to a live guest at a scheduled time. A live guest has at most one event
@@ -42,18 +42,59 @@ pub(super) enum Live {
     Pod(pod_guest::PodGuest),
 }
 
-/// When the hot-remove happens and when the range comes back, as fractions of the run.
-pub(super) const HOT_REMOVE_AT: f64 = 0.4;
-pub(super) const HOT_ADD_AT: f64 = 0.6;
-/// How long one offline attempt may run, and how long the hot-remove keeps retrying.
-pub(super) const OFFLINE_DEADLINE: Duration = Duration::from_secs(2);
-pub(super) const HOT_REMOVE_BUDGET: Duration = Duration::from_secs(5);
-
 pub(super) struct Sched {
     pub(super) next_arrival: usize,
     /// (time ns, guest, event), earliest first.
     pub(super) events: BinaryHeap<Reverse<(u64, u64, Ev)>>,
     pub(super) alive: HashMap<u64, Live>,
+    /// Live guests the hot-remove has taken out of `alive` while it copies a part of
+    /// them (outside this lock); their events wait until they are back.
+    pub(super) moving: HashSet<u64>,
+}
+
+/// How long an event of a guest being moved waits before it is looked at again.
+const MOVING_RETRY: Duration = Duration::from_micros(500);
+
+/// The scheduler lock: the schedule and the live guests. Whoever holds it may do no heap
+/// work (no allocation, free, pin, copy or scrub): its guard carries a [`NoHeapWork`],
+/// so any such call under it panics, and every worker waiting for its next job waits
+/// for bookkeeping only.
+pub(super) struct SchedLock(Mutex<Sched>);
+
+/// A hold of the [`SchedLock`].
+pub(super) struct SchedGuard<'a> {
+    guard: MutexGuard<'a, Sched>,
+    _no_heap: NoHeapWork,
+}
+
+impl SchedLock {
+    fn new() -> Self {
+        SchedLock(Mutex::new(Sched {
+            next_arrival: 0,
+            events: BinaryHeap::new(),
+            alive: HashMap::new(),
+            moving: HashSet::new(),
+        }))
+    }
+
+    /// Takes the lock; heap work panics on this thread until the guard is dropped.
+    pub(super) fn lock(&self) -> SchedGuard<'_> {
+        let guard = self.0.lock();
+        SchedGuard { guard, _no_heap: NoHeapWork::new() }
+    }
+}
+
+impl Deref for SchedGuard<'_> {
+    type Target = Sched;
+    fn deref(&self) -> &Sched {
+        &self.guard
+    }
+}
+
+impl DerefMut for SchedGuard<'_> {
+    fn deref_mut(&mut self) -> &mut Sched {
+        &mut self.guard
+    }
 }
 
 #[derive(Default)]
@@ -87,7 +128,7 @@ pub(super) struct Shared<'a> {
     pub(super) pool: Option<&'a Pool>,
     pub(super) kernel: &'a KernelBackend,
     pub(super) oplog: Option<&'a OpLog>,
-    pub(super) sched: Mutex<Sched>,
+    pub(super) sched: SchedLock,
     pub(super) tally: Mutex<Tally>,
     pub(super) sections: Sections,
     /// Guests alive now.
@@ -121,7 +162,7 @@ impl<'a> Shared<'a> {
             pool,
             kernel,
             oplog,
-            sched: Mutex::new(Sched { next_arrival: 0, events: BinaryHeap::new(), alive: HashMap::new() }),
+            sched: SchedLock::new(),
             tally: Mutex::new(Tally::default()),
             sections: Sections::default(),
             alive: AtomicU64::new(0),
@@ -143,6 +184,7 @@ impl<'a> Shared<'a> {
         if now >= self.duration_ns {
             return match sc.alive.keys().next().copied() {
                 Some(id) => Next::Job(Job::Event(id, Ev::Destroy, sc.alive.remove(&id))),
+                None if !sc.moving.is_empty() => Next::Wait(MOVING_RETRY),
                 None => Next::Done,
             };
         }
@@ -156,6 +198,11 @@ impl<'a> Shared<'a> {
             Some(t) if t <= now => {
                 if destroy == Some(t) {
                     let Reverse((_, id, ev)) = sc.events.pop().expect("peeked");
+                    if sc.moving.contains(&id) {
+                        // The hot-remove is copying a part of this guest: its event waits.
+                        sc.events.push(Reverse((now + MOVING_RETRY.as_nanos() as u64, id, ev)));
+                        return Next::Wait(MOVING_RETRY);
+                    }
                     Next::Job(Job::Event(id, ev, sc.alive.remove(&id)))
                 } else {
                     sc.next_arrival += 1;
@@ -169,6 +216,9 @@ impl<'a> Shared<'a> {
 
     /// One worker thread: runs jobs until the run is over and every guest destroyed.
     pub(super) fn work(&self) {
+        if self.cfg.lock_boost {
+            crate::priority::boost_lock_holds();
+        }
         let rec = PreemptRecorder::new(self.pool.map_or(200_000, |p| p.config().quantum_ns));
         loop {
             let job = match self.next_job() {
@@ -303,7 +353,7 @@ fn create_heap_guest(
             if let Some(log) = log {
                 log_allocs(&mut hg, 0, "e", log);
             }
-            let pinned = p.pin_guest_pages(&mut hg.g, PINS_PER_GUEST, seed);
+            let pinned = p.pin_guest_pages(&mut hg.g, PINS_PER_GUEST, seed, rec);
             let moved = pinned.iter().filter(|q| q.moved()).count() as u64;
             hg.moved.extend(pinned.iter().filter(|q| q.moved()).map(|q| (q.at.mfn, q.at.order, q.was)));
             if let Some(log) = log {
@@ -443,89 +493,4 @@ fn create_kernel_guest(
             None
         }
     }
-}
-
-/// The hot-remove: at [`HOT_REMOVE_AT`] of the run, offlines the upper half of node 0's
-/// Movable zone, moving guest memory out (the guests' frame lists are updated under the
-/// scheduler lock; a guest being built or torn down at that moment refuses, and the
-/// attempt is rolled back and retried); at [`HOT_ADD_AT`] (or when the run ends) puts
-/// the range back online, dirty.
-pub(super) fn hot_remove_and_add(
-    p: &Pool,
-    cfg: &RunConfig,
-    t0: Instant,
-    running: &AtomicBool,
-    sched: &Mutex<Sched>,
-    log: Option<&OpLog>,
-) -> Option<HotRemoveReport> {
-    let heap = p.heap();
-    let (a, b) = heap.node_range(0).ok()?;
-    let count = ((b.0 - a.0) as f64 * MOVABLE_FRACTION / 2.0) as u64;
-    let first = Mfn(b.0 - count);
-    let at = Duration::from_secs_f64(cfg.workload.duration_s * HOT_REMOVE_AT);
-    while t0.elapsed() < at {
-        if !running.load(Relaxed) {
-            return None;
-        }
-        std::thread::sleep(Duration::from_millis(5));
-    }
-    let migrator = |owner: DomId, from: Extent, to: Extent| -> bool {
-        let mut sc = sched.lock();
-        let Some(Live::Heap(hg)) = sc.alive.get_mut(&(owner.0 as u64 - 1)) else { return false };
-        if !hg.g.extents.iter().any(|e| e.mfn.0 <= from.mfn.0 && from.mfn.0 + from.frames() <= e.mfn.0 + e.frames()) {
-            return false;
-        }
-        let done = move_guest_part(p, &mut hg.g.extents, from, to);
-        if done {
-            hg.moved.push((to.mfn, to.order, from.mfn));
-        }
-        done
-    };
-    let mut rep = HotRemoveReport {
-        first_mfn: format!("{first}"),
-        bytes: count * 4096,
-        at_s: t0.elapsed().as_secs_f64(),
-        ..HotRemoveReport::default()
-    };
-    let start = Instant::now();
-    while start.elapsed() < HOT_REMOVE_BUDGET {
-        rep.attempts += 1;
-        match heap.offline(first, count, &migrator, &WallDeadline(Instant::now() + OFFLINE_DEADLINE)) {
-            Ok(done) => {
-                rep.completed = true;
-                rep.time_to_offline_ms = start.elapsed().as_secs_f64() * 1e3;
-                rep.migrated_bytes = done.migrated_frames * 4096;
-                rep.migrated_extents = done.migrated_chunks;
-                rep.aborted_scrubs = done.aborted_scrubs;
-                break;
-            }
-            Err(HeapError::OfflineBlocked { blockers, stop, .. }) => {
-                if rep.blockers.len() < 8 {
-                    let first = blockers.first().map_or("none named".into(), |b| b.to_string());
-                    rep.blockers.push(format!("{stop}: {first}"));
-                }
-                std::thread::sleep(Duration::from_millis(10));
-            }
-            Err(e) => {
-                rep.blockers.push(e.to_string());
-                break;
-            }
-        }
-    }
-    if rep.completed {
-        if let Some(log) = log {
-            log.line(&Op::Offline { mfn: first, count, steps: None });
-        }
-        let back = Duration::from_secs_f64(cfg.workload.duration_s * HOT_ADD_AT);
-        while t0.elapsed() < back && running.load(Relaxed) {
-            std::thread::sleep(Duration::from_millis(5));
-        }
-        heap.online(first, count).expect("the range this hot-remove took offline comes back");
-        p.ring(0);
-        if let Some(log) = log {
-            log.line(&Op::Online { mfn: first, count });
-        }
-    }
-    rep.online_at_s = t0.elapsed().as_secs_f64();
-    Some(rep)
 }

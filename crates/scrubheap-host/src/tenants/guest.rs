@@ -171,7 +171,7 @@ pub trait GuestTeardown {
 impl GuestTeardown for PoolHandle {
     fn destroy_guest(&self, mut g: Guest, rec: &PreemptRecorder) -> f64 {
         let t = Instant::now();
-        unpin_all(self.heap(), &mut g);
+        unpin_all(self.heap(), &mut g, rec);
         for e in g.extents {
             retry_busy(|| self.free(e.mfn, e.order, g.dom, rec)).expect("a guest frees exactly what it was given");
         }

@@ -36,7 +36,12 @@ pub fn move_part(extents: &mut Vec<Extent>, from: Extent, to: Extent) -> bool {
 /// What a migration does on real memory: copies the bytes of `from` to `to` in the arena
 /// and replaces `from` by `to` in the guest's extents ([`move_part`]). False, after the
 /// copy, if no extent holds `from`.
+///
+/// # Panics
+/// Under a [`NoHeapWork`](crate::instrument::NoHeapWork) guard: a copy is heap work and
+/// never runs under the run's scheduler lock.
 pub fn move_guest_part(pool: &Pool, extents: &mut Vec<Extent>, from: Extent, to: Extent) -> bool {
+    crate::instrument::assert_heap_work_allowed("copying guest memory");
     pool.arena().copy(from.mfn, to.mfn, from.frames());
     move_part(extents, from, to)
 }

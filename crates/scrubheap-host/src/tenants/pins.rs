@@ -3,6 +3,7 @@
 //! which copies the frames in the arena and updates the guest's extent list.
 
 use crate::arena::Arena;
+use crate::instrument::PreemptRecorder;
 use crate::pool::{retry_busy, Pool};
 use crate::tenants::guest::Guest;
 use crate::tenants::hot_remove::move_guest_part;
@@ -49,14 +50,16 @@ pub trait PinOps {
     /// The guest pins `count` single pages, as a device that does DMA into them would
     /// (DPDK, VFIO), one in each of its first `count` extents at an offset drawn from
     /// `seed`. A page in the Movable zone is moved to Normal memory first (its bytes
-    /// copied, the guest's extents updated). Returns each page pinned.
-    fn pin_guest_pages(&self, g: &mut Guest, count: usize, seed: u64) -> Vec<PinnedPage>;
-    /// Drops every pin the guest holds (a device detached before teardown).
-    fn unpin_guest(&self, g: &mut Guest);
+    /// copied, the guest's extents updated). Returns each page pinned. Each pin is one
+    /// section of `rec` (operation `pin`; a move copies one page).
+    fn pin_guest_pages(&self, g: &mut Guest, count: usize, seed: u64, rec: &PreemptRecorder) -> Vec<PinnedPage>;
+    /// Drops every pin the guest holds (a device detached before teardown); each unpin
+    /// is one section of `rec` (operation `unpin`).
+    fn unpin_guest(&self, g: &mut Guest, rec: &PreemptRecorder);
 }
 
 impl PinOps for Pool {
-    fn pin_guest_pages(&self, g: &mut Guest, count: usize, seed: u64) -> Vec<PinnedPage> {
+    fn pin_guest_pages(&self, g: &mut Guest, count: usize, seed: u64, rec: &PreemptRecorder) -> Vec<PinnedPage> {
         let mut pinned = Vec::new();
         let originals: Vec<Extent> = g.extents.iter().take(count).copied().collect();
         for (j, e) in originals.into_iter().enumerate() {
@@ -65,7 +68,13 @@ impl PinOps for Pool {
             let dom = g.dom;
             let before = self.heap().chunk_at(page).map(|c| c.zone);
             let mig = OwnGuest { pool: self, extents: RefCell::new(&mut g.extents) };
-            match retry_busy(|| self.heap().pin(page, 0, dom, &mig)) {
+            let pinned_at = retry_busy(|| {
+                rec.enter_op("pin");
+                let r = self.heap().pin(page, 0, dom, &mig);
+                rec.exit();
+                r
+            });
+            match pinned_at {
                 Ok(at) => {
                     debug_assert!(at.mfn == page || before == Ok(scrubheap::Zone::Movable));
                     g.pins.push(at);
@@ -79,16 +88,22 @@ impl PinOps for Pool {
         pinned
     }
 
-    fn unpin_guest(&self, g: &mut Guest) {
-        unpin_all(self.heap(), g);
+    fn unpin_guest(&self, g: &mut Guest, rec: &PreemptRecorder) {
+        unpin_all(self.heap(), g, rec);
     }
 }
 
 /// Drops every pin `g` holds on `heap` (a [`Pool`]'s or a
 /// [`PoolHandle`](crate::pool::PoolHandle)'s, which tears a guest down after its pool).
-pub(crate) fn unpin_all(heap: &Heap<Arena>, g: &mut Guest) {
+pub(crate) fn unpin_all(heap: &Heap<Arena>, g: &mut Guest, rec: &PreemptRecorder) {
     for p in g.pins.drain(..) {
-        retry_busy(|| heap.unpin(p.mfn, p.order, g.dom)).expect("a guest unpins what it pinned");
+        retry_busy(|| {
+            rec.enter_op("unpin");
+            let r = heap.unpin(p.mfn, p.order, g.dom);
+            rec.exit();
+            r
+        })
+        .expect("a guest unpins what it pinned");
     }
     debug_assert!(g.pins.is_empty());
 }

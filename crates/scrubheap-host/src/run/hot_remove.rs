@@ -1,0 +1,201 @@
+//! The run's hot-remove: at [`HOT_REMOVE_AT`] of the run, takes offline the half of a
+//! node's Movable zone that holds the most guest memory (so every run moves some), moving
+//! that memory out; at [`HOT_ADD_AT`] (or when the run ends) puts the range back online,
+//! dirty. It runs on its own thread beside the workers and records its sections
+//! (operations `hot-remove offline` and `hot-remove online`) like every other thread that
+//! enters the heap.
+//!
+//! A guest whose part moves is taken out of the schedule for the copy (under the
+//! scheduler lock, bookkeeping only), copied and remapped with no lock held, and put back;
+//! a worker due to handle it meanwhile waits. A guest a worker holds at that moment
+//! (being built, ballooned or torn down) refuses the move, and the attempt is rolled back
+//! and retried.
+
+use super::config::{RunConfig, MOVABLE_FRACTION};
+use super::recorder::{HeapGuest, OpLog};
+use super::report::HotRemoveReport;
+use super::scheduler::{Live, SchedLock};
+use crate::instrument::{PreemptRecorder, Sections};
+use crate::pool::Pool;
+use crate::tenants::hot_remove::{move_guest_part, WallDeadline};
+use scrubheap::{DomId, Extent, HeapError, Mfn, Offlined};
+use scrubheap_oplog::Op;
+use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
+use std::time::{Duration, Instant};
+
+/// When the hot-remove happens and when the range comes back, as fractions of the run.
+pub(super) const HOT_REMOVE_AT: f64 = 0.4;
+pub(super) const HOT_ADD_AT: f64 = 0.6;
+/// How long one offline attempt may run, and how long the hot-remove keeps retrying.
+pub(super) const OFFLINE_DEADLINE: Duration = Duration::from_secs(2);
+pub(super) const HOT_REMOVE_BUDGET: Duration = Duration::from_secs(5);
+/// Refused attempts whose first blocker the report keeps.
+const BLOCKERS_KEPT: usize = 8;
+
+/// What the hot-remove thread works with.
+pub(super) struct HotRemove<'a> {
+    pub(super) pool: &'a Pool,
+    pub(super) cfg: &'a RunConfig,
+    pub(super) t0: Instant,
+    /// False once the workers are done.
+    pub(super) running: &'a AtomicBool,
+    pub(super) sched: &'a SchedLock,
+    pub(super) log: Option<&'a OpLog>,
+    /// Where its sections go when it is done.
+    pub(super) sections: &'a Sections,
+}
+
+impl HotRemove<'_> {
+    /// The hot-remove and hot-add; None if the run ended before it was due.
+    pub(super) fn run(&self) -> Option<HotRemoveReport> {
+        if !self.sleep_until(HOT_REMOVE_AT) {
+            return None;
+        }
+        if self.cfg.lock_boost {
+            crate::priority::boost_lock_holds();
+        }
+        let rec = PreemptRecorder::new(self.pool.config().quantum_ns);
+        let (first, count, guest_frames) = self.choose_range()?;
+        let mut rep = HotRemoveReport {
+            first_mfn: format!("{first}"),
+            bytes: count * 4096,
+            at_s: self.t0.elapsed().as_secs_f64(),
+            guest_frames_in_range: guest_frames,
+            ..HotRemoveReport::default()
+        };
+        self.offline(first, count, &mut rep, &rec);
+        if rep.completed {
+            if let Some(log) = self.log {
+                log.line(&Op::Offline { mfn: first, count, steps: None });
+            }
+            self.sleep_until(HOT_ADD_AT);
+            rec.enter_op("hot-remove online");
+            let back = self.pool.heap().online(first, count);
+            rec.exit();
+            back.expect("the range this hot-remove took offline comes back");
+            self.pool.ring(self.pool.heap().node_of(first).unwrap_or(0));
+            if let Some(log) = self.log {
+                log.line(&Op::Online { mfn: first, count });
+            }
+        }
+        rep.online_at_s = self.t0.elapsed().as_secs_f64();
+        rec.merge_into(self.sections);
+        Some(rep)
+    }
+
+    /// Sleeps until `fraction` of the run; false if the run ended first.
+    fn sleep_until(&self, fraction: f64) -> bool {
+        let at = Duration::from_secs_f64(self.cfg.workload.duration_s * fraction);
+        while self.t0.elapsed() < at {
+            if !self.running.load(Relaxed) {
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        true
+    }
+
+    /// The half of a node's Movable zone holding the most frames of live guests (the
+    /// lowest such range on a tie): `(first, count, guest frames in it)`.
+    fn choose_range(&self) -> Option<(Mfn, u64, u64)> {
+        let heap = self.pool.heap();
+        let mut ranges = Vec::new();
+        for n in 0..heap.node_count() {
+            let (a, b) = heap.node_range(n).ok()?;
+            let count = ((b.0 - a.0) as f64 * MOVABLE_FRACTION / 2.0) as u64;
+            let movable = heap.config().nodes[n].movable_from.map_or(b.0 - 2 * count, |m| a.0 + m);
+            ranges.push((Mfn(movable), count));
+            ranges.push((Mfn(b.0 - count), count));
+        }
+        let sc = self.sched.lock();
+        let held = |first: Mfn, count: u64| -> u64 {
+            let overlap = |e: &Extent| {
+                let lo = e.mfn.0.max(first.0);
+                (e.mfn.0 + e.frames()).min(first.0 + count).saturating_sub(lo)
+            };
+            let guests = sc.alive.values().filter_map(|l| match l {
+                Live::Heap(hg) => Some(hg),
+                _ => None,
+            });
+            guests.flat_map(|hg| hg.g.extents.iter()).map(overlap).sum()
+        };
+        let scored = ranges.into_iter().filter(|&(_, c)| c > 0).map(|(f, c)| (f, c, held(f, c)));
+        scored.fold(None, |best: Option<(Mfn, u64, u64)>, r| match best {
+            Some(b) if b.2 >= r.2 => Some(b),
+            _ => Some(r),
+        })
+    }
+
+    /// Offline attempts until one completes, a blocker other than a busy guest stops it,
+    /// or [`HOT_REMOVE_BUDGET`] passes.
+    fn offline(&self, first: Mfn, count: u64, rep: &mut HotRemoveReport, rec: &PreemptRecorder) {
+        let start = Instant::now();
+        while start.elapsed() < HOT_REMOVE_BUDGET {
+            rep.attempts += 1;
+            match self.offline_attempt(first, count, rec) {
+                Ok(done) => {
+                    rep.completed = true;
+                    rep.time_to_offline_ms = start.elapsed().as_secs_f64() * 1e3;
+                    rep.migrated_frames = done.migrated_frames;
+                    rep.migrated_bytes = done.migrated_frames * 4096;
+                    rep.migrated_extents = done.migrated_chunks;
+                    rep.aborted_scrubs = done.aborted_scrubs;
+                    return;
+                }
+                Err(HeapError::OfflineBlocked { blockers, stop, .. }) => {
+                    if rep.blockers.len() < BLOCKERS_KEPT {
+                        let first = blockers.first().map_or("none named".into(), |b| b.to_string());
+                        rep.blockers.push(format!("{stop}: {first}"));
+                    }
+                    std::thread::sleep(Duration::from_millis(10));
+                }
+                Err(e) => {
+                    rep.blockers.push(e.to_string());
+                    return;
+                }
+            }
+        }
+    }
+
+    /// One offline attempt, one section of `rec`, moving guest memory through
+    /// [`HotRemove::migrate`].
+    fn offline_attempt(&self, first: Mfn, count: u64, rec: &PreemptRecorder) -> Result<Offlined, HeapError> {
+        let migrator = |owner: DomId, from: Extent, to: Extent| self.migrate(owner, from, to);
+        let deadline = WallDeadline(Instant::now() + OFFLINE_DEADLINE);
+        rec.enter_op("hot-remove offline");
+        let r = self.pool.heap().offline(first, count, &migrator, &deadline);
+        rec.exit();
+        r
+    }
+
+    /// Moves the part `from` of `owner`'s memory to `to`: takes the guest out of the
+    /// schedule, copies and remaps it with no lock held, and puts it back. Refuses (false,
+    /// nothing written) if a worker holds the guest or it does not hold `from`.
+    fn migrate(&self, owner: DomId, from: Extent, to: Extent) -> bool {
+        let Some(id) = (owner.0 as u64).checked_sub(1) else { return false };
+        let Some(mut hg) = self.check_out(id, from) else { return false };
+        let done = move_guest_part(self.pool, &mut hg.g.extents, from, to);
+        if done {
+            hg.moved.push((to.mfn, to.order, from.mfn));
+        }
+        let mut sc = self.sched.lock();
+        let was_out = sc.moving.remove(&id);
+        debug_assert!(was_out, "a guest checked out for a move is marked moving");
+        sc.alive.insert(id, Live::Heap(hg));
+        done
+    }
+
+    /// Takes guest `id` out of the schedule for a move of `from`, if it is alive, no
+    /// worker holds it, and one of its extents holds all of `from`.
+    fn check_out(&self, id: u64, from: Extent) -> Option<HeapGuest> {
+        let mut sc = self.sched.lock();
+        let Some(Live::Heap(hg)) = sc.alive.get(&id) else { return None };
+        let holds = |e: &Extent| e.mfn.0 <= from.mfn.0 && from.mfn.0 + from.frames() <= e.mfn.0 + e.frames();
+        if !hg.g.extents.iter().any(holds) {
+            return None;
+        }
+        let Some(Live::Heap(hg)) = sc.alive.remove(&id) else { unreachable!("looked up just above") };
+        sc.moving.insert(id);
+        Some(hg)
+    }
+}
