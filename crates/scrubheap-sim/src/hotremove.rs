@@ -19,8 +19,8 @@ use rand::seq::SliceRandom;
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 use scrubheap::{
-    AllocRequest, Deadline, DomId, Extent, Heap, HeapConfig, HeapError, Mfn, Migrator, NodeSpec, NullMemory,
-    OfflineStop,
+    AllocRequest, Deadline, DomId, Extent, Heap, HeapConfig, HeapError, Mfn, Migrator, NeverPreempt, NodeSpec,
+    NullMemory, OfflineStop,
 };
 use serde::Serialize;
 use std::cell::{Cell, RefCell};
@@ -135,10 +135,10 @@ pub struct HotRemoveResult {
     pub time_to_clean_s: Option<f64>,
     /// Schema-1 `sim` key: guests are built before the measured part (null).
     pub create_s: Option<crate::report::P50Max>,
-    /// The longest single move (one copy by the migrator, with no preemption point
-    /// inside it), ms of modelled time.
+    /// The longest piece of a move (a move copies one batch at a time, with a preemption
+    /// point between two pieces), ms of modelled time.
     pub max_nonpreemptible_ms: f64,
-    /// Moves longer than the host's watchdog timeout.
+    /// Pieces longer than the host's watchdog timeout.
     pub watchdog_trips: u64,
     /// Schema-1 `sim` key: no allocation here falls back to a smaller one (0).
     pub highorder_failures: u64,
@@ -191,21 +191,29 @@ struct Guests<'a> {
     /// Frames held: first frame to (order, guest).
     held: RefCell<BTreeMap<u64, (u8, u32)>>,
     moved_bytes: Cell<u64>,
-    /// The longest single move, ns, and moves longer than the watchdog.
+    /// The longest piece of a move (one batch at most), ns, and pieces longer than the
+    /// watchdog.
     longest_ns: Cell<f64>,
     trips: Cell<u64>,
     watchdog_ns: f64,
 }
 
 impl Migrator for Guests<'_> {
-    fn migrate(&self, owner: DomId, from: Extent, to: Extent) -> bool {
-        let bytes = from.frames() * self.frame_size;
+    /// One piece of a move (at most one batch): charges its copy time, the longest stretch
+    /// a move runs without a preemption point.
+    fn copy(&self, _owner: DomId, _from: Extent, _to: Extent, _offset: u64, frames: u64) -> bool {
+        let bytes = frames * self.frame_size;
         let c = self.clock;
         let ns = bytes as f64 / c.copy_bps * 1e9;
         c.now_ns.set(c.now_ns.get() + ns);
         self.longest_ns.set(self.longest_ns.get().max(ns));
         self.trips.set(self.trips.get() + (ns > self.watchdog_ns) as u64);
         self.moved_bytes.set(self.moved_bytes.get() + bytes);
+        true
+    }
+
+    /// The move is copied: the guest's frame list points at `to`.
+    fn switch(&self, owner: DomId, from: Extent, to: Extent) -> bool {
         let mut held = self.held.borrow_mut();
         // Split the guest's extent around the part that moves, as its frame list would.
         let (&m, &(o, g)) = held.range(..=from.mfn.0).next_back().expect("a guest holds what moves");
@@ -317,9 +325,12 @@ fn run_one(sc: &HotRemove, seed: u64, migrate_pins: bool) -> Result<HotRemoveRes
         mine.shuffle(&mut rng);
         for &m in mine.iter().take(pin_pages) {
             clock.now_ns.set(clock.now_ns.get() + clock.step_ns);
-            let at =
-                if migrate_pins { heap.pin(Mfn(m), order2m, dom, &g) } else { heap.pin_in_place(Mfn(m), order2m, dom) }
-                    .map_err(|e| format!("pin of {} by {dom}: {e}", Mfn(m)))?;
+            let at = if migrate_pins {
+                heap.pin(Mfn(m), order2m, dom, &g, &NeverPreempt)
+            } else {
+                heap.pin_in_place(Mfn(m), order2m, dom)
+            }
+            .map_err(|e| format!("pin of {} by {dom}: {e}", Mfn(m)))?;
             pinned_bytes += pin_bytes;
             pinned_at.push((at.mfn.0, dom.0));
             if heap.chunk_at(at.mfn).map_err(|e| e.to_string())?.zone == scrubheap::Zone::Movable {
@@ -345,7 +356,7 @@ fn run_one(sc: &HotRemove, seed: u64, migrate_pins: bool) -> Result<HotRemoveRes
     let mut done_frames = 0;
     while clock.now_ns.get() < clock.deadline_ns.get() {
         attempts += 1;
-        match heap.offline(first, remove, &g, &clock) {
+        match heap.offline(first, remove, &g, &clock, &NeverPreempt) {
             Ok(d) => {
                 completed = true;
                 done_frames = d.frames;

@@ -106,7 +106,7 @@ fn a_range_with_an_allocated_frame_is_refused_naming_it() {
 #[test]
 fn a_range_with_an_offline_or_broken_frame_is_refused() {
     let h = heap();
-    h.offline(Mfn(520), 4, &NoMigration, &NoDeadline).unwrap();
+    h.offline(Mfn(520), 4, &NoMigration, &NoDeadline, &NeverPreempt).unwrap();
     refused!(h, h.alloc_at(Mfn(512), 4, DomId(1)), HeapError::NotFree { first: Mfn(520), what: FrameUse::Offline, .. });
     assert_eq!(h.mark_broken(Mfn(700)).unwrap(), Broken::Now);
     refused!(h, h.alloc_at(Mfn(512), 8, DomId(1)), HeapError::NotFree { first: Mfn(520), what: FrameUse::Offline, .. });

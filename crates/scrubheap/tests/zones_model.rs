@@ -112,12 +112,15 @@ struct Rec<'a> {
 }
 
 impl Migrator for Rec<'_> {
-    fn migrate(&self, _owner: DomId, from: Extent, to: Extent) -> bool {
+    fn copy(&self, _owner: DomId, from: Extent, to: Extent, offset: u64, frames: u64) -> bool {
         if self.refuse_after.is_some_and(|n| self.moves.borrow().len() >= n) {
             return false;
         }
-        self.mem.copy(from.mfn, to.mfn, from.frames());
-        self.moves.borrow_mut().push((_owner, from, to));
+        self.mem.copy(Mfn(from.mfn.0 + offset), Mfn(to.mfn.0 + offset), frames);
+        true
+    }
+    fn switch(&self, owner: DomId, from: Extent, to: Extent) -> bool {
+        self.moves.borrow_mut().push((owner, from, to));
         true
     }
 }
@@ -178,7 +181,7 @@ fn run(ops: &[Op]) -> Result<(), TestCaseError> {
                 let res = if in_place {
                     heap.pin_in_place(mfn, order, DomId(dom))
                 } else {
-                    heap.pin(mfn, order, DomId(dom), &rc)
+                    heap.pin(mfn, order, DomId(dom), &rc, &NeverPreempt)
                 };
                 let moves = rc.moves.into_inner();
                 if !held || (!in_place && in_movable && (pinned || refuse)) {
@@ -236,8 +239,8 @@ fn run(ops: &[Op]) -> Result<(), TestCaseError> {
                     m.f[r.clone()].iter().any(|x| matches!(x, F::Held { pins, movable, .. } if *pins > 0 || !*movable));
                 let rc = rec(refuse_after);
                 let res = match steps {
-                    Some(s) => heap.offline(Mfn(first), count, &rc, &StepBudget::new(s)),
-                    None => heap.offline(Mfn(first), count, &rc, &NoDeadline),
+                    Some(s) => heap.offline(Mfn(first), count, &rc, &StepBudget::new(s), &NeverPreempt),
+                    None => heap.offline(Mfn(first), count, &rc, &NoDeadline, &NeverPreempt),
                 };
                 for (_, from, to) in rc.moves.into_inner() {
                     prop_assert!(
@@ -282,7 +285,7 @@ fn run(ops: &[Op]) -> Result<(), TestCaseError> {
                 let count = len.min(FPN - start);
                 let r = first as usize..(first + count) as usize;
                 let ok = m.f[r.clone()].iter().all(|x| matches!(x, F::Offline | F::Broken));
-                let res = heap.online(Mfn(first), count);
+                let res = heap.online(Mfn(first), count, &NeverPreempt);
                 prop_assert_eq!(res.is_ok(), ok, "online {:?}: {:?}", r, res);
                 if ok {
                     let n = m.f[r.clone()].iter().filter(|&&x| x == F::Offline).count() as u64;

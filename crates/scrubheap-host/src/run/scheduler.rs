@@ -9,11 +9,11 @@ use super::report::HotRemoveReport;
 use crate::instrument::{PreemptRecorder, Sections};
 use crate::pool::Pool;
 use crate::tenants::guest::{GuestOps, KernelBackend, KernelGuest};
-use crate::tenants::hot_remove::{move_guest_part, WallDeadline};
+use crate::tenants::hot_remove::{copy_piece, move_part, PieceMigrator, WallDeadline};
 use crate::tenants::pins::PinOps;
 use crate::tenants::pod_guest::{self, PodGuestOps};
 use parking_lot::Mutex;
-use scrubheap::{DomId, Extent, HeapError, Mfn};
+use scrubheap::{DomId, Extent, HeapError, Mfn, NeverPreempt};
 use scrubheap_oplog::Op;
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap};
@@ -469,17 +469,31 @@ pub(super) fn hot_remove_and_add(
         }
         std::thread::sleep(Duration::from_millis(5));
     }
-    let migrator = |owner: DomId, from: Extent, to: Extent| -> bool {
-        let mut sc = sched.lock();
+    // The guest must still be alive and hold `from` for every piece and for the switch.
+    let holds = |sc: &mut Sched, owner: DomId, from: Extent| -> bool {
         let Some(Live::Heap(hg)) = sc.alive.get_mut(&(owner.0 as u64 - 1)) else { return false };
-        if !hg.g.extents.iter().any(|e| e.mfn.0 <= from.mfn.0 && from.mfn.0 + from.frames() <= e.mfn.0 + e.frames()) {
-            return false;
-        }
-        let done = move_guest_part(p, &mut hg.g.extents, from, to);
-        if done {
-            hg.moved.push((to.mfn, to.order, from.mfn));
-        }
-        done
+        hg.g.extents.iter().any(|e| e.mfn.0 <= from.mfn.0 && from.mfn.0 + from.frames() <= e.mfn.0 + e.frames())
+    };
+    let migrator = PieceMigrator {
+        copy: |owner: DomId, from: Extent, to: Extent, offset: u64, frames: u64| -> bool {
+            let mut sc = sched.lock();
+            holds(&mut sc, owner, from) && {
+                copy_piece(p, from, to, offset, frames);
+                true
+            }
+        },
+        switch: |owner: DomId, from: Extent, to: Extent| -> bool {
+            let mut sc = sched.lock();
+            if !holds(&mut sc, owner, from) {
+                return false;
+            }
+            let Some(Live::Heap(hg)) = sc.alive.get_mut(&(owner.0 as u64 - 1)) else { return false };
+            let done = move_part(&mut hg.g.extents, from, to);
+            if done {
+                hg.moved.push((to.mfn, to.order, from.mfn));
+            }
+            done
+        },
     };
     let mut rep = HotRemoveReport {
         first_mfn: format!("{first}"),
@@ -490,7 +504,7 @@ pub(super) fn hot_remove_and_add(
     let start = Instant::now();
     while start.elapsed() < HOT_REMOVE_BUDGET {
         rep.attempts += 1;
-        match heap.offline(first, count, &migrator, &WallDeadline(Instant::now() + OFFLINE_DEADLINE)) {
+        match heap.offline(first, count, &migrator, &WallDeadline(Instant::now() + OFFLINE_DEADLINE), &NeverPreempt) {
             Ok(done) => {
                 rep.completed = true;
                 rep.time_to_offline_ms = start.elapsed().as_secs_f64() * 1e3;
@@ -520,7 +534,7 @@ pub(super) fn hot_remove_and_add(
         while t0.elapsed() < back && running.load(Relaxed) {
             std::thread::sleep(Duration::from_millis(5));
         }
-        heap.online(first, count).expect("the range this hot-remove took offline comes back");
+        heap.online(first, count, &NeverPreempt).expect("the range this hot-remove took offline comes back");
         p.ring(0);
         if let Some(log) = log {
             log.line(&Op::Online { mfn: first, count });

@@ -5,8 +5,8 @@
 use crate::arena::Arena;
 use crate::pool::{retry_busy, Pool};
 use crate::tenants::guest::Guest;
-use crate::tenants::hot_remove::move_guest_part;
-use scrubheap::{DomId, Extent, Heap, HeapError, Mfn, Migrator};
+use crate::tenants::hot_remove::{copy_piece, move_part};
+use scrubheap::{DomId, Extent, Heap, HeapError, Mfn, Migrator, NeverPreempt};
 use std::cell::RefCell;
 
 /// A page a guest pinned: which of its extents and where in it, and where the page is
@@ -38,8 +38,12 @@ struct OwnGuest<'a> {
 }
 
 impl Migrator for OwnGuest<'_> {
-    fn migrate(&self, _owner: DomId, from: Extent, to: Extent) -> bool {
-        move_guest_part(self.pool, &mut self.extents.borrow_mut(), from, to)
+    fn copy(&self, _owner: DomId, from: Extent, to: Extent, offset: u64, frames: u64) -> bool {
+        copy_piece(self.pool, from, to, offset, frames);
+        true
+    }
+    fn switch(&self, _owner: DomId, from: Extent, to: Extent) -> bool {
+        move_part(&mut self.extents.borrow_mut(), from, to)
     }
 }
 
@@ -65,7 +69,7 @@ impl PinOps for Pool {
             let dom = g.dom;
             let before = self.heap().chunk_at(page).map(|c| c.zone);
             let mig = OwnGuest { pool: self, extents: RefCell::new(&mut g.extents) };
-            match retry_busy(|| self.heap().pin(page, 0, dom, &mig)) {
+            match retry_busy(|| self.heap().pin(page, 0, dom, &mig, &NeverPreempt)) {
                 Ok(at) => {
                     debug_assert!(at.mfn == page || before == Ok(scrubheap::Zone::Movable));
                     g.pins.push(at);
