@@ -78,7 +78,8 @@ impl Replayer {
         if self.names.contains_key(id) {
             return fail(kind::DUPLICATE_ID, format!("id {id} still holds frames: free it before reusing the id"));
         }
-        let ext = heap.alloc_at(mfn, order, dom)?;
+        let ext =
+            heap.alloc_at_preemptible(mfn, order, dom, &self.preempt(false))?.expect("a preempt that never yields");
         if ext.mfn != mfn || ext.order != order {
             self.violation(format!("alloc-at {mfn} order {order} returned {ext:?}"));
             return Ok(());
