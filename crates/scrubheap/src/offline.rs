@@ -574,40 +574,7 @@ impl<M: FrameMemory> Heap<M> {
             let blocker = |reason, owner: Option<u32>| {
                 Chunks::Blocked(Blocker { first: abs(h), frames: size(o) as u64, owner: owner.map(DomId), reason })
             };
-            let found = match s.state() {
-                State::Free => {
-                    if !Self::isolate_free(self, &mut st, job, h, o) {
-                        Some(blocker(BlockReason::Claimed, None))
-                    } else {
-                        None
-                    }
-                }
-                State::Isolated if job.isolated.contains_key(&h) => None,
-                State::Isolated => Some(Chunks::Wait),
-                State::Offline | State::Broken => None,
-                State::Scrubbing => {
-                    if let Some(w) = st.work.iter_mut().find(|w| w.head == h && w.kind == Kind::Background) {
-                        if !w.stop {
-                            w.stop = true;
-                            job.done.aborted_scrubs += 1;
-                        }
-                    }
-                    migrate.then_some(Chunks::Wait)
-                }
-                State::Pending if migrate => Some(Chunks::Wait),
-                State::Allocated if migrate && s.flags(F_MIGRATING) => Some(Chunks::Wait),
-                State::Allocated if migrate && s.b > 0 => Some(blocker(BlockReason::Pinned, Some(s.a))),
-                State::Allocated if migrate && !s.flags(F_MOVABLE) => Some(blocker(BlockReason::Unmovable, Some(s.a))),
-                State::Allocated if migrate => {
-                    // The largest aligned piece of the chunk from `pos` inside the range.
-                    let k = core::cmp::min(o, st.largest_order_at(job.pos, job.hi - job.pos));
-                    st.meta[h as usize].set_flag(F_MIGRATING, true);
-                    let from = Extent { mfn: abs(job.pos), order: k, node: n };
-                    Some(Chunks::Move(h, (from, s.a)))
-                }
-                State::Pending | State::Allocated => None,
-                State::None => unreachable!("chunk_of returns heads"),
-            };
+            let found = self.offline_look(&mut st, job, (h, o), migrate);
             match found {
                 None => {
                     job.pos = end;
@@ -635,6 +602,57 @@ impl<M: FrameMemory> Heap<M> {
         }
         cell.publish(&st);
         (Chunks::More, CHUNKS_PER_STEP as u64)
+    }
+
+    /// What the isolation (`migrate` false) or migration pass does with the chunk `(h, o)`
+    /// at the job's position: `None` to go past it (isolating it if free), or what stops
+    /// the walk there (a move to start, a wait, a blocker).
+    fn offline_look(
+        &self,
+        st: &mut NodeState,
+        job: &mut OfflineJob<'_, M>,
+        (h, o): (u32, u8),
+        migrate: bool,
+    ) -> Option<Chunks> {
+        let s = st.meta[h as usize];
+        let (node, base) = (job.node, self.cell(job.node).base);
+        let abs = |x: u32| Mfn(base + x as u64);
+        let blocker = |reason, owner: u32| {
+            let b = Blocker { first: abs(h), frames: size(o) as u64, owner: Some(DomId(owner)), reason };
+            Some(Chunks::Blocked(b))
+        };
+        match s.state() {
+            State::Free if self.isolate_free(st, job, h, o) => None,
+            State::Free => {
+                let b = Blocker { first: abs(h), frames: size(o) as u64, owner: None, reason: BlockReason::Claimed };
+                Some(Chunks::Blocked(b))
+            }
+            State::Isolated if job.isolated.contains_key(&h) => None,
+            State::Isolated => Some(Chunks::Wait),
+            State::Offline | State::Broken => None,
+            State::Scrubbing => {
+                if let Some(w) = st.work.iter_mut().find(|w| w.head == h && w.kind == Kind::Background) {
+                    if !w.stop {
+                        w.stop = true;
+                        job.done.aborted_scrubs += 1;
+                    }
+                }
+                migrate.then_some(Chunks::Wait)
+            }
+            State::Pending if migrate => Some(Chunks::Wait),
+            State::Allocated if migrate && s.flags(F_MIGRATING) => Some(Chunks::Wait),
+            State::Allocated if migrate && s.b > 0 => blocker(BlockReason::Pinned, s.a),
+            State::Allocated if migrate && !s.flags(F_MOVABLE) => blocker(BlockReason::Unmovable, s.a),
+            State::Allocated if migrate => {
+                // The largest aligned piece of the chunk from `pos` inside the range.
+                let k = core::cmp::min(o, st.largest_order_at(job.pos, job.hi - job.pos));
+                st.meta[h as usize].set_flag(F_MIGRATING, true);
+                let from = Extent { mfn: abs(job.pos), order: k, node };
+                Some(Chunks::Move(h, (from, s.a)))
+            }
+            State::Pending | State::Allocated => None,
+            State::None => unreachable!("chunk_of returns heads"),
+        }
     }
 
     /// Isolates the free chunk `(h, o)` for `job`: its pieces inside the range leave the

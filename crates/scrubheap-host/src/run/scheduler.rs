@@ -469,32 +469,7 @@ pub(super) fn hot_remove_and_add(
         }
         std::thread::sleep(Duration::from_millis(5));
     }
-    // The guest must still be alive and hold `from` for every piece and for the switch.
-    let holds = |sc: &mut Sched, owner: DomId, from: Extent| -> bool {
-        let Some(Live::Heap(hg)) = sc.alive.get_mut(&(owner.0 as u64 - 1)) else { return false };
-        hg.g.extents.iter().any(|e| e.mfn.0 <= from.mfn.0 && from.mfn.0 + from.frames() <= e.mfn.0 + e.frames())
-    };
-    let migrator = PieceMigrator {
-        copy: |owner: DomId, from: Extent, to: Extent, offset: u64, frames: u64| -> bool {
-            let mut sc = sched.lock();
-            holds(&mut sc, owner, from) && {
-                copy_piece(p, from, to, offset, frames);
-                true
-            }
-        },
-        switch: |owner: DomId, from: Extent, to: Extent| -> bool {
-            let mut sc = sched.lock();
-            if !holds(&mut sc, owner, from) {
-                return false;
-            }
-            let Some(Live::Heap(hg)) = sc.alive.get_mut(&(owner.0 as u64 - 1)) else { return false };
-            let done = move_part(&mut hg.g.extents, from, to);
-            if done {
-                hg.moved.push((to.mfn, to.order, from.mfn));
-            }
-            done
-        },
-    };
+    let migrator = guest_mover(p, sched);
     let mut rep = HotRemoveReport {
         first_mfn: format!("{first}"),
         bytes: count * 4096,
@@ -542,4 +517,36 @@ pub(super) fn hot_remove_and_add(
     }
     rep.online_at_s = t0.elapsed().as_secs_f64();
     Some(rep)
+}
+
+/// The hot-remove's [`scrubheap::Migrator`]: copies a piece of a live guest's memory in the
+/// arena, then points its extents at the new frames (recording the move), each under the
+/// scheduler lock, refusing a guest being built or torn down.
+fn guest_mover<'a>(p: &'a Pool, sched: &'a Mutex<Sched>) -> impl scrubheap::Migrator + 'a {
+    // The guest must still be alive and hold `from` for every piece and for the switch.
+    let holds = |sc: &mut Sched, owner: DomId, from: Extent| -> bool {
+        let Some(Live::Heap(hg)) = sc.alive.get_mut(&(owner.0 as u64 - 1)) else { return false };
+        hg.g.extents.iter().any(|e| e.mfn.0 <= from.mfn.0 && from.mfn.0 + from.frames() <= e.mfn.0 + e.frames())
+    };
+    PieceMigrator {
+        copy: move |owner: DomId, from: Extent, to: Extent, offset: u64, frames: u64| -> bool {
+            let mut sc = sched.lock();
+            holds(&mut sc, owner, from) && {
+                copy_piece(p, from, to, offset, frames);
+                true
+            }
+        },
+        switch: move |owner: DomId, from: Extent, to: Extent| -> bool {
+            let mut sc = sched.lock();
+            if !holds(&mut sc, owner, from) {
+                return false;
+            }
+            let Some(Live::Heap(hg)) = sc.alive.get_mut(&(owner.0 as u64 - 1)) else { return false };
+            let done = move_part(&mut hg.g.extents, from, to);
+            if done {
+                hg.moved.push((to.mfn, to.order, from.mfn));
+            }
+            done
+        },
+    }
 }
