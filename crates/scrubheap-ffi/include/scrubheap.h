@@ -339,7 +339,7 @@ typedef struct ScrubheapOfflined {
   uint64_t migrated_frames;
   // Background scrubs asked to hand a chunk back.
   uint64_t aborted_scrubs;
-  // Bounded steps taken (each asked the deadline first).
+  // Bounded steps taken (those of the isolation and the moves asked the deadline first).
   uint64_t steps;
 } ScrubheapOfflined;
 

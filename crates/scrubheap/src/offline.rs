@@ -107,7 +107,7 @@ pub struct Offlined {
     pub migrated_frames: u64,
     /// Background scrubs asked to hand a chunk back.
     pub aborted_scrubs: u64,
-    /// Bounded steps taken (each asked the deadline first).
+    /// Bounded steps taken (those of the isolation and the moves asked the deadline first).
     pub steps: u64,
 }
 

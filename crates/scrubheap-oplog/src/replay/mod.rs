@@ -175,12 +175,17 @@ impl Replayer {
             op,
             Op::Pod { .. } | Op::Touch { .. } | Op::Balloon { .. } | Op::PodTarget { .. } | Op::Destroy { .. }
         );
+        // A `check` line is a diagnostic (O(frames), zero checks of PoD pages), not an
+        // operation: its work is not a section.
+        let diagnostic = matches!(op, Op::Check);
         let what = op.to_string();
         self.counter.reset();
         let res = self.exec(op);
         // The line returned: its last section ends here.
         self.counter.close();
-        self.note_section(&what, pod);
+        if !diagnostic {
+            self.note_section(&what, pod);
+        }
         if let (Err(_), Some(before), Some(heap)) = (&res, before, &self.heap) {
             let after = heap.stats();
             if !may_change_on_error && after != before {

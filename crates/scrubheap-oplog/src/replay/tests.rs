@@ -410,3 +410,20 @@ fn the_xen_baseline_is_reported_apart() {
     assert_eq!(rep.sections.baseline_max_section_frames, 1 << 18);
     assert_eq!(rep.sections.max_section_frames, 0);
 }
+
+/// A `check` line's zero checks of PoD pages are a diagnostic, not a section.
+#[test]
+fn check_lines_are_not_sections() {
+    let mut r = Replayer::new();
+    for l in [
+        "heap nodes=2 frames_per_node=4096 movable_from=307",
+        "pod dom=1 max_pages=4096 target=500 node=0",
+        "touch dom=1 gfn=0 data",
+        "check",
+    ] {
+        assert_eq!(kind_of(&mut r, l), "", "{l}");
+    }
+    let rep = finish_clean(r);
+    assert!(!rep.sections.pod_max_section_op.contains("check"), "{:?}", rep.sections);
+    assert!(!rep.sections.max_section_op.contains("check"), "{:?}", rep.sections);
+}
