@@ -52,8 +52,8 @@ pub struct ReplayReport {
 
 /// The longest sections of a replay, counted in frames touched (zeroed, checked, copied,
 /// or chunks walked in metadata) between two preemption points, each with the line that
-/// did it (`line N: <op>`, empty when no line touched a frame). `check` lines are
-/// diagnostics and not counted. Written flat into the report's JSON.
+/// did it (`line N: <op>`, empty when no line touched a frame). `check` and `heap` lines
+/// (which run the full check of the heap they end) are diagnostics and not counted. Written flat into the report's JSON.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
 pub struct SectionReport {
     /// Heap lines on heaps whose policy keeps the bound (`scrubheap`, `alloc`).

@@ -175,9 +175,9 @@ impl Replayer {
             op,
             Op::Pod { .. } | Op::Touch { .. } | Op::Balloon { .. } | Op::PodTarget { .. } | Op::Destroy { .. }
         );
-        // A `check` line is a diagnostic (O(frames), zero checks of PoD pages), not an
-        // operation: its work is not a section.
-        let diagnostic = matches!(op, Op::Check);
+        // A `check` line is a diagnostic (O(frames), zero checks of PoD pages), and so is
+        // what a `heap` line does (the full check of the heap it ends): not sections.
+        let diagnostic = matches!(op, Op::Check | Op::Heap { .. });
         let what = op.to_string();
         self.counter.reset();
         let res = self.exec(op);

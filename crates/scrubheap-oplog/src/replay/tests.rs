@@ -411,19 +411,22 @@ fn the_xen_baseline_is_reported_apart() {
     assert_eq!(rep.sections.max_section_frames, 0);
 }
 
-/// A `check` line's zero checks of PoD pages are a diagnostic, not a section.
+/// The zero checks of PoD pages by a `check` line, or by a `heap` line ending the heap
+/// before it, are diagnostics, not sections.
 #[test]
-fn check_lines_are_not_sections() {
+fn check_and_heap_lines_are_not_sections() {
     let mut r = Replayer::new();
     for l in [
         "heap nodes=2 frames_per_node=4096 movable_from=307",
         "pod dom=1 max_pages=4096 target=500 node=0",
         "touch dom=1 gfn=0 data",
         "check",
+        "heap nodes=1 frames_per_node=4096",
     ] {
         assert_eq!(kind_of(&mut r, l), "", "{l}");
     }
     let rep = finish_clean(r);
-    assert!(!rep.sections.pod_max_section_op.contains("check"), "{:?}", rep.sections);
-    assert!(!rep.sections.max_section_op.contains("check"), "{:?}", rep.sections);
+    for op in [&rep.sections.pod_max_section_op, &rep.sections.max_section_op] {
+        assert!(!op.contains("check") && !op.contains("heap"), "{:?}", rep.sections);
+    }
 }
