@@ -2,7 +2,7 @@
 //! what happened; `scrubheap replay --generate N FILE`: write a random op log instead.
 
 use anyhow::{bail, Context};
-use scrubheap_oplog::{GenConfig, ReplayReport, Replayer, DEFAULT_MAX_FRAMES};
+use scrubheap_oplog::{GenConfig, ReplayReport, Replayer, SectionReport, DEFAULT_MAX_FRAMES};
 use std::fs::File;
 use std::io::{BufWriter, Write};
 use std::path::{Path, PathBuf};
@@ -81,10 +81,26 @@ fn print_summary(file: &Path, rep: &ReplayReport, secs: f64) {
             p.populated, p.cache, p.entries, p.superpages_reclaimed, p.zero_pages_reclaimed, p.superpages_shattered, p.crashes
         );
     }
+    print_sections(&rep.sections);
     println!("invariant violations: {}", rep.invariant_violations);
     for v in &rep.violations {
         eprintln!("  {v}");
     }
+}
+
+/// The longest sections, in frames touched between two preemption points, by kind of line.
+fn print_sections(s: &SectionReport) {
+    let op = |o: &str| if o.is_empty() { "none".to_string() } else { o.to_string() };
+    println!(
+        "longest section, frames: heap {} (bound {}; {}), pod {} ({}), baseline policies {} ({})",
+        s.max_section_frames,
+        s.section_bound,
+        op(&s.max_section_op),
+        s.pod_max_section_frames,
+        op(&s.pod_max_section_op),
+        s.baseline_max_section_frames,
+        op(&s.baseline_max_section_op)
+    );
 }
 
 /// The report as JSON: the `replay` envelope, whose results are [`ReplayReport`] as it

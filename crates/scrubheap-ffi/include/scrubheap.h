@@ -151,6 +151,11 @@ enum ScrubheapStatus
   SCRUBHEAP_E_NOT_FREE = -35,
   // The range asked for has frames in both zones of its node.
   SCRUBHEAP_E_CROSSES_ZONE = -36,
+  // `scrubheap_alloc` would scrub a dirty chunk larger than one batch with no
+  // preemption point: allocate it through `scrubheap_alloc_start` (a ticket) instead.
+  SCRUBHEAP_E_NEEDS_SCRUB_TICKET = -37,
+  // An offline that has ended was advanced again.
+  SCRUBHEAP_E_OFFLINE_FINISHED = -38,
 };
 #ifndef __cplusplus
 #if __STDC_VERSION__ >= 202311L
@@ -291,20 +296,34 @@ typedef struct ScrubheapStats {
   uint64_t scrubbed_sync;
 } ScrubheapStats;
 
-// Moves an owner's frames: copy the `2^from.order` frames of `from` to `to` and point the
-// owner's frame list at `to`. Return false to refuse, having written nothing to `to`.
-typedef bool (*ScrubheapMigrateFn)(void *ctx,
-                                   uint32_t owner,
-                                   struct ScrubheapExtent from,
-                                   struct ScrubheapExtent to);
+// Copies one piece of a move: the `frames` frames at frame `offset` of `from` to the
+// same offset of `to` (at most one scrub batch; pieces come in order, from offset 0).
+// The owner keeps using `from` meanwhile. Return false to refuse the move.
+typedef bool (*ScrubheapPieceCopyFn)(void *ctx,
+                                     uint32_t owner,
+                                     struct ScrubheapExtent from,
+                                     struct ScrubheapExtent to,
+                                     uint64_t offset,
+                                     uint64_t frames);
 
-// An owner's migrator. With no function every move is refused: a pin in the Movable
+// Ends a move once every piece is copied: point the owner's frame list at `to`. Called
+// once a move; return false to refuse (having changed nothing of the owner's mapping).
+typedef bool (*ScrubheapSwitchFn)(void *ctx,
+                                  uint32_t owner,
+                                  struct ScrubheapExtent from,
+                                  struct ScrubheapExtent to);
+
+// An owner's migrator: a move copies in pieces of at most one batch (`copy`, with a
+// preemption point between two pieces), then switches the owner's mapping once
+// (`switch_to`). With either function null every move is refused: a pin in the Movable
 // zone is refused and an offline over allocations rolls back.
 typedef struct ScrubheapMigrator {
-  // Passed to `migrate` as is.
+  // Passed to `copy` and `switch_to` as is.
   void *ctx;
-  // Moves frames; null refuses every move.
-  ScrubheapMigrateFn migrate;
+  // Copies one piece; null refuses every move.
+  ScrubheapPieceCopyFn copy;
+  // Points the owner at the new frames; null refuses every move.
+  ScrubheapSwitchFn switch_to;
 } ScrubheapMigrator;
 
 // Asked between the bounded steps of an offline: return true once the deadline passed.
@@ -320,7 +339,7 @@ typedef struct ScrubheapOfflined {
   uint64_t migrated_frames;
   // Background scrubs asked to hand a chunk back.
   uint64_t aborted_scrubs;
-  // Bounded steps taken (each asked the deadline first).
+  // Bounded steps taken (those of the isolation and the moves asked the deadline first).
   uint64_t steps;
 } ScrubheapOfflined;
 
@@ -345,8 +364,10 @@ ScrubheapStatus scrubheap_heap_new(const struct ScrubheapConfig *config,
 // `heap` must be null or a live handle that no other thread uses during or after the call.
 ScrubheapStatus scrubheap_heap_destroy(struct ScrubheapHeap *heap);
 
-// Allocates `2^req.order` frames and stores them in `*out`, scrubbing any dirty frame
-// first with no preemption point: a caller that must stay preemptible uses
+// Allocates `2^req.order` frames and stores them in `*out`, scrubbing at most one batch
+// of dirty frames in place (it has no preemption point): when the only chunk that would
+// do is dirty and larger than one batch it refuses with
+// `SCRUBHEAP_E_NEEDS_SCRUB_TICKET`, nothing changed; such an allocation goes through
 // `scrubheap_alloc_start` and a ticket.
 //
 // # Safety
@@ -425,16 +446,20 @@ ScrubheapStatus scrubheap_check_invariants(struct ScrubheapHeap *heap);
 // Takes a long-term pin on `2^order` frames from `mfn` that `owner` holds; `*out` gets
 // where they are now. Frames in the Movable zone are first moved to Normal memory
 // through `migrator` (null, or a null function: every move is refused, and such a pin
-// with it, `SCRUBHEAP_E_MIGRATION_REFUSED`, nothing changed).
+// with it, `SCRUBHEAP_E_MIGRATION_REFUSED`, nothing changed). A move copies in pieces of
+// at most one batch and asks `preempt(ctx)` between two (null: never); a pin cannot stop
+// halfway, so the answer does not end it early: reschedule inside the callback.
 //
 // # Safety
 // `heap` must be null or a live handle; `migrator` and `out` null or valid; the
-// migrator's function may be called with its context during this call.
+// callbacks may be called with their contexts during this call.
 ScrubheapStatus scrubheap_pin(struct ScrubheapHeap *heap,
                               uint64_t mfn,
                               uint8_t order,
                               uint32_t owner,
                               const struct ScrubheapMigrator *migrator,
+                              ScrubheapPreemptFn preempt,
+                              void *ctx,
                               struct ScrubheapExtent *out);
 
 // Releases one long-term pin on `2^order` frames from `mfn`.
@@ -447,8 +472,10 @@ ScrubheapStatus scrubheap_unpin(struct ScrubheapHeap *heap,
                                 uint32_t owner);
 
 // Takes `count` frames from `first` (inside one node) out of service in bounded steps,
-// asking `deadline(ctx)` before each (null: no deadline) and moving movable unpinned
-// allocations out through `migrator` (null: none moves). Either completes (`*out` says
+// asking `deadline(ctx)` before each (null: no deadline) and `preempt(ctx)` after each
+// (null: never; the call does not stop early, so reschedule inside the callback), and
+// moving movable unpinned allocations out through `migrator` (null: none moves), in
+// pieces of at most one batch. Either completes (`*out` says
 // what it did) or rolls back: `SCRUBHEAP_E_OFFLINE_BLOCKED`, the last error naming the
 // blockers, every frame it took back in service as it was (allocations it already moved
 // stay moved: their owners were remapped).
@@ -461,17 +488,22 @@ ScrubheapStatus scrubheap_offline(struct ScrubheapHeap *heap,
                                   uint64_t count,
                                   const struct ScrubheapMigrator *migrator,
                                   ScrubheapDeadlineFn deadline,
+                                  ScrubheapPreemptFn preempt,
                                   void *ctx,
                                   struct ScrubheapOfflined *out);
 
 // Returns `count` offline frames from `first` to service, dirty; `*onlined` gets the
-// frames put back (broken ones stay out).
+// frames put back (broken ones stay out). Works in steps of at most 64 chunks, asking
+// `preempt(ctx)` between two (null: never; the call does not stop early).
 //
 // # Safety
-// `heap` must be null or a live handle; `onlined` null or valid.
+// `heap` must be null or a live handle; `onlined` null or valid; the callback may be
+// called with its context during this call.
 ScrubheapStatus scrubheap_online(struct ScrubheapHeap *heap,
                                  uint64_t first,
                                  uint64_t count,
+                                 ScrubheapPreemptFn preempt,
+                                 void *ctx,
                                  uint64_t *onlined);
 
 // Takes frame `mfn` out of service for good: now if free (`*when` =

@@ -57,8 +57,10 @@ pub unsafe extern "C" fn scrubheap_heap_destroy(heap: *mut ScrubheapHeap) -> Scr
     unsafe { destroy_heap(heap) }
 }
 
-/// Allocates `2^req.order` frames and stores them in `*out`, scrubbing any dirty frame
-/// first with no preemption point: a caller that must stay preemptible uses
+/// Allocates `2^req.order` frames and stores them in `*out`, scrubbing at most one batch
+/// of dirty frames in place (it has no preemption point): when the only chunk that would
+/// do is dirty and larger than one batch it refuses with
+/// `SCRUBHEAP_E_NEEDS_SCRUB_TICKET`, nothing changed; such an allocation goes through
 /// `scrubheap_alloc_start` and a ticket.
 ///
 /// # Safety

@@ -11,9 +11,22 @@ use std::ffi::c_void;
 pub type ScrubheapPreemptFn = Option<unsafe extern "C" fn(ctx: *mut c_void) -> bool>;
 /// Asked between the bounded steps of an offline: return true once the deadline passed.
 pub type ScrubheapDeadlineFn = Option<unsafe extern "C" fn(ctx: *mut c_void) -> bool>;
-/// Moves an owner's frames: copy the `2^from.order` frames of `from` to `to` and point the
-/// owner's frame list at `to`. Return false to refuse, having written nothing to `to`.
-pub type ScrubheapMigrateFn =
+/// Copies one piece of a move: the `frames` frames at frame `offset` of `from` to the
+/// same offset of `to` (at most one scrub batch; pieces come in order, from offset 0).
+/// The owner keeps using `from` meanwhile. Return false to refuse the move.
+pub type ScrubheapPieceCopyFn = Option<
+    unsafe extern "C" fn(
+        ctx: *mut c_void,
+        owner: u32,
+        from: ScrubheapExtent,
+        to: ScrubheapExtent,
+        offset: u64,
+        frames: u64,
+    ) -> bool,
+>;
+/// Ends a move once every piece is copied: point the owner's frame list at `to`. Called
+/// once a move; return false to refuse (having changed nothing of the owner's mapping).
+pub type ScrubheapSwitchFn =
     Option<unsafe extern "C" fn(ctx: *mut c_void, owner: u32, from: ScrubheapExtent, to: ScrubheapExtent) -> bool>;
 
 /// A caller's [`ScrubheapMemoryOps`] with every function checked present.
@@ -84,21 +97,30 @@ impl Deadline for CQuestion {
     }
 }
 
-/// An owner's migrator. With no function every move is refused: a pin in the Movable
+/// An owner's migrator: a move copies in pieces of at most one batch (`copy`, with a
+/// preemption point between two pieces), then switches the owner's mapping once
+/// (`switch_to`). With either function null every move is refused: a pin in the Movable
 /// zone is refused and an offline over allocations rolls back.
 #[repr(C)]
 #[derive(Copy, Clone, Debug)]
 pub struct ScrubheapMigrator {
-    /// Passed to `migrate` as is.
+    /// Passed to `copy` and `switch_to` as is.
     pub ctx: *mut c_void,
-    /// Moves frames; null refuses every move.
-    pub migrate: ScrubheapMigrateFn,
+    /// Copies one piece; null refuses every move.
+    pub copy: ScrubheapPieceCopyFn,
+    /// Points the owner at the new frames; null refuses every move.
+    pub switch_to: ScrubheapSwitchFn,
 }
 
 impl Migrator for ScrubheapMigrator {
-    fn migrate(&self, owner: DomId, from: Extent, to: Extent) -> bool {
+    fn copy(&self, owner: DomId, from: Extent, to: Extent, offset: u64, frames: u64) -> bool {
         let (from, to) = (ScrubheapExtent::from(from), ScrubheapExtent::from(to));
         // SAFETY: as for CQuestion: valid for the duration of the call that passed it.
-        self.migrate.is_some_and(|f| unsafe { f(self.ctx, owner.0, from, to) })
+        self.switch_to.is_some() && self.copy.is_some_and(|f| unsafe { f(self.ctx, owner.0, from, to, offset, frames) })
+    }
+    fn switch(&self, owner: DomId, from: Extent, to: Extent) -> bool {
+        let (from, to) = (ScrubheapExtent::from(from), ScrubheapExtent::from(to));
+        // SAFETY: as for CQuestion: valid for the duration of the call that passed it.
+        self.switch_to.is_some_and(|f| unsafe { f(self.ctx, owner.0, from, to) })
     }
 }

@@ -1,6 +1,6 @@
 //! Long-term pins, offline and online, broken frames.
 
-use crate::callbacks::{CQuestion, ScrubheapDeadlineFn, ScrubheapMigrator};
+use crate::callbacks::{CQuestion, ScrubheapDeadlineFn, ScrubheapMigrator, ScrubheapPreemptFn};
 use crate::handle::{need_out, put, with_heap, ScrubheapHeap};
 use crate::status::ScrubheapStatus;
 use crate::types::{
@@ -10,7 +10,7 @@ use scrubheap::{Broken, DomId, Mfn};
 use std::ffi::c_void;
 
 /// The migrator a null pointer stands for: one that refuses every move.
-const NO_MIGRATOR: ScrubheapMigrator = ScrubheapMigrator { ctx: std::ptr::null_mut(), migrate: None };
+const NO_MIGRATOR: ScrubheapMigrator = ScrubheapMigrator { ctx: std::ptr::null_mut(), copy: None, switch_to: None };
 
 /// Reads a migrator, null meaning none.
 ///
@@ -24,11 +24,13 @@ unsafe fn migrator(m: *const ScrubheapMigrator) -> ScrubheapMigrator {
 /// Takes a long-term pin on `2^order` frames from `mfn` that `owner` holds; `*out` gets
 /// where they are now. Frames in the Movable zone are first moved to Normal memory
 /// through `migrator` (null, or a null function: every move is refused, and such a pin
-/// with it, `SCRUBHEAP_E_MIGRATION_REFUSED`, nothing changed).
+/// with it, `SCRUBHEAP_E_MIGRATION_REFUSED`, nothing changed). A move copies in pieces of
+/// at most one batch and asks `preempt(ctx)` between two (null: never); a pin cannot stop
+/// halfway, so the answer does not end it early: reschedule inside the callback.
 ///
 /// # Safety
 /// `heap` must be null or a live handle; `migrator` and `out` null or valid; the
-/// migrator's function may be called with its context during this call.
+/// callbacks may be called with their contexts during this call.
 #[no_mangle]
 pub unsafe extern "C" fn scrubheap_pin(
     heap: *mut ScrubheapHeap,
@@ -36,6 +38,8 @@ pub unsafe extern "C" fn scrubheap_pin(
     order: u8,
     owner: u32,
     migrator: *const ScrubheapMigrator,
+    preempt: ScrubheapPreemptFn,
+    ctx: *mut c_void,
     out: *mut ScrubheapExtent,
 ) -> ScrubheapStatus {
     // SAFETY: the caller's contract on `heap`.
@@ -44,7 +48,8 @@ pub unsafe extern "C" fn scrubheap_pin(
             need_out(out, "out")?;
             // SAFETY: the caller's contract on `migrator`.
             let m = self::migrator(migrator);
-            put(out, s.heap.pin(Mfn(mfn), order, DomId(owner), &m)?.into());
+            let preempt = CQuestion { f: preempt, ctx };
+            put(out, s.heap.pin(Mfn(mfn), order, DomId(owner), &m, &preempt)?.into());
             Ok(ScrubheapStatus::SCRUBHEAP_OK)
         })
     }
@@ -66,8 +71,10 @@ pub unsafe extern "C" fn scrubheap_unpin(heap: *mut ScrubheapHeap, mfn: u64, ord
 }
 
 /// Takes `count` frames from `first` (inside one node) out of service in bounded steps,
-/// asking `deadline(ctx)` before each (null: no deadline) and moving movable unpinned
-/// allocations out through `migrator` (null: none moves). Either completes (`*out` says
+/// asking `deadline(ctx)` before each (null: no deadline) and `preempt(ctx)` after each
+/// (null: never; the call does not stop early, so reschedule inside the callback), and
+/// moving movable unpinned allocations out through `migrator` (null: none moves), in
+/// pieces of at most one batch. Either completes (`*out` says
 /// what it did) or rolls back: `SCRUBHEAP_E_OFFLINE_BLOCKED`, the last error naming the
 /// blockers, every frame it took back in service as it was (allocations it already moved
 /// stay moved: their owners were remapped).
@@ -82,6 +89,7 @@ pub unsafe extern "C" fn scrubheap_offline(
     count: u64,
     migrator: *const ScrubheapMigrator,
     deadline: ScrubheapDeadlineFn,
+    preempt: ScrubheapPreemptFn,
     ctx: *mut c_void,
     out: *mut ScrubheapOfflined,
 ) -> ScrubheapStatus {
@@ -91,7 +99,8 @@ pub unsafe extern "C" fn scrubheap_offline(
             need_out(out, "out")?;
             // SAFETY: the caller's contract on `migrator`.
             let m = self::migrator(migrator);
-            let done = s.heap.offline(Mfn(first), count, &m, &CQuestion { f: deadline, ctx })?;
+            let (deadline, preempt) = (CQuestion { f: deadline, ctx }, CQuestion { f: preempt, ctx });
+            let done = s.heap.offline(Mfn(first), count, &m, &deadline, &preempt)?;
             put(out, done.into());
             Ok(ScrubheapStatus::SCRUBHEAP_OK)
         })
@@ -99,22 +108,26 @@ pub unsafe extern "C" fn scrubheap_offline(
 }
 
 /// Returns `count` offline frames from `first` to service, dirty; `*onlined` gets the
-/// frames put back (broken ones stay out).
+/// frames put back (broken ones stay out). Works in steps of at most 64 chunks, asking
+/// `preempt(ctx)` between two (null: never; the call does not stop early).
 ///
 /// # Safety
-/// `heap` must be null or a live handle; `onlined` null or valid.
+/// `heap` must be null or a live handle; `onlined` null or valid; the callback may be
+/// called with its context during this call.
 #[no_mangle]
 pub unsafe extern "C" fn scrubheap_online(
     heap: *mut ScrubheapHeap,
     first: u64,
     count: u64,
+    preempt: ScrubheapPreemptFn,
+    ctx: *mut c_void,
     onlined: *mut u64,
 ) -> ScrubheapStatus {
     // SAFETY: the caller's contract on `heap`.
     unsafe {
         with_heap(heap, |s| {
             need_out(onlined, "onlined")?;
-            put(onlined, s.heap.online(Mfn(first), count)?);
+            put(onlined, s.heap.online(Mfn(first), count, &CQuestion { f: preempt, ctx })?);
             Ok(ScrubheapStatus::SCRUBHEAP_OK)
         })
     }

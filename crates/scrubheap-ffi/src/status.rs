@@ -87,12 +87,17 @@ pub enum ScrubheapStatus {
     SCRUBHEAP_E_NOT_FREE = -35,
     /// The range asked for has frames in both zones of its node.
     SCRUBHEAP_E_CROSSES_ZONE = -36,
+    /// `scrubheap_alloc` would scrub a dirty chunk larger than one batch with no
+    /// preemption point: allocate it through `scrubheap_alloc_start` (a ticket) instead.
+    SCRUBHEAP_E_NEEDS_SCRUB_TICKET = -37,
+    /// An offline that has ended was advanced again.
+    SCRUBHEAP_E_OFFLINE_FINISHED = -38,
 }
 
 use ScrubheapStatus as S;
 
 /// Every status, for the message table and its tests.
-pub(crate) const ALL: [ScrubheapStatus; 36] = [
+pub(crate) const ALL: [ScrubheapStatus; 38] = [
     S::SCRUBHEAP_OK,
     S::SCRUBHEAP_PENDING,
     S::SCRUBHEAP_E_NULL,
@@ -129,6 +134,8 @@ pub(crate) const ALL: [ScrubheapStatus; 36] = [
     S::SCRUBHEAP_E_CLAIMED_BY_OTHERS,
     S::SCRUBHEAP_E_NOT_FREE,
     S::SCRUBHEAP_E_CROSSES_ZONE,
+    S::SCRUBHEAP_E_NEEDS_SCRUB_TICKET,
+    S::SCRUBHEAP_E_OFFLINE_FINISHED,
 ];
 
 impl ScrubheapStatus {
@@ -171,6 +178,10 @@ impl ScrubheapStatus {
             S::SCRUBHEAP_E_CLAIMED_BY_OTHERS => c"other domains' claims need that free memory",
             S::SCRUBHEAP_E_NOT_FREE => c"a frame of that range is not free",
             S::SCRUBHEAP_E_CROSSES_ZONE => c"range has frames in both zones of its node",
+            S::SCRUBHEAP_E_NEEDS_SCRUB_TICKET => {
+                c"the only chunk is dirty and larger than one batch: allocate it with scrubheap_alloc_start"
+            }
+            S::SCRUBHEAP_E_OFFLINE_FINISHED => c"that offline has ended: start a new one",
         }
     }
 }
@@ -204,6 +215,8 @@ impl From<&HeapError> for ScrubheapStatus {
             HeapError::ClaimedByOthers { .. } => S::SCRUBHEAP_E_CLAIMED_BY_OTHERS,
             HeapError::NotFree { .. } => S::SCRUBHEAP_E_NOT_FREE,
             HeapError::CrossesZone { .. } => S::SCRUBHEAP_E_CROSSES_ZONE,
+            HeapError::NeedsScrubTicket { .. } => S::SCRUBHEAP_E_NEEDS_SCRUB_TICKET,
+            HeapError::OfflineFinished { .. } => S::SCRUBHEAP_E_OFFLINE_FINISHED,
         }
     }
 }

@@ -248,7 +248,7 @@ pub struct ScrubheapOfflined {
     pub migrated_frames: u64,
     /// Background scrubs asked to hand a chunk back.
     pub aborted_scrubs: u64,
-    /// Bounded steps taken (each asked the deadline first).
+    /// Bounded steps taken (those of the isolation and the moves asked the deadline first).
     pub steps: u64,
 }
 

@@ -1,8 +1,8 @@
 //! Pins and hot-remove on real memory: pinned pages and offlined ranges move the guest's
 //! bytes and its extent list, and nothing leaks to the next tenant.
 
-use scrubheap::{DomId, Extent, MetadataMigrator, NoDeadline, Zone};
-use scrubheap_host::hot_remove::move_guest_part;
+use scrubheap::{DomId, Extent, MetadataMigrator, NeverPreempt, NoDeadline, Zone};
+use scrubheap_host::hot_remove::{copy_piece, move_part, PieceMigrator};
 use scrubheap_host::instrument::PreemptRecorder;
 use scrubheap_host::pool::{Pool, PoolConfig};
 use scrubheap_host::{GuestOps, PinOps};
@@ -44,8 +44,14 @@ fn pins_and_an_offline_move_guest_bytes_and_leak_nothing() {
     let first = scrubheap::Mfn(a.0 + (b.0 - a.0) / 2);
     let count = b.0 - first.0;
     let extents = RefCell::new(std::mem::take(&mut g.extents));
-    let mig = |_: DomId, from: Extent, to: Extent| move_guest_part(&p, &mut extents.borrow_mut(), from, to);
-    let done = heap.offline(first, count, &mig, &NoDeadline).unwrap();
+    let mig = PieceMigrator {
+        copy: |_: DomId, from: Extent, to: Extent, offset: u64, frames: u64| {
+            copy_piece(&p, from, to, offset, frames);
+            true
+        },
+        switch: |_: DomId, from: Extent, to: Extent| move_part(&mut extents.borrow_mut(), from, to),
+    };
+    let done = heap.offline(first, count, &mig, &NoDeadline, &NeverPreempt).unwrap();
     assert!(done.migrated_chunks > 0);
     g.extents = extents.into_inner();
     assert_eq!(g.extents.iter().map(Extent::frames).sum::<u64>(), frames);
@@ -57,8 +63,8 @@ fn pins_and_an_offline_move_guest_bytes_and_leak_nothing() {
     // Pinned pages block nothing here (they are in Normal memory), but an offline of the
     // Normal zone meets them and is refused without a change.
     let pinned_at = g.pins[0];
-    assert!(heap.offline(pinned_at.mfn, 1, &MetadataMigrator, &NoDeadline).is_err());
-    assert_eq!(heap.online(first, count).unwrap(), count);
+    assert!(heap.offline(pinned_at.mfn, 1, &MetadataMigrator, &NoDeadline, &NeverPreempt).is_err());
+    assert_eq!(heap.online(first, count, &NeverPreempt).unwrap(), count);
     p.destroy_guest(g, &rec);
     assert_eq!(heap.stats().allocated, 0);
     // The next tenant gets scrubbed memory only (verify mode checks every word).

@@ -291,8 +291,7 @@ pub fn generate(cfg: &GenConfig, out: &mut dyn Write) -> Result<ReplayReport, Ge
         last_freed: None,
         last_offline: None,
     };
-    writeln!(
-        out,
+    let comment = format!(
         "# scrubheap replay --generate {} --seed {} --nodes {} --frames-per-node {}{} --check-every {}",
         cfg.ops,
         cfg.seed,
@@ -300,7 +299,10 @@ pub fn generate(cfg: &GenConfig, out: &mut dyn Write) -> Result<ReplayReport, Ge
         cfg.frames_per_node,
         cfg.movable_from.map_or(String::new(), |m| format!(" --movable-from {m}")),
         cfg.check_every
-    )?;
+    );
+    writeln!(out, "{comment}")?;
+    // Stepped too, so that line numbers in the report match the log's.
+    g.replayer.step(&comment);
     if cfg.ops == 0 {
         return Ok(g.replayer.finish());
     }
@@ -353,6 +355,9 @@ mod tests {
             assert!(text.lines().any(|l| l.starts_with(verb)), "no {verb} line");
         }
         assert!(rep.ok > rep.ops / 2, "{rep:?}");
+        // Scrubs of 4096 pages ran: the longest section is one batch, within the bound.
+        let s = &rep.sections;
+        assert!(s.max_section_frames > 0 && s.max_section_frames <= s.section_bound, "{s:?}");
         for kind in ["NotAllocated", "WrongOwner", "Unaligned", "DuplicateId", "NoSuchNode", "InvalidOrder"] {
             assert!(rep.errors.contains_key(kind), "no {kind} in {:?}", rep.errors);
         }

@@ -76,8 +76,8 @@ mod report;
 pub use gen::{generate, GenConfig, GenError};
 pub use op::{Id, Op, ParseError, MAX_ID_BYTES};
 pub use parse::parse_line;
-pub use replay::{Allocation, Replayer};
-pub use report::{FinalCounts, Outcome, PodReport, ReplayReport, MAX_VIOLATION_MESSAGES};
+pub use replay::{Allocation, ReplayHeap, Replayer};
+pub use report::{FinalCounts, Outcome, PodReport, ReplayReport, SectionReport, MAX_VIOLATION_MESSAGES};
 
 /// The largest heap (in frames, all nodes together) a `heap` line may ask for unless the
 /// replayer is told otherwise: 2^28 frames (1 TiB at 4 KiB), about 3 GiB of metadata.

@@ -24,8 +24,9 @@ pub struct FinalCounts {
 /// What a replay did. As JSON (`scrubheap replay --json`), in this order: `ops`, `ok`,
 /// `errors {Kind: count}`, `invariant_violations`, `final {free_clean, free_dirty,
 /// allocated, offline}`, `pod {populated, cache, entries, superpages_reclaimed,
-/// zero_pages_reclaimed, superpages_shattered, crashes}`, `violations [...]`. Keys may be
-/// added, never renamed (DESIGN section 6).
+/// zero_pages_reclaimed, superpages_shattered, crashes}`, the [`SectionReport`] keys
+/// (`max_section_frames`, `max_section_op`, `section_bound`, `pod_...`, `baseline_...`),
+/// `violations [...]`. Keys may be added, never renamed (DESIGN section 6).
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
 pub struct ReplayReport {
     /// Operations: every line that is not blank or a comment.
@@ -42,8 +43,35 @@ pub struct ReplayReport {
     /// Populate-on-demand: frames of the guests left at the end, and events of every
     /// heap of the log.
     pub pod: PodReport,
+    /// The most work one line did between two preemption points, and which line.
+    #[serde(flatten)]
+    pub sections: SectionReport,
     /// The first [`MAX_VIOLATION_MESSAGES`] violations, each with its line number.
     pub violations: Vec<String>,
+}
+
+/// The longest sections of a replay, counted in frames touched (zeroed, checked, copied,
+/// or chunks walked in metadata) between two preemption points, each with the line that
+/// did it (`line N: <op>`, empty when no line touched a frame). `check` and `heap` lines
+/// (which run the full check of the heap they end) are diagnostics and not counted. Written flat into the report's JSON.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct SectionReport {
+    /// Heap lines on heaps whose policy keeps the bound (`scrubheap`, `alloc`).
+    pub max_section_frames: u64,
+    /// The line that did it.
+    pub max_section_op: String,
+    /// The bound of the heap it ran on ([`scrubheap::Heap::section_bound`]: one batch plus
+    /// the metadata walk constant); 0 if no line touched a frame.
+    pub section_bound: u64,
+    /// Populate-on-demand lines (`pod`, `touch`, `balloon`, `pod-target`, `destroy`).
+    pub pod_max_section_frames: u64,
+    /// The line that did it.
+    pub pod_max_section_op: String,
+    /// Any line on a heap of a baseline policy (`xen`, `xen-cap2m`: whole chunks scrubbed
+    /// in place; `sync`: frees scrubbed whole), which do not keep the bound.
+    pub baseline_max_section_frames: u64,
+    /// The line that did it.
+    pub baseline_max_section_op: String,
 }
 
 /// The populate-on-demand part of a [`ReplayReport`].
@@ -92,7 +120,22 @@ mod tests {
         let v = serde_json::to_value(&rep).unwrap();
         let mut keys: Vec<&str> = v.as_object().unwrap().keys().map(String::as_str).collect();
         keys.sort_unstable();
-        let want = ["ops", "ok", "errors", "invariant_violations", "final", "pod", "violations"];
+        let want = [
+            "ops",
+            "ok",
+            "errors",
+            "invariant_violations",
+            "final",
+            "pod",
+            "max_section_frames",
+            "max_section_op",
+            "section_bound",
+            "pod_max_section_frames",
+            "pod_max_section_op",
+            "baseline_max_section_frames",
+            "baseline_max_section_op",
+            "violations",
+        ];
         let mut sorted = want;
         sorted.sort_unstable();
         assert_eq!(keys, sorted);

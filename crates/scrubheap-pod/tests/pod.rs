@@ -619,7 +619,7 @@ fn frames_the_pod_layer_holds_cannot_be_freed_or_pinned_behind_its_back() {
     for (mfn, order) in [(populated, 0), (m.mfn, m.order)] {
         let e = h.free(mfn, order, DomId(1)).unwrap_err();
         assert!(matches!(e, HeapError::Sealed { owner: DomId(1), .. }), "{e}");
-        let e = h.pin(mfn, order, DomId(1), &MetadataMigrator).unwrap_err();
+        let e = h.pin(mfn, order, DomId(1), &MetadataMigrator, &NeverPreempt).unwrap_err();
         assert!(matches!(e, HeapError::Sealed { .. }), "{e}");
         assert!(matches!(h.pin_in_place(mfn, order, DomId(1)), Err(HeapError::Sealed { .. })));
     }

@@ -3,10 +3,14 @@
 //!
 //! A frame's physical address is its frame number times 4 KiB, so the heap must use
 //! 4 KiB frames and number them by physical address (as a kernel that hands it its RAM
-//! map does). Frames come scrubbed: a kernel never sees a previous owner's bytes, and a
-//! 2 MiB or 1 GiB frame may be handed out while still dirty, the allocation scrubbing it
-//! in place in bounded batches. This module uses only `core` and the heap's public API,
-//! so it can move to a `no_std` kernel as is.
+//! map does). Frames come scrubbed: a kernel never sees a previous owner's bytes. The
+//! `FrameAllocator` impls never scrub more than one batch (the heap's `scrub_batch`, 1 MiB
+//! by default) in place, since they have no way to yield: when the only 2 MiB or 1 GiB
+//! frame that would do is dirty and larger than a batch, they return `None`
+//! ([`HeapFrames::try_allocate`] says why: `HeapError::NeedsScrubTicket`). A kernel that
+//! wants such a frame calls [`HeapFrames::try_allocate_preemptible`], which scrubs it a
+//! batch at a time and asks its `Preempt` between batches. This module uses only `core`
+//! and the heap's public API, so it can move to a `no_std` kernel as is.
 //!
 //! ```
 //! use scrubheap::{DomId, Heap, HeapConfig, Mfn, TestMemory};
@@ -29,7 +33,7 @@
 //! assert_eq!(heap.stats().allocated, 0);
 //! ```
 
-use scrubheap::{AllocRequest, DomId, FrameMemory, Heap, HeapError, Mfn};
+use scrubheap::{AllocRequest, DomId, FrameMemory, Heap, HeapError, Mfn, Preempt};
 use x86_64::structures::paging::{FrameAllocator, FrameDeallocator, PageSize, PhysFrame, Size1GiB, Size2MiB, Size4KiB};
 use x86_64::PhysAddr;
 
@@ -56,16 +60,35 @@ impl<'h, M: FrameMemory> HeapFrames<'h, M> {
         self
     }
 
-    /// 2^order frames, scrubbed; the heap's error when it has none.
-    pub fn try_allocate<S: PageSize>(&mut self) -> Result<PhysFrame<S>, HeapError> {
+    fn request<S: PageSize>(&self) -> AllocRequest {
         let order = (S::SIZE / Size4KiB::SIZE).trailing_zeros() as u8;
-        let mut req = AllocRequest::new(order, self.owner);
-        if let Some(n) = self.node {
-            req = req.on(n);
-        }
-        let e = self.heap.alloc(&req)?;
-        let addr = PhysAddr::new(e.mfn.0 * Size4KiB::SIZE);
-        Ok(PhysFrame::from_start_address(addr).expect("the heap's extents are naturally aligned"))
+        let req = AllocRequest::new(order, self.owner);
+        self.node.map_or(req, |n| req.on(n))
+    }
+
+    fn frame<S: PageSize>(mfn: Mfn) -> PhysFrame<S> {
+        let addr = PhysAddr::new(mfn.0 * Size4KiB::SIZE);
+        PhysFrame::from_start_address(addr).expect("the heap's extents are naturally aligned")
+    }
+
+    /// A frame of size `S`, scrubbed, scrubbing at most one batch in place
+    /// ([`Heap::alloc`]); the heap's error when it has none, or
+    /// `HeapError::NeedsScrubTicket` when the only frame that would do is dirty and
+    /// larger than one batch (then use [`HeapFrames::try_allocate_preemptible`]).
+    pub fn try_allocate<S: PageSize>(&mut self) -> Result<PhysFrame<S>, HeapError> {
+        let e = self.heap.alloc(&self.request::<S>())?;
+        Ok(Self::frame(e.mfn))
+    }
+
+    /// A frame of size `S`, scrubbed one batch at a time, asking `preempt` between two
+    /// batches ([`Heap::alloc_preemptible`]): `Ok(None)` when it said to yield (the frames
+    /// scrubbed so far stay clean in the heap; call again after yielding).
+    pub fn try_allocate_preemptible<S: PageSize>(
+        &mut self,
+        preempt: &dyn Preempt,
+    ) -> Result<Option<PhysFrame<S>>, HeapError> {
+        let e = self.heap.alloc_preemptible(&self.request::<S>(), preempt)?;
+        Ok(e.map(|e| Self::frame(e.mfn)))
     }
 
     /// Gives a frame back; the heap's error (and no change) if this owner does not hold it
@@ -81,6 +104,9 @@ macro_rules! frame_allocator {
         // SAFETY: the heap hands each extent to exactly one owner until it is freed (its
         // partition invariant), so every frame returned is unused and returned once.
         unsafe impl<M: FrameMemory> FrameAllocator<$size> for HeapFrames<'_, M> {
+            /// `None` when the heap has no frame of this size, or when the only one is
+            /// dirty and larger than one scrub batch: it is never scrubbed here without a
+            /// preemption point (see [`HeapFrames::try_allocate_preemptible`]).
             fn allocate_frame(&mut self) -> Option<PhysFrame<$size>> {
                 self.try_allocate().ok()
             }

@@ -1,7 +1,7 @@
 //! The `x86_64` adapter: frame allocation of every size over a heap (the `vm-memory`
 //! adapter is tested in `guest_memory.rs`).
 
-use scrubheap::{DomId, Heap, HeapConfig, Mfn};
+use scrubheap::{DomId, Heap, HeapConfig, HeapError, Mfn};
 use scrubheap_host::{Arena, ArenaConfig, Kernel};
 use scrubheap_vmm::frames::HeapFrames;
 use std::collections::HashSet;
@@ -26,8 +26,16 @@ fn frames_of_every_size_come_scrubbed_aligned_and_distinct_and_go_back() {
     let heap = heap();
     let mut fa = HeapFrames::new(&heap, DomId(3)).on(1);
     let small: Vec<PhysFrame<Size4KiB>> = (0..100).map(|_| fa.allocate_frame().unwrap()).collect();
-    let large: Vec<PhysFrame<Size2MiB>> = (0..10).map(|_| fa.allocate_frame().unwrap()).collect();
-    let huge: PhysFrame<Size1GiB> = fa.allocate_frame().unwrap();
+    // Every larger frame is dirty and larger than one batch: the FrameAllocator impls,
+    // which cannot yield, refuse it rather than scrub it with no preemption point...
+    assert!(FrameAllocator::<Size2MiB>::allocate_frame(&mut fa).is_none());
+    assert!(matches!(fa.try_allocate::<Size1GiB>(), Err(HeapError::NeedsScrubTicket { frames: 262144, .. })));
+    assert_eq!(heap.stats().allocated, 100, "a refusal changes nothing");
+    // ...and the preemptible path scrubs it a batch at a time.
+    let never = || false;
+    let preemptible = |fa: &mut HeapFrames<'_, Arena>| fa.try_allocate_preemptible(&never).unwrap().unwrap();
+    let large: Vec<PhysFrame<Size2MiB>> = (0..10).map(|_| preemptible(&mut fa)).collect();
+    let huge: PhysFrame<Size1GiB> = fa.try_allocate_preemptible(&never).unwrap().unwrap();
     let mut ranges: Vec<(u64, u64)> = small.iter().map(|&f| frame_range(f)).collect();
     ranges.extend(large.iter().map(|&f| frame_range(f)));
     ranges.push(frame_range(huge));

@@ -21,8 +21,10 @@ impl<M: FrameMemory> Heap<M> {
     /// Allocates exactly the 2^order frames at `mfn` (naturally aligned, inside one node
     /// and one zone) to `owner`, if every frame of them is free, clean or dirty. Dirty
     /// frames are scrubbed before the owner gets them, as for [`Heap::alloc`]: in place
-    /// when they fit in one batch, else through a scrub ticket driven to completion here
-    /// (use [`Heap::alloc_at_start`] to stay preemptible). The owner's claims are retired
+    /// when they fit in one batch; when they do not, it refuses with
+    /// [`HeapError::NeedsScrubTicket`] rather than scrub more than one batch with no
+    /// preemption point (use [`Heap::alloc_at_start`] or [`Heap::alloc_at_preemptible`]).
+    /// The owner's claims are retired
     /// and others' claims respected, as for any allocation. A range in the Movable zone
     /// is allocated movable, one in the Normal zone unmovable.
     ///
@@ -41,9 +43,29 @@ impl<M: FrameMemory> Heap<M> {
     /// heap.check_invariants().unwrap();
     /// ```
     pub fn alloc_at(&self, mfn: Mfn, order: u8, owner: DomId) -> Result<Extent, HeapError> {
-        let start = self.alloc_at_start(mfn, order, owner)?;
-        let e = Self::drive(start, &crate::preempt::NeverPreempt)?;
-        Ok(e.expect("NeverPreempt never asks to yield"))
+        match self.alloc_at_start(mfn, order, owner)? {
+            AllocStart::Ready(e) => Ok(e),
+            AllocStart::Pending(t) => {
+                // Dropping the ticket gives the frames (and claims) back.
+                drop(t);
+                let batch = self.config.scrub_batch;
+                debug_assert!(1u64 << order > batch);
+                Err(HeapError::NeedsScrubTicket { order, frames: 1 << order, batch })
+            }
+        }
+    }
+
+    /// [`Heap::alloc_at`], scrubbing through a ticket when the range holds more dirty
+    /// frames than one batch and asking `preempt` between batches: `None` when it said to
+    /// yield (the ticket is dropped; the frames it scrubbed stay clean in the heap).
+    pub fn alloc_at_preemptible(
+        &self,
+        mfn: Mfn,
+        order: u8,
+        owner: DomId,
+        preempt: &dyn crate::preempt::Preempt,
+    ) -> Result<Option<Extent>, HeapError> {
+        Self::drive(self.alloc_at_start(mfn, order, owner)?, preempt)
     }
 
     /// [`Heap::alloc_at`], returning a [`ScrubTicket`] when the range holds more dirty

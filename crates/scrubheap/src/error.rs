@@ -156,6 +156,24 @@ pub enum HeapError {
         /// What blocked it (at most [`crate::MAX_BLOCKERS`]).
         blockers: alloc::vec::Vec<crate::blocker::Blocker>,
     },
+    /// An offline job that has ended was advanced again.
+    #[error("the offline of {count} frames at {first} has ended: start a new one with Heap::offline_start")]
+    OfflineFinished {
+        /// First frame of the range.
+        first: Mfn,
+        /// Frames in the range.
+        count: u64,
+    },
+    /// [`Heap::alloc`](crate::Heap::alloc) would have to scrub more than one batch in place.
+    #[error("allocating order {order} means scrubbing a dirty chunk of {frames} frames, more than one batch ({batch}) with no preemption point: use Heap::alloc_start or Heap::alloc_preemptible, which scrub it through a ticket")]
+    NeedsScrubTicket {
+        /// The order asked for.
+        order: u8,
+        /// Frames of the dirty chunk that would have been taken.
+        frames: u64,
+        /// The heap's scrub batch.
+        batch: u64,
+    },
     /// Onlining frames that are not offline.
     #[error("frame {mfn} is not offline (it is {state}): online only frames an offline removed")]
     NotOffline {
@@ -304,6 +322,8 @@ impl HeapError {
             HeapError::PinLimit { .. } => "PinLimit",
             HeapError::MigrationRefused { .. } => "MigrationRefused",
             HeapError::OfflineBlocked { .. } => "OfflineBlocked",
+            HeapError::OfflineFinished { .. } => "OfflineFinished",
+            HeapError::NeedsScrubTicket { .. } => "NeedsScrubTicket",
             HeapError::NotOffline { .. } => "NotOffline",
             HeapError::BadRange { .. } => "BadRange",
             HeapError::NeededByClaims { .. } => "NeededByClaims",

@@ -34,6 +34,7 @@ mod blocker;
 mod chunk;
 mod claims;
 mod config;
+mod counting;
 mod dirty;
 mod error;
 mod gate;
@@ -59,12 +60,15 @@ mod work;
 pub use blocker::{BlockReason, Blocker, OfflineStop};
 pub use claims::{Claim, ClaimTarget};
 pub use config::{HeapConfig, NodeSpec};
+pub use counting::{CountingMemory, CountingMigrator, CountingPreempt, SectionCounter};
 pub use error::{FrameUse, HeapError, InvariantViolation};
 pub use heap::{AllocRequest, ChunkInfo, ChunkState, Extent, Heap, NodePref};
 pub use memory::{FrameMemory, NullMemory};
 pub use node::largest_order;
 pub use observe::LockObserver;
-pub use offline::{Broken, Deadline, NoDeadline, Offlined, StepBudget, MAX_BLOCKERS, MAX_BUSY_POLLS};
+pub use offline::{
+    Broken, Deadline, NoDeadline, OfflineJob, Offlined, StepBudget, CHUNKS_PER_STEP, MAX_BLOCKERS, MAX_BUSY_POLLS,
+};
 pub use pin::{MetadataMigrator, Migrator, NoMigration};
 pub use policy::{Policy, UnknownPolicy};
 pub use preempt::{BatchLimit, NeverPreempt, Preempt};

@@ -12,6 +12,7 @@ use crate::error::HeapError;
 use crate::heap::{Extent, Heap};
 use crate::memory::FrameMemory;
 use crate::node::{NodeState, Pick};
+use crate::preempt::{batch_frames, Preempt};
 use crate::types::{DomId, Mfn, Zone};
 use alloc::vec::Vec;
 
@@ -20,30 +21,58 @@ fn size(order: u8) -> u32 {
     1u32 << order
 }
 
-/// Moves an owner's frames on the heap's behalf: copies the bytes and points the owner's
-/// frame list (a guest's p2m, a process's page table) at the new frames.
+/// Moves an owner's frames on the heap's behalf, in pieces: [`Migrator::copy`] copies the
+/// bytes one piece at a time, then [`Migrator::switch`] points the owner's frame list (a
+/// guest's p2m, a process's page table) at the new frames, once.
 ///
 /// The heap calls it with no lock held, for a pin that must leave the Movable zone or an
-/// offline that must empty a range. The owner must not free or pin `from` meanwhile (the
-/// heap refuses such calls with `HeapError::Busy` while the move is in progress).
+/// offline that must empty a range. Each piece is at most one scrub batch of frames
+/// ([`HeapConfig::scrub_batch`](crate::HeapConfig::scrub_batch), or less if the caller's
+/// [`Preempt`] asks for smaller batches), and the heap asks its `Preempt` between two
+/// pieces, so a 1 GiB move is never one stretch without a preemption point.
+///
+/// **When the owner's mapping switches, and why then.** The owner keeps using `from`
+/// until every piece has been copied; only then does the heap call `switch`, and only
+/// after `switch` returns true is `to` the owner's and `from` the heap's. Switching once,
+/// at the end, is what keeps a move all-or-nothing: if a piece is refused (or the move is
+/// abandoned, an offline rolled back), the owner never saw `to` and nothing of its
+/// mapping changed. The owner must keep `from` unwritten from the first piece to the
+/// switch (a VMM write-protects it or pauses the vCPUs that map it), or re-copy what it
+/// wrote before it returns true from `switch`. The owner must not free or pin `from`
+/// meanwhile (the heap refuses such calls with `HeapError::Busy` while the move is in
+/// progress).
+///
+/// A closure `Fn(DomId, Extent, Extent) -> bool` is a migrator with nothing to copy (a
+/// metadata-only owner: a simulator, a replayer): every piece succeeds and the closure
+/// is the switch.
 ///
 /// ```
-/// use scrubheap::{DomId, Extent, Migrator};
-/// // A metadata-only owner (a simulator, a replayer): nothing to copy or remap.
+/// use scrubheap::{DomId, Extent, Migrator, Mfn};
+/// let from = Extent { mfn: Mfn(0), order: 9, node: 0 };
+/// let to = Extent { mfn: Mfn(512), order: 9, node: 0 };
+/// // A metadata-only owner: nothing to copy, the switch always succeeds.
 /// let m = |_owner: DomId, _from: Extent, _to: Extent| true;
-/// assert!(m.migrate(DomId(1), Extent { mfn: scrubheap::Mfn(0), order: 0, node: 0 },
-///                   Extent { mfn: scrubheap::Mfn(1), order: 0, node: 0 }));
+/// assert!(m.copy(DomId(1), from, to, 0, 256));
+/// assert!(m.switch(DomId(1), from, to));
 /// ```
 pub trait Migrator {
-    /// Copies the `2^order` frames of `from` to `to` (same order; `to` is the owner's
-    /// only once this returns true) and remaps the owner. Returns false to refuse, in
-    /// which case it must not have written anything to `to`: the heap then gives `to`
-    /// back exactly as it was, and the pin or offline that asked is not done.
-    fn migrate(&self, owner: DomId, from: Extent, to: Extent) -> bool;
+    /// Copies the `frames` frames at frame `offset` of `from` to the same offset of `to`
+    /// (same order). The heap calls it for consecutive pieces from offset 0 to the end,
+    /// each at most one batch. Returns false to refuse: the move is abandoned and `to` goes
+    /// back to the heap as dirty memory (it may hold the owner's bytes).
+    fn copy(&self, owner: DomId, from: Extent, to: Extent, offset: u64, frames: u64) -> bool;
+
+    /// Points the owner's mapping at `to` instead of `from`, after every piece has been
+    /// copied; called once a move. Returns false to refuse (nothing of the owner's
+    /// mapping may have changed then): the move is abandoned as for [`Migrator::copy`].
+    fn switch(&self, owner: DomId, from: Extent, to: Extent) -> bool;
 }
 
 impl<F: Fn(DomId, Extent, Extent) -> bool> Migrator for F {
-    fn migrate(&self, owner: DomId, from: Extent, to: Extent) -> bool {
+    fn copy(&self, _owner: DomId, _from: Extent, _to: Extent, _offset: u64, _frames: u64) -> bool {
+        true
+    }
+    fn switch(&self, owner: DomId, from: Extent, to: Extent) -> bool {
         self(owner, from, to)
     }
 }
@@ -54,7 +83,10 @@ impl<F: Fn(DomId, Extent, Extent) -> bool> Migrator for F {
 pub struct MetadataMigrator;
 
 impl Migrator for MetadataMigrator {
-    fn migrate(&self, _owner: DomId, _from: Extent, _to: Extent) -> bool {
+    fn copy(&self, _owner: DomId, _from: Extent, _to: Extent, _offset: u64, _frames: u64) -> bool {
+        true
+    }
+    fn switch(&self, _owner: DomId, _from: Extent, _to: Extent) -> bool {
         true
     }
 }
@@ -65,9 +97,31 @@ impl Migrator for MetadataMigrator {
 pub struct NoMigration;
 
 impl Migrator for NoMigration {
-    fn migrate(&self, _owner: DomId, _from: Extent, _to: Extent) -> bool {
+    fn copy(&self, _owner: DomId, _from: Extent, _to: Extent, _offset: u64, _frames: u64) -> bool {
         false
     }
+    fn switch(&self, _owner: DomId, _from: Extent, _to: Extent) -> bool {
+        false
+    }
+}
+
+/// A move in progress: `done` frames of `from` copied to `to` so far.
+#[derive(Copy, Clone, Debug)]
+pub(crate) struct Move {
+    pub owner: DomId,
+    pub from: Extent,
+    pub to: Extent,
+    pub done: u64,
+}
+
+/// Where a move stands after one piece.
+pub(crate) enum MoveStep {
+    /// More pieces to copy.
+    Copied,
+    /// Every piece copied and the owner switched: `to` is the owner's.
+    Switched,
+    /// The migrator refused a piece or the switch: `to` has been given back.
+    Refused,
 }
 
 /// What the chunks of a range held by one owner look like.
@@ -90,20 +144,31 @@ impl<M: FrameMemory> Heap<M> {
     /// a free chunk of Normal memory (the nearest node first) through `migrator`; the
     /// frames it leaves become free and dirty. Returns where the pinned frames are now.
     /// If no Normal memory is free or the migrator refuses, the pin is refused and
-    /// nothing changes.
+    /// nothing changes. The move copies in pieces of at most one batch and asks `preempt`
+    /// between two pieces (see [`Migrator`]). A pin is one call: it cannot stop halfway,
+    /// so a `true` from `preempt` does not end it early; the check is a point where a
+    /// runtime may reschedule the thread (inside [`Preempt::check`]) and where it measures
+    /// its sections.
     ///
     /// ```
-    /// use scrubheap::{AllocRequest, DomId, Heap, HeapConfig, MetadataMigrator, NullMemory, Zone};
+    /// use scrubheap::{AllocRequest, DomId, Heap, HeapConfig, MetadataMigrator, NeverPreempt, NullMemory, Zone};
     /// let heap = Heap::new(HeapConfig::uniform(1, 1 << 12).with_movable_from(1 << 11), NullMemory).unwrap();
     /// let ext = heap.alloc(&AllocRequest::new(9, DomId(1)).movable()).unwrap();
     /// assert_eq!(heap.chunk_at(ext.mfn).unwrap().zone, Zone::Movable);
     /// // Pin one frame of it: it moves to Normal memory first.
-    /// let pinned = heap.pin(ext.mfn, 0, DomId(1), &MetadataMigrator).unwrap();
+    /// let pinned = heap.pin(ext.mfn, 0, DomId(1), &MetadataMigrator, &NeverPreempt).unwrap();
     /// assert_eq!(heap.chunk_at(pinned.mfn).unwrap().zone, Zone::Normal);
     /// heap.unpin(pinned.mfn, 0, DomId(1)).unwrap();
     /// heap.check_invariants().unwrap();
     /// ```
-    pub fn pin(&self, mfn: Mfn, order: u8, owner: DomId, migrator: &dyn Migrator) -> Result<Extent, HeapError> {
+    pub fn pin(
+        &self,
+        mfn: Mfn,
+        order: u8,
+        owner: DomId,
+        migrator: &dyn Migrator,
+        preempt: &dyn Preempt,
+    ) -> Result<Extent, HeapError> {
         let (n, off) = self.locate(mfn, order)?;
         let mut st = self.lock_node(n);
         let held = Self::held_range(&st, off, order, owner)?;
@@ -119,9 +184,9 @@ impl<M: FrameMemory> Heap<M> {
         Self::set_migrating(&mut st, off, order, true);
         drop(st);
         let from = Extent { mfn, order, node: n };
-        match self.move_out(owner, from, held.movable, &[Zone::Normal], migrator) {
+        match self.move_whole(owner, from, held.movable, migrator, preempt) {
             Ok(to) => {
-                self.finish_destination(to, true, 1);
+                self.finish_destination(to, true, 1, true);
                 let mut st = self.lock_node(n);
                 Self::vacate(&mut st, off, order, false);
                 self.cell(n).publish(&st);
@@ -300,17 +365,42 @@ impl<M: FrameMemory> Heap<M> {
         true
     }
 
-    /// Moves `owner`'s frames `from` (marked migrating) to a new chunk in `zones`, the
-    /// nearest node first, through `migrator`. Returns the destination, still marked
-    /// migrating (see [`Heap::finish_destination`]); on failure nothing is left taken.
-    pub(crate) fn move_out(
+    /// Moves `owner`'s frames `from` (marked migrating) to Normal memory, piece by piece,
+    /// asking `preempt` between two pieces (a pin cannot stop halfway: see [`Heap::pin`]).
+    /// Returns the destination, still marked migrating (see [`Heap::finish_destination`]);
+    /// on failure nothing is left taken.
+    fn move_whole(
+        &self,
+        owner: DomId,
+        from: Extent,
+        movable: bool,
+        migrator: &dyn Migrator,
+        preempt: &dyn Preempt,
+    ) -> Result<Extent, HeapError> {
+        let mut mv = self.begin_move(owner, from, movable, &[Zone::Normal])?;
+        let batch = batch_frames(self.config.scrub_batch, preempt);
+        for _ in 0..=from.frames().div_ceil(batch) {
+            match self.move_piece(&mut mv, migrator, batch) {
+                MoveStep::Switched => return Ok(mv.to),
+                MoveStep::Refused => break,
+                MoveStep::Copied => {
+                    preempt.check();
+                }
+            }
+        }
+        debug_assert!(mv.done <= from.frames(), "a move copies no more than its frames");
+        Err(HeapError::MigrationRefused { mfn: from.mfn, order: from.order, owner })
+    }
+
+    /// Starts moving `owner`'s frames `from` (marked migrating): takes a destination chunk
+    /// in `zones`, the nearest node first. Nothing is copied yet.
+    pub(crate) fn begin_move(
         &self,
         owner: DomId,
         from: Extent,
         movable: bool,
         zones: &[Zone],
-        migrator: &dyn Migrator,
-    ) -> Result<Extent, HeapError> {
+    ) -> Result<Move, HeapError> {
         let Some(to) = self.take_destination(from.node, from.order, owner, movable, zones) else {
             let free = self.stats().free_clean + self.stats().free_dirty;
             let where_ = if zones == [Zone::Normal] {
@@ -320,12 +410,36 @@ impl<M: FrameMemory> Heap<M> {
             };
             return Err(HeapError::OutOfMemory { order: from.order, where_: where_.into(), free, claimed: 0 });
         };
-        if migrator.migrate(owner, from, to) {
-            Ok(to)
-        } else {
-            self.finish_destination(to, false, 0);
-            Err(HeapError::MigrationRefused { mfn: from.mfn, order: from.order, owner })
+        Ok(Move { owner, from, to, done: 0 })
+    }
+
+    /// Copies the next piece of `mv` (at most `batch` frames) through `migrator`, and once
+    /// the last piece is copied switches the owner's mapping. On a refusal the destination
+    /// goes back to the heap (dirty if any piece reached it).
+    pub(crate) fn move_piece(&self, mv: &mut Move, migrator: &dyn Migrator, batch: u64) -> MoveStep {
+        let frames = mv.from.frames();
+        debug_assert!(batch >= 1 && mv.done < frames, "a move has a piece left to copy");
+        let n = core::cmp::min(batch, frames - mv.done);
+        if !migrator.copy(mv.owner, mv.from, mv.to, mv.done, n) {
+            self.abandon_move(mv);
+            return MoveStep::Refused;
         }
+        mv.done += n;
+        if mv.done < frames {
+            return MoveStep::Copied;
+        }
+        if !migrator.switch(mv.owner, mv.from, mv.to) {
+            self.abandon_move(mv);
+            return MoveStep::Refused;
+        }
+        debug_assert_eq!(mv.done, frames);
+        MoveStep::Switched
+    }
+
+    /// Gives an unfinished move's destination back to the heap: dirty if any piece was
+    /// copied into it (it holds the owner's bytes), as it was otherwise.
+    pub(crate) fn abandon_move(&self, mv: &Move) {
+        self.finish_destination(mv.to, false, 0, mv.done > 0);
     }
 
     /// Takes a free chunk of `order` in `zones` for a move, nearest `node` first, leaving
@@ -357,8 +471,8 @@ impl<M: FrameMemory> Heap<M> {
 
     /// Ends a move into `to`: on success the frames are the owner's (their old dirty
     /// bits are dropped: the migrator overwrote every frame), with `pins` pins; on
-    /// failure they go back to the free lists exactly as they were.
-    pub(crate) fn finish_destination(&self, to: Extent, ok: bool, pins: u32) {
+    /// failure they go back to the free lists as they were, or all dirty if `written`.
+    pub(crate) fn finish_destination(&self, to: Extent, ok: bool, pins: u32, written: bool) {
         let cell = self.cell(to.node);
         let head = (to.mfn.0 - cell.base) as u32;
         let mut st = self.lock_node(to.node);
@@ -368,6 +482,9 @@ impl<M: FrameMemory> Heap<M> {
             s.set_flag(F_MIGRATING, false);
             s.b = pins;
         } else {
+            if written {
+                st.dirty.set_all(head, size(to.order));
+            }
             st.meta[head as usize] = Slot::default();
             st.allocated -= to.frames();
             st.put_back(head, to.order);

@@ -14,6 +14,14 @@ pub trait Preempt {
     fn batch_limit(&self) -> Option<u64> {
         None
     }
+
+    /// Told how many chunks of metadata an operation walked since its last preemption
+    /// point (an offline's scan, an online's steps): at most
+    /// [`CHUNKS_PER_STEP`](crate::CHUNKS_PER_STEP) between two points. Counting doubles use
+    /// it to prove the bound; a runtime may ignore it.
+    fn walked(&self, chunks: u64) {
+        let _ = chunks;
+    }
 }
 
 /// A [`Preempt`] that never asks to yield (or always, with `yield_after_batch`) and

@@ -67,11 +67,38 @@ pub struct ScrubTicket<'h, M: FrameMemory> {
 /// so the heap's core does not depend on its continuations.
 impl<M: FrameMemory> Heap<M> {
     /// Allocates 2^order frames and returns them scrubbed (unless the request says
-    /// `noscrub`). This is [`Heap::alloc_start`] driven to completion with no preemption
-    /// point: a caller that must stay preemptible uses the ticket itself.
+    /// `noscrub`), scrubbing at most one batch in place: it never runs more than one
+    /// batch without a preemption point, and it takes none.
+    ///
+    /// When the only chunk it can take is dirty and larger than one batch
+    /// ([`HeapConfig::scrub_batch`](crate::HeapConfig::scrub_batch)), it refuses with
+    /// [`HeapError::NeedsScrubTicket`] and changes nothing: such an allocation goes
+    /// through [`Heap::alloc_start`] (a ticket the caller advances, yielding between
+    /// batches) or [`Heap::alloc_preemptible`]. While a background scrubber hands back the
+    /// only chunk that would do, it looks again (at most [`MAX_WAIT_POLLS`] times). The
+    /// `xen` baseline policies keep Xen's behaviour: the whole chunk is scrubbed in place.
     pub fn alloc(&self, req: &AllocRequest) -> Result<Extent, HeapError> {
-        let e = self.alloc_preemptible(req, &crate::preempt::NeverPreempt)?;
-        Ok(e.expect("NeverPreempt never asks to yield"))
+        for _ in 0..MAX_WAIT_POLLS {
+            match self.alloc_start(req)? {
+                AllocStart::Ready(e) => return Ok(e),
+                AllocStart::Pending(t) => {
+                    if let Some(ext) = t.extent() {
+                        // Dropping the ticket gives the frames (and claims) back.
+                        drop(t);
+                        let batch = self.config.scrub_batch;
+                        debug_assert!(ext.frames() > batch);
+                        return Err(HeapError::NeedsScrubTicket { order: req.order, frames: ext.frames(), batch });
+                    }
+                }
+            }
+            crate::sync::relax();
+        }
+        Err(HeapError::OutOfMemory {
+            order: req.order,
+            where_: alloc::format!("any node (gave up after {MAX_WAIT_POLLS} polls for a scrubber's handback)"),
+            free: 0,
+            claimed: 0,
+        })
     }
 
     /// [`Heap::alloc`], asking `preempt` between batches: `None` when it said to yield

@@ -84,7 +84,9 @@ fn a_dirty_range_above_one_batch_goes_through_a_ticket() {
     // Dropped: the frames go back as they were (dirty), so the range can be asked again.
     drop(t);
     assert!(matches!(h.chunk_at(Mfn(1024)).unwrap().state, ChunkState::Free { dirty_frames: 1024 }));
-    let e = h.alloc_at(Mfn(1024), 10, DomId(1)).unwrap();
+    // alloc_at will not scrub more than one batch with no preemption point.
+    refused!(h, h.alloc_at(Mfn(1024), 10, DomId(1)), HeapError::NeedsScrubTicket { frames: 1024, batch: 256, .. });
+    let e = h.alloc_at_preemptible(Mfn(1024), 10, DomId(1), &NeverPreempt).unwrap().unwrap();
     assert_owned(&h, e, Mfn(1024), 10, 1);
     assert_eq!(h.memory().foreign_frame(DomId(1), e.mfn, e.frames()), None);
 }
@@ -106,7 +108,7 @@ fn a_range_with_an_allocated_frame_is_refused_naming_it() {
 #[test]
 fn a_range_with_an_offline_or_broken_frame_is_refused() {
     let h = heap();
-    h.offline(Mfn(520), 4, &NoMigration, &NoDeadline).unwrap();
+    h.offline(Mfn(520), 4, &NoMigration, &NoDeadline, &NeverPreempt).unwrap();
     refused!(h, h.alloc_at(Mfn(512), 4, DomId(1)), HeapError::NotFree { first: Mfn(520), what: FrameUse::Offline, .. });
     assert_eq!(h.mark_broken(Mfn(700)).unwrap(), Broken::Now);
     refused!(h, h.alloc_at(Mfn(512), 8, DomId(1)), HeapError::NotFree { first: Mfn(520), what: FrameUse::Offline, .. });

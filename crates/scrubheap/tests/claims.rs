@@ -136,11 +136,11 @@ fn a_pin_does_not_move_frames_into_others_claims() {
     let e = h.alloc(&AllocRequest::new(0, DomId(1)).movable()).unwrap();
     assert_eq!(h.chunk_at(e.mfn).unwrap().zone, Zone::Movable);
     h.claim_set(DomId(2), &[Claim { target: NODE, frames: 1023 }]).unwrap();
-    refused!(h, h.pin(e.mfn, 0, DomId(1), &MetadataMigrator), HeapError::OutOfMemory { .. });
+    refused!(h, h.pin(e.mfn, 0, DomId(1), &MetadataMigrator, &NeverPreempt), HeapError::OutOfMemory { .. });
     h.claim_set(DomId(2), &[Claim { target: ClaimTarget::Global, frames: 1023 }]).unwrap();
-    refused!(h, h.pin(e.mfn, 0, DomId(1), &MetadataMigrator), HeapError::OutOfMemory { .. });
+    refused!(h, h.pin(e.mfn, 0, DomId(1), &MetadataMigrator, &NeverPreempt), HeapError::OutOfMemory { .. });
     h.claim_set(DomId(2), &[Claim { target: NODE, frames: 1022 }]).unwrap();
-    let to = h.pin(e.mfn, 0, DomId(1), &MetadataMigrator).unwrap();
+    let to = h.pin(e.mfn, 0, DomId(1), &MetadataMigrator, &NeverPreempt).unwrap();
     assert_eq!(h.chunk_at(to.mfn).unwrap().zone, Zone::Normal);
     h.check_invariants().unwrap();
 }
@@ -151,7 +151,7 @@ fn a_pin_does_not_move_frames_into_the_owners_own_claims_either() {
     let h = zoned_heap();
     let e = h.alloc(&AllocRequest::new(0, DomId(1)).movable()).unwrap();
     h.claim_set(DomId(1), &[Claim { target: NODE, frames: 1023 }]).unwrap();
-    refused!(h, h.pin(e.mfn, 0, DomId(1), &MetadataMigrator), HeapError::OutOfMemory { .. });
+    refused!(h, h.pin(e.mfn, 0, DomId(1), &MetadataMigrator, &NeverPreempt), HeapError::OutOfMemory { .. });
     assert_eq!(h.claims_of(DomId(1)), vec![Claim { target: NODE, frames: 1023 }]);
 }
 
@@ -160,15 +160,20 @@ fn offline_is_blocked_by_a_global_claim_as_by_a_node_claim() {
     let h = zoned_heap();
     for target in [NODE, ClaimTarget::Global] {
         h.claim_set(DomId(1), &[Claim { target, frames: 600 }]).unwrap();
-        refused!(h, h.offline(Mfn(512), 512, &NoMigration, &NoDeadline), HeapError::OfflineBlocked { .. });
-        let Err(HeapError::OfflineBlocked { blockers, .. }) = h.offline(Mfn(512), 512, &NoMigration, &NoDeadline)
+        refused!(
+            h,
+            h.offline(Mfn(512), 512, &NoMigration, &NoDeadline, &NeverPreempt),
+            HeapError::OfflineBlocked { .. }
+        );
+        let Err(HeapError::OfflineBlocked { blockers, .. }) =
+            h.offline(Mfn(512), 512, &NoMigration, &NoDeadline, &NeverPreempt)
         else {
             unreachable!()
         };
         assert_eq!(blockers[0].reason, BlockReason::Claimed);
     }
     h.claim_set(DomId(1), &[Claim { target: ClaimTarget::Global, frames: 512 }]).unwrap();
-    h.offline(Mfn(512), 512, &NoMigration, &NoDeadline).unwrap();
+    h.offline(Mfn(512), 512, &NoMigration, &NoDeadline, &NeverPreempt).unwrap();
     h.check_invariants().unwrap();
 }
 

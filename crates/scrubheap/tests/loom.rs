@@ -26,7 +26,8 @@ fn scrubber_hands_a_chunk_back_to_an_allocator() {
         let h = heap(4, true);
         let s = h.clone();
         let scrubber = thread::spawn(move || s.scrub_step(0, u64::MAX, &NeverPreempt).unwrap());
-        let e = h.alloc(&AllocRequest::new(2, DomId(1))).unwrap();
+        // Four dirty frames are more than one batch: the allocation goes through a ticket.
+        let e = h.alloc_preemptible(&AllocRequest::new(2, DomId(1)), &NeverPreempt).unwrap().unwrap();
         assert!(h.memory().is_zero(e.mfn, 4), "frames handed over unscrubbed");
         scrubber.join().unwrap();
         settle(&h, 4);

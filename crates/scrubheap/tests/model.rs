@@ -10,6 +10,7 @@ use common::snapshot;
 use proptest::prelude::*;
 use scrubheap::*;
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 const DOMS: [u32; 3] = [1, 2, 3];
 
@@ -177,9 +178,15 @@ fn remainder(e: Extent, p: (u64, u8)) -> Vec<Extent> {
 fn run(policy: Policy, dirty: bool, ops: &[Op]) -> Result<(), TestCaseError> {
     let cfg = config(policy, dirty);
     let total = cfg.total_frames();
-    let heap = Heap::new(cfg.clone(), TestMemory::new(Mfn(0), total, 64)).unwrap();
+    let counter = Arc::new(SectionCounter::default());
+    let heap =
+        Heap::new(cfg.clone(), CountingMemory::new(TestMemory::new(Mfn(0), total, 64), counter.clone())).unwrap();
+    let never = CountingPreempt::new(counter.clone(), false);
+    let always = CountingPreempt::new(counter.clone(), true);
+    // The baselines scrub whole chunks in place (xen) or on free (sync): no bound there.
+    let bounded = !policy.whole_chunk_in_place() && !policy.scrubs_on_free();
     let mut m = Model::new(&cfg);
-    let mut tickets: Vec<(u32, ScrubTicket<'_, TestMemory>, Retired)> = Vec::new();
+    let mut tickets: Vec<(u32, ScrubTicket<'_, CountingMemory<TestMemory>>, Retired)> = Vec::new();
     for (step, op) in ops.iter().enumerate() {
         let before = snapshot(&heap, &DOMS);
         let refused = match op.clone() {
@@ -208,9 +215,12 @@ fn run(policy: Policy, dirty: bool, ops: &[Op]) -> Result<(), TestCaseError> {
                             m.owner[f as usize] = Some(dom);
                         }
                         if scrub {
-                            prop_assert!(heap.memory().is_zero(e.mfn, e.frames()), "unscrubbed frames handed over");
+                            prop_assert!(
+                                heap.memory().inner().is_zero(e.mfn, e.frames()),
+                                "unscrubbed frames handed over"
+                            );
                         }
-                        heap.memory().write(DomId(dom), e.mfn, e.frames());
+                        heap.memory().inner().write(DomId(dom), e.mfn, e.frames());
                         m.retire(dom, e.node, e.frames());
                         m.live.push((dom, e));
                         false
@@ -231,6 +241,10 @@ fn run(policy: Policy, dirty: bool, ops: &[Op]) -> Result<(), TestCaseError> {
                                 );
                             }
                         }
+                        true
+                    }
+                    Err(HeapError::NeedsScrubTicket { frames, batch, .. }) => {
+                        prop_assert!(!policy.whole_chunk_in_place() && scrub && frames > batch && frames == 1 << order);
                         true
                     }
                     Err(e) => {
@@ -285,7 +299,7 @@ fn run(policy: Policy, dirty: bool, ops: &[Op]) -> Result<(), TestCaseError> {
                 }
                 !valid
             }
-            Op::Scrub { node, budget } => match heap.scrub_step(node, budget, &NeverPreempt) {
+            Op::Scrub { node, budget } => match heap.scrub_step(node, budget, &never) {
                 Ok(n) => {
                     prop_assert!(node < 3 && n <= budget);
                     false
@@ -335,8 +349,8 @@ fn run(policy: Policy, dirty: bool, ops: &[Op]) -> Result<(), TestCaseError> {
                     let retired = m.retire(dom, e.node, e.frames());
                     match start {
                         AllocStart::Ready(e) => {
-                            prop_assert!(heap.memory().is_zero(e.mfn, e.frames()));
-                            heap.memory().write(DomId(dom), e.mfn, e.frames());
+                            prop_assert!(heap.memory().inner().is_zero(e.mfn, e.frames()));
+                            heap.memory().inner().write(DomId(dom), e.mfn, e.frames());
                             m.live.push((dom, e));
                         }
                         AllocStart::Pending(t) => {
@@ -356,14 +370,17 @@ fn run(policy: Policy, dirty: bool, ops: &[Op]) -> Result<(), TestCaseError> {
                     continue;
                 }
                 let i = idx % tickets.len();
-                let r = if yield_every { tickets[i].1.advance(&|| true) } else { tickets[i].1.advance(&NeverPreempt) };
+                let r = if yield_every { tickets[i].1.advance(&always) } else { tickets[i].1.advance(&never) };
                 match r.map_err(|e| TestCaseError::fail(format!("advance: {e}")))? {
                     Some(e) => {
                         let (dom, _, _) = tickets.swap_remove(i);
                         m.reserved[e.mfn.0 as usize..(e.mfn.0 + e.frames()) as usize].fill(false);
-                        prop_assert!(heap.memory().is_zero(e.mfn, e.frames()), "ticket handed over dirty frames");
-                        prop_assert_eq!(heap.memory().foreign_frame(DomId(dom), e.mfn, e.frames()), None);
-                        heap.memory().write(DomId(dom), e.mfn, e.frames());
+                        prop_assert!(
+                            heap.memory().inner().is_zero(e.mfn, e.frames()),
+                            "ticket handed over dirty frames"
+                        );
+                        prop_assert_eq!(heap.memory().inner().foreign_frame(DomId(dom), e.mfn, e.frames()), None);
+                        heap.memory().inner().write(DomId(dom), e.mfn, e.frames());
                         m.live.push((dom, e));
                     }
                     None => prop_assert!(yield_every, "a sequential ticket finishes when never preempted"),
@@ -385,6 +402,19 @@ fn run(policy: Policy, dirty: bool, ops: &[Op]) -> Result<(), TestCaseError> {
                 false
             }
         };
+        // The operation returned: its last section ends here.
+        let last = counter.close();
+        if bounded {
+            prop_assert!(
+                counter.max() <= heap.section_bound(),
+                "step {}: {:?} touched {} frames between two preemption points (last section {}), bound {}",
+                step,
+                op,
+                counter.max(),
+                last,
+                heap.section_bound()
+            );
+        }
         if refused {
             prop_assert_eq!(snapshot(&heap, &DOMS), before, "step {}: refused {:?} changed the heap", step, op);
         }

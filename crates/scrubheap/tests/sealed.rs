@@ -6,6 +6,7 @@
 mod common;
 
 use common::{snapshot, two_nodes as heap};
+use scrubheap::NeverPreempt;
 use scrubheap::*;
 
 fn sealed_at<M: FrameMemory>(h: &Heap<M>, mfn: Mfn) -> bool {
@@ -21,7 +22,7 @@ fn free_and_pin_refuse_a_sealed_allocation_and_change_nothing() {
     let part = Mfn(e.mfn.0 + 4);
     refused!(h, h.free(e.mfn, 4, DomId(1)), HeapError::Sealed { owner: DomId(1), .. });
     refused!(h, h.free(part, 2, DomId(1)), HeapError::Sealed { .. });
-    refused!(h, h.pin(e.mfn, 4, DomId(1), &MetadataMigrator), HeapError::Sealed { .. });
+    refused!(h, h.pin(e.mfn, 4, DomId(1), &MetadataMigrator, &NeverPreempt), HeapError::Sealed { .. });
     refused!(h, h.pin_in_place(part, 0, DomId(1)), HeapError::Sealed { .. });
     refused!(h, h.unpin(e.mfn, 4, DomId(1)), HeapError::Sealed { .. });
     // Someone else's sealed frames: the owner is checked first.

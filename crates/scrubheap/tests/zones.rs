@@ -49,12 +49,16 @@ impl<'a> Recorder<'a> {
 }
 
 impl Migrator for Recorder<'_> {
-    fn migrate(&self, owner: DomId, from: Extent, to: Extent) -> bool {
+    fn copy(&self, _owner: DomId, from: Extent, to: Extent, offset: u64, frames: u64) -> bool {
         if self.refuse_after.is_some_and(|n| self.moves.borrow().len() >= n) {
             return false;
         }
         assert_eq!(from.order, to.order);
-        self.mem.copy(from.mfn, to.mfn, from.frames());
+        assert!(offset + frames <= from.frames(), "a piece lies inside the move");
+        self.mem.copy(Mfn(from.mfn.0 + offset), Mfn(to.mfn.0 + offset), frames);
+        true
+    }
+    fn switch(&self, owner: DomId, from: Extent, to: Extent) -> bool {
         self.moves.borrow_mut().push((owner, from, to));
         true
     }
@@ -112,13 +116,13 @@ fn pin_in_normal_memory_stays_and_blocks_free_until_unpinned() {
     let h = heap();
     let e = h.alloc(&AllocRequest::new(4, DomId(1))).unwrap();
     let part = Mfn(e.mfn.0 + 4);
-    let at = h.pin(part, 2, DomId(1), &NoMigration).unwrap();
+    let at = h.pin(part, 2, DomId(1), &NoMigration, &NeverPreempt).unwrap();
     assert_eq!(at, Extent { mfn: part, order: 2, node: e.node });
     assert_eq!(pins(&h, part), 1);
     assert_eq!(pins(&h, e.mfn), 0, "only the pinned part is pinned");
     // Pin a part of the pinned part again, and the whole allocation once.
-    h.pin(Mfn(part.0 + 1), 0, DomId(1), &NoMigration).unwrap();
-    h.pin(e.mfn, 4, DomId(1), &NoMigration).unwrap();
+    h.pin(Mfn(part.0 + 1), 0, DomId(1), &NoMigration, &NeverPreempt).unwrap();
+    h.pin(e.mfn, 4, DomId(1), &NoMigration, &NeverPreempt).unwrap();
     assert_eq!(pins(&h, Mfn(part.0 + 1)), 3);
     assert_eq!(pins(&h, part), 2);
     assert_eq!(pins(&h, e.mfn), 1);
@@ -151,7 +155,7 @@ fn pin_in_movable_memory_migrates_to_normal_first() {
     let rec = Recorder::new(mem);
     let part = Mfn(e.mfn.0 + 2);
     let before = h.stats();
-    let to = h.pin(part, 1, DomId(1), &rec).unwrap();
+    let to = h.pin(part, 1, DomId(1), &rec, &NeverPreempt).unwrap();
     assert_eq!(to.order, 1);
     assert_eq!(zone(&h, to), Zone::Normal);
     assert_eq!(*rec.moves.borrow(), vec![(DomId(1), Extent { mfn: part, order: 1, node: e.node }, to)]);
@@ -168,7 +172,7 @@ fn pin_in_movable_memory_migrates_to_normal_first() {
     assert!(matches!(h.chunk_at(to.mfn).unwrap().state, ChunkState::Allocated { movable: true, pins: 1, .. }));
     refused!(h, h.free(to.mfn, 1, DomId(1)), HeapError::Pinned { .. });
     // The old place is no longer the owner's.
-    refused!(h, h.pin(part, 1, DomId(1), &rec), HeapError::NotAllocated { .. });
+    refused!(h, h.pin(part, 1, DomId(1), &rec, &NeverPreempt), HeapError::NotAllocated { .. });
     h.unpin(to.mfn, 1, DomId(1)).unwrap();
     h.free(to.mfn, 1, DomId(1)).unwrap();
     h.free(e.mfn, 1, DomId(1)).unwrap();
@@ -185,7 +189,7 @@ fn pin_in_movable_memory_migrates_to_normal_first() {
 fn a_pin_is_refused_and_nothing_changes_when_it_cannot_migrate() {
     let h = heap();
     let e = h.alloc(&AllocRequest::new(5, DomId(1)).movable()).unwrap();
-    let err = refused!(h, h.pin(e.mfn, 5, DomId(1), &NoMigration), HeapError::MigrationRefused { .. });
+    let err = refused!(h, h.pin(e.mfn, 5, DomId(1), &NoMigration, &NeverPreempt), HeapError::MigrationRefused { .. });
     assert!(err.to_string().contains("nothing was pinned"));
     // Fill Normal memory (dirty parts included), then a pin has nowhere to go.
     let mut fill = Vec::new();
@@ -195,7 +199,7 @@ fn a_pin_is_refused_and_nothing_changes_when_it_cannot_migrate() {
     for x in fill.iter().filter(|x| (x.mfn.0 / 8) % 2 == 0) {
         h.free(x.mfn, 3, DomId(2)).unwrap();
     }
-    refused!(h, h.pin(e.mfn, 5, DomId(1), &MetadataMigrator), HeapError::OutOfMemory { .. });
+    refused!(h, h.pin(e.mfn, 5, DomId(1), &MetadataMigrator, &NeverPreempt), HeapError::OutOfMemory { .. });
     // The migrator sees a consistent heap while it runs, and a refusal after it has
     // seen the destination gives the destination back exactly (dirty frames included).
     let seen = RefCell::new(None);
@@ -204,7 +208,7 @@ fn a_pin_is_refused_and_nothing_changes_when_it_cannot_migrate() {
         *seen.borrow_mut() = Some(to);
         false
     };
-    refused!(h, h.pin(e.mfn, 3, DomId(1), &refuse), HeapError::MigrationRefused { .. });
+    refused!(h, h.pin(e.mfn, 3, DomId(1), &refuse, &NeverPreempt), HeapError::MigrationRefused { .. });
     let to = seen.borrow().unwrap();
     assert!(matches!(h.chunk_at(to.mfn).unwrap().state, ChunkState::Free { dirty_frames: 8 }));
     check(&h);
@@ -214,19 +218,19 @@ fn a_pin_is_refused_and_nothing_changes_when_it_cannot_migrate() {
 fn pin_and_unpin_misuse_is_refused() {
     let h = heap();
     let e = h.alloc(&AllocRequest::new(3, DomId(1))).unwrap();
-    refused!(h, h.pin(e.mfn, 3, DomId(2), &MetadataMigrator), HeapError::WrongOwner { .. });
+    refused!(h, h.pin(e.mfn, 3, DomId(2), &MetadataMigrator, &NeverPreempt), HeapError::WrongOwner { .. });
     refused!(
         h,
-        h.pin(e.mfn, 4, DomId(1), &MetadataMigrator),
+        h.pin(e.mfn, 4, DomId(1), &MetadataMigrator, &NeverPreempt),
         HeapError::OrderTooLarge { .. } | HeapError::Unaligned { .. }
     );
-    refused!(h, h.pin(Mfn(e.mfn.0 + 1), 1, DomId(1), &MetadataMigrator), HeapError::Unaligned { .. });
-    refused!(h, h.pin(Mfn(2 * NODE), 0, DomId(1), &MetadataMigrator), HeapError::OutOfRange { .. });
-    refused!(h, h.pin(e.mfn, 19, DomId(1), &MetadataMigrator), HeapError::InvalidOrder { .. });
+    refused!(h, h.pin(Mfn(e.mfn.0 + 1), 1, DomId(1), &MetadataMigrator, &NeverPreempt), HeapError::Unaligned { .. });
+    refused!(h, h.pin(Mfn(2 * NODE), 0, DomId(1), &MetadataMigrator, &NeverPreempt), HeapError::OutOfRange { .. });
+    refused!(h, h.pin(e.mfn, 19, DomId(1), &MetadataMigrator, &NeverPreempt), HeapError::InvalidOrder { .. });
     refused!(h, h.unpin(e.mfn, 3, DomId(1)), HeapError::NotPinned { .. });
     refused!(h, h.unpin(e.mfn, 3, DomId(2)), HeapError::WrongOwner { .. });
     let free = Mfn(e.mfn.0 + 64);
-    refused!(h, h.pin(free, 0, DomId(1), &MetadataMigrator), HeapError::NotAllocated { .. });
+    refused!(h, h.pin(free, 0, DomId(1), &MetadataMigrator, &NeverPreempt), HeapError::NotAllocated { .. });
     refused!(h, h.pin_in_place(free, 0, DomId(1)), HeapError::NotAllocated { .. });
     check(&h);
 }
@@ -245,7 +249,7 @@ fn all_offline(h: &Heap<TestMemory>, first: Mfn, count: u64) -> bool {
 fn offline_of_free_memory_completes_and_online_returns_it_dirty() {
     let h = heap();
     let (first, count) = movable_range(1);
-    let done = h.offline(first, count, &NoMigration, &NoDeadline).unwrap();
+    let done = h.offline(first, count, &NoMigration, &NoDeadline, &NeverPreempt).unwrap();
     assert_eq!(done.frames, count);
     assert_eq!(done.migrated_chunks, 0);
     assert_eq!(h.stats().offline, count);
@@ -262,16 +266,20 @@ fn offline_of_free_memory_completes_and_online_returns_it_dirty() {
         h.free(e.mfn, 0, DomId(1)).unwrap();
     }
     // Online only frames that are offline.
-    refused!(h, h.online(Mfn(first.0 - 1), 2), HeapError::NotOffline { .. });
-    refused!(h, h.online(first, 0), HeapError::BadRange { .. });
-    refused!(h, h.online(Mfn(first.0 + count - 1), 2), HeapError::BadRange { .. } | HeapError::NotOffline { .. });
+    refused!(h, h.online(Mfn(first.0 - 1), 2, &NeverPreempt), HeapError::NotOffline { .. });
+    refused!(h, h.online(first, 0, &NeverPreempt), HeapError::BadRange { .. });
+    refused!(
+        h,
+        h.online(Mfn(first.0 + count - 1), 2, &NeverPreempt),
+        HeapError::BadRange { .. } | HeapError::NotOffline { .. }
+    );
     // Online part of it, then the rest (offline chunks split at the edges).
-    assert_eq!(h.online(Mfn(first.0 + 3), 5).unwrap(), 5);
+    assert_eq!(h.online(Mfn(first.0 + 3), 5, &NeverPreempt).unwrap(), 5);
     assert_eq!(h.stats().offline, count - 5);
     check(&h);
-    refused!(h, h.online(first, count), HeapError::NotOffline { .. });
-    assert_eq!(h.online(first, 3).unwrap(), 3);
-    assert_eq!(h.online(Mfn(first.0 + 8), count - 8).unwrap(), count - 8);
+    refused!(h, h.online(first, count, &NeverPreempt), HeapError::NotOffline { .. });
+    assert_eq!(h.online(first, 3, &NeverPreempt).unwrap(), 3);
+    assert_eq!(h.online(Mfn(first.0 + 8), count - 8, &NeverPreempt).unwrap(), count - 8);
     let s = h.stats();
     assert_eq!(s.offline, 0);
     assert_eq!(s.free_dirty, 2 * NODE, "onlined frames come back dirty");
@@ -298,9 +306,9 @@ fn offline_migrates_movable_allocations_out_and_keeps_their_bytes() {
         h.free(e.mfn, 4, DomId(1)).unwrap();
     }
     let u = h.alloc(&AllocRequest::new(0, DomId(2)).exact(0)).unwrap();
-    h.pin(u.mfn, 0, DomId(2), &NoMigration).unwrap();
+    h.pin(u.mfn, 0, DomId(2), &NoMigration, &NeverPreempt).unwrap();
     let rec = Recorder::new(mem);
-    let done = h.offline(first, count, &rec, &NoDeadline).unwrap();
+    let done = h.offline(first, count, &rec, &NoDeadline, &NeverPreempt).unwrap();
     let moved = rec.moves.borrow().clone();
     assert_eq!(moved.len(), held.len().div_ceil(2));
     assert_eq!(done.migrated_chunks, moved.len() as u64);
@@ -325,8 +333,11 @@ fn offline_migrates_movable_allocations_out_and_keeps_their_bytes() {
 fn offline_over_unmovable_or_pinned_memory_is_refused_and_names_the_blockers() {
     let h = heap();
     let u = h.alloc(&AllocRequest::new(2, DomId(2)).exact(0)).unwrap();
-    let err =
-        refused!(h, h.offline(Mfn(0), MOVABLE_FROM, &MetadataMigrator, &NoDeadline), HeapError::OfflineBlocked { .. });
+    let err = refused!(
+        h,
+        h.offline(Mfn(0), MOVABLE_FROM, &MetadataMigrator, &NoDeadline, &NeverPreempt),
+        HeapError::OfflineBlocked { .. }
+    );
     let HeapError::OfflineBlocked { stop, blockers, .. } = &err else { unreachable!() };
     assert_eq!(*stop, OfflineStop::Blocked);
     assert_eq!(
@@ -338,23 +349,27 @@ fn offline_over_unmovable_or_pinned_memory_is_refused_and_names_the_blockers() {
     let m = h.alloc(&AllocRequest::new(3, DomId(1)).movable().exact(1)).unwrap();
     h.pin_in_place(Mfn(m.mfn.0 + 4), 2, DomId(1)).unwrap();
     let (first, count) = movable_range(1);
-    let err = refused!(h, h.offline(first, count, &MetadataMigrator, &NoDeadline), HeapError::OfflineBlocked { .. });
+    let err = refused!(
+        h,
+        h.offline(first, count, &MetadataMigrator, &NoDeadline, &NeverPreempt),
+        HeapError::OfflineBlocked { .. }
+    );
     let HeapError::OfflineBlocked { blockers, .. } = &err else { unreachable!() };
     assert_eq!(blockers.len(), 1);
     assert_eq!(blockers[0].reason, BlockReason::Pinned);
     assert_eq!(blockers[0].first, Mfn(m.mfn.0 + 4));
     // With the pin migrated first (scrubheap's pin), the offline completes.
     h.unpin(Mfn(m.mfn.0 + 4), 2, DomId(1)).unwrap();
-    let to = h.pin(Mfn(m.mfn.0 + 4), 2, DomId(1), &MetadataMigrator).unwrap();
+    let to = h.pin(Mfn(m.mfn.0 + 4), 2, DomId(1), &MetadataMigrator, &NeverPreempt).unwrap();
     assert_eq!(zone(&h, to), Zone::Normal);
-    h.offline(first, count, &MetadataMigrator, &NoDeadline).unwrap();
+    h.offline(first, count, &MetadataMigrator, &NoDeadline, &NeverPreempt).unwrap();
     assert!(all_offline(&h, first, count));
     check(&h);
     // Bad ranges.
-    refused!(h, h.offline(Mfn(NODE - 1), 2, &NoMigration, &NoDeadline), HeapError::BadRange { .. });
-    refused!(h, h.offline(Mfn(0), 0, &NoMigration, &NoDeadline), HeapError::BadRange { .. });
-    refused!(h, h.offline(Mfn(2 * NODE), 1, &NoMigration, &NoDeadline), HeapError::OutOfRange { .. });
-    refused!(h, h.offline(Mfn(5), u64::MAX, &NoMigration, &NoDeadline), HeapError::BadRange { .. });
+    refused!(h, h.offline(Mfn(NODE - 1), 2, &NoMigration, &NoDeadline, &NeverPreempt), HeapError::BadRange { .. });
+    refused!(h, h.offline(Mfn(0), 0, &NoMigration, &NoDeadline, &NeverPreempt), HeapError::BadRange { .. });
+    refused!(h, h.offline(Mfn(2 * NODE), 1, &NoMigration, &NoDeadline, &NeverPreempt), HeapError::OutOfRange { .. });
+    refused!(h, h.offline(Mfn(5), u64::MAX, &NoMigration, &NoDeadline, &NeverPreempt), HeapError::BadRange { .. });
 }
 
 #[test]
@@ -373,7 +388,7 @@ fn an_offline_rolls_back_at_its_deadline_leaving_the_heap_as_it_was() {
     h.scrub_step(0, 100, &NeverPreempt).unwrap();
     let before = snapshot(&h, &[1, 2]);
     for steps in [0, 1, 2, 5, 6] {
-        let r = h.offline(Mfn(100), 700, &MetadataMigrator, &StepBudget::new(steps));
+        let r = h.offline(Mfn(100), 700, &MetadataMigrator, &StepBudget::new(steps), &NeverPreempt);
         assert!(matches!(r, Err(HeapError::OfflineBlocked { stop: OfflineStop::Deadline, .. })), "{r:?}");
         assert_eq!(snapshot(&h, &[1, 2]), before, "rollback after {steps} steps");
         check(&h);
@@ -389,7 +404,7 @@ fn an_offline_rolls_back_at_its_deadline_leaving_the_heap_as_it_was() {
     let (first, count) = movable_range(1);
     let rec = Recorder::new(h.memory());
     let free_before = h.stats().free_clean + h.stats().free_dirty;
-    let r = h.offline(first, count, &rec, &StepBudget::new(10));
+    let r = h.offline(first, count, &rec, &StepBudget::new(10), &NeverPreempt);
     let Err(HeapError::OfflineBlocked { stop: OfflineStop::Deadline, blockers, .. }) = r else { panic!("{r:?}") };
     let moved = rec.moves.borrow().len();
     assert!(moved > 0 && moved < 20, "{moved} moved");
@@ -410,7 +425,7 @@ fn an_offline_rolls_back_when_a_move_is_refused() {
     let b = h.alloc(&AllocRequest::new(5, DomId(2)).movable().exact(0)).unwrap();
     let mut rec = Recorder::new(h.memory());
     rec.refuse_after = Some(1);
-    let r = h.offline(first, count, &rec, &NoDeadline);
+    let r = h.offline(first, count, &rec, &NoDeadline, &NeverPreempt);
     let Err(HeapError::OfflineBlocked { stop: OfflineStop::Blocked, blockers, .. }) = r else { panic!("{r:?}") };
     assert_eq!(blockers.len(), 1);
     assert_eq!(blockers[0].reason, BlockReason::MigrationRefused);
@@ -435,7 +450,7 @@ fn an_offline_rolls_back_when_a_move_is_refused() {
     for e in fill.iter().take(8) {
         h.free(e.mfn, 0, DomId(3)).unwrap();
     }
-    let r = h.offline(first, count, &MetadataMigrator, &NoDeadline);
+    let r = h.offline(first, count, &MetadataMigrator, &NoDeadline, &NeverPreempt);
     assert!(matches!(r, Err(HeapError::OfflineBlocked { .. })), "{r:?}");
     assert_eq!(h.stats().offline, 0);
     check(&h);
@@ -446,11 +461,15 @@ fn offline_respects_claims() {
     let h = heap();
     let (first, count) = movable_range(1);
     h.claim_set(DomId(1), &[Claim { target: ClaimTarget::Node(1), frames: NODE - 100 }]).unwrap();
-    let err = refused!(h, h.offline(first, count, &NoMigration, &NoDeadline), HeapError::OfflineBlocked { .. });
+    let err = refused!(
+        h,
+        h.offline(first, count, &NoMigration, &NoDeadline, &NeverPreempt),
+        HeapError::OfflineBlocked { .. }
+    );
     let HeapError::OfflineBlocked { blockers, .. } = err else { unreachable!() };
     assert_eq!(blockers[0].reason, BlockReason::Claimed);
     h.claim_cancel(DomId(1));
-    h.offline(first, count, &NoMigration, &NoDeadline).unwrap();
+    h.offline(first, count, &NoMigration, &NoDeadline, &NeverPreempt).unwrap();
     check(&h);
 }
 
@@ -491,24 +510,24 @@ fn broken_frames_and_offline_ranges() {
     let (first, count) = movable_range(0);
     // Broken inside an offline range: the offline completes; online leaves it broken.
     assert_eq!(h.mark_broken(Mfn(first.0 + 10)).unwrap(), Broken::Now);
-    h.offline(first, count, &NoMigration, &NoDeadline).unwrap();
+    h.offline(first, count, &NoMigration, &NoDeadline, &NeverPreempt).unwrap();
     assert_eq!(h.stats().offline, count);
     assert_eq!(h.mark_broken(Mfn(first.0 + 20)).unwrap(), Broken::Now, "an offline frame may break too");
-    assert_eq!(h.online(first, count).unwrap(), count - 2);
+    assert_eq!(h.online(first, count, &NeverPreempt).unwrap(), count - 2);
     assert_eq!(h.stats().offline, 2);
     check(&h);
     // A pending-broken frame moved out by an offline or a pin leaves service.
     let e = h.alloc(&AllocRequest::new(2, DomId(1)).movable().exact(1)).unwrap();
     assert_eq!(zone(&h, e), Zone::Movable);
     h.mark_broken(Mfn(e.mfn.0 + 1)).unwrap();
-    let to = h.pin(e.mfn, 2, DomId(1), &MetadataMigrator).unwrap();
+    let to = h.pin(e.mfn, 2, DomId(1), &MetadataMigrator, &NeverPreempt).unwrap();
     assert_eq!(h.chunk_at(Mfn(e.mfn.0 + 1)).unwrap().state, ChunkState::Broken);
     assert_eq!(h.stats().offline, 3);
     h.unpin(to.mfn, 2, DomId(1)).unwrap();
     let f = h.alloc(&AllocRequest::new(1, DomId(1)).movable().exact(1)).unwrap();
     h.mark_broken(f.mfn).unwrap();
     let (first1, count1) = movable_range(1);
-    let done = h.offline(first1, count1, &MetadataMigrator, &NoDeadline).unwrap();
+    let done = h.offline(first1, count1, &MetadataMigrator, &NoDeadline, &NeverPreempt).unwrap();
     assert_eq!(done.migrated_frames, 2, "both frames of f moved (the broken one in its own chunk)");
     assert_eq!(h.chunk_at(f.mfn).unwrap().state, ChunkState::Broken);
     assert_eq!(h.stats().offline, 2 + count1);
@@ -532,14 +551,14 @@ fn a_ticket_in_the_range_is_waited_for_until_the_deadline_then_reported() {
     let ext = ticket.extent().unwrap();
     assert_eq!(ext.mfn, Mfn(MOVABLE_FROM));
     assert!(matches!(h.mark_broken(ext.mfn), Err(HeapError::Busy { .. })));
-    let r = h.offline(ext.mfn, 512, &MetadataMigrator, &StepBudget::new(1000));
+    let r = h.offline(ext.mfn, 512, &MetadataMigrator, &StepBudget::new(1000), &NeverPreempt);
     let Err(HeapError::OfflineBlocked { stop: OfflineStop::Deadline, blockers, .. }) = r else { panic!("{r:?}") };
     assert_eq!(blockers[0].reason, BlockReason::Busy);
     assert_eq!(blockers[0].owner, Some(DomId(1)));
     assert_eq!(h.stats().offline, 0);
     h.check_invariants().unwrap();
     drop(ticket);
-    h.offline(ext.mfn, 512, &MetadataMigrator, &NoDeadline).unwrap();
+    h.offline(ext.mfn, 512, &MetadataMigrator, &NoDeadline, &NeverPreempt).unwrap();
     h.check_invariants().unwrap();
 }
 
@@ -580,7 +599,7 @@ fn offline_asks_a_background_scrubber_to_hand_its_chunk_back() {
         }
         false
     };
-    let offline = std::thread::spawn(move || o.offline(Mfn(0), NODE, &NoMigration, &deadline));
+    let offline = std::thread::spawn(move || o.offline(Mfn(0), NODE, &NoMigration, &deadline, &NeverPreempt));
     let done = offline.join().unwrap().unwrap();
     scrubber.join().unwrap();
     assert!(done.aborted_scrubs >= 1, "{done:?}");

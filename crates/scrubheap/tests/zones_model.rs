@@ -12,6 +12,7 @@ use common::snapshot;
 use proptest::prelude::*;
 use scrubheap::*;
 use std::cell::RefCell;
+use std::sync::Arc;
 
 const NODES: u64 = 2;
 const FPN: u64 = 128;
@@ -106,25 +107,32 @@ impl Model {
 }
 
 struct Rec<'a> {
-    mem: &'a TestMemory,
+    mem: &'a CountingMemory<TestMemory>,
     moves: RefCell<Vec<(DomId, Extent, Extent)>>,
     refuse_after: Option<usize>,
 }
 
 impl Migrator for Rec<'_> {
-    fn migrate(&self, _owner: DomId, from: Extent, to: Extent) -> bool {
+    fn copy(&self, _owner: DomId, from: Extent, to: Extent, offset: u64, frames: u64) -> bool {
         if self.refuse_after.is_some_and(|n| self.moves.borrow().len() >= n) {
             return false;
         }
-        self.mem.copy(from.mfn, to.mfn, from.frames());
-        self.moves.borrow_mut().push((_owner, from, to));
+        self.mem.copy(Mfn(from.mfn.0 + offset), Mfn(to.mfn.0 + offset), frames);
+        true
+    }
+    fn switch(&self, owner: DomId, from: Extent, to: Extent) -> bool {
+        self.moves.borrow_mut().push((owner, from, to));
         true
     }
 }
 
 fn run(ops: &[Op]) -> Result<(), TestCaseError> {
-    let cfg = HeapConfig::uniform(NODES as usize, FPN).with_movable_from(MF);
-    let heap = Heap::new(cfg, TestMemory::new(Mfn(0), TOTAL, 64)).unwrap();
+    let mut cfg = HeapConfig::uniform(NODES as usize, FPN).with_movable_from(MF);
+    // Small batches: moves copy, and scrubs zero, several pieces with a point between.
+    cfg.scrub_batch = 4;
+    let counter = Arc::new(SectionCounter::default());
+    let heap = Heap::new(cfg, CountingMemory::new(TestMemory::new(Mfn(0), TOTAL, 64), counter.clone())).unwrap();
+    let never = CountingPreempt::new(counter.clone(), false);
     let mem = heap.memory();
     let mut m = Model { f: vec![F::Free; TOTAL as usize] };
     for (step, op) in ops.iter().enumerate() {
@@ -134,7 +142,7 @@ fn run(ops: &[Op]) -> Result<(), TestCaseError> {
             Op::Alloc { order, dom, movable, node } => {
                 let mut req = AllocRequest::new(order, DomId(dom)).on(node as usize);
                 req.movable = movable;
-                match heap.alloc(&req) {
+                match heap.alloc_preemptible(&req, &never).map(|e| e.expect("never yields")) {
                     Ok(e) => {
                         if !movable {
                             prop_assert_eq!(
@@ -143,12 +151,12 @@ fn run(ops: &[Op]) -> Result<(), TestCaseError> {
                                 "unmovable memory from the Movable zone"
                             );
                         }
-                        prop_assert!(mem.is_zero(e.mfn, e.frames()), "unscrubbed frames handed over");
+                        prop_assert!(mem.inner().is_zero(e.mfn, e.frames()), "unscrubbed frames handed over");
                         for i in Model::range(e.mfn.0, order) {
                             prop_assert_eq!(m.f[i], F::Free, "frame {} handed out while not free", i);
                             m.f[i] = F::Held { dom, pins: 0, movable, broken: false };
                         }
-                        mem.write(DomId(dom), e.mfn, e.frames());
+                        mem.inner().write(DomId(dom), e.mfn, e.frames());
                         false
                     }
                     Err(e) => {
@@ -178,7 +186,7 @@ fn run(ops: &[Op]) -> Result<(), TestCaseError> {
                 let res = if in_place {
                     heap.pin_in_place(mfn, order, DomId(dom))
                 } else {
-                    heap.pin(mfn, order, DomId(dom), &rc)
+                    heap.pin(mfn, order, DomId(dom), &rc, &never)
                 };
                 let moves = rc.moves.into_inner();
                 if !held || (!in_place && in_movable && (pinned || refuse)) {
@@ -195,7 +203,7 @@ fn run(ops: &[Op]) -> Result<(), TestCaseError> {
                                     *pins += 1;
                                 }
                             }
-                            prop_assert_eq!(mem.foreign_frame(DomId(dom), to.mfn, to.frames()), None);
+                            prop_assert_eq!(mem.inner().foreign_frame(DomId(dom), to.mfn, to.frames()), None);
                             false
                         }
                         Err(e) => {
@@ -236,8 +244,8 @@ fn run(ops: &[Op]) -> Result<(), TestCaseError> {
                     m.f[r.clone()].iter().any(|x| matches!(x, F::Held { pins, movable, .. } if *pins > 0 || !*movable));
                 let rc = rec(refuse_after);
                 let res = match steps {
-                    Some(s) => heap.offline(Mfn(first), count, &rc, &StepBudget::new(s)),
-                    None => heap.offline(Mfn(first), count, &rc, &NoDeadline),
+                    Some(s) => heap.offline(Mfn(first), count, &rc, &StepBudget::new(s), &never),
+                    None => heap.offline(Mfn(first), count, &rc, &NoDeadline, &never),
                 };
                 for (_, from, to) in rc.moves.into_inner() {
                     prop_assert!(
@@ -282,7 +290,7 @@ fn run(ops: &[Op]) -> Result<(), TestCaseError> {
                 let count = len.min(FPN - start);
                 let r = first as usize..(first + count) as usize;
                 let ok = m.f[r.clone()].iter().all(|x| matches!(x, F::Offline | F::Broken));
-                let res = heap.online(Mfn(first), count);
+                let res = heap.online(Mfn(first), count, &never);
                 prop_assert_eq!(res.is_ok(), ok, "online {:?}: {:?}", r, res);
                 if ok {
                     let n = m.f[r.clone()].iter().filter(|&&x| x == F::Offline).count() as u64;
@@ -310,10 +318,21 @@ fn run(ops: &[Op]) -> Result<(), TestCaseError> {
                 false
             }
             Op::Scrub { node } => {
-                heap.scrub_step(node, u64::MAX, &NeverPreempt).unwrap();
+                heap.scrub_step(node, u64::MAX, &never).unwrap();
                 false
             }
         };
+        // The operation returned: its last section ends here; none may pass the bound.
+        counter.close();
+        prop_assert!(
+            counter.max() <= heap.section_bound(),
+            "step {}: {:?} touched {} frames between two preemption points, bound {}",
+            step,
+            op,
+            counter.max(),
+            heap.section_bound()
+        );
+        counter.reset();
         let moved_on_error = matches!(op, Op::Offline { .. });
         if refused && !moved_on_error {
             prop_assert_eq!(snapshot(&heap, &[1, 2]), before, "step {}: refused {:?} changed the heap", step, op);

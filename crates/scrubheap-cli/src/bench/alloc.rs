@@ -279,7 +279,7 @@ impl Scrubheap {
 impl Subject for Scrubheap {
     #[inline(always)]
     fn alloc(&mut self) -> Option<u64> {
-        let r = self.heap.alloc(&self.req).ok().map(|e| e.mfn.0);
+        let r = self.heap.alloc_preemptible(&self.req, &NeverPreempt).ok().flatten().map(|e| e.mfn.0);
         self.tick();
         r
     }

@@ -89,12 +89,21 @@ struct guest {
 
 static struct guest guests[GUESTS + 1];
 
-/* Our migrator: copy the bytes and point the guest's extent list at the new frames. */
+/* Our migrator, first half: copy one piece of the bytes (the guest keeps using `from`). */
+static bool copy_piece(void *ctx, uint32_t owner, ScrubheapExtent from, ScrubheapExtent to, uint64_t offset,
+                       uint64_t frames) {
+    CHECK(ctx == (void *)guests, "the migrator's context did not come back");
+    CHECK(owner >= 1 && owner <= GUESTS, "asked to move frames of unknown dom %u", owner);
+    CHECK(offset + frames <= (1ull << from.order), "a piece past the end of the move");
+    memcpy(frame(to.mfn + offset), frame(from.mfn + offset), frames * FRAME);
+    return true;
+}
+
+/* Second half, once every piece is copied: point the guest's extent list at the new frames. */
 static bool migrate(void *ctx, uint32_t owner, ScrubheapExtent from, ScrubheapExtent to) {
     CHECK(ctx == (void *)guests, "the migrator's context did not come back");
     CHECK(owner >= 1 && owner <= GUESTS, "asked to move frames of unknown dom %u", owner);
     struct guest *g = &guests[owner];
-    memcpy(frame(to.mfn), frame(from.mfn), (1ull << from.order) * FRAME);
     migrations++;
     for (unsigned i = 0; i < g->n; i++) {
         ScrubheapExtent e = g->ext[i];
@@ -258,9 +267,9 @@ static void build_all(ScrubheapHeap *h) {
 
 static void pin_and_hot_remove(ScrubheapHeap *h) {
     /* A device pins a page of guest 1 (movable): our migrator moves it to Normal memory. */
-    ScrubheapMigrator mig = {.ctx = guests, .migrate = migrate};
+    ScrubheapMigrator mig = {.ctx = guests, .copy = copy_piece, .switch_to = migrate};
     ScrubheapExtent last = guests[1].ext[guests[1].n - 1], pinned;
-    OK(scrubheap_pin(h, last.mfn, last.order, 1, &mig, &pinned));
+    OK(scrubheap_pin(h, last.mfn, last.order, 1, &mig, NULL, NULL, &pinned));
     CHECK(pinned.mfn % NODE_FRAMES < MOVABLE_FROM, "pinned frames still in the Movable zone");
     CHECK(migrations == 1, "%llu migrations for one pin", (unsigned long long)migrations);
     check_guest_data();
@@ -269,7 +278,7 @@ static void pin_and_hot_remove(ScrubheapHeap *h) {
      * is no longer there; then it comes back (dirty). */
     ScrubheapOfflined done;
     uint64_t off_first = NODE_FRAMES + MOVABLE_FROM, off_count = NODE_FRAMES - MOVABLE_FROM;
-    OK(scrubheap_offline(h, off_first, off_count, &mig, NULL, NULL, &done));
+    OK(scrubheap_offline(h, off_first, off_count, &mig, NULL, NULL, NULL, &done));
     CHECK(done.frames == off_count, "offline took %llu of %llu frames", (unsigned long long)done.frames,
           (unsigned long long)off_count);
     CHECK(done.migrated_chunks > 0 && migrations == 1 + done.migrated_chunks, "offline moved %llu chunks",
@@ -277,7 +286,7 @@ static void pin_and_hot_remove(ScrubheapHeap *h) {
     check_guest_data();
     check_counters(h, off_count);
     uint64_t onlined = 0;
-    OK(scrubheap_online(h, off_first, off_count, &onlined));
+    OK(scrubheap_online(h, off_first, off_count, NULL, NULL, &onlined));
     CHECK(onlined == off_count, "onlined %llu", (unsigned long long)onlined);
     OK(scrubheap_unpin(h, pinned.mfn, pinned.order, 1));
     check_counters(h, 0);

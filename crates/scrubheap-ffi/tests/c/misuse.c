@@ -111,10 +111,27 @@ static void null_handles(void) {
     REFUSED(NULL, scrubheap_heap_destroy(NULL), SCRUBHEAP_E_NULL);
 }
 
+/* Allocates through a ticket, yielding after every batch. */
+static void alloc_by_ticket(ScrubheapHeap *h, const ScrubheapAllocRequest *req, ScrubheapExtent *out) {
+    ScrubheapTicket *t = NULL;
+    ScrubheapStatus s = scrubheap_alloc_start(h, req, out, &t);
+    if (s == SCRUBHEAP_PENDING) {
+        while ((s = scrubheap_ticket_advance(t, always_yield, NULL, out)) == SCRUBHEAP_PENDING) {
+        }
+        OK(s);
+        OK(scrubheap_ticket_drop(t));
+    } else {
+        OK(s);
+    }
+}
+
 static void bad_frames(ScrubheapHeap *h) {
     ScrubheapAllocRequest req = {.order = 4, .owner = 1, .node = 0};
     ScrubheapExtent a, p;
-    OK(scrubheap_alloc(h, &req, &a));
+    /* 16 dirty frames are more than one batch (8): scrubheap_alloc will not scrub them with
+     * no preemption point; a ticket does. */
+    REFUSED(h, scrubheap_alloc(h, &req, &a), SCRUBHEAP_E_NEEDS_SCRUB_TICKET);
+    alloc_by_ticket(h, &req, &a);
     REFUSED(h, scrubheap_free(h, a.mfn, a.order, 2), SCRUBHEAP_E_WRONG_OWNER);
     REFUSED(h, scrubheap_free(h, 2 * NODE_FRAMES + 5, 0, 1), SCRUBHEAP_E_OUT_OF_RANGE);
     REFUSED(h, scrubheap_free(h, UINT64_MAX, 0, 1), SCRUBHEAP_E_OUT_OF_RANGE);
@@ -122,14 +139,14 @@ static void bad_frames(ScrubheapHeap *h) {
     REFUSED(h, scrubheap_free(h, a.mfn, 19, 1), SCRUBHEAP_E_INVALID_ORDER);
     REFUSED(h, scrubheap_free(h, a.mfn, 5, 1), SCRUBHEAP_E_ORDER_TOO_LARGE);
     REFUSED(h, scrubheap_unpin(h, a.mfn, 0, 1), SCRUBHEAP_E_NOT_PINNED);
-    OK(scrubheap_pin(h, a.mfn, 0, 1, NULL, &p));
+    OK(scrubheap_pin(h, a.mfn, 0, 1, NULL, NULL, NULL, &p));
     REFUSED(h, scrubheap_free(h, a.mfn, a.order, 1), SCRUBHEAP_E_PINNED);
     OK(scrubheap_unpin(h, a.mfn, 0, 1));
     OK(scrubheap_free(h, a.mfn, a.order, 1));
     REFUSED(h, scrubheap_free(h, a.mfn, a.order, 1), SCRUBHEAP_E_NOT_ALLOCATED); /* double free */
     uint64_t onlined;
-    REFUSED(h, scrubheap_online(h, a.mfn, 16, &onlined), SCRUBHEAP_E_NOT_OFFLINE);
-    REFUSED(h, scrubheap_online(h, a.mfn, 0, &onlined), SCRUBHEAP_E_BAD_RANGE);
+    REFUSED(h, scrubheap_online(h, a.mfn, 16, NULL, NULL, &onlined), SCRUBHEAP_E_NOT_OFFLINE);
+    REFUSED(h, scrubheap_online(h, a.mfn, 0, NULL, NULL, &onlined), SCRUBHEAP_E_BAD_RANGE);
 }
 
 static void bad_requests(ScrubheapHeap *h) {
@@ -160,9 +177,9 @@ static void bad_requests(ScrubheapHeap *h) {
     ScrubheapAllocRequest mov = {.order = 0, .owner = 4, .node = 1, .flags = SCRUBHEAP_ALLOC_MOVABLE};
     ScrubheapExtent m, p;
     OK(scrubheap_alloc(h, &mov, &m));
-    REFUSED(h, scrubheap_pin(h, m.mfn, 0, 4, NULL, &p), SCRUBHEAP_E_MIGRATION_REFUSED);
+    REFUSED(h, scrubheap_pin(h, m.mfn, 0, 4, NULL, NULL, NULL, &p), SCRUBHEAP_E_MIGRATION_REFUSED);
     ScrubheapOfflined done;
-    REFUSED(h, scrubheap_offline(h, m.mfn, 1, NULL, NULL, NULL, &done), SCRUBHEAP_E_OFFLINE_BLOCKED);
+    REFUSED(h, scrubheap_offline(h, m.mfn, 1, NULL, NULL, NULL, NULL, &done), SCRUBHEAP_E_OFFLINE_BLOCKED);
     OK(scrubheap_free(h, m.mfn, 0, 4));
 }
 

@@ -5,9 +5,12 @@
 //! (operations `hot-remove offline` and `hot-remove online`) like every other thread that
 //! enters the heap.
 //!
-//! A guest whose part moves is taken out of the schedule for the copy (under the
-//! scheduler lock, bookkeeping only), copied and remapped with no lock held, and put back;
-//! a worker due to handle it meanwhile waits. A guest a worker holds at that moment
+//! A guest whose part moves is taken out of the schedule at the move's first piece (under
+//! the scheduler lock, bookkeeping only), copied piece by piece (at most one batch each,
+//! with a preemption point between two, so a 1 GiB move is many short sections) and
+//! remapped at the heap's switch with no lock held, and put back; a worker due to handle
+//! it meanwhile waits. A move the heap abandons (deadline, roll-back) puts the guest back
+//! unchanged when the attempt ends. A guest a worker holds at that moment
 //! (being built, ballooned or torn down) refuses the move, and the attempt is rolled back
 //! and retried.
 
@@ -17,8 +20,9 @@ use super::report::HotRemoveReport;
 use super::scheduler::{Live, SchedLock};
 use crate::instrument::{PreemptRecorder, Sections};
 use crate::pool::Pool;
-use crate::tenants::hot_remove::{move_guest_part, WallDeadline};
-use scrubheap::{DomId, Extent, HeapError, Mfn, Offlined};
+use crate::tenants::hot_remove::{copy_piece, move_part, WallDeadline};
+use parking_lot::Mutex;
+use scrubheap::{DomId, Extent, HeapError, Mfn, Migrator, Offlined};
 use scrubheap_oplog::Op;
 use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
 use std::time::{Duration, Instant};
@@ -70,7 +74,7 @@ impl HotRemove<'_> {
             }
             self.sleep_until(HOT_ADD_AT);
             rec.enter_op("hot-remove online");
-            let back = self.pool.heap().online(first, count);
+            let back = self.pool.heap().online(first, count, &rec);
             rec.exit();
             back.expect("the range this hot-remove took offline comes back");
             self.pool.ring(self.pool.heap().node_of(first).unwrap_or(0));
@@ -157,32 +161,17 @@ impl HotRemove<'_> {
         }
     }
 
-    /// One offline attempt, one section of `rec`, moving guest memory through
-    /// [`HotRemove::migrate`].
+    /// One offline attempt, moving guest memory through a [`GuestMover`]; `rec` is its
+    /// `Preempt`, so every step of the offline (a bounded metadata walk, or one piece of
+    /// a move) is a section of its own.
     fn offline_attempt(&self, first: Mfn, count: u64, rec: &PreemptRecorder) -> Result<Offlined, HeapError> {
-        let migrator = |owner: DomId, from: Extent, to: Extent| self.migrate(owner, from, to);
+        let mover = GuestMover { run: self, out: Mutex::new(None) };
         let deadline = WallDeadline(Instant::now() + OFFLINE_DEADLINE);
         rec.enter_op("hot-remove offline");
-        let r = self.pool.heap().offline(first, count, &migrator, &deadline);
+        let r = self.pool.heap().offline(first, count, &mover, &deadline, rec);
         rec.exit();
+        mover.put_back();
         r
-    }
-
-    /// Moves the part `from` of `owner`'s memory to `to`: takes the guest out of the
-    /// schedule, copies and remaps it with no lock held, and puts it back. Refuses (false,
-    /// nothing written) if a worker holds the guest or it does not hold `from`.
-    fn migrate(&self, owner: DomId, from: Extent, to: Extent) -> bool {
-        let Some(id) = (owner.0 as u64).checked_sub(1) else { return false };
-        let Some(mut hg) = self.check_out(id, from) else { return false };
-        let done = move_guest_part(self.pool, &mut hg.g.extents, from, to);
-        if done {
-            hg.moved.push((to.mfn, to.order, from.mfn));
-        }
-        let mut sc = self.sched.lock();
-        let was_out = sc.moving.remove(&id);
-        debug_assert!(was_out, "a guest checked out for a move is marked moving");
-        sc.alive.insert(id, Live::Heap(hg));
-        done
     }
 
     /// Takes guest `id` out of the schedule for a move of `from`, if it is alive, no
@@ -197,5 +186,61 @@ impl HotRemove<'_> {
         let Some(Live::Heap(hg)) = sc.alive.remove(&id) else { unreachable!("looked up just above") };
         sc.moving.insert(id);
         Some(hg)
+    }
+
+    /// Puts guest `id`, checked out for a move, back into the schedule.
+    fn check_in(&self, id: u64, hg: HeapGuest) {
+        let mut sc = self.sched.lock();
+        let was_out = sc.moving.remove(&id);
+        assert!(was_out, "a guest checked out for a move is marked moving");
+        let before = sc.alive.insert(id, Live::Heap(hg));
+        assert!(before.is_none(), "a guest checked out for a move is not also in the schedule");
+    }
+}
+
+/// The hot-remove's [`Migrator`]: the guest whose part moves is checked out of the
+/// schedule at the first piece of the move, copied piece by piece with no lock held,
+/// remapped at the switch and checked back in.
+struct GuestMover<'r, 'a> {
+    run: &'r HotRemove<'a>,
+    /// The guest checked out for the move in progress: its id, the part moving, the guest.
+    out: Mutex<Option<(u64, Extent, HeapGuest)>>,
+}
+
+impl GuestMover<'_, '_> {
+    /// Puts back a guest whose move the heap abandoned (its extents unchanged).
+    fn put_back(&self) {
+        if let Some((id, _, hg)) = self.out.lock().take() {
+            self.run.check_in(id, hg);
+        }
+    }
+}
+
+impl Migrator for GuestMover<'_, '_> {
+    fn copy(&self, owner: DomId, from: Extent, to: Extent, offset: u64, frames: u64) -> bool {
+        let Some(id) = (owner.0 as u64).checked_sub(1) else { return false };
+        let mut out = self.out.lock();
+        if !matches!(&*out, Some((i, f, _)) if *i == id && *f == from) {
+            // A new move: an abandoned one's guest goes back first.
+            if let Some((i, _, hg)) = out.take() {
+                self.run.check_in(i, hg);
+            }
+            let Some(hg) = self.run.check_out(id, from) else { return false };
+            *out = Some((id, from, hg));
+        }
+        drop(out);
+        copy_piece(self.run.pool, from, to, offset, frames);
+        true
+    }
+
+    fn switch(&self, owner: DomId, from: Extent, to: Extent) -> bool {
+        let Some((id, f, mut hg)) = self.out.lock().take() else { return false };
+        assert!(id + 1 == owner.0 as u64 && f == from, "the switch ends the move its pieces copied");
+        let done = move_part(&mut hg.g.extents, from, to);
+        if done {
+            hg.moved.push((to.mfn, to.order, from.mfn));
+        }
+        self.run.check_in(id, hg);
+        done
     }
 }

@@ -3,7 +3,7 @@
 //! range of the Movable zone. Pins use the same move ([`crate::tenants::pins`]).
 
 use crate::pool::Pool;
-use scrubheap::{Deadline, Extent, FrameMemory};
+use scrubheap::{Deadline, DomId, Extent, FrameMemory, Mfn, Migrator};
 use std::time::Instant;
 
 /// A wall-clock deadline for a long heap operation.
@@ -33,23 +33,46 @@ pub fn move_part(extents: &mut Vec<Extent>, from: Extent, to: Extent) -> bool {
     true
 }
 
-/// What a migration does on real memory: copies the bytes of `from` to `to` in the arena
-/// and replaces `from` by `to` in the guest's extents ([`move_part`]). False, after the
-/// copy, if no extent holds `from`.
+/// One piece of a migration on real memory: copies the `frames` frames at frame `offset`
+/// of `from` to the same offset of `to` in the arena (the heap asks for at most one batch
+/// at a time, with a preemption point between two pieces).
 ///
 /// # Panics
 /// Under a [`NoHeapWork`](crate::instrument::NoHeapWork) guard: a copy is heap work and
 /// never runs under the run's scheduler lock.
-pub fn move_guest_part(pool: &Pool, extents: &mut Vec<Extent>, from: Extent, to: Extent) -> bool {
+pub fn copy_piece(pool: &Pool, from: Extent, to: Extent, offset: u64, frames: u64) {
+    assert!(offset + frames <= from.frames() && from.order == to.order, "a piece lies inside its move");
     crate::instrument::assert_heap_work_allowed("copying guest memory");
-    pool.arena().copy(from.mfn, to.mfn, from.frames());
-    move_part(extents, from, to)
+    pool.arena().copy(Mfn(from.mfn.0 + offset), Mfn(to.mfn.0 + offset), frames);
+}
+
+/// A [`Migrator`] made of two functions: `copy(owner, from, to, offset, frames)` copies
+/// one piece ([`copy_piece`] on real memory), `switch(owner, from, to)` points the
+/// owner's extents at `to` once every piece is copied ([`move_part`]). See [`Migrator`]
+/// for when the heap calls each and why the switch comes last.
+pub struct PieceMigrator<C, S> {
+    /// Copies one piece; false refuses the move.
+    pub copy: C,
+    /// Switches the owner's mapping; false refuses the move.
+    pub switch: S,
+}
+
+impl<C, S> Migrator for PieceMigrator<C, S>
+where
+    C: Fn(DomId, Extent, Extent, u64, u64) -> bool,
+    S: Fn(DomId, Extent, Extent) -> bool,
+{
+    fn copy(&self, owner: DomId, from: Extent, to: Extent, offset: u64, frames: u64) -> bool {
+        (self.copy)(owner, from, to, offset, frames)
+    }
+    fn switch(&self, owner: DomId, from: Extent, to: Extent) -> bool {
+        (self.switch)(owner, from, to)
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use scrubheap::Mfn;
 
     #[test]
     fn move_part_splits_around_the_moved_part() {

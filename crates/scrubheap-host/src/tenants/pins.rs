@@ -6,7 +6,7 @@ use crate::arena::Arena;
 use crate::instrument::PreemptRecorder;
 use crate::pool::{retry_busy, Pool};
 use crate::tenants::guest::Guest;
-use crate::tenants::hot_remove::move_guest_part;
+use crate::tenants::hot_remove::{copy_piece, move_part};
 use scrubheap::{DomId, Extent, Heap, HeapError, Mfn, Migrator};
 use std::cell::RefCell;
 
@@ -39,8 +39,12 @@ struct OwnGuest<'a> {
 }
 
 impl Migrator for OwnGuest<'_> {
-    fn migrate(&self, _owner: DomId, from: Extent, to: Extent) -> bool {
-        move_guest_part(self.pool, &mut self.extents.borrow_mut(), from, to)
+    fn copy(&self, _owner: DomId, from: Extent, to: Extent, offset: u64, frames: u64) -> bool {
+        copy_piece(self.pool, from, to, offset, frames);
+        true
+    }
+    fn switch(&self, _owner: DomId, from: Extent, to: Extent) -> bool {
+        move_part(&mut self.extents.borrow_mut(), from, to)
     }
 }
 
@@ -70,7 +74,7 @@ impl PinOps for Pool {
             let mig = OwnGuest { pool: self, extents: RefCell::new(&mut g.extents) };
             let pinned_at = retry_busy(|| {
                 rec.enter_op("pin");
-                let r = self.heap().pin(page, 0, dom, &mig);
+                let r = self.heap().pin(page, 0, dom, &mig, rec);
                 rec.exit();
                 r
             });

@@ -2,7 +2,7 @@
 //! against the frames the log holds, and what an allocation returned.
 
 use super::{Fail, Replayer};
-use scrubheap::{AllocRequest, ChunkState, Extent, Mfn, NeverPreempt, NodePref, Zone};
+use scrubheap::{AllocRequest, ChunkState, Extent, Mfn, NodePref, Zone};
 
 impl Replayer {
     /// Counters against the heap's size and against the frames the log holds.
@@ -81,7 +81,7 @@ impl Replayer {
     pub(super) fn scrub(&mut self, node: usize, pages: u64) -> Result<(), Fail> {
         let heap = self.heap_or_fail()?;
         let before = heap.stats();
-        let done = heap.scrub_step(node, pages, &NeverPreempt)?;
+        let done = heap.scrub_step(node, pages, &self.preempt(false))?;
         let after = heap.stats();
         if done > pages || before.free_dirty.checked_sub(after.free_dirty) != Some(done) {
             let msg = format!(

@@ -43,7 +43,10 @@ pub struct Allocation {
 pub(super) struct RecordMoves(core::cell::RefCell<Vec<(DomId, Extent, Extent)>>);
 
 impl Migrator for RecordMoves {
-    fn migrate(&self, owner: DomId, from: Extent, to: Extent) -> bool {
+    fn copy(&self, _owner: DomId, _from: Extent, _to: Extent, _offset: u64, _frames: u64) -> bool {
+        true
+    }
+    fn switch(&self, owner: DomId, from: Extent, to: Extent) -> bool {
         self.0.borrow_mut().push((owner, from, to));
         true
     }
@@ -56,7 +59,9 @@ impl Replayer {
         if self.names.contains_key(id) {
             return fail(kind::DUPLICATE_ID, format!("id {id} still holds frames: free it before reusing the id"));
         }
-        let ext = heap.alloc(req)?;
+        // As a runtime allocates: through a scrub ticket when the chunk is dirty and
+        // larger than a batch, with a preemption point between batches.
+        let ext = heap.alloc_preemptible(req, &self.preempt(false))?.expect("a preempt that never yields");
         let size = 1u64 << core::cmp::min(req.order, MAX_ORDER);
         let Some(end) = ext.mfn.0.checked_add(size).filter(|_| ext.order == req.order && req.order <= MAX_ORDER) else {
             self.violation(format!("alloc of order {} returned {ext:?}", req.order));
@@ -73,7 +78,8 @@ impl Replayer {
         if self.names.contains_key(id) {
             return fail(kind::DUPLICATE_ID, format!("id {id} still holds frames: free it before reusing the id"));
         }
-        let ext = heap.alloc_at(mfn, order, dom)?;
+        let ext =
+            heap.alloc_at_preemptible(mfn, order, dom, &self.preempt(false))?.expect("a preempt that never yields");
         if ext.mfn != mfn || ext.order != order {
             self.violation(format!("alloc-at {mfn} order {order} returned {ext:?}"));
             return Ok(());
@@ -123,7 +129,9 @@ impl Replayer {
             return Ok(heap.unpin(mfn, order, owner)?);
         }
         let moves = RecordMoves::default();
-        let r = heap.pin(mfn, order, owner, &moves);
+        let counted = scrubheap::CountingMigrator::new(&moves, self.counter.clone());
+        let r = heap.pin(mfn, order, owner, &counted, &self.preempt(true));
+        drop(counted);
         self.apply_moves(moves);
         r.map(|_| ()).map_err(Fail::from)
     }

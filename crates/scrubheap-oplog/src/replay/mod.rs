@@ -9,10 +9,12 @@ use crate::report::{FinalCounts, Outcome, ReplayReport, MAX_VIOLATION_MESSAGES};
 use crate::{kind, DEFAULT_MAX_FRAMES, MAX_NODES};
 use held::{Held, RecordMoves};
 use scrubheap::{
-    Claim, ClaimTarget, DomId, Heap, HeapConfig, HeapError, Mfn, NoDeadline, Policy, SparseMemory, StepBudget,
+    Claim, ClaimTarget, CountingMemory, CountingMigrator, CountingPreempt, DomId, Heap, HeapConfig, HeapError, Mfn,
+    NoDeadline, Policy, SectionCounter, SparseMemory, StepBudget,
 };
 use scrubheap_pod::Pods;
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 mod checks;
 mod held;
@@ -38,11 +40,19 @@ fn fail<T>(kind: &'static str, message: String) -> Result<T, Fail> {
     Err(Fail { kind, message })
 }
 
+/// The replayer's heap: metadata only, over [`SparseMemory`], every frame it zeroes,
+/// checks or copies counted into the replayer's [`SectionCounter`].
+pub type ReplayHeap = Heap<CountingMemory<SparseMemory>>;
+
 /// Runs op-log lines against a [`Heap`] over [`SparseMemory`], keeping the log's allocations
-/// by id, counting results and checking the heap after every line.
+/// by id, counting results and checking the heap after every line. Every operation runs
+/// with a counting [`scrubheap::Preempt`] and memory, so the report says the most frames
+/// one line touched between two preemption points (`max_section_frames`) and which line.
 pub struct Replayer {
     max_frames: u64,
-    heap: Option<Heap<SparseMemory>>,
+    heap: Option<ReplayHeap>,
+    /// Counts the current line's work between its preemption points.
+    counter: Arc<SectionCounter>,
     /// The PoD guests of the current heap.
     pods: Pods,
     total_frames: u64,
@@ -79,6 +89,7 @@ impl Replayer {
         Replayer {
             max_frames,
             heap: None,
+            counter: Arc::new(SectionCounter::default()),
             pods: Pods::new(),
             total_frames: 0,
             names: BTreeMap::new(),
@@ -93,7 +104,7 @@ impl Replayer {
     }
 
     /// The current heap, if a `heap` line built one.
-    pub fn heap(&self) -> Option<&Heap<SparseMemory>> {
+    pub fn heap(&self) -> Option<&ReplayHeap> {
         self.heap.as_ref()
     }
 
@@ -160,7 +171,21 @@ impl Replayer {
         // A touch that crashes its guest gives the guest's pages back: an error that changes the heap.
         let may_change_on_error =
             matches!(op, Op::Heap { .. } | Op::FreeId { .. } | Op::Offline { .. } | Op::Touch { .. });
+        let pod = matches!(
+            op,
+            Op::Pod { .. } | Op::Touch { .. } | Op::Balloon { .. } | Op::PodTarget { .. } | Op::Destroy { .. }
+        );
+        // A `check` line is a diagnostic (O(frames), zero checks of PoD pages), and so is
+        // what a `heap` line does (the full check of the heap it ends): not sections.
+        let diagnostic = matches!(op, Op::Check | Op::Heap { .. });
+        let what = op.to_string();
+        self.counter.reset();
         let res = self.exec(op);
+        // The line returned: its last section ends here.
+        self.counter.close();
+        if !diagnostic {
+            self.note_section(&what, pod);
+        }
         if let (Err(_), Some(before), Some(heap)) = (&res, before, &self.heap) {
             let after = heap.stats();
             if !may_change_on_error && after != before {
@@ -169,6 +194,34 @@ impl Replayer {
         }
         self.cheap_checks();
         self.count(res)
+    }
+
+    /// Keeps the line's longest section if it is the longest so far, by kind of heap:
+    /// populate-on-demand lines apart, and heaps of the baseline policies (`xen`, `sync`)
+    /// apart, since they do not keep the bound.
+    fn note_section(&mut self, what: &str, pod: bool) {
+        let frames = self.counter.max();
+        let Some(heap) = &self.heap else { return };
+        let p = heap.policy();
+        let baseline = p.whole_chunk_in_place() || p.scrubs_on_free();
+        let s = &mut self.report.sections;
+        let (max, op) = match (pod, baseline) {
+            (_, true) => (&mut s.baseline_max_section_frames, &mut s.baseline_max_section_op),
+            (true, false) => (&mut s.pod_max_section_frames, &mut s.pod_max_section_op),
+            (false, false) => (&mut s.max_section_frames, &mut s.max_section_op),
+        };
+        if frames > *max {
+            *max = frames;
+            *op = format!("line {}: {what}", self.line_no);
+            if !pod && !baseline {
+                s.section_bound = heap.section_bound();
+            }
+        }
+    }
+
+    /// A counting preempt for the current line: `yields` is what it answers.
+    pub(super) fn preempt(&self, yields: bool) -> CountingPreempt {
+        CountingPreempt::new(self.counter.clone(), yields)
     }
 
     fn count(&mut self, res: Result<(), Fail>) -> Outcome {
@@ -222,7 +275,7 @@ impl Replayer {
         self.pods = Pods::new();
     }
 
-    fn heap_or_fail(&self) -> Result<&Heap<SparseMemory>, Fail> {
+    fn heap_or_fail(&self) -> Result<&ReplayHeap, Fail> {
         match &self.heap {
             Some(h) => Ok(h),
             None => fail(kind::NO_HEAP, "no heap: the log needs a `heap` line first".into()),
@@ -268,14 +321,18 @@ impl Replayer {
             Op::Offline { mfn, count, steps } => {
                 let heap = self.heap_or_fail()?;
                 let moves = RecordMoves::default();
+                let (counted, preempt) = (CountingMigrator::new(&moves, self.counter.clone()), self.preempt(true));
                 let r = match steps {
-                    Some(s) => heap.offline(mfn, count, &moves, &StepBudget::new(s)),
-                    None => heap.offline(mfn, count, &moves, &NoDeadline),
+                    Some(s) => heap.offline(mfn, count, &counted, &StepBudget::new(s), &preempt),
+                    None => heap.offline(mfn, count, &counted, &NoDeadline, &preempt),
                 };
+                drop(counted);
                 self.apply_moves(moves);
                 r.map(|_| ()).map_err(Fail::from)
             }
-            Op::Online { mfn, count } => Ok(self.heap_or_fail()?.online(mfn, count).map(|_| ())?),
+            Op::Online { mfn, count } => {
+                Ok(self.heap_or_fail()?.online(mfn, count, &self.preempt(true)).map(|_| ())?)
+            }
             Op::Broken { mfn } => Ok(self.heap_or_fail()?.mark_broken(mfn).map(|_| ())?),
         }
     }
@@ -298,7 +355,7 @@ impl Replayer {
         if let Some(m) = movable_from {
             config = config.with_movable_from(m);
         }
-        self.heap = Some(Heap::new(config, SparseMemory::new())?);
+        self.heap = Some(Heap::new(config, CountingMemory::new(SparseMemory::new(), self.counter.clone()))?);
         self.pods = Pods::new();
         self.total_frames = nodes * fpn;
         Ok(())

@@ -4,9 +4,9 @@
 //! Every call the op log makes to the PoD API is in this module (its tests included),
 //! so moving PoD out of the heap re-points this one file.
 
+use super::ReplayHeap;
 use super::{fail, Fail, Replayer};
 use crate::{kind, Op};
-use scrubheap::{Heap, NeverPreempt, SparseMemory};
 use scrubheap_pod::{NoSecondMapping, PodConfig, PodError, PodProgress, PodTouch, Pods, POD_MAX_PAGES_PER_FRAME};
 
 /// Frames the PoD guests hold (allocated, but by no id of the log).
@@ -15,7 +15,7 @@ pub(super) fn pod_frames(pods: &Pods) -> u64 {
 }
 
 /// The PoD layer's own invariants over `heap` (a broken one is a bug, never an input error).
-pub(super) fn pod_invariants(pods: &Pods, heap: &Heap<SparseMemory>) -> Result<(), String> {
+pub(super) fn pod_invariants(pods: &Pods, heap: &ReplayHeap) -> Result<(), String> {
     pods.check_invariants(heap).map_err(|e| e.to_string())
 }
 
@@ -45,7 +45,7 @@ impl Replayer {
                     );
                 }
                 let cfg = PodConfig { node, ..PodConfig::new(max_pages, target) };
-                let p = self.pods.create(heap, dom, &cfg, &NeverPreempt)?;
+                let p = self.pods.create(heap, dom, &cfg, &self.preempt(false))?;
                 if p != PodProgress::Done {
                     self.violation(format!("pod_create of {dom} never asked to yield but returned {p:?}"));
                 }
@@ -70,14 +70,14 @@ impl Replayer {
                 {}
             }
             Op::PodTarget { dom, target } => {
-                let p = self.pods.set_target(heap, dom, target, &NeverPreempt)?;
+                let p = self.pods.set_target(heap, dom, target, &self.preempt(false))?;
                 if p != PodProgress::Done {
                     self.violation(format!("pod_set_target of {dom} never asked to yield but returned {p:?}"));
                 }
             }
             Op::Destroy { dom } => {
                 // Driven to completion with a preempt that asks at every drain step.
-                while self.pods.destroy(heap, dom, &|| true)? == PodProgress::Preempted {}
+                while self.pods.destroy(heap, dom, &self.preempt(true))? == PodProgress::Preempted {}
             }
             _ => {}
         }

@@ -358,3 +358,75 @@ fn alloc_at_takes_exactly_its_range_or_fails_with_its_kind() {
     assert_eq!(kind_of(&mut r, "check"), "");
     clean(&r);
 }
+
+/// Every heap line of a log that moves, scrubs and offlines whole GiBs stays within one
+/// batch plus the metadata constant between two preemption points, and the report names
+/// the line of the longest section.
+#[test]
+fn gib_moves_scrubs_and_offlines_replay_in_bounded_sections() {
+    let mut r = Replayer::new();
+    let lines = [
+        "heap nodes=2 frames_per_node=524288 movable_from=262144",
+        // 1 GiB, movable, in node 0's Movable zone; freed dirty, then taken again: a ticket.
+        "alloc id=g dom=1 order=18 node=0 exact movable",
+        "free id=g",
+        "alloc id=g dom=1 order=18 node=0 exact movable",
+        // Hot-remove node 0's Movable zone: the GiB moves out in pieces.
+        "offline mfn=0x40000 count=0x40000",
+        "online mfn=0x40000 count=0x40000",
+        "scrub node=0 pages=262144",
+        // A pin of the whole GiB, now in node 1's Movable zone: it moves to Normal memory.
+        "pin id=g offset=0 order=18",
+        "unpin id=g offset=0 order=18",
+        "free id=g",
+        "check",
+    ];
+    for l in lines {
+        assert_eq!(kind_of(&mut r, l), "", "{l}");
+        clean(&r);
+    }
+    let rep = finish_clean(r);
+    let s = &rep.sections;
+    assert_eq!(s.section_bound, 256 + scrubheap::CHUNKS_PER_STEP as u64);
+    assert!(s.max_section_frames > 0 && s.max_section_frames <= s.section_bound, "{s:?}");
+    assert!(s.max_section_op.starts_with("line "), "{s:?}");
+    assert_eq!((s.pod_max_section_frames, s.baseline_max_section_frames), (0, 0));
+}
+
+/// Under the `xen` baseline the same GiB is scrubbed in place in one piece, and the report
+/// keeps it apart from the bounded figure.
+#[test]
+fn the_xen_baseline_is_reported_apart() {
+    let mut r = Replayer::new();
+    for l in [
+        "heap nodes=1 frames_per_node=262144 policy=xen",
+        "alloc id=g dom=1 order=18",
+        "free id=g",
+        "alloc id=g dom=1 order=18",
+    ] {
+        assert_eq!(kind_of(&mut r, l), "", "{l}");
+    }
+    let rep = finish_clean(r);
+    assert_eq!(rep.sections.baseline_max_section_frames, 1 << 18);
+    assert_eq!(rep.sections.max_section_frames, 0);
+}
+
+/// The zero checks of PoD pages by a `check` line, or by a `heap` line ending the heap
+/// before it, are diagnostics, not sections.
+#[test]
+fn check_and_heap_lines_are_not_sections() {
+    let mut r = Replayer::new();
+    for l in [
+        "heap nodes=2 frames_per_node=4096 movable_from=307",
+        "pod dom=1 max_pages=4096 target=500 node=0",
+        "touch dom=1 gfn=0 data",
+        "check",
+        "heap nodes=1 frames_per_node=4096",
+    ] {
+        assert_eq!(kind_of(&mut r, l), "", "{l}");
+    }
+    let rep = finish_clean(r);
+    for op in [&rep.sections.pod_max_section_op, &rep.sections.max_section_op] {
+        assert!(!op.contains("check") && !op.contains("heap"), "{:?}", rep.sections);
+    }
+}
