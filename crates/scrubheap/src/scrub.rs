@@ -65,8 +65,10 @@ impl<M: FrameMemory> Heap<M> {
         v
     }
 
-    /// Takes dirty free chunks of node `m` and scrubs them. Returns (frames zeroed,
-    /// whether the budget or `preempt` stopped it).
+    /// Takes dirty free chunks of node `m` and scrubs them; when none is left free, joins
+    /// a chunk another scrubber of the node is working on (several scrubbers share one
+    /// large chunk, each taking a batch from its cursor). Returns (frames zeroed, whether
+    /// the budget or `preempt` stopped it).
     fn scrub_chunks(&self, m: usize, budget: u64, preempt: &dyn Preempt) -> (u64, bool) {
         let batch = crate::preempt::batch_frames(self.config.scrub_batch, preempt);
         let mut done = 0u64;
@@ -76,61 +78,120 @@ impl<M: FrameMemory> Heap<M> {
                 self.cell(m).publish(&st);
                 return (done, true);
             }
-            let Some(head) = Self::largest_dirty(&st) else {
-                self.cell(m).publish(&st);
-                return (done, false);
+            let id = match Self::largest_dirty(&st) {
+                Some(head) => Self::take_for_scrub(&mut st, head),
+                None => match Self::joinable(&st) {
+                    Some(id) => id,
+                    None => {
+                        self.cell(m).publish(&st);
+                        return (done, false);
+                    }
+                },
             };
-            st.unlink_free(head);
-            let (order, fd) = (st.meta[head as usize].order(), st.meta[head as usize].first_dirty());
-            // The chunk stays counted as free, its dirty bits in free_dirty; it is only off
-            // the lists. Nothing here is proportional to the chunk's size.
-            st.scrubbing += size(order) as u64;
-            st.meta[head as usize] = Slot::head(State::Scrubbing, order);
-            let id = st.add_work(head, order, Kind::Background);
-            let i = st.work.len() - 1;
-            st.work[i].cursor = fd;
             self.cell(m).publish(&st);
-            loop {
-                let i = st.work_index(id);
-                let (cursor, stop) = (st.work[i].cursor, st.work[i].stop);
-                let max = core::cmp::min(batch, budget - done) as u32;
-                let run = if stop || max == 0 { None } else { st.dirty.next_run(head, size(order), cursor, max) };
-                let Some((s, l)) = run else {
-                    Self::hand_back(&mut st, id);
-                    break;
-                };
-                st.work[i].cursor = s + l;
-                // The last batch changed free_dirty: mirror it before the lock drops.
+            let (back, z, preempted) = self.scrub_batches(st, m, id, batch, budget - done, preempt);
+            st = back;
+            done += z;
+            if preempted {
                 self.cell(m).publish(&st);
-                drop(st);
-                self.mem.zero(Mfn(self.cell(m).base + (head + s) as u64), l as u64);
-                done += l as u64;
-                st = self.lock_node(m);
-                st.dirty.clear_all(head + s, l);
-                st.free_dirty -= l as u64;
-                // Published before the lock drops again for the next batch: lock-free
-                // readers (and `check_invariants`) must never see a stale count.
-                self.cell(m).publish(&st);
-                self.account(m, Source::Background, l as u64);
-                if preempt.check() {
-                    Self::hand_back(&mut st, id);
-                    self.cell(m).publish(&st);
-                    return (done, true);
-                }
+                return (done, true);
             }
-            self.cell(m).publish(&st);
         }
     }
 
-    /// Returns a background scrubber's chunk to the free lists, merged, with whatever
-    /// dirty frames it still has (none before its cursor: those batches are done).
-    fn hand_back(st: &mut NodeGuard<'_>, id: u64) {
+    /// Marks free chunk `head` as being scrubbed and opens its work entry at its first
+    /// dirty frame. The chunk stays counted as free, its dirty bits in free_dirty; it is
+    /// only off the lists. Nothing here is proportional to the chunk's size.
+    fn take_for_scrub(st: &mut NodeGuard<'_>, head: u32) -> u64 {
+        st.unlink_free(head);
+        let (order, fd) = (st.meta[head as usize].order(), st.meta[head as usize].first_dirty());
+        debug_assert!(fd != NONE, "only chunks with dirty frames are taken");
+        st.scrubbing += size(order) as u64;
+        st.meta[head as usize] = Slot::head(State::Scrubbing, order);
+        let id = st.add_work(head, order, Kind::Background);
+        let i = st.work.len() - 1;
+        st.work[i].cursor = fd;
+        id
+    }
+
+    /// A background scrub of node `st` another scrubber may join: not asked to stop, with
+    /// dirty frames past its cursor. The largest such chunk.
+    fn joinable(st: &crate::node::NodeState) -> Option<u64> {
+        st.work
+            .iter()
+            .filter(|w| w.kind == Kind::Background && !w.stop)
+            .filter(|w| st.dirty.first_set(w.head + w.cursor, size(w.order) - w.cursor).is_some())
+            .max_by_key(|w| (w.order, core::cmp::Reverse(w.id)))
+            .map(|w| w.id)
+    }
+
+    /// Scrubs batches of background work `id` (taken or joined) until it has no dirty
+    /// frame past its cursor, is asked to stop, the budget runs out or `preempt` says
+    /// so; then leaves it (the last scrubber to leave hands the chunk back). Returns
+    /// (frames zeroed, whether the budget or `preempt` stopped it). Called and returns
+    /// with the node lock held.
+    fn scrub_batches<'a>(
+        &'a self,
+        mut st: NodeGuard<'a>,
+        m: usize,
+        id: u64,
+        batch: u64,
+        budget: u64,
+        preempt: &dyn Preempt,
+    ) -> (NodeGuard<'a>, u64, bool) {
+        let base = self.cell(m).base;
+        let mut done = 0u64;
+        loop {
+            let i = st.work_index(id);
+            let w = &st.work[i];
+            let (head, order, cursor, stop) = (w.head, w.order, w.cursor, w.stop);
+            let max = core::cmp::min(batch, budget - done) as u32;
+            let run = if stop || max == 0 { None } else { st.dirty.next_run(head, size(order), cursor, max) };
+            let Some((s, l)) = run else {
+                Self::leave_background(&mut st, id);
+                // Asked to stop: yield to the allocator that wants the chunk rather than
+                // take it again before it could.
+                return (st, done, max == 0 || stop);
+            };
+            st.work[i].cursor = s + l;
+            st.work[i].inflight += 1;
+            // Unlocked below: lock-free readers must see what this batch changed.
+            self.cell(m).publish(&st);
+            drop(st);
+            self.mem.zero(Mfn(base + (head + s) as u64), l as u64);
+            done += l as u64;
+            st = self.lock_node(m);
+            st.dirty.clear_all(head + s, l);
+            st.free_dirty -= l as u64;
+            let i = st.work_index(id);
+            st.work[i].inflight -= 1;
+            // Published before the lock drops again for the next batch: lock-free
+            // readers (and `check_invariants`) must never see a stale count.
+            self.cell(m).publish(&st);
+            self.account(m, Source::Background, l as u64);
+            if preempt.check() {
+                Self::leave_background(&mut st, id);
+                return (st, done, true);
+            }
+        }
+    }
+
+    /// A scrubber leaves background work `id` between batches. The last one to leave
+    /// (no batch of another scrubber in flight) returns the chunk to the free lists,
+    /// merged, with whatever dirty frames it still has (none before its cursor: those
+    /// batches are done or in flight, and a batch in flight means its scrubber has not
+    /// left yet).
+    fn leave_background(st: &mut NodeGuard<'_>, id: u64) {
         let i = st.work_index(id);
+        if st.work[i].inflight > 0 {
+            return;
+        }
         let w = st.work.swap_remove(i);
         st.scrubbing -= w.frames();
         st.meta[w.head as usize] = Slot::default();
         let len = size(w.order);
         let fd = st.dirty.first_set(w.head + w.cursor, len - w.cursor).map_or(NONE, |r| r + w.cursor);
+        debug_assert!(fd == NONE || fd >= w.cursor, "no dirty frame is left behind the cursor");
         st.merge_insert(w.head, w.order, fd);
     }
 
