@@ -326,6 +326,31 @@ impl<M: FrameMemory> Heap<M> {
         result
     }
 
+    /// Whether frames of `node` have scrubbers other than an owner on a CPU of node
+    /// `cpu`: the policy's idle scrubbers help tickets, and a node other than `cpu`'s
+    /// serves `node`. (If `cpu`'s own node serves it, its scrubbers write just as
+    /// remotely as the owner would: the owner may as well do it.)
+    pub(crate) fn helped_elsewhere(&self, node: usize, cpu: usize) -> bool {
+        debug_assert!(node < self.served.len() && cpu < self.served.len());
+        node != cpu
+            && self.config.policy == Policy::Scrubheap
+            && self.served.iter().enumerate().any(|(s, v)| s != cpu && v.contains(&node))
+    }
+
+    /// What a remote owner sees of ticket `id`: (whether to wait for the helpers, the
+    /// ticket's cursor). It waits when a helper's batch is in flight or the cursor moved
+    /// since `seen` (the cursor at its previous look; None: its first look), unless no
+    /// dirty frame is left past the cursor (then the owner finishes the ticket, or waits
+    /// for the last batch in flight, in [`Heap::advance_ticket`]).
+    pub(crate) fn helpers_progress(&self, node: usize, id: u64, seen: Option<u32>) -> (bool, u32) {
+        let st = self.lock_node(node);
+        let w = &st.work[st.work_index(id)];
+        debug_assert!(matches!(w.kind, Kind::Ticket { .. }), "helpers only take tickets");
+        let left = st.dirty.first_set(w.head + w.cursor, size(w.order) - w.cursor).is_some();
+        let busy = w.inflight > 0 || seen.is_none_or(|c| c != w.cursor);
+        (left && busy, w.cursor)
+    }
+
     /// A ticket was dropped unfinished: its frames go back now, or when the last helper
     /// batch in flight is done.
     pub(crate) fn abandon_ticket(&self, node: usize, id: u64) {
