@@ -217,12 +217,16 @@ impl<M: FrameMemory> Heap<M> {
             }
             let max = core::cmp::min(batch as u64, budget - done) as u32;
             let mut st = self.lock_node(m);
-            let found = st.work.iter().enumerate().find_map(|(i, w)| {
-                if !matches!(w.kind, Kind::Ticket { .. }) || w.stop {
-                    return None;
-                }
-                st.dirty.next_run(w.head, size(w.order), w.cursor, max).map(|r| (i, r))
-            });
+            // The ticket furthest from done first: helpers spread over the node's
+            // tickets, and those whose owners leave the batches to them (remote owners,
+            // see `ScrubTicket::advance_from`) are not left behind.
+            let found = st
+                .work
+                .iter()
+                .enumerate()
+                .filter(|(_, w)| matches!(w.kind, Kind::Ticket { .. }) && !w.stop)
+                .filter_map(|(i, w)| st.dirty.next_run(w.head, size(w.order), w.cursor, max).map(|r| (i, r)))
+                .max_by_key(|&(i, _)| (size(st.work[i].order) - st.work[i].cursor, core::cmp::Reverse(i)));
             let Some((i, (s, l))) = found else { return (done, false) };
             let (id, head) = (st.work[i].id, st.work[i].head);
             st.work[i].cursor = s + l;
