@@ -752,6 +752,10 @@ impl<'h, 'o> Engine<'h, 'o> {
                 Ok(()) => t.claimed = true,
                 Err(_) => self.claim_failures += 1,
             }
+            if let (true, ClaimTarget::Node(n)) = (t.claimed, target) {
+                // A node claim sets a clean-memory target: the node's scrubbers start on it.
+                self.wake_node(n);
+            }
             let acq = self.lock_obs.drain();
             self.cpus[c].task = Some(Task::Create(t));
             self.begin(c, StepKind::Toolstack, &acq, host.op_ns, Vec::new());

@@ -24,51 +24,69 @@ fn size(order: u8) -> u32 {
 
 impl<M: FrameMemory> Heap<M> {
     /// What an idle CPU of `node` calls. It first helps pending allocations (scrub
-    /// tickets) on the nodes it serves, then takes dirty free chunks (largest first, nodes
-    /// whose claims want more clean memory first) and scrubs them in batches outside the
-    /// lock, asking `preempt` after each batch and handing a chunk back at once if an
-    /// allocator needs it. Zeroes at most `budget` frames. Returns the frames zeroed;
-    /// 0 means there was nothing to do (or the policy does no background scrubbing).
+    /// tickets) on the nodes it serves; then it brings every node it serves whose node
+    /// claims exceed its clean memory up to that clean-memory target (its own node
+    /// first, then the largest shortfall), scrubbing no node beyond its target while
+    /// another is short; then it takes any dirty free chunks (largest first, its own
+    /// node first). Chunks are scrubbed in batches outside the lock, asking `preempt`
+    /// after each batch and handing a chunk back at once if an allocator needs it.
+    /// Zeroes at most `budget` frames. Returns the frames zeroed; 0 means there was
+    /// nothing to do (or the policy does no background scrubbing).
     pub fn scrub_step(&self, node: usize, budget: u64, preempt: &dyn Preempt) -> Result<u64, HeapError> {
         self.node(node)?;
         if !self.config.policy.background_scrub() {
             return Ok(0);
         }
         let mut done = 0u64;
-        for m in self.scrub_order(node) {
-            if self.config.policy == Policy::Scrubheap {
+        if self.config.policy == Policy::Scrubheap {
+            for &m in &self.served[node] {
                 let (z, stop) = self.help_tickets(m, budget - done, preempt);
                 done += z;
                 if stop {
-                    break;
+                    return Ok(done);
                 }
             }
+        }
+        for (m, short) in self.clean_targets(node) {
+            let want = core::cmp::min(short, budget - done);
+            let (z, stop) = self.scrub_chunks(m, want, preempt);
+            done += z;
+            if stop || done >= budget {
+                return Ok(done);
+            }
+        }
+        for &m in &self.served[node] {
             let (z, stop) = self.scrub_chunks(m, budget - done, preempt);
             done += z;
-            if stop {
+            if stop || done >= budget {
                 break;
             }
         }
+        debug_assert!(done <= budget);
         Ok(done)
     }
 
-    /// The nodes `node` serves, those whose claims exceed their clean memory first.
-    fn scrub_order(&self, node: usize) -> Vec<usize> {
-        let mut v = self.served[node].clone();
-        if v.len() > 1 {
-            let deficit = |m: usize| {
+    /// The nodes `node` serves whose node claims exceed their clean memory, with the
+    /// shortfall (frames to scrub to reach the claims' clean-memory target): `node`
+    /// itself first (its scrubbers are local to it), then the largest shortfall.
+    fn clean_targets(&self, node: usize) -> Vec<(usize, u64)> {
+        let mut v: Vec<(usize, u64)> = self.served[node]
+            .iter()
+            .map(|&m| {
                 let s = self.node_stats(m).expect("served nodes exist");
-                s.claimed.saturating_sub(s.free_clean)
-            };
-            v.sort_by_key(|&m| core::cmp::Reverse(deficit(m)));
-        }
+                (m, s.claimed.saturating_sub(s.free_clean).min(s.free_dirty))
+            })
+            .filter(|&(_, short)| short > 0)
+            .collect();
+        v.sort_by_key(|&(m, short)| (m != node, core::cmp::Reverse(short)));
+        debug_assert!(v.iter().all(|&(m, _)| self.served[node].contains(&m)));
         v
     }
 
     /// Takes dirty free chunks of node `m` and scrubs them; when none is left free, joins
     /// a chunk another scrubber of the node is working on (several scrubbers share one
     /// large chunk, each taking a batch from its cursor). Returns (frames zeroed, whether
-    /// the budget or `preempt` stopped it).
+    /// `preempt` or a stop request ended it; the caller sees a spent budget by itself).
     fn scrub_chunks(&self, m: usize, budget: u64, preempt: &dyn Preempt) -> (u64, bool) {
         let batch = crate::preempt::batch_frames(self.config.scrub_batch, preempt);
         let mut done = 0u64;
@@ -76,7 +94,7 @@ impl<M: FrameMemory> Heap<M> {
         loop {
             if done >= budget {
                 self.cell(m).publish(&st);
-                return (done, true);
+                return (done, false);
             }
             let id = match Self::largest_dirty(&st) {
                 Some(head) => Self::take_for_scrub(&mut st, head),
@@ -151,7 +169,7 @@ impl<M: FrameMemory> Heap<M> {
                 Self::leave_background(&mut st, id);
                 // Asked to stop: yield to the allocator that wants the chunk rather than
                 // take it again before it could.
-                return (st, done, max == 0 || stop);
+                return (st, done, stop);
             };
             st.work[i].cursor = s + l;
             st.work[i].inflight += 1;
