@@ -820,6 +820,7 @@ impl<'h, 'o> Engine<'h, 'o> {
         };
         let r = self.heap.alloc_start(&req);
         let zero = self.drain_zero();
+        self.count_remote(c, &zero);
         let acq = self.lock_obs.drain();
         match &r {
             Ok(AllocStart::Ready(e)) => self.page_work_under_lock(e.frames()),
