@@ -72,6 +72,8 @@ impl<M: FrameMemory> Heap<M> {
     fn clean_targets(&self, node: usize) -> Vec<(usize, u64)> {
         let mut v: Vec<(usize, u64)> = self.served[node]
             .iter()
+            // Unclaimed nodes cost one load: scrub_step runs this on every call.
+            .filter(|&&m| self.cell(m).claimed.load(core::sync::atomic::Ordering::Relaxed) > 0)
             .map(|&m| {
                 let s = self.node_stats(m).expect("served nodes exist");
                 (m, s.claimed.saturating_sub(s.free_clean).min(s.free_dirty))
