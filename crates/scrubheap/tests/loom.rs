@@ -162,3 +162,26 @@ fn a_free_beside_a_scrub_in_progress_still_merges() {
         assert!(matches!(c.state, ChunkState::Free { .. }));
     });
 }
+
+#[test]
+fn two_scrubbers_share_one_chunk_and_hand_it_to_an_allocator() {
+    loom::model(|| {
+        let h = heap(4, true);
+        let scrubbers: Vec<_> = (0..2)
+            .map(|_| {
+                let s = h.clone();
+                thread::spawn(move || s.scrub_step(0, u64::MAX, &NeverPreempt).unwrap())
+            })
+            .collect();
+        let e = h.alloc(&AllocRequest::new(2, DomId(1))).unwrap();
+        assert!(h.memory().is_zero(e.mfn, 4), "frames handed over unscrubbed");
+        for j in scrubbers {
+            j.join().unwrap();
+        }
+        settle(&h, 4);
+        assert_eq!(h.stats().allocated, 4);
+        let s = h.stats().scrubbed;
+        assert_eq!(s.background + s.in_place, 4 * 4096, "scrubbers (alone, sharing or helping) and the owner");
+        assert_eq!(h.memory().zeroed_frames(), 4, "each frame zeroed once, by a scrubber or in place");
+    });
+}
