@@ -182,6 +182,7 @@ impl<M: FrameMemory> Heap<M> {
         deadline: &dyn Deadline,
     ) -> Result<Offlined, HeapError> {
         let (node, lo, hi) = self.locate_range(first, count)?;
+        self.settle(node, lo, (hi - lo) as u64);
         let blocked = |stop, blockers| HeapError::OfflineBlocked { first, count, stop, blockers };
         let unmovable = self.scan_blockers(node, lo, hi, false);
         if !unmovable.is_empty() {
@@ -511,6 +512,7 @@ impl<M: FrameMemory> Heap<M> {
         let n = self.node_of(mfn)?;
         let cell = self.cell(n);
         let off = (mfn.0 - cell.base) as u32;
+        self.settle(n, off, 1);
         let mut st = self.lock_node(n);
         let (h, o) = st.chunk_of(off);
         let s = st.meta[h as usize];
