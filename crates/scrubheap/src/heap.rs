@@ -868,11 +868,14 @@ impl<M: FrameMemory> Heap<M> {
     }
 
     /// The chunk containing `mfn`.
-    /// A frame the per-CPU fast path lends or holds is settled first: its block's loans
-    /// become ordinary allocations, its free chunks go back to the free lists.
+    /// A frame the per-CPU fast path lent out shows as its owner's allocated chunk; a
+    /// frame free in a reserve, as a chunk of the fast order allocated to
+    /// [`crate::RESERVE_OWNER`].
     pub fn chunk_at(&self, mfn: Mfn) -> Result<ChunkInfo, HeapError> {
         let n = self.node_of(mfn)?;
-        self.settle_range(mfn, 1);
+        if let Some(info) = self.reserve_chunk_at(n, mfn) {
+            return Ok(info);
+        }
         let cell = &self.nodes[n];
         let st = self.lock_node(n);
         let (h, o) = st.chunk_of((mfn.0 - cell.base) as u32);

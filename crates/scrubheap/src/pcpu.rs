@@ -18,7 +18,7 @@
 //!   indexed by block), checks the owner, and marks the chunk free and dirty (its owner's
 //!   bytes are in it). A detached block whose chunks are all back returns to the node.
 //! - Anything else that touches a block's frames (an ordinary free of part of a chunk,
-//!   pin, offline, `alloc_at`, `chunk_at`, `mark_broken`) first *settles* the block:
+//!   pin, offline, `alloc_at`, `mark_broken`) first *settles* the block:
 //!   loaned chunks become ordinary allocations of their owners, free chunks go back to the
 //!   node's free lists (dirty ones marked dirty). [`Heap::drain`] settles every block of a
 //!   CPU or of the heap; `claim_set` and an allocation that would otherwise run out of
@@ -46,9 +46,9 @@ use core::sync::atomic::Ordering::Relaxed;
 /// Most CPUs a heap may name ([`crate::HeapConfig::cpus`]).
 pub const MAX_CPUS: usize = 256;
 
-/// The owner a node's metadata names for a block held by the per-CPU fast path
-/// ([`crate::ChunkState::Allocated`] of this owner in [`Heap::chunk_at`] never shows, as
-/// `chunk_at` settles the block first). The fast path refuses requests of this owner.
+/// The owner a node's metadata names for a block held by the per-CPU fast path, and
+/// [`Heap::chunk_at`] names for a chunk free in a reserve. The fast path refuses requests
+/// of this owner.
 pub const RESERVE_OWNER: DomId = DomId(u32::MAX);
 
 /// The orders the fast path serves, each with log2 of the chunks in one of its blocks.
@@ -420,14 +420,20 @@ impl<M: FrameMemory> Heap<M> {
             return None;
         }
         let abs = self.cell(n).base + off as u64;
-        let k = kind_of(order).filter(|_| !sealed)?;
-        let idx = nr.index(k, abs);
-        let mut g = nr.tables[k][idx as usize].lock();
-        let Some(b) = g.as_mut() else {
-            drop(g);
-            self.settle(n, off, 1 << order);
+        let whole = kind_of(order).filter(|_| !sealed).and_then(|k| {
+            let idx = nr.index(k, abs);
+            let g = nr.tables[k][idx as usize].lock();
+            g.is_some().then_some((k, idx, g))
+        });
+        let Some((k, idx, mut g)) = whole else {
+            // Not a whole chunk of a live block of its order: the ordinary path, once any
+            // block the frames are in is settled.
+            if self.blocks_touch(n, abs, abs + (1 << order)) {
+                self.settle(n, off, 1 << order);
+            }
             return None;
         };
+        let b = g.as_mut().expect("checked live under this lock");
         let i = ((abs - nr.region(k, idx)) >> order) as usize;
         let bit = 1u64 << i;
         if b.free & bit != 0 {
@@ -448,6 +454,22 @@ impl<M: FrameMemory> Heap<M> {
             self.cell(n).publish(&st);
         }
         Some(Ok(()))
+    }
+
+    /// Whether a live block of node `n` holds a frame of `[lo, hi)` (absolute): the table
+    /// entries for a range within a block's size, the live list for a larger one.
+    fn blocks_touch(&self, n: usize, lo: u64, hi: u64) -> bool {
+        let nr = &self.pcpu.nodes[n];
+        (0..KINDS).any(|k| {
+            if hi - lo <= 1 << block_order(k) {
+                (nr.index(k, lo)..=nr.index(k, hi - 1)).any(|i| nr.tables[k][i as usize].lock().is_some())
+            } else {
+                nr.live.lock().iter().any(|&(kk, idx)| {
+                    let r = nr.region(kk, idx);
+                    kk == k && r < hi && lo < r + (1u64 << block_order(k))
+                })
+            }
+        })
     }
 
     /// Settles every block of node `n` that holds a frame of `[off, off + len)`: its loans
@@ -476,13 +498,24 @@ impl<M: FrameMemory> Heap<M> {
         freed
     }
 
-    /// Settles the blocks holding any frame of `[mfn, mfn + count)` (on the node of `mfn`;
-    /// nothing if `mfn` is outside the heap: the caller's own checks report that).
-    pub(crate) fn settle_range(&self, mfn: Mfn, count: u64) {
-        if let Ok(n) = self.node_of(mfn) {
-            let base = self.cell(n).base;
-            self.settle(n, (mfn.0 - base) as u32, count.max(1));
+    /// The chunk of a live block holding `mfn` (on node `n`), for [`Heap::chunk_at`]: a
+    /// loaned chunk as its owner's allocation, a free one as the reserve's.
+    pub(crate) fn reserve_chunk_at(&self, n: usize, mfn: Mfn) -> Option<crate::heap::ChunkInfo> {
+        let nr = &self.pcpu.nodes[n];
+        if nr.frames.load(Relaxed) == 0 {
+            return None;
         }
+        (0..KINDS).find_map(|k| {
+            let idx = nr.index(k, mfn.0);
+            let g = nr.tables[k][idx as usize].lock();
+            let b = g.as_ref()?;
+            let o = FAST_ORDERS[k].0;
+            let i = ((mfn.0 - nr.region(k, idx)) >> o) as usize;
+            let owner = if b.free & (1 << i) != 0 { RESERVE_OWNER } else { DomId(b.owners[i]) };
+            let state = crate::heap::ChunkState::Allocated { owner, pins: 0, movable: false, sealed: false };
+            let extent = Extent { mfn: Mfn(mfn.0 >> o << o), order: o, node: n };
+            Some(crate::heap::ChunkInfo { extent, zone: Zone::Normal, state })
+        })
     }
 
     /// Returns the frames of CPU `cpu`'s reserve (`None`: of every CPU, and every block

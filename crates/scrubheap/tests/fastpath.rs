@@ -64,6 +64,12 @@ fn a_put_on_another_cpu_and_an_ordinary_free_both_work() {
     let h = heap(1 << 12, 2);
     let a = h.get(0, &req(0, 1)).unwrap();
     let b = h.get(0, &req(0, 1)).unwrap();
+    let held = ChunkState::Allocated { owner: DomId(1), pins: 0, movable: false, sealed: false };
+    assert_eq!(h.chunk_at(a.mfn).unwrap().state, held, "chunk_at reads a loan without settling");
+    let spare = Mfn((a.mfn.0 & !63) + 63);
+    let reserve = ChunkState::Allocated { owner: RESERVE_OWNER, pins: 0, movable: false, sealed: false };
+    assert_eq!(h.chunk_at(spare).unwrap().state, reserve);
+    assert_eq!(h.stats().reserved, 62);
     h.put(1, a.mfn, 0, DomId(1)).unwrap();
     h.free(b.mfn, 0, DomId(1)).unwrap();
     assert_eq!(h.stats().allocated, 0);
