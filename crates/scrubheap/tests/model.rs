@@ -70,7 +70,9 @@ fn config(policy: Policy, dirty: bool) -> HeapConfig {
 /// What a refused operation must leave as it was: every chunk held by an owner (the
 /// reserves' own chunks left out), allocated, free (the reserves' free frames counted as
 /// free, as a refused allocation or claim may drain them) and offline frames, claims.
-fn held(s: &common::Snapshot) -> (Vec<ChunkInfo>, [u64; 4], Vec<(u32, Vec<Claim>)>) {
+type Held = (Vec<ChunkInfo>, [u64; 4], Vec<(u32, Vec<Claim>)>);
+
+fn held(s: &common::Snapshot) -> Held {
     let chunks = s
         .chunks
         .iter()
