@@ -35,7 +35,7 @@ use crate::error::{HeapError, InvariantViolation};
 use crate::heap::{AllocRequest, Extent, Heap, NodeGuard, NodePref};
 use crate::memory::FrameMemory;
 use crate::node::{NodeState, Pick};
-use crate::sync::{AtomicU64, Mutex};
+use crate::sync::{AtomicU64, SpinMutex as Mutex};
 use crate::types::{DomId, Mfn, Zone};
 use alloc::boxed::Box;
 use alloc::collections::BTreeMap;
@@ -105,8 +105,10 @@ struct NodeReserve {
 /// Per CPU and node counters, each on its own cache line.
 #[repr(align(64))]
 struct CpuNode {
-    /// Frames loaned through this CPU minus frames put back through it (wrapping).
-    loaned: AtomicU64,
+    /// Frames lent through this CPU's gets (written under its slot lock: a plain store).
+    lent: AtomicU64,
+    /// Frames put back through this CPU (any thread may put for any CPU: an atomic add).
+    returned: AtomicU64,
     /// Frames this CPU's gets zeroed in place.
     in_place: AtomicU64,
 }
@@ -116,8 +118,10 @@ struct CpuSlot {
     current: Vec<[Option<u32>; KINDS]>,
     /// The node the last `NodePref::Any` request was served from.
     any_node: usize,
-    /// Frames zeroed in place by this CPU's gets, per owner.
+    /// Frames zeroed in place by this CPU's gets, per owner; the latest owner's count is
+    /// kept beside until another owner's get (a map update per get costs too much).
     in_place_by_owner: BTreeMap<DomId, u64>,
+    in_place_last: (DomId, u64),
 }
 
 struct CpuCell {
@@ -171,10 +175,15 @@ impl Pcpu {
                     current: alloc::vec![[None; KINDS]; nodes.len()],
                     any_node: 0,
                     in_place_by_owner: BTreeMap::new(),
+                    in_place_last: (RESERVE_OWNER, 0),
                 }),
                 nodes: nodes
                     .iter()
-                    .map(|_| CpuNode { loaned: AtomicU64::new(0), in_place: AtomicU64::new(0) })
+                    .map(|_| CpuNode {
+                        lent: AtomicU64::new(0),
+                        returned: AtomicU64::new(0),
+                        in_place: AtomicU64::new(0),
+                    })
                     .collect(),
             })
             .collect();
@@ -186,7 +195,10 @@ impl Pcpu {
     pub fn reserved(&self, n: usize) -> u64 {
         let nr = &self.nodes[n];
         let frames = nr.frames.load(Relaxed);
-        let loaned = self.cpus.iter().fold(0u64, |a, c| a.wrapping_add(c.nodes[n].loaned.load(Relaxed)));
+        let loaned = self.cpus.iter().fold(0u64, |a, c| {
+            let c = &c.nodes[n];
+            a.wrapping_add(c.lent.load(Relaxed)).wrapping_sub(c.returned.load(Relaxed))
+        });
         let loaned = loaned.wrapping_sub(nr.settled.load(Relaxed));
         frames.saturating_sub(if loaned > frames { frames } else { loaned })
     }
@@ -198,7 +210,11 @@ impl Pcpu {
 
     /// Frames zeroed in place by the fast path for `owner`.
     pub fn in_place_of(&self, owner: DomId) -> u64 {
-        self.cpus.iter().map(|c| c.slot.lock().in_place_by_owner.get(&owner).copied().unwrap_or(0)).sum()
+        let of = |s: &CpuSlot| {
+            let last = if s.in_place_last.0 == owner { s.in_place_last.1 } else { 0 };
+            s.in_place_by_owner.get(&owner).copied().unwrap_or(0) + last
+        };
+        self.cpus.iter().map(|c| of(&c.slot.lock())).sum()
     }
 
     /// Bytes of fixed metadata the fast path keeps (its block tables), and bytes of the
@@ -325,7 +341,7 @@ impl<M: FrameMemory> Heap<M> {
         let order = FAST_ORDERS[k].0;
         let frames = 1u64 << order;
         let counters = &self.pcpu.cpus[cpu].nodes[n];
-        counters.loaned.fetch_add(frames, Relaxed);
+        counters.lent.store(counters.lent.load(Relaxed).wrapping_add(frames), Relaxed);
         drop(g);
         let mfn = Mfn(nr.region(k, idx) + ((i as u64) << order));
         if was_dirty && req.scrub {
@@ -333,7 +349,13 @@ impl<M: FrameMemory> Heap<M> {
             // but the CPU's own slot.
             self.mem.zero(mfn, frames);
             counters.in_place.store(counters.in_place.load(Relaxed) + frames, Relaxed);
-            *slot.in_place_by_owner.entry(req.owner).or_default() += frames;
+            if slot.in_place_last.0 != req.owner {
+                let (o, f) = core::mem::replace(&mut slot.in_place_last, (req.owner, 0));
+                if f > 0 {
+                    *slot.in_place_by_owner.entry(o).or_default() += f;
+                }
+            }
+            slot.in_place_last.1 += frames;
         }
         Some(Extent { mfn, order, node: n })
     }
@@ -446,7 +468,7 @@ impl<M: FrameMemory> Heap<M> {
         b.dirty |= bit;
         let idle = b.cpu.is_none() && b.free == all_chunks(k);
         let counters = &self.pcpu.cpus[cpu].nodes[n];
-        counters.loaned.fetch_sub(1 << order, Relaxed);
+        counters.returned.fetch_add(1 << order, Relaxed);
         drop(g);
         if idle {
             let mut st = self.lock_node(n);
@@ -560,10 +582,49 @@ impl<M: FrameMemory> Heap<M> {
         }
         let Some(b) = g.take() else { return 0 };
         drop(g);
-        let (o, shift) = FAST_ORDERS[k];
         let head = (nr.region(k, idx) - st.base) as u32;
         let s = st.meta[head as usize];
         debug_assert!(s.state() == State::Allocated && s.order() == block_order(k) && s.a == RESERVE_OWNER.0);
+        let (loaned, freed) = if b.free == all_chunks(k) {
+            Self::return_whole(st, head, k, b.dirty)
+        } else {
+            Self::return_parts(st, head, k, &b)
+        };
+        let mut live = nr.live.lock();
+        let at = live.iter().position(|&e| e == (k, idx)).expect("a live block is on the live list");
+        live.swap_remove(at);
+        drop(live);
+        nr.frames.fetch_sub(1 << block_order(k), Relaxed);
+        nr.settled.fetch_add(loaned, Relaxed);
+        debug_assert_eq!(freed + loaned, 1 << block_order(k));
+        freed
+    }
+
+    /// A block whose chunks are all free goes back as one chunk (one merge, not one per
+    /// chunk), its dirty chunks marked in the node's bitmap: `(0 loaned, frames freed)`.
+    fn return_whole(st: &mut NodeState, head: u32, k: usize, dirty: u64) -> (u64, u64) {
+        let (o, _) = FAST_ORDERS[k];
+        let len = 1u32 << block_order(k);
+        if dirty == all_chunks(k) {
+            st.dirty.set_all(head, len);
+        } else {
+            let mut bits = dirty;
+            while bits != 0 {
+                st.dirty.set_all(head + (bits.trailing_zeros() << o), 1 << o);
+                bits &= bits - 1;
+            }
+        }
+        debug_assert_eq!(st.dirty.count(head, len), dirty.count_ones() << o, "each dirty chunk marked whole");
+        st.meta[head as usize] = Slot::default();
+        st.allocated -= len as u64;
+        st.put_back(head, block_order(k));
+        (0, len as u64)
+    }
+
+    /// A block with loans: each loaned chunk becomes its owner's allocation, each free one
+    /// goes back to the free lists: `(frames loaned, frames freed)`.
+    fn return_parts(st: &mut NodeState, head: u32, k: usize, b: &Block) -> (u64, u64) {
+        let (o, shift) = FAST_ORDERS[k];
         let mut loaned = 0u64;
         for i in 0..1u32 << shift {
             let h = head + (i << o);
@@ -584,14 +645,8 @@ impl<M: FrameMemory> Heap<M> {
             st.put_back(h, o);
             freed += 1 << o;
         }
-        let mut live = nr.live.lock();
-        let at = live.iter().position(|&e| e == (k, idx)).expect("a live block is on the live list");
-        live.swap_remove(at);
-        drop(live);
-        nr.frames.fetch_sub(1 << block_order(k), Relaxed);
-        nr.settled.fetch_add(loaned, Relaxed);
-        debug_assert_eq!(freed + loaned, 1 << block_order(k));
-        freed
+        debug_assert!(loaned > 0, "a block with no loan goes back whole");
+        (loaned, freed)
     }
 
     /// Zeroes the dirty free chunks of CPU `cpu`'s current blocks, at most `budget`
