@@ -38,7 +38,7 @@ use crate::node::{NodeState, Pick};
 use crate::sync::{AtomicU64, SpinMutex as Mutex};
 use crate::types::{DomId, Mfn, Zone};
 use alloc::boxed::Box;
-use alloc::collections::BTreeMap;
+use alloc::collections::{BTreeMap, BTreeSet};
 use alloc::format;
 use alloc::vec::Vec;
 use core::sync::atomic::Ordering::Relaxed;
@@ -88,13 +88,23 @@ struct Block {
 
 type Entry = Mutex<Option<Box<Block>>>;
 
+/// Most spare block records a node keeps for its next refills.
+const MAX_SPARE: usize = 16;
+
+struct Live {
+    /// Live blocks as (kind, index).
+    set: BTreeSet<(usize, u32)>,
+    /// Records of returned blocks, reused by refills (at most [`MAX_SPARE`]).
+    spare: Vec<Box<Block>>,
+}
+
 struct NodeReserve {
     /// Per fast order: entry `i` holds the block of region `first[k] + i` (absolute frame
     /// number >> block order), if one is live.
     tables: [Vec<Entry>; KINDS],
     first: [u64; KINDS],
-    /// Live blocks as (kind, index); changed under the node lock.
-    live: Mutex<Vec<(usize, u32)>>,
+    /// Live blocks, and spare block records; changed under the node lock.
+    live: Mutex<Live>,
     /// Frames in live blocks (free or loaned); changed under the node lock.
     frames: AtomicU64,
     /// Frames of loans that became ordinary allocations when their block was settled
@@ -147,7 +157,7 @@ impl NodeReserve {
         NodeReserve {
             tables,
             first,
-            live: Mutex::new(Vec::new()),
+            live: Mutex::new(Live { set: BTreeSet::new(), spare: Vec::new() }),
             frames: AtomicU64::new(0),
             settled: AtomicU64::new(0),
         }
@@ -222,7 +232,7 @@ impl Pcpu {
     pub fn bytes(&self) -> (u64, u64) {
         let per = core::mem::size_of::<Entry>() as u64;
         let fixed = self.nodes.iter().map(|nr| nr.tables.iter().map(|t| t.len() as u64 * per).sum::<u64>()).sum();
-        let blocks: u64 = self.nodes.iter().map(|nr| nr.live.lock().len() as u64).sum();
+        let blocks: u64 = self.nodes.iter().map(|nr| nr.live.lock().set.len() as u64).sum();
         (fixed, blocks * core::mem::size_of::<Block>() as u64)
     }
 }
@@ -245,7 +255,7 @@ impl<M: FrameMemory> Heap<M> {
     }
 
     fn cpu_cell(&self, cpu: usize) -> Result<&CpuCell, HeapError> {
-        self.pcpu.cpus.get(cpu).ok_or(HeapError::NoSuchCpu { cpu, cpus: self.pcpu.cpus.len() })
+        self.pcpu.cpus.get(cpu).ok_or_else(|| HeapError::NoSuchCpu { cpu, cpus: self.pcpu.cpus.len() })
     }
 
     /// The fast order's kind if `req` may take the fast path: orders 0 and 9, unmovable,
@@ -382,9 +392,16 @@ impl<M: FrameMemory> Heap<M> {
         st.meta[head as usize] = Self::allocated_slot(bo, RESERVE_OWNER, false, false);
         let nr = &self.pcpu.nodes[n];
         let idx = nr.index(k, st.base + head as u64);
-        let block = Block { free: all_chunks(k), dirty, cpu: Some(cpu as u16), owners: [0; 64] };
-        *nr.tables[k][idx as usize].lock() = Some(Box::new(block));
-        nr.live.lock().push((k, idx));
+        let mut live = nr.live.lock();
+        let mut block = live
+            .spare
+            .pop()
+            .unwrap_or_else(|| Box::new(Block { free: 0, dirty: 0, cpu: None, owners: [RESERVE_OWNER.0; 64] }));
+        (block.free, block.dirty, block.cpu) = (all_chunks(k), dirty, Some(cpu as u16));
+        let fresh = live.set.insert((k, idx));
+        drop(live);
+        debug_assert!(fresh, "a block region taken while live");
+        *nr.tables[k][idx as usize].lock() = Some(block);
         nr.frames.fetch_add(len as u64, Relaxed);
         self.cell(n).publish(&st);
         slot.current[n][k] = Some(idx);
@@ -486,7 +503,7 @@ impl<M: FrameMemory> Heap<M> {
             if hi - lo <= 1 << block_order(k) {
                 (nr.index(k, lo)..=nr.index(k, hi - 1)).any(|i| nr.tables[k][i as usize].lock().is_some())
             } else {
-                nr.live.lock().iter().any(|&(kk, idx)| {
+                nr.live.lock().set.iter().any(|&(kk, idx)| {
                     let r = nr.region(kk, idx);
                     kk == k && r < hi && lo < r + (1u64 << block_order(k))
                 })
@@ -508,6 +525,7 @@ impl<M: FrameMemory> Heap<M> {
         let hit: Vec<(usize, u32)> = nr
             .live
             .lock()
+            .set
             .iter()
             .copied()
             .filter(|&(k, idx)| {
@@ -591,9 +609,12 @@ impl<M: FrameMemory> Heap<M> {
             Self::return_parts(st, head, k, &b)
         };
         let mut live = nr.live.lock();
-        let at = live.iter().position(|&e| e == (k, idx)).expect("a live block is on the live list");
-        live.swap_remove(at);
+        let was = live.set.remove(&(k, idx));
+        if live.spare.len() < MAX_SPARE {
+            live.spare.push(b);
+        }
         drop(live);
+        debug_assert!(was, "a live block is on the live list");
         nr.frames.fetch_sub(1 << block_order(k), Relaxed);
         nr.settled.fetch_add(loaned, Relaxed);
         debug_assert_eq!(freed + loaned, 1 << block_order(k));
@@ -706,7 +727,7 @@ impl<M: FrameMemory> Heap<M> {
     pub(crate) fn check_reserves(&self, n: usize, st: &NodeState) -> Result<(), InvariantViolation> {
         let nr = &self.pcpu.nodes[n];
         let fail = |m: alloc::string::String| Err(InvariantViolation(format!("node {n}: reserve: {m}")));
-        let live = nr.live.lock().clone();
+        let live: Vec<(usize, u32)> = nr.live.lock().set.iter().copied().collect();
         let guards: Vec<_> = live.iter().map(|&(k, idx)| nr.tables[k][idx as usize].lock()).collect();
         let (mut frames, mut free) = (0u64, 0u64);
         for (&(k, idx), g) in live.iter().zip(&guards) {
@@ -726,11 +747,7 @@ impl<M: FrameMemory> Heap<M> {
             frames += 1 << block_order(k);
             free += (b.free.count_ones() as u64) << FAST_ORDERS[k].0;
         }
-        let mut listed = live.clone();
-        listed.sort_unstable();
-        if listed.windows(2).any(|w| w[0] == w[1]) {
-            return fail("a block is on the live list twice".into());
-        }
+        let listed = &live;
         for (k, table) in nr.tables.iter().enumerate() {
             for (i, e) in table.iter().enumerate() {
                 if listed.binary_search(&(k, i as u32)).is_err() && e.lock().is_some() {
