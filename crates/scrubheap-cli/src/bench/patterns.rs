@@ -294,27 +294,41 @@ fn put_all<S: Subject>(s: &S, t: usize, order: u8, pages: &[u64], lifo: bool, su
     sums.puts += pages.len() as u64;
 }
 
-fn bulk<S: Subject>(s: &S, order: u8, threads: usize, allocs: usize, rounds: usize) -> Sums {
+/// Runs `body(t, barrier)` on `threads` threads and `coordinator(barrier)` on this one,
+/// all meeting at one barrier of `threads + 1`; returns the threads' sums added up.
+fn with_threads(
+    threads: usize,
+    body: impl Fn(usize, &Barrier) -> Sums + Sync,
+    coordinator: impl FnOnce(&Barrier),
+) -> Sums {
     let barrier = Barrier::new(threads + 1);
     std::thread::scope(|sc| {
         let hs: Vec<_> = (0..threads)
             .map(|t| {
-                let barrier = &barrier;
-                sc.spawn(move || {
-                    let mut sums = Sums::default();
-                    let mut pages = vec![0u64; allocs];
-                    for _ in 0..rounds {
-                        barrier.wait();
-                        get_all(s, t, order, &mut pages, &mut sums);
-                        barrier.wait();
-                        barrier.wait();
-                        put_all(s, t, order, &pages, true, &mut sums);
-                        barrier.wait();
-                    }
-                    sums
-                })
+                let (barrier, body) = (&barrier, &body);
+                sc.spawn(move || body(t, barrier))
             })
             .collect();
+        coordinator(&barrier);
+        join(hs)
+    })
+}
+
+fn bulk<S: Subject>(s: &S, order: u8, threads: usize, allocs: usize, rounds: usize) -> Sums {
+    let body = |t, barrier: &Barrier| {
+        let mut sums = Sums::default();
+        let mut pages = vec![0u64; allocs];
+        for _ in 0..rounds {
+            barrier.wait();
+            get_all(s, t, order, &mut pages, &mut sums);
+            barrier.wait();
+            barrier.wait();
+            put_all(s, t, order, &pages, true, &mut sums);
+            barrier.wait();
+        }
+        sums
+    };
+    with_threads(threads, body, |barrier| {
         for _ in 0..rounds {
             barrier.wait();
             barrier.wait();
@@ -323,52 +337,44 @@ fn bulk<S: Subject>(s: &S, order: u8, threads: usize, allocs: usize, rounds: usi
             barrier.wait();
             s.idle();
         }
-        join(hs)
     })
 }
 
 fn repeat<S: Subject>(s: &S, order: u8, threads: usize, allocs: usize, rounds: usize) -> Sums {
-    let barrier = Barrier::new(threads + 1);
-    std::thread::scope(|sc| {
-        let hs: Vec<_> = (0..threads)
-            .map(|t| {
-                let barrier = &barrier;
-                sc.spawn(move || {
-                    let mut sums = Sums::default();
-                    let mut held = vec![0u64; allocs];
-                    let mut ignore = Sums::default();
-                    get_all(s, t, order, &mut held, &mut ignore);
-                    sums.failed += ignore.failed;
-                    barrier.wait();
-                    barrier.wait();
-                    let timer = Instant::now();
-                    for i in 0..allocs * rounds {
-                        match s.get(t, order) {
-                            Some(p) => {
-                                if !s.put(t, std::hint::black_box(p), order) {
-                                    sums.failed += 1;
-                                }
-                            }
-                            None => sums.failed += 1,
-                        }
-                        if i % MAINTAIN_EVERY == MAINTAIN_EVERY - 1 {
-                            s.maintain(t, order);
-                        }
+    let body = |t, barrier: &Barrier| {
+        let mut sums = Sums::default();
+        let mut held = vec![0u64; allocs];
+        let mut ignore = Sums::default();
+        get_all(s, t, order, &mut held, &mut ignore);
+        sums.failed += ignore.failed;
+        barrier.wait();
+        barrier.wait();
+        let timer = Instant::now();
+        for i in 0..allocs * rounds {
+            match s.get(t, order) {
+                Some(p) => {
+                    if !s.put(t, std::hint::black_box(p), order) {
+                        sums.failed += 1;
                     }
-                    sums.put += timer.elapsed().as_nanos();
-                    sums.puts += (allocs * rounds) as u64;
-                    barrier.wait();
-                    put_all(s, t, order, &held, false, &mut ignore);
-                    sums.failed += ignore.failed;
-                    sums
-                })
-            })
-            .collect();
+                }
+                None => sums.failed += 1,
+            }
+            if i % MAINTAIN_EVERY == MAINTAIN_EVERY - 1 {
+                s.maintain(t, order);
+            }
+        }
+        sums.put += timer.elapsed().as_nanos();
+        sums.puts += (allocs * rounds) as u64;
+        barrier.wait();
+        put_all(s, t, order, &held, false, &mut ignore);
+        sums.failed += ignore.failed;
+        sums
+    };
+    with_threads(threads, body, |barrier| {
         barrier.wait();
         s.idle();
         barrier.wait();
         barrier.wait();
-        join(hs)
     })
 }
 
