@@ -80,6 +80,9 @@ struct Block {
     free: u64,
     /// Bit i: chunk i is free and holds old bytes.
     dirty: u64,
+    /// Bit i: chunk i is free but out of `free` while its CPU's `scrub_reserve` zeroes
+    /// it; a block with such chunks is not settled until they are back.
+    scrubbing: u64,
     /// The CPU allocating from it, if any (its slot names it).
     cpu: Option<u16>,
     /// Owner of each loaned chunk.
@@ -396,8 +399,8 @@ impl<M: FrameMemory> Heap<M> {
         let mut block = live
             .spare
             .pop()
-            .unwrap_or_else(|| Box::new(Block { free: 0, dirty: 0, cpu: None, owners: [RESERVE_OWNER.0; 64] }));
-        (block.free, block.dirty, block.cpu) = (all_chunks(k), dirty, Some(cpu as u16));
+            .unwrap_or_else(|| Box::new(Block { free: 0, dirty: 0, scrubbing: 0, cpu: None, owners: [0; 64] }));
+        (block.free, block.dirty, block.scrubbing, block.cpu) = (all_chunks(k), dirty, 0, Some(cpu as u16));
         let fresh = live.set.insert((k, idx));
         drop(live);
         debug_assert!(fresh, "a block region taken while live");
@@ -560,7 +563,9 @@ impl<M: FrameMemory> Heap<M> {
 
     /// Returns the frames of CPU `cpu`'s reserve (`None`: of every CPU, and every block
     /// still lent out) to the nodes' free lists: loaned chunks of a settled block become
-    /// ordinary allocations of their owners. Returns the frames that went back.
+    /// ordinary allocations of their owners. Returns the frames that went back. A block
+    /// whose CPU is inside [`Heap::scrub_reserve`] zeroing some of its chunks right now is
+    /// left as it is (for at most that call).
     pub fn drain(&self, cpu: Option<usize>) -> Result<u64, HeapError> {
         let Some(cpu) = cpu else {
             return Ok((0..self.nodes.len()).map(|n| self.settle(n, 0, self.cell(n).frames)).sum());
@@ -596,6 +601,10 @@ impl<M: FrameMemory> Heap<M> {
         let nr = &self.pcpu.nodes[n];
         let mut g = nr.tables[k][idx as usize].lock();
         if only_idle && !g.as_ref().is_some_and(|b| b.cpu.is_none() && b.free == all_chunks(k)) {
+            return 0;
+        }
+        if g.as_ref().is_some_and(|b| b.scrubbing != 0) {
+            // Its CPU is zeroing some of its free chunks outside the lock: left for now.
             return 0;
         }
         let Some(b) = g.take() else { return 0 };
@@ -698,11 +707,13 @@ impl<M: FrameMemory> Heap<M> {
         while take.count_ones() > fit {
             take &= take - 1;
         }
-        if take == 0 || take == b.free {
-            // Keep one chunk free so the block stays current while its chunks are out.
+        if take == 0 {
             return 0;
         }
+        // The block stays current while its chunks are out: only this CPU gets from it,
+        // and it holds its slot until they are back.
         b.free &= !take;
+        b.scrubbing |= take;
         drop(g);
         let base = nr.region(k, idx);
         let mut bits = take;
@@ -712,9 +723,10 @@ impl<M: FrameMemory> Heap<M> {
             bits &= bits - 1;
         }
         let mut g = nr.tables[k][idx as usize].lock();
-        let b = g.as_mut().expect("a block with chunks taken out stays live");
+        let b = g.as_mut().expect("a block with chunks out for scrubbing is never settled");
         b.free |= take;
         b.dirty &= !take;
+        b.scrubbing &= !take;
         drop(g);
         let frames = (take.count_ones() as u64) << o;
         self.account(n, crate::heap::Source::Background, frames);
@@ -737,15 +749,17 @@ impl<M: FrameMemory> Heap<M> {
             if s.state() != State::Allocated || s.order() != block_order(k) || s.a != RESERVE_OWNER.0 {
                 return fail(format!("block at {head} is {:?} order {} of dom{}", s.state(), s.order(), s.a));
             }
-            if b.dirty & !b.free != 0 || b.free & !all_chunks(k) != 0 {
-                return fail(format!("block at {head}: dirty {:#x} not within free {:#x}", b.dirty, b.free));
+            let idle = b.free | b.scrubbing;
+            if b.dirty & !idle != 0 || idle & !all_chunks(k) != 0 || b.free & b.scrubbing != 0 {
+                let (d, f, s) = (b.dirty, b.free, b.scrubbing);
+                return fail(format!("block at {head}: dirty {d:#x}, free {f:#x}, scrubbing {s:#x}"));
             }
-            let loaned = all_chunks(k) & !b.free;
+            let loaned = all_chunks(k) & !idle;
             if (0..64).any(|i| loaned & (1 << i) != 0 && b.owners[i] == RESERVE_OWNER.0) {
                 return fail(format!("block at {head} lends a chunk to the reserve itself"));
             }
             frames += 1 << block_order(k);
-            free += (b.free.count_ones() as u64) << FAST_ORDERS[k].0;
+            free += (idle.count_ones() as u64) << FAST_ORDERS[k].0;
         }
         let listed = &live;
         for (k, table) in nr.tables.iter().enumerate() {

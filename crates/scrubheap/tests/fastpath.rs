@@ -216,7 +216,7 @@ fn offline_and_alloc_at_settle_the_blocks_they_touch() {
 }
 
 #[test]
-fn two_threads_get_and_put_while_a_third_drains() {
+fn two_threads_get_put_and_scrub_their_reserves_while_a_third_drains() {
     let h = std::sync::Arc::new(heap(1 << 12, 2));
     let workers: Vec<_> = (0..2)
         .map(|cpu| {
@@ -226,6 +226,10 @@ fn two_threads_get_and_put_while_a_third_drains() {
                     let order = if i % 7 == 0 { 9 } else { 0 };
                     let e = h.get(cpu, &req(order, 1 + cpu as u32)).unwrap();
                     h.put(1 - cpu, e.mfn, order, DomId(1 + cpu as u32)).unwrap();
+                    if i % 16 == 0 {
+                        // The idle scrub of its own reserve, racing the drains.
+                        h.scrub_reserve(cpu, 64).unwrap();
+                    }
                 }
             })
         })
