@@ -134,8 +134,8 @@ impl HeapConfig {
                 return bad(format!("the distance table must be {n} x {n}"));
             }
         }
-        if self.cpus == 0 || self.cpus > crate::pcpu::MAX_CPUS {
-            return bad(format!("{} CPUs: the fast path serves 1 to {} CPUs", self.cpus, crate::pcpu::MAX_CPUS));
+        if self.cpus == 0 || self.cpus > crate::types::MAX_CPUS {
+            return bad(format!("{} CPUs: the fast path serves 1 to {} CPUs", self.cpus, crate::types::MAX_CPUS));
         }
         if self.scrub_batch == 0 || self.scrub_batch > 1 << MAX_ORDER {
             return bad(format!("scrub batch {} must be 1 to {} frames", self.scrub_batch, 1u64 << MAX_ORDER));

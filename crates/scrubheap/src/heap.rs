@@ -224,7 +224,7 @@ pub struct Heap<M> {
     claimants: AtomicU64,
     observer: Option<Arc<dyn LockObserver>>,
     /// The per-CPU fast path's reserves (see the pcpu module).
-    pub(crate) pcpu: crate::pcpu::Pcpu,
+    pub(crate) pcpu: crate::reserve::Pcpu,
     pub(crate) mem: M,
 }
 
@@ -323,7 +323,7 @@ impl<M: FrameMemory> Heap<M> {
         }
         let ranges: Vec<(u64, u64)> = nodes.iter().map(|c| (c.base, c.frames)).collect();
         Ok(Heap {
-            pcpu: crate::pcpu::Pcpu::new(&ranges, config.cpus),
+            pcpu: crate::reserve::Pcpu::new(&ranges, config.cpus),
             first: config.first.0,
             end: base,
             nodes,

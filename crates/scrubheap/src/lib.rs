@@ -47,6 +47,7 @@ mod pcpu;
 mod pin;
 mod policy;
 mod preempt;
+mod reserve;
 mod scrub;
 mod sparse;
 mod stats;
