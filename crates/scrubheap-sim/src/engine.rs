@@ -47,6 +47,7 @@ pub fn run(scenario: &Scenario, policy: Policy, opts: &RunOptions) -> Result<Pol
         policy,
         scrub_batch: host.scrub_batch_frames(),
         initially_dirty: scenario.initially_dirty,
+        cpus: 1,
     };
     let mem = SimMemory::new(Mfn(0), fpn * host.nodes as u64, scenario.initially_dirty);
     let mut heap = Heap::new(cfg, &mem).map_err(|e| e.to_string())?;

@@ -226,6 +226,7 @@ impl<M: FrameMemory> Heap<M> {
                 return fail(format!("node {n}: range disagrees with its cell"));
             }
             let t = check_node(n, &st)?;
+            self.check_reserves(n, &st)?;
             let mirror = self.node_counters(n);
             if mirror != [st.free, st.free_dirty, st.allocated, st.offline, st.scrubbing] {
                 return fail(format!("node {n}: published counters {mirror:?} are stale"));

@@ -170,6 +170,7 @@ impl<M: FrameMemory> Heap<M> {
         preempt: &dyn Preempt,
     ) -> Result<Extent, HeapError> {
         let (n, off) = self.locate(mfn, order)?;
+        self.settle(n, off, 1 << order);
         let mut st = self.lock_node(n);
         let held = Self::held_range(&st, off, order, owner)?;
         if !held.movable_zone {
@@ -206,6 +207,7 @@ impl<M: FrameMemory> Heap<M> {
     /// holding such a pin can never complete.
     pub fn pin_in_place(&self, mfn: Mfn, order: u8, owner: DomId) -> Result<Extent, HeapError> {
         let (n, off) = self.locate(mfn, order)?;
+        self.settle(n, off, 1 << order);
         let mut st = self.lock_node(n);
         Self::held_range(&st, off, order, owner)?;
         Self::pin_chunks(&mut st, off, order)?;
@@ -217,6 +219,7 @@ impl<M: FrameMemory> Heap<M> {
     /// hold, every frame pinned.
     pub fn unpin(&self, mfn: Mfn, order: u8, owner: DomId) -> Result<(), HeapError> {
         let (n, off) = self.locate(mfn, order)?;
+        self.settle(n, off, 1 << order);
         let mut st = self.lock_node(n);
         let held = Self::held_range(&st, off, order, owner)?;
         if let Some(h) = held.unpinned {

@@ -153,7 +153,12 @@ impl<M: FrameMemory> Heap<M> {
             }
             NodePref::Any => {}
         }
-        match self.try_alloc(req)? {
+        // An allocation that would fail drains the per-CPU reserves and tries once more.
+        let tried = match self.try_alloc(req) {
+            Err(HeapError::OutOfMemory { .. }) if self.drain_reserves() > 0 => self.try_alloc(req),
+            r => r,
+        };
+        match tried? {
             NodeTry::Ready(e) => Ok(AllocStart::Ready(e)),
             NodeTry::Pending { node, id, ext } => {
                 Ok(AllocStart::Pending(ScrubTicket::scrubbing(self, *req, node, id, ext)))
