@@ -123,3 +123,9 @@ impl Slot {
 }
 
 const _: () = assert!(core::mem::size_of::<Slot>() == 12);
+// The order field holds every order, and `first_dirty + 1` every offset inside a chunk.
+const _: () = assert!(crate::types::MAX_ORDER as u32 <= ORDER_MASK);
+const _: () = assert!(1u32 << crate::types::MAX_ORDER < FD_MASK >> FD_SHIFT);
+// Flags, state and first-dirty fields do not overlap.
+const _: () = assert!(ORDER_MASK & STATE_MASK == 0 && (ORDER_MASK | STATE_MASK) & FD_MASK == 0);
+const _: () = assert!((F_SEALED | F_MOVABLE | F_MIGRATING | F_BROKEN) & (ORDER_MASK | STATE_MASK | FD_MASK) == 0);

@@ -9,14 +9,13 @@
 //! `Deadline` maps steps to wall time (a host) or simulated time (a simulator).
 
 use crate::blocker::{BlockReason, Blocker, OfflineStop};
-use crate::chunk::{Slot, State, F_BROKEN, F_MIGRATING, F_MOVABLE};
+use crate::chunk::State;
 use crate::error::HeapError;
 use crate::heap::{Extent, Heap};
 use crate::memory::FrameMemory;
 use crate::node::NodeState;
 use crate::pin::Migrator;
 use crate::types::{DomId, Mfn, Zone};
-use crate::work::Kind;
 use alloc::collections::BTreeMap;
 use alloc::vec::Vec;
 use core::cell::Cell;
@@ -227,19 +226,18 @@ impl<M: FrameMemory> Heap<M> {
                 break;
             }
             let (h, o) = st.chunk_of(*pos);
-            let s = st.meta[h as usize];
+            let s = st.head(h);
             let end = h + size(o);
-            let abs = |x: u32| Mfn(cell.base + x as u64);
-            let blocker = |reason, owner: Option<u32>| {
-                let b = Blocker { first: abs(h), frames: size(o) as u64, owner: owner.map(DomId), reason };
+            let abs = |x: u32| cell.mfn(x);
+            let blocker = |reason, owner: Option<DomId>| {
+                let b = Blocker { first: abs(h), frames: size(o) as u64, owner, reason };
                 Step::Stop(OfflineStop::Blocked, alloc::vec![b])
             };
             let mut wait = false;
-            match s.state() {
+            match s.state {
                 State::Free => {
                     let inside = (core::cmp::min(end, job.hi) - core::cmp::max(h, job.lo)) as u64;
                     if self.claims_admit_locked(None, n, st.free, inside).is_err() {
-                        cell.publish(&st);
                         return blocker(BlockReason::Claimed, None);
                     }
                     st.unlink_free(h);
@@ -248,7 +246,7 @@ impl<M: FrameMemory> Heap<M> {
                         st.free -= len as u64;
                         st.free_dirty -= st.dirty.count(ph, len) as u64;
                         st.offline += len as u64;
-                        st.meta[ph as usize] = Slot::head(State::Isolated, po);
+                        st.set_state(ph, State::Isolated, po);
                         job.isolated.insert(ph, po);
                     }
                     *pos = end;
@@ -257,11 +255,8 @@ impl<M: FrameMemory> Heap<M> {
                 State::Isolated => wait = true,
                 State::Offline | State::Broken => *pos = end,
                 State::Scrubbing => {
-                    if let Some(w) = st.work.iter_mut().find(|w| w.head == h && w.kind == Kind::Background) {
-                        if !w.stop {
-                            w.stop = true;
-                            job.done.aborted_scrubs += 1;
-                        }
+                    if st.stop_background(h) {
+                        job.done.aborted_scrubs += 1;
                     }
                     if migrate {
                         wait = true;
@@ -270,21 +265,14 @@ impl<M: FrameMemory> Heap<M> {
                     }
                 }
                 State::Pending if migrate => wait = true,
-                State::Allocated if migrate && s.flags(F_MIGRATING) => wait = true,
-                State::Allocated if migrate && s.b > 0 => {
-                    cell.publish(&st);
-                    return blocker(BlockReason::Pinned, Some(s.a));
-                }
-                State::Allocated if migrate && !s.flags(F_MOVABLE) => {
-                    cell.publish(&st);
-                    return blocker(BlockReason::Unmovable, Some(s.a));
-                }
+                State::Allocated if migrate && s.migrating => wait = true,
+                State::Allocated if migrate && s.pins > 0 => return blocker(BlockReason::Pinned, Some(s.owner)),
+                State::Allocated if migrate && !s.movable => return blocker(BlockReason::Unmovable, Some(s.owner)),
                 State::Allocated if migrate => {
                     // The largest aligned piece of the chunk from `pos` inside the range.
                     let k = core::cmp::min(o, st.largest_order_at(*pos, job.hi - *pos));
-                    let owner = DomId(s.a);
-                    st.meta[h as usize].set_flag(F_MIGRATING, true);
-                    cell.publish(&st);
+                    let owner = s.owner;
+                    st.set_migrating(h, true);
                     drop(st);
                     let from = Extent { mfn: abs(*pos), order: k, node: n };
                     let moved = self.move_out(owner, from, true, &[Zone::Movable, Zone::Normal], migrator);
@@ -299,13 +287,12 @@ impl<M: FrameMemory> Heap<M> {
                             job.done.migrated_frames += size(k) as u64;
                             *pos += size(k);
                             job.busy = None;
-                            cell.publish(&st);
                             return Step::Continue;
                         }
                         Err(e) => {
                             let mut st = self.lock_node(n);
-                            st.meta[h as usize].set_flag(F_MIGRATING, false);
-                            cell.publish(&st);
+                            st.set_migrating(h, false);
+                            drop(st);
                             let reason = match e {
                                 HeapError::OutOfMemory { .. } => BlockReason::NoMemory,
                                 _ => BlockReason::MigrationRefused,
@@ -324,11 +311,10 @@ impl<M: FrameMemory> Heap<M> {
                     _ => 1,
                 };
                 job.busy = Some((h, polls));
-                cell.publish(&st);
                 if polls > MAX_BUSY_POLLS {
                     return blocker(
                         BlockReason::Busy,
-                        matches!(s.state(), State::Allocated | State::Pending).then_some(s.a),
+                        matches!(s.state, State::Allocated | State::Pending).then_some(s.owner),
                     );
                 }
                 drop(st);
@@ -337,7 +323,6 @@ impl<M: FrameMemory> Heap<M> {
             }
             job.busy = None;
         }
-        cell.publish(&st);
         Step::Continue
     }
 
@@ -347,14 +332,13 @@ impl<M: FrameMemory> Heap<M> {
     pub(crate) fn split_free_around(st: &mut NodeState, h: u32, o: u8, lo: u32, hi: u32) -> Vec<(u32, u8)> {
         let mut inside = Vec::new();
         let mut stack = alloc::vec![(h, o)];
-        st.meta[h as usize] = Slot::default();
+        st.forget_free(h);
         while let Some((ph, po)) = stack.pop() {
             let pe = ph + size(po);
             if ph >= lo && pe <= hi {
                 inside.push((ph, po));
             } else if pe <= lo || ph >= hi {
-                let fd = st.first_dirty_in(ph, po);
-                st.insert_free(ph, po, fd);
+                st.list_free_piece(ph, po);
             } else {
                 stack.push((ph + size(po - 1), po - 1));
                 stack.push((ph, po - 1));
@@ -366,7 +350,6 @@ impl<M: FrameMemory> Heap<M> {
     /// Unmovable and pinned allocations in `[lo, hi)` of `node` (with `all`, every
     /// allocation, as not reached), at most [`MAX_BLOCKERS`], scanning in bounded steps.
     fn scan_blockers(&self, node: usize, lo: u32, hi: u32, all: bool) -> Vec<Blocker> {
-        let base = self.cell(node).base;
         let mut out = Vec::new();
         let mut pos = lo;
         let mut scanned = 0;
@@ -377,16 +360,16 @@ impl<M: FrameMemory> Heap<M> {
                     break;
                 }
                 let (h, o) = st.chunk_of(pos);
-                let s = st.meta[h as usize];
-                let reason = match s.state() {
-                    State::Allocated if s.b > 0 => Some(BlockReason::Pinned),
-                    State::Allocated if !s.flags(F_MOVABLE) => Some(BlockReason::Unmovable),
+                let s = st.head(h);
+                let reason = match s.state {
+                    State::Allocated if s.pins > 0 => Some(BlockReason::Pinned),
+                    State::Allocated if !s.movable => Some(BlockReason::Unmovable),
                     State::Allocated | State::Pending if all => Some(BlockReason::NotReached),
                     _ => None,
                 };
                 if let Some(reason) = reason {
-                    let owner = Some(DomId(s.a));
-                    out.push(Blocker { first: Mfn(base + h as u64), frames: size(o) as u64, owner, reason });
+                    let owner = Some(s.owner);
+                    out.push(Blocker { first: st.mfn(h), frames: size(o) as u64, owner, reason });
                 }
                 pos = h + size(o);
                 scanned += 1;
@@ -398,9 +381,9 @@ impl<M: FrameMemory> Heap<M> {
     fn blocker_at(&self, node: usize, h: u32, reason: BlockReason) -> Option<Blocker> {
         let st = self.lock_node(node);
         let (h, o) = st.chunk_of(h);
-        let s = st.meta[h as usize];
-        let owner = matches!(s.state(), State::Allocated | State::Pending).then_some(DomId(s.a));
-        Some(Blocker { first: Mfn(self.cell(node).base + h as u64), frames: size(o) as u64, owner, reason })
+        let s = st.head(h);
+        let owner = matches!(s.state, State::Allocated | State::Pending).then_some(s.owner);
+        Some(Blocker { first: st.mfn(h), frames: size(o) as u64, owner, reason })
     }
 
     /// Returns every chunk the offline isolated to the free lists, with its dirty bits.
@@ -409,12 +392,11 @@ impl<M: FrameMemory> Heap<M> {
         for batch in chunks.chunks(CHUNKS_PER_STEP) {
             let mut st = self.lock_node(job.node);
             for &(h, o) in batch {
-                debug_assert_eq!(st.meta[h as usize].state(), State::Isolated);
-                st.meta[h as usize] = Slot::default();
+                debug_assert_eq!(st.state(h), State::Isolated);
+                st.clear_head(h);
                 st.offline -= size(o) as u64;
                 st.put_back(h, o);
             }
-            self.cell(job.node).publish(&st);
         }
     }
 
@@ -426,9 +408,8 @@ impl<M: FrameMemory> Heap<M> {
             let mut st = self.lock_node(job.node);
             for &(h, o) in batch {
                 st.dirty.clear_all(h, size(o));
-                st.meta[h as usize] = Slot::head(State::Offline, o);
+                st.set_state(h, State::Offline, o);
             }
-            self.cell(job.node).publish(&st);
         }
     }
 
@@ -449,7 +430,7 @@ impl<M: FrameMemory> Heap<M> {
                     break;
                 }
                 let (h, o) = st.chunk_of(pos);
-                let state = match st.meta[h as usize].state() {
+                let state = match st.state(h) {
                     State::Offline | State::Broken => None,
                     State::Free => Some("free"),
                     State::Allocated | State::Pending => Some("allocated"),
@@ -458,7 +439,7 @@ impl<M: FrameMemory> Heap<M> {
                     State::None => unreachable!("chunk_of returns heads"),
                 };
                 if let Some(state) = state {
-                    return Err(HeapError::NotOffline { mfn: Mfn(cell.base + pos as u64), state });
+                    return Err(HeapError::NotOffline { mfn: cell.mfn(pos), state });
                 }
                 pos = h + size(o);
             }
@@ -473,7 +454,7 @@ impl<M: FrameMemory> Heap<M> {
                 for edge in [lo, hi] {
                     while edge < st.frames {
                         let (h, o) = st.chunk_of(edge);
-                        if h == edge || st.meta[h as usize].state() != State::Offline {
+                        if h == edge || st.state(h) != State::Offline {
                             break;
                         }
                         st.split_held(h, o, edge, o - 1);
@@ -487,14 +468,13 @@ impl<M: FrameMemory> Heap<M> {
                 }
                 let (h, o) = st.chunk_of(pos);
                 pos = h + size(o);
-                if st.meta[h as usize].state() == State::Offline {
-                    st.meta[h as usize] = Slot::default();
+                if st.state(h) == State::Offline {
+                    st.clear_head(h);
                     st.offline -= size(o) as u64;
                     st.release(h, o, false);
                     back += size(o) as u64;
                 }
             }
-            cell.publish(&st);
         }
         Ok(back)
     }
@@ -513,15 +493,15 @@ impl<M: FrameMemory> Heap<M> {
         let off = (mfn.0 - cell.base) as u32;
         let mut st = self.lock_node(n);
         let (h, o) = st.chunk_of(off);
-        let s = st.meta[h as usize];
+        let s = st.head(h);
         let busy = |what| Err(HeapError::Busy { mfn, what });
-        let r = match s.state() {
+        let r = match s.state {
             State::Broken => Broken::Already,
             State::Offline => {
                 if o > 0 {
                     st.split_held(h, o, off, 0);
                 }
-                st.meta[off as usize] = Slot::head(State::Broken, 0);
+                st.set_state(off, State::Broken, 0);
                 Broken::Now
             }
             State::Free => {
@@ -535,29 +515,26 @@ impl<M: FrameMemory> Heap<M> {
                 st.free_dirty -= st.dirty.count(off, 1) as u64;
                 st.dirty.clear_all(off, 1);
                 st.offline += 1;
-                st.meta[off as usize] = Slot::head(State::Broken, 0);
+                st.set_state(off, State::Broken, 0);
                 Broken::Now
             }
-            State::Allocated if s.flags(F_MIGRATING) => return busy("being migrated"),
-            State::Allocated if s.flags(F_BROKEN) => Broken::Already,
+            State::Allocated if s.migrating => return busy("being migrated"),
+            State::Allocated if s.broken => Broken::Already,
             State::Allocated => {
                 if o > 0 {
                     st.split_held(h, o, off, 0);
                 }
-                st.meta[off as usize].set_flag(F_BROKEN, true);
+                st.set_broken_when_freed(off);
                 Broken::WhenFreed
             }
             State::Scrubbing => {
-                if let Some(w) = st.work.iter_mut().find(|w| w.head == h && w.kind == Kind::Background) {
-                    w.stop = true;
-                }
+                st.stop_background(h);
                 return busy("being scrubbed");
             }
             State::Pending => return busy("being scrubbed for a pending allocation"),
             State::Isolated => return busy("being offlined"),
             State::None => unreachable!("chunk_of returns heads"),
         };
-        cell.publish(&st);
         Ok(r)
     }
 }
