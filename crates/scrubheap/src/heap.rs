@@ -392,6 +392,23 @@ impl<M: FrameMemory> Heap<M> {
         &self.nodes[node]
     }
 
+    /// Bytes of memory the heap's metadata holds now: every node's per-frame metadata,
+    /// dirty bitmap and work list (their capacities, not their lengths), and the heap's
+    /// own tables. Takes each node lock in turn.
+    ///
+    /// ```
+    /// use scrubheap::{Heap, HeapConfig, NullMemory};
+    /// let heap = Heap::new(HeapConfig::uniform(1, 1 << 16), NullMemory).unwrap();
+    /// let per_frame = heap.metadata_bytes() as f64 / (1 << 16) as f64;
+    /// assert!(per_frame > 0.125, "at least the dirty bit");
+    /// ```
+    pub fn metadata_bytes(&self) -> u64 {
+        let nodes: u64 = (0..self.nodes.len()).map(|n| self.lock_node_unobserved(n).metadata_bytes()).sum();
+        let tables = self.nodes.capacity() * core::mem::size_of::<NodeCell>()
+            + self.near.iter().chain(&self.served).map(|v| v.capacity() * 8 + 24).sum::<usize>();
+        nodes + tables as u64 + core::mem::size_of::<Self>() as u64
+    }
+
     /// The configuration the heap was built with.
     pub fn config(&self) -> &HeapConfig {
         &self.config

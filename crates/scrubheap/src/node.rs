@@ -156,6 +156,16 @@ impl NodeState {
         b.checked_sub(self.base).filter(|&b| b < self.frames as u64).map(|b| b as u32)
     }
 
+    /// Bytes of metadata this node holds: the capacities of its per-frame slots, dirty
+    /// bitmap (with its summaries) and work list, and the node state itself.
+    pub fn metadata_bytes(&self) -> u64 {
+        let slots = self.meta.capacity() * core::mem::size_of::<Slot>();
+        let work = self.work.capacity() * core::mem::size_of::<Work>();
+        let bytes = slots + self.dirty.bytes() + work + core::mem::size_of::<NodeState>();
+        debug_assert!(bytes >= self.frames as usize / 8, "at least the dirty bits");
+        bytes as u64
+    }
+
     /// The frame number of node offset `off`.
     #[inline]
     pub fn mfn(&self, off: u32) -> Mfn {
