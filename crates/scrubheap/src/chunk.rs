@@ -1,5 +1,10 @@
-//! Per-frame metadata slots. Only the head frame of a chunk carries metadata; every other
-//! slot is all-zero, so absorbing a buddy is clearing its head.
+//! Chunk metadata. Each frame has one byte, non-zero only at a chunk head, holding the
+//! chunk's state and order; absorbing a buddy is clearing its head byte. What only some
+//! chunks need lives in per-chunk records kept by [`crate::node::NodeState`]: an
+//! [`Owned`] record per allocated or pending chunk (owner, pins, flags), and an entry in
+//! one free set per zone, dirtiness and order per free chunk.
+
+use crate::types::{DomId, MAX_ORDER};
 
 /// State of a chunk, stored at its head.
 #[derive(Copy, Clone, Debug, PartialEq, Eq)]
@@ -7,13 +12,13 @@
 pub(crate) enum State {
     /// Not a chunk head.
     None = 0,
-    /// Free, on a clean or dirty free list.
+    /// Free, in a clean or dirty free set.
     Free = 1,
     /// Held by an owner.
     Allocated = 2,
-    /// Taken off the free lists by a scrubber that is zeroing it outside the lock.
+    /// Taken out of the free sets by a scrubber that is zeroing it outside the lock.
     Scrubbing = 3,
-    /// Taken off the free lists by an offline in progress.
+    /// Taken out of the free sets by an offline in progress.
     Isolated = 4,
     /// Removed from service by an offline.
     Offline = 5,
@@ -24,9 +29,28 @@ pub(crate) enum State {
     Pending = 7,
 }
 
-impl State {
-    fn from_bits(b: u32) -> State {
-        match b {
+/// No link / no dirty frame.
+pub(crate) const NONE: u32 = u32::MAX;
+
+const ORDER_BITS: u32 = 5;
+const ORDER_MASK: u8 = (1 << ORDER_BITS) - 1;
+
+// Every order fits the order bits, every state the bits above them: one byte a frame.
+const _: () = assert!(MAX_ORDER as u32 <= ORDER_MASK as u32);
+const _: () = assert!((State::Pending as u32) < 1 << (8 - ORDER_BITS));
+
+/// A frame's byte: `state << 5 | order` at a head, 0 elsewhere.
+#[derive(Copy, Clone, Debug, Default, PartialEq, Eq)]
+pub(crate) struct HeadByte(u8);
+
+impl HeadByte {
+    /// The byte of a head of `state` (not [`State::None`]) and `order`.
+    pub fn new(state: State, order: u8) -> HeadByte {
+        debug_assert!(state != State::None && order <= MAX_ORDER);
+        HeadByte(((state as u8) << ORDER_BITS) | order)
+    }
+    pub fn state(self) -> State {
+        match self.0 >> ORDER_BITS {
             1 => State::Free,
             2 => State::Allocated,
             3 => State::Scrubbing,
@@ -37,95 +61,50 @@ impl State {
             _ => State::None,
         }
     }
+    pub fn is_head(self) -> bool {
+        self.0 != 0
+    }
+    pub fn order(self) -> u8 {
+        self.0 & ORDER_MASK
+    }
 }
 
-/// No link / no dirty frame.
-pub(crate) const NONE: u32 = u32::MAX;
-
-const ORDER_MASK: u32 = 0x1f;
-const STATE_SHIFT: u32 = 5;
-const STATE_MASK: u32 = 0x7 << STATE_SHIFT;
 /// Allocated: a sealed allocation (see [`crate::AllocRequest::sealed`]): the ordinary
 /// free and pin refuse it; only [`crate::Heap::free_sealed`] gives it back. Never on a
 /// movable allocation.
-pub(crate) const F_SEALED: u32 = 1 << 8;
+pub(crate) const F_SEALED: u8 = 1 << 0;
 /// Allocated: the allocation is movable (may be migrated by offline).
-pub(crate) const F_MOVABLE: u32 = 1 << 9;
+pub(crate) const F_MOVABLE: u8 = 1 << 1;
 /// Allocated: frames being migrated (a pin or an offline moves them); the owner may not
 /// free or pin them until the move is done. On a destination chunk, its dirty bits stay
 /// until the copy succeeds, so a refused move gives the frames back exactly as they were.
-pub(crate) const F_MIGRATING: u32 = 1 << 30;
+pub(crate) const F_MIGRATING: u8 = 1 << 2;
 /// Allocated (order 0 only): the frame is broken and leaves service when it is freed.
-pub(crate) const F_BROKEN: u32 = 1 << 31;
-const FD_SHIFT: u32 = 10;
-const FD_MASK: u32 = 0xf_ffff << FD_SHIFT;
+pub(crate) const F_BROKEN: u8 = 1 << 3;
 
-/// One frame's metadata: 12 bytes.
-///
-/// - free: `a`/`b` are the free-list links (prev/next, node-relative frame offsets), and
-///   `info` holds order, state and `first_dirty` (offset of the first dirty frame, exact).
-/// - allocated: `a` is the owner, `b` the long-term pin count, `info` order, state, flags.
-/// - not a head: all zero.
-#[derive(Copy, Clone, Debug, Default, PartialEq, Eq)]
-pub(crate) struct Slot {
-    pub a: u32,
-    pub b: u32,
-    info: u32,
+/// The record of an allocated or pending chunk, keyed by its head.
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+pub(crate) struct Owned {
+    /// Who holds it (or will, for a pending chunk).
+    pub owner: DomId,
+    /// Long-term pins (allocated chunks only).
+    pub pins: u32,
+    /// `F_*` flags (allocated chunks only).
+    pub flags: u8,
 }
 
-impl Slot {
-    pub fn head(state: State, order: u8) -> Slot {
-        Slot { a: 0, b: 0, info: (order as u32) | ((state as u32) << STATE_SHIFT) }
+impl Owned {
+    pub fn flag(&self, f: u8) -> bool {
+        self.flags & f != 0
     }
-    pub fn free(order: u8, first_dirty: u32) -> Slot {
-        let mut s = Slot::head(State::Free, order);
-        s.a = NONE;
-        s.b = NONE;
-        s.set_first_dirty(first_dirty);
-        s
-    }
-    pub fn state(&self) -> State {
-        State::from_bits((self.info & STATE_MASK) >> STATE_SHIFT)
-    }
-    pub fn is_head(&self) -> bool {
-        self.state() != State::None
-    }
-    pub fn order(&self) -> u8 {
-        (self.info & ORDER_MASK) as u8
-    }
-    pub fn set_order(&mut self, order: u8) {
-        self.info = (self.info & !ORDER_MASK) | order as u32;
-    }
-    pub fn flags(&self, f: u32) -> bool {
-        self.info & f != 0
-    }
-    pub fn set_flag(&mut self, f: u32, on: bool) {
+    pub fn set_flag(&mut self, f: u8, on: bool) {
         if on {
-            self.info |= f;
+            self.flags |= f;
         } else {
-            self.info &= !f;
+            self.flags &= !f;
         }
-    }
-    /// Offset of the first dirty frame of a free chunk, or [`NONE`] if it is clean.
-    pub fn first_dirty(&self) -> u32 {
-        let v = (self.info & FD_MASK) >> FD_SHIFT;
-        if v == 0 {
-            NONE
-        } else {
-            v - 1
-        }
-    }
-    pub fn set_first_dirty(&mut self, fd: u32) {
-        let v = if fd == NONE { 0 } else { fd + 1 };
-        debug_assert!(v <= 0xf_ffff);
-        self.info = (self.info & !FD_MASK) | (v << FD_SHIFT);
     }
 }
 
-const _: () = assert!(core::mem::size_of::<Slot>() == 12);
-// The order field holds every order, and `first_dirty + 1` every offset inside a chunk.
-const _: () = assert!(crate::types::MAX_ORDER as u32 <= ORDER_MASK);
-const _: () = assert!(1u32 << crate::types::MAX_ORDER < FD_MASK >> FD_SHIFT);
-// Flags, state and first-dirty fields do not overlap.
-const _: () = assert!(ORDER_MASK & STATE_MASK == 0 && (ORDER_MASK | STATE_MASK) & FD_MASK == 0);
-const _: () = assert!((F_SEALED | F_MOVABLE | F_MIGRATING | F_BROKEN) & (ORDER_MASK | STATE_MASK | FD_MASK) == 0);
+/// Bits of a frame's head metadata.
+pub(crate) const HEAD_BITS: usize = core::mem::size_of::<HeadByte>() * 8;

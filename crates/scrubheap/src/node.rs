@@ -2,11 +2,12 @@
 //! order), the dirty bitmap and the counters. Everything here is node-relative (frame
 //! offsets from the node's first frame, `u32`) and runs under the node's lock.
 
-use crate::chunk::{Slot, State, F_BROKEN, F_MIGRATING, F_MOVABLE, F_SEALED, NONE};
+use crate::chunk::{HeadByte, Owned, State, F_BROKEN, F_MIGRATING, F_MOVABLE, F_SEALED, NONE};
 use crate::dirty::{touched, DirtyBitmap};
 use crate::error::HeapError;
 use crate::types::{DomId, Mfn, Zone, MAX_ORDER, ORDERS};
 use crate::work::{Kind, Work};
+use alloc::collections::{BTreeMap, BTreeSet};
 use alloc::string::String;
 use alloc::vec::Vec;
 
@@ -60,10 +61,13 @@ pub(crate) struct NodeState {
     pub frames: u32,
     /// First offset of the Movable zone (`frames` when there is none).
     pub movable_from: u32,
-    meta: Vec<Slot>,
+    /// One byte a frame: state and order at chunk heads, 0 elsewhere.
+    heads: Vec<HeadByte>,
+    /// The record of every allocated or pending chunk, by head.
+    owned: BTreeMap<u32, Owned>,
     pub dirty: DirtyBitmap,
-    /// List heads: `[zone][dirty][order]`.
-    heads: [[[u32; ORDERS]; 2]; 2],
+    /// Free chunks by head: `[zone][dirty][order]` (dirty: holding a dirty frame).
+    lists: [[[BTreeSet<u32>; ORDERS]; 2]; 2],
     /// Bit `o` set when list `[zone][dirty][o]` is non-empty.
     nonempty: [[u32; 2]; 2],
     /// Free frames (clean or dirty), on the free lists.
@@ -96,9 +100,10 @@ impl NodeState {
             base,
             frames,
             movable_from,
-            meta: touched(frames as usize, Slot::default()),
+            heads: touched(frames as usize, HeadByte::default()),
+            owned: BTreeMap::new(),
             dirty: DirtyBitmap::new(frames),
-            heads: [[[NONE; ORDERS]; 2]; 2],
+            lists: Default::default(),
             nonempty: [[0; 2]; 2],
             free: 0,
             free_dirty: 0,
@@ -156,14 +161,24 @@ impl NodeState {
         b.checked_sub(self.base).filter(|&b| b < self.frames as u64).map(|b| b as u32)
     }
 
-    /// Bytes of metadata this node holds: the capacities of its per-frame slots, dirty
-    /// bitmap (with its summaries) and work list, and the node state itself.
+    /// Bytes of metadata this node holds: the capacities of its head bytes, dirty bitmap
+    /// (with its summaries) and work list, the node state itself, and for the ordered
+    /// sets and maps (whose nodes the standard library does not expose) their entries
+    /// times [`btree_entry_bytes`].
     pub fn metadata_bytes(&self) -> u64 {
-        let slots = self.meta.capacity() * core::mem::size_of::<Slot>();
+        let fixed = self.heads.capacity() + self.dirty.bytes() + core::mem::size_of::<NodeState>();
         let work = self.work.capacity() * core::mem::size_of::<Work>();
-        let bytes = slots + self.dirty.bytes() + work + core::mem::size_of::<NodeState>();
-        debug_assert!(bytes >= self.frames as usize / 8, "at least the dirty bits");
+        let free = self.free_chunks() as usize * btree_entry_bytes(4, 0);
+        let owned = self.owned.len() * btree_entry_bytes(4, core::mem::size_of::<Owned>());
+        let owners = self.in_place_by_owner.len() * btree_entry_bytes(4, 8);
+        let bytes = fixed + work + free + owned + owners;
+        debug_assert!(bytes >= self.frames as usize, "at least the head bytes");
         bytes as u64
+    }
+
+    /// Free chunks on the free lists.
+    pub fn free_chunks(&self) -> u64 {
+        self.lists.iter().flatten().flatten().map(|l| l.len() as u64).sum()
     }
 
     /// The frame number of node offset `off`.
@@ -176,21 +191,24 @@ impl NodeState {
 
     /// The facts of the chunk head at `h`, or `None` if `h` starts no chunk.
     pub fn head_at(&self, h: u32) -> Option<Head> {
-        let s = self.meta[h as usize];
-        if !s.is_head() {
+        let b = self.heads[h as usize];
+        if !b.is_head() {
             return None;
         }
-        let owned = matches!(s.state(), State::Allocated | State::Pending);
-        let allocated = s.state() == State::Allocated;
+        let state = b.state();
+        let rec = match state {
+            State::Allocated | State::Pending => *self.owned.get(&h).expect("an owned chunk has its record"),
+            _ => Owned { owner: DomId(0), pins: 0, flags: 0 },
+        };
         Some(Head {
-            state: s.state(),
-            order: s.order(),
-            owner: DomId(if owned { s.a } else { 0 }),
-            pins: if allocated { s.b } else { 0 },
-            movable: allocated && s.flags(F_MOVABLE),
-            sealed: allocated && s.flags(F_SEALED),
-            migrating: allocated && s.flags(F_MIGRATING),
-            broken: allocated && s.flags(F_BROKEN),
+            state,
+            order: b.order(),
+            owner: rec.owner,
+            pins: rec.pins,
+            movable: rec.flag(F_MOVABLE),
+            sealed: rec.flag(F_SEALED),
+            migrating: rec.flag(F_MIGRATING),
+            broken: rec.flag(F_BROKEN),
         })
     }
 
@@ -204,32 +222,31 @@ impl NodeState {
     /// The state of the chunk head at `h`.
     #[inline]
     pub fn state(&self, h: u32) -> State {
-        self.meta[h as usize].state()
+        self.heads[h as usize].state()
     }
 
     /// Whether frame `off` carries no metadata at all (inside a chunk, not its head).
     pub fn is_blank(&self, off: u32) -> bool {
-        self.meta[off as usize] == Slot::default()
+        !self.heads[off as usize].is_head()
     }
 
     /// Makes `h` the head of a chunk of `order` allocated to `owner`, unpinned.
     pub fn set_allocated(&mut self, h: u32, order: u8, owner: DomId, movable: bool, sealed: bool) {
         debug_assert!(!(movable && sealed), "a sealed allocation is never movable");
         debug_assert!(self.aligned(h, order) && h + size(order) <= self.frames);
-        let mut slot = Slot::head(State::Allocated, order);
-        slot.a = owner.0;
-        slot.set_flag(F_MOVABLE, movable);
-        slot.set_flag(F_SEALED, sealed);
-        self.meta[h as usize] = slot;
+        let mut rec = Owned { owner, pins: 0, flags: 0 };
+        rec.set_flag(F_MOVABLE, movable);
+        rec.set_flag(F_SEALED, sealed);
+        self.heads[h as usize] = HeadByte::new(State::Allocated, order);
+        self.owned.insert(h, rec);
         debug_assert_eq!(self.head(h).owner, owner);
     }
 
     /// Makes `h` the head of a chunk of `order` reserved for `owner` by a scrub ticket.
     pub fn set_pending(&mut self, h: u32, order: u8, owner: DomId) {
         debug_assert!(self.aligned(h, order) && h + size(order) <= self.frames);
-        let mut slot = Slot::head(State::Pending, order);
-        slot.a = owner.0;
-        self.meta[h as usize] = slot;
+        self.heads[h as usize] = HeadByte::new(State::Pending, order);
+        self.owned.insert(h, Owned { owner, pins: 0, flags: 0 });
         debug_assert_eq!(self.head(h).state, State::Pending);
     }
 
@@ -238,36 +255,42 @@ impl NodeState {
     pub fn set_state(&mut self, h: u32, state: State, order: u8) {
         debug_assert!(matches!(state, State::Scrubbing | State::Isolated | State::Offline | State::Broken));
         debug_assert!(self.aligned(h, order) && h + size(order) <= self.frames);
-        self.meta[h as usize] = Slot::head(state, order);
+        debug_assert!(self.state(h) != State::Free, "a free head leaves through unlink_free and forget_free");
+        self.heads[h as usize] = HeadByte::new(state, order);
+        self.owned.remove(&h);
     }
 
     /// Forgets the head at `h` (its frames are about to join another chunk or the free
     /// lists through [`NodeState::release`] or [`NodeState::put_back`]).
     pub fn clear_head(&mut self, h: u32) {
-        debug_assert!(self.meta[h as usize].state() != State::Free, "a free head leaves through unlink_free");
-        self.meta[h as usize] = Slot::default();
+        debug_assert!(self.state(h) != State::Free, "a free head leaves through unlink_free");
+        self.heads[h as usize] = HeadByte::default();
+        self.owned.remove(&h);
         debug_assert!(self.is_blank(h));
+    }
+
+    fn owned_mut(&mut self, h: u32) -> &mut Owned {
+        debug_assert_eq!(self.state(h), State::Allocated);
+        self.owned.get_mut(&h).expect("an allocated chunk has its record")
     }
 
     /// Marks (or unmarks) the allocated chunk at `h` as being migrated.
     pub fn set_migrating(&mut self, h: u32, on: bool) {
-        debug_assert_eq!(self.state(h), State::Allocated);
-        self.meta[h as usize].set_flag(F_MIGRATING, on);
+        self.owned_mut(h).set_flag(F_MIGRATING, on);
         debug_assert_eq!(self.head(h).migrating, on);
     }
 
     /// Marks the allocated single frame at `h` to leave service when freed.
     pub fn set_broken_when_freed(&mut self, h: u32) {
-        debug_assert_eq!(self.state(h), State::Allocated);
-        debug_assert_eq!(self.meta[h as usize].order(), 0, "only a single frame is marked broken");
-        self.meta[h as usize].set_flag(F_BROKEN, true);
+        debug_assert_eq!(self.heads[h as usize].order(), 0, "only a single frame is marked broken");
+        self.owned_mut(h).set_flag(F_BROKEN, true);
     }
 
     /// Sets the long-term pin count of the allocated chunk at `h`.
     pub fn set_pins(&mut self, h: u32, pins: u32) {
-        debug_assert_eq!(self.state(h), State::Allocated);
-        debug_assert!(pins == 0 || !self.meta[h as usize].flags(F_SEALED), "a sealed allocation is never pinned");
-        self.meta[h as usize].b = pins;
+        let rec = self.owned_mut(h);
+        debug_assert!(pins == 0 || !rec.flag(F_SEALED), "a sealed allocation is never pinned");
+        rec.pins = pins;
     }
 
     /// Asks a background scrubber holding the chunk at `h` to hand it back after its
@@ -287,7 +310,7 @@ impl NodeState {
     /// [`NONE`] if it is clean.
     pub fn first_dirty(&self, h: u32) -> u32 {
         debug_assert_eq!(self.state(h), State::Free);
-        self.meta[h as usize].first_dirty()
+        self.first_dirty_in(h, self.heads[h as usize].order())
     }
 
     /// Whether `owner` holds every frame of `[off, 2^order)`, each chunk sealed exactly
@@ -338,54 +361,43 @@ impl NodeState {
         Ok(held)
     }
 
-    /// The free chunks on list `[zone][dirty][order]`, most recently listed first.
+    /// The free chunks on list `[zone][dirty][order]`, lowest first.
     pub fn free_list(&self, zone: Zone, dirty: bool, order: u8) -> impl Iterator<Item = u32> + '_ {
-        let mut at = self.list_head(zone, dirty, order);
-        core::iter::from_fn(move || {
-            let cur = at;
-            (cur != NONE).then(|| {
-                at = self.meta[cur as usize].b;
-                cur
-            })
-        })
+        self.lists[zone as usize][dirty as usize][order as usize].iter().copied()
     }
 
-    /// Checks the free lists against the chunk heads: each listed chunk is free, of the
-    /// list's zone, order and dirtiness, with a sound back link, and the non-empty masks
-    /// agree. Returns how many chunks are listed (at most `free_chunks`, else a cycle).
-    pub fn check_lists(&self, free_chunks: u64) -> Result<u64, String> {
+    /// Checks the free lists and the records against the chunk heads: each listed chunk
+    /// is free, of the list's zone, order and dirtiness, and the non-empty masks agree;
+    /// each record belongs to an allocated or pending head. Returns how many chunks are
+    /// listed.
+    pub fn check_lists(&self) -> Result<u64, String> {
         let mut listed = 0u64;
         for z in [Zone::Normal, Zone::Movable] {
             for d in [false, true] {
                 let mask = self.nonempty_mask(z, d);
                 for o in 0..=MAX_ORDER {
-                    let mut cur = self.list_head(z, d, o);
-                    if (cur != NONE) != (mask & (1 << o) != 0) {
+                    let list = &self.lists[z as usize][d as usize][o as usize];
+                    if list.is_empty() == (mask & (1 << o) != 0) {
                         return Err(alloc::format!("nonempty mask of {z}/{d}/{o} disagrees with the list"));
                     }
-                    let mut prev = NONE;
-                    while cur != NONE {
-                        let s = self.meta[cur as usize];
-                        let fd = s.first_dirty();
-                        if s.state() != State::Free || s.order() != o || self.zone_of(cur) != z || (fd != NONE) != d {
+                    for &cur in list {
+                        let b = self.heads[cur as usize];
+                        let fd = self.first_dirty_in(cur, o);
+                        if b.state() != State::Free || b.order() != o || self.zone_of(cur) != z || (fd != NONE) != d {
                             return Err(alloc::format!(
                                 "chunk at {cur} is on list {z}/dirty={d}/order {o} but is {:?} order {} fd {fd:#x}",
-                                s.state(),
-                                s.order(),
+                                b.state(),
+                                b.order(),
                             ));
                         }
-                        if s.a != prev {
-                            return Err(alloc::format!("chunk at {cur} has a broken back link"));
-                        }
-                        listed += 1;
-                        if listed > free_chunks {
-                            return Err("free lists hold more entries than free chunks (a cycle?)".into());
-                        }
-                        prev = cur;
-                        cur = s.b;
                     }
+                    listed += list.len() as u64;
                 }
             }
+        }
+        let stray = self.owned.keys().find(|&&h| !matches!(self.state(h), State::Allocated | State::Pending));
+        if let Some(&h) = stray {
+            return Err(alloc::format!("a record at {h} whose head is {:?}", self.state(h)));
         }
         Ok(listed)
     }
@@ -393,50 +405,39 @@ impl NodeState {
     // ---- free lists ----
 
     fn list_of(&self, off: u32) -> (usize, usize, usize) {
-        let s = &self.meta[off as usize];
-        (self.zone_of(off) as usize, (s.first_dirty() != NONE) as usize, s.order() as usize)
+        let order = self.heads[off as usize].order();
+        let dirty = self.dirty.first_set(off, size(order)).is_some();
+        (self.zone_of(off) as usize, dirty as usize, order as usize)
     }
 
     fn list_push(&mut self, off: u32) {
         let (z, d, o) = self.list_of(off);
-        let old = self.heads[z][d][o];
-        {
-            let s = &mut self.meta[off as usize];
-            s.a = NONE;
-            s.b = old;
-        }
-        if old != NONE {
-            self.meta[old as usize].a = off;
-        }
-        self.heads[z][d][o] = off;
+        let new = self.lists[z][d][o].insert(off);
+        debug_assert!(new, "a chunk is listed once");
         self.nonempty[z][d] |= 1 << o;
     }
 
     fn list_remove(&mut self, off: u32) {
         let (z, d, o) = self.list_of(off);
-        let Slot { a: prev, b: next, .. } = self.meta[off as usize];
-        if prev == NONE {
-            self.heads[z][d][o] = next;
-            if next == NONE {
-                self.nonempty[z][d] &= !(1 << o);
-            }
-        } else {
-            self.meta[prev as usize].b = next;
-        }
-        if next != NONE {
-            self.meta[next as usize].a = prev;
+        let was = self.lists[z][d][o].remove(&off);
+        debug_assert!(was, "a free chunk's dirtiness does not change while it is listed");
+        if self.lists[z][d][o].is_empty() {
+            self.nonempty[z][d] &= !(1 << o);
         }
     }
 
     /// Writes a free head at `off` and puts it on its list (counters are the caller's).
+    /// `first_dirty` is the exact offset of its first dirty frame (or [`NONE`]).
     pub fn insert_free(&mut self, off: u32, order: u8, first_dirty: u32) {
-        self.meta[off as usize] = Slot::free(order, first_dirty);
+        debug_assert!(self.aligned(off, order) && off + size(order) <= self.frames);
+        self.heads[off as usize] = HeadByte::new(State::Free, order);
         self.list_push(off);
+        debug_assert_eq!(first_dirty, self.first_dirty_in(off, order), "an exact first-dirty offset");
     }
 
     /// Takes a free chunk off its list; its head stays (state Free) for the caller to reuse.
     pub fn unlink_free(&mut self, off: u32) {
-        debug_assert_eq!(self.meta[off as usize].state(), State::Free);
+        debug_assert_eq!(self.state(off), State::Free);
         self.list_remove(off);
     }
 
@@ -444,7 +445,7 @@ impl NodeState {
     /// about to be part of another chunk the caller makes).
     pub fn forget_free(&mut self, h: u32) {
         debug_assert_eq!(self.state(h), State::Free);
-        self.meta[h as usize] = Slot::default();
+        self.heads[h as usize] = HeadByte::default();
         debug_assert!(self.is_blank(h));
     }
 
@@ -453,8 +454,7 @@ impl NodeState {
     pub fn make_unlisted_free(&mut self, off: u32, order: u8) {
         debug_assert!(self.aligned(off, order) && off + size(order) <= self.frames);
         debug_assert!(self.is_blank(off), "the caller cleared the range's heads");
-        let fd = self.first_dirty_in(off, order);
-        self.meta[off as usize] = Slot::free(order, fd);
+        self.heads[off as usize] = HeadByte::new(State::Free, order);
     }
 
     /// Lists the free piece `[off, 2^order)` (cut from a larger free chunk, its frames
@@ -468,7 +468,7 @@ impl NodeState {
 
     /// Head of list `[zone][dirty][order]`, for the invariant checker and scrubbers.
     pub fn list_head(&self, zone: Zone, dirty: bool, order: u8) -> u32 {
-        self.heads[zone as usize][dirty as usize][order as usize]
+        self.lists[zone as usize][dirty as usize][order as usize].first().copied().unwrap_or(NONE)
     }
 
     pub fn nonempty_mask(&self, zone: Zone, dirty: bool) -> u32 {
@@ -499,9 +499,12 @@ impl NodeState {
             Pick::CleanOnly if clean != 0 => (clean.trailing_zeros(), false),
             Pick::CleanOnly => return None,
         };
-        let head = self.heads[z][d as usize][j as usize];
-        debug_assert_ne!(head, NONE);
-        self.list_remove(head);
+        let list = &mut self.lists[z][d as usize][j as usize];
+        let head = list.pop_first().expect("a non-empty list has a first chunk");
+        if list.is_empty() {
+            self.nonempty[z][d as usize] &= !(1 << j);
+        }
+        debug_assert_eq!(self.heads[head as usize], HeadByte::new(State::Free, j as u8));
         Some((head, j as u8))
     }
 
@@ -513,45 +516,40 @@ impl NodeState {
     /// Splits the free chunk at `head` (off its list) from `from` down to `to`, putting
     /// the upper halves back on the free lists; the lower part stays unlisted.
     pub fn split_free(&mut self, head: u32, from: u8, to: u8) {
+        debug_assert_eq!(self.heads[head as usize], HeadByte::new(State::Free, from));
         let mut o = from;
-        // First dirty offset of the part still being split, [head, 2^o).
-        let mut fd = self.meta[head as usize].first_dirty();
         while o > to {
             o -= 1;
             let upper = head + size(o);
-            let ufd = if fd == NONE {
-                NONE
-            } else if fd >= size(o) {
-                fd - size(o)
-            } else {
-                self.first_dirty_in(upper, o)
-            };
-            self.insert_free(upper, o, ufd);
-            if fd != NONE && fd >= size(o) {
-                fd = NONE;
-            }
+            self.heads[upper as usize] = HeadByte::new(State::Free, o);
+            self.list_push(upper);
         }
-        self.meta[head as usize] = Slot::free(to, fd);
+        self.heads[head as usize] = HeadByte::new(State::Free, to);
+        debug_assert_eq!(self.chunk_of(head), (head, to));
     }
 
     /// Splits an allocated (or otherwise held) chunk at `head` of `from` so that the
     /// chunk of order `to` containing `target` becomes a head; every piece keeps the
     /// head's state, owner, pins and flags.
     pub fn split_held(&mut self, head: u32, from: u8, target: u32, to: u8) {
-        let proto = self.meta[head as usize];
+        let state = self.state(head);
+        debug_assert!(state != State::Free && state != State::None && to <= from);
+        let rec = self.owned.get(&head).copied();
         let mut h = head;
         let mut o = from;
         while o > to {
             o -= 1;
             let upper = h + size(o);
-            let mut lo = proto;
-            lo.set_order(o);
-            self.meta[h as usize] = lo;
-            self.meta[upper as usize] = lo;
+            self.heads[h as usize] = HeadByte::new(state, o);
+            self.heads[upper as usize] = HeadByte::new(state, o);
+            if let Some(rec) = rec {
+                self.owned.insert(upper, rec);
+            }
             if target >= upper {
                 h = upper;
             }
         }
+        debug_assert_eq!(self.chunk_of(target).1, to);
     }
 
     /// The head and order of the chunk containing `off`.
@@ -559,9 +557,9 @@ impl NodeState {
         for o in 0..=MAX_ORDER {
             let abs = (self.base + off as u64) & !((1u64 << o) - 1);
             let Some(h) = abs.checked_sub(self.base) else { break };
-            let s = &self.meta[h as usize];
-            if s.is_head() && s.order() >= o {
-                return (h as u32, s.order());
+            let b = self.heads[h as usize];
+            if b.is_head() && b.order() >= o {
+                return (h as u32, b.order());
             }
         }
         unreachable!("partition invariant: frame {off} of node at {:#x} is in no chunk", self.base)
@@ -621,12 +619,11 @@ impl NodeState {
         let zone = self.zone_of(off);
         while order < MAX_ORDER {
             let Some(b) = self.buddy(off, order) else { break };
-            let bs = self.meta[b as usize];
-            if bs.state() != State::Free || bs.order() != order || self.zone_of(b) != zone {
+            if self.heads[b as usize] != HeadByte::new(State::Free, order) || self.zone_of(b) != zone {
                 break;
             }
+            let bfd = self.first_dirty_in(b, order);
             self.list_remove(b);
-            let bfd = bs.first_dirty();
             let (lo, lfd, hfd) = if b < off { (b, bfd, fd) } else { (off, fd, bfd) };
             let hi = lo + size(order);
             fd = if lfd != NONE {
@@ -636,7 +633,7 @@ impl NodeState {
             } else {
                 NONE
             };
-            self.meta[hi as usize] = Slot::default();
+            self.heads[hi as usize] = HeadByte::default();
             off = lo;
             order += 1;
         }
@@ -657,4 +654,15 @@ pub fn largest_order(abs: u64, room: u64) -> u8 {
     let align = if abs == 0 { MAX_ORDER as u32 } else { abs.trailing_zeros() };
     let fit = 63 - room.leading_zeros();
     core::cmp::min(core::cmp::min(align, fit), MAX_ORDER as u32) as u8
+}
+
+/// Bytes one entry of a standard ordered map (or set) of `key`- and `value`-byte entries
+/// holds, estimated: a leaf node holds up to 11 entries plus a parent link and two
+/// counters, nodes stay about two-thirds full, and internal nodes (12 child links each)
+/// add about one node per eight leaves. `tests/metadata.rs` checks the estimate against
+/// a counting allocator.
+pub(crate) const fn btree_entry_bytes(key: usize, value: usize) -> usize {
+    let leaf = (8 + 4 + 11 * (key + value)).div_ceil(8) * 8;
+    let internal = leaf + 12 * 8;
+    (leaf + internal / 8) * 3 / (2 * 11)
 }

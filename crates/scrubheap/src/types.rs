@@ -8,9 +8,11 @@ pub const MAX_ORDER: u8 = 18;
 /// Number of distinct orders (0..=MAX_ORDER).
 pub(crate) const ORDERS: usize = MAX_ORDER as usize + 1;
 
-/// Bits of heap metadata per frame: one chunk slot plus one bit of the dirty bitmap.
-/// A const assertion holds it at or below 16 bytes, so 1 TiB of 4 KiB frames needs at most 4 GiB.
-pub const METADATA_BITS_PER_FRAME: usize = core::mem::size_of::<crate::chunk::Slot>() * 8 + 1;
+/// Bits of fixed heap metadata per frame, rounded up: the frame's head byte (state and
+/// order at chunk heads), its dirty bit, and the dirty bitmap's summaries (one bit per
+/// 64 frames, and less above). Per-chunk records (allocations, free chunks) come on top
+/// and are counted by [`crate::Heap::metadata_bytes`].
+pub const METADATA_BITS_PER_FRAME: usize = crate::chunk::HEAD_BITS + 1 + 1;
 
 const _: () = assert!(METADATA_BITS_PER_FRAME <= 16 * 8, "metadata must stay at or below 16 bytes per frame");
 
