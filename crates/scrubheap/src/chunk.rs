@@ -1,10 +1,13 @@
-//! Chunk metadata. Each frame has one byte, non-zero only at a chunk head, holding the
-//! chunk's state and order; absorbing a buddy is clearing its head byte. What only some
-//! chunks need lives in per-chunk records kept by [`crate::node::NodeState`]: an
-//! [`Owned`] record per allocated or pending chunk (owner, pins, flags), and an entry in
-//! one free set per zone, dirtiness and order per free chunk.
+//! Chunk metadata. Each frame has a 6-bit head code (ten to a word), non-zero only at a
+//! chunk head, saying whether the chunk is free and its order; absorbing a buddy is
+//! clearing its head code. What only some chunks need lives in per-chunk records kept by
+//! [`crate::node::NodeState`]: an [`Owned`] record per chunk that is not free (state,
+//! owner, pins, flags), and an entry in one free set per zone, dirtiness and order per
+//! free chunk.
 
+use crate::dirty::touched;
 use crate::types::{DomId, MAX_ORDER};
+use alloc::vec::Vec;
 
 /// State of a chunk, stored at its head.
 #[derive(Copy, Clone, Debug, PartialEq, Eq)]
@@ -32,40 +35,77 @@ pub(crate) enum State {
 /// No link / no dirty frame.
 pub(crate) const NONE: u32 = u32::MAX;
 
-const ORDER_BITS: u32 = 5;
-const ORDER_MASK: u8 = (1 << ORDER_BITS) - 1;
+/// Bits of a frame's head code.
+const CODE_BITS: usize = 6;
+/// Head codes packed in one word of [`PackedHeads`].
+const PER_WORD: usize = 64 / CODE_BITS;
+const CODE_MASK: u64 = (1 << CODE_BITS) - 1;
 
-// Every order fits the order bits, every state the bits above them: one byte a frame.
-const _: () = assert!(MAX_ORDER as u32 <= ORDER_MASK as u32);
-const _: () = assert!((State::Pending as u32) < 1 << (8 - ORDER_BITS));
+// Every head code (none, free of each order, held of each order) fits its bits.
+const _: () = assert!(2 * (MAX_ORDER as usize + 1) < 1 << CODE_BITS);
 
-/// A frame's byte: `state << 5 | order` at a head, 0 elsewhere.
+/// A frame's head code: 0 for a frame that starts no chunk; `1 + order` for the head of
+/// a free chunk; `1 + ORDERS + order` for the head of any other chunk, whose state is in
+/// its [`Owned`] record.
 #[derive(Copy, Clone, Debug, Default, PartialEq, Eq)]
 pub(crate) struct HeadByte(u8);
 
 impl HeadByte {
-    /// The byte of a head of `state` (not [`State::None`]) and `order`.
-    pub fn new(state: State, order: u8) -> HeadByte {
-        debug_assert!(state != State::None && order <= MAX_ORDER);
-        HeadByte(((state as u8) << ORDER_BITS) | order)
+    const HELD: u8 = 1 + MAX_ORDER + 1;
+
+    /// The head of a free chunk of `order`.
+    pub fn free(order: u8) -> HeadByte {
+        debug_assert!(order <= MAX_ORDER);
+        HeadByte(1 + order)
     }
-    pub fn state(self) -> State {
-        match self.0 >> ORDER_BITS {
-            1 => State::Free,
-            2 => State::Allocated,
-            3 => State::Scrubbing,
-            4 => State::Isolated,
-            5 => State::Offline,
-            6 => State::Broken,
-            7 => State::Pending,
-            _ => State::None,
-        }
+    /// The head of a chunk of `order` in any state but free (the state is in its record).
+    pub fn held(order: u8) -> HeadByte {
+        debug_assert!(order <= MAX_ORDER);
+        HeadByte(Self::HELD + order)
     }
     pub fn is_head(self) -> bool {
         self.0 != 0
     }
+    pub fn is_free(self) -> bool {
+        self.0 != 0 && self.0 < Self::HELD
+    }
     pub fn order(self) -> u8 {
-        self.0 & ORDER_MASK
+        debug_assert!(self.is_head());
+        if self.0 >= Self::HELD {
+            self.0 - Self::HELD
+        } else {
+            self.0 - 1
+        }
+    }
+}
+
+/// Every frame's head code, ten to a word: 6.4 bits a frame.
+#[derive(Clone, Debug)]
+pub(crate) struct PackedHeads {
+    words: Vec<u64>,
+}
+
+impl PackedHeads {
+    /// `frames` codes, all 0.
+    pub fn new(frames: u32) -> Self {
+        PackedHeads { words: touched((frames as usize).div_ceil(PER_WORD), 0) }
+    }
+    #[inline]
+    pub fn get(&self, i: u32) -> HeadByte {
+        let i = i as usize;
+        HeadByte(((self.words[i / PER_WORD] >> ((i % PER_WORD) * CODE_BITS)) & CODE_MASK) as u8)
+    }
+    #[inline]
+    pub fn set(&mut self, i: u32, v: HeadByte) {
+        let i = i as usize;
+        let shift = (i % PER_WORD) * CODE_BITS;
+        let w = &mut self.words[i / PER_WORD];
+        *w = (*w & !(CODE_MASK << shift)) | ((v.0 as u64) << shift);
+        debug_assert_eq!(self.get(i as u32), v);
+    }
+    /// Bytes held (the capacity).
+    pub fn bytes(&self) -> usize {
+        self.words.capacity() * 8
     }
 }
 
@@ -82,10 +122,13 @@ pub(crate) const F_MIGRATING: u8 = 1 << 2;
 /// Allocated (order 0 only): the frame is broken and leaves service when it is freed.
 pub(crate) const F_BROKEN: u8 = 1 << 3;
 
-/// The record of an allocated or pending chunk, keyed by its head.
+/// The record of a chunk that is not free (allocated, pending, being scrubbed, isolated,
+/// offline, broken), keyed by its head.
 #[derive(Copy, Clone, Debug, PartialEq, Eq)]
 pub(crate) struct Owned {
-    /// Who holds it (or will, for a pending chunk).
+    /// Its state (never [`State::Free`] or [`State::None`]).
+    pub state: State,
+    /// Who holds it (or will, for a pending chunk); `DomId(0)` in other states.
     pub owner: DomId,
     /// Long-term pins (allocated chunks only).
     pub pins: u32,
@@ -106,5 +149,7 @@ impl Owned {
     }
 }
 
-/// Bits of a frame's head metadata.
-pub(crate) const HEAD_BITS: usize = core::mem::size_of::<HeadByte>() * 8;
+/// Fixed metadata bits a frame, times 4,096: the head code (64 bits per ten frames), the
+/// dirty bit, and the dirty bitmap's summaries (one bit per 64 frames, one per 4,096,
+/// and at most one more for the levels above).
+pub(crate) const FIXED_BITS_X4096: usize = 4096 * 64 / PER_WORD + 4096 + 64 + 1 + 1;

@@ -2,8 +2,8 @@
 //! order), the dirty bitmap and the counters. Everything here is node-relative (frame
 //! offsets from the node's first frame, `u32`) and runs under the node's lock.
 
-use crate::chunk::{HeadByte, Owned, State, F_BROKEN, F_MIGRATING, F_MOVABLE, F_SEALED, NONE};
-use crate::dirty::{touched, DirtyBitmap};
+use crate::chunk::{HeadByte, Owned, PackedHeads, State, F_BROKEN, F_MIGRATING, F_MOVABLE, F_SEALED, NONE};
+use crate::dirty::DirtyBitmap;
 use crate::error::HeapError;
 use crate::types::{DomId, Mfn, Zone, MAX_ORDER, ORDERS};
 use crate::work::{Kind, Work};
@@ -61,9 +61,9 @@ pub(crate) struct NodeState {
     pub frames: u32,
     /// First offset of the Movable zone (`frames` when there is none).
     pub movable_from: u32,
-    /// One byte a frame: state and order at chunk heads, 0 elsewhere.
-    heads: Vec<HeadByte>,
-    /// The record of every allocated or pending chunk, by head.
+    /// A head code a frame: free or not and order at chunk heads, 0 elsewhere.
+    heads: PackedHeads,
+    /// The record of every chunk that is not free, by head.
     owned: BTreeMap<u32, Owned>,
     pub dirty: DirtyBitmap,
     /// Free chunks by head: `[zone][dirty][order]` (dirty: holding a dirty frame).
@@ -100,7 +100,7 @@ impl NodeState {
             base,
             frames,
             movable_from,
-            heads: touched(frames as usize, HeadByte::default()),
+            heads: PackedHeads::new(frames),
             owned: BTreeMap::new(),
             dirty: DirtyBitmap::new(frames),
             lists: Default::default(),
@@ -166,13 +166,13 @@ impl NodeState {
     /// sets and maps (whose nodes the standard library does not expose) their entries
     /// times [`btree_entry_bytes`].
     pub fn metadata_bytes(&self) -> u64 {
-        let fixed = self.heads.capacity() + self.dirty.bytes() + core::mem::size_of::<NodeState>();
+        let fixed = self.heads.bytes() + self.dirty.bytes() + core::mem::size_of::<NodeState>();
         let work = self.work.capacity() * core::mem::size_of::<Work>();
         let free = self.free_chunks() as usize * btree_entry_bytes(4, 0);
         let owned = self.owned.len() * btree_entry_bytes(4, core::mem::size_of::<Owned>());
         let owners = self.in_place_by_owner.len() * btree_entry_bytes(4, 8);
         let bytes = fixed + work + free + owned + owners;
-        debug_assert!(bytes >= self.frames as usize, "at least the head bytes");
+        debug_assert!(bytes >= self.frames as usize * 6 / 8, "at least the head codes");
         bytes as u64
     }
 
@@ -191,17 +191,17 @@ impl NodeState {
 
     /// The facts of the chunk head at `h`, or `None` if `h` starts no chunk.
     pub fn head_at(&self, h: u32) -> Option<Head> {
-        let b = self.heads[h as usize];
+        let b = self.heads.get(h);
         if !b.is_head() {
             return None;
         }
-        let state = b.state();
-        let rec = match state {
-            State::Allocated | State::Pending => *self.owned.get(&h).expect("an owned chunk has its record"),
-            _ => Owned { owner: DomId(0), pins: 0, flags: 0 },
+        let rec = if b.is_free() {
+            Owned { state: State::Free, owner: DomId(0), pins: 0, flags: 0 }
+        } else {
+            *self.owned.get(&h).expect("a chunk that is not free has its record")
         };
         Some(Head {
-            state,
+            state: rec.state,
             order: b.order(),
             owner: rec.owner,
             pins: rec.pins,
@@ -222,22 +222,27 @@ impl NodeState {
     /// The state of the chunk head at `h`.
     #[inline]
     pub fn state(&self, h: u32) -> State {
-        self.heads[h as usize].state()
+        let b = self.heads.get(h);
+        match (b.is_head(), b.is_free()) {
+            (false, _) => State::None,
+            (true, true) => State::Free,
+            (true, false) => self.owned.get(&h).expect("a chunk that is not free has its record").state,
+        }
     }
 
     /// Whether frame `off` carries no metadata at all (inside a chunk, not its head).
     pub fn is_blank(&self, off: u32) -> bool {
-        !self.heads[off as usize].is_head()
+        !self.heads.get(off).is_head()
     }
 
     /// Makes `h` the head of a chunk of `order` allocated to `owner`, unpinned.
     pub fn set_allocated(&mut self, h: u32, order: u8, owner: DomId, movable: bool, sealed: bool) {
         debug_assert!(!(movable && sealed), "a sealed allocation is never movable");
         debug_assert!(self.aligned(h, order) && h + size(order) <= self.frames);
-        let mut rec = Owned { owner, pins: 0, flags: 0 };
+        let mut rec = Owned { state: State::Allocated, owner, pins: 0, flags: 0 };
         rec.set_flag(F_MOVABLE, movable);
         rec.set_flag(F_SEALED, sealed);
-        self.heads[h as usize] = HeadByte::new(State::Allocated, order);
+        self.heads.set(h, HeadByte::held(order));
         self.owned.insert(h, rec);
         debug_assert_eq!(self.head(h).owner, owner);
     }
@@ -245,8 +250,8 @@ impl NodeState {
     /// Makes `h` the head of a chunk of `order` reserved for `owner` by a scrub ticket.
     pub fn set_pending(&mut self, h: u32, order: u8, owner: DomId) {
         debug_assert!(self.aligned(h, order) && h + size(order) <= self.frames);
-        self.heads[h as usize] = HeadByte::new(State::Pending, order);
-        self.owned.insert(h, Owned { owner, pins: 0, flags: 0 });
+        self.heads.set(h, HeadByte::held(order));
+        self.owned.insert(h, Owned { state: State::Pending, owner, pins: 0, flags: 0 });
         debug_assert_eq!(self.head(h).state, State::Pending);
     }
 
@@ -256,15 +261,15 @@ impl NodeState {
         debug_assert!(matches!(state, State::Scrubbing | State::Isolated | State::Offline | State::Broken));
         debug_assert!(self.aligned(h, order) && h + size(order) <= self.frames);
         debug_assert!(self.state(h) != State::Free, "a free head leaves through unlink_free and forget_free");
-        self.heads[h as usize] = HeadByte::new(state, order);
-        self.owned.remove(&h);
+        self.heads.set(h, HeadByte::held(order));
+        self.owned.insert(h, Owned { state, owner: DomId(0), pins: 0, flags: 0 });
     }
 
     /// Forgets the head at `h` (its frames are about to join another chunk or the free
     /// lists through [`NodeState::release`] or [`NodeState::put_back`]).
     pub fn clear_head(&mut self, h: u32) {
         debug_assert!(self.state(h) != State::Free, "a free head leaves through unlink_free");
-        self.heads[h as usize] = HeadByte::default();
+        self.heads.set(h, HeadByte::default());
         self.owned.remove(&h);
         debug_assert!(self.is_blank(h));
     }
@@ -282,7 +287,7 @@ impl NodeState {
 
     /// Marks the allocated single frame at `h` to leave service when freed.
     pub fn set_broken_when_freed(&mut self, h: u32) {
-        debug_assert_eq!(self.heads[h as usize].order(), 0, "only a single frame is marked broken");
+        debug_assert_eq!(self.heads.get(h).order(), 0, "only a single frame is marked broken");
         self.owned_mut(h).set_flag(F_BROKEN, true);
     }
 
@@ -310,7 +315,7 @@ impl NodeState {
     /// [`NONE`] if it is clean.
     pub fn first_dirty(&self, h: u32) -> u32 {
         debug_assert_eq!(self.state(h), State::Free);
-        self.first_dirty_in(h, self.heads[h as usize].order())
+        self.first_dirty_in(h, self.heads.get(h).order())
     }
 
     /// Whether `owner` holds every frame of `[off, 2^order)`, each chunk sealed exactly
@@ -381,13 +386,11 @@ impl NodeState {
                         return Err(alloc::format!("nonempty mask of {z}/{d}/{o} disagrees with the list"));
                     }
                     for &cur in list {
-                        let b = self.heads[cur as usize];
+                        let b = self.heads.get(cur);
                         let fd = self.first_dirty_in(cur, o);
-                        if b.state() != State::Free || b.order() != o || self.zone_of(cur) != z || (fd != NONE) != d {
+                        if b != HeadByte::free(o) || self.zone_of(cur) != z || (fd != NONE) != d {
                             return Err(alloc::format!(
-                                "chunk at {cur} is on list {z}/dirty={d}/order {o} but is {:?} order {} fd {fd:#x}",
-                                b.state(),
-                                b.order(),
+                                "chunk at {cur} is on list {z}/dirty={d}/order {o} but has head {b:?} fd {fd:#x}",
                             ));
                         }
                     }
@@ -395,9 +398,12 @@ impl NodeState {
                 }
             }
         }
-        let stray = self.owned.keys().find(|&&h| !matches!(self.state(h), State::Allocated | State::Pending));
-        if let Some(&h) = stray {
-            return Err(alloc::format!("a record at {h} whose head is {:?}", self.state(h)));
+        let stray = self.owned.iter().find(|(&h, r)| {
+            let b = self.heads.get(h);
+            !b.is_head() || b.is_free() || matches!(r.state, State::Free | State::None)
+        });
+        if let Some((&h, r)) = stray {
+            return Err(alloc::format!("a record {r:?} at {h} whose head is {:?}", self.heads.get(h)));
         }
         Ok(listed)
     }
@@ -405,7 +411,7 @@ impl NodeState {
     // ---- free lists ----
 
     fn list_of(&self, off: u32) -> (usize, usize, usize) {
-        let order = self.heads[off as usize].order();
+        let order = self.heads.get(off).order();
         let dirty = self.dirty.first_set(off, size(order)).is_some();
         (self.zone_of(off) as usize, dirty as usize, order as usize)
     }
@@ -430,7 +436,7 @@ impl NodeState {
     /// `first_dirty` is the exact offset of its first dirty frame (or [`NONE`]).
     pub fn insert_free(&mut self, off: u32, order: u8, first_dirty: u32) {
         debug_assert!(self.aligned(off, order) && off + size(order) <= self.frames);
-        self.heads[off as usize] = HeadByte::new(State::Free, order);
+        self.heads.set(off, HeadByte::free(order));
         self.list_push(off);
         debug_assert_eq!(first_dirty, self.first_dirty_in(off, order), "an exact first-dirty offset");
     }
@@ -445,7 +451,7 @@ impl NodeState {
     /// about to be part of another chunk the caller makes).
     pub fn forget_free(&mut self, h: u32) {
         debug_assert_eq!(self.state(h), State::Free);
-        self.heads[h as usize] = HeadByte::default();
+        self.heads.set(h, HeadByte::default());
         debug_assert!(self.is_blank(h));
     }
 
@@ -454,7 +460,7 @@ impl NodeState {
     pub fn make_unlisted_free(&mut self, off: u32, order: u8) {
         debug_assert!(self.aligned(off, order) && off + size(order) <= self.frames);
         debug_assert!(self.is_blank(off), "the caller cleared the range's heads");
-        self.heads[off as usize] = HeadByte::new(State::Free, order);
+        self.heads.set(off, HeadByte::free(order));
     }
 
     /// Lists the free piece `[off, 2^order)` (cut from a larger free chunk, its frames
@@ -504,7 +510,7 @@ impl NodeState {
         if list.is_empty() {
             self.nonempty[z][d as usize] &= !(1 << j);
         }
-        debug_assert_eq!(self.heads[head as usize], HeadByte::new(State::Free, j as u8));
+        debug_assert_eq!(self.heads.get(head), HeadByte::free(j as u8));
         Some((head, j as u8))
     }
 
@@ -516,15 +522,15 @@ impl NodeState {
     /// Splits the free chunk at `head` (off its list) from `from` down to `to`, putting
     /// the upper halves back on the free lists; the lower part stays unlisted.
     pub fn split_free(&mut self, head: u32, from: u8, to: u8) {
-        debug_assert_eq!(self.heads[head as usize], HeadByte::new(State::Free, from));
+        debug_assert_eq!(self.heads.get(head), HeadByte::free(from));
         let mut o = from;
         while o > to {
             o -= 1;
             let upper = head + size(o);
-            self.heads[upper as usize] = HeadByte::new(State::Free, o);
+            self.heads.set(upper, HeadByte::free(o));
             self.list_push(upper);
         }
-        self.heads[head as usize] = HeadByte::new(State::Free, to);
+        self.heads.set(head, HeadByte::free(to));
         debug_assert_eq!(self.chunk_of(head), (head, to));
     }
 
@@ -532,19 +538,16 @@ impl NodeState {
     /// chunk of order `to` containing `target` becomes a head; every piece keeps the
     /// head's state, owner, pins and flags.
     pub fn split_held(&mut self, head: u32, from: u8, target: u32, to: u8) {
-        let state = self.state(head);
-        debug_assert!(state != State::Free && state != State::None && to <= from);
-        let rec = self.owned.get(&head).copied();
+        debug_assert!(!self.heads.get(head).is_free() && to <= from);
+        let rec = *self.owned.get(&head).expect("a held chunk has its record");
         let mut h = head;
         let mut o = from;
         while o > to {
             o -= 1;
             let upper = h + size(o);
-            self.heads[h as usize] = HeadByte::new(state, o);
-            self.heads[upper as usize] = HeadByte::new(state, o);
-            if let Some(rec) = rec {
-                self.owned.insert(upper, rec);
-            }
+            self.heads.set(h, HeadByte::held(o));
+            self.heads.set(upper, HeadByte::held(o));
+            self.owned.insert(upper, rec);
             if target >= upper {
                 h = upper;
             }
@@ -557,7 +560,7 @@ impl NodeState {
         for o in 0..=MAX_ORDER {
             let abs = (self.base + off as u64) & !((1u64 << o) - 1);
             let Some(h) = abs.checked_sub(self.base) else { break };
-            let b = self.heads[h as usize];
+            let b = self.heads.get(h as u32);
             if b.is_head() && b.order() >= o {
                 return (h as u32, b.order());
             }
@@ -619,7 +622,7 @@ impl NodeState {
         let zone = self.zone_of(off);
         while order < MAX_ORDER {
             let Some(b) = self.buddy(off, order) else { break };
-            if self.heads[b as usize] != HeadByte::new(State::Free, order) || self.zone_of(b) != zone {
+            if self.heads.get(b) != HeadByte::free(order) || self.zone_of(b) != zone {
                 break;
             }
             let bfd = self.first_dirty_in(b, order);
@@ -633,7 +636,7 @@ impl NodeState {
             } else {
                 NONE
             };
-            self.heads[hi as usize] = HeadByte::default();
+            self.heads.set(hi, HeadByte::default());
             off = lo;
             order += 1;
         }

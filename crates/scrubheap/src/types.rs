@@ -8,13 +8,14 @@ pub const MAX_ORDER: u8 = 18;
 /// Number of distinct orders (0..=MAX_ORDER).
 pub(crate) const ORDERS: usize = MAX_ORDER as usize + 1;
 
-/// Bits of fixed heap metadata per frame, rounded up: the frame's head byte (state and
-/// order at chunk heads), its dirty bit, and the dirty bitmap's summaries (one bit per
-/// 64 frames, and less above). Per-chunk records (allocations, free chunks) come on top
-/// and are counted by [`crate::Heap::metadata_bytes`].
-pub const METADATA_BITS_PER_FRAME: usize = crate::chunk::HEAD_BITS + 1 + 1;
+/// Bits of fixed heap metadata per frame, rounded up: the frame's head code (6 bits, ten
+/// to a 64-bit word: 6.4 bits), its dirty bit, and the dirty bitmap's summaries (one bit
+/// per 64 frames, and less above): 7.42 bits. Per-chunk records (one per allocation or
+/// other chunk that is not free, one per free chunk) come on top; see
+/// [`crate::Heap::metadata_bytes`].
+pub const METADATA_BITS_PER_FRAME: usize = crate::chunk::FIXED_BITS_X4096.div_ceil(4096);
 
-const _: () = assert!(METADATA_BITS_PER_FRAME <= 16 * 8, "metadata must stay at or below 16 bytes per frame");
+const _: () = assert!(METADATA_BITS_PER_FRAME <= 8, "fixed metadata must stay at or below one byte per frame");
 
 /// A machine frame number: the index of a frame in physical memory.
 #[derive(Copy, Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
