@@ -7,9 +7,9 @@ use crate::dirty::DirtyBitmap;
 use crate::error::HeapError;
 use crate::types::{DomId, Mfn, Zone, MAX_ORDER, ORDERS};
 use crate::work::{Kind, Work};
-use alloc::collections::{BTreeMap, BTreeSet};
 use alloc::string::String;
 use alloc::vec::Vec;
+use core::hash::BuildHasherDefault;
 
 /// What a chunk head says: a copy, changed only through [`NodeState`]'s methods.
 #[derive(Copy, Clone, Debug, PartialEq, Eq)]
@@ -64,10 +64,13 @@ pub(crate) struct NodeState {
     /// A head code a frame: free or not and order at chunk heads, 0 elsewhere.
     heads: PackedHeads,
     /// The record of every chunk that is not free, by head.
-    owned: BTreeMap<u32, Owned>,
+    owned: Records<Owned>,
     pub dirty: DirtyBitmap,
-    /// Free chunks by head: `[zone][dirty][order]` (dirty: holding a dirty frame).
-    lists: [[[BTreeSet<u32>; ORDERS]; 2]; 2],
+    /// Free chunks by head: `[zone][dirty][order]` (dirty: holding a dirty frame), the
+    /// most recently listed last.
+    lists: [[[Vec<u32>; ORDERS]; 2]; 2],
+    /// Each listed free chunk's place in its list, with [`LISTED_DIRTY`] if on a dirty list.
+    listed: Records<u32>,
     /// Bit `o` set when list `[zone][dirty][o]` is non-empty.
     nonempty: [[u32; 2]; 2],
     /// Free frames (clean or dirty), on the free lists.
@@ -101,7 +104,8 @@ impl NodeState {
             frames,
             movable_from,
             heads: PackedHeads::new(frames),
-            owned: BTreeMap::new(),
+            owned: Records::default(),
+            listed: Records::default(),
             dirty: DirtyBitmap::new(frames),
             lists: Default::default(),
             nonempty: [[0; 2]; 2],
@@ -161,24 +165,20 @@ impl NodeState {
         b.checked_sub(self.base).filter(|&b| b < self.frames as u64).map(|b| b as u32)
     }
 
-    /// Bytes of metadata this node holds: the capacities of its head bytes, dirty bitmap
-    /// (with its summaries) and work list, the node state itself, and for the ordered
-    /// sets and maps (whose nodes the standard library does not expose) their entries
-    /// times [`btree_entry_bytes`].
+    /// Bytes of metadata this node holds: the capacities of its head codes, dirty bitmap
+    /// (with its summaries), free lists, record tables and work list, the node state
+    /// itself, and for the per-owner scrub counts (an ordered map, whose nodes the
+    /// standard library does not expose) their entries times [`btree_entry_bytes`].
     pub fn metadata_bytes(&self) -> u64 {
         let fixed = self.heads.bytes() + self.dirty.bytes() + core::mem::size_of::<NodeState>();
         let work = self.work.capacity() * core::mem::size_of::<Work>();
-        let free = self.free_chunks() as usize * btree_entry_bytes(4, 0);
-        let owned = self.owned.len() * btree_entry_bytes(4, core::mem::size_of::<Owned>());
+        let lists: usize = self.lists.iter().flatten().flatten().map(|l| l.capacity() * 4).sum();
+        let free = lists + table_bytes(self.listed.capacity(), 8);
+        let owned = table_bytes(self.owned.capacity(), core::mem::size_of::<(u32, Owned)>());
         let owners = self.in_place_by_owner.len() * btree_entry_bytes(4, 8);
         let bytes = fixed + work + free + owned + owners;
         debug_assert!(bytes >= self.frames as usize * 6 / 8, "at least the head codes");
         bytes as u64
-    }
-
-    /// Free chunks on the free lists.
-    pub fn free_chunks(&self) -> u64 {
-        self.lists.iter().flatten().flatten().map(|l| l.len() as u64).sum()
     }
 
     /// The frame number of node offset `off`.
@@ -366,7 +366,7 @@ impl NodeState {
         Ok(held)
     }
 
-    /// The free chunks on list `[zone][dirty][order]`, lowest first.
+    /// The free chunks on list `[zone][dirty][order]`, most recently listed last.
     pub fn free_list(&self, zone: Zone, dirty: bool, order: u8) -> impl Iterator<Item = u32> + '_ {
         self.lists[zone as usize][dirty as usize][order as usize].iter().copied()
     }
@@ -385,7 +385,11 @@ impl NodeState {
                     if list.is_empty() == (mask & (1 << o) != 0) {
                         return Err(alloc::format!("nonempty mask of {z}/{d}/{o} disagrees with the list"));
                     }
-                    for &cur in list {
+                    for (i, &cur) in list.iter().enumerate() {
+                        let place = i as u32 | if d { LISTED_DIRTY } else { 0 };
+                        if self.listed.get(&cur) != Some(&place) {
+                            return Err(alloc::format!("chunk at {cur} is listed at {i} but recorded elsewhere"));
+                        }
                         let b = self.heads.get(cur);
                         let fd = self.first_dirty_in(cur, o);
                         if b != HeadByte::free(o) || self.zone_of(cur) != z || (fd != NONE) != d {
@@ -405,29 +409,37 @@ impl NodeState {
         if let Some((&h, r)) = stray {
             return Err(alloc::format!("a record {r:?} at {h} whose head is {:?}", self.heads.get(h)));
         }
+        if self.listed.len() as u64 != listed {
+            return Err(alloc::format!("{} list places recorded for {listed} listed chunks", self.listed.len()));
+        }
         Ok(listed)
     }
 
     // ---- free lists ----
 
-    fn list_of(&self, off: u32) -> (usize, usize, usize) {
-        let order = self.heads.get(off).order();
-        let dirty = self.dirty.first_set(off, size(order)).is_some();
-        (self.zone_of(off) as usize, dirty as usize, order as usize)
-    }
-
     fn list_push(&mut self, off: u32) {
-        let (z, d, o) = self.list_of(off);
-        let new = self.lists[z][d][o].insert(off);
-        debug_assert!(new, "a chunk is listed once");
+        let o = self.heads.get(off).order() as usize;
+        let d = self.dirty.first_set(off, size(o as u8)).is_some() as usize;
+        let z = self.zone_of(off) as usize;
+        let list = &mut self.lists[z][d][o];
+        let place = list.len() as u32 | if d == 1 { LISTED_DIRTY } else { 0 };
+        list.push(off);
+        let old = self.listed.insert(off, place);
+        debug_assert!(old.is_none(), "a chunk is listed once");
         self.nonempty[z][d] |= 1 << o;
     }
 
     fn list_remove(&mut self, off: u32) {
-        let (z, d, o) = self.list_of(off);
-        let was = self.lists[z][d][o].remove(&off);
-        debug_assert!(was, "a free chunk's dirtiness does not change while it is listed");
-        if self.lists[z][d][o].is_empty() {
+        let place = self.listed.remove(&off).expect("a listed chunk has its place");
+        let (d, i) = ((place & LISTED_DIRTY != 0) as usize, (place & !LISTED_DIRTY) as usize);
+        let (z, o) = (self.zone_of(off) as usize, self.heads.get(off).order() as usize);
+        let list = &mut self.lists[z][d][o];
+        debug_assert_eq!(list[i], off);
+        list.swap_remove(i);
+        if let Some(&moved) = list.get(i) {
+            self.listed.insert(moved, i as u32 | (place & LISTED_DIRTY));
+        }
+        if list.is_empty() {
             self.nonempty[z][d] &= !(1 << o);
         }
     }
@@ -474,7 +486,7 @@ impl NodeState {
 
     /// Head of list `[zone][dirty][order]`, for the invariant checker and scrubbers.
     pub fn list_head(&self, zone: Zone, dirty: bool, order: u8) -> u32 {
-        self.lists[zone as usize][dirty as usize][order as usize].first().copied().unwrap_or(NONE)
+        self.lists[zone as usize][dirty as usize][order as usize].last().copied().unwrap_or(NONE)
     }
 
     pub fn nonempty_mask(&self, zone: Zone, dirty: bool) -> u32 {
@@ -505,11 +517,8 @@ impl NodeState {
             Pick::CleanOnly if clean != 0 => (clean.trailing_zeros(), false),
             Pick::CleanOnly => return None,
         };
-        let list = &mut self.lists[z][d as usize][j as usize];
-        let head = list.pop_first().expect("a non-empty list has a first chunk");
-        if list.is_empty() {
-            self.nonempty[z][d as usize] &= !(1 << j);
-        }
+        let head = *self.lists[z][d as usize][j as usize].last().expect("a non-empty list has a last chunk");
+        self.list_remove(head);
         debug_assert_eq!(self.heads.get(head), HeadByte::free(j as u8));
         Some((head, j as u8))
     }
@@ -668,4 +677,41 @@ pub(crate) const fn btree_entry_bytes(key: usize, value: usize) -> usize {
     let leaf = (8 + 4 + 11 * (key + value)).div_ceil(8) * 8;
     let internal = leaf + 12 * 8;
     (leaf + internal / 8) * 3 / (2 * 11)
+}
+
+/// Marks a list place ([`NodeState::listed`]) as one on a dirty list.
+const LISTED_DIRTY: u32 = 1 << 31;
+
+/// A record table keyed by head offset.
+type Records<V> = hashbrown::HashMap<u32, V, BuildHasherDefault<OffsetHasher>>;
+
+/// Hashes a node offset: a multiply by an odd constant, folded so that the low bits (the
+/// table's bucket) depend on every bit of the offset, aligned heads included.
+#[derive(Copy, Clone, Debug, Default)]
+pub(crate) struct OffsetHasher(u64);
+
+impl core::hash::Hasher for OffsetHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.write_u32(b as u32 ^ (self.0 as u32).rotate_left(8));
+        }
+    }
+    fn write_u32(&mut self, n: u32) {
+        let h = (n as u64 ^ self.0).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+        self.0 = h ^ (h >> 29);
+    }
+}
+
+/// Bytes a record table of `capacity` holds for entries of `entry` bytes: its buckets (a
+/// power of two, at most 7/8 full), one control byte each and one group of control bytes.
+fn table_bytes(capacity: usize, entry: usize) -> usize {
+    if capacity == 0 {
+        return 0;
+    }
+    let buckets =
+        if capacity < 8 { (capacity + 1).next_power_of_two() } else { (capacity * 8 / 7).next_power_of_two() };
+    buckets * (entry + 1) + 16
 }
