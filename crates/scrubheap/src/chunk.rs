@@ -6,7 +6,7 @@
 //! free chunk.
 
 use crate::dirty::touched;
-use crate::types::{DomId, MAX_ORDER};
+use crate::types::{DomId, CODE_BITS, MAX_ORDER, PER_WORD};
 use alloc::vec::Vec;
 
 /// State of a chunk, stored at its head.
@@ -35,10 +35,6 @@ pub(crate) enum State {
 /// No link / no dirty frame.
 pub(crate) const NONE: u32 = u32::MAX;
 
-/// Bits of a frame's head code.
-const CODE_BITS: usize = 6;
-/// Head codes packed in one word of [`PackedHeads`].
-const PER_WORD: usize = 64 / CODE_BITS;
 const CODE_MASK: u64 = (1 << CODE_BITS) - 1;
 
 // Every head code (none, free of each order, held of each order) fits its bits.
@@ -148,8 +144,3 @@ impl Owned {
         }
     }
 }
-
-/// Fixed metadata bits a frame, times 4,096: the head code (64 bits per ten frames), the
-/// dirty bit, and the dirty bitmap's summaries (one bit per 64 frames, one per 4,096,
-/// and at most one more for the levels above).
-pub(crate) const FIXED_BITS_X4096: usize = 4096 * 64 / PER_WORD + 4096 + 64 + 1 + 1;
