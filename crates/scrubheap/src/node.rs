@@ -457,6 +457,7 @@ impl NodeState {
     pub fn unlink_free(&mut self, off: u32) {
         debug_assert_eq!(self.state(off), State::Free);
         self.list_remove(off);
+        debug_assert!(!self.listed.contains_key(&off), "off its list");
     }
 
     /// Forgets the head of the free chunk at `h`, already off its list (its frames are
@@ -519,7 +520,7 @@ impl NodeState {
         };
         let head = *self.lists[z][d as usize][j as usize].last().expect("a non-empty list has a last chunk");
         self.list_remove(head);
-        debug_assert_eq!(self.heads.get(head), HeadByte::free(j as u8));
+        debug_assert!(self.heads.get(head) == HeadByte::free(j as u8) && j as u8 >= order, "a free chunk big enough");
         Some((head, j as u8))
     }
 
@@ -581,6 +582,7 @@ impl NodeState {
     /// state, to the free lists: all dirty unless `clean`, merged with free buddies.
     /// Updates the free counters (not the counter of the state it left).
     pub fn release(&mut self, off: u32, order: u8, clean: bool) {
+        debug_assert!(self.is_blank(off) && self.aligned(off, order), "a cleared, aligned head");
         let n = size(order);
         let fd = if clean {
             debug_assert_eq!(self.dirty.count(off, n), 0);
@@ -598,6 +600,7 @@ impl NodeState {
     /// Returns a chunk taken off the free lists (its head state is the caller's to
     /// forget, and so is the counter it was in) with whatever dirty bits it still has.
     pub fn put_back(&mut self, off: u32, order: u8) {
+        debug_assert!(self.is_blank(off) && self.aligned(off, order), "a cleared, aligned head");
         let n = size(order);
         let fd = self.first_dirty_in(off, order);
         if fd != NONE {
@@ -628,6 +631,7 @@ impl NodeState {
 
     /// Inserts a free chunk, first merging it with free buddies (clean or dirty).
     pub fn merge_insert(&mut self, mut off: u32, mut order: u8, mut fd: u32) {
+        debug_assert!(self.is_blank(off) && off + size(order) <= self.frames, "a cleared head inside the node");
         let zone = self.zone_of(off);
         while order < MAX_ORDER {
             let Some(b) = self.buddy(off, order) else { break };
@@ -650,6 +654,7 @@ impl NodeState {
             order += 1;
         }
         self.insert_free(off, order, fd);
+        debug_assert_eq!(self.chunk_of(off), (off, order), "the merged chunk is one free chunk");
     }
 }
 
