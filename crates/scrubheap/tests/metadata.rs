@@ -1,0 +1,80 @@
+//! The heap's metadata, measured: `Heap::metadata_bytes` against what a counting
+//! allocator sees, for a fresh heap, one fully allocated in single frames, and one
+//! fragmented (every other frame free). Prints the figures:
+//! `cargo test --release -p scrubheap --test metadata -- --nocapture`.
+
+use scrubheap::{AllocRequest, DomId, Heap, HeapConfig, Mfn, NullMemory, METADATA_BITS_PER_FRAME};
+use std::alloc::{GlobalAlloc, Layout, System};
+use std::sync::atomic::{AtomicIsize, Ordering::Relaxed};
+
+/// The system allocator, counting the bytes live.
+struct Counting;
+
+static LIVE: AtomicIsize = AtomicIsize::new(0);
+
+// SAFETY: every call is forwarded unchanged to the system allocator, which upholds
+// GlobalAlloc's contract; the counter only observes sizes.
+unsafe impl GlobalAlloc for Counting {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        LIVE.fetch_add(layout.size() as isize, Relaxed);
+        // SAFETY: the caller's layout is passed through as is.
+        unsafe { System.alloc(layout) }
+    }
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        LIVE.fetch_sub(layout.size() as isize, Relaxed);
+        // SAFETY: `ptr` was allocated by `System` with this layout (alloc above).
+        unsafe { System.dealloc(ptr, layout) }
+    }
+}
+
+#[global_allocator]
+static COUNTING: Counting = Counting;
+
+fn live() -> isize {
+    LIVE.load(Relaxed)
+}
+
+/// One scenario's figures: bytes the allocator holds for the heap, and what the heap says.
+fn check(what: &str, frames: u64, measured: isize, heap: &Heap<NullMemory>) {
+    let reported = heap.metadata_bytes() as f64;
+    let measured = measured as f64;
+    println!(
+        "{what:<34} measured {:>6.3} B/frame ({:>11.0} B), metadata_bytes {:>6.3} B/frame ({:+.1}%)",
+        measured / frames as f64,
+        measured,
+        reported / frames as f64,
+        (reported / measured - 1.0) * 100.0
+    );
+    assert!((reported - measured).abs() <= 0.35 * measured, "{what}: reported {reported} vs measured {measured}");
+}
+
+#[test]
+fn metadata_is_at_most_one_byte_a_frame_plus_its_records() {
+    // 4 GiB of 4 KiB frames in release; less in a debug build, where it is slow.
+    let frames: u64 = if cfg!(debug_assertions) { 1 << 16 } else { 1 << 20 };
+    let owner = DomId(1);
+    let before = live();
+    let heap = Heap::new(HeapConfig::uniform(1, frames), NullMemory).unwrap();
+    let fresh = live() - before;
+    check("fresh", frames, fresh, &heap);
+    assert!(fresh as f64 / frames as f64 <= 1.0, "fixed metadata of a fresh heap: {fresh} bytes");
+    println!("fixed metadata: at most {METADATA_BITS_PER_FRAME} bits a frame");
+
+    for _ in 0..frames {
+        heap.alloc(&AllocRequest::new(0, owner)).unwrap();
+    }
+    check("fully allocated in single frames", frames, live() - before, &heap);
+
+    for m in (0..frames).step_by(2) {
+        heap.free(Mfn(m), 0, owner).unwrap();
+    }
+    check("fragmented (every other frame free)", frames, live() - before, &heap);
+    heap.check_invariants().unwrap();
+
+    for m in (1..frames).step_by(2) {
+        heap.free(Mfn(m), 0, owner).unwrap();
+    }
+    let s = heap.stats();
+    assert_eq!((s.free_clean + s.free_dirty, s.allocated), (frames, 0));
+    check("all freed again", frames, live() - before, &heap);
+}
