@@ -192,6 +192,9 @@ impl From<&HeapError> for ScrubheapStatus {
             HeapError::InvalidConfig(_) => S::SCRUBHEAP_E_INVALID_CONFIG,
             HeapError::InvalidOrder { .. } => S::SCRUBHEAP_E_INVALID_ORDER,
             HeapError::NoSuchNode { .. } => S::SCRUBHEAP_E_NO_SUCH_NODE,
+            // The C ABI has no per-CPU fast path yet, so no call of it names a CPU; the
+            // nearest code until it has one.
+            HeapError::NoSuchCpu { .. } => S::SCRUBHEAP_E_NO_SUCH_NODE,
             HeapError::OutOfRange { .. } => S::SCRUBHEAP_E_OUT_OF_RANGE,
             HeapError::Unaligned { .. } => S::SCRUBHEAP_E_UNALIGNED,
             HeapError::CrossesNode { .. } => S::SCRUBHEAP_E_CROSSES_NODE,

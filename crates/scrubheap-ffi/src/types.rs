@@ -191,7 +191,7 @@ pub struct ScrubheapNodeStats {
 
 impl From<NodeStats> for ScrubheapNodeStats {
     fn from(s: NodeStats) -> Self {
-        let NodeStats { free_clean, free_dirty, allocated, offline, scrubbing, claimed } = s;
+        let NodeStats { free_clean, free_dirty, allocated, offline, scrubbing, claimed, .. } = s;
         ScrubheapNodeStats { free_clean, free_dirty, allocated, offline, scrubbing, claimed }
     }
 }

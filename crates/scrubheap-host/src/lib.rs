@@ -47,4 +47,4 @@ pub use clock::thread_cpu_time;
 pub use priority::ScrubPriority;
 pub use run::report;
 pub use tenants::{guest, hot_remove, pins, pod_guest, GuestOps, GuestTeardown, PinOps, PodGuestOps};
-pub use zero::{calibrate, median, Calibration, Kernel, UnknownKernel};
+pub use zero::{calibrate, median, BatchSizer, Calibration, Kernel, SizedPreempt, UnknownKernel, BATCH_TARGET_NS};

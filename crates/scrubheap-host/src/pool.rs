@@ -502,6 +502,7 @@ fn scrubber(
     prio.apply();
     let pinned = pin_to(cpu);
     let rec = PreemptRecorder::new(quantum_ns);
+    let sizer = crate::BatchSizer::new(heap.config().frame_size, heap.config().scrub_batch);
     let mut st = ScrubberStats { node, cpu: pinned.then_some(cpu), ..Default::default() };
     note_cpu(&mut st.cpus_seen);
     let bell = &shared.bells[node];
@@ -509,7 +510,9 @@ fn scrubber(
         let seen = *bell.generation.lock();
         let t = Instant::now();
         rec.enter_op("background scrub");
-        let z = heap.scrub_step(node, STEP_BUDGET, &rec).expect("scrubber node exists");
+        let cpu0 = crate::thread_cpu_time();
+        let z = heap.scrub_step(node, STEP_BUDGET, &sizer.preempt(&rec)).expect("scrubber node exists");
+        sizer.observe(z, crate::thread_cpu_time().saturating_sub(cpu0).as_nanos() as u64);
         rec.exit();
         crate::priority::unboost();
         if z > 0 {

@@ -421,8 +421,100 @@ mod x86 {
     }
 }
 
+/// How long one zeroing batch of a scrubber should take, CPU time: half the 1 ms goal
+/// for a non-preemptible section, the other half left for lock waits and for other
+/// writers that join during the batch (the simulator sizes its batches the same way).
+pub const BATCH_TARGET_NS: u64 = 500_000;
+
+/// Sizes a scrubber's zeroing batches by the bandwidth it measured: each batch should
+/// take [`BATCH_TARGET_NS`] of CPU time at the rate the thread's last `scrub_step` calls
+/// got (shared with the other writers of its node, whatever they are). Starts at the
+/// heap's fixed batch; at most that, at least one frame.
+#[derive(Debug)]
+pub struct BatchSizer {
+    frame_bytes: u64,
+    max_frames: u64,
+    /// Smoothed bytes per CPU ns; None until the first measurement.
+    rate: std::cell::Cell<Option<f64>>,
+}
+
+/// Calls shorter than this many frames are not measured (timer noise).
+const MIN_MEASURED_FRAMES: u64 = 16;
+
+impl BatchSizer {
+    /// A sizer for frames of `frame_bytes` and batches of at most `max_frames` (the
+    /// heap's `scrub_batch`).
+    pub fn new(frame_bytes: u64, max_frames: u64) -> Self {
+        assert!(frame_bytes > 0 && max_frames > 0, "frames and batches are not empty");
+        BatchSizer { frame_bytes, max_frames, rate: std::cell::Cell::new(None) }
+    }
+
+    /// Records that a call zeroed `frames` frames in `cpu_ns` of the thread's CPU time.
+    pub fn observe(&self, frames: u64, cpu_ns: u64) {
+        if frames < MIN_MEASURED_FRAMES || cpu_ns == 0 {
+            return;
+        }
+        let now = (frames * self.frame_bytes) as f64 / cpu_ns as f64;
+        // A quarter of the weight to the newest call: follows a change in a few calls.
+        let r = self.rate.get().map_or(now, |old| 0.75 * old + 0.25 * now);
+        debug_assert!(r > 0.0 && r.is_finite());
+        self.rate.set(Some(r));
+    }
+
+    /// Frames the next batch should zero.
+    pub fn frames(&self) -> u64 {
+        let f =
+            self.rate.get().map_or(self.max_frames, |r| (r * BATCH_TARGET_NS as f64 / self.frame_bytes as f64) as u64);
+        let f = f.clamp(1, self.max_frames);
+        debug_assert!(f >= 1 && f <= self.max_frames);
+        f
+    }
+
+    /// `inner` with this sizer's batch limit: what the scrubber hands `scrub_step`.
+    pub fn preempt<'a>(&self, inner: &'a dyn scrubheap::Preempt) -> SizedPreempt<'a> {
+        SizedPreempt { inner, frames: self.frames() }
+    }
+}
+
+/// A [`scrubheap::Preempt`] that asks `inner` at every preemption point and limits each
+/// batch to `frames` (see [`BatchSizer`]).
+pub struct SizedPreempt<'a> {
+    inner: &'a dyn scrubheap::Preempt,
+    frames: u64,
+}
+
+impl scrubheap::Preempt for SizedPreempt<'_> {
+    fn check(&self) -> bool {
+        self.inner.check()
+    }
+    fn batch_limit(&self) -> Option<u64> {
+        Some(self.frames)
+    }
+}
+
 #[cfg(test)]
 mod tests {
+    use super::BatchSizer;
+
+    #[test]
+    fn batches_follow_the_measured_bandwidth() {
+        let b = BatchSizer::new(4096, 256);
+        assert_eq!(b.frames(), 256, "the heap's batch until something is measured");
+        b.observe(8, 1_000_000);
+        assert_eq!(b.frames(), 256, "calls of a few frames are not measured");
+        // 0.5 GB/s: 4096 frames in 33.5 ms of CPU time; 0.5 ms is 61 frames.
+        b.observe(4096, 33_554_432);
+        assert_eq!(b.frames(), 61);
+        // 10 GB/s again: a quarter of the weight per call, capped at the heap's batch.
+        for _ in 0..16 {
+            b.observe(4096, 1_677_722);
+        }
+        assert_eq!(b.frames(), 256);
+        let p = b.preempt(&scrubheap::NeverPreempt);
+        assert_eq!(scrubheap::Preempt::batch_limit(&p), Some(256));
+        assert!(!scrubheap::Preempt::check(&p));
+    }
+
     use super::*;
 
     const KIB: usize = 1024;

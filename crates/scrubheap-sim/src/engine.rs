@@ -47,6 +47,7 @@ pub fn run(scenario: &Scenario, policy: Policy, opts: &RunOptions) -> Result<Pol
         policy,
         scrub_batch: host.scrub_batch_frames(),
         initially_dirty: scenario.initially_dirty,
+        cpus: 1,
     };
     let mem = SimMemory::new(Mfn(0), fpn * host.nodes as u64, scenario.initially_dirty);
     let mut heap = Heap::new(cfg, &mem).map_err(|e| e.to_string())?;
@@ -80,6 +81,10 @@ const EXTENTS_PER_STEP: usize = 64;
 /// its writer is expected to get: half the 1 ms goal, leaving the other half for writers
 /// that join during the batch and for lock waits.
 const SECTION_TARGET_NS: u64 = 500_000;
+/// How long a builder that yielded to wait for other CPUs (a remote ticket's helpers, a
+/// scrubber's handback) sleeps before it looks again: a scheduler tick of 1 ms
+/// (an assumption: Xen's credit2 ratelimit and Linux's tick are of that order).
+const POLL_NS: u64 = 1_000_000;
 /// Bytes a page-granular teardown frees per step (a preemption check every 2 MiB).
 const PAGES_BYTES_PER_STEP: u64 = 2 * MIB;
 
@@ -130,6 +135,9 @@ struct Cpu<'h> {
     seg: Option<(usize, u64, bool)>,
     /// Holds its node's single scrubber slot (Xen-like policies).
     slot: bool,
+    /// Its task yielded to wait for other CPUs (a remote ticket's helpers): its next step
+    /// comes this many ns after the current one ends, and the wait is no section.
+    wait_ns: u64,
 }
 
 #[derive(Default)]
@@ -189,6 +197,7 @@ struct Engine<'h, 'o> {
     messages: Vec<String>,
     lock_wait_max: u64,
     op_wait_max: u64,
+    builder_remote_bytes: u64,
     t0: Option<u64>,
     dirtied_bytes: u64,
     clean_at: Option<u64>,
@@ -228,6 +237,7 @@ impl<'h, 'o> Engine<'h, 'o> {
                     zero: VecDeque::new(),
                     seg: None,
                     slot: false,
+                    wait_ns: 0,
                 });
             }
         }
@@ -286,6 +296,7 @@ impl<'h, 'o> Engine<'h, 'o> {
             messages: Vec::new(),
             lock_wait_max: 0,
             op_wait_max: 0,
+            builder_remote_bytes: 0,
             t0: sc.initially_dirty.then_some(0),
             dirtied_bytes: if sc.initially_dirty { h.total_bytes() } else { 0 },
             clean_at: None,
@@ -688,6 +699,12 @@ impl<'h, 'o> Engine<'h, 'o> {
             self.end_section(c);
         }
         self.cpus[c].active = false;
+        let wait = std::mem::take(&mut self.cpus[c].wait_ns);
+        if wait > 0 {
+            self.cpus[c].active = true;
+            self.push(self.now + wait, Ev::Step(c));
+            return;
+        }
         self.kick(c);
     }
 
@@ -736,6 +753,10 @@ impl<'h, 'o> Engine<'h, 'o> {
                 Ok(()) => t.claimed = true,
                 Err(_) => self.claim_failures += 1,
             }
+            if let (true, ClaimTarget::Node(n)) = (t.claimed, target) {
+                // A node claim sets a clean-memory target: the node's scrubbers start on it.
+                self.wake_node(n);
+            }
             let acq = self.lock_obs.drain();
             self.cpus[c].task = Some(Task::Create(t));
             self.begin(c, StepKind::Toolstack, &acq, host.op_ns, Vec::new());
@@ -744,8 +765,14 @@ impl<'h, 'o> Engine<'h, 'o> {
         if let Some(mut ticket) = t.ticket.take() {
             let ext = ticket.extent();
             let limit = self.batch_limit(c, ext.map_or(self.cpus[c].node, |e| e.node), true);
-            let r = ticket.advance(&limit);
+            // scrubheap's builders say where they run: a remote one leaves its batches to
+            // the frames' node (the other policies' tickets have no helpers to wait for).
+            let r = ticket.advance_from(self.cpus[c].node, &limit);
             let zero = self.drain_zero();
+            if matches!(r, Ok(None)) && zero.is_empty() {
+                self.cpus[c].wait_ns = POLL_NS;
+            }
+            self.count_remote(c, &zero);
             let acq = self.lock_obs.drain();
             match r {
                 Ok(Some(e)) => {
@@ -794,6 +821,7 @@ impl<'h, 'o> Engine<'h, 'o> {
         };
         let r = self.heap.alloc_start(&req);
         let zero = self.drain_zero();
+        self.count_remote(c, &zero);
         let acq = self.lock_obs.drain();
         match &r {
             Ok(AllocStart::Ready(e)) => self.page_work_under_lock(e.frames()),
@@ -830,6 +858,13 @@ impl<'h, 'o> Engine<'h, 'o> {
         }
         self.cpus[c].task = Some(Task::Create(t));
         self.begin(c, StepKind::Toolstack, &acq, host.op_ns, zero);
+    }
+
+    /// Counts what builder `c` zeroed on another socket's memory.
+    fn count_remote(&mut self, c: usize, zero: &[(usize, u64)]) {
+        let h = &self.sc.host;
+        let socket = h.socket_of(self.cpus[c].node);
+        self.builder_remote_bytes += zero.iter().filter(|z| h.socket_of(z.0) != socket).map(|z| z.1).sum::<u64>();
     }
 
     /// Xen's allocator and free path touch every 4 KiB page of an extent under the global
@@ -1065,6 +1100,7 @@ impl<'h, 'o> Engine<'h, 'o> {
             },
             lock_wait_max_us: self.lock_wait_max as f64 / 1e3,
             op_wait_max_s: self.op_wait_max as f64 / 1e9,
+            builder_remote_bytes: self.builder_remote_bytes,
             end_s: self.now as f64 / 1e9,
             truncated: self.truncated,
             checks: Checks {

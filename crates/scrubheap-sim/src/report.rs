@@ -89,6 +89,9 @@ pub struct PolicyResult {
     pub lock_wait_max_us: f64,
     /// Longest wait of an event for a free toolstack CPU, seconds.
     pub op_wait_max_s: f64,
+    /// Bytes toolstack CPUs zeroed in place on another socket's memory (a builder
+    /// scrubbing its claimed chunk across the interconnect).
+    pub builder_remote_bytes: u64,
     /// Simulated time at the end, seconds.
     pub end_s: f64,
     /// Whether the run hit the scenario's time limit.

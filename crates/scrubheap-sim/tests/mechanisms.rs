@@ -114,3 +114,16 @@ fn scrubheap_batches_follow_a_starved_bandwidth() {
     let xen = run(&sc, Policy::Xen);
     assert!(xen.max_nonpreemptible_ms > 1.0, "{xen:?}");
 }
+
+#[test]
+fn scrubheap_remote_builders_leave_their_batches_to_the_frames_node() {
+    // Builders on any node (the `remote` switch) with a narrow interconnect: scrubheap's
+    // builders wait for the claimed node's scrubbers instead of writing across it. (With
+    // `ScrubTicket::advance` instead of `advance_from` they zeroed 291 MB across it here.)
+    let mut sc = claims_reboot(Mechanisms { remote: true, ..Default::default() });
+    sc.host.interconnect_gbps = 0.5;
+    let sh = run(&sc, Policy::Scrubheap);
+    assert!(sh.bytes_scrubbed.in_place > 1 << 30, "the builds had dirty memory to scrub in place: {sh:?}");
+    assert_eq!(sh.builder_remote_bytes, 0, "{sh:?}");
+    assert!(sh.max_nonpreemptible_ms <= 1.0, "{sh:?}");
+}

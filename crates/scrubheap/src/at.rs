@@ -73,6 +73,7 @@ impl<M: FrameMemory> Heap<M> {
     /// retired, back).
     pub fn alloc_at_start(&self, mfn: Mfn, order: u8, owner: DomId) -> Result<AllocStart<'_, M>, HeapError> {
         let (n, off) = self.locate(mfn, order)?;
+        self.settle(n, off, 1 << order);
         let st = self.lock_node(n);
         let movable_from = st.movable_from;
         let end = off + size(order);

@@ -39,6 +39,9 @@ pub struct HeapConfig {
     pub scrub_batch: u64,
     /// Whether every frame starts dirty (memory the firmware or a previous boot left).
     pub initially_dirty: bool,
+    /// CPUs with a fast-path reserve ([`crate::Heap::get`], [`crate::Heap::put`]): 1 to
+    /// [`crate::MAX_CPUS`], default 1. Callers name their CPU as `0..cpus`.
+    pub cpus: usize,
 }
 
 impl HeapConfig {
@@ -53,6 +56,7 @@ impl HeapConfig {
             policy: Policy::Scrubheap,
             scrub_batch: 256,
             initially_dirty: false,
+            cpus: 1,
         }
     }
 
@@ -73,6 +77,12 @@ impl HeapConfig {
     /// Builder: all memory starts dirty.
     pub fn with_initially_dirty(mut self, dirty: bool) -> Self {
         self.initially_dirty = dirty;
+        self
+    }
+
+    /// Builder: fast-path reserves for `cpus` CPUs.
+    pub fn with_cpus(mut self, cpus: usize) -> Self {
+        self.cpus = cpus;
         self
     }
 
@@ -123,6 +133,9 @@ impl HeapConfig {
             if self.distance.len() != n || self.distance.iter().any(|r| r.len() != n) {
                 return bad(format!("the distance table must be {n} x {n}"));
             }
+        }
+        if self.cpus == 0 || self.cpus > crate::types::MAX_CPUS {
+            return bad(format!("{} CPUs: the fast path serves 1 to {} CPUs", self.cpus, crate::types::MAX_CPUS));
         }
         if self.scrub_batch == 0 || self.scrub_batch > 1 << MAX_ORDER {
             return bad(format!("scrub batch {} must be 1 to {} frames", self.scrub_batch, 1u64 << MAX_ORDER));

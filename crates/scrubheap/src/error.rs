@@ -23,6 +23,14 @@ pub enum HeapError {
         /// How many nodes the heap has.
         nodes: usize,
     },
+    /// A CPU index the heap has no reserve for (see [`crate::HeapConfig::cpus`]).
+    #[error("CPU {cpu} does not exist (the heap serves {cpus} CPUs, numbered from 0; raise HeapConfig::cpus)")]
+    NoSuchCpu {
+        /// The CPU asked for.
+        cpu: usize,
+        /// How many CPUs the heap serves.
+        cpus: usize,
+    },
     /// A frame outside every node's range.
     #[error("frame {mfn} is outside the heap (frames {first}..{end})")]
     OutOfRange {
@@ -308,6 +316,7 @@ impl HeapError {
             HeapError::InvalidConfig(..) => "InvalidConfig",
             HeapError::InvalidOrder { .. } => "InvalidOrder",
             HeapError::NoSuchNode { .. } => "NoSuchNode",
+            HeapError::NoSuchCpu { .. } => "NoSuchCpu",
             HeapError::OutOfRange { .. } => "OutOfRange",
             HeapError::Unaligned { .. } => "Unaligned",
             HeapError::CrossesNode { .. } => "CrossesNode",

@@ -228,6 +228,8 @@ pub struct Heap<M> {
     /// a clear bit tells the gate a domain holds no claims without the claims lock.
     claimants: AtomicU64,
     observer: Option<Arc<dyn LockObserver>>,
+    /// The per-CPU fast path's reserves (see the pcpu module).
+    pcpu: crate::reserve::Pcpu,
     mem: M,
 }
 
@@ -333,7 +335,9 @@ impl<M: FrameMemory> Heap<M> {
                 served[s].push(m);
             }
         }
+        let ranges: Vec<(u64, u64)> = nodes.iter().map(|c| (c.base, c.frames)).collect();
         Ok(Heap {
+            pcpu: crate::reserve::Pcpu::new(&ranges, config.cpus),
             first: config.first.0,
             end: base,
             nodes,
@@ -392,6 +396,11 @@ impl<M: FrameMemory> Heap<M> {
         &self.nodes[node]
     }
 
+    /// The per-CPU fast path's reserves.
+    pub(crate) fn pcpu(&self) -> &crate::reserve::Pcpu {
+        &self.pcpu
+    }
+
     /// Bytes of memory the heap's metadata holds now: every node's per-frame metadata,
     /// dirty bitmap and work list (their capacities, not their lengths), and the heap's
     /// own tables. Takes each node lock in turn.
@@ -406,7 +415,8 @@ impl<M: FrameMemory> Heap<M> {
         let nodes: u64 = (0..self.nodes.len()).map(|n| self.lock_node_unobserved(n).metadata_bytes()).sum();
         let tables = self.nodes.capacity() * core::mem::size_of::<NodeCell>()
             + self.near.iter().chain(&self.served).map(|v| v.capacity() * 8 + 24).sum::<usize>();
-        nodes + tables as u64 + core::mem::size_of::<Self>() as u64
+        let (reserve_tables, reserve_blocks) = self.pcpu.bytes();
+        nodes + tables as u64 + reserve_tables + reserve_blocks + core::mem::size_of::<Self>() as u64
     }
 
     /// The configuration the heap was built with.
@@ -480,7 +490,7 @@ impl<M: FrameMemory> Heap<M> {
 
     fn pick_rule(&self, req: &AllocRequest) -> Pick {
         match self.config.policy {
-            Policy::XenCap2m if req.scrub && (self.config.frame_size << req.order) > 2 << 20 => Pick::CleanOnly,
+            Policy::XenCap2m if req.scrub && (self.config().frame_size << req.order) > 2 << 20 => Pick::CleanOnly,
             Policy::Xen | Policy::XenCap2m => Pick::CleanFirst,
             Policy::Sync | Policy::Alloc | Policy::Scrubheap => Pick::SmallestFirst { prefer_dirty: !req.scrub },
         }
@@ -632,6 +642,21 @@ impl<M: FrameMemory> Heap<M> {
     /// Frees a held range: ordinary frames (`sealed` false) or sealed ones (true).
     fn free_held(&self, mfn: Mfn, order: u8, owner: DomId, sealed: bool) -> Result<(), HeapError> {
         let (n, off) = self.locate(mfn, order)?;
+        match self.put_reserved(0, n, off, order, owner, sealed) {
+            Some(r) => r,
+            None => self.free_located(n, off, order, owner, sealed),
+        }
+    }
+
+    /// [`Heap::free_held`] of `[off, 2^order)` of node `n`, which no fast-path block holds.
+    pub(crate) fn free_located(
+        &self,
+        n: usize,
+        off: u32,
+        order: u8,
+        owner: DomId,
+        sealed: bool,
+    ) -> Result<(), HeapError> {
         let cell = &self.nodes[n];
         let mut st = self.lock_node(n);
         let sync = self.config.policy.scrubs_on_free();
@@ -718,6 +743,8 @@ impl<M: FrameMemory> Heap<M> {
         // Every node lock, in order, then the claims lock: no allocation is between its
         // availability check and its update while claims change (the claims gate relies
         // on it, see gate.rs).
+        // The reserves' free frames go back first, so the claim sees them as free.
+        self.drain_reserves();
         let guards: Vec<_> = (0..n).map(|i| self.lock_node(i)).collect();
         let mut book = self.claims.lock();
         let old = book.doms.get(&dom).cloned().unwrap_or(DomClaims::empty(n));
@@ -776,10 +803,14 @@ impl<M: FrameMemory> Heap<M> {
         let c = self.node(node)?;
         let free = c.free.load(Relaxed);
         let free_dirty = c.free_dirty.load(Relaxed);
+        // Blocks of the fast path are allocated chunks to the node; their free part is
+        // the reserve.
+        let reserved = self.pcpu.reserved(node);
         Ok(NodeStats {
             free_clean: free - free_dirty,
             free_dirty,
-            allocated: c.allocated.load(Relaxed),
+            reserved,
+            allocated: c.allocated.load(Relaxed).saturating_sub(reserved),
             offline: c.offline.load(Relaxed),
             scrubbing: c.scrubbing.load(Relaxed),
             claimed: c.claimed.load(Relaxed),
@@ -819,9 +850,11 @@ impl<M: FrameMemory> Heap<M> {
             s.allocated += ns.allocated;
             s.offline += ns.offline;
             s.scrubbing += ns.scrubbing;
+            s.reserved += ns.reserved;
         }
         s.claimed = self.claimed_total();
-        for c in &self.nodes {
+        for (n, c) in self.nodes.iter().enumerate() {
+            s.scrubbed.in_place += self.pcpu.in_place(n) * self.config().frame_size;
             s.scrubbed.background += c.scrubbed[Source::Background as usize].load(Relaxed);
             s.scrubbed.in_place += c.scrubbed[Source::InPlace as usize].load(Relaxed);
             s.scrubbed.sync += c.scrubbed[Source::Sync as usize].load(Relaxed);
@@ -834,12 +867,19 @@ impl<M: FrameMemory> Heap<M> {
         (0..self.nodes.len())
             .map(|n| self.lock_node(n).in_place_by_owner.get(&owner).copied().unwrap_or(0))
             .sum::<u64>()
-            * self.config.frame_size
+            .saturating_add(self.pcpu.in_place_of(owner))
+            * self.config().frame_size
     }
 
     /// The chunk containing `mfn`.
+    /// A frame the per-CPU fast path lent out shows as its owner's allocated chunk; a
+    /// frame free in a reserve, as a chunk of the fast order allocated to
+    /// [`crate::RESERVE_OWNER`].
     pub fn chunk_at(&self, mfn: Mfn) -> Result<ChunkInfo, HeapError> {
         let n = self.node_of(mfn)?;
+        if let Some(info) = self.reserve_chunk_at(n, mfn) {
+            return Ok(info);
+        }
         let cell = &self.nodes[n];
         let st = self.lock_node(n);
         let (h, o) = st.chunk_of((mfn.0 - cell.base) as u32);
@@ -861,7 +901,7 @@ impl<M: FrameMemory> Heap<M> {
     /// Counts `frames` scrubbed on `node` for `source`.
     pub(crate) fn account(&self, node: usize, source: Source, frames: u64) {
         if frames > 0 {
-            self.nodes[node].scrubbed[source as usize].fetch_add(frames * self.config.frame_size, Relaxed);
+            self.nodes[node].scrubbed[source as usize].fetch_add(frames * self.config().frame_size, Relaxed);
         }
     }
 

@@ -87,7 +87,10 @@ fn check_node(n: usize, st: &NodeState) -> Result<Tally, InvariantViolation> {
                         Kind::Ticket { owner, .. } => other == State::Pending && s.owner == owner,
                         Kind::Background | Kind::SyncFree => other == State::Scrubbing,
                     };
-                    if !kind_ok || w.order != o || w.cursor > len {
+                    // A background scrub exists only while a scrubber has a batch of it
+                    // in flight: the last one to leave hands the chunk back.
+                    let busy = w.kind != Kind::Background || w.inflight > 0;
+                    if !kind_ok || !busy || w.order != o || w.cursor > len {
                         return fail(format!("node {n}: work entry {w:?} does not match its {other:?} chunk at {pos}"));
                     }
                 }
@@ -187,6 +190,7 @@ impl<M: FrameMemory> Heap<M> {
                 return fail(format!("node {n}: range disagrees with its cell"));
             }
             let t = check_node(n, &st)?;
+            self.check_reserves(n, &st)?;
             let mirror = self.node_counters(n);
             if mirror != [st.free, st.free_dirty, st.allocated, st.offline, st.scrubbing] {
                 return fail(format!("node {n}: published counters {mirror:?} are stale"));

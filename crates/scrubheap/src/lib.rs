@@ -44,9 +44,11 @@ mod memory;
 mod node;
 mod observe;
 mod offline;
+mod pcpu;
 mod pin;
 mod policy;
 mod preempt;
+mod reserve;
 mod scrub;
 mod sparse;
 mod stats;
@@ -69,6 +71,7 @@ pub use observe::LockObserver;
 pub use offline::{
     Broken, Deadline, NoDeadline, OfflineJob, Offlined, StepBudget, CHUNKS_PER_STEP, MAX_BLOCKERS, MAX_BUSY_POLLS,
 };
+pub use pcpu::{FAST_ORDERS, MAX_CPUS, RESERVE_OWNER};
 pub use pin::{MetadataMigrator, Migrator, NoMigration};
 pub use policy::{Policy, UnknownPolicy};
 pub use preempt::{BatchLimit, NeverPreempt, Preempt};

@@ -511,6 +511,9 @@ impl<M: FrameMemory> Heap<M> {
     pub fn offline_start(&self, first: Mfn, count: u64) -> Result<OfflineJob<'_, M>, HeapError> {
         let (node, lo, hi) = self.locate_range(first, count)?;
         debug_assert!(lo < hi);
+        // Reserve blocks of the per-CPU fast path in the range go back to ordinary state
+        // first (a block refilled later shows as an unmovable blocker).
+        self.settle(node, lo, (hi - lo) as u64);
         Ok(OfflineJob {
             heap: self,
             first,
@@ -876,6 +879,7 @@ impl<M: FrameMemory> Heap<M> {
         let n = self.node_of(mfn)?;
         let cell = self.cell(n);
         let off = (mfn.0 - cell.base) as u32;
+        self.settle(n, off, 1);
         let mut st = self.lock_node(n);
         let (h, o) = st.chunk_of(off);
         let s = st.head(h);

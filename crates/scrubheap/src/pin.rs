@@ -158,6 +158,7 @@ impl<M: FrameMemory> Heap<M> {
         preempt: &dyn Preempt,
     ) -> Result<Extent, HeapError> {
         let (n, off) = self.locate(mfn, order)?;
+        self.settle(n, off, 1 << order);
         let mut st = self.lock_node(n);
         let held = st.held_by(off, order, owner, false)?;
         if !held.movable_zone {
@@ -192,6 +193,7 @@ impl<M: FrameMemory> Heap<M> {
     /// holding such a pin can never complete.
     pub fn pin_in_place(&self, mfn: Mfn, order: u8, owner: DomId) -> Result<Extent, HeapError> {
         let (n, off) = self.locate(mfn, order)?;
+        self.settle(n, off, 1 << order);
         let mut st = self.lock_node(n);
         st.held_by(off, order, owner, false)?;
         Self::pin_chunks(&mut st, off, order)?;
@@ -202,6 +204,7 @@ impl<M: FrameMemory> Heap<M> {
     /// hold, every frame pinned.
     pub fn unpin(&self, mfn: Mfn, order: u8, owner: DomId) -> Result<(), HeapError> {
         let (n, off) = self.locate(mfn, order)?;
+        self.settle(n, off, 1 << order);
         let mut st = self.lock_node(n);
         let held = st.held_by(off, order, owner, false)?;
         if let Some(h) = held.unpinned {

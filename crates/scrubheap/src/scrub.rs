@@ -8,6 +8,7 @@
 //! stop flag and its [`Preempt`].
 
 use crate::chunk::State;
+use crate::chunk::NONE;
 use crate::heap::{Extent, Heap, NodeGuard, Source};
 use crate::memory::FrameMemory;
 use crate::policy::Policy;
@@ -24,105 +25,185 @@ fn size(order: u8) -> u32 {
 
 impl<M: FrameMemory> Heap<M> {
     /// What an idle CPU of `node` calls. It first helps pending allocations (scrub
-    /// tickets) on the nodes it serves, then takes dirty free chunks (largest first, nodes
-    /// whose claims want more clean memory first) and scrubs them in batches outside the
-    /// lock, asking `preempt` after each batch and handing a chunk back at once if an
-    /// allocator needs it. Zeroes at most `budget` frames. Returns the frames zeroed;
-    /// 0 means there was nothing to do (or the policy does no background scrubbing).
+    /// tickets) on the nodes it serves; then it brings every node it serves whose node
+    /// claims exceed its clean memory up to that clean-memory target (its own node
+    /// first, then the largest shortfall), scrubbing no node beyond its target while
+    /// another is short; then it takes any dirty free chunks (largest first, its own
+    /// node first). Chunks are scrubbed in batches outside the lock, asking `preempt`
+    /// after each batch and handing a chunk back at once if an allocator needs it.
+    /// Zeroes at most `budget` frames. Returns the frames zeroed; 0 means there was
+    /// nothing to do (or the policy does no background scrubbing).
     pub fn scrub_step(&self, node: usize, budget: u64, preempt: &dyn Preempt) -> Result<u64, HeapError> {
         self.node(node)?;
         if !self.config().policy.background_scrub() {
             return Ok(0);
         }
         let mut done = 0u64;
-        for m in self.scrub_order(node) {
-            if self.config().policy == Policy::Scrubheap {
+        if self.config().policy == Policy::Scrubheap {
+            for &m in self.served(node) {
                 let (z, stop) = self.help_tickets(m, budget - done, preempt);
                 done += z;
                 if stop {
-                    break;
+                    return Ok(done);
                 }
             }
+        }
+        for (m, short) in self.clean_targets(node) {
+            let want = core::cmp::min(short, budget - done);
+            let (z, stop) = self.scrub_chunks(m, want, preempt);
+            done += z;
+            if stop || done >= budget {
+                return Ok(done);
+            }
+        }
+        for &m in self.served(node) {
             let (z, stop) = self.scrub_chunks(m, budget - done, preempt);
             done += z;
-            if stop {
+            if stop || done >= budget {
                 break;
             }
         }
+        debug_assert!(done <= budget);
         Ok(done)
     }
 
-    /// The nodes `node` serves, those whose claims exceed their clean memory first.
-    fn scrub_order(&self, node: usize) -> Vec<usize> {
-        let mut v = self.served(node).to_vec();
-        if v.len() > 1 {
-            let deficit = |m: usize| {
+    /// The nodes `node` serves whose node claims exceed their clean memory, with the
+    /// shortfall (frames to scrub to reach the claims' clean-memory target): `node`
+    /// itself first (its scrubbers are local to it), then the largest shortfall.
+    fn clean_targets(&self, node: usize) -> Vec<(usize, u64)> {
+        let mut v: Vec<(usize, u64)> = self
+            .served(node)
+            .iter()
+            // Unclaimed nodes cost one load: scrub_step runs this on every call.
+            .filter(|&&m| self.cell(m).claimed.load(core::sync::atomic::Ordering::Relaxed) > 0)
+            .map(|&m| {
                 let s = self.node_stats(m).expect("served nodes exist");
-                s.claimed.saturating_sub(s.free_clean)
-            };
-            v.sort_by_key(|&m| core::cmp::Reverse(deficit(m)));
-        }
+                (m, s.claimed.saturating_sub(s.free_clean).min(s.free_dirty))
+            })
+            .filter(|&(_, short)| short > 0)
+            .collect();
+        v.sort_by_key(|&(m, short)| (m != node, core::cmp::Reverse(short)));
+        debug_assert!(v.iter().all(|&(m, _)| self.served(node).contains(&m)));
         v
     }
 
-    /// Takes dirty free chunks of node `m` and scrubs them. Returns (frames zeroed,
-    /// whether the budget or `preempt` stopped it).
+    /// Takes dirty free chunks of node `m` and scrubs them; when none is left free, joins
+    /// a chunk another scrubber of the node is working on (several scrubbers share one
+    /// large chunk, each taking a batch from its cursor). Returns (frames zeroed, whether
+    /// `preempt` or a stop request ended it; the caller sees a spent budget by itself).
     fn scrub_chunks(&self, m: usize, budget: u64, preempt: &dyn Preempt) -> (u64, bool) {
         let batch = crate::preempt::batch_frames(self.config().scrub_batch, preempt);
         let mut done = 0u64;
         let mut st = self.lock_node(m);
         loop {
             if done >= budget {
-                return (done, true);
-            }
-            let Some(head) = Self::largest_dirty(&st) else {
                 return (done, false);
+            }
+            let id = match Self::largest_dirty(&st) {
+                Some(head) => Self::take_for_scrub(&mut st, head),
+                None => match Self::joinable(&st) {
+                    Some(id) => id,
+                    None => return (done, false),
+                },
             };
-            st.unlink_free(head);
-            let (order, fd) = (st.head(head).order, st.first_dirty(head));
-            // The chunk stays counted as free, its dirty bits in free_dirty; it is only off
-            // the lists. Nothing here is proportional to the chunk's size.
-            st.scrubbing += size(order) as u64;
-            st.forget_free(head);
-            st.set_state(head, State::Scrubbing, order);
-            let id = st.add_work(head, order, Kind::Background);
-            let i = st.work.len() - 1;
-            st.work[i].cursor = fd;
-            loop {
-                let i = st.work_index(id);
-                let (cursor, stop) = (st.work[i].cursor, st.work[i].stop);
-                let max = core::cmp::min(batch, budget - done) as u32;
-                let run = if stop || max == 0 { None } else { st.dirty.next_run(head, size(order), cursor, max) };
-                let Some((s, l)) = run else {
-                    Self::hand_back(&mut st, id);
-                    break;
-                };
-                st.work[i].cursor = s + l;
-                // The guard mirrors free_dirty (changed by the last batch) as it drops.
-                drop(st);
-                self.memory().zero(self.cell(m).mfn(head + s), l as u64);
-                done += l as u64;
-                st = self.lock_node(m);
-                st.dirty.clear_all(head + s, l);
-                st.free_dirty -= l as u64;
-                self.account(m, Source::Background, l as u64);
-                if preempt.check() {
-                    Self::hand_back(&mut st, id);
-                    return (done, true);
-                }
+            let (back, z, preempted) = self.scrub_batches(st, m, id, batch, budget - done, preempt);
+            st = back;
+            done += z;
+            if preempted {
+                return (done, true);
             }
         }
     }
 
-    /// Returns a background scrubber's chunk to the free lists, merged, with whatever
-    /// dirty frames it still has (none before its cursor: those batches are done).
-    fn hand_back(st: &mut NodeGuard<'_>, id: u64) {
+    /// Marks free chunk `head` as being scrubbed and opens its work entry at its first
+    /// dirty frame. The chunk stays counted as free, its dirty bits in free_dirty; it is
+    /// only off the lists. Nothing here is proportional to the chunk's size.
+    fn take_for_scrub(st: &mut NodeGuard<'_>, head: u32) -> u64 {
+        st.unlink_free(head);
+        let (order, fd) = (st.head(head).order, st.first_dirty(head));
+        debug_assert!(fd != NONE, "only chunks with dirty frames are taken");
+        st.scrubbing += size(order) as u64;
+        st.forget_free(head);
+        st.set_state(head, State::Scrubbing, order);
+        let id = st.add_work(head, order, Kind::Background);
+        let i = st.work.len() - 1;
+        st.work[i].cursor = fd;
+        id
+    }
+
+    /// A background scrub of node `st` another scrubber may join: not asked to stop, with
+    /// dirty frames past its cursor. The largest such chunk.
+    fn joinable(st: &crate::node::NodeState) -> Option<u64> {
+        st.work
+            .iter()
+            .filter(|w| w.kind == Kind::Background && !w.stop)
+            .filter(|w| st.dirty.first_set(w.head + w.cursor, size(w.order) - w.cursor).is_some())
+            .max_by_key(|w| (w.order, core::cmp::Reverse(w.id)))
+            .map(|w| w.id)
+    }
+
+    /// Scrubs batches of background work `id` (taken or joined) until it has no dirty
+    /// frame past its cursor, is asked to stop, the budget runs out or `preempt` says
+    /// so; then leaves it (the last scrubber to leave hands the chunk back). Returns
+    /// (frames zeroed, whether the budget or `preempt` stopped it). Called and returns
+    /// with the node lock held.
+    fn scrub_batches<'a>(
+        &'a self,
+        mut st: NodeGuard<'a>,
+        m: usize,
+        id: u64,
+        batch: u64,
+        budget: u64,
+        preempt: &dyn Preempt,
+    ) -> (NodeGuard<'a>, u64, bool) {
+        let mut done = 0u64;
+        loop {
+            let i = st.work_index(id);
+            let w = &st.work[i];
+            let (head, order, cursor, stop) = (w.head, w.order, w.cursor, w.stop);
+            let max = core::cmp::min(batch, budget - done) as u32;
+            let run = if stop || max == 0 { None } else { st.dirty.next_run(head, size(order), cursor, max) };
+            let Some((s, l)) = run else {
+                Self::leave_background(&mut st, id);
+                // Asked to stop: yield to the allocator that wants the chunk rather than
+                // take it again before it could.
+                return (st, done, stop);
+            };
+            st.work[i].cursor = s + l;
+            st.work[i].inflight += 1;
+            // The guard publishes what this batch changed for lock-free readers as it drops.
+            drop(st);
+            self.memory().zero(self.cell(m).mfn(head + s), l as u64);
+            done += l as u64;
+            st = self.lock_node(m);
+            st.dirty.clear_all(head + s, l);
+            st.free_dirty -= l as u64;
+            let i = st.work_index(id);
+            st.work[i].inflight -= 1;
+            self.account(m, Source::Background, l as u64);
+            if preempt.check() {
+                Self::leave_background(&mut st, id);
+                return (st, done, true);
+            }
+        }
+    }
+
+    /// A scrubber leaves background work `id` between batches. The last one to leave
+    /// (no batch of another scrubber in flight) returns the chunk to the free lists,
+    /// merged, with whatever dirty frames it still has (none before its cursor: those
+    /// batches are done or in flight, and a batch in flight means its scrubber has not
+    /// left yet).
+    fn leave_background(st: &mut NodeGuard<'_>, id: u64) {
         let i = st.work_index(id);
+        if st.work[i].inflight > 0 {
+            return;
+        }
         let w = st.work.swap_remove(i);
         st.scrubbing -= w.frames();
         st.clear_head(w.head);
         let len = size(w.order);
-        let fd = st.dirty.first_set(w.head + w.cursor, len - w.cursor).map_or(crate::chunk::NONE, |r| r + w.cursor);
+        let fd = st.dirty.first_set(w.head + w.cursor, len - w.cursor).map_or(NONE, |r| r + w.cursor);
+        debug_assert!(fd == NONE || fd >= w.cursor, "no dirty frame is left behind the cursor");
         st.merge_insert(w.head, w.order, fd);
     }
 
@@ -148,12 +229,16 @@ impl<M: FrameMemory> Heap<M> {
             }
             let max = core::cmp::min(batch as u64, budget - done) as u32;
             let mut st = self.lock_node(m);
-            let found = st.work.iter().enumerate().find_map(|(i, w)| {
-                if !matches!(w.kind, Kind::Ticket { .. }) || w.stop {
-                    return None;
-                }
-                st.dirty.next_run(w.head, size(w.order), w.cursor, max).map(|r| (i, r))
-            });
+            // The ticket furthest from done first: helpers spread over the node's
+            // tickets, and those whose owners leave the batches to them (remote owners,
+            // see `ScrubTicket::advance_from`) are not left behind.
+            let found = st
+                .work
+                .iter()
+                .enumerate()
+                .filter(|(_, w)| matches!(w.kind, Kind::Ticket { .. }) && !w.stop)
+                .filter_map(|(i, w)| st.dirty.next_run(w.head, size(w.order), w.cursor, max).map(|r| (i, r)))
+                .max_by_key(|&(i, _)| (size(st.work[i].order) - st.work[i].cursor, core::cmp::Reverse(i)));
             let Some((i, (s, l))) = found else { return (done, false) };
             let (id, head) = (st.work[i].id, st.work[i].head);
             st.work[i].cursor = s + l;
@@ -253,6 +338,31 @@ impl<M: FrameMemory> Heap<M> {
         drop(st);
         self.account(node, Source::InPlace, zeroed);
         result
+    }
+
+    /// Whether frames of `node` have scrubbers other than an owner on a CPU of node
+    /// `cpu`: the policy's idle scrubbers help tickets, and a node other than `cpu`'s
+    /// serves `node`. (If `cpu`'s own node serves it, its scrubbers write just as
+    /// remotely as the owner would: the owner may as well do it.)
+    pub(crate) fn helped_elsewhere(&self, node: usize, cpu: usize) -> bool {
+        debug_assert!(node < self.node_count() && cpu < self.node_count());
+        node != cpu
+            && self.config().policy == Policy::Scrubheap
+            && (0..self.node_count()).any(|s| s != cpu && self.served(s).contains(&node))
+    }
+
+    /// What a remote owner sees of ticket `id`: (whether to wait for the helpers, the
+    /// ticket's cursor). It waits when a helper's batch is in flight or the cursor moved
+    /// since `seen` (the cursor at its previous look; None: its first look), unless no
+    /// dirty frame is left past the cursor (then the owner finishes the ticket, or waits
+    /// for the last batch in flight, in [`Heap::advance_ticket`]).
+    pub(crate) fn helpers_progress(&self, node: usize, id: u64, seen: Option<u32>) -> (bool, u32) {
+        let st = self.lock_node(node);
+        let w = &st.work[st.work_index(id)];
+        debug_assert!(matches!(w.kind, Kind::Ticket { .. }), "helpers only take tickets");
+        let left = st.dirty.first_set(w.head + w.cursor, size(w.order) - w.cursor).is_some();
+        let busy = w.inflight > 0 || seen.is_none_or(|c| c != w.cursor);
+        (left && busy, w.cursor)
     }
 
     /// A ticket was dropped unfinished: its frames go back now, or when the last helper

@@ -15,12 +15,14 @@ pub struct NodeStats {
     pub scrubbing: u64,
     /// Free frames reserved by node claims.
     pub claimed: u64,
+    /// Free frames in the per-CPU fast path's reserves (not in `free_*`, not allocated).
+    pub reserved: u64,
 }
 
 impl NodeStats {
     /// All frames the node has.
     pub fn total(&self) -> u64 {
-        self.free_clean + self.free_dirty + self.allocated + self.offline
+        self.free_clean + self.free_dirty + self.allocated + self.offline + self.reserved
     }
     /// Free frames, clean or dirty (including those being scrubbed).
     pub fn free(&self) -> u64 {
@@ -72,6 +74,8 @@ pub struct HeapStats {
     pub scrubbing: u64,
     /// Frames reserved by claims (node and global) not yet allocated.
     pub claimed: u64,
+    /// Free frames in the per-CPU fast path's reserves (not in `free_*`, not allocated).
+    pub reserved: u64,
     /// Bytes scrubbed by source.
     pub scrubbed: ScrubBytes,
 }
@@ -79,6 +83,6 @@ pub struct HeapStats {
 impl HeapStats {
     /// All frames the heap has.
     pub fn total(&self) -> u64 {
-        self.free_clean + self.free_dirty + self.allocated + self.offline
+        self.free_clean + self.free_dirty + self.allocated + self.offline + self.reserved
     }
 }

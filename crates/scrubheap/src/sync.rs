@@ -40,6 +40,38 @@ impl<T> Mutex<T> {
     }
 }
 
+/// A spin lock whatever the features (loom's mutex under loom), for locks held a few
+/// instructions and almost never contended: the fast path's per-CPU slots and blocks.
+/// Its unlock is a plain store, where parking_lot's is a compare-and-swap.
+pub(crate) struct SpinMutex<T>(SpinInner<T>);
+
+#[cfg(loom)]
+type SpinInner<T> = loom::sync::Mutex<T>;
+#[cfg(not(loom))]
+type SpinInner<T> = spin::Mutex<T>;
+
+#[cfg(loom)]
+pub(crate) type SpinGuard<'a, T> = loom::sync::MutexGuard<'a, T>;
+#[cfg(not(loom))]
+pub(crate) type SpinGuard<'a, T> = spin::MutexGuard<'a, T>;
+
+impl<T> SpinMutex<T> {
+    pub fn new(v: T) -> Self {
+        SpinMutex(SpinInner::new(v))
+    }
+
+    #[cfg(loom)]
+    pub fn lock(&self) -> SpinGuard<'_, T> {
+        self.0.lock().expect("a fast-path lock holder panicked")
+    }
+
+    #[cfg(not(loom))]
+    #[inline]
+    pub fn lock(&self) -> SpinGuard<'_, T> {
+        self.0.lock()
+    }
+}
+
 /// What a waiter does between two polls of a condition another thread will make true.
 #[inline]
 pub(crate) fn relax() {

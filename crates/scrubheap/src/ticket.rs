@@ -25,11 +25,13 @@ enum Stage {
     Waiting {
         polls: u64,
     },
-    /// Frames reserved on `node`; `id` is the node's work entry.
+    /// Frames reserved on `node`; `id` is the node's work entry. `seen` is the ticket's
+    /// cursor when a remote owner last looked (see [`ScrubTicket::advance_from`]).
     Scrubbing {
         node: usize,
         id: u64,
         ext: Extent,
+        seen: Option<u32>,
     },
     Done,
 }
@@ -151,7 +153,12 @@ impl<M: FrameMemory> Heap<M> {
             }
             NodePref::Any => {}
         }
-        match self.try_alloc(req)? {
+        // An allocation that would fail drains the per-CPU reserves and tries once more.
+        let tried = match self.try_alloc(req) {
+            Err(HeapError::OutOfMemory { .. }) if self.drain_reserves() > 0 => self.try_alloc(req),
+            r => r,
+        };
+        match tried? {
             NodeTry::Ready(e) => Ok(AllocStart::Ready(e)),
             NodeTry::Pending { node, id, ext } => {
                 Ok(AllocStart::Pending(ScrubTicket::scrubbing(self, *req, node, id, ext)))
@@ -163,7 +170,7 @@ impl<M: FrameMemory> Heap<M> {
 
 impl<'h, M: FrameMemory> ScrubTicket<'h, M> {
     pub(crate) fn scrubbing(heap: &'h Heap<M>, req: AllocRequest, node: usize, id: u64, ext: Extent) -> Self {
-        ScrubTicket { heap, req, stage: Stage::Scrubbing { node, id, ext } }
+        ScrubTicket { heap, req, stage: Stage::Scrubbing { node, id, ext, seen: None } }
     }
 
     pub(crate) fn waiting(heap: &'h Heap<M>, req: AllocRequest) -> Self {
@@ -191,6 +198,29 @@ impl<'h, M: FrameMemory> ScrubTicket<'h, M> {
     /// Under the `xen` policies the whole chunk is scrubbed in one go, with no preemption
     /// point: the baseline that trips watchdogs.
     pub fn advance(&mut self, preempt: &dyn Preempt) -> Result<Option<Extent>, HeapError> {
+        self.advance_inner(None, preempt)
+    }
+
+    /// [`ScrubTicket::advance`] for an owner running on a CPU of node `cpu`. When the
+    /// frames lie on another node and that node has scrubbers of its own (under the
+    /// `scrubheap` policy, whose idle scrubbers help tickets), the owner leaves the
+    /// batches to them instead of zeroing across the interconnect: it returns `None`
+    /// without zeroing while they make progress. It is "the only CPU that can" when
+    /// no node but its own serves the frames' node (a node without CPUs that `cpu`'s node
+    /// scrubs), or when none of the helpers' batches was in flight or started since
+    /// its previous call (they are all busy elsewhere): then it zeroes one batch itself
+    /// and returns. The first call after the frames are reserved only looks, giving the
+    /// helpers one poll to start. How often to call again is the caller's business (a
+    /// scheduler tick, say).
+    ///
+    /// Errors: [`HeapError::NoSuchNode`] if `cpu` is not a node of the heap (the ticket
+    /// is unchanged).
+    pub fn advance_from(&mut self, cpu: usize, preempt: &dyn Preempt) -> Result<Option<Extent>, HeapError> {
+        self.heap.served_by(cpu)?;
+        self.advance_inner(Some(cpu), preempt)
+    }
+
+    fn advance_inner(&mut self, cpu: Option<usize>, preempt: &dyn Preempt) -> Result<Option<Extent>, HeapError> {
         loop {
             match self.stage {
                 Stage::Done => return Ok(None),
@@ -213,22 +243,55 @@ impl<'h, M: FrameMemory> ScrubTicket<'h, M> {
                             self.stage = Stage::Done;
                             return Ok(Some(e));
                         }
-                        Ok(NodeTry::Pending { node, id, ext }) => self.stage = Stage::Scrubbing { node, id, ext },
+                        Ok(NodeTry::Pending { node, id, ext }) => {
+                            self.stage = Stage::Scrubbing { node, id, ext, seen: None }
+                        }
                         Ok(NodeTry::No { .. }) => {
                             self.stage = Stage::Waiting { polls: polls + 1 };
                             return Ok(None);
                         }
                     }
                 }
-                Stage::Scrubbing { node, id, .. } => {
-                    let r = self.heap.advance_ticket(node, id, preempt);
-                    if r.is_some() {
-                        self.stage = Stage::Done;
+                Stage::Scrubbing { node, id, ext, seen } => {
+                    let remote = cpu.is_some_and(|c| self.heap.helped_elsewhere(node, c));
+                    if !remote {
+                        let r = self.heap.advance_ticket(node, id, preempt);
+                        if r.is_some() {
+                            self.stage = Stage::Done;
+                        }
+                        return Ok(r);
+                    }
+                    let (wait, cursor) = self.heap.helpers_progress(node, id, seen);
+                    self.stage = Stage::Scrubbing { node, id, ext, seen: Some(cursor) };
+                    if wait {
+                        return Ok(None);
+                    }
+                    let r = self.heap.advance_ticket(node, id, &OneBatch(preempt));
+                    match r {
+                        Some(_) => self.stage = Stage::Done,
+                        None => {
+                            // Its own batch is not the helpers' progress.
+                            let (_, after) = self.heap.helpers_progress(node, id, None);
+                            self.stage = Stage::Scrubbing { node, id, ext, seen: Some(after) };
+                        }
                     }
                     return Ok(r);
                 }
             }
         }
+    }
+}
+
+/// Asks to yield after every batch, with the caller's batch limit: a remote owner zeroes
+/// one batch at a time and looks again for helpers in between.
+struct OneBatch<'a>(&'a dyn Preempt);
+
+impl Preempt for OneBatch<'_> {
+    fn check(&self) -> bool {
+        true
+    }
+    fn batch_limit(&self) -> Option<u64> {
+        self.0.batch_limit()
     }
 }
 

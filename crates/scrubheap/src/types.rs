@@ -5,6 +5,9 @@ use core::fmt;
 /// Largest order a chunk may have: 2^18 frames, 1 GiB at 4 KiB frames.
 pub const MAX_ORDER: u8 = 18;
 
+/// Most CPUs a heap's fast path may serve ([`crate::HeapConfig::cpus`]).
+pub const MAX_CPUS: usize = 256;
+
 /// Number of distinct orders (0..=MAX_ORDER).
 pub(crate) const ORDERS: usize = MAX_ORDER as usize + 1;
 

@@ -285,11 +285,35 @@ fn claimed_nodes_are_scrubbed_first_toward_their_clean_target() {
     assert_eq!(h.served_by(0).unwrap(), &[0, 1, 2]);
     h.claim_set(DomId(7), &[Claim { target: ClaimTarget::Node(2), frames: 40 }]).unwrap();
     assert_eq!(h.node_stats(2).unwrap().claimed, 40);
-    // The first 64 frames scrubbed are node 2's: its claim wants clean memory.
+    // The first 40 frames scrubbed are node 2's: its claim's clean-memory target. Then
+    // the scrubber's own node.
     assert_eq!(h.scrub_step(0, 64, &NeverPreempt).unwrap(), 64);
-    assert_eq!(h.node_stats(2).unwrap().free_dirty, 0);
-    assert_eq!(h.node_stats(0).unwrap().free_dirty, 64);
+    assert_eq!(h.node_stats(2).unwrap().free_clean, 40);
+    assert_eq!(h.node_stats(0).unwrap().free_dirty, 40);
     assert_eq!(h.node_stats(1).unwrap().free_dirty, 64);
+    h.check_invariants().unwrap();
+}
+
+#[test]
+fn every_claimed_node_reaches_its_clean_target_before_any_goes_beyond_it() {
+    let mut c = HeapConfig::uniform(3, 64).with_initially_dirty(true);
+    c.nodes[1].has_cpus = false;
+    c.nodes[2].has_cpus = false;
+    let h = Heap::new(c, NullMemory).unwrap();
+    h.claim_set(DomId(7), &[Claim { target: ClaimTarget::Node(1), frames: 10 }]).unwrap();
+    h.claim_set(DomId(8), &[Claim { target: ClaimTarget::Node(2), frames: 20 }]).unwrap();
+    h.claim_set(DomId(9), &[Claim { target: ClaimTarget::Node(0), frames: 5 }]).unwrap();
+    // Own node's target (5), then the largest shortfall (node 2: 20), then node 1 (10).
+    assert_eq!(h.scrub_step(0, 5, &NeverPreempt).unwrap(), 5);
+    assert_eq!(h.node_stats(0).unwrap().free_clean, 5);
+    assert_eq!(h.scrub_step(0, 25, &NeverPreempt).unwrap(), 25);
+    let clean = |n| h.node_stats(n).unwrap().free_clean;
+    assert_eq!((clean(0), clean(1), clean(2)), (5, 5, 20));
+    assert_eq!(h.scrub_step(0, 5, &NeverPreempt).unwrap(), 5);
+    assert_eq!((clean(0), clean(1), clean(2)), (5, 10, 20), "targets met; nothing beyond them yet");
+    // Targets met: the scrubber's own node first.
+    assert_eq!(h.scrub_step(0, 8, &NeverPreempt).unwrap(), 8);
+    assert_eq!((clean(0), clean(1), clean(2)), (13, 10, 20));
     h.check_invariants().unwrap();
 }
 

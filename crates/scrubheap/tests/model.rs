@@ -2,7 +2,9 @@
 //! heap and a per-frame reference model. After every step: `check_invariants()`,
 //! conservation, model agreement; a refused operation must leave the heap unchanged; no
 //! frame may reach a new owner holding another owner's bytes. Failures shrink to the
-//! smallest sequence.
+//! smallest sequence. The per-CPU fast path takes part: gets and puts on two CPUs and
+//! drains, between every other operation (a refused operation may drain the reserves, so
+//! "unchanged" compares owners, pins and free memory with the reserves counted as free).
 
 mod common;
 
@@ -25,6 +27,9 @@ enum Op {
     TicketStart { order: u8, dom: u32 },
     TicketAdvance { idx: usize, yield_every: bool },
     TicketDrop { idx: usize },
+    Get { cpu: usize, order: u8, dom: u32, scrub: bool },
+    Put { idx: usize, cpu: usize },
+    Drain { cpu: Option<usize> },
 }
 
 fn op() -> impl Strategy<Value = Op> {
@@ -39,6 +44,10 @@ fn op() -> impl Strategy<Value = Op> {
         2 => (0u8..=8, 1u32..=3).prop_map(|(order, dom)| Op::TicketStart { order, dom }),
         2 => (any::<usize>(), any::<bool>()).prop_map(|(idx, yield_every)| Op::TicketAdvance { idx, yield_every }),
         1 => any::<usize>().prop_map(|idx| Op::TicketDrop { idx }),
+        5 => (0usize..3, prop_oneof![6 => Just(0u8), 1 => Just(9u8), 1 => 1u8..4], 1u32..=3, prop::bool::weighted(0.8))
+            .prop_map(|(cpu, order, dom, scrub)| Op::Get { cpu, order, dom, scrub }),
+        4 => (any::<usize>(), 0usize..3).prop_map(|(idx, cpu)| Op::Put { idx, cpu }),
+        1 => proptest::option::of(0usize..3).prop_map(|cpu| Op::Drain { cpu }),
     ]
 }
 
@@ -54,7 +63,29 @@ fn config(policy: Policy, dirty: bool) -> HeapConfig {
     // Small batches, so that allocations of orders 4 to 8 go through scrub tickets
     // (an allocation of at most one batch is scrubbed in one go without one).
     c.scrub_batch = 8;
+    // Two CPUs with fast-path reserves (CPU 2 in the ops is out of range: refused).
+    c.cpus = 2;
     c
+}
+
+/// What a refused operation must leave as it was: every chunk held by an owner (the
+/// reserves' own chunks left out), allocated, free (the reserves' free frames counted as
+/// free, as a refused allocation or claim may drain them) and offline frames, claims.
+type Held = (Vec<ChunkInfo>, [u64; 4], Vec<(u32, Vec<Claim>)>);
+
+fn held(s: &common::Snapshot) -> Held {
+    let chunks = s
+        .chunks
+        .iter()
+        .filter(|c| match c.state {
+            ChunkState::Free { .. } => false,
+            ChunkState::Allocated { owner, .. } => owner != RESERVE_OWNER,
+            _ => true,
+        })
+        .copied()
+        .collect();
+    let st = &s.stats;
+    (chunks, [st.allocated, st.free_clean + st.free_dirty + st.reserved, st.offline, st.claimed], s.claims.clone())
 }
 
 /// What a ticket retired of its owner's claims: (node part, global part, claims epoch).
@@ -401,6 +432,62 @@ fn run(policy: Policy, dirty: bool, ops: &[Op]) -> Result<(), TestCaseError> {
                 }
                 false
             }
+            Op::Get { cpu, order, dom, scrub } => {
+                let mut req = AllocRequest::new(order, DomId(dom));
+                req.scrub = scrub;
+                match heap.get(cpu, &req) {
+                    Ok(e) => {
+                        prop_assert!(cpu < 2, "CPU {} is out of range", cpu);
+                        prop_assert_eq!((e.order, e.mfn.0 % (1 << order)), (order, 0));
+                        let (_, _, mf) = m.nodes[e.node];
+                        prop_assert!(e.mfn.0 + e.frames() <= mf, "an unmovable get got Movable memory");
+                        for f in e.mfn.0..e.mfn.0 + e.frames() {
+                            prop_assert_eq!(m.owner[f as usize], None, "frame {} handed out twice", f);
+                            m.owner[f as usize] = Some(dom);
+                        }
+                        if scrub {
+                            prop_assert!(heap.memory().is_zero(e.mfn, e.frames()), "get handed over unscrubbed frames");
+                        }
+                        heap.memory().inner().write(DomId(dom), e.mfn, e.frames());
+                        m.retire(dom, e.node, e.frames());
+                        m.live.push((dom, e));
+                        false
+                    }
+                    Err(HeapError::NoSuchCpu { .. }) => {
+                        prop_assert!(cpu >= 2);
+                        true
+                    }
+                    Err(HeapError::OutOfMemory { .. }) => true,
+                    Err(e) => return Err(TestCaseError::fail(format!("get: {e}"))),
+                }
+            }
+            Op::Put { idx, cpu } => {
+                if m.live.is_empty() {
+                    continue;
+                }
+                let i = idx % m.live.len();
+                let (dom, e) = m.live[i];
+                match heap.put(cpu, e.mfn, e.order, DomId(dom)) {
+                    Ok(()) => {
+                        prop_assert!(cpu < 2);
+                        for f in e.mfn.0..e.mfn.0 + e.frames() {
+                            m.owner[f as usize] = None;
+                        }
+                        m.live.swap_remove(i);
+                        false
+                    }
+                    Err(HeapError::NoSuchCpu { .. }) if cpu >= 2 => true,
+                    Err(e) => return Err(TestCaseError::fail(format!("put of a held extent: {e}"))),
+                }
+            }
+            Op::Drain { cpu } => {
+                let r = heap.drain(cpu);
+                prop_assert_eq!(r.is_ok(), cpu.is_none_or(|c| c < 2));
+                if cpu.is_none() {
+                    prop_assert_eq!(heap.stats().reserved, 0, "a drain of every CPU leaves no reserve");
+                }
+                r.is_err()
+            }
         };
         // The operation returned: its last section ends here.
         let last = counter.close();
@@ -416,7 +503,8 @@ fn run(policy: Policy, dirty: bool, ops: &[Op]) -> Result<(), TestCaseError> {
             );
         }
         if refused {
-            prop_assert_eq!(snapshot(&heap, &DOMS), before, "step {}: refused {:?} changed the heap", step, op);
+            let after = snapshot(&heap, &DOMS);
+            prop_assert_eq!(held(&after), held(&before), "step {}: refused {:?} changed the heap", step, op);
         }
         heap.check_invariants().map_err(|e| TestCaseError::fail(format!("step {step} {op:?}: {e}")))?;
         let s = heap.stats();

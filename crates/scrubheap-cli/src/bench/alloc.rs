@@ -46,6 +46,23 @@ pub struct Args {
     /// Timed repetitions of each allocator, interleaved; the median is reported.
     #[arg(long, default_value_t = 5)]
     pub reps: usize,
+    /// What to run: LLFree's patterns (`patterns`), the churn sequence against
+    /// buddy_system_allocator (`churn`), or both (`all`).
+    #[arg(long, default_value = "all", value_parser = ["all", "patterns", "churn"])]
+    pub suite: String,
+    /// The LLFree peer program (`bench/llfree-peer`); by default it is built with cargo
+    /// when LLFree's sources are at `../shared/peers/llfree`, and skipped otherwise.
+    #[arg(long)]
+    pub peer_bin: Option<PathBuf>,
+    /// log2 of the frames of the patterns' allocators (20: 4 GiB of 4 KiB frames).
+    #[arg(long, default_value_t = 20)]
+    pub frames_log2: u8,
+    /// Orders of the patterns (LLFree runs 0 and 9 only).
+    #[arg(long, value_delimiter = ',', default_value = "0,9,18")]
+    pub orders: Vec<u8>,
+    /// Thread counts of the patterns.
+    #[arg(long, value_delimiter = ',', default_value = "1,2")]
+    pub threads: Vec<usize>,
 }
 
 /// The orders benchmarked; each has its own sequence.
@@ -542,12 +559,37 @@ pub fn main(a: Args) -> anyhow::Result<()> {
     if a.reps == 0 {
         bail!("--reps must be at least 1");
     }
-    let cfg = Config { seed: a.seed, steps: a.steps, reps: a.reps, heap_frames_log2: HEAP_FRAMES_LOG2 };
-    let report = bench(&cfg)?;
-    print_table(&report);
+    let mut out = serde_json::Map::new();
+    if a.suite != "churn" {
+        let (peer, skipped) = match super::patterns::find_peer(a.peer_bin.clone()) {
+            Ok(p) => (Some(p), None),
+            Err(why) => (None, Some(why)),
+        };
+        let pc = super::patterns::Config {
+            frames_log2: a.frames_log2,
+            reps: a.reps,
+            orders: a.orders.clone(),
+            threads: a.threads.clone(),
+            peer,
+        };
+        let r = super::patterns::bench(&pc, skipped)?;
+        super::patterns::print(&r);
+        out.insert("patterns".into(), serde_json::to_value(&r)?);
+    }
+    if a.suite != "patterns" {
+        let cfg = Config { seed: a.seed, steps: a.steps, reps: a.reps, heap_frames_log2: HEAP_FRAMES_LOG2 };
+        let report = bench(&cfg)?;
+        print_table(&report);
+        for (k, v) in serde_json::to_value(&report)?.as_object().context("a report is an object")? {
+            out.insert(k.clone(), v.clone());
+        }
+    }
     if let Some(path) = &a.json {
-        let settings = serde_json::json!({ "seed": a.seed, "steps": a.steps, "reps": a.reps });
-        crate::output::write_json(path, "bench alloc", settings, &report)?;
+        let settings = serde_json::json!({
+            "seed": a.seed, "steps": a.steps, "reps": a.reps, "suite": a.suite,
+            "frames_log2": a.frames_log2, "orders": a.orders, "threads": a.threads,
+        });
+        crate::output::write_json(path, "bench alloc", settings, &out)?;
         println!("wrote {}", path.display());
     }
     Ok(())

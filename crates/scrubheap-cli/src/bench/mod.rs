@@ -4,13 +4,17 @@
 pub mod alloc;
 pub mod latency;
 pub mod noise;
+pub mod patterns;
 pub mod scrub;
 
 /// Benchmarks.
 #[derive(clap::Subcommand)]
 pub enum Cmd {
-    /// Allocator throughput against buddy_system_allocator on one seeded sequence.
-    #[command(after_help = "Example:\n  scrubheap bench alloc --json alloc.json")]
+    /// LLFree's patterns on scrubheap's per-CPU fast path, LLFree and buddy_system_allocator;
+    /// and throughput against buddy_system_allocator on one seeded churn sequence.
+    #[command(
+        after_help = "Example:\n  scrubheap bench alloc --json alloc.json\n  scrubheap bench alloc --suite patterns --reps 5"
+    )]
     Alloc(alloc::Args),
     /// Background scrub throughput against raw zeroing of the same arena, per kernel.
     #[command(after_help = "Example:\n  scrubheap bench scrub --memory 512MiB --json scrub.json")]

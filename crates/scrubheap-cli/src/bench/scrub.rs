@@ -19,13 +19,13 @@
 //!    returns 0, the way the host runtime runs its scrubbers. Every heap run is followed
 //!    by an untimed check that every frame was scrubbed and every byte is zero.
 //!
-//! Two threads on one node are not two scrubbers' worth: an initially dirty node is one
-//! free chunk per power of two (a 1 GiB node is a single order-18 chunk), a scrubber
-//! takes a whole chunk, and a scrubber that finds no chunk to take gets 0 at once. So the
-//! second thread usually finds the chunk taken and stops; it gets work only if it calls in
-//! the moment between two of the first thread's steps, when the chunk is back on the free
-//! list. `background2_thread_frames` records, per run, what each thread zeroed.
-//! Scrubbers scale by nodes (or by chunks), which is what `background2_nodes` measures.
+//! Two threads on one node share its chunks: an initially dirty node is one free chunk
+//! per power of two (a 1 GiB node is a single order-18 chunk), and a scrubber that finds
+//! no free dirty chunk joins the one another scrubber of the node holds, taking batches
+//! from its cursor. `background2_thread_frames` records, per run, what each thread
+//! zeroed; `background2_nodes` measures scrubbers on separate nodes for comparison. Every
+//! heap run sizes its batches as the host's scrubbers do ([`BatchSizer`]: half a
+//! millisecond of CPU time at the bandwidth the thread measured, at most the heap's batch).
 //!
 //! Dirtying and building the heap are never timed. Each run is timed by the wall clock
 //! (the figures) and by thread CPU time (`*_cpu_gbps`, which leave out time a thread
@@ -40,7 +40,7 @@
 
 use anyhow::{bail, ensure, Context};
 use scrubheap::{FrameMemory, Heap, HeapConfig, Mfn, NeverPreempt};
-use scrubheap_host::{median, thread_cpu_time, Arena, ArenaConfig, Kernel};
+use scrubheap_host::{median, thread_cpu_time, Arena, ArenaConfig, BatchSizer, Kernel};
 use serde::Serialize;
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -240,9 +240,10 @@ fn time_zero(arena: &Arena, k: Kernel, call: u64) -> Took {
 fn time_background(arena: &Arena, heap: &Heap<&Arena>, budget: u64) -> anyhow::Result<(Took, u64)> {
     let (took, res) = timed(|| -> anyhow::Result<(u64, u64)> {
         let (mut frames, mut calls) = (0, 0);
+        let sizer = BatchSizer::new(FRAME, heap.config().scrub_batch);
         loop {
             calls += 1;
-            match heap.scrub_step(0, budget, &NeverPreempt)? {
+            match sized_step(heap, 0, budget, &sizer)? {
                 0 => return Ok((frames, calls)),
                 z => frames += z,
             }
@@ -256,6 +257,15 @@ fn time_background(arena: &Arena, heap: &Heap<&Arena>, budget: u64) -> anyhow::R
         "the heap reported all clean but the arena holds non-zero bytes"
     );
     Ok((took, calls))
+}
+
+/// One `scrub_step` call as the host's scrubbers make it: batches sized by the bandwidth
+/// the thread measured on its previous calls.
+fn sized_step(heap: &Heap<&Arena>, node: usize, budget: u64, sizer: &BatchSizer) -> anyhow::Result<u64> {
+    let cpu0 = thread_cpu_time();
+    let z = heap.scrub_step(node, budget, &sizer.preempt(&NeverPreempt))?;
+    sizer.observe(z, thread_cpu_time().saturating_sub(cpu0).as_nanos() as u64);
+    Ok(z)
 }
 
 /// One scrubber thread's part of a run.
@@ -289,8 +299,9 @@ fn time_scrubbers(
                     go.wait();
                     let (start, c) = (Instant::now(), thread_cpu_time());
                     let mut frames = 0;
+                    let sizer = BatchSizer::new(FRAME, heap.config().scrub_batch);
                     loop {
-                        match heap.scrub_step(node, budget, &NeverPreempt)? {
+                        match sized_step(heap, node, budget, &sizer)? {
                             0 => break,
                             z => frames += z,
                         }
