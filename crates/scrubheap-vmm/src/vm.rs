@@ -292,19 +292,12 @@ impl<'v> KvmSlots<'v> {
             None if (self.next as usize) < self.limit => self.next,
             None => return Err(VmmError::TooManySlots { needed: self.live.len() + 1, limit: self.limit }),
         };
-        let region = kvm_userspace_memory_region {
-            slot: id,
-            guest_phys_addr: s.gpa,
-            memory_size: s.bytes,
-            userspace_addr: s.host as u64,
-            flags: 0,
-        };
         // SAFETY: the slot's host range is page aligned (arena frames, our own mapping, or
         // a pager's, which its trait's contract makes so) and belongs to the guest's `Ram`
         // or the VMM's tables, which the returned `Tenant` keeps until after it has dropped
         // this VM, or until the slot is removed (`remove_overlapping`); on an error return
         // the VM drops before both.
-        unsafe { self.vm.set_user_memory_region(region) }.map_err(kvm_err("KVM_SET_USER_MEMORY_REGION"))?;
+        unsafe { set_slot(self.vm, id, s) }?;
         if id == self.next {
             self.next += 1;
         }

@@ -381,44 +381,39 @@ fn repeat<S: Subject>(s: &S, order: u8, threads: usize, allocs: usize, rounds: u
     })
 }
 
+/// Runs `f(thread, part, sums)` on one thread per part, all starting at `barrier`;
+/// returns each thread's sums.
+fn per_thread<T: Send>(parts: Vec<T>, barrier: &Barrier, f: impl Fn(usize, T, &mut Sums) + Sync) -> Vec<Sums> {
+    std::thread::scope(|sc| {
+        let f = &f;
+        let hs: Vec<_> = parts
+            .into_iter()
+            .enumerate()
+            .map(|(t, part)| {
+                sc.spawn(move || {
+                    let mut sums = Sums::default();
+                    barrier.wait();
+                    f(t, part, &mut sums);
+                    sums
+                })
+            })
+            .collect();
+        hs.into_iter().map(|h| h.join().expect("a bench thread panicked")).collect()
+    })
+}
+
 fn rand<S: Subject>(s: &S, order: u8, threads: usize, allocs: usize, rounds: usize) -> Sums {
     let mut all = vec![0u64; allocs * threads];
     let mut total = Sums::default();
     for round in 0..rounds {
         s.idle();
         let barrier = Barrier::new(threads);
-        let got: Vec<Sums> = std::thread::scope(|sc| {
-            let hs: Vec<_> = all
-                .chunks_mut(allocs)
-                .enumerate()
-                .map(|(t, pages)| {
-                    let barrier = &barrier;
-                    sc.spawn(move || {
-                        let mut sums = Sums::default();
-                        barrier.wait();
-                        get_all(s, t, order, pages, &mut sums);
-                        sums
-                    })
-                })
-                .collect();
-            hs.into_iter().map(|h| h.join().expect("a bench thread panicked")).collect()
+        let got = per_thread(all.chunks_mut(allocs).collect(), &barrier, |t, pages: &mut [u64], sums| {
+            get_all(s, t, order, pages, sums)
         });
         shuffle(&mut all, SHUFFLE_SEED + round as u64);
-        let put: Vec<Sums> = std::thread::scope(|sc| {
-            let hs: Vec<_> = all
-                .chunks(allocs)
-                .enumerate()
-                .map(|(t, pages)| {
-                    let barrier = &barrier;
-                    sc.spawn(move || {
-                        let mut sums = Sums::default();
-                        barrier.wait();
-                        put_all(s, t, order, pages, false, &mut sums);
-                        sums
-                    })
-                })
-                .collect();
-            hs.into_iter().map(|h| h.join().expect("a bench thread panicked")).collect()
+        let put = per_thread(all.chunks(allocs).collect(), &barrier, |t, pages: &[u64], sums| {
+            put_all(s, t, order, pages, false, sums)
         });
         got.into_iter().chain(put).for_each(|x| total.add(x));
     }
