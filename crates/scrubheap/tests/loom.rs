@@ -173,7 +173,8 @@ fn two_scrubbers_share_one_chunk_and_hand_it_to_an_allocator() {
                 thread::spawn(move || s.scrub_step(0, u64::MAX, &NeverPreempt).unwrap())
             })
             .collect();
-        let e = h.alloc(&AllocRequest::new(2, DomId(1))).unwrap();
+        // Four dirty frames are more than one batch: the allocation goes through a ticket.
+        let e = h.alloc_preemptible(&AllocRequest::new(2, DomId(1)), &NeverPreempt).unwrap().unwrap();
         assert!(h.memory().is_zero(e.mfn, 4), "frames handed over unscrubbed");
         for j in scrubbers {
             j.join().unwrap();
