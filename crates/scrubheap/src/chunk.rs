@@ -1,13 +1,5 @@
-//! Chunk metadata. Each frame has a 6-bit head code (ten to a word), non-zero only at a
-//! chunk head, saying whether the chunk is free and its order; absorbing a buddy is
-//! clearing its head code. What only some chunks need lives in per-chunk records kept by
-//! [`crate::node::NodeState`]: an [`Owned`] record per chunk that is not free (state,
-//! owner, pins, flags), and an entry in one free set per zone, dirtiness and order per
-//! free chunk.
-
-use crate::dirty::touched;
-use crate::types::{DomId, CODE_BITS, MAX_ORDER, PER_WORD};
-use alloc::vec::Vec;
+//! Per-frame metadata slots. Only the head frame of a chunk carries metadata; every other
+//! slot is all-zero, so absorbing a buddy is clearing its head.
 
 /// State of a chunk, stored at its head.
 #[derive(Copy, Clone, Debug, PartialEq, Eq)]
@@ -15,13 +7,13 @@ use alloc::vec::Vec;
 pub(crate) enum State {
     /// Not a chunk head.
     None = 0,
-    /// Free, in a clean or dirty free set.
+    /// Free, on a clean or dirty free list.
     Free = 1,
     /// Held by an owner.
     Allocated = 2,
-    /// Taken out of the free sets by a scrubber that is zeroing it outside the lock.
+    /// Taken off the free lists by a scrubber that is zeroing it outside the lock.
     Scrubbing = 3,
-    /// Taken out of the free sets by an offline in progress.
+    /// Taken off the free lists by an offline in progress.
     Isolated = 4,
     /// Removed from service by an offline.
     Offline = 5,
@@ -32,115 +24,108 @@ pub(crate) enum State {
     Pending = 7,
 }
 
+impl State {
+    fn from_bits(b: u32) -> State {
+        match b {
+            1 => State::Free,
+            2 => State::Allocated,
+            3 => State::Scrubbing,
+            4 => State::Isolated,
+            5 => State::Offline,
+            6 => State::Broken,
+            7 => State::Pending,
+            _ => State::None,
+        }
+    }
+}
+
 /// No link / no dirty frame.
 pub(crate) const NONE: u32 = u32::MAX;
 
-const CODE_MASK: u64 = (1 << CODE_BITS) - 1;
-
-// Every head code (none, free of each order, held of each order) fits its bits.
-const _: () = assert!(2 * (MAX_ORDER as usize + 1) < 1 << CODE_BITS);
-
-/// A frame's head code: 0 for a frame that starts no chunk; `1 + order` for the head of
-/// a free chunk; `1 + ORDERS + order` for the head of any other chunk, whose state is in
-/// its [`Owned`] record.
-#[derive(Copy, Clone, Debug, Default, PartialEq, Eq)]
-pub(crate) struct HeadByte(u8);
-
-impl HeadByte {
-    const HELD: u8 = 1 + MAX_ORDER + 1;
-
-    /// The head of a free chunk of `order`.
-    pub fn free(order: u8) -> HeadByte {
-        debug_assert!(order <= MAX_ORDER);
-        HeadByte(1 + order)
-    }
-    /// The head of a chunk of `order` in any state but free (the state is in its record).
-    pub fn held(order: u8) -> HeadByte {
-        debug_assert!(order <= MAX_ORDER);
-        HeadByte(Self::HELD + order)
-    }
-    pub fn is_head(self) -> bool {
-        self.0 != 0
-    }
-    pub fn is_free(self) -> bool {
-        self.0 != 0 && self.0 < Self::HELD
-    }
-    pub fn order(self) -> u8 {
-        debug_assert!(self.is_head());
-        if self.0 >= Self::HELD {
-            self.0 - Self::HELD
-        } else {
-            self.0 - 1
-        }
-    }
-}
-
-/// Every frame's head code, ten to a word: 6.4 bits a frame.
-#[derive(Clone, Debug)]
-pub(crate) struct PackedHeads {
-    words: Vec<u64>,
-}
-
-impl PackedHeads {
-    /// `frames` codes, all 0.
-    pub fn new(frames: u32) -> Self {
-        PackedHeads { words: touched((frames as usize).div_ceil(PER_WORD), 0) }
-    }
-    #[inline]
-    pub fn get(&self, i: u32) -> HeadByte {
-        let i = i as usize;
-        HeadByte(((self.words[i / PER_WORD] >> ((i % PER_WORD) * CODE_BITS)) & CODE_MASK) as u8)
-    }
-    #[inline]
-    pub fn set(&mut self, i: u32, v: HeadByte) {
-        let i = i as usize;
-        let shift = (i % PER_WORD) * CODE_BITS;
-        let w = &mut self.words[i / PER_WORD];
-        *w = (*w & !(CODE_MASK << shift)) | ((v.0 as u64) << shift);
-        debug_assert_eq!(self.get(i as u32), v);
-    }
-    /// Bytes held (the capacity).
-    pub fn bytes(&self) -> usize {
-        self.words.capacity() * 8
-    }
-}
-
+const ORDER_MASK: u32 = 0x1f;
+const STATE_SHIFT: u32 = 5;
+const STATE_MASK: u32 = 0x7 << STATE_SHIFT;
 /// Allocated: a sealed allocation (see [`crate::AllocRequest::sealed`]): the ordinary
 /// free and pin refuse it; only [`crate::Heap::free_sealed`] gives it back. Never on a
 /// movable allocation.
-pub(crate) const F_SEALED: u8 = 1 << 0;
+pub(crate) const F_SEALED: u32 = 1 << 8;
 /// Allocated: the allocation is movable (may be migrated by offline).
-pub(crate) const F_MOVABLE: u8 = 1 << 1;
+pub(crate) const F_MOVABLE: u32 = 1 << 9;
 /// Allocated: frames being migrated (a pin or an offline moves them); the owner may not
 /// free or pin them until the move is done. On a destination chunk, its dirty bits stay
 /// until the copy succeeds, so a refused move gives the frames back exactly as they were.
-pub(crate) const F_MIGRATING: u8 = 1 << 2;
+pub(crate) const F_MIGRATING: u32 = 1 << 30;
 /// Allocated (order 0 only): the frame is broken and leaves service when it is freed.
-pub(crate) const F_BROKEN: u8 = 1 << 3;
+pub(crate) const F_BROKEN: u32 = 1 << 31;
+const FD_SHIFT: u32 = 10;
+const FD_MASK: u32 = 0xf_ffff << FD_SHIFT;
 
-/// The record of a chunk that is not free (allocated, pending, being scrubbed, isolated,
-/// offline, broken), keyed by its head.
-#[derive(Copy, Clone, Debug, PartialEq, Eq)]
-pub(crate) struct Owned {
-    /// Its state (never [`State::Free`] or [`State::None`]).
-    pub state: State,
-    /// Who holds it (or will, for a pending chunk); `DomId(0)` in other states.
-    pub owner: DomId,
-    /// Long-term pins (allocated chunks only).
-    pub pins: u32,
-    /// `F_*` flags (allocated chunks only).
-    pub flags: u8,
+/// One frame's metadata: 12 bytes.
+///
+/// - free: `a`/`b` are the free-list links (prev/next, node-relative frame offsets), and
+///   `info` holds order, state and `first_dirty` (offset of the first dirty frame, exact).
+/// - allocated: `a` is the owner, `b` the long-term pin count, `info` order, state, flags.
+/// - not a head: all zero.
+#[derive(Copy, Clone, Debug, Default, PartialEq, Eq)]
+pub(crate) struct Slot {
+    pub a: u32,
+    pub b: u32,
+    info: u32,
 }
 
-impl Owned {
-    pub fn flag(&self, f: u8) -> bool {
-        self.flags & f != 0
+impl Slot {
+    pub fn head(state: State, order: u8) -> Slot {
+        Slot { a: 0, b: 0, info: (order as u32) | ((state as u32) << STATE_SHIFT) }
     }
-    pub fn set_flag(&mut self, f: u8, on: bool) {
+    pub fn free(order: u8, first_dirty: u32) -> Slot {
+        let mut s = Slot::head(State::Free, order);
+        s.a = NONE;
+        s.b = NONE;
+        s.set_first_dirty(first_dirty);
+        s
+    }
+    pub fn state(&self) -> State {
+        State::from_bits((self.info & STATE_MASK) >> STATE_SHIFT)
+    }
+    pub fn is_head(&self) -> bool {
+        self.state() != State::None
+    }
+    pub fn order(&self) -> u8 {
+        (self.info & ORDER_MASK) as u8
+    }
+    pub fn set_order(&mut self, order: u8) {
+        self.info = (self.info & !ORDER_MASK) | order as u32;
+    }
+    pub fn flags(&self, f: u32) -> bool {
+        self.info & f != 0
+    }
+    pub fn set_flag(&mut self, f: u32, on: bool) {
         if on {
-            self.flags |= f;
+            self.info |= f;
         } else {
-            self.flags &= !f;
+            self.info &= !f;
         }
     }
+    /// Offset of the first dirty frame of a free chunk, or [`NONE`] if it is clean.
+    pub fn first_dirty(&self) -> u32 {
+        let v = (self.info & FD_MASK) >> FD_SHIFT;
+        if v == 0 {
+            NONE
+        } else {
+            v - 1
+        }
+    }
+    pub fn set_first_dirty(&mut self, fd: u32) {
+        let v = if fd == NONE { 0 } else { fd + 1 };
+        debug_assert!(v <= 0xf_ffff);
+        self.info = (self.info & !FD_MASK) | (v << FD_SHIFT);
+    }
 }
+
+const _: () = assert!(core::mem::size_of::<Slot>() == 12);
+// The order field holds every order, and `first_dirty + 1` every offset inside a chunk.
+const _: () = assert!(crate::types::MAX_ORDER as u32 <= ORDER_MASK);
+const _: () = assert!(1u32 << crate::types::MAX_ORDER < FD_MASK >> FD_SHIFT);
+// Flags, state and first-dirty fields do not overlap.
+const _: () = assert!(ORDER_MASK & STATE_MASK == 0 && (ORDER_MASK | STATE_MASK) & FD_MASK == 0);
+const _: () = assert!((F_SEALED | F_MOVABLE | F_MIGRATING | F_BROKEN) & (ORDER_MASK | STATE_MASK | FD_MASK) == 0);

@@ -112,7 +112,7 @@ fn check_node(n: usize, st: &NodeState) -> Result<Tally, InvariantViolation> {
         }
         pos += len;
     }
-    let listed = st.check_lists().map_err(|e| InvariantViolation(format!("node {n}: {e}")))?;
+    let listed = st.check_lists(t.free_chunks).map_err(|e| InvariantViolation(format!("node {n}: {e}")))?;
     if st.work.len() as u64 != t.worked {
         return fail(format!("node {n}: {} work entries for {} chunks being worked on", st.work.len(), t.worked));
     }

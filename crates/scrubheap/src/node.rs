@@ -2,14 +2,13 @@
 //! order), the dirty bitmap and the counters. Everything here is node-relative (frame
 //! offsets from the node's first frame, `u32`) and runs under the node's lock.
 
-use crate::chunk::{HeadByte, Owned, PackedHeads, State, F_BROKEN, F_MIGRATING, F_MOVABLE, F_SEALED, NONE};
-use crate::dirty::DirtyBitmap;
+use crate::chunk::{Slot, State, F_BROKEN, F_MIGRATING, F_MOVABLE, F_SEALED, NONE};
+use crate::dirty::{touched, DirtyBitmap};
 use crate::error::HeapError;
 use crate::types::{DomId, Mfn, Zone, MAX_ORDER, ORDERS};
 use crate::work::{Kind, Work};
 use alloc::string::String;
 use alloc::vec::Vec;
-use core::hash::BuildHasherDefault;
 
 /// What a chunk head says: a copy, changed only through [`NodeState`]'s methods.
 #[derive(Copy, Clone, Debug, PartialEq, Eq)]
@@ -61,16 +60,10 @@ pub(crate) struct NodeState {
     pub frames: u32,
     /// First offset of the Movable zone (`frames` when there is none).
     pub movable_from: u32,
-    /// A head code a frame: free or not and order at chunk heads, 0 elsewhere.
-    heads: PackedHeads,
-    /// The record of every chunk that is not free, by head.
-    owned: Records<Owned>,
+    meta: Vec<Slot>,
     pub dirty: DirtyBitmap,
-    /// Free chunks by head: `[zone][dirty][order]` (dirty: holding a dirty frame), the
-    /// most recently listed last.
-    lists: [[[Vec<u32>; ORDERS]; 2]; 2],
-    /// Each listed free chunk's place in its list, with [`LISTED_DIRTY`] if on a dirty list.
-    listed: Records<u32>,
+    /// List heads: `[zone][dirty][order]`.
+    heads: [[[u32; ORDERS]; 2]; 2],
     /// Bit `o` set when list `[zone][dirty][o]` is non-empty.
     nonempty: [[u32; 2]; 2],
     /// Free frames (clean or dirty), on the free lists.
@@ -103,11 +96,9 @@ impl NodeState {
             base,
             frames,
             movable_from,
-            heads: PackedHeads::new(frames),
-            owned: Records::default(),
-            listed: Records::default(),
+            meta: touched(frames as usize, Slot::default()),
             dirty: DirtyBitmap::new(frames),
-            lists: Default::default(),
+            heads: [[[NONE; ORDERS]; 2]; 2],
             nonempty: [[0; 2]; 2],
             free: 0,
             free_dirty: 0,
@@ -165,19 +156,13 @@ impl NodeState {
         b.checked_sub(self.base).filter(|&b| b < self.frames as u64).map(|b| b as u32)
     }
 
-    /// Bytes of metadata this node holds: the capacities of its head codes, dirty bitmap
-    /// (with its summaries), free lists, record tables and work list, the node state
-    /// itself, and for the per-owner scrub counts (an ordered map, whose nodes the
-    /// standard library does not expose) their entries times [`btree_entry_bytes`].
+    /// Bytes of metadata this node holds: the capacities of its per-frame slots, dirty
+    /// bitmap (with its summaries) and work list, and the node state itself.
     pub fn metadata_bytes(&self) -> u64 {
-        let fixed = self.heads.bytes() + self.dirty.bytes() + core::mem::size_of::<NodeState>();
+        let slots = self.meta.capacity() * core::mem::size_of::<Slot>();
         let work = self.work.capacity() * core::mem::size_of::<Work>();
-        let lists: usize = self.lists.iter().flatten().flatten().map(|l| l.capacity() * 4).sum();
-        let free = lists + table_bytes(self.listed.capacity(), 8);
-        let owned = table_bytes(self.owned.capacity(), core::mem::size_of::<(u32, Owned)>());
-        let owners = self.in_place_by_owner.len() * btree_entry_bytes(4, 8);
-        let bytes = fixed + work + free + owned + owners;
-        debug_assert!(bytes >= self.frames as usize * 6 / 8, "at least the head codes");
+        let bytes = slots + self.dirty.bytes() + work + core::mem::size_of::<NodeState>();
+        debug_assert!(bytes >= self.frames as usize / 8, "at least the dirty bits");
         bytes as u64
     }
 
@@ -191,24 +176,21 @@ impl NodeState {
 
     /// The facts of the chunk head at `h`, or `None` if `h` starts no chunk.
     pub fn head_at(&self, h: u32) -> Option<Head> {
-        let b = self.heads.get(h);
-        if !b.is_head() {
+        let s = self.meta[h as usize];
+        if !s.is_head() {
             return None;
         }
-        let rec = if b.is_free() {
-            Owned { state: State::Free, owner: DomId(0), pins: 0, flags: 0 }
-        } else {
-            *self.owned.get(&h).expect("a chunk that is not free has its record")
-        };
+        let owned = matches!(s.state(), State::Allocated | State::Pending);
+        let allocated = s.state() == State::Allocated;
         Some(Head {
-            state: rec.state,
-            order: b.order(),
-            owner: rec.owner,
-            pins: rec.pins,
-            movable: rec.flag(F_MOVABLE),
-            sealed: rec.flag(F_SEALED),
-            migrating: rec.flag(F_MIGRATING),
-            broken: rec.flag(F_BROKEN),
+            state: s.state(),
+            order: s.order(),
+            owner: DomId(if owned { s.a } else { 0 }),
+            pins: if allocated { s.b } else { 0 },
+            movable: allocated && s.flags(F_MOVABLE),
+            sealed: allocated && s.flags(F_SEALED),
+            migrating: allocated && s.flags(F_MIGRATING),
+            broken: allocated && s.flags(F_BROKEN),
         })
     }
 
@@ -222,36 +204,32 @@ impl NodeState {
     /// The state of the chunk head at `h`.
     #[inline]
     pub fn state(&self, h: u32) -> State {
-        let b = self.heads.get(h);
-        match (b.is_head(), b.is_free()) {
-            (false, _) => State::None,
-            (true, true) => State::Free,
-            (true, false) => self.owned.get(&h).expect("a chunk that is not free has its record").state,
-        }
+        self.meta[h as usize].state()
     }
 
     /// Whether frame `off` carries no metadata at all (inside a chunk, not its head).
     pub fn is_blank(&self, off: u32) -> bool {
-        !self.heads.get(off).is_head()
+        self.meta[off as usize] == Slot::default()
     }
 
     /// Makes `h` the head of a chunk of `order` allocated to `owner`, unpinned.
     pub fn set_allocated(&mut self, h: u32, order: u8, owner: DomId, movable: bool, sealed: bool) {
         debug_assert!(!(movable && sealed), "a sealed allocation is never movable");
         debug_assert!(self.aligned(h, order) && h + size(order) <= self.frames);
-        let mut rec = Owned { state: State::Allocated, owner, pins: 0, flags: 0 };
-        rec.set_flag(F_MOVABLE, movable);
-        rec.set_flag(F_SEALED, sealed);
-        self.heads.set(h, HeadByte::held(order));
-        self.owned.insert(h, rec);
+        let mut slot = Slot::head(State::Allocated, order);
+        slot.a = owner.0;
+        slot.set_flag(F_MOVABLE, movable);
+        slot.set_flag(F_SEALED, sealed);
+        self.meta[h as usize] = slot;
         debug_assert_eq!(self.head(h).owner, owner);
     }
 
     /// Makes `h` the head of a chunk of `order` reserved for `owner` by a scrub ticket.
     pub fn set_pending(&mut self, h: u32, order: u8, owner: DomId) {
         debug_assert!(self.aligned(h, order) && h + size(order) <= self.frames);
-        self.heads.set(h, HeadByte::held(order));
-        self.owned.insert(h, Owned { state: State::Pending, owner, pins: 0, flags: 0 });
+        let mut slot = Slot::head(State::Pending, order);
+        slot.a = owner.0;
+        self.meta[h as usize] = slot;
         debug_assert_eq!(self.head(h).state, State::Pending);
     }
 
@@ -260,42 +238,36 @@ impl NodeState {
     pub fn set_state(&mut self, h: u32, state: State, order: u8) {
         debug_assert!(matches!(state, State::Scrubbing | State::Isolated | State::Offline | State::Broken));
         debug_assert!(self.aligned(h, order) && h + size(order) <= self.frames);
-        debug_assert!(self.state(h) != State::Free, "a free head leaves through unlink_free and forget_free");
-        self.heads.set(h, HeadByte::held(order));
-        self.owned.insert(h, Owned { state, owner: DomId(0), pins: 0, flags: 0 });
+        self.meta[h as usize] = Slot::head(state, order);
     }
 
     /// Forgets the head at `h` (its frames are about to join another chunk or the free
     /// lists through [`NodeState::release`] or [`NodeState::put_back`]).
     pub fn clear_head(&mut self, h: u32) {
-        debug_assert!(self.state(h) != State::Free, "a free head leaves through unlink_free");
-        self.heads.set(h, HeadByte::default());
-        self.owned.remove(&h);
+        debug_assert!(self.meta[h as usize].state() != State::Free, "a free head leaves through unlink_free");
+        self.meta[h as usize] = Slot::default();
         debug_assert!(self.is_blank(h));
-    }
-
-    fn owned_mut(&mut self, h: u32) -> &mut Owned {
-        debug_assert_eq!(self.state(h), State::Allocated);
-        self.owned.get_mut(&h).expect("an allocated chunk has its record")
     }
 
     /// Marks (or unmarks) the allocated chunk at `h` as being migrated.
     pub fn set_migrating(&mut self, h: u32, on: bool) {
-        self.owned_mut(h).set_flag(F_MIGRATING, on);
+        debug_assert_eq!(self.state(h), State::Allocated);
+        self.meta[h as usize].set_flag(F_MIGRATING, on);
         debug_assert_eq!(self.head(h).migrating, on);
     }
 
     /// Marks the allocated single frame at `h` to leave service when freed.
     pub fn set_broken_when_freed(&mut self, h: u32) {
-        debug_assert_eq!(self.heads.get(h).order(), 0, "only a single frame is marked broken");
-        self.owned_mut(h).set_flag(F_BROKEN, true);
+        debug_assert_eq!(self.state(h), State::Allocated);
+        debug_assert_eq!(self.meta[h as usize].order(), 0, "only a single frame is marked broken");
+        self.meta[h as usize].set_flag(F_BROKEN, true);
     }
 
     /// Sets the long-term pin count of the allocated chunk at `h`.
     pub fn set_pins(&mut self, h: u32, pins: u32) {
-        let rec = self.owned_mut(h);
-        debug_assert!(pins == 0 || !rec.flag(F_SEALED), "a sealed allocation is never pinned");
-        rec.pins = pins;
+        debug_assert_eq!(self.state(h), State::Allocated);
+        debug_assert!(pins == 0 || !self.meta[h as usize].flags(F_SEALED), "a sealed allocation is never pinned");
+        self.meta[h as usize].b = pins;
     }
 
     /// Asks a background scrubber holding the chunk at `h` to hand it back after its
@@ -315,7 +287,7 @@ impl NodeState {
     /// [`NONE`] if it is clean.
     pub fn first_dirty(&self, h: u32) -> u32 {
         debug_assert_eq!(self.state(h), State::Free);
-        self.first_dirty_in(h, self.heads.get(h).order())
+        self.meta[h as usize].first_dirty()
     }
 
     /// Whether `owner` holds every frame of `[off, 2^order)`, each chunk sealed exactly
@@ -366,105 +338,113 @@ impl NodeState {
         Ok(held)
     }
 
-    /// The free chunks on list `[zone][dirty][order]`, most recently listed last.
+    /// The free chunks on list `[zone][dirty][order]`, most recently listed first.
     pub fn free_list(&self, zone: Zone, dirty: bool, order: u8) -> impl Iterator<Item = u32> + '_ {
-        self.lists[zone as usize][dirty as usize][order as usize].iter().copied()
+        let mut at = self.list_head(zone, dirty, order);
+        core::iter::from_fn(move || {
+            let cur = at;
+            (cur != NONE).then(|| {
+                at = self.meta[cur as usize].b;
+                cur
+            })
+        })
     }
 
-    /// Checks the free lists and the records against the chunk heads: each listed chunk
-    /// is free, of the list's zone, order and dirtiness, and the non-empty masks agree;
-    /// each record belongs to an allocated or pending head. Returns how many chunks are
-    /// listed.
-    pub fn check_lists(&self) -> Result<u64, String> {
+    /// Checks the free lists against the chunk heads: each listed chunk is free, of the
+    /// list's zone, order and dirtiness, with a sound back link, and the non-empty masks
+    /// agree. Returns how many chunks are listed (at most `free_chunks`, else a cycle).
+    pub fn check_lists(&self, free_chunks: u64) -> Result<u64, String> {
         let mut listed = 0u64;
         for z in [Zone::Normal, Zone::Movable] {
             for d in [false, true] {
                 let mask = self.nonempty_mask(z, d);
                 for o in 0..=MAX_ORDER {
-                    let list = &self.lists[z as usize][d as usize][o as usize];
-                    if list.is_empty() == (mask & (1 << o) != 0) {
+                    let mut cur = self.list_head(z, d, o);
+                    if (cur != NONE) != (mask & (1 << o) != 0) {
                         return Err(alloc::format!("nonempty mask of {z}/{d}/{o} disagrees with the list"));
                     }
-                    for (i, &cur) in list.iter().enumerate() {
-                        let place = i as u32 | if d { LISTED_DIRTY } else { 0 };
-                        if self.listed.get(&cur) != Some(&place) {
-                            return Err(alloc::format!("chunk at {cur} is listed at {i} but recorded elsewhere"));
-                        }
-                        let b = self.heads.get(cur);
-                        let fd = self.first_dirty_in(cur, o);
-                        if b != HeadByte::free(o) || self.zone_of(cur) != z || (fd != NONE) != d {
+                    let mut prev = NONE;
+                    while cur != NONE {
+                        let s = self.meta[cur as usize];
+                        let fd = s.first_dirty();
+                        if s.state() != State::Free || s.order() != o || self.zone_of(cur) != z || (fd != NONE) != d {
                             return Err(alloc::format!(
-                                "chunk at {cur} is on list {z}/dirty={d}/order {o} but has head {b:?} fd {fd:#x}",
+                                "chunk at {cur} is on list {z}/dirty={d}/order {o} but is {:?} order {} fd {fd:#x}",
+                                s.state(),
+                                s.order(),
                             ));
                         }
+                        if s.a != prev {
+                            return Err(alloc::format!("chunk at {cur} has a broken back link"));
+                        }
+                        listed += 1;
+                        if listed > free_chunks {
+                            return Err("free lists hold more entries than free chunks (a cycle?)".into());
+                        }
+                        prev = cur;
+                        cur = s.b;
                     }
-                    listed += list.len() as u64;
                 }
             }
-        }
-        let stray = self.owned.iter().find(|(&h, r)| {
-            let b = self.heads.get(h);
-            !b.is_head() || b.is_free() || matches!(r.state, State::Free | State::None)
-        });
-        if let Some((&h, r)) = stray {
-            return Err(alloc::format!("a record {r:?} at {h} whose head is {:?}", self.heads.get(h)));
-        }
-        if self.listed.len() as u64 != listed {
-            return Err(alloc::format!("{} list places recorded for {listed} listed chunks", self.listed.len()));
         }
         Ok(listed)
     }
 
     // ---- free lists ----
 
+    fn list_of(&self, off: u32) -> (usize, usize, usize) {
+        let s = &self.meta[off as usize];
+        (self.zone_of(off) as usize, (s.first_dirty() != NONE) as usize, s.order() as usize)
+    }
+
     fn list_push(&mut self, off: u32) {
-        let o = self.heads.get(off).order() as usize;
-        let d = self.dirty.first_set(off, size(o as u8)).is_some() as usize;
-        let z = self.zone_of(off) as usize;
-        let list = &mut self.lists[z][d][o];
-        let place = list.len() as u32 | if d == 1 { LISTED_DIRTY } else { 0 };
-        list.push(off);
-        let old = self.listed.insert(off, place);
-        debug_assert!(old.is_none(), "a chunk is listed once");
+        let (z, d, o) = self.list_of(off);
+        let old = self.heads[z][d][o];
+        {
+            let s = &mut self.meta[off as usize];
+            s.a = NONE;
+            s.b = old;
+        }
+        if old != NONE {
+            self.meta[old as usize].a = off;
+        }
+        self.heads[z][d][o] = off;
         self.nonempty[z][d] |= 1 << o;
     }
 
     fn list_remove(&mut self, off: u32) {
-        let place = self.listed.remove(&off).expect("a listed chunk has its place");
-        let (d, i) = ((place & LISTED_DIRTY != 0) as usize, (place & !LISTED_DIRTY) as usize);
-        let (z, o) = (self.zone_of(off) as usize, self.heads.get(off).order() as usize);
-        let list = &mut self.lists[z][d][o];
-        debug_assert_eq!(list[i], off);
-        list.swap_remove(i);
-        if let Some(&moved) = list.get(i) {
-            self.listed.insert(moved, i as u32 | (place & LISTED_DIRTY));
+        let (z, d, o) = self.list_of(off);
+        let Slot { a: prev, b: next, .. } = self.meta[off as usize];
+        if prev == NONE {
+            self.heads[z][d][o] = next;
+            if next == NONE {
+                self.nonempty[z][d] &= !(1 << o);
+            }
+        } else {
+            self.meta[prev as usize].b = next;
         }
-        if list.is_empty() {
-            self.nonempty[z][d] &= !(1 << o);
+        if next != NONE {
+            self.meta[next as usize].a = prev;
         }
     }
 
     /// Writes a free head at `off` and puts it on its list (counters are the caller's).
-    /// `first_dirty` is the exact offset of its first dirty frame (or [`NONE`]).
     pub fn insert_free(&mut self, off: u32, order: u8, first_dirty: u32) {
-        debug_assert!(self.aligned(off, order) && off + size(order) <= self.frames);
-        self.heads.set(off, HeadByte::free(order));
+        self.meta[off as usize] = Slot::free(order, first_dirty);
         self.list_push(off);
-        debug_assert_eq!(first_dirty, self.first_dirty_in(off, order), "an exact first-dirty offset");
     }
 
     /// Takes a free chunk off its list; its head stays (state Free) for the caller to reuse.
     pub fn unlink_free(&mut self, off: u32) {
-        debug_assert_eq!(self.state(off), State::Free);
+        debug_assert_eq!(self.meta[off as usize].state(), State::Free);
         self.list_remove(off);
-        debug_assert!(!self.listed.contains_key(&off), "off its list");
     }
 
     /// Forgets the head of the free chunk at `h`, already off its list (its frames are
     /// about to be part of another chunk the caller makes).
     pub fn forget_free(&mut self, h: u32) {
         debug_assert_eq!(self.state(h), State::Free);
-        self.heads.set(h, HeadByte::default());
+        self.meta[h as usize] = Slot::default();
         debug_assert!(self.is_blank(h));
     }
 
@@ -473,7 +453,8 @@ impl NodeState {
     pub fn make_unlisted_free(&mut self, off: u32, order: u8) {
         debug_assert!(self.aligned(off, order) && off + size(order) <= self.frames);
         debug_assert!(self.is_blank(off), "the caller cleared the range's heads");
-        self.heads.set(off, HeadByte::free(order));
+        let fd = self.first_dirty_in(off, order);
+        self.meta[off as usize] = Slot::free(order, fd);
     }
 
     /// Lists the free piece `[off, 2^order)` (cut from a larger free chunk, its frames
@@ -487,7 +468,7 @@ impl NodeState {
 
     /// Head of list `[zone][dirty][order]`, for the invariant checker and scrubbers.
     pub fn list_head(&self, zone: Zone, dirty: bool, order: u8) -> u32 {
-        self.lists[zone as usize][dirty as usize][order as usize].last().copied().unwrap_or(NONE)
+        self.heads[zone as usize][dirty as usize][order as usize]
     }
 
     pub fn nonempty_mask(&self, zone: Zone, dirty: bool) -> u32 {
@@ -518,9 +499,9 @@ impl NodeState {
             Pick::CleanOnly if clean != 0 => (clean.trailing_zeros(), false),
             Pick::CleanOnly => return None,
         };
-        let head = *self.lists[z][d as usize][j as usize].last().expect("a non-empty list has a last chunk");
+        let head = self.heads[z][d as usize][j as usize];
+        debug_assert_ne!(head, NONE);
         self.list_remove(head);
-        debug_assert!(self.heads.get(head) == HeadByte::free(j as u8) && j as u8 >= order, "a free chunk big enough");
         Some((head, j as u8))
     }
 
@@ -532,37 +513,45 @@ impl NodeState {
     /// Splits the free chunk at `head` (off its list) from `from` down to `to`, putting
     /// the upper halves back on the free lists; the lower part stays unlisted.
     pub fn split_free(&mut self, head: u32, from: u8, to: u8) {
-        debug_assert_eq!(self.heads.get(head), HeadByte::free(from));
         let mut o = from;
+        // First dirty offset of the part still being split, [head, 2^o).
+        let mut fd = self.meta[head as usize].first_dirty();
         while o > to {
             o -= 1;
             let upper = head + size(o);
-            self.heads.set(upper, HeadByte::free(o));
-            self.list_push(upper);
+            let ufd = if fd == NONE {
+                NONE
+            } else if fd >= size(o) {
+                fd - size(o)
+            } else {
+                self.first_dirty_in(upper, o)
+            };
+            self.insert_free(upper, o, ufd);
+            if fd != NONE && fd >= size(o) {
+                fd = NONE;
+            }
         }
-        self.heads.set(head, HeadByte::free(to));
-        debug_assert_eq!(self.chunk_of(head), (head, to));
+        self.meta[head as usize] = Slot::free(to, fd);
     }
 
     /// Splits an allocated (or otherwise held) chunk at `head` of `from` so that the
     /// chunk of order `to` containing `target` becomes a head; every piece keeps the
     /// head's state, owner, pins and flags.
     pub fn split_held(&mut self, head: u32, from: u8, target: u32, to: u8) {
-        debug_assert!(!self.heads.get(head).is_free() && to <= from);
-        let rec = *self.owned.get(&head).expect("a held chunk has its record");
+        let proto = self.meta[head as usize];
         let mut h = head;
         let mut o = from;
         while o > to {
             o -= 1;
             let upper = h + size(o);
-            self.heads.set(h, HeadByte::held(o));
-            self.heads.set(upper, HeadByte::held(o));
-            self.owned.insert(upper, rec);
+            let mut lo = proto;
+            lo.set_order(o);
+            self.meta[h as usize] = lo;
+            self.meta[upper as usize] = lo;
             if target >= upper {
                 h = upper;
             }
         }
-        debug_assert_eq!(self.chunk_of(target).1, to);
     }
 
     /// The head and order of the chunk containing `off`.
@@ -570,9 +559,9 @@ impl NodeState {
         for o in 0..=MAX_ORDER {
             let abs = (self.base + off as u64) & !((1u64 << o) - 1);
             let Some(h) = abs.checked_sub(self.base) else { break };
-            let b = self.heads.get(h as u32);
-            if b.is_head() && b.order() >= o {
-                return (h as u32, b.order());
+            let s = &self.meta[h as usize];
+            if s.is_head() && s.order() >= o {
+                return (h as u32, s.order());
             }
         }
         unreachable!("partition invariant: frame {off} of node at {:#x} is in no chunk", self.base)
@@ -582,7 +571,6 @@ impl NodeState {
     /// state, to the free lists: all dirty unless `clean`, merged with free buddies.
     /// Updates the free counters (not the counter of the state it left).
     pub fn release(&mut self, off: u32, order: u8, clean: bool) {
-        debug_assert!(self.is_blank(off) && self.aligned(off, order), "a cleared, aligned head");
         let n = size(order);
         let fd = if clean {
             debug_assert_eq!(self.dirty.count(off, n), 0);
@@ -600,7 +588,6 @@ impl NodeState {
     /// Returns a chunk taken off the free lists (its head state is the caller's to
     /// forget, and so is the counter it was in) with whatever dirty bits it still has.
     pub fn put_back(&mut self, off: u32, order: u8) {
-        debug_assert!(self.is_blank(off) && self.aligned(off, order), "a cleared, aligned head");
         let n = size(order);
         let fd = self.first_dirty_in(off, order);
         if fd != NONE {
@@ -631,15 +618,15 @@ impl NodeState {
 
     /// Inserts a free chunk, first merging it with free buddies (clean or dirty).
     pub fn merge_insert(&mut self, mut off: u32, mut order: u8, mut fd: u32) {
-        debug_assert!(self.is_blank(off) && off + size(order) <= self.frames, "a cleared head inside the node");
         let zone = self.zone_of(off);
         while order < MAX_ORDER {
             let Some(b) = self.buddy(off, order) else { break };
-            if self.heads.get(b) != HeadByte::free(order) || self.zone_of(b) != zone {
+            let bs = self.meta[b as usize];
+            if bs.state() != State::Free || bs.order() != order || self.zone_of(b) != zone {
                 break;
             }
-            let bfd = self.first_dirty_in(b, order);
             self.list_remove(b);
+            let bfd = bs.first_dirty();
             let (lo, lfd, hfd) = if b < off { (b, bfd, fd) } else { (off, fd, bfd) };
             let hi = lo + size(order);
             fd = if lfd != NONE {
@@ -649,12 +636,11 @@ impl NodeState {
             } else {
                 NONE
             };
-            self.heads.set(hi, HeadByte::default());
+            self.meta[hi as usize] = Slot::default();
             off = lo;
             order += 1;
         }
         self.insert_free(off, order, fd);
-        debug_assert_eq!(self.chunk_of(off), (off, order), "the merged chunk is one free chunk");
     }
 }
 
@@ -671,52 +657,4 @@ pub fn largest_order(abs: u64, room: u64) -> u8 {
     let align = if abs == 0 { MAX_ORDER as u32 } else { abs.trailing_zeros() };
     let fit = 63 - room.leading_zeros();
     core::cmp::min(core::cmp::min(align, fit), MAX_ORDER as u32) as u8
-}
-
-/// Bytes one entry of a standard ordered map (or set) of `key`- and `value`-byte entries
-/// holds, estimated: a leaf node holds up to 11 entries plus a parent link and two
-/// counters, nodes stay about two-thirds full, and internal nodes (12 child links each)
-/// add about one node per eight leaves. `tests/metadata.rs` checks the estimate against
-/// a counting allocator.
-pub(crate) const fn btree_entry_bytes(key: usize, value: usize) -> usize {
-    let leaf = (8 + 4 + 11 * (key + value)).div_ceil(8) * 8;
-    let internal = leaf + 12 * 8;
-    (leaf + internal / 8) * 3 / (2 * 11)
-}
-
-/// Marks a list place ([`NodeState::listed`]) as one on a dirty list.
-const LISTED_DIRTY: u32 = 1 << 31;
-
-/// A record table keyed by head offset.
-type Records<V> = hashbrown::HashMap<u32, V, BuildHasherDefault<OffsetHasher>>;
-
-/// Hashes a node offset: a multiply by an odd constant, folded so that the low bits (the
-/// table's bucket) depend on every bit of the offset, aligned heads included.
-#[derive(Copy, Clone, Debug, Default)]
-pub(crate) struct OffsetHasher(u64);
-
-impl core::hash::Hasher for OffsetHasher {
-    fn finish(&self) -> u64 {
-        self.0
-    }
-    fn write(&mut self, bytes: &[u8]) {
-        for &b in bytes {
-            self.write_u32(b as u32 ^ (self.0 as u32).rotate_left(8));
-        }
-    }
-    fn write_u32(&mut self, n: u32) {
-        let h = (n as u64 ^ self.0).wrapping_mul(0x9e37_79b9_7f4a_7c15);
-        self.0 = h ^ (h >> 29);
-    }
-}
-
-/// Bytes a record table of `capacity` holds for entries of `entry` bytes: its buckets (a
-/// power of two, at most 7/8 full), one control byte each and one group of control bytes.
-fn table_bytes(capacity: usize, entry: usize) -> usize {
-    if capacity == 0 {
-        return 0;
-    }
-    let buckets =
-        if capacity < 8 { (capacity + 1).next_power_of_two() } else { (capacity * 8 / 7).next_power_of_two() };
-    buckets * (entry + 1) + 16
 }
