@@ -2,7 +2,7 @@
 //! asked for (as LLFree's `get` with a frame, or Linux's `alloc_contig_range`), if every
 //! frame of it is free, and refuses otherwise with nothing changed.
 
-use crate::chunk::{Slot, State};
+use crate::chunk::State;
 use crate::claims::ClaimBook;
 use crate::error::{FrameUse, HeapError};
 use crate::heap::{AllocRequest, Extent, Heap, NodeGuard, NodeTry};
@@ -10,7 +10,6 @@ use crate::memory::FrameMemory;
 use crate::sync::MutexGuard;
 use crate::ticket::{AllocStart, ScrubTicket};
 use crate::types::{DomId, Mfn, Zone};
-use crate::work::Kind;
 
 #[inline]
 fn size(order: u8) -> u32 {
@@ -48,7 +47,7 @@ impl<M: FrameMemory> Heap<M> {
             AllocStart::Pending(t) => {
                 // Dropping the ticket gives the frames (and claims) back.
                 drop(t);
-                let batch = self.config.scrub_batch;
+                let batch = self.config().scrub_batch;
                 debug_assert!(1u64 << order > batch);
                 Err(HeapError::NeedsScrubTicket { order, frames: 1 << order, batch })
             }
@@ -79,7 +78,7 @@ impl<M: FrameMemory> Heap<M> {
         let movable_from = st.movable_from;
         let end = off + size(order);
         if (off < movable_from) != (end <= movable_from) {
-            let movable_from = Mfn(st.base + movable_from as u64);
+            let movable_from = st.mfn(movable_from);
             return Err(HeapError::CrossesZone { mfn, order, movable_from });
         }
         let mut req = AllocRequest::new(order, owner).exact(n);
@@ -111,7 +110,7 @@ impl<M: FrameMemory> Heap<M> {
         let mut pos = if whole { h } else { off };
         while pos < end {
             let (h, o) = st.chunk_of(pos);
-            if st.meta[h as usize].state() != State::Free {
+            if st.state(h) != State::Free {
                 return Err(self.not_free(&mut st, off, req.order, h));
             }
             pos = h + size(o);
@@ -130,12 +129,11 @@ impl<M: FrameMemory> Heap<M> {
             while pos < end {
                 let (h, o) = st.chunk_of(pos);
                 st.unlink_free(h);
-                st.meta[h as usize] = Slot::default();
+                st.forget_free(h);
                 pos = h + size(o);
             }
         }
-        let fd = st.first_dirty_in(off, req.order);
-        st.meta[off as usize] = Slot::free(req.order, fd);
+        st.make_unlisted_free(off, req.order);
         debug_assert_eq!(st.chunk_of(off), (off, req.order));
         Ok((st, book))
     }
@@ -143,22 +141,19 @@ impl<M: FrameMemory> Heap<M> {
     /// The refusal for the range `[off, 2^order)` whose chunk at `h` is not free; a
     /// background scrubber holding it is asked to hand it back.
     fn not_free(&self, st: &mut NodeGuard<'_>, off: u32, order: u8, h: u32) -> HeapError {
-        let s = st.meta[h as usize];
-        let what = match s.state() {
+        let state = st.state(h);
+        let what = match state {
             State::Allocated => FrameUse::Allocated,
             State::Pending => FrameUse::Pending,
             State::Scrubbing => {
-                if let Some(w) = st.work.iter_mut().find(|w| w.head == h && w.kind == Kind::Background) {
-                    w.stop = true;
-                }
+                st.stop_background(h);
                 FrameUse::Scrubbing
             }
             State::Isolated => FrameUse::Isolated,
             State::Offline => FrameUse::Offline,
             State::Broken | State::None | State::Free => FrameUse::Broken,
         };
-        debug_assert!(s.state() != State::Free, "only a chunk that is not free is reported");
-        let base = st.base;
-        HeapError::NotFree { mfn: Mfn(base + off as u64), order, first: Mfn(base + h.max(off) as u64), what }
+        debug_assert!(state != State::Free, "only a chunk that is not free is reported");
+        HeapError::NotFree { mfn: st.mfn(off), order, first: st.mfn(h.max(off)), what }
     }
 }

@@ -123,3 +123,16 @@ impl Slot {
 }
 
 const _: () = assert!(core::mem::size_of::<Slot>() == 12);
+// The order field holds every order, and `first_dirty + 1` every offset inside a chunk.
+const _: () = assert!(crate::types::MAX_ORDER as u32 <= ORDER_MASK);
+const _: () = assert!(1u32 << crate::types::MAX_ORDER < FD_MASK >> FD_SHIFT);
+// Flags, state and first-dirty fields do not overlap.
+const _: () = assert!(ORDER_MASK & STATE_MASK == 0 && (ORDER_MASK | STATE_MASK) & FD_MASK == 0);
+const _: () = assert!((F_SEALED | F_MOVABLE | F_MIGRATING | F_BROKEN) & (ORDER_MASK | STATE_MASK | FD_MASK) == 0);
+
+/// Bits of heap metadata per frame: one chunk slot plus one bit of the dirty bitmap (its
+/// summary levels, one bit per 64 frames and less above, are not counted here).
+/// A const assertion holds it at or below 16 bytes, so 1 TiB of 4 KiB frames needs at most 4 GiB.
+pub const METADATA_BITS_PER_FRAME: usize = core::mem::size_of::<Slot>() * 8 + 1;
+
+const _: () = assert!(METADATA_BITS_PER_FRAME <= 16 * 8, "metadata must stay at or below 16 bytes per frame");

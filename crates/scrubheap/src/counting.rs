@@ -180,8 +180,8 @@ impl<M: FrameMemory> crate::heap::Heap<M> {
     /// copied, plus [`CHUNKS_PER_STEP`](crate::CHUNKS_PER_STEP) chunks of metadata walked.
     /// The `xen` baseline policies scrub a whole chunk in place and do not keep it.
     pub fn section_bound(&self) -> u64 {
-        let bound = self.config.scrub_batch + crate::offline::CHUNKS_PER_STEP as u64;
-        debug_assert!(bound > self.config.scrub_batch);
+        let bound = self.config().scrub_batch + crate::offline::CHUNKS_PER_STEP as u64;
+        debug_assert!(bound > self.config().scrub_batch);
         bound
     }
 }

@@ -12,26 +12,95 @@ pub(crate) fn touched<T: Clone>(n: usize, v: T) -> Vec<T> {
     out
 }
 
-/// A bitmap over a node's frames, addressed by node-relative offset.
+/// Levels of summary above the frame bits: enough for the top level of any node
+/// (2^32 frames) to be one word.
+const MAX_LEVELS: usize = 6;
+
+/// A bitmap over a node's frames, addressed by node-relative offset, with summaries:
+/// level 0 holds one bit per frame; each level above holds one bit per word of the level
+/// below, set while that word is non-zero. Finding the first set bit of a range reads
+/// at most two words per level (whatever the range's length), and counting reads only
+/// the words that hold set bits plus one summary word per 4,096 frames: scrubbing the
+/// one dirty frame of a 1 GiB free chunk costs what it costs in a 4 KiB one.
 #[derive(Clone, Debug)]
 pub(crate) struct DirtyBitmap {
-    words: Vec<u64>,
+    /// `levels[0]` the frame bits, `levels[k + 1]` the summary of `levels[k]`; the last
+    /// level is one word.
+    levels: Vec<Vec<u64>>,
+    /// Words read by the searches and counts, for the tests that prove their cost.
+    #[cfg(test)]
+    reads: core::cell::Cell<u64>,
+}
+
+/// Mask of bits `[from % 64, ..)` of a word.
+#[inline]
+fn lo_mask(from: usize) -> u64 {
+    u64::MAX << (from % 64)
+}
+
+/// Mask of bits `[.., (last % 64)]` of a word (inclusive).
+#[inline]
+fn hi_mask(last: usize) -> u64 {
+    u64::MAX >> (63 - last % 64)
 }
 
 impl DirtyBitmap {
     pub fn new(frames: u32) -> Self {
-        DirtyBitmap { words: touched((frames as usize).div_ceil(64), 0) }
+        let mut levels = alloc::vec![touched((frames as usize).div_ceil(64).max(1), 0u64)];
+        while levels[levels.len() - 1].len() > 1 {
+            let below = levels[levels.len() - 1].len();
+            levels.push(touched(below.div_ceil(64), 0u64));
+        }
+        debug_assert!(levels.len() <= MAX_LEVELS, "a node has at most 2^32 frames");
+        debug_assert_eq!(levels[levels.len() - 1].len(), 1);
+        DirtyBitmap {
+            levels,
+            #[cfg(test)]
+            reads: core::cell::Cell::new(0),
+        }
+    }
+
+    /// Bytes the bitmap holds (its capacity), every level.
+    pub fn bytes(&self) -> usize {
+        self.levels.iter().map(|l| l.capacity() * 8).sum::<usize>() + self.levels.capacity() * 24
+    }
+
+    /// Words read by searches and counts since the bitmap was made (tests only).
+    #[cfg(test)]
+    pub fn reads(&self) -> u64 {
+        self.reads.get()
+    }
+
+    #[inline]
+    fn read(&self, level: usize, w: usize) -> u64 {
+        #[cfg(test)]
+        self.reads.set(self.reads.get() + 1);
+        self.levels[level][w]
+    }
+
+    /// Recomputes the summary bits of words `[a, b]` of `level`, and upwards.
+    fn refresh(&mut self, mut level: usize, mut a: usize, mut b: usize) {
+        while level + 1 < self.levels.len() {
+            for w in a..=b {
+                let on = self.levels[level][w] != 0;
+                let bit = 1u64 << (w % 64);
+                let up = &mut self.levels[level + 1][w / 64];
+                if on {
+                    *up |= bit;
+                } else {
+                    *up &= !bit;
+                }
+            }
+            (level, a, b) = (level + 1, a / 64, b / 64);
+        }
     }
 
     /// Word range and edge masks of `[off, off+len)` (len > 0): first word, last word,
     /// mask of the first word, mask of the last word.
     #[inline]
     fn span(off: u32, len: u32) -> (usize, usize, u64, u64) {
-        let end = off + len;
-        let (w0, w1) = ((off / 64) as usize, ((end - 1) / 64) as usize);
-        let lo = u64::MAX << (off % 64);
-        let hi = u64::MAX >> (63 - (end - 1) % 64);
-        (w0, w1, lo, hi)
+        let (from, last) = (off as usize, (off + len - 1) as usize);
+        (from / 64, last / 64, lo_mask(from), hi_mask(last))
     }
 
     /// Sets the bits of `[off, off+len)`.
@@ -40,13 +109,16 @@ impl DirtyBitmap {
             return;
         }
         let (w0, w1, lo, hi) = Self::span(off, len);
+        let words = &mut self.levels[0];
         if w0 == w1 {
-            self.words[w0] |= lo & hi;
+            words[w0] |= lo & hi;
         } else {
-            self.words[w0] |= lo;
-            self.words[w0 + 1..w1].fill(u64::MAX);
-            self.words[w1] |= hi;
+            words[w0] |= lo;
+            words[w0 + 1..w1].fill(u64::MAX);
+            words[w1] |= hi;
         }
+        self.refresh(0, w0, w1);
+        debug_assert!(self.levels[0][w0] != 0 && self.levels[0][w1] != 0);
     }
 
     /// Clears the bits of `[off, off+len)`.
@@ -55,13 +127,16 @@ impl DirtyBitmap {
             return;
         }
         let (w0, w1, lo, hi) = Self::span(off, len);
+        let words = &mut self.levels[0];
         if w0 == w1 {
-            self.words[w0] &= !(lo & hi);
+            words[w0] &= !(lo & hi);
         } else {
-            self.words[w0] &= !lo;
-            self.words[w0 + 1..w1].fill(0);
-            self.words[w1] &= !hi;
+            words[w0] &= !lo;
+            words[w0 + 1..w1].fill(0);
+            words[w1] &= !hi;
         }
+        self.refresh(0, w0, w1);
+        debug_assert_eq!(self.levels[0][w0] & lo & if w0 == w1 { hi } else { u64::MAX }, 0);
     }
 
     /// Sets the bits of `[off, off+len)`; returns how many were newly set.
@@ -79,58 +154,86 @@ impl DirtyBitmap {
         before
     }
 
-    /// Number of set bits in `[off, off+len)`.
+    /// Number of set bits in `[off, off+len)`: reads the words holding set bits and one
+    /// summary word per 64 words of the range.
     pub fn count(&self, off: u32, len: u32) -> u32 {
         if len == 0 {
             return 0;
         }
         let (w0, w1, lo, hi) = Self::span(off, len);
         if w0 == w1 {
-            return (self.words[w0] & lo & hi).count_ones();
+            return (self.read(0, w0) & lo & hi).count_ones();
         }
-        let mid: u32 = self.words[w0 + 1..w1].iter().map(|w| w.count_ones()).sum();
-        (self.words[w0] & lo).count_ones() + mid + (self.words[w1] & hi).count_ones()
+        let mut n = (self.read(0, w0) & lo).count_ones() + (self.read(0, w1) & hi).count_ones();
+        // The words strictly between, found through their summary bits.
+        let (a, b) = (w0 + 1, w1);
+        let mut s = a;
+        while s < b {
+            let sw = s / 64;
+            let end = core::cmp::min(b, (sw + 1) * 64);
+            let mut bits = self.read(1, sw) & lo_mask(s) & hi_mask(end - 1);
+            while bits != 0 {
+                let w = sw * 64 + bits.trailing_zeros() as usize;
+                n += self.read(0, w).count_ones();
+                bits &= bits - 1;
+            }
+            s = end;
+        }
+        n
     }
 
-    /// Offset (relative to `off`) of the first set bit in `[off, off+len)`.
-    pub fn first_set(&self, off: u32, len: u32) -> Option<u32> {
-        if len == 0 {
+    /// Index of the first set bit of `level` in `[from, to)`, reading at most two words
+    /// per level at and above `level`.
+    fn find(&self, level: usize, from: usize, to: usize) -> Option<usize> {
+        if from >= to {
             return None;
         }
-        let (w0, w1, lo, hi) = Self::span(off, len);
-        let at = |w: usize, v: u64| Some(w as u32 * 64 + v.trailing_zeros() - off);
-        let first = self.words[w0] & lo & if w0 == w1 { hi } else { u64::MAX };
+        let (w0, w1) = (from / 64, (to - 1) / 64);
+        let first = self.read(level, w0) & lo_mask(from) & if w0 == w1 { hi_mask(to - 1) } else { u64::MAX };
         if first != 0 {
-            return at(w0, first);
+            return Some(w0 * 64 + first.trailing_zeros() as usize);
         }
         if w0 == w1 {
             return None;
         }
-        if let Some(i) = self.words[w0 + 1..w1].iter().position(|&w| w != 0) {
-            return at(w0 + 1 + i, self.words[w0 + 1 + i]);
+        // The first non-zero word strictly between, from the level above (which exists:
+        // the top level is one word, and this range spans two).
+        if let Some(w) = self.find(level + 1, w0 + 1, w1) {
+            return Some(w * 64 + self.read(level, w).trailing_zeros() as usize);
         }
-        let last = self.words[w1] & hi;
-        (last != 0).then(|| at(w1, last)).flatten()
+        let last = self.read(level, w1) & hi_mask(to - 1);
+        (last != 0).then(|| w1 * 64 + last.trailing_zeros() as usize)
     }
 
-    /// Offset (relative to `off`) of the first clear bit in `[off, off+len)`.
+    /// Offset (relative to `off`) of the first set bit in `[off, off+len)`.
+    pub fn first_set(&self, off: u32, len: u32) -> Option<u32> {
+        let at = self.find(0, off as usize, off as usize + len as usize)?;
+        debug_assert!(at >= off as usize && at < off as usize + len as usize);
+        Some(at as u32 - off)
+    }
+
+    /// Offset (relative to `off`) of the first clear bit in `[off, off+len)`: linear in
+    /// the run of set bits it skips (callers bound `len` by a batch, or scrub what it skips).
     fn first_clear(&self, off: u32, len: u32) -> Option<u32> {
         if len == 0 {
             return None;
         }
         let (w0, w1, lo, hi) = Self::span(off, len);
         let at = |w: usize, v: u64| Some(w as u32 * 64 + v.trailing_zeros() - off);
-        let first = !self.words[w0] & lo & if w0 == w1 { hi } else { u64::MAX };
+        let first = !self.read(0, w0) & lo & if w0 == w1 { hi } else { u64::MAX };
         if first != 0 {
             return at(w0, first);
         }
         if w0 == w1 {
             return None;
         }
-        if let Some(i) = self.words[w0 + 1..w1].iter().position(|&w| w != u64::MAX) {
-            return at(w0 + 1 + i, !self.words[w0 + 1 + i]);
+        for w in w0 + 1..w1 {
+            let v = self.read(0, w);
+            if v != u64::MAX {
+                return at(w, !v);
+            }
         }
-        let last = !self.words[w1] & hi;
+        let last = !self.read(0, w1) & hi;
         (last != 0).then(|| at(w1, last)).flatten()
     }
 
@@ -153,7 +256,32 @@ mod tests {
 
     #[test]
     fn word_operations_agree_with_a_bit_by_bit_model() {
-        let n = 700u32;
+        for n in [1u32, 63, 700, 9000] {
+            model_walk(n);
+        }
+    }
+
+    #[test]
+    fn finding_the_one_set_bit_reads_a_few_words_per_level_whatever_the_range() {
+        let n = 1u32 << 18;
+        let mut b = DirtyBitmap::new(n);
+        assert_eq!(b.levels.len(), 3, "2^18 bits: 4,096 words, a summary of 64, a top word");
+        b.set_all(n - 1, 1);
+        let before = b.reads();
+        assert_eq!(b.first_set(0, n), Some(n - 1));
+        assert_eq!(b.count(0, n), 1);
+        let reads = b.reads() - before;
+        // find: at most two words per level; count: two edge words, 64 summary words, one
+        // non-zero word. A linear scan would read 4,096 words twice.
+        assert!(reads <= 2 * 3 + 2 + 64 + 1, "read {reads} words");
+        b.clear_all(n - 1, 1);
+        let before = b.reads();
+        assert_eq!(b.first_set(1, n - 1), None);
+        assert!(b.reads() - before <= 6, "read {} words", b.reads() - before);
+        assert!(b.levels.iter().all(|l| l.iter().all(|&w| w == 0)), "summaries cleared with the bits");
+    }
+
+    fn model_walk(n: u32) {
         let mut b = DirtyBitmap::new(n);
         let mut m = alloc::vec![false; n as usize];
         let mut x = 0x1234_5678_9abc_def0u64;
@@ -189,6 +317,12 @@ mod tests {
                 (s, r)
             });
             assert_eq!(b.next_run(off, len, from, max), model_run, "off {off} len {len} from {from} max {max}");
+        }
+        for l in 0..b.levels.len() - 1 {
+            for (w, &v) in b.levels[l].iter().enumerate() {
+                let bit = b.levels[l + 1][w / 64] >> (w % 64) & 1;
+                assert_eq!(bit == 1, v != 0, "summary of level {l} word {w}");
+            }
         }
     }
 

@@ -94,7 +94,7 @@ impl<M: FrameMemory> Heap<M> {
         if self.claimed_total() == 0 {
             return Ok(());
         }
-        let book = self.claims.lock();
+        let book = self.claim_book();
         let room = self.room(&book, Some(owner), node, self.available(node));
         match room.refusal(node, frames) {
             None => Ok(()),
@@ -108,7 +108,7 @@ impl<M: FrameMemory> Heap<M> {
     /// cache) adds it up node by node to know what it can reach before it allocates.
     pub fn claims_room(&self, owner: DomId, node: usize) -> Result<u64, HeapError> {
         self.node(node)?;
-        let book = self.claims.lock();
+        let book = self.claim_book();
         let room = self.room(&book, Some(owner), node, self.available(node));
         Ok(room.node.min(room.heap))
     }
@@ -124,13 +124,13 @@ impl<M: FrameMemory> Heap<M> {
         node: usize,
         avail: u64,
     ) -> (Room, Option<MutexGuard<'_, ClaimBook>>) {
-        debug_assert!(node < self.nodes.len());
+        debug_assert!(node < self.node_count());
         let open = Room { node: u64::MAX, heap: u64::MAX, avail, total: avail, others_node: 0, others_all: 0 };
         if self.claimed_total() == 0 {
             return (open, None);
         }
         if owner.is_some_and(|d| self.may_hold_claims(d)) {
-            let book = self.claims.lock();
+            let book = self.claim_book();
             let room = self.room(&book, owner, node, avail);
             return (room, Some(book));
         }
@@ -157,7 +157,7 @@ impl<M: FrameMemory> Heap<M> {
     /// What the claims of domains other than `owner` leave on `node` (whose free frames
     /// `avail` the caller read) and in the whole heap, from the claim book.
     fn room(&self, book: &ClaimBook, owner: Option<DomId>, node: usize, avail: u64) -> Room {
-        debug_assert!(node < self.nodes.len());
+        debug_assert!(node < self.node_count());
         let total = self.free_total(node, avail);
         let (others_node, others_all) = book.claimed_by_others(owner, node);
         Room::new(avail, total, others_node, others_all)
@@ -165,6 +165,6 @@ impl<M: FrameMemory> Heap<M> {
 
     /// The heap's free frames: `avail` for `node`, the published counts of the others.
     fn free_total(&self, node: usize, avail: u64) -> u64 {
-        (0..self.nodes.len()).map(|i| if i == node { avail } else { self.available(i) }).sum()
+        (0..self.node_count()).map(|i| if i == node { avail } else { self.available(i) }).sum()
     }
 }

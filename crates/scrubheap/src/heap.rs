@@ -1,8 +1,7 @@
 //! The heap: nodes behind their own locks, claims, scrub accounting, and the public
 //! operations. Every operation validates its input before changing anything.
 
-use crate::chunk::NONE;
-use crate::chunk::{Slot, State, F_BROKEN, F_MIGRATING, F_MOVABLE, F_SEALED};
+use crate::chunk::State;
 use crate::claims::{Claim, ClaimBook, ClaimTarget, DomClaims, Retired};
 use crate::config::HeapConfig;
 use crate::error::HeapError;
@@ -194,6 +193,12 @@ pub(crate) enum Source {
 }
 
 impl NodeCell {
+    /// The frame number of node offset `off`.
+    #[inline]
+    pub(crate) fn mfn(&self, off: u32) -> Mfn {
+        Mfn(self.base + off as u64)
+    }
+
     /// Mirrors the counters for lock-free readers; called before the node lock drops.
     pub(crate) fn publish(&self, st: &NodeState) {
         // Release: a claim given back before these frames is visible to whoever sees them.
@@ -207,16 +212,16 @@ impl NodeCell {
 
 /// The physical page heap. See the crate documentation.
 pub struct Heap<M> {
-    pub(crate) config: HeapConfig,
-    pub(crate) first: u64,
-    pub(crate) end: u64,
-    pub(crate) nodes: Vec<NodeCell>,
+    config: HeapConfig,
+    first: u64,
+    end: u64,
+    nodes: Vec<NodeCell>,
     /// Per node: every node, nearest first (itself first).
-    pub(crate) near: Vec<Vec<usize>>,
+    near: Vec<Vec<usize>>,
     /// Per node: the nodes its scrubbers serve (itself if it has CPUs, and CPU-less nodes
     /// for which it is the nearest node with CPUs).
-    pub(crate) served: Vec<Vec<usize>>,
-    pub(crate) claims: Mutex<ClaimBook>,
+    served: Vec<Vec<usize>>,
+    claims: Mutex<ClaimBook>,
     /// All outstanding claims (mirrors the claim book, for lock-free readers).
     claimed_total: AtomicU64,
     /// Bit `d % 64` set while some domain `d` has a claim entry (mirrors the claim book):
@@ -224,14 +229,19 @@ pub struct Heap<M> {
     claimants: AtomicU64,
     observer: Option<Arc<dyn LockObserver>>,
     /// The per-CPU fast path's reserves (see the pcpu module).
-    pub(crate) pcpu: crate::reserve::Pcpu,
-    pub(crate) mem: M,
+    pcpu: crate::reserve::Pcpu,
+    mem: M,
 }
 
-/// A node's state under its lock; tells the observer when the lock drops.
+/// A node's state under its lock. When it drops, before the lock is released, it
+/// publishes the node's counters (if the state was borrowed mutably) and tells the
+/// observer: no caller publishes by hand.
 pub(crate) struct NodeGuard<'a> {
     guard: MutexGuard<'a, NodeState>,
     node: usize,
+    cell: &'a NodeCell,
+    /// The state was borrowed mutably: its counters may have changed.
+    changed: bool,
     observer: Option<&'a dyn LockObserver>,
 }
 
@@ -244,12 +254,16 @@ impl Deref for NodeGuard<'_> {
 
 impl DerefMut for NodeGuard<'_> {
     fn deref_mut(&mut self) -> &mut NodeState {
+        self.changed = true;
         &mut self.guard
     }
 }
 
 impl Drop for NodeGuard<'_> {
     fn drop(&mut self) {
+        if self.changed {
+            self.cell.publish(&self.guard);
+        }
         if let Some(o) = self.observer {
             o.released(self.node);
         }
@@ -349,7 +363,27 @@ impl<M: FrameMemory> Heap<M> {
         if let Some(o) = observer {
             o.acquired(node);
         }
-        NodeGuard { guard, node, observer }
+        NodeGuard { guard, node, cell: &self.nodes[node], changed: false, observer }
+    }
+
+    /// The claim book, under its lock.
+    pub(crate) fn claim_book(&self) -> MutexGuard<'_, ClaimBook> {
+        self.claims.lock()
+    }
+
+    /// Every node, nearest to `node` first (itself first).
+    pub(crate) fn nearest(&self, node: usize) -> &[usize] {
+        &self.near[node]
+    }
+
+    /// The nodes `node`'s scrubbers serve.
+    pub(crate) fn served(&self, node: usize) -> &[usize] {
+        &self.served[node]
+    }
+
+    /// The cells of every node.
+    pub(crate) fn cells(&self) -> &[NodeCell] {
+        &self.nodes
     }
 
     /// The node's lock without telling the observer: for the invariant checker, whose
@@ -360,6 +394,29 @@ impl<M: FrameMemory> Heap<M> {
 
     pub(crate) fn cell(&self, node: usize) -> &NodeCell {
         &self.nodes[node]
+    }
+
+    /// The per-CPU fast path's reserves.
+    pub(crate) fn pcpu(&self) -> &crate::reserve::Pcpu {
+        &self.pcpu
+    }
+
+    /// Bytes of memory the heap's metadata holds now: every node's per-frame metadata,
+    /// dirty bitmap and work list (their capacities, not their lengths), and the heap's
+    /// own tables. Takes each node lock in turn.
+    ///
+    /// ```
+    /// use scrubheap::{Heap, HeapConfig, NullMemory};
+    /// let heap = Heap::new(HeapConfig::uniform(1, 1 << 16), NullMemory).unwrap();
+    /// let per_frame = heap.metadata_bytes() as f64 / (1 << 16) as f64;
+    /// assert!(per_frame > 0.125, "at least the dirty bit");
+    /// ```
+    pub fn metadata_bytes(&self) -> u64 {
+        let nodes: u64 = (0..self.nodes.len()).map(|n| self.lock_node_unobserved(n).metadata_bytes()).sum();
+        let tables = self.nodes.capacity() * core::mem::size_of::<NodeCell>()
+            + self.near.iter().chain(&self.served).map(|v| v.capacity() * 8 + 24).sum::<usize>();
+        let (reserve_tables, reserve_blocks) = self.pcpu.bytes();
+        nodes + tables as u64 + reserve_tables + reserve_blocks + core::mem::size_of::<Self>() as u64
     }
 
     /// The configuration the heap was built with.
@@ -433,7 +490,7 @@ impl<M: FrameMemory> Heap<M> {
 
     fn pick_rule(&self, req: &AllocRequest) -> Pick {
         match self.config.policy {
-            Policy::XenCap2m if req.scrub && (self.config.frame_size << req.order) > 2 << 20 => Pick::CleanOnly,
+            Policy::XenCap2m if req.scrub && (self.config().frame_size << req.order) > 2 << 20 => Pick::CleanOnly,
             Policy::Xen | Policy::XenCap2m => Pick::CleanFirst,
             Policy::Sync | Policy::Alloc | Policy::Scrubheap => Pick::SmallestFirst { prefer_dirty: !req.scrub },
         }
@@ -505,14 +562,14 @@ impl<M: FrameMemory> Heap<M> {
     ) -> NodeTry {
         let cell = &self.nodes[n];
         let want = size(req.order);
-        debug_assert!(st.meta[head as usize].state() == State::Free && st.meta[head as usize].order() == req.order);
+        debug_assert!(st.state(head) == State::Free && st.head(head).order == req.order);
         debug_assert!(st.aligned(head, req.order) && st.free >= want as u64);
-        let fd = st.meta[head as usize].first_dirty();
+        let fd = st.first_dirty(head);
         let dirty = if fd == crate::chunk::NONE { 0 } else { st.dirty.count(head + fd, want - fd) };
         st.free -= want as u64;
         st.free_dirty -= dirty as u64;
         st.allocated += want as u64;
-        let in_one_go = want as u64 <= self.config.scrub_batch || self.config.policy.whole_chunk_in_place();
+        let in_one_go = want as u64 <= self.config().scrub_batch || self.config.policy.whole_chunk_in_place();
         let ticket = dirty > 0 && req.scrub && !in_one_go;
         let mut claim = Retired::default();
         if let Some(b) = book.as_mut() {
@@ -520,46 +577,33 @@ impl<M: FrameMemory> Heap<M> {
             self.publish_claims(b);
         }
         drop(book);
-        let ext = Extent { mfn: Mfn(cell.base + head as u64), order: req.order, node: n };
+        let ext = Extent { mfn: st.mfn(head), order: req.order, node: n };
         if ticket {
-            let mut slot = Slot::head(State::Pending, req.order);
-            slot.a = req.owner.0;
-            st.meta[head as usize] = slot;
+            st.set_pending(head, req.order, req.owner);
             let id = st.add_work(
                 head,
                 req.order,
                 Kind::Ticket { owner: req.owner, movable: req.movable, sealed: req.sealed, claim },
             );
-            cell.publish(&st);
             return NodeTry::Pending { node: n, id, ext };
         }
         if dirty > 0 {
             st.dirty.clear_all(head + fd, want - fd);
         }
-        st.meta[head as usize] = Self::allocated_slot(req.order, req.owner, req.movable, req.sealed);
+        st.set_allocated(head, req.order, req.owner, req.movable, req.sealed);
         let zero = if dirty > 0 && req.scrub { (want - fd) as u64 } else { 0 };
         if zero > 0 {
             *st.in_place_by_owner.entry(req.owner).or_default() += zero;
         }
-        cell.publish(&st);
         drop(st);
         if zero > 0 {
             // At most one batch (or, under the xen policies, the whole chunk with no
             // preemption point, as Xen does). The frames are the owner's only once this
             // returns, so no one else can touch them meanwhile.
-            self.mem.zero(Mfn(cell.base + (head + fd) as u64), zero);
+            self.mem.zero(cell.mfn(head + fd), zero);
             self.account(n, Source::InPlace, zero);
         }
         NodeTry::Ready(ext)
-    }
-
-    pub(crate) fn allocated_slot(order: u8, owner: DomId, movable: bool, sealed: bool) -> Slot {
-        debug_assert!(!(movable && sealed), "a sealed allocation is never movable");
-        let mut slot = Slot::head(State::Allocated, order);
-        slot.a = owner.0;
-        slot.set_flag(F_MOVABLE, movable);
-        slot.set_flag(F_SEALED, sealed);
-        slot
     }
 
     /// Asks a background scrubber holding a chunk of at least `order` in `zones` to hand
@@ -616,17 +660,20 @@ impl<M: FrameMemory> Heap<M> {
         let cell = &self.nodes[n];
         let mut st = self.lock_node(n);
         let sync = self.config.policy.scrubs_on_free();
-        let s0 = st.meta[off as usize];
-        let plain = !s0.flags(F_MIGRATING | F_BROKEN) && s0.flags(F_SEALED) == sealed;
-        if !sync && plain && s0.state() == State::Allocated && s0.order() == order && s0.a == owner.0 && s0.b == 0 {
-            // The common case: exactly one whole allocated chunk.
-            st.meta[off as usize] = Slot::default();
-            st.allocated -= size(order) as u64;
-            st.release(off, order, false);
-            cell.publish(&st);
-            return Ok(());
+        if let (false, Some(s)) = (sync, st.head_at(off)) {
+            let plain = !s.migrating && !s.broken && s.sealed == sealed && s.pins == 0;
+            if plain && s.state == State::Allocated && s.order == order && s.owner == owner {
+                // The common case: exactly one whole allocated chunk.
+                st.clear_head(off);
+                st.allocated -= size(order) as u64;
+                st.release(off, order, false);
+                return Ok(());
+            }
         }
-        Self::check_held(&st, off, order, owner, sealed)?;
+        let held = st.held_by(off, order, owner, sealed)?;
+        if let Some(h) = held.pinned {
+            return Err(HeapError::Pinned { mfn: st.mfn(h), owner });
+        }
         let (h, o) = st.chunk_of(off);
         if o > order {
             st.split_held(h, o, off, order);
@@ -643,72 +690,31 @@ impl<M: FrameMemory> Heap<M> {
             } else if sync {
                 // Zeroed outside the lock; counted as allocated until it is back.
                 st.allocated += size(o) as u64;
-                st.meta[h as usize] = Slot::head(State::Scrubbing, o);
+                st.set_state(h, State::Scrubbing, o);
                 ids.push((st.add_work(h, o, Kind::SyncFree), h, o));
             } else {
-                st.meta[h as usize] = Slot::default();
+                st.clear_head(h);
                 st.release(h, o, false);
             }
             pos += size(o);
         }
-        cell.publish(&st);
         drop(st);
         if ids.is_empty() {
             return Ok(());
         }
         for &(_, h, o) in &ids {
-            self.mem.zero(Mfn(cell.base + h as u64), size(o) as u64);
+            self.mem.zero(cell.mfn(h), size(o) as u64);
         }
         let mut st = self.lock_node(n);
         for &(id, h, o) in &ids {
             let i = st.work_index(id);
             st.work.swap_remove(i);
             st.allocated -= size(o) as u64;
-            st.meta[h as usize] = Slot::default();
+            st.clear_head(h);
             st.release(h, o, true);
         }
-        cell.publish(&st);
         drop(st);
         self.account(n, Source::Sync, (end - off) as u64);
-        Ok(())
-    }
-
-    /// Checks that `owner` holds every frame of `[off, 2^order)`, unpinned, every one
-    /// sealed if `sealed` and none otherwise.
-    fn check_held(st: &NodeState, off: u32, order: u8, owner: DomId, sealed: bool) -> Result<(), HeapError> {
-        let end = off + size(order);
-        let mut pos = off;
-        let abs = |o: u32| Mfn(st.base + o as u64);
-        while pos < end {
-            let (h, o) = st.chunk_of(pos);
-            let s = st.meta[h as usize];
-            let beyond = HeapError::OrderTooLarge { mfn: abs(off), order, owner, beyond: abs(pos) };
-            if s.state() != State::Allocated {
-                return Err(if pos == off { HeapError::NotAllocated { mfn: abs(off) } } else { beyond });
-            }
-            if s.a != owner.0 {
-                return Err(if pos == off {
-                    HeapError::WrongOwner { mfn: abs(off), owner, actual: DomId(s.a) }
-                } else {
-                    beyond
-                });
-            }
-            if s.b > 0 {
-                return Err(HeapError::Pinned { mfn: abs(h), owner });
-            }
-            if s.flags(F_SEALED) != sealed {
-                let mfn = abs(h.max(off));
-                return Err(if sealed {
-                    HeapError::NotSealed { mfn, owner }
-                } else {
-                    HeapError::Sealed { mfn, owner }
-                });
-            }
-            if s.flags(F_MIGRATING) {
-                return Err(HeapError::Busy { mfn: abs(h), what: "being migrated" });
-            }
-            pos = h + size(o);
-        }
         Ok(())
     }
 
@@ -821,12 +827,10 @@ impl<M: FrameMemory> Heap<M> {
         for listed_dirty in [false, true] {
             let mask = st.nonempty_mask(zone, listed_dirty);
             for o in (0..=MAX_ORDER).filter(|&o| mask & (1 << o) != 0) {
-                let mut at = st.list_head(zone, listed_dirty, o);
-                while at != NONE {
+                for at in st.free_list(zone, listed_dirty, o) {
                     let dirty = if listed_dirty { st.dirty.count(at, size(o)) as u64 } else { 0 };
                     z.free_dirty += dirty;
                     z.free_clean += (1u64 << o) - dirty;
-                    at = st.meta[at as usize].b;
                 }
             }
         }
@@ -850,7 +854,7 @@ impl<M: FrameMemory> Heap<M> {
         }
         s.claimed = self.claimed_total();
         for (n, c) in self.nodes.iter().enumerate() {
-            s.scrubbed.in_place += self.pcpu.in_place(n) * self.config.frame_size;
+            s.scrubbed.in_place += self.pcpu.in_place(n) * self.config().frame_size;
             s.scrubbed.background += c.scrubbed[Source::Background as usize].load(Relaxed);
             s.scrubbed.in_place += c.scrubbed[Source::InPlace as usize].load(Relaxed);
             s.scrubbed.sync += c.scrubbed[Source::Sync as usize].load(Relaxed);
@@ -864,7 +868,7 @@ impl<M: FrameMemory> Heap<M> {
             .map(|n| self.lock_node(n).in_place_by_owner.get(&owner).copied().unwrap_or(0))
             .sum::<u64>()
             .saturating_add(self.pcpu.in_place_of(owner))
-            * self.config.frame_size
+            * self.config().frame_size
     }
 
     /// The chunk containing `mfn`.
@@ -879,32 +883,25 @@ impl<M: FrameMemory> Heap<M> {
         let cell = &self.nodes[n];
         let st = self.lock_node(n);
         let (h, o) = st.chunk_of((mfn.0 - cell.base) as u32);
-        let s = st.meta[h as usize];
-        let state = match s.state() {
+        let s = st.head(h);
+        let state = match s.state {
             State::Free => ChunkState::Free { dirty_frames: st.dirty.count(h, size(o)) as u64 },
-            State::Allocated => ChunkState::Allocated {
-                owner: DomId(s.a),
-                pins: s.b,
-                movable: s.flags(F_MOVABLE),
-                sealed: s.flags(F_SEALED),
-            },
+            State::Allocated => {
+                ChunkState::Allocated { owner: s.owner, pins: s.pins, movable: s.movable, sealed: s.sealed }
+            }
             State::Scrubbing => ChunkState::Scrubbing,
-            State::Pending => ChunkState::Pending { owner: DomId(s.a) },
+            State::Pending => ChunkState::Pending { owner: s.owner },
             State::Isolated => ChunkState::Isolated,
             State::Offline => ChunkState::Offline,
             State::Broken | State::None => ChunkState::Broken,
         };
-        Ok(ChunkInfo {
-            extent: Extent { mfn: Mfn(cell.base + h as u64), order: o, node: n },
-            zone: st.zone_of(h),
-            state,
-        })
+        Ok(ChunkInfo { extent: Extent { mfn: st.mfn(h), order: o, node: n }, zone: st.zone_of(h), state })
     }
 
     /// Counts `frames` scrubbed on `node` for `source`.
     pub(crate) fn account(&self, node: usize, source: Source, frames: u64) {
         if frames > 0 {
-            self.nodes[node].scrubbed[source as usize].fetch_add(frames * self.config.frame_size, Relaxed);
+            self.nodes[node].scrubbed[source as usize].fetch_add(frames * self.config().frame_size, Relaxed);
         }
     }
 

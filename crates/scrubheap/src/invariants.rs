@@ -1,12 +1,12 @@
 //! `check_invariants`: the partition, the free lists, the counters, the dirty bitmap and
 //! the claims, verified from scratch. Tests call it after every operation.
 
-use crate::chunk::{Slot, State, F_BROKEN, F_MIGRATING, F_MOVABLE, F_SEALED, NONE};
+use crate::chunk::{State, NONE};
 use crate::claims::ClaimBook;
 use crate::error::InvariantViolation;
 use crate::heap::Heap;
 use crate::memory::FrameMemory;
-use crate::node::NodeState;
+use crate::node::{Head, NodeState};
 use crate::types::{DomId, Zone, MAX_ORDER};
 use crate::work::Kind;
 use alloc::format;
@@ -31,11 +31,10 @@ fn check_node(n: usize, st: &NodeState) -> Result<Tally, InvariantViolation> {
     let mut t = Tally::default();
     let mut pos = 0u32;
     while pos < st.frames {
-        let s = st.meta[pos as usize];
-        if !s.is_head() {
+        let Some(s) = st.head_at(pos) else {
             return fail(format!("node {n}: frame offset {pos} starts no chunk"));
-        }
-        let o = s.order();
+        };
+        let o = s.order;
         let len = 1u32 << o;
         if o > MAX_ORDER || !st.aligned(pos, o) || pos as u64 + len as u64 > st.frames as u64 {
             return fail(format!("node {n}: chunk at {pos} of order {o} is misaligned or overruns the node"));
@@ -43,13 +42,13 @@ fn check_node(n: usize, st: &NodeState) -> Result<Tally, InvariantViolation> {
         if st.zone_of(pos) != st.zone_of(pos + len - 1) {
             return fail(format!("node {n}: chunk at {pos} of order {o} spans two zones"));
         }
-        if let Some(i) = (pos + 1..pos + len).find(|&i| st.meta[i as usize] != Slot::default()) {
+        if let Some(i) = (pos + 1..pos + len).find(|&i| !st.is_blank(i)) {
             return fail(format!("node {n}: frame {i} inside the chunk at {pos} carries metadata"));
         }
         let bits = st.dirty.count(pos, len) as u64;
-        match s.state() {
+        match s.state {
             State::Free => {
-                let fd = s.first_dirty();
+                let fd = st.first_dirty(pos);
                 let exact = st.dirty.first_set(pos, len).unwrap_or(NONE);
                 if fd != exact {
                     return fail(format!(
@@ -58,8 +57,9 @@ fn check_node(n: usize, st: &NodeState) -> Result<Tally, InvariantViolation> {
                 }
                 if o < MAX_ORDER {
                     if let Some(b) = st.buddy(pos, o) {
-                        let bs = st.meta[b as usize];
-                        if bs.state() == State::Free && bs.order() == o && st.zone_of(b) == st.zone_of(pos) {
+                        let bs = st.head_at(b);
+                        let free_buddy = bs.is_some_and(|bs| bs.state == State::Free && bs.order == o);
+                        if free_buddy && st.zone_of(b) == st.zone_of(pos) {
                             return fail(format!(
                                 "node {n}: free chunks at {pos} and {b} of order {o} are buddies but did not merge"
                             ));
@@ -73,7 +73,7 @@ fn check_node(n: usize, st: &NodeState) -> Result<Tally, InvariantViolation> {
             other => {
                 check_held_head(n, st, pos, s)?;
                 let worked = matches!(other, State::Scrubbing | State::Pending);
-                let moving_to = other == State::Allocated && s.flags(F_MIGRATING);
+                let moving_to = other == State::Allocated && s.migrating;
                 if bits != 0 && !worked && other != State::Isolated && !moving_to {
                     return fail(format!("node {n}: {other:?} chunk at {pos} has {bits} dirty bits"));
                 }
@@ -84,7 +84,7 @@ fn check_node(n: usize, st: &NodeState) -> Result<Tally, InvariantViolation> {
                 }
                 if let Some(w) = st.work.iter().find(|w| w.head == pos) {
                     let kind_ok = match w.kind {
-                        Kind::Ticket { owner, .. } => other == State::Pending && s.a == owner.0,
+                        Kind::Ticket { owner, .. } => other == State::Pending && s.owner == owner,
                         Kind::Background | Kind::SyncFree => other == State::Scrubbing,
                     };
                     // A background scrub exists only while a scrubber has a batch of it
@@ -112,43 +112,7 @@ fn check_node(n: usize, st: &NodeState) -> Result<Tally, InvariantViolation> {
         }
         pos += len;
     }
-    let mut listed = 0u64;
-    for z in [Zone::Normal, Zone::Movable] {
-        for d in [false, true] {
-            let mask = st.nonempty_mask(z, d);
-            for o in 0..=MAX_ORDER {
-                let mut cur = st.list_head(z, d, o);
-                if (cur != NONE) != (mask & (1 << o) != 0) {
-                    return fail(format!("node {n}: nonempty mask of {z}/{d}/{o} disagrees with the list"));
-                }
-                let mut prev = NONE;
-                while cur != NONE {
-                    let s = st.meta[cur as usize];
-                    if s.state() != State::Free
-                        || s.order() != o
-                        || st.zone_of(cur) != z
-                        || (s.first_dirty() != NONE) != d
-                    {
-                        return fail(format!(
-                            "node {n}: chunk at {cur} is on list {z}/dirty={d}/order {o} but is {:?} order {} fd {:#x}",
-                            s.state(),
-                            s.order(),
-                            s.first_dirty()
-                        ));
-                    }
-                    if s.a != prev {
-                        return fail(format!("node {n}: chunk at {cur} has a broken back link"));
-                    }
-                    listed += 1;
-                    if listed > t.free_chunks {
-                        return fail(format!("node {n}: free lists hold more entries than free chunks (a cycle?)"));
-                    }
-                    prev = cur;
-                    cur = s.b;
-                }
-            }
-        }
-    }
+    let listed = st.check_lists(t.free_chunks).map_err(|e| InvariantViolation(format!("node {n}: {e}")))?;
     if st.work.len() as u64 != t.worked {
         return fail(format!("node {n}: {} work entries for {} chunks being worked on", st.work.len(), t.worked));
     }
@@ -169,31 +133,31 @@ fn check_node(n: usize, st: &NodeState) -> Result<Tally, InvariantViolation> {
 /// flags only on allocations (the former on single frames), unmovable memory only in
 /// the Normal zone, nothing at all on isolated, offline and broken heads (broken ones
 /// single frames).
-fn check_held_head(n: usize, st: &NodeState, pos: u32, s: Slot) -> Result<(), InvariantViolation> {
-    let state = s.state();
-    let flags = s.flags(F_BROKEN) || s.flags(F_MIGRATING) || s.flags(F_SEALED);
+fn check_held_head(n: usize, st: &NodeState, pos: u32, s: Head) -> Result<(), InvariantViolation> {
+    let state = s.state;
+    let flags = s.broken || s.migrating || s.sealed;
     match state {
         State::Allocated => {
-            if s.flags(F_BROKEN) && s.order() != 0 {
-                return fail(format!("node {n}: allocated chunk at {pos} of order {} is marked broken", s.order()));
+            if s.broken && s.order != 0 {
+                return fail(format!("node {n}: allocated chunk at {pos} of order {} is marked broken", s.order));
             }
-            if s.flags(F_SEALED) && (s.flags(F_MOVABLE) || s.b != 0 || s.flags(F_MIGRATING)) {
+            if s.sealed && (s.movable || s.pins != 0 || s.migrating) {
                 return fail(format!("node {n}: sealed allocation at {pos} is movable, pinned or moving {s:?}"));
             }
-            if !s.flags(F_MOVABLE) && st.zone_of(pos) == Zone::Movable {
+            if !s.movable && st.zone_of(pos) == Zone::Movable {
                 return fail(format!("node {n}: unmovable allocation at {pos} is in the Movable zone"));
             }
         }
         State::Isolated | State::Offline | State::Broken => {
-            if s.a != 0 || s.b != 0 || flags || s.flags(F_MOVABLE) {
+            if s.owner != DomId(0) || s.pins != 0 || flags || s.movable {
                 return fail(format!("node {n}: {state:?} chunk at {pos} carries owner, pins or flags {s:?}"));
             }
-            if state == State::Broken && s.order() != 0 {
-                return fail(format!("node {n}: broken chunk at {pos} has order {}", s.order()));
+            if state == State::Broken && s.order != 0 {
+                return fail(format!("node {n}: broken chunk at {pos} has order {}", s.order));
             }
         }
         _ => {
-            if s.b != 0 || flags {
+            if s.pins != 0 || flags {
                 return fail(format!("node {n}: {state:?} chunk at {pos} carries pins or flags {s:?}"));
             }
         }
@@ -220,7 +184,7 @@ impl<M: FrameMemory> Heap<M> {
         // Every node lock, in order, then the claims lock (as claim_set takes them): the
         // tickets' retired claims and the claim book are compared at one moment.
         let mut guards = alloc::vec::Vec::new();
-        for (n, cell) in self.nodes.iter().enumerate() {
+        for (n, cell) in self.cells().iter().enumerate() {
             let st = self.lock_node_unobserved(n);
             if st.base != cell.base || st.frames as u64 != cell.frames {
                 return fail(format!("node {n}: range disagrees with its cell"));
@@ -239,9 +203,9 @@ impl<M: FrameMemory> Heap<M> {
             node_avail.push(t.free);
             guards.push(st);
         }
-        let book = self.claims.lock();
+        let book = self.claim_book();
         check_tickets_claims(&book, &guards)?;
-        let mut node_total = alloc::vec![0u64; self.nodes.len()];
+        let mut node_total = alloc::vec![0u64; self.node_count()];
         let mut global = 0u64;
         for (d, c) in &book.doms {
             if c.total() == 0 && c.in_tickets == 0 {

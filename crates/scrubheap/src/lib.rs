@@ -60,6 +60,7 @@ mod types;
 mod work;
 
 pub use blocker::{BlockReason, Blocker, OfflineStop};
+pub use chunk::METADATA_BITS_PER_FRAME;
 pub use claims::{Claim, ClaimTarget};
 pub use config::{HeapConfig, NodeSpec};
 pub use counting::{CountingMemory, CountingMigrator, CountingPreempt, SectionCounter};
@@ -80,4 +81,4 @@ pub use stats::{HeapStats, NodeStats, ScrubBytes, ZoneStats};
 #[cfg(any(test, feature = "testing"))]
 pub use testing::{TestMemory, TestRng};
 pub use ticket::{AllocStart, ScrubTicket, MAX_WAIT_POLLS};
-pub use types::{DomId, Mfn, Zone, MAX_ORDER, METADATA_BITS_PER_FRAME};
+pub use types::{DomId, Mfn, Zone, MAX_ORDER};

@@ -2,11 +2,45 @@
 //! order), the dirty bitmap and the counters. Everything here is node-relative (frame
 //! offsets from the node's first frame, `u32`) and runs under the node's lock.
 
-use crate::chunk::{Slot, State, NONE};
+use crate::chunk::{Slot, State, F_BROKEN, F_MIGRATING, F_MOVABLE, F_SEALED, NONE};
 use crate::dirty::{touched, DirtyBitmap};
-use crate::types::{Zone, MAX_ORDER, ORDERS};
-use crate::work::Work;
+use crate::error::HeapError;
+use crate::types::{DomId, Mfn, Zone, MAX_ORDER, ORDERS};
+use crate::work::{Kind, Work};
+use alloc::string::String;
 use alloc::vec::Vec;
+
+/// What a chunk head says: a copy, changed only through [`NodeState`]'s methods.
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+pub(crate) struct Head {
+    pub state: State,
+    pub order: u8,
+    /// The owner of an allocated or pending chunk (`DomId(0)` for any other state).
+    pub owner: DomId,
+    /// Long-term pins of an allocated chunk.
+    pub pins: u32,
+    /// Allocated: may be migrated by an offline.
+    pub movable: bool,
+    /// Allocated: freed only through `free_sealed`.
+    pub sealed: bool,
+    /// Allocated: being moved by a pin or an offline.
+    pub migrating: bool,
+    /// Allocated, order 0: leaves service when freed.
+    pub broken: bool,
+}
+
+/// What the chunks of a range held by one owner look like ([`NodeState::held_by`]).
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+pub(crate) struct Held {
+    /// Some frame lies in the Movable zone.
+    pub movable_zone: bool,
+    /// Every chunk is movable.
+    pub movable: bool,
+    /// A pinned chunk, if any.
+    pub pinned: Option<u32>,
+    /// An unpinned chunk, if any.
+    pub unpinned: Option<u32>,
+}
 
 /// How to choose among free chunks that can satisfy an order.
 #[derive(Copy, Clone, Debug, PartialEq, Eq)]
@@ -26,7 +60,7 @@ pub(crate) struct NodeState {
     pub frames: u32,
     /// First offset of the Movable zone (`frames` when there is none).
     pub movable_from: u32,
-    pub meta: Vec<Slot>,
+    meta: Vec<Slot>,
     pub dirty: DirtyBitmap,
     /// List heads: `[zone][dirty][order]`.
     heads: [[[u32; ORDERS]; 2]; 2],
@@ -47,6 +81,9 @@ pub(crate) struct NodeState {
     /// Frames scrubbed in place on this node, per owner.
     pub in_place_by_owner: alloc::collections::BTreeMap<crate::types::DomId, u64>,
 }
+
+// The non-empty masks hold one bit per order.
+const _: () = assert!(ORDERS <= u32::BITS as usize);
 
 #[inline]
 fn size(order: u8) -> u32 {
@@ -119,6 +156,240 @@ impl NodeState {
         b.checked_sub(self.base).filter(|&b| b < self.frames as u64).map(|b| b as u32)
     }
 
+    /// Bytes of metadata this node holds: the capacities of its per-frame slots, dirty
+    /// bitmap (with its summaries) and work list, and the node state itself.
+    pub fn metadata_bytes(&self) -> u64 {
+        let slots = self.meta.capacity() * core::mem::size_of::<Slot>();
+        let work = self.work.capacity() * core::mem::size_of::<Work>();
+        let bytes = slots + self.dirty.bytes() + work + core::mem::size_of::<NodeState>();
+        debug_assert!(bytes >= self.frames as usize / 8, "at least the dirty bits");
+        bytes as u64
+    }
+
+    /// The frame number of node offset `off`.
+    #[inline]
+    pub fn mfn(&self, off: u32) -> Mfn {
+        Mfn(self.base + off as u64)
+    }
+
+    // ---- chunk heads: the only code that reads or changes them ----
+
+    /// The facts of the chunk head at `h`, or `None` if `h` starts no chunk.
+    pub fn head_at(&self, h: u32) -> Option<Head> {
+        let s = self.meta[h as usize];
+        if !s.is_head() {
+            return None;
+        }
+        let owned = matches!(s.state(), State::Allocated | State::Pending);
+        let allocated = s.state() == State::Allocated;
+        Some(Head {
+            state: s.state(),
+            order: s.order(),
+            owner: DomId(if owned { s.a } else { 0 }),
+            pins: if allocated { s.b } else { 0 },
+            movable: allocated && s.flags(F_MOVABLE),
+            sealed: allocated && s.flags(F_SEALED),
+            migrating: allocated && s.flags(F_MIGRATING),
+            broken: allocated && s.flags(F_BROKEN),
+        })
+    }
+
+    /// The facts of the chunk head at `h`, which must be a head.
+    pub fn head(&self, h: u32) -> Head {
+        let head = self.head_at(h);
+        debug_assert!(head.is_some(), "frame {h} starts no chunk");
+        head.expect("partition invariant: a chunk head")
+    }
+
+    /// The state of the chunk head at `h`.
+    #[inline]
+    pub fn state(&self, h: u32) -> State {
+        self.meta[h as usize].state()
+    }
+
+    /// Whether frame `off` carries no metadata at all (inside a chunk, not its head).
+    pub fn is_blank(&self, off: u32) -> bool {
+        self.meta[off as usize] == Slot::default()
+    }
+
+    /// Makes `h` the head of a chunk of `order` allocated to `owner`, unpinned.
+    pub fn set_allocated(&mut self, h: u32, order: u8, owner: DomId, movable: bool, sealed: bool) {
+        debug_assert!(!(movable && sealed), "a sealed allocation is never movable");
+        debug_assert!(self.aligned(h, order) && h + size(order) <= self.frames);
+        let mut slot = Slot::head(State::Allocated, order);
+        slot.a = owner.0;
+        slot.set_flag(F_MOVABLE, movable);
+        slot.set_flag(F_SEALED, sealed);
+        self.meta[h as usize] = slot;
+        debug_assert_eq!(self.head(h).owner, owner);
+    }
+
+    /// Makes `h` the head of a chunk of `order` reserved for `owner` by a scrub ticket.
+    pub fn set_pending(&mut self, h: u32, order: u8, owner: DomId) {
+        debug_assert!(self.aligned(h, order) && h + size(order) <= self.frames);
+        let mut slot = Slot::head(State::Pending, order);
+        slot.a = owner.0;
+        self.meta[h as usize] = slot;
+        debug_assert_eq!(self.head(h).state, State::Pending);
+    }
+
+    /// Makes `h` the head of a chunk of `order` in a state without owner or flags
+    /// (being scrubbed, isolated, offline, broken).
+    pub fn set_state(&mut self, h: u32, state: State, order: u8) {
+        debug_assert!(matches!(state, State::Scrubbing | State::Isolated | State::Offline | State::Broken));
+        debug_assert!(self.aligned(h, order) && h + size(order) <= self.frames);
+        self.meta[h as usize] = Slot::head(state, order);
+    }
+
+    /// Forgets the head at `h` (its frames are about to join another chunk or the free
+    /// lists through [`NodeState::release`] or [`NodeState::put_back`]).
+    pub fn clear_head(&mut self, h: u32) {
+        debug_assert!(self.meta[h as usize].state() != State::Free, "a free head leaves through unlink_free");
+        self.meta[h as usize] = Slot::default();
+        debug_assert!(self.is_blank(h));
+    }
+
+    /// Marks (or unmarks) the allocated chunk at `h` as being migrated.
+    pub fn set_migrating(&mut self, h: u32, on: bool) {
+        debug_assert_eq!(self.state(h), State::Allocated);
+        self.meta[h as usize].set_flag(F_MIGRATING, on);
+        debug_assert_eq!(self.head(h).migrating, on);
+    }
+
+    /// Marks the allocated single frame at `h` to leave service when freed.
+    pub fn set_broken_when_freed(&mut self, h: u32) {
+        debug_assert_eq!(self.state(h), State::Allocated);
+        debug_assert_eq!(self.meta[h as usize].order(), 0, "only a single frame is marked broken");
+        self.meta[h as usize].set_flag(F_BROKEN, true);
+    }
+
+    /// Sets the long-term pin count of the allocated chunk at `h`.
+    pub fn set_pins(&mut self, h: u32, pins: u32) {
+        debug_assert_eq!(self.state(h), State::Allocated);
+        debug_assert!(pins == 0 || !self.meta[h as usize].flags(F_SEALED), "a sealed allocation is never pinned");
+        self.meta[h as usize].b = pins;
+    }
+
+    /// Asks a background scrubber holding the chunk at `h` to hand it back after its
+    /// current batch. Returns whether it had not been asked before.
+    pub fn stop_background(&mut self, h: u32) -> bool {
+        debug_assert_eq!(self.state(h), State::Scrubbing);
+        match self.work.iter_mut().find(|w| w.head == h && w.kind == Kind::Background) {
+            Some(w) if !w.stop => {
+                w.stop = true;
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// Exact offset (from `h`) of the first dirty frame of the free chunk at `h`, or
+    /// [`NONE`] if it is clean.
+    pub fn first_dirty(&self, h: u32) -> u32 {
+        debug_assert_eq!(self.state(h), State::Free);
+        self.meta[h as usize].first_dirty()
+    }
+
+    /// Whether `owner` holds every frame of `[off, 2^order)`, each chunk sealed exactly
+    /// when `sealed` and none being migrated: the one answer for free, pin and unpin.
+    /// Describes the range; the caller decides what pins it accepts.
+    pub fn held_by(&self, off: u32, order: u8, owner: DomId, sealed: bool) -> Result<Held, HeapError> {
+        debug_assert!(self.aligned(off, order) && off + size(order) <= self.frames);
+        let end = off + size(order);
+        let mut held = Held { movable_zone: false, movable: true, pinned: None, unpinned: None };
+        let mut pos = off;
+        while pos < end {
+            let (h, o) = self.chunk_of(pos);
+            let s = self.head(h);
+            let first = pos == off;
+            let beyond = HeapError::OrderTooLarge { mfn: self.mfn(off), order, owner, beyond: self.mfn(pos) };
+            match s.state {
+                State::Allocated if s.owner == owner => {}
+                State::Allocated if first => {
+                    return Err(HeapError::WrongOwner { mfn: self.mfn(off), owner, actual: s.owner })
+                }
+                State::Pending if first && s.owner == owner => {
+                    return Err(HeapError::Busy { mfn: self.mfn(off), what: "still being scrubbed for its owner" })
+                }
+                _ if first => return Err(HeapError::NotAllocated { mfn: self.mfn(off) }),
+                _ => return Err(beyond),
+            }
+            if s.migrating {
+                return Err(HeapError::Busy { mfn: self.mfn(h), what: "being migrated" });
+            }
+            if s.sealed != sealed {
+                let mfn = self.mfn(h.max(off));
+                return Err(if sealed {
+                    HeapError::NotSealed { mfn, owner }
+                } else {
+                    HeapError::Sealed { mfn, owner }
+                });
+            }
+            held.movable_zone |= self.zone_of(h) == Zone::Movable;
+            held.movable &= s.movable;
+            if s.pins > 0 {
+                held.pinned.get_or_insert(h);
+            } else {
+                held.unpinned.get_or_insert(h);
+            }
+            pos = h + size(o);
+        }
+        debug_assert!(held.pinned.is_some() || held.unpinned.is_some(), "a range holds at least one chunk");
+        Ok(held)
+    }
+
+    /// The free chunks on list `[zone][dirty][order]`, most recently listed first.
+    pub fn free_list(&self, zone: Zone, dirty: bool, order: u8) -> impl Iterator<Item = u32> + '_ {
+        let mut at = self.list_head(zone, dirty, order);
+        core::iter::from_fn(move || {
+            let cur = at;
+            (cur != NONE).then(|| {
+                at = self.meta[cur as usize].b;
+                cur
+            })
+        })
+    }
+
+    /// Checks the free lists against the chunk heads: each listed chunk is free, of the
+    /// list's zone, order and dirtiness, with a sound back link, and the non-empty masks
+    /// agree. Returns how many chunks are listed (at most `free_chunks`, else a cycle).
+    pub fn check_lists(&self, free_chunks: u64) -> Result<u64, String> {
+        let mut listed = 0u64;
+        for z in [Zone::Normal, Zone::Movable] {
+            for d in [false, true] {
+                let mask = self.nonempty_mask(z, d);
+                for o in 0..=MAX_ORDER {
+                    let mut cur = self.list_head(z, d, o);
+                    if (cur != NONE) != (mask & (1 << o) != 0) {
+                        return Err(alloc::format!("nonempty mask of {z}/{d}/{o} disagrees with the list"));
+                    }
+                    let mut prev = NONE;
+                    while cur != NONE {
+                        let s = self.meta[cur as usize];
+                        let fd = s.first_dirty();
+                        if s.state() != State::Free || s.order() != o || self.zone_of(cur) != z || (fd != NONE) != d {
+                            return Err(alloc::format!(
+                                "chunk at {cur} is on list {z}/dirty={d}/order {o} but is {:?} order {} fd {fd:#x}",
+                                s.state(),
+                                s.order(),
+                            ));
+                        }
+                        if s.a != prev {
+                            return Err(alloc::format!("chunk at {cur} has a broken back link"));
+                        }
+                        listed += 1;
+                        if listed > free_chunks {
+                            return Err("free lists hold more entries than free chunks (a cycle?)".into());
+                        }
+                        prev = cur;
+                        cur = s.b;
+                    }
+                }
+            }
+        }
+        Ok(listed)
+    }
+
     // ---- free lists ----
 
     fn list_of(&self, off: u32) -> (usize, usize, usize) {
@@ -167,6 +438,32 @@ impl NodeState {
     pub fn unlink_free(&mut self, off: u32) {
         debug_assert_eq!(self.meta[off as usize].state(), State::Free);
         self.list_remove(off);
+    }
+
+    /// Forgets the head of the free chunk at `h`, already off its list (its frames are
+    /// about to be part of another chunk the caller makes).
+    pub fn forget_free(&mut self, h: u32) {
+        debug_assert_eq!(self.state(h), State::Free);
+        self.meta[h as usize] = Slot::default();
+        debug_assert!(self.is_blank(h));
+    }
+
+    /// Makes `[off, 2^order)`, whose frames carry no head, one free chunk off the free
+    /// lists (counted free by the caller), with its exact first-dirty hint.
+    pub fn make_unlisted_free(&mut self, off: u32, order: u8) {
+        debug_assert!(self.aligned(off, order) && off + size(order) <= self.frames);
+        debug_assert!(self.is_blank(off), "the caller cleared the range's heads");
+        let fd = self.first_dirty_in(off, order);
+        self.meta[off as usize] = Slot::free(order, fd);
+    }
+
+    /// Lists the free piece `[off, 2^order)` (cut from a larger free chunk, its frames
+    /// carrying no head) with its exact first-dirty hint; counters are the caller's.
+    pub fn list_free_piece(&mut self, off: u32, order: u8) {
+        debug_assert!(self.aligned(off, order) && off + size(order) <= self.frames);
+        let fd = self.first_dirty_in(off, order);
+        self.insert_free(off, order, fd);
+        debug_assert_eq!(self.state(off), State::Free);
     }
 
     /// Head of list `[zone][dirty][order]`, for the invariant checker and scrubbers.

@@ -12,7 +12,7 @@
 //! `Deadline` maps steps to wall time (a host) or simulated time (a simulator).
 
 use crate::blocker::{BlockReason, Blocker, OfflineStop};
-use crate::chunk::{Slot, State, F_BROKEN, F_MIGRATING, F_MOVABLE};
+use crate::chunk::State;
 use crate::error::HeapError;
 use crate::heap::{Extent, Heap};
 use crate::memory::FrameMemory;
@@ -20,7 +20,6 @@ use crate::node::NodeState;
 use crate::pin::{Migrator, Move, MoveStep};
 use crate::preempt::{batch_frames, NeverPreempt, Preempt};
 use crate::types::{DomId, Mfn, Zone};
-use crate::work::Kind;
 use alloc::collections::BTreeMap;
 use alloc::vec::Vec;
 use core::cell::Cell;
@@ -219,7 +218,7 @@ impl<'h, M: FrameMemory> OfflineJob<'h, M> {
         if self.phase == Phase::Done {
             return Err(HeapError::OfflineFinished { first: self.first, count: self.count });
         }
-        let batch = batch_frames(self.heap.config.scrub_batch, preempt);
+        let batch = batch_frames(self.heap.config().scrub_batch, preempt);
         loop {
             let working = matches!(self.phase, Phase::Isolate | Phase::Migrate);
             if working && deadline.passed() {
@@ -572,10 +571,10 @@ impl<M: FrameMemory> Heap<M> {
                 return (Chunks::End, walked - 1);
             }
             let (h, o) = st.chunk_of(job.pos);
-            let s = st.meta[h as usize];
+            let s = st.head(h);
             let end = h + size(o);
-            let blocker = |reason, owner: Option<u32>| {
-                Chunks::Blocked(Blocker { first: abs(h), frames: size(o) as u64, owner: owner.map(DomId), reason })
+            let blocker = |reason, owner: Option<DomId>| {
+                Chunks::Blocked(Blocker { first: abs(h), frames: size(o) as u64, owner, reason })
             };
             let found = self.offline_look(&mut st, job, (h, o), migrate);
             match found {
@@ -591,7 +590,7 @@ impl<M: FrameMemory> Heap<M> {
                     job.busy = Some((h, polls));
                     cell.publish(&st);
                     if polls > MAX_BUSY_POLLS {
-                        let owner = matches!(s.state(), State::Allocated | State::Pending).then_some(s.a);
+                        let owner = matches!(s.state, State::Allocated | State::Pending).then_some(s.owner);
                         return (blocker(BlockReason::Busy, owner), walked);
                     }
                     return (Chunks::Wait, walked);
@@ -617,14 +616,14 @@ impl<M: FrameMemory> Heap<M> {
         (h, o): (u32, u8),
         migrate: bool,
     ) -> Option<Chunks> {
-        let s = st.meta[h as usize];
+        let s = st.head(h);
         let (node, base) = (job.node, self.cell(job.node).base);
         let abs = |x: u32| Mfn(base + x as u64);
-        let blocker = |reason, owner: u32| {
-            let b = Blocker { first: abs(h), frames: size(o) as u64, owner: Some(DomId(owner)), reason };
+        let blocker = |reason, owner: DomId| {
+            let b = Blocker { first: abs(h), frames: size(o) as u64, owner: Some(owner), reason };
             Some(Chunks::Blocked(b))
         };
-        match s.state() {
+        match s.state {
             State::Free if self.isolate_free(st, job, h, o) => None,
             State::Free => {
                 let b = Blocker { first: abs(h), frames: size(o) as u64, owner: None, reason: BlockReason::Claimed };
@@ -634,24 +633,21 @@ impl<M: FrameMemory> Heap<M> {
             State::Isolated => Some(Chunks::Wait),
             State::Offline | State::Broken => None,
             State::Scrubbing => {
-                if let Some(w) = st.work.iter_mut().find(|w| w.head == h && w.kind == Kind::Background) {
-                    if !w.stop {
-                        w.stop = true;
-                        job.done.aborted_scrubs += 1;
-                    }
+                if st.stop_background(h) {
+                    job.done.aborted_scrubs += 1;
                 }
                 migrate.then_some(Chunks::Wait)
             }
             State::Pending if migrate => Some(Chunks::Wait),
-            State::Allocated if migrate && s.flags(F_MIGRATING) => Some(Chunks::Wait),
-            State::Allocated if migrate && s.b > 0 => blocker(BlockReason::Pinned, s.a),
-            State::Allocated if migrate && !s.flags(F_MOVABLE) => blocker(BlockReason::Unmovable, s.a),
+            State::Allocated if migrate && s.migrating => Some(Chunks::Wait),
+            State::Allocated if migrate && s.pins > 0 => blocker(BlockReason::Pinned, s.owner),
+            State::Allocated if migrate && !s.movable => blocker(BlockReason::Unmovable, s.owner),
             State::Allocated if migrate => {
                 // The largest aligned piece of the chunk from `pos` inside the range.
                 let k = core::cmp::min(o, st.largest_order_at(job.pos, job.hi - job.pos));
-                st.meta[h as usize].set_flag(F_MIGRATING, true);
+                st.set_migrating(h, true);
                 let from = Extent { mfn: abs(job.pos), order: k, node };
-                Some(Chunks::Move(h, (from, s.a)))
+                Some(Chunks::Move(h, (from, s.owner.0)))
             }
             State::Pending | State::Allocated => None,
             State::None => unreachable!("chunk_of returns heads"),
@@ -672,7 +668,7 @@ impl<M: FrameMemory> Heap<M> {
             st.free -= len as u64;
             st.free_dirty -= st.dirty.count(ph, len) as u64;
             st.offline += len as u64;
-            st.meta[ph as usize] = Slot::head(State::Isolated, po);
+            st.set_state(ph, State::Isolated, po);
             job.isolated.insert(ph, po);
         }
         true
@@ -681,7 +677,7 @@ impl<M: FrameMemory> Heap<M> {
     /// Clears the migrating mark of the chunk at `h` of `node` (a move that did not happen).
     fn unmark_migrating(&self, node: usize, h: u32) {
         let mut st = self.lock_node(node);
-        st.meta[h as usize].set_flag(F_MIGRATING, false);
+        st.set_migrating(h, false);
         self.cell(node).publish(&st);
     }
 
@@ -699,14 +695,13 @@ impl<M: FrameMemory> Heap<M> {
     pub(crate) fn split_free_around(st: &mut NodeState, h: u32, o: u8, lo: u32, hi: u32) -> Vec<(u32, u8)> {
         let mut inside = Vec::new();
         let mut stack = alloc::vec![(h, o)];
-        st.meta[h as usize] = Slot::default();
+        st.forget_free(h);
         while let Some((ph, po)) = stack.pop() {
             let pe = ph + size(po);
             if ph >= lo && pe <= hi {
                 inside.push((ph, po));
             } else if pe <= lo || ph >= hi {
-                let fd = st.first_dirty_in(ph, po);
-                st.insert_free(ph, po, fd);
+                st.list_free_piece(ph, po);
             } else {
                 stack.push((ph + size(po - 1), po - 1));
                 stack.push((ph, po - 1));
@@ -725,15 +720,15 @@ impl<M: FrameMemory> Heap<M> {
         let mut walked = 0;
         while walked < CHUNKS_PER_STEP as u64 && pos < hi && out.len() < MAX_BLOCKERS {
             let (h, o) = st.chunk_of(pos);
-            let s = st.meta[h as usize];
-            let reason = match s.state() {
-                State::Allocated if s.b > 0 => Some(BlockReason::Pinned),
-                State::Allocated if !s.flags(F_MOVABLE) => Some(BlockReason::Unmovable),
+            let s = st.head(h);
+            let reason = match s.state {
+                State::Allocated if s.pins > 0 => Some(BlockReason::Pinned),
+                State::Allocated if !s.movable => Some(BlockReason::Unmovable),
                 State::Allocated | State::Pending if all => Some(BlockReason::NotReached),
                 _ => None,
             };
             if let Some(reason) = reason {
-                let owner = Some(DomId(s.a));
+                let owner = Some(s.owner);
                 out.push(Blocker { first: Mfn(base + h as u64), frames: size(o) as u64, owner, reason });
             }
             pos = h + size(o);
@@ -746,9 +741,9 @@ impl<M: FrameMemory> Heap<M> {
     fn blocker_at(&self, node: usize, h: u32, reason: BlockReason) -> Option<Blocker> {
         let st = self.lock_node(node);
         let (h, o) = st.chunk_of(h);
-        let s = st.meta[h as usize];
-        let owner = matches!(s.state(), State::Allocated | State::Pending).then_some(DomId(s.a));
-        Some(Blocker { first: Mfn(self.cell(node).base + h as u64), frames: size(o) as u64, owner, reason })
+        let s = st.head(h);
+        let owner = matches!(s.state, State::Allocated | State::Pending).then_some(s.owner);
+        Some(Blocker { first: st.mfn(h), frames: size(o) as u64, owner, reason })
     }
 
     /// Returns isolated chunks of `node` (at most [`CHUNKS_PER_STEP`]) to the free lists,
@@ -757,8 +752,8 @@ impl<M: FrameMemory> Heap<M> {
         debug_assert!(chunks.len() <= CHUNKS_PER_STEP);
         let mut st = self.lock_node(node);
         for &(h, o) in chunks {
-            debug_assert_eq!(st.meta[h as usize].state(), State::Isolated);
-            st.meta[h as usize] = Slot::default();
+            debug_assert_eq!(st.state(h), State::Isolated);
+            st.clear_head(h);
             st.offline -= size(o) as u64;
             st.put_back(h, o);
         }
@@ -771,9 +766,9 @@ impl<M: FrameMemory> Heap<M> {
         debug_assert!(chunks.len() <= CHUNKS_PER_STEP);
         let mut st = self.lock_node(node);
         for &(h, o) in chunks {
-            debug_assert_eq!(st.meta[h as usize].state(), State::Isolated);
+            debug_assert_eq!(st.state(h), State::Isolated);
             st.dirty.clear_all(h, size(o));
-            st.meta[h as usize] = Slot::head(State::Offline, o);
+            st.set_state(h, State::Offline, o);
         }
         self.cell(node).publish(&st);
     }
@@ -820,7 +815,7 @@ impl<M: FrameMemory> Heap<M> {
         let mut walked = 0;
         while walked < CHUNKS_PER_STEP as u64 && pos < hi {
             let (h, o) = st.chunk_of(pos);
-            let state = match st.meta[h as usize].state() {
+            let state = match st.state(h) {
                 State::Offline | State::Broken => None,
                 State::Free => Some("free"),
                 State::Allocated | State::Pending => Some("allocated"),
@@ -843,7 +838,7 @@ impl<M: FrameMemory> Heap<M> {
         for edge in [lo, hi] {
             while edge < st.frames {
                 let (h, o) = st.chunk_of(edge);
-                if h == edge || st.meta[h as usize].state() != State::Offline {
+                if h == edge || st.state(h) != State::Offline {
                     break;
                 }
                 st.split_held(h, o, edge, o - 1);
@@ -861,8 +856,8 @@ impl<M: FrameMemory> Heap<M> {
             let (h, o) = st.chunk_of(pos);
             pos = h + size(o);
             walked += 1;
-            if st.meta[h as usize].state() == State::Offline {
-                st.meta[h as usize] = Slot::default();
+            if st.state(h) == State::Offline {
+                st.clear_head(h);
                 st.offline -= size(o) as u64;
                 st.release(h, o, false);
                 back += size(o) as u64;
@@ -887,15 +882,15 @@ impl<M: FrameMemory> Heap<M> {
         self.settle(n, off, 1);
         let mut st = self.lock_node(n);
         let (h, o) = st.chunk_of(off);
-        let s = st.meta[h as usize];
+        let s = st.head(h);
         let busy = |what| Err(HeapError::Busy { mfn, what });
-        let r = match s.state() {
+        let r = match s.state {
             State::Broken => Broken::Already,
             State::Offline => {
                 if o > 0 {
                     st.split_held(h, o, off, 0);
                 }
-                st.meta[off as usize] = Slot::head(State::Broken, 0);
+                st.set_state(off, State::Broken, 0);
                 Broken::Now
             }
             State::Free => {
@@ -909,29 +904,26 @@ impl<M: FrameMemory> Heap<M> {
                 st.free_dirty -= st.dirty.count(off, 1) as u64;
                 st.dirty.clear_all(off, 1);
                 st.offline += 1;
-                st.meta[off as usize] = Slot::head(State::Broken, 0);
+                st.set_state(off, State::Broken, 0);
                 Broken::Now
             }
-            State::Allocated if s.flags(F_MIGRATING) => return busy("being migrated"),
-            State::Allocated if s.flags(F_BROKEN) => Broken::Already,
+            State::Allocated if s.migrating => return busy("being migrated"),
+            State::Allocated if s.broken => Broken::Already,
             State::Allocated => {
                 if o > 0 {
                     st.split_held(h, o, off, 0);
                 }
-                st.meta[off as usize].set_flag(F_BROKEN, true);
+                st.set_broken_when_freed(off);
                 Broken::WhenFreed
             }
             State::Scrubbing => {
-                if let Some(w) = st.work.iter_mut().find(|w| w.head == h && w.kind == Kind::Background) {
-                    w.stop = true;
-                }
+                st.stop_background(h);
                 return busy("being scrubbed");
             }
             State::Pending => return busy("being scrubbed for a pending allocation"),
             State::Isolated => return busy("being offlined"),
             State::None => unreachable!("chunk_of returns heads"),
         };
-        cell.publish(&st);
         Ok(r)
     }
 }

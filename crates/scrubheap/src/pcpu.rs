@@ -30,7 +30,7 @@
 //! Lock order: CPU slot, then node, then block; nobody holds two blocks, and a put
 //! releases its block before it takes the node lock to return the block.
 
-use crate::chunk::{Slot, State};
+use crate::chunk::{State, NONE};
 use crate::error::{HeapError, InvariantViolation};
 use crate::heap::{AllocRequest, Extent, Heap, NodeGuard, NodePref};
 use crate::memory::FrameMemory;
@@ -48,22 +48,21 @@ pub use crate::types::MAX_CPUS;
 impl<M: FrameMemory> Heap<M> {
     /// Number of CPUs the fast path has a reserve for ([`crate::HeapConfig::cpus`]).
     pub fn cpus(&self) -> usize {
-        self.pcpu.cpus.len()
+        self.pcpu().cpus.len()
     }
 
-    /// Bytes of metadata the heap keeps, fixed (per-frame slots and dirty bits of every
-    /// node, the fast path's block tables) and per live fast-path block (its free and dirty
-    /// masks and the owner of each loaned chunk): `(fixed, blocks)`. Divide by the frames
-    /// for bytes per frame.
-    pub fn metadata_bytes(&self) -> (u64, u64) {
-        let frames = self.config.total_frames();
-        let slots = frames * crate::types::METADATA_BITS_PER_FRAME as u64 / 8;
-        let (tables, blocks) = self.pcpu.bytes();
-        (slots + tables, blocks)
+    /// Bytes of metadata the fast path keeps (both counted in [`Heap::metadata_bytes`]):
+    /// its block tables, fixed by the heap's size, and its live blocks (each one's free
+    /// and dirty masks and the owner of each loaned chunk): `(tables, blocks)`. Divide by
+    /// the frames for bytes per frame.
+    pub fn reserve_metadata_bytes(&self) -> (u64, u64) {
+        let (tables, blocks) = self.pcpu().bytes();
+        debug_assert!(tables > 0 || self.config().total_frames() == 0);
+        (tables, blocks)
     }
 
     fn cpu_cell(&self, cpu: usize) -> Result<&CpuCell, HeapError> {
-        self.pcpu.cpus.get(cpu).ok_or(HeapError::NoSuchCpu { cpu, cpus: self.pcpu.cpus.len() })
+        self.pcpu().cpus.get(cpu).ok_or(HeapError::NoSuchCpu { cpu, cpus: self.pcpu().cpus.len() })
     }
 
     /// The fast order's kind if `req` may take the fast path: orders 0 and 9, unmovable,
@@ -118,7 +117,7 @@ impl<M: FrameMemory> Heap<M> {
                 }
             }
             if want.is_none() && slot.current[n][k].is_none() {
-                n = (0..self.nodes.len()).max_by_key(|&m| (self.available(m), core::cmp::Reverse(m))).unwrap_or(0);
+                n = (0..self.node_count()).max_by_key(|&m| (self.available(m), core::cmp::Reverse(m))).unwrap_or(0);
                 slot.any_node = n;
             }
             if slot.current[n][k].is_none() && !self.refill(cpu, &mut slot, n, k) {
@@ -142,7 +141,7 @@ impl<M: FrameMemory> Heap<M> {
         idx: u32,
         req: &AllocRequest,
     ) -> Take {
-        let nr = &self.pcpu.nodes[n];
+        let nr = &self.pcpu().nodes[n];
         let mut g = nr.tables[k][idx as usize].lock();
         let Some(b) = g.as_mut().filter(|b| b.cpu == Some(cpu as u16)) else {
             slot.current[n][k] = None;
@@ -171,14 +170,14 @@ impl<M: FrameMemory> Heap<M> {
         }
         let order = FAST_ORDERS[k].0;
         let frames = 1u64 << order;
-        let counters = &self.pcpu.cpus[cpu].nodes[n];
+        let counters = &self.pcpu().cpus[cpu].nodes[n];
         counters.lent.store(counters.lent.load(Relaxed).wrapping_add(frames), Relaxed);
         drop(g);
         let mfn = Mfn(nr.region(k, idx) + ((i as u64) << order));
         if was_dirty && req.scrub {
             // The chunk is the owner's already (its bit is taken): zeroed outside any lock
             // but the CPU's own slot.
-            self.mem.zero(mfn, frames);
+            self.memory().zero(mfn, frames);
             counters.in_place.store(counters.in_place.load(Relaxed) + frames, Relaxed);
             if slot.in_place_last.0 != req.owner {
                 let (o, f) = core::mem::replace(&mut slot.in_place_last, (req.owner, 0));
@@ -211,8 +210,9 @@ impl<M: FrameMemory> Heap<M> {
         let dirty = Self::take_dirt(&mut st, head, k);
         st.free -= len as u64;
         st.allocated += len as u64;
-        st.meta[head as usize] = Self::allocated_slot(bo, RESERVE_OWNER, false, false);
-        let nr = &self.pcpu.nodes[n];
+        st.forget_free(head);
+        st.set_allocated(head, bo, RESERVE_OWNER, false, false);
+        let nr = &self.pcpu().nodes[n];
         let idx = nr.index(k, st.base + head as u64);
         let mut live = nr.live.lock();
         let mut block = live
@@ -225,16 +225,16 @@ impl<M: FrameMemory> Heap<M> {
         debug_assert!(fresh, "a block region taken while live");
         *nr.tables[k][idx as usize].lock() = Some(block);
         nr.frames.fetch_add(len as u64, Relaxed);
-        self.cell(n).publish(&st);
         slot.current[n][k] = Some(idx);
-        debug_assert_eq!(st.meta[head as usize].order(), bo);
+        debug_assert_eq!(st.head(head).order, bo);
+        // The guard publishes the node's counters as it drops.
         true
     }
 
     /// Moves the dirty bits of the block at `head` (of kind `k`, off the free lists) from
     /// the node's bitmap to a per-chunk mask, and out of the node's dirty count.
     fn take_dirt(st: &mut NodeState, head: u32, k: usize) -> u64 {
-        if st.meta[head as usize].first_dirty() == crate::chunk::NONE {
+        if st.first_dirty(head) == NONE {
             return 0;
         }
         let (o, shift) = FAST_ORDERS[k];
@@ -276,7 +276,7 @@ impl<M: FrameMemory> Heap<M> {
         owner: DomId,
         sealed: bool,
     ) -> Option<Result<(), HeapError>> {
-        let nr = &self.pcpu.nodes[n];
+        let nr = &self.pcpu().nodes[n];
         if nr.frames.load(Relaxed) == 0 {
             return None;
         }
@@ -306,13 +306,12 @@ impl<M: FrameMemory> Heap<M> {
         b.free |= bit;
         b.dirty |= bit;
         let idle = b.cpu.is_none() && b.free == all_chunks(k);
-        let counters = &self.pcpu.cpus[cpu].nodes[n];
+        let counters = &self.pcpu().cpus[cpu].nodes[n];
         counters.returned.fetch_add(1 << order, Relaxed);
         drop(g);
         if idle {
             let mut st = self.lock_node(n);
             self.dissolve(&mut st, n, k, idx, true);
-            self.cell(n).publish(&st);
         }
         Some(Ok(()))
     }
@@ -320,7 +319,7 @@ impl<M: FrameMemory> Heap<M> {
     /// Whether a live block of node `n` holds a frame of `[lo, hi)` (absolute): the table
     /// entries for a range within a block's size, the live list for a larger one.
     fn blocks_touch(&self, n: usize, lo: u64, hi: u64) -> bool {
-        let nr = &self.pcpu.nodes[n];
+        let nr = &self.pcpu().nodes[n];
         (0..KINDS).any(|k| {
             if hi - lo <= 1 << block_order(k) {
                 (nr.index(k, lo)..=nr.index(k, hi - 1)).any(|i| nr.tables[k][i as usize].lock().is_some())
@@ -337,7 +336,7 @@ impl<M: FrameMemory> Heap<M> {
     /// become ordinary allocations, its free chunks go back to the free lists. Returns
     /// the frames that went back.
     pub(crate) fn settle(&self, n: usize, off: u32, len: u64) -> u64 {
-        let nr = &self.pcpu.nodes[n];
+        let nr = &self.pcpu().nodes[n];
         if nr.frames.load(Relaxed) == 0 {
             return 0;
         }
@@ -355,15 +354,13 @@ impl<M: FrameMemory> Heap<M> {
                 r < hi && lo < r + (1u64 << block_order(k))
             })
             .collect();
-        let freed = hit.into_iter().map(|(k, idx)| self.dissolve(&mut st, n, k, idx, false)).sum();
-        self.cell(n).publish(&st);
-        freed
+        hit.into_iter().map(|(k, idx)| self.dissolve(&mut st, n, k, idx, false)).sum()
     }
 
     /// The chunk of a live block holding `mfn` (on node `n`), for [`Heap::chunk_at`]: a
     /// loaned chunk as its owner's allocation, a free one as the reserve's.
     pub(crate) fn reserve_chunk_at(&self, n: usize, mfn: Mfn) -> Option<crate::heap::ChunkInfo> {
-        let nr = &self.pcpu.nodes[n];
+        let nr = &self.pcpu().nodes[n];
         if nr.frames.load(Relaxed) == 0 {
             return None;
         }
@@ -387,15 +384,15 @@ impl<M: FrameMemory> Heap<M> {
     /// left as it is (for at most that call).
     pub fn drain(&self, cpu: Option<usize>) -> Result<u64, HeapError> {
         let Some(cpu) = cpu else {
-            return Ok((0..self.nodes.len()).map(|n| self.settle(n, 0, self.cell(n).frames)).sum());
+            return Ok((0..self.node_count()).map(|n| self.settle(n, 0, self.cell(n).frames)).sum());
         };
         let cell = self.cpu_cell(cpu)?;
         let mut slot = cell.slot.lock();
         let mut freed = 0;
-        for n in 0..self.nodes.len() {
+        for n in 0..self.node_count() {
             for k in 0..KINDS {
                 if let Some(idx) = slot.current[n][k].take() {
-                    let r = self.pcpu.nodes[n].region(k, idx);
+                    let r = self.pcpu().nodes[n].region(k, idx);
                     freed += self.settle(n, (r - self.cell(n).base) as u32, 1);
                 }
             }
@@ -406,7 +403,7 @@ impl<M: FrameMemory> Heap<M> {
     /// Drains every reserve if any holds free frames (an allocation about to fail, a claim
     /// being set); returns the frames that went back.
     pub(crate) fn drain_reserves(&self) -> u64 {
-        if self.pcpu.nodes.iter().all(|nr| nr.frames.load(Relaxed) == 0) {
+        if self.pcpu().nodes.iter().all(|nr| nr.frames.load(Relaxed) == 0) {
             return 0;
         }
         self.drain(None).expect("draining every CPU names no CPU")
@@ -417,7 +414,7 @@ impl<M: FrameMemory> Heap<M> {
     /// one an ordinary allocation of its owner. With `only_idle`, only if the block is
     /// detached and all free. Returns the frames that went back.
     fn dissolve(&self, st: &mut NodeGuard<'_>, n: usize, k: usize, idx: u32, only_idle: bool) -> u64 {
-        let nr = &self.pcpu.nodes[n];
+        let nr = &self.pcpu().nodes[n];
         let mut g = nr.tables[k][idx as usize].lock();
         if only_idle && !g.as_ref().is_some_and(|b| b.cpu.is_none() && b.free == all_chunks(k)) {
             return 0;
@@ -429,8 +426,8 @@ impl<M: FrameMemory> Heap<M> {
         let Some(b) = g.take() else { return 0 };
         drop(g);
         let head = (nr.region(k, idx) - st.base) as u32;
-        let s = st.meta[head as usize];
-        debug_assert!(s.state() == State::Allocated && s.order() == block_order(k) && s.a == RESERVE_OWNER.0);
+        let h = st.head(head);
+        debug_assert!(h.state == State::Allocated && h.order == block_order(k) && h.owner == RESERVE_OWNER);
         let (loaned, freed) = if b.free == all_chunks(k) {
             Self::return_whole(st, head, k, b.dirty)
         } else {
@@ -464,7 +461,7 @@ impl<M: FrameMemory> Heap<M> {
             }
         }
         debug_assert_eq!(st.dirty.count(head, len), dirty.count_ones() << o, "each dirty chunk marked whole");
-        st.meta[head as usize] = Slot::default();
+        st.clear_head(head);
         st.allocated -= len as u64;
         st.put_back(head, block_order(k));
         (0, len as u64)
@@ -475,14 +472,11 @@ impl<M: FrameMemory> Heap<M> {
     fn return_parts(st: &mut NodeState, head: u32, k: usize, b: &Block) -> (u64, u64) {
         let (o, shift) = FAST_ORDERS[k];
         let mut loaned = 0u64;
-        for i in 0..1u32 << shift {
-            let h = head + (i << o);
-            st.meta[h as usize] = if b.free & (1 << i) != 0 {
-                Slot::default()
-            } else {
-                loaned += 1 << o;
-                Self::allocated_slot(o, DomId(b.owners[i as usize]), false, false)
-            };
+        // The block's head goes; each loan gets its own head and record.
+        st.clear_head(head);
+        for i in (0..1u32 << shift).filter(|i| b.free & (1 << i) == 0) {
+            st.set_allocated(head + (i << o), o, DomId(b.owners[i as usize]), false, false);
+            loaned += 1 << o;
         }
         let mut freed = 0u64;
         for i in (0..1u32 << shift).filter(|i| b.free & (1 << i) != 0) {
@@ -505,7 +499,7 @@ impl<M: FrameMemory> Heap<M> {
         let cell = self.cpu_cell(cpu)?;
         let slot = cell.slot.lock();
         let mut done = 0u64;
-        for n in 0..self.nodes.len() {
+        for n in 0..self.node_count() {
             for k in 0..KINDS {
                 let Some(idx) = slot.current[n][k] else { continue };
                 done += self.scrub_block(cpu, n, k, idx, budget - done);
@@ -517,7 +511,7 @@ impl<M: FrameMemory> Heap<M> {
     /// Zeroes up to `budget` frames of dirty free chunks of a CPU's current block; the
     /// chunks are taken out of the free mask meanwhile, so no get hands them out.
     fn scrub_block(&self, cpu: usize, n: usize, k: usize, idx: u32, budget: u64) -> u64 {
-        let nr = &self.pcpu.nodes[n];
+        let nr = &self.pcpu().nodes[n];
         let (o, _) = FAST_ORDERS[k];
         let fit = (budget >> o).min(64) as u32;
         let mut g = nr.tables[k][idx as usize].lock();
@@ -538,7 +532,7 @@ impl<M: FrameMemory> Heap<M> {
         let mut bits = take;
         while bits != 0 {
             let i = bits.trailing_zeros() as u64;
-            self.mem.zero(Mfn(base + (i << o)), 1 << o);
+            self.memory().zero(Mfn(base + (i << o)), 1 << o);
             bits &= bits - 1;
         }
         let mut g = nr.tables[k][idx as usize].lock();
@@ -556,17 +550,17 @@ impl<M: FrameMemory> Heap<M> {
     /// and the tables agree, every live block is a reserve-owned allocated chunk of its
     /// block order, dirty chunks are free, and the reserved count matches the blocks.
     pub(crate) fn check_reserves(&self, n: usize, st: &NodeState) -> Result<(), InvariantViolation> {
-        let nr = &self.pcpu.nodes[n];
+        let nr = &self.pcpu().nodes[n];
         let fail = |m: alloc::string::String| Err(InvariantViolation(format!("node {n}: reserve: {m}")));
         let live: Vec<(usize, u32)> = nr.live.lock().set.iter().copied().collect();
         let guards: Vec<_> = live.iter().map(|&(k, idx)| nr.tables[k][idx as usize].lock()).collect();
         let (mut frames, mut free) = (0u64, 0u64);
         for (&(k, idx), g) in live.iter().zip(&guards) {
             let Some(b) = g.as_ref() else { return fail(format!("live block {k}/{idx} has no entry")) };
-            let head = (nr.region(k, idx) - st.base) as usize;
-            let s = st.meta[head];
-            if s.state() != State::Allocated || s.order() != block_order(k) || s.a != RESERVE_OWNER.0 {
-                return fail(format!("block at {head} is {:?} order {} of dom{}", s.state(), s.order(), s.a));
+            let head = (nr.region(k, idx) - st.base) as u32;
+            let Some(h) = st.head_at(head) else { return fail(format!("block at {head} starts no chunk")) };
+            if h.state != State::Allocated || h.order != block_order(k) || h.owner != RESERVE_OWNER {
+                return fail(format!("block at {head} is {:?} order {} of {}", h.state, h.order, h.owner));
             }
             let idle = b.free | b.scrubbing;
             if b.dirty & !idle != 0 || idle & !all_chunks(k) != 0 || b.free & b.scrubbing != 0 {
@@ -588,11 +582,11 @@ impl<M: FrameMemory> Heap<M> {
                 }
             }
         }
-        if frames != nr.frames.load(Relaxed) || free != self.pcpu.reserved(n) {
+        if frames != nr.frames.load(Relaxed) || free != self.pcpu().reserved(n) {
             return fail(format!(
                 "counters say {} frames in blocks, {} free; the blocks hold {frames}, {free} free",
                 nr.frames.load(Relaxed),
-                self.pcpu.reserved(n)
+                self.pcpu().reserved(n)
             ));
         }
         Ok(())

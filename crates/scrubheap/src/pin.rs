@@ -7,7 +7,7 @@
 //! and changes nothing. A pinned frame cannot be freed (`HeapError::Pinned`) until it is
 //! unpinned as many times as it was pinned.
 
-use crate::chunk::{Slot, State, F_BROKEN, F_MIGRATING, F_MOVABLE, F_SEALED};
+use crate::chunk::State;
 use crate::error::HeapError;
 use crate::heap::{Extent, Heap};
 use crate::memory::FrameMemory;
@@ -124,18 +124,6 @@ pub(crate) enum MoveStep {
     Refused,
 }
 
-/// What the chunks of a range held by one owner look like.
-pub(crate) struct Held {
-    /// Some frame lies in the Movable zone.
-    pub movable_zone: bool,
-    /// Every chunk is movable.
-    pub movable: bool,
-    /// A pinned chunk, if any.
-    pub pinned: Option<u32>,
-    /// An unpinned chunk, if any.
-    pub unpinned: Option<u32>,
-}
-
 impl<M: FrameMemory> Heap<M> {
     /// Takes a long-term pin on `[mfn, 2^order)`, which `owner` must hold: a whole
     /// allocation or any aligned part of one. Parts already pinned are pinned once more.
@@ -172,15 +160,14 @@ impl<M: FrameMemory> Heap<M> {
         let (n, off) = self.locate(mfn, order)?;
         self.settle(n, off, 1 << order);
         let mut st = self.lock_node(n);
-        let held = Self::held_range(&st, off, order, owner)?;
+        let held = st.held_by(off, order, owner, false)?;
         if !held.movable_zone {
             Self::pin_chunks(&mut st, off, order)?;
-            self.cell(n).publish(&st);
             return Ok(Extent { mfn, order, node: n });
         }
         if let Some(h) = held.pinned {
             // Only a pin taken in place (the baseline) leaves pins in the Movable zone.
-            return Err(HeapError::Pinned { mfn: Mfn(st.base + h as u64), owner });
+            return Err(HeapError::Pinned { mfn: st.mfn(h), owner });
         }
         Self::set_migrating(&mut st, off, order, true);
         drop(st);
@@ -190,7 +177,6 @@ impl<M: FrameMemory> Heap<M> {
                 self.finish_destination(to, true, 1, true);
                 let mut st = self.lock_node(n);
                 Self::vacate(&mut st, off, order, false);
-                self.cell(n).publish(&st);
                 Ok(to)
             }
             Err(e) => {
@@ -209,9 +195,8 @@ impl<M: FrameMemory> Heap<M> {
         let (n, off) = self.locate(mfn, order)?;
         self.settle(n, off, 1 << order);
         let mut st = self.lock_node(n);
-        Self::held_range(&st, off, order, owner)?;
+        st.held_by(off, order, owner, false)?;
         Self::pin_chunks(&mut st, off, order)?;
-        self.cell(n).publish(&st);
         Ok(Extent { mfn, order, node: n })
     }
 
@@ -221,60 +206,20 @@ impl<M: FrameMemory> Heap<M> {
         let (n, off) = self.locate(mfn, order)?;
         self.settle(n, off, 1 << order);
         let mut st = self.lock_node(n);
-        let held = Self::held_range(&st, off, order, owner)?;
+        let held = st.held_by(off, order, owner, false)?;
         if let Some(h) = held.unpinned {
-            return Err(HeapError::NotPinned { mfn: Mfn(st.base + h as u64), owner });
+            return Err(HeapError::NotPinned { mfn: st.mfn(h), owner });
         }
         Self::split_to(&mut st, off, order);
         let end = off + size(order);
         let mut pos = off;
         while pos < end {
             let (h, o) = st.chunk_of(pos);
-            st.meta[h as usize].b -= 1;
+            let pins = st.head(h).pins;
+            st.set_pins(h, pins - 1);
             pos = h + size(o);
         }
-        self.cell(n).publish(&st);
         Ok(())
-    }
-
-    /// Checks that `owner` holds every frame of `[off, 2^order)` (pinned or not) and that
-    /// none is being migrated; describes the range.
-    pub(crate) fn held_range(st: &NodeState, off: u32, order: u8, owner: DomId) -> Result<Held, HeapError> {
-        let end = off + size(order);
-        let abs = |o: u32| Mfn(st.base + o as u64);
-        let mut held = Held { movable_zone: false, movable: true, pinned: None, unpinned: None };
-        let mut pos = off;
-        while pos < end {
-            let (h, o) = st.chunk_of(pos);
-            let s = st.meta[h as usize];
-            let beyond = HeapError::OrderTooLarge { mfn: abs(off), order, owner, beyond: abs(pos) };
-            match s.state() {
-                State::Allocated if s.a == owner.0 => {}
-                State::Allocated if pos == off => {
-                    return Err(HeapError::WrongOwner { mfn: abs(off), owner, actual: DomId(s.a) })
-                }
-                State::Pending | State::Scrubbing if pos == off && s.a == owner.0 => {
-                    return Err(HeapError::Busy { mfn: abs(off), what: "still being scrubbed for its owner" })
-                }
-                _ if pos == off => return Err(HeapError::NotAllocated { mfn: abs(off) }),
-                _ => return Err(beyond),
-            }
-            if s.flags(F_MIGRATING) {
-                return Err(HeapError::Busy { mfn: abs(h), what: "being migrated" });
-            }
-            if s.flags(F_SEALED) {
-                return Err(HeapError::Sealed { mfn: abs(h.max(off)), owner });
-            }
-            held.movable_zone |= st.zone_of(h) == Zone::Movable;
-            held.movable &= s.flags(F_MOVABLE);
-            if s.b > 0 {
-                held.pinned.get_or_insert(h);
-            } else {
-                held.unpinned.get_or_insert(h);
-            }
-            pos = h + size(o);
-        }
-        Ok(held)
     }
 
     /// Splits a held chunk larger than `[off, 2^order)` so that the range is whole chunks.
@@ -291,8 +236,8 @@ impl<M: FrameMemory> Heap<M> {
         let mut pos = off;
         while pos < end {
             let (h, o) = st.chunk_of(pos);
-            if st.meta[h as usize].b == u32::MAX {
-                return Err(HeapError::PinLimit { mfn: Mfn(st.base + h as u64) });
+            if st.head(h).pins == u32::MAX {
+                return Err(HeapError::PinLimit { mfn: st.mfn(h) });
             }
             pos = h + size(o);
         }
@@ -300,7 +245,8 @@ impl<M: FrameMemory> Heap<M> {
         let mut pos = off;
         while pos < end {
             let (h, o) = st.chunk_of(pos);
-            st.meta[h as usize].b += 1;
+            let pins = st.head(h).pins;
+            st.set_pins(h, pins + 1);
             pos = h + size(o);
         }
         Ok(())
@@ -314,7 +260,7 @@ impl<M: FrameMemory> Heap<M> {
         let mut pos = st.chunk_of(off).0;
         while pos < end {
             let (h, o) = st.chunk_of(pos);
-            st.meta[h as usize].set_flag(F_MIGRATING, on);
+            st.set_migrating(h, on);
             pos = h + size(o);
         }
     }
@@ -334,7 +280,7 @@ impl<M: FrameMemory> Heap<M> {
             let (h, o) = st.chunk_of(pos);
             pos = h + size(o);
             if h < off || h >= end {
-                st.meta[h as usize].set_flag(F_MIGRATING, false);
+                st.set_migrating(h, false);
                 continue;
             }
             st.allocated -= size(o) as u64;
@@ -342,12 +288,12 @@ impl<M: FrameMemory> Heap<M> {
                 continue;
             }
             if isolate {
-                st.meta[h as usize] = Slot::head(State::Isolated, o);
+                st.set_state(h, State::Isolated, o);
                 st.dirty.set_all(h, size(o));
                 st.offline += size(o) as u64;
                 isolated.push((h, o));
             } else {
-                st.meta[h as usize] = Slot::default();
+                st.clear_head(h);
                 st.release(h, o, false);
             }
         }
@@ -358,12 +304,12 @@ impl<M: FrameMemory> Heap<M> {
     /// `allocated`) holds a frame marked broken, it goes out of service. Returns whether
     /// it did.
     pub(crate) fn retire_broken(st: &mut NodeState, h: u32) -> bool {
-        let s = st.meta[h as usize];
-        if s.state() != State::Allocated || !s.flags(F_BROKEN) {
+        let s = st.head(h);
+        if s.state != State::Allocated || !s.broken {
             return false;
         }
-        debug_assert_eq!(s.order(), 0);
-        st.meta[h as usize] = Slot::head(State::Broken, 0);
+        debug_assert_eq!(s.order, 0);
+        st.set_state(h, State::Broken, 0);
         st.offline += 1;
         true
     }
@@ -381,7 +327,7 @@ impl<M: FrameMemory> Heap<M> {
         preempt: &dyn Preempt,
     ) -> Result<Extent, HeapError> {
         let mut mv = self.begin_move(owner, from, movable, &[Zone::Normal])?;
-        let batch = batch_frames(self.config.scrub_batch, preempt);
+        let batch = batch_frames(self.config().scrub_batch, preempt);
         for _ in 0..=from.frames().div_ceil(batch) {
             match self.move_piece(&mut mv, migrator, batch) {
                 MoveStep::Switched => return Ok(mv.to),
@@ -450,7 +396,7 @@ impl<M: FrameMemory> Heap<M> {
     /// dirty bits until the move succeeds.
     fn take_destination(&self, node: usize, order: u8, owner: DomId, movable: bool, zones: &[Zone]) -> Option<Extent> {
         let want = size(order) as u64;
-        for &n in &self.near[node] {
+        for &n in self.nearest(node) {
             let mut st = self.lock_node(n);
             if self.claims_admit_locked(None, n, st.free, want).is_err() {
                 continue;
@@ -462,12 +408,9 @@ impl<M: FrameMemory> Heap<M> {
             st.free -= want;
             st.free_dirty -= dirty;
             st.allocated += want;
-            let mut slot = Self::allocated_slot(order, owner, movable, false);
-            slot.set_flag(F_MIGRATING, true);
-            st.meta[head as usize] = slot;
-            let cell = self.cell(n);
-            cell.publish(&st);
-            return Some(Extent { mfn: Mfn(cell.base + head as u64), order, node: n });
+            st.set_allocated(head, order, owner, movable, false);
+            st.set_migrating(head, true);
+            return Some(Extent { mfn: st.mfn(head), order, node: n });
         }
         None
     }
@@ -481,17 +424,15 @@ impl<M: FrameMemory> Heap<M> {
         let mut st = self.lock_node(to.node);
         if ok {
             st.dirty.clear_all(head, size(to.order));
-            let s = &mut st.meta[head as usize];
-            s.set_flag(F_MIGRATING, false);
-            s.b = pins;
+            st.set_migrating(head, false);
+            st.set_pins(head, pins);
         } else {
             if written {
                 st.dirty.set_all(head, size(to.order));
             }
-            st.meta[head as usize] = Slot::default();
+            st.clear_head(head);
             st.allocated -= to.frames();
             st.put_back(head, to.order);
         }
-        cell.publish(&st);
     }
 }

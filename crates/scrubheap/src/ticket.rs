@@ -87,7 +87,7 @@ impl<M: FrameMemory> Heap<M> {
                     if let Some(ext) = t.extent() {
                         // Dropping the ticket gives the frames (and claims) back.
                         drop(t);
-                        let batch = self.config.scrub_batch;
+                        let batch = self.config().scrub_batch;
                         debug_assert!(ext.frames() > batch);
                         return Err(HeapError::NeedsScrubTicket { order: req.order, frames: ext.frames(), batch });
                     }

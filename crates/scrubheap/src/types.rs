@@ -11,12 +11,6 @@ pub const MAX_CPUS: usize = 256;
 /// Number of distinct orders (0..=MAX_ORDER).
 pub(crate) const ORDERS: usize = MAX_ORDER as usize + 1;
 
-/// Bits of heap metadata per frame: one chunk slot plus one bit of the dirty bitmap.
-/// A const assertion holds it at or below 16 bytes, so 1 TiB of 4 KiB frames needs at most 4 GiB.
-pub const METADATA_BITS_PER_FRAME: usize = core::mem::size_of::<crate::chunk::Slot>() * 8 + 1;
-
-const _: () = assert!(METADATA_BITS_PER_FRAME <= 16 * 8, "metadata must stay at or below 16 bytes per frame");
-
 /// A machine frame number: the index of a frame in physical memory.
 #[derive(Copy, Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
 pub struct Mfn(pub u64);

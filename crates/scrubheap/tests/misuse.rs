@@ -147,3 +147,20 @@ fn claim_sizes_that_overflow_are_refused() {
     refused!(h, h.claim_set(DomId(1), &twice), HeapError::ClaimExceedsFree { .. });
     assert_eq!(h.claims_of(DomId(1)), vec![Claim { target: ClaimTarget::Node(0), frames: 10 }]);
 }
+
+#[test]
+fn free_pin_and_unpin_agree_on_a_chunk_still_being_scrubbed_for_its_owner() {
+    // One answer for every caller (NodeState::held_by): the owner's frames are reserved
+    // but not yet its own, so each operation is refused as busy, nothing changed.
+    let h = Heap::new(HeapConfig::uniform(1, 4096).with_initially_dirty(true), NullMemory).unwrap();
+    let AllocStart::Pending(ticket) = h.alloc_start(&AllocRequest::new(10, DomId(1))).unwrap() else {
+        panic!("1024 dirty frames need a ticket");
+    };
+    let e = ticket.extent().unwrap();
+    refused!(h, h.free(e.mfn, 10, DomId(1)), HeapError::Busy { .. });
+    refused!(h, h.pin(e.mfn, 10, DomId(1), &MetadataMigrator, &NeverPreempt), HeapError::Busy { .. });
+    refused!(h, h.unpin(e.mfn, 10, DomId(1)), HeapError::Busy { .. });
+    refused!(h, h.free(e.mfn, 10, DomId(2)), HeapError::NotAllocated { .. });
+    drop(ticket);
+    h.check_invariants().unwrap();
+}

@@ -529,7 +529,8 @@ fn case(cfg: &Config, pattern: &str, order: u8, threads: usize, meta: &mut u64) 
     Ok(Case { pattern: pattern.into(), order, threads, allocs, rounds, subjects })
 }
 
-/// scrubheap's metadata per frame: by formula, by its own accounting, and the block
+/// scrubheap's metadata per frame: by formula (fixed bits a frame and the fast path's
+/// tables), by its own accounting of a fresh heap (everything it holds), and the block
 /// records at their largest (after the get phase of one thread's order-0 bulk).
 fn scrubheap_metadata(frames: u64) -> anyhow::Result<(f64, f64, f64)> {
     let f = frames as f64;
@@ -537,10 +538,10 @@ fn scrubheap_metadata(frames: u64) -> anyhow::Result<(f64, f64, f64)> {
     // One 16-byte table entry per block region of each fast order.
     let tables: f64 = scrubheap::FAST_ORDERS.iter().map(|&(o, s)| 16.0 / (1u64 << (o + s)) as f64).sum();
     let s = Scrub::new(frames, true)?;
-    let fixed = s.heap.metadata_bytes().0 as f64 / f;
+    let fixed = s.heap.metadata_bytes() as f64 / f;
     let (allocs, _) = sizes(frames, 0);
     let got: Vec<u64> = (0..allocs).filter_map(|_| s.get(0, 0)).collect();
-    let blocks = s.heap.metadata_bytes().1 as f64 / f;
+    let blocks = s.heap.reserve_metadata_bytes().1 as f64 / f;
     for g in got {
         s.put(0, g, 0);
     }
@@ -637,7 +638,7 @@ pub fn print(r: &Report) {
     }
     let m = &r.metadata;
     println!(
-        "metadata bytes/frame: scrubheap {:.3} by formula (12-byte slot + 1 dirty bit + 16-byte block-table entry per 64 frames and per 8192), {:.3} measured, + {:.3} of live block records at an order-0 bulk's peak; LLFree {}",
+        "metadata bytes/frame: scrubheap {:.3} by formula (6-bit head code ten to a word + dirty bit + summaries + 16-byte block-table entry per 64 frames and per 8192), {:.3} measured on a fresh heap (free-chunk records too), + {:.3} of live block records at an order-0 bulk's peak; LLFree {}",
         m.scrubheap_formula,
         m.scrubheap_measured,
         m.scrubheap_blocks_peak,

@@ -1,0 +1,94 @@
+//! The heap's metadata, measured: `Heap::metadata_bytes` against what a counting
+//! allocator sees, for a fresh heap, one fully allocated in single frames, and one
+//! fragmented (every other frame free). Prints the figures:
+//! `cargo test --release -p scrubheap --test metadata -- --nocapture`.
+
+use scrubheap::{AllocRequest, DomId, Heap, HeapConfig, Mfn, NullMemory, FAST_ORDERS, METADATA_BITS_PER_FRAME};
+use std::alloc::{GlobalAlloc, Layout, System};
+use std::sync::atomic::{AtomicIsize, Ordering::Relaxed};
+
+/// The system allocator, counting the bytes live.
+struct Counting;
+
+static LIVE: AtomicIsize = AtomicIsize::new(0);
+
+// SAFETY: every call is forwarded unchanged to the system allocator, which upholds
+// GlobalAlloc's contract; the counter only observes sizes.
+unsafe impl GlobalAlloc for Counting {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        LIVE.fetch_add(layout.size() as isize, Relaxed);
+        // SAFETY: the caller's layout is passed through as is.
+        unsafe { System.alloc(layout) }
+    }
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        LIVE.fetch_sub(layout.size() as isize, Relaxed);
+        // SAFETY: `ptr` was allocated by `System` with this layout (alloc above).
+        unsafe { System.dealloc(ptr, layout) }
+    }
+}
+
+#[global_allocator]
+static COUNTING: Counting = Counting;
+
+fn live() -> isize {
+    LIVE.load(Relaxed)
+}
+
+/// One scenario's figures: bytes the allocator holds for the heap, and what the heap says.
+fn check(what: &str, frames: u64, measured: isize, heap: &Heap<NullMemory>) {
+    let reported = heap.metadata_bytes() as f64;
+    let measured = measured as f64;
+    println!(
+        "{what:<34} measured {:>6.3} B/frame ({:>11.0} B), metadata_bytes {:>6.3} B/frame ({:+.1}%)",
+        measured / frames as f64,
+        measured,
+        reported / frames as f64,
+        (reported / measured - 1.0) * 100.0
+    );
+    assert!((reported - measured).abs() <= 0.35 * measured, "{what}: reported {reported} vs measured {measured}");
+}
+
+#[test]
+fn metadata_is_fixed_per_frame_and_reported_as_measured() {
+    // 4 GiB of 4 KiB frames in release; less in a debug build, where it is slow.
+    let frames: u64 = if cfg!(debug_assertions) { 1 << 16 } else { 1 << 20 };
+    let owner = DomId(1);
+    let before = live();
+    let heap = Heap::new(HeapConfig::uniform(1, frames), NullMemory).unwrap();
+    let fresh = live() - before;
+    check("fresh", frames, fresh, &heap);
+    // The per-CPU fast path's block tables (one entry per block region of each fast
+    // order) are fixed too, but they are the fast path's, not the node's frame metadata.
+    let (tables, blocks) = heap.reserve_metadata_bytes();
+    assert_eq!(blocks, 0, "no block is live before the first get");
+    let per_region: f64 = FAST_ORDERS.iter().map(|&(o, s)| 16.0 / (1u64 << (o + s)) as f64).sum();
+    assert!(tables as f64 <= per_region * frames as f64 + 64.0, "fast-path tables: {tables} bytes");
+    let own = (fresh - tables as isize) as f64 / frames as f64;
+    println!(
+        "of which the fast path's block tables {:.3} B/frame, the nodes' own {own:.3} B/frame",
+        tables as f64 / frames as f64
+    );
+    let bound = METADATA_BITS_PER_FRAME as f64 / 8.0 + 0.05;
+    assert!(own <= bound, "the nodes' fixed metadata of a fresh heap: {own} B/frame, formula {bound}");
+    println!("fixed metadata: {METADATA_BITS_PER_FRAME} bits a frame by formula");
+
+    for _ in 0..frames {
+        heap.alloc(&AllocRequest::new(0, owner)).unwrap();
+    }
+    check("fully allocated in single frames", frames, live() - before, &heap);
+    // Per-frame slots: allocating in single frames adds no metadata of the nodes'.
+    assert!(live() - before <= fresh + fresh / 64, "metadata grew with allocations: {} vs {fresh}", live() - before);
+
+    for m in (0..frames).step_by(2) {
+        heap.free(Mfn(m), 0, owner).unwrap();
+    }
+    check("fragmented (every other frame free)", frames, live() - before, &heap);
+    heap.check_invariants().unwrap();
+
+    for m in (1..frames).step_by(2) {
+        heap.free(Mfn(m), 0, owner).unwrap();
+    }
+    let s = heap.stats();
+    assert_eq!((s.free_clean + s.free_dirty, s.allocated), (frames, 0));
+    check("all freed again", frames, live() - before, &heap);
+}
