@@ -154,21 +154,10 @@ impl AnonRam {
         }
         let len = usize::try_from(bytes).map_err(|_| VmmError::BadSize(bytes))?;
         let over = len + HUGE_2M;
-        // SAFETY: a fresh private anonymous mapping with a null hint creates new memory and
-        // touches no existing mapping; the result is checked before use.
-        let p = unsafe {
-            libc::mmap(
-                std::ptr::null_mut(),
-                over,
-                libc::PROT_READ | libc::PROT_WRITE,
-                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE,
-                -1,
-                0,
-            )
-        };
-        if p == libc::MAP_FAILED {
-            return Err(VmmError::Map { bytes, err: io::Error::last_os_error() });
-        }
+        let p = scrubheap_host::map_anonymous(over, libc::MAP_NORESERVE)
+            .map_err(|err| VmmError::Map { bytes, err })?
+            .as_ptr()
+            .cast::<libc::c_void>();
         let addr = p as usize;
         let start = addr.next_multiple_of(HUGE_2M);
         let (head, tail) = (start - addr, over - (start - addr) - len);
