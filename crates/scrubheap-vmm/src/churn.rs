@@ -223,15 +223,7 @@ pub fn fixed_workload(memory_bytes: u64, guest_bytes: u64, n: usize) -> Vec<Gues
 
 /// Runs the churn. Fails at the first leak a guest reports, or any KVM error.
 pub fn run(cfg: &VmmConfig, kvm: &Kvm, progress: &dyn Fn(&VmmProgress)) -> Result<VmmReport, VmmError> {
-    if let Some(b) = cfg.guest_bytes {
-        if !(MIN_GUEST_BYTES..=MAX_GUEST_BYTES).contains(&b) || !b.is_multiple_of(4096) || b > cfg.memory_bytes {
-            return Err(VmmError::BadSize(b));
-        }
-    }
-    let specs = match cfg.guest_bytes {
-        Some(b) => fixed_workload(cfg.memory_bytes, b, cfg.guests),
-        None => workload(cfg.memory_bytes, cfg.guests, cfg.seed),
-    };
+    let specs = churn_specs(cfg)?;
     let pool = churn_pool(cfg)?;
     let rec = PreemptRecorder::new(pool.as_ref().map_or(200_000, |p| p.config().quantum_ns));
     let events = schedule(&specs);
@@ -294,6 +286,21 @@ pub fn run(cfg: &VmmConfig, kvm: &Kvm, progress: &dyn Fn(&VmmProgress)) -> Resul
 
     summarize(&mut r, cfg, kvm, pool.as_ref(), &boots, (&alloc_ms, &destroy_ms));
     Ok(r)
+}
+
+/// The guests of the churn: all of [`VmmConfig::guest_bytes`] if set (refused unless a
+/// whole number of pages between the VMM's limits and within the memory), else the
+/// default churn's.
+fn churn_specs(cfg: &VmmConfig) -> Result<Vec<GuestSpec>, VmmError> {
+    Ok(match cfg.guest_bytes {
+        Some(b)
+            if !(MIN_GUEST_BYTES..=MAX_GUEST_BYTES).contains(&b) || !b.is_multiple_of(4096) || b > cfg.memory_bytes =>
+        {
+            return Err(VmmError::BadSize(b));
+        }
+        Some(b) => fixed_workload(cfg.memory_bytes, b, cfg.guests),
+        None => workload(cfg.memory_bytes, cfg.guests, cfg.seed),
+    })
 }
 
 /// The pool the guests' memory comes from (`None` under the kernel baseline).
