@@ -701,8 +701,10 @@ pub(crate) mod sys {
     use std::io;
     use std::ptr::NonNull;
 
-    /// `mmap` of `len` bytes with `flags` (read-write, private, anonymous, plus `extra`).
-    fn mmap_anon(len: usize, extra: libc::c_int) -> io::Result<NonNull<u8>> {
+    /// `mmap` of `len` bytes with `flags` (read-write, private, anonymous, plus `extra`):
+    /// the one place the host and the VMM make an anonymous mapping (see
+    /// [`crate::map_anonymous`]). Unmapping it is the caller's.
+    pub fn mmap_anon(len: usize, extra: libc::c_int) -> io::Result<NonNull<u8>> {
         // SAFETY: an anonymous mapping with a null hint creates new memory and touches no
         // existing mapping; the result is checked against MAP_FAILED before use.
         let p = unsafe {

@@ -42,6 +42,7 @@ pub mod run;
 pub mod tenants;
 mod zero;
 
+pub use arena::sys::mmap_anon as map_anonymous;
 pub use arena::{tag_of, Arena, ArenaConfig, ArenaError, Backing, NumaBinding, Prefault, POISON};
 pub use clock::thread_cpu_time;
 pub use priority::ScrubPriority;

@@ -47,6 +47,16 @@ impl Pods {
         self.guests.lock().get(&dom).cloned().ok_or(PodError::UnknownDomain { dom })
     }
 
+    /// Runs `f` on `dom`'s guest under its lock, refusing an unknown or destroyed `dom`.
+    fn with_live<R>(&self, dom: DomId, f: impl FnOnce(&mut Guest) -> Result<R, PodError>) -> Result<R, PodError> {
+        let g = self.guest(dom)?;
+        let mut g = g.lock();
+        if g.gone {
+            return Err(PodError::UnknownDomain { dom });
+        }
+        f(&mut g)
+    }
+
     fn all(&self) -> Vec<Arc<Mutex<Guest>>> {
         self.guests.lock().values().cloned().collect()
     }
@@ -121,18 +131,15 @@ impl Pods {
         target: u64,
         preempt: &dyn Preempt,
     ) -> Result<PodProgress, PodError> {
-        let g = self.guest(dom)?;
-        let mut g = g.lock();
-        if g.gone {
-            return Err(PodError::UnknownDomain { dom });
-        }
-        if let Some(at) = g.crashed {
-            return Err(PodError::Crashed { dom, gfn: at });
-        }
-        if target > g.max_pages {
-            return Err(PodError::TargetTooLarge { dom, target, max_pages: g.max_pages });
-        }
-        g.adjust(heap, target, preempt)
+        self.with_live(dom, |g| {
+            if let Some(at) = g.crashed {
+                return Err(PodError::Crashed { dom, gfn: at });
+            }
+            if target > g.max_pages {
+                return Err(PodError::TargetTooLarge { dom, target, max_pages: g.max_pages });
+            }
+            g.adjust(heap, target, preempt)
+        })
     }
 
     /// The guest touches `gfn` (and, with `data`, writes its tag into that 4 KiB page
@@ -160,30 +167,27 @@ impl Pods {
         unmap: &mut dyn Unmap,
         preempt: &dyn Preempt,
     ) -> Result<PodTouch, PodError> {
-        let g = self.guest(dom)?;
-        let mut g = g.lock();
-        if g.gone {
-            return Err(PodError::UnknownDomain { dom });
-        }
-        g.check_gfn(gfn, 0)?;
-        let s = (gfn / SP) as usize;
-        let map = match (&g.p2m.slots[s], g.p2m.get(gfn)) {
-            (_, E4::Invalid) => return Err(PodError::NotMapped { dom, gfn }),
-            (Slot::Ram(m), _) => PodMapping { gfn: s as u64 * SP, mfn: Mfn(*m), order: SP_ORDER, populated: false },
-            (_, E4::Ram(m)) => PodMapping { gfn, mfn: Mfn(m), order: 0, populated: false },
-            (_, E4::Pod) => {
-                let Some(m) = g.populate(heap, gfn, unmap, preempt, &self.walked_slots)? else {
-                    return Ok(PodTouch::Preempted);
-                };
-                g.trim(heap);
-                m
+        self.with_live(dom, |g| {
+            g.check_gfn(gfn, 0)?;
+            let s = (gfn / SP) as usize;
+            let map = match (&g.p2m.slots[s], g.p2m.get(gfn)) {
+                (_, E4::Invalid) => return Err(PodError::NotMapped { dom, gfn }),
+                (Slot::Ram(m), _) => PodMapping { gfn: s as u64 * SP, mfn: Mfn(*m), order: SP_ORDER, populated: false },
+                (_, E4::Ram(m)) => PodMapping { gfn, mfn: Mfn(m), order: 0, populated: false },
+                (_, E4::Pod) => {
+                    let Some(m) = g.populate(heap, gfn, unmap, preempt, &self.walked_slots)? else {
+                        return Ok(PodTouch::Preempted);
+                    };
+                    g.trim(heap);
+                    m
+                }
+            };
+            debug_assert!(map.gfn <= gfn && gfn - map.gfn < 1u64 << map.order, "the mapping holds the gfn");
+            if data {
+                heap.memory().fill(Mfn(map.mfn.0 + (gfn - map.gfn)), 1, dom);
             }
-        };
-        debug_assert!(map.gfn <= gfn && gfn - map.gfn < 1u64 << map.order, "the mapping holds the gfn");
-        if data {
-            heap.memory().fill(Mfn(map.mfn.0 + (gfn - map.gfn)), 1, dom);
-        }
-        Ok(PodTouch::Mapped(map))
+            Ok(PodTouch::Mapped(map))
+        })
     }
 
     /// Decrease reservation: the guest's balloon driver gives back `[gfn, gfn + 2^order)`.
@@ -211,13 +215,10 @@ impl Pods {
         unmap: &mut dyn Unmap,
         preempt: &dyn Preempt,
     ) -> Result<PodProgress, PodError> {
-        let g = self.guest(dom)?;
-        let mut g = g.lock();
-        if g.gone {
-            return Err(PodError::UnknownDomain { dom });
-        }
-        g.check_gfn(gfn, order)?;
-        Ok(g.balloon(heap, (gfn, order), unmap, preempt, &self.walked_slots))
+        self.with_live(dom, |g| {
+            g.check_gfn(gfn, order)?;
+            Ok(g.balloon(heap, (gfn, order), unmap, preempt, &self.walked_slots))
+        })
     }
 
     /// Destroys `dom`'s PoD state, crashed or not: the guest is dead at once (every later

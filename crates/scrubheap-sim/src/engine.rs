@@ -152,6 +152,43 @@ fn levels(frame: u64) -> [u64; 3] {
     [GIB.max(frame), (2 * MIB).max(frame), frame]
 }
 
+/// The host's CPUs, node by node, every one idle: the last CPUs of each node are the
+/// toolstack's `sc.builders` (round-robin over the nodes with CPUs), returned free.
+fn lay_out_cpus<'h>(sc: &Scenario) -> (Vec<Cpu<'h>>, BTreeSet<usize>) {
+    let h = &sc.host;
+    let mut cpus = Vec::new();
+    let mut node_cpus = vec![Vec::new(); h.nodes];
+    for n in h.cpu_nodes() {
+        for _ in 0..h.cpus_per_node {
+            node_cpus[n].push(cpus.len());
+            cpus.push(Cpu {
+                node: n,
+                builder: false,
+                task: None,
+                active: false,
+                kind: StepKind::Scrub,
+                step_start: 0,
+                section_start: 0,
+                zero: VecDeque::new(),
+                seg: None,
+                slot: false,
+                wait_ns: 0,
+            });
+        }
+    }
+    // Toolstack CPUs: the last CPUs of each node, round-robin over the nodes with CPUs.
+    let mut free_builders = BTreeSet::new();
+    let cpu_nodes = h.cpu_nodes();
+    for b in 0..sc.builders {
+        let node = cpu_nodes[b % cpu_nodes.len()];
+        let c = node_cpus[node][h.cpus_per_node - 1 - b / cpu_nodes.len()];
+        cpus[c].builder = true;
+        free_builders.insert(c);
+    }
+    debug_assert_eq!(free_builders.len(), sc.builders, "every builder is its own CPU");
+    (cpus, free_builders)
+}
+
 struct Engine<'h, 'o> {
     sc: &'h Scenario,
     policy: Policy,
@@ -221,35 +258,7 @@ impl<'h, 'o> Engine<'h, 'o> {
         opts: &'o RunOptions<'o>,
     ) -> Self {
         let h = &sc.host;
-        let mut cpus = Vec::new();
-        let mut node_cpus = vec![Vec::new(); h.nodes];
-        for n in h.cpu_nodes() {
-            for _ in 0..h.cpus_per_node {
-                node_cpus[n].push(cpus.len());
-                cpus.push(Cpu {
-                    node: n,
-                    builder: false,
-                    task: None,
-                    active: false,
-                    kind: StepKind::Scrub,
-                    step_start: 0,
-                    section_start: 0,
-                    zero: VecDeque::new(),
-                    seg: None,
-                    slot: false,
-                    wait_ns: 0,
-                });
-            }
-        }
-        // Toolstack CPUs: the last CPUs of each node, round-robin over the nodes with CPUs.
-        let mut free_builders = BTreeSet::new();
-        let cpu_nodes = h.cpu_nodes();
-        for b in 0..sc.builders {
-            let node = cpu_nodes[b % cpu_nodes.len()];
-            let c = node_cpus[node][h.cpus_per_node - 1 - b / cpu_nodes.len()];
-            cpus[c].builder = true;
-            free_builders.insert(c);
-        }
+        let (cpus, free_builders) = lay_out_cpus(sc);
         let fpn = h.frames_per_node();
         let frames = fpn * h.nodes as u64;
         // Full checks cost O(frames): every event on small heaps, sampled so that they cost

@@ -19,7 +19,7 @@ use rand::seq::SliceRandom;
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 use scrubheap::{
-    AllocRequest, Deadline, DomId, Extent, Heap, HeapConfig, HeapError, Mfn, Migrator, NeverPreempt, NodeSpec,
+    AllocRequest, Blocker, Deadline, DomId, Extent, Heap, HeapConfig, HeapError, Mfn, Migrator, NeverPreempt, NodeSpec,
     NullMemory, OfflineStop,
 };
 use serde::Serialize;
@@ -356,33 +356,10 @@ fn run_one(sc: &HotRemove, seed: u64, migrate_pins: bool) -> Result<HotRemoveRes
     };
     let mut messages = Vec::new();
     let (mut extents, built) = build_guests(&heap, &g, guests_n, sc.frames(sc.guest_gib * GIB), h.nodes, order2m)?;
-    // Pins: random 2 MiB pages of every pin_every-th guest of each node (guest i is on
-    // node i % nodes), so that every node has guests that pin and guests that do not.
     let pin_pages = (sc.pinned_mib * MIB / (h.frame_size << order2m)).min(per_guest) as usize;
-    let mut pinning = 0;
-    let mut pinned_bytes = 0;
-    let mut pinned_in_movable = 0;
-    let mut pinned_at = Vec::new();
     let pin_bytes = h.frame_size << order2m;
-    for (i, mine) in extents.iter_mut().enumerate().filter(|(i, _)| (i / h.nodes) % sc.pin_every.max(1) == 0) {
-        let dom = DomId(i as u32 + 1);
-        pinning += 1;
-        mine.shuffle(&mut rng);
-        for &m in mine.iter().take(pin_pages) {
-            clock.now_ns.set(clock.now_ns.get() + clock.step_ns);
-            let at = if migrate_pins {
-                heap.pin(Mfn(m), order2m, dom, &g, &NeverPreempt)
-            } else {
-                heap.pin_in_place(Mfn(m), order2m, dom)
-            }
-            .map_err(|e| format!("pin of {} by {dom}: {e}", Mfn(m)))?;
-            pinned_bytes += pin_bytes;
-            pinned_at.push((at.mfn.0, dom.0));
-            if heap.chunk_at(at.mfn).map_err(|e| e.to_string())?.zone == scrubheap::Zone::Movable {
-                pinned_in_movable += pin_bytes;
-            }
-        }
-    }
+    let Pins { guests: pinning, bytes: pinned_bytes, in_movable: pinned_in_movable, at: pinned_at } =
+        pin_guests(&heap, &g, &mut extents, &mut rng, (sc.pin_every, pin_pages, order2m), migrate_pins)?;
     let pin_s = clock.now_ns.get() / 1e9;
     let pin_migrated_bytes = g.moved_bytes.replace(0);
     // The hot-remove.
@@ -395,45 +372,10 @@ fn run_one(sc: &HotRemove, seed: u64, migrate_pins: bool) -> Result<HotRemoveRes
     let mut pinned_in_range_owners: Vec<u32> = in_range.iter().map(|&(_, d)| d).collect();
     pinned_in_range_owners.sort_unstable();
     pinned_in_range_owners.dedup();
-    let mut attempts = 0;
-    let mut blockers = Vec::new();
-    let mut completed = false;
-    let mut done_frames = 0;
-    while clock.now_ns.get() < clock.deadline_ns.get() {
-        attempts += 1;
-        match heap.offline(first, remove, &g, &clock, &NeverPreempt) {
-            Ok(d) => {
-                completed = true;
-                done_frames = d.frames;
-                blockers.clear();
-                break;
-            }
-            Err(HeapError::OfflineBlocked { stop, blockers: b, .. }) => {
-                blockers = b;
-                if stop == OfflineStop::Deadline {
-                    break;
-                }
-                clock.now_ns.set(clock.now_ns.get() + sc.retry_s * 1e9);
-            }
-            Err(e) => return Err(format!("offline: {e}")),
-        }
-    }
+    let Offlined { attempts, completed, frames: done_frames, blockers } =
+        offline_until_deadline(&heap, &g, (first, remove), sc.retry_s)?;
     let stopped_ns = clock.now_ns.get().min(clock.deadline_ns.get());
-    // Checkers.
-    if let Err(e) = heap.check_invariants() {
-        messages.push(e.to_string());
-    }
-    let s = heap.stats();
-    if s.total() != fpn * h.nodes as u64 {
-        messages.push(format!("{} frames accounted of {}", s.total(), fpn * h.nodes as u64));
-    }
-    let ledger: u64 = g.held.borrow().values().map(|&(o, _)| 1u64 << o).sum();
-    if ledger != s.allocated {
-        messages.push(format!("the guests hold {ledger} frames, the heap says {} are allocated", s.allocated));
-    }
-    if completed != (s.offline == remove) {
-        messages.push(format!("completed {completed} but {} frames are offline of {remove}", s.offline));
-    }
+    messages.extend(check(&heap, &g, fpn * h.nodes as u64, completed, remove));
     let bpf = h.frame_size;
     Ok(HotRemoveResult {
         policy: if migrate_pins { "scrubheap" } else { "pins-in-place" }.into(),
@@ -470,6 +412,122 @@ fn run_one(sc: &HotRemove, seed: u64, migrate_pins: bool) -> Result<HotRemoveRes
         guest_extents: built,
         highorder_failures: 0,
     })
+}
+
+/// What the guests pinned before the hot-remove.
+struct Pins {
+    /// Guests that pinned pages.
+    guests: usize,
+    /// Bytes pinned, and of them those left in the Movable zone.
+    bytes: u64,
+    in_movable: u64,
+    /// Every pin: (first frame, owner).
+    at: Vec<(u64, u32)>,
+}
+
+/// Pins `pages` random pages of 2^`order` frames of every `every`-th guest of each node
+/// (guest i is on node i % nodes, `extents[i]` its pages), so that every node has guests
+/// that pin and guests that do not: moving them out of Movable memory first if
+/// `migrate`, in place otherwise. Each pin costs one step of the clock.
+fn pin_guests(
+    heap: &Heap<NullMemory>,
+    g: &Guests<'_>,
+    extents: &mut [Vec<u64>],
+    rng: &mut ChaCha8Rng,
+    (every, pages, order): (usize, usize, u8),
+    migrate: bool,
+) -> Result<Pins, String> {
+    let nodes = heap.node_count();
+    let pin_bytes = g.frame_size << order;
+    let mut out = Pins { guests: 0, bytes: 0, in_movable: 0, at: Vec::new() };
+    for (i, mine) in extents.iter_mut().enumerate().filter(|(i, _)| (i / nodes) % every.max(1) == 0) {
+        let dom = DomId(i as u32 + 1);
+        out.guests += 1;
+        mine.shuffle(rng);
+        for &m in mine.iter().take(pages) {
+            g.clock.now_ns.set(g.clock.now_ns.get() + g.clock.step_ns);
+            let at = if migrate {
+                heap.pin(Mfn(m), order, dom, g, &NeverPreempt)
+            } else {
+                heap.pin_in_place(Mfn(m), order, dom)
+            }
+            .map_err(|e| format!("pin of {} by {dom}: {e}", Mfn(m)))?;
+            out.bytes += pin_bytes;
+            out.at.push((at.mfn.0, dom.0));
+            if heap.chunk_at(at.mfn).map_err(|e| e.to_string())?.zone == scrubheap::Zone::Movable {
+                out.in_movable += pin_bytes;
+            }
+        }
+    }
+    debug_assert!(out.in_movable <= out.bytes, "pins in Movable are some of the pins");
+    Ok(out)
+}
+
+/// How the hot-remove of one range ended.
+struct Offlined {
+    /// Calls of `Heap::offline`.
+    attempts: u64,
+    /// Whether the range went offline whole.
+    completed: bool,
+    /// Frames it took offline.
+    frames: u64,
+    /// What blocked the last attempt (empty when it completed).
+    blockers: Vec<Blocker>,
+}
+
+/// Offlines `count` frames from `first`, again every `retry_s` of simulated time, until
+/// it completes or the clock passes its deadline.
+fn offline_until_deadline(
+    heap: &Heap<NullMemory>,
+    g: &Guests<'_>,
+    (first, count): (Mfn, u64),
+    retry_s: f64,
+) -> Result<Offlined, String> {
+    let clock = g.clock;
+    let mut out = Offlined { attempts: 0, completed: false, frames: 0, blockers: Vec::new() };
+    while clock.now_ns.get() < clock.deadline_ns.get() {
+        out.attempts += 1;
+        match heap.offline(first, count, g, clock, &NeverPreempt) {
+            Ok(d) => {
+                out.completed = true;
+                out.frames = d.frames;
+                out.blockers.clear();
+                break;
+            }
+            Err(HeapError::OfflineBlocked { stop, blockers: b, .. }) => {
+                out.blockers = b;
+                if stop == OfflineStop::Deadline {
+                    break;
+                }
+                clock.now_ns.set(clock.now_ns.get() + retry_s * 1e9);
+            }
+            Err(e) => return Err(format!("offline: {e}")),
+        }
+    }
+    debug_assert!(!out.completed || out.blockers.is_empty(), "a completed offline has no blockers");
+    Ok(out)
+}
+
+/// The checkers after a hot-remove of `removed` frames: the heap's invariants, every one
+/// of `frames` accounted, the guests' ledger against the heap's allocated frames, and the
+/// offline count against `completed`. Returns what failed.
+fn check(heap: &Heap<NullMemory>, g: &Guests<'_>, frames: u64, completed: bool, removed: u64) -> Vec<String> {
+    let mut messages = Vec::new();
+    if let Err(e) = heap.check_invariants() {
+        messages.push(e.to_string());
+    }
+    let s = heap.stats();
+    if s.total() != frames {
+        messages.push(format!("{} frames accounted of {frames}", s.total()));
+    }
+    let ledger: u64 = g.held.borrow().values().map(|&(o, _)| 1u64 << o).sum();
+    if ledger != s.allocated {
+        messages.push(format!("the guests hold {ledger} frames, the heap says {} are allocated", s.allocated));
+    }
+    if completed != (s.offline == removed) {
+        messages.push(format!("completed {completed} but {} frames are offline of {removed}", s.offline));
+    }
+    messages
 }
 
 #[cfg(test)]

@@ -164,22 +164,7 @@ fn run_mode(host: &HostPreset, seed: u64, p: &PodBalloonParams, max: u64, target
     };
     let doms: Vec<DomId> = (0..p.guests).map(|i| DomId(i as u32 + 1)).collect();
     // Data runs: the same for both modes, since the generator restarts from the seed.
-    let mut data: Vec<Vec<bool>> = Vec::new();
-    for i in 0..p.guests {
-        let greedy = i >= p.guests - p.greedy_guests;
-        let mut d = vec![greedy; max as usize];
-        let share = if greedy { 0.0 } else { p.data_share };
-        let mut written = 0u64;
-        while (written as f64) < share * max as f64 {
-            let len = rng.random_range(64..=1024u64);
-            let at = rng.random_range(0..max);
-            for g in at..(at + len).min(max) {
-                written += !d[g as usize] as u64;
-                d[g as usize] = true;
-            }
-        }
-        data.push(d);
-    }
+    let data = data_runs(&mut rng, p, max);
     for (i, &dom) in doms.iter().enumerate() {
         let mut cfg = PodConfig::new(max, target).on(i % host.nodes);
         cfg.superpage_reclaim = mode == "2m-reclaim";
@@ -240,19 +225,48 @@ fn run_mode(host: &HostPreset, seed: u64, p: &PodBalloonParams, max: u64, target
     out.frames_reclaimed = t.counters.frames_reclaimed();
     out.crashes = t.counters.crashes;
     out.guest_frames = t.populated + t.cache;
-    // What the host can still hand out in 2 MiB blocks (scrubbing first, then given back).
+    out.host_free_superpages = free_superpages(&heap);
+    check(&heap, &mut out);
+    out
+}
+
+/// Which of each guest's `max` pages hold data: random runs of 64 to 1024 pages up to
+/// `p.data_share` of them, every page for the last `p.greedy_guests` guests.
+fn data_runs(rng: &mut ChaCha8Rng, p: &PodBalloonParams, max: u64) -> Vec<Vec<bool>> {
+    let mut data: Vec<Vec<bool>> = Vec::with_capacity(p.guests);
+    for i in 0..p.guests {
+        let greedy = i >= p.guests - p.greedy_guests;
+        let mut d = vec![greedy; max as usize];
+        let share = if greedy { 0.0 } else { p.data_share };
+        let mut written = 0u64;
+        while (written as f64) < share * max as f64 {
+            let len = rng.random_range(64..=1024u64);
+            let at = rng.random_range(0..max);
+            for g in at..(at + len).min(max) {
+                written += !d[g as usize] as u64;
+                d[g as usize] = true;
+            }
+        }
+        data.push(d);
+    }
+    debug_assert_eq!(data.len(), p.guests);
+    data
+}
+
+/// What the host can still hand out in 2 MiB blocks: scrubs everything, then allocates
+/// 2 MiB blocks until the heap refuses, and gives them back.
+fn free_superpages(heap: &Heap<SimMemory>) -> u64 {
     while heap.scrub_step(0, u64::MAX, &NeverPreempt).unwrap_or(0) > 0 {}
     let probe = DomId(u32::MAX);
     let mut got = Vec::new();
     while let Ok(e) = heap.alloc(&AllocRequest::new(9, probe)) {
         got.push(e);
     }
-    out.host_free_superpages = got.len() as u64;
+    let n = got.len() as u64;
     for e in got {
         let _ = heap.free(e.mfn, 9, probe);
     }
-    check(&heap, &mut out);
-    out
+    n
 }
 
 /// A guest's touch (its empty-cache reclaim driven to the end in bounded steps, as a vCPU

@@ -223,35 +223,10 @@ pub fn fixed_workload(memory_bytes: u64, guest_bytes: u64, n: usize) -> Vec<Gues
 
 /// Runs the churn. Fails at the first leak a guest reports, or any KVM error.
 pub fn run(cfg: &VmmConfig, kvm: &Kvm, progress: &dyn Fn(&VmmProgress)) -> Result<VmmReport, VmmError> {
-    if let Some(b) = cfg.guest_bytes {
-        if !(MIN_GUEST_BYTES..=MAX_GUEST_BYTES).contains(&b) || !b.is_multiple_of(4096) || b > cfg.memory_bytes {
-            return Err(VmmError::BadSize(b));
-        }
-    }
-    let specs = match cfg.guest_bytes {
-        Some(b) => fixed_workload(cfg.memory_bytes, b, cfg.guests),
-        None => workload(cfg.memory_bytes, cfg.guests, cfg.seed),
-    };
-    let pool = match cfg.backend {
-        Backend::Heap(policy) => Some(Pool::new(PoolConfig {
-            memory_bytes: cfg.memory_bytes,
-            nodes: cfg.nodes,
-            scrubbers_per_node: cfg.scrubbers_per_node,
-            policy,
-            hugetlb: cfg.hugetlb,
-            verify: cfg.verify,
-            ..PoolConfig::default()
-        })?),
-        Backend::Kernel => None,
-    };
+    let specs = churn_specs(cfg)?;
+    let pool = churn_pool(cfg)?;
     let rec = PreemptRecorder::new(pool.as_ref().map_or(200_000, |p| p.config().quantum_ns));
-    // Events: (time, departure first at equal times, guest index).
-    let mut events: Vec<(f64, bool, usize)> = Vec::with_capacity(2 * specs.len());
-    for (i, g) in specs.iter().enumerate() {
-        events.push((g.arrival_s, false, i));
-        events.push((g.arrival_s + g.lifetime_s, true, i));
-    }
-    events.sort_by(|a, b| a.0.total_cmp(&b.0).then(b.1.cmp(&a.1)).then(a.2.cmp(&b.2)));
+    let events = schedule(&specs);
     let last_arrival = specs.last().map_or(0.0, |g| g.arrival_s);
 
     let t_run = Instant::now();
@@ -280,23 +255,9 @@ pub fn run(cfg: &VmmConfig, kvm: &Kvm, progress: &dyn Fn(&VmmProgress)) -> Resul
         }
         let dom = DomId(i as u32 + 1);
         let t0 = Instant::now();
-        let ram = match &pool {
-            Some(pool) if cfg.pod => match crate::pod::pod_ram(pool, dom, g.memory_bytes, &rec)? {
-                Some(ram) => ram,
-                None => {
-                    r.guests_refused += 1;
-                    continue;
-                }
-            },
-            Some(pool) => match pool.create_guest(dom, g.memory_bytes, &rec) {
-                Ok((guest, _)) => Ram::Pool(PoolRam::new(pool, guest, &rec)),
-                Err(HeapError::OutOfMemory { .. } | HeapError::ClaimExceedsFree { .. }) => {
-                    r.guests_refused += 1;
-                    continue;
-                }
-                Err(e) => return Err(e.into()),
-            },
-            None => Ram::Anonymous(AnonRam::new(g.memory_bytes)?),
+        let Some(ram) = guest_ram(pool.as_ref(), cfg.pod, dom, g.memory_bytes, &rec)? else {
+            r.guests_refused += 1;
+            continue;
         };
         let memory_ms = t0.elapsed().as_secs_f64() * 1e3;
         alloc_ms.push(memory_ms);
@@ -323,6 +284,75 @@ pub fn run(cfg: &VmmConfig, kvm: &Kvm, progress: &dyn Fn(&VmmProgress)) -> Resul
     }
     r.duration_s = t_run.elapsed().as_secs_f64();
 
+    summarize(&mut r, cfg, kvm, pool.as_ref(), &boots, (&alloc_ms, &destroy_ms));
+    Ok(r)
+}
+
+/// The guests of the churn: all of [`VmmConfig::guest_bytes`] if set (refused unless a
+/// whole number of pages between the VMM's limits and within the memory), else the
+/// default churn's.
+fn churn_specs(cfg: &VmmConfig) -> Result<Vec<GuestSpec>, VmmError> {
+    Ok(match cfg.guest_bytes {
+        Some(b)
+            if !(MIN_GUEST_BYTES..=MAX_GUEST_BYTES).contains(&b) || !b.is_multiple_of(4096) || b > cfg.memory_bytes =>
+        {
+            return Err(VmmError::BadSize(b));
+        }
+        Some(b) => fixed_workload(cfg.memory_bytes, b, cfg.guests),
+        None => workload(cfg.memory_bytes, cfg.guests, cfg.seed),
+    })
+}
+
+/// The pool the guests' memory comes from (`None` under the kernel baseline).
+fn churn_pool(cfg: &VmmConfig) -> Result<Option<Pool>, VmmError> {
+    let Some(base) = cfg.backend.pool_config(cfg.memory_bytes, cfg.nodes, cfg.scrubbers_per_node) else {
+        return Ok(None);
+    };
+    Ok(Some(Pool::new(PoolConfig { hugetlb: cfg.hugetlb, verify: cfg.verify, ..base })?))
+}
+
+/// The churn's events: (time, departure first at equal times, guest index), in order.
+fn schedule(specs: &[GuestSpec]) -> Vec<(f64, bool, usize)> {
+    let mut events: Vec<(f64, bool, usize)> = Vec::with_capacity(2 * specs.len());
+    for (i, g) in specs.iter().enumerate() {
+        events.push((g.arrival_s, false, i));
+        events.push((g.arrival_s + g.lifetime_s, true, i));
+    }
+    events.sort_by(|a, b| a.0.total_cmp(&b.0).then(b.1.cmp(&a.1)).then(a.2.cmp(&b.2)));
+    debug_assert_eq!(events.len(), 2 * specs.len());
+    events
+}
+
+/// A guest's RAM of `bytes`: a PoD guest's or a pool guest's (`None`: the heap refused
+/// it for want of memory), or under the kernel baseline a fresh anonymous mapping.
+fn guest_ram<'p>(
+    pool: Option<&'p Pool>,
+    pod: bool,
+    dom: DomId,
+    bytes: u64,
+    rec: &'p PreemptRecorder,
+) -> Result<Option<Ram<'p>>, VmmError> {
+    match pool {
+        Some(pool) if pod => crate::pod::pod_ram(pool, dom, bytes, rec),
+        Some(pool) => match pool.create_guest(dom, bytes, rec) {
+            Ok((guest, _)) => Ok(Some(Ram::Pool(PoolRam::new(pool, guest, rec)))),
+            Err(HeapError::OutOfMemory { .. } | HeapError::ClaimExceedsFree { .. }) => Ok(None),
+            Err(e) => Err(e.into()),
+        },
+        None => Ok(Some(Ram::Anonymous(AnonRam::new(bytes)?))),
+    }
+}
+
+/// Fills `r` from the run's configuration, every boot's figures and the allocation and
+/// destroy times (ms), once every guest is gone.
+fn summarize(
+    r: &mut VmmReport,
+    cfg: &VmmConfig,
+    kvm: &Kvm,
+    pool: Option<&Pool>,
+    boots: &[BootStats],
+    (alloc_ms, destroy_ms): (&[f64], &[f64]),
+) {
     r.policy = cfg.backend.to_string();
     r.verify = cfg.verify && pool.is_some();
     (r.memory_bytes, r.nodes, r.scrubbers, r.seed) = (cfg.memory_bytes, cfg.nodes, cfg.scrubbers_per_node, cfg.seed);
@@ -341,12 +371,12 @@ pub fn run(cfg: &VmmConfig, kvm: &Kvm, progress: &dyn Fn(&VmmProgress)) -> Resul
     let (fill, ready) = (v(|b| b.fill_ms), v(|b| b.create_ms + b.run_ms));
     let two = |m: Millis| Quantiles { p50: m.p50, p99: m.p99 };
     r.ready_ms = Millis::of(&ready);
-    r.alloc_ms = two(Millis::of(&alloc_ms));
+    r.alloc_ms = two(Millis::of(alloc_ms));
     r.fill_ms = two(Millis::of(&fill));
     r.create_ms = Millis::of(&create);
     r.scan_ms = two(Millis::of(&scan));
     r.run_ms = two(Millis::of(&run_ms));
-    r.destroy_ms = Millis::of(&destroy_ms);
+    r.destroy_ms = Millis::of(destroy_ms);
     let scan_s: f64 = boots.iter().map(|b| b.scan_ms).sum::<f64>() / 1e3;
     if scan_s > 0.0 {
         r.scan_gbps = (r.leak_check.words_checked * 8) as f64 / scan_s / 1e9;
@@ -360,10 +390,10 @@ pub fn run(cfg: &VmmConfig, kvm: &Kvm, progress: &dyn Fn(&VmmProgress)) -> Resul
     };
     r.tsc = Some(kvm.tsc());
     r.fixed_guest_bytes = cfg.guest_bytes.unwrap_or(0);
-    r.setup_ms_p50 = setup_p50(&boots);
-    r.prefault = pool.as_ref().map(|_| kvm.prefault());
+    r.setup_ms_p50 = setup_p50(boots);
+    r.prefault = pool.map(|_| kvm.prefault());
     r.prefaulted_bytes = boots.iter().map(|b| b.prefaulted_bytes).sum();
-    if let Some(pool) = &pool {
+    if let Some(pool) = pool {
         let places = pool.leak_tallies().to_vec();
         r.host_leak_check = HostLeakCheck {
             pages_checked: places.iter().map(|t| t.pages_checked).sum(),
@@ -372,9 +402,8 @@ pub fn run(cfg: &VmmConfig, kvm: &Kvm, progress: &dyn Fn(&VmmProgress)) -> Resul
         };
         let s = pool.heap().stats().scrubbed;
         r.bytes_scrubbed = [s.background, s.in_place, s.sync];
-        r.pod = cfg.pod.then(|| crate::pod::pod_report(&boots, pool));
+        r.pod = cfg.pod.then(|| crate::pod::pod_report(boots, pool));
     }
-    Ok(r)
 }
 
 /// Each setup step's median over `boots`.

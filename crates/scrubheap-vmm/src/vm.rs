@@ -154,21 +154,10 @@ impl AnonRam {
         }
         let len = usize::try_from(bytes).map_err(|_| VmmError::BadSize(bytes))?;
         let over = len + HUGE_2M;
-        // SAFETY: a fresh private anonymous mapping with a null hint creates new memory and
-        // touches no existing mapping; the result is checked before use.
-        let p = unsafe {
-            libc::mmap(
-                std::ptr::null_mut(),
-                over,
-                libc::PROT_READ | libc::PROT_WRITE,
-                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE,
-                -1,
-                0,
-            )
-        };
-        if p == libc::MAP_FAILED {
-            return Err(VmmError::Map { bytes, err: io::Error::last_os_error() });
-        }
+        let p = scrubheap_host::map_anonymous(over, libc::MAP_NORESERVE)
+            .map_err(|err| VmmError::Map { bytes, err })?
+            .as_ptr()
+            .cast::<libc::c_void>();
         let addr = p as usize;
         let start = addr.next_multiple_of(HUGE_2M);
         let (head, tail) = (start - addr, over - (start - addr) - len);
@@ -732,23 +721,10 @@ impl Kvm {
     /// A non-zero word in the scan is [`VmmError::Leak`]. On any error the VM is torn down
     /// and the RAM given back.
     pub fn boot<'p>(&self, mut ram: Ram<'p>, tag: u64, t0: Instant) -> Result<Tenant<'p>, VmmError> {
-        let bytes = ram.bytes();
-        if !(MIN_GUEST_BYTES..=MAX_GUEST_BYTES).contains(&bytes) || !bytes.is_multiple_of(4096) {
-            return Err(VmmError::BadSize(bytes));
-        }
         assert_ne!(tag, 0, "a tenant's tag is never zero");
-        let keep = ram.keep_bytes();
-        let balloon = keep < bytes;
-        let chunk = payload::BALLOON_CHUNK;
-        if balloon && (keep < chunk || !bytes.is_multiple_of(chunk) || !keep.is_multiple_of(chunk)) {
-            return Err(VmmError::BadSize(keep));
-        }
         let t_prepare = Instant::now();
-        let slots = ram.slots();
-        if slots.len() + 1 > self.max_memslots {
-            // One more for the VMM's own page-table slot.
-            return Err(VmmError::TooManySlots { needed: slots.len() + 1, limit: self.max_memslots });
-        }
+        let (bytes, keep, slots) = self.boot_shape(&ram)?;
+        let balloon = keep < bytes;
 
         // Made before the VM, so it is dropped after it on an error return.
         let tables = PageTables::new()?;
@@ -784,37 +760,19 @@ impl Kvm {
         setup.prefault_ms = ms_since(t);
 
         let words_checked = (keep - SCAN_START) / 8;
-        let mut st = BootStats { bytes, memslots: slots.len(), words_checked, prefaulted_bytes, ..Default::default() };
-        let mut started = None;
-        let t_entry = Instant::now();
-        let (mut tsc_lo, mut tsc_hi) = (0u64, 0u64);
+        let st = BootStats { bytes, memslots: slots.len(), words_checked, prefaulted_bytes, ..Default::default() };
+        let mut run = BootRun { st, setup, started: None, t0, t_entry: Instant::now(), tsc: (0, 0), tag, balloon };
         // A demand guest exits once per range it populates (at most one per page; once
         // more per page a reclaim took away), and twice per chunk its balloon gives back.
         let max_exits = MAX_EXITS + if matches!(ram, Ram::Demand(_)) { (bytes / 2048) as usize } else { 0 };
         for _ in 0..max_exits {
             let exit = match vcpu.run() {
                 Ok(VcpuExit::MmioRead(gpa, data)) => {
-                    if let Some(s) = ram.populate(gpa, false, &mut kvm_slots)? {
-                        kvm_slots.add(&s)?;
-                        st.demand_faults += 1;
-                    }
-                    let len = data.len() as u64;
-                    let p =
-                        ram.host(gpa, len).ok_or_else(|| VmmError::Guest(format!("read across slots at {gpa:#x}")))?;
-                    // SAFETY: `len` bytes at `p` are inside one slot of `ram` (checked by
-                    // `host`), which the guest, stopped at this exit, does not touch.
-                    unsafe { std::ptr::copy_nonoverlapping(p, data.as_mut_ptr(), data.len()) };
+                    run.st.demand_faults += mmio(&mut ram, &mut kvm_slots, gpa, Mmio::Read(data))?;
                     continue;
                 }
                 Ok(VcpuExit::MmioWrite(gpa, data)) => {
-                    if let Some(s) = ram.populate(gpa, true, &mut kvm_slots)? {
-                        kvm_slots.add(&s)?;
-                        st.demand_faults += 1;
-                    }
-                    if ram.host(gpa, data.len() as u64).is_none() {
-                        return Err(VmmError::Guest(format!("write across slots at {gpa:#x}")));
-                    }
-                    ram.write(gpa, data);
+                    run.st.demand_faults += mmio(&mut ram, &mut kvm_slots, gpa, Mmio::Write(data))?;
                     continue;
                 }
                 Ok(VcpuExit::IoOut(port, data)) => {
@@ -831,49 +789,11 @@ impl Kvm {
             let Some((port, v)) = exit else {
                 return Err(VmmError::Guest(format!("halted before it was done, at {}", where_is(&vcpu))));
             };
-            match port {
-                payload::PORT_BALLOON if balloon => st.ballooned_bytes += ram.balloon(v, &mut kvm_slots)?,
-                payload::PORT_STARTED => {
-                    st.create_ms = t0.elapsed().as_secs_f64() * 1e3;
-                    setup.entry_ms = ms_since(t_entry);
-                    st.setup = setup.clone();
-                    started = Some(Instant::now());
-                }
-                payload::PORT_SCAN_TSC_LO => tsc_lo = v,
-                payload::PORT_SCAN_TSC_HI => tsc_hi = v,
-                payload::PORT_NONZERO => st.nonzero_words = v,
-                payload::PORT_FIRST_NONZERO => {
-                    let first = v;
-                    st.scan_cycles = tsc_hi << 32 | tsc_lo;
-                    st.scan_ms = st.scan_cycles as f64 / self.tsc().khz;
-                    if st.nonzero_words > 0 {
-                        // The guest waits at its OUT: the word is still there to read.
-                        let value = ram.read_u64(first).unwrap_or(0);
-                        return Err(VmmError::Leak {
-                            tag,
-                            nonzero_words: st.nonzero_words,
-                            gpa: first,
-                            gfn: first >> 12,
-                            value,
-                        });
-                    }
-                }
-                payload::PORT_FILL_TSC_LO => tsc_lo = v,
-                payload::PORT_FILL_TSC_HI => {
-                    st.fill_cycles = v << 32 | tsc_lo;
-                    st.fill_ms = st.fill_cycles as f64 / self.tsc().khz;
-                }
-                payload::PORT_DONE => {
-                    if v != tag & 0xffff_ffff {
-                        return Err(VmmError::Guest(format!("reported tag {v:#x} after its fill, not {tag:#x}")));
-                    }
-                    st.run_ms = started.map_or(0.0, |s| s.elapsed().as_secs_f64() * 1e3);
-                    // Done: the guest is not resumed (its `hlt` is for a VMM that would).
-                    st.memslots = ram.slots().len();
-                    st.slots_removed = kvm_slots.removed;
-                    return Ok(Tenant { vcpu, vm, ram, _tables: tables, tag, stats: st });
-                }
-                p => return Err(VmmError::Guest(format!("wrote {v:#x} to port {p:#x}, which it never uses"))),
+            if self.on_port(port, v, &mut run, &mut ram, &mut kvm_slots)? {
+                // Done: the guest is not resumed (its `hlt` is for a VMM that would).
+                run.st.memslots = ram.slots().len();
+                run.st.slots_removed = kvm_slots.removed;
+                return Ok(Tenant { vcpu, vm, ram, _tables: tables, tag, stats: run.st });
             }
         }
         Err(VmmError::Guest(format!("still running after {max_exits} exits, at {}", where_is(&vcpu))))
@@ -881,6 +801,83 @@ impl Kvm {
 }
 
 impl Kvm {
+    /// Checks a guest's RAM before [`Kvm::boot`]: its size, its balloon's (what it keeps,
+    /// in whole chunks), and its slots (one more is the VMM's page tables'). Returns the
+    /// RAM's bytes, the bytes the guest keeps, and its slots.
+    fn boot_shape(&self, ram: &Ram<'_>) -> Result<(u64, u64, Vec<Slot>), VmmError> {
+        let bytes = ram.bytes();
+        if !(MIN_GUEST_BYTES..=MAX_GUEST_BYTES).contains(&bytes) || !bytes.is_multiple_of(4096) {
+            return Err(VmmError::BadSize(bytes));
+        }
+        let keep = ram.keep_bytes();
+        let chunk = payload::BALLOON_CHUNK;
+        if keep < bytes && (keep < chunk || !bytes.is_multiple_of(chunk) || !keep.is_multiple_of(chunk)) {
+            return Err(VmmError::BadSize(keep));
+        }
+        let slots = ram.slots();
+        if slots.len() + 1 > self.max_memslots {
+            return Err(VmmError::TooManySlots { needed: slots.len() + 1, limit: self.max_memslots });
+        }
+        debug_assert!(keep <= bytes, "a guest keeps at most its RAM");
+        Ok((bytes, keep, slots))
+    }
+
+    /// Handles the guest's write of `v` to `port` during [`Kvm::boot`]: records its times
+    /// and counts, gives back what its balloon names, refuses a leak or a wrong tag.
+    /// Returns whether the guest is done.
+    fn on_port(
+        &self,
+        port: u16,
+        v: u64,
+        run: &mut BootRun,
+        ram: &mut Ram<'_>,
+        kvm_slots: &mut KvmSlots<'_>,
+    ) -> Result<bool, VmmError> {
+        let st = &mut run.st;
+        match port {
+            payload::PORT_BALLOON if run.balloon => st.ballooned_bytes += ram.balloon(v, kvm_slots)?,
+            payload::PORT_STARTED => {
+                st.create_ms = run.t0.elapsed().as_secs_f64() * 1e3;
+                run.setup.entry_ms = ms_since(run.t_entry);
+                st.setup = run.setup.clone();
+                run.started = Some(Instant::now());
+            }
+            payload::PORT_SCAN_TSC_LO => run.tsc.0 = v,
+            payload::PORT_SCAN_TSC_HI => run.tsc.1 = v,
+            payload::PORT_NONZERO => st.nonzero_words = v,
+            payload::PORT_FIRST_NONZERO => {
+                let first = v;
+                st.scan_cycles = run.tsc.1 << 32 | run.tsc.0;
+                st.scan_ms = st.scan_cycles as f64 / self.tsc().khz;
+                if st.nonzero_words > 0 {
+                    // The guest waits at its OUT: the word is still there to read.
+                    let value = ram.read_u64(first).unwrap_or(0);
+                    return Err(VmmError::Leak {
+                        tag: run.tag,
+                        nonzero_words: st.nonzero_words,
+                        gpa: first,
+                        gfn: first >> 12,
+                        value,
+                    });
+                }
+            }
+            payload::PORT_FILL_TSC_LO => run.tsc.0 = v,
+            payload::PORT_FILL_TSC_HI => {
+                st.fill_cycles = v << 32 | run.tsc.0;
+                st.fill_ms = st.fill_cycles as f64 / self.tsc().khz;
+            }
+            payload::PORT_DONE => {
+                if v != run.tag & 0xffff_ffff {
+                    return Err(VmmError::Guest(format!("reported tag {v:#x} after its fill, not {:#x}", run.tag)));
+                }
+                st.run_ms = run.started.map_or(0.0, |s| s.elapsed().as_secs_f64() * 1e3);
+                return Ok(true);
+            }
+            p => return Err(VmmError::Guest(format!("wrote {v:#x} to port {p:#x}, which it never uses"))),
+        }
+        Ok(false)
+    }
+
     /// A new VM with its TSS address set.
     pub(crate) fn new_vm(&self) -> Result<VmFd, VmmError> {
         let vm = self.kvm.create_vm().map_err(kvm_err("KVM_CREATE_VM"))?;
@@ -1013,4 +1010,53 @@ pub(crate) fn set_long_mode(vcpu: &VcpuFd, bytes: u64, entry: u64) -> Result<(),
     vcpu.set_sregs(&s).map_err(kvm_err("KVM_SET_SREGS"))?;
     let regs = kvm_bindings::kvm_regs { rip: entry, rflags: 0x3002, rdi: bytes, ..Default::default() };
     vcpu.set_regs(&regs).map_err(kvm_err("KVM_SET_REGS"))
+}
+
+/// A guest's MMIO access to RAM not mapped into it yet: a read to fill or a write to copy.
+enum Mmio<'d> {
+    Read(&'d mut [u8]),
+    Write(&'d [u8]),
+}
+
+/// Serves an MMIO exit at `gpa`: populates the range behind it (adding its slot) if the
+/// RAM pages on demand, then copies the access through the host mapping. Returns the
+/// demand faults it served (0 or 1). An access across two slots is refused.
+fn mmio(ram: &mut Ram<'_>, kvm_slots: &mut KvmSlots<'_>, gpa: u64, access: Mmio<'_>) -> Result<u64, VmmError> {
+    let write = matches!(access, Mmio::Write(_));
+    let mut faults = 0;
+    if let Some(s) = ram.populate(gpa, write, kvm_slots)? {
+        kvm_slots.add(&s)?;
+        faults += 1;
+    }
+    match access {
+        Mmio::Read(data) => {
+            let len = data.len() as u64;
+            let p = ram.host(gpa, len).ok_or_else(|| VmmError::Guest(format!("read across slots at {gpa:#x}")))?;
+            // SAFETY: `len` bytes at `p` are inside one slot of `ram` (checked by `host`),
+            // which the guest, stopped at this exit, does not touch.
+            unsafe { std::ptr::copy_nonoverlapping(p, data.as_mut_ptr(), data.len()) };
+        }
+        Mmio::Write(data) => {
+            if ram.host(gpa, data.len() as u64).is_none() {
+                return Err(VmmError::Guest(format!("write across slots at {gpa:#x}")));
+            }
+            ram.write(gpa, data);
+        }
+    }
+    Ok(faults)
+}
+
+/// What [`Kvm::boot`] has learnt of a running guest so far, and what it runs with.
+struct BootRun {
+    st: BootStats,
+    setup: SetupTimes,
+    /// When the guest's first instruction ran.
+    started: Option<Instant>,
+    /// When the caller began making the guest, and when the vCPU first entered it.
+    t0: Instant,
+    t_entry: Instant,
+    /// Low and high halves of the last TSC delta reported.
+    tsc: (u64, u64),
+    tag: u64,
+    balloon: bool,
 }

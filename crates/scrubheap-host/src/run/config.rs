@@ -1,7 +1,7 @@
 //! How a run is set up ([`RunConfig`], [`Backend`]), why it can stop ([`RunError`]), and
 //! the fixed shape of every run (Movable share, pins per guest).
 
-use crate::pool::PoolError;
+use crate::pool::{PoolConfig, PoolError};
 use scrubheap::Policy;
 use scrubheap_workload::Workload;
 use std::fmt;
@@ -15,6 +15,16 @@ pub enum Backend {
     Heap(Policy),
     /// Fresh anonymous memory per guest, zeroed by the kernel at fault.
     Kernel,
+}
+
+impl Backend {
+    /// The pool a churn of `memory_bytes` over `nodes` nodes with `scrubbers_per_node`
+    /// scrubber threads each runs on under this backend (`None`: the kernel baseline has
+    /// no pool). The other fields are [`PoolConfig::default`]'s, for the caller to set.
+    pub fn pool_config(self, memory_bytes: u64, nodes: usize, scrubbers_per_node: usize) -> Option<PoolConfig> {
+        let Backend::Heap(policy) = self else { return None };
+        Some(PoolConfig { memory_bytes, nodes, scrubbers_per_node, policy, ..PoolConfig::default() })
+    }
 }
 
 impl fmt::Display for Backend {

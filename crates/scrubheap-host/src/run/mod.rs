@@ -75,19 +75,17 @@ pub fn run(cfg: &RunConfig, on_sample: &(dyn Fn(&Sample, &RunProgress) + Sync)) 
 
 /// The pool of a heap run (none for the kernel baseline).
 fn open_pool(cfg: &RunConfig) -> Result<Option<Pool>, RunError> {
-    let Backend::Heap(policy) = cfg.backend else { return Ok(None) };
+    let Some(base) = cfg.backend.pool_config(cfg.memory_bytes, cfg.nodes, cfg.scrubbers_per_node) else {
+        return Ok(None);
+    };
     Ok(Some(Pool::new(PoolConfig {
-        memory_bytes: cfg.memory_bytes,
-        nodes: cfg.nodes,
-        scrubbers_per_node: cfg.scrubbers_per_node,
-        policy,
         verify: cfg.verify,
         hugetlb: cfg.hugetlb,
         scrub_priority: cfg.scrub_priority,
         kernel: cfg.kernel,
         movable_fraction: Some(MOVABLE_FRACTION),
         initially_dirty: cfg.boot_dirty,
-        ..PoolConfig::default()
+        ..base
     })?))
 }
 

@@ -240,21 +240,9 @@ impl KernelBackend {
     pub fn create_guest(&self, dom: DomId, bytes: u64) -> std::io::Result<(KernelGuest, f64)> {
         let t = Instant::now();
         let len = (bytes.div_ceil(4096) * 4096) as usize;
-        // SAFETY: a fresh private anonymous mapping; no existing memory is affected.
-        let p = unsafe {
-            libc::mmap(
-                std::ptr::null_mut(),
-                len,
-                libc::PROT_READ | libc::PROT_WRITE,
-                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE,
-                -1,
-                0,
-            )
-        };
-        if p == libc::MAP_FAILED {
-            return Err(std::io::Error::last_os_error());
-        }
-        let g = KernelGuest { ptr: p.cast(), len, dom };
+        let ptr = crate::map_anonymous(len, libc::MAP_NORESERVE)?.as_ptr();
+        let p = ptr.cast::<libc::c_void>();
+        let g = KernelGuest { ptr, len, dom };
         // SAFETY: [p, p+len) is the mapping just made.
         let rc = unsafe { libc::madvise(p, len, libc::MADV_POPULATE_WRITE) };
         if rc != 0 {
