@@ -175,13 +175,16 @@ impl<M: FrameMemory> Heap<M> {
             drop(st);
             self.memory().zero(self.cell(m).mfn(head + s), l as u64);
             done += l as u64;
+            // The preemption point, with no lock held (a caller may reschedule inside it)
+            // and this batch still in flight (so the chunk stays out while it yields).
+            let yield_now = preempt.check();
             st = self.lock_node(m);
             st.dirty.clear_all(head + s, l);
             st.free_dirty -= l as u64;
             let i = st.work_index(id);
             st.work[i].inflight -= 1;
             self.account(m, Source::Background, l as u64);
-            if preempt.check() {
+            if yield_now {
                 Self::leave_background(&mut st, id);
                 return (st, done, true);
             }
@@ -310,11 +313,13 @@ impl<M: FrameMemory> Heap<M> {
                     drop(st);
                     self.memory().zero(cell.mfn(w.head + s), l as u64);
                     zeroed += l as u64;
+                    // The preemption point, with no lock held and the batch in flight.
+                    let yield_now = !whole && preempt.check();
                     st = self.lock_node(node);
                     st.dirty.clear_all(w.head + s, l);
                     let i = st.work_index(id);
                     st.work[i].inflight -= 1;
-                    if !whole && preempt.check() {
+                    if yield_now {
                         break None;
                     }
                 }

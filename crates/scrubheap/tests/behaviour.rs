@@ -330,3 +330,27 @@ fn an_extent_splits_into_buddies_around_a_part() {
     assert_eq!(frames, (1024..1024 + 16).collect::<Vec<_>>());
     assert!(e.split_around(e).is_empty(), "the whole extent leaves nothing");
 }
+
+#[test]
+fn preemption_points_are_asked_with_no_node_lock_held() {
+    // A `Preempt` may reschedule, or look at the heap (here `zone_stats`, which takes the
+    // node lock): every preemption point of a scrubbing path must be outside the node
+    // lock, or this test deadlocks on the heap's spin lock.
+    let h =
+        Heap::new(HeapConfig::uniform(1, 4096).with_initially_dirty(true), TestMemory::new(Mfn(0), 4096, 8)).unwrap();
+    let asked = core::cell::Cell::new(0u32);
+    let looks = || {
+        asked.set(asked.get() + 1);
+        h.zone_stats(0, Zone::Normal).unwrap();
+        false
+    };
+    // An owner's ticket over 1024 dirty frames: four batches, a point after each.
+    let e = h.alloc_preemptible(&AllocRequest::new(10, DomId(1)), &looks).unwrap().unwrap();
+    assert!(h.memory().is_zero(e.mfn, 1024));
+    let after_ticket = asked.get();
+    assert!(after_ticket >= 3, "a point between batches: {after_ticket}");
+    // A background scrubber over the rest: a point after each batch.
+    assert!(h.scrub_step(0, u64::MAX, &looks).unwrap() > 0);
+    assert!(asked.get() > after_ticket);
+    h.check_invariants().unwrap();
+}
