@@ -167,7 +167,16 @@ impl Scrub {
 impl Subject for Scrub {
     #[inline]
     fn get(&self, t: usize, order: u8) -> Option<u64> {
-        self.heap.get(t, &AllocRequest::new(order, OWNER).exact(0)).ok().map(|e| e.mfn.0)
+        let req = AllocRequest::new(order, OWNER).exact(0);
+        match self.heap.get(t, &req) {
+            Ok(e) => Some(e.mfn.0),
+            // More dirty frames than one batch (order 18, or order 9 past the batch): what
+            // an owner that may wait does, a ticket advanced batch by batch.
+            Err(scrubheap::HeapError::NeedsScrubTicket { .. }) => {
+                self.heap.alloc_preemptible(&req, &NeverPreempt).ok().flatten().map(|e| e.mfn.0)
+            }
+            Err(_) => None,
+        }
     }
     #[inline]
     fn put(&self, t: usize, frame: u64, order: u8) -> bool {
@@ -638,7 +647,7 @@ pub fn print(r: &Report) {
     }
     let m = &r.metadata;
     println!(
-        "metadata bytes/frame: scrubheap {:.3} by formula (6-bit head code ten to a word + dirty bit + summaries + 16-byte block-table entry per 64 frames and per 8192), {:.3} measured on a fresh heap (free-chunk records too), + {:.3} of live block records at an order-0 bulk's peak; LLFree {}",
+        "metadata bytes/frame: scrubheap {:.3} by formula (12-byte slot + dirty bit + 16-byte block-table entry per 64 frames and per 8192), {:.3} measured on a fresh heap, + {:.3} of live block records at an order-0 bulk's peak; LLFree {}",
         m.scrubheap_formula,
         m.scrubheap_measured,
         m.scrubheap_blocks_peak,
