@@ -12,7 +12,7 @@ pub fn print_table(rep: &HotRemoveReport) {
     for n in &rep.notes {
         println!("  {n}");
     }
-    println!("| policy | completed | time_to_offline_s | stopped_s | attempts | migrated GiB | longest move ms (MiB) | pinned GiB (in Movable) | pin moves GiB / s | blockers | invariant_violations |");
+    println!("| policy | completed | time_to_offline_s | stopped_s | attempts | migrated GiB | longest move piece ms (MiB) | pinned GiB (in Movable) | pin moves GiB / s | blockers | invariant_violations |");
     println!("|---|---|---|---|---|---|---|---|---|---|---|");
     for r in &rep.results {
         println!(
@@ -36,7 +36,7 @@ pub fn print_table(rep: &HotRemoveReport) {
     if let Some(r) = rep.results.first() {
         let e = r.guest_extents;
         println!(
-            "guests built with {} extents of 1 GiB and {} of 2 MiB; the longest move is one copy with no preemption point inside it",
+            "guests built with {} extents of 1 GiB and {} of 2 MiB; a move copies one batch-sized piece at a time, with a preemption point between two pieces",
             e.extents_1g, e.extents_2m
         );
     }

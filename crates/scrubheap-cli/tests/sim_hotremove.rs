@@ -27,7 +27,7 @@ fn hot_remove_on_the_tiny_host() {
     assert!(!r[0]["blockers"].as_array().unwrap().is_empty());
     assert_eq!(r[1]["completed"], true);
     assert!(r[1]["time_to_offline_s"].as_f64().unwrap() > 0.0);
-    assert!(text.contains("longest move ms (MiB)") && text.contains("extents of 1 GiB"), "{text}");
+    assert!(text.contains("longest move piece ms (MiB)") && text.contains("extents of 1 GiB"), "{text}");
     assert_eq!(r[1]["longest_move_bytes"].as_u64().unwrap() > 0, r[1]["max_nonpreemptible_ms"].as_f64().unwrap() > 0.0);
     assert!(r[1]["guest_extents"]["extents_2m"].as_u64().is_some());
     assert_eq!(r[0]["invariant_violations"], 0);
