@@ -353,4 +353,29 @@ fn preemption_points_are_asked_with_no_node_lock_held() {
     assert!(h.scrub_step(0, u64::MAX, &looks).unwrap() > 0);
     assert!(asked.get() > after_ticket);
     h.check_invariants().unwrap();
+
+    // Offline with a move, online, and a pin that moves out of the Movable zone.
+    let c = HeapConfig::uniform(1, 1 << 12).with_movable_from(1 << 11);
+    let h = Heap::new(c, TestMemory::new(Mfn(0), 1 << 12, 8)).unwrap();
+    let asked = core::cell::Cell::new(0u32);
+    let looks = || {
+        asked.set(asked.get() + 1);
+        h.zone_stats(0, Zone::Normal).unwrap();
+        false
+    };
+    let a = h.alloc(&AllocRequest::new(4, DomId(1)).movable()).unwrap();
+    assert!(a.mfn.0 >= 1 << 11, "a movable allocation is in the Movable zone");
+    let done = h.offline(Mfn(1 << 11), 1 << 11, &MetadataMigrator, &NoDeadline, &looks).unwrap();
+    assert_eq!(done.migrated_chunks, 1);
+    let after_offline = asked.get();
+    assert!(after_offline > 0);
+    h.online(Mfn(1 << 11), 1 << 11, &looks).unwrap();
+    assert!(asked.get() > after_offline);
+    // The range came back online dirty: 512 frames take a ticket.
+    let b = h.alloc_preemptible(&AllocRequest::new(9, DomId(2)).movable(), &looks).unwrap().unwrap();
+    let before_pin = asked.get();
+    let at = h.pin(b.mfn, 9, DomId(2), &MetadataMigrator, &looks).unwrap();
+    assert_eq!(h.chunk_at(at.mfn).unwrap().zone, Zone::Normal);
+    assert!(asked.get() > before_pin, "a 512-frame move asks between its pieces");
+    h.check_invariants().unwrap();
 }
