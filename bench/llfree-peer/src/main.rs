@@ -95,32 +95,15 @@ fn average(v: Vec<Times>) -> Times {
     t
 }
 
-fn bulk(p: &Peer, order: usize, threads: usize, allocs: usize, rounds: usize) -> Times {
+/// Runs `f(thread, barrier)` on `threads` threads sharing one barrier; the average of
+/// their times.
+fn on_threads(threads: usize, f: impl Fn(usize, &Barrier) -> Times + Sync) -> Times {
     let barrier = Barrier::new(threads);
     let v = std::thread::scope(|s| {
         let hs: Vec<_> = (0..threads)
             .map(|t| {
-                let barrier = &barrier;
-                s.spawn(move || {
-                    let (mut get, mut put) = (0u128, 0u128);
-                    let mut pages = Vec::with_capacity(allocs);
-                    for _ in 0..rounds {
-                        barrier.wait();
-                        let timer = Instant::now();
-                        for _ in 0..allocs {
-                            pages.push(p.get(t, order));
-                        }
-                        get += timer.elapsed().as_nanos();
-                        barrier.wait();
-                        let timer = Instant::now();
-                        while let Some(f) = pages.pop() {
-                            p.put(t, f, order);
-                        }
-                        put += timer.elapsed().as_nanos();
-                    }
-                    let ops = (allocs * rounds) as f64;
-                    Times { get: get as f64 / ops, put: put as f64 / ops, pair: (get + put) as f64 / ops }
-                })
+                let (barrier, f) = (&barrier, &f);
+                s.spawn(move || f(t, barrier))
             })
             .collect();
         hs.into_iter().map(|h| h.join().expect("thread")).collect()
@@ -128,34 +111,47 @@ fn bulk(p: &Peer, order: usize, threads: usize, allocs: usize, rounds: usize) ->
     average(v)
 }
 
+fn bulk(p: &Peer, order: usize, threads: usize, allocs: usize, rounds: usize) -> Times {
+    on_threads(threads, |t, barrier| {
+        let (mut get, mut put) = (0u128, 0u128);
+        let mut pages = Vec::with_capacity(allocs);
+        for _ in 0..rounds {
+            barrier.wait();
+            let timer = Instant::now();
+            for _ in 0..allocs {
+                pages.push(p.get(t, order));
+            }
+            get += timer.elapsed().as_nanos();
+            barrier.wait();
+            let timer = Instant::now();
+            while let Some(f) = pages.pop() {
+                p.put(t, f, order);
+            }
+            put += timer.elapsed().as_nanos();
+        }
+        let ops = (allocs * rounds) as f64;
+        Times { get: get as f64 / ops, put: put as f64 / ops, pair: (get + put) as f64 / ops }
+    })
+}
+
 fn repeat(p: &Peer, order: usize, threads: usize, allocs: usize, rounds: usize) -> Times {
-    let barrier = Barrier::new(threads);
-    let v = std::thread::scope(|s| {
-        let hs: Vec<_> = (0..threads)
-            .map(|t| {
-                let barrier = &barrier;
-                s.spawn(move || {
-                    let held: Vec<usize> = (0..allocs).map(|_| p.get(t, order)).collect();
-                    barrier.wait();
-                    let timer = Instant::now();
-                    for _ in 0..rounds {
-                        for _ in 0..allocs {
-                            let f = black_box(p.get(t, order));
-                            p.put(t, f, order);
-                        }
-                    }
-                    let ns = timer.elapsed().as_nanos() as f64 / (allocs * rounds) as f64;
-                    barrier.wait();
-                    for f in held {
-                        p.put(t, f, order);
-                    }
-                    Times { get: f64::NAN, put: f64::NAN, pair: ns }
-                })
-            })
-            .collect();
-        hs.into_iter().map(|h| h.join().expect("thread")).collect()
-    });
-    average(v)
+    on_threads(threads, |t, barrier| {
+        let held: Vec<usize> = (0..allocs).map(|_| p.get(t, order)).collect();
+        barrier.wait();
+        let timer = Instant::now();
+        for _ in 0..rounds {
+            for _ in 0..allocs {
+                let f = black_box(p.get(t, order));
+                p.put(t, f, order);
+            }
+        }
+        let ns = timer.elapsed().as_nanos() as f64 / (allocs * rounds) as f64;
+        barrier.wait();
+        for f in held {
+            p.put(t, f, order);
+        }
+        Times { get: f64::NAN, put: f64::NAN, pair: ns }
+    })
 }
 
 fn rand(p: &Peer, order: usize, threads: usize, allocs: usize, rounds: usize) -> Times {
