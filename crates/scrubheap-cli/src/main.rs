@@ -8,8 +8,7 @@ mod replay;
 mod report;
 mod run;
 mod sim;
-mod sim_hotremove;
-mod sim_pod;
+mod sim_tables;
 mod vmm;
 
 use clap::{Parser, Subcommand};

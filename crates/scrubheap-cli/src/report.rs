@@ -38,90 +38,103 @@ fn with_op(us: f64, op: &str) -> String {
     }
 }
 
+/// The table's rows on guests, latencies and preemption.
+const GUEST_ROWS: [Row; 12] = [
+    ("guests created / destroyed / rebooted", |r| {
+        format!("{} / {} / {}", r.domains_created, r.domains_destroyed, r.domains_rebooted)
+    }),
+    ("guests refused (no room)", |r| r.guests_refused.to_string()),
+    ("balloon out / in, GiB out / in", |r| {
+        let g = |b: u64| b as f64 / (1u64 << 30) as f64;
+        let b = &r.balloon;
+        format!("{} / {}, {:.2} / {:.2}", b.out, b.r#in, g(b.bytes_out), g(b.bytes_in))
+    }),
+    ("create ms p50 / p99 / max", |r| {
+        format!("{:.2} / {:.1} / {:.1}", r.create_ms.p50, r.create_ms.p99, r.create_ms.max)
+    }),
+    ("destroy ms p50 / p99 / max", |r| {
+        format!("{:.2} / {:.1} / {:.1}", r.destroy_ms.p50, r.destroy_ms.p99, r.destroy_ms.max)
+    }),
+    ("longest non-preemptible us (cpu)", |r| format!("{:.0}", r.max_nonpreemptible_us)),
+    ("  of which builders / scrubbers", |r| {
+        let s = &r.sections_max_us;
+        format!("{} / {:.0}", with_op(s.builders, &s.builders_op), s.scrubbers)
+    }),
+    ("  pins / hot-remove", |r| {
+        let s = &r.sections_max_us;
+        format!("{:.0} / {}", s.pins, with_op(s.hot_remove, &s.hot_remove_op))
+    }),
+    ("  PoD", |r| with_op(r.sections_max_us.pod, &r.sections_max_us.pod_op)),
+    ("  same, wall clock us", |r| format!("{:.0}", r.max_nonpreemptible_wall_us)),
+    ("lock hold us p50 / p99.99 / max", |r| {
+        format!("{:.2} / {:.1} / {:.0}", r.lock_hold_us.p50, r.lock_hold_us.p9999, r.lock_hold_us.max)
+    }),
+    ("  max by scrubbers (prio) / others", |r| {
+        let l = &r.lock_hold_us;
+        let boost = if r.lock_boost { ", all boosted" } else { "" };
+        format!("{:.0} ({}{boost}) / {:.0}", l.scrubbers_max, r.scrub_priority, l.others_max)
+    }),
+];
+
+/// The table's rows on memory: scrubbing, leak checks, pins, hot-remove, PoD, NUMA.
+const MEMORY_ROWS: [Row; 14] = [
+    ("scrubbed GiB bg / in place / sync", |r| {
+        let g = |b: u64| b as f64 / (1u64 << 30) as f64;
+        format!(
+            "{:.1} / {:.1} / {:.1}",
+            g(r.bytes_scrubbed.background),
+            g(r.bytes_scrubbed.in_place),
+            g(r.bytes_scrubbed.sync)
+        )
+    }),
+    ("kernel-zeroed GiB", |r| format!("{:.1}", r.bytes_scrubbed.kernel as f64 / (1u64 << 30) as f64)),
+    ("scrub GB/s (raw zero GB/s)", |r| format!("{:.1} ({:.1})", r.scrub_gbps, r.raw_zero_gbps)),
+    ("1G/2M allocations fallen back", |r| r.highorder_failures.to_string()),
+    ("leak check pages / non-zero", |r| format!("{} / {}", r.leak_check.pages_checked, r.leak_check.nonzero_pages)),
+    ("leak check mode", |r| r.leak_check.mode.clone()),
+    ("pinned pages / moved to Normal", |r| format!("{} / {}", r.pins.pages, r.pins.moved_to_normal)),
+    ("hot-remove MiB / ms / attempts", |r| match &r.hot_remove {
+        Some(h) if h.completed => format!("{} / {:.1} / {}", h.bytes >> 20, h.time_to_offline_ms, h.attempts),
+        Some(h) => format!("{} / not done / {}", h.bytes >> 20, h.attempts),
+        None => "-".into(),
+    }),
+    ("  guest memory moved MiB / frames", |r| {
+        r.hot_remove.as_ref().map_or("-".into(), |h| format!("{} / {}", h.migrated_bytes >> 20, h.migrated_frames))
+    }),
+    ("PoD guests / crashed / ballooned", |r| {
+        format!("{} / {} / {}", r.pod.guests, r.pod.crashes, r.pod.pages_ballooned)
+    }),
+    ("PoD 2M rcl / 4K rcl / 2M shattered", |r| {
+        format!("{} / {} / {}", r.pod.superpages_reclaimed, r.pod.zero_pages_reclaimed, r.pod.superpages_shattered)
+    }),
+    ("node slices on host nodes (verified)", numa_cell),
+    ("invariant violations", |r| r.invariant_violations.to_string()),
+    ("run seconds", |r| format!("{:.1}", r.duration_s)),
+];
+
 /// The side-by-side table.
 pub fn table(rs: &[RunReport]) -> String {
     let mut t = String::new();
-    let rows: [Row; 26] = [
-        ("guests created / destroyed / rebooted", |r| {
-            format!("{} / {} / {}", r.domains_created, r.domains_destroyed, r.domains_rebooted)
-        }),
-        ("guests refused (no room)", |r| r.guests_refused.to_string()),
-        ("balloon out / in, GiB out / in", |r| {
-            let g = |b: u64| b as f64 / (1u64 << 30) as f64;
-            let b = &r.balloon;
-            format!("{} / {}, {:.2} / {:.2}", b.out, b.r#in, g(b.bytes_out), g(b.bytes_in))
-        }),
-        ("create ms p50 / p99 / max", |r| {
-            format!("{:.2} / {:.1} / {:.1}", r.create_ms.p50, r.create_ms.p99, r.create_ms.max)
-        }),
-        ("destroy ms p50 / p99 / max", |r| {
-            format!("{:.2} / {:.1} / {:.1}", r.destroy_ms.p50, r.destroy_ms.p99, r.destroy_ms.max)
-        }),
-        ("longest non-preemptible us (cpu)", |r| format!("{:.0}", r.max_nonpreemptible_us)),
-        ("  of which builders / scrubbers", |r| {
-            let s = &r.sections_max_us;
-            format!("{} / {:.0}", with_op(s.builders, &s.builders_op), s.scrubbers)
-        }),
-        ("  pins / hot-remove", |r| {
-            let s = &r.sections_max_us;
-            format!("{:.0} / {}", s.pins, with_op(s.hot_remove, &s.hot_remove_op))
-        }),
-        ("  PoD", |r| with_op(r.sections_max_us.pod, &r.sections_max_us.pod_op)),
-        ("  same, wall clock us", |r| format!("{:.0}", r.max_nonpreemptible_wall_us)),
-        ("lock hold us p50 / p99.99 / max", |r| {
-            format!("{:.2} / {:.1} / {:.0}", r.lock_hold_us.p50, r.lock_hold_us.p9999, r.lock_hold_us.max)
-        }),
-        ("  max by scrubbers (prio) / others", |r| {
-            let l = &r.lock_hold_us;
-            let boost = if r.lock_boost { ", all boosted" } else { "" };
-            format!("{:.0} ({}{boost}) / {:.0}", l.scrubbers_max, r.scrub_priority, l.others_max)
-        }),
-        ("scrubbed GiB bg / in place / sync", |r| {
-            let g = |b: u64| b as f64 / (1u64 << 30) as f64;
-            format!(
-                "{:.1} / {:.1} / {:.1}",
-                g(r.bytes_scrubbed.background),
-                g(r.bytes_scrubbed.in_place),
-                g(r.bytes_scrubbed.sync)
-            )
-        }),
-        ("kernel-zeroed GiB", |r| format!("{:.1}", r.bytes_scrubbed.kernel as f64 / (1u64 << 30) as f64)),
-        ("scrub GB/s (raw zero GB/s)", |r| format!("{:.1} ({:.1})", r.scrub_gbps, r.raw_zero_gbps)),
-        ("1G/2M allocations fallen back", |r| r.highorder_failures.to_string()),
-        ("leak check pages / non-zero", |r| format!("{} / {}", r.leak_check.pages_checked, r.leak_check.nonzero_pages)),
-        ("leak check mode", |r| r.leak_check.mode.clone()),
-        ("pinned pages / moved to Normal", |r| format!("{} / {}", r.pins.pages, r.pins.moved_to_normal)),
-        ("hot-remove MiB / ms / attempts", |r| match &r.hot_remove {
-            Some(h) if h.completed => format!("{} / {:.1} / {}", h.bytes >> 20, h.time_to_offline_ms, h.attempts),
-            Some(h) => format!("{} / not done / {}", h.bytes >> 20, h.attempts),
-            None => "-".into(),
-        }),
-        ("  guest memory moved MiB / frames", |r| {
-            r.hot_remove.as_ref().map_or("-".into(), |h| format!("{} / {}", h.migrated_bytes >> 20, h.migrated_frames))
-        }),
-        ("PoD guests / crashed / ballooned", |r| {
-            format!("{} / {} / {}", r.pod.guests, r.pod.crashes, r.pod.pages_ballooned)
-        }),
-        ("PoD 2M rcl / 4K rcl / 2M shattered", |r| {
-            format!("{} / {} / {}", r.pod.superpages_reclaimed, r.pod.zero_pages_reclaimed, r.pod.superpages_shattered)
-        }),
-        ("node slices on host nodes (verified)", numa_cell),
-        ("invariant violations", |r| r.invariant_violations.to_string()),
-        ("run seconds", |r| format!("{:.1}", r.duration_s)),
-    ];
     let w = 38;
     let _ = write!(t, "{:w$}", "");
     for r in rs {
         let _ = write!(t, " | {:>24}", r.policy);
     }
     t.push('\n');
-    for (name, f) in rows {
+    for (name, f) in GUEST_ROWS.iter().chain(&MEMORY_ROWS) {
         let _ = write!(t, "{name:w$}");
         for r in rs {
             let _ = write!(t, " | {:>24}", f(r));
         }
         t.push('\n');
     }
+    footer(&mut t, rs);
+    t
+}
+
+/// The lines under the table: what the runs ran on, their notes, and where each node's
+/// memory sits.
+fn footer(t: &mut String, rs: &[RunReport]) {
     if let Some(r) = rs.first() {
         let _ = writeln!(
             t,
@@ -144,7 +157,6 @@ pub fn table(rs: &[RunReport]) -> String {
             let _ = writeln!(t, "{}: numa {}", r.policy, p.describe());
         }
     }
-    t
 }
 
 /// The table's NUMA cell: `emulated`, or each node's host node and whether the kernel

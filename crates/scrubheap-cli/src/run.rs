@@ -176,8 +176,8 @@ fn default_memory() -> u64 {
     (4u64 << 30).min(total / 4)
 }
 
-pub fn main(a: Args) -> anyhow::Result<()> {
-    let memory = a.pool.memory()?;
+/// Refuses a duration, worker count or report folder the run cannot use.
+fn check(a: &Args) -> anyhow::Result<()> {
     if !(a.duration.is_finite() && a.duration > 0.0 && a.duration <= 86_400.0) {
         bail!("--duration {}: use a number of seconds above 0 (at most a day)", a.duration);
     }
@@ -189,6 +189,36 @@ pub fn main(a: Args) -> anyhow::Result<()> {
     let probe = a.report.join(".write-test");
     std::fs::write(&probe, b"").with_context(|| format!("the report folder {} is not writable", a.report.display()))?;
     let _ = std::fs::remove_file(probe);
+    Ok(())
+}
+
+/// One backend's run as the arguments ask for it; with `several` backends its op log
+/// (if any) is named after the backend.
+fn run_config(a: &Args, memory: u64, backend: Backend, workload: &Workload, several: bool) -> RunConfig {
+    RunConfig {
+        memory_bytes: memory,
+        nodes: if backend == Backend::Kernel { 1 } else { a.pool.nodes },
+        scrubbers_per_node: a.pool.scrubbers,
+        backend,
+        seed: a.seed,
+        workload: workload.clone(),
+        workers: a.workers,
+        verify: a.verify,
+        hugetlb: true,
+        sample_ms: 100,
+        lock_boost: !a.no_lock_boost,
+        scrub_priority: if a.no_idle { scrubheap_host::ScrubPriority::Normal } else { a.scrub_priority },
+        reboots: !a.no_reboots,
+        balloons: !a.no_balloons,
+        boot_dirty: !a.clean_boot,
+        kernel: a.kernel,
+        record: a.record.as_ref().map(|p| if several { with_suffix(p, &backend.to_string()) } else { p.clone() }),
+    }
+}
+
+pub fn main(a: Args) -> anyhow::Result<()> {
+    let memory = a.pool.memory()?;
+    check(&a)?;
 
     let workload = match &a.trace {
         Some(p) => Workload::from_trace(p, memory, a.duration, a.seed)?,
@@ -201,31 +231,7 @@ pub fn main(a: Args) -> anyhow::Result<()> {
     let backends = a.compare.clone().unwrap_or_else(|| vec![a.pool.policy]);
     let mut reports = Vec::new();
     for (i, &backend) in backends.iter().enumerate() {
-        let cfg = RunConfig {
-            memory_bytes: memory,
-            nodes: if backend == Backend::Kernel { 1 } else { a.pool.nodes },
-            scrubbers_per_node: a.pool.scrubbers,
-            backend,
-            seed: a.seed,
-            workload: workload.clone(),
-            workers: a.workers,
-            verify: a.verify,
-            hugetlb: true,
-            sample_ms: 100,
-            lock_boost: !a.no_lock_boost,
-            scrub_priority: if a.no_idle { scrubheap_host::ScrubPriority::Normal } else { a.scrub_priority },
-            reboots: !a.no_reboots,
-            balloons: !a.no_balloons,
-            boot_dirty: !a.clean_boot,
-            kernel: a.kernel,
-            record: a.record.as_ref().map(|p| {
-                if backends.len() > 1 {
-                    with_suffix(p, &backend.to_string())
-                } else {
-                    p.clone()
-                }
-            }),
-        };
+        let cfg = run_config(&a, memory, backend, &workload, backends.len() > 1);
         println!(
             "[{}/{}] {backend}: {} of memory, {} node(s), {} scrubber(s) per node, {} guests over {} s",
             i + 1,
@@ -359,14 +365,17 @@ mod tests {
 
     #[test]
     fn sizes_parse_with_units_and_refuse_nonsense() {
+        // The one size parser of the command line (`run`, `vmm`, `bench scrub --memory`).
         assert_eq!(parse_size("4GiB"), Ok(4 << 30));
         assert_eq!(parse_size("512MiB"), Ok(512 << 20));
         assert_eq!(parse_size("1G"), Ok(1 << 30));
+        assert_eq!(parse_size("64k"), Ok(64 << 10));
         assert_eq!(parse_size("4096"), Ok(4096));
         assert_eq!(parse_size("1.5g"), Ok(3 << 29));
-        for bad in ["", "0", "-1G", "lots", "4XB", "99999999999T"] {
+        for bad in ["", "0", "-1G", "lots", "4XB", "99999999999T", "99999999999TiB"] {
             assert!(parse_size(bad).is_err(), "{bad}");
         }
+        assert!(parse_size("1PB").unwrap_err().contains("unit"));
     }
 
     #[test]

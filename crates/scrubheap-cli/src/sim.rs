@@ -171,11 +171,11 @@ fn main_other(a: &Args, b: Builtin) -> anyhow::Result<()> {
     eprintln!("sim {b} (seed {})", a.seed);
     let (bad, rep) = match b.run_other(host, a.seed).map_err(anyhow::Error::msg)? {
         OtherReport::HotRemove(r) => {
-            crate::sim_hotremove::print_table(&r);
+            crate::sim_tables::hot_remove(&r);
             (r.results.iter().map(|r| r.invariant_violations).sum::<u64>(), serde_json::to_value(&*r)?)
         }
         OtherReport::PodBalloon(r) => {
-            crate::sim_pod::print_table(&r);
+            crate::sim_tables::pod_balloon(&r);
             (r.results.iter().map(|r| r.invariant_violations).sum::<u64>(), serde_json::to_value(&r)?)
         }
     };
@@ -187,6 +187,44 @@ fn main_other(a: &Args, b: Builtin) -> anyhow::Result<()> {
         bail!("{bad} checker failures in the {b} run: see the messages in the report");
     }
     Ok(())
+}
+
+/// `--sweep`: every value of the swept parameter under every policy, with a progress bar.
+fn run_sweep(sc: &Scenario, s: &str, policies: &[Policy], seed: u64) -> anyhow::Result<SimReport> {
+    let sweep: Sweep = s.parse().map_err(anyhow::Error::msg)?;
+    let tty = std::io::stderr().is_terminal();
+    let bar = ProgressBar::new((sweep.values.len() * policies.len()) as u64);
+    if !tty {
+        bar.set_draw_target(indicatif::ProgressDrawTarget::hidden());
+    }
+    let rows = scrubheap_sim::sweep(sc, &sweep, policies, &|done, total| {
+        bar.set_position(done as u64);
+        if !tty {
+            eprintln!("sweep: {done}/{total} simulations done");
+        }
+    })
+    .map_err(anyhow::Error::msg)?;
+    bar.finish_and_clear();
+    let mut rep = scrubheap_sim::report(sc, seed, &[]);
+    rep.sweep = rows;
+    print_sweep(&rep);
+    Ok(rep)
+}
+
+/// The scenario under every policy, the table printed and, with `report`, the timelines
+/// drawn there.
+fn run_policies(sc: &Scenario, policies: &[Policy], seed: u64, report: Option<&Path>) -> anyhow::Result<SimReport> {
+    let progress = Progress::new(policies, &sc.name);
+    let (rep, runs) =
+        scrubheap_sim::simulate(sc, policies, seed, &|p, t| progress.update(p, t)).map_err(anyhow::Error::msg)?;
+    progress.finish();
+    print_table(&rep);
+    if let Some(dir) = report {
+        let files =
+            crate::plots::sim::write_all(dir, &sc.name, &runs, sc.host.watchdog_s).map_err(anyhow::Error::msg)?;
+        eprintln!("wrote {} SVG timelines to {}", files.len(), dir.display());
+    }
+    Ok(rep)
 }
 
 pub fn main(a: Args) -> anyhow::Result<()> {
@@ -219,37 +257,9 @@ pub fn main(a: Args) -> anyhow::Result<()> {
         sc.mechanisms.label(),
         policies.iter().map(|p| p.name()).collect::<Vec<_>>().join(", ")
     );
-    let report = if let Some(s) = &a.sweep {
-        let sweep: Sweep = s.parse().map_err(anyhow::Error::msg)?;
-        let tty = std::io::stderr().is_terminal();
-        let bar = ProgressBar::new((sweep.values.len() * policies.len()) as u64);
-        if !tty {
-            bar.set_draw_target(indicatif::ProgressDrawTarget::hidden());
-        }
-        let rows = scrubheap_sim::sweep(&sc, &sweep, &policies, &|done, total| {
-            bar.set_position(done as u64);
-            if !tty {
-                eprintln!("sweep: {done}/{total} simulations done");
-            }
-        })
-        .map_err(anyhow::Error::msg)?;
-        bar.finish_and_clear();
-        let mut rep = scrubheap_sim::report(&sc, a.seed, &[]);
-        rep.sweep = rows;
-        print_sweep(&rep);
-        rep
-    } else {
-        let progress = Progress::new(&policies, &sc.name);
-        let (rep, runs) = scrubheap_sim::simulate(&sc, &policies, a.seed, &|p, t| progress.update(p, t))
-            .map_err(anyhow::Error::msg)?;
-        progress.finish();
-        print_table(&rep);
-        if let Some(dir) = &a.report {
-            let files =
-                crate::plots::sim::write_all(dir, &sc.name, &runs, sc.host.watchdog_s).map_err(anyhow::Error::msg)?;
-            eprintln!("wrote {} SVG timelines to {}", files.len(), dir.display());
-        }
-        rep
+    let report = match &a.sweep {
+        Some(s) => run_sweep(&sc, s, &policies, a.seed)?,
+        None => run_policies(&sc, &policies, a.seed, a.report.as_deref())?,
     };
     if let Some(out) = &a.json {
         crate::output::write_json(out, "sim", serde_json::Value::Null, &report)?;

@@ -53,12 +53,9 @@ pub struct Args {
     pub rounds: u32,
 }
 
+/// Refuses a guest count, memory size or guest size the churn cannot run.
 #[cfg(all(target_os = "linux", target_arch = "x86_64"))]
-pub fn main(a: Args) -> anyhow::Result<()> {
-    use scrubheap_vmm::churn::{self, VmmConfig, VmmReport};
-    use scrubheap_vmm::vm::Kvm;
-
-    let memory = a.pool.memory()?;
+fn check(a: &Args, memory: u64) -> anyhow::Result<()> {
     if a.guests == 0 || a.guests > 100_000 {
         bail!("--guests {}: use 1 to 100000", a.guests);
     }
@@ -73,6 +70,16 @@ pub fn main(a: Args) -> anyhow::Result<()> {
             bail!("--guest-size {}: use a multiple of 4 KiB from 8 KiB to 3 GiB, at most --memory", human(g));
         }
     }
+    Ok(())
+}
+
+#[cfg(all(target_os = "linux", target_arch = "x86_64"))]
+pub fn main(a: Args) -> anyhow::Result<()> {
+    use scrubheap_vmm::churn::{self, VmmConfig, VmmReport};
+    use scrubheap_vmm::vm::Kvm;
+
+    let memory = a.pool.memory()?;
+    check(&a, memory)?;
     if a.balloon {
         if a.pod {
             bail!("--balloon runs one ordinary guest; leave --pod out (it has its own balloon at boot)");
@@ -280,7 +287,6 @@ fn compare(rs: &[scrubheap_vmm::churn::VmmReport]) -> serde_json::Value {
 #[cfg(all(target_os = "linux", target_arch = "x86_64"))]
 fn table(rs: &[scrubheap_vmm::churn::VmmReport]) -> String {
     use scrubheap_vmm::churn::VmmReport;
-    use std::fmt::Write as _;
     let rows: [Row<VmmReport>; 17] = [
         ("guests booted / most alive at once", |r| format!("{} / {}", r.guests, r.max_alive)),
         ("guest RAM scanned, GiB", |r| format!("{:.1}", r.guest_bytes as f64 / (1u64 << 30) as f64)),
@@ -337,23 +343,30 @@ fn table(rs: &[scrubheap_vmm::churn::VmmReport]) -> String {
     ];
     let mut t = grid(rs, |r| &r.policy, &rows);
     if rs.len() > 1 {
-        let c = compare(rs);
-        for v in c["against"].as_array().into_iter().flatten() {
-            let _ = write!(
-                t,
-                "\n{} against {} (baseline time / this time): create p50 {:.2}x, scan p50 {:.2}x, fill p50 {:.2}x, \
-                 ready p50 {:.2}x, destroy p50 {:.2}x",
-                v["policy"].as_str().unwrap_or(""),
-                c["baseline"].as_str().unwrap_or(""),
-                v["create_p50_speedup"].as_f64().unwrap_or(0.0),
-                v["scan_p50_speedup"].as_f64().unwrap_or(0.0),
-                v["fill_p50_speedup"].as_f64().unwrap_or(0.0),
-                v["ready_p50_speedup"].as_f64().unwrap_or(0.0),
-                v["destroy_p50_speedup"].as_f64().unwrap_or(0.0),
-            );
-        }
+        speedups(&mut t, rs);
     }
     t
+}
+
+/// One line per policy against the first (the baseline): its speedups of the medians.
+#[cfg(all(target_os = "linux", target_arch = "x86_64"))]
+fn speedups(t: &mut String, rs: &[scrubheap_vmm::churn::VmmReport]) {
+    use std::fmt::Write as _;
+    let c = compare(rs);
+    for v in c["against"].as_array().into_iter().flatten() {
+        let _ = write!(
+            t,
+            "\n{} against {} (baseline time / this time): create p50 {:.2}x, scan p50 {:.2}x, fill p50 {:.2}x, \
+             ready p50 {:.2}x, destroy p50 {:.2}x",
+            v["policy"].as_str().unwrap_or(""),
+            c["baseline"].as_str().unwrap_or(""),
+            v["create_p50_speedup"].as_f64().unwrap_or(0.0),
+            v["scan_p50_speedup"].as_f64().unwrap_or(0.0),
+            v["fill_p50_speedup"].as_f64().unwrap_or(0.0),
+            v["ready_p50_speedup"].as_f64().unwrap_or(0.0),
+            v["destroy_p50_speedup"].as_f64().unwrap_or(0.0),
+        );
+    }
 }
 
 #[cfg(all(target_os = "linux", target_arch = "x86_64"))]

@@ -29,7 +29,7 @@ fn build_and_run(name: &str) -> String {
     let exe = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("c-{name}-{}", std::process::id()));
     let cc = Command::new("cc")
         .args(["-std=c11", "-O1", "-Wall", "-Wextra", "-Werror", "-I"])
-        .arg(dir.join("include"))
+        .arg(env!("OUT_DIR")) // the header build.rs wrote
         .arg(dir.join(format!("tests/c/{name}.c")))
         .arg(static_lib())
         .args(["-lpthread", "-ldl", "-lm", "-o"])

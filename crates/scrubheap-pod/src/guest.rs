@@ -97,6 +97,14 @@ fn give_back<M: FrameMemory>(heap: &Heap<M>, dom: DomId, mfn: u64, order: u8) {
     debug_assert!(r.is_ok(), "PoD layer could not free {mfn:#x} order {order} of {dom}: {r:?}");
 }
 
+/// What one step of a decrease reservation works with: the heap (to zero-check pages),
+/// the caller's unmapper, and the 4 KiB frames to give back once the step is over.
+struct Decrease<'a, M: FrameMemory> {
+    heap: &'a Heap<M>,
+    unmap: &'a mut dyn Unmap,
+    freed: Vec<u64>,
+}
+
 /// Frees single frames, grouped into the largest aligned runs they form inside one node.
 fn give_back_frames<M: FrameMemory>(heap: &Heap<M>, dom: DomId, mut frames: Vec<u64>) {
     frames.sort_unstable();
@@ -513,14 +521,7 @@ impl Guest {
     /// Decrease reservation of the 4 KiB entries `lo..hi` of split slot `s`. A RAM page is
     /// unmapped, then kept for the cache if it is zero and the cache is short, freed
     /// otherwise. Returns whether anything of the range was left.
-    fn balloon_4k<M: FrameMemory>(
-        &mut self,
-        heap: &Heap<M>,
-        s: usize,
-        (lo, hi): (u64, u64),
-        unmap: &mut dyn Unmap,
-        freed: &mut Vec<u64>,
-    ) -> bool {
+    fn balloon_4k<M: FrameMemory>(&mut self, d: &mut Decrease<'_, M>, s: usize, (lo, hi): (u64, u64)) -> bool {
         let mut any = false;
         for i in lo..hi {
             let Slot::Split(e) = &mut self.p2m.slots[s] else { return any };
@@ -535,12 +536,12 @@ impl Guest {
                     e[i as usize] = E4::Invalid;
                     self.populated -= 1;
                     any = true;
-                    unmap.unmap(self.dom, s as u64 * SP + i, 0);
-                    if self.cache_frames() < self.entries && heap.memory().is_zero(Mfn(m), 1) {
+                    d.unmap.unmap(self.dom, s as u64 * SP + i, 0);
+                    if self.cache_frames() < self.entries && d.heap.memory().is_zero(Mfn(m), 1) {
                         self.cache4k.push(m);
                         self.counters.zero_pages_reclaimed += 1;
                     } else {
-                        freed.push(m);
+                        d.freed.push(m);
                     }
                 }
             }
@@ -552,14 +553,8 @@ impl Guest {
     /// Decrease reservation of guest frames `lo..hi` of slot `s`: zero-checks at most one
     /// superpage or 512 pages, frees at most 512 frames. A 2 MiB mapping only partly in
     /// the range that holds data is shattered and the range left for the next step.
-    fn balloon_slot<M: FrameMemory>(
-        &mut self,
-        heap: &Heap<M>,
-        s: usize,
-        (lo, hi): (u64, u64),
-        unmap: &mut dyn Unmap,
-        freed: &mut Vec<u64>,
-    ) -> SlotStep {
+    fn balloon_slot<M: FrameMemory>(&mut self, d: &mut Decrease<'_, M>, s: usize, (lo, hi): (u64, u64)) -> SlotStep {
+        let heap = d.heap;
         let whole = lo == 0 && hi == SP;
         let base = s as u64 * SP;
         match self.p2m.slots[s] {
@@ -570,10 +565,10 @@ impl Guest {
             }
             Slot::Pod => {
                 self.p2m.slots[s] = Slot::split_of(E4::Pod, SP);
-                self.balloon_4k(heap, s, (lo, hi), unmap, freed);
+                self.balloon_4k(d, s, (lo, hi));
             }
             Slot::Ram(m) if whole => {
-                unmap.unmap(self.dom, base, SP_ORDER);
+                d.unmap.unmap(self.dom, base, SP_ORDER);
                 self.p2m.slots[s] = Slot::Invalid;
                 self.superpage_mappings -= 1;
                 self.populated -= SP;
@@ -585,13 +580,13 @@ impl Guest {
                 }
             }
             Slot::Ram(m) => {
-                if self.superpage_reclaim && self.reclaim_superpage(heap, s, unmap) {
+                if self.superpage_reclaim && self.reclaim_superpage(heap, s, d.unmap) {
                     self.p2m.slots[s] = Slot::split_of(E4::Pod, SP);
-                    self.balloon_4k(heap, s, (lo, hi), unmap, freed);
+                    self.balloon_4k(d, s, (lo, hi));
                     return SlotStep::Done;
                 }
                 if !self.superpage_reclaim {
-                    unmap.unmap(self.dom, base, SP_ORDER);
+                    d.unmap.unmap(self.dom, base, SP_ORDER);
                 }
                 self.p2m.slots[s] = Slot::Split((0..SP).map(|i| E4::Ram(m + i)).collect());
                 self.superpage_mappings -= 1;
@@ -599,7 +594,7 @@ impl Guest {
                 return SlotStep::Shattered;
             }
             Slot::Split(_) => {
-                if !self.balloon_4k(heap, s, (lo, hi), unmap, freed) {
+                if !self.balloon_4k(d, s, (lo, hi)) {
                     return SlotStep::Nothing;
                 }
             }
@@ -631,9 +626,9 @@ impl Guest {
             let base = s as u64 * SP;
             let range = (gfn.max(base) - base, end.min(base + SP) - base);
             walked.fetch_add(1, Ordering::Relaxed);
-            let mut freed = Vec::new();
-            let step = self.balloon_slot(heap, s, range, unmap, &mut freed);
-            give_back_frames(heap, self.dom, freed);
+            let mut d = Decrease { heap, unmap: &mut *unmap, freed: Vec::new() };
+            let step = self.balloon_slot(&mut d, s, range);
+            give_back_frames(heap, self.dom, d.freed);
             self.trim(heap);
             if step != SlotStep::Shattered {
                 s += 1;

@@ -69,25 +69,7 @@ fn destroy_on_a_tiny_host_cleans_at_the_aggregate_bandwidth() {
 fn xen_scrubs_a_whole_gib_in_place_without_a_preemption_point() {
     // Dirty at boot, one 1 GiB guest with a node claim: under xen the in-place scrub of
     // the 1 GiB extent is one section; under scrubheap one batch is.
-    let text = r#"
-name = "one-gib"
-[host]
-preset = "tiny"
-node_gib = 2
-core_zero_gbps = 0.5
-node_zero_gbps = 0.5
-[run]
-initially_dirty = true
-[[guests]]
-name = "g"
-gib = 1
-node = 0
-claim = "node"
-[[events]]
-at_s = 0
-action = "create"
-guests = "g"
-"#;
+    let text = include_str!("one-gib.toml");
     let sc = scenario::from_toml(text, 1).unwrap();
     let xen = engine::run(&sc, Policy::Xen, &Default::default()).unwrap().result;
     let sh = engine::run(&sc, Policy::Scrubheap, &Default::default()).unwrap().result;

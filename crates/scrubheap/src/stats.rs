@@ -1,29 +1,49 @@
 //! Counters a toolstack reads: frames per state per node, bytes scrubbed by source.
 
-/// Frames of one node by state.
-#[derive(Copy, Clone, Debug, Default, PartialEq, Eq)]
-pub struct NodeStats {
-    /// Free frames known to be zero.
-    pub free_clean: u64,
-    /// Free frames that still hold a previous owner's bytes.
-    pub free_dirty: u64,
-    /// Frames held by owners (including pending allocations and `sync` frees in progress).
-    pub allocated: u64,
-    /// Frames out of service (offline, broken, or isolated by an offline in progress).
-    pub offline: u64,
-    /// Of the free frames, those in chunks a background scrubber holds right now.
-    pub scrubbing: u64,
-    /// Free frames reserved by node claims.
-    pub claimed: u64,
-    /// Free frames in the per-CPU fast path's reserves (not in `free_*`, not allocated).
-    pub reserved: u64,
+/// Defines a struct of frame counters by state, the same for one node and for the whole
+/// heap, with the extra fields given, and its `total`: the one place that says which
+/// states partition the frames.
+macro_rules! frame_counters {
+    ($(#[$m:meta])* $name:ident { $($(#[$fm:meta])* $field:ident: $ty:ty,)* }) => {
+        $(#[$m])*
+        #[derive(Copy, Clone, Debug, Default, PartialEq, Eq)]
+        pub struct $name {
+            /// Free frames known to be zero.
+            pub free_clean: u64,
+            /// Free frames that still hold a previous owner's bytes.
+            pub free_dirty: u64,
+            /// Frames held by owners (including pending allocations and `sync` frees in
+            /// progress).
+            pub allocated: u64,
+            /// Frames out of service (offline, broken, or isolated by an offline in
+            /// progress).
+            pub offline: u64,
+            /// Of the free frames, those in chunks a background scrubber holds right now.
+            pub scrubbing: u64,
+            /// Free frames reserved by claims: by the node's claims in [`NodeStats`], by
+            /// every claim (node and global) not yet allocated in [`HeapStats`].
+            pub claimed: u64,
+            /// Free frames in the per-CPU fast path's reserves (not in `free_*`, not
+            /// allocated).
+            pub reserved: u64,
+            $($(#[$fm])* pub $field: $ty,)*
+        }
+
+        impl $name {
+            /// All frames counted: free (clean or dirty), allocated, offline and reserved.
+            pub fn total(&self) -> u64 {
+                self.free_clean + self.free_dirty + self.allocated + self.offline + self.reserved
+            }
+        }
+    };
+}
+
+frame_counters! {
+    /// Frames of one node by state.
+    NodeStats {}
 }
 
 impl NodeStats {
-    /// All frames the node has.
-    pub fn total(&self) -> u64 {
-        self.free_clean + self.free_dirty + self.allocated + self.offline + self.reserved
-    }
     /// Free frames, clean or dirty (including those being scrubbed).
     pub fn free(&self) -> u64 {
         self.free_clean + self.free_dirty
@@ -59,30 +79,10 @@ pub struct ScrubBytes {
     pub sync: u64,
 }
 
-/// The whole heap: node stats summed, plus scrub accounting.
-#[derive(Copy, Clone, Debug, Default, PartialEq, Eq)]
-pub struct HeapStats {
-    /// Free frames known to be zero.
-    pub free_clean: u64,
-    /// Free frames that still hold a previous owner's bytes.
-    pub free_dirty: u64,
-    /// Frames held by owners.
-    pub allocated: u64,
-    /// Frames out of service.
-    pub offline: u64,
-    /// Of the free frames, those being scrubbed right now.
-    pub scrubbing: u64,
-    /// Frames reserved by claims (node and global) not yet allocated.
-    pub claimed: u64,
-    /// Free frames in the per-CPU fast path's reserves (not in `free_*`, not allocated).
-    pub reserved: u64,
-    /// Bytes scrubbed by source.
-    pub scrubbed: ScrubBytes,
-}
-
-impl HeapStats {
-    /// All frames the heap has.
-    pub fn total(&self) -> u64 {
-        self.free_clean + self.free_dirty + self.allocated + self.offline + self.reserved
+frame_counters! {
+    /// The whole heap: node stats summed, plus scrub accounting.
+    HeapStats {
+        /// Bytes scrubbed by source.
+        scrubbed: ScrubBytes,
     }
 }

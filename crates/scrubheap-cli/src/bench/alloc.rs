@@ -175,6 +175,29 @@ impl SlotPool {
     }
 }
 
+/// The sequence's next step: 0 a short-lived allocation, 1 a long-lived one, 2 free a
+/// random long-lived allocation, 3 free the short-lived allocation due first (only when
+/// at the cap with no long-lived one). `held` is (long-lived, all live) allocations,
+/// `limits` (the long-lived target, the cap on live ones); during the ramp every
+/// allocation that is not short-lived is long-lived.
+fn next_action(rng: &mut ChaCha8Rng, ramp: bool, held: (u64, u64), limits: (u64, u64)) -> u8 {
+    let ((long, live), (live_target, max_live)) = (held, limits);
+    let mut action = if rng.random_bool(0.5) {
+        0
+    } else if ramp || rng.random_bool(if long < live_target { 0.6 } else { 0.4 }) {
+        1
+    } else {
+        2
+    };
+    if action < 2 && live >= max_live {
+        action = 2;
+    }
+    if action == 2 && long == 0 {
+        action = if live >= max_live { 3 } else { 0 };
+    }
+    action
+}
+
 fn build_sequence(order: u8, heap_frames: u64, steps: u64, seed: u64) -> Sequence {
     let blocks = heap_frames >> order;
     let live_target = (blocks * 3 / 8).clamp(1, LONG_LIVE_CAP);
@@ -204,21 +227,7 @@ fn build_sequence(order: u8, heap_frames: u64, steps: u64, seed: u64) -> Sequenc
             churned += 1;
         }
         let live = (long.len() + short.len()) as u64;
-        // 0: short alloc, 1: long alloc, 2: free a random long-lived allocation, 3: free
-        // the short-lived allocation due first (only when at the cap with no long-lived one).
-        let mut action = if rng.random_bool(0.5) {
-            0
-        } else if ramp || rng.random_bool(if (long.len() as u64) < live_target { 0.6 } else { 0.4 }) {
-            1
-        } else {
-            2
-        };
-        if action < 2 && live >= max_live {
-            action = 2;
-        }
-        if action == 2 && long.is_empty() {
-            action = if live >= max_live { 3 } else { 0 };
-        }
+        let action = next_action(&mut rng, ramp, (long.len() as u64, live), (live_target, max_live));
         match action {
             0 | 1 => {
                 let s = slots.take();

@@ -66,6 +66,61 @@ pub struct Figures {
 
 const GIB_FRAMES: u64 = 1 << 18;
 
+/// The churning thread: small allocations of orders 0 to 2 for domain 2, at most 33
+/// held, until `stop`; returns their latencies (ns) and how many it made.
+fn churn(pool: &Pool, stop: &AtomicBool) -> (Histogram<u64>, u64) {
+    let rec = PreemptRecorder::new(pool.config().quantum_ns);
+    let mut h = Histogram::<u64>::new_with_bounds(1, 100_000_000_000, 3).expect("bounds");
+    let mut live = Vec::new();
+    let mut n = 0u64;
+    let mut i = 0u32;
+    while !stop.load(Relaxed) {
+        i = i.wrapping_add(1);
+        let t = Instant::now();
+        if let Ok(e) = pool.alloc(&AllocRequest::new((i % 3) as u8, DomId(2)), &rec) {
+            h.saturating_record(t.elapsed().as_nanos().max(1) as u64);
+            n += 1;
+            live.push(e);
+        }
+        if live.len() > 32 {
+            let e = live.swap_remove(0);
+            pool.free(e.mfn, e.order, DomId(2), &rec).expect("churn frees what it holds");
+        }
+    }
+    for e in live {
+        pool.free(e.mfn, e.order, DomId(2), &rec).expect("churn frees what it holds");
+    }
+    rec.merge_into(&pool.sections);
+    (h, n)
+}
+
+/// `reps` 1 GiB guests populated, run and destroyed one after another; records the
+/// slowest populate and the last one's extents in `f`.
+fn populate(pool: &Pool, policy: Policy, reps: usize, f: &mut Figures) -> anyhow::Result<()> {
+    // Yield at a preemption point once the quantum is spent, as a kernel yields only
+    // when a reschedule is due (yielding at every point costs a timeslice each time
+    // on a loaded machine).
+    let rec = PreemptRecorder::new(pool.config().quantum_ns);
+    let mut result = Ok(());
+    for r in 0..reps {
+        let t = Instant::now();
+        match pool.create_guest(DomId(100 + r as u32), GIB_FRAMES * 4096, &rec) {
+            Ok((g, _)) => {
+                f.populate_max_ms = f.populate_max_ms.max(t.elapsed().as_secs_f64() * 1e3);
+                f.extents = g.extents.len();
+                pool.run_guest(&g);
+                pool.destroy_guest(g, &rec);
+            }
+            Err(e) => {
+                result = Err(anyhow::anyhow!("{policy}: populating 1 GiB failed: {e}"));
+                break;
+            }
+        }
+    }
+    rec.merge_into(&pool.sections);
+    result
+}
+
 fn measure(policy: Policy, reps: usize, batch: u64) -> anyhow::Result<Figures> {
     let pool = Pool::new(PoolConfig {
         memory_bytes: 2 << 30,
@@ -83,54 +138,10 @@ fn measure(policy: Policy, reps: usize, batch: u64) -> anyhow::Result<Figures> {
     let stop = AtomicBool::new(false);
     let mut f = Figures::default();
     let (churn_hist, small) = std::thread::scope(|s| {
-        let churn = s.spawn(|| {
-            let rec = PreemptRecorder::new(pool.config().quantum_ns);
-            let mut h = Histogram::<u64>::new_with_bounds(1, 100_000_000_000, 3).expect("bounds");
-            let mut live = Vec::new();
-            let mut n = 0u64;
-            let mut i = 0u32;
-            while !stop.load(Relaxed) {
-                i = i.wrapping_add(1);
-                let t = Instant::now();
-                if let Ok(e) = pool.alloc(&AllocRequest::new((i % 3) as u8, DomId(2)), &rec) {
-                    h.saturating_record(t.elapsed().as_nanos().max(1) as u64);
-                    n += 1;
-                    live.push(e);
-                }
-                if live.len() > 32 {
-                    let e = live.swap_remove(0);
-                    pool.free(e.mfn, e.order, DomId(2), &rec).expect("churn frees what it holds");
-                }
-            }
-            for e in live {
-                pool.free(e.mfn, e.order, DomId(2), &rec).expect("churn frees what it holds");
-            }
-            rec.merge_into(&pool.sections);
-            (h, n)
-        });
-        // Yield at a preemption point once the quantum is spent, as a kernel yields only
-        // when a reschedule is due (yielding at every point costs a timeslice each time
-        // on a loaded machine).
-        let rec = PreemptRecorder::new(pool.config().quantum_ns);
-        let mut result = Ok(());
-        for r in 0..reps {
-            let t = Instant::now();
-            match pool.create_guest(DomId(100 + r as u32), GIB_FRAMES * 4096, &rec) {
-                Ok((g, _)) => {
-                    f.populate_max_ms = f.populate_max_ms.max(t.elapsed().as_secs_f64() * 1e3);
-                    f.extents = g.extents.len();
-                    pool.run_guest(&g);
-                    pool.destroy_guest(g, &rec);
-                }
-                Err(e) => {
-                    result = Err(anyhow::anyhow!("{policy}: populating 1 GiB failed: {e}"));
-                    break;
-                }
-            }
-        }
-        rec.merge_into(&pool.sections);
+        let churner = s.spawn(|| churn(&pool, &stop));
+        let result = populate(&pool, policy, reps, &mut f);
         stop.store(true, Relaxed);
-        let out = churn.join().expect("churn thread");
+        let out = churner.join().expect("churn thread");
         result.map(|()| out)
     })?;
     let (cpu, wall, n) = pool.sections.summary();

@@ -329,8 +329,129 @@ fn time_scrubbers(
     Ok((Took { wall: end.duration_since(start).as_secs_f64(), cpu }, frames))
 }
 
-/// Runs the benchmark.
-pub fn bench(c: &Config) -> anyhow::Result<ScrubResult> {
+/// The one-node heap over the whole arena, and the same frames as two nodes of half the
+/// arena each (one scrubber per node), both checked before the long part.
+fn heap_configs(c: &Config, frames: u64) -> anyhow::Result<(HeapConfig, HeapConfig)> {
+    let mut hc = HeapConfig::uniform(1, frames).with_initially_dirty(true);
+    if let Some(b) = c.batch {
+        hc.scrub_batch = b;
+    }
+    let mut hc2 = HeapConfig::uniform(2, frames / 2).with_initially_dirty(true);
+    hc2.nodes[1].frames = frames - frames / 2;
+    hc2.scrub_batch = hc.scrub_batch;
+    drop(Heap::new(hc.clone(), scrubheap::NullMemory).context("heap configuration")?);
+    drop(Heap::new(hc2.clone(), scrubheap::NullMemory).context("two-node heap configuration")?);
+    Ok((hc, hc2))
+}
+
+/// Every kernel's median GB/s over the whole arena, in one call and in batch-sized calls.
+struct KernelRanks {
+    whole: Vec<(Kernel, f64)>,
+    batched: Vec<(Kernel, f64)>,
+}
+
+impl KernelRanks {
+    /// Times every kernel over the whole arena, in one call and in calls of `batch` frames,
+    /// interleaved; `round` counts the dirtyings.
+    fn measure(c: &Config, arena: &Arena, batch: u64, round: &mut u64) -> KernelRanks {
+        let kernels = Kernel::available();
+        let mut whole: Vec<Vec<f64>> = vec![Vec::new(); kernels.len()];
+        let mut batched: Vec<Vec<f64>> = vec![Vec::new(); kernels.len()];
+        for _ in 0..c.reps {
+            for (i, &k) in kernels.iter().enumerate() {
+                for (times, call) in [(&mut whole, arena.frames()), (&mut batched, batch)] {
+                    *round += 1;
+                    dirty(arena, *round);
+                    times[i].push(time_zero(arena, k, call).wall);
+                }
+            }
+        }
+        let medians = |t: Vec<Vec<f64>>| -> Vec<(Kernel, f64)> {
+            kernels.iter().zip(t).map(|(&k, t)| (k, gbps(c.memory, median(t)))).collect()
+        };
+        KernelRanks { whole: medians(whole), batched: medians(batched) }
+    }
+
+    /// The fastest kernel of `v`.
+    fn fastest(v: &[(Kernel, f64)]) -> Kernel {
+        v.iter().max_by(|a, b| a.1.total_cmp(&b.1)).map_or(Kernel::WriteBytes, |x| x.0)
+    }
+}
+
+/// The timed runs of part 2, each in run order.
+#[derive(Default)]
+struct Runs {
+    raw: Vec<Took>,
+    batched: Vec<Took>,
+    background: Vec<Took>,
+    background2: Vec<Took>,
+    background2_nodes: Vec<Took>,
+    background2_frames: Vec<Vec<u64>>,
+    /// `scrub_step` calls of the last one-thread background run.
+    calls: u64,
+    /// Frames per heap scrub batch.
+    batch: u64,
+}
+
+impl Runs {
+    /// Raw (`raw_kernel`, one call), batched (`scrub_kernel`) and the three background
+    /// runs, interleaved, rotating which goes first. Every timed run starts right after
+    /// the arena is dirtied: the heap (and the threads) are set up before that, so none
+    /// of the runs gets extra time for the writes to drain.
+    fn measure(
+        c: &Config,
+        arena: &Arena,
+        hcs: &(HeapConfig, HeapConfig),
+        kernels: (Kernel, Kernel),
+        round: &mut u64,
+    ) -> anyhow::Result<Runs> {
+        let ((hc, hc2), (raw_kernel, scrub_kernel)) = (hcs, kernels);
+        let mut r = Runs { batch: hc.scrub_batch, ..Runs::default() };
+        // The heap over the arena, zeroing with the scrub kernel.
+        let heap_over = |hc: &HeapConfig| {
+            arena.set_kernel(scrub_kernel);
+            Heap::new(hc.clone(), arena).context("building the heap over the arena")
+        };
+        for rep in 0..c.reps {
+            for which in 0..5 {
+                *round += 1;
+                let round = *round;
+                match (which + rep) % 5 {
+                    0 => {
+                        dirty(arena, round);
+                        r.raw.push(time_zero(arena, raw_kernel, arena.frames()));
+                    }
+                    1 => {
+                        dirty(arena, round);
+                        r.batched.push(time_zero(arena, scrub_kernel, r.batch));
+                    }
+                    2 => {
+                        let heap = heap_over(hc)?;
+                        dirty(arena, round);
+                        let (t, n) = time_background(arena, &heap, c.budget)?;
+                        r.background.push(t);
+                        r.calls = n;
+                    }
+                    3 => {
+                        let heap = heap_over(hc)?;
+                        let (t, f) = time_scrubbers(arena, &heap, c.budget, &[0, 0], || dirty(arena, round))?;
+                        r.background2.push(t);
+                        r.background2_frames.push(f);
+                    }
+                    _ => {
+                        let heap = heap_over(hc2).context("the two-node heap")?;
+                        let t = time_scrubbers(arena, &heap, c.budget, &[0, 1], || dirty(arena, round))?.0;
+                        r.background2_nodes.push(t);
+                    }
+                }
+            }
+        }
+        Ok(r)
+    }
+}
+
+/// Checks the configuration and returns the arena's frames.
+fn check_config(c: &Config) -> anyhow::Result<u64> {
     ensure!(c.reps > 0, "--reps must be at least 1");
     ensure!(c.budget > 0, "--budget must be at least 1 frame");
     ensure!(
@@ -344,116 +465,55 @@ pub fn bench(c: &Config) -> anyhow::Result<ScrubResult> {
     if let Some(k) = c.kernel {
         ensure!(k.is_available(), "kernel {k} is not available on this CPU");
     }
-    let mut hc = HeapConfig::uniform(1, frames).with_initially_dirty(true);
-    if let Some(b) = c.batch {
-        hc.scrub_batch = b;
-    }
-    // The same frames as two nodes of half the arena each, for one scrubber per node.
-    let mut hc2 = HeapConfig::uniform(2, frames / 2).with_initially_dirty(true);
-    hc2.nodes[1].frames = frames - frames / 2;
-    hc2.scrub_batch = hc.scrub_batch;
-    // Validate the heap configurations (batch size) before the long part.
-    drop(Heap::new(hc.clone(), scrubheap::NullMemory).context("heap configuration")?);
-    drop(Heap::new(hc2.clone(), scrubheap::NullMemory).context("two-node heap configuration")?);
+    Ok(frames)
+}
 
+/// Runs the benchmark: 1. every kernel over the whole arena, in one call and in
+/// batch-sized calls, interleaved; 2. raw, batched and the three background runs,
+/// interleaved.
+pub fn bench(c: &Config) -> anyhow::Result<ScrubResult> {
+    let frames = check_config(c)?;
+    let hcs = heap_configs(c, frames)?;
     let acfg = ArenaConfig::new(Mfn(0), frames, FRAME as usize)
         .with_hugetlb(c.hugetlb)
         .with_thp(c.thp)
         .with_kernel(Kernel::WriteBytes);
     let arena = Arena::new(acfg).context("mapping the arena")?;
-    let batch = hc.scrub_batch;
-
-    // 1. Every kernel over the whole arena, in one call and in batch-sized calls, interleaved.
-    let kernels = Kernel::available();
-    let mut whole: Vec<Vec<f64>> = vec![Vec::new(); kernels.len()];
-    let mut batched: Vec<Vec<f64>> = vec![Vec::new(); kernels.len()];
     let mut round = 0;
-    for _ in 0..c.reps {
-        for (i, &k) in kernels.iter().enumerate() {
-            for (times, call) in [(&mut whole, frames), (&mut batched, batch)] {
-                round += 1;
-                dirty(&arena, round);
-                times[i].push(time_zero(&arena, k, call).wall);
-            }
-        }
-    }
-    let medians = |t: Vec<Vec<f64>>| -> Vec<(Kernel, f64)> {
-        kernels.iter().zip(t).map(|(&k, t)| (k, gbps(c.memory, median(t)))).collect()
-    };
-    let fastest = |v: &[(Kernel, f64)]| v.iter().max_by(|a, b| a.1.total_cmp(&b.1)).map_or(Kernel::WriteBytes, |x| x.0);
-    let (whole, batched) = (medians(whole), medians(batched));
-    let raw_kernel = fastest(&whole);
-    let scrub_kernel = c.kernel.unwrap_or_else(|| fastest(&batched));
+    let ranks = KernelRanks::measure(c, &arena, hcs.0.scrub_batch, &mut round);
+    let raw_kernel = KernelRanks::fastest(&ranks.whole);
+    let scrub_kernel = c.kernel.unwrap_or_else(|| KernelRanks::fastest(&ranks.batched));
+    let runs = Runs::measure(c, &arena, &hcs, (raw_kernel, scrub_kernel), &mut round)?;
+    debug_assert_eq!(runs.raw.len(), c.reps, "one raw run a repetition");
+    Ok(result(c, &arena, &ranks, (raw_kernel, scrub_kernel), runs))
+}
 
-    // 2. Raw, batched and the three background runs, interleaved, rotating which goes
-    // first.
-    let mut raw = Vec::with_capacity(c.reps);
-    let mut bat = Vec::with_capacity(c.reps);
-    let mut bg = Vec::with_capacity(c.reps);
-    let mut bg2 = Vec::with_capacity(c.reps);
-    let mut bg2n = Vec::with_capacity(c.reps);
-    let mut bg2_frames = Vec::with_capacity(c.reps);
-    let mut calls = 0;
-    for rep in 0..c.reps {
-        for which in 0..5 {
-            round += 1;
-            // Every timed run starts right after the arena is dirtied: the heap (and the
-            // threads) are set up before that, so none of the runs gets extra time for
-            // the writes to drain.
-            match (which + rep) % 5 {
-                0 => {
-                    dirty(&arena, round);
-                    raw.push(time_zero(&arena, raw_kernel, frames));
-                }
-                1 => {
-                    dirty(&arena, round);
-                    bat.push(time_zero(&arena, scrub_kernel, batch));
-                }
-                2 => {
-                    arena.set_kernel(scrub_kernel);
-                    let heap = Heap::new(hc.clone(), &arena).context("building the heap over the arena")?;
-                    dirty(&arena, round);
-                    let (t, n) = time_background(&arena, &heap, c.budget)?;
-                    bg.push(t);
-                    calls = n;
-                }
-                3 => {
-                    arena.set_kernel(scrub_kernel);
-                    let heap = Heap::new(hc.clone(), &arena).context("building the heap over the arena")?;
-                    let (t, f) = time_scrubbers(&arena, &heap, c.budget, &[0, 0], || dirty(&arena, round))?;
-                    bg2.push(t);
-                    bg2_frames.push(f);
-                }
-                _ => {
-                    arena.set_kernel(scrub_kernel);
-                    let heap = Heap::new(hc2.clone(), &arena).context("building the two-node heap over the arena")?;
-                    bg2n.push(time_scrubbers(&arena, &heap, c.budget, &[0, 1], || dirty(&arena, round))?.0);
-                }
-            }
-        }
-    }
+/// The report of the runs: medians, ratios and every run.
+fn result(c: &Config, arena: &Arena, ranks: &KernelRanks, kernels: (Kernel, Kernel), r: Runs) -> ScrubResult {
+    let (raw_kernel, scrub_kernel) = kernels;
     let wall = |v: &[Took]| v.iter().map(|t| gbps(c.memory, t.wall)).collect::<Vec<f64>>();
     let cpu = |v: &[Took]| median(v.iter().map(|t| gbps(c.memory, t.cpu)).collect());
-    let (raw_runs, bat_runs, bg_runs) = (wall(&raw), wall(&bat), wall(&bg));
-    let (bg2_runs, bg2n_runs) = (wall(&bg2), wall(&bg2n));
+    let (raw_runs, bat_runs, bg_runs) = (wall(&r.raw), wall(&r.batched), wall(&r.background));
+    let (bg2_runs, bg2n_runs) = (wall(&r.background2), wall(&r.background2_nodes));
     let raw_gbps = median(raw_runs.clone());
     let batched_gbps = median(bat_runs.clone());
     let background_gbps = median(bg_runs.clone());
     let background2_gbps = median(bg2_runs.clone());
     let background2_nodes_gbps = median(bg2n_runs.clone());
-    let (raw_cpu_gbps, batched_cpu_gbps, background_cpu_gbps) = (cpu(&raw), cpu(&bat), cpu(&bg));
-    let (background2_cpu_gbps, background2_nodes_cpu_gbps) = (cpu(&bg2), cpu(&bg2n));
+    let (raw_cpu_gbps, batched_cpu_gbps) = (cpu(&r.raw), cpu(&r.batched));
+    let background_cpu_gbps = cpu(&r.background);
+    let (background2_cpu_gbps, background2_nodes_cpu_gbps) = (cpu(&r.background2), cpu(&r.background2_nodes));
     let ratio_paired = median(bg_runs.iter().zip(&raw_runs).map(|(b, r)| b / r).collect());
     let names = |v: &[(Kernel, f64)]| v.iter().map(|&(k, g)| (k.name().to_string(), g)).collect();
-    Ok(ScrubResult {
+    ScrubResult {
         raw_gbps,
         background_gbps,
         ratio: background_gbps / raw_gbps,
         threads: 1,
         kernel: scrub_kernel.name().to_string(),
-        kernels: names(&whole),
+        kernels: names(&ranks.whole),
         raw_kernel: raw_kernel.name().to_string(),
-        kernels_batched: names(&batched),
+        kernels_batched: names(&ranks.batched),
         batched_gbps,
         heap_efficiency: background_gbps / batched_gbps,
         ratio_paired,
@@ -473,25 +533,24 @@ pub fn bench(c: &Config) -> anyhow::Result<ScrubResult> {
         memory_bytes: c.memory,
         reps: c.reps,
         budget_frames: c.budget,
-        batch_frames: batch,
-        scrub_steps: calls,
+        batch_frames: r.batch,
+        scrub_steps: r.calls,
         raw_runs_gbps: raw_runs,
         batched_runs_gbps: bat_runs,
         background_runs_gbps: bg_runs,
         background2_runs_gbps: bg2_runs,
         background2_nodes_runs_gbps: bg2n_runs,
-        background2_thread_frames: bg2_frames,
+        background2_thread_frames: r.background2_frames,
         backing: arena.backing().to_string(),
         arena: arena.describe(),
         huge_bytes: arena.huge_bytes(),
         prefault_s: arena.prefault_seconds(),
-    })
+    }
 }
 
+/// The table: each kernel's GB/s, then every run (`print_runs`) and the ratios
+/// (`print_ratios`).
 fn print_table(r: &ScrubResult) {
-    let runs = |v: &[f64]| v.iter().map(|g| format!("{g:.2}")).collect::<Vec<_>>().join(" ");
-    let mib = |frames: u64| (frames * FRAME) >> 20;
-    let frames = r.memory_bytes / FRAME;
     println!("bench scrub: median of {} interleaved reps, GB/s = 10^9 B/s by the wall clock", r.reps);
     println!("arena: {}", r.arena);
     println!("{:<18} {:>10} {:>14}", "kernel", "one call", format!("{} KiB calls", (r.batch_frames * FRAME) >> 10));
@@ -506,6 +565,15 @@ fn print_table(r: &ScrubResult) {
         }
         println!("{k:<18} {g:>10.2} {b:>14.2}{mark}");
     }
+    print_runs(r);
+    print_ratios(r);
+}
+
+/// The table's lines of the raw, batched and background runs: medians and every run.
+fn print_runs(r: &ScrubResult) {
+    let runs = |v: &[f64]| v.iter().map(|g| format!("{g:.2}")).collect::<Vec<_>>().join(" ");
+    let mib = |frames: u64| (frames * FRAME) >> 20;
+    let frames = r.memory_bytes / FRAME;
     println!("{:<18} {:>10.2}   runs: {}   ({}, one call)", "raw", r.raw_gbps, runs(&r.raw_runs_gbps), r.raw_kernel);
     println!(
         "{:<18} {:>10.2}   runs: {}   ({}, {}-frame calls, no heap)",
@@ -547,6 +615,10 @@ fn print_table(r: &ScrubResult) {
         mib(frames / 2),
         mib(frames - frames / 2)
     );
+}
+
+/// The table's ratios: background against raw and batched, two threads against one.
+fn print_ratios(r: &ScrubResult) {
     println!(
         "{:<18} {:>10.3}   (background / raw; paired per rep {:.3}; by thread CPU time {:.3} = {:.2} / {:.2})",
         "ratio", r.ratio, r.ratio_paired, r.ratio_cpu, r.background_cpu_gbps, r.raw_cpu_gbps
@@ -593,19 +665,6 @@ pub fn main(a: Args) -> anyhow::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn sizes_parse_with_binary_units() {
-        // The one size parser of the command line, as `bench scrub --memory` uses it.
-        use crate::run::parse_size;
-        assert_eq!(parse_size("1GiB"), Ok(1 << 30));
-        assert_eq!(parse_size("512MiB"), Ok(512 << 20));
-        assert_eq!(parse_size("64k"), Ok(64 << 10));
-        assert_eq!(parse_size("4096"), Ok(4096));
-        assert!(parse_size("lots").is_err());
-        assert!(parse_size("1PB").unwrap_err().contains("unit"));
-        assert!(parse_size("99999999999TiB").is_err());
-    }
 
     #[test]
     fn a_small_run_reports_every_figure() {

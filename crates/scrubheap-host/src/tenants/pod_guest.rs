@@ -38,6 +38,10 @@ pub struct PodGuest {
 /// One line of an op log (the caller records it, or not).
 pub type LogLine<'a> = &'a dyn Fn(Op);
 
+/// What creating a PoD guest gives: the guest, how long its creation took, and the pages
+/// its balloon gave back; or why it was refused.
+pub type PodCreate = Result<(PodGuest, Created, u64), PodError>;
+
 /// The PoD part of a run's report (keys may be added, never renamed).
 #[derive(Clone, Debug, Default, Serialize, PartialEq)]
 pub struct PodSummary {
@@ -80,13 +84,7 @@ pub trait PodGuestOps {
     /// quarters of it on the node with the most free memory, filling its cache preemptibly,
     /// then boots it (touch and zero everything), balloons it down to its target in 4 KiB
     /// pages, and has it write its tag into half its target. `log` sees the op-log lines.
-    fn create_pod_guest(
-        &self,
-        dom: DomId,
-        bytes: u64,
-        rec: &PreemptRecorder,
-        log: LogLine<'_>,
-    ) -> Result<(PodGuest, Created, u64), PodError>;
+    fn create_pod_guest(&self, dom: DomId, bytes: u64, rec: &PreemptRecorder, log: LogLine<'_>) -> PodCreate;
     /// Boot, balloon, work (see [`PodGuestOps::create_pod_guest`]). Returns pages ballooned.
     fn run_pod_guest(&self, g: &PodGuest, rec: &PreemptRecorder, log: LogLine<'_>) -> u64;
     /// Destroys a PoD guest (crashed or not): its pages go back to the heap, dirty.
@@ -97,13 +95,7 @@ pub trait PodGuestOps {
 }
 
 impl PodGuestOps for Pool {
-    fn create_pod_guest(
-        &self,
-        dom: DomId,
-        bytes: u64,
-        rec: &PreemptRecorder,
-        log: LogLine<'_>,
-    ) -> Result<(PodGuest, Created, u64), PodError> {
+    fn create_pod_guest(&self, dom: DomId, bytes: u64, rec: &PreemptRecorder, log: LogLine<'_>) -> PodCreate {
         let t = Instant::now();
         let heap = self.heap();
         let max_pages = bytes.div_ceil(4096).max(512);

@@ -101,8 +101,22 @@ impl Replayer {
 #[cfg(test)]
 mod tests {
     use crate::replay::tests::finish_clean;
-    use crate::{parse_line, Op, Replayer};
+    use crate::{parse_line, Op, ReplayReport, Replayer};
     use scrubheap::DomId;
+
+    /// A replayer of up to 2^16 frames that has replayed `log`.
+    fn replayed(log: &str) -> Replayer {
+        let mut r = Replayer::with_max_frames(1 << 16);
+        r.replay_str(log);
+        r
+    }
+
+    /// Asserts that each kind of error happened exactly so many times.
+    fn assert_errors(rep: &ReplayReport, expected: &[(&str, u64)]) {
+        for &(kind, n) in expected {
+            assert_eq!(rep.errors.get(kind), Some(&n), "{kind}: {:?}", rep.errors);
+        }
+    }
 
     #[test]
     fn every_pod_line_parses() {
@@ -139,8 +153,7 @@ mod tests {
 
     #[test]
     fn a_pod_log_replays_with_its_counts() {
-        let mut r = Replayer::with_max_frames(1 << 16);
-        r.replay_str(
+        let r = replayed(
             "heap nodes=1 frames_per_node=8192\n\
              pod dom=1 max_pages=4096 target=1024\n\
              touch dom=1 gfn=0              # 2 MiB populate, zero\n\
@@ -170,19 +183,9 @@ mod tests {
         assert_eq!(r.report().invariant_violations, 0, "{:?}", r.report().violations);
         let holds = r.pods().stats(DomId(1)).unwrap();
         let rep = finish_clean(r);
-        for (kind, n) in [
-            ("PodNotMapped", 1),
-            ("PodGfnOutOfRange", 1),
-            ("PodUnaligned", 1),
-            ("PodTargetTooLarge", 1),
-            ("PodDomainExists", 1),
-            ("PodExhausted", 1),
-            ("PodCrashed", 1),
-            ("PodUnknownDomain", 1),
-            ("TooLarge", 1),
-        ] {
-            assert_eq!(rep.errors.get(kind), Some(&n), "{kind}: {:?}", rep.errors);
-        }
+        let kinds = ["PodNotMapped", "PodGfnOutOfRange", "PodUnaligned", "PodTargetTooLarge", "PodDomainExists"];
+        let more = ["PodExhausted", "PodCrashed", "PodUnknownDomain", "TooLarge"];
+        assert_errors(&rep, &kinds.iter().chain(&more).map(|&k| (k, 1)).collect::<Vec<_>>());
         assert_eq!(rep.ops, 25);
         assert_eq!(rep.ok, 16);
         let p = rep.pod;
@@ -193,8 +196,7 @@ mod tests {
 
     #[test]
     fn frees_and_pins_of_pod_pages_are_refused_by_the_heap() {
-        let mut r = Replayer::with_max_frames(1 << 16);
-        r.replay_str(
+        let mut r = replayed(
             "heap nodes=1 frames_per_node=4096\n\
              alloc id=a dom=1 order=0\n\
              pod dom=1 max_pages=1024 target=512\n\
@@ -208,7 +210,7 @@ mod tests {
         r.step("free id=a");
         r.step("check");
         let rep = finish_clean(r);
-        assert_eq!(rep.errors.get("Sealed"), Some(&2), "{:?}", rep.errors);
+        assert_errors(&rep, &[("Sealed", 2)]);
         assert_eq!(rep.final_.allocated, 512);
     }
 
@@ -217,8 +219,7 @@ mod tests {
         // Found by the fuzzer: node 1 starts at the odd frame 9403, the 2-frame cache
         // ends up as frames 9402 and 9403, and a crash must not free them as one order-1
         // run across the node boundary.
-        let mut r = Replayer::with_max_frames(1 << 16);
-        r.replay_str(
+        let r = replayed(
             "heap nodes=2 frames_per_node=9403\n\
              pod dom=2 max_pages=1024 target=2\n\
              touch dom=2 gfn=0 data\n\
@@ -228,7 +229,7 @@ mod tests {
              check\n",
         );
         let rep = finish_clean(r);
-        assert_eq!(rep.errors.get("PodExhausted"), Some(&1), "{:?}", rep.errors);
+        assert_errors(&rep, &[("PodExhausted", 1)]);
         assert_eq!(rep.final_.allocated, 0);
     }
 
@@ -272,9 +273,7 @@ mod tests {
                 log.push_str(&line);
                 log.push('\n');
             }
-            let mut r = Replayer::with_max_frames(1 << 16);
-            r.replay_str(&log);
-            let rep = r.finish();
+            let rep = replayed(&log).finish();
             assert_eq!(rep.invariant_violations, 0, "round {round}: {:?}\n{log}", rep.violations);
             assert_eq!(rep.ok + rep.errors.values().sum::<u64>(), rep.ops);
         }
