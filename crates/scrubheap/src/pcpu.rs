@@ -8,27 +8,36 @@
 //! free lists under the node lock in one go (clean first; through the claims gate for
 //! nobody, so others' claims are respected) and recorded in the node's metadata as one
 //! allocated chunk of [`RESERVE_OWNER`]. The block itself (which chunks are free, which
-//! hold old bytes, who holds each loaned chunk) lives here, behind its own lock; only the
+//! hold old bytes, who holds each loaned chunk: one owner for the block, or a table once
+//! it lends to two) lives here, in a one-cache-line record behind its own lock; only the
 //! CPU whose *current* block it is allocates from it, any CPU may put chunks back into it.
+//! A node's map (4 bytes per block region of each fast order) names the record of each
+//! live block; records come in segments allocated on first use (see `reserve.rs`).
 //!
 //! - `get` locks its CPU's slot and its current block: a clean free chunk first (a dirty
 //!   one is zeroed in place before it is returned, unless the request says `noscrub`).
-//!   An exhausted block is detached; a new one is taken under the node lock.
-//! - `put` finds the block from the frame number (a table per node and fast order,
-//!   indexed by block), checks the owner, and marks the chunk free and dirty (its owner's
-//!   bytes are in it). A detached block whose chunks are all back returns to the node.
+//!   An exhausted block is detached; a new one is a parked block or a chunk of the node
+//!   (see `refill`).
+//! - `put` finds the block through the map, checks the owner, and marks the chunk free
+//!   and dirty (its owner's bytes are in it), under the block's lock only. A detached block
+//!   whose chunks are all back is *parked*: it stays a reserve block, on its node's parked
+//!   list, for the next refill, so a put never merges a block into the free lists itself.
+//!   Background scrubbers return parked blocks to the free lists at the start of each
+//!   `scrub_step` (a bounded number per node), where they scrub them as any dirty free
+//!   chunk. Parking needs a policy with background scrubbing and stops at half a node's
+//!   frames; otherwise the put returns the block to the free lists at once.
 //! - Anything else that touches a block's frames (an ordinary free of part of a chunk,
 //!   pin, offline, `alloc_at`, `mark_broken`) first *settles* the block:
 //!   loaned chunks become ordinary allocations of their owners, free chunks go back to the
 //!   node's free lists (dirty ones marked dirty). [`Heap::drain`] settles every block of a
-//!   CPU or of the heap; `claim_set` and an allocation that would otherwise run out of
-//!   memory drain all of them first.
+//!   CPU, or every block of the heap (parked ones too); `claim_set` and an allocation that
+//!   would otherwise run out of memory drain all of them first.
 //!
 //! A domain that may hold claims ([`Heap::may_hold_claims`]) always takes the ordinary
 //! path, through the claims gate; so do movable and sealed requests and other orders.
 //!
-//! Lock order: CPU slot, then node, then block; nobody holds two blocks, and a put
-//! releases its block before it takes the node lock to return the block.
+//! Lock order: CPU slot, then node, then the node's record lists (`live`), then a block;
+//! nobody holds two blocks, and a put releases its block before it parks it.
 
 use crate::chunk::{State, NONE};
 use crate::error::{HeapError, InvariantViolation};

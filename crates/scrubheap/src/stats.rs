@@ -15,7 +15,9 @@ pub struct NodeStats {
     pub scrubbing: u64,
     /// Free frames reserved by node claims.
     pub claimed: u64,
-    /// Free frames in the per-CPU fast path's reserves (not in `free_*`, not allocated).
+    /// Free frames in the per-CPU fast path's reserves (not in `free_*`, not allocated),
+    /// parked blocks included (their frames are dirty until a `scrub_step` returns them
+    /// to the free lists).
     pub reserved: u64,
 }
 
