@@ -20,11 +20,12 @@
 //! requests that need scrubbed memory), and `buddy_system_allocator` behind a mutex.
 //! Every subject is called every [`MAINTAIN_EVERY`] operations inside the timed loops
 //! (clean scrubheap zeroes its CPU's reserve then: `scrub_reserve`, its time counted;
-//! the others do nothing) and between timed phases (clean scrubheap runs `scrub_step`
-//! over every node and `scrub_reserve` of every CPU there, untimed: the idle scrubbers
-//! keeping up; the others do nothing). Dirty scrubheap starts with every frame dirty and
-//! never scrubs in the background, so each get zeroes in place what it hands out
-//! (`NullMemory`: the bookkeeping only).
+//! the others do nothing) and between timed phases (clean scrubheap runs `scrub_reserve`
+//! of every CPU, then `scrub_step` until it has nothing left to do, which also returns
+//! the blocks puts parked to the free lists, untimed: the idle scrubbers keeping up; the
+//! others do nothing). Dirty scrubheap starts with every frame dirty and never scrubs in
+//! the background, so each get zeroes in place what it hands out (`NullMemory`: the
+//! bookkeeping only), and its parked blocks serve its refills.
 
 use anyhow::{bail, ensure, Context};
 use buddy_system_allocator::FrameAllocator;
