@@ -453,7 +453,7 @@ impl<M: FrameMemory> Heap<M> {
     }
 
     pub(crate) fn node(&self, node: usize) -> Result<&NodeCell, HeapError> {
-        self.nodes.get(node).ok_or(HeapError::NoSuchNode { node, nodes: self.nodes.len() })
+        self.nodes.get(node).ok_or_else(|| HeapError::NoSuchNode { node, nodes: self.nodes.len() })
     }
 
     /// The node holding `mfn`.

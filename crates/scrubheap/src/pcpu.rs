@@ -71,7 +71,7 @@ impl<M: FrameMemory> Heap<M> {
     }
 
     fn cpu_cell(&self, cpu: usize) -> Result<&CpuCell, HeapError> {
-        self.pcpu().cpus.get(cpu).ok_or(HeapError::NoSuchCpu { cpu, cpus: self.pcpu().cpus.len() })
+        self.pcpu().cpus.get(cpu).ok_or_else(|| HeapError::NoSuchCpu { cpu, cpus: self.pcpu().cpus.len() })
     }
 
     /// The fast order's kind if `req` may take the fast path: orders 0 and 9, unmovable,
