@@ -71,7 +71,11 @@ impl<M: FrameMemory> Heap<M> {
     }
 
     fn cpu_cell(&self, cpu: usize) -> Result<&CpuCell, HeapError> {
-        self.pcpu().cpus.get(cpu).ok_or_else(|| HeapError::NoSuchCpu { cpu, cpus: self.pcpu().cpus.len() })
+        // Not `ok_or`: the error would be built, and dropped, on every get and put.
+        match self.pcpu().cpus.get(cpu) {
+            Some(c) => Ok(c),
+            None => Err(HeapError::NoSuchCpu { cpu, cpus: self.pcpu().cpus.len() }),
+        }
     }
 
     /// The fast order's kind if `req` may take the fast path: orders 0 and 9, unmovable,
