@@ -453,7 +453,11 @@ impl<M: FrameMemory> Heap<M> {
     }
 
     pub(crate) fn node(&self, node: usize) -> Result<&NodeCell, HeapError> {
-        self.nodes.get(node).ok_or(HeapError::NoSuchNode { node, nodes: self.nodes.len() })
+        // Not `ok_or`: the error would be built, and dropped, on every call.
+        match self.nodes.get(node) {
+            Some(c) => Ok(c),
+            None => Err(HeapError::NoSuchNode { node, nodes: self.nodes.len() }),
+        }
     }
 
     /// The node holding `mfn`.

@@ -8,36 +8,45 @@
 //! free lists under the node lock in one go (clean first; through the claims gate for
 //! nobody, so others' claims are respected) and recorded in the node's metadata as one
 //! allocated chunk of [`RESERVE_OWNER`]. The block itself (which chunks are free, which
-//! hold old bytes, who holds each loaned chunk) lives here, behind its own lock; only the
+//! hold old bytes, who holds each loaned chunk: one owner for the block, or a table once
+//! it lends to two) lives here, in a one-cache-line record behind its own lock; only the
 //! CPU whose *current* block it is allocates from it, any CPU may put chunks back into it.
+//! A node's map (4 bytes per block region of each fast order) names the record of each
+//! live block; records come in segments allocated on first use (see `reserve.rs`).
 //!
 //! - `get` locks its CPU's slot and its current block: a clean free chunk first (a dirty
 //!   one is zeroed in place before it is returned, unless the request says `noscrub`).
-//!   An exhausted block is detached; a new one is taken under the node lock.
-//! - `put` finds the block from the frame number (a table per node and fast order,
-//!   indexed by block), checks the owner, and marks the chunk free and dirty (its owner's
-//!   bytes are in it). A detached block whose chunks are all back returns to the node.
+//!   An exhausted block is detached; a new one is a parked block or a chunk of the node
+//!   (see `refill`).
+//! - `put` finds the block through the map, checks the owner, and marks the chunk free
+//!   and dirty (its owner's bytes are in it), under the block's lock only. A detached block
+//!   whose chunks are all back is *parked*: it stays a reserve block, on its node's parked
+//!   list, for the next refill, so a put never merges a block into the free lists itself.
+//!   Background scrubbers return parked blocks to the free lists at the start of each
+//!   `scrub_step` (a bounded number per node), where they scrub them as any dirty free
+//!   chunk. Parking needs a policy with background scrubbing and stops at half a node's
+//!   frames; otherwise the put returns the block to the free lists at once.
 //! - Anything else that touches a block's frames (an ordinary free of part of a chunk,
 //!   pin, offline, `alloc_at`, `mark_broken`) first *settles* the block:
 //!   loaned chunks become ordinary allocations of their owners, free chunks go back to the
 //!   node's free lists (dirty ones marked dirty). [`Heap::drain`] settles every block of a
-//!   CPU or of the heap; `claim_set` and an allocation that would otherwise run out of
-//!   memory drain all of them first.
+//!   CPU, or every block of the heap (parked ones too); `claim_set` and an allocation that
+//!   would otherwise run out of memory drain all of them first.
 //!
 //! A domain that may hold claims ([`Heap::may_hold_claims`]) always takes the ordinary
 //! path, through the claims gate; so do movable and sealed requests and other orders.
 //!
-//! Lock order: CPU slot, then node, then block; nobody holds two blocks, and a put
-//! releases its block before it takes the node lock to return the block.
+//! Lock order: CPU slot, then node, then the node's record lists (`live`), then a block;
+//! nobody holds two blocks, and a put releases its block before it parks it.
 
 use crate::chunk::{State, NONE};
 use crate::error::{HeapError, InvariantViolation};
 use crate::heap::{AllocRequest, Extent, Heap, NodeGuard, NodePref};
 use crate::memory::FrameMemory;
 use crate::node::{NodeState, Pick};
-use crate::reserve::{all_chunks, block_order, kind_of, Block, CpuCell, CpuSlot, KINDS, MAX_SPARE};
+use crate::offline::CHUNKS_PER_STEP;
+use crate::reserve::{all_chunks, block_order, kind_of, Block, CpuCell, CpuSlot, KINDS};
 use crate::types::{DomId, Mfn, Zone};
-use alloc::boxed::Box;
 use alloc::format;
 use alloc::vec::Vec;
 use core::sync::atomic::Ordering::Relaxed;
@@ -62,7 +71,11 @@ impl<M: FrameMemory> Heap<M> {
     }
 
     fn cpu_cell(&self, cpu: usize) -> Result<&CpuCell, HeapError> {
-        self.pcpu().cpus.get(cpu).ok_or(HeapError::NoSuchCpu { cpu, cpus: self.pcpu().cpus.len() })
+        // Not `ok_or`: the error would be built, and dropped, on every get and put.
+        match self.pcpu().cpus.get(cpu) {
+            Some(c) => Ok(c),
+            None => Err(HeapError::NoSuchCpu { cpu, cpus: self.pcpu().cpus.len() }),
+        }
     }
 
     /// The fast order's kind if `req` may take the fast path: orders 0 and 9, unmovable,
@@ -107,8 +120,8 @@ impl<M: FrameMemory> Heap<M> {
         let mut slot = cell.slot.lock();
         let mut n = want.unwrap_or(slot.any_node);
         for _ in 0..2 {
-            if let Some(idx) = slot.current[n][k] {
-                match self.take_from_block(cpu, &mut slot, n, k, idx, req) {
+            if let Some(s) = slot.current[n][k] {
+                match self.take_from_block(cpu, &mut slot, n, k, s, req) {
                     Take::Got(e) => return Ok(e),
                     // Zeroing a dirty chunk larger than a batch in place is not `get`'s to
                     // do: the ordinary path finds a clean one or refuses (a ticket's job).
@@ -120,7 +133,7 @@ impl<M: FrameMemory> Heap<M> {
                 n = (0..self.node_count()).max_by_key(|&m| (self.available(m), core::cmp::Reverse(m))).unwrap_or(0);
                 slot.any_node = n;
             }
-            if slot.current[n][k].is_none() && !self.refill(cpu, &mut slot, n, k) {
+            if slot.current[n][k].is_none() && !self.refill(cpu, &mut slot, n, k, req.scrub) {
                 break;
             }
         }
@@ -128,22 +141,14 @@ impl<M: FrameMemory> Heap<M> {
         self.alloc(req)
     }
 
-    /// Takes one chunk of `slot`'s current block `idx` of kind `k` on node `n`:
+    /// Takes one chunk of `slot`'s current block (record `s`) of kind `k` on node `n`:
     /// [`Take::Gone`] (and the slot forgets the block) when the block is no longer this
     /// CPU's, [`Take::TooDirty`] (nothing changed) when a request that needs scrubbed
     /// memory would have to zero more than one `scrub_batch` in place.
-    fn take_from_block(
-        &self,
-        cpu: usize,
-        slot: &mut CpuSlot,
-        n: usize,
-        k: usize,
-        idx: u32,
-        req: &AllocRequest,
-    ) -> Take {
+    fn take_from_block(&self, cpu: usize, slot: &mut CpuSlot, n: usize, k: usize, s: u32, req: &AllocRequest) -> Take {
         let nr = &self.pcpu().nodes[n];
-        let mut g = nr.tables[k][idx as usize].lock();
-        let Some(b) = g.as_mut().filter(|b| b.cpu == Some(cpu as u16)) else {
+        let mut b = nr.cell(s).lock();
+        let Some((_, idx)) = b.live.filter(|&(kk, _)| kk as usize == k && b.cpu == Some(cpu as u16)) else {
             slot.current[n][k] = None;
             return Take::Gone;
         };
@@ -163,7 +168,9 @@ impl<M: FrameMemory> Heap<M> {
         let was_dirty = b.dirty & bit != 0;
         b.free &= !bit;
         b.dirty &= !bit;
-        b.owners[i as usize] = req.owner.0;
+        if b.lend(k, i as usize, req.owner.0) {
+            nr.owner_tables.fetch_add(1, Relaxed);
+        }
         if b.free == 0 {
             b.cpu = None;
             slot.current[n][k] = None;
@@ -172,7 +179,7 @@ impl<M: FrameMemory> Heap<M> {
         let frames = 1u64 << order;
         let counters = &self.pcpu().cpus[cpu].nodes[n];
         counters.lent.store(counters.lent.load(Relaxed).wrapping_add(frames), Relaxed);
-        drop(g);
+        drop(b);
         let mfn = Mfn(nr.region(k, idx) + ((i as u64) << order));
         if was_dirty && req.scrub {
             // The chunk is the owner's already (its bit is taken): zeroed outside any lock
@@ -191,20 +198,32 @@ impl<M: FrameMemory> Heap<M> {
         Take::Got(Extent { mfn, order, node: n })
     }
 
-    /// Takes a new block of kind `k` from node `n` for `cpu` under the node lock, through
-    /// the claims gate for nobody. False if the node has no free chunk of the block order
-    /// in its Normal zone that others' claims leave.
-    fn refill(&self, cpu: usize, slot: &mut CpuSlot, n: usize, k: usize) -> bool {
+    /// Gives CPU `cpu` a block of kind `k` on node `n`: a parked one first when the
+    /// request takes dirty memory as it is (`scrub` false), else a clean chunk of the
+    /// block order off the node's free lists (through the claims gate for nobody), then a
+    /// parked block, then a dirty chunk. False if there is none.
+    fn refill(&self, cpu: usize, slot: &mut CpuSlot, n: usize, k: usize, scrub: bool) -> bool {
+        if !scrub {
+            if let Some(s) = self.unpark(cpu, n, k) {
+                slot.current[n][k] = Some(s);
+                return true;
+            }
+        }
         let bo = block_order(k);
         let len = 1u32 << bo;
         let mut st = self.lock_node(n);
         let (room, _) = self.gate(None, n, st.available());
-        if room.refusal(n, len as u64).is_some() {
-            return false;
+        let open = room.refusal(n, len as u64).is_none();
+        let mut picked = open.then(|| st.pick(Zone::Normal, bo, Pick::CleanOnly)).flatten();
+        if picked.is_none() {
+            // A parked block's frames left the node when it was first taken, through the
+            // gate then: reusing it changes nothing others' claims count on.
+            if let Some(s) = self.unpark(cpu, n, k) {
+                slot.current[n][k] = Some(s);
+                return true;
+            }
+            picked = open.then(|| st.pick(Zone::Normal, bo, Pick::SmallestFirst { prefer_dirty: false })).flatten();
         }
-        let picked = st
-            .pick(Zone::Normal, bo, Pick::CleanOnly)
-            .or_else(|| st.pick(Zone::Normal, bo, Pick::SmallestFirst { prefer_dirty: false }));
         let Some((head, got)) = picked else { return false };
         st.split_free(head, got, bo);
         let dirty = Self::take_dirt(&mut st, head, k);
@@ -214,21 +233,27 @@ impl<M: FrameMemory> Heap<M> {
         st.set_allocated(head, bo, RESERVE_OWNER, false, false);
         let nr = &self.pcpu().nodes[n];
         let idx = nr.index(k, st.base + head as u64);
-        let mut live = nr.live.lock();
-        let mut block = live
-            .spare
-            .pop()
-            .unwrap_or_else(|| Box::new(Block { free: 0, dirty: 0, scrubbing: 0, cpu: None, owners: [0; 64] }));
-        (block.free, block.dirty, block.scrubbing, block.cpu) = (all_chunks(k), dirty, 0, Some(cpu as u16));
-        let fresh = live.set.insert((k, idx));
-        drop(live);
-        debug_assert!(fresh, "a block region taken while live");
-        *nr.tables[k][idx as usize].lock() = Some(block);
+        debug_assert!(nr.mapped(k, idx).is_none(), "a block region taken while live");
+        let s = nr.take_record(&mut nr.live.lock());
+        nr.cell(s).lock().start(k, idx, dirty, Some(cpu as u16));
+        nr.set_map(k, idx, Some(s));
         nr.frames.fetch_add(len as u64, Relaxed);
-        slot.current[n][k] = Some(idx);
+        slot.current[n][k] = Some(s);
         debug_assert_eq!(st.head(head).order, bo);
         // The guard publishes the node's counters as it drops.
         true
+    }
+
+    /// Takes a parked block of kind `k` off node `n`'s list for CPU `cpu`: its record.
+    fn unpark(&self, cpu: usize, n: usize, k: usize) -> Option<u32> {
+        let nr = &self.pcpu().nodes[n];
+        let mut live = nr.live.lock();
+        let s = *live.parked[k].last()?;
+        let was = live.unpark(s, k, 1 << block_order(k));
+        let mut b = nr.cell(s).lock();
+        debug_assert!(was && b.cpu.is_none() && b.free == all_chunks(k), "a parked block is detached and free");
+        b.cpu = Some(cpu as u16);
+        Some(s)
     }
 
     /// Moves the dirty bits of the block at `head` (of kind `k`, off the free lists) from
@@ -239,13 +264,16 @@ impl<M: FrameMemory> Heap<M> {
         }
         let (o, shift) = FAST_ORDERS[k];
         let mut mask = 0u64;
+        let mut total = 0u64;
         for i in 0..1u32 << shift {
-            if st.dirty.count(head + (i << o), 1 << o) > 0 {
+            let c = st.dirty.count(head + (i << o), 1 << o);
+            if c > 0 {
                 mask |= 1 << i;
+                total += c as u64;
             }
         }
         let len = 1u32 << block_order(k);
-        st.free_dirty -= st.dirty.count(head, len) as u64;
+        st.free_dirty -= total;
         st.dirty.clear_all(head, len);
         debug_assert!(mask != 0, "a dirty hint means a dirty chunk");
         mask
@@ -283,10 +311,11 @@ impl<M: FrameMemory> Heap<M> {
         let abs = self.cell(n).base + off as u64;
         let whole = kind_of(order).filter(|_| !sealed).and_then(|k| {
             let idx = nr.index(k, abs);
-            let g = nr.tables[k][idx as usize].lock();
-            g.is_some().then_some((k, idx, g))
+            let s = nr.mapped(k, idx)?;
+            let b = nr.cell(s).lock();
+            (b.live == Some((k as u8, idx))).then_some((k, idx, s, b))
         });
-        let Some((k, idx, mut g)) = whole else {
+        let Some((k, idx, s, mut b)) = whole else {
             // Not a whole chunk of a live block of its order: the ordinary path, once any
             // block the frames are in is settled.
             if self.blocks_touch(n, abs, abs + (1 << order)) {
@@ -294,42 +323,53 @@ impl<M: FrameMemory> Heap<M> {
             }
             return None;
         };
-        let b = g.as_mut().expect("checked live under this lock");
         let i = ((abs - nr.region(k, idx)) >> order) as usize;
         let bit = 1u64 << i;
-        if b.free & bit != 0 {
+        if (b.free | b.scrubbing) & bit != 0 {
             return Some(Err(HeapError::NotAllocated { mfn: Mfn(abs) }));
         }
-        if b.owners[i] != owner.0 {
-            return Some(Err(HeapError::WrongOwner { mfn: Mfn(abs), owner, actual: DomId(b.owners[i]) }));
+        if b.owner_of(i) != owner.0 {
+            return Some(Err(HeapError::WrongOwner { mfn: Mfn(abs), owner, actual: DomId(b.owner_of(i)) }));
         }
         b.free |= bit;
         b.dirty |= bit;
         let idle = b.cpu.is_none() && b.free == all_chunks(k);
         let counters = &self.pcpu().cpus[cpu].nodes[n];
         counters.returned.fetch_add(1 << order, Relaxed);
-        drop(g);
+        drop(b);
         if idle {
-            let mut st = self.lock_node(n);
-            self.dissolve(&mut st, n, k, idx, true);
+            self.retire_idle(n, k, idx, s);
         }
         Some(Ok(()))
     }
 
-    /// Whether a live block of node `n` holds a frame of `[lo, hi)` (absolute): the table
-    /// entries for a range within a block's size, the live list for a larger one.
+    /// A detached block whose chunks are all free again (record `s`, region `idx` of kind
+    /// `k` on node `n`): parked for the next refill when the policy has background
+    /// scrubbers (they return parked blocks to the free lists, `scrub_step`) and the
+    /// node's parked frames stay within half its frames; else back to the free lists now.
+    fn retire_idle(&self, n: usize, k: usize, idx: u32, s: u32) {
+        let nr = &self.pcpu().nodes[n];
+        let len = 1u64 << block_order(k);
+        if self.policy().background_scrub() {
+            let mut live = nr.live.lock();
+            if live.parked_frames + len <= nr.park_limit {
+                let b = nr.cell(s).lock();
+                let idle = b.live == Some((k as u8, idx)) && b.cpu.is_none() && b.free == all_chunks(k);
+                if idle && !live.is_parked(s) {
+                    live.park(s, k, len);
+                }
+                // Otherwise another CPU changed it meanwhile (settled, or parked it).
+                return;
+            }
+        }
+        let mut st = self.lock_node(n);
+        self.dissolve(&mut st, n, s, Want::Idle(k, idx));
+    }
+
+    /// Whether a live block of node `n` holds a frame of `[lo, hi)` (absolute).
     fn blocks_touch(&self, n: usize, lo: u64, hi: u64) -> bool {
         let nr = &self.pcpu().nodes[n];
-        (0..KINDS).any(|k| {
-            if hi - lo <= 1 << block_order(k) {
-                (nr.index(k, lo)..=nr.index(k, hi - 1)).any(|i| nr.tables[k][i as usize].lock().is_some())
-            } else {
-                nr.live.lock().set.iter().any(|&(kk, idx)| {
-                    let r = nr.region(kk, idx);
-                    kk == k && r < hi && lo < r + (1u64 << block_order(k))
-                })
-            }
-        })
+        (0..KINDS).any(|k| (nr.index(k, lo)..=nr.index(k, hi - 1)).any(|i| nr.mapped(k, i).is_some()))
     }
 
     /// Settles every block of node `n` that holds a frame of `[off, off + len)`: its loans
@@ -343,18 +383,34 @@ impl<M: FrameMemory> Heap<M> {
         let lo = self.cell(n).base + off as u64;
         let hi = lo + len;
         let mut st = self.lock_node(n);
-        let hit: Vec<(usize, u32)> = nr
-            .live
-            .lock()
-            .set
-            .iter()
-            .copied()
-            .filter(|&(k, idx)| {
-                let r = nr.region(k, idx);
-                r < hi && lo < r + (1u64 << block_order(k))
-            })
-            .collect();
-        hit.into_iter().map(|(k, idx)| self.dissolve(&mut st, n, k, idx, false)).sum()
+        let mut freed = 0;
+        for k in 0..KINDS {
+            // Under the node lock no block is made or settled, so the map holds still.
+            for i in nr.index(k, lo)..=nr.index(k, hi - 1) {
+                if let Some(s) = nr.mapped(k, i) {
+                    freed += self.dissolve(&mut st, n, s, Want::Region(k, i));
+                }
+            }
+        }
+        freed
+    }
+
+    /// Returns up to [`CHUNKS_PER_STEP`] parked blocks of node `n` to its free lists (what
+    /// a background scrubber does before it looks for dirty chunks there, so the frames
+    /// puts left dirty are its to scrub). Returns the frames that went back.
+    pub(crate) fn return_parked(&self, n: usize) -> u64 {
+        let nr = &self.pcpu().nodes[n];
+        if nr.frames.load(Relaxed) == 0 || nr.live.lock().parked_frames == 0 {
+            return 0;
+        }
+        let mut st = self.lock_node(n);
+        let mut freed = 0;
+        for _ in 0..CHUNKS_PER_STEP {
+            let next = nr.live.lock().parked.iter().find_map(|l| l.last().copied());
+            let Some(s) = next else { break };
+            freed += self.dissolve(&mut st, n, s, Want::Parked);
+        }
+        freed
     }
 
     /// The chunk of a live block holding `mfn` (on node `n`), for [`Heap::chunk_at`]: a
@@ -366,22 +422,24 @@ impl<M: FrameMemory> Heap<M> {
         }
         (0..KINDS).find_map(|k| {
             let idx = nr.index(k, mfn.0);
-            let g = nr.tables[k][idx as usize].lock();
-            let b = g.as_ref()?;
+            let b = nr.cell(nr.mapped(k, idx)?).lock();
+            if b.live != Some((k as u8, idx)) {
+                return None;
+            }
             let o = FAST_ORDERS[k].0;
             let i = ((mfn.0 - nr.region(k, idx)) >> o) as usize;
-            let owner = if b.free & (1 << i) != 0 { RESERVE_OWNER } else { DomId(b.owners[i]) };
+            let owner = if b.loaned(k) & (1 << i) == 0 { RESERVE_OWNER } else { DomId(b.owner_of(i)) };
             let state = crate::heap::ChunkState::Allocated { owner, pins: 0, movable: false, sealed: false };
             let extent = Extent { mfn: Mfn(mfn.0 >> o << o), order: o, node: n };
             Some(crate::heap::ChunkInfo { extent, zone: Zone::Normal, state })
         })
     }
 
-    /// Returns the frames of CPU `cpu`'s reserve (`None`: of every CPU, and every block
-    /// still lent out) to the nodes' free lists: loaned chunks of a settled block become
-    /// ordinary allocations of their owners. Returns the frames that went back. A block
-    /// whose CPU is inside [`Heap::scrub_reserve`] zeroing some of its chunks right now is
-    /// left as it is (for at most that call).
+    /// Returns the frames of CPU `cpu`'s reserve (`None`: of every CPU, every parked
+    /// block and every block still lent out) to the nodes' free lists: loaned chunks of a
+    /// settled block become ordinary allocations of their owners. Returns the frames that
+    /// went back. A block whose CPU is inside [`Heap::scrub_reserve`] zeroing some of its
+    /// chunks right now is left as it is (for at most that call).
     pub fn drain(&self, cpu: Option<usize>) -> Result<u64, HeapError> {
         let Some(cpu) = cpu else {
             return Ok((0..self.node_count()).map(|n| self.settle(n, 0, self.cell(n).frames)).sum());
@@ -391,9 +449,9 @@ impl<M: FrameMemory> Heap<M> {
         let mut freed = 0;
         for n in 0..self.node_count() {
             for k in 0..KINDS {
-                if let Some(idx) = slot.current[n][k].take() {
-                    let r = self.pcpu().nodes[n].region(k, idx);
-                    freed += self.settle(n, (r - self.cell(n).base) as u32, 1);
+                if let Some(s) = slot.current[n][k].take() {
+                    let mut st = self.lock_node(n);
+                    freed += self.dissolve(&mut st, n, s, Want::Current(cpu, k));
                 }
             }
         }
@@ -409,22 +467,29 @@ impl<M: FrameMemory> Heap<M> {
         self.drain(None).expect("draining every CPU names no CPU")
     }
 
-    /// Settles block `idx` of kind `k` on node `n` (whose lock `st` is): every free chunk
-    /// back to the free lists (dirty ones marked dirty in the node's bitmap), every loaned
-    /// one an ordinary allocation of its owner. With `only_idle`, only if the block is
-    /// detached and all free. Returns the frames that went back.
-    fn dissolve(&self, st: &mut NodeGuard<'_>, n: usize, k: usize, idx: u32, only_idle: bool) -> u64 {
+    /// Settles the block in record `s` of node `n` (whose lock `st` is), if it is still
+    /// the one `want` names: every free chunk back to the free lists (dirty ones marked
+    /// dirty in the node's bitmap), every loaned one an ordinary allocation of its owner.
+    /// Returns the frames that went back.
+    fn dissolve(&self, st: &mut NodeGuard<'_>, n: usize, s: u32, want: Want) -> u64 {
         let nr = &self.pcpu().nodes[n];
-        let mut g = nr.tables[k][idx as usize].lock();
-        if only_idle && !g.as_ref().is_some_and(|b| b.cpu.is_none() && b.free == all_chunks(k)) {
+        let mut live = nr.live.lock();
+        let mut b = nr.cell(s).lock();
+        let Some((k, idx)) = b.live.map(|(k, i)| (k as usize, i)) else { return 0 };
+        let len = 1u64 << block_order(k);
+        let wanted = match want {
+            Want::Region(wk, wi) => (wk, wi) == (k, idx),
+            Want::Idle(wk, wi) => {
+                (wk, wi) == (k, idx) && b.cpu.is_none() && b.free == all_chunks(k) && !live.is_parked(s)
+            }
+            Want::Parked => live.is_parked(s),
+            Want::Current(cpu, wk) => wk == k && b.cpu == Some(cpu as u16),
+        };
+        // A block whose CPU is zeroing some of its free chunks outside the lock is left.
+        if !wanted || b.scrubbing != 0 {
             return 0;
         }
-        if g.as_ref().is_some_and(|b| b.scrubbing != 0) {
-            // Its CPU is zeroing some of its free chunks outside the lock: left for now.
-            return 0;
-        }
-        let Some(b) = g.take() else { return 0 };
-        drop(g);
+        live.unpark(s, k, len);
         let head = (nr.region(k, idx) - st.base) as u32;
         let h = st.head(head);
         debug_assert!(h.state == State::Allocated && h.order == block_order(k) && h.owner == RESERVE_OWNER);
@@ -433,16 +498,14 @@ impl<M: FrameMemory> Heap<M> {
         } else {
             Self::return_parts(st, head, k, &b)
         };
-        let mut live = nr.live.lock();
-        let was = live.set.remove(&(k, idx));
-        if live.spare.len() < MAX_SPARE {
-            live.spare.push(b);
-        }
+        (b.live, b.cpu, b.free, b.dirty) = (None, None, 0, 0);
+        nr.set_map(k, idx, None);
+        live.free.push(s);
+        drop(b);
         drop(live);
-        debug_assert!(was, "a live block is on the live list");
-        nr.frames.fetch_sub(1 << block_order(k), Relaxed);
+        nr.frames.fetch_sub(len, Relaxed);
         nr.settled.fetch_add(loaned, Relaxed);
-        debug_assert_eq!(freed + loaned, 1 << block_order(k));
+        debug_assert_eq!(freed + loaned, len);
         freed
     }
 
@@ -451,18 +514,20 @@ impl<M: FrameMemory> Heap<M> {
     fn return_whole(st: &mut NodeState, head: u32, k: usize, dirty: u64) -> (u64, u64) {
         let (o, _) = FAST_ORDERS[k];
         let len = 1u32 << block_order(k);
-        if dirty == all_chunks(k) {
-            st.dirty.set_all(head, len);
-        } else {
-            let mut bits = dirty;
-            while bits != 0 {
-                st.dirty.set_all(head + (bits.trailing_zeros() << o), 1 << o);
-                bits &= bits - 1;
-            }
-        }
-        debug_assert_eq!(st.dirty.count(head, len), dirty.count_ones() << o, "each dirty chunk marked whole");
         st.clear_head(head);
         st.allocated -= len as u64;
+        if dirty == all_chunks(k) {
+            // All dirty (the common case: every chunk lent and put back): one release,
+            // which knows the dirty count without counting it.
+            st.release(head, block_order(k), false);
+            return (0, len as u64);
+        }
+        let mut bits = dirty;
+        while bits != 0 {
+            st.dirty.set_all(head + (bits.trailing_zeros() << o), 1 << o);
+            bits &= bits - 1;
+        }
+        debug_assert_eq!(st.dirty.count(head, len), dirty.count_ones() << o, "each dirty chunk marked whole");
         st.put_back(head, block_order(k));
         (0, len as u64)
     }
@@ -475,7 +540,7 @@ impl<M: FrameMemory> Heap<M> {
         // The block's head goes; each loan gets its own head and record.
         st.clear_head(head);
         for i in (0..1u32 << shift).filter(|i| b.free & (1 << i) == 0) {
-            st.set_allocated(head + (i << o), o, DomId(b.owners[i as usize]), false, false);
+            st.set_allocated(head + (i << o), o, DomId(b.owner_of(i as usize)), false, false);
             loaned += 1 << o;
         }
         let mut freed = 0u64;
@@ -501,8 +566,8 @@ impl<M: FrameMemory> Heap<M> {
         let mut done = 0u64;
         for n in 0..self.node_count() {
             for k in 0..KINDS {
-                let Some(idx) = slot.current[n][k] else { continue };
-                done += self.scrub_block(cpu, n, k, idx, budget - done);
+                let Some(s) = slot.current[n][k] else { continue };
+                done += self.scrub_block(cpu, n, k, s, budget - done);
             }
         }
         Ok(done)
@@ -510,12 +575,14 @@ impl<M: FrameMemory> Heap<M> {
 
     /// Zeroes up to `budget` frames of dirty free chunks of a CPU's current block; the
     /// chunks are taken out of the free mask meanwhile, so no get hands them out.
-    fn scrub_block(&self, cpu: usize, n: usize, k: usize, idx: u32, budget: u64) -> u64 {
+    fn scrub_block(&self, cpu: usize, n: usize, k: usize, s: u32, budget: u64) -> u64 {
         let nr = &self.pcpu().nodes[n];
         let (o, _) = FAST_ORDERS[k];
         let fit = (budget >> o).min(64) as u32;
-        let mut g = nr.tables[k][idx as usize].lock();
-        let Some(b) = g.as_mut().filter(|b| b.cpu == Some(cpu as u16)) else { return 0 };
+        let mut b = nr.cell(s).lock();
+        let Some((_, idx)) = b.live.filter(|&(kk, _)| kk as usize == k && b.cpu == Some(cpu as u16)) else {
+            return 0;
+        };
         let mut take = b.free & b.dirty;
         while take.count_ones() > fit {
             take &= take - 1;
@@ -527,7 +594,7 @@ impl<M: FrameMemory> Heap<M> {
         // and it holds its slot until they are back.
         b.free &= !take;
         b.scrubbing |= take;
-        drop(g);
+        drop(b);
         let base = nr.region(k, idx);
         let mut bits = take;
         while bits != 0 {
@@ -535,28 +602,40 @@ impl<M: FrameMemory> Heap<M> {
             self.memory().zero(Mfn(base + (i << o)), 1 << o);
             bits &= bits - 1;
         }
-        let mut g = nr.tables[k][idx as usize].lock();
-        let b = g.as_mut().expect("a block with chunks out for scrubbing is never settled");
+        let mut b = nr.cell(s).lock();
+        debug_assert!(b.live == Some((k as u8, idx)), "a block with chunks out for scrubbing is never settled");
         b.free |= take;
         b.dirty &= !take;
         b.scrubbing &= !take;
-        drop(g);
+        drop(b);
         let frames = (take.count_ones() as u64) << o;
         self.account(n, crate::heap::Source::Background, frames);
         frames
     }
 
-    /// The fast path's invariants on node `n` (whose lock the caller holds): the live list
-    /// and the tables agree, every live block is a reserve-owned allocated chunk of its
-    /// block order, dirty chunks are free, and the reserved count matches the blocks.
+    /// The fast path's invariants on node `n` (whose lock the caller holds): the maps and
+    /// the records agree, every live block is a reserve-owned allocated chunk of its block
+    /// order, dirty chunks are free, parked blocks are detached and free, and the reserved
+    /// count matches the blocks.
     pub(crate) fn check_reserves(&self, n: usize, st: &NodeState) -> Result<(), InvariantViolation> {
         let nr = &self.pcpu().nodes[n];
         let fail = |m: alloc::string::String| Err(InvariantViolation(format!("node {n}: reserve: {m}")));
-        let live: Vec<(usize, u32)> = nr.live.lock().set.iter().copied().collect();
-        let guards: Vec<_> = live.iter().map(|&(k, idx)| nr.tables[k][idx as usize].lock()).collect();
-        let (mut frames, mut free) = (0u64, 0u64);
-        for (&(k, idx), g) in live.iter().zip(&guards) {
-            let Some(b) = g.as_ref() else { return fail(format!("live block {k}/{idx} has no entry")) };
+        let live = nr.live.lock();
+        let (mut frames, mut free, mut parked) = (0u64, 0u64, 0u64);
+        let mut blocks = Vec::new();
+        for s in 0..live.high {
+            let b = nr.cell(s).lock();
+            let Some((k8, idx)) = b.live else {
+                if live.is_parked(s) {
+                    return fail(format!("record {s} is parked but holds no block"));
+                }
+                continue;
+            };
+            let k = k8 as usize;
+            blocks.push((k, idx, s));
+            if nr.mapped(k, idx) != Some(s) {
+                return fail(format!("record {s} holds block {k}/{idx}, which the map does not name"));
+            }
             let head = (nr.region(k, idx) - st.base) as u32;
             let Some(h) = st.head_at(head) else { return fail(format!("block at {head} starts no chunk")) };
             if h.state != State::Allocated || h.order != block_order(k) || h.owner != RESERVE_OWNER {
@@ -564,23 +643,26 @@ impl<M: FrameMemory> Heap<M> {
             }
             let idle = b.free | b.scrubbing;
             if b.dirty & !idle != 0 || idle & !all_chunks(k) != 0 || b.free & b.scrubbing != 0 {
-                let (d, f, s) = (b.dirty, b.free, b.scrubbing);
-                return fail(format!("block at {head}: dirty {d:#x}, free {f:#x}, scrubbing {s:#x}"));
+                let (d, f, sc) = (b.dirty, b.free, b.scrubbing);
+                return fail(format!("block at {head}: dirty {d:#x}, free {f:#x}, scrubbing {sc:#x}"));
             }
-            let loaned = all_chunks(k) & !idle;
-            if (0..64).any(|i| loaned & (1 << i) != 0 && b.owners[i] == RESERVE_OWNER.0) {
+            let loaned = b.loaned(k);
+            if (0..64).any(|i| loaned & (1 << i) != 0 && b.owner_of(i) == RESERVE_OWNER.0) {
                 return fail(format!("block at {head} lends a chunk to the reserve itself"));
+            }
+            if live.is_parked(s) {
+                if b.cpu.is_some() || b.free != all_chunks(k) {
+                    return fail(format!("parked block at {head} is current or has loans"));
+                }
+                parked += 1 << block_order(k);
             }
             frames += 1 << block_order(k);
             free += (idle.count_ones() as u64) << FAST_ORDERS[k].0;
         }
-        let listed = &live;
-        for (k, table) in nr.tables.iter().enumerate() {
-            for (i, e) in table.iter().enumerate() {
-                if listed.binary_search(&(k, i as u32)).is_err() && e.lock().is_some() {
-                    return fail(format!("block {k}/{i} is live but not on the live list"));
-                }
-            }
+        let mapped: usize = nr.map.iter().map(|m| m.iter().filter(|e| e.load(Relaxed) != 0).count()).sum();
+        if mapped != blocks.len() || parked != live.parked_frames {
+            let (b, p) = (blocks.len(), live.parked_frames);
+            return fail(format!("{mapped} map entries for {b} blocks; {parked} frames parked, counted {p}"));
         }
         if frames != nr.frames.load(Relaxed) || free != self.pcpu().reserved(n) {
             return fail(format!(
@@ -591,6 +673,20 @@ impl<M: FrameMemory> Heap<M> {
         }
         Ok(())
     }
+}
+
+/// Which block [`Heap::dissolve`] is to settle, checked under the record's lock: the
+/// record may have moved on since it was named.
+#[derive(Clone, Copy)]
+enum Want {
+    /// The block of region `.1` of kind `.0`, whatever its state (settling a range).
+    Region(usize, u32),
+    /// That block, only if it is detached, all free and not parked (a put's last chunk).
+    Idle(usize, u32),
+    /// Whatever block the record holds, only if it is parked.
+    Parked,
+    /// The block of kind `.1` if it is CPU `.0`'s current one.
+    Current(usize, usize),
 }
 
 /// What [`Heap::take_from_block`] found.

@@ -31,12 +31,19 @@ impl<M: FrameMemory> Heap<M> {
     /// another is short; then it takes any dirty free chunks (largest first, its own
     /// node first). Chunks are scrubbed in batches outside the lock, asking `preempt`
     /// after each batch and handing a chunk back at once if an allocator needs it.
-    /// Zeroes at most `budget` frames. Returns the frames zeroed; 0 means there was
+    /// Before it looks for dirty chunks it returns up to `CHUNKS_PER_STEP` blocks the
+    /// per-CPU fast path parked (their chunks freed by `put`) of each node it serves to the
+    /// free lists. Zeroes at most `budget` frames. Returns the frames zeroed; 0 means there was
     /// nothing to do (or the policy does no background scrubbing).
     pub fn scrub_step(&self, node: usize, budget: u64, preempt: &dyn Preempt) -> Result<u64, HeapError> {
         self.node(node)?;
         if !self.config().policy.background_scrub() {
             return Ok(0);
+        }
+        // Blocks the fast path parked after puts hold dirty frames: back to the free
+        // lists, where the loops below find them (a bounded number per node and step).
+        for &m in self.served(node) {
+            self.return_parked(m);
         }
         let mut done = 0u64;
         if self.config().policy == Policy::Scrubheap {

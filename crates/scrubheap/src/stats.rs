@@ -24,7 +24,8 @@ macro_rules! frame_counters {
             /// every claim (node and global) not yet allocated in [`HeapStats`].
             pub claimed: u64,
             /// Free frames in the per-CPU fast path's reserves (not in `free_*`, not
-            /// allocated).
+            /// allocated), parked blocks included (their frames are dirty until a
+            /// `scrub_step` returns them to the free lists).
             pub reserved: u64,
             $($(#[$fm])* pub $field: $ty,)*
         }

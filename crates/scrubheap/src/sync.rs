@@ -3,9 +3,14 @@
 //! descheduled), and loom's model-checked types under `cfg(loom)`.
 
 #[cfg(not(loom))]
-pub(crate) use core::sync::atomic::AtomicU64;
+pub(crate) use core::sync::atomic::{AtomicU32, AtomicU64};
 #[cfg(loom)]
-pub(crate) use loom::sync::atomic::AtomicU64;
+pub(crate) use loom::sync::atomic::{AtomicU32, AtomicU64};
+
+/// A value built once, on first use, then shared: the fast path's record segments. Only
+/// ever initialised under a node lock, so no thread spins on another's initialisation
+/// (which would stall a loom model); readers that find it empty do not wait.
+pub(crate) type Once<T> = spin::Once<T>;
 
 /// A mutex whose `lock` returns the guard directly.
 pub(crate) struct Mutex<T>(Inner<T>);

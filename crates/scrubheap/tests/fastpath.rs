@@ -56,11 +56,64 @@ fn a_block_serves_64_gets_then_a_new_one_is_taken() {
         h.put(0, x.mfn, 0, DomId(1)).unwrap();
     }
     let s = h.stats();
-    assert_eq!((s.allocated, s.reserved), (0, 64), "the detached block went back whole, the current one stays");
+    assert_eq!(
+        (s.allocated, s.reserved, s.free_dirty),
+        (0, 128, 0),
+        "the detached block is parked, the current one stays"
+    );
+    settled(&h, 1 << 12);
+    // A background scrubber returns the parked block to the free lists, then scrubs it.
+    assert_eq!(h.scrub_step(0, 0, &NeverPreempt).unwrap(), 0, "no budget: nothing zeroed");
+    let s = h.stats();
+    assert_eq!((s.allocated, s.reserved), (0, 64), "the parked block went back whole, the current one stays");
     assert_eq!(s.free_dirty, 64, "the returned block's frames are dirty");
     settled(&h, 1 << 12);
     assert_eq!(h.drain(None).unwrap(), 64);
     assert_eq!(h.stats().reserved, 0);
+    settled(&h, 1 << 12);
+}
+
+#[test]
+fn a_parked_block_serves_the_next_refill_and_drains() {
+    let h = heap(1 << 12, 2);
+    let got: Vec<Extent> = (0..65).map(|_| h.get(0, &req(0, 1)).unwrap()).collect();
+    let first = got[0].mfn.0 & !63;
+    for x in &got[..64] {
+        h.put(1, x.mfn, 0, DomId(1)).unwrap();
+    }
+    assert_eq!(h.stats().reserved, 127, "the first block is parked: 64 free, and 63 of the current one");
+    settled(&h, 1 << 12);
+    // CPU 1 takes dirty memory as it is: its first refill takes the parked block.
+    let e = h.get(1, &req(0, 2).noscrub()).unwrap();
+    assert_eq!(e.mfn.0 & !63, first, "the parked block is reused");
+    assert_eq!(
+        h.chunk_at(e.mfn).unwrap().state,
+        ChunkState::Allocated { owner: DomId(2), pins: 0, movable: false, sealed: false }
+    );
+    // A put of a frame the owner does not hold is refused, the heap unchanged.
+    let before = h.stats();
+    assert!(matches!(h.put(0, e.mfn, 0, DomId(1)), Err(HeapError::WrongOwner { .. })));
+    assert!(matches!(h.put(0, Mfn(e.mfn.0 + 1), 0, DomId(2)), Err(HeapError::NotAllocated { .. })));
+    assert_eq!(h.stats(), before);
+    h.put(1, e.mfn, 0, DomId(2)).unwrap();
+    h.put(0, got[64].mfn, 0, DomId(1)).unwrap();
+    settled(&h, 1 << 12);
+    assert_eq!(h.drain(None).unwrap(), 128);
+    assert_eq!(h.stats().reserved, 0);
+    settled(&h, 1 << 12);
+}
+
+#[test]
+fn without_background_scrubbers_an_idle_block_goes_back_at_once() {
+    let mut c = HeapConfig::uniform(1, 1 << 12).with_cpus(1);
+    c.policy = Policy::Alloc;
+    let h = Heap::new(c, TestMemory::new(Mfn(0), 1 << 12, 8)).unwrap();
+    let got: Vec<Extent> = (0..65).map(|_| h.get(0, &req(0, 1)).unwrap()).collect();
+    for x in &got {
+        h.put(0, x.mfn, 0, DomId(1)).unwrap();
+    }
+    let s = h.stats();
+    assert_eq!((s.reserved, s.free_dirty), (64, 64), "nothing parked: no scrubber would return it");
     settled(&h, 1 << 12);
 }
 

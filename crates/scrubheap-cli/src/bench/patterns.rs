@@ -20,15 +20,16 @@
 //! requests that need scrubbed memory), and `buddy_system_allocator` behind a mutex.
 //! Every subject is called every [`MAINTAIN_EVERY`] operations inside the timed loops
 //! (clean scrubheap zeroes its CPU's reserve then: `scrub_reserve`, its time counted;
-//! the others do nothing) and between timed phases (clean scrubheap runs `scrub_step`
-//! over every node and `scrub_reserve` of every CPU there, untimed: the idle scrubbers
-//! keeping up; the others do nothing). Dirty scrubheap starts with every frame dirty and
-//! never scrubs in the background, so each get zeroes in place what it hands out
-//! (`NullMemory`: the bookkeeping only).
+//! the others do nothing) and between timed phases (clean scrubheap runs `scrub_reserve`
+//! of every CPU, then `scrub_step` until it has nothing left to do, which also returns
+//! the blocks puts parked to the free lists, untimed: the idle scrubbers keeping up; the
+//! others do nothing). Dirty scrubheap starts with every frame dirty and never scrubs in
+//! the background, so each get zeroes in place what it hands out (`NullMemory`: the
+//! bookkeeping only), and its parked blocks serve its refills.
 
 use anyhow::{bail, ensure, Context};
 use buddy_system_allocator::FrameAllocator;
-use scrubheap::{AllocRequest, DomId, Heap, HeapConfig, Mfn, NeverPreempt, NullMemory};
+use scrubheap::{AllocRequest, DomId, Heap, HeapConfig, Mfn, NeverPreempt, NullMemory, FAST_ORDERS};
 use scrubheap_host::median;
 use serde::Serialize;
 use std::path::{Path, PathBuf};
@@ -193,7 +194,14 @@ impl Subject for Scrub {
             for t in 0..MAX_THREADS {
                 let _ = self.heap.scrub_reserve(t, u64::MAX);
             }
-            let _ = self.heap.scrub_step(0, u64::MAX, &NeverPreempt);
+            // Each step also returns a bounded number of the blocks puts parked to the
+            // free lists; steps until nothing is left to scrub (at most one per block).
+            let most = self.heap.stats().total() >> FAST_ORDERS[0].1;
+            for _ in 0..=most {
+                if self.heap.scrub_step(0, u64::MAX, &NeverPreempt).unwrap_or(0) == 0 {
+                    break;
+                }
+            }
         }
     }
     fn allocated(&self) -> u64 {
@@ -544,8 +552,10 @@ fn case(cfg: &Config, pattern: &str, order: u8, threads: usize, meta: &mut u64) 
 fn scrubheap_metadata(frames: u64) -> anyhow::Result<(f64, f64, f64)> {
     let f = frames as f64;
     let slot = scrubheap::METADATA_BITS_PER_FRAME as f64 / 8.0;
-    // One 16-byte table entry per block region of each fast order.
-    let tables: f64 = scrubheap::FAST_ORDERS.iter().map(|&(o, s)| 16.0 / (1u64 << (o + s)) as f64).sum();
+    // Per block region of each fast order: a 4-byte map entry, and a 16-byte pointer per
+    // segment of 128 records (the heap's `reserve.rs`).
+    let tables: f64 =
+        scrubheap::FAST_ORDERS.iter().map(|&(o, s)| (4.0 + 16.0 / 128.0) / (1u64 << (o + s)) as f64).sum();
     let s = Scrub::new(frames, true)?;
     let fixed = s.heap.metadata_bytes() as f64 / f;
     let (allocs, _) = sizes(frames, 0);
@@ -647,7 +657,7 @@ pub fn print(r: &Report) {
     }
     let m = &r.metadata;
     println!(
-        "metadata bytes/frame: scrubheap {:.3} by formula (12-byte slot + dirty bit + 16-byte block-table entry per 64 frames and per 8192), {:.3} measured on a fresh heap, + {:.3} of live block records at an order-0 bulk's peak; LLFree {}",
+        "metadata bytes/frame: scrubheap {:.3} by formula (12-byte slot + dirty bit + a fast-path map entry of 4.125 bytes per 64 frames and per 8192), {:.3} measured on a fresh heap, + {:.3} of live block records at an order-0 bulk's peak; LLFree {}",
         m.scrubheap_formula,
         m.scrubheap_measured,
         m.scrubheap_blocks_peak,
