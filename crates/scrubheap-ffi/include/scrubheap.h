@@ -156,6 +156,13 @@ enum ScrubheapStatus
   SCRUBHEAP_E_NEEDS_SCRUB_TICKET = -37,
   // An offline that has ended was advanced again.
   SCRUBHEAP_E_OFFLINE_FINISHED = -38,
+  // A range held as more chunks than one call walks under the node lock: do it as a
+  // job (`scrubheap_range_start`).
+  SCRUBHEAP_E_TOO_MANY_CHUNKS = -39,
+  // A job was cancelled before its point of no return and rolled back.
+  SCRUBHEAP_E_JOB_CANCELLED = -40,
+  // A job that has ended was advanced again.
+  SCRUBHEAP_E_JOB_FINISHED = -41,
 };
 #ifndef __cplusplus
 #if __STDC_VERSION__ >= 202311L

@@ -48,6 +48,7 @@ mod pcpu;
 mod pin;
 mod policy;
 mod preempt;
+mod range;
 mod reserve;
 mod scrub;
 mod sparse;
@@ -76,6 +77,7 @@ pub use pcpu::{FAST_ORDERS, MAX_CPUS, RESERVE_OWNER};
 pub use pin::{MetadataMigrator, Migrator, NoMigration};
 pub use policy::{Policy, UnknownPolicy};
 pub use preempt::{BatchLimit, NeverPreempt, Preempt};
+pub use range::{PinJob, RangeJob, RangeOp};
 pub use sparse::SparseMemory;
 pub use stats::{HeapStats, NodeStats, ScrubBytes, ZoneStats};
 #[cfg(any(test, feature = "testing"))]
