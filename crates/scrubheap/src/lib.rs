@@ -44,6 +44,7 @@ mod memory;
 mod node;
 mod observe;
 mod offline;
+mod online;
 mod pcpu;
 mod pin;
 mod policy;
@@ -73,6 +74,7 @@ pub use observe::LockObserver;
 pub use offline::{
     Broken, Deadline, NoDeadline, OfflineJob, Offlined, StepBudget, CHUNKS_PER_STEP, MAX_BLOCKERS, MAX_BUSY_POLLS,
 };
+pub use online::OnlineJob;
 pub use pcpu::{FAST_ORDERS, MAX_CPUS, RESERVE_OWNER};
 pub use pin::{MetadataMigrator, Migrator, NoMigration};
 pub use policy::{Policy, UnknownPolicy};

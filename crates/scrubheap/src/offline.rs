@@ -462,7 +462,7 @@ enum Chunks {
 
 impl<M: FrameMemory> Heap<M> {
     /// Validates `count` frames from `first` inside one node: the node and offsets.
-    fn locate_range(&self, first: Mfn, count: u64) -> Result<(usize, u32, u32), HeapError> {
+    pub(crate) fn locate_range(&self, first: Mfn, count: u64) -> Result<(usize, u32, u32), HeapError> {
         let n = self.node_of(first)?;
         let (base, end) = (self.cell(n).base, self.cell(n).base + self.cell(n).frames);
         match first.0.checked_add(count) {
@@ -773,44 +773,9 @@ impl<M: FrameMemory> Heap<M> {
         self.cell(node).publish(&st);
     }
 
-    /// Returns `count` offline frames from `first` (inside one node) to service, dirty:
-    /// whatever the hardware holds is treated as a previous owner's bytes. Broken frames
-    /// in the range stay out of service. Every frame of the range must be offline or
-    /// broken; otherwise nothing changes (`HeapError::NotOffline`).
-    ///
-    /// Works in steps of at most [`CHUNKS_PER_STEP`] chunks under the node lock, asking
-    /// `preempt` between two steps: first a check of the whole range, then the return to
-    /// service. The call cannot stop halfway (the range would be half in service), so a
-    /// `true` from `preempt` does not end it early. Returns the frames put back in
-    /// service (frames another online put back meanwhile are not counted).
-    pub fn online(&self, first: Mfn, count: u64, preempt: &dyn Preempt) -> Result<u64, HeapError> {
-        let (n, lo, hi) = self.locate_range(first, count)?;
-        let mut pos = lo;
-        while pos < hi {
-            let (next, walked) = self.online_check(n, pos, hi)?;
-            debug_assert!(next > pos);
-            pos = next;
-            preempt.walked(walked);
-            preempt.check();
-        }
-        self.online_split_edges(n, lo, hi);
-        let mut pos = lo;
-        let mut back = 0u64;
-        while pos < hi {
-            let (next, frames, walked) = self.online_put_back(n, pos, hi);
-            pos = next;
-            back += frames;
-            preempt.walked(walked);
-            if pos < hi {
-                preempt.check();
-            }
-        }
-        Ok(back)
-    }
-
     /// Checks up to [`CHUNKS_PER_STEP`] chunks of an online from `pos`: each must be
     /// offline or broken. Returns where it stopped and the chunks walked.
-    fn online_check(&self, n: usize, mut pos: u32, hi: u32) -> Result<(u32, u64), HeapError> {
+    pub(crate) fn online_check(&self, n: usize, mut pos: u32, hi: u32) -> Result<(u32, u64), HeapError> {
         let st = self.lock_node(n);
         let mut walked = 0;
         while walked < CHUNKS_PER_STEP as u64 && pos < hi {
@@ -833,7 +798,7 @@ impl<M: FrameMemory> Heap<M> {
     }
 
     /// Splits offline chunks that straddle either end of `[lo, hi)` (O(MAX_ORDER) each).
-    fn online_split_edges(&self, n: usize, lo: u32, hi: u32) {
+    pub(crate) fn online_split_edges(&self, n: usize, lo: u32, hi: u32) {
         let mut st = self.lock_node(n);
         for edge in [lo, hi] {
             while edge < st.frames {
@@ -849,7 +814,7 @@ impl<M: FrameMemory> Heap<M> {
 
     /// Returns up to [`CHUNKS_PER_STEP`] offline chunks from `pos` to service. Returns
     /// where it stopped, the frames put back and the chunks walked.
-    fn online_put_back(&self, n: usize, mut pos: u32, hi: u32) -> (u32, u64, u64) {
+    pub(crate) fn online_put_back(&self, n: usize, mut pos: u32, hi: u32) -> (u32, u64, u64) {
         let mut st = self.lock_node(n);
         let (mut back, mut walked) = (0u64, 0u64);
         while walked < CHUNKS_PER_STEP as u64 && pos < hi {

@@ -318,3 +318,75 @@ fn a_pin_job_of_many_chunks_moves_and_frees_in_counted_steps() {
     assert!((0..).find_map(|_| job.advance(&NoMigration, &NeverPreempt).unwrap()).is_some());
     assert!(matches!(job.advance(&NoMigration, &NeverPreempt), Err(HeapError::JobFinished { .. })));
 }
+
+#[test]
+fn an_online_job_yields_between_steps_and_a_cancel_changes_nothing() {
+    let w = World::new(false, true);
+    fragment(&w, 0, 16);
+    let (first, count) = (Mfn(NODE / 2), NODE / 2);
+    let mover = Mover(w.heap.memory());
+    w.heap.offline(first, count, &mover, &NoDeadline, &NeverPreempt).unwrap();
+    let offline = w.heap.stats();
+    // Cancelled while it checks: nothing changed.
+    let (r, _, _) = w.counted("online job cancelled while checking", true, |p| {
+        let mut job = w.heap.online_start(first, count).unwrap();
+        assert!(job.advance(p).unwrap().is_none());
+        job.cancel();
+        job.advance(p)
+    });
+    assert!(matches!(r, Err(HeapError::JobCancelled { job: "online", .. })), "{r:?}");
+    assert_eq!(w.heap.stats(), offline);
+    // Yielding after every step: thousands of chunks, CHUNKS_PER_STEP at a time.
+    let (back, max, total) = w.counted("online job, yielding", true, |p| {
+        let mut job = w.heap.online_start(first, count).unwrap();
+        let mut calls = 0;
+        let back = (0..).find_map(|_| {
+            calls += 1;
+            job.advance(p).unwrap()
+        });
+        assert!(calls > 2 * 4096 / CHUNKS_PER_STEP, "{calls} calls: it returned between steps");
+        assert!(matches!(job.advance(p), Err(HeapError::JobFinished { .. })));
+        back.unwrap()
+    });
+    assert_eq!(back, count);
+    assert!(max <= CHUNKS_PER_STEP as u64 && total >= 2 * 4096, "{max} {total}");
+    // Dropped once past its check: it finishes (nothing of the range stays offline).
+    w.heap.offline(first, count, &mover, &NoDeadline, &NeverPreempt).unwrap();
+    {
+        let mut job = w.heap.online_start(first, count).unwrap();
+        while !job.committed() {
+            assert!(job.advance(&|| true).unwrap().is_none());
+        }
+    }
+    assert_eq!(w.heap.stats().offline, 0);
+    w.heap.check_invariants().unwrap();
+}
+
+#[test]
+fn a_pin_job_cancelled_in_its_move_leaves_the_owner_where_it_was() {
+    let w = World::new(false, true);
+    let e = w.heap.alloc(&AllocRequest::new(16, DomId(1)).exact(0).movable()).unwrap();
+    let before = (w.heap.stats(), w.heap.chunk_at(e.mfn).unwrap());
+    let mover = Mover(w.heap.memory());
+    let (r, max, total) = w.counted("pin job cancelled after 10 pieces", true, |p| {
+        let mut job = w.heap.pin_start(e.mfn, 16, DomId(1)).unwrap();
+        for _ in 0..12 {
+            assert!(job.advance(&mover, p).unwrap().is_none());
+        }
+        job.cancel();
+        (0..).find_map(|_| job.advance(&mover, p).transpose()).unwrap()
+    });
+    assert!(matches!(r, Err(HeapError::JobCancelled { job: "pin", .. })), "{r:?}");
+    assert!(max <= w.bound() && total >= 10 * 256, "{max} {total}");
+    let after = (w.heap.stats(), w.heap.chunk_at(e.mfn).unwrap());
+    assert_eq!((after.0.allocated, after.1), (before.0.allocated, before.1));
+    // Dropped in its move: the same.
+    {
+        let mut job = w.heap.pin_start(e.mfn, 16, DomId(1)).unwrap();
+        for _ in 0..5 {
+            assert!(job.advance(&mover, &|| true).unwrap().is_none());
+        }
+    }
+    assert_eq!(w.heap.chunk_at(e.mfn).unwrap(), before.1);
+    w.heap.check_invariants().unwrap();
+}
