@@ -24,6 +24,19 @@
 #include <stddef.h>
 #include <stdint.h>
 
+// `scrubheap_range_start`: free the range (every frame the owner's, unpinned).
+#define SCRUBHEAP_RANGE_FREE 0
+
+// `scrubheap_range_start`: a long-term pin, moving the range out of the Movable zone
+// first (as `scrubheap_pin_start`).
+#define SCRUBHEAP_RANGE_PIN 1
+
+// `scrubheap_range_start`: a pin where the frames are (a baseline).
+#define SCRUBHEAP_RANGE_PIN_IN_PLACE 2
+
+// `scrubheap_range_start`: drop one pin from every frame.
+#define SCRUBHEAP_RANGE_UNPIN 3
+
 // `ScrubheapConfig::policy`: idle scrubbing, preemptible in-place scrubbing (the design).
 #define SCRUBHEAP_POLICY_SCRUBHEAP 0
 
@@ -174,6 +187,10 @@ typedef int32_t ScrubheapStatus;
 
 // A heap, as C sees it: only ever behind a pointer this library returned.
 typedef struct ScrubheapHeap ScrubheapHeap;
+
+// A job in progress (an offline, an online, a pin or another range operation), as C
+// sees it.
+typedef struct ScrubheapJob ScrubheapJob;
 
 // A pending allocation (a scrub ticket), as C sees it.
 typedef struct ScrubheapTicket ScrubheapTicket;
@@ -350,6 +367,16 @@ typedef struct ScrubheapOfflined {
   uint64_t steps;
 } ScrubheapOfflined;
 
+// What an ended job did; only the part of its kind is filled, the rest is zero.
+typedef struct ScrubheapJobDone {
+  // An offline: what it did.
+  struct ScrubheapOfflined offlined;
+  // An online: the frames put back in service.
+  uint64_t onlined;
+  // A pin or range operation: where the frames are now (a pin's destination).
+  struct ScrubheapExtent extent;
+} ScrubheapJobDone;
+
 #ifdef __cplusplus
 extern "C" {
 #endif // __cplusplus
@@ -449,6 +476,89 @@ ScrubheapStatus scrubheap_stats(struct ScrubheapHeap *heap, struct ScrubheapStat
 // # Safety
 // `heap` must be null or a live handle.
 ScrubheapStatus scrubheap_check_invariants(struct ScrubheapHeap *heap);
+
+// Starts taking `count` frames from `first` (inside one node) out of service as a job:
+// advance it with `scrubheap_job_advance` (its `*done` says what it did), then drop it.
+// Refused (`SCRUBHEAP_E_BAD_RANGE`, nothing changed) for an empty range or one that
+// leaves its node. See `scrubheap_offline` for what an offline does.
+//
+// # Safety
+// `heap` must be null or a live handle; `job` null or valid.
+ScrubheapStatus scrubheap_offline_start(struct ScrubheapHeap *heap,
+                                        uint64_t first,
+                                        uint64_t count,
+                                        struct ScrubheapJob **job);
+
+// Starts returning `count` offline frames from `first` to service, dirty, as a job.
+//
+// # Safety
+// `heap` must be null or a live handle; `job` null or valid.
+ScrubheapStatus scrubheap_online_start(struct ScrubheapHeap *heap,
+                                       uint64_t first,
+                                       uint64_t count,
+                                       struct ScrubheapJob **job);
+
+// Starts a long-term pin of `2^order` frames from `mfn` that `owner` holds, as a job
+// (see `scrubheap_pin`); its `*done` extent says where the pinned frames are.
+//
+// # Safety
+// `heap` must be null or a live handle; `job` null or valid.
+ScrubheapStatus scrubheap_pin_start(struct ScrubheapHeap *heap,
+                                    uint64_t mfn,
+                                    uint8_t order,
+                                    uint32_t owner,
+                                    struct ScrubheapJob **job);
+
+// Starts `op` (`SCRUBHEAP_RANGE_*`) on `2^order` frames from `mfn` that `owner` holds,
+// however many chunks partial frees and pins split them into: the job checks and marks
+// them, then frees, pins or unpins them, at most 64 chunks a step. A refusal found on
+// the way leaves the heap as it was. `scrubheap_free` and `scrubheap_unpin` refuse such
+// a range above 64 chunks with `SCRUBHEAP_E_TOO_MANY_CHUNKS`.
+//
+// # Safety
+// `heap` must be null or a live handle; `job` null or valid.
+ScrubheapStatus scrubheap_range_start(struct ScrubheapHeap *heap,
+                                      uint32_t op,
+                                      uint64_t mfn,
+                                      uint8_t order,
+                                      uint32_t owner,
+                                      struct ScrubheapJob **job);
+
+// Runs bounded steps of the job, asking `preempt(ctx)` after each (null: never yield)
+// and, for an offline, `deadline(ctx)` before each step of its isolation and moves
+// (null: none). `migrator` moves frames for an offline or a pin (null: every move is
+// refused); other jobs never call it. Returns `SCRUBHEAP_OK` when the job has ended
+// (`*done` says what it did), `SCRUBHEAP_PENDING` when the caller should yield and call
+// again, or the error the job ended with (the heap as it was, but for an offline's
+// moves). An ended job refuses with `SCRUBHEAP_E_JOB_FINISHED`: drop it.
+//
+// # Safety
+// `job` must be null or a live job no other thread uses meanwhile; `migrator` and `done`
+// null or valid; the callbacks may be called with `ctx` during this call.
+ScrubheapStatus scrubheap_job_advance(struct ScrubheapJob *job,
+                                      const struct ScrubheapMigrator *migrator,
+                                      ScrubheapDeadlineFn deadline,
+                                      ScrubheapPreemptFn preempt,
+                                      void *ctx,
+                                      struct ScrubheapJobDone *done);
+
+// Stops a job: an offline rolls back over its next steps (ending with
+// `SCRUBHEAP_E_OFFLINE_BLOCKED`), a pin, range operation or online that has not reached
+// its point of no return ends with `SCRUBHEAP_E_JOB_CANCELLED`, the heap as it was; one
+// past it finishes. Advance the job to its end afterwards (or drop it).
+//
+// # Safety
+// `job` must be null or a live job no other thread uses meanwhile.
+ScrubheapStatus scrubheap_job_cancel(struct ScrubheapJob *job);
+
+// Drops a job. An unfinished one ends at once with no preemption point: an offline, a
+// pin or range operation before its commit rolls back, one past it (and an online
+// returning frames) finishes. To stay preemptible, cancel and advance it to its end
+// first.
+//
+// # Safety
+// `job` must be null or a live job that no thread uses during or after the call.
+ScrubheapStatus scrubheap_job_drop(struct ScrubheapJob *job);
 
 // Takes a long-term pin on `2^order` frames from `mfn` that `owner` holds; `*out` gets
 // where they are now. Frames in the Movable zone are first moved to Normal memory
