@@ -688,64 +688,6 @@ impl<M: FrameMemory> Heap<M> {
         Ok(())
     }
 
-    /// Frees the whole held chunks of `[pos, end)` of a node (at most
-    /// [`CHUNKS_PER_STEP`](crate::CHUNKS_PER_STEP) of them), validated by the caller:
-    /// back to the free lists, or under the `sync` policy marked for zeroing outside the
-    /// lock (`ids`). A frame marked broken leaves service. Returns where it stopped and
-    /// the chunks walked.
-    pub(crate) fn free_chunks(
-        st: &mut NodeState,
-        mut pos: u32,
-        end: u32,
-        sync: bool,
-        ids: &mut Vec<(u64, u32, u8)>,
-    ) -> (u32, u64) {
-        let mut walked = 0u64;
-        while walked < crate::offline::CHUNKS_PER_STEP as u64 && pos < end {
-            let (h, o) = st.chunk_of(pos);
-            debug_assert_eq!(h, pos, "the range is whole chunks");
-            st.allocated -= size(o) as u64;
-            if Self::retire_broken(st, h) {
-                // A frame marked broken while allocated leaves service now.
-            } else if sync {
-                // Zeroed outside the lock; counted as allocated until it is back.
-                st.allocated += size(o) as u64;
-                st.set_state(h, State::Scrubbing, o);
-                ids.push((st.add_work(h, o, Kind::SyncFree), h, o));
-            } else {
-                st.clear_head(h);
-                st.release(h, o, false);
-            }
-            pos += size(o);
-            walked += 1;
-        }
-        (pos, walked)
-    }
-
-    /// The `sync` policy's end of a free: zeroes the chunks [`Heap::free_chunks`] marked,
-    /// with no lock held, then returns them to the free lists clean.
-    pub(crate) fn finish_sync_free(&self, n: usize, ids: &[(u64, u32, u8)]) {
-        if ids.is_empty() {
-            return;
-        }
-        let cell = &self.nodes[n];
-        for &(_, h, o) in ids {
-            self.mem.zero(cell.mfn(h), size(o) as u64);
-        }
-        let mut st = self.lock_node(n);
-        let mut frames = 0u64;
-        for &(id, h, o) in ids {
-            let i = st.work_index(id);
-            st.work.swap_remove(i);
-            st.allocated -= size(o) as u64;
-            st.clear_head(h);
-            st.release(h, o, true);
-            frames += size(o) as u64;
-        }
-        drop(st);
-        self.account(n, Source::Sync, frames);
-    }
-
     /// Installs `dom`'s claim set, replacing any claims it had: all entries or none.
     /// Node entries reserve free memory on that node, the global entry anywhere.
     pub fn claim_set(&self, dom: DomId, set: &[Claim]) -> Result<(), HeapError> {

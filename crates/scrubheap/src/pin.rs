@@ -12,8 +12,6 @@ use crate::error::HeapError;
 use crate::heap::{Extent, Heap};
 use crate::memory::FrameMemory;
 use crate::node::{NodeState, Pick};
-use crate::preempt::Preempt;
-use crate::range::RangeOp;
 use crate::types::{DomId, Mfn, Zone};
 use alloc::vec::Vec;
 
@@ -29,7 +27,7 @@ fn size(order: u8) -> u32 {
 /// The heap calls it with no lock held, for a pin that must leave the Movable zone or an
 /// offline that must empty a range. Each piece is at most one scrub batch of frames
 /// ([`HeapConfig::scrub_batch`](crate::HeapConfig::scrub_batch), or less if the caller's
-/// [`Preempt`] asks for smaller batches), and the heap asks its `Preempt` between two
+/// [`Preempt`](crate::Preempt) asks for smaller batches), and the heap asks its `Preempt` between two
 /// pieces, so a 1 GiB move is never one stretch without a preemption point.
 ///
 /// **When the owner's mapping switches, and why then.** The owner keeps using `from`
@@ -126,44 +124,6 @@ pub(crate) enum MoveStep {
 }
 
 impl<M: FrameMemory> Heap<M> {
-    /// Takes a long-term pin on `[mfn, 2^order)`, which `owner` must hold: a whole
-    /// allocation or any aligned part of one. Parts already pinned are pinned once more.
-    ///
-    /// If any frame of the range is in the Movable zone, the whole range is first moved to
-    /// a free chunk of Normal memory (the nearest node first) through `migrator`; the
-    /// frames it leaves become free and dirty. Returns where the pinned frames are now.
-    /// If no Normal memory is free or the migrator refuses, the pin is refused and
-    /// nothing changes. The move copies in pieces of at most one batch and asks `preempt`
-    /// between two pieces (see [`Migrator`]); the range is checked and marked, and
-    /// committed, [`CHUNKS_PER_STEP`](crate::CHUNKS_PER_STEP) chunks at a time with a point
-    /// between two steps. This form is one call: it cannot stop halfway, so a `true` from
-    /// `preempt` does not end it early; the check is a point where a runtime may
-    /// reschedule the thread (inside [`Preempt::check`]) and where it measures its
-    /// sections. A caller that must return to its scheduler drives a [`PinJob`](crate::PinJob)
-    /// ([`Heap::pin_start`]) itself.
-    ///
-    /// ```
-    /// use scrubheap::{AllocRequest, DomId, Heap, HeapConfig, MetadataMigrator, NeverPreempt, NullMemory, Zone};
-    /// let heap = Heap::new(HeapConfig::uniform(1, 1 << 12).with_movable_from(1 << 11), NullMemory).unwrap();
-    /// let ext = heap.alloc(&AllocRequest::new(9, DomId(1)).movable()).unwrap();
-    /// assert_eq!(heap.chunk_at(ext.mfn).unwrap().zone, Zone::Movable);
-    /// // Pin one frame of it: it moves to Normal memory first.
-    /// let pinned = heap.pin(ext.mfn, 0, DomId(1), &MetadataMigrator, &NeverPreempt).unwrap();
-    /// assert_eq!(heap.chunk_at(pinned.mfn).unwrap().zone, Zone::Normal);
-    /// heap.unpin(pinned.mfn, 0, DomId(1)).unwrap();
-    /// heap.check_invariants().unwrap();
-    /// ```
-    pub fn pin(
-        &self,
-        mfn: Mfn,
-        order: u8,
-        owner: DomId,
-        migrator: &dyn Migrator,
-        preempt: &dyn Preempt,
-    ) -> Result<Extent, HeapError> {
-        self.range_preemptible(RangeOp::Pin, mfn, order, owner, migrator, preempt)
-    }
-
     /// Takes a long-term pin where the frames are, even in the Movable zone: what kernels
     /// did before they migrated pinned pages out of movable memory (Linux before 5.7).
     /// Only for baselines that show why [`Heap::pin`] moves them: an offline of a range

@@ -21,13 +21,14 @@
 
 use crate::chunk::State;
 use crate::error::HeapError;
-use crate::heap::{Extent, Heap};
+use crate::heap::{Extent, Heap, Source};
 use crate::memory::FrameMemory;
 use crate::node::NodeState;
 use crate::offline::CHUNKS_PER_STEP;
 use crate::pin::{Migrator, Move, MoveStep, NoMigration};
 use crate::preempt::{batch_frames, NeverPreempt, Preempt};
 use crate::types::{DomId, Mfn, Zone};
+use crate::work::Kind;
 use alloc::vec::Vec;
 
 #[inline]
@@ -183,6 +184,44 @@ impl<M: FrameMemory> Heap<M> {
         })
     }
 
+    /// Takes a long-term pin on `[mfn, 2^order)`, which `owner` must hold: a whole
+    /// allocation or any aligned part of one. Parts already pinned are pinned once more.
+    ///
+    /// If any frame of the range is in the Movable zone, the whole range is first moved to
+    /// a free chunk of Normal memory (the nearest node first) through `migrator`; the
+    /// frames it leaves become free and dirty. Returns where the pinned frames are now.
+    /// If no Normal memory is free or the migrator refuses, the pin is refused and
+    /// nothing changes. The move copies in pieces of at most one batch and asks `preempt`
+    /// between two pieces (see [`Migrator`]); the range is checked and marked, and
+    /// committed, [`CHUNKS_PER_STEP`](crate::CHUNKS_PER_STEP) chunks at a time with a point
+    /// between two steps. This form is one call: it cannot stop halfway, so a `true` from
+    /// `preempt` does not end it early; the check is a point where a runtime may
+    /// reschedule the thread (inside [`Preempt::check`]) and where it measures its
+    /// sections. A caller that must return to its scheduler drives a [`PinJob`]
+    /// ([`Heap::pin_start`]) itself.
+    ///
+    /// ```
+    /// use scrubheap::{AllocRequest, DomId, Heap, HeapConfig, MetadataMigrator, NeverPreempt, NullMemory, Zone};
+    /// let heap = Heap::new(HeapConfig::uniform(1, 1 << 12).with_movable_from(1 << 11), NullMemory).unwrap();
+    /// let ext = heap.alloc(&AllocRequest::new(9, DomId(1)).movable()).unwrap();
+    /// assert_eq!(heap.chunk_at(ext.mfn).unwrap().zone, Zone::Movable);
+    /// // Pin one frame of it: it moves to Normal memory first.
+    /// let pinned = heap.pin(ext.mfn, 0, DomId(1), &MetadataMigrator, &NeverPreempt).unwrap();
+    /// assert_eq!(heap.chunk_at(pinned.mfn).unwrap().zone, Zone::Normal);
+    /// heap.unpin(pinned.mfn, 0, DomId(1)).unwrap();
+    /// heap.check_invariants().unwrap();
+    /// ```
+    pub fn pin(
+        &self,
+        mfn: Mfn,
+        order: u8,
+        owner: DomId,
+        migrator: &dyn Migrator,
+        preempt: &dyn Preempt,
+    ) -> Result<Extent, HeapError> {
+        self.range_preemptible(RangeOp::Pin, mfn, order, owner, migrator, preempt)
+    }
+
     /// Starts a long-term pin of `[mfn, 2^order)` as a job: [`Heap::range_start`] with
     /// [`RangeOp::Pin`]. Its move out of the Movable zone (see [`Heap::pin`]) copies one
     /// piece of at most one batch a step; the job ends with where the pinned frames are.
@@ -209,6 +248,64 @@ impl<M: FrameMemory> Heap<M> {
                 return Ok(done);
             }
         }
+    }
+
+    /// Frees the whole held chunks of `[pos, end)` of a node (at most
+    /// [`CHUNKS_PER_STEP`](crate::CHUNKS_PER_STEP) of them), validated by the caller:
+    /// back to the free lists, or under the `sync` policy marked for zeroing outside the
+    /// lock (`ids`). A frame marked broken leaves service. Returns where it stopped and
+    /// the chunks walked.
+    pub(crate) fn free_chunks(
+        st: &mut NodeState,
+        mut pos: u32,
+        end: u32,
+        sync: bool,
+        ids: &mut Vec<(u64, u32, u8)>,
+    ) -> (u32, u64) {
+        let mut walked = 0u64;
+        while walked < CHUNKS_PER_STEP as u64 && pos < end {
+            let (h, o) = st.chunk_of(pos);
+            debug_assert_eq!(h, pos, "the range is whole chunks");
+            st.allocated -= size(o) as u64;
+            if Self::retire_broken(st, h) {
+                // A frame marked broken while allocated leaves service now.
+            } else if sync {
+                // Zeroed outside the lock; counted as allocated until it is back.
+                st.allocated += size(o) as u64;
+                st.set_state(h, State::Scrubbing, o);
+                ids.push((st.add_work(h, o, Kind::SyncFree), h, o));
+            } else {
+                st.clear_head(h);
+                st.release(h, o, false);
+            }
+            pos += size(o);
+            walked += 1;
+        }
+        (pos, walked)
+    }
+
+    /// The `sync` policy's end of a free: zeroes the chunks [`Heap::free_chunks`] marked,
+    /// with no lock held, then returns them to the free lists clean.
+    pub(crate) fn finish_sync_free(&self, n: usize, ids: &[(u64, u32, u8)]) {
+        if ids.is_empty() {
+            return;
+        }
+        let cell = self.cell(n);
+        for &(_, h, o) in ids {
+            self.memory().zero(cell.mfn(h), size(o) as u64);
+        }
+        let mut st = self.lock_node(n);
+        let mut frames = 0u64;
+        for &(id, h, o) in ids {
+            let i = st.work_index(id);
+            st.work.swap_remove(i);
+            st.allocated -= size(o) as u64;
+            st.clear_head(h);
+            st.release(h, o, true);
+            frames += size(o) as u64;
+        }
+        drop(st);
+        self.account(n, Source::Sync, frames);
     }
 
     /// Refuses (`HeapError::TooManyChunks`) a held range `[off, 2^order)` made of more
