@@ -19,7 +19,7 @@ pub struct ScrubheapTicket {
 const HEAP_MAGIC: u64 = u64::from_le_bytes(*b"scrbheap");
 const TICKET_MAGIC: u64 = u64::from_le_bytes(*b"scrbtckt");
 /// Written over the magic when a handle is destroyed.
-const DEAD_MAGIC: u64 = 0;
+pub(crate) const DEAD_MAGIC: u64 = 0;
 
 /// The heap and its health, shared by the heap handle and every live ticket.
 pub(crate) struct Shared {
@@ -57,7 +57,7 @@ pub(crate) struct TicketBox {
 }
 
 /// Sets the heap's poisoned flag if dropped while the thread panics.
-struct PoisonOnPanic<'a>(&'a AtomicBool);
+pub(crate) struct PoisonOnPanic<'a>(pub &'a AtomicBool);
 
 impl Drop for PoisonOnPanic<'_> {
     fn drop(&mut self) {
@@ -72,7 +72,7 @@ impl Drop for PoisonOnPanic<'_> {
 /// # Safety
 /// `p` must be null or point to at least 8 readable bytes (any live handle of this
 /// library does).
-unsafe fn check_magic(p: *const u8, magic: u64, what: &str) -> Result<(), Failure> {
+pub(crate) unsafe fn check_magic(p: *const u8, magic: u64, what: &str) -> Result<(), Failure> {
     if p.is_null() {
         return Err(Failure::new(ScrubheapStatus::SCRUBHEAP_E_NULL, format!("the {what} handle is null")));
     }
@@ -86,7 +86,7 @@ unsafe fn check_magic(p: *const u8, magic: u64, what: &str) -> Result<(), Failur
     Ok(())
 }
 
-fn check_health(shared: &Shared) -> Result<(), Failure> {
+pub(crate) fn check_health(shared: &Shared) -> Result<(), Failure> {
     if shared.poisoned.load(Ordering::Acquire) {
         let m = "an earlier call on this heap panicked inside the library: destroy the heap";
         return Err(Failure::new(ScrubheapStatus::SCRUBHEAP_E_POISONED, m));
@@ -155,7 +155,8 @@ pub(crate) unsafe fn destroy_heap(h: *mut ScrubheapHeap) -> ScrubheapStatus {
         // SAFETY: a live HeapBox (the magic), which this call alone uses (the contract).
         let tickets = Arc::strong_count(unsafe { &(*b).shared }) - 1;
         if tickets > 0 {
-            let m = format!("the heap still has {tickets} live scrub ticket(s): drop them before destroying it");
+            let m =
+                format!("the heap still has {tickets} live scrub ticket(s) or job(s): drop them before destroying it");
             return Err(Failure::new(ScrubheapStatus::SCRUBHEAP_E_TICKETS_LIVE, m));
         }
         // SAFETY: `b` came from Box::into_raw in new_heap and is freed only here; the

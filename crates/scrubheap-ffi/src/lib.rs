@@ -18,6 +18,12 @@
 //! - Idle CPUs call `scrubheap_scrub_step`; claims, long-term pins (moving frames out of
 //!   the Movable zone through a C migrator, or refusing without one), offline, online,
 //!   broken frames, per-node statistics and the invariant check complete the set.
+//! - Offline, online, pins and frees or unpins of ranges split into many chunks are also
+//!   jobs (`scrubheap_offline_start`, `scrubheap_online_start`, `scrubheap_pin_start`,
+//!   `scrubheap_range_start`): `scrubheap_job_advance` runs bounded steps and returns
+//!   `SCRUBHEAP_PENDING` whenever the preemption callback says to yield;
+//!   `scrubheap_job_cancel` and `scrubheap_job_drop` stop them. A job handle is used by one
+//!   thread at a time, like a ticket, and keeps its heap from being destroyed.
 //!   Populate-on-demand is not part of this interface.
 //!
 //! # Errors
@@ -52,6 +58,7 @@
 mod api;
 mod callbacks;
 mod handle;
+mod jobs;
 mod ops;
 mod status;
 mod ticket;
@@ -60,6 +67,7 @@ mod types;
 pub use api::*;
 pub use callbacks::*;
 pub use handle::{ScrubheapHeap, ScrubheapTicket};
+pub use jobs::*;
 pub use ops::*;
 pub use status::{scrubheap_last_error, scrubheap_status_str, ScrubheapStatus};
 pub use ticket::*;

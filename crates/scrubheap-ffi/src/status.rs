@@ -92,12 +92,19 @@ pub enum ScrubheapStatus {
     SCRUBHEAP_E_NEEDS_SCRUB_TICKET = -37,
     /// An offline that has ended was advanced again.
     SCRUBHEAP_E_OFFLINE_FINISHED = -38,
+    /// A range held as more chunks than one call walks under the node lock: do it as a
+    /// job (`scrubheap_range_start`).
+    SCRUBHEAP_E_TOO_MANY_CHUNKS = -39,
+    /// A job was cancelled before its point of no return and rolled back.
+    SCRUBHEAP_E_JOB_CANCELLED = -40,
+    /// A job that has ended was advanced again.
+    SCRUBHEAP_E_JOB_FINISHED = -41,
 }
 
 use ScrubheapStatus as S;
 
 /// Every status, for the message table and its tests.
-pub(crate) const ALL: [ScrubheapStatus; 38] = [
+pub(crate) const ALL: [ScrubheapStatus; 41] = [
     S::SCRUBHEAP_OK,
     S::SCRUBHEAP_PENDING,
     S::SCRUBHEAP_E_NULL,
@@ -136,6 +143,9 @@ pub(crate) const ALL: [ScrubheapStatus; 38] = [
     S::SCRUBHEAP_E_CROSSES_ZONE,
     S::SCRUBHEAP_E_NEEDS_SCRUB_TICKET,
     S::SCRUBHEAP_E_OFFLINE_FINISHED,
+    S::SCRUBHEAP_E_TOO_MANY_CHUNKS,
+    S::SCRUBHEAP_E_JOB_CANCELLED,
+    S::SCRUBHEAP_E_JOB_FINISHED,
 ];
 
 impl ScrubheapStatus {
@@ -182,6 +192,11 @@ impl ScrubheapStatus {
                 c"the only chunk is dirty and larger than one batch: allocate it with scrubheap_alloc_start"
             }
             S::SCRUBHEAP_E_OFFLINE_FINISHED => c"that offline has ended: start a new one",
+            S::SCRUBHEAP_E_TOO_MANY_CHUNKS => {
+                c"that range is held as too many chunks for one call: do it as a job with scrubheap_range_start"
+            }
+            S::SCRUBHEAP_E_JOB_CANCELLED => c"the job was cancelled and rolled back: nothing changed",
+            S::SCRUBHEAP_E_JOB_FINISHED => c"that job has ended: start a new one",
         }
     }
 }
@@ -220,6 +235,9 @@ impl From<&HeapError> for ScrubheapStatus {
             HeapError::CrossesZone { .. } => S::SCRUBHEAP_E_CROSSES_ZONE,
             HeapError::NeedsScrubTicket { .. } => S::SCRUBHEAP_E_NEEDS_SCRUB_TICKET,
             HeapError::OfflineFinished { .. } => S::SCRUBHEAP_E_OFFLINE_FINISHED,
+            HeapError::TooManyChunks { .. } => S::SCRUBHEAP_E_TOO_MANY_CHUNKS,
+            HeapError::JobCancelled { .. } => S::SCRUBHEAP_E_JOB_CANCELLED,
+            HeapError::JobFinished { .. } => S::SCRUBHEAP_E_JOB_FINISHED,
         }
     }
 }

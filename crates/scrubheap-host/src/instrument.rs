@@ -249,6 +249,19 @@ impl Preempt for PreemptRecorder {
     }
 }
 
+/// Drives a heap job (an offline, online or pin) to its end: `advance` runs bounded steps
+/// until the job ends or its `Preempt` (a [`PreemptRecorder`] whose quantum ran out) asks
+/// to yield; between two calls the thread gives the CPU up. Every job the heap hands out
+/// ends by itself (an offline at its deadline or its busy-poll limit), so this loop does.
+pub(crate) fn drive<T, E>(mut advance: impl FnMut() -> Result<Option<T>, E>) -> Result<T, E> {
+    loop {
+        if let Some(done) = advance()? {
+            return Ok(done);
+        }
+        std::thread::yield_now();
+    }
+}
+
 /// Non-preemptible sections gathered from every thread of a run.
 #[derive(Default)]
 pub struct Sections {

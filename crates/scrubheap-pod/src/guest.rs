@@ -92,9 +92,16 @@ pub(crate) struct Guest {
 /// Frees a run of frames the guest holds; a failure is a bug in this layer, never the
 /// caller's input ([`Heap::free`] and [`Heap::pin`] refuse frames this layer holds: they
 /// are sealed).
+/// A run held as more chunks than one call walks (`HeapError::TooManyChunks`) is freed
+/// as its two halves, each held as fewer.
 fn give_back<M: FrameMemory>(heap: &Heap<M>, dom: DomId, mfn: u64, order: u8) {
-    let r = heap.free_sealed(Mfn(mfn), order, dom);
-    debug_assert!(r.is_ok(), "PoD layer could not free {mfn:#x} order {order} of {dom}: {r:?}");
+    match heap.free_sealed(Mfn(mfn), order, dom) {
+        Err(HeapError::TooManyChunks { .. }) if order > 0 => {
+            give_back(heap, dom, mfn, order - 1);
+            give_back(heap, dom, mfn + (1 << (order - 1)), order - 1);
+        }
+        r => debug_assert!(r.is_ok(), "PoD layer could not free {mfn:#x} order {order} of {dom}: {r:?}"),
+    }
 }
 
 /// What one step of a decrease reservation works with: the heap (to zero-check pages),

@@ -172,6 +172,33 @@ pub enum HeapError {
         /// Frames in the range.
         count: u64,
     },
+    /// A one-call operation on a held range (free, `free_sealed`, unpin, `pin_in_place`)
+    /// whose range is made of more chunks than one step walks under the node lock.
+    #[error("frames {mfn}+2^{order} are held as more than {limit} chunks (after partial frees or pins): one call would walk them all under the node lock; use Heap::range_start (a job advanced in bounded steps) or Heap::range_preemptible")]
+    TooManyChunks {
+        /// The first frame of the range.
+        mfn: Mfn,
+        /// The order of the range.
+        order: u8,
+        /// The most chunks one call walks ([`crate::CHUNKS_PER_STEP`]).
+        limit: usize,
+    },
+    /// A job was cancelled (or dropped) before its point of no return: rolled back.
+    #[error("the {job} job at {first} was cancelled and rolled back: nothing changed")]
+    JobCancelled {
+        /// Which job (`"pin"`, `"free"`, `"online"`, ...).
+        job: &'static str,
+        /// Its first frame.
+        first: Mfn,
+    },
+    /// A job that has ended was advanced again.
+    #[error("the {job} job at {first} has ended: start a new one")]
+    JobFinished {
+        /// Which job.
+        job: &'static str,
+        /// Its first frame.
+        first: Mfn,
+    },
     /// [`Heap::alloc`](crate::Heap::alloc) would have to scrub more than one batch in place.
     #[error("allocating order {order} means scrubbing a dirty chunk of {frames} frames, more than one batch ({batch}) with no preemption point: use Heap::alloc_start or Heap::alloc_preemptible, which scrub it through a ticket")]
     NeedsScrubTicket {
@@ -342,6 +369,9 @@ impl HeapError {
             HeapError::ClaimedByOthers { .. } => "ClaimedByOthers",
             HeapError::NotFree { .. } => "NotFree",
             HeapError::CrossesZone { .. } => "CrossesZone",
+            HeapError::TooManyChunks { .. } => "TooManyChunks",
+            HeapError::JobCancelled { .. } => "JobCancelled",
+            HeapError::JobFinished { .. } => "JobFinished",
         }
     }
 }

@@ -629,7 +629,10 @@ impl<M: FrameMemory> Heap<M> {
     /// allocation or any aligned part of one. The frames become dirty and merge with
     /// their free buddies in O(MAX_ORDER) under the node lock. Under the `sync` policy
     /// they are zeroed first, outside the lock.
-    /// Frames of a sealed allocation are refused ([`HeapError::Sealed`]).
+    /// Frames of a sealed allocation are refused ([`HeapError::Sealed`]). A range held as
+    /// more than [`CHUNKS_PER_STEP`](crate::CHUNKS_PER_STEP) chunks (after partial frees
+    /// or pins) is refused ([`HeapError::TooManyChunks`], nothing changed): one call would
+    /// walk them all under the node lock; [`Heap::range_start`] frees it in bounded steps.
     pub fn free(&self, mfn: Mfn, order: u8, owner: DomId) -> Result<(), HeapError> {
         self.free_held(mfn, order, owner, false)
     }
@@ -638,7 +641,8 @@ impl<M: FrameMemory> Heap<M> {
     /// of `[mfn, 2^order)` must be `owner`'s, unpinned and sealed (else
     /// [`HeapError::NotSealed`], nothing changed). The layer that sealed the frames calls
     /// this; a range may be a whole sealed allocation or any aligned part of one, and may
-    /// span several sealed allocations of the owner.
+    /// span several sealed allocations of the owner. Refused like [`Heap::free`] above
+    /// [`CHUNKS_PER_STEP`](crate::CHUNKS_PER_STEP) chunks.
     pub fn free_sealed(&self, mfn: Mfn, order: u8, owner: DomId) -> Result<(), HeapError> {
         self.free_held(mfn, order, owner, true)
     }
@@ -661,7 +665,6 @@ impl<M: FrameMemory> Heap<M> {
         owner: DomId,
         sealed: bool,
     ) -> Result<(), HeapError> {
-        let cell = &self.nodes[n];
         let mut st = self.lock_node(n);
         let sync = self.config.policy.scrubs_on_free();
         if let (false, Some(s)) = (sync, st.head_at(off)) {
@@ -674,51 +677,18 @@ impl<M: FrameMemory> Heap<M> {
                 return Ok(());
             }
         }
+        Self::check_fragments(&st, off, order)?;
         let held = st.held_by(off, order, owner, sealed)?;
         if let Some(h) = held.pinned {
             return Err(HeapError::Pinned { mfn: st.mfn(h), owner });
         }
-        let (h, o) = st.chunk_of(off);
-        if o > order {
-            st.split_held(h, o, off, order);
-        }
+        Self::split_to(&mut st, off, order);
         let end = off + size(order);
-        let mut pos = off;
         let mut ids = Vec::new();
-        while pos < end {
-            let (h, o) = st.chunk_of(pos);
-            debug_assert_eq!(h, pos);
-            st.allocated -= size(o) as u64;
-            if Self::retire_broken(&mut st, h) {
-                // A frame marked broken while allocated leaves service now.
-            } else if sync {
-                // Zeroed outside the lock; counted as allocated until it is back.
-                st.allocated += size(o) as u64;
-                st.set_state(h, State::Scrubbing, o);
-                ids.push((st.add_work(h, o, Kind::SyncFree), h, o));
-            } else {
-                st.clear_head(h);
-                st.release(h, o, false);
-            }
-            pos += size(o);
-        }
+        let (pos, _) = Self::free_chunks(&mut st, off, end, sync, &mut ids);
+        debug_assert_eq!(pos, end, "a range of at most CHUNKS_PER_STEP chunks is freed in one step");
         drop(st);
-        if ids.is_empty() {
-            return Ok(());
-        }
-        for &(_, h, o) in &ids {
-            self.mem.zero(cell.mfn(h), size(o) as u64);
-        }
-        let mut st = self.lock_node(n);
-        for &(id, h, o) in &ids {
-            let i = st.work_index(id);
-            st.work.swap_remove(i);
-            st.allocated -= size(o) as u64;
-            st.clear_head(h);
-            st.release(h, o, true);
-        }
-        drop(st);
-        self.account(n, Source::Sync, (end - off) as u64);
+        self.finish_sync_free(n, &ids);
         Ok(())
     }
 

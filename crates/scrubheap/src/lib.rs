@@ -44,10 +44,12 @@ mod memory;
 mod node;
 mod observe;
 mod offline;
+mod online;
 mod pcpu;
 mod pin;
 mod policy;
 mod preempt;
+mod range;
 mod reserve;
 mod scrub;
 mod sparse;
@@ -72,10 +74,12 @@ pub use observe::LockObserver;
 pub use offline::{
     Broken, Deadline, NoDeadline, OfflineJob, Offlined, StepBudget, CHUNKS_PER_STEP, MAX_BLOCKERS, MAX_BUSY_POLLS,
 };
+pub use online::OnlineJob;
 pub use pcpu::{FAST_ORDERS, MAX_CPUS, RESERVE_OWNER};
 pub use pin::{MetadataMigrator, Migrator, NoMigration};
 pub use policy::{Policy, UnknownPolicy};
 pub use preempt::{BatchLimit, NeverPreempt, Preempt};
+pub use range::{PinJob, RangeJob, RangeOp};
 pub use sparse::SparseMemory;
 pub use stats::{HeapStats, NodeStats, ScrubBytes, ZoneStats};
 #[cfg(any(test, feature = "testing"))]

@@ -14,9 +14,10 @@
 use crate::blocker::{BlockReason, Blocker, OfflineStop};
 use crate::chunk::State;
 use crate::error::HeapError;
-use crate::heap::{Extent, Heap};
+use crate::heap::{Extent, Heap, NodeGuard};
 use crate::memory::FrameMemory;
 use crate::node::NodeState;
+use crate::pcpu::RESERVE_OWNER;
 use crate::pin::{Migrator, Move, MoveStep};
 use crate::preempt::{batch_frames, NeverPreempt, Preempt};
 use crate::types::{DomId, Mfn, Zone};
@@ -405,7 +406,7 @@ impl<'h, M: FrameMemory> OfflineJob<'h, M> {
         let (out, walked) = heap.offline_chunks(self, migrate);
         preempt.walked(walked);
         match out {
-            Chunks::More => Step::Continue,
+            Chunks::More | Chunks::Again => Step::Continue,
             Chunks::End if migrate => {
                 self.phase = Phase::Commit;
                 self.pending = self.isolated.iter().map(|(&h, &o)| (h, o)).collect();
@@ -458,11 +459,13 @@ enum Chunks {
     Wait,
     /// A chunk that blocks the offline.
     Blocked(Blocker),
+    /// The chunk changed (a reserve block settled): look at the same frame again.
+    Again,
 }
 
 impl<M: FrameMemory> Heap<M> {
     /// Validates `count` frames from `first` inside one node: the node and offsets.
-    fn locate_range(&self, first: Mfn, count: u64) -> Result<(usize, u32, u32), HeapError> {
+    pub(crate) fn locate_range(&self, first: Mfn, count: u64) -> Result<(usize, u32, u32), HeapError> {
         let n = self.node_of(first)?;
         let (base, end) = (self.cell(n).base, self.cell(n).base + self.cell(n).frames);
         match first.0.checked_add(count) {
@@ -512,7 +515,7 @@ impl<M: FrameMemory> Heap<M> {
         let (node, lo, hi) = self.locate_range(first, count)?;
         debug_assert!(lo < hi);
         // Reserve blocks of the per-CPU fast path in the range go back to ordinary state
-        // first (a block refilled later shows as an unmovable blocker).
+        // first; a block refilled from the range later is settled where the walk meets it.
         self.settle(node, lo, (hi - lo) as u64);
         Ok(OfflineJob {
             heap: self,
@@ -576,12 +579,16 @@ impl<M: FrameMemory> Heap<M> {
             let blocker = |reason, owner: Option<DomId>| {
                 Chunks::Blocked(Blocker { first: abs(h), frames: size(o) as u64, owner, reason })
             };
-            let found = self.offline_look(&mut st, job, (h, o), migrate);
+            let found = match self.settle_met_block(&mut st, n, h) {
+                Some(c) => Some(c),
+                None => self.offline_look(&mut st, job, (h, o), migrate),
+            };
             match found {
                 None => {
                     job.pos = end;
                     job.busy = None;
                 }
+                Some(Chunks::Again) => job.busy = None,
                 Some(Chunks::Wait) => {
                     let polls = match job.busy {
                         Some((bh, p)) if bh == h => p + 1,
@@ -654,6 +661,19 @@ impl<M: FrameMemory> Heap<M> {
         }
     }
 
+    /// A reserve block of the per-CPU fast path at `h` (refilled into a CPU's reserve
+    /// after the offline started): settled, so the walk looks at its chunks again
+    /// (`Again`), or waited for while its CPU zeroes part of it (`Wait`). `None` if `h`
+    /// is no reserve block.
+    fn settle_met_block(&self, st: &mut NodeGuard<'_>, n: usize, h: u32) -> Option<Chunks> {
+        let s = st.head(h);
+        if s.state != State::Allocated || s.owner != RESERVE_OWNER {
+            return None;
+        }
+        let gone = self.settle_block_at(st, n, h)?;
+        Some(if gone { Chunks::Again } else { Chunks::Wait })
+    }
+
     /// Isolates the free chunk `(h, o)` for `job`: its pieces inside the range leave the
     /// free lists. Returns false (nothing changed) if claims need the frames.
     fn isolate_free(&self, st: &mut NodeState, job: &mut OfflineJob<'_, M>, h: u32, o: u8) -> bool {
@@ -716,12 +736,18 @@ impl<M: FrameMemory> Heap<M> {
     /// it stopped and the chunks it walked.
     fn scan_blockers(&self, node: usize, mut pos: u32, hi: u32, all: bool, out: &mut Vec<Blocker>) -> (u32, u64) {
         let base = self.cell(node).base;
-        let st = self.lock_node(node);
+        let mut st = self.lock_node(node);
         let mut walked = 0;
         while walked < CHUNKS_PER_STEP as u64 && pos < hi && out.len() < MAX_BLOCKERS {
             let (h, o) = st.chunk_of(pos);
             let s = st.head(h);
+            walked += 1;
+            if !all && matches!(self.settle_met_block(&mut st, node, h), Some(Chunks::Again)) {
+                continue;
+            }
             let reason = match s.state {
+                // A reserve block its CPU is zeroing now: the isolation waits for it.
+                State::Allocated if s.owner == RESERVE_OWNER && !all => None,
                 State::Allocated if s.pins > 0 => Some(BlockReason::Pinned),
                 State::Allocated if !s.movable => Some(BlockReason::Unmovable),
                 State::Allocated | State::Pending if all => Some(BlockReason::NotReached),
@@ -732,7 +758,6 @@ impl<M: FrameMemory> Heap<M> {
                 out.push(Blocker { first: Mfn(base + h as u64), frames: size(o) as u64, owner, reason });
             }
             pos = h + size(o);
-            walked += 1;
         }
         debug_assert!(walked <= CHUNKS_PER_STEP as u64);
         (pos, walked)
@@ -773,44 +798,9 @@ impl<M: FrameMemory> Heap<M> {
         self.cell(node).publish(&st);
     }
 
-    /// Returns `count` offline frames from `first` (inside one node) to service, dirty:
-    /// whatever the hardware holds is treated as a previous owner's bytes. Broken frames
-    /// in the range stay out of service. Every frame of the range must be offline or
-    /// broken; otherwise nothing changes (`HeapError::NotOffline`).
-    ///
-    /// Works in steps of at most [`CHUNKS_PER_STEP`] chunks under the node lock, asking
-    /// `preempt` between two steps: first a check of the whole range, then the return to
-    /// service. The call cannot stop halfway (the range would be half in service), so a
-    /// `true` from `preempt` does not end it early. Returns the frames put back in
-    /// service (frames another online put back meanwhile are not counted).
-    pub fn online(&self, first: Mfn, count: u64, preempt: &dyn Preempt) -> Result<u64, HeapError> {
-        let (n, lo, hi) = self.locate_range(first, count)?;
-        let mut pos = lo;
-        while pos < hi {
-            let (next, walked) = self.online_check(n, pos, hi)?;
-            debug_assert!(next > pos);
-            pos = next;
-            preempt.walked(walked);
-            preempt.check();
-        }
-        self.online_split_edges(n, lo, hi);
-        let mut pos = lo;
-        let mut back = 0u64;
-        while pos < hi {
-            let (next, frames, walked) = self.online_put_back(n, pos, hi);
-            pos = next;
-            back += frames;
-            preempt.walked(walked);
-            if pos < hi {
-                preempt.check();
-            }
-        }
-        Ok(back)
-    }
-
     /// Checks up to [`CHUNKS_PER_STEP`] chunks of an online from `pos`: each must be
     /// offline or broken. Returns where it stopped and the chunks walked.
-    fn online_check(&self, n: usize, mut pos: u32, hi: u32) -> Result<(u32, u64), HeapError> {
+    pub(crate) fn online_check(&self, n: usize, mut pos: u32, hi: u32) -> Result<(u32, u64), HeapError> {
         let st = self.lock_node(n);
         let mut walked = 0;
         while walked < CHUNKS_PER_STEP as u64 && pos < hi {
@@ -833,7 +823,7 @@ impl<M: FrameMemory> Heap<M> {
     }
 
     /// Splits offline chunks that straddle either end of `[lo, hi)` (O(MAX_ORDER) each).
-    fn online_split_edges(&self, n: usize, lo: u32, hi: u32) {
+    pub(crate) fn online_split_edges(&self, n: usize, lo: u32, hi: u32) {
         let mut st = self.lock_node(n);
         for edge in [lo, hi] {
             while edge < st.frames {
@@ -849,7 +839,7 @@ impl<M: FrameMemory> Heap<M> {
 
     /// Returns up to [`CHUNKS_PER_STEP`] offline chunks from `pos` to service. Returns
     /// where it stopped, the frames put back and the chunks walked.
-    fn online_put_back(&self, n: usize, mut pos: u32, hi: u32) -> (u32, u64, u64) {
+    pub(crate) fn online_put_back(&self, n: usize, mut pos: u32, hi: u32) -> (u32, u64, u64) {
         let mut st = self.lock_node(n);
         let (mut back, mut walked) = (0u64, 0u64);
         while walked < CHUNKS_PER_STEP as u64 && pos < hi {

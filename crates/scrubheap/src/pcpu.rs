@@ -413,6 +413,25 @@ impl<M: FrameMemory> Heap<M> {
         freed
     }
 
+    /// Settles the reserve block whose head is `h` on node `n` (whose lock `st` is), which
+    /// an offline's walk met: a block refilled into a CPU's reserve after the offline
+    /// started would otherwise look like an unmovable allocation. `None` if no live block
+    /// starts at `h`; `Some(false)` if it is still there (its CPU is zeroing part of it:
+    /// look again later); `Some(true)` once settled.
+    pub(crate) fn settle_block_at(&self, st: &mut NodeGuard<'_>, n: usize, h: u32) -> Option<bool> {
+        let head = st.head(h);
+        let k = (0..KINDS).find(|&k| block_order(k) == head.order)?;
+        let (nr, abs) = (&self.pcpu().nodes[n], st.base + h as u64);
+        let idx = nr.index(k, abs);
+        if head.owner != RESERVE_OWNER || nr.region(k, idx) != abs || nr.tables[k][idx as usize].lock().is_none() {
+            return None;
+        }
+        self.dissolve(st, n, k, idx, false);
+        let gone = st.state(h) != State::Allocated || st.head(h).owner != RESERVE_OWNER;
+        debug_assert!(gone || st.head(h).order == block_order(k));
+        Some(gone)
+    }
+
     /// The chunk of a live block holding `mfn` (on node `n`), for [`Heap::chunk_at`]: a
     /// loaned chunk as its owner's allocation, a free one as the reserve's.
     pub(crate) fn reserve_chunk_at(&self, n: usize, mfn: Mfn) -> Option<crate::heap::ChunkInfo> {

@@ -12,7 +12,6 @@ use crate::error::HeapError;
 use crate::heap::{Extent, Heap};
 use crate::memory::FrameMemory;
 use crate::node::{NodeState, Pick};
-use crate::preempt::{batch_frames, Preempt};
 use crate::types::{DomId, Mfn, Zone};
 use alloc::vec::Vec;
 
@@ -28,7 +27,7 @@ fn size(order: u8) -> u32 {
 /// The heap calls it with no lock held, for a pin that must leave the Movable zone or an
 /// offline that must empty a range. Each piece is at most one scrub batch of frames
 /// ([`HeapConfig::scrub_batch`](crate::HeapConfig::scrub_batch), or less if the caller's
-/// [`Preempt`] asks for smaller batches), and the heap asks its `Preempt` between two
+/// [`Preempt`](crate::Preempt) asks for smaller batches), and the heap asks its `Preempt` between two
 /// pieces, so a 1 GiB move is never one stretch without a preemption point.
 ///
 /// **When the owner's mapping switches, and why then.** The owner keeps using `from`
@@ -125,87 +124,31 @@ pub(crate) enum MoveStep {
 }
 
 impl<M: FrameMemory> Heap<M> {
-    /// Takes a long-term pin on `[mfn, 2^order)`, which `owner` must hold: a whole
-    /// allocation or any aligned part of one. Parts already pinned are pinned once more.
-    ///
-    /// If any frame of the range is in the Movable zone, the whole range is first moved to
-    /// a free chunk of Normal memory (the nearest node first) through `migrator`; the
-    /// frames it leaves become free and dirty. Returns where the pinned frames are now.
-    /// If no Normal memory is free or the migrator refuses, the pin is refused and
-    /// nothing changes. The move copies in pieces of at most one batch and asks `preempt`
-    /// between two pieces (see [`Migrator`]). A pin is one call: it cannot stop halfway,
-    /// so a `true` from `preempt` does not end it early; the check is a point where a
-    /// runtime may reschedule the thread (inside [`Preempt::check`]) and where it measures
-    /// its sections.
-    ///
-    /// ```
-    /// use scrubheap::{AllocRequest, DomId, Heap, HeapConfig, MetadataMigrator, NeverPreempt, NullMemory, Zone};
-    /// let heap = Heap::new(HeapConfig::uniform(1, 1 << 12).with_movable_from(1 << 11), NullMemory).unwrap();
-    /// let ext = heap.alloc(&AllocRequest::new(9, DomId(1)).movable()).unwrap();
-    /// assert_eq!(heap.chunk_at(ext.mfn).unwrap().zone, Zone::Movable);
-    /// // Pin one frame of it: it moves to Normal memory first.
-    /// let pinned = heap.pin(ext.mfn, 0, DomId(1), &MetadataMigrator, &NeverPreempt).unwrap();
-    /// assert_eq!(heap.chunk_at(pinned.mfn).unwrap().zone, Zone::Normal);
-    /// heap.unpin(pinned.mfn, 0, DomId(1)).unwrap();
-    /// heap.check_invariants().unwrap();
-    /// ```
-    pub fn pin(
-        &self,
-        mfn: Mfn,
-        order: u8,
-        owner: DomId,
-        migrator: &dyn Migrator,
-        preempt: &dyn Preempt,
-    ) -> Result<Extent, HeapError> {
-        let (n, off) = self.locate(mfn, order)?;
-        self.settle(n, off, 1 << order);
-        let mut st = self.lock_node(n);
-        let held = st.held_by(off, order, owner, false)?;
-        if !held.movable_zone {
-            Self::pin_chunks(&mut st, off, order)?;
-            return Ok(Extent { mfn, order, node: n });
-        }
-        if let Some(h) = held.pinned {
-            // Only a pin taken in place (the baseline) leaves pins in the Movable zone.
-            return Err(HeapError::Pinned { mfn: st.mfn(h), owner });
-        }
-        Self::set_migrating(&mut st, off, order, true);
-        drop(st);
-        let from = Extent { mfn, order, node: n };
-        match self.move_whole(owner, from, held.movable, migrator, preempt) {
-            Ok(to) => {
-                self.finish_destination(to, true, 1, true);
-                let mut st = self.lock_node(n);
-                Self::vacate(&mut st, off, order, false);
-                Ok(to)
-            }
-            Err(e) => {
-                let mut st = self.lock_node(n);
-                Self::set_migrating(&mut st, off, order, false);
-                Err(e)
-            }
-        }
-    }
-
     /// Takes a long-term pin where the frames are, even in the Movable zone: what kernels
     /// did before they migrated pinned pages out of movable memory (Linux before 5.7).
     /// Only for baselines that show why [`Heap::pin`] moves them: an offline of a range
-    /// holding such a pin can never complete.
+    /// holding such a pin can never complete. A range held as more than
+    /// [`CHUNKS_PER_STEP`](crate::CHUNKS_PER_STEP) chunks is refused
+    /// (`HeapError::TooManyChunks`, nothing changed): use [`Heap::range_start`].
     pub fn pin_in_place(&self, mfn: Mfn, order: u8, owner: DomId) -> Result<Extent, HeapError> {
         let (n, off) = self.locate(mfn, order)?;
         self.settle(n, off, 1 << order);
         let mut st = self.lock_node(n);
+        Self::check_fragments(&st, off, order)?;
         st.held_by(off, order, owner, false)?;
         Self::pin_chunks(&mut st, off, order)?;
         Ok(Extent { mfn, order, node: n })
     }
 
     /// Drops one long-term pin from every frame of `[mfn, 2^order)`, which `owner` must
-    /// hold, every frame pinned.
+    /// hold, every frame pinned. A range held as more than
+    /// [`CHUNKS_PER_STEP`](crate::CHUNKS_PER_STEP) chunks is refused
+    /// (`HeapError::TooManyChunks`, nothing changed): use [`Heap::range_start`].
     pub fn unpin(&self, mfn: Mfn, order: u8, owner: DomId) -> Result<(), HeapError> {
         let (n, off) = self.locate(mfn, order)?;
         self.settle(n, off, 1 << order);
         let mut st = self.lock_node(n);
+        Self::check_fragments(&st, off, order)?;
         let held = st.held_by(off, order, owner, false)?;
         if let Some(h) = held.unpinned {
             return Err(HeapError::NotPinned { mfn: st.mfn(h), owner });
@@ -250,19 +193,6 @@ impl<M: FrameMemory> Heap<M> {
             pos = h + size(o);
         }
         Ok(())
-    }
-
-    /// Marks (or unmarks) every chunk holding a frame of `[off, 2^order)` as being
-    /// migrated. A chunk larger than the range is marked whole (its other frames wait
-    /// for the move too) and split only once the move is done.
-    fn set_migrating(st: &mut NodeState, off: u32, order: u8, on: bool) {
-        let end = off + size(order);
-        let mut pos = st.chunk_of(off).0;
-        while pos < end {
-            let (h, o) = st.chunk_of(pos);
-            st.set_migrating(h, on);
-            pos = h + size(o);
-        }
     }
 
     /// The frames of `[off, 2^order)`, whose owner's contents have moved away, leave the
@@ -312,33 +242,6 @@ impl<M: FrameMemory> Heap<M> {
         st.set_state(h, State::Broken, 0);
         st.offline += 1;
         true
-    }
-
-    /// Moves `owner`'s frames `from` (marked migrating) to Normal memory, piece by piece,
-    /// asking `preempt` between two pieces (a pin cannot stop halfway: see [`Heap::pin`]).
-    /// Returns the destination, still marked migrating (see [`Heap::finish_destination`]);
-    /// on failure nothing is left taken.
-    fn move_whole(
-        &self,
-        owner: DomId,
-        from: Extent,
-        movable: bool,
-        migrator: &dyn Migrator,
-        preempt: &dyn Preempt,
-    ) -> Result<Extent, HeapError> {
-        let mut mv = self.begin_move(owner, from, movable, &[Zone::Normal])?;
-        let batch = batch_frames(self.config().scrub_batch, preempt);
-        for _ in 0..=from.frames().div_ceil(batch) {
-            match self.move_piece(&mut mv, migrator, batch) {
-                MoveStep::Switched => return Ok(mv.to),
-                MoveStep::Refused => break,
-                MoveStep::Copied => {
-                    preempt.check();
-                }
-            }
-        }
-        debug_assert!(mv.done <= from.frames(), "a move copies no more than its frames");
-        Err(HeapError::MigrationRefused { mfn: from.mfn, order: from.order, owner })
     }
 
     /// Starts moving `owner`'s frames `from` (marked migrating): takes a destination chunk

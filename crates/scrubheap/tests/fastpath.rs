@@ -289,6 +289,44 @@ fn offline_and_alloc_at_settle_the_blocks_they_touch() {
     settled(&h, 1 << 12);
 }
 
+/// A reserve block refilled from a range after its offline started (before its scan,
+/// or between its scan and its isolation) is settled by the offline's walk, not taken
+/// for an unmovable allocation; a chunk still lent out of it is its owner's.
+#[test]
+fn an_offline_settles_a_block_refilled_from_its_range_after_it_started() {
+    let (first, count) = (Mfn(1 << 11), 1 << 11);
+    for scanned_first in [false, true] {
+        let h = heap(1 << 12, 2);
+        // Only the range is free: a refill can take its block from nowhere else.
+        h.alloc_at(Mfn(0), 11, DomId(9)).unwrap();
+        let mut job = h.offline_start(first, count).unwrap();
+        if scanned_first {
+            // One step (the scan of the one free chunk), then yield.
+            assert!(job.advance(&NoMigration, &NoDeadline, &|| true).unwrap().is_none());
+        }
+        let e = h.get(1, &req(0, 7)).unwrap();
+        assert!(e.mfn >= first, "the refill came from the range");
+        h.put(1, e.mfn, 0, DomId(7)).unwrap();
+        assert_eq!(h.stats().reserved, 64);
+        let done = (0..).find_map(|_| job.advance(&NoMigration, &NoDeadline, &|| true).unwrap()).unwrap();
+        assert_eq!((done.frames, h.stats().offline, h.stats().reserved), (count, count, 0), "{scanned_first}");
+        h.check_invariants().unwrap();
+        // A CPU that tries again finds nothing free to refill from.
+        assert!(h.get(1, &req(0, 7)).is_err());
+        h.online(first, count, &NeverPreempt).unwrap();
+        // A loan still out becomes its owner's unmovable allocation: it blocks the offline.
+        let e = h.get(1, &req(0, 7)).unwrap();
+        h.drain(None).unwrap();
+        let mut job = h.offline_start(first, count).unwrap();
+        let _keep = h.get(0, &req(0, 8)).unwrap();
+        drop(job.advance(&NoMigration, &NoDeadline, &NeverPreempt).unwrap_err());
+        let r = h.offline(first, count, &NoMigration, &NoDeadline, &NeverPreempt);
+        let Err(HeapError::OfflineBlocked { blockers, .. }) = r else { panic!("{r:?}") };
+        assert!(blockers.iter().any(|b| b.owner == Some(DomId(7)) && b.first == e.mfn), "{blockers:?}");
+        settled(&h, 1 << 12);
+    }
+}
+
 #[test]
 fn two_threads_get_put_and_scrub_their_reserves_while_a_third_drains() {
     let h = std::sync::Arc::new(heap(1 << 12, 2));

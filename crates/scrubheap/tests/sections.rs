@@ -130,7 +130,7 @@ fn a_pin_moves_a_gib_in_pieces_of_one_batch() {
     let mover = Mover(w.heap.memory());
     let (to, max, total) =
         w.counted("pin order 17 out of Movable", false, |p| w.heap.pin(e.mfn, 17, DomId(1), &mover, p).unwrap());
-    assert_eq!((max, total), (256, 1 << 17), "copied a batch at a time");
+    assert_eq!((max, total), (256, (1 << 17) + 2), "copied a batch at a time (and one chunk marked, then freed)");
     assert_eq!(w.heap.chunk_at(to.mfn).unwrap().zone, Zone::Normal);
     assert_eq!(w.heap.memory().inner().foreign_frame(DomId(1), to.mfn, to.frames()), None);
     let (_, max, _) = w.counted("unpin, pin_in_place, unpin", false, |_| {
@@ -208,4 +208,185 @@ fn a_rolled_back_or_dropped_offline_stays_within_the_bound() {
     let mut job = w.heap.offline_start(Mfn(NODE), 1).unwrap();
     assert!((0..).find_map(|_| job.advance(&mover, &NoDeadline, &NeverPreempt).unwrap()).is_some());
     assert!(matches!(job.advance(&mover, &NoDeadline, &NeverPreempt), Err(HeapError::OfflineFinished { .. })));
+}
+
+/// Splits `owner`'s `[e.mfn, 2^e.order)` into single frames (a pin and an unpin of each:
+/// allocated chunks do not merge back): `2^order` chunks held by one owner.
+fn shatter(w: &World, e: Extent, owner: DomId) {
+    for i in 0..e.frames() {
+        w.heap.pin_in_place(Mfn(e.mfn.0 + i), 0, owner).unwrap();
+        w.heap.unpin(Mfn(e.mfn.0 + i), 0, owner).unwrap();
+    }
+}
+
+/// Drives `op` on the range as a job, yielding after every step; returns where the
+/// frames are.
+fn run_range(w: &World, op: RangeOp, e: Extent, owner: DomId, m: &dyn Migrator, p: &CountingPreempt) -> Extent {
+    let mut job = w.heap.range_start(op, e.mfn, e.order, owner).unwrap();
+    (0..).find_map(|_| job.advance(m, p).unwrap()).unwrap()
+}
+
+#[test]
+fn a_range_of_many_chunks_is_refused_in_one_call_and_done_in_counted_steps() {
+    let w = World::new(false, true);
+    let e = w.heap.alloc(&AllocRequest::new(12, DomId(1)).exact(0)).unwrap();
+    shatter(&w, e, DomId(1));
+    let before = w.heap.stats();
+    // The one-call forms would walk 4096 chunks under the node lock: refused, unchanged.
+    let (r, max, _) = w.counted("free, pin_in_place, unpin of 4096 chunks (refused)", false, |_| {
+        [
+            w.heap.free(e.mfn, 12, DomId(1)),
+            w.heap.free_sealed(e.mfn, 12, DomId(1)),
+            w.heap.pin_in_place(e.mfn, 12, DomId(1)).map(|_| ()),
+            w.heap.unpin(e.mfn, 12, DomId(1)),
+        ]
+    });
+    assert!(r.iter().all(|r| matches!(r, Err(HeapError::TooManyChunks { limit: CHUNKS_PER_STEP, .. }))), "{r:?}");
+    assert_eq!((max, w.heap.stats()), (0, before));
+    // As jobs: at most CHUNKS_PER_STEP chunks between two points, every chunk walked.
+    for op in [RangeOp::PinInPlace, RangeOp::Unpin, RangeOp::Free] {
+        let (to, max, total) = w.counted(&format!("{op:?} job over 4096 chunks"), true, |p| {
+            run_range(&w, op, e, DomId(1), &NoMigration, p)
+        });
+        assert_eq!(to, e);
+        assert!(max <= CHUNKS_PER_STEP as u64 && total >= 2 * 4096, "{op:?}: {max} {total}: marked, then committed");
+    }
+    assert_eq!(w.heap.stats().allocated, before.allocated - 4096);
+}
+
+#[test]
+fn a_refused_or_cancelled_range_job_leaves_the_heap_as_it_was() {
+    let w = World::new(false, true);
+    let e = w.heap.alloc(&AllocRequest::new(12, DomId(1)).exact(0)).unwrap();
+    shatter(&w, e, DomId(1));
+    // One frame near the end pinned: a free job marks 4000 chunks, then refuses.
+    w.heap.pin_in_place(Mfn(e.mfn.0 + 4000), 0, DomId(1)).unwrap();
+    let before: Vec<ChunkInfo> = (0..4096).map(|i| w.heap.chunk_at(Mfn(e.mfn.0 + i)).unwrap()).collect();
+    let stats = w.heap.stats();
+    let (r, _, total) = w.counted("free job refused at frame 4000", true, |p| {
+        let mut job = w.heap.range_start(RangeOp::Free, e.mfn, 12, DomId(1)).unwrap();
+        loop {
+            match job.advance(&NoMigration, p) {
+                Ok(None) => continue,
+                other => break other,
+            }
+        }
+    });
+    assert!(matches!(r, Err(HeapError::Pinned { mfn, .. }) if mfn.0 == e.mfn.0 + 4000), "{r:?}");
+    assert!(total >= 2 * 4000, "marked and unmarked in steps: {total}");
+    let after: Vec<ChunkInfo> = (0..4096).map(|i| w.heap.chunk_at(Mfn(e.mfn.0 + i)).unwrap()).collect();
+    assert_eq!((after, w.heap.stats()), (before.clone(), stats));
+    // Cancelled halfway through its marking, and dropped halfway: the same.
+    let (r, _, _) = w.counted("pin_in_place job cancelled", true, |p| {
+        let mut job = w.heap.range_start(RangeOp::PinInPlace, e.mfn, 12, DomId(1)).unwrap();
+        for _ in 0..10 {
+            assert!(job.advance(&NoMigration, p).unwrap().is_none());
+        }
+        job.cancel();
+        (0..).find_map(|_| job.advance(&NoMigration, p).transpose()).unwrap()
+    });
+    assert!(matches!(r, Err(HeapError::JobCancelled { job: "pin_in_place", .. })), "{r:?}");
+    {
+        let mut job = w.heap.range_start(RangeOp::PinInPlace, e.mfn, 12, DomId(1)).unwrap();
+        assert!(job.advance(&NoMigration, &|| true).unwrap().is_none());
+        // While marked, the range's frames are busy for everyone else.
+        assert!(matches!(w.heap.free(e.mfn, 0, DomId(1)), Err(HeapError::Busy { .. })));
+    }
+    let after: Vec<ChunkInfo> = (0..4096).map(|i| w.heap.chunk_at(Mfn(e.mfn.0 + i)).unwrap()).collect();
+    assert_eq!((after, w.heap.stats()), (before, stats));
+    w.heap.check_invariants().unwrap();
+}
+
+#[test]
+fn a_pin_job_of_many_chunks_moves_and_frees_in_counted_steps() {
+    let w = World::new(false, true);
+    let e = w.heap.alloc(&AllocRequest::new(12, DomId(1)).exact(0).movable()).unwrap();
+    assert_eq!(w.heap.chunk_at(e.mfn).unwrap().zone, Zone::Movable);
+    shatter(&w, e, DomId(1));
+    w.heap.memory().inner().write(DomId(1), e.mfn, e.frames());
+    let mover = Mover(w.heap.memory());
+    let (to, max, total) = w.counted("pin job of 4096 chunks out of Movable", true, |p| {
+        let mut job = w.heap.pin_start(e.mfn, 12, DomId(1)).unwrap();
+        (0..).find_map(|_| job.advance(&mover, p).unwrap()).unwrap()
+    });
+    assert!(max <= w.bound() && total >= 4096 + 2 * 4096, "{max} {total}: copied, marked, freed");
+    assert_eq!(w.heap.chunk_at(to.mfn).unwrap().zone, Zone::Normal);
+    assert_eq!(w.heap.memory().inner().foreign_frame(DomId(1), to.mfn, to.frames()), None);
+    assert!(matches!(w.heap.chunk_at(e.mfn).unwrap().state, ChunkState::Free { .. }));
+    // A finished job refuses to go on.
+    let mut job = w.heap.range_start(RangeOp::Unpin, to.mfn, 12, DomId(1)).unwrap();
+    assert!((0..).find_map(|_| job.advance(&NoMigration, &NeverPreempt).unwrap()).is_some());
+    assert!(matches!(job.advance(&NoMigration, &NeverPreempt), Err(HeapError::JobFinished { .. })));
+}
+
+#[test]
+fn an_online_job_yields_between_steps_and_a_cancel_changes_nothing() {
+    let w = World::new(false, true);
+    fragment(&w, 0, 16);
+    let (first, count) = (Mfn(NODE / 2), NODE / 2);
+    let mover = Mover(w.heap.memory());
+    w.heap.offline(first, count, &mover, &NoDeadline, &NeverPreempt).unwrap();
+    let offline = w.heap.stats();
+    // Cancelled while it checks: nothing changed.
+    let (r, _, _) = w.counted("online job cancelled while checking", true, |p| {
+        let mut job = w.heap.online_start(first, count).unwrap();
+        assert!(job.advance(p).unwrap().is_none());
+        job.cancel();
+        job.advance(p)
+    });
+    assert!(matches!(r, Err(HeapError::JobCancelled { job: "online", .. })), "{r:?}");
+    assert_eq!(w.heap.stats(), offline);
+    // Yielding after every step: thousands of chunks, CHUNKS_PER_STEP at a time.
+    let (back, max, total) = w.counted("online job, yielding", true, |p| {
+        let mut job = w.heap.online_start(first, count).unwrap();
+        let mut calls = 0;
+        let back = (0..).find_map(|_| {
+            calls += 1;
+            job.advance(p).unwrap()
+        });
+        assert!(calls > 2 * 4096 / CHUNKS_PER_STEP, "{calls} calls: it returned between steps");
+        assert!(matches!(job.advance(p), Err(HeapError::JobFinished { .. })));
+        back.unwrap()
+    });
+    assert_eq!(back, count);
+    assert!(max <= CHUNKS_PER_STEP as u64 && total >= 2 * 4096, "{max} {total}");
+    // Dropped once past its check: it finishes (nothing of the range stays offline).
+    w.heap.offline(first, count, &mover, &NoDeadline, &NeverPreempt).unwrap();
+    {
+        let mut job = w.heap.online_start(first, count).unwrap();
+        while !job.committed() {
+            assert!(job.advance(&|| true).unwrap().is_none());
+        }
+    }
+    assert_eq!(w.heap.stats().offline, 0);
+    w.heap.check_invariants().unwrap();
+}
+
+#[test]
+fn a_pin_job_cancelled_in_its_move_leaves_the_owner_where_it_was() {
+    let w = World::new(false, true);
+    let e = w.heap.alloc(&AllocRequest::new(16, DomId(1)).exact(0).movable()).unwrap();
+    let before = (w.heap.stats(), w.heap.chunk_at(e.mfn).unwrap());
+    let mover = Mover(w.heap.memory());
+    let (r, max, total) = w.counted("pin job cancelled after 10 pieces", true, |p| {
+        let mut job = w.heap.pin_start(e.mfn, 16, DomId(1)).unwrap();
+        for _ in 0..12 {
+            assert!(job.advance(&mover, p).unwrap().is_none());
+        }
+        job.cancel();
+        (0..).find_map(|_| job.advance(&mover, p).transpose()).unwrap()
+    });
+    assert!(matches!(r, Err(HeapError::JobCancelled { job: "pin", .. })), "{r:?}");
+    assert!(max <= w.bound() && total >= 10 * 256, "{max} {total}");
+    let after = (w.heap.stats(), w.heap.chunk_at(e.mfn).unwrap());
+    assert_eq!((after.0.allocated, after.1), (before.0.allocated, before.1));
+    // Dropped in its move: the same.
+    {
+        let mut job = w.heap.pin_start(e.mfn, 16, DomId(1)).unwrap();
+        for _ in 0..5 {
+            assert!(job.advance(&mover, &|| true).unwrap().is_none());
+        }
+    }
+    assert_eq!(w.heap.chunk_at(e.mfn).unwrap(), before.1);
+    w.heap.check_invariants().unwrap();
 }

@@ -276,18 +276,29 @@ static void pin_and_hot_remove(ScrubheapHeap *h) {
 
     /* Hot-remove node 1's Movable zone: the guests living there move out, the pinned page
      * is no longer there; then it comes back (dirty). */
-    ScrubheapOfflined done;
-    uint64_t off_first = NODE_FRAMES + MOVABLE_FROM, off_count = NODE_FRAMES - MOVABLE_FROM;
-    OK(scrubheap_offline(h, off_first, off_count, &mig, NULL, NULL, NULL, &done));
+    /* As a job, yielding after every step as a hypervisor returning to its scheduler. */
+    uint64_t off_first = NODE_FRAMES + MOVABLE_FROM, off_count = NODE_FRAMES - MOVABLE_FROM, calls = 0;
+    ScrubheapJob *job = NULL;
+    ScrubheapJobDone jd;
+    ScrubheapStatus s;
+    OK(scrubheap_offline_start(h, off_first, off_count, &job));
+    while ((s = scrubheap_job_advance(job, &mig, NULL, always_yield, NULL, &jd)) == SCRUBHEAP_PENDING) calls++;
+    OK(s);
+    CHECK(calls > 1, "the offline job returned %llu times before it ended", (unsigned long long)calls);
+    CHECK(scrubheap_job_advance(job, &mig, NULL, NULL, NULL, &jd) == SCRUBHEAP_E_JOB_FINISHED, "advanced an ended job");
+    OK(scrubheap_job_drop(job));
+    ScrubheapOfflined done = jd.offlined;
     CHECK(done.frames == off_count, "offline took %llu of %llu frames", (unsigned long long)done.frames,
           (unsigned long long)off_count);
     CHECK(done.migrated_chunks > 0 && migrations == 1 + done.migrated_chunks, "offline moved %llu chunks",
           (unsigned long long)done.migrated_chunks);
     check_guest_data();
     check_counters(h, off_count);
-    uint64_t onlined = 0;
-    OK(scrubheap_online(h, off_first, off_count, NULL, NULL, &onlined));
-    CHECK(onlined == off_count, "onlined %llu", (unsigned long long)onlined);
+    OK(scrubheap_online_start(h, off_first, off_count, &job));
+    while ((s = scrubheap_job_advance(job, NULL, NULL, always_yield, NULL, &jd)) == SCRUBHEAP_PENDING) {}
+    OK(s);
+    OK(scrubheap_job_drop(job));
+    CHECK(jd.onlined == off_count, "onlined %llu", (unsigned long long)jd.onlined);
     OK(scrubheap_unpin(h, pinned.mfn, pinned.order, 1));
     check_counters(h, 0);
 

@@ -18,7 +18,7 @@ use super::config::{RunConfig, MOVABLE_FRACTION};
 use super::recorder::{HeapGuest, OpLog};
 use super::report::HotRemoveReport;
 use super::scheduler::{Live, SchedLock};
-use crate::instrument::{PreemptRecorder, Sections};
+use crate::instrument::{drive, PreemptRecorder, Sections};
 use crate::pool::Pool;
 use crate::tenants::hot_remove::{copy_piece, move_part, WallDeadline};
 use parking_lot::Mutex;
@@ -74,7 +74,7 @@ impl HotRemove<'_> {
             }
             self.sleep_until(HOT_ADD_AT);
             rec.enter_op("hot-remove online");
-            let back = self.pool.heap().online(first, count, &rec);
+            let back = self.pool.heap().online_start(first, count).and_then(|mut job| drive(|| job.advance(&rec)));
             rec.exit();
             back.expect("the range this hot-remove took offline comes back");
             self.pool.ring(self.pool.heap().node_of(first).unwrap_or(0));
@@ -163,12 +163,18 @@ impl HotRemove<'_> {
 
     /// One offline attempt, moving guest memory through a [`GuestMover`]; `rec` is its
     /// `Preempt`, so every step of the offline (a bounded metadata walk, or one piece of
-    /// a move) is a section of its own.
+    /// a move) is a section of its own. The offline is a job: when `rec` says the
+    /// thread's quantum is used up, the job returns and the thread yields before it
+    /// resumes it.
     fn offline_attempt(&self, first: Mfn, count: u64, rec: &PreemptRecorder) -> Result<Offlined, HeapError> {
         let mover = GuestMover { run: self, out: Mutex::new(None) };
         let deadline = WallDeadline(Instant::now() + OFFLINE_DEADLINE);
         rec.enter_op("hot-remove offline");
-        let r = self.pool.heap().offline(first, count, &mover, &deadline, rec);
+        let r = self
+            .pool
+            .heap()
+            .offline_start(first, count)
+            .and_then(|mut job| drive(|| job.advance(&mover, &deadline, rec)));
         rec.exit();
         mover.put_back();
         r

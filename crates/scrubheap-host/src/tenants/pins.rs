@@ -3,7 +3,7 @@
 //! which copies the frames in the arena and updates the guest's extent list.
 
 use crate::arena::Arena;
-use crate::instrument::PreemptRecorder;
+use crate::instrument::{drive, PreemptRecorder};
 use crate::pool::{retry_busy, Pool};
 use crate::tenants::guest::Guest;
 use crate::tenants::hot_remove::{copy_piece, move_part};
@@ -74,7 +74,7 @@ impl PinOps for Pool {
             let mig = OwnGuest { pool: self, extents: RefCell::new(&mut g.extents) };
             let pinned_at = retry_busy(|| {
                 rec.enter_op("pin");
-                let r = self.heap().pin(page, 0, dom, &mig, rec);
+                let r = self.heap().pin_start(page, 0, dom).and_then(|mut job| drive(|| job.advance(&mig, rec)));
                 rec.exit();
                 r
             });

@@ -1,9 +1,9 @@
 //! The log's allocations: which frames each id holds, split by partial frees and
 //! followed through the moves of pins and offlines.
 
-use super::{fail, Fail, Replayer};
+use super::{fail, Fail, ReplayHeap, Replayer};
 use crate::kind;
-use scrubheap::{AllocRequest, DomId, Extent, HeapError, Mfn, Migrator, MAX_ORDER};
+use scrubheap::{AllocRequest, DomId, Extent, HeapError, Mfn, Migrator, NoMigration, RangeOp, MAX_ORDER};
 
 /// One allocation of the log and what is left of it.
 #[derive(Clone, Debug)]
@@ -116,7 +116,7 @@ impl Replayer {
     pub(super) fn free_part(&mut self, id: &str, offset: u64, order: u8) -> Result<(), Fail> {
         let heap = self.heap_or_fail()?;
         let (owner, mfn) = self.locate(id, offset)?;
-        heap.free(mfn, order, owner)?;
+        self.range(heap, RangeOp::Free, mfn, order, owner)?;
         self.forget(mfn.0, order, owner);
         Ok(())
     }
@@ -126,7 +126,7 @@ impl Replayer {
         let heap = self.heap_or_fail()?;
         let (owner, mfn) = self.locate(id, offset)?;
         if !pin {
-            return Ok(heap.unpin(mfn, order, owner)?);
+            return Ok(self.range(heap, RangeOp::Unpin, mfn, order, owner).map(|_| ())?);
         }
         let moves = RecordMoves::default();
         let counted = scrubheap::CountingMigrator::new(&moves, self.counter.clone());
@@ -136,6 +136,19 @@ impl Replayer {
         r.map(|_| ()).map_err(Fail::from)
     }
 
+    /// Frees or unpins a held range as a job (however many chunks it is held as),
+    /// counting its sections.
+    pub(super) fn range(
+        &self,
+        heap: &ReplayHeap,
+        op: RangeOp,
+        mfn: Mfn,
+        order: u8,
+        owner: DomId,
+    ) -> Result<Extent, HeapError> {
+        heap.range_preemptible(op, mfn, order, owner, &NoMigration, &self.preempt(true))
+    }
+
     pub(super) fn free_id(&mut self, id: &str) -> Result<(), Fail> {
         let heap = self.heap_or_fail()?;
         let Some(&serial) = self.names.get(id) else {
@@ -143,8 +156,10 @@ impl Replayer {
         };
         let owner = self.held[&serial].owner;
         let mine = self.pieces_of(serial);
-        let results: Vec<(u64, u8, Result<(), HeapError>)> =
-            mine.into_iter().map(|(m, o)| (m, o, heap.free(Mfn(m), o, owner))).collect();
+        let results: Vec<(u64, u8, Result<(), HeapError>)> = mine
+            .into_iter()
+            .map(|(m, o)| (m, o, self.range(heap, RangeOp::Free, Mfn(m), o, owner).map(|_| ())))
+            .collect();
         let mut first_err = None;
         for (m, o, res) in results {
             match res {

@@ -10,7 +10,7 @@ use crate::{kind, DEFAULT_MAX_FRAMES, MAX_NODES};
 use held::{Held, RecordMoves};
 use scrubheap::{
     Claim, ClaimTarget, CountingMemory, CountingMigrator, CountingPreempt, DomId, Heap, HeapConfig, HeapError, Mfn,
-    NoDeadline, Policy, SectionCounter, SparseMemory, StepBudget,
+    NoDeadline, Policy, RangeOp, SectionCounter, SparseMemory, StepBudget,
 };
 use scrubheap_pod::Pods;
 use std::collections::BTreeMap;
@@ -292,7 +292,8 @@ impl Replayer {
             Op::FreeId { id } => self.free_id(id.as_str()),
             Op::FreePart { id, offset, order } => self.free_part(id.as_str(), offset, order),
             Op::FreeMfn { mfn, order, dom } => {
-                self.heap_or_fail()?.free(mfn, order, dom)?;
+                let heap = self.heap_or_fail()?;
+                self.range(heap, RangeOp::Free, mfn, order, dom)?;
                 self.forget(mfn.0, order, dom);
                 Ok(())
             }

@@ -393,6 +393,26 @@ fn gib_moves_scrubs_and_offlines_replay_in_bounded_sections() {
     assert_eq!((s.pod_max_section_frames, s.baseline_max_section_frames), (0, 0));
 }
 
+/// An allocation shattered into 4096 chunks (a pin and an unpin of each frame) is pinned,
+/// unpinned and freed whole: the replayer runs them as range jobs, 64 chunks a section.
+#[test]
+fn ranges_of_many_chunks_replay_in_bounded_sections() {
+    let mut text =
+        String::from("heap nodes=1 frames_per_node=16384 movable_from=8192\nalloc id=a dom=1 order=12 node=0 exact\n");
+    for i in 0..4096 {
+        text += &format!("pin id=a offset={i} order=0\nunpin id=a offset={i} order=0\n");
+    }
+    text += "pin id=a offset=0 order=12\nunpin id=a offset=0 order=12\nfree id=a\ncheck\n";
+    let rep = {
+        let mut r = Replayer::new();
+        r.replay_str(&text);
+        finish_clean(r)
+    };
+    assert_eq!((rep.ops, rep.ok, rep.final_.allocated), (8198, 8198, 0), "{:?}", rep.errors);
+    let s = &rep.sections;
+    assert_eq!(s.max_section_frames, scrubheap::CHUNKS_PER_STEP as u64, "{s:?}");
+}
+
 /// Under the `xen` baseline the same GiB is scrubbed in place in one piece, and the report
 /// keeps it apart from the bounded figure.
 #[test]
