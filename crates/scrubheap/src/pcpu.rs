@@ -423,10 +423,11 @@ impl<M: FrameMemory> Heap<M> {
         let k = (0..KINDS).find(|&k| block_order(k) == head.order)?;
         let (nr, abs) = (&self.pcpu().nodes[n], st.base + h as u64);
         let idx = nr.index(k, abs);
-        if head.owner != RESERVE_OWNER || nr.region(k, idx) != abs || nr.tables[k][idx as usize].lock().is_none() {
+        if head.owner != RESERVE_OWNER || nr.region(k, idx) != abs {
             return None;
         }
-        self.dissolve(st, n, k, idx, false);
+        let s = nr.mapped(k, idx)?;
+        self.dissolve(st, n, s, Want::Region(k, idx));
         let gone = st.state(h) != State::Allocated || st.head(h).owner != RESERVE_OWNER;
         debug_assert!(gone || st.head(h).order == block_order(k));
         Some(gone)
