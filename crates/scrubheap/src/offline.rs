@@ -17,7 +17,7 @@ use crate::error::HeapError;
 use crate::heap::{Extent, Heap, NodeGuard};
 use crate::memory::FrameMemory;
 use crate::node::NodeState;
-use crate::pcpu::RESERVE_OWNER;
+use crate::reserve::RESERVE_OWNER;
 use crate::pin::{Migrator, Move, MoveStep};
 use crate::preempt::{batch_frames, NeverPreempt, Preempt};
 use crate::types::{DomId, Mfn, Zone};
