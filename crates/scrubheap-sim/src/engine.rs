@@ -11,7 +11,7 @@
 
 use crate::memory::{LockCounter, SimMemory};
 use crate::preset::{GIB, MIB, PAGE};
-use crate::report::{BytesScrubbed, Checks, P50Max, PolicyResult, PolicyRun, Sample};
+use crate::report::{BytesScrubbed, Checks, EventCounts, P50Max, PolicyResult, PolicyRun, Sample};
 use crate::scenario::{Action, ClaimMode, Scenario};
 use scrubheap::{
     AllocRequest, AllocStart, Claim, ClaimTarget, DomId, Extent, Heap, HeapConfig, HeapError, Mfn, NodeSpec, Policy,
@@ -30,6 +30,12 @@ pub struct RunOptions<'a> {
     pub full_check_every: Option<u64>,
     /// Called now and then with the simulated time, seconds.
     pub progress: Option<&'a (dyn Fn(f64) + Sync)>,
+    /// Charge every scrub batch as a segment of its own, with its own event and its own
+    /// rate (the engine before batches were merged; kept to compare the two). By default
+    /// the batches of one call that zero the same node are one segment of at most
+    /// [`SEGMENT`] bytes, one rate and one event, their preemption points still placed
+    /// batch by batch.
+    pub segment_per_batch: bool,
 }
 
 /// Simulates `scenario` under `policy`. Single-threaded and deterministic.
@@ -72,7 +78,7 @@ enum Ev {
 }
 
 /// Bytes of zeroing charged as one segment (the rate is re-evaluated between segments).
-const SEGMENT: u64 = 4 * MIB;
+pub const SEGMENT: u64 = 4 * MIB;
 /// Batches an idle CPU zeroes per heap call (each followed by a preemption point).
 const SCRUB_BATCHES: u64 = 16;
 /// Extents an extent-granular teardown frees per step.
@@ -132,12 +138,18 @@ struct Cpu<'h> {
     section_start: u64,
     /// Zeroing left in this step: (node, bytes, whether a preemption point follows it).
     zero: VecDeque<(usize, u64, bool)>,
-    seg: Option<(usize, u64, bool)>,
+    /// The zeroing segment in flight: (node, bytes).
+    seg: Option<(usize, u64)>,
+    /// The preemption points inside the segment in flight (ends of its batches), ns, in
+    /// order; charged as section ends when the segment ends (or a sample is taken).
+    points: VecDeque<u64>,
     /// Holds its node's single scrubber slot (Xen-like policies).
     slot: bool,
     /// Its task yielded to wait for other CPUs (a remote ticket's helpers): its next step
     /// comes this many ns after the current one ends, and the wait is no section.
     wait_ns: u64,
+    /// Its queued Step event ends such a wait (counted as a poll).
+    polling: bool,
 }
 
 #[derive(Default)]
@@ -171,8 +183,10 @@ fn lay_out_cpus<'h>(sc: &Scenario) -> (Vec<Cpu<'h>>, BTreeSet<usize>) {
                 section_start: 0,
                 zero: VecDeque::new(),
                 seg: None,
+                points: VecDeque::new(),
                 slot: false,
                 wait_ns: 0,
+                polling: false,
             });
         }
     }
@@ -221,6 +235,7 @@ struct Engine<'h, 'o> {
     inflight_scrub: u64,
     // results
     events: u64,
+    by_kind: EventCounts,
     destroys: Vec<f64>,
     creates: Vec<f64>,
     max_section: u64,
@@ -292,6 +307,7 @@ impl<'h, 'o> Engine<'h, 'o> {
             fpn,
             inflight_scrub: 0,
             events: 0,
+            by_kind: EventCounts::default(),
             destroys: Vec::new(),
             creates: Vec::new(),
             max_section: 0,
@@ -348,12 +364,16 @@ impl<'h, 'o> Engine<'h, 'o> {
             if t > max {
                 self.truncated = true;
                 self.now = max;
+                for c in 0..self.cpus.len() {
+                    self.charge_points(c, max, true);
+                }
                 break;
             }
             self.now = t;
             if ev != Ev::Sample {
                 self.pending_events -= 1;
             }
+            self.count(ev);
             match ev {
                 Ev::Op(i) => {
                     self.ready.push_back((i, t));
@@ -383,6 +403,20 @@ impl<'h, 'o> Engine<'h, 'o> {
                     p(self.now as f64 / 1e9);
                 }
             }
+        }
+    }
+
+    /// Counts event `ev` by kind, before it is handled.
+    fn count(&mut self, ev: Ev) {
+        let k = &mut self.by_kind;
+        match ev {
+            Ev::Op(_) => k.op += 1,
+            Ev::Step(c) if std::mem::take(&mut self.cpus[c].polling) => k.poll += 1,
+            Ev::Step(c) if self.cpus[c].task.is_some() => k.toolstack_call += 1,
+            Ev::Step(_) => k.scrub_call += 1,
+            Ev::Phase(c) if self.cpus[c].seg.is_some() => k.segment += 1,
+            Ev::Phase(_) => k.step_end += 1,
+            Ev::Sample => k.sample += 1,
         }
     }
 
@@ -614,7 +648,11 @@ impl<'h, 'o> Engine<'h, 'o> {
         self.next_segment(c, t);
     }
 
-    /// Starts the next zeroing segment of CPU `c` at `t`, or ends its step.
+    /// Starts the next zeroing segment of CPU `c` at `t`, or ends its step. A segment
+    /// runs at one rate, evaluated as it starts. Unless `segment_per_batch`, the whole
+    /// batches that follow a batch on the same node join its segment up to [`SEGMENT`]
+    /// bytes; each still ends at its own preemption point, `ceil(bytes / rate)` ns after
+    /// the previous one, as if it were a segment of its own at that rate.
     fn next_segment(&mut self, c: usize, t: u64) {
         let cpu_node = self.cpus[c].node;
         let Some((n, left, point)) = self.cpus[c].zero.pop_front() else {
@@ -629,9 +667,37 @@ impl<'h, 'o> Engine<'h, 'o> {
         let cross = self.crosses_interconnect(cpu_node, n);
         self.cross_writers += cross as u32;
         let rate = self.zero_rate(cpu_node, n, cross);
-        let dur = (b as f64 / rate).ceil() as u64;
-        self.cpus[c].seg = Some((n, b, point && left == b));
-        self.push(t + dur.max(1), Ev::Phase(c));
+        let merge = !self.opts.segment_per_batch;
+        let cpu = &mut self.cpus[c];
+        debug_assert!(cpu.points.is_empty(), "a segment's points are charged before the next starts");
+        let mut end = t + zero_ns(b, rate);
+        let mut bytes = b;
+        if point && left == b {
+            cpu.points.push_back(end);
+            while let Some(&(m, x, true)) = cpu.zero.front() {
+                if !merge || m != n || bytes + x > SEGMENT {
+                    break;
+                }
+                cpu.zero.pop_front();
+                bytes += x;
+                end += zero_ns(x, rate);
+                cpu.points.push_back(end);
+            }
+        }
+        cpu.seg = Some((n, bytes));
+        self.push(end, Ev::Phase(c));
+    }
+
+    /// Charges the preemption points of CPU `c`'s segment in flight up to `upto` as
+    /// section ends (all of them up to and including `upto` if `inclusive`).
+    fn charge_points(&mut self, c: usize, upto: u64, inclusive: bool) {
+        while let Some(&p) = self.cpus[c].points.front() {
+            if p > upto || (p == upto && !inclusive) {
+                break;
+            }
+            self.cpus[c].points.pop_front();
+            self.end_section_at(c, p);
+        }
     }
 
     /// Whether a CPU of node `cpu` writing node `mem` uses the shared interconnect (a
@@ -681,14 +747,13 @@ impl<'h, 'o> Engine<'h, 'o> {
     }
 
     fn phase_done(&mut self, c: usize) {
-        if let Some((n, b, point)) = self.cpus[c].seg.take() {
+        if let Some((n, b)) = self.cpus[c].seg.take() {
             self.writers[n] -= 1;
             if self.crosses_interconnect(self.cpus[c].node, n) {
                 self.cross_writers -= 1;
             }
-            if point {
-                self.end_section(c);
-            }
+            self.charge_points(c, self.now, true);
+            debug_assert!(self.cpus[c].points.is_empty(), "no point lies beyond its segment's end");
             let kind = self.cpus[c].kind;
             if kind == StepKind::Scrub {
                 self.sample_idle += b;
@@ -711,16 +776,23 @@ impl<'h, 'o> Engine<'h, 'o> {
         let wait = std::mem::take(&mut self.cpus[c].wait_ns);
         if wait > 0 {
             self.cpus[c].active = true;
+            self.cpus[c].polling = true;
             self.push(self.now + wait, Ev::Step(c));
             return;
         }
         self.kick(c);
     }
 
-    /// CPU `c` reached a preemption point: the stretch since the last one is a section.
+    /// CPU `c` reached a preemption point now: the stretch since the last one is a section.
     fn end_section(&mut self, c: usize) {
-        let section = self.now - self.cpus[c].section_start;
-        self.cpus[c].section_start = self.now;
+        self.end_section_at(c, self.now)
+    }
+
+    /// CPU `c` reached a preemption point at `at` (not before its previous one).
+    fn end_section_at(&mut self, c: usize, at: u64) {
+        assert!(at >= self.cpus[c].section_start, "preemption points in time order");
+        let section = at - self.cpus[c].section_start;
+        self.cpus[c].section_start = at;
         self.max_section = self.max_section.max(section);
         self.sample_section = self.sample_section.max(section);
         if section as f64 > self.sc.host.watchdog_s * 1e9 {
@@ -1052,6 +1124,10 @@ impl<'h, 'o> Engine<'h, 'o> {
     }
 
     fn sample(&mut self) {
+        // Sections that ended inside a segment still in flight belong to this sample.
+        for c in 0..self.cpus.len() {
+            self.charge_points(c, self.now, false);
+        }
         let nodes = (0..self.sc.host.nodes)
             .map(|n| {
                 let s = self.heap.node_stats(n).expect("node exists");
@@ -1118,11 +1194,17 @@ impl<'h, 'o> Engine<'h, 'o> {
                 full_every_events: self.full_every,
                 full_runs: self.full_runs,
                 events: self.events,
+                events_by_kind: self.by_kind,
             },
             messages: self.messages,
         };
         PolicyRun { result, timeline: self.timeline }
     }
+}
+
+/// Modelled time to zero `bytes` at `rate` bytes per ns (at least 1 ns).
+fn zero_ns(bytes: u64, rate: f64) -> u64 {
+    ((bytes as f64 / rate).ceil() as u64).max(1)
 }
 
 fn prev_pow2(x: u64) -> u64 {
