@@ -24,9 +24,10 @@ use std::sync::Arc;
 /// Options of one run.
 #[derive(Default)]
 pub struct RunOptions<'a> {
-    /// Run the heap's full `check_invariants()` every this many events (None: chosen
-    /// from the heap's size: every event up to 2^10 frames, every frames/2^10 events
-    /// above, rounded up to a power of two).
+    /// Run the heap's full `check_invariants()` every this many heap calls (events that
+    /// call into the heap; the others change no heap state). None: chosen from the heap's
+    /// size: every call up to 2^10 frames, every frames/2^10 calls above, rounded up to a
+    /// power of two.
     pub full_check_every: Option<u64>,
     /// Called now and then with the simulated time, seconds.
     pub progress: Option<&'a (dyn Fn(f64) + Sync)>,
@@ -235,6 +236,8 @@ struct Engine<'h, 'o> {
     inflight_scrub: u64,
     // results
     events: u64,
+    /// Step events: those that call into the heap.
+    heap_calls: u64,
     by_kind: EventCounts,
     destroys: Vec<f64>,
     creates: Vec<f64>,
@@ -276,8 +279,8 @@ impl<'h, 'o> Engine<'h, 'o> {
         let (cpus, free_builders) = lay_out_cpus(sc);
         let fpn = h.frames_per_node();
         let frames = fpn * h.nodes as u64;
-        // Full checks cost O(frames): every event on small heaps, sampled so that they cost
-        // about as much as 2^10 frames per event on large ones.
+        // Full checks cost O(frames): after every heap call on small heaps, sampled so that
+        // they cost about as much as 2^10 frames per heap call on large ones.
         let full_every = opts.full_check_every.unwrap_or(frames.div_ceil(1 << 10).next_power_of_two()).max(1);
         let global_lock = matches!(policy, Policy::Sync | Policy::Xen | Policy::XenCap2m);
         let mut e = Engine {
@@ -307,6 +310,7 @@ impl<'h, 'o> Engine<'h, 'o> {
             fpn,
             inflight_scrub: 0,
             events: 0,
+            heap_calls: 0,
             by_kind: EventCounts::default(),
             destroys: Vec::new(),
             creates: Vec::new(),
@@ -394,8 +398,11 @@ impl<'h, 'o> Engine<'h, 'o> {
             }
             self.events += 1;
             self.check_cheap();
-            if self.events % self.full_every == 0 {
-                self.check_full();
+            if matches!(ev, Ev::Step(_)) {
+                self.heap_calls += 1;
+                if self.heap_calls % self.full_every == 0 {
+                    self.check_full();
+                }
             }
             if let Some(p) = self.opts.progress {
                 if self.events - last_progress >= 1 << 16 {
@@ -1192,6 +1199,7 @@ impl<'h, 'o> Engine<'h, 'o> {
                 cheap_every_event: true,
                 handovers_checked: self.handovers,
                 full_every_events: self.full_every,
+                heap_calls: self.heap_calls,
                 full_runs: self.full_runs,
                 events: self.events,
                 events_by_kind: self.by_kind,

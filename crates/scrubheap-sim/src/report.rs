@@ -44,8 +44,11 @@ pub struct Checks {
     /// Every-handover leak check (each extent against the frames the memory model saw
     /// zeroed or knew clean): always on.
     pub handovers_checked: u64,
-    /// The heap's full `check_invariants()` (O(frames)) ran every this many events.
+    /// The heap's full `check_invariants()` (O(frames)) ran every this many heap calls
+    /// (the events that call into the heap: `heap_calls`; the others change no heap state).
     pub full_every_events: u64,
+    /// Events that called into the heap.
+    pub heap_calls: u64,
     /// How many times it ran (including once at the end).
     pub full_runs: u64,
     /// Events processed.
