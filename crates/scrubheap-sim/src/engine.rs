@@ -32,10 +32,10 @@ pub struct RunOptions<'a> {
     /// Called now and then with the simulated time, seconds.
     pub progress: Option<&'a (dyn Fn(f64) + Sync)>,
     /// Charge every scrub batch as a segment of its own, with its own event and its own
-    /// rate (the engine before batches were merged; kept to compare the two). By default
-    /// the batches of one call that zero the same node are one segment of at most
-    /// [`SEGMENT`] bytes, one rate and one event, their preemption points still placed
-    /// batch by batch.
+    /// rate (the engine before batches were merged; kept to compare the two). By default,
+    /// when the bandwidth shrank a call's batches below the heap's fixed batch, the
+    /// batches of the call that zero the same node are one segment of at most one fixed
+    /// batch, one rate and one event, their preemption points still placed batch by batch.
     pub segment_per_batch: bool,
 }
 
@@ -79,7 +79,7 @@ enum Ev {
 }
 
 /// Bytes of zeroing charged as one segment (the rate is re-evaluated between segments).
-pub const SEGMENT: u64 = 4 * MIB;
+const SEGMENT: u64 = 4 * MIB;
 /// Batches an idle CPU zeroes per heap call (each followed by a preemption point).
 const SCRUB_BATCHES: u64 = 16;
 /// Extents an extent-granular teardown frees per step.
@@ -144,6 +144,9 @@ struct Cpu<'h> {
     /// The preemption points inside the segment in flight (ends of its batches), ns, in
     /// order; charged as section ends when the segment ends (or a sample is taken).
     points: VecDeque<u64>,
+    /// Batches of this step (each followed by a preemption point) that zero the same node
+    /// join one segment up to this many bytes (0: each is a segment of its own).
+    merge_up_to: u64,
     /// Holds its node's single scrubber slot (Xen-like policies).
     slot: bool,
     /// Its task yielded to wait for other CPUs (a remote ticket's helpers): its next step
@@ -185,6 +188,7 @@ fn lay_out_cpus<'h>(sc: &Scenario) -> (Vec<Cpu<'h>>, BTreeSet<usize>) {
                 zero: VecDeque::new(),
                 seg: None,
                 points: VecDeque::new(),
+                merge_up_to: 0,
                 slot: false,
                 wait_ns: 0,
                 polling: false,
@@ -591,7 +595,12 @@ impl<'h, 'o> Engine<'h, 'o> {
             self.sleep(c);
             return;
         }
-        self.begin_split(c, StepKind::Scrub, &acq, 0, zero, true);
+        // Batches the bandwidth shrank are charged together up to one fixed batch: the rate
+        // is re-evaluated as often, in bytes, as for a call of full batches, which are
+        // charged one by one as before.
+        let shrunk = limit.frames < batch && !self.opts.segment_per_batch;
+        let merge_up_to = if shrunk { batch * self.frame } else { 0 };
+        self.begin_split(c, StepKind::Scrub, &acq, 0, zero, Some(merge_up_to));
     }
 
     fn drain_zero(&self) -> Vec<(usize, u64)> {
@@ -600,7 +609,7 @@ impl<'h, 'o> Engine<'h, 'o> {
 
     /// Charges a step that ends at a preemption point: see [`Engine::begin_split`].
     fn begin(&mut self, c: usize, kind: StepKind, acq: &[u64], cpu_ns: u64, zero: Vec<(usize, u64)>) {
-        self.begin_split(c, kind, acq, cpu_ns, zero, false)
+        self.begin_split(c, kind, acq, cpu_ns, zero, None)
     }
 
     /// Charges a step: locks (queued), fixed CPU time, then zeroing segments. With
@@ -611,7 +620,9 @@ impl<'h, 'o> Engine<'h, 'o> {
         kind == StepKind::Scrub || policy.scrubs_on_free()
     }
 
-    /// `split`, every zeroing call of the step is followed by a preemption point.
+    /// `split`, every zeroing call of the step is followed by a preemption point, and the
+    /// calls that zero the same node one after another share a segment up to the bytes
+    /// it holds (see [`Engine::next_segment`]).
     fn begin_split(
         &mut self,
         c: usize,
@@ -619,7 +630,7 @@ impl<'h, 'o> Engine<'h, 'o> {
         acq: &[u64],
         cpu_ns: u64,
         zero: Vec<(usize, u64)>,
-        split: bool,
+        split: Option<u64>,
     ) {
         let hold = self.sc.host.lock_hold_ns;
         let mut t = self.now;
@@ -641,10 +652,11 @@ impl<'h, 'o> Engine<'h, 'o> {
         cpu.section_start = self.now;
         cpu.active = true;
         cpu.zero.clear();
+        cpu.merge_up_to = split.unwrap_or(0);
         for (n, b) in zero {
             match cpu.zero.back_mut() {
-                Some((m, x, false)) if *m == n && !split => *x += b,
-                _ => cpu.zero.push_back((n, b, split)),
+                Some((m, x, false)) if *m == n && split.is_none() => *x += b,
+                _ => cpu.zero.push_back((n, b, split.is_some())),
             }
         }
         let bytes: u64 = cpu.zero.iter().map(|z| z.1).sum();
@@ -656,10 +668,10 @@ impl<'h, 'o> Engine<'h, 'o> {
     }
 
     /// Starts the next zeroing segment of CPU `c` at `t`, or ends its step. A segment
-    /// runs at one rate, evaluated as it starts. Unless `segment_per_batch`, the whole
-    /// batches that follow a batch on the same node join its segment up to [`SEGMENT`]
-    /// bytes; each still ends at its own preemption point, `ceil(bytes / rate)` ns after
-    /// the previous one, as if it were a segment of its own at that rate.
+    /// runs at one rate, evaluated as it starts. The whole batches that follow a batch on
+    /// the same node join its segment up to the step's `merge_up_to` bytes; each still
+    /// ends at its own preemption point, `ceil(bytes / rate)` ns after the previous one,
+    /// as if it were a segment of its own at that rate.
     fn next_segment(&mut self, c: usize, t: u64) {
         let cpu_node = self.cpus[c].node;
         let Some((n, left, point)) = self.cpus[c].zero.pop_front() else {
@@ -674,7 +686,6 @@ impl<'h, 'o> Engine<'h, 'o> {
         let cross = self.crosses_interconnect(cpu_node, n);
         self.cross_writers += cross as u32;
         let rate = self.zero_rate(cpu_node, n, cross);
-        let merge = !self.opts.segment_per_batch;
         let cpu = &mut self.cpus[c];
         debug_assert!(cpu.points.is_empty(), "a segment's points are charged before the next starts");
         let mut end = t + zero_ns(b, rate);
@@ -682,7 +693,7 @@ impl<'h, 'o> Engine<'h, 'o> {
         if point && left == b {
             cpu.points.push_back(end);
             while let Some(&(m, x, true)) = cpu.zero.front() {
-                if !merge || m != n || bytes + x > SEGMENT {
+                if m != n || bytes + x > cpu.merge_up_to {
                     break;
                 }
                 cpu.zero.pop_front();

@@ -34,22 +34,24 @@ fn same_sections(sc: &Scenario, p: Policy) -> (PolicyResult, PolicyResult) {
 
 #[test]
 fn a_hand_computed_case() {
-    // One CPU a node, bound by its core (4 GB/s, the node has 8): every 1 MiB batch takes
-    // 2^20 / 4 = 262,144 ns, whoever runs it. With no lock cost and a 0.2 ms watchdog each
-    // batch is one trip: the 2 GiB the destroy frees are 2,048 of them.
-    let host = HostPreset { cpus_per_node: 1, lock_hold_ns: 0, watchdog_s: 0.0002, ..HostPreset::tiny() };
+    // One CPU a node, bound by its core at 1 GB/s (the node has 8), no lock cost, a 0.4 ms
+    // watchdog. The destroy frees two dirty 1 GiB chunks, one a node. xen's fixed 1 MiB
+    // batch takes 2^20 ns: 2,048 sections over the watchdog, each a segment as before.
+    // scrubheap sizes its batches to 0.5 ms at 1 GB/s: 122 frames (499,712 ns), 2,148 of
+    // them a chunk and a last one of 88 frames (360,448 ns, under the watchdog), merged
+    // into segments of up to 1 MiB but still a section each.
+    let host =
+        HostPreset { cpus_per_node: 1, core_zero_gbps: 1.0, lock_hold_ns: 0, watchdog_s: 0.0004, ..HostPreset::tiny() };
     let sc = Scenario::builtin("destroy-1tb", Some(host), 1).unwrap();
-    for p in [Policy::Xen, Policy::Scrubheap] {
-        let (old, r) = same_sections(&sc, p);
-        assert_eq!(r.max_nonpreemptible_ms, 0.262144, "{p:?}");
-        assert_eq!((old.watchdog_trips, r.watchdog_trips), (2048, 2048), "{p:?}");
-        assert!(
-            r.checks.events < old.checks.events,
-            "{p:?}: {} events, {} per batch",
-            r.checks.events,
-            old.checks.events
-        );
-    }
+    let (old, xen) = same_sections(&sc, Policy::Xen);
+    assert_eq!(xen.max_nonpreemptible_ms, 1.048576);
+    assert_eq!((old.watchdog_trips, xen.watchdog_trips), (2048, 2048));
+    assert_eq!(old.checks.events, xen.checks.events, "full batches are charged one by one");
+    let (old, sh) = same_sections(&sc, Policy::Scrubheap);
+    assert_eq!(sh.max_nonpreemptible_ms, 0.499712);
+    assert_eq!((old.watchdog_trips, sh.watchdog_trips), (2 * 2148, 2 * 2148));
+    let (e, o) = (sh.checks.events, old.checks.events);
+    assert!(e < o, "{e} events, {o} per batch");
 }
 
 #[test]
@@ -58,7 +60,7 @@ fn starved_hosts_give_the_same_longest_section_with_fewer_events() {
     // case that made the reboot-storm sweep cost 10^8 events. The preset's 5 s watchdog
     // sees nothing here, so the verdict is checked against a 0.3 ms one, which counts
     // the sections one by one (scrubheap's longest is about 0.4 ms): the counts may differ
-    // by the few batches whose rate moved inside a segment (29 of 261,601 here).
+    // by the few batches whose rate moved inside a segment (at most 0.1%).
     let starved = HostPreset { cpus_per_node: 25, node_zero_gbps: 0.5, watchdog_s: 0.0003, ..HostPreset::tiny() };
     for name in ["destroy-1tb", "reboot-storm"] {
         let sc = Scenario::builtin(name, Some(starved.clone()), 1).unwrap();
