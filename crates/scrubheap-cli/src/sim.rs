@@ -305,7 +305,7 @@ fn print_table(rep: &SimReport) {
     }
     if let Some(r) = rep.results.first() {
         println!(
-            "checks: conservation, ledger and claims after every event; every handover against the memory model ({} extents for {}); check_invariants() every {} events ({} runs)",
+            "checks: conservation, ledger and claims after every event; every handover against the memory model ({} extents for {}); check_invariants() every {} heap calls ({} runs)",
             r.checks.handovers_checked, r.policy, r.checks.full_every_events, r.checks.full_runs
         );
     }

@@ -11,7 +11,7 @@
 
 use crate::memory::{LockCounter, SimMemory};
 use crate::preset::{GIB, MIB, PAGE};
-use crate::report::{BytesScrubbed, Checks, P50Max, PolicyResult, PolicyRun, Sample};
+use crate::report::{BytesScrubbed, Checks, EventCounts, P50Max, PolicyResult, PolicyRun, Sample};
 use crate::scenario::{Action, ClaimMode, Scenario};
 use scrubheap::{
     AllocRequest, AllocStart, Claim, ClaimTarget, DomId, Extent, Heap, HeapConfig, HeapError, Mfn, NodeSpec, Policy,
@@ -24,12 +24,19 @@ use std::sync::Arc;
 /// Options of one run.
 #[derive(Default)]
 pub struct RunOptions<'a> {
-    /// Run the heap's full `check_invariants()` every this many events (None: chosen
-    /// from the heap's size: every event up to 2^10 frames, every frames/2^10 events
-    /// above, rounded up to a power of two).
+    /// Run the heap's full `check_invariants()` every this many heap calls (events that
+    /// call into the heap; the others change no heap state). None: chosen from the heap's
+    /// size: every call up to 2^10 frames, every frames/2^10 calls above, rounded up to a
+    /// power of two.
     pub full_check_every: Option<u64>,
     /// Called now and then with the simulated time, seconds.
     pub progress: Option<&'a (dyn Fn(f64) + Sync)>,
+    /// Charge every scrub batch as a segment of its own, with its own event and its own
+    /// rate (the engine before batches were merged; kept to compare the two). By default,
+    /// when the bandwidth shrank a call's batches below the heap's fixed batch, the
+    /// batches of the call that zero the same node are one segment of at most one fixed
+    /// batch, one rate and one event, their preemption points still placed batch by batch.
+    pub segment_per_batch: bool,
 }
 
 /// Simulates `scenario` under `policy`. Single-threaded and deterministic.
@@ -132,12 +139,21 @@ struct Cpu<'h> {
     section_start: u64,
     /// Zeroing left in this step: (node, bytes, whether a preemption point follows it).
     zero: VecDeque<(usize, u64, bool)>,
-    seg: Option<(usize, u64, bool)>,
+    /// The zeroing segment in flight: (node, bytes).
+    seg: Option<(usize, u64)>,
+    /// The preemption points inside the segment in flight (ends of its batches), ns, in
+    /// order; charged as section ends when the segment ends (or a sample is taken).
+    points: VecDeque<u64>,
+    /// Batches of this step (each followed by a preemption point) that zero the same node
+    /// join one segment up to this many bytes (0: each is a segment of its own).
+    merge_up_to: u64,
     /// Holds its node's single scrubber slot (Xen-like policies).
     slot: bool,
     /// Its task yielded to wait for other CPUs (a remote ticket's helpers): its next step
     /// comes this many ns after the current one ends, and the wait is no section.
     wait_ns: u64,
+    /// Its queued Step event ends such a wait (counted as a poll).
+    polling: bool,
 }
 
 #[derive(Default)]
@@ -171,8 +187,11 @@ fn lay_out_cpus<'h>(sc: &Scenario) -> (Vec<Cpu<'h>>, BTreeSet<usize>) {
                 section_start: 0,
                 zero: VecDeque::new(),
                 seg: None,
+                points: VecDeque::new(),
+                merge_up_to: 0,
                 slot: false,
                 wait_ns: 0,
+                polling: false,
             });
         }
     }
@@ -221,6 +240,9 @@ struct Engine<'h, 'o> {
     inflight_scrub: u64,
     // results
     events: u64,
+    /// Step events: those that call into the heap.
+    heap_calls: u64,
+    by_kind: EventCounts,
     destroys: Vec<f64>,
     creates: Vec<f64>,
     max_section: u64,
@@ -261,8 +283,8 @@ impl<'h, 'o> Engine<'h, 'o> {
         let (cpus, free_builders) = lay_out_cpus(sc);
         let fpn = h.frames_per_node();
         let frames = fpn * h.nodes as u64;
-        // Full checks cost O(frames): every event on small heaps, sampled so that they cost
-        // about as much as 2^10 frames per event on large ones.
+        // Full checks cost O(frames): after every heap call on small heaps, sampled so that
+        // they cost about as much as 2^10 frames per heap call on large ones.
         let full_every = opts.full_check_every.unwrap_or(frames.div_ceil(1 << 10).next_power_of_two()).max(1);
         let global_lock = matches!(policy, Policy::Sync | Policy::Xen | Policy::XenCap2m);
         let mut e = Engine {
@@ -292,6 +314,8 @@ impl<'h, 'o> Engine<'h, 'o> {
             fpn,
             inflight_scrub: 0,
             events: 0,
+            heap_calls: 0,
+            by_kind: EventCounts::default(),
             destroys: Vec::new(),
             creates: Vec::new(),
             max_section: 0,
@@ -348,12 +372,16 @@ impl<'h, 'o> Engine<'h, 'o> {
             if t > max {
                 self.truncated = true;
                 self.now = max;
+                for c in 0..self.cpus.len() {
+                    self.charge_points(c, max, true);
+                }
                 break;
             }
             self.now = t;
             if ev != Ev::Sample {
                 self.pending_events -= 1;
             }
+            self.count(ev);
             match ev {
                 Ev::Op(i) => {
                     self.ready.push_back((i, t));
@@ -374,8 +402,11 @@ impl<'h, 'o> Engine<'h, 'o> {
             }
             self.events += 1;
             self.check_cheap();
-            if self.events % self.full_every == 0 {
-                self.check_full();
+            if matches!(ev, Ev::Step(_)) {
+                self.heap_calls += 1;
+                if self.heap_calls % self.full_every == 0 {
+                    self.check_full();
+                }
             }
             if let Some(p) = self.opts.progress {
                 if self.events - last_progress >= 1 << 16 {
@@ -383,6 +414,20 @@ impl<'h, 'o> Engine<'h, 'o> {
                     p(self.now as f64 / 1e9);
                 }
             }
+        }
+    }
+
+    /// Counts event `ev` by kind, before it is handled.
+    fn count(&mut self, ev: Ev) {
+        let k = &mut self.by_kind;
+        match ev {
+            Ev::Op(_) => k.op += 1,
+            Ev::Step(c) if std::mem::take(&mut self.cpus[c].polling) => k.poll += 1,
+            Ev::Step(c) if self.cpus[c].task.is_some() => k.toolstack_call += 1,
+            Ev::Step(_) => k.scrub_call += 1,
+            Ev::Phase(c) if self.cpus[c].seg.is_some() => k.segment += 1,
+            Ev::Phase(_) => k.step_end += 1,
+            Ev::Sample => k.sample += 1,
         }
     }
 
@@ -550,7 +595,12 @@ impl<'h, 'o> Engine<'h, 'o> {
             self.sleep(c);
             return;
         }
-        self.begin_split(c, StepKind::Scrub, &acq, 0, zero, true);
+        // Batches the bandwidth shrank are charged together up to one fixed batch: the rate
+        // is re-evaluated as often, in bytes, as for a call of full batches, which are
+        // charged one by one as before.
+        let shrunk = limit.frames < batch && !self.opts.segment_per_batch;
+        let merge_up_to = if shrunk { batch * self.frame } else { 0 };
+        self.begin_split(c, StepKind::Scrub, &acq, 0, zero, Some(merge_up_to));
     }
 
     fn drain_zero(&self) -> Vec<(usize, u64)> {
@@ -559,7 +609,7 @@ impl<'h, 'o> Engine<'h, 'o> {
 
     /// Charges a step that ends at a preemption point: see [`Engine::begin_split`].
     fn begin(&mut self, c: usize, kind: StepKind, acq: &[u64], cpu_ns: u64, zero: Vec<(usize, u64)>) {
-        self.begin_split(c, kind, acq, cpu_ns, zero, false)
+        self.begin_split(c, kind, acq, cpu_ns, zero, None)
     }
 
     /// Charges a step: locks (queued), fixed CPU time, then zeroing segments. With
@@ -570,7 +620,9 @@ impl<'h, 'o> Engine<'h, 'o> {
         kind == StepKind::Scrub || policy.scrubs_on_free()
     }
 
-    /// `split`, every zeroing call of the step is followed by a preemption point.
+    /// `split`, every zeroing call of the step is followed by a preemption point, and the
+    /// calls that zero the same node one after another share a segment up to the bytes
+    /// it holds (see [`Engine::next_segment`]).
     fn begin_split(
         &mut self,
         c: usize,
@@ -578,7 +630,7 @@ impl<'h, 'o> Engine<'h, 'o> {
         acq: &[u64],
         cpu_ns: u64,
         zero: Vec<(usize, u64)>,
-        split: bool,
+        split: Option<u64>,
     ) {
         let hold = self.sc.host.lock_hold_ns;
         let mut t = self.now;
@@ -600,10 +652,11 @@ impl<'h, 'o> Engine<'h, 'o> {
         cpu.section_start = self.now;
         cpu.active = true;
         cpu.zero.clear();
+        cpu.merge_up_to = split.unwrap_or(0);
         for (n, b) in zero {
             match cpu.zero.back_mut() {
-                Some((m, x, false)) if *m == n && !split => *x += b,
-                _ => cpu.zero.push_back((n, b, split)),
+                Some((m, x, false)) if *m == n && split.is_none() => *x += b,
+                _ => cpu.zero.push_back((n, b, split.is_some())),
             }
         }
         let bytes: u64 = cpu.zero.iter().map(|z| z.1).sum();
@@ -614,7 +667,11 @@ impl<'h, 'o> Engine<'h, 'o> {
         self.next_segment(c, t);
     }
 
-    /// Starts the next zeroing segment of CPU `c` at `t`, or ends its step.
+    /// Starts the next zeroing segment of CPU `c` at `t`, or ends its step. A segment
+    /// runs at one rate, evaluated as it starts. The whole batches that follow a batch on
+    /// the same node join its segment up to the step's `merge_up_to` bytes; each still
+    /// ends at its own preemption point, `ceil(bytes / rate)` ns after the previous one,
+    /// as if it were a segment of its own at that rate.
     fn next_segment(&mut self, c: usize, t: u64) {
         let cpu_node = self.cpus[c].node;
         let Some((n, left, point)) = self.cpus[c].zero.pop_front() else {
@@ -629,9 +686,36 @@ impl<'h, 'o> Engine<'h, 'o> {
         let cross = self.crosses_interconnect(cpu_node, n);
         self.cross_writers += cross as u32;
         let rate = self.zero_rate(cpu_node, n, cross);
-        let dur = (b as f64 / rate).ceil() as u64;
-        self.cpus[c].seg = Some((n, b, point && left == b));
-        self.push(t + dur.max(1), Ev::Phase(c));
+        let cpu = &mut self.cpus[c];
+        debug_assert!(cpu.points.is_empty(), "a segment's points are charged before the next starts");
+        let mut end = t + zero_ns(b, rate);
+        let mut bytes = b;
+        if point && left == b {
+            cpu.points.push_back(end);
+            while let Some(&(m, x, true)) = cpu.zero.front() {
+                if m != n || bytes + x > cpu.merge_up_to {
+                    break;
+                }
+                cpu.zero.pop_front();
+                bytes += x;
+                end += zero_ns(x, rate);
+                cpu.points.push_back(end);
+            }
+        }
+        cpu.seg = Some((n, bytes));
+        self.push(end, Ev::Phase(c));
+    }
+
+    /// Charges the preemption points of CPU `c`'s segment in flight up to `upto` as
+    /// section ends (all of them up to and including `upto` if `inclusive`).
+    fn charge_points(&mut self, c: usize, upto: u64, inclusive: bool) {
+        while let Some(&p) = self.cpus[c].points.front() {
+            if p > upto || (p == upto && !inclusive) {
+                break;
+            }
+            self.cpus[c].points.pop_front();
+            self.end_section_at(c, p);
+        }
     }
 
     /// Whether a CPU of node `cpu` writing node `mem` uses the shared interconnect (a
@@ -681,14 +765,13 @@ impl<'h, 'o> Engine<'h, 'o> {
     }
 
     fn phase_done(&mut self, c: usize) {
-        if let Some((n, b, point)) = self.cpus[c].seg.take() {
+        if let Some((n, b)) = self.cpus[c].seg.take() {
             self.writers[n] -= 1;
             if self.crosses_interconnect(self.cpus[c].node, n) {
                 self.cross_writers -= 1;
             }
-            if point {
-                self.end_section(c);
-            }
+            self.charge_points(c, self.now, true);
+            debug_assert!(self.cpus[c].points.is_empty(), "no point lies beyond its segment's end");
             let kind = self.cpus[c].kind;
             if kind == StepKind::Scrub {
                 self.sample_idle += b;
@@ -711,16 +794,23 @@ impl<'h, 'o> Engine<'h, 'o> {
         let wait = std::mem::take(&mut self.cpus[c].wait_ns);
         if wait > 0 {
             self.cpus[c].active = true;
+            self.cpus[c].polling = true;
             self.push(self.now + wait, Ev::Step(c));
             return;
         }
         self.kick(c);
     }
 
-    /// CPU `c` reached a preemption point: the stretch since the last one is a section.
+    /// CPU `c` reached a preemption point now: the stretch since the last one is a section.
     fn end_section(&mut self, c: usize) {
-        let section = self.now - self.cpus[c].section_start;
-        self.cpus[c].section_start = self.now;
+        self.end_section_at(c, self.now)
+    }
+
+    /// CPU `c` reached a preemption point at `at` (not before its previous one).
+    fn end_section_at(&mut self, c: usize, at: u64) {
+        assert!(at >= self.cpus[c].section_start, "preemption points in time order");
+        let section = at - self.cpus[c].section_start;
+        self.cpus[c].section_start = at;
         self.max_section = self.max_section.max(section);
         self.sample_section = self.sample_section.max(section);
         if section as f64 > self.sc.host.watchdog_s * 1e9 {
@@ -1052,6 +1142,10 @@ impl<'h, 'o> Engine<'h, 'o> {
     }
 
     fn sample(&mut self) {
+        // Sections that ended inside a segment still in flight belong to this sample.
+        for c in 0..self.cpus.len() {
+            self.charge_points(c, self.now, false);
+        }
         let nodes = (0..self.sc.host.nodes)
             .map(|n| {
                 let s = self.heap.node_stats(n).expect("node exists");
@@ -1116,13 +1210,20 @@ impl<'h, 'o> Engine<'h, 'o> {
                 cheap_every_event: true,
                 handovers_checked: self.handovers,
                 full_every_events: self.full_every,
+                heap_calls: self.heap_calls,
                 full_runs: self.full_runs,
                 events: self.events,
+                events_by_kind: self.by_kind,
             },
             messages: self.messages,
         };
         PolicyRun { result, timeline: self.timeline }
     }
+}
+
+/// Modelled time to zero `bytes` at `rate` bytes per ns (at least 1 ns).
+fn zero_ns(bytes: u64, rate: f64) -> u64 {
+    ((bytes as f64 / rate).ceil() as u64).max(1)
 }
 
 fn prev_pow2(x: u64) -> u64 {

@@ -49,7 +49,7 @@ pub fn simulate(
         .par_iter()
         .map(|&p| {
             let cb = |t: f64| progress(p, t);
-            let opts = engine::RunOptions { full_check_every: None, progress: Some(&cb) };
+            let opts = engine::RunOptions { progress: Some(&cb), ..Default::default() };
             engine::run(scenario, p, &opts)
         })
         .collect();

@@ -44,12 +44,37 @@ pub struct Checks {
     /// Every-handover leak check (each extent against the frames the memory model saw
     /// zeroed or knew clean): always on.
     pub handovers_checked: u64,
-    /// The heap's full `check_invariants()` (O(frames)) ran every this many events.
+    /// The heap's full `check_invariants()` (O(frames)) ran every this many heap calls
+    /// (the events that call into the heap: `heap_calls`; the others change no heap state).
     pub full_every_events: u64,
+    /// Events that called into the heap.
+    pub heap_calls: u64,
     /// How many times it ran (including once at the end).
     pub full_runs: u64,
     /// Events processed.
     pub events: u64,
+    /// The same events by kind (where a simulation spends its run time).
+    pub events_by_kind: EventCounts,
+}
+
+/// Events a simulation processed, by kind. Their sum is [`Checks::events`].
+#[derive(Clone, Debug, Default, PartialEq, Serialize)]
+pub struct EventCounts {
+    /// A scenario operation came due (create, destroy, reboot).
+    pub op: u64,
+    /// An idle CPU's heap call (`scrub_step`), including those that found nothing.
+    pub scrub_call: u64,
+    /// A toolstack CPU's heap call (claim, allocation, ticket advance, free), except
+    /// those counted as `poll`.
+    pub toolstack_call: u64,
+    /// A builder that had yielded to wait for a ticket's helpers woke and looked again.
+    pub poll: u64,
+    /// A zeroing segment ended (its rate is re-evaluated at the next one).
+    pub segment: u64,
+    /// A step's modelled time ended (the preemption point after a call).
+    pub step_end: u64,
+    /// A timeline sample.
+    pub sample: u64,
 }
 
 /// One policy's results on one scenario.
