@@ -66,8 +66,8 @@ pub struct Args {
 
 #[cfg(all(target_os = "linux", target_arch = "x86_64"))]
 pub fn main(a: Args) -> anyhow::Result<()> {
-    use scrubheap_vmm::churn::{self, VmmConfig, VmmReport};
-    use scrubheap_vmm::vm::{GuestProgram, Kvm};
+    use scrubheap_vmm::churn::{self, VmmReport};
+    use scrubheap_vmm::vm::Kvm;
 
     let memory = a.pool.memory()?;
     if a.guests == 0 || a.guests > 100_000 {
@@ -98,23 +98,7 @@ pub fn main(a: Args) -> anyhow::Result<()> {
         bail!("--pod boots populate-on-demand guests of the pool: leave the kernel baseline out of --compare");
     }
     let kvm = Kvm::open()?;
-    let cfgs: Vec<VmmConfig> = backends
-        .iter()
-        .map(|&backend| VmmConfig {
-            memory_bytes: memory,
-            nodes: a.pool.nodes,
-            scrubbers_per_node: a.pool.scrubbers,
-            backend,
-            guests: a.guests,
-            seed: a.seed,
-            hugetlb: true,
-            verify: a.verify,
-            pod: a.pod,
-            guest_bytes: a.guest_size,
-            program: if a.guest_init { GuestProgram::InitEachPage } else { GuestProgram::ScanThenFill },
-            back_to_back: a.back_to_back,
-        })
-        .collect();
+    let cfgs = churn_configs(&a, memory, &backends);
     println!(
         "{}: {} guests{} on {} of memory ({} node(s), {} scrubber(s) per node){}{}, KVM allows {} slots per VM{}",
         backends.iter().map(|b| b.to_string()).collect::<Vec<_>>().join(", "),
@@ -146,6 +130,32 @@ pub fn main(a: Args) -> anyhow::Result<()> {
         println!("report: {}", j.display());
     }
     Ok(())
+}
+
+/// One churn configuration per backend, the rest as the arguments say.
+#[cfg(all(target_os = "linux", target_arch = "x86_64"))]
+fn churn_configs(a: &Args, memory: u64, backends: &[Backend]) -> Vec<scrubheap_vmm::churn::VmmConfig> {
+    use scrubheap_vmm::vm::GuestProgram;
+    let program = if a.guest_init { GuestProgram::InitEachPage } else { GuestProgram::ScanThenFill };
+    let cfgs: Vec<_> = backends
+        .iter()
+        .map(|&backend| scrubheap_vmm::churn::VmmConfig {
+            memory_bytes: memory,
+            nodes: a.pool.nodes,
+            scrubbers_per_node: a.pool.scrubbers,
+            backend,
+            guests: a.guests,
+            seed: a.seed,
+            hugetlb: true,
+            verify: a.verify,
+            pod: a.pod,
+            guest_bytes: a.guest_size,
+            program,
+            back_to_back: a.back_to_back,
+        })
+        .collect();
+    debug_assert_eq!(cfgs.len(), backends.len());
+    cfgs
 }
 
 #[cfg(all(target_os = "linux", target_arch = "x86_64"))]
