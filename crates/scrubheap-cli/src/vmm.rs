@@ -38,6 +38,17 @@ pub struct Args {
     /// arrives after another, as many alive as fit in 70% of the memory.
     #[arg(long, value_parser = parse_size)]
     pub guest_size: Option<u64>,
+    /// Each guest checks and writes its RAM a page at a time, as a booting OS initialises
+    /// its memory (every word of a page read and checked zero, then the page written),
+    /// instead of the default read-only scan of all of it followed by the fill.
+    #[arg(long)]
+    pub guest_init: bool,
+    /// Arrivals back to back, as fast as the machine goes. By default the host has the
+    /// time the workload leaves between two arrivals (at most 1 s each) to scrub what
+    /// departed guests left, as a host's idle CPUs would, and the report says how long
+    /// that took.
+    #[arg(long)]
+    pub back_to_back: bool,
     /// Balloon one real guest instead of a churn: it gives back the top `--balloon-size`
     /// of its RAM (`--guest-size`, default 2 GiB) and asks for it again, `--rounds` times,
     /// under the pool and under the kernel's `MADV_DONTNEED` paths (4 KiB at a time as
@@ -75,12 +86,15 @@ fn check(a: &Args, memory: u64) -> anyhow::Result<()> {
 
 #[cfg(all(target_os = "linux", target_arch = "x86_64"))]
 pub fn main(a: Args) -> anyhow::Result<()> {
-    use scrubheap_vmm::churn::{self, VmmConfig, VmmReport};
+    use scrubheap_vmm::churn::{self, VmmReport};
     use scrubheap_vmm::vm::Kvm;
 
     let memory = a.pool.memory()?;
     check(&a, memory)?;
     if a.balloon {
+        if a.guest_init || a.back_to_back {
+            bail!("--balloon runs its own balloon guest: leave --guest-init and --back-to-back out");
+        }
         if a.pod {
             bail!("--balloon runs one ordinary guest; leave --pod out (it has its own balloon at boot)");
         }
@@ -91,37 +105,26 @@ pub fn main(a: Args) -> anyhow::Result<()> {
         bail!("--pod boots populate-on-demand guests of the pool: leave the kernel baseline out of --compare");
     }
     let kvm = Kvm::open()?;
-    let mut reports: Vec<VmmReport> = Vec::new();
-    for (i, &backend) in backends.iter().enumerate() {
-        let cfg = VmmConfig {
-            memory_bytes: memory,
-            nodes: a.pool.nodes,
-            scrubbers_per_node: a.pool.scrubbers,
-            backend,
-            guests: a.guests,
-            seed: a.seed,
-            hugetlb: true,
-            verify: a.verify,
-            pod: a.pod,
-            guest_bytes: a.guest_size,
-        };
-        println!(
-            "[{}/{}] {backend}{}: {} guests{} on {} of memory ({} node(s), {} scrubber(s) per node), KVM allows {} slots per VM",
-            i + 1,
-            backends.len(),
-            if a.verify && backend != Backend::Kernel { " --verify" } else { "" },
-            a.guests,
-            a.guest_size.map_or(String::new(), |g| format!(" of {}", human(g))),
-            human(memory),
-            a.pool.nodes,
-            a.pool.scrubbers,
-            kvm.max_memslots()
-        );
-        let display = Display::new(a.guests as u64);
-        let r = churn::run(&cfg, &kvm, &|p| display.show(p)).with_context(|| format!("guests under {backend}"))?;
-        display.finish();
-        println!("{}", summary_line(&r));
-        reports.push(r);
+    let cfgs = churn_configs(&a, memory, &backends);
+    println!(
+        "{}: {} guests{} on {} of memory ({} node(s), {} scrubber(s) per node){}{}, KVM allows {} slots per VM{}",
+        backends.iter().map(|b| b.to_string()).collect::<Vec<_>>().join(", "),
+        a.guests,
+        a.guest_size.map_or(String::new(), |g| format!(" of {}", human(g))),
+        human(memory),
+        a.pool.nodes,
+        a.pool.scrubbers,
+        if a.verify { ", --verify" } else { "" },
+        if a.back_to_back { ", arrivals back to back" } else { ", scrubbing in the gaps between arrivals" },
+        kvm.max_memslots(),
+        if backends.len() > 1 { "; each guest under every backend in turn" } else { "" },
+    );
+    let display = Display::new(a.guests as u64);
+    let reports: Vec<VmmReport> =
+        churn::run_side_by_side(&cfgs, &kvm, &|p| display.show(p)).context("guests side by side")?;
+    display.finish();
+    for r in &reports {
+        println!("{}", summary_line(r));
     }
     println!("\n{}", table(&reports));
     if let Some(j) = &a.json {
@@ -134,6 +137,32 @@ pub fn main(a: Args) -> anyhow::Result<()> {
         println!("report: {}", j.display());
     }
     Ok(())
+}
+
+/// One churn configuration per backend, the rest as the arguments say.
+#[cfg(all(target_os = "linux", target_arch = "x86_64"))]
+fn churn_configs(a: &Args, memory: u64, backends: &[Backend]) -> Vec<scrubheap_vmm::churn::VmmConfig> {
+    use scrubheap_vmm::vm::GuestProgram;
+    let program = if a.guest_init { GuestProgram::InitEachPage } else { GuestProgram::ScanThenFill };
+    let cfgs: Vec<_> = backends
+        .iter()
+        .map(|&backend| scrubheap_vmm::churn::VmmConfig {
+            memory_bytes: memory,
+            nodes: a.pool.nodes,
+            scrubbers_per_node: a.pool.scrubbers,
+            backend,
+            guests: a.guests,
+            seed: a.seed,
+            hugetlb: true,
+            verify: a.verify,
+            pod: a.pod,
+            guest_bytes: a.guest_size,
+            program,
+            back_to_back: a.back_to_back,
+        })
+        .collect();
+    debug_assert_eq!(cfgs.len(), backends.len());
+    cfgs
 }
 
 #[cfg(all(target_os = "linux", target_arch = "x86_64"))]
@@ -287,7 +316,7 @@ fn compare(rs: &[scrubheap_vmm::churn::VmmReport]) -> serde_json::Value {
 #[cfg(all(target_os = "linux", target_arch = "x86_64"))]
 fn table(rs: &[scrubheap_vmm::churn::VmmReport]) -> String {
     use scrubheap_vmm::churn::VmmReport;
-    let rows: [Row<VmmReport>; 17] = [
+    let rows: [Row<VmmReport>; 20] = [
         ("guests booted / most alive at once", |r| format!("{} / {}", r.guests, r.max_alive)),
         ("guest RAM scanned, GiB", |r| format!("{:.1}", r.guest_bytes as f64 / (1u64 << 30) as f64)),
         ("non-zero words / words checked", |r| {
@@ -321,6 +350,7 @@ fn table(rs: &[scrubheap_vmm::churn::VmmReport]) -> String {
         ("ready ms p50 / p99 / max", |r| {
             format!("{:.2} / {:.1} / {:.1}", r.ready_ms.p50, r.ready_ms.p99, r.ready_ms.max)
         }),
+        ("guest program", |r| r.program.to_string()),
         ("scan ms p50 / p99 (guest TSC)", |r| format!("{:.2} / {:.1}", r.scan_ms.p50, r.scan_ms.p99)),
         ("scan GB/s (all guests)", |r| format!("{:.1}", r.scan_gbps)),
         ("fill ms p50 / p99 (guest TSC)", |r| format!("{:.2} / {:.1}", r.fill_ms.p50, r.fill_ms.p99)),
@@ -335,6 +365,20 @@ fn table(rs: &[scrubheap_vmm::churn::VmmReport]) -> String {
                 p.slots_removed
             ),
             None => "-".into(),
+        }),
+        ("gap scrub GiB / ms / budget ms / dirty", |r| {
+            let g = &r.gap_scrub;
+            format!(
+                "{:.2} / {:.0} / {:.0} / {}",
+                g.bytes as f64 / (1u64 << 30) as f64,
+                g.ms,
+                g.budget_ms,
+                g.arrivals_dirty
+            )
+        }),
+        ("GiB scrubbed background / in place", |r| {
+            let gib = |b: u64| b as f64 / (1u64 << 30) as f64;
+            format!("{:.2} / {:.2}", gib(r.bytes_scrubbed[0]), gib(r.bytes_scrubbed[1]))
         }),
         ("memory slots p50 / max (limit)", |r| {
             format!("{} / {} ({})", r.memslots.p50, r.memslots.max, r.memslots.limit)

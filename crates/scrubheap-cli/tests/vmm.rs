@@ -43,6 +43,9 @@ fn compare_boots_every_guest_on_both_backends_and_writes_json() {
         assert_eq!(r["guests"].as_u64().unwrap() + r["guests_refused"].as_u64().unwrap(), 40, "{r}");
         assert_eq!(r["leak_check"]["nonzero_words"], 0);
         assert!(r["leak_check"]["words_checked"].as_u64().unwrap() > 0);
+        assert_eq!(r["program"], "scan_then_fill");
+        let gap_ms = r["gap_scrub"]["budget_ms"].as_f64().unwrap();
+        assert_eq!(gap_ms > 0.0, r["policy"] != "kernel", "only the pool scrubs in the gaps: {r}");
         for (k, q) in [("create_ms", "max"), ("scan_ms", "p99"), ("destroy_ms", "max"), ("memslots", "max")] {
             assert!(r[k][q].as_f64().unwrap() > 0.0, "{k}.{q} in {r}");
         }
@@ -84,6 +87,7 @@ fn bad_input_fails_with_one_clear_line() {
         (&["vmm", "--memory", "1MiB"][..], "at least 4 MiB"),
         (&["vmm", "--policy", "nope"][..], "unknown policy"),
         (&["vmm", "--pod", "--compare"][..], "leave the kernel baseline out"),
+        (&["vmm", "--balloon", "--guest-init"][..], "leave --guest-init"),
     ] {
         let out = run(bin().args(args));
         assert!(!out.status.success(), "{args:?}");

@@ -9,9 +9,15 @@ use std::sync::atomic::Ordering::Relaxed;
 use std::time::Duration;
 
 fn pool(policy: Policy, verify: bool) -> Pool {
+    pool_of(policy, verify, 2)
+}
+
+/// 64 MiB over `nodes`. With one node a guest built after another's departure gets the
+/// frames it left (with two, it goes to the other node's clean memory).
+fn pool_of(policy: Policy, verify: bool, nodes: usize) -> Pool {
     Pool::new(PoolConfig {
         memory_bytes: 64 << 20,
-        nodes: 2,
+        nodes,
         policy,
         verify,
         hugetlb: false,
@@ -208,8 +214,9 @@ fn a_clean_boot_is_read_once_and_the_handoff_only_under_verify() {
 #[test]
 fn a_frame_poisoned_while_dirty_is_zero_after_its_scrub() {
     // The `alloc` policy has no scrubber thread: freed frames stay dirty, untouched, until
-    // an allocation scrubs them in place (so the poisoning below races with nothing).
-    let p = pool(Policy::Alloc, false);
+    // an allocation scrubs them in place (so the poisoning below races with nothing). One
+    // node, so the second guest is built on the first one's frames.
+    let p = pool_of(Policy::Alloc, false, 1);
     let rec = PreemptRecorder::new(0);
     let (g, _) = p.create_guest(DomId(1), 8 << 20, &rec).unwrap();
     let old = g.extents.clone();
@@ -253,8 +260,9 @@ fn a_frame_poisoned_after_its_scrub_is_caught_at_handoff_under_verify() {
 #[test]
 fn a_sabotaged_scrub_is_caught_by_its_read_back() {
     // Background (scrubber threads) and in place (an allocation's ticket, `alloc` policy).
+    // One node, so the `alloc` policy's second guest scrubs the first one's frames.
     for policy in [Policy::Scrubheap, Policy::Alloc] {
-        let p = pool(policy, false);
+        let p = pool_of(policy, false, 1);
         p.arena().sabotage_zeroing(true);
         let rec = PreemptRecorder::new(0);
         let (g, _) = p.create_guest(DomId(1), 8 << 20, &rec).unwrap();
@@ -271,4 +279,43 @@ fn a_sabotaged_scrub_is_caught_by_its_read_back() {
         assert_eq!(p.leaks.pages_checked.load(Relaxed), 0, "{policy}: caught without a handoff check");
         p.stop();
     }
+}
+
+#[test]
+fn a_guest_is_built_on_the_node_with_clean_memory_for_it_not_on_the_one_with_most_room() {
+    // No scrubber threads: what a departed guest leaves stays dirty.
+    let p = Pool::new(PoolConfig {
+        memory_bytes: 16 << 20,
+        nodes: 2,
+        scrubbers_per_node: 0,
+        hugetlb: false,
+        ..PoolConfig::default()
+    })
+    .unwrap();
+    let rec = PreemptRecorder::new(0);
+    let (a, _) = p.create_guest(DomId(1), 8 << 20, &rec).unwrap();
+    let (b, _) = p.create_guest(DomId(2), 4 << 20, &rec).unwrap();
+    let node_of = |g: &scrubheap_host::guest::Guest| {
+        let nodes: std::collections::BTreeSet<usize> = g.extents.iter().map(|e| e.node).collect();
+        assert_eq!(nodes.len(), 1, "{g:?}");
+        nodes.into_iter().next().unwrap()
+    };
+    let (na, nb) = (node_of(&a), node_of(&b));
+    assert_ne!(na, nb, "the second guest goes where there is room");
+    p.run_guest(&a);
+    p.destroy_guest(a, &rec);
+    // A's node now has the most free memory (8 MiB, all dirty); B's has 4 MiB clean.
+    assert_eq!(p.heap().node_stats(na).unwrap().free_dirty, 2048);
+    let (c, _) = p.create_guest(DomId(3), 4 << 20, &rec).unwrap();
+    assert_eq!(node_of(&c), nb, "built where clean memory waits for it");
+    assert_eq!(p.heap().stats().scrubbed.in_place, 0, "nothing scrubbed in place");
+    // B's node is full now: the only node with room is built on, dirty as it is.
+    let (d, _) = p.create_guest(DomId(4), 6 << 20, &rec).unwrap();
+    assert_eq!(node_of(&d), na);
+    assert!(p.heap().stats().scrubbed.in_place > 0);
+    for g in [b, c, d] {
+        p.destroy_guest(g, &rec);
+    }
+    assert_eq!(p.heap().stats().allocated, 0);
+    p.heap().check_invariants().unwrap();
 }

@@ -16,8 +16,8 @@
 //! destroy.
 
 use crate::vm::{
-    AnonRam, BootStats, Kvm, PoolRam, Prefault, Ram, SetupTimes, Tenant, TscFrequency, VmmError, MAX_GUEST_BYTES,
-    MIN_GUEST_BYTES,
+    ms_since, AnonRam, BootStats, GuestProgram, Kvm, PoolRam, Prefault, Ram, SetupTimes, Tenant, TscFrequency,
+    VmmError, MAX_GUEST_BYTES, MIN_GUEST_BYTES,
 };
 use scrubheap::{DomId, HeapError};
 use scrubheap_host::guest::tag_of;
@@ -29,7 +29,7 @@ use scrubheap_host::GuestOps;
 use scrubheap_workload::{GuestSpec, Workload};
 use serde::Serialize;
 use std::collections::HashMap;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 /// How a `scrubheap vmm` run is set up.
 #[derive(Clone, Debug)]
@@ -58,7 +58,24 @@ pub struct VmmConfig {
     pub pod: bool,
     /// Every guest of this size instead of the default churn's (see [`fixed_workload`]).
     pub guest_bytes: Option<u64>,
+    /// What each guest does with its RAM: the read-only scan then the fill (the default),
+    /// or the booting-OS pass that writes each page right after checking it.
+    pub program: GuestProgram,
+    /// Arrivals back to back, as fast as the machine goes. Otherwise (the default) the
+    /// host has the time the workload leaves between two arrivals (at most
+    /// [`MAX_GAP_MS`]) to scrub, as a host's idle CPUs would: the VMM's thread scrubs dirty
+    /// pool memory until none is left or that time is spent ([`VmmReport::gap_scrub`]).
+    pub back_to_back: bool,
 }
+
+/// Most wall time the host spends scrubbing in one gap between arrivals, in ms.
+pub const MAX_GAP_MS: f64 = 1000.0;
+/// Frames one `scrub_step` of the gap's scrubbing may zero (16 MiB) before the VMM looks
+/// at the clock again.
+const GAP_STEP_FRAMES: u64 = 4096;
+/// Most `scrub_step` calls in one gap (each zeroes at most [`GAP_STEP_FRAMES`] or waits
+/// 100 us for a scrubber thread): a limit on the loop whatever the clock says.
+const MAX_GAP_STEPS: u32 = 100_000;
 
 /// Most of the memory a fixed-size churn keeps alive, in percent (as the default churn).
 pub const FIXED_FILL_PERCENT: u64 = 70;
@@ -70,6 +87,23 @@ pub struct Quantiles {
     pub p50: f64,
     /// 99th percentile.
     pub p99: f64,
+}
+
+/// What the host's idle time between arrivals did for the pool (zero with
+/// [`VmmConfig::back_to_back`] and for the `kernel` baseline, which zeroes at fault and
+/// has nothing to do ahead).
+#[derive(Clone, Debug, Default, Serialize, PartialEq)]
+pub struct GapScrub {
+    /// Bytes the VMM's thread scrubbed in the gaps (counted in `bytes_scrubbed`'s
+    /// background share too).
+    pub bytes: u64,
+    /// Wall ms it spent scrubbing or waiting for the scrubber threads in the gaps: the
+    /// host's cost of having clean memory ready, paid off every guest's critical path.
+    pub ms: f64,
+    /// Wall ms the workload's gaps allowed (each at most [`MAX_GAP_MS`]), summed.
+    pub budget_ms: f64,
+    /// Arrivals that found dirty memory left when their gap was spent.
+    pub arrivals_dirty: u64,
 }
 
 /// Memory slots per guest.
@@ -170,6 +204,10 @@ pub struct VmmReport {
     pub duration_s: f64,
     /// With `pod`: the PoD guests' balloons, slots removed and populations.
     pub pod: Option<crate::pod::PodVmmReport>,
+    /// What the guests ran ([`VmmConfig::program`]).
+    pub program: GuestProgram,
+    /// The host's scrubbing in the gaps between arrivals.
+    pub gap_scrub: GapScrub,
 }
 
 /// Progress after each guest event.
@@ -223,69 +261,182 @@ pub fn fixed_workload(memory_bytes: u64, guest_bytes: u64, n: usize) -> Vec<Gues
 
 /// Runs the churn. Fails at the first leak a guest reports, or any KVM error.
 pub fn run(cfg: &VmmConfig, kvm: &Kvm, progress: &dyn Fn(&VmmProgress)) -> Result<VmmReport, VmmError> {
-    let specs = churn_specs(cfg)?;
-    let pool = churn_pool(cfg)?;
-    let rec = PreemptRecorder::new(pool.as_ref().map_or(200_000, |p| p.config().quantum_ns));
+    let mut r = run_side_by_side(std::slice::from_ref(cfg), kvm, progress)?;
+    let one = r.pop().expect("one report per configuration");
+    debug_assert!(r.is_empty());
+    Ok(one)
+}
+
+/// Runs the same churn under every configuration of `cfgs` (backends, verify or guest
+/// program may differ; the workload must not), interleaved: each event of the workload is
+/// played under every configuration in turn before the next, so a change in the machine's
+/// load during the run falls on all of them alike. `progress` follows the first. Fails at
+/// the first leak a guest reports, or any KVM error.
+pub fn run_side_by_side(
+    cfgs: &[VmmConfig],
+    kvm: &Kvm,
+    progress: &dyn Fn(&VmmProgress),
+) -> Result<Vec<VmmReport>, VmmError> {
+    let first = cfgs.first().ok_or_else(|| VmmError::Guest("no configuration to run".into()))?;
+    let same = |c: &VmmConfig| {
+        (c.memory_bytes, c.guests, c.seed, c.guest_bytes)
+            == (first.memory_bytes, first.guests, first.seed, first.guest_bytes)
+    };
+    if !cfgs.iter().all(same) {
+        return Err(VmmError::Guest("side by side runs need the same memory, guests, seed and guest size".into()));
+    }
+    let specs = churn_specs(first)?;
+    let pools = cfgs.iter().map(churn_pool).collect::<Result<Vec<_>, _>>()?;
+    let recs: Vec<PreemptRecorder> =
+        pools.iter().map(|p| PreemptRecorder::new(p.as_ref().map_or(200_000, |p| p.config().quantum_ns))).collect();
+    let mut sides: Vec<Side<'_>> = cfgs
+        .iter()
+        .zip(&pools)
+        .zip(&recs)
+        .map(|((cfg, pool), rec)| Side::new(cfg, pool.as_ref(), rec, &specs))
+        .collect();
     let events = schedule(&specs);
     let last_arrival = specs.last().map_or(0.0, |g| g.arrival_s);
-
-    let t_run = Instant::now();
-    let mut alive: HashMap<usize, Tenant<'_>> = HashMap::new();
-    let mut boots: Vec<BootStats> = Vec::new();
-    let mut alloc_ms = Vec::new();
-    let mut destroy_ms = Vec::new();
-    let mut p = VmmProgress { total: specs.len() as u64, ..Default::default() };
-    let mut r = VmmReport::default();
-    let destroy = |t: Tenant<'_>, p: &mut VmmProgress, destroy_ms: &mut Vec<f64>| {
-        p.alive -= 1;
-        p.alive_bytes -= t.stats.bytes;
-        destroy_ms.push(t.destroy());
-    };
     // Departures after the last arrival wait for the end, in departure order.
     for &(t, departs, i) in &events {
-        let g = &specs[i];
-        if departs {
-            if t <= last_arrival {
-                if let Some(tenant) = alive.remove(&i) {
-                    destroy(tenant, &mut p, &mut destroy_ms);
-                    progress(&p);
+        for (k, side) in sides.iter_mut().enumerate() {
+            let t_step = Instant::now();
+            match departs {
+                true if t <= last_arrival => side.depart(i),
+                true => {}
+                false => side.arrive(kvm, i, &specs[i])?,
+            }
+            side.busy_s += t_step.elapsed().as_secs_f64();
+            if k == 0 {
+                progress(&side.p);
+            }
+        }
+    }
+    let mut reports = Vec::with_capacity(sides.len());
+    for (k, mut side) in sides.into_iter().enumerate() {
+        let t_end = Instant::now();
+        for &(_, departs, i) in &events {
+            if departs {
+                side.depart(i);
+                if k == 0 {
+                    progress(&side.p);
                 }
             }
-            continue;
         }
+        side.r.duration_s = side.busy_s + t_end.elapsed().as_secs_f64();
+        summarize(&mut side.r, side.cfg, kvm, side.pool, &side.boots, (&side.alloc_ms, &side.destroy_ms));
+        reports.push(side.r);
+    }
+    debug_assert_eq!(reports.len(), cfgs.len());
+    Ok(reports)
+}
+
+/// One configuration's churn in progress: its guests alive and its figures so far.
+struct Side<'p> {
+    cfg: &'p VmmConfig,
+    pool: Option<&'p Pool>,
+    rec: &'p PreemptRecorder,
+    alive: HashMap<usize, Tenant<'p>>,
+    boots: Vec<BootStats>,
+    alloc_ms: Vec<f64>,
+    destroy_ms: Vec<f64>,
+    p: VmmProgress,
+    r: VmmReport,
+    last_arrival_s: f64,
+    /// Wall seconds spent in this side's own steps.
+    busy_s: f64,
+}
+
+impl<'p> Side<'p> {
+    fn new(cfg: &'p VmmConfig, pool: Option<&'p Pool>, rec: &'p PreemptRecorder, specs: &[GuestSpec]) -> Self {
+        Side {
+            cfg,
+            pool,
+            rec,
+            alive: HashMap::new(),
+            boots: Vec::new(),
+            alloc_ms: Vec::new(),
+            destroy_ms: Vec::new(),
+            p: VmmProgress { total: specs.len() as u64, ..Default::default() },
+            r: VmmReport::default(),
+            last_arrival_s: specs.first().map_or(0.0, |g| g.arrival_s),
+            busy_s: 0.0,
+        }
+    }
+
+    /// Guest `i` departs, if it is alive.
+    fn depart(&mut self, i: usize) {
+        if let Some(t) = self.alive.remove(&i) {
+            self.p.alive -= 1;
+            self.p.alive_bytes -= t.stats.bytes;
+            self.destroy_ms.push(t.destroy());
+        }
+    }
+
+    /// Guest `i` (`g`) arrives: the gap before it is scrubbed in (unless back to back),
+    /// its memory is allocated, and it boots and runs to its last report.
+    fn arrive(&mut self, kvm: &Kvm, i: usize, g: &GuestSpec) -> Result<(), VmmError> {
+        if let Some(pool) = self.pool.filter(|_| !self.cfg.back_to_back) {
+            let gap_ms = ((g.arrival_s - self.last_arrival_s) * 1e3).clamp(0.0, MAX_GAP_MS);
+            scrub_in_gap(pool, gap_ms, self.rec, &mut self.r.gap_scrub);
+        }
+        self.last_arrival_s = g.arrival_s;
         let dom = DomId(i as u32 + 1);
         let t0 = Instant::now();
-        let Some(ram) = guest_ram(pool.as_ref(), cfg.pod, dom, g.memory_bytes, &rec)? else {
-            r.guests_refused += 1;
-            continue;
+        let Some(ram) = guest_ram(self.pool, self.cfg.pod, dom, g.memory_bytes, self.rec)? else {
+            self.r.guests_refused += 1;
+            return Ok(());
         };
-        let memory_ms = t0.elapsed().as_secs_f64() * 1e3;
-        alloc_ms.push(memory_ms);
-        let mut tenant = kvm.boot(ram, tag_of(dom), t0)?;
+        let memory_ms = ms_since(t0);
+        self.alloc_ms.push(memory_ms);
+        let mut tenant = kvm.boot_program(ram, tag_of(dom), t0, self.cfg.program)?;
         let s = &mut tenant.stats.setup;
         let steps = s.prepare_ms + s.vm_ms + s.memslots_ms + s.vcpu_ms + s.prefault_ms + s.entry_ms;
         s.other_ms = (tenant.stats.create_ms - memory_ms - steps).max(0.0);
+        let p = &mut self.p;
         p.booted += 1;
         p.alive += 1;
         p.alive_bytes += tenant.stats.bytes;
         p.words_checked += tenant.stats.words_checked;
-        r.max_alive = r.max_alive.max(p.alive);
-        boots.push(tenant.stats.clone());
-        alive.insert(i, tenant);
-        progress(&p);
+        self.r.max_alive = self.r.max_alive.max(p.alive);
+        self.boots.push(tenant.stats.clone());
+        self.alive.insert(i, tenant);
+        Ok(())
     }
-    for &(_, departs, i) in &events {
-        if departs {
-            if let Some(tenant) = alive.remove(&i) {
-                destroy(tenant, &mut p, &mut destroy_ms);
-                progress(&p);
-            }
+}
+
+/// The host's idle time before an arrival, `gap_ms` of wall time at most: the calling
+/// thread scrubs dirty pool memory (as an idle CPU calls `scrub_step`), or waits for the
+/// scrubber threads that hold it, until no node has dirty memory or the time is spent.
+fn scrub_in_gap(pool: &Pool, gap_ms: f64, rec: &PreemptRecorder, tally: &mut GapScrub) {
+    assert!((0.0..=MAX_GAP_MS).contains(&gap_ms), "a gap is bounded");
+    let heap = pool.heap();
+    let (t, budget) = (Instant::now(), Duration::from_secs_f64(gap_ms / 1e3));
+    // Dirty, or held by a scrubber thread (which an allocation would take back part done).
+    let dirty = |n: usize| heap.node_stats(n).map_or(0, |s| s.free_dirty + s.scrubbing);
+    let before = tally.bytes;
+    let mut left_dirty = false;
+    for _ in 0..MAX_GAP_STEPS {
+        let Some(node) = (0..heap.node_count()).max_by_key(|&n| dirty(n)).filter(|&n| dirty(n) > 0) else {
+            left_dirty = false;
+            break;
+        };
+        left_dirty = true;
+        if t.elapsed() >= budget {
+            break;
+        }
+        rec.enter_op("gap scrub");
+        let z = heap.scrub_step(node, GAP_STEP_FRAMES, rec);
+        rec.exit();
+        match z {
+            Ok(0) | Err(_) => std::thread::sleep(Duration::from_micros(100)),
+            Ok(z) => tally.bytes += z * heap.config().frame_size,
         }
     }
-    r.duration_s = t_run.elapsed().as_secs_f64();
-
-    summarize(&mut r, cfg, kvm, pool.as_ref(), &boots, (&alloc_ms, &destroy_ms));
-    Ok(r)
+    tally.ms += ms_since(t);
+    tally.budget_ms += gap_ms;
+    tally.arrivals_dirty += left_dirty as u64;
+    debug_assert!(tally.bytes >= before);
 }
 
 /// The guests of the churn: all of [`VmmConfig::guest_bytes`] if set (refused unless a
@@ -390,6 +541,7 @@ fn summarize(
     };
     r.tsc = Some(kvm.tsc());
     r.fixed_guest_bytes = cfg.guest_bytes.unwrap_or(0);
+    r.program = cfg.program;
     r.setup_ms_p50 = setup_p50(boots);
     r.prefault = pool.map(|_| kvm.prefault());
     r.prefaulted_bytes = boots.iter().map(|b| b.prefaulted_bytes).sum();

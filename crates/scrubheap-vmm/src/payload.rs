@@ -128,6 +128,80 @@ pub const CODE: [u8; 166] = [
     0xf4,                                // a5: hlt                 ; not reached: the VMM stops at PORT_DONE
 ];
 
+/// The booting-OS variant of [`CODE`] (`scrubheap vmm --guest-init`), loaded at
+/// [`ENTRY_GPA`] in its place, with the same contract and ports: it checks and writes
+/// its RAM in one pass, a page at a time, as a booting kernel initialises the memory it
+/// is given: every 8-byte word of a 4 KiB page read and checked zero, then the page
+/// written with the tag, then the next page. The scan TSC delta it reports covers the
+/// whole pass; the fill delta is 0 (there is no separate fill). At the first page
+/// holding a non-zero word it stops before writing that page, so the word is still there
+/// for the VMM to read, and reports that page's non-zero count and the first one's
+/// address. Every word is still checked: the full zero check of [`CODE`], page by page.
+#[rustfmt::skip]
+pub const INIT_CODE: [u8; 153] = [
+    // 00 start:
+    0x66, 0xba, 0x00, 0x05,               // 00: mov dx,0x500
+    0xee,                                 // 04: out dx,al           ; PORT_STARTED
+    0x0f, 0x31,                           // 05: rdtsc
+    0x48, 0xc1, 0xe2, 0x20,               // 07: shl rdx,0x20
+    0x48, 0x09, 0xd0,                     // 0b: or rax,rdx
+    0x48, 0x89, 0xc5,                     // 0e: mov rbp,rax         ; RBP = TSC at the pass's start
+    0x31, 0xc9,                           // 11: xor ecx,ecx         ; RCX = non-zero words
+    0x31, 0xdb,                           // 13: xor ebx,ebx         ; RBX = first non-zero address (0: none)
+    0x4c, 0x8b, 0x0c, 0x25, 0x00, 0x08, 0x00, 0x00, // 15: mov r9,[0x800]      ; R9 = the tag, at TAG_GPA
+    0xbe, 0x00, 0x10, 0x00, 0x00,         // 1d: mov esi,0x1000      ; RSI = SCAN_START
+    // 22 page:
+    0x4c, 0x8d, 0x86, 0x00, 0x10, 0x00, 0x00, // 22: lea r8,[rsi+0x1000] ; R8 = this page's end
+    // 29 scan:
+    0x48, 0x8b, 0x06,                     // 29: mov rax,[rsi]
+    0x48, 0x85, 0xc0,                     // 2c: test rax,rax        ; one 8-byte word
+    0x74, 0x0b,                           // 2f: jz next
+    0x48, 0x85, 0xdb,                     // 31: test rbx,rbx
+    0x75, 0x03,                           // 34: jnz counted
+    0x48, 0x89, 0xf3,                     // 36: mov rbx,rsi         ; remember the first
+    // 39 counted:
+    0x48, 0xff, 0xc1,                     // 39: inc rcx
+    // 3c next:
+    0x48, 0x83, 0xc6, 0x08,               // 3c: add rsi,0x8
+    0x4c, 0x39, 0xc6,                     // 40: cmp rsi,r8
+    0x72, 0xe4,                           // 43: jb scan
+    0x48, 0x85, 0xc9,                     // 45: test rcx,rcx
+    0x75, 0x18,                           // 48: jnz report          ; a non-zero word: stop, the page left as found
+    0x48, 0x81, 0xee, 0x00, 0x10, 0x00, 0x00, // 4a: sub rsi,0x1000      ; back to the page's start
+    // 51 fill:
+    0x4c, 0x89, 0x0e,                     // 51: mov [rsi],r9        ; the page checked: write it
+    0x48, 0x83, 0xc6, 0x08,               // 54: add rsi,0x8
+    0x4c, 0x39, 0xc6,                     // 58: cmp rsi,r8
+    0x72, 0xf4,                           // 5b: jb fill
+    0x48, 0x39, 0xfe,                     // 5d: cmp rsi,rdi         ; RDI = RAM bytes (the end)
+    0x72, 0xc0,                           // 60: jb page
+    // 62 report:
+    0x0f, 0x31,                           // 62: rdtsc
+    0x48, 0xc1, 0xe2, 0x20,               // 64: shl rdx,0x20
+    0x48, 0x09, 0xd0,                     // 68: or rax,rdx
+    0x48, 0x29, 0xe8,                     // 6b: sub rax,rbp         ; RAX = cycles of the whole pass
+    0x66, 0xba, 0x01, 0x05,               // 6e: mov dx,0x501
+    0xef,                                 // 72: out dx,eax          ; PORT_SCAN_TSC_LO
+    0x48, 0xc1, 0xe8, 0x20,               // 73: shr rax,0x20
+    0x66, 0xff, 0xc2,                     // 77: inc dx
+    0xef,                                 // 7a: out dx,eax          ; PORT_SCAN_TSC_HI
+    0x89, 0xc8,                           // 7b: mov eax,ecx
+    0x66, 0xff, 0xc2,                     // 7d: inc dx
+    0xef,                                 // 80: out dx,eax          ; PORT_NONZERO
+    0x89, 0xd8,                           // 81: mov eax,ebx
+    0x66, 0xff, 0xc2,                     // 83: inc dx
+    0xef,                                 // 86: out dx,eax          ; PORT_FIRST_NONZERO
+    0x31, 0xc0,                           // 87: xor eax,eax
+    0x66, 0xff, 0xc2,                     // 89: inc dx
+    0xef,                                 // 8c: out dx,eax          ; PORT_FILL_TSC_LO: 0, no separate fill
+    0x66, 0xff, 0xc2,                     // 8d: inc dx
+    0xef,                                 // 90: out dx,eax          ; PORT_FILL_TSC_HI: 0
+    0x4c, 0x89, 0xc8,                     // 91: mov rax,r9
+    0x66, 0xff, 0xc2,                     // 94: inc dx
+    0xef,                                 // 97: out dx,eax          ; PORT_DONE: the tag's low half
+    0xf4,                                 // 98: hlt                 ; not reached: the VMM stops at PORT_DONE
+];
+
 /// Where the balloon prologue is loaded and starts, for a guest that boots below its
 /// maximum (after [`CODE`], before the tag, in page 0).
 pub const BALLOON_ENTRY: u64 = 0x100;
@@ -325,6 +399,29 @@ mod tests {
         let target = |at: usize| (at as i64 + 2 + CODE[at + 1] as i8 as i64) as usize;
         assert_eq!([target(0x20), target(0x25), target(0x34), target(0x7e)], [0x2d, 0x2a, 0x1a, 0x74]);
         assert_eq!(CODE[0xa5], 0xf4, "ends with hlt");
+    }
+
+    #[test]
+    fn the_init_code_fits_before_the_balloon_prologue_and_writes_each_page_after_its_check() {
+        let c = &INIT_CODE;
+        const { assert!(ENTRY_GPA + INIT_CODE.len() as u64 <= BALLOON_ENTRY) };
+        assert_eq!(u16::from_le_bytes([c[0x02], c[0x03]]), PORT_STARTED);
+        assert_eq!(u16::from_le_bytes([c[0x70], c[0x71]]), PORT_SCAN_TSC_LO);
+        assert_eq!(u32::from_le_bytes(c[0x19..0x1d].try_into().unwrap()) as u64, TAG_GPA);
+        assert_eq!(u32::from_le_bytes(c[0x1e..0x22].try_into().unwrap()) as u64, SCAN_START);
+        // One page a step: its end (`lea`) and the way back to its start (`sub`) are 4 KiB.
+        assert_eq!(u32::from_le_bytes(c[0x25..0x29].try_into().unwrap()), 4096);
+        assert_eq!(u32::from_le_bytes(c[0x4d..0x51].try_into().unwrap()), 4096);
+        // Six `inc dx` take PORT_SCAN_TSC_LO to PORT_DONE, as the ports are numbered.
+        assert_eq!(c.windows(3).filter(|w| *w == [0x66, 0xff, 0xc2]).count(), 6);
+        assert_eq!(PORT_DONE - PORT_SCAN_TSC_LO, 6);
+        let target = |at: usize| (at as i64 + 2 + c[at + 1] as i8 as i64) as usize;
+        // The check's branches; a non-zero page goes to the report before the fill; the
+        // fill stays in its page; the next page after it.
+        assert_eq!([target(0x2f), target(0x34), target(0x43)], [0x3c, 0x39, 0x29]);
+        assert_eq!([target(0x48), target(0x5b), target(0x60)], [0x62, 0x51, 0x22]);
+        assert_eq!(c[0x51..0x54], [0x4c, 0x89, 0x0e], "the fill writes the tag (R9)");
+        assert_eq!(c[0x98], 0xf4, "ends with hlt");
     }
 
     #[test]

@@ -1,7 +1,7 @@
 //! A minimal KVM VMM: one VM, one vCPU, guest RAM from the pool (or fresh anonymous
 //! memory for the `kernel` baseline), the [`payload`](crate::payload) run to its halt.
 
-use crate::payload::{self, CODE, ENTRY_GPA, SCAN_START, TAG_GPA};
+use crate::payload::{self, CODE, ENTRY_GPA, INIT_CODE, SCAN_START, TAG_GPA};
 use crate::slots::{pool_slots, Slot};
 use kvm_bindings::{kvm_segment, kvm_userspace_memory_region};
 use kvm_ioctls::{VcpuExit, VcpuFd, VmFd};
@@ -572,6 +572,38 @@ pub struct Kvm {
     pre_fault: AtomicBool,
 }
 
+/// What the guest does with its RAM, a full zero check either way (see [`payload`]).
+#[derive(Copy, Clone, Debug, Default, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum GuestProgram {
+    /// [`payload::CODE`]: reads every word of its RAM, then writes its tag over all of
+    /// it (the default, and the proof figure: its scan only reads).
+    #[default]
+    ScanThenFill,
+    /// [`payload::INIT_CODE`]: a page at a time, checks every word zero and then writes
+    /// the page, as a booting OS initialises its memory.
+    InitEachPage,
+}
+
+impl GuestProgram {
+    /// The code loaded at [`ENTRY_GPA`].
+    pub fn code(self) -> &'static [u8] {
+        match self {
+            GuestProgram::ScanThenFill => &CODE,
+            GuestProgram::InitEachPage => &INIT_CODE,
+        }
+    }
+}
+
+impl std::fmt::Display for GuestProgram {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            GuestProgram::ScanThenFill => "scan, then fill",
+            GuestProgram::InitEachPage => "check and write each page",
+        })
+    }
+}
+
 /// How pool RAM is mapped into KVM before a guest's first access.
 #[derive(Copy, Clone, Debug, PartialEq, Eq, serde::Serialize)]
 #[serde(rename_all = "snake_case")]
@@ -720,7 +752,19 @@ impl Kvm {
     ///
     /// A non-zero word in the scan is [`VmmError::Leak`]. On any error the VM is torn down
     /// and the RAM given back.
-    pub fn boot<'p>(&self, mut ram: Ram<'p>, tag: u64, t0: Instant) -> Result<Tenant<'p>, VmmError> {
+    pub fn boot<'p>(&self, ram: Ram<'p>, tag: u64, t0: Instant) -> Result<Tenant<'p>, VmmError> {
+        self.boot_program(ram, tag, t0, GuestProgram::ScanThenFill)
+    }
+
+    /// [`Kvm::boot`] running `program` (the read-only scan then the fill, or the
+    /// booting-OS pass that writes each page right after checking it).
+    pub fn boot_program<'p>(
+        &self,
+        mut ram: Ram<'p>,
+        tag: u64,
+        t0: Instant,
+        program: GuestProgram,
+    ) -> Result<Tenant<'p>, VmmError> {
         assert_ne!(tag, 0, "a tenant's tag is never zero");
         let t_prepare = Instant::now();
         let (bytes, keep, slots) = self.boot_shape(&ram)?;
@@ -742,7 +786,7 @@ impl Kvm {
         if let Some(s) = ram.populate(ENTRY_GPA, true, &mut kvm_slots)? {
             kvm_slots.add(&s)?;
         }
-        ram.write(ENTRY_GPA, &CODE);
+        ram.write(ENTRY_GPA, program.code());
         ram.write(TAG_GPA, &tag.to_le_bytes());
         if balloon {
             ram.write(payload::BALLOON_ENTRY, &payload::BALLOON_PROLOGUE);

@@ -10,7 +10,7 @@ use scrubheap_host::GuestOps;
 use scrubheap_vmm::balloon::{self, BalloonBackend, BalloonConfig};
 use scrubheap_vmm::churn::{self, VmmConfig};
 use scrubheap_vmm::payload::SCAN_START;
-use scrubheap_vmm::vm::{AnonRam, Kvm, PoolRam, Ram, Tenant, VmmError};
+use scrubheap_vmm::vm::{AnonRam, GuestProgram, Kvm, PoolRam, Ram, Tenant, VmmError};
 use std::collections::HashSet;
 use std::time::{Duration, Instant};
 
@@ -94,25 +94,80 @@ fn a_dirty_page_is_reported_by_the_guest() {
     let Some(kvm) = kvm() else { return };
     let (pool, rec) = pool(16);
     let dom = DomId(7);
-    let (g, _) = pool.create_guest(dom, 8 << 20, &rec).unwrap();
-    // Bypass the heap: write into two frames after the handoff, before the guest runs.
-    let ram = PoolRam::new(&pool, g, &rec);
-    let slots = Ram::Pool(ram);
-    let Ram::Pool(ram) = &slots else { unreachable!() };
-    let e = ram.guest().extents.iter().max_by_key(|e| (e.order, e.mfn)).copied().unwrap();
-    pool.arena().fill(Mfn(e.mfn.0 + 3), 2, 0xdead_beef);
-    match kvm.boot(slots, tag_of(dom), Instant::now()) {
-        Err(VmmError::Leak { nonzero_words, gpa, gfn, value, .. }) => {
-            assert_eq!(nonzero_words, 2 * 512);
-            assert_eq!(value, 0xdead_beef);
-            assert_eq!(gfn, gpa >> 12);
-            assert!(gpa >= SCAN_START);
+    // The read-only scan counts every non-zero word; the booting-OS pass stops at the
+    // first dirty page, before writing it, and counts that page's.
+    for (program, counted) in [(GuestProgram::ScanThenFill, 2 * 512), (GuestProgram::InitEachPage, 512)] {
+        let (g, _) = pool.create_guest(dom, 8 << 20, &rec).unwrap();
+        // Bypass the heap: write into two frames after the handoff, before the guest runs.
+        let ram = PoolRam::new(&pool, g, &rec);
+        let slots = Ram::Pool(ram);
+        let Ram::Pool(ram) = &slots else { unreachable!() };
+        let e = ram.guest().extents.iter().max_by_key(|e| (e.order, e.mfn)).copied().unwrap();
+        pool.arena().fill(Mfn(e.mfn.0 + 3), 2, 0xdead_beef);
+        match kvm.boot_program(slots, tag_of(dom), Instant::now(), program) {
+            Err(VmmError::Leak { nonzero_words, gpa, gfn, value, .. }) => {
+                assert_eq!(nonzero_words, counted, "{program}");
+                assert_eq!(value, 0xdead_beef);
+                assert_eq!(gfn, gpa >> 12);
+                assert!(gpa >= SCAN_START);
+            }
+            Err(e) => panic!("wrong error: {e}"),
+            Ok(_) => panic!("the guest missed a dirty page ({program})"),
         }
-        Err(e) => panic!("wrong error: {e}"),
-        Ok(_) => panic!("the guest missed a dirty page"),
+        // The failed boot gave the memory back.
+        assert_eq!(pool.heap().stats().allocated, 0);
     }
-    // The failed boot gave the memory back.
+}
+
+#[test]
+fn the_booting_os_guest_checks_and_writes_every_page_on_both_backends() {
+    let Some(kvm) = kvm() else { return };
+    let (pool, rec) = pool(32);
+    let dom = DomId(9);
+    let (g, _) = pool.create_guest(dom, 12 << 20, &rec).unwrap();
+    let anon = Ram::Anonymous(AnonRam::new(12 << 20).unwrap());
+    for ram in [Ram::Pool(PoolRam::new(&pool, g, &rec)), anon] {
+        let t = kvm.boot_program(ram, tag_of(dom), Instant::now(), GuestProgram::InitEachPage).expect("zero");
+        let st = &t.stats;
+        assert_eq!((st.nonzero_words, st.words_checked), (0, ((12 << 20) - SCAN_START) / 8));
+        assert!(st.scan_cycles > 0 && st.fill_cycles == 0, "one pass, reported as the scan: {st:?}");
+        assert_tagged(&t, dom, &[SCAN_START, SCAN_START + 4088, 0x40_1000, (12 << 20) - 8]);
+        t.destroy();
+    }
     assert_eq!(pool.heap().stats().allocated, 0);
+}
+
+#[test]
+fn backends_side_by_side_play_the_same_guests_and_the_gaps_leave_nothing_to_scrub_in_place() {
+    let Some(kvm) = kvm() else { return };
+    let base = VmmConfig {
+        backend: Backend::Heap(Policy::Scrubheap),
+        nodes: 2,
+        guest_bytes: Some(16 << 20),
+        guests: 8,
+        ..churn_cfg()
+    };
+    let cfgs = [
+        base.clone(),
+        VmmConfig { program: GuestProgram::InitEachPage, back_to_back: true, ..base.clone() },
+        VmmConfig { backend: Backend::Kernel, program: GuestProgram::InitEachPage, ..base.clone() },
+    ];
+    let rs = churn::run_side_by_side(&cfgs, &kvm, &|_| {}).expect("clean churns");
+    assert_eq!(rs.len(), 3);
+    for (r, c) in rs.iter().zip(&cfgs) {
+        assert_eq!((r.guests, r.max_alive, r.leak_check.nonzero_words), (8, 2, 0), "{r:?}");
+        assert_eq!(r.program, c.program);
+    }
+    // One arrival a second: the host had 1 s before each of the seven after the first, and
+    // scrubbed all that departed guests left in it, so no allocation scrubbed in place.
+    let g = &rs[0].gap_scrub;
+    assert_eq!((g.budget_ms, g.arrivals_dirty), (7000.0, 0), "{g:?}");
+    assert_eq!(rs[0].bytes_scrubbed[1], 0, "{:?}", rs[0].bytes_scrubbed);
+    assert_eq!(rs[1].gap_scrub, churn::GapScrub::default(), "back to back: no gaps");
+    assert_eq!(rs[2].gap_scrub, churn::GapScrub::default(), "the kernel has nothing to scrub ahead");
+    let mismatched = [base.clone(), VmmConfig { seed: 2, ..base }];
+    assert!(churn::run_side_by_side(&mismatched, &kvm, &|_| {}).is_err());
+    assert!(churn::run_side_by_side(&[], &kvm, &|_| {}).is_err());
 }
 
 #[test]
@@ -148,6 +203,8 @@ fn churn_boots_every_guest_and_reports() {
             verify,
             pod: false,
             guest_bytes: None,
+            program: GuestProgram::ScanThenFill,
+            back_to_back: false,
         };
         let seen = std::cell::Cell::new(0);
         let r = churn::run(&cfg, &kvm, &|p| seen.set(p.booted)).expect("a clean churn");
@@ -355,6 +412,8 @@ fn a_pod_churn_boots_every_guest_below_its_maximum_and_each_finds_zero() {
         verify: false,
         pod: true,
         guest_bytes: None,
+        program: GuestProgram::ScanThenFill,
+        back_to_back: false,
     };
     let r = churn::run(&cfg, &kvm, &|_| {}).expect("a clean PoD churn");
     let pod = r.pod.clone().expect("a PoD report");
@@ -386,6 +445,8 @@ fn a_fixed_size_churn_boots_guests_of_that_size() {
             verify: false,
             pod: false,
             guest_bytes: Some(16 << 20),
+            program: GuestProgram::ScanThenFill,
+            back_to_back: false,
         };
         let r = churn::run(&cfg, &kvm, &|_| {}).expect("a clean fixed-size churn");
         assert_eq!((r.guests, r.guests_refused, r.fixed_guest_bytes), (6, 0, 16 << 20), "{r:?}");
@@ -413,6 +474,8 @@ fn churn_cfg() -> VmmConfig {
         verify: false,
         pod: false,
         guest_bytes: None,
+        program: GuestProgram::ScanThenFill,
+        back_to_back: false,
     }
 }
 

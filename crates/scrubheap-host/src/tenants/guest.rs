@@ -37,8 +37,9 @@ pub struct Created {
 /// A guest's life on the pool (create, run, balloon, destroy): the guest layer's
 /// operations, kept out of [`Pool`]'s own impl so the pool knows nothing of guests.
 pub trait GuestOps {
-    /// Creates a guest of `bytes` (rounded up to 4 KiB): claims its memory on the node
-    /// with the most free memory (globally if no node has room), then populates it
+    /// Creates a guest of `bytes` (rounded up to 4 KiB): claims its memory on the node,
+    /// of those with room for it, with the most clean memory (globally on the node with
+    /// the most room if none has room for all of it), then populates it
     /// largest extents first, falling back to smaller ones where a large one cannot be
     /// had. Guest memory is movable (the hypervisor may move it and update the guest's
     /// frame list), so it comes from the Movable zone first. On failure every extent is
@@ -69,13 +70,8 @@ impl GuestOps for Pool {
         let t = Instant::now();
         let frames = bytes.div_ceil(4096);
         let heap = self.heap();
-        let node = (0..heap.node_count())
-            .max_by_key(|&n| {
-                let room = heap.node_stats(n).map_or(0, |s| (s.free() + s.scrubbing).saturating_sub(s.claimed));
-                (room, std::cmp::Reverse(n))
-            })
-            .unwrap_or(0);
-        let room = heap.node_stats(node).map(|s| (s.free() + s.scrubbing).saturating_sub(s.claimed))?;
+        let node = build_node(heap, frames);
+        let room = heap.node_stats(node).map(|s| room_of(&s))?;
         let target = if room >= frames { ClaimTarget::Node(node) } else { ClaimTarget::Global };
         self.claim(dom, &[Claim { target, frames }])?;
         let mut g = Guest { dom, extents: Vec::new(), pins: Vec::new() };
@@ -158,6 +154,28 @@ impl GuestOps for Pool {
     fn destroy_guest(&self, g: Guest, rec: &PreemptRecorder) -> f64 {
         GuestTeardown::destroy_guest(&self.core, g, rec)
     }
+}
+
+/// Free frames of a node nobody else has claimed.
+fn room_of(s: &scrubheap::NodeStats) -> u64 {
+    (s.free() + s.scrubbing).saturating_sub(s.claimed)
+}
+
+/// The node a guest of `frames` is built on: of the nodes with room for all of it, the one
+/// with the most clean memory (so its extents need no scrub in place: free memory a
+/// departed guest just left is dirty until the scrubbers reach it); if none has room,
+/// the one with the most room (the claim is then global). Ties go to the lower node.
+fn build_node(heap: &scrubheap::Heap<crate::Arena>, frames: u64) -> usize {
+    let node = (0..heap.node_count())
+        .max_by_key(|&n| {
+            let s = heap.node_stats(n).unwrap_or_default();
+            let room = room_of(&s);
+            let fits = room >= frames;
+            (fits, if fits { s.free_clean.min(room) } else { 0 }, room, std::cmp::Reverse(n))
+        })
+        .unwrap_or(0);
+    debug_assert!(node < heap.node_count().max(1));
+    node
 }
 
 /// Tearing a guest down, which needs only a [`PoolHandle`]: what a guest's memory holds
