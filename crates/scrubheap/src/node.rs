@@ -93,6 +93,7 @@ fn size(order: u8) -> u32 {
 
 impl NodeState {
     pub fn new(base: u64, frames: u32, movable_from: u32, dirty: bool) -> Self {
+        assert!(frames >= 1 && movable_from <= frames, "a node of {frames} frames, Movable from {movable_from}");
         let mut n = NodeState {
             base,
             frames,
@@ -112,11 +113,14 @@ impl NodeState {
         };
         n.carve(0, movable_from, dirty);
         n.carve(movable_from, frames, dirty);
+        debug_assert_eq!(n.free, frames as u64);
+        debug_assert_eq!(n.free_dirty, if dirty { frames as u64 } else { 0 });
         n
     }
 
     /// Fills `[lo, hi)` with the largest naturally aligned free chunks.
     fn carve(&mut self, lo: u32, hi: u32, dirty: bool) {
+        debug_assert!(lo <= hi && hi <= self.frames);
         let mut pos = lo;
         while pos < hi {
             let order = self.largest_order_at(pos, hi - pos);
@@ -131,14 +135,19 @@ impl NodeState {
             self.insert_free(pos, order, fd);
             pos += size(order);
         }
+        debug_assert_eq!(pos, hi, "the chunks cover the range exactly");
     }
 
     /// Largest order whose chunk starts at `off` (aligned in absolute frames) and fits in `room`.
     pub fn largest_order_at(&self, off: u32, room: u32) -> u8 {
-        largest_order(self.base + off as u64, room as u64)
+        debug_assert!(room >= 1 && off as u64 + room as u64 <= self.frames as u64);
+        let o = largest_order(self.base + off as u64, room as u64);
+        debug_assert!(self.aligned(off, o) && size(o) <= room);
+        o
     }
 
     pub fn zone_of(&self, off: u32) -> Zone {
+        debug_assert!(off < self.frames, "offset {off} beyond the node's {} frames", self.frames);
         if off >= self.movable_from {
             Zone::Movable
         } else {
@@ -148,13 +157,17 @@ impl NodeState {
 
     /// Whether `off` is aligned to `order` in absolute frame numbers.
     pub fn aligned(&self, off: u32, order: u8) -> bool {
+        debug_assert!(order <= MAX_ORDER);
         (self.base + off as u64) & ((1u64 << order) - 1) == 0
     }
 
     /// Offset of the buddy of the chunk at `off` of `order`, if inside the node.
     pub fn buddy(&self, off: u32, order: u8) -> Option<u32> {
+        debug_assert!(order < MAX_ORDER && self.aligned(off, order));
         let b = (self.base + off as u64) ^ (1u64 << order);
-        b.checked_sub(self.base).filter(|&b| b < self.frames as u64).map(|b| b as u32)
+        let b = b.checked_sub(self.base).filter(|&b| b < self.frames as u64).map(|b| b as u32);
+        debug_assert!(b.is_none_or(|b| self.aligned(b, order) && b.abs_diff(off) == size(order)));
+        b
     }
 
     /// Bytes of metadata this node holds: the capacities of its chunk records (block
@@ -171,6 +184,7 @@ impl NodeState {
     /// The frame number of node offset `off`.
     #[inline]
     pub fn mfn(&self, off: u32) -> Mfn {
+        debug_assert!(off <= self.frames, "offset {off} beyond the node's {} frames", self.frames);
         Mfn(self.base + off as u64)
     }
 
@@ -277,13 +291,15 @@ impl NodeState {
     /// current batch. Returns whether it had not been asked before.
     pub fn stop_background(&mut self, h: u32) -> bool {
         debug_assert_eq!(self.state(h), State::Scrubbing);
-        match self.work.iter_mut().find(|w| w.head == h && w.kind == Kind::Background) {
+        let asked = match self.work.iter_mut().find(|w| w.head == h && w.kind == Kind::Background) {
             Some(w) if !w.stop => {
                 w.stop = true;
                 true
             }
             _ => false,
-        }
+        };
+        debug_assert!(!asked || self.work.iter().any(|w| w.head == h && w.stop));
+        asked
     }
 
     /// Exact offset (from `h`) of the first dirty frame of the free chunk at `h`, or
@@ -490,11 +506,17 @@ impl NodeState {
 
     /// Head of list `[zone][dirty][order]`, for the invariant checker and scrubbers.
     pub fn list_head(&self, zone: Zone, dirty: bool, order: u8) -> u32 {
-        self.heads[zone as usize][dirty as usize][order as usize]
+        debug_assert!(order <= MAX_ORDER);
+        let h = self.heads[zone as usize][dirty as usize][order as usize];
+        debug_assert!(h == NONE || self.recs.get(h).order() == order);
+        h
     }
 
+    /// Bit `o` set when list `[zone][dirty][o]` is non-empty.
     pub fn nonempty_mask(&self, zone: Zone, dirty: bool) -> u32 {
-        self.nonempty[zone as usize][dirty as usize]
+        let m = self.nonempty[zone as usize][dirty as usize];
+        debug_assert!(m >> ORDERS == 0, "a bit per order only");
+        m
     }
 
     /// Chooses a free chunk of at least `order` in `zone` and takes it off its list:
@@ -524,12 +546,17 @@ impl NodeState {
         let head = self.heads[z][d as usize][j as usize];
         debug_assert_ne!(head, NONE);
         self.list_remove(head);
+        debug_assert!(j as u8 >= order && self.recs.get(head).order() == j as u8);
+        debug_assert!(how != Pick::CleanOnly || !self.recs.get(head).listed_dirty());
         Some((head, j as u8))
     }
 
     /// Exact first dirty offset within `[off, off + 2^order)`.
     pub fn first_dirty_in(&self, off: u32, order: u8) -> u32 {
-        self.dirty.first_set(off, size(order)).unwrap_or(NONE)
+        debug_assert!(off + size(order) <= self.frames);
+        let fd = self.dirty.first_set(off, size(order)).unwrap_or(NONE);
+        debug_assert!(fd == NONE || fd < size(order));
+        fd
     }
 
     /// Splits the free chunk at `head` (off its list) from `from` down to `to`, putting
@@ -613,11 +640,13 @@ impl NodeState {
         };
         self.free += n as u64;
         self.merge_insert(off, order, fd);
+        debug_assert_eq!(self.dirty.count(off, n), if clean { 0 } else { n });
     }
 
     /// Returns a chunk taken off the free lists (its head state is the caller's to
     /// forget, and so is the counter it was in) with whatever dirty bits it still has.
     pub fn put_back(&mut self, off: u32, order: u8) {
+        debug_assert!(self.aligned(off, order) && off + size(order) <= self.frames);
         let n = size(order);
         let fd = self.first_dirty_in(off, order);
         if fd != NONE {
@@ -625,24 +654,31 @@ impl NodeState {
         }
         self.free += n as u64;
         self.merge_insert(off, order, fd);
+        debug_assert!(self.free <= self.frames as u64 && self.free_dirty <= self.free);
     }
 
     /// Free frames, including those being scrubbed: what allocations (and claims) may
     /// count on, since a scrub in progress can be aborted.
     pub fn available(&self) -> u64 {
+        debug_assert!(self.free <= self.frames as u64);
         self.free
     }
 
     /// Index of work entry `id`.
     pub fn work_index(&self, id: u64) -> usize {
-        self.work.iter().position(|w| w.id == id).expect("a work entry outlives its worker")
+        debug_assert!(id < self.next_work_id, "work entry {id} was never made");
+        let i = self.work.iter().position(|w| w.id == id).expect("a work entry outlives its worker");
+        debug_assert_eq!(self.work[i].id, id);
+        i
     }
 
     /// Adds a work entry for the chunk at `head`; returns its id.
     pub fn add_work(&mut self, head: u32, order: u8, kind: crate::work::Kind) -> u64 {
+        debug_assert!(self.aligned(head, order) && head + size(order) <= self.frames);
         let id = self.next_work_id;
         self.next_work_id += 1;
         self.work.push(Work { id, head, order, kind, cursor: 0, inflight: 0, stop: false });
+        debug_assert!(self.work.iter().filter(|w| w.head == head).count() == 1, "one work entry a chunk");
         id
     }
 
