@@ -22,7 +22,7 @@
 //! frame is found through the bitmap's summaries, in a few word reads whatever the
 //! order); a free record holds only a flag saying which list (clean or dirty) it is on.
 
-use crate::types::{DomId, MAX_ORDER};
+use crate::types::{DomId, Off, MAX_ORDER};
 use alloc::boxed::Box;
 use alloc::vec::Vec;
 
@@ -305,14 +305,14 @@ impl Records {
 
     /// Block index and frame within the block of node offset `off`.
     #[inline]
-    fn locate(&self, off: u32) -> (usize, usize) {
+    fn locate(&self, Off(off): Off) -> (usize, usize) {
         let at = self.lead as usize + off as usize;
         (at >> BLOCK_ORDER, at & (BLOCK_FRAMES as usize - 1))
     }
 
     /// The record of frame `off` (blank unless a chunk starts there).
     #[inline]
-    pub fn get(&self, off: u32) -> Slot {
+    pub fn get(&self, off: Off) -> Slot {
         let (b, i) = self.locate(off);
         let blk = &self.blocks[b];
         match &blk.table {
@@ -325,13 +325,13 @@ impl Records {
     /// Whether the block holding `off` is split (has a table): a chunk starting in it is
     /// smaller than a block. Otherwise `off` lies in a chunk of a block or more.
     #[inline]
-    pub fn split(&self, off: u32) -> bool {
+    pub fn split(&self, off: Off) -> bool {
         self.blocks[self.locate(off).0].table.is_some()
     }
 
     /// Writes the record of frame `off`: a table is made when a chunk smaller than a
     /// block starts in an unsplit block, and dropped when its block no longer holds one.
-    pub fn set(&mut self, off: u32, s: Slot) {
+    pub fn set(&mut self, off: Off, s: Slot) {
         let (b, i) = self.locate(off);
         let small = s.is_head() && s.order() < BLOCK_ORDER;
         debug_assert!(!s.is_head() || small || i == 0, "a chunk of a block or more starts a block");
@@ -363,7 +363,7 @@ impl Records {
 
     /// Changes the record of frame `off` in place (never whether it is a head or its order).
     #[inline]
-    pub fn update(&mut self, off: u32, f: impl FnOnce(&mut Slot)) {
+    pub fn update(&mut self, off: Off, f: impl FnOnce(&mut Slot)) {
         let (b, i) = self.locate(off);
         let blk = &mut self.blocks[b];
         match &mut blk.table {
@@ -421,21 +421,21 @@ mod tests {
     #[test]
     fn a_table_lives_exactly_while_its_block_holds_a_small_chunk() {
         let mut r = Records::new(0, 2 * BLOCK_FRAMES);
-        r.set(0, Slot::free(10, false));
-        assert_eq!((r.tables(), r.get(0).order()), (0, 10));
+        r.set(Off(0), Slot::free(10, false));
+        assert_eq!((r.tables(), r.get(Off(0)).order()), (0, 10));
         // Split the order-10 chunk down to order 8 at 0: a table for block 0 only.
-        r.set(BLOCK_FRAMES, Slot::free(9, false));
-        r.set(256, Slot::free(8, true));
+        r.set(Off(BLOCK_FRAMES), Slot::free(9, false));
+        r.set(Off(256), Slot::free(8, true));
         assert_eq!(r.tables(), 1);
-        assert_eq!(r.get(0).order(), 10, "the head being split moves into the table");
-        r.set(0, Slot::free(8, false));
-        assert!(r.split(0) && !r.split(BLOCK_FRAMES));
+        assert_eq!(r.get(Off(0)).order(), 10, "the head being split moves into the table");
+        r.set(Off(0), Slot::free(8, false));
+        assert!(r.split(Off(0)) && !r.split(Off(BLOCK_FRAMES)));
         r.check().unwrap();
         // Merge back: clear the buddy, then write the order-9 head.
-        r.set(256, Slot::BLANK);
+        r.set(Off(256), Slot::BLANK);
         assert_eq!(r.tables(), 1, "the block still holds its order-8 chunk");
-        r.set(0, Slot::free(9, false));
-        assert_eq!((r.tables(), r.get(0).order(), r.get(256)), (0, 9, Slot::BLANK));
+        r.set(Off(0), Slot::free(9, false));
+        assert_eq!((r.tables(), r.get(Off(0)).order(), r.get(Off(256))), (0, 9, Slot::BLANK));
         r.check().unwrap();
         assert_eq!(r.bytes(), 2 * DIRECTORY_ENTRY_BYTES);
     }

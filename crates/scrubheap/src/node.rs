@@ -5,7 +5,7 @@
 use crate::chunk::{Records, Slot, State, BLOCK_ORDER, F_BROKEN, F_MIGRATING, F_MOVABLE, F_SEALED, NONE};
 use crate::dirty::DirtyBitmap;
 use crate::error::HeapError;
-use crate::types::{DomId, Mfn, Zone, MAX_ORDER, ORDERS};
+use crate::types::{DomId, Mfn, Off, Zone, MAX_ORDER, ORDERS};
 use crate::work::{Kind, Work};
 use alloc::string::String;
 use alloc::vec::Vec;
@@ -193,7 +193,7 @@ impl NodeState {
     /// The facts of the chunk head at `h`, or `None` if `h` starts no chunk.
     pub fn head_at(&self, h: u32) -> Option<Head> {
         debug_assert!(h < self.frames, "offset {h} beyond the node's {} frames", self.frames);
-        let s = self.recs.get(h);
+        let s = self.recs.get(Off(h));
         if !s.is_head() {
             return None;
         }
@@ -221,12 +221,12 @@ impl NodeState {
     /// The state of the chunk head at `h`.
     #[inline]
     pub fn state(&self, h: u32) -> State {
-        self.recs.get(h).state()
+        self.recs.get(Off(h)).state()
     }
 
     /// Whether frame `off` carries no metadata at all (inside a chunk, not its head).
     pub fn is_blank(&self, off: u32) -> bool {
-        self.recs.get(off) == Slot::BLANK
+        self.recs.get(Off(off)) == Slot::BLANK
     }
 
     /// Makes `h` the head of a chunk of `order` allocated to `owner`, unpinned.
@@ -236,14 +236,14 @@ impl NodeState {
         let mut slot = Slot::owned(State::Allocated, order, owner);
         slot.set_flag(F_MOVABLE, movable);
         slot.set_flag(F_SEALED, sealed);
-        self.recs.set(h, slot);
+        self.recs.set(Off(h), slot);
         debug_assert_eq!(self.head(h).owner, owner);
     }
 
     /// Makes `h` the head of a chunk of `order` reserved for `owner` by a scrub ticket.
     pub fn set_pending(&mut self, h: u32, order: u8, owner: DomId) {
         debug_assert!(self.aligned(h, order) && h + size(order) <= self.frames);
-        self.recs.set(h, Slot::owned(State::Pending, order, owner));
+        self.recs.set(Off(h), Slot::owned(State::Pending, order, owner));
         debug_assert_eq!(self.head(h).state, State::Pending);
     }
 
@@ -252,7 +252,7 @@ impl NodeState {
     pub fn set_state(&mut self, h: u32, state: State, order: u8) {
         debug_assert!(matches!(state, State::Scrubbing | State::Isolated | State::Offline | State::Broken));
         debug_assert!(self.aligned(h, order) && h + size(order) <= self.frames);
-        self.recs.set(h, Slot::head(state, order));
+        self.recs.set(Off(h), Slot::head(state, order));
         debug_assert_eq!(self.state(h), state);
     }
 
@@ -260,30 +260,30 @@ impl NodeState {
     /// lists through [`NodeState::release`] or [`NodeState::put_back`]).
     pub fn clear_head(&mut self, h: u32) {
         debug_assert!(self.state(h) != State::Free, "a free head leaves through unlink_free");
-        self.recs.set(h, Slot::BLANK);
+        self.recs.set(Off(h), Slot::BLANK);
         debug_assert!(self.is_blank(h));
     }
 
     /// Marks (or unmarks) the allocated chunk at `h` as being migrated.
     pub fn set_migrating(&mut self, h: u32, on: bool) {
         debug_assert_eq!(self.state(h), State::Allocated);
-        self.recs.update(h, |s| s.set_flag(F_MIGRATING, on));
+        self.recs.update(Off(h), |s| s.set_flag(F_MIGRATING, on));
         debug_assert_eq!(self.head(h).migrating, on);
     }
 
     /// Marks the allocated single frame at `h` to leave service when freed.
     pub fn set_broken_when_freed(&mut self, h: u32) {
         debug_assert_eq!(self.state(h), State::Allocated);
-        debug_assert_eq!(self.recs.get(h).order(), 0, "only a single frame is marked broken");
-        self.recs.update(h, |s| s.set_flag(F_BROKEN, true));
+        debug_assert_eq!(self.recs.get(Off(h)).order(), 0, "only a single frame is marked broken");
+        self.recs.update(Off(h), |s| s.set_flag(F_BROKEN, true));
         debug_assert!(self.head(h).broken);
     }
 
     /// Sets the long-term pin count of the allocated chunk at `h`.
     pub fn set_pins(&mut self, h: u32, pins: u32) {
         debug_assert_eq!(self.state(h), State::Allocated);
-        debug_assert!(pins == 0 || !self.recs.get(h).flags(F_SEALED), "a sealed allocation is never pinned");
-        self.recs.update(h, |s| s.set_pins(pins));
+        debug_assert!(pins == 0 || !self.recs.get(Off(h)).flags(F_SEALED), "a sealed allocation is never pinned");
+        self.recs.update(Off(h), |s| s.set_pins(pins));
         debug_assert_eq!(self.head(h).pins, pins);
     }
 
@@ -306,7 +306,7 @@ impl NodeState {
     /// [`NONE`] if it is clean: its record says whether it is dirty, the bitmap's
     /// summaries where (a few word reads whatever the order).
     pub fn first_dirty(&self, h: u32) -> u32 {
-        let s = self.recs.get(h);
+        let s = self.recs.get(Off(h));
         debug_assert_eq!(s.state(), State::Free);
         if !s.listed_dirty() {
             debug_assert_eq!(self.first_dirty_in(h, s.order()), NONE, "a clean record over dirty bits");
@@ -371,7 +371,7 @@ impl NodeState {
         core::iter::from_fn(move || {
             let cur = at;
             (cur != NONE).then(|| {
-                at = self.recs.get(cur).next();
+                at = self.recs.get(Off(cur)).next();
                 cur
             })
         })
@@ -392,7 +392,7 @@ impl NodeState {
                     }
                     let mut prev = NONE;
                     while cur != NONE {
-                        let s = self.recs.get(cur);
+                        let s = self.recs.get(Off(cur));
                         if s.state() != State::Free || s.order() != o || self.zone_of(cur) != z || s.listed_dirty() != d
                         {
                             return Err(alloc::format!(
@@ -424,19 +424,19 @@ impl NodeState {
     // ---- free lists ----
 
     fn list_of(&self, off: u32) -> (usize, usize, usize) {
-        let s = self.recs.get(off);
+        let s = self.recs.get(Off(off));
         (self.zone_of(off) as usize, s.listed_dirty() as usize, s.order() as usize)
     }
 
     fn list_push(&mut self, off: u32) {
         let (z, d, o) = self.list_of(off);
         let old = self.heads[z][d][o];
-        self.recs.update(off, |s| {
+        self.recs.update(Off(off), |s| {
             s.set_prev(NONE);
             s.set_next(old);
         });
         if old != NONE {
-            self.recs.update(old, |s| s.set_prev(off));
+            self.recs.update(Off(old), |s| s.set_prev(off));
         }
         self.heads[z][d][o] = off;
         self.nonempty[z][d] |= 1 << o;
@@ -445,7 +445,7 @@ impl NodeState {
 
     fn list_remove(&mut self, off: u32) {
         let (z, d, o) = self.list_of(off);
-        let s = self.recs.get(off);
+        let s = self.recs.get(Off(off));
         let (prev, next) = (s.prev(), s.next());
         if prev == NONE {
             debug_assert_eq!(self.heads[z][d][o], off, "a chunk without a predecessor heads its list");
@@ -454,10 +454,10 @@ impl NodeState {
                 self.nonempty[z][d] &= !(1 << o);
             }
         } else {
-            self.recs.update(prev, |s| s.set_next(next));
+            self.recs.update(Off(prev), |s| s.set_next(next));
         }
         if next != NONE {
-            self.recs.update(next, |s| s.set_prev(prev));
+            self.recs.update(Off(next), |s| s.set_prev(prev));
         }
     }
 
@@ -466,7 +466,7 @@ impl NodeState {
     pub fn insert_free(&mut self, off: u32, order: u8, first_dirty: u32) {
         debug_assert!(self.aligned(off, order) && off + size(order) <= self.frames);
         debug_assert_eq!(first_dirty == NONE, self.first_dirty_in(off, order) == NONE, "the list matches the bits");
-        self.recs.set(off, Slot::free(order, first_dirty != NONE));
+        self.recs.set(Off(off), Slot::free(order, first_dirty != NONE));
         self.list_push(off);
     }
 
@@ -481,7 +481,7 @@ impl NodeState {
     /// about to be part of another chunk the caller makes).
     pub fn forget_free(&mut self, h: u32) {
         debug_assert_eq!(self.state(h), State::Free);
-        self.recs.set(h, Slot::BLANK);
+        self.recs.set(Off(h), Slot::BLANK);
         debug_assert!(self.is_blank(h));
     }
 
@@ -491,7 +491,7 @@ impl NodeState {
         debug_assert!(self.aligned(off, order) && off + size(order) <= self.frames);
         debug_assert!(self.is_blank(off), "the caller cleared the range's heads");
         let fd = self.first_dirty_in(off, order);
-        self.recs.set(off, Slot::free(order, fd != NONE));
+        self.recs.set(Off(off), Slot::free(order, fd != NONE));
         debug_assert_eq!(self.state(off), State::Free);
     }
 
@@ -508,7 +508,7 @@ impl NodeState {
     pub fn list_head(&self, zone: Zone, dirty: bool, order: u8) -> u32 {
         debug_assert!(order <= MAX_ORDER);
         let h = self.heads[zone as usize][dirty as usize][order as usize];
-        debug_assert!(h == NONE || self.recs.get(h).order() == order);
+        debug_assert!(h == NONE || self.recs.get(Off(h)).order() == order);
         h
     }
 
@@ -546,8 +546,8 @@ impl NodeState {
         let head = self.heads[z][d as usize][j as usize];
         debug_assert_ne!(head, NONE);
         self.list_remove(head);
-        debug_assert!(j as u8 >= order && self.recs.get(head).order() == j as u8);
-        debug_assert!(how != Pick::CleanOnly || !self.recs.get(head).listed_dirty());
+        debug_assert!(j as u8 >= order && self.recs.get(Off(head)).order() == j as u8);
+        debug_assert!(how != Pick::CleanOnly || !self.recs.get(Off(head)).listed_dirty());
         Some((head, j as u8))
     }
 
@@ -564,7 +564,7 @@ impl NodeState {
     pub fn split_free(&mut self, head: u32, from: u8, to: u8) {
         let mut o = from;
         // First dirty offset of the part still being split, [head, 2^o).
-        debug_assert!(to <= from && self.recs.get(head).order() == from);
+        debug_assert!(to <= from && self.recs.get(Off(head)).order() == from);
         let mut fd = self.first_dirty(head);
         while o > to {
             o -= 1;
@@ -581,7 +581,7 @@ impl NodeState {
                 fd = NONE;
             }
         }
-        self.recs.set(head, Slot::free(to, fd != NONE));
+        self.recs.set(Off(head), Slot::free(to, fd != NONE));
         debug_assert_eq!(self.first_dirty(head), fd);
     }
 
@@ -589,7 +589,7 @@ impl NodeState {
     /// chunk of order `to` containing `target` becomes a head; every piece keeps the
     /// head's state, owner, pins and flags.
     pub fn split_held(&mut self, head: u32, from: u8, target: u32, to: u8) {
-        let proto = self.recs.get(head);
+        let proto = self.recs.get(Off(head));
         debug_assert!(proto.is_head() && proto.state() != State::Free && proto.order() == from);
         debug_assert!(to <= from && target >= head && target < head + size(from));
         let mut h = head;
@@ -599,8 +599,8 @@ impl NodeState {
             let upper = h + size(o);
             let mut lo = proto;
             lo.set_order(o);
-            self.recs.set(h, lo);
-            self.recs.set(upper, lo);
+            self.recs.set(Off(h), lo);
+            self.recs.set(Off(upper), lo);
             if target >= upper {
                 h = upper;
             }
@@ -612,11 +612,11 @@ impl NodeState {
     /// In a split block only its own table is read; otherwise only block-aligned heads.
     pub fn chunk_of(&self, off: u32) -> (u32, u8) {
         debug_assert!(off < self.frames);
-        let from = if self.recs.split(off) { 0 } else { BLOCK_ORDER };
+        let from = if self.recs.split(Off(off)) { 0 } else { BLOCK_ORDER };
         for o in from..=MAX_ORDER {
             let abs = (self.base + off as u64) & !((1u64 << o) - 1);
             let Some(h) = abs.checked_sub(self.base) else { break };
-            let s = self.recs.get(h as u32);
+            let s = self.recs.get(Off(h as u32));
             if s.is_head() && s.order() >= o {
                 return (h as u32, s.order());
             }
@@ -689,14 +689,14 @@ impl NodeState {
         let mut dirty = fd != NONE;
         while order < MAX_ORDER {
             let Some(b) = self.buddy(off, order) else { break };
-            let bs = self.recs.get(b);
+            let bs = self.recs.get(Off(b));
             if bs.state() != State::Free || bs.order() != order || self.zone_of(b) != zone {
                 break;
             }
             dirty |= bs.listed_dirty();
             self.list_remove(b);
             let lo = b.min(off);
-            self.recs.set(lo + size(order), Slot::BLANK);
+            self.recs.set(Off(lo + size(order)), Slot::BLANK);
             off = lo;
             order += 1;
         }
