@@ -14,8 +14,10 @@
 //! ```text
 //! bytes <= (ceil(F / 512) + 1) * DIRECTORY_ENTRY_BYTES     (24: inline record + table pointer)
 //!        + ceil(F / 64) * 8 * (1 + 1/63)                    (dirty bitmap and its summaries)
-//!        + T * TABLE_BYTES                                  (5,128: 10 bytes a frame + a count)
+//!        + (T + 1) * TABLE_BYTES                            (5,124: 10 bytes a frame + a count)
 //! ```
+//!
+//! (the one more table is a blank spare kept from the last block that merged back).
 //!
 //! so about 0.17 bytes a frame when no block is split, and at most about 10.2 when every
 //! block is. The dirty bits say which frames of a free chunk are dirty (its first dirty
@@ -255,7 +257,7 @@ const _: () = assert!(METADATA_BITS_PER_FRAME <= 8, "fixed metadata must stay at
 
 /// The worst case of one node's chunk records and dirty bitmap, in bytes, for `frames`
 /// frames of which `split_blocks` blocks are split into chunks smaller than a block (at
-/// most `frames / 512 + 2`): the formula of this module's documentation. The node's own
+/// most `frames / 512 + 2`), a spare table included: the formula of this module's documentation. The node's own
 /// small fixed parts (its list heads and counters, its work list) are not counted.
 ///
 /// ```
@@ -273,8 +275,9 @@ pub fn node_metadata_bound(frames: u64, split_blocks: u64) -> u64 {
     let summaries = words / 63 + 6;
     // The bitmap's list of levels: at most 8 vector headers of 24 bytes.
     let levels = 8 * 24;
-    let bytes =
-        blocks * DIRECTORY_ENTRY_BYTES as u64 + (words + summaries) * 8 + levels + split_blocks * TABLE_BYTES as u64;
+    // Tables of the split blocks and one blank spare.
+    let tables = (split_blocks + 1) * TABLE_BYTES as u64;
+    let bytes = blocks * DIRECTORY_ENTRY_BYTES as u64 + (words + summaries) * 8 + levels + tables;
     debug_assert!(bytes >= frames / 8);
     bytes
 }
@@ -290,6 +293,10 @@ pub(crate) struct Records {
     blocks: Vec<Block>,
     /// Tables live now.
     tables: u32,
+    /// One blank table kept from the last block that merged back, so a block split and
+    /// merged again and again (one frame taken from a large chunk and given back) does
+    /// not allocate each time.
+    spare: Option<Box<Table>>,
 }
 
 impl Records {
@@ -300,7 +307,7 @@ impl Records {
         let mut blocks = Vec::with_capacity(n);
         blocks.resize_with(n, Block::default);
         debug_assert_eq!(blocks.capacity(), n);
-        Records { lead, blocks, tables: 0 }
+        Records { lead, blocks, tables: 0, spare: None }
     }
 
     /// Block index and frame within the block of node offset `off`.
@@ -342,13 +349,18 @@ impl Records {
                 let first = t.get(0);
                 let only_large = t.heads == 1 && first.is_head() && first.order() >= BLOCK_ORDER;
                 if t.heads == 0 || only_large {
+                    // Every other record of the table is blank: clearing the first blanks it.
+                    t.set(0, Slot::BLANK);
+                    debug_assert_eq!(t.heads, 0);
                     blk.head = first;
-                    blk.table = None;
+                    let t = blk.table.take();
+                    self.spare = self.spare.take().or(t);
                     self.tables -= 1;
                 }
             }
             None if small => {
-                let mut t = Table::new();
+                let mut t = self.spare.take().unwrap_or_else(Table::new);
+                debug_assert_eq!(t.heads, 0, "a spare table is blank");
                 t.set(0, blk.head);
                 t.set(i, s);
                 blk.head = Slot::BLANK;
@@ -389,7 +401,8 @@ impl Records {
 
     /// Bytes held: the directory's capacity and every table.
     pub fn bytes(&self) -> usize {
-        let bytes = self.blocks.capacity() * DIRECTORY_ENTRY_BYTES + self.tables as usize * TABLE_BYTES;
+        let tables = self.tables as usize + self.spare.is_some() as usize;
+        let bytes = self.blocks.capacity() * DIRECTORY_ENTRY_BYTES + tables * TABLE_BYTES;
         debug_assert!(self.tables as usize <= self.blocks.len());
         bytes
     }
@@ -437,7 +450,12 @@ mod tests {
         r.set(Off(0), Slot::free(9, false));
         assert_eq!((r.tables(), r.get(Off(0)).order(), r.get(Off(256))), (0, 9, Slot::BLANK));
         r.check().unwrap();
-        assert_eq!(r.bytes(), 2 * DIRECTORY_ENTRY_BYTES);
+        assert_eq!(r.bytes(), 2 * DIRECTORY_ENTRY_BYTES + TABLE_BYTES, "one spare table kept");
+        // Splitting again reuses the spare: still one table's bytes.
+        r.set(Off(256), Slot::free(8, false));
+        r.set(Off(0), Slot::free(8, false));
+        assert_eq!((r.tables(), r.bytes()), (1, 2 * DIRECTORY_ENTRY_BYTES + TABLE_BYTES));
+        r.check().unwrap();
     }
 
     #[test]
