@@ -17,10 +17,10 @@
 //!        + (T + 1) * TABLE_BYTES                            (5,124: 10 bytes a frame + a count)
 //! ```
 //!
-//! (the one more table is a blank spare kept from the last block that merged back).
-//!
-//! so about 0.17 bytes a frame when no block is split, and at most about 10.2 when every
-//! block is. The dirty bits say which frames of a free chunk are dirty (its first dirty
+//! (the one more table is a blank spare kept from the last block that merged back), so
+//! about 0.17 bytes a frame when no block is split, and at most about 10.2 when every
+//! block is ([`node_metadata_bound`]). A split block's table is freed when the block
+//! merges back, so the records follow the allocations in both directions. The dirty bits say which frames of a free chunk are dirty (its first dirty
 //! frame is found through the bitmap's summaries, in a few word reads whatever the
 //! order); a free record holds only a flag saying which list (clean or dirty) it is on.
 

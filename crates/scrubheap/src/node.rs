@@ -93,7 +93,7 @@ fn size(order: u8) -> u32 {
 
 impl NodeState {
     pub fn new(base: u64, frames: u32, movable_from: u32, dirty: bool) -> Self {
-        assert!(frames >= 1 && movable_from <= frames, "a node of {frames} frames, Movable from {movable_from}");
+        debug_assert!(frames >= 1 && movable_from <= frames, "a node of {frames} frames, Movable from {movable_from}");
         let mut n = NodeState {
             base,
             frames,
