@@ -211,6 +211,10 @@ struct Table {
 }
 
 impl Table {
+    /// A blank table, made on the heap (out of line: a 5 KiB temporary on the stack of
+    /// every caller of [`Records::set`] would cost each call a stack probe).
+    #[cold]
+    #[inline(never)]
     fn new() -> Box<Table> {
         Box::new(Table { link: [[0; 2]; BLOCK_FRAMES as usize], info: [0; BLOCK_FRAMES as usize], heads: 0 })
     }
@@ -338,6 +342,7 @@ impl Records {
 
     /// Writes the record of frame `off`: a table is made when a chunk smaller than a
     /// block starts in an unsplit block, and dropped when its block no longer holds one.
+    #[inline]
     pub fn set(&mut self, off: Off, s: Slot) {
         let (b, i) = self.locate(off);
         let small = s.is_head() && s.order() < BLOCK_ORDER;
@@ -346,31 +351,53 @@ impl Records {
         match &mut blk.table {
             Some(t) => {
                 t.set(i, s);
-                let first = t.get(0);
-                let only_large = t.heads == 1 && first.is_head() && first.order() >= BLOCK_ORDER;
-                if t.heads == 0 || only_large {
-                    // Every other record of the table is blank: clearing the first blanks it.
-                    t.set(0, Slot::BLANK);
-                    debug_assert_eq!(t.heads, 0);
-                    blk.head = first;
-                    let t = blk.table.take();
-                    self.spare = self.spare.take().or(t);
-                    self.tables -= 1;
+                if t.heads <= 1 {
+                    self.merge_table(b);
                 }
             }
-            None if small => {
-                let mut t = self.spare.take().unwrap_or_else(Table::new);
-                debug_assert_eq!(t.heads, 0, "a spare table is blank");
-                t.set(0, blk.head);
-                t.set(i, s);
-                blk.head = Slot::BLANK;
-                blk.table = Some(t);
-                self.tables += 1;
-            }
+            None if small => self.split_block(b, i, s),
             None if i == 0 => blk.head = s,
             None => debug_assert!(!s.is_head()),
         }
         debug_assert_eq!(self.get(off), s);
+    }
+
+    /// Gives block `b` a table (the spare if there is one) holding its inline record and
+    /// `s` at frame `i`.
+    #[inline(never)]
+    fn split_block(&mut self, b: usize, i: usize, s: Slot) {
+        let blk = &mut self.blocks[b];
+        debug_assert!(blk.table.is_none() && s.is_head());
+        let mut t = self.spare.take().unwrap_or_else(Table::new);
+        debug_assert_eq!(t.heads, 0, "a spare table is blank");
+        t.set(0, blk.head);
+        t.set(i, s);
+        blk.head = Slot::BLANK;
+        blk.table = Some(t);
+        self.tables += 1;
+    }
+
+    /// Drops block `b`'s table (keeping it as the spare if there is none) when the block
+    /// holds no chunk smaller than a block: no head, or only a large one at its start,
+    /// which moves inline.
+    #[inline(never)]
+    fn merge_table(&mut self, b: usize) {
+        let blk = &mut self.blocks[b];
+        let Some(t) = &mut blk.table else { return };
+        let first = t.get(0);
+        let only_large = t.heads == 1 && first.is_head() && first.order() >= BLOCK_ORDER;
+        if t.heads != 0 && !only_large {
+            return;
+        }
+        // Every other record of the table is blank: clearing the first blanks it.
+        t.set(0, Slot::BLANK);
+        debug_assert_eq!(t.heads, 0);
+        blk.head = first;
+        let t = blk.table.take();
+        if self.spare.is_none() {
+            self.spare = t;
+        }
+        self.tables -= 1;
     }
 
     /// Changes the record of frame `off` in place (never whether it is a head or its order).
