@@ -552,7 +552,7 @@ impl<M: FrameMemory> Heap<M> {
     }
 
     /// Hands the free chunk at `head` of node `n` (of `req.order`, off the free lists,
-    /// its head a Free slot with an exact first-dirty hint, admitted by the claims gate
+    /// its head a Free record (`NodeState::first_dirty` exact), admitted by the claims gate
     /// under the `book` the caller holds, if any claim exists) to `req.owner`: counters,
     /// claims retired, then clean frames at once, dirty ones scrubbed in place within
     /// one batch, or a scrub ticket for more. The one tail of every allocation.

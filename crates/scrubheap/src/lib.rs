@@ -62,7 +62,9 @@ mod types;
 mod work;
 
 pub use blocker::{BlockReason, Blocker, OfflineStop};
-pub use chunk::METADATA_BITS_PER_FRAME;
+pub use chunk::{
+    node_metadata_bound, BLOCK_FRAMES, BLOCK_ORDER, DIRECTORY_ENTRY_BYTES, METADATA_BITS_PER_FRAME, TABLE_BYTES,
+};
 pub use claims::{Claim, ClaimTarget};
 pub use config::{HeapConfig, NodeSpec};
 pub use counting::{CountingMemory, CountingMigrator, CountingPreempt, SectionCounter};

@@ -2,10 +2,10 @@
 //! order), the dirty bitmap and the counters. Everything here is node-relative (frame
 //! offsets from the node's first frame, `u32`) and runs under the node's lock.
 
-use crate::chunk::{Slot, State, F_BROKEN, F_MIGRATING, F_MOVABLE, F_SEALED, NONE};
-use crate::dirty::{touched, DirtyBitmap};
+use crate::chunk::{Records, Slot, State, BLOCK_ORDER, F_BROKEN, F_MIGRATING, F_MOVABLE, F_SEALED, NONE};
+use crate::dirty::DirtyBitmap;
 use crate::error::HeapError;
-use crate::types::{DomId, Mfn, Zone, MAX_ORDER, ORDERS};
+use crate::types::{DomId, Mfn, Off, Zone, MAX_ORDER, ORDERS};
 use crate::work::{Kind, Work};
 use alloc::string::String;
 use alloc::vec::Vec;
@@ -60,7 +60,8 @@ pub(crate) struct NodeState {
     pub frames: u32,
     /// First offset of the Movable zone (`frames` when there is none).
     pub movable_from: u32,
-    meta: Vec<Slot>,
+    /// Chunk records: a per-block directory and the tables of split blocks.
+    recs: Records,
     pub dirty: DirtyBitmap,
     /// List heads: `[zone][dirty][order]`.
     heads: [[[u32; ORDERS]; 2]; 2],
@@ -92,11 +93,12 @@ fn size(order: u8) -> u32 {
 
 impl NodeState {
     pub fn new(base: u64, frames: u32, movable_from: u32, dirty: bool) -> Self {
+        debug_assert!(frames >= 1 && movable_from <= frames, "a node of {frames} frames, Movable from {movable_from}");
         let mut n = NodeState {
             base,
             frames,
             movable_from,
-            meta: touched(frames as usize, Slot::default()),
+            recs: Records::new(base, frames),
             dirty: DirtyBitmap::new(frames),
             heads: [[[NONE; ORDERS]; 2]; 2],
             nonempty: [[0; 2]; 2],
@@ -111,11 +113,14 @@ impl NodeState {
         };
         n.carve(0, movable_from, dirty);
         n.carve(movable_from, frames, dirty);
+        debug_assert_eq!(n.free, frames as u64);
+        debug_assert_eq!(n.free_dirty, if dirty { frames as u64 } else { 0 });
         n
     }
 
     /// Fills `[lo, hi)` with the largest naturally aligned free chunks.
     fn carve(&mut self, lo: u32, hi: u32, dirty: bool) {
+        debug_assert!(lo <= hi && hi <= self.frames);
         let mut pos = lo;
         while pos < hi {
             let order = self.largest_order_at(pos, hi - pos);
@@ -130,14 +135,19 @@ impl NodeState {
             self.insert_free(pos, order, fd);
             pos += size(order);
         }
+        debug_assert_eq!(pos, hi, "the chunks cover the range exactly");
     }
 
     /// Largest order whose chunk starts at `off` (aligned in absolute frames) and fits in `room`.
     pub fn largest_order_at(&self, off: u32, room: u32) -> u8 {
-        largest_order(self.base + off as u64, room as u64)
+        debug_assert!(room >= 1 && off as u64 + room as u64 <= self.frames as u64);
+        let o = largest_order(self.base + off as u64, room as u64);
+        debug_assert!(self.aligned(off, o) && size(o) <= room);
+        o
     }
 
     pub fn zone_of(&self, off: u32) -> Zone {
+        debug_assert!(off < self.frames, "offset {off} beyond the node's {} frames", self.frames);
         if off >= self.movable_from {
             Zone::Movable
         } else {
@@ -147,28 +157,34 @@ impl NodeState {
 
     /// Whether `off` is aligned to `order` in absolute frame numbers.
     pub fn aligned(&self, off: u32, order: u8) -> bool {
+        debug_assert!(order <= MAX_ORDER);
         (self.base + off as u64) & ((1u64 << order) - 1) == 0
     }
 
     /// Offset of the buddy of the chunk at `off` of `order`, if inside the node.
     pub fn buddy(&self, off: u32, order: u8) -> Option<u32> {
+        debug_assert!(order < MAX_ORDER && self.aligned(off, order));
         let b = (self.base + off as u64) ^ (1u64 << order);
-        b.checked_sub(self.base).filter(|&b| b < self.frames as u64).map(|b| b as u32)
+        let b = b.checked_sub(self.base).filter(|&b| b < self.frames as u64).map(|b| b as u32);
+        debug_assert!(b.is_none_or(|b| self.aligned(b, order) && b.abs_diff(off) == size(order)));
+        b
     }
 
-    /// Bytes of metadata this node holds: the capacities of its per-frame slots, dirty
-    /// bitmap (with its summaries) and work list, and the node state itself.
+    /// Bytes of metadata this node holds: the capacities of its chunk records (block
+    /// directory and split blocks' tables), dirty bitmap (with its summaries) and work
+    /// list, and the node state itself.
     pub fn metadata_bytes(&self) -> u64 {
-        let slots = self.meta.capacity() * core::mem::size_of::<Slot>();
         let work = self.work.capacity() * core::mem::size_of::<Work>();
-        let bytes = slots + self.dirty.bytes() + work + core::mem::size_of::<NodeState>();
+        let bytes = self.recs.bytes() + self.dirty.bytes() + work + core::mem::size_of::<NodeState>();
         debug_assert!(bytes >= self.frames as usize / 8, "at least the dirty bits");
+        debug_assert!(bytes >= self.recs.tables() as usize * crate::chunk::TABLE_BYTES);
         bytes as u64
     }
 
     /// The frame number of node offset `off`.
     #[inline]
     pub fn mfn(&self, off: u32) -> Mfn {
+        debug_assert!(off <= self.frames, "offset {off} beyond the node's {} frames", self.frames);
         Mfn(self.base + off as u64)
     }
 
@@ -176,7 +192,8 @@ impl NodeState {
 
     /// The facts of the chunk head at `h`, or `None` if `h` starts no chunk.
     pub fn head_at(&self, h: u32) -> Option<Head> {
-        let s = self.meta[h as usize];
+        debug_assert!(h < self.frames, "offset {h} beyond the node's {} frames", self.frames);
+        let s = self.recs.get(Off(h));
         if !s.is_head() {
             return None;
         }
@@ -185,8 +202,8 @@ impl NodeState {
         Some(Head {
             state: s.state(),
             order: s.order(),
-            owner: DomId(if owned { s.a } else { 0 }),
-            pins: if allocated { s.b } else { 0 },
+            owner: if owned { s.owner() } else { DomId(0) },
+            pins: if allocated { s.pins() } else { 0 },
             movable: allocated && s.flags(F_MOVABLE),
             sealed: allocated && s.flags(F_SEALED),
             migrating: allocated && s.flags(F_MIGRATING),
@@ -204,32 +221,29 @@ impl NodeState {
     /// The state of the chunk head at `h`.
     #[inline]
     pub fn state(&self, h: u32) -> State {
-        self.meta[h as usize].state()
+        self.recs.get(Off(h)).state()
     }
 
     /// Whether frame `off` carries no metadata at all (inside a chunk, not its head).
     pub fn is_blank(&self, off: u32) -> bool {
-        self.meta[off as usize] == Slot::default()
+        self.recs.get(Off(off)) == Slot::BLANK
     }
 
     /// Makes `h` the head of a chunk of `order` allocated to `owner`, unpinned.
     pub fn set_allocated(&mut self, h: u32, order: u8, owner: DomId, movable: bool, sealed: bool) {
         debug_assert!(!(movable && sealed), "a sealed allocation is never movable");
         debug_assert!(self.aligned(h, order) && h + size(order) <= self.frames);
-        let mut slot = Slot::head(State::Allocated, order);
-        slot.a = owner.0;
+        let mut slot = Slot::owned(State::Allocated, order, owner);
         slot.set_flag(F_MOVABLE, movable);
         slot.set_flag(F_SEALED, sealed);
-        self.meta[h as usize] = slot;
+        self.recs.set(Off(h), slot);
         debug_assert_eq!(self.head(h).owner, owner);
     }
 
     /// Makes `h` the head of a chunk of `order` reserved for `owner` by a scrub ticket.
     pub fn set_pending(&mut self, h: u32, order: u8, owner: DomId) {
         debug_assert!(self.aligned(h, order) && h + size(order) <= self.frames);
-        let mut slot = Slot::head(State::Pending, order);
-        slot.a = owner.0;
-        self.meta[h as usize] = slot;
+        self.recs.set(Off(h), Slot::owned(State::Pending, order, owner));
         debug_assert_eq!(self.head(h).state, State::Pending);
     }
 
@@ -238,56 +252,69 @@ impl NodeState {
     pub fn set_state(&mut self, h: u32, state: State, order: u8) {
         debug_assert!(matches!(state, State::Scrubbing | State::Isolated | State::Offline | State::Broken));
         debug_assert!(self.aligned(h, order) && h + size(order) <= self.frames);
-        self.meta[h as usize] = Slot::head(state, order);
+        self.recs.set(Off(h), Slot::head(state, order));
+        debug_assert_eq!(self.state(h), state);
     }
 
     /// Forgets the head at `h` (its frames are about to join another chunk or the free
     /// lists through [`NodeState::release`] or [`NodeState::put_back`]).
     pub fn clear_head(&mut self, h: u32) {
-        debug_assert!(self.meta[h as usize].state() != State::Free, "a free head leaves through unlink_free");
-        self.meta[h as usize] = Slot::default();
+        debug_assert!(self.state(h) != State::Free, "a free head leaves through unlink_free");
+        self.recs.set(Off(h), Slot::BLANK);
         debug_assert!(self.is_blank(h));
     }
 
     /// Marks (or unmarks) the allocated chunk at `h` as being migrated.
     pub fn set_migrating(&mut self, h: u32, on: bool) {
         debug_assert_eq!(self.state(h), State::Allocated);
-        self.meta[h as usize].set_flag(F_MIGRATING, on);
+        self.recs.update(Off(h), |s| s.set_flag(F_MIGRATING, on));
         debug_assert_eq!(self.head(h).migrating, on);
     }
 
     /// Marks the allocated single frame at `h` to leave service when freed.
     pub fn set_broken_when_freed(&mut self, h: u32) {
         debug_assert_eq!(self.state(h), State::Allocated);
-        debug_assert_eq!(self.meta[h as usize].order(), 0, "only a single frame is marked broken");
-        self.meta[h as usize].set_flag(F_BROKEN, true);
+        debug_assert_eq!(self.recs.get(Off(h)).order(), 0, "only a single frame is marked broken");
+        self.recs.update(Off(h), |s| s.set_flag(F_BROKEN, true));
+        debug_assert!(self.head(h).broken);
     }
 
     /// Sets the long-term pin count of the allocated chunk at `h`.
     pub fn set_pins(&mut self, h: u32, pins: u32) {
         debug_assert_eq!(self.state(h), State::Allocated);
-        debug_assert!(pins == 0 || !self.meta[h as usize].flags(F_SEALED), "a sealed allocation is never pinned");
-        self.meta[h as usize].b = pins;
+        debug_assert!(pins == 0 || !self.recs.get(Off(h)).flags(F_SEALED), "a sealed allocation is never pinned");
+        self.recs.update(Off(h), |s| s.set_pins(pins));
+        debug_assert_eq!(self.head(h).pins, pins);
     }
 
     /// Asks a background scrubber holding the chunk at `h` to hand it back after its
     /// current batch. Returns whether it had not been asked before.
     pub fn stop_background(&mut self, h: u32) -> bool {
         debug_assert_eq!(self.state(h), State::Scrubbing);
-        match self.work.iter_mut().find(|w| w.head == h && w.kind == Kind::Background) {
+        let asked = match self.work.iter_mut().find(|w| w.head == h && w.kind == Kind::Background) {
             Some(w) if !w.stop => {
                 w.stop = true;
                 true
             }
             _ => false,
-        }
+        };
+        debug_assert!(!asked || self.work.iter().any(|w| w.head == h && w.stop));
+        asked
     }
 
     /// Exact offset (from `h`) of the first dirty frame of the free chunk at `h`, or
-    /// [`NONE`] if it is clean.
+    /// [`NONE`] if it is clean: its record says whether it is dirty, the bitmap's
+    /// summaries where (a few word reads whatever the order).
     pub fn first_dirty(&self, h: u32) -> u32 {
-        debug_assert_eq!(self.state(h), State::Free);
-        self.meta[h as usize].first_dirty()
+        let s = self.recs.get(Off(h));
+        debug_assert_eq!(s.state(), State::Free);
+        if !s.listed_dirty() {
+            debug_assert_eq!(self.first_dirty_in(h, s.order()), NONE, "a clean record over dirty bits");
+            return NONE;
+        }
+        let fd = self.first_dirty_in(h, s.order());
+        debug_assert_ne!(fd, NONE, "a dirty record over clean bits");
+        fd
     }
 
     /// Whether `owner` holds every frame of `[off, 2^order)`, each chunk sealed exactly
@@ -344,7 +371,7 @@ impl NodeState {
         core::iter::from_fn(move || {
             let cur = at;
             (cur != NONE).then(|| {
-                at = self.meta[cur as usize].b;
+                at = self.recs.get(Off(cur)).next();
                 cur
             })
         })
@@ -365,16 +392,19 @@ impl NodeState {
                     }
                     let mut prev = NONE;
                     while cur != NONE {
-                        let s = self.meta[cur as usize];
-                        let fd = s.first_dirty();
-                        if s.state() != State::Free || s.order() != o || self.zone_of(cur) != z || (fd != NONE) != d {
+                        let s = self.recs.get(Off(cur));
+                        if s.state() != State::Free || s.order() != o || self.zone_of(cur) != z || s.listed_dirty() != d
+                        {
                             return Err(alloc::format!(
-                                "chunk at {cur} is on list {z}/dirty={d}/order {o} but is {:?} order {} fd {fd:#x}",
+                                "chunk at {cur} is on list {z}/dirty={d}/order {o} but is {:?} order {}",
                                 s.state(),
                                 s.order(),
                             ));
                         }
-                        if s.a != prev {
+                        if (self.first_dirty_in(cur, o) != NONE) != d {
+                            return Err(alloc::format!("chunk at {cur} on the dirty={d} list disagrees with its bits"));
+                        }
+                        if s.prev() != prev {
                             return Err(alloc::format!("chunk at {cur} has a broken back link"));
                         }
                         listed += 1;
@@ -382,83 +412,91 @@ impl NodeState {
                             return Err("free lists hold more entries than free chunks (a cycle?)".into());
                         }
                         prev = cur;
-                        cur = s.b;
+                        cur = s.next();
                     }
                 }
             }
         }
+        self.recs.check()?;
         Ok(listed)
     }
 
     // ---- free lists ----
 
     fn list_of(&self, off: u32) -> (usize, usize, usize) {
-        let s = &self.meta[off as usize];
-        (self.zone_of(off) as usize, (s.first_dirty() != NONE) as usize, s.order() as usize)
+        let s = self.recs.get(Off(off));
+        (self.zone_of(off) as usize, s.listed_dirty() as usize, s.order() as usize)
     }
 
     fn list_push(&mut self, off: u32) {
         let (z, d, o) = self.list_of(off);
         let old = self.heads[z][d][o];
-        {
-            let s = &mut self.meta[off as usize];
-            s.a = NONE;
-            s.b = old;
-        }
+        self.recs.update(Off(off), |s| {
+            s.set_prev(NONE);
+            s.set_next(old);
+        });
         if old != NONE {
-            self.meta[old as usize].a = off;
+            self.recs.update(Off(old), |s| s.set_prev(off));
         }
         self.heads[z][d][o] = off;
         self.nonempty[z][d] |= 1 << o;
+        debug_assert_eq!(self.list_head(self.zone_of(off), d == 1, o as u8), off);
     }
 
     fn list_remove(&mut self, off: u32) {
         let (z, d, o) = self.list_of(off);
-        let Slot { a: prev, b: next, .. } = self.meta[off as usize];
+        let s = self.recs.get(Off(off));
+        let (prev, next) = (s.prev(), s.next());
         if prev == NONE {
+            debug_assert_eq!(self.heads[z][d][o], off, "a chunk without a predecessor heads its list");
             self.heads[z][d][o] = next;
             if next == NONE {
                 self.nonempty[z][d] &= !(1 << o);
             }
         } else {
-            self.meta[prev as usize].b = next;
+            self.recs.update(Off(prev), |s| s.set_next(next));
         }
         if next != NONE {
-            self.meta[next as usize].a = prev;
+            self.recs.update(Off(next), |s| s.set_prev(prev));
         }
     }
 
-    /// Writes a free head at `off` and puts it on its list (counters are the caller's).
+    /// Writes a free head at `off` and puts it on its list (counters are the caller's);
+    /// `first_dirty` says which list: the clean one for [`NONE`], else the dirty one.
     pub fn insert_free(&mut self, off: u32, order: u8, first_dirty: u32) {
-        self.meta[off as usize] = Slot::free(order, first_dirty);
+        debug_assert!(self.aligned(off, order) && off + size(order) <= self.frames);
+        debug_assert_eq!(first_dirty == NONE, self.first_dirty_in(off, order) == NONE, "the list matches the bits");
+        self.recs.set(Off(off), Slot::free(order, first_dirty != NONE));
         self.list_push(off);
     }
 
     /// Takes a free chunk off its list; its head stays (state Free) for the caller to reuse.
     pub fn unlink_free(&mut self, off: u32) {
-        debug_assert_eq!(self.meta[off as usize].state(), State::Free);
+        debug_assert_eq!(self.state(off), State::Free);
         self.list_remove(off);
+        debug_assert_eq!(self.state(off), State::Free);
     }
 
     /// Forgets the head of the free chunk at `h`, already off its list (its frames are
     /// about to be part of another chunk the caller makes).
     pub fn forget_free(&mut self, h: u32) {
         debug_assert_eq!(self.state(h), State::Free);
-        self.meta[h as usize] = Slot::default();
+        self.recs.set(Off(h), Slot::BLANK);
         debug_assert!(self.is_blank(h));
     }
 
     /// Makes `[off, 2^order)`, whose frames carry no head, one free chunk off the free
-    /// lists (counted free by the caller), with its exact first-dirty hint.
+    /// lists (counted free by the caller), its record saying whether it is dirty.
     pub fn make_unlisted_free(&mut self, off: u32, order: u8) {
         debug_assert!(self.aligned(off, order) && off + size(order) <= self.frames);
         debug_assert!(self.is_blank(off), "the caller cleared the range's heads");
         let fd = self.first_dirty_in(off, order);
-        self.meta[off as usize] = Slot::free(order, fd);
+        self.recs.set(Off(off), Slot::free(order, fd != NONE));
+        debug_assert_eq!(self.state(off), State::Free);
     }
 
     /// Lists the free piece `[off, 2^order)` (cut from a larger free chunk, its frames
-    /// carrying no head) with its exact first-dirty hint; counters are the caller's.
+    /// carrying no head) on the list its dirty bits say; counters are the caller's.
     pub fn list_free_piece(&mut self, off: u32, order: u8) {
         debug_assert!(self.aligned(off, order) && off + size(order) <= self.frames);
         let fd = self.first_dirty_in(off, order);
@@ -468,11 +506,17 @@ impl NodeState {
 
     /// Head of list `[zone][dirty][order]`, for the invariant checker and scrubbers.
     pub fn list_head(&self, zone: Zone, dirty: bool, order: u8) -> u32 {
-        self.heads[zone as usize][dirty as usize][order as usize]
+        debug_assert!(order <= MAX_ORDER);
+        let h = self.heads[zone as usize][dirty as usize][order as usize];
+        debug_assert!(h == NONE || self.recs.get(Off(h)).order() == order);
+        h
     }
 
+    /// Bit `o` set when list `[zone][dirty][o]` is non-empty.
     pub fn nonempty_mask(&self, zone: Zone, dirty: bool) -> u32 {
-        self.nonempty[zone as usize][dirty as usize]
+        let m = self.nonempty[zone as usize][dirty as usize];
+        debug_assert!(m >> ORDERS == 0, "a bit per order only");
+        m
     }
 
     /// Chooses a free chunk of at least `order` in `zone` and takes it off its list:
@@ -502,12 +546,17 @@ impl NodeState {
         let head = self.heads[z][d as usize][j as usize];
         debug_assert_ne!(head, NONE);
         self.list_remove(head);
+        debug_assert!(j as u8 >= order && self.recs.get(Off(head)).order() == j as u8);
+        debug_assert!(how != Pick::CleanOnly || !self.recs.get(Off(head)).listed_dirty());
         Some((head, j as u8))
     }
 
     /// Exact first dirty offset within `[off, off + 2^order)`.
     pub fn first_dirty_in(&self, off: u32, order: u8) -> u32 {
-        self.dirty.first_set(off, size(order)).unwrap_or(NONE)
+        debug_assert!(off + size(order) <= self.frames);
+        let fd = self.dirty.first_set(off, size(order)).unwrap_or(NONE);
+        debug_assert!(fd == NONE || fd < size(order));
+        fd
     }
 
     /// Splits the free chunk at `head` (off its list) from `from` down to `to`, putting
@@ -515,7 +564,8 @@ impl NodeState {
     pub fn split_free(&mut self, head: u32, from: u8, to: u8) {
         let mut o = from;
         // First dirty offset of the part still being split, [head, 2^o).
-        let mut fd = self.meta[head as usize].first_dirty();
+        debug_assert!(to <= from && self.recs.get(Off(head)).order() == from);
+        let mut fd = self.first_dirty(head);
         while o > to {
             o -= 1;
             let upper = head + size(o);
@@ -531,14 +581,17 @@ impl NodeState {
                 fd = NONE;
             }
         }
-        self.meta[head as usize] = Slot::free(to, fd);
+        self.recs.set(Off(head), Slot::free(to, fd != NONE));
+        debug_assert_eq!(self.first_dirty(head), fd);
     }
 
     /// Splits an allocated (or otherwise held) chunk at `head` of `from` so that the
     /// chunk of order `to` containing `target` becomes a head; every piece keeps the
     /// head's state, owner, pins and flags.
     pub fn split_held(&mut self, head: u32, from: u8, target: u32, to: u8) {
-        let proto = self.meta[head as usize];
+        let proto = self.recs.get(Off(head));
+        debug_assert!(proto.is_head() && proto.state() != State::Free && proto.order() == from);
+        debug_assert!(to <= from && target >= head && target < head + size(from));
         let mut h = head;
         let mut o = from;
         while o > to {
@@ -546,20 +599,24 @@ impl NodeState {
             let upper = h + size(o);
             let mut lo = proto;
             lo.set_order(o);
-            self.meta[h as usize] = lo;
-            self.meta[upper as usize] = lo;
+            self.recs.set(Off(h), lo);
+            self.recs.set(Off(upper), lo);
             if target >= upper {
                 h = upper;
             }
         }
+        debug_assert_eq!(self.chunk_of(target), (h, to));
     }
 
     /// The head and order of the chunk containing `off`.
+    /// In a split block only its own table is read; otherwise only block-aligned heads.
     pub fn chunk_of(&self, off: u32) -> (u32, u8) {
-        for o in 0..=MAX_ORDER {
+        debug_assert!(off < self.frames);
+        let from = if self.recs.split(Off(off)) { 0 } else { BLOCK_ORDER };
+        for o in from..=MAX_ORDER {
             let abs = (self.base + off as u64) & !((1u64 << o) - 1);
             let Some(h) = abs.checked_sub(self.base) else { break };
-            let s = &self.meta[h as usize];
+            let s = self.recs.get(Off(h as u32));
             if s.is_head() && s.order() >= o {
                 return (h as u32, s.order());
             }
@@ -583,11 +640,13 @@ impl NodeState {
         };
         self.free += n as u64;
         self.merge_insert(off, order, fd);
+        debug_assert_eq!(self.dirty.count(off, n), if clean { 0 } else { n });
     }
 
     /// Returns a chunk taken off the free lists (its head state is the caller's to
     /// forget, and so is the counter it was in) with whatever dirty bits it still has.
     pub fn put_back(&mut self, off: u32, order: u8) {
+        debug_assert!(self.aligned(off, order) && off + size(order) <= self.frames);
         let n = size(order);
         let fd = self.first_dirty_in(off, order);
         if fd != NONE {
@@ -595,52 +654,54 @@ impl NodeState {
         }
         self.free += n as u64;
         self.merge_insert(off, order, fd);
+        debug_assert!(self.free <= self.frames as u64 && self.free_dirty <= self.free);
     }
 
     /// Free frames, including those being scrubbed: what allocations (and claims) may
     /// count on, since a scrub in progress can be aborted.
     pub fn available(&self) -> u64 {
+        debug_assert!(self.free <= self.frames as u64);
         self.free
     }
 
     /// Index of work entry `id`.
     pub fn work_index(&self, id: u64) -> usize {
-        self.work.iter().position(|w| w.id == id).expect("a work entry outlives its worker")
+        debug_assert!(id < self.next_work_id, "work entry {id} was never made");
+        let i = self.work.iter().position(|w| w.id == id).expect("a work entry outlives its worker");
+        debug_assert_eq!(self.work[i].id, id);
+        i
     }
 
     /// Adds a work entry for the chunk at `head`; returns its id.
     pub fn add_work(&mut self, head: u32, order: u8, kind: crate::work::Kind) -> u64 {
+        debug_assert!(self.aligned(head, order) && head + size(order) <= self.frames);
         let id = self.next_work_id;
         self.next_work_id += 1;
         self.work.push(Work { id, head, order, kind, cursor: 0, inflight: 0, stop: false });
+        debug_assert!(self.work.iter().filter(|w| w.head == head).count() == 1, "one work entry a chunk");
         id
     }
 
     /// Inserts a free chunk, first merging it with free buddies (clean or dirty).
-    pub fn merge_insert(&mut self, mut off: u32, mut order: u8, mut fd: u32) {
+    pub fn merge_insert(&mut self, mut off: u32, mut order: u8, fd: u32) {
+        debug_assert!(self.aligned(off, order) && off + size(order) <= self.frames);
         let zone = self.zone_of(off);
+        let mut dirty = fd != NONE;
         while order < MAX_ORDER {
             let Some(b) = self.buddy(off, order) else { break };
-            let bs = self.meta[b as usize];
+            let bs = self.recs.get(Off(b));
             if bs.state() != State::Free || bs.order() != order || self.zone_of(b) != zone {
                 break;
             }
+            dirty |= bs.listed_dirty();
             self.list_remove(b);
-            let bfd = bs.first_dirty();
-            let (lo, lfd, hfd) = if b < off { (b, bfd, fd) } else { (off, fd, bfd) };
-            let hi = lo + size(order);
-            fd = if lfd != NONE {
-                lfd
-            } else if hfd != NONE {
-                hfd + size(order)
-            } else {
-                NONE
-            };
-            self.meta[hi as usize] = Slot::default();
+            let lo = b.min(off);
+            self.recs.set(Off(lo + size(order)), Slot::BLANK);
             off = lo;
             order += 1;
         }
-        self.insert_free(off, order, fd);
+        self.insert_free(off, order, if dirty { 0 } else { NONE });
+        debug_assert_eq!(self.chunk_of(off), (off, order));
     }
 }
 

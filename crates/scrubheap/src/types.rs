@@ -21,6 +21,12 @@ impl fmt::Display for Mfn {
     }
 }
 
+/// A frame's offset inside its node (from the node's first frame): what a node's records,
+/// lists and bitmap are indexed by. [`crate::node::NodeState::mfn`] turns one into a
+/// machine frame number; a node holds at most 2^32 frames.
+#[derive(Copy, Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
+pub(crate) struct Off(pub u32);
+
 /// The owner of an allocation: a domain (guest), or any other user of frames.
 #[derive(Copy, Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
 pub struct DomId(pub u32);

@@ -419,8 +419,8 @@ fn check_heap(h: &Scrubheap) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Touches every metadata page: fills the allocator with order-8 blocks (stride below
-/// one 4 KiB page of scrubheap's 12-byte slots), then frees them all.
+/// Touches every metadata page: fills the allocator with order-8 blocks (every 2 MiB
+/// block of scrubheap split, its record table made, then given back), then frees them all.
 fn touch<S: Subject>(s: &mut S) -> anyhow::Result<()> {
     let mut got = Vec::new();
     while let Some(f) = s.alloc() {

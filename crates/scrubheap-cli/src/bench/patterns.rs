@@ -109,8 +109,16 @@ pub struct Case {
 /// Metadata of each allocator, bytes per frame.
 #[derive(Clone, Debug, Serialize)]
 pub struct Metadata {
-    /// scrubheap by formula: slot and dirty bit per frame, plus the fast path's tables.
+    /// scrubheap by formula (a bound), no block split: block directory, dirty bitmap and
+    /// its summaries, a spare record table (`scrubheap::node_metadata_bound(frames, 0)`),
+    /// plus the fast path's tables.
     pub scrubheap_formula: f64,
+    /// scrubheap by formula at worst, every 2 MiB block split into smaller chunks (a
+    /// record table each): `node_metadata_bound(frames, frames / 512)` plus the tables.
+    pub scrubheap_formula_worst: f64,
+    /// scrubheap as its own accounting reports it at the end of a bulk get phase of
+    /// order 0 on one thread (split blocks' tables and live fast-path blocks included).
+    pub scrubheap_measured_peak: f64,
     /// scrubheap as its own accounting reports it after building (fixed part).
     pub scrubheap_measured: f64,
     /// scrubheap's live fast-path block records, at the end of a bulk get phase of
@@ -546,25 +554,36 @@ fn case(cfg: &Config, pattern: &str, order: u8, threads: usize, meta: &mut u64) 
     Ok(Case { pattern: pattern.into(), order, threads, allocs, rounds, subjects })
 }
 
-/// scrubheap's metadata per frame: by formula (fixed bits a frame and the fast path's
-/// tables), by its own accounting of a fresh heap (everything it holds), and the block
-/// records at their largest (after the get phase of one thread's order-0 bulk).
-fn scrubheap_metadata(frames: u64) -> anyhow::Result<(f64, f64, f64)> {
+/// scrubheap's metadata per frame, all in bytes a frame.
+struct Measured {
+    /// By formula, fresh and at worst (every block split), the fast path's tables included.
+    formula: (f64, f64),
+    /// Its own accounting of a fresh heap (everything it holds).
+    fresh: f64,
+    /// Its own accounting after the get phase of one thread's order-0 bulk, and the fast
+    /// path's live block records then (their largest).
+    peak: (f64, f64),
+}
+
+/// Measures [`Measured`] on a heap of `frames`.
+fn scrubheap_metadata(frames: u64) -> anyhow::Result<Measured> {
     let f = frames as f64;
-    let slot = scrubheap::METADATA_BITS_PER_FRAME as f64 / 8.0;
     // Per block region of each fast order: a 4-byte map entry, and a 16-byte pointer per
     // segment of 128 records (the heap's `reserve.rs`).
     let tables: f64 =
         scrubheap::FAST_ORDERS.iter().map(|&(o, s)| (4.0 + 16.0 / 128.0) / (1u64 << (o + s)) as f64).sum();
+    let bound = |split: u64| scrubheap::node_metadata_bound(frames, split) as f64 / f + tables;
     let s = Scrub::new(frames, true)?;
-    let fixed = s.heap.metadata_bytes() as f64 / f;
+    let fresh = s.heap.metadata_bytes() as f64 / f;
     let (allocs, _) = sizes(frames, 0);
     let got: Vec<u64> = (0..allocs).filter_map(|_| s.get(0, 0)).collect();
+    let peak = s.heap.metadata_bytes() as f64 / f;
     let blocks = s.heap.reserve_metadata_bytes().1 as f64 / f;
     for g in got {
         s.put(0, g, 0);
     }
-    Ok((slot + tables, fixed, blocks))
+    let worst = bound(frames / scrubheap::BLOCK_FRAMES as u64);
+    Ok(Measured { formula: (bound(0), worst), fresh, peak: (peak, blocks) })
 }
 
 /// Runs every pattern at every order and thread count of `cfg`.
@@ -582,11 +601,13 @@ pub fn bench(cfg: &Config, llfree_skipped: Option<String>) -> anyhow::Result<Rep
             }
         }
     }
-    let (formula, measured, blocks) = scrubheap_metadata(frames)?;
+    let m = scrubheap_metadata(frames)?;
     let metadata = Metadata {
-        scrubheap_formula: formula,
-        scrubheap_measured: measured,
-        scrubheap_blocks_peak: blocks,
+        scrubheap_formula: m.formula.0,
+        scrubheap_formula_worst: m.formula.1,
+        scrubheap_measured: m.fresh,
+        scrubheap_measured_peak: m.peak.0,
+        scrubheap_blocks_peak: m.peak.1,
         llfree: (meta > 0).then(|| meta as f64 / frames as f64),
     };
     Ok(Report { frames, reps: cfg.reps, cases, metadata, llfree_skipped })
@@ -657,9 +678,13 @@ pub fn print(r: &Report) {
     }
     let m = &r.metadata;
     println!(
-        "metadata bytes/frame: scrubheap {:.3} by formula (12-byte slot + dirty bit + a fast-path map entry of 4.125 bytes per 64 frames and per 8192), {:.3} measured on a fresh heap, + {:.3} of live block records at an order-0 bulk's peak; LLFree {}",
+        "metadata bytes/frame: scrubheap by formula (F frames, T of the F/512 2 MiB blocks split: (F/512 + 1) * {} B directory + F/8 B dirty bits and summaries + T * {} B tables + a fast-path map entry of 4.125 bytes per 64 and per 8192 frames) {:.3} with T = 0, {:.3} with every block split; measured {:.3} on a fresh heap, {:.3} at an order-0 bulk's peak (of which {:.3} live fast-path block records); LLFree {}",
+        scrubheap::DIRECTORY_ENTRY_BYTES,
+        scrubheap::TABLE_BYTES,
         m.scrubheap_formula,
+        m.scrubheap_formula_worst,
         m.scrubheap_measured,
+        m.scrubheap_measured_peak,
         m.scrubheap_blocks_peak,
         m.llfree.map_or("not run".into(), |v| format!("{v:.3}"))
     );
@@ -691,7 +716,10 @@ mod tests {
             assert_eq!(names, ["scrubheap_clean", "scrubheap_dirty", "buddy"]);
             assert!(c.subjects.iter().all(|s| s.median.pair_ns > 0.0 && s.ratio_to_llfree.is_none()));
         }
-        assert!(r.metadata.scrubheap_measured >= r.metadata.scrubheap_formula - 0.01);
+        // The formula is a bound (a spare record table included): the fresh heap is under it.
+        assert!(r.metadata.scrubheap_measured <= r.metadata.scrubheap_formula + 0.01);
         assert!(r.metadata.scrubheap_blocks_peak > 0.0);
+        assert!(r.metadata.scrubheap_measured_peak > r.metadata.scrubheap_measured);
+        assert!(r.metadata.scrubheap_measured_peak <= r.metadata.scrubheap_formula_worst + 0.05);
     }
 }
