@@ -15,6 +15,10 @@ use alloc::sync::Arc;
 use alloc::vec::Vec;
 use core::sync::atomic::{AtomicU64, Ordering};
 use scrubheap::{DomId, FrameMemory, Heap, Mfn, Preempt};
+// A sleeping lock on hosts (see the `parking_lot` feature), a spin lock in no_std.
+#[cfg(feature = "parking_lot")]
+use parking_lot::Mutex;
+#[cfg(not(feature = "parking_lot"))]
 use spin::Mutex;
 
 /// The populate-on-demand guests of one heap. It holds no reference to the heap: every
