@@ -535,3 +535,17 @@ fn a_frame_written_behind_the_pools_back_is_caught_by_the_growing_guest() {
         other => panic!("the guest must report the dirty frame: {other:?}"),
     }
 }
+
+/// Issue 16's 1 GiB create gap is not a slot count: a 1 GiB guest of a pool with a free
+/// 1 GiB extent is one extent and so one KVM memory slot, the kernel baseline's count
+/// (both add the VMM's page-table slot). Needs no `/dev/kvm`: the layout is computed.
+#[test]
+fn a_1_gib_guest_is_one_extent_and_one_memory_slot() {
+    let (pool, rec) = pool(1024);
+    let (g, _) = pool.create_guest(DomId(1), 1 << 30, &rec).unwrap();
+    assert_eq!(g.extents.len(), 1, "{:?}", g.extents);
+    assert_eq!(g.extents[0].order, 18);
+    let slots = scrubheap_vmm::slots::pool_slots(pool.arena(), &g.extents);
+    assert_eq!(slots.len(), 1, "{slots:?}");
+    assert_eq!((slots[0].gpa, slots[0].bytes), (0, 1 << 30));
+}
