@@ -285,7 +285,7 @@ pub fn node_metadata_bound(frames: u64, split_blocks: u64) -> u64 {
     debug_assert!(bytes >= frames / 8);
     bytes
 }
-// A fully split block costs less than main's 12-byte slot a frame did.
+// A fully split block costs less than the 12-byte slot a frame of the earlier layout did.
 const _: () = assert!(TABLE_BYTES <= 11 * BLOCK_FRAMES as usize);
 
 /// Every chunk record of one node, by node offset: the block directory and the tables of
