@@ -169,25 +169,57 @@ pub(crate) unsafe fn destroy_heap(h: *mut ScrubheapHeap) -> ScrubheapStatus {
     })
 }
 
+/// A boxed handle that borrows the heap through a `self_cell` (a ticket or a job), so
+/// that one function frees every kind. Its box is `repr(C)` with the magic first.
+pub(crate) trait Borrower {
+    /// The first word of a live handle of this kind.
+    const MAGIC: u64;
+    /// The kind's name in error messages.
+    const WHAT: &'static str;
+    /// The heap this handle borrows.
+    fn owner(&self) -> &Arc<Shared>;
+}
+
+impl Borrower for TicketBox {
+    const MAGIC: u64 = TICKET_MAGIC;
+    const WHAT: &'static str = "ticket";
+    fn owner(&self) -> &Arc<Shared> {
+        self.cell.borrow_owner()
+    }
+}
+
+/// Frees a borrowing handle `b` (a ticket or a job): what it borrows is dropped with the
+/// heap's poison flag armed, since dropping an unfinished ticket or job changes the heap.
+///
+/// # Safety
+/// `b` must be null or point to at least 8 readable bytes; if its first word is
+/// `B::MAGIC`, it must be a live `B` from `Box::into_raw` that no thread uses during or
+/// after the call.
+pub(crate) unsafe fn drop_borrower<B: Borrower>(b: *mut B) -> ScrubheapStatus {
+    guard(|| {
+        // SAFETY: the caller's contract on `b`.
+        unsafe { check_magic(b.cast(), B::MAGIC, B::WHAT)? };
+        // SAFETY: the magic says `b` is a live `B` from Box::into_raw (the caller's
+        // contract), freed only here; `repr(C)` puts the magic in its first word, which
+        // is cleared first so a stale copy of the pointer is more likely refused.
+        let owned = unsafe {
+            b.cast::<u64>().write(DEAD_MAGIC);
+            Box::from_raw(b)
+        };
+        let shared = Arc::clone(owned.owner());
+        let _poison = PoisonOnPanic(&shared.poisoned);
+        drop(owned);
+        Ok(ScrubheapStatus::SCRUBHEAP_OK)
+    })
+}
+
 /// Frees a ticket handle; an unfinished ticket gives its frames back to the heap.
 ///
 /// # Safety
 /// As [`with_ticket`]; and no thread may use the handle after this call.
 pub(crate) unsafe fn drop_ticket(t: *mut ScrubheapTicket) -> ScrubheapStatus {
-    guard(|| {
-        // SAFETY: the caller's contract on `t`.
-        unsafe { check_magic(t.cast(), TICKET_MAGIC, "ticket")? };
-        let b = t.cast::<TicketBox>();
-        // SAFETY: `b` came from Box::into_raw in new_ticket and is freed only here.
-        let owned = unsafe {
-            (*b).magic = DEAD_MAGIC;
-            Box::from_raw(b)
-        };
-        let shared = Arc::clone(owned.cell.borrow_owner());
-        let _poison = PoisonOnPanic(&shared.poisoned);
-        drop(owned);
-        Ok(ScrubheapStatus::SCRUBHEAP_OK)
-    })
+    // SAFETY: the caller's contract on `t`, which is [`drop_borrower`]'s.
+    unsafe { drop_borrower(t.cast::<TicketBox>()) }
 }
 
 /// Checks that an out-pointer is not null, before any work is done.

@@ -8,7 +8,7 @@
 
 use crate::callbacks::{CQuestion, ScrubheapDeadlineFn, ScrubheapMigrator, ScrubheapPreemptFn};
 use crate::handle::{
-    check_health, check_magic, need_out, put, with_heap, PoisonOnPanic, ScrubheapHeap, Shared, DEAD_MAGIC,
+    check_health, check_magic, drop_borrower, need_out, put, with_heap, Borrower, PoisonOnPanic, ScrubheapHeap, Shared,
 };
 use crate::status::{guard, Failure, Outcome, ScrubheapStatus};
 use crate::types::{ScrubheapExtent, ScrubheapOfflined};
@@ -295,18 +295,14 @@ pub unsafe extern "C" fn scrubheap_job_cancel(job: *mut ScrubheapJob) -> Scrubhe
 /// `job` must be null or a live job that no thread uses during or after the call.
 #[no_mangle]
 pub unsafe extern "C" fn scrubheap_job_drop(job: *mut ScrubheapJob) -> ScrubheapStatus {
-    guard(|| {
-        // SAFETY: the caller's contract on `job`.
-        unsafe { check_magic(job.cast(), JOB_MAGIC, "job")? };
-        let b = job.cast::<JobBox>();
-        // SAFETY: `b` came from Box::into_raw in `start` and is freed only here.
-        let owned = unsafe {
-            (*b).magic = DEAD_MAGIC;
-            Box::from_raw(b)
-        };
-        let shared = Arc::clone(owned.cell.borrow_owner());
-        let _poison = PoisonOnPanic(&shared.poisoned);
-        drop(owned);
-        Ok(ScrubheapStatus::SCRUBHEAP_OK)
-    })
+    // SAFETY: the caller's contract on `job`, which is [`drop_borrower`]'s.
+    unsafe { drop_borrower(job.cast::<JobBox>()) }
+}
+
+impl Borrower for JobBox {
+    const MAGIC: u64 = JOB_MAGIC;
+    const WHAT: &'static str = "job";
+    fn owner(&self) -> &Arc<Shared> {
+        self.cell.borrow_owner()
+    }
 }
