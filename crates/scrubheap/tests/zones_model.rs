@@ -171,20 +171,10 @@ fn run(ops: &[Op]) -> Result<(), TestCaseError> {
             Op::Free { frame, order, dom } => {
                 let r = Model::range(frame, order);
                 let ok = m.held_by(r.clone(), dom) && m.pins(r.clone()).iter().all(|&p| p == 0);
-                let res = or_job(
-                    frame % 2 == 1,
-                    || heap.free(Mfn(r.start as u64), order, DomId(dom)),
-                    || {
-                        heap.range_preemptible(
-                            RangeOp::Free,
-                            Mfn(r.start as u64),
-                            order,
-                            DomId(dom),
-                            &NoMigration,
-                            &yields,
-                        )
-                    },
-                );
+                let mfn = Mfn(r.start as u64);
+                let res = or_job(frame % 2 == 1, &heap, (RangeOp::Free, mfn, order, DomId(dom)), &yields, || {
+                    heap.free(mfn, order, DomId(dom))
+                });
                 prop_assert_eq!(res.is_ok(), ok, "free {:?}: {:?}", r, res);
                 if ok {
                     r.for_each(|i| m.leave(i));
@@ -199,10 +189,9 @@ fn run(ops: &[Op]) -> Result<(), TestCaseError> {
                 let pinned = m.pins(r.clone()).iter().any(|&p| p > 0);
                 let rc = rec(refuse.then_some(0));
                 let res = if in_place {
-                    let job =
-                        || heap.range_preemptible(RangeOp::PinInPlace, mfn, order, DomId(dom), &NoMigration, &yields);
                     let plain = || heap.pin_in_place(mfn, order, DomId(dom)).map(|_| ());
-                    or_job(frame % 2 == 1, plain, job).map(|_| Extent { mfn, order, node: 0 })
+                    or_job(frame % 2 == 1, &heap, (RangeOp::PinInPlace, mfn, order, DomId(dom)), &yields, plain)
+                        .map(|_| Extent { mfn, order, node: 0 })
                 } else {
                     heap.pin(mfn, order, DomId(dom), &rc, &never)
                 };
@@ -243,20 +232,10 @@ fn run(ops: &[Op]) -> Result<(), TestCaseError> {
             Op::Unpin { frame, order, dom } => {
                 let r = Model::range(frame, order);
                 let ok = m.held_by(r.clone(), dom) && m.pins(r.clone()).iter().all(|&p| p > 0);
-                let res = or_job(
-                    frame % 2 == 1,
-                    || heap.unpin(Mfn(r.start as u64), order, DomId(dom)),
-                    || {
-                        heap.range_preemptible(
-                            RangeOp::Unpin,
-                            Mfn(r.start as u64),
-                            order,
-                            DomId(dom),
-                            &NoMigration,
-                            &yields,
-                        )
-                    },
-                );
+                let mfn = Mfn(r.start as u64);
+                let res = or_job(frame % 2 == 1, &heap, (RangeOp::Unpin, mfn, order, DomId(dom)), &yields, || {
+                    heap.unpin(mfn, order, DomId(dom))
+                });
                 prop_assert_eq!(res.is_ok(), ok, "unpin {:?}: {:?}", r, res);
                 if ok {
                     for i in r {
@@ -408,16 +387,19 @@ proptest! {
 /// A range operation as a job (`as_job`: every other op of the model), or in one call; a
 /// one-call form refused for the range's many chunks (`TooManyChunks`, nothing changed)
 /// is done again as a job. Either way its sections are counted like every other.
-fn or_job(
+fn or_job<M: FrameMemory>(
     as_job: bool,
+    heap: &Heap<M>,
+    (op, mfn, order, dom): (RangeOp, Mfn, u8, DomId),
+    yields: &dyn Preempt,
     plain: impl FnOnce() -> Result<(), HeapError>,
-    job: impl FnOnce() -> Result<Extent, HeapError>,
 ) -> Result<(), HeapError> {
+    let job = || heap.range_preemptible(op, mfn, order, dom, &NoMigration, yields).map(|_| ());
     if as_job {
-        return job().map(|_| ());
+        return job();
     }
     match plain() {
-        Err(HeapError::TooManyChunks { .. }) => job().map(|_| ()),
+        Err(HeapError::TooManyChunks { .. }) => job(),
         r => r,
     }
 }
