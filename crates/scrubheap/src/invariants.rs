@@ -190,7 +190,7 @@ impl<M: FrameMemory> Heap<M> {
     /// aligned chunks, metadata only at heads, free lists and their masks, exact
     /// `first_dirty` hints, dirty bits only in free chunks, counters (and their lock-free
     /// mirrors) against a full walk, and claims against free memory. Layers above the heap
-    /// (populate-on-demand, say) check their own state with their own checkers.
+    /// check their own state with their own checkers.
     ///
     /// Takes every lock in turn; O(frames). Meant for tests and `check` lines.
     pub fn check_invariants(&self) -> Result<(), InvariantViolation> {

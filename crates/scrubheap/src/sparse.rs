@@ -1,5 +1,5 @@
 //! Metadata-only memory that remembers which frames hold data: what the op-log replayer
-//! runs on, so populate-on-demand zero checks can tell a guest's data from zeroed pages
+//! runs on, so the zero checks of a layer above can tell a guest's data from zeroed pages
 //! without keeping any bytes.
 
 use crate::memory::FrameMemory;
