@@ -313,79 +313,69 @@ fn compare(rs: &[scrubheap_vmm::churn::VmmReport]) -> serde_json::Value {
     serde_json::json!({ "baseline": base.policy, "against": vs })
 }
 
+/// The rows of [`table`]: a name and how to write one policy's value.
+#[cfg(all(target_os = "linux", target_arch = "x86_64"))]
+const VMM_ROWS: [Row<scrubheap_vmm::churn::VmmReport>; 20] = [
+    ("guests booted / most alive at once", |r| format!("{} / {}", r.guests, r.max_alive)),
+    ("guest RAM scanned, GiB", |r| format!("{:.1}", r.guest_bytes as f64 / (1u64 << 30) as f64)),
+    ("non-zero words / words checked", |r| format!("{} / {}", r.leak_check.nonzero_words, r.leak_check.words_checked)),
+    ("host check pages boot / scrub / handoff", |r| {
+        let t = &r.host_leak_check;
+        let n = |p: &str| t.places.iter().find(|x| x.place == p).map_or(0, |x| x.pages_checked);
+        if t.places.is_empty() {
+            return "-".into();
+        }
+        format!("{} / {} / {}: {} bad", n("boot"), n("scrub"), n("handoff"), t.nonzero_pages)
+    }),
+    ("create ms p50 / p99 / max", |r| {
+        format!("{:.2} / {:.1} / {:.1}", r.create_ms.p50, r.create_ms.p99, r.create_ms.max)
+    }),
+    ("  of which memory ms p50 / p99", |r| format!("{:.2} / {:.1}", r.alloc_ms.p50, r.alloc_ms.p99)),
+    ("  prepare / VM / slots ms p50", |r| {
+        let s = &r.setup_ms_p50;
+        format!("{:.2} / {:.2} / {:.2}", s.prepare_ms, s.vm_ms, s.memslots_ms)
+    }),
+    ("  vCPU / prefault / entry / other ms p50", |r| {
+        let s = &r.setup_ms_p50;
+        format!("{:.2} / {:.2} / {:.2} / {:.2}", s.vcpu_ms, s.prefault_ms, s.entry_ms, s.other_ms)
+    }),
+    ("guest RAM mapped before it ran", |r| match r.prefault {
+        Some(p) if r.prefaulted_bytes > 0 => format!("{} ({p})", human(r.prefaulted_bytes)),
+        Some(p) => format!("none ({p})"),
+        None => "none (not populated)".into(),
+    }),
+    ("ready ms p50 / p99 / max", |r| format!("{:.2} / {:.1} / {:.1}", r.ready_ms.p50, r.ready_ms.p99, r.ready_ms.max)),
+    ("guest program", |r| r.program.to_string()),
+    ("scan ms p50 / p99 (guest TSC)", |r| format!("{:.2} / {:.1}", r.scan_ms.p50, r.scan_ms.p99)),
+    ("scan GB/s (all guests)", |r| format!("{:.1}", r.scan_gbps)),
+    ("fill ms p50 / p99 (guest TSC)", |r| format!("{:.2} / {:.1}", r.fill_ms.p50, r.fill_ms.p99)),
+    ("destroy ms p50 / p99 / max", |r| {
+        format!("{:.2} / {:.1} / {:.1}", r.destroy_ms.p50, r.destroy_ms.p99, r.destroy_ms.max)
+    }),
+    ("PoD: below max / GiB ballooned / slots removed", |r| match &r.pod {
+        Some(p) => format!(
+            "{} / {:.2} / {}",
+            p.guests_below_max,
+            p.ballooned_bytes as f64 / (1u64 << 30) as f64,
+            p.slots_removed
+        ),
+        None => "-".into(),
+    }),
+    ("gap scrub GiB / ms / budget ms / dirty", |r| {
+        let g = &r.gap_scrub;
+        format!("{:.2} / {:.0} / {:.0} / {}", g.bytes as f64 / (1u64 << 30) as f64, g.ms, g.budget_ms, g.arrivals_dirty)
+    }),
+    ("GiB scrubbed background / in place", |r| {
+        let gib = |b: u64| b as f64 / (1u64 << 30) as f64;
+        format!("{:.2} / {:.2}", gib(r.bytes_scrubbed[0]), gib(r.bytes_scrubbed[1]))
+    }),
+    ("memory slots p50 / max (limit)", |r| format!("{} / {} ({})", r.memslots.p50, r.memslots.max, r.memslots.limit)),
+    ("run seconds", |r| format!("{:.1}", r.duration_s)),
+];
+
 #[cfg(all(target_os = "linux", target_arch = "x86_64"))]
 fn table(rs: &[scrubheap_vmm::churn::VmmReport]) -> String {
-    use scrubheap_vmm::churn::VmmReport;
-    let rows: [Row<VmmReport>; 20] = [
-        ("guests booted / most alive at once", |r| format!("{} / {}", r.guests, r.max_alive)),
-        ("guest RAM scanned, GiB", |r| format!("{:.1}", r.guest_bytes as f64 / (1u64 << 30) as f64)),
-        ("non-zero words / words checked", |r| {
-            format!("{} / {}", r.leak_check.nonzero_words, r.leak_check.words_checked)
-        }),
-        ("host check pages boot / scrub / handoff", |r| {
-            let t = &r.host_leak_check;
-            let n = |p: &str| t.places.iter().find(|x| x.place == p).map_or(0, |x| x.pages_checked);
-            if t.places.is_empty() {
-                return "-".into();
-            }
-            format!("{} / {} / {}: {} bad", n("boot"), n("scrub"), n("handoff"), t.nonzero_pages)
-        }),
-        ("create ms p50 / p99 / max", |r| {
-            format!("{:.2} / {:.1} / {:.1}", r.create_ms.p50, r.create_ms.p99, r.create_ms.max)
-        }),
-        ("  of which memory ms p50 / p99", |r| format!("{:.2} / {:.1}", r.alloc_ms.p50, r.alloc_ms.p99)),
-        ("  prepare / VM / slots ms p50", |r| {
-            let s = &r.setup_ms_p50;
-            format!("{:.2} / {:.2} / {:.2}", s.prepare_ms, s.vm_ms, s.memslots_ms)
-        }),
-        ("  vCPU / prefault / entry / other ms p50", |r| {
-            let s = &r.setup_ms_p50;
-            format!("{:.2} / {:.2} / {:.2} / {:.2}", s.vcpu_ms, s.prefault_ms, s.entry_ms, s.other_ms)
-        }),
-        ("guest RAM mapped before it ran", |r| match r.prefault {
-            Some(p) if r.prefaulted_bytes > 0 => format!("{} ({p})", human(r.prefaulted_bytes)),
-            Some(p) => format!("none ({p})"),
-            None => "none (not populated)".into(),
-        }),
-        ("ready ms p50 / p99 / max", |r| {
-            format!("{:.2} / {:.1} / {:.1}", r.ready_ms.p50, r.ready_ms.p99, r.ready_ms.max)
-        }),
-        ("guest program", |r| r.program.to_string()),
-        ("scan ms p50 / p99 (guest TSC)", |r| format!("{:.2} / {:.1}", r.scan_ms.p50, r.scan_ms.p99)),
-        ("scan GB/s (all guests)", |r| format!("{:.1}", r.scan_gbps)),
-        ("fill ms p50 / p99 (guest TSC)", |r| format!("{:.2} / {:.1}", r.fill_ms.p50, r.fill_ms.p99)),
-        ("destroy ms p50 / p99 / max", |r| {
-            format!("{:.2} / {:.1} / {:.1}", r.destroy_ms.p50, r.destroy_ms.p99, r.destroy_ms.max)
-        }),
-        ("PoD: below max / GiB ballooned / slots removed", |r| match &r.pod {
-            Some(p) => format!(
-                "{} / {:.2} / {}",
-                p.guests_below_max,
-                p.ballooned_bytes as f64 / (1u64 << 30) as f64,
-                p.slots_removed
-            ),
-            None => "-".into(),
-        }),
-        ("gap scrub GiB / ms / budget ms / dirty", |r| {
-            let g = &r.gap_scrub;
-            format!(
-                "{:.2} / {:.0} / {:.0} / {}",
-                g.bytes as f64 / (1u64 << 30) as f64,
-                g.ms,
-                g.budget_ms,
-                g.arrivals_dirty
-            )
-        }),
-        ("GiB scrubbed background / in place", |r| {
-            let gib = |b: u64| b as f64 / (1u64 << 30) as f64;
-            format!("{:.2} / {:.2}", gib(r.bytes_scrubbed[0]), gib(r.bytes_scrubbed[1]))
-        }),
-        ("memory slots p50 / max (limit)", |r| {
-            format!("{} / {} ({})", r.memslots.p50, r.memslots.max, r.memslots.limit)
-        }),
-        ("run seconds", |r| format!("{:.1}", r.duration_s)),
-    ];
-    let mut t = grid(rs, |r| &r.policy, &rows);
+    let mut t = grid(rs, |r| &r.policy, &VMM_ROWS);
     if rs.len() > 1 {
         speedups(&mut t, rs);
     }

@@ -2,7 +2,7 @@
 //! the invariant check.
 
 use crate::callbacks::{CMemory, CQuestion, ScrubheapPreemptFn};
-use crate::handle::{destroy_heap, need_out, new_heap, put, with_heap, ScrubheapHeap, Shared};
+use crate::handle::{destroy_heap, need_out, new_heap, put, with_heap, with_heap_out, ScrubheapHeap, Shared};
 use crate::status::{guard, Failure, ScrubheapStatus};
 use crate::types::{
     ScrubheapAllocRequest, ScrubheapClaim, ScrubheapConfig, ScrubheapExtent, ScrubheapNodeStats, ScrubheapStats,
@@ -71,15 +71,13 @@ pub unsafe extern "C" fn scrubheap_alloc(
     req: *const ScrubheapAllocRequest,
     out: *mut ScrubheapExtent,
 ) -> ScrubheapStatus {
-    // SAFETY: the caller's contract on `heap`.
+    // SAFETY: the caller's contract on `heap` and `out`.
     unsafe {
-        with_heap(heap, |s| {
-            need_out(out, "out")?;
+        with_heap_out(heap, out, "out", |s| {
             // SAFETY: the caller's contract on `req`.
             let r = read_request(req)?;
             let e = s.heap.alloc(&r)?;
-            put(out, e.into());
-            Ok(ScrubheapStatus::SCRUBHEAP_OK)
+            Ok(e.into())
         })
     }
 }
@@ -128,14 +126,12 @@ pub unsafe extern "C" fn scrubheap_scrub_step(
     ctx: *mut c_void,
     zeroed: *mut u64,
 ) -> ScrubheapStatus {
-    // SAFETY: the caller's contract on `heap`.
+    // SAFETY: the caller's contract on `heap` and `zeroed`.
     unsafe {
-        with_heap(heap, |s| {
-            need_out(zeroed, "zeroed")?;
+        with_heap_out(heap, zeroed, "zeroed", |s| {
             let n = s.heap.scrub_step(node as usize, budget, &CQuestion { f: preempt, ctx })?;
             assert!(n <= budget, "a scrub step zeroes at most its budget");
-            put(zeroed, n);
-            Ok(ScrubheapStatus::SCRUBHEAP_OK)
+            Ok(n)
         })
     }
 }
@@ -192,14 +188,8 @@ pub unsafe extern "C" fn scrubheap_claim_cancel(heap: *mut ScrubheapHeap, owner:
 /// `heap` must be null or a live handle; `count` null or valid.
 #[no_mangle]
 pub unsafe extern "C" fn scrubheap_node_count(heap: *mut ScrubheapHeap, count: *mut u32) -> ScrubheapStatus {
-    // SAFETY: the caller's contract on `heap`.
-    unsafe {
-        with_heap(heap, |s| {
-            need_out(count, "count")?;
-            put(count, s.heap.node_count() as u32);
-            Ok(ScrubheapStatus::SCRUBHEAP_OK)
-        })
-    }
+    // SAFETY: the caller's contract on `heap` and `count`.
+    unsafe { with_heap_out(heap, count, "count", |s| Ok(s.heap.node_count() as u32)) }
 }
 
 /// Stores the frame counters of `node` in `*out` (read without locks).
@@ -212,14 +202,8 @@ pub unsafe extern "C" fn scrubheap_node_stats(
     node: u32,
     out: *mut ScrubheapNodeStats,
 ) -> ScrubheapStatus {
-    // SAFETY: the caller's contract on `heap`.
-    unsafe {
-        with_heap(heap, |s| {
-            need_out(out, "out")?;
-            put(out, s.heap.node_stats(node as usize)?.into());
-            Ok(ScrubheapStatus::SCRUBHEAP_OK)
-        })
-    }
+    // SAFETY: the caller's contract on `heap` and `out`.
+    unsafe { with_heap_out(heap, out, "out", |s| Ok(s.heap.node_stats(node as usize)?.into())) }
 }
 
 /// Stores the whole heap's counters and bytes scrubbed by source in `*out`.
@@ -228,14 +212,8 @@ pub unsafe extern "C" fn scrubheap_node_stats(
 /// `heap` must be null or a live handle; `out` null or valid.
 #[no_mangle]
 pub unsafe extern "C" fn scrubheap_stats(heap: *mut ScrubheapHeap, out: *mut ScrubheapStats) -> ScrubheapStatus {
-    // SAFETY: the caller's contract on `heap`.
-    unsafe {
-        with_heap(heap, |s| {
-            need_out(out, "out")?;
-            put(out, s.heap.stats().into());
-            Ok(ScrubheapStatus::SCRUBHEAP_OK)
-        })
-    }
+    // SAFETY: the caller's contract on `heap` and `out`.
+    unsafe { with_heap_out(heap, out, "out", |s| Ok(s.heap.stats().into())) }
 }
 
 /// Verifies every invariant of the heap from scratch (O(frames), takes every lock in

@@ -112,6 +112,29 @@ pub(crate) unsafe fn with_heap(h: *mut ScrubheapHeap, body: impl FnOnce(&Arc<Sha
     })
 }
 
+/// As [`with_heap`], for a call with one out-parameter: refuses a null `out` (named
+/// `name` in the error) before `body` runs, and writes what `body` returns through it.
+///
+/// # Safety
+/// `h` as for [`with_heap`]; `out` null, or aligned and writable for a `T`.
+pub(crate) unsafe fn with_heap_out<T>(
+    h: *mut ScrubheapHeap,
+    out: *mut T,
+    name: &str,
+    body: impl FnOnce(&Arc<Shared>) -> Result<T, Failure>,
+) -> ScrubheapStatus {
+    // SAFETY: the caller's contract on `h`.
+    unsafe {
+        with_heap(h, |s| {
+            need_out(out, name)?;
+            let v = body(s)?;
+            // SAFETY: not null (checked above); the caller's contract on `out`.
+            put(out, v);
+            Ok(ScrubheapStatus::SCRUBHEAP_OK)
+        })
+    }
+}
+
 /// As [`with_heap`], for a ticket handle (used by one thread at a time).
 ///
 /// # Safety

@@ -1,7 +1,7 @@
 //! Long-term pins, offline and online, broken frames.
 
 use crate::callbacks::{CQuestion, ScrubheapDeadlineFn, ScrubheapMigrator, ScrubheapPreemptFn};
-use crate::handle::{need_out, put, with_heap, ScrubheapHeap};
+use crate::handle::{with_heap, with_heap_out, ScrubheapHeap};
 use crate::status::ScrubheapStatus;
 use crate::types::{
     ScrubheapExtent, ScrubheapOfflined, SCRUBHEAP_BROKEN_ALREADY, SCRUBHEAP_BROKEN_NOW, SCRUBHEAP_BROKEN_WHEN_FREED,
@@ -42,15 +42,13 @@ pub unsafe extern "C" fn scrubheap_pin(
     ctx: *mut c_void,
     out: *mut ScrubheapExtent,
 ) -> ScrubheapStatus {
-    // SAFETY: the caller's contract on `heap`.
+    // SAFETY: the caller's contract on `heap` and `out`.
     unsafe {
-        with_heap(heap, |s| {
-            need_out(out, "out")?;
+        with_heap_out(heap, out, "out", |s| {
             // SAFETY: the caller's contract on `migrator`.
             let m = self::migrator(migrator);
             let preempt = CQuestion { f: preempt, ctx };
-            put(out, s.heap.pin(Mfn(mfn), order, DomId(owner), &m, &preempt)?.into());
-            Ok(ScrubheapStatus::SCRUBHEAP_OK)
+            Ok(s.heap.pin(Mfn(mfn), order, DomId(owner), &m, &preempt)?.into())
         })
     }
 }
@@ -93,16 +91,14 @@ pub unsafe extern "C" fn scrubheap_offline(
     ctx: *mut c_void,
     out: *mut ScrubheapOfflined,
 ) -> ScrubheapStatus {
-    // SAFETY: the caller's contract on `heap`.
+    // SAFETY: the caller's contract on `heap` and `out`.
     unsafe {
-        with_heap(heap, |s| {
-            need_out(out, "out")?;
+        with_heap_out(heap, out, "out", |s| {
             // SAFETY: the caller's contract on `migrator`.
             let m = self::migrator(migrator);
             let (deadline, preempt) = (CQuestion { f: deadline, ctx }, CQuestion { f: preempt, ctx });
             let done = s.heap.offline(Mfn(first), count, &m, &deadline, &preempt)?;
-            put(out, done.into());
-            Ok(ScrubheapStatus::SCRUBHEAP_OK)
+            Ok(done.into())
         })
     }
 }
@@ -123,12 +119,10 @@ pub unsafe extern "C" fn scrubheap_online(
     ctx: *mut c_void,
     onlined: *mut u64,
 ) -> ScrubheapStatus {
-    // SAFETY: the caller's contract on `heap`.
+    // SAFETY: the caller's contract on `heap` and `onlined`.
     unsafe {
-        with_heap(heap, |s| {
-            need_out(onlined, "onlined")?;
-            put(onlined, s.heap.online(Mfn(first), count, &CQuestion { f: preempt, ctx })?);
-            Ok(ScrubheapStatus::SCRUBHEAP_OK)
+        with_heap_out(heap, onlined, "onlined", |s| {
+            Ok(s.heap.online(Mfn(first), count, &CQuestion { f: preempt, ctx })?)
         })
     }
 }
@@ -141,17 +135,15 @@ pub unsafe extern "C" fn scrubheap_online(
 /// `heap` must be null or a live handle; `when` null or valid.
 #[no_mangle]
 pub unsafe extern "C" fn scrubheap_mark_broken(heap: *mut ScrubheapHeap, mfn: u64, when: *mut u32) -> ScrubheapStatus {
-    // SAFETY: the caller's contract on `heap`.
+    // SAFETY: the caller's contract on `heap` and `when`.
     unsafe {
-        with_heap(heap, |s| {
-            need_out(when, "when")?;
+        with_heap_out(heap, when, "when", |s| {
             let w = match s.heap.mark_broken(Mfn(mfn))? {
                 Broken::Now => SCRUBHEAP_BROKEN_NOW,
                 Broken::WhenFreed => SCRUBHEAP_BROKEN_WHEN_FREED,
                 Broken::Already => SCRUBHEAP_BROKEN_ALREADY,
             };
-            put(when, w);
-            Ok(ScrubheapStatus::SCRUBHEAP_OK)
+            Ok(w)
         })
     }
 }

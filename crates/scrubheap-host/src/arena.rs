@@ -359,19 +359,7 @@ impl Arena {
             #[cfg(feature = "testing")]
             skip_zeroing: AtomicBool::new(false),
         };
-        let host_nodes = sys::host_numa_nodes();
-        if host_nodes.len() > 1 && cfg.numa_slices > 1 {
-            let slice = len / cfg.numa_slices / cfg.frame_size * cfg.frame_size;
-            let nodes: Vec<u32> = (0..cfg.numa_slices).map(|i| host_nodes[i % host_nodes.len()]).collect();
-            let bound = nodes.iter().enumerate().try_for_each(|(i, &n)| {
-                let end = if i + 1 == nodes.len() { len } else { (i + 1) * slice };
-                sys::mbind(ptr, i * slice, end - i * slice, n)
-            });
-            arena.numa = match bound {
-                Ok(()) => NumaBinding::Bound { nodes },
-                Err(e) => NumaBinding::Failed(e.to_string()),
-            };
-        }
+        arena.bind_numa(cfg.numa_slices);
         let threads = match cfg.prefault_threads {
             0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
             n => n,
@@ -384,22 +372,47 @@ impl Arena {
         arena.prefault_method = sys::prefault(ptr, len, step, threads).map_err(ArenaError::Prefault)?;
         arena.prefault = t.elapsed();
         arena.prefault_threads = threads;
-        let kernel = match cfg.kernel {
-            Some(k) => k,
-            None => {
-                let n = cfg.calibration_bytes.clamp(SMALL_PAGE, len);
-                // SAFETY: `[ptr, ptr + n)` is inside the mapping (`n <= len`), mapped
-                // read-write and initialised (anonymous memory reads as zero), and nobody
-                // else can reach it: the arena is still being built and owned by this frame.
-                let buf = unsafe { std::slice::from_raw_parts_mut(ptr.as_ptr(), n) };
-                let c = zero::calibrate(buf, cfg.calibration_call_bytes, 3);
-                let best = c.best;
-                arena.calibration = Some(c);
-                best
-            }
-        };
+        let kernel = arena.pick_kernel(&cfg);
         arena.kernel.store(kernel_index(kernel), Ordering::Relaxed);
         Ok(arena)
+    }
+
+    /// With more than one host NUMA node and `slices > 1`: binds the arena's slices to
+    /// the host's nodes round robin (`mbind`), and records how that went.
+    fn bind_numa(&mut self, slices: usize) {
+        let host_nodes = sys::host_numa_nodes();
+        if host_nodes.len() > 1 && slices > 1 {
+            let slice = self.len / slices / self.frame_size * self.frame_size;
+            let nodes: Vec<u32> = (0..slices).map(|i| host_nodes[i % host_nodes.len()]).collect();
+            let bound = nodes.iter().enumerate().try_for_each(|(i, &n)| {
+                let end = if i + 1 == nodes.len() { self.len } else { (i + 1) * slice };
+                sys::mbind(self.ptr, i * slice, end - i * slice, n)
+            });
+            self.numa = match bound {
+                Ok(()) => NumaBinding::Bound { nodes },
+                Err(e) => NumaBinding::Failed(e.to_string()),
+            };
+        }
+    }
+
+    /// The zeroing kernel `cfg` asks for, or else the fastest one on the arena's first
+    /// `calibration_bytes`, keeping the calibration. Runs while the arena is being built.
+    fn pick_kernel(&mut self, cfg: &ArenaConfig) -> Kernel {
+        match cfg.kernel {
+            Some(k) => k,
+            None => {
+                let n = cfg.calibration_bytes.clamp(SMALL_PAGE, self.len);
+                // SAFETY: `[ptr, ptr + n)` is inside the mapping (`n <= len`), mapped
+                // read-write and initialised (anonymous memory reads as zero), and nobody
+                // else can reach it: only `Arena::new` calls this, on the arena it is still
+                // building, which no other thread has seen (and `&mut self` is exclusive).
+                let buf = unsafe { std::slice::from_raw_parts_mut(self.ptr.as_ptr(), n) };
+                let c = zero::calibrate(buf, cfg.calibration_call_bytes, 3);
+                let best = c.best;
+                self.calibration = Some(c);
+                best
+            }
+        }
     }
 
     /// The first frame.

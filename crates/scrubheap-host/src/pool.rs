@@ -165,6 +165,36 @@ impl Pool {
                 cfg.memory_bytes, cfg.nodes, per_node
             )));
         }
+        let (arena, boot_check) = Self::map_arena(&cfg, per_node)?;
+        let mut heap = Heap::new(Self::heap_config(&cfg, per_node), arena)?;
+        let locks = LockTimer::new();
+        heap.set_lock_observer(locks.clone());
+        let heap = Arc::new(heap);
+        let mut scrubbed_by = vec![0; cfg.nodes];
+        for s in 0..cfg.nodes {
+            for &m in heap.served_by(s)? {
+                scrubbed_by[m] = s;
+            }
+        }
+        let shared = Arc::new(Shared {
+            stop: AtomicBool::new(false),
+            bells: (0..cfg.nodes).map(|_| Bell { generation: Mutex::new(0), cv: Condvar::new() }).collect(),
+            scrubbed_by,
+            scrub_ns: AtomicU64::new(0),
+            scrub_frames: AtomicU64::new(0),
+        });
+        let sections = Arc::new(Sections::default());
+        let scrubbers = Self::start_scrubbers(&cfg, &heap, &shared, &sections)?;
+        let core = PoolHandle { heap, shared, verify: cfg.verify };
+        let leaks = LeakCounters::default();
+        Ok(Pool { core, pods: Pods::new(), scrubbers, locks, sections, leaks, boot_check, cfg })
+    }
+
+    /// [`Pool::new`]'s arena of `per_node` 4 KiB frames a node: mapped, prefaulted, its
+    /// scrubs' read-back set, and either poisoned (`initially_dirty`) or read once, which
+    /// the returned counters record.
+    fn map_arena(cfg: &PoolConfig, per_node: u64) -> Result<(Arena, LeakCounters), PoolError> {
+        let fs = 4096u64;
         let frames = per_node * cfg.nodes as u64;
         let mut ac =
             ArenaConfig::new(Mfn(0), frames, fs as usize).with_hugetlb(cfg.hugetlb).with_numa_slices(cfg.nodes);
@@ -183,6 +213,12 @@ impl Pool {
             // sees, so they are read here once (the scrubs read back all the others).
             boot_check.check(&arena, Mfn(0), frames, words);
         }
+        Ok((arena, boot_check))
+    }
+
+    /// [`Pool::new`]'s heap configuration: `cfg`'s nodes of `per_node` frames, policy and
+    /// batch, the top `movable_fraction` of each node in the Movable zone.
+    fn heap_config(cfg: &PoolConfig, per_node: u64) -> HeapConfig {
         let mut hc =
             HeapConfig::uniform(cfg.nodes, per_node).with_policy(cfg.policy).with_initially_dirty(cfg.initially_dirty);
         hc.scrub_batch = cfg.scrub_batch;
@@ -190,24 +226,16 @@ impl Pool {
             let from = ((per_node as f64 * (1.0 - f)) as u64).min(per_node);
             hc.nodes = vec![NodeSpec { frames: per_node, movable_from: Some(from), has_cpus: true }; cfg.nodes];
         }
-        let mut heap = Heap::new(hc, arena)?;
-        let locks = LockTimer::new();
-        heap.set_lock_observer(locks.clone());
-        let heap = Arc::new(heap);
-        let mut scrubbed_by = vec![0; cfg.nodes];
-        for s in 0..cfg.nodes {
-            for &m in heap.served_by(s)? {
-                scrubbed_by[m] = s;
-            }
-        }
-        let shared = Arc::new(Shared {
-            stop: AtomicBool::new(false),
-            bells: (0..cfg.nodes).map(|_| Bell { generation: Mutex::new(0), cv: Condvar::new() }).collect(),
-            scrubbed_by,
-            scrub_ns: AtomicU64::new(0),
-            scrub_frames: AtomicU64::new(0),
-        });
-        let sections = Arc::new(Sections::default());
+        hc
+    }
+
+    /// [`Pool::new`]'s scrubber threads, `scrubbers_per_node` a node, each pinned to a CPU.
+    fn start_scrubbers(
+        cfg: &PoolConfig,
+        heap: &Arc<Heap<Arena>>,
+        shared: &Arc<Shared>,
+        sections: &Arc<Sections>,
+    ) -> Result<Vec<JoinHandle<ScrubberStats>>, PoolError> {
         let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
         let bound = match heap.memory().numa() {
             crate::arena::NumaBinding::Bound { nodes } => {
@@ -233,9 +261,8 @@ impl Pool {
                 scrubbers.push(h);
             }
         }
-        let core = PoolHandle { heap, shared, verify: cfg.verify };
-        let leaks = LeakCounters::default();
-        Ok(Pool { core, pods: Pods::new(), scrubbers, locks, sections, leaks, boot_check, cfg })
+        assert_eq!(scrubbers.len(), cfg.nodes * cfg.scrubbers_per_node, "every scrubber started");
+        Ok(scrubbers)
     }
 
     /// The heap.

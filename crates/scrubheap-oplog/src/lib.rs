@@ -53,7 +53,7 @@
 //! `offset=` lines of that id name the frames where they are now. `steps=S` gives an
 //! offline a deadline of S steps ([`scrubheap::StepBudget`]); without it, none.
 //!
-//! The replay heap runs on [`scrubheap::SparseMemory`], so `touch ... data` leaves pages that zero
+//! The replay heap runs on [`SparseMemory`], so `touch ... data` leaves pages that zero
 //! checks see as used. A touch that crashes its guest (out of PoD memory) is one
 //! `PodExhausted` error (PoD errors count as `Pod` + the variant of
 //! [`scrubheap_pod::PodError`], see [`scrubheap_pod::PodError::kind`]). The PoD guests
@@ -72,12 +72,14 @@ mod op;
 mod parse;
 mod replay;
 mod report;
+mod sparse;
 
 pub use gen::{generate, GenConfig, GenError};
 pub use op::{Id, Op, ParseError, MAX_ID_BYTES};
 pub use parse::parse_line;
 pub use replay::{Allocation, ReplayHeap, Replayer};
 pub use report::{FinalCounts, Outcome, PodReport, ReplayReport, SectionReport, MAX_VIOLATION_MESSAGES};
+pub use sparse::SparseMemory;
 
 /// The largest heap (in frames, all nodes together) a `heap` line may ask for unless the
 /// replayer is told otherwise: 2^28 frames (1 TiB at 4 KiB), about 3 GiB of metadata.

@@ -43,8 +43,14 @@ impl core::ops::Deref for World {
     }
 }
 
+/// A world over a heap of `cfg`, on test memory of `frames` frames from 0 that keeps
+/// `bytes` of each.
+fn world(cfg: HeapConfig, frames: u64, bytes: usize) -> World {
+    World::new(Heap::new(cfg, TestMemory::new(Mfn(0), frames, bytes)).unwrap())
+}
+
 fn heap() -> World {
-    World::new(Heap::new(HeapConfig::uniform(1, FRAMES), TestMemory::new(Mfn(0), FRAMES, FS)).unwrap())
+    world(HeapConfig::uniform(1, FRAMES), FRAMES, FS)
 }
 
 /// Both checkers, the heap's and the PoD layer's: called after every operation.
@@ -323,10 +329,7 @@ fn set_target_grows_and_shrinks_the_cache() {
 
 #[test]
 fn set_target_is_preemptible_and_keeps_its_progress() {
-    let h = World::new(
-        Heap::new(HeapConfig::uniform(1, FRAMES).with_initially_dirty(true), TestMemory::new(Mfn(0), FRAMES, FS))
-            .unwrap(),
-    );
+    let h = world(HeapConfig::uniform(1, FRAMES).with_initially_dirty(true), FRAMES, FS);
     let yield_always = || true;
     let mut calls = 0;
     let mut r = h.pods.create(&h.heap, DomId(1), &PodConfig::new(4096, 2000), &yield_always).unwrap();
@@ -537,7 +540,7 @@ fn the_sweep_passes_by_superpages_it_found_holding_data() {
     // that must pass 8 + 14 data-holding mappings to reach slot 1: more than its 16
     // superpage checks, unless it skips those already found holding data.
     let frames = 16384;
-    let h = World::new(Heap::new(HeapConfig::uniform(1, frames), TestMemory::new(Mfn(0), frames, FS)).unwrap());
+    let h = world(HeapConfig::uniform(1, frames), frames, FS);
     create(&h, 1, PodConfig::new(48 * 512, 24 * 512));
     let data_slot = |s: u64| (2..16).contains(&s) || (24..48).contains(&s);
     let touch_slot = |s: u64| -> Result<PodMapping, PodError> {
@@ -568,10 +571,7 @@ fn a_cache_only_the_movable_zone_could_hold_is_refused_up_front() {
     // frames cannot be met though 8192 frames are free, and the refusal must come before
     // any allocation (found by the fuzzer: the pages taken and given back were left dirty).
     let frames = 8192;
-    let h = World::new(
-        Heap::new(HeapConfig::uniform(2, frames / 2).with_movable_from(307), TestMemory::new(Mfn(0), frames, FS))
-            .unwrap(),
-    );
+    let h = world(HeapConfig::uniform(2, frames / 2).with_movable_from(307), frames, FS);
     h.alloc(&AllocRequest::new(4, DomId(3)).noscrub()).unwrap();
     let before = snapshot(&h.heap, &[1]);
     let r = h.pods.create(&h.heap, DomId(1), &PodConfig::new(4096, 1092).on(0), &NeverPreempt);
@@ -591,10 +591,7 @@ fn a_cache_others_claims_keep_out_of_the_normal_zones_is_refused_up_front() {
     // back dirty before the cache ran out. What the claims leave, node by node, is
     // counted now before anything is allocated.
     let frames = 8192;
-    let h = World::new(
-        Heap::new(HeapConfig::uniform(2, frames / 2).with_movable_from(307), TestMemory::new(Mfn(0), frames, FS))
-            .unwrap(),
-    );
+    let h = world(HeapConfig::uniform(2, frames / 2).with_movable_from(307), frames, FS);
     h.claim_set(DomId(7), &[Claim { target: ClaimTarget::Node(0), frames: 4000 }]).unwrap();
     let room: u64 = (0..2).map(|n| h.claims_room(DomId(1), n).unwrap()).sum();
     assert_eq!(room, 96 + 4096, "node 0 leaves 96 frames to others, node 1 all of its own");
@@ -719,7 +716,7 @@ fn counted_destroy(h: &World, dom: u32) -> ((u64, u64), (u64, u64)) {
 /// A heap big enough for a guest whose one-shot destroy would pass both bounds.
 fn big() -> World {
     const BIG: u64 = 32768;
-    World::new(Heap::new(HeapConfig::uniform(1, BIG), TestMemory::new(Mfn(0), BIG, 8)).unwrap())
+    world(HeapConfig::uniform(1, BIG), BIG, 8)
 }
 
 #[test]

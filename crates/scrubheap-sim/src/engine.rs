@@ -61,7 +61,7 @@ pub fn run(scenario: &Scenario, policy: Policy, opts: &RunOptions) -> Result<Pol
     let locks = Arc::new(LockCounter::new(host.nodes));
     heap.set_lock_observer(locks.clone());
     let heap = heap;
-    let mut e = Engine::new(scenario, policy, &heap, &mem, locks, opts);
+    let mut e = Engine::new(scenario, &heap, locks, opts);
     e.run();
     Ok(e.finish())
 }
@@ -271,27 +271,27 @@ struct Engine<'h, 'o> {
 }
 
 impl<'h, 'o> Engine<'h, 'o> {
+    /// The engine of `sc` on `heap` (whose policy and memory it runs), its first events
+    /// queued.
     fn new(
         sc: &'h Scenario,
-        policy: Policy,
         heap: &'h Heap<&'h SimMemory>,
-        mem: &'h SimMemory,
         lock_obs: Arc<LockCounter>,
         opts: &'o RunOptions<'o>,
     ) -> Self {
         let h = &sc.host;
+        let policy = heap.policy();
         let (cpus, free_builders) = lay_out_cpus(sc);
         let fpn = h.frames_per_node();
-        let frames = fpn * h.nodes as u64;
         // Full checks cost O(frames): after every heap call on small heaps, sampled so that
         // they cost about as much as 2^10 frames per heap call on large ones.
-        let full_every = opts.full_check_every.unwrap_or(frames.div_ceil(1 << 10).next_power_of_two()).max(1);
+        let full_every = opts.full_check_every.unwrap_or((fpn * h.nodes as u64).div_ceil(1 << 10).next_power_of_two());
         let global_lock = matches!(policy, Policy::Sync | Policy::Xen | Policy::XenCap2m);
         let mut e = Engine {
             sc,
             policy,
             heap,
-            mem,
+            mem: heap.memory(),
             lock_obs,
             opts,
             now: 0,
@@ -334,7 +334,7 @@ impl<'h, 'o> Engine<'h, 'o> {
             dirtied_bytes: if sc.initially_dirty { h.total_bytes() } else { 0 },
             clean_at: None,
             was_dirty: sc.initially_dirty,
-            full_every,
+            full_every: full_every.max(1),
             full_runs: 0,
             truncated: false,
             timeline: Vec::new(),
@@ -343,18 +343,24 @@ impl<'h, 'o> Engine<'h, 'o> {
             sample_section: 0,
             cpus,
         };
-        for (i, op) in sc.ops.iter().enumerate() {
-            e.push(op.at_ns, Ev::Op(i));
-        }
-        // Idle CPUs start by looking for dirty memory.
-        for c in 0..e.cpus.len() {
-            e.sleeping[e.cpus[c].node].push(c);
-        }
-        for n in 0..h.nodes {
-            e.wake_node(n);
-        }
-        e.push(0, Ev::Sample);
+        e.queue_first_events();
         e
+    }
+
+    /// The scenario's operations at their times, every CPU idle and looking for dirty
+    /// memory, and the first sample.
+    fn queue_first_events(&mut self) {
+        assert!(self.queue.is_empty() && self.now == 0, "the first events go into an empty queue");
+        for (i, op) in self.sc.ops.iter().enumerate() {
+            self.push(op.at_ns, Ev::Op(i));
+        }
+        for c in 0..self.cpus.len() {
+            self.sleeping[self.cpus[c].node].push(c);
+        }
+        for n in 0..self.sc.host.nodes {
+            self.wake_node(n);
+        }
+        self.push(0, Ev::Sample);
     }
 
     fn push(&mut self, t: u64, ev: Ev) {
@@ -838,73 +844,97 @@ impl<'h, 'o> Engine<'h, 'o> {
         }
     }
 
+    /// One step of a create: install the claim, advance a scrub ticket, allocate the next
+    /// extent, or finish, whichever comes next for task `t` on builder `c`.
     fn create_step(&mut self, c: usize, mut t: Box<CreateTask<'h>>) {
+        if !t.claim_done {
+            self.create_claim(c, t);
+        } else if let Some(ticket) = t.ticket.take() {
+            self.create_advance(c, t, ticket);
+        } else if t.remaining == 0 {
+            self.create_done(c, &t);
+        } else {
+            self.create_alloc(c, t);
+        }
+    }
+
+    /// A create's first step: its claim, on its node or the whole host.
+    fn create_claim(&mut self, c: usize, mut t: Box<CreateTask<'h>>) {
+        assert!(!t.claim_done, "a create claims once");
         let host = &self.sc.host;
         let spec = &self.sc.guests[t.guest];
-        let frames_of = |bytes: u64| bytes / host.frame_size;
-        if !t.claim_done {
-            t.claim_done = true;
-            let target = match (spec.claim, spec.node) {
-                (ClaimMode::Node, Some(n)) => ClaimTarget::Node(n),
-                _ => ClaimTarget::Global,
-            };
-            match self.heap.claim_set(t.dom, &[Claim { target, frames: frames_of(spec.bytes) }]) {
-                Ok(()) => t.claimed = true,
-                Err(_) => self.claim_failures += 1,
-            }
-            if let (true, ClaimTarget::Node(n)) = (t.claimed, target) {
-                // A node claim sets a clean-memory target: the node's scrubbers start on it.
-                self.wake_node(n);
-            }
-            let acq = self.lock_obs.drain();
-            self.cpus[c].task = Some(Task::Create(t));
-            self.begin(c, StepKind::Toolstack, &acq, host.op_ns, Vec::new());
-            return;
+        t.claim_done = true;
+        let target = match (spec.claim, spec.node) {
+            (ClaimMode::Node, Some(n)) => ClaimTarget::Node(n),
+            _ => ClaimTarget::Global,
+        };
+        match self.heap.claim_set(t.dom, &[Claim { target, frames: spec.bytes / host.frame_size }]) {
+            Ok(()) => t.claimed = true,
+            Err(_) => self.claim_failures += 1,
         }
-        if let Some(mut ticket) = t.ticket.take() {
-            let ext = ticket.extent();
-            let limit = self.batch_limit(c, ext.map_or(self.cpus[c].node, |e| e.node), true);
-            // scrubheap's builders say where they run: a remote one leaves its batches to
-            // the frames' node (the other policies' tickets have no helpers to wait for).
-            let r = ticket.advance_from(self.cpus[c].node, &limit);
-            let zero = self.drain_zero();
-            if matches!(r, Ok(None)) && zero.is_empty() {
-                self.cpus[c].wait_ns = POLL_NS;
+        if let (true, ClaimTarget::Node(n)) = (t.claimed, target) {
+            // A node claim sets a clean-memory target: the node's scrubbers start on it.
+            self.wake_node(n);
+        }
+        let acq = self.lock_obs.drain();
+        self.cpus[c].task = Some(Task::Create(t));
+        self.begin(c, StepKind::Toolstack, &acq, host.op_ns, Vec::new());
+    }
+
+    /// A create's step on a dirty extent: one batch of its scrub ticket.
+    fn create_advance(&mut self, c: usize, mut t: Box<CreateTask<'h>>, mut ticket: ScrubTicket<'h, &'h SimMemory>) {
+        assert!(t.ticket.is_none(), "the ticket was taken out of the task");
+        let ext = ticket.extent();
+        let limit = self.batch_limit(c, ext.map_or(self.cpus[c].node, |e| e.node), true);
+        // scrubheap's builders say where they run: a remote one leaves its batches to
+        // the frames' node (the other policies' tickets have no helpers to wait for).
+        let r = ticket.advance_from(self.cpus[c].node, &limit);
+        let zero = self.drain_zero();
+        if matches!(r, Ok(None)) && zero.is_empty() {
+            self.cpus[c].wait_ns = POLL_NS;
+        }
+        self.count_remote(c, &zero);
+        let acq = self.lock_obs.drain();
+        match r {
+            Ok(Some(e)) => {
+                drop(ticket);
+                self.pending[e.node] -= 1 << e.order;
+                self.handover(&mut t, e);
             }
-            self.count_remote(c, &zero);
-            let acq = self.lock_obs.drain();
-            match r {
-                Ok(Some(e)) => {
-                    drop(ticket);
+            Ok(None) => t.ticket = Some(ticket),
+            Err(err) => {
+                drop(ticket);
+                if let Some(e) = ext {
                     self.pending[e.node] -= 1 << e.order;
-                    self.handover(&mut t, e);
                 }
-                Ok(None) => t.ticket = Some(ticket),
-                Err(err) => {
-                    drop(ticket);
-                    if let Some(e) = ext {
-                        self.pending[e.node] -= 1 << e.order;
-                    }
-                    self.note(format!("ticket of {} failed: {err}", t.dom));
-                }
+                self.note(format!("ticket of {} failed: {err}", t.dom));
             }
-            self.cpus[c].task = Some(Task::Create(t));
-            self.begin(c, StepKind::Toolstack, &acq, 0, zero);
-            return;
         }
-        if t.remaining == 0 {
-            if t.claimed {
-                self.heap.claim_cancel(t.dom);
-            }
-            let g = t.guest;
-            if t.measure {
-                self.creates.push((self.now - t.started) as f64 / 1e9);
-            }
-            self.guests[g].dom = Some(t.dom);
-            self.lock_obs.drain();
-            self.finish_task(c, g);
-            return;
+        self.cpus[c].task = Some(Task::Create(t));
+        self.begin(c, StepKind::Toolstack, &acq, 0, zero);
+    }
+
+    /// A create with all its memory: the claim goes, the guest is live, the builder free.
+    fn create_done(&mut self, c: usize, t: &CreateTask<'h>) {
+        assert!(t.remaining == 0 && t.ticket.is_none(), "a create is done when all its memory is handed over");
+        if t.claimed {
+            self.heap.claim_cancel(t.dom);
         }
+        let g = t.guest;
+        if t.measure {
+            self.creates.push((self.now - t.started) as f64 / 1e9);
+        }
+        self.guests[g].dom = Some(t.dom);
+        self.lock_obs.drain();
+        self.finish_task(c, g);
+    }
+
+    /// A create's step that allocates its next extent: the largest level that fits what
+    /// is left (or the level a failed larger one fell back to), on its node if it has one.
+    fn create_alloc(&mut self, c: usize, mut t: Box<CreateTask<'h>>) {
+        assert!(t.remaining > 0 && t.ticket.is_none(), "an allocation step has memory left to get");
+        let host = &self.sc.host;
+        let spec = &self.sc.guests[t.guest];
         let lv = levels(host.frame_size);
         let level = match t.fills.last() {
             Some(&(l, _)) => l,
@@ -940,23 +970,25 @@ impl<'h, 'o> Engine<'h, 'o> {
                 self.highorder_failures += 1;
                 t.fills.push((level + 1, size.min(t.remaining)));
             }
-            Err(err) => {
-                self.create_failures += 1;
-                self.note(format!("create of guest {} ({}) failed: {err}", t.guest, t.dom));
-                self.release_guest(t.guest, t.dom);
-                if t.claimed {
-                    self.heap.claim_cancel(t.dom);
-                }
-                self.lock_obs.drain();
-                let g = t.guest;
-                self.guests[g].dom = None;
-                // The failed call's small cost is not charged; the builder is free at once.
-                self.finish_task(c, g);
-                return;
-            }
+            Err(err) => return self.create_failed(c, &t, err),
         }
         self.cpus[c].task = Some(Task::Create(t));
         self.begin(c, StepKind::Toolstack, &acq, host.op_ns, zero);
+    }
+
+    /// A create that cannot get its memory: what it got goes back, and so does its claim.
+    fn create_failed(&mut self, c: usize, t: &CreateTask<'h>, err: HeapError) {
+        self.create_failures += 1;
+        self.note(format!("create of guest {} ({}) failed: {err}", t.guest, t.dom));
+        self.release_guest(t.guest, t.dom);
+        if t.claimed {
+            self.heap.claim_cancel(t.dom);
+        }
+        self.lock_obs.drain();
+        let g = t.guest;
+        self.guests[g].dom = None;
+        // The failed call's small cost is not charged; the builder is free at once.
+        self.finish_task(c, g);
     }
 
     /// Counts what builder `c` zeroed on another socket's memory.
@@ -1010,72 +1042,21 @@ impl<'h, 'o> Engine<'h, 'o> {
         }
     }
 
+    /// One step of a destroy: free the next piece of the guest's memory, or finish (and
+    /// start the guest again if it reboots).
     fn destroy_step(&mut self, c: usize, mut t: DestroyTask) {
-        let host = &self.sc.host;
         let g = t.guest;
         let dom = self.guests[g].dom.expect("destroying a live guest");
         if self.guests[g].extents.is_empty() {
-            if t.measure {
-                self.destroys.push((self.now - t.started) as f64 / 1e9);
-            }
-            self.guests[g].dom = None;
-            if t.then_create {
-                let task = self.new_create(g, t.measure);
-                self.cpus[c].task = Some(task);
-                self.kick(c);
-                return;
-            }
-            self.finish_task(c, g);
+            self.destroy_done(c, t);
             return;
         }
-        let page_granular = self.policy != Policy::Scrubheap;
-        let mut cpu_ns = 0;
-        let mut acq = vec![0u64; host.nodes];
-        let mut dirtied = Vec::new();
-        if page_granular {
-            // Xen's relinquish_memory and Linux drop a reference per 4 KiB page and free
-            // page by page under the heap lock; driven here 2 MiB at a time.
-            let mut budget = PAGES_BYTES_PER_STEP;
-            while budget > 0 {
-                let Some(&e) = self.guests[g].extents.last() else { break };
-                let frames = e.frames();
-                let piece_frames = (budget / self.frame).max(1);
-                let left = frames - t.cursor;
-                let take = prev_pow2(piece_frames.min(left).min(largest_aligned(e.mfn.0 + t.cursor)));
-                let order = take.trailing_zeros() as u8;
-                let mfn = Mfn(e.mfn.0 + t.cursor);
-                if let Err(err) = self.heap.free(mfn, order, dom) {
-                    self.note(format!("free of {mfn} order {order} by {dom} failed: {err}"));
-                }
-                let pages = take * self.frame / PAGE;
-                cpu_ns += pages * host.relinquish_ns;
-                self.page_work_under_lock(take);
-                acq[e.node] += pages;
-                self.ledger[e.node] -= take;
-                dirtied.push(e.node);
-                t.cursor += take;
-                budget = budget.saturating_sub(take * self.frame);
-                if t.cursor == frames {
-                    self.guests[g].extents.pop();
-                    t.cursor = 0;
-                }
-            }
-            self.lock_obs.drain();
+        let mut acq = vec![0u64; self.sc.host.nodes];
+        let (cpu_ns, mut dirtied) = if self.policy != Policy::Scrubheap {
+            self.free_pages(&mut t, dom, &mut acq)
         } else {
-            for _ in 0..EXTENTS_PER_STEP {
-                let Some(e) = self.guests[g].extents.pop() else { break };
-                if let Err(err) = self.heap.free(e.mfn, e.order, dom) {
-                    self.note(format!("free of {} order {} by {dom} failed: {err}", e.mfn, e.order));
-                }
-                cpu_ns += host.relinquish_ns;
-                self.ledger[e.node] -= e.frames();
-                dirtied.push(e.node);
-            }
-            let obs = self.lock_obs.drain();
-            for (a, o) in acq.iter_mut().zip(obs) {
-                *a += o;
-            }
-        }
+            self.free_extents(g, dom, &mut acq)
+        };
         let zero = self.drain_zero();
         dirtied.sort_unstable();
         dirtied.dedup();
@@ -1084,6 +1065,83 @@ impl<'h, 'o> Engine<'h, 'o> {
         }
         self.cpus[c].task = Some(Task::Destroy(t));
         self.begin(c, StepKind::Toolstack, &acq, cpu_ns, zero);
+    }
+
+    /// A destroy with nothing left to free: the guest is gone, or created again.
+    fn destroy_done(&mut self, c: usize, t: DestroyTask) {
+        let g = t.guest;
+        assert!(self.guests[g].extents.is_empty(), "a destroy is done when the guest holds nothing");
+        if t.measure {
+            self.destroys.push((self.now - t.started) as f64 / 1e9);
+        }
+        self.guests[g].dom = None;
+        if t.then_create {
+            let task = self.new_create(g, t.measure);
+            self.cpus[c].task = Some(task);
+            self.kick(c);
+            return;
+        }
+        self.finish_task(c, g);
+    }
+
+    /// The baselines' teardown step: Xen's relinquish_memory and Linux drop a reference per
+    /// 4 KiB page and free page by page under the heap lock; driven here 2 MiB at a time,
+    /// from the guest's last extent, `t.cursor` frames into it. Adds the pages each node's
+    /// lock was taken for to `acq`; returns the CPU time and the nodes given dirty memory.
+    fn free_pages(&mut self, t: &mut DestroyTask, dom: DomId, acq: &mut [u64]) -> (u64, Vec<usize>) {
+        let host = &self.sc.host;
+        let g = t.guest;
+        let mut cpu_ns = 0;
+        let mut dirtied = Vec::new();
+        let mut budget = PAGES_BYTES_PER_STEP;
+        while budget > 0 {
+            let Some(&e) = self.guests[g].extents.last() else { break };
+            let frames = e.frames();
+            let piece_frames = (budget / self.frame).max(1);
+            let left = frames - t.cursor;
+            let take = prev_pow2(piece_frames.min(left).min(largest_aligned(e.mfn.0 + t.cursor)));
+            let order = take.trailing_zeros() as u8;
+            let mfn = Mfn(e.mfn.0 + t.cursor);
+            if let Err(err) = self.heap.free(mfn, order, dom) {
+                self.note(format!("free of {mfn} order {order} by {dom} failed: {err}"));
+            }
+            let pages = take * self.frame / PAGE;
+            cpu_ns += pages * host.relinquish_ns;
+            self.page_work_under_lock(take);
+            acq[e.node] += pages;
+            self.ledger[e.node] -= take;
+            dirtied.push(e.node);
+            t.cursor += take;
+            budget = budget.saturating_sub(take * self.frame);
+            if t.cursor == frames {
+                self.guests[g].extents.pop();
+                t.cursor = 0;
+            }
+        }
+        self.lock_obs.drain();
+        (cpu_ns, dirtied)
+    }
+
+    /// scrubheap's teardown step: whole extents, [`EXTENTS_PER_STEP`] at most, each freed
+    /// in one call. Adds the lock acquisitions observed to `acq`; returns the CPU time and
+    /// the nodes given dirty memory.
+    fn free_extents(&mut self, g: usize, dom: DomId, acq: &mut [u64]) -> (u64, Vec<usize>) {
+        let mut cpu_ns = 0;
+        let mut dirtied = Vec::new();
+        for _ in 0..EXTENTS_PER_STEP {
+            let Some(e) = self.guests[g].extents.pop() else { break };
+            if let Err(err) = self.heap.free(e.mfn, e.order, dom) {
+                self.note(format!("free of {} order {} by {dom} failed: {err}", e.mfn, e.order));
+            }
+            cpu_ns += self.sc.host.relinquish_ns;
+            self.ledger[e.node] -= e.frames();
+            dirtied.push(e.node);
+        }
+        let obs = self.lock_obs.drain();
+        for (a, o) in acq.iter_mut().zip(obs) {
+            *a += o;
+        }
+        (cpu_ns, dirtied)
     }
 
     // ---- checks and samples ----

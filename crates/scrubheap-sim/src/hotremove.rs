@@ -91,6 +91,18 @@ pub struct BlockerRow {
     pub reason: String,
 }
 
+impl BlockerRow {
+    /// The row of `b`, on a host of `frame_size`-byte frames.
+    fn of(b: &Blocker, frame_size: u64) -> Self {
+        BlockerRow {
+            addr: format!("{:#x}", b.first.0 * frame_size),
+            bytes: b.frames * frame_size,
+            owner: b.owner.map(|d| d.0),
+            reason: b.reason.to_string(),
+        }
+    }
+}
+
 /// One way of pinning, on the scenario.
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct HotRemoveResult {
@@ -179,6 +191,19 @@ struct Clock {
     deadline_ns: Cell<f64>,
     step_ns: f64,
     copy_bps: f64,
+}
+
+impl Clock {
+    /// A clock at 0 with no deadline, charging `h`'s cost of an offline step and copying
+    /// at half a core's zeroing bandwidth.
+    fn new(h: &HostPreset) -> Self {
+        Clock {
+            now_ns: Cell::new(0.0),
+            deadline_ns: Cell::new(f64::INFINITY),
+            step_ns: (h.op_ns + h.lock_hold_ns) as f64,
+            copy_bps: h.core_zero_gbps * 1e9 / 2.0,
+        }
+    }
 }
 
 impl Deadline for Clock {
@@ -325,23 +350,28 @@ pub fn run(sc: &HotRemove, seed: u64) -> Result<HotRemoveReport, String> {
     })
 }
 
-fn run_one(sc: &HotRemove, seed: u64, migrate_pins: bool) -> Result<HotRemoveResult, String> {
+/// The metadata-only heap of `sc`: every node's top `movable_fraction` in the Movable
+/// zone. Returns it and the first Movable frame of each node.
+fn movable_heap(sc: &HotRemove) -> Result<(Heap<NullMemory>, u64), String> {
     let h = &sc.host;
     let fpn = h.frames_per_node();
     let movable_from = fpn - ((fpn as f64 * sc.movable_fraction) as u64);
+    assert!(movable_from <= fpn, "the Movable zone lies inside the node");
     let mut cfg = HeapConfig::uniform(h.nodes, fpn);
     cfg.frame_size = h.frame_size;
     cfg.nodes = vec![NodeSpec { frames: fpn, movable_from: Some(movable_from), has_cpus: true }; h.nodes];
     cfg.scrub_batch = h.scrub_batch_frames();
     let heap = Heap::new(cfg, NullMemory).map_err(|e| e.to_string())?;
+    Ok((heap, movable_from))
+}
+
+fn run_one(sc: &HotRemove, seed: u64, migrate_pins: bool) -> Result<HotRemoveResult, String> {
+    let h = &sc.host;
+    let fpn = h.frames_per_node();
+    let (heap, movable_from) = movable_heap(sc)?;
     let mut rng = ChaCha8Rng::seed_from_u64(seed ^ 0x407_2e70);
     let order2m = (2 * MIB / h.frame_size).max(1).trailing_zeros() as u8;
-    let clock = Clock {
-        now_ns: Cell::new(0.0),
-        deadline_ns: Cell::new(f64::INFINITY),
-        step_ns: (h.op_ns + h.lock_hold_ns) as f64,
-        copy_bps: h.core_zero_gbps * 1e9 / 2.0,
-    };
+    let clock = Clock::new(h);
     let guests_n = ((h.total_bytes() as f64 * sc.fill_fraction) / (sc.guest_gib * GIB) as f64) as usize;
     let per_guest = sc.frames(sc.guest_gib * GIB) >> order2m;
     let g = Guests {
@@ -392,15 +422,7 @@ fn run_one(sc: &HotRemove, seed: u64, migrate_pins: bool) -> Result<HotRemoveRes
         pin_s,
         pinned_in_range_bytes: in_range.len() as u64 * pin_bytes,
         pinned_in_range_owners,
-        blockers: blockers
-            .iter()
-            .map(|b| BlockerRow {
-                addr: format!("{:#x}", b.first.0 * bpf),
-                bytes: b.frames * bpf,
-                owner: b.owner.map(|d| d.0),
-                reason: b.reason.to_string(),
-            })
-            .collect(),
+        blockers: blockers.iter().map(|b| BlockerRow::of(b, bpf)).collect(),
         invariant_violations: messages.len() as u64,
         messages,
         destroy_s: None,

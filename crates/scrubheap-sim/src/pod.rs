@@ -170,51 +170,11 @@ fn run_mode(host: &HostPreset, seed: u64, p: &PodBalloonParams, max: u64, target
         cfg.superpage_reclaim = mode == "2m-reclaim";
         pods.create(&heap, dom, &cfg, &NeverPreempt).expect("the guests' targets fit the host");
     }
-    let alive = |dom| pods.stats(dom).is_ok_and(|s| s.crashed.is_none());
-    // Boot: every guest touches its memory in order, the guests interleaved a 2 MiB at a time.
-    for base in (0..max).step_by(512) {
-        for (i, &dom) in doms.iter().enumerate() {
-            for g in base..base + 512 {
-                if !alive(dom) {
-                    break;
-                }
-                let _ = touch(&pods, &heap, dom, g, data[i][g as usize]);
-            }
-        }
-        heap.memory().drain_log();
-    }
+    boot(&pods, &heap, &doms, &data, max);
     check(&heap, &mut out);
-    // Balloon: max - target pages of free (zeroed) memory, 4 KiB at a time, at random.
-    for (i, &dom) in doms.iter().enumerate() {
-        let mut free: Vec<u64> = (0..max).filter(|&g| !data[i][g as usize]).collect();
-        for k in (1..free.len()).rev() {
-            free.swap(k, rng.random_range(0..=k));
-        }
-        for &g in free.iter().take((max - target) as usize) {
-            if !alive(dom) {
-                break;
-            }
-            // The simulator's guests have no second mapping: nothing to unmap.
-            let _ = pods.balloon(&heap, dom, g, 0, &mut NoSecondMapping, &NeverPreempt);
-        }
-        heap.memory().drain_log();
-    }
+    balloon_out(&pods, &heap, &doms, &data, &mut rng, max - target);
     check(&heap, &mut out);
-    // Work: each guest writes data into more of its (still mapped) pages.
-    for &dom in &doms {
-        let want = (p.work_share * target as f64) as u64;
-        let mut done = 0;
-        let mut tries = 0;
-        while done < want && tries < 8 * max && alive(dom) {
-            tries += 1;
-            match touch(&pods, &heap, dom, rng.random_range(0..max), true) {
-                Ok(_) => done += 1,
-                Err(PodError::NotMapped { .. }) => {}
-                Err(_) => break,
-            }
-        }
-        heap.memory().drain_log();
-    }
+    work(&pods, &heap, &doms, &mut rng, (p.work_share * target as f64) as u64, max);
     check(&heap, &mut out);
     let t = pods.totals();
     out.superpage_mappings = t.superpage_mappings;
@@ -228,6 +188,73 @@ fn run_mode(host: &HostPreset, seed: u64, p: &PodBalloonParams, max: u64, target
     out.host_free_superpages = free_superpages(&heap);
     check(&heap, &mut out);
     out
+}
+
+/// Whether `dom` is alive (not crashed out of PoD memory).
+fn alive(pods: &Pods, dom: DomId) -> bool {
+    pods.stats(dom).is_ok_and(|s| s.crashed.is_none())
+}
+
+/// Boot: every guest touches its `max` pages in order (writing data where `data` says),
+/// the guests interleaved a 2 MiB at a time.
+fn boot(pods: &Pods, heap: &Heap<SimMemory>, doms: &[DomId], data: &[Vec<bool>], max: u64) {
+    assert_eq!(doms.len(), data.len(), "one data map per guest");
+    for base in (0..max).step_by(512) {
+        for (i, &dom) in doms.iter().enumerate() {
+            for g in base..base + 512 {
+                if !alive(pods, dom) {
+                    break;
+                }
+                let _ = touch(pods, heap, dom, g, data[i][g as usize]);
+            }
+        }
+        heap.memory().drain_log();
+    }
+}
+
+/// Balloon: each guest gives back `pages` of its free (zeroed) pages, 4 KiB at a time,
+/// chosen at random.
+fn balloon_out(
+    pods: &Pods,
+    heap: &Heap<SimMemory>,
+    doms: &[DomId],
+    data: &[Vec<bool>],
+    rng: &mut ChaCha8Rng,
+    pages: u64,
+) {
+    assert_eq!(doms.len(), data.len(), "one data map per guest");
+    for (i, &dom) in doms.iter().enumerate() {
+        let mut free: Vec<u64> = (0..data[i].len() as u64).filter(|&g| !data[i][g as usize]).collect();
+        for k in (1..free.len()).rev() {
+            free.swap(k, rng.random_range(0..=k));
+        }
+        for &g in free.iter().take(pages as usize) {
+            if !alive(pods, dom) {
+                break;
+            }
+            // The simulator's guests have no second mapping: nothing to unmap.
+            let _ = pods.balloon(heap, dom, g, 0, &mut NoSecondMapping, &NeverPreempt);
+        }
+        heap.memory().drain_log();
+    }
+}
+
+/// Work: each guest writes data into `want` more of its (still mapped) `max` pages, chosen
+/// at random, giving up after `8 * max` tries.
+fn work(pods: &Pods, heap: &Heap<SimMemory>, doms: &[DomId], rng: &mut ChaCha8Rng, want: u64, max: u64) {
+    for &dom in doms {
+        let mut done = 0;
+        let mut tries = 0;
+        while done < want && tries < 8 * max && alive(pods, dom) {
+            tries += 1;
+            match touch(pods, heap, dom, rng.random_range(0..max), true) {
+                Ok(_) => done += 1,
+                Err(PodError::NotMapped { .. }) => {}
+                Err(_) => break,
+            }
+        }
+        heap.memory().drain_log();
+    }
 }
 
 /// Which of each guest's `max` pages hold data: random runs of 64 to 1024 pages up to

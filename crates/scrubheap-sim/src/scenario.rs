@@ -393,17 +393,47 @@ struct FileEvent {
 /// Parses a TOML scenario. `seed` drives `stagger_s` spreads.
 pub fn from_toml(text: &str, seed: u64) -> Result<Scenario, String> {
     let f: FileScenario = toml::from_str(text).map_err(|e| format!("scenario file: {e}"))?;
-    let mut host_table = f.host.clone();
+    let host = file_host(&f.host)?;
+    let (guests, groups) = file_guests(&f.guests, &host)?;
+    let ops = file_events(&f.events, guests.len(), &groups, seed)?;
+    let s = Scenario {
+        name: f.name,
+        host,
+        builders: f.run.builders,
+        initially_dirty: f.run.initially_dirty,
+        guests,
+        ops,
+        max_s: f.run.max_s,
+        sample_s: f.run.sample_s,
+        notes: Vec::new(),
+        mechanisms: f.mechanisms,
+    };
+    s.validate()?;
+    Ok(s)
+}
+
+/// A scenario file's `[host]`: its `preset` (`tiny` when it names none) with the other
+/// fields as overrides.
+fn file_host(table: &toml::Table) -> Result<HostPreset, String> {
+    let mut host_table = table.clone();
     let base = match host_table.remove("preset") {
         Some(toml::Value::String(p)) => HostPreset::builtin(&p)
             .ok_or_else(|| format!("[host] preset '{p}' is unknown: use one of {}", HostPreset::NAMES.join(", ")))?,
         Some(v) => return Err(format!("[host] preset must be a name, not {v}")),
         None => HostPreset::tiny(),
     };
-    let host = apply_overrides(&base, &host_table)?;
+    apply_overrides(&base, &host_table)
+}
+
+/// Each group of guests' name with the indices of its guests.
+type Groups = BTreeMap<String, Vec<usize>>;
+
+/// A scenario file's `[[guests]]` groups on `host`: every guest (sizes rounded down to
+/// whole frames), and each group's name with the indices of its guests.
+fn file_guests(groups_in: &[FileGuests], host: &HostPreset) -> Result<(Vec<GuestSpec>, Groups), String> {
     let mut guests = Vec::new();
-    let mut groups: BTreeMap<String, Vec<usize>> = BTreeMap::new();
-    for g in &f.guests {
+    let mut groups = Groups::new();
+    for g in groups_in {
         let bytes = match (g.gib, g.mib) {
             (Some(x), None) => (x * GIB as f64) as u64,
             (None, Some(x)) => (x * MIB as f64) as u64,
@@ -430,11 +460,18 @@ pub fn from_toml(text: &str, seed: u64) -> Result<Scenario, String> {
             guests.push(GuestSpec { group: g.name.clone(), bytes, node, claim: g.claim });
         }
     }
+    Ok((guests, groups))
+}
+
+/// A scenario file's `[[events]]`: one operation per guest of the group an event names
+/// (`all`: each of the `guests`), spread by a random jitter below its `stagger_s`, in time
+/// order (ties by guest).
+fn file_events(events: &[FileEvent], guests: usize, groups: &Groups, seed: u64) -> Result<Vec<TimedOp>, String> {
     let mut rng = ChaCha8Rng::seed_from_u64(seed ^ 0xf11e);
     let mut ops = Vec::new();
-    for e in &f.events {
+    for e in events {
         let members: Vec<usize> = if e.guests == "all" {
-            (0..guests.len()).collect()
+            (0..guests).collect()
         } else {
             groups
                 .get(&e.guests)
@@ -450,20 +487,7 @@ pub fn from_toml(text: &str, seed: u64) -> Result<Scenario, String> {
         }
     }
     ops.sort_by_key(|o| (o.at_ns, o.guest));
-    let s = Scenario {
-        name: f.name,
-        host,
-        builders: f.run.builders,
-        initially_dirty: f.run.initially_dirty,
-        guests,
-        ops,
-        max_s: f.run.max_s,
-        sample_s: f.run.sample_s,
-        notes: Vec::new(),
-        mechanisms: f.mechanisms,
-    };
-    s.validate()?;
-    Ok(s)
+    Ok(ops)
 }
 
 /// `base` with the fields of `table` replaced (unknown fields are an error).

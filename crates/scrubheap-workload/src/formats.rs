@@ -263,6 +263,16 @@ impl<'a> Row<'_, 'a> {
         }
     }
 
+    /// Refuses an end time `end` (read from `col`; `None`: alive at the trace's end)
+    /// before its row's start `start` (the time at which the guest `starts`, in the
+    /// message): every format's one rule that a guest cannot leave before it arrives.
+    fn end_not_before(&self, col: usize, end: Option<f64>, start: f64, starts: &str) -> Result<(), WorkloadError> {
+        match end {
+            Some(e) if e < start => Err(self.error(col, format!("ends ({e}) before it {starts} ({start})"))),
+            _ => Ok(()),
+        }
+    }
+
     fn num(&self, col: usize) -> Result<f64, WorkloadError> {
         self.opt_num(col)?.ok_or_else(|| self.error(col, "expected a number, found nothing".into()))
     }
@@ -420,11 +430,7 @@ fn packing(csv: &Csv<'_>) -> Result<Trace, WorkloadError> {
     csv.rows(|row| {
         let start = row.num(c_start)?;
         let end = row.opt_num(c_end)?;
-        if let Some(e) = end {
-            if e < start {
-                return Err(row.error(c_end, format!("ends ({e}) before it starts ({start})")));
-            }
-        }
+        row.end_not_before(c_end, end, start, "starts")?;
         let mem = match c_mem {
             Some(c) => row.opt_num(c)?,
             None => None,
@@ -499,11 +505,7 @@ fn vmtable(csv: &Csv<'_>) -> Result<Trace, WorkloadError> {
     csv.rows(|row| {
         let created = row.num(c_created)?;
         let deleted = row.opt_num(c_deleted)?;
-        if let Some(d) = deleted {
-            if d < created {
-                return Err(row.error(c_deleted, format!("deleted ({d}) before created ({created})")));
-            }
-        }
+        row.end_not_before(c_deleted, deleted, created, "is created")?;
         rows.push((created, deleted, row.non_negative(c_mem)? * GIB, None));
         Ok(())
     })?;
@@ -534,11 +536,7 @@ fn alibaba(csv: &Csv<'_>) -> Result<Trace, WorkloadError> {
             return Ok(());
         };
         latest = latest.max(placed);
-        if let Some(d) = deleted {
-            if d < placed {
-                return Err(row.error(c_deleted, format!("deleted ({d}) before scheduled ({placed})")));
-            }
-        }
+        row.end_not_before(c_deleted, deleted, placed, "is scheduled")?;
         rows.push((placed, deleted, mem, None));
         Ok(())
     })?;

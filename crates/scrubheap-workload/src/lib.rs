@@ -117,6 +117,9 @@
 //! println!("{w}");
 //! ```
 
+#![forbid(unsafe_code)]
+#![warn(missing_docs)]
+
 mod azure_v1;
 mod bins;
 mod churn;

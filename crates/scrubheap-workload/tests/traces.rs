@@ -228,6 +228,25 @@ fn summary() {
     }
 }
 
+/// Every format with end times refuses a guest that leaves before it arrives, naming the
+/// end column and the line.
+#[test]
+fn an_end_before_the_start_is_refused_in_every_format() {
+    for (name, text, column) in [
+        ("packing.csv", "vmId,vmTypeId,starttime,endtime,memory\n1,0,2.0,1.0,0.1\n", "endtime"),
+        ("vmtable.csv", "vmid,vmcreated,vmdeleted,vmmemory\nx,600,300,2\n", "vmdeleted"),
+        (
+            "alibaba.csv",
+            "name,creation_time,scheduled_time,deletion_time,memory_mib\np,100,500,400,64\n",
+            "deletion_time",
+        ),
+    ] {
+        let e = scrubheap_workload::read_trace(&temp_file("ends", name, text), 1).unwrap_err();
+        assert!(matches!(e, WorkloadError::Malformed { column: ref c, line: 2, .. } if c == column), "{name}: {e}");
+        assert!(e.to_string().contains("ends ("), "{name}: {e}");
+    }
+}
+
 /// The rules every reader of Azure V1 decoded files follows (crate docs): columns by name,
 /// `censored` 0 or 1 only, censored VMs living to their bin's upper edge, reversed bins
 /// refused, the seed used as given.

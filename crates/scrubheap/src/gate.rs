@@ -104,7 +104,7 @@ impl<M: FrameMemory> Heap<M> {
 
     /// The most frames the claims gate admits for `owner` on `node` now: what the claims
     /// of other domains leave of the node's free frames and of the whole heap's. A
-    /// snapshot, as [`Heap::claims_admit`]; a layer that fills from several nodes (PoD's
+    /// snapshot, as [`Heap::claims_admit`]; a layer that fills from several nodes (a guest's
     /// cache) adds it up node by node to know what it can reach before it allocates.
     pub fn claims_room(&self, owner: DomId, node: usize) -> Result<u64, HeapError> {
         self.node(node)?;

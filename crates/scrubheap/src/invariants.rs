@@ -48,24 +48,7 @@ fn check_node(n: usize, st: &NodeState) -> Result<Tally, InvariantViolation> {
         let bits = st.dirty.count(pos, len) as u64;
         match s.state {
             State::Free => {
-                let fd = st.first_dirty(pos);
-                let exact = st.dirty.first_set(pos, len).unwrap_or(NONE);
-                if fd != exact {
-                    return fail(format!(
-                        "node {n}: free chunk at {pos} says first dirty {fd:#x}, bitmap says {exact:#x}"
-                    ));
-                }
-                if o < MAX_ORDER {
-                    if let Some(b) = st.buddy(pos, o) {
-                        let bs = st.head_at(b);
-                        let free_buddy = bs.is_some_and(|bs| bs.state == State::Free && bs.order == o);
-                        if free_buddy && st.zone_of(b) == st.zone_of(pos) {
-                            return fail(format!(
-                                "node {n}: free chunks at {pos} and {b} of order {o} are buddies but did not merge"
-                            ));
-                        }
-                    }
-                }
+                check_free_chunk(n, st, pos, o)?;
                 t.free += len as u64;
                 t.free_dirty += bits;
                 t.free_chunks += 1;
@@ -78,22 +61,7 @@ fn check_node(n: usize, st: &NodeState) -> Result<Tally, InvariantViolation> {
                     return fail(format!("node {n}: {other:?} chunk at {pos} has {bits} dirty bits"));
                 }
                 t.worked += worked as u64;
-                let entries = st.work.iter().filter(|w| w.head == pos).count();
-                if entries != worked as usize {
-                    return fail(format!("node {n}: {other:?} chunk at {pos} has {entries} work entries"));
-                }
-                if let Some(w) = st.work.iter().find(|w| w.head == pos) {
-                    let kind_ok = match w.kind {
-                        Kind::Ticket { owner, .. } => other == State::Pending && s.owner == owner,
-                        Kind::Background | Kind::SyncFree => other == State::Scrubbing,
-                    };
-                    // A background scrub exists only while a scrubber has a batch of it
-                    // in flight: the last one to leave hands the chunk back.
-                    let busy = w.kind != Kind::Background || w.inflight > 0;
-                    if !kind_ok || !busy || w.order != o || w.cursor > len {
-                        return fail(format!("node {n}: work entry {w:?} does not match its {other:?} chunk at {pos}"));
-                    }
-                }
+                check_work_entry(n, st, pos, s, worked)?;
                 let background = st.work.iter().any(|w| w.head == pos && w.kind == Kind::Background);
                 match other {
                     State::Allocated | State::Pending => t.allocated += len as u64,
@@ -127,6 +95,53 @@ fn check_node(n: usize, st: &NodeState) -> Result<Tally, InvariantViolation> {
         ));
     }
     Ok(t)
+}
+
+/// A free chunk's first-dirty hint matches the bitmap, and its buddy (in the same zone)
+/// is not a free chunk of the same order: free buddies always merge.
+fn check_free_chunk(n: usize, st: &NodeState, pos: u32, o: u8) -> Result<(), InvariantViolation> {
+    let len = 1u32 << o;
+    let fd = st.first_dirty(pos);
+    let exact = st.dirty.first_set(pos, len).unwrap_or(NONE);
+    if fd != exact {
+        return fail(format!("node {n}: free chunk at {pos} says first dirty {fd:#x}, bitmap says {exact:#x}"));
+    }
+    if o < MAX_ORDER {
+        if let Some(b) = st.buddy(pos, o) {
+            let bs = st.head_at(b);
+            let free_buddy = bs.is_some_and(|bs| bs.state == State::Free && bs.order == o);
+            if free_buddy && st.zone_of(b) == st.zone_of(pos) {
+                return fail(format!(
+                    "node {n}: free chunks at {pos} and {b} of order {o} are buddies but did not merge"
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// A held chunk being worked on (`worked`: scrubbing, or pending a ticket) has exactly one
+/// work entry, of its kind, order and owner, and a background one has a batch in flight;
+/// any other held chunk has none.
+fn check_work_entry(n: usize, st: &NodeState, pos: u32, s: Head, worked: bool) -> Result<(), InvariantViolation> {
+    let (other, o, len) = (s.state, s.order, 1u32 << s.order);
+    let entries = st.work.iter().filter(|w| w.head == pos).count();
+    if entries != worked as usize {
+        return fail(format!("node {n}: {other:?} chunk at {pos} has {entries} work entries"));
+    }
+    if let Some(w) = st.work.iter().find(|w| w.head == pos) {
+        let kind_ok = match w.kind {
+            Kind::Ticket { owner, .. } => other == State::Pending && s.owner == owner,
+            Kind::Background | Kind::SyncFree => other == State::Scrubbing,
+        };
+        // A background scrub exists only while a scrubber has a batch of it
+        // in flight: the last one to leave hands the chunk back.
+        let busy = w.kind != Kind::Background || w.inflight > 0;
+        if !kind_ok || !busy || w.order != o || w.cursor > len {
+            return fail(format!("node {n}: work entry {w:?} does not match its {other:?} chunk at {pos}"));
+        }
+    }
+    Ok(())
 }
 
 /// Heads that are not free: pins only on allocations, the broken-when-freed and moving
@@ -175,7 +190,7 @@ impl<M: FrameMemory> Heap<M> {
     /// aligned chunks, metadata only at heads, free lists and their masks, exact
     /// `first_dirty` hints, dirty bits only in free chunks, counters (and their lock-free
     /// mirrors) against a full walk, and claims against free memory. Layers above the heap
-    /// (populate-on-demand, say) check their own state with their own checkers.
+    /// check their own state with their own checkers.
     ///
     /// Takes every lock in turn; O(frames). Meant for tests and `check` lines.
     pub fn check_invariants(&self) -> Result<(), InvariantViolation> {

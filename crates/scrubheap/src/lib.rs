@@ -52,7 +52,6 @@ mod preempt;
 mod range;
 mod reserve;
 mod scrub;
-mod sparse;
 mod stats;
 mod sync;
 #[cfg(any(test, feature = "testing"))]
@@ -82,7 +81,6 @@ pub use pin::{MetadataMigrator, Migrator, NoMigration};
 pub use policy::{Policy, UnknownPolicy};
 pub use preempt::{BatchLimit, NeverPreempt, Preempt};
 pub use range::{PinJob, RangeJob, RangeOp};
-pub use sparse::SparseMemory;
 pub use stats::{HeapStats, NodeStats, ScrubBytes, ZoneStats};
 #[cfg(any(test, feature = "testing"))]
 pub use testing::{TestMemory, TestRng};

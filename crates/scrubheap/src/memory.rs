@@ -13,7 +13,7 @@ pub trait FrameMemory {
     /// Copies `count` frames from `src` to `dst` (ranges do not overlap).
     fn copy(&self, src: Mfn, dst: Mfn, count: u64);
     /// `owner` writes non-zero bytes (its tag) over `count` frames at `first`: a guest's
-    /// data, which populate-on-demand zero checks must tell from zeroed pages. The heap
+    /// data, which the zero checks of a layer above must tell from zeroed pages. The heap
     /// calls it only for frames `owner` holds. Memory that keeps no bytes does nothing.
     fn fill(&self, first: Mfn, count: u64, owner: DomId) {
         let _ = (first, count, owner);

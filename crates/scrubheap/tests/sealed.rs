@@ -1,5 +1,5 @@
 //! Sealed allocations, zone counts and the claims gate: the general capabilities a layer
-//! above the heap (populate-on-demand, say) builds on. Every refusal leaves the heap
+//! above the heap builds on. Every refusal leaves the heap
 //! exactly as it was, and the invariants hold after every operation.
 
 #[macro_use]

@@ -6,11 +6,11 @@
 use crate::op::Op;
 use crate::parse::parse_line;
 use crate::report::{FinalCounts, Outcome, ReplayReport, MAX_VIOLATION_MESSAGES};
-use crate::{kind, DEFAULT_MAX_FRAMES, MAX_NODES};
+use crate::{kind, SparseMemory, DEFAULT_MAX_FRAMES, MAX_NODES};
 use held::{Held, RecordMoves};
 use scrubheap::{
     Claim, ClaimTarget, CountingMemory, CountingMigrator, CountingPreempt, DomId, Heap, HeapConfig, HeapError, Mfn,
-    NoDeadline, Policy, RangeOp, SectionCounter, SparseMemory, StepBudget,
+    NoDeadline, Policy, RangeOp, SectionCounter, StepBudget,
 };
 use scrubheap_pod::Pods;
 use std::collections::BTreeMap;

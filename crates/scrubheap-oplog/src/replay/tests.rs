@@ -29,6 +29,14 @@ fn kind_of(r: &mut Replayer, line: &str) -> String {
     }
 }
 
+/// Runs `lines` on `r`, each of which must succeed and leave the invariants whole.
+fn all_ok(r: &mut Replayer, lines: &[&str]) {
+    for l in lines {
+        assert_eq!(kind_of(r, l), "", "{l}");
+        clean(r);
+    }
+}
+
 fn clean(r: &Replayer) {
     assert_eq!(r.report().invariant_violations, 0, "{:?}", r.report().violations);
 }
@@ -52,10 +60,7 @@ fn each_line_kind() {
         "claim dom=7 cancel",
         "check",
     ];
-    for l in lines {
-        assert_eq!(kind_of(&mut r, l), "", "{l}");
-        clean(&r);
-    }
+    all_ok(&mut r, &lines);
     let heap = r.heap().unwrap();
     assert_eq!(heap.policy(), Policy::Xen);
     assert_eq!(r.allocation("b").unwrap().node, 1);
@@ -381,10 +386,7 @@ fn gib_moves_scrubs_and_offlines_replay_in_bounded_sections() {
         "free id=g",
         "check",
     ];
-    for l in lines {
-        assert_eq!(kind_of(&mut r, l), "", "{l}");
-        clean(&r);
-    }
+    all_ok(&mut r, &lines);
     let rep = finish_clean(r);
     let s = &rep.sections;
     assert_eq!(s.section_bound, 256 + scrubheap::CHUNKS_PER_STEP as u64);
@@ -418,14 +420,15 @@ fn ranges_of_many_chunks_replay_in_bounded_sections() {
 #[test]
 fn the_xen_baseline_is_reported_apart() {
     let mut r = Replayer::new();
-    for l in [
-        "heap nodes=1 frames_per_node=262144 policy=xen",
-        "alloc id=g dom=1 order=18",
-        "free id=g",
-        "alloc id=g dom=1 order=18",
-    ] {
-        assert_eq!(kind_of(&mut r, l), "", "{l}");
-    }
+    all_ok(
+        &mut r,
+        &[
+            "heap nodes=1 frames_per_node=262144 policy=xen",
+            "alloc id=g dom=1 order=18",
+            "free id=g",
+            "alloc id=g dom=1 order=18",
+        ],
+    );
     let rep = finish_clean(r);
     assert_eq!(rep.sections.baseline_max_section_frames, 1 << 18);
     assert_eq!(rep.sections.max_section_frames, 0);
@@ -436,15 +439,16 @@ fn the_xen_baseline_is_reported_apart() {
 #[test]
 fn check_and_heap_lines_are_not_sections() {
     let mut r = Replayer::new();
-    for l in [
-        "heap nodes=2 frames_per_node=4096 movable_from=307",
-        "pod dom=1 max_pages=4096 target=500 node=0",
-        "touch dom=1 gfn=0 data",
-        "check",
-        "heap nodes=1 frames_per_node=4096",
-    ] {
-        assert_eq!(kind_of(&mut r, l), "", "{l}");
-    }
+    all_ok(
+        &mut r,
+        &[
+            "heap nodes=2 frames_per_node=4096 movable_from=307",
+            "pod dom=1 max_pages=4096 target=500 node=0",
+            "touch dom=1 gfn=0 data",
+            "check",
+            "heap nodes=1 frames_per_node=4096",
+        ],
+    );
     let rep = finish_clean(r);
     for op in [&rep.sections.pod_max_section_op, &rep.sections.max_section_op] {
         assert!(!op.contains("check") && !op.contains("heap"), "{:?}", rep.sections);

@@ -1,12 +1,10 @@
-//! Metadata-only memory that remembers which frames hold data: what the op-log replayer
-//! runs on, so populate-on-demand zero checks can tell a guest's data from zeroed pages
-//! without keeping any bytes.
+//! Metadata-only memory that remembers which frames hold data: what the replayer runs
+//! on, so PoD zero checks can tell a guest's data from zeroed pages without keeping any
+//! bytes. It lives here, with its one user, not in the heap crate.
 
-use crate::memory::FrameMemory;
-use crate::sync::Mutex;
-use crate::types::{DomId, Mfn};
-use alloc::collections::BTreeMap;
-use alloc::vec::Vec;
+use scrubheap::{DomId, FrameMemory, Mfn};
+use std::collections::BTreeMap;
+use std::sync::{Mutex, MutexGuard};
 
 /// Memory that keeps no bytes, only the set of frames that are not zero (as disjoint
 /// ranges): [`FrameMemory::fill`] adds to it, [`FrameMemory::zero`] removes from it,
@@ -14,7 +12,8 @@ use alloc::vec::Vec;
 /// the number of non-zero ranges.
 ///
 /// ```
-/// use scrubheap::{DomId, FrameMemory, Mfn, SparseMemory};
+/// use scrubheap::{DomId, FrameMemory, Mfn};
+/// use scrubheap_oplog::SparseMemory;
 /// let m = SparseMemory::new();
 /// m.fill(Mfn(10), 4, DomId(1));
 /// assert!(!m.is_zero(Mfn(0), 11) && m.is_zero(Mfn(0), 10));
@@ -33,6 +32,12 @@ impl Default for SparseMemory {
 }
 
 impl SparseMemory {
+    /// The set of non-zero ranges. Every update leaves it whole before it can panic, so a
+    /// poisoned lock still holds a valid set.
+    fn ranges(&self) -> MutexGuard<'_, BTreeMap<u64, u64>> {
+        self.ranges.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
     /// Memory in which every frame is zero.
     pub fn new() -> Self {
         Self::default()
@@ -40,7 +45,7 @@ impl SparseMemory {
 
     /// How many frames are not zero.
     pub fn nonzero_frames(&self) -> u64 {
-        self.ranges.lock().iter().map(|(s, e)| e - s).sum()
+        self.ranges().iter().map(|(s, e)| e - s).sum()
     }
 }
 
@@ -77,16 +82,16 @@ impl FrameMemory for SparseMemory {
     fn zero(&self, first: Mfn, count: u64) {
         let (lo, hi) = bounds(first, count);
         if lo < hi {
-            clear(&mut self.ranges.lock(), lo, hi);
+            clear(&mut self.ranges(), lo, hi);
         }
     }
     fn is_zero(&self, first: Mfn, count: u64) -> bool {
         let (lo, hi) = bounds(first, count);
-        lo >= hi || self.ranges.lock().range(..hi).next_back().is_none_or(|(_, &e)| e <= lo)
+        lo >= hi || self.ranges().range(..hi).next_back().is_none_or(|(_, &e)| e <= lo)
     }
     fn copy(&self, src: Mfn, dst: Mfn, count: u64) {
         let (lo, hi) = bounds(src, count);
-        let mut r = self.ranges.lock();
+        let mut r = self.ranges();
         let parts: Vec<(u64, u64)> =
             r.range(..hi).rev().take_while(|(_, &e)| e > lo).map(|(&s, &e)| (s.max(lo) - lo, e.min(hi) - lo)).collect();
         let (dlo, dhi) = bounds(dst, count);
@@ -100,7 +105,7 @@ impl FrameMemory for SparseMemory {
     fn fill(&self, first: Mfn, count: u64, _owner: DomId) {
         let (lo, hi) = bounds(first, count);
         if lo < hi {
-            set(&mut self.ranges.lock(), lo, hi);
+            set(&mut self.ranges(), lo, hi);
         }
     }
 }
@@ -115,7 +120,7 @@ mod tests {
         m.fill(Mfn(0), 4, DomId(1));
         m.fill(Mfn(4), 4, DomId(1));
         m.fill(Mfn(20), 1, DomId(1));
-        assert_eq!(m.ranges.lock().len(), 2);
+        assert_eq!(m.ranges().len(), 2);
         m.zero(Mfn(2), 3);
         assert!(m.is_zero(Mfn(2), 3) && !m.is_zero(Mfn(1), 1) && !m.is_zero(Mfn(5), 1));
         assert_eq!(m.nonzero_frames(), 6);
