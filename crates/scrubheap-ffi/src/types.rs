@@ -55,6 +55,10 @@ pub const SCRUBHEAP_ALLOC_EXACT: u32 = 1;
 pub const SCRUBHEAP_ALLOC_MOVABLE: u32 = 2;
 /// `ScrubheapAllocRequest::flags`: hand the frames over unscrubbed (the caller overwrites them).
 pub const SCRUBHEAP_ALLOC_NOSCRUB: u32 = 4;
+/// `ScrubheapAllocRequest::flags`: sealed frames (a layer above the heap manages them):
+/// `scrubheap_free`, pins and moves refuse them; only a `SCRUBHEAP_RANGE_FREE_SEALED` job
+/// gives them back. Not with `SCRUBHEAP_ALLOC_MOVABLE`.
+pub const SCRUBHEAP_ALLOC_SEALED: u32 = 8;
 
 /// `scrubheap_mark_broken`: the frame was free and is out of service now.
 pub const SCRUBHEAP_BROKEN_NOW: u32 = 0;
@@ -128,7 +132,7 @@ pub struct ScrubheapAllocRequest {
 
 impl ScrubheapAllocRequest {
     pub(crate) fn to_request(self) -> Result<AllocRequest, Failure> {
-        let known = SCRUBHEAP_ALLOC_EXACT | SCRUBHEAP_ALLOC_MOVABLE | SCRUBHEAP_ALLOC_NOSCRUB;
+        let known = SCRUBHEAP_ALLOC_EXACT | SCRUBHEAP_ALLOC_MOVABLE | SCRUBHEAP_ALLOC_NOSCRUB | SCRUBHEAP_ALLOC_SEALED;
         let bad = |m: String| Err(Failure::new(ScrubheapStatus::SCRUBHEAP_E_INVALID_ARG, m));
         if self.flags & !known != 0 {
             return bad(format!("unknown allocation flags {:#x}: use SCRUBHEAP_ALLOC_* bits", self.flags & !known));
@@ -145,6 +149,7 @@ impl ScrubheapAllocRequest {
         };
         req.movable = self.flags & SCRUBHEAP_ALLOC_MOVABLE != 0;
         req.scrub = self.flags & SCRUBHEAP_ALLOC_NOSCRUB == 0;
+        req.sealed = self.flags & SCRUBHEAP_ALLOC_SEALED != 0;
         Ok(req)
     }
 }
