@@ -31,6 +31,9 @@ pub const SCRUBHEAP_RANGE_PIN: u32 = 1;
 pub const SCRUBHEAP_RANGE_PIN_IN_PLACE: u32 = 2;
 /// `scrubheap_range_start`: drop one pin from every frame.
 pub const SCRUBHEAP_RANGE_UNPIN: u32 = 3;
+/// `scrubheap_range_start`: free a sealed range (allocated with `SCRUBHEAP_ALLOC_SEALED`;
+/// `scrubheap_free` refuses it with `SCRUBHEAP_E_SEALED`).
+pub const SCRUBHEAP_RANGE_FREE_SEALED: u32 = 4;
 
 /// What an ended job did; only the part of its kind is filled, the rest is zero.
 #[repr(C)]
@@ -144,7 +147,7 @@ pub unsafe extern "C" fn scrubheap_pin_start(
 
 /// Starts `op` (`SCRUBHEAP_RANGE_*`) on `2^order` frames from `mfn` that `owner` holds,
 /// however many chunks partial frees and pins split them into: the job checks and marks
-/// them, then frees, pins or unpins them, at most 64 chunks a step. A refusal found on
+/// them, then frees (sealed or not), pins or unpins them, at most 64 chunks a step. A refusal found on
 /// the way leaves the heap as it was. `scrubheap_free` and `scrubheap_unpin` refuse such
 /// a range above 64 chunks with `SCRUBHEAP_E_TOO_MANY_CHUNKS`.
 ///
@@ -164,6 +167,7 @@ pub unsafe extern "C" fn scrubheap_range_start(
         SCRUBHEAP_RANGE_PIN => RangeOp::Pin,
         SCRUBHEAP_RANGE_PIN_IN_PLACE => RangeOp::PinInPlace,
         SCRUBHEAP_RANGE_UNPIN => RangeOp::Unpin,
+        SCRUBHEAP_RANGE_FREE_SEALED => RangeOp::FreeSealed,
         _ => return guard(|| Err(Failure::new(ScrubheapStatus::SCRUBHEAP_E_INVALID_ARG, bad_op(op)))),
     };
     // SAFETY: passed on.
@@ -171,7 +175,7 @@ pub unsafe extern "C" fn scrubheap_range_start(
 }
 
 fn bad_op(op: u32) -> String {
-    format!("range operation {op} is none of SCRUBHEAP_RANGE_FREE, _PIN, _PIN_IN_PLACE, _UNPIN (0..=3)")
+    format!("range operation {op} is none of SCRUBHEAP_RANGE_FREE, _PIN, _PIN_IN_PLACE, _UNPIN, _FREE_SEALED (0..=4)")
 }
 
 /// Runs `body` on the job behind `j`, inside the library's guard.

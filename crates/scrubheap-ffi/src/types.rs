@@ -55,6 +55,10 @@ pub const SCRUBHEAP_ALLOC_EXACT: u32 = 1;
 pub const SCRUBHEAP_ALLOC_MOVABLE: u32 = 2;
 /// `ScrubheapAllocRequest::flags`: hand the frames over unscrubbed (the caller overwrites them).
 pub const SCRUBHEAP_ALLOC_NOSCRUB: u32 = 4;
+/// `ScrubheapAllocRequest::flags`: sealed frames (a layer above the heap manages them):
+/// `scrubheap_free`, pins and moves refuse them; only a `SCRUBHEAP_RANGE_FREE_SEALED` job
+/// gives them back. Not with `SCRUBHEAP_ALLOC_MOVABLE`.
+pub const SCRUBHEAP_ALLOC_SEALED: u32 = 8;
 
 /// `scrubheap_mark_broken`: the frame was free and is out of service now.
 pub const SCRUBHEAP_BROKEN_NOW: u32 = 0;
@@ -128,7 +132,7 @@ pub struct ScrubheapAllocRequest {
 
 impl ScrubheapAllocRequest {
     pub(crate) fn to_request(self) -> Result<AllocRequest, Failure> {
-        let known = SCRUBHEAP_ALLOC_EXACT | SCRUBHEAP_ALLOC_MOVABLE | SCRUBHEAP_ALLOC_NOSCRUB;
+        let known = SCRUBHEAP_ALLOC_EXACT | SCRUBHEAP_ALLOC_MOVABLE | SCRUBHEAP_ALLOC_NOSCRUB | SCRUBHEAP_ALLOC_SEALED;
         let bad = |m: String| Err(Failure::new(ScrubheapStatus::SCRUBHEAP_E_INVALID_ARG, m));
         if self.flags & !known != 0 {
             return bad(format!("unknown allocation flags {:#x}: use SCRUBHEAP_ALLOC_* bits", self.flags & !known));
@@ -145,6 +149,7 @@ impl ScrubheapAllocRequest {
         };
         req.movable = self.flags & SCRUBHEAP_ALLOC_MOVABLE != 0;
         req.scrub = self.flags & SCRUBHEAP_ALLOC_NOSCRUB == 0;
+        req.sealed = self.flags & SCRUBHEAP_ALLOC_SEALED != 0;
         Ok(req)
     }
 }
@@ -170,8 +175,8 @@ impl From<ScrubheapClaim> for Claim {
     }
 }
 
-/// Frames of one node by state. `free_clean + free_dirty + allocated + offline` is
-/// every frame of the node (read while the heap is busy, counters may be a moment apart).
+/// Frames of one node by state. `free_clean + free_dirty + allocated + offline + reserved`
+/// is every frame of the node (read while the heap is busy, counters may be a moment apart).
 #[repr(C)]
 #[derive(Copy, Clone, Debug, Default, PartialEq, Eq)]
 pub struct ScrubheapNodeStats {
@@ -187,12 +192,18 @@ pub struct ScrubheapNodeStats {
     pub scrubbing: u64,
     /// Free frames reserved by node claims.
     pub claimed: u64,
+    /// Free frames in the per-CPU fast path's reserves (0 unless Rust code on the same
+    /// heap uses `get`/`put`; the C interface has no fast path).
+    pub reserved: u64,
+    /// Of `reserved`, the frames of parked reserve blocks that still hold old bytes:
+    /// dirty memory a `scrubheap_scrub_step` returns to the free lists and scrubs.
+    pub parked_dirty: u64,
 }
 
 impl From<NodeStats> for ScrubheapNodeStats {
     fn from(s: NodeStats) -> Self {
-        let NodeStats { free_clean, free_dirty, allocated, offline, scrubbing, claimed, .. } = s;
-        ScrubheapNodeStats { free_clean, free_dirty, allocated, offline, scrubbing, claimed }
+        let NodeStats { free_clean, free_dirty, allocated, offline, scrubbing, claimed, reserved, parked_dirty } = s;
+        ScrubheapNodeStats { free_clean, free_dirty, allocated, offline, scrubbing, claimed, reserved, parked_dirty }
     }
 }
 
@@ -218,6 +229,10 @@ pub struct ScrubheapStats {
     pub scrubbed_in_place: u64,
     /// Bytes scrubbed by frees (the sync policy).
     pub scrubbed_sync: u64,
+    /// Free frames in the per-CPU fast path's reserves (see [`ScrubheapNodeStats`]).
+    pub reserved: u64,
+    /// Of `reserved`, dirty frames of parked reserve blocks (see [`ScrubheapNodeStats`]).
+    pub parked_dirty: u64,
 }
 
 impl From<HeapStats> for ScrubheapStats {
@@ -232,6 +247,8 @@ impl From<HeapStats> for ScrubheapStats {
             scrubbed_background: s.scrubbed.background,
             scrubbed_in_place: s.scrubbed.in_place,
             scrubbed_sync: s.scrubbed.sync,
+            reserved: s.reserved,
+            parked_dirty: s.parked_dirty,
         }
     }
 }
@@ -299,5 +316,24 @@ impl ScrubheapConfig {
         }
         config.initially_dirty = self.initially_dirty;
         Ok(config)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use scrubheap::{Heap, NullMemory};
+
+    #[test]
+    fn the_c_stats_carry_the_reserve_and_its_parked_dirt() {
+        let heap = Heap::new(HeapConfig::uniform(1, 1 << 12).with_cpus(1), NullMemory).unwrap();
+        let got: Vec<_> = (0..65).map(|_| heap.get(0, &AllocRequest::new(0, DomId(1))).unwrap()).collect();
+        for e in &got[..64] {
+            heap.put(0, e.mfn, 0, DomId(1)).unwrap();
+        }
+        let (s, n) = (ScrubheapStats::from(heap.stats()), ScrubheapNodeStats::from(heap.node_stats(0).unwrap()));
+        assert_eq!((s.reserved, s.parked_dirty), (127, 64), "{s:?}");
+        assert_eq!((n.reserved, n.parked_dirty), (127, 64), "{n:?}");
+        assert_eq!(n.free_clean + n.free_dirty + n.allocated + n.offline + n.reserved, 1 << 12);
     }
 }

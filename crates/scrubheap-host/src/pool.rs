@@ -398,12 +398,13 @@ impl Pool {
         self.scrubbers.drain(..).map(|h| h.join().expect("a scrubber thread panicked")).collect()
     }
 
-    /// Waits until no node has dirty memory left (or `timeout` passes); true if clean.
+    /// Waits until no node has dirty memory left, on its free lists or in parked reserve
+    /// blocks (or `timeout` passes); true if clean.
     pub fn wait_clean(&self, timeout: Duration) -> bool {
         let t = Instant::now();
         loop {
             let s = self.core.heap.stats();
-            if s.free_dirty == 0 && s.scrubbing == 0 {
+            if s.awaiting_scrub() == 0 && s.scrubbing == 0 {
                 return true;
             }
             if t.elapsed() > timeout || !self.cfg.policy.background_scrub() {

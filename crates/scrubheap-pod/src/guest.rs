@@ -9,7 +9,10 @@ use crate::{
 use alloc::collections::VecDeque;
 use alloc::vec::Vec;
 use core::sync::atomic::{AtomicU64, Ordering};
-use scrubheap::{largest_order, AllocRequest, DomId, FrameMemory, Heap, HeapError, Mfn, Preempt, Zone, MAX_ORDER};
+use scrubheap::{
+    largest_order, AllocRequest, DomId, FrameMemory, Heap, HeapError, Mfn, NoMigration, Preempt, RangeOp, Zone,
+    MAX_ORDER,
+};
 
 /// An empty-cache reclaim in progress: what is left of its budgets. Kept across touches
 /// that yielded, so the reclaim goes on where it stopped; dropped when it ends (a page
@@ -91,29 +94,32 @@ pub(crate) struct Guest {
 
 /// Frees a run of frames the guest holds; a failure is a bug in this layer, never the
 /// caller's input ([`Heap::free`] and [`Heap::pin`] refuse frames this layer holds: they
-/// are sealed).
-/// A run held as more chunks than one call walks (`HeapError::TooManyChunks`) is freed
-/// as its two halves, each held as fewer.
-fn give_back<M: FrameMemory>(heap: &Heap<M>, dom: DomId, mfn: u64, order: u8) {
-    match heap.free_sealed(Mfn(mfn), order, dom) {
-        Err(HeapError::TooManyChunks { .. }) if order > 0 => {
-            give_back(heap, dom, mfn, order - 1);
-            give_back(heap, dom, mfn + (1 << (order - 1)), order - 1);
-        }
-        r => debug_assert!(r.is_ok(), "PoD layer could not free {mfn:#x} order {order} of {dom}: {r:?}"),
-    }
+/// are sealed). The run goes back through a [`scrubheap::RangeJob`] driven to its end
+/// ([`Heap::range_preemptible`]): however many chunks the heap holds it as, at most
+/// [`scrubheap::CHUNKS_PER_STEP`] are walked between two preemption points, each step
+/// reports its walk to `preempt`, and `preempt` is asked between two steps and once
+/// after the last, so the next run's first step starts a section of its own (a runtime
+/// may reschedule there; the call does not stop early, as the guest's step is not
+/// resumable halfway through a run).
+fn give_back<M: FrameMemory>(heap: &Heap<M>, dom: DomId, mfn: u64, order: u8, preempt: &dyn Preempt) {
+    let r = heap.range_preemptible(RangeOp::FreeSealed, Mfn(mfn), order, dom, &NoMigration, preempt);
+    debug_assert!(r.is_ok(), "PoD layer could not free {mfn:#x} order {order} of {dom}: {r:?}");
+    // Not an early return: the point only ends the section (what it answers is moot here).
+    let _ = preempt.check();
 }
 
 /// What one step of a decrease reservation works with: the heap (to zero-check pages),
-/// the caller's unmapper, and the 4 KiB frames to give back once the step is over.
+/// the caller's unmapper and preemption points, and the 4 KiB frames to give back once
+/// the step is over.
 struct Decrease<'a, M: FrameMemory> {
     heap: &'a Heap<M>,
     unmap: &'a mut dyn Unmap,
+    preempt: &'a dyn Preempt,
     freed: Vec<u64>,
 }
 
 /// Frees single frames, grouped into the largest aligned runs they form inside one node.
-fn give_back_frames<M: FrameMemory>(heap: &Heap<M>, dom: DomId, mut frames: Vec<u64>) {
+fn give_back_frames<M: FrameMemory>(heap: &Heap<M>, dom: DomId, mut frames: Vec<u64>, preempt: &dyn Preempt) {
     frames.sort_unstable();
     let mut i = 0;
     while i < frames.len() {
@@ -127,7 +133,7 @@ fn give_back_frames<M: FrameMemory>(heap: &Heap<M>, dom: DomId, mut frames: Vec<
             // Runs never cross a node's end.
             let node_end = heap.node_of(Mfn(m)).and_then(|n| heap.node_range(n)).map_or(m + 1, |(_, e)| e.0);
             let o = largest_order(m, end.min(node_end) - m);
-            give_back(heap, dom, m, o);
+            give_back(heap, dom, m, o, preempt);
             m += 1 << o;
         }
         i += len;
@@ -342,8 +348,8 @@ impl Guest {
     /// Frees every page the guest holds and empties its p2m, in one go (bounded steps with
     /// no preemption point: only for a guest whose create failed, which holds no more than
     /// the part of its cache that was filled).
-    pub(crate) fn release_all<M: FrameMemory>(&mut self, heap: &Heap<M>) {
-        while !self.drain_step(heap).done {}
+    pub(crate) fn release_all<M: FrameMemory>(&mut self, heap: &Heap<M>, preempt: &dyn Preempt) {
+        while !self.drain_step(heap, preempt).done {}
         debug_assert_eq!(self.populated + self.cache_frames() + self.entries, 0, "released everything");
     }
 
@@ -358,7 +364,7 @@ impl Guest {
     ) -> PodProgress {
         debug_assert!(self.gone, "only a destroyed guest drains");
         loop {
-            let step = self.drain_step(heap);
+            let step = self.drain_step(heap, preempt);
             walked.fetch_add(step.slots, Ordering::Relaxed);
             if step.done {
                 debug_assert_eq!(self.populated + self.cache_frames(), 0, "a drained guest holds nothing");
@@ -373,11 +379,11 @@ impl Guest {
     /// One step of a drain: the cache first, then the p2m from its end, freeing at most
     /// [`POD_DRAIN_FRAMES`] frames and walking at most [`POD_DRAIN_SLOTS`] slots. Counts
     /// stay exact (a slot is dropped with its frames), so the invariants hold between steps.
-    fn drain_step<M: FrameMemory>(&mut self, heap: &Heap<M>) -> DrainStep {
+    fn drain_step<M: FrameMemory>(&mut self, heap: &Heap<M>, preempt: &dyn Preempt) -> DrainStep {
         let mut frames = 0u64;
         while frames + SP <= POD_DRAIN_FRAMES {
             let Some(m) = self.cache2m.pop() else { break };
-            give_back(heap, self.dom, m, SP_ORDER);
+            give_back(heap, self.dom, m, SP_ORDER, preempt);
             frames += SP;
         }
         let mut small = Vec::new();
@@ -401,7 +407,7 @@ impl Guest {
             frames += cost;
             match self.p2m.slots.pop() {
                 Some(Slot::Ram(m)) => {
-                    give_back(heap, self.dom, m, SP_ORDER);
+                    give_back(heap, self.dom, m, SP_ORDER, preempt);
                     self.populated -= SP;
                     self.superpage_mappings -= 1;
                 }
@@ -421,7 +427,7 @@ impl Guest {
                 Some(Slot::Invalid) | None => {}
             }
         }
-        give_back_frames(heap, self.dom, small);
+        give_back_frames(heap, self.dom, small, preempt);
         self.held_data.truncate(self.p2m.slots.len());
         debug_assert!(frames <= POD_DRAIN_FRAMES && slots <= POD_DRAIN_SLOTS, "a drain step stays bounded");
         DrainStep { slots, done: self.p2m.slots.is_empty() && self.cache_frames() == 0 }
@@ -429,12 +435,12 @@ impl Guest {
 
     /// Gives `n` cache frames back to the heap: 4 KiB pages first, whole superpages while
     /// `n` allows, and only then breaks a superpage.
-    fn release_cache<M: FrameMemory>(&mut self, heap: &Heap<M>, mut n: u64) {
+    fn release_cache<M: FrameMemory>(&mut self, heap: &Heap<M>, mut n: u64, preempt: &dyn Preempt) {
         let mut small = Vec::new();
         while n > 0 {
             if n >= SP && self.cache4k.len() as u64 <= n - SP {
                 if let Some(m) = self.cache2m.pop() {
-                    give_back(heap, self.dom, m, SP_ORDER);
+                    give_back(heap, self.dom, m, SP_ORDER, preempt);
                     n -= SP;
                     continue;
                 }
@@ -447,7 +453,7 @@ impl Guest {
                 None => break,
             }
         }
-        give_back_frames(heap, self.dom, small);
+        give_back_frames(heap, self.dom, small, preempt);
     }
 
     /// The most the cache may hold: no more than the PoD entries it can back, nor than
@@ -460,10 +466,10 @@ impl Guest {
     /// Gives back to the heap what the cache holds beyond [`Guest::cache_cap`] (pages a
     /// reclaim or a decrease reservation took in while the guest is at or above its
     /// target, or that no entry can use any more).
-    pub(crate) fn trim<M: FrameMemory>(&mut self, heap: &Heap<M>) {
+    pub(crate) fn trim<M: FrameMemory>(&mut self, heap: &Heap<M>, preempt: &dyn Preempt) {
         let (cache, cap) = (self.cache_frames(), self.cache_cap());
         if cache > cap {
-            self.release_cache(heap, cache - cap);
+            self.release_cache(heap, cache - cap, preempt);
         }
     }
 
@@ -583,7 +589,7 @@ impl Guest {
                     self.cache2m.push(m);
                     self.counters.superpages_reclaimed += 1;
                 } else {
-                    give_back(heap, self.dom, m, SP_ORDER);
+                    give_back(heap, self.dom, m, SP_ORDER, d.preempt);
                 }
             }
             Slot::Ram(m) => {
@@ -633,10 +639,10 @@ impl Guest {
             let base = s as u64 * SP;
             let range = (gfn.max(base) - base, end.min(base + SP) - base);
             walked.fetch_add(1, Ordering::Relaxed);
-            let mut d = Decrease { heap, unmap: &mut *unmap, freed: Vec::new() };
+            let mut d = Decrease { heap, unmap: &mut *unmap, preempt, freed: Vec::new() };
             let step = self.balloon_slot(&mut d, s, range);
-            give_back_frames(heap, self.dom, d.freed);
-            self.trim(heap);
+            give_back_frames(heap, self.dom, d.freed, preempt);
+            self.trim(heap, preempt);
             if step != SlotStep::Shattered {
                 s += 1;
             }
@@ -707,7 +713,7 @@ impl Guest {
             let have = self.cache_frames();
             if have > want {
                 let n = (have - want).min(SP);
-                self.release_cache(heap, n);
+                self.release_cache(heap, n, preempt);
             } else if have < want {
                 let order = if want - have >= SP { SP_ORDER } else { 0 };
                 // Sealed: only this layer gives the pages back (free_sealed).

@@ -111,7 +111,7 @@ impl Pods {
         }
         let r = guard.adjust(heap, cfg.target, preempt);
         if r.is_err() {
-            guard.release_all(heap);
+            guard.release_all(heap, preempt);
             guard.gone = true;
             self.guests.lock().remove(&dom);
         }
@@ -182,7 +182,7 @@ impl Pods {
                     let Some(m) = g.populate(heap, gfn, unmap, preempt, &self.walked_slots)? else {
                         return Ok(PodTouch::Preempted);
                     };
-                    g.trim(heap);
+                    g.trim(heap, preempt);
                     m
                 }
             };

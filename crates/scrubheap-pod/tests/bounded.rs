@@ -52,6 +52,8 @@ struct Work {
     allocated: u64,
     freed: u64,
     walked: u64,
+    /// Heap chunks walked in metadata (what the heap's jobs report to `Preempt::walked`).
+    chunks: u64,
 }
 
 impl Work {
@@ -62,6 +64,7 @@ impl Work {
             allocated: self.allocated.max(o.allocated),
             freed: self.freed.max(o.freed),
             walked: self.walked.max(o.walked),
+            chunks: self.chunks.max(o.chunks),
         }
     }
     fn add(self, o: Work) -> Work {
@@ -71,6 +74,7 @@ impl Work {
             allocated: self.allocated + o.allocated,
             freed: self.freed + o.freed,
             walked: self.walked + o.walked,
+            chunks: self.chunks + o.chunks,
         }
     }
 }
@@ -81,6 +85,8 @@ struct Sections<'a> {
     heap: &'a H,
     pods: &'a Pods,
     last: Cell<(u64, u64, u64, u64)>,
+    /// Heap chunks walked since the last section closed.
+    chunks: Cell<u64>,
     /// The largest section, field by field.
     max: Cell<Work>,
     /// All sections together.
@@ -94,6 +100,7 @@ impl<'a> Sections<'a> {
             heap,
             pods,
             last: Cell::default(),
+            chunks: Cell::default(),
             max: Cell::default(),
             all: Cell::default(),
             checks: Cell::default(),
@@ -109,6 +116,7 @@ impl<'a> Sections<'a> {
     /// is not counted).
     fn begin(&self) {
         self.last.set(self.now());
+        self.chunks.set(0);
     }
     /// Closes the section that ends here.
     fn close(&self) {
@@ -119,6 +127,7 @@ impl<'a> Sections<'a> {
             allocated: a1.saturating_sub(a0),
             freed: a0.saturating_sub(a1),
             walked: w1 - w0,
+            chunks: self.chunks.replace(0),
         };
         self.max.set(self.max.get().max(w));
         self.all.set(self.all.get().add(w));
@@ -134,6 +143,8 @@ impl<'a> Sections<'a> {
         assert!(m.allocated <= POD_BATCH_FRAMES, "{what}: {m:?} allocated more than one batch in a section");
         assert!(m.zeroed <= batch, "{what}: {m:?} zeroed more than the heap's scrub batch {batch} in a section");
         assert!(m.walked <= POD_STEP_SLOTS, "{what}: {m:?} walked more than {POD_STEP_SLOTS} slots in a section");
+        let c = CHUNKS_PER_STEP as u64;
+        assert!(m.chunks <= c, "{what}: {m:?} walked more than {c} heap chunks in a section");
     }
 }
 
@@ -142,6 +153,9 @@ impl Preempt for Sections<'_> {
         self.close();
         self.checks.set(self.checks.get() + 1);
         true
+    }
+    fn walked(&self, chunks: u64) {
+        self.chunks.set(self.chunks.get() + chunks);
     }
 }
 
@@ -332,6 +346,41 @@ fn a_crash_out_of_pod_memory_is_reached_one_batch_a_section_and_frees_nothing() 
     destroy(&s, dom).unwrap();
     s.assert_bounded("destroy of a crashed guest");
     assert_eq!(h.stats().allocated, 0);
+}
+
+/// The frames `dom` holds, found through the heap's metadata.
+fn held_by(h: &H, dom: DomId) -> Vec<u64> {
+    let held =
+        |m: u64| matches!(h.chunk_at(Mfn(m)).unwrap().state, ChunkState::Allocated { owner, .. } if owner == dom);
+    (0..BIG).filter(|&m| held(m)).collect()
+}
+
+#[test]
+fn a_run_held_as_more_chunks_than_one_call_walks_goes_back_in_counted_job_steps() {
+    let (h, pods) = (heap(BIG, false), Pods::new());
+    let dom = DomId(1);
+    // A cache below a superpage is grown one 4 KiB page at a time: 256 sealed chunks,
+    // one aligned run, which the drain gives back as one order-8 run.
+    create(&h, &pods, dom, 256);
+    let frames = held_by(&h, dom);
+    let first = frames[0];
+    assert!(first % 256 == 0 && frames == (first..first + 256).collect::<Vec<_>>(), "{frames:?}");
+    // One call would walk 256 chunks under the node lock: refused, nothing changed (the
+    // PoD layer halved such a run until each half fit, with no preemption point).
+    let before = h.stats();
+    let r = h.free_sealed(Mfn(first), 8, dom);
+    assert!(matches!(r, Err(HeapError::TooManyChunks { limit: CHUNKS_PER_STEP, .. })), "{r:?}");
+    assert_eq!(h.stats(), before);
+    let s = Sections::new(&h, &pods);
+    destroy(&s, dom).unwrap();
+    let (max, all) = (s.max.get(), s.all.get());
+    println!("destroy of a guest with 256 cached 4 KiB pages: longest section {max:?}; in all {all:?}");
+    s.assert_bounded("destroy");
+    // Every chunk walked twice (marked, then freed), each walk counted, in sections of at
+    // most CHUNKS_PER_STEP chunks.
+    assert!(all.chunks >= 2 * 256, "{all:?}");
+    assert_eq!((all.freed, h.stats().allocated), (256, 0));
+    ok(&h, &pods);
 }
 
 #[test]

@@ -784,6 +784,7 @@ impl<M: FrameMemory> Heap<M> {
             free_clean: free - free_dirty,
             free_dirty,
             reserved,
+            parked_dirty: self.pcpu.parked_dirty(node),
             allocated: c.allocated.load(Relaxed).saturating_sub(reserved),
             offline: c.offline.load(Relaxed),
             scrubbing: c.scrubbing.load(Relaxed),
@@ -825,6 +826,7 @@ impl<M: FrameMemory> Heap<M> {
             s.offline += ns.offline;
             s.scrubbing += ns.scrubbing;
             s.reserved += ns.reserved;
+            s.parked_dirty += ns.parked_dirty;
         }
         s.claimed = self.claimed_total();
         for (n, c) in self.nodes.iter().enumerate() {

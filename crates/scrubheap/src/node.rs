@@ -256,6 +256,15 @@ impl NodeState {
         debug_assert_eq!(self.state(h), state);
     }
 
+    /// Gives the free chunk head at `h`, already off its list, `state` (one without owner
+    /// or flags, as [`NodeState::set_state`]), keeping its order: one write in place.
+    pub fn restate_free(&mut self, h: u32, state: State) {
+        debug_assert!(matches!(state, State::Scrubbing | State::Isolated | State::Offline | State::Broken));
+        debug_assert_eq!(self.state(h), State::Free);
+        self.recs.update(Off(h), |s| *s = Slot::head(state, s.order()));
+        debug_assert_eq!(self.state(h), state);
+    }
+
     /// Forgets the head at `h` (its frames are about to join another chunk or the free
     /// lists through [`NodeState::release`] or [`NodeState::put_back`]).
     pub fn clear_head(&mut self, h: u32) {
@@ -428,24 +437,28 @@ impl NodeState {
         (self.zone_of(off) as usize, s.listed_dirty() as usize, s.order() as usize)
     }
 
-    fn list_push(&mut self, off: u32) {
-        let (z, d, o) = self.list_of(off);
+    /// Writes free record `slot` (off any list) at `off` and pushes it on the front of its
+    /// list: one write of the record, its links in it (a scrub step's hot path).
+    fn list_push(&mut self, off: u32, mut slot: Slot) {
+        let (z, d, o) = (self.zone_of(off) as usize, slot.listed_dirty() as usize, slot.order() as usize);
         let old = self.heads[z][d][o];
-        self.recs.update(Off(off), |s| {
-            s.set_prev(NONE);
-            s.set_next(old);
-        });
+        slot.set_prev(NONE);
+        slot.set_next(old);
+        self.recs.set(Off(off), slot);
         if old != NONE {
             self.recs.update(Off(old), |s| s.set_prev(off));
         }
         self.heads[z][d][o] = off;
         self.nonempty[z][d] |= 1 << o;
+        debug_assert_eq!(self.list_of(off), (z, d, o));
         debug_assert_eq!(self.list_head(self.zone_of(off), d == 1, o as u8), off);
     }
 
     fn list_remove(&mut self, off: u32) {
-        let (z, d, o) = self.list_of(off);
+        // One read of the record: its list and its links.
         let s = self.recs.get(Off(off));
+        let (z, d, o) = (self.zone_of(off) as usize, s.listed_dirty() as usize, s.order() as usize);
+        debug_assert_eq!(self.list_of(off), (z, d, o));
         let (prev, next) = (s.prev(), s.next());
         if prev == NONE {
             debug_assert_eq!(self.heads[z][d][o], off, "a chunk without a predecessor heads its list");
@@ -466,8 +479,8 @@ impl NodeState {
     pub fn insert_free(&mut self, off: u32, order: u8, first_dirty: u32) {
         debug_assert!(self.aligned(off, order) && off + size(order) <= self.frames);
         debug_assert_eq!(first_dirty == NONE, self.first_dirty_in(off, order) == NONE, "the list matches the bits");
-        self.recs.set(Off(off), Slot::free(order, first_dirty != NONE));
-        self.list_push(off);
+        self.list_push(off, Slot::free(order, first_dirty != NONE));
+        debug_assert_eq!(self.state(off), State::Free);
     }
 
     /// Takes a free chunk off its list; its head stays (state Free) for the caller to reuse.
@@ -682,9 +695,14 @@ impl NodeState {
         id
     }
 
-    /// Inserts a free chunk, first merging it with free buddies (clean or dirty).
+    /// Inserts a free chunk, first merging it with free buddies (clean or dirty). Its
+    /// head may still hold the record it had while out of the free lists (being scrubbed,
+    /// say): it is overwritten, or blanked if a lower buddy absorbs it.
     pub fn merge_insert(&mut self, mut off: u32, mut order: u8, fd: u32) {
         debug_assert!(self.aligned(off, order) && off + size(order) <= self.frames);
+        debug_assert!(
+            self.is_blank(off) || (self.state(off) != State::Free && self.recs.get(Off(off)).order() == order)
+        );
         let zone = self.zone_of(off);
         let mut dirty = fd != NONE;
         while order < MAX_ORDER {

@@ -45,7 +45,7 @@ use crate::heap::{AllocRequest, Extent, Heap, NodeGuard, NodePref};
 use crate::memory::FrameMemory;
 use crate::node::{NodeState, Pick};
 use crate::offline::CHUNKS_PER_STEP;
-use crate::reserve::{all_chunks, block_order, kind_of, Block, CpuCell, CpuSlot, KINDS};
+use crate::reserve::{all_chunks, block_order, dirty_frames, kind_of, Block, CpuCell, CpuSlot, KINDS};
 use crate::types::{DomId, Mfn, Zone};
 use alloc::format;
 use alloc::vec::Vec;
@@ -249,8 +249,8 @@ impl<M: FrameMemory> Heap<M> {
         let nr = &self.pcpu().nodes[n];
         let mut live = nr.live.lock();
         let s = *live.parked[k].last()?;
-        let was = live.unpark(s, k, 1 << block_order(k));
         let mut b = nr.cell(s).lock();
+        let was = nr.unpark(&mut live, s, k, b.dirty);
         debug_assert!(was && b.cpu.is_none() && b.free == all_chunks(k), "a parked block is detached and free");
         b.cpu = Some(cpu as u16);
         Some(s)
@@ -356,7 +356,7 @@ impl<M: FrameMemory> Heap<M> {
                 let b = nr.cell(s).lock();
                 let idle = b.live == Some((k as u8, idx)) && b.cpu.is_none() && b.free == all_chunks(k);
                 if idle && !live.is_parked(s) {
-                    live.park(s, k, len);
+                    nr.park(&mut live, s, k, b.dirty);
                 }
                 // Otherwise another CPU changed it meanwhile (settled, or parked it).
                 return;
@@ -509,7 +509,7 @@ impl<M: FrameMemory> Heap<M> {
         if !wanted || b.scrubbing != 0 {
             return 0;
         }
-        live.unpark(s, k, len);
+        nr.unpark(&mut live, s, k, b.dirty);
         let head = (nr.region(k, idx) - st.base) as u32;
         let h = st.head(head);
         debug_assert!(h.state == State::Allocated && h.order == block_order(k) && h.owner == RESERVE_OWNER);
@@ -636,12 +636,12 @@ impl<M: FrameMemory> Heap<M> {
     /// The fast path's invariants on node `n` (whose lock the caller holds): the maps and
     /// the records agree, every live block is a reserve-owned allocated chunk of its block
     /// order, dirty chunks are free, parked blocks are detached and free, and the reserved
-    /// count matches the blocks.
+    /// and parked-dirty counts match the blocks.
     pub(crate) fn check_reserves(&self, n: usize, st: &NodeState) -> Result<(), InvariantViolation> {
         let nr = &self.pcpu().nodes[n];
         let fail = |m: alloc::string::String| Err(InvariantViolation(format!("node {n}: reserve: {m}")));
         let live = nr.live.lock();
-        let (mut frames, mut free, mut parked) = (0u64, 0u64, 0u64);
+        let (mut frames, mut free, mut parked, mut parked_dirty) = (0u64, 0u64, 0u64, 0u64);
         let mut blocks = Vec::new();
         for s in 0..live.high {
             let b = nr.cell(s).lock();
@@ -675,6 +675,7 @@ impl<M: FrameMemory> Heap<M> {
                     return fail(format!("parked block at {head} is current or has loans"));
                 }
                 parked += 1 << block_order(k);
+                parked_dirty += dirty_frames(k, b.dirty);
             }
             frames += 1 << block_order(k);
             free += (idle.count_ones() as u64) << FAST_ORDERS[k].0;
@@ -683,6 +684,10 @@ impl<M: FrameMemory> Heap<M> {
         if mapped != blocks.len() || parked != live.parked_frames {
             let (b, p) = (blocks.len(), live.parked_frames);
             return fail(format!("{mapped} map entries for {b} blocks; {parked} frames parked, counted {p}"));
+        }
+        if parked_dirty != nr.parked_dirty.load(Relaxed) || parked_dirty > free {
+            let c = nr.parked_dirty.load(Relaxed);
+            return fail(format!("{parked_dirty} dirty frames in parked blocks ({free} free in blocks), counted {c}"));
         }
         if frames != nr.frames.load(Relaxed) || free != self.pcpu().reserved(n) {
             return fail(format!(

@@ -46,6 +46,12 @@ pub(crate) fn block_order(k: usize) -> u8 {
     FAST_ORDERS[k].0 + FAST_ORDERS[k].1
 }
 
+/// Frames of the chunks of a block of kind `k` whose bits are set in `mask`.
+#[inline]
+pub(crate) fn dirty_frames(k: usize, mask: u64) -> u64 {
+    (mask.count_ones() as u64) << FAST_ORDERS[k].0
+}
+
 #[inline]
 pub(crate) fn all_chunks(k: usize) -> u64 {
     u64::MAX >> (64 - (1u32 << FAST_ORDERS[k].1))
@@ -222,6 +228,9 @@ pub(crate) struct NodeReserve {
     pub(crate) settled: AtomicU64,
     /// Owner tables allocated (each stays with its record).
     pub(crate) owner_tables: AtomicU64,
+    /// Frames of the dirty chunks of parked blocks (a parked block's masks hold still
+    /// until it is unparked); changed with `live`, under its lock, read without it.
+    pub(crate) parked_dirty: AtomicU64,
     /// At most this many frames parked (half the node's).
     pub(crate) park_limit: u64,
 }
@@ -283,6 +292,7 @@ impl NodeReserve {
             frames: AtomicU64::new(0),
             settled: AtomicU64::new(0),
             owner_tables: AtomicU64::new(0),
+            parked_dirty: AtomicU64::new(0),
             park_limit: frames / 2,
         }
     }
@@ -309,6 +319,27 @@ impl NodeReserve {
     #[inline]
     pub(crate) fn set_map(&self, k: usize, idx: u32, s: Option<u32>) {
         self.map[k][idx as usize].store(s.map_or(0, |s| s + 1), Release);
+    }
+
+    /// Parks record `s` (of kind `k`, whose block's dirty mask is `dirty`) on `live`, this
+    /// node's list (whose lock the caller holds), counting its dirty frames.
+    pub(crate) fn park(&self, live: &mut Live, s: u32, k: usize, dirty: u64) {
+        let before = self.parked_dirty.load(Relaxed);
+        live.park(s, k, 1 << block_order(k));
+        self.parked_dirty.store(before + dirty_frames(k, dirty), Relaxed);
+        debug_assert!(self.parked_dirty.load(Relaxed) <= live.parked_frames);
+    }
+
+    /// Takes record `s` (of kind `k`, dirty mask `dirty`) off `live`'s parked list if it
+    /// is there, and its dirty frames out of the count; whether it was parked.
+    pub(crate) fn unpark(&self, live: &mut Live, s: u32, k: usize, dirty: u64) -> bool {
+        if !live.unpark(s, k, 1 << block_order(k)) {
+            return false;
+        }
+        let before = self.parked_dirty.load(Relaxed);
+        debug_assert!(before >= dirty_frames(k, dirty), "a parked block's dirt was counted when it was parked");
+        self.parked_dirty.store(before - dirty_frames(k, dirty), Relaxed);
+        true
     }
 
     /// Record `s`, which must be below `live.high` (its segment exists).
@@ -387,6 +418,13 @@ impl Pcpu {
         });
         let loaned = loaned.wrapping_sub(nr.settled.load(Relaxed));
         frames.saturating_sub(if loaned > frames { frames } else { loaned })
+    }
+
+    /// Of node `n`'s reserved frames, those in parked blocks that hold old bytes (a
+    /// background `scrub_step` returns parked blocks to the free lists, where they count
+    /// as `free_dirty` until scrubbed).
+    pub fn parked_dirty(&self, n: usize) -> u64 {
+        self.nodes[n].parked_dirty.load(Relaxed)
     }
 
     /// Frames zeroed in place by the fast path on node `n`.

@@ -107,7 +107,7 @@ impl<M: FrameMemory> Heap<M> {
                 return (done, false);
             }
             let id = match Self::largest_dirty(&st) {
-                Some(head) => Self::take_for_scrub(&mut st, head),
+                Some((head, order)) => Self::take_for_scrub(&mut st, head, order),
                 None => match Self::joinable(&st) {
                     Some(id) => id,
                     None => return (done, false),
@@ -122,19 +122,21 @@ impl<M: FrameMemory> Heap<M> {
         }
     }
 
-    /// Marks free chunk `head` as being scrubbed and opens its work entry at its first
-    /// dirty frame. The chunk stays counted as free, its dirty bits in free_dirty; it is
-    /// only off the lists. Nothing here is proportional to the chunk's size.
-    fn take_for_scrub(st: &mut NodeGuard<'_>, head: u32) -> u64 {
+    /// Marks free chunk `head` (of `order`) as being scrubbed and opens its work entry with its cursor
+    /// at the start: the first batch's search of the dirty bitmap (its summaries) finds
+    /// the first dirty frame, under the same hold of the lock, so nobody sees the cursor
+    /// before it moves. The chunk stays counted as free, its dirty bits in free_dirty; it
+    /// is only off the lists. Nothing here is proportional to the chunk's size.
+    fn take_for_scrub(st: &mut NodeGuard<'_>, head: u32, order: u8) -> u64 {
+        debug_assert!(st.first_dirty(head) != NONE, "only chunks with dirty frames are taken");
+        debug_assert_eq!(st.head(head).order, order);
         st.unlink_free(head);
-        let (order, fd) = (st.head(head).order, st.first_dirty(head));
-        debug_assert!(fd != NONE, "only chunks with dirty frames are taken");
         st.scrubbing += size(order) as u64;
-        st.forget_free(head);
-        st.set_state(head, State::Scrubbing, order);
+        // The record goes from free to being scrubbed in one write: blanking it first
+        // would drop a split block's table and make it again at once.
+        st.restate_free(head, State::Scrubbing);
         let id = st.add_work(head, order, Kind::Background);
-        let i = st.work.len() - 1;
-        st.work[i].cursor = fd;
+        debug_assert_eq!(st.work[st.work.len() - 1].cursor, 0);
         id
     }
 
@@ -210,14 +212,16 @@ impl<M: FrameMemory> Heap<M> {
         }
         let w = st.work.swap_remove(i);
         st.scrubbing -= w.frames();
-        st.clear_head(w.head);
         let len = size(w.order);
         let fd = st.dirty.first_set(w.head + w.cursor, len - w.cursor).map_or(NONE, |r| r + w.cursor);
         debug_assert!(fd == NONE || fd >= w.cursor, "no dirty frame is left behind the cursor");
+        // Over the scrubbing head, not a blanked one (see `take_for_scrub`).
         st.merge_insert(w.head, w.order, fd);
     }
 
-    pub(crate) fn largest_dirty(st: &crate::node::NodeState) -> Option<u32> {
+    /// The head of a free chunk of the largest order on a dirty list of node `st`, and
+    /// that order.
+    pub(crate) fn largest_dirty(st: &crate::node::NodeState) -> Option<(u32, u8)> {
         [Zone::Normal, Zone::Movable]
             .into_iter()
             .filter_map(|z| {
@@ -225,7 +229,7 @@ impl<M: FrameMemory> Heap<M> {
                 (m != 0).then(|| (31 - m.leading_zeros(), z))
             })
             .max()
-            .map(|(o, z)| st.list_head(z, true, o as u8))
+            .map(|(o, z)| (st.list_head(z, true, o as u8), o as u8))
     }
 
     /// Helps scrub tickets of node `m`, a batch at a time. Returns (frames zeroed,

@@ -27,13 +27,25 @@ macro_rules! frame_counters {
             /// allocated), parked blocks included (their frames are dirty until a
             /// `scrub_step` returns them to the free lists).
             pub reserved: u64,
+            /// Of the `reserved` frames, those in parked blocks that still hold old bytes:
+            /// memory waiting for a background scrubber, whose `scrub_step` returns parked
+            /// blocks to the free lists (where they count as `free_dirty` until scrubbed).
+            /// Dirty chunks of blocks a CPU allocates from are not counted here.
+            pub parked_dirty: u64,
             $($(#[$fm])* pub $field: $ty,)*
         }
 
         impl $name {
-            /// All frames counted: free (clean or dirty), allocated, offline and reserved.
+            /// All frames counted: free (clean or dirty), allocated, offline and reserved
+            /// (`scrubbing`, `claimed` and `parked_dirty` count some of these again).
             pub fn total(&self) -> u64 {
                 self.free_clean + self.free_dirty + self.allocated + self.offline + self.reserved
+            }
+
+            /// Frames waiting for a background scrubber: dirty on the free lists, or
+            /// dirty in parked reserve blocks.
+            pub fn awaiting_scrub(&self) -> u64 {
+                self.free_dirty + self.parked_dirty
             }
         }
     };

@@ -103,6 +103,83 @@ fn a_parked_block_serves_the_next_refill_and_drains() {
     settled(&h, 1 << 12);
 }
 
+/// The stats of a heap of `frames` frames, after checking the invariants and that every
+/// frame is counted once and `parked_dirty` is a part of `reserved`.
+fn conserved<M: FrameMemory>(h: &Heap<M>, frames: u64) -> HeapStats {
+    settled(h, frames);
+    let s = h.stats();
+    assert!(s.parked_dirty <= s.reserved, "{s:?}");
+    let by_node = (0..h.node_count()).map(|n| h.node_stats(n).unwrap()).fold((0, 0), |a, n| {
+        assert!(n.parked_dirty <= n.reserved && n.total() <= frames, "{n:?}");
+        (a.0 + n.parked_dirty, a.1 + n.total())
+    });
+    assert_eq!(by_node, (s.parked_dirty, frames), "the nodes sum to the heap");
+    s
+}
+
+#[test]
+fn a_parked_blocks_dirty_frames_are_counted_until_a_scrubber_cleans_them() {
+    let frames = 1 << 12;
+    let h = heap(frames, 1);
+    let got: Vec<Extent> = (0..65).map(|_| h.get(0, &req(0, 1)).unwrap()).collect();
+    assert_eq!(conserved(&h, frames).parked_dirty, 0, "nothing parked yet");
+    // 40 frames back: the first block is detached but still lends 24, so not parked.
+    for x in &got[..40] {
+        h.put(0, x.mfn, 0, DomId(1)).unwrap();
+    }
+    let s = conserved(&h, frames);
+    assert_eq!((s.reserved, s.parked_dirty, s.free_dirty), (63 + 40, 0, 0));
+    for x in &got[40..64] {
+        h.put(0, x.mfn, 0, DomId(1)).unwrap();
+    }
+    let s = conserved(&h, frames);
+    assert_eq!((s.reserved, s.parked_dirty, s.free_dirty), (127, 64, 0), "the parked block's 64 frames are dirty");
+    assert_eq!(s.awaiting_scrub(), 64, "waiting for a scrubber, though not on the free lists");
+    // A zero-budget step returns the parked block: its dirt moves to the free lists.
+    assert_eq!(h.scrub_step(0, 0, &NeverPreempt).unwrap(), 0);
+    let s = conserved(&h, frames);
+    assert_eq!((s.reserved, s.parked_dirty, s.free_dirty), (63, 0, 64));
+    assert_eq!(s.awaiting_scrub(), 64);
+    // Scrubbing cleans it.
+    while h.scrub_step(0, 16, &NeverPreempt).unwrap() > 0 {
+        let s = conserved(&h, frames);
+        assert_eq!(s.parked_dirty, 0);
+    }
+    let s = conserved(&h, frames);
+    assert_eq!((s.reserved, s.parked_dirty, s.free_dirty, s.awaiting_scrub()), (63, 0, 0, 0));
+    assert!(h.memory().is_zero(got[0].mfn, 64), "the returned block was zeroed");
+    h.put(0, got[64].mfn, 0, DomId(1)).unwrap();
+    h.drain(None).unwrap();
+    assert_eq!(conserved(&h, frames).reserved, 0);
+}
+
+#[test]
+fn a_refill_and_a_drain_take_a_parked_blocks_dirt_out_of_the_count() {
+    let frames = 1 << 12;
+    let h = heap(frames, 2);
+    let got: Vec<Extent> = (0..65).map(|_| h.get(0, &req(0, 1)).unwrap()).collect();
+    for x in &got[..64] {
+        h.put(0, x.mfn, 0, DomId(1)).unwrap();
+    }
+    assert_eq!(conserved(&h, frames).parked_dirty, 64);
+    // CPU 1 takes the parked block as its current one: no longer parked.
+    let e = h.get(1, &req(0, 2).noscrub()).unwrap();
+    let s = conserved(&h, frames);
+    assert_eq!((s.reserved, s.parked_dirty), (63 + 63, 0), "a current block's dirt is not parked dirt");
+    h.put(1, e.mfn, 0, DomId(2)).unwrap();
+    h.drain(Some(1)).unwrap();
+    // Park it again, then drain everything: the count goes with the block.
+    let again: Vec<Extent> = (0..64).map(|_| h.get(0, &req(0, 3)).unwrap()).collect();
+    for x in &again {
+        h.put(0, x.mfn, 0, DomId(3)).unwrap();
+    }
+    h.put(0, got[64].mfn, 0, DomId(1)).unwrap();
+    assert!(conserved(&h, frames).parked_dirty > 0, "a detached block of put frames is parked");
+    h.drain(None).unwrap();
+    let s = conserved(&h, frames);
+    assert_eq!((s.reserved, s.parked_dirty), (0, 0));
+}
+
 #[test]
 fn without_background_scrubbers_an_idle_block_goes_back_at_once() {
     let mut c = HeapConfig::uniform(1, 1 << 12).with_cpus(1);

@@ -255,6 +255,29 @@ fn a_range_of_many_chunks_is_refused_in_one_call_and_done_in_counted_steps() {
 }
 
 #[test]
+fn a_sealed_range_of_many_chunks_is_freed_by_a_free_sealed_job_in_counted_steps() {
+    // What a layer above the heap (PoD) gives back: sealed 4 KiB pages allocated one by
+    // one, one aligned run of 4096 chunks.
+    let w = World::new(false, false);
+    let req = AllocRequest::new(0, DomId(2)).exact(0).sealed();
+    let mut got: Vec<u64> = (0..4096).map(|_| w.heap.alloc(&req).unwrap().mfn.0).collect();
+    got.sort_unstable();
+    let first = got[0];
+    assert!(first % 4096 == 0 && got == (first..first + 4096).collect::<Vec<_>>(), "one aligned run");
+    let before = w.heap.stats();
+    let r = w.heap.free_sealed(Mfn(first), 12, DomId(2));
+    assert!(matches!(r, Err(HeapError::TooManyChunks { limit: CHUNKS_PER_STEP, .. })), "{r:?}");
+    assert_eq!(w.heap.stats(), before);
+    let e = Extent { mfn: Mfn(first), order: 12, node: 0 };
+    let (to, max, total) = w.counted("FreeSealed job over 4096 chunks", true, |p| {
+        run_range(&w, RangeOp::FreeSealed, e, DomId(2), &NoMigration, p)
+    });
+    assert_eq!(to, e);
+    assert!(max <= CHUNKS_PER_STEP as u64 && total >= 2 * 4096, "{max} {total}: marked, then committed");
+    assert_eq!(w.heap.stats().allocated, before.allocated - 4096);
+}
+
+#[test]
 fn a_refused_or_cancelled_range_job_leaves_the_heap_as_it_was() {
     let w = World::new(false, true);
     let e = w.heap.alloc(&AllocRequest::new(12, DomId(1)).exact(0)).unwrap();

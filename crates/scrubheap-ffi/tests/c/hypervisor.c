@@ -188,17 +188,23 @@ static uint64_t held_frames(void) {
 static void check_counters(ScrubheapHeap *h, uint64_t offline) {
     ScrubheapStats st;
     OK(scrubheap_stats(h, &st));
-    uint64_t clean = 0, dirty = 0, alloc = 0, off = 0;
+    uint64_t clean = 0, dirty = 0, alloc = 0, off = 0, rsv = 0, parked = 0;
     for (uint32_t n = 0; n < NODES; n++) {
         ScrubheapNodeStats ns;
         OK(scrubheap_node_stats(h, n, &ns));
-        CHECK(ns.free_clean + ns.free_dirty + ns.allocated + ns.offline == NODE_FRAMES,
-              "node %u states add to %llu", n,
-              (unsigned long long)(ns.free_clean + ns.free_dirty + ns.allocated + ns.offline));
+        uint64_t states = ns.free_clean + ns.free_dirty + ns.allocated + ns.offline + ns.reserved;
+        CHECK(states == NODE_FRAMES, "node %u states add to %llu", n, (unsigned long long)states);
+        CHECK(ns.parked_dirty <= ns.reserved, "node %u: %llu parked dirty of %llu reserved", n,
+              (unsigned long long)ns.parked_dirty, (unsigned long long)ns.reserved);
         clean += ns.free_clean, dirty += ns.free_dirty, alloc += ns.allocated, off += ns.offline;
+        rsv += ns.reserved, parked += ns.parked_dirty;
     }
-    CHECK(clean == st.free_clean && dirty == st.free_dirty && alloc == st.allocated && off == st.offline,
+    CHECK(clean == st.free_clean && dirty == st.free_dirty && alloc == st.allocated && off == st.offline &&
+              rsv == st.reserved && parked == st.parked_dirty,
           "node counters do not sum to the heap's");
+    /* C has no per-CPU fast path: nothing is ever in a reserve. */
+    CHECK(st.reserved == 0 && st.parked_dirty == 0, "%llu frames reserved through C",
+          (unsigned long long)st.reserved);
     CHECK(st.allocated == held_frames(), "heap says %llu allocated, guests hold %llu",
           (unsigned long long)st.allocated, (unsigned long long)held_frames());
     CHECK(st.offline == offline, "offline %llu, expected %llu", (unsigned long long)st.offline,

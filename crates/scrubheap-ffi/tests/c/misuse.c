@@ -159,6 +159,8 @@ static void bad_requests(ScrubheapHeap *h) {
     REFUSED(h, scrubheap_alloc(h, &req, &e), SCRUBHEAP_E_INVALID_ARG);
     req.node = SCRUBHEAP_ANY_NODE, req.flags = SCRUBHEAP_ALLOC_EXACT;
     REFUSED(h, scrubheap_alloc(h, &req, &e), SCRUBHEAP_E_INVALID_ARG);
+    req.flags = SCRUBHEAP_ALLOC_SEALED | SCRUBHEAP_ALLOC_MOVABLE;
+    REFUSED(h, scrubheap_alloc(h, &req, &e), SCRUBHEAP_E_SEALED_MOVABLE);
     req.node = 0, req.flags = 0;
     REFUSED(h, scrubheap_alloc(h, NULL, &e), SCRUBHEAP_E_NULL);
     REFUSED(h, scrubheap_alloc(h, &req, NULL), SCRUBHEAP_E_NULL);

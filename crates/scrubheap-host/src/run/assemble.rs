@@ -122,6 +122,11 @@ fn pool_part(r: &mut RunReport, cfg: &RunConfig, pool: Pool, sections: &Sections
         r.notes.push(format!("invariant violation: {v}"));
     }
     r.pod = pool.pod_summary(t_pod.0, t_pod.1, t_pod.2);
+    if s.reserved != 0 {
+        // The host's pool does not use the per-CPU fast path: a reserve left here is news.
+        let parked = s.parked_dirty;
+        r.notes.push(format!("{} frames left in per-CPU reserves ({parked} dirty in parked blocks)", s.reserved));
+    }
     if s.allocated != 0 {
         r.invariant_violations += 1;
         r.notes.push(format!("{} frames still allocated after every guest was destroyed", s.allocated));
