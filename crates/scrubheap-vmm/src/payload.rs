@@ -77,7 +77,8 @@ pub const PORT_FILL_TSC_HI: u16 = 0x506;
 /// Port: the tag's low half, after the fill.
 pub const PORT_DONE: u16 = 0x507;
 
-/// The code, loaded at [`ENTRY_GPA`].
+/// The default program (`GuestProgram::ScanThenFill`), loaded at [`ENTRY_GPA`]: the
+/// read-only scan of every word, then the fill.
 #[rustfmt::skip]
 pub const CODE: [u8; 274] = [
     // 00 start:

@@ -576,8 +576,9 @@ pub struct Kvm {
 #[derive(Copy, Clone, Debug, Default, PartialEq, Eq, serde::Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum GuestProgram {
-    /// [`payload::CODE`]: reads every word of its RAM, then writes its tag over all of
-    /// it (the default, and the proof figure: its scan only reads).
+    /// [`payload::CODE`]: reads every word of its RAM (stopping at the first non-zero
+    /// one), then writes its tag over all of it (the default, and the proof figure: its
+    /// scan only reads).
     #[default]
     ScanThenFill,
     /// [`payload::INIT_CODE`]: a page at a time, checks every word zero and then writes
