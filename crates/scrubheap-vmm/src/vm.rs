@@ -59,13 +59,13 @@ pub enum VmmError {
     },
     /// The guest found memory that was not zero: another tenant's bytes.
     #[error(
-        "LEAK: guest with tag {tag:#x} found {nonzero_words} non-zero 8-byte word(s) in the memory it was given; \
+        "LEAK: guest with tag {tag:#x} found {nonzero_words} non-zero 8-byte word(s) in the first dirty page of the memory it was given; \
          the first is at gfn {gfn:#x} (guest-physical {gpa:#x}) and holds {value:#018x}"
     )]
     Leak {
         /// The guest's tag.
         tag: u64,
-        /// Non-zero words it counted.
+        /// Non-zero words it counted in the first page holding one (it stops there).
         nonzero_words: u64,
         /// Guest-physical address of the first.
         gpa: u64,
@@ -576,8 +576,9 @@ pub struct Kvm {
 #[derive(Copy, Clone, Debug, Default, PartialEq, Eq, serde::Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum GuestProgram {
-    /// [`payload::CODE`]: reads every word of its RAM, then writes its tag over all of
-    /// it (the default, and the proof figure: its scan only reads).
+    /// [`payload::CODE`]: reads every word of its RAM (stopping at the first non-zero
+    /// one), then writes its tag over all of it (the default, and the proof figure: its
+    /// scan only reads).
     #[default]
     ScanThenFill,
     /// [`payload::INIT_CODE`]: a page at a time, checks every word zero and then writes
@@ -971,6 +972,10 @@ const PAGE_TABLES_BYTES: usize = 7 * 4096;
 /// The TSS: its guest-physical address, its I/O bitmap's offset in it, and its limit.
 const TSS_GPA: u64 = PAGE_TABLES_GPA + 6 * 4096;
 const IO_BITMAP: usize = 0x68;
+/// Page-table entry bits the VMM sets beside present, writable and user.
+const ACCESSED: u64 = 0x20;
+const DIRTY: u64 = 0x40;
+const HUGE: u64 = 0x80;
 /// The bitmap covers ports 0 to 0x5ff (one bit each); ports past the limit are denied.
 const TSS_LIMIT: u32 = (IO_BITMAP + 0x600 / 8) as u32 - 1;
 
@@ -992,13 +997,19 @@ impl PageTables {
         tss[IO_BITMAP..IO_BITMAP + 0x500 / 8].fill(0xff);
         let t = m.words_mut();
         let (pml4, pdpt, pd) = (0, 512, 1024);
-        let user_rw = 0x7; // present, writable, user
+        // Present, writable, user, and already accessed: a shadow-paging KVM (PVM) sets the
+        // accessed bit of each entry on the guest's first walk through it otherwise.
+        let user_rw = 0x7 | ACCESSED;
         t[pml4] = (PAGE_TABLES_GPA + 0x1000) | user_rw;
         for i in 0..4 {
             t[pdpt + i] = (PAGE_TABLES_GPA + 0x2000 + 0x1000 * i as u64) | user_rw;
         }
+        // 2 MiB pages, already dirty: with the dirty bit clear a shadow-paging KVM maps a
+        // page read-only at the guest's first read, to set the bit at its first write,
+        // two shadow faults per 2 MiB instead of one (as a guest kernel's direct map is
+        // dirty from boot).
         for i in 0..2048 {
-            t[pd + i] = ((i as u64) << 21) | user_rw | 0x80; // 2 MiB page
+            t[pd + i] = ((i as u64) << 21) | user_rw | DIRTY | HUGE;
         }
         Ok(PageTables(m))
     }
