@@ -10,6 +10,7 @@ use alloc::collections::VecDeque;
 use alloc::vec::Vec;
 use core::sync::atomic::{AtomicU64, Ordering};
 use scrubheap::{largest_order, AllocRequest, DomId, FrameMemory, Heap, HeapError, Mfn, Preempt, Zone, MAX_ORDER};
+use scrubheap::{FreeError, RangeError};
 
 /// An empty-cache reclaim in progress: what is left of its budgets. Kept across touches
 /// that yielded, so the reclaim goes on where it stopped; dropped when it ends (a page
@@ -92,11 +93,11 @@ pub(crate) struct Guest {
 /// Frees a run of frames the guest holds; a failure is a bug in this layer, never the
 /// caller's input ([`Heap::free`] and [`Heap::pin`] refuse frames this layer holds: they
 /// are sealed).
-/// A run held as more chunks than one call walks (`HeapError::TooManyChunks`) is freed
+/// A run held as more chunks than one call walks (`FreeError::TooManyChunks`) is freed
 /// as its two halves, each held as fewer.
 fn give_back<M: FrameMemory>(heap: &Heap<M>, dom: DomId, mfn: u64, order: u8) {
     match heap.free_sealed(Mfn(mfn), order, dom) {
-        Err(HeapError::TooManyChunks { .. }) if order > 0 => {
+        Err(HeapError::Free(FreeError::TooManyChunks { .. })) if order > 0 => {
             give_back(heap, dom, mfn, order - 1);
             give_back(heap, dom, mfn + (1 << (order - 1)), order - 1);
         }
@@ -185,7 +186,7 @@ impl Guest {
 
     pub(crate) fn check_gfn(&self, gfn: u64, order: u8) -> Result<(), PodError> {
         if order > MAX_ORDER {
-            return Err(PodError::Heap(HeapError::InvalidOrder { order }));
+            return Err(PodError::Heap(HeapError::Range(RangeError::InvalidOrder { order })));
         }
         if gfn % (1u64 << order) != 0 {
             return Err(PodError::Unaligned { dom: self.dom, gfn, order });

@@ -4,7 +4,6 @@
 
 use crate::chunk::{Records, Slot, State, BLOCK_ORDER, F_BROKEN, F_MIGRATING, F_MOVABLE, F_SEALED, NONE};
 use crate::dirty::DirtyBitmap;
-use crate::error::HeapError;
 use crate::types::{DomId, Mfn, Off, Zone, MAX_ORDER, ORDERS};
 use crate::work::{Kind, Work};
 use alloc::string::String;
@@ -320,7 +319,7 @@ impl NodeState {
     /// Whether `owner` holds every frame of `[off, 2^order)`, each chunk sealed exactly
     /// when `sealed` and none being migrated: the one answer for free, pin and unpin.
     /// Describes the range; the caller decides what pins it accepts.
-    pub fn held_by(&self, off: u32, order: u8, owner: DomId, sealed: bool) -> Result<Held, HeapError> {
+    pub fn held_by(&self, off: u32, order: u8, owner: DomId, sealed: bool) -> Result<Held, FreeError> {
         debug_assert!(self.aligned(off, order) && off + size(order) <= self.frames);
         let end = off + size(order);
         let mut held = Held { movable_zone: false, movable: true, pinned: None, unpinned: None };
@@ -329,27 +328,27 @@ impl NodeState {
             let (h, o) = self.chunk_of(pos);
             let s = self.head(h);
             let first = pos == off;
-            let beyond = HeapError::OrderTooLarge { mfn: self.mfn(off), order, owner, beyond: self.mfn(pos) };
+            let beyond = FreeError::OrderTooLarge { mfn: self.mfn(off), order, owner, beyond: self.mfn(pos) };
             match s.state {
                 State::Allocated if s.owner == owner => {}
                 State::Allocated if first => {
-                    return Err(HeapError::WrongOwner { mfn: self.mfn(off), owner, actual: s.owner })
+                    return Err(FreeError::WrongOwner { mfn: self.mfn(off), owner, actual: s.owner })
                 }
                 State::Pending if first && s.owner == owner => {
-                    return Err(HeapError::Busy { mfn: self.mfn(off), what: "still being scrubbed for its owner" })
+                    return Err(FreeError::Busy { mfn: self.mfn(off), what: "still being scrubbed for its owner" })
                 }
-                _ if first => return Err(HeapError::NotAllocated { mfn: self.mfn(off) }),
+                _ if first => return Err(FreeError::NotAllocated { mfn: self.mfn(off) }),
                 _ => return Err(beyond),
             }
             if s.migrating {
-                return Err(HeapError::Busy { mfn: self.mfn(h), what: "being migrated" });
+                return Err(FreeError::Busy { mfn: self.mfn(h), what: "being migrated" });
             }
             if s.sealed != sealed {
                 let mfn = self.mfn(h.max(off));
                 return Err(if sealed {
-                    HeapError::NotSealed { mfn, owner }
+                    FreeError::NotSealed { mfn, owner }
                 } else {
-                    HeapError::Sealed { mfn, owner }
+                    FreeError::Sealed { mfn, owner }
                 });
             }
             held.movable_zone |= self.zone_of(h) == Zone::Movable;
@@ -718,4 +717,117 @@ pub fn largest_order(abs: u64, room: u64) -> u8 {
     let align = if abs == 0 { MAX_ORDER as u32 } else { abs.trailing_zeros() };
     let fit = 63 - room.leading_zeros();
     core::cmp::min(core::cmp::min(align, fit), MAX_ORDER as u32) as u8
+}
+
+/// A range is not held the way the operation needs (free, `free_sealed`, pin, unpin, breaking
+/// a frame): "is this range held by this owner" and what its holding allows, with one answer
+/// for every caller (`NodeState::held_by`). Nothing was changed.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum FreeError {
+    /// Freeing (or pinning) a frame that is not allocated: a double free.
+    #[error("frame {mfn} is not allocated (already free, offline or broken): double free?")]
+    NotAllocated {
+        /// The frame.
+        mfn: Mfn,
+    },
+    /// The frame is held by another owner.
+    #[error("frame {mfn} belongs to {actual}, not {owner}")]
+    WrongOwner {
+        /// The frame.
+        mfn: Mfn,
+        /// Who asked.
+        owner: DomId,
+        /// Who holds it.
+        actual: DomId,
+    },
+    /// The range goes beyond what the owner holds there.
+    #[error("order {order} at {mfn} covers frame {beyond}, which {owner} does not hold: free with the order that was allocated")]
+    OrderTooLarge {
+        /// The frame given.
+        mfn: Mfn,
+        /// The order given.
+        order: u8,
+        /// The owner.
+        owner: DomId,
+        /// The first frame of the range the owner does not hold.
+        beyond: Mfn,
+    },
+    /// The range holds a long-term pinned frame.
+    #[error("frame {mfn} is long-term pinned by {owner}: unpin it first")]
+    Pinned {
+        /// The pinned frame.
+        mfn: Mfn,
+        /// Its owner.
+        owner: DomId,
+    },
+    /// The frame is in the middle of another operation (being scrubbed, migrated,
+    /// allocated through a scrub ticket, or isolated by an offline).
+    #[error("frame {mfn} is {what} right now: retry when that is done")]
+    Busy {
+        /// The frame.
+        mfn: Mfn,
+        /// What is happening to it.
+        what: &'static str,
+    },
+    /// Unpinning a range that holds an unpinned frame.
+    #[error("frame {mfn} of {owner} is not long-term pinned: unpin only what was pinned")]
+    NotPinned {
+        /// The unpinned frame.
+        mfn: Mfn,
+        /// Its owner.
+        owner: DomId,
+    },
+    /// A chunk already holds the most pins a count can hold.
+    #[error("frame {mfn} already holds {max} pins: unpin some first", max = u32::MAX)]
+    PinLimit {
+        /// The frame.
+        mfn: Mfn,
+    },
+    /// An ordinary free or pin of frames in a sealed allocation.
+    #[error(
+        "frame {mfn} is in a sealed allocation of {owner}: only the layer that sealed it gives it back (free_sealed); it cannot be freed or pinned directly"
+    )]
+    Sealed {
+        /// The first sealed frame met.
+        mfn: Mfn,
+        /// The owner named.
+        owner: DomId,
+    },
+    /// A [`crate::Heap::free_sealed`] of frames that are not sealed.
+    #[error("frame {mfn} of {owner} is not in a sealed allocation: free it with free, not free_sealed")]
+    NotSealed {
+        /// The first frame met that is not sealed.
+        mfn: Mfn,
+        /// The owner named.
+        owner: DomId,
+    },
+    /// A one-call operation on a held range (free, `free_sealed`, unpin, `pin_in_place`)
+    /// whose range is made of more chunks than one step walks under the node lock.
+    #[error("frames {mfn}+2^{order} are held as more than {limit} chunks (after partial frees or pins): one call would walk them all under the node lock; use Heap::range_start (a job advanced in bounded steps) or Heap::range_preemptible")]
+    TooManyChunks {
+        /// The first frame of the range.
+        mfn: Mfn,
+        /// The order of the range.
+        order: u8,
+        /// The most chunks one call walks ([`crate::CHUNKS_PER_STEP`]).
+        limit: usize,
+    },
+}
+
+impl FreeError {
+    /// The variant's name (`"NotAllocated"`, ...): what [`crate::HeapError::kind`] returns for it.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            FreeError::NotAllocated { .. } => "NotAllocated",
+            FreeError::WrongOwner { .. } => "WrongOwner",
+            FreeError::OrderTooLarge { .. } => "OrderTooLarge",
+            FreeError::Pinned { .. } => "Pinned",
+            FreeError::Busy { .. } => "Busy",
+            FreeError::NotPinned { .. } => "NotPinned",
+            FreeError::PinLimit { .. } => "PinLimit",
+            FreeError::Sealed { .. } => "Sealed",
+            FreeError::NotSealed { .. } => "NotSealed",
+            FreeError::TooManyChunks { .. } => "TooManyChunks",
+        }
+    }
 }

@@ -11,15 +11,19 @@
 //! back and says which frames and owners blocked it. The heap has no clock: the caller's
 //! `Deadline` maps steps to wall time (a host) or simulated time (a simulator).
 
+use crate::blocker::OfflineError;
 use crate::blocker::{BlockReason, Blocker, OfflineStop};
 use crate::chunk::State;
+use crate::claims::ClaimError;
 use crate::error::HeapError;
 use crate::heap::{Extent, Heap, NodeGuard};
 use crate::memory::FrameMemory;
+use crate::node::FreeError;
 use crate::node::NodeState;
 use crate::pin::{Migrator, Move, MoveStep};
 use crate::preempt::{batch_frames, NeverPreempt, Preempt};
 use crate::reserve::RESERVE_OWNER;
+use crate::types::RangeError;
 use crate::types::{DomId, Mfn, Zone};
 use alloc::collections::BTreeMap;
 use alloc::vec::Vec;
@@ -209,7 +213,7 @@ impl<'h, M: FrameMemory> OfflineJob<'h, M> {
     /// `preempt` asked to, or a chunk it needs is busy; call again later). `deadline`
     /// is asked before each step of the isolation and moves; when it has passed
     /// the offline rolls back. A job that has ended refuses with
-    /// `HeapError::OfflineFinished`.
+    /// `OfflineError::OfflineFinished`.
     pub fn advance(
         &mut self,
         migrator: &dyn Migrator,
@@ -217,7 +221,7 @@ impl<'h, M: FrameMemory> OfflineJob<'h, M> {
         preempt: &dyn Preempt,
     ) -> Result<Option<Offlined>, HeapError> {
         if self.phase == Phase::Done {
-            return Err(HeapError::OfflineFinished { first: self.first, count: self.count });
+            return Err(HeapError::Offline(OfflineError::OfflineFinished { first: self.first, count: self.count }));
         }
         let batch = batch_frames(self.heap.config().scrub_batch, preempt);
         loop {
@@ -244,7 +248,7 @@ impl<'h, M: FrameMemory> OfflineJob<'h, M> {
     }
 
     /// Stops the offline: the next steps roll it back, and it ends with
-    /// `HeapError::OfflineBlocked` (stop: deadline passed). Does nothing to a job that
+    /// `OfflineError::OfflineBlocked` (stop: deadline passed). Does nothing to a job that
     /// has ended or is already rolling back.
     pub fn cancel(&mut self) {
         if matches!(self.phase, Phase::Scan | Phase::Isolate | Phase::Migrate) {
@@ -305,7 +309,7 @@ impl<'h, M: FrameMemory> OfflineJob<'h, M> {
             if !self.blockers.is_empty() {
                 self.blockers.truncate(MAX_BLOCKERS);
                 let blockers = core::mem::take(&mut self.blockers);
-                return Step::Finished(Err(self.refusal(OfflineStop::Blocked, blockers)));
+                return Step::Finished(Err(self.refusal(OfflineStop::Blocked, blockers).into()));
             }
             self.phase = Phase::Isolate;
             self.pos = self.lo;
@@ -342,7 +346,7 @@ impl<'h, M: FrameMemory> OfflineJob<'h, M> {
         self.phase = Phase::Done;
         let stop = self.stop.unwrap_or(OfflineStop::Deadline);
         let blockers = core::mem::take(&mut self.blockers);
-        Step::Finished(Err(self.refusal(stop, blockers)))
+        Step::Finished(Err(self.refusal(stop, blockers).into()))
     }
 
     /// Up to [`CHUNKS_PER_STEP`] isolated chunks turned offline; the last step completes.
@@ -395,8 +399,8 @@ impl<'h, M: FrameMemory> OfflineJob<'h, M> {
         }
     }
 
-    fn refusal(&self, stop: OfflineStop, blockers: Vec<Blocker>) -> HeapError {
-        HeapError::OfflineBlocked { first: self.first, count: self.count, stop, blockers }
+    fn refusal(&self, stop: OfflineStop, blockers: Vec<Blocker>) -> OfflineError {
+        OfflineError::OfflineBlocked { first: self.first, count: self.count, stop, blockers }
     }
 
     /// Up to [`CHUNKS_PER_STEP`] chunks of the isolation or migration pass.
@@ -465,12 +469,12 @@ enum Chunks {
 
 impl<M: FrameMemory> Heap<M> {
     /// Validates `count` frames from `first` inside one node: the node and offsets.
-    pub(crate) fn locate_range(&self, first: Mfn, count: u64) -> Result<(usize, u32, u32), HeapError> {
-        let n = self.node_of(first)?;
+    pub(crate) fn locate_range(&self, first: Mfn, count: u64) -> Result<(usize, u32, u32), RangeError> {
+        let n = self.frame_node(first)?;
         let (base, end) = (self.cell(n).base, self.cell(n).base + self.cell(n).frames);
         match first.0.checked_add(count) {
             Some(e) if count > 0 && e <= end => Ok((n, (first.0 - base) as u32, (e - base) as u32)),
-            _ => Err(HeapError::BadRange { first, count }),
+            _ => Err(RangeError::BadRange { first, count }),
         }
     }
 
@@ -478,7 +482,7 @@ impl<M: FrameMemory> Heap<M> {
     /// service; the returned [`OfflineJob`] does the work in bounded steps.
     ///
     /// The job first scans the range: an unmovable or pinned allocation refuses the
-    /// offline (`HeapError::OfflineBlocked`, stop: blocked, naming them) and nothing
+    /// offline (`OfflineError::OfflineBlocked`, stop: blocked, naming them) and nothing
     /// changes. Then it isolates the free chunks of the range (asking background
     /// scrubbers to hand theirs back), moves each movable allocation of the range (or the
     /// part of it inside the range) to free memory elsewhere, movable memory first,
@@ -800,7 +804,7 @@ impl<M: FrameMemory> Heap<M> {
 
     /// Checks up to [`CHUNKS_PER_STEP`] chunks of an online from `pos`: each must be
     /// offline or broken. Returns where it stopped and the chunks walked.
-    pub(crate) fn online_check(&self, n: usize, mut pos: u32, hi: u32) -> Result<(u32, u64), HeapError> {
+    pub(crate) fn online_check(&self, n: usize, mut pos: u32, hi: u32) -> Result<(u32, u64), OfflineError> {
         let st = self.lock_node(n);
         let mut walked = 0;
         while walked < CHUNKS_PER_STEP as u64 && pos < hi {
@@ -814,7 +818,7 @@ impl<M: FrameMemory> Heap<M> {
                 State::None => unreachable!("chunk_of returns heads"),
             };
             if let Some(state) = state {
-                return Err(HeapError::NotOffline { mfn: Mfn(self.cell(n).base + pos as u64), state });
+                return Err(OfflineError::NotOffline { mfn: Mfn(self.cell(n).base + pos as u64), state });
             }
             pos = h + size(o);
             walked += 1;
@@ -861,9 +865,9 @@ impl<M: FrameMemory> Heap<M> {
     /// its owner frees it if it is allocated. A broken frame is never allocated again and
     /// stays out of service through [`Heap::online`].
     ///
-    /// Refused (`HeapError::Busy`, nothing changed) while the frame is being scrubbed (the
+    /// Refused (`FreeError::Busy`, nothing changed) while the frame is being scrubbed (the
     /// scrubber is asked to hand it back: retry), moved, handed to a pending allocation or
-    /// isolated by an offline; refused (`HeapError::NeededByClaims`) when the frame is
+    /// isolated by an offline; refused (`ClaimError::NeededByClaims`) when the frame is
     /// free but claims need every free frame.
     pub fn mark_broken(&self, mfn: Mfn) -> Result<Broken, HeapError> {
         let n = self.node_of(mfn)?;
@@ -873,7 +877,7 @@ impl<M: FrameMemory> Heap<M> {
         let mut st = self.lock_node(n);
         let (h, o) = st.chunk_of(off);
         let s = st.head(h);
-        let busy = |what| Err(HeapError::Busy { mfn, what });
+        let busy = |what| Err(HeapError::Free(FreeError::Busy { mfn, what }));
         let r = match s.state {
             State::Broken => Broken::Already,
             State::Offline => {
@@ -885,7 +889,11 @@ impl<M: FrameMemory> Heap<M> {
             }
             State::Free => {
                 if self.claims_admit_locked(None, n, st.free, 1).is_err() {
-                    return Err(HeapError::NeededByClaims { mfn, claimed: self.claimed_total(), free: st.free });
+                    return Err(HeapError::Claim(ClaimError::NeededByClaims {
+                        mfn,
+                        claimed: self.claimed_total(),
+                        free: st.free,
+                    }));
                 }
                 st.unlink_free(h);
                 let pieces = Self::split_free_around(&mut st, h, o, off, off + 1);

@@ -43,9 +43,11 @@ use crate::chunk::{State, NONE};
 use crate::error::{HeapError, InvariantViolation};
 use crate::heap::{AllocRequest, Extent, Heap, NodeGuard, NodePref};
 use crate::memory::FrameMemory;
+use crate::node::FreeError;
 use crate::node::{NodeState, Pick};
 use crate::offline::CHUNKS_PER_STEP;
 use crate::reserve::{all_chunks, block_order, kind_of, Block, CpuCell, CpuSlot, KINDS};
+use crate::types::RangeError;
 use crate::types::{DomId, Mfn, Zone};
 use alloc::format;
 use alloc::vec::Vec;
@@ -70,11 +72,11 @@ impl<M: FrameMemory> Heap<M> {
         (tables, blocks)
     }
 
-    fn cpu_cell(&self, cpu: usize) -> Result<&CpuCell, HeapError> {
+    fn cpu_cell(&self, cpu: usize) -> Result<&CpuCell, RangeError> {
         // Not `ok_or`: the error would be built, and dropped, on every get and put.
         match self.pcpu().cpus.get(cpu) {
             Some(c) => Ok(c),
-            None => Err(HeapError::NoSuchCpu { cpu, cpus: self.pcpu().cpus.len() }),
+            None => Err(RangeError::NoSuchCpu { cpu, cpus: self.pcpu().cpus.len() }),
         }
     }
 
@@ -326,10 +328,14 @@ impl<M: FrameMemory> Heap<M> {
         let i = ((abs - nr.region(k, idx)) >> order) as usize;
         let bit = 1u64 << i;
         if (b.free | b.scrubbing) & bit != 0 {
-            return Some(Err(HeapError::NotAllocated { mfn: Mfn(abs) }));
+            return Some(Err(HeapError::Free(FreeError::NotAllocated { mfn: Mfn(abs) })));
         }
         if b.owner_of(i) != owner.0 {
-            return Some(Err(HeapError::WrongOwner { mfn: Mfn(abs), owner, actual: DomId(b.owner_of(i)) }));
+            return Some(Err(HeapError::Free(FreeError::WrongOwner {
+                mfn: Mfn(abs),
+                owner,
+                actual: DomId(b.owner_of(i)),
+            })));
         }
         b.free |= bit;
         b.dirty |= bit;

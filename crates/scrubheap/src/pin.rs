@@ -4,13 +4,14 @@
 //! unmovable for as long as it lasts, so a pin must never stay in the Movable zone: that
 //! is what made memory hot-remove loop forever. [`Heap::pin`] first migrates any part in
 //! the Movable zone to Normal memory, and if the frames cannot be moved, refuses the pin
-//! and changes nothing. A pinned frame cannot be freed (`HeapError::Pinned`) until it is
+//! and changes nothing. A pinned frame cannot be freed (`FreeError::Pinned`) until it is
 //! unpinned as many times as it was pinned.
 
 use crate::chunk::State;
 use crate::error::HeapError;
 use crate::heap::{Extent, Heap};
 use crate::memory::FrameMemory;
+use crate::node::FreeError;
 use crate::node::{NodeState, Pick};
 use crate::types::{DomId, Mfn, Zone};
 use alloc::vec::Vec;
@@ -38,7 +39,7 @@ fn size(order: u8) -> u32 {
 /// mapping changed. The owner must keep `from` unwritten from the first piece to the
 /// switch (a VMM write-protects it or pauses the vCPUs that map it), or re-copy what it
 /// wrote before it returns true from `switch`. The owner must not free or pin `from`
-/// meanwhile (the heap refuses such calls with `HeapError::Busy` while the move is in
+/// meanwhile (the heap refuses such calls with `FreeError::Busy` while the move is in
 /// progress).
 ///
 /// A closure `Fn(DomId, Extent, Extent) -> bool` is a migrator with nothing to copy (a
@@ -129,7 +130,7 @@ impl<M: FrameMemory> Heap<M> {
     /// Only for baselines that show why [`Heap::pin`] moves them: an offline of a range
     /// holding such a pin can never complete. A range held as more than
     /// [`CHUNKS_PER_STEP`](crate::CHUNKS_PER_STEP) chunks is refused
-    /// (`HeapError::TooManyChunks`, nothing changed): use [`Heap::range_start`].
+    /// (`FreeError::TooManyChunks`, nothing changed): use [`Heap::range_start`].
     pub fn pin_in_place(&self, mfn: Mfn, order: u8, owner: DomId) -> Result<Extent, HeapError> {
         let (n, off) = self.locate(mfn, order)?;
         self.settle(n, off, 1 << order);
@@ -143,7 +144,7 @@ impl<M: FrameMemory> Heap<M> {
     /// Drops one long-term pin from every frame of `[mfn, 2^order)`, which `owner` must
     /// hold, every frame pinned. A range held as more than
     /// [`CHUNKS_PER_STEP`](crate::CHUNKS_PER_STEP) chunks is refused
-    /// (`HeapError::TooManyChunks`, nothing changed): use [`Heap::range_start`].
+    /// (`FreeError::TooManyChunks`, nothing changed): use [`Heap::range_start`].
     pub fn unpin(&self, mfn: Mfn, order: u8, owner: DomId) -> Result<(), HeapError> {
         let (n, off) = self.locate(mfn, order)?;
         self.settle(n, off, 1 << order);
@@ -151,7 +152,7 @@ impl<M: FrameMemory> Heap<M> {
         Self::check_fragments(&st, off, order)?;
         let held = st.held_by(off, order, owner, false)?;
         if let Some(h) = held.unpinned {
-            return Err(HeapError::NotPinned { mfn: st.mfn(h), owner });
+            return Err(HeapError::Free(FreeError::NotPinned { mfn: st.mfn(h), owner }));
         }
         Self::split_to(&mut st, off, order);
         let end = off + size(order);
@@ -180,7 +181,7 @@ impl<M: FrameMemory> Heap<M> {
         while pos < end {
             let (h, o) = st.chunk_of(pos);
             if st.head(h).pins == u32::MAX {
-                return Err(HeapError::PinLimit { mfn: st.mfn(h) });
+                return Err(HeapError::Free(FreeError::PinLimit { mfn: st.mfn(h) }));
             }
             pos = h + size(o);
         }

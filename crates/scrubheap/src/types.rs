@@ -54,3 +54,95 @@ impl fmt::Display for Zone {
         })
     }
 }
+
+/// A request's frames, order, node or CPU do not describe a range this heap has: input
+/// validation, refused before anything is looked at or changed. Fix the argument and call again.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum RangeError {
+    /// An order above [`MAX_ORDER`].
+    #[error("order {order} is above the largest order {max} (2^{max} frames)", max = MAX_ORDER)]
+    InvalidOrder {
+        /// The order asked for.
+        order: u8,
+    },
+    /// A node index the heap does not have.
+    #[error("node {node} does not exist (the heap has {nodes} nodes, numbered from 0)")]
+    NoSuchNode {
+        /// The node asked for.
+        node: usize,
+        /// How many nodes the heap has.
+        nodes: usize,
+    },
+    /// A CPU index the heap has no reserve for (see [`crate::HeapConfig::cpus`]).
+    #[error("CPU {cpu} does not exist (the heap serves {cpus} CPUs, numbered from 0; raise HeapConfig::cpus)")]
+    NoSuchCpu {
+        /// The CPU asked for.
+        cpu: usize,
+        /// How many CPUs the heap serves.
+        cpus: usize,
+    },
+    /// A frame outside every node's range.
+    #[error("frame {mfn} is outside the heap (frames {first}..{end})")]
+    OutOfRange {
+        /// The frame given.
+        mfn: Mfn,
+        /// The heap's first frame.
+        first: Mfn,
+        /// One past the heap's last frame.
+        end: Mfn,
+    },
+    /// A range whose first frame is not a multiple of its size.
+    #[error("frame {mfn} is not aligned to order {order}: use a frame that is a multiple of {size}")]
+    Unaligned {
+        /// The frame given.
+        mfn: Mfn,
+        /// The order given.
+        order: u8,
+        /// 2^order.
+        size: u64,
+    },
+    /// A range that crosses from one node into another.
+    #[error("frames {mfn}+2^{order} cross a node boundary")]
+    CrossesNode {
+        /// The frame given.
+        mfn: Mfn,
+        /// The order given.
+        order: u8,
+    },
+    /// A range of frames that is empty or spans more than one node.
+    #[error("frames {first}+{count}: a range must hold at least one frame and lie inside one node")]
+    BadRange {
+        /// First frame.
+        first: Mfn,
+        /// Frames.
+        count: u64,
+    },
+    /// [`crate::Heap::alloc_at`] of a range with frames in both zones of its node.
+    #[error(
+        "the order-{order} range at {mfn} has frames in both zones (the Movable zone starts at {movable_from}): an allocation lies in one zone"
+    )]
+    CrossesZone {
+        /// The range's first frame.
+        mfn: Mfn,
+        /// The range's order.
+        order: u8,
+        /// The first frame of the node's Movable zone.
+        movable_from: Mfn,
+    },
+}
+
+impl RangeError {
+    /// The variant's name (`"InvalidOrder"`, ...): what [`crate::HeapError::kind`] returns for it.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            RangeError::InvalidOrder { .. } => "InvalidOrder",
+            RangeError::NoSuchNode { .. } => "NoSuchNode",
+            RangeError::NoSuchCpu { .. } => "NoSuchCpu",
+            RangeError::OutOfRange { .. } => "OutOfRange",
+            RangeError::Unaligned { .. } => "Unaligned",
+            RangeError::CrossesNode { .. } => "CrossesNode",
+            RangeError::BadRange { .. } => "BadRange",
+            RangeError::CrossesZone { .. } => "CrossesZone",
+        }
+    }
+}
