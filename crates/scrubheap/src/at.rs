@@ -10,7 +10,7 @@ use crate::memory::FrameMemory;
 use crate::sync::MutexGuard;
 use crate::ticket::{AllocStart, ScrubTicket};
 use crate::types::RangeError;
-use crate::types::{DomId, Mfn, Zone};
+use crate::types::{DomId, Mfn, Off, Zone};
 
 #[inline]
 fn size(order: u8) -> u32 {
@@ -102,7 +102,7 @@ impl<M: FrameMemory> Heap<M> {
         &'a self,
         mut st: NodeGuard<'a>,
         n: usize,
-        off: u32,
+        off: Off,
         req: &AllocRequest,
     ) -> Result<(NodeGuard<'a>, Option<MutexGuard<'a, ClaimBook>>), HeapError> {
         let end = off + size(req.order);
@@ -139,7 +139,7 @@ impl<M: FrameMemory> Heap<M> {
 
     /// The refusal for the range `[off, 2^order)` whose chunk at `h` is not free; a
     /// background scrubber holding it is asked to hand it back.
-    fn not_free(&self, st: &mut NodeGuard<'_>, off: u32, order: u8, h: u32) -> HeapError {
+    fn not_free(&self, st: &mut NodeGuard<'_>, off: Off, order: u8, h: Off) -> HeapError {
         let state = st.state(h);
         let what = match state {
             State::Allocated => FrameUse::Allocated,

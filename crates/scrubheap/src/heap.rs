@@ -14,7 +14,7 @@ use crate::policy::Policy;
 use crate::stats::{HeapStats, NodeStats, ZoneStats};
 use crate::sync::{AtomicU64, Mutex, MutexGuard};
 use crate::types::RangeError;
-use crate::types::{DomId, Mfn, Zone, MAX_ORDER};
+use crate::types::{DomId, Mfn, Off, Zone, MAX_ORDER};
 use crate::work::Kind;
 use alloc::format;
 use alloc::string::String;
@@ -198,8 +198,9 @@ pub(crate) enum Source {
 impl NodeCell {
     /// The frame number of node offset `off`.
     #[inline]
-    pub(crate) fn mfn(&self, off: u32) -> Mfn {
-        Mfn(self.base + off as u64)
+    pub(crate) fn mfn(&self, off: Off) -> Mfn {
+        debug_assert!(off.0 as u64 <= self.frames, "offset {off:?} beyond the node's {} frames", self.frames);
+        off.to_mfn(self.base)
     }
 
     /// Mirrors the counters for lock-free readers; called before the node lock drops.
@@ -306,11 +307,11 @@ impl<M: FrameMemory> Heap<M> {
         for spec in &config.nodes {
             let frames = spec.frames as u32;
             let mf = spec.movable_from.map_or(frames, |m| m as u32);
-            let st = NodeState::new(base, frames, mf, config.initially_dirty);
+            let st = NodeState::new(base, frames, Off(mf), config.initially_dirty);
             let cell = NodeCell {
                 base,
                 frames: spec.frames,
-                state: Mutex::new(NodeState::new(0, 1, 1, false)),
+                state: Mutex::new(NodeState::new(0, 1, Off(1), false)),
                 free: AtomicU64::new(0),
                 free_dirty: AtomicU64::new(0),
                 allocated: AtomicU64::new(0),
@@ -478,7 +479,7 @@ impl<M: FrameMemory> Heap<M> {
 
     /// Validates `[mfn, 2^order)`: a known order, inside one node, naturally aligned.
     /// Returns the node and the node-relative offset.
-    pub(crate) fn locate(&self, mfn: Mfn, order: u8) -> Result<(usize, u32), RangeError> {
+    pub(crate) fn locate(&self, mfn: Mfn, order: u8) -> Result<(usize, Off), RangeError> {
         if order > MAX_ORDER {
             return Err(RangeError::InvalidOrder { order });
         }
@@ -497,7 +498,7 @@ impl<M: FrameMemory> Heap<M> {
             }
             return Err(RangeError::CrossesNode { mfn, order });
         }
-        Ok((n, (mfn.0 - c.base) as u32))
+        Ok((n, Off::of(mfn, c.base)))
     }
 
     fn pick_rule(&self, req: &AllocRequest) -> Pick {
@@ -568,7 +569,7 @@ impl<M: FrameMemory> Heap<M> {
         &self,
         mut st: NodeGuard<'_>,
         n: usize,
-        head: u32,
+        head: Off,
         req: &AllocRequest,
         mut book: Option<MutexGuard<'_, ClaimBook>>,
     ) -> NodeTry {
@@ -668,7 +669,7 @@ impl<M: FrameMemory> Heap<M> {
     pub(crate) fn free_located(
         &self,
         n: usize,
-        off: u32,
+        off: Off,
         order: u8,
         owner: DomId,
         sealed: bool,
@@ -864,9 +865,8 @@ impl<M: FrameMemory> Heap<M> {
         if let Some(info) = self.reserve_chunk_at(n, mfn) {
             return Ok(info);
         }
-        let cell = &self.nodes[n];
         let st = self.lock_node(n);
-        let (h, o) = st.chunk_of((mfn.0 - cell.base) as u32);
+        let (h, o) = st.chunk_of(st.off(mfn));
         let s = st.head(h);
         let state = match s.state {
             State::Free => ChunkState::Free { dirty_frames: st.dirty.count(h, size(o)) as u64 },

@@ -7,7 +7,7 @@ use crate::error::InvariantViolation;
 use crate::heap::Heap;
 use crate::memory::FrameMemory;
 use crate::node::{Head, NodeState};
-use crate::types::{DomId, Zone, MAX_ORDER};
+use crate::types::{DomId, Off, Zone, MAX_ORDER};
 use crate::work::Kind;
 use alloc::format;
 use alloc::string::String;
@@ -29,20 +29,20 @@ struct Tally {
 
 fn check_node(n: usize, st: &NodeState) -> Result<Tally, InvariantViolation> {
     let mut t = Tally::default();
-    let mut pos = 0u32;
-    while pos < st.frames {
+    let mut pos = Off(0);
+    while pos < st.end() {
         let Some(s) = st.head_at(pos) else {
             return fail(format!("node {n}: frame offset {pos} starts no chunk"));
         };
         let o = s.order;
         let len = 1u32 << o;
-        if o > MAX_ORDER || !st.aligned(pos, o) || pos as u64 + len as u64 > st.frames as u64 {
+        if o > MAX_ORDER || !st.fits(pos, o) {
             return fail(format!("node {n}: chunk at {pos} of order {o} is misaligned or overruns the node"));
         }
-        if st.zone_of(pos) != st.zone_of(pos + len - 1) {
+        if st.zone_of(pos) != st.zone_of(pos + (len - 1)) {
             return fail(format!("node {n}: chunk at {pos} of order {o} spans two zones"));
         }
-        if let Some(i) = (pos + 1..pos + len).find(|&i| !st.is_blank(i)) {
+        if let Some(i) = (1..len).map(|i| pos + i).find(|&i| !st.is_blank(i)) {
             return fail(format!("node {n}: frame {i} inside the chunk at {pos} carries metadata"));
         }
         let bits = st.dirty.count(pos, len) as u64;
@@ -133,7 +133,7 @@ fn check_node(n: usize, st: &NodeState) -> Result<Tally, InvariantViolation> {
 /// flags only on allocations (the former on single frames), unmovable memory only in
 /// the Normal zone, nothing at all on isolated, offline and broken heads (broken ones
 /// single frames).
-fn check_held_head(n: usize, st: &NodeState, pos: u32, s: Head) -> Result<(), InvariantViolation> {
+fn check_held_head(n: usize, st: &NodeState, pos: Off, s: Head) -> Result<(), InvariantViolation> {
     let state = s.state;
     let flags = s.broken || s.migrating || s.sealed;
     match state {

@@ -1,6 +1,6 @@
 //! One node's frames: chunk metadata, buddy free lists (clean and dirty, per zone and
 //! order), the dirty bitmap and the counters. Everything here is node-relative (frame
-//! offsets from the node's first frame, `u32`) and runs under the node's lock.
+//! offsets from the node's first frame, [`Off`]) and runs under the node's lock.
 
 use crate::chunk::{Records, Slot, State, BLOCK_ORDER, F_BROKEN, F_MIGRATING, F_MOVABLE, F_SEALED, NONE};
 use crate::dirty::DirtyBitmap;
@@ -36,9 +36,9 @@ pub(crate) struct Held {
     /// Every chunk is movable.
     pub movable: bool,
     /// A pinned chunk, if any.
-    pub pinned: Option<u32>,
+    pub pinned: Option<Off>,
     /// An unpinned chunk, if any.
-    pub unpinned: Option<u32>,
+    pub unpinned: Option<Off>,
 }
 
 /// How to choose among free chunks that can satisfy an order.
@@ -58,7 +58,7 @@ pub(crate) struct NodeState {
     pub base: u64,
     pub frames: u32,
     /// First offset of the Movable zone (`frames` when there is none).
-    pub movable_from: u32,
+    pub movable_from: Off,
     /// Chunk records: a per-block directory and the tables of split blocks.
     recs: Records,
     pub dirty: DirtyBitmap,
@@ -91,8 +91,9 @@ fn size(order: u8) -> u32 {
 }
 
 impl NodeState {
-    pub fn new(base: u64, frames: u32, movable_from: u32, dirty: bool) -> Self {
-        debug_assert!(frames >= 1 && movable_from <= frames, "a node of {frames} frames, Movable from {movable_from}");
+    pub fn new(base: u64, frames: u32, movable_from: Off, dirty: bool) -> Self {
+        assert!(frames >= 1 && movable_from.0 <= frames, "a node of {frames} frames, Movable from {movable_from:?}");
+        assert!(frames < u32::MAX, "a node offset fits below Off::NONE");
         let mut n = NodeState {
             base,
             frames,
@@ -110,16 +111,16 @@ impl NodeState {
             next_work_id: 1,
             in_place_by_owner: alloc::collections::BTreeMap::new(),
         };
-        n.carve(0, movable_from, dirty);
-        n.carve(movable_from, frames, dirty);
-        debug_assert_eq!(n.free, frames as u64);
-        debug_assert_eq!(n.free_dirty, if dirty { frames as u64 } else { 0 });
+        n.carve(Off(0), movable_from, dirty);
+        n.carve(movable_from, n.end(), dirty);
+        assert_eq!(n.free, frames as u64);
+        assert_eq!(n.free_dirty, if dirty { frames as u64 } else { 0 });
         n
     }
 
     /// Fills `[lo, hi)` with the largest naturally aligned free chunks.
-    fn carve(&mut self, lo: u32, hi: u32, dirty: bool) {
-        debug_assert!(lo <= hi && hi <= self.frames);
+    fn carve(&mut self, lo: Off, hi: Off, dirty: bool) {
+        assert!(lo <= hi && hi <= self.end());
         let mut pos = lo;
         while pos < hi {
             let order = self.largest_order_at(pos, hi - pos);
@@ -134,19 +135,20 @@ impl NodeState {
             self.insert_free(pos, order, fd);
             pos += size(order);
         }
-        debug_assert_eq!(pos, hi, "the chunks cover the range exactly");
+        assert_eq!(pos, hi, "the chunks cover the range exactly");
     }
 
     /// Largest order whose chunk starts at `off` (aligned in absolute frames) and fits in `room`.
-    pub fn largest_order_at(&self, off: u32, room: u32) -> u8 {
-        debug_assert!(room >= 1 && off as u64 + room as u64 <= self.frames as u64);
-        let o = largest_order(self.base + off as u64, room as u64);
+    pub fn largest_order_at(&self, off: Off, room: u32) -> u8 {
+        debug_assert!(room >= 1 && off.0 as u64 + room as u64 <= self.frames as u64);
+        let o = largest_order(self.mfn(off).0, room as u64);
         debug_assert!(self.aligned(off, o) && size(o) <= room);
         o
     }
 
-    pub fn zone_of(&self, off: u32) -> Zone {
-        debug_assert!(off < self.frames, "offset {off} beyond the node's {} frames", self.frames);
+    pub fn zone_of(&self, off: Off) -> Zone {
+        debug_assert!(self.inside(off), "offset {off:?} beyond the node's {} frames", self.frames);
+        debug_assert!(self.movable_from <= self.end());
         if off >= self.movable_from {
             Zone::Movable
         } else {
@@ -155,17 +157,24 @@ impl NodeState {
     }
 
     /// Whether `off` is aligned to `order` in absolute frame numbers.
-    pub fn aligned(&self, off: u32, order: u8) -> bool {
+    pub fn aligned(&self, off: Off, order: u8) -> bool {
         debug_assert!(order <= MAX_ORDER);
-        (self.base + off as u64) & ((1u64 << order) - 1) == 0
+        debug_assert!(off <= self.end(), "offset {off:?} beyond the node's {} frames", self.frames);
+        self.mfn(off).0 & ((1u64 << order) - 1) == 0
+    }
+
+    /// Whether `[off, 2^order)` is an aligned chunk inside the node.
+    pub fn fits(&self, off: Off, order: u8) -> bool {
+        debug_assert!(order <= MAX_ORDER);
+        self.aligned(off, order) && off.0 as u64 + size(order) as u64 <= self.frames as u64
     }
 
     /// Offset of the buddy of the chunk at `off` of `order`, if inside the node.
-    pub fn buddy(&self, off: u32, order: u8) -> Option<u32> {
+    pub fn buddy(&self, off: Off, order: u8) -> Option<Off> {
         debug_assert!(order < MAX_ORDER && self.aligned(off, order));
-        let b = (self.base + off as u64) ^ (1u64 << order);
-        let b = b.checked_sub(self.base).filter(|&b| b < self.frames as u64).map(|b| b as u32);
-        debug_assert!(b.is_none_or(|b| self.aligned(b, order) && b.abs_diff(off) == size(order)));
+        let b = self.mfn(off).0 ^ (1u64 << order);
+        let b = b.checked_sub(self.base).filter(|&b| b < self.frames as u64).map(|b| Off(b as u32));
+        debug_assert!(b.is_none_or(|b| self.aligned(b, order) && b.0.abs_diff(off.0) == size(order)));
         b
     }
 
@@ -180,22 +189,47 @@ impl NodeState {
         bytes as u64
     }
 
-    /// The frame number of node offset `off`.
+    /// The frame number of node offset `off` (at most the node's end).
     #[inline]
-    pub fn mfn(&self, off: u32) -> Mfn {
-        debug_assert!(off <= self.frames, "offset {off} beyond the node's {} frames", self.frames);
-        Mfn(self.base + off as u64)
+    pub fn mfn(&self, off: Off) -> Mfn {
+        debug_assert!(off <= self.end(), "offset {off:?} beyond the node's {} frames", self.frames);
+        let m = off.to_mfn(self.base);
+        debug_assert!(m.0 >= self.base);
+        m
+    }
+
+    /// The node offset of `mfn`, a frame of this node (or its end).
+    #[inline]
+    pub fn off(&self, mfn: Mfn) -> Off {
+        let off = Off::of(mfn, self.base);
+        debug_assert!(off <= self.end(), "{mfn} is beyond the node's {} frames", self.frames);
+        off
+    }
+
+    /// One past the node's last offset.
+    #[inline]
+    pub fn end(&self) -> Off {
+        debug_assert!(self.frames < u32::MAX);
+        Off(self.frames)
+    }
+
+    /// Whether `off` is a frame of the node.
+    #[inline]
+    pub fn inside(&self, off: Off) -> bool {
+        debug_assert!(self.frames < u32::MAX, "Off::NONE is never inside");
+        off.0 < self.frames
     }
 
     // ---- chunk heads: the only code that reads or changes them ----
 
     /// The facts of the chunk head at `h`, or `None` if `h` starts no chunk.
-    pub fn head_at(&self, h: u32) -> Option<Head> {
-        debug_assert!(h < self.frames, "offset {h} beyond the node's {} frames", self.frames);
-        let s = self.recs.get(Off(h));
+    pub fn head_at(&self, h: Off) -> Option<Head> {
+        debug_assert!(self.inside(h), "offset {h:?} beyond the node's {} frames", self.frames);
+        let s = self.recs.get(h);
         if !s.is_head() {
             return None;
         }
+        debug_assert!(s.order() <= MAX_ORDER && self.aligned(h, s.order()), "a head at {h:?} of order {}", s.order());
         let owned = matches!(s.state(), State::Allocated | State::Pending);
         let allocated = s.state() == State::Allocated;
         Some(Head {
@@ -211,84 +245,90 @@ impl NodeState {
     }
 
     /// The facts of the chunk head at `h`, which must be a head.
-    pub fn head(&self, h: u32) -> Head {
+    pub fn head(&self, h: Off) -> Head {
         let head = self.head_at(h);
-        debug_assert!(head.is_some(), "frame {h} starts no chunk");
+        debug_assert!(head.is_some(), "frame {h:?} starts no chunk");
         head.expect("partition invariant: a chunk head")
     }
 
     /// The state of the chunk head at `h`.
     #[inline]
-    pub fn state(&self, h: u32) -> State {
-        self.recs.get(Off(h)).state()
+    pub fn state(&self, h: Off) -> State {
+        debug_assert!(self.inside(h), "offset {h:?} beyond the node's {} frames", self.frames);
+        let s = self.recs.get(h);
+        debug_assert!(s.is_head() || s == Slot::BLANK, "a record at {h:?} is a head or blank");
+        s.state()
     }
 
     /// Whether frame `off` carries no metadata at all (inside a chunk, not its head).
-    pub fn is_blank(&self, off: u32) -> bool {
-        self.recs.get(Off(off)) == Slot::BLANK
+    pub fn is_blank(&self, off: Off) -> bool {
+        debug_assert!(self.inside(off), "offset {off:?} beyond the node's {} frames", self.frames);
+        let blank = self.recs.get(off) == Slot::BLANK;
+        debug_assert!(blank || self.recs.get(off).is_head());
+        blank
     }
 
     /// Makes `h` the head of a chunk of `order` allocated to `owner`, unpinned.
-    pub fn set_allocated(&mut self, h: u32, order: u8, owner: DomId, movable: bool, sealed: bool) {
+    pub fn set_allocated(&mut self, h: Off, order: u8, owner: DomId, movable: bool, sealed: bool) {
         debug_assert!(!(movable && sealed), "a sealed allocation is never movable");
-        debug_assert!(self.aligned(h, order) && h + size(order) <= self.frames);
+        debug_assert!(self.fits(h, order));
         let mut slot = Slot::owned(State::Allocated, order, owner);
         slot.set_flag(F_MOVABLE, movable);
         slot.set_flag(F_SEALED, sealed);
-        self.recs.set(Off(h), slot);
+        self.recs.set(h, slot);
         debug_assert_eq!(self.head(h).owner, owner);
     }
 
     /// Makes `h` the head of a chunk of `order` reserved for `owner` by a scrub ticket.
-    pub fn set_pending(&mut self, h: u32, order: u8, owner: DomId) {
-        debug_assert!(self.aligned(h, order) && h + size(order) <= self.frames);
-        self.recs.set(Off(h), Slot::owned(State::Pending, order, owner));
+    pub fn set_pending(&mut self, h: Off, order: u8, owner: DomId) {
+        debug_assert!(self.fits(h, order));
+        self.recs.set(h, Slot::owned(State::Pending, order, owner));
         debug_assert_eq!(self.head(h).state, State::Pending);
     }
 
     /// Makes `h` the head of a chunk of `order` in a state without owner or flags
     /// (being scrubbed, isolated, offline, broken).
-    pub fn set_state(&mut self, h: u32, state: State, order: u8) {
+    pub fn set_state(&mut self, h: Off, state: State, order: u8) {
         debug_assert!(matches!(state, State::Scrubbing | State::Isolated | State::Offline | State::Broken));
-        debug_assert!(self.aligned(h, order) && h + size(order) <= self.frames);
-        self.recs.set(Off(h), Slot::head(state, order));
+        debug_assert!(self.fits(h, order));
+        self.recs.set(h, Slot::head(state, order));
         debug_assert_eq!(self.state(h), state);
     }
 
     /// Forgets the head at `h` (its frames are about to join another chunk or the free
     /// lists through [`NodeState::release`] or [`NodeState::put_back`]).
-    pub fn clear_head(&mut self, h: u32) {
+    pub fn clear_head(&mut self, h: Off) {
         debug_assert!(self.state(h) != State::Free, "a free head leaves through unlink_free");
-        self.recs.set(Off(h), Slot::BLANK);
+        self.recs.set(h, Slot::BLANK);
         debug_assert!(self.is_blank(h));
     }
 
     /// Marks (or unmarks) the allocated chunk at `h` as being migrated.
-    pub fn set_migrating(&mut self, h: u32, on: bool) {
+    pub fn set_migrating(&mut self, h: Off, on: bool) {
         debug_assert_eq!(self.state(h), State::Allocated);
-        self.recs.update(Off(h), |s| s.set_flag(F_MIGRATING, on));
+        self.recs.update(h, |s| s.set_flag(F_MIGRATING, on));
         debug_assert_eq!(self.head(h).migrating, on);
     }
 
     /// Marks the allocated single frame at `h` to leave service when freed.
-    pub fn set_broken_when_freed(&mut self, h: u32) {
+    pub fn set_broken_when_freed(&mut self, h: Off) {
         debug_assert_eq!(self.state(h), State::Allocated);
-        debug_assert_eq!(self.recs.get(Off(h)).order(), 0, "only a single frame is marked broken");
-        self.recs.update(Off(h), |s| s.set_flag(F_BROKEN, true));
+        debug_assert_eq!(self.recs.get(h).order(), 0, "only a single frame is marked broken");
+        self.recs.update(h, |s| s.set_flag(F_BROKEN, true));
         debug_assert!(self.head(h).broken);
     }
 
     /// Sets the long-term pin count of the allocated chunk at `h`.
-    pub fn set_pins(&mut self, h: u32, pins: u32) {
+    pub fn set_pins(&mut self, h: Off, pins: u32) {
         debug_assert_eq!(self.state(h), State::Allocated);
-        debug_assert!(pins == 0 || !self.recs.get(Off(h)).flags(F_SEALED), "a sealed allocation is never pinned");
-        self.recs.update(Off(h), |s| s.set_pins(pins));
+        debug_assert!(pins == 0 || !self.recs.get(h).flags(F_SEALED), "a sealed allocation is never pinned");
+        self.recs.update(h, |s| s.set_pins(pins));
         debug_assert_eq!(self.head(h).pins, pins);
     }
 
     /// Asks a background scrubber holding the chunk at `h` to hand it back after its
     /// current batch. Returns whether it had not been asked before.
-    pub fn stop_background(&mut self, h: u32) -> bool {
+    pub fn stop_background(&mut self, h: Off) -> bool {
         debug_assert_eq!(self.state(h), State::Scrubbing);
         let asked = match self.work.iter_mut().find(|w| w.head == h && w.kind == Kind::Background) {
             Some(w) if !w.stop => {
@@ -304,8 +344,8 @@ impl NodeState {
     /// Exact offset (from `h`) of the first dirty frame of the free chunk at `h`, or
     /// [`NONE`] if it is clean: its record says whether it is dirty, the bitmap's
     /// summaries where (a few word reads whatever the order).
-    pub fn first_dirty(&self, h: u32) -> u32 {
-        let s = self.recs.get(Off(h));
+    pub fn first_dirty(&self, h: Off) -> u32 {
+        let s = self.recs.get(h);
         debug_assert_eq!(s.state(), State::Free);
         if !s.listed_dirty() {
             debug_assert_eq!(self.first_dirty_in(h, s.order()), NONE, "a clean record over dirty bits");
@@ -319,8 +359,8 @@ impl NodeState {
     /// Whether `owner` holds every frame of `[off, 2^order)`, each chunk sealed exactly
     /// when `sealed` and none being migrated: the one answer for free, pin and unpin.
     /// Describes the range; the caller decides what pins it accepts.
-    pub fn held_by(&self, off: u32, order: u8, owner: DomId, sealed: bool) -> Result<Held, FreeError> {
-        debug_assert!(self.aligned(off, order) && off + size(order) <= self.frames);
+    pub fn held_by(&self, off: Off, order: u8, owner: DomId, sealed: bool) -> Result<Held, FreeError> {
+        debug_assert!(self.fits(off, order));
         let end = off + size(order);
         let mut held = Held { movable_zone: false, movable: true, pinned: None, unpinned: None };
         let mut pos = off;
@@ -365,12 +405,14 @@ impl NodeState {
     }
 
     /// The free chunks on list `[zone][dirty][order]`, most recently listed first.
-    pub fn free_list(&self, zone: Zone, dirty: bool, order: u8) -> impl Iterator<Item = u32> + '_ {
+    pub fn free_list(&self, zone: Zone, dirty: bool, order: u8) -> impl Iterator<Item = Off> + '_ {
+        debug_assert!(order <= MAX_ORDER);
         let mut at = self.list_head(zone, dirty, order);
         core::iter::from_fn(move || {
             let cur = at;
-            (cur != NONE).then(|| {
-                at = self.recs.get(Off(cur)).next();
+            (cur != Off::NONE).then(|| {
+                debug_assert_eq!(self.recs.get(cur).order(), order, "a chunk on the order-{order} list");
+                at = Off(self.recs.get(cur).next());
                 cur
             })
         })
@@ -386,32 +428,41 @@ impl NodeState {
                 let mask = self.nonempty_mask(z, d);
                 for o in 0..=MAX_ORDER {
                     let mut cur = self.list_head(z, d, o);
-                    if (cur != NONE) != (mask & (1 << o) != 0) {
+                    if (cur != Off::NONE) != (mask & (1 << o) != 0) {
                         return Err(alloc::format!("nonempty mask of {z}/{d}/{o} disagrees with the list"));
                     }
                     let mut prev = NONE;
-                    while cur != NONE {
-                        let s = self.recs.get(Off(cur));
+                    while cur != Off::NONE {
+                        if !self.inside(cur) {
+                            return Err(alloc::format!(
+                                "list {z}/dirty={d}/order {o} links to {cur:?}, outside the node"
+                            ));
+                        }
+                        let s = self.recs.get(cur);
                         if s.state() != State::Free || s.order() != o || self.zone_of(cur) != z || s.listed_dirty() != d
                         {
                             return Err(alloc::format!(
-                                "chunk at {cur} is on list {z}/dirty={d}/order {o} but is {:?} order {}",
+                                "chunk at {} is on list {z}/dirty={d}/order {o} but is {:?} order {}",
+                                cur.0,
                                 s.state(),
                                 s.order(),
                             ));
                         }
                         if (self.first_dirty_in(cur, o) != NONE) != d {
-                            return Err(alloc::format!("chunk at {cur} on the dirty={d} list disagrees with its bits"));
+                            return Err(alloc::format!(
+                                "chunk at {} on the dirty={d} list disagrees with its bits",
+                                cur.0
+                            ));
                         }
                         if s.prev() != prev {
-                            return Err(alloc::format!("chunk at {cur} has a broken back link"));
+                            return Err(alloc::format!("chunk at {} has a broken back link", cur.0));
                         }
                         listed += 1;
                         if listed > free_chunks {
                             return Err("free lists hold more entries than free chunks (a cycle?)".into());
                         }
-                        prev = cur;
-                        cur = s.next();
+                        prev = cur.0;
+                        cur = Off(s.next());
                     }
                 }
             }
@@ -422,32 +473,33 @@ impl NodeState {
 
     // ---- free lists ----
 
-    fn list_of(&self, off: u32) -> (usize, usize, usize) {
-        let s = self.recs.get(Off(off));
+    fn list_of(&self, off: Off) -> (usize, usize, usize) {
+        let s = self.recs.get(off);
+        debug_assert!(s.state() == State::Free && s.order() <= MAX_ORDER, "only a free head is listed");
         (self.zone_of(off) as usize, s.listed_dirty() as usize, s.order() as usize)
     }
 
-    fn list_push(&mut self, off: u32) {
+    fn list_push(&mut self, off: Off) {
         let (z, d, o) = self.list_of(off);
         let old = self.heads[z][d][o];
-        self.recs.update(Off(off), |s| {
+        self.recs.update(off, |s| {
             s.set_prev(NONE);
             s.set_next(old);
         });
         if old != NONE {
-            self.recs.update(Off(old), |s| s.set_prev(off));
+            self.recs.update(Off(old), |s| s.set_prev(off.0));
         }
-        self.heads[z][d][o] = off;
+        self.heads[z][d][o] = off.0;
         self.nonempty[z][d] |= 1 << o;
         debug_assert_eq!(self.list_head(self.zone_of(off), d == 1, o as u8), off);
     }
 
-    fn list_remove(&mut self, off: u32) {
+    fn list_remove(&mut self, off: Off) {
         let (z, d, o) = self.list_of(off);
-        let s = self.recs.get(Off(off));
+        let s = self.recs.get(off);
         let (prev, next) = (s.prev(), s.next());
         if prev == NONE {
-            debug_assert_eq!(self.heads[z][d][o], off, "a chunk without a predecessor heads its list");
+            debug_assert_eq!(self.heads[z][d][o], off.0, "a chunk without a predecessor heads its list");
             self.heads[z][d][o] = next;
             if next == NONE {
                 self.nonempty[z][d] &= !(1 << o);
@@ -458,19 +510,21 @@ impl NodeState {
         if next != NONE {
             self.recs.update(Off(next), |s| s.set_prev(prev));
         }
+        debug_assert!(self.heads[z][d][o] != off.0, "{off:?} left its list");
     }
 
     /// Writes a free head at `off` and puts it on its list (counters are the caller's);
     /// `first_dirty` says which list: the clean one for [`NONE`], else the dirty one.
-    pub fn insert_free(&mut self, off: u32, order: u8, first_dirty: u32) {
-        debug_assert!(self.aligned(off, order) && off + size(order) <= self.frames);
+    pub fn insert_free(&mut self, off: Off, order: u8, first_dirty: u32) {
+        debug_assert!(self.fits(off, order));
         debug_assert_eq!(first_dirty == NONE, self.first_dirty_in(off, order) == NONE, "the list matches the bits");
-        self.recs.set(Off(off), Slot::free(order, first_dirty != NONE));
+        self.recs.set(off, Slot::free(order, first_dirty != NONE));
         self.list_push(off);
+        debug_assert_eq!(self.state(off), State::Free);
     }
 
     /// Takes a free chunk off its list; its head stays (state Free) for the caller to reuse.
-    pub fn unlink_free(&mut self, off: u32) {
+    pub fn unlink_free(&mut self, off: Off) {
         debug_assert_eq!(self.state(off), State::Free);
         self.list_remove(off);
         debug_assert_eq!(self.state(off), State::Free);
@@ -478,36 +532,36 @@ impl NodeState {
 
     /// Forgets the head of the free chunk at `h`, already off its list (its frames are
     /// about to be part of another chunk the caller makes).
-    pub fn forget_free(&mut self, h: u32) {
+    pub fn forget_free(&mut self, h: Off) {
         debug_assert_eq!(self.state(h), State::Free);
-        self.recs.set(Off(h), Slot::BLANK);
+        self.recs.set(h, Slot::BLANK);
         debug_assert!(self.is_blank(h));
     }
 
     /// Makes `[off, 2^order)`, whose frames carry no head, one free chunk off the free
     /// lists (counted free by the caller), its record saying whether it is dirty.
-    pub fn make_unlisted_free(&mut self, off: u32, order: u8) {
-        debug_assert!(self.aligned(off, order) && off + size(order) <= self.frames);
+    pub fn make_unlisted_free(&mut self, off: Off, order: u8) {
+        debug_assert!(self.fits(off, order));
         debug_assert!(self.is_blank(off), "the caller cleared the range's heads");
         let fd = self.first_dirty_in(off, order);
-        self.recs.set(Off(off), Slot::free(order, fd != NONE));
+        self.recs.set(off, Slot::free(order, fd != NONE));
         debug_assert_eq!(self.state(off), State::Free);
     }
 
     /// Lists the free piece `[off, 2^order)` (cut from a larger free chunk, its frames
     /// carrying no head) on the list its dirty bits say; counters are the caller's.
-    pub fn list_free_piece(&mut self, off: u32, order: u8) {
-        debug_assert!(self.aligned(off, order) && off + size(order) <= self.frames);
+    pub fn list_free_piece(&mut self, off: Off, order: u8) {
+        debug_assert!(self.fits(off, order));
         let fd = self.first_dirty_in(off, order);
         self.insert_free(off, order, fd);
         debug_assert_eq!(self.state(off), State::Free);
     }
 
     /// Head of list `[zone][dirty][order]`, for the invariant checker and scrubbers.
-    pub fn list_head(&self, zone: Zone, dirty: bool, order: u8) -> u32 {
+    pub fn list_head(&self, zone: Zone, dirty: bool, order: u8) -> Off {
         debug_assert!(order <= MAX_ORDER);
-        let h = self.heads[zone as usize][dirty as usize][order as usize];
-        debug_assert!(h == NONE || self.recs.get(Off(h)).order() == order);
+        let h = Off(self.heads[zone as usize][dirty as usize][order as usize]);
+        debug_assert!(h == Off::NONE || self.recs.get(h).order() == order);
         h
     }
 
@@ -515,12 +569,14 @@ impl NodeState {
     pub fn nonempty_mask(&self, zone: Zone, dirty: bool) -> u32 {
         let m = self.nonempty[zone as usize][dirty as usize];
         debug_assert!(m >> ORDERS == 0, "a bit per order only");
+        debug_assert!(m == 0 || self.free > 0, "a listed chunk is free");
         m
     }
 
     /// Chooses a free chunk of at least `order` in `zone` and takes it off its list:
     /// `(head, its order)`.
-    pub fn pick(&mut self, zone: Zone, order: u8, how: Pick) -> Option<(u32, u8)> {
+    pub fn pick(&mut self, zone: Zone, order: u8, how: Pick) -> Option<(Off, u8)> {
+        debug_assert!(order <= MAX_ORDER);
         let z = zone as usize;
         let at_least = !0u32 << order;
         let clean = self.nonempty[z][0] & at_least;
@@ -542,17 +598,17 @@ impl NodeState {
             Pick::CleanOnly if clean != 0 => (clean.trailing_zeros(), false),
             Pick::CleanOnly => return None,
         };
-        let head = self.heads[z][d as usize][j as usize];
-        debug_assert_ne!(head, NONE);
+        let head = Off(self.heads[z][d as usize][j as usize]);
+        debug_assert_ne!(head, Off::NONE);
         self.list_remove(head);
-        debug_assert!(j as u8 >= order && self.recs.get(Off(head)).order() == j as u8);
-        debug_assert!(how != Pick::CleanOnly || !self.recs.get(Off(head)).listed_dirty());
+        debug_assert!(j as u8 >= order && self.recs.get(head).order() == j as u8);
+        debug_assert!(how != Pick::CleanOnly || !self.recs.get(head).listed_dirty());
         Some((head, j as u8))
     }
 
     /// Exact first dirty offset within `[off, off + 2^order)`.
-    pub fn first_dirty_in(&self, off: u32, order: u8) -> u32 {
-        debug_assert!(off + size(order) <= self.frames);
+    pub fn first_dirty_in(&self, off: Off, order: u8) -> u32 {
+        debug_assert!(order <= MAX_ORDER && off.0 as u64 + size(order) as u64 <= self.frames as u64);
         let fd = self.dirty.first_set(off, size(order)).unwrap_or(NONE);
         debug_assert!(fd == NONE || fd < size(order));
         fd
@@ -560,10 +616,10 @@ impl NodeState {
 
     /// Splits the free chunk at `head` (off its list) from `from` down to `to`, putting
     /// the upper halves back on the free lists; the lower part stays unlisted.
-    pub fn split_free(&mut self, head: u32, from: u8, to: u8) {
+    pub fn split_free(&mut self, head: Off, from: u8, to: u8) {
         let mut o = from;
         // First dirty offset of the part still being split, [head, 2^o).
-        debug_assert!(to <= from && self.recs.get(Off(head)).order() == from);
+        debug_assert!(to <= from && self.recs.get(head).order() == from);
         let mut fd = self.first_dirty(head);
         while o > to {
             o -= 1;
@@ -580,15 +636,15 @@ impl NodeState {
                 fd = NONE;
             }
         }
-        self.recs.set(Off(head), Slot::free(to, fd != NONE));
+        self.recs.set(head, Slot::free(to, fd != NONE));
         debug_assert_eq!(self.first_dirty(head), fd);
     }
 
     /// Splits an allocated (or otherwise held) chunk at `head` of `from` so that the
     /// chunk of order `to` containing `target` becomes a head; every piece keeps the
     /// head's state, owner, pins and flags.
-    pub fn split_held(&mut self, head: u32, from: u8, target: u32, to: u8) {
-        let proto = self.recs.get(Off(head));
+    pub fn split_held(&mut self, head: Off, from: u8, target: Off, to: u8) {
+        let proto = self.recs.get(head);
         debug_assert!(proto.is_head() && proto.state() != State::Free && proto.order() == from);
         debug_assert!(to <= from && target >= head && target < head + size(from));
         let mut h = head;
@@ -598,8 +654,8 @@ impl NodeState {
             let upper = h + size(o);
             let mut lo = proto;
             lo.set_order(o);
-            self.recs.set(Off(h), lo);
-            self.recs.set(Off(upper), lo);
+            self.recs.set(h, lo);
+            self.recs.set(upper, lo);
             if target >= upper {
                 h = upper;
             }
@@ -609,24 +665,27 @@ impl NodeState {
 
     /// The head and order of the chunk containing `off`.
     /// In a split block only its own table is read; otherwise only block-aligned heads.
-    pub fn chunk_of(&self, off: u32) -> (u32, u8) {
-        debug_assert!(off < self.frames);
-        let from = if self.recs.split(Off(off)) { 0 } else { BLOCK_ORDER };
+    pub fn chunk_of(&self, off: Off) -> (Off, u8) {
+        debug_assert!(self.inside(off), "offset {off:?} beyond the node's {} frames", self.frames);
+        let from = if self.recs.split(off) { 0 } else { BLOCK_ORDER };
         for o in from..=MAX_ORDER {
-            let abs = (self.base + off as u64) & !((1u64 << o) - 1);
+            let abs = self.mfn(off).0 & !((1u64 << o) - 1);
             let Some(h) = abs.checked_sub(self.base) else { break };
-            let s = self.recs.get(Off(h as u32));
+            let h = Off(h as u32);
+            let s = self.recs.get(h);
             if s.is_head() && s.order() >= o {
-                return (h as u32, s.order());
+                debug_assert!(off < h + size(s.order()), "{off:?} is inside the chunk at {h:?}");
+                return (h, s.order());
             }
         }
-        unreachable!("partition invariant: frame {off} of node at {:#x} is in no chunk", self.base)
+        unreachable!("partition invariant: frame {off:?} of node at {:#x} is in no chunk", self.base)
     }
 
     /// Returns the chunk `[off, 2^order)`, whose head the caller has cleared of any other
     /// state, to the free lists: all dirty unless `clean`, merged with free buddies.
     /// Updates the free counters (not the counter of the state it left).
-    pub fn release(&mut self, off: u32, order: u8, clean: bool) {
+    pub fn release(&mut self, off: Off, order: u8, clean: bool) {
+        debug_assert!(self.fits(off, order));
         let n = size(order);
         let fd = if clean {
             debug_assert_eq!(self.dirty.count(off, n), 0);
@@ -644,8 +703,8 @@ impl NodeState {
 
     /// Returns a chunk taken off the free lists (its head state is the caller's to
     /// forget, and so is the counter it was in) with whatever dirty bits it still has.
-    pub fn put_back(&mut self, off: u32, order: u8) {
-        debug_assert!(self.aligned(off, order) && off + size(order) <= self.frames);
+    pub fn put_back(&mut self, off: Off, order: u8) {
+        debug_assert!(self.fits(off, order));
         let n = size(order);
         let fd = self.first_dirty_in(off, order);
         if fd != NONE {
@@ -672,8 +731,8 @@ impl NodeState {
     }
 
     /// Adds a work entry for the chunk at `head`; returns its id.
-    pub fn add_work(&mut self, head: u32, order: u8, kind: crate::work::Kind) -> u64 {
-        debug_assert!(self.aligned(head, order) && head + size(order) <= self.frames);
+    pub fn add_work(&mut self, head: Off, order: u8, kind: crate::work::Kind) -> u64 {
+        debug_assert!(self.fits(head, order));
         let id = self.next_work_id;
         self.next_work_id += 1;
         self.work.push(Work { id, head, order, kind, cursor: 0, inflight: 0, stop: false });
@@ -682,20 +741,20 @@ impl NodeState {
     }
 
     /// Inserts a free chunk, first merging it with free buddies (clean or dirty).
-    pub fn merge_insert(&mut self, mut off: u32, mut order: u8, fd: u32) {
-        debug_assert!(self.aligned(off, order) && off + size(order) <= self.frames);
+    pub fn merge_insert(&mut self, mut off: Off, mut order: u8, fd: u32) {
+        debug_assert!(self.fits(off, order));
         let zone = self.zone_of(off);
         let mut dirty = fd != NONE;
         while order < MAX_ORDER {
             let Some(b) = self.buddy(off, order) else { break };
-            let bs = self.recs.get(Off(b));
+            let bs = self.recs.get(b);
             if bs.state() != State::Free || bs.order() != order || self.zone_of(b) != zone {
                 break;
             }
             dirty |= bs.listed_dirty();
             self.list_remove(b);
             let lo = b.min(off);
-            self.recs.set(Off(lo + size(order)), Slot::BLANK);
+            self.recs.set(lo + size(order), Slot::BLANK);
             off = lo;
             order += 1;
         }

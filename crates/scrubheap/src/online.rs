@@ -4,7 +4,7 @@ use crate::error::HeapError;
 use crate::heap::Heap;
 use crate::memory::FrameMemory;
 use crate::preempt::{NeverPreempt, Preempt};
-use crate::types::Mfn;
+use crate::types::{Mfn, Off};
 
 #[derive(Copy, Clone, Debug, PartialEq, Eq)]
 enum Phase {
@@ -30,10 +30,10 @@ pub struct OnlineJob<'h, M: FrameMemory> {
     heap: &'h Heap<M>,
     first: Mfn,
     node: usize,
-    lo: u32,
-    hi: u32,
+    lo: Off,
+    hi: Off,
     phase: Phase,
-    pos: u32,
+    pos: Off,
     back: u64,
     cancelled: bool,
 }

@@ -13,7 +13,7 @@ use crate::heap::{Extent, Heap};
 use crate::memory::FrameMemory;
 use crate::node::FreeError;
 use crate::node::{NodeState, Pick};
-use crate::types::{DomId, Mfn, Zone};
+use crate::types::{DomId, Mfn, Off, Zone};
 use alloc::vec::Vec;
 
 #[inline]
@@ -167,7 +167,7 @@ impl<M: FrameMemory> Heap<M> {
     }
 
     /// Splits a held chunk larger than `[off, 2^order)` so that the range is whole chunks.
-    pub(crate) fn split_to(st: &mut NodeState, off: u32, order: u8) {
+    pub(crate) fn split_to(st: &mut NodeState, off: Off, order: u8) {
         let (h, o) = st.chunk_of(off);
         if o > order {
             st.split_held(h, o, off, order);
@@ -175,7 +175,7 @@ impl<M: FrameMemory> Heap<M> {
     }
 
     /// Adds a pin to every chunk of a held range (all or none).
-    fn pin_chunks(st: &mut NodeState, off: u32, order: u8) -> Result<(), HeapError> {
+    fn pin_chunks(st: &mut NodeState, off: Off, order: u8) -> Result<(), HeapError> {
         let end = off + size(order);
         let mut pos = off;
         while pos < end {
@@ -200,7 +200,7 @@ impl<M: FrameMemory> Heap<M> {
     /// owner: free and dirty (or, with `isolate`, held by an offline, dirty), a frame
     /// marked broken out of service. Chunks around the range that were marked migrating
     /// with it are unmarked.
-    pub(crate) fn vacate(st: &mut NodeState, off: u32, order: u8, isolate: bool) -> Vec<(u32, u8)> {
+    pub(crate) fn vacate(st: &mut NodeState, off: Off, order: u8, isolate: bool) -> Vec<(Off, u8)> {
         let end = off + size(order);
         let (h0, o0) = st.chunk_of(off);
         let outer_end = core::cmp::max(end, h0 + size(o0));
@@ -234,7 +234,7 @@ impl<M: FrameMemory> Heap<M> {
     /// If the allocated chunk at `h` (whose frames the caller has already taken off
     /// `allocated`) holds a frame marked broken, it goes out of service. Returns whether
     /// it did.
-    pub(crate) fn retire_broken(st: &mut NodeState, h: u32) -> bool {
+    pub(crate) fn retire_broken(st: &mut NodeState, h: Off) -> bool {
         let s = st.head(h);
         if s.state != State::Allocated || !s.broken {
             return false;
@@ -324,7 +324,7 @@ impl<M: FrameMemory> Heap<M> {
     /// failure they go back to the free lists as they were, or all dirty if `written`.
     pub(crate) fn finish_destination(&self, to: Extent, ok: bool, pins: u32, written: bool) {
         let cell = self.cell(to.node);
-        let head = (to.mfn.0 - cell.base) as u32;
+        let head = Off::of(to.mfn, cell.base);
         let mut st = self.lock_node(to.node);
         if ok {
             st.dirty.clear_all(head, size(to.order));

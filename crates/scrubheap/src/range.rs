@@ -28,7 +28,7 @@ use crate::node::NodeState;
 use crate::offline::CHUNKS_PER_STEP;
 use crate::pin::{Migrator, Move, MoveStep, NoMigration};
 use crate::preempt::{batch_frames, NeverPreempt, Preempt};
-use crate::types::{DomId, Mfn, Zone};
+use crate::types::{DomId, Mfn, Off, Zone};
 use crate::work::Kind;
 use alloc::vec::Vec;
 
@@ -99,26 +99,26 @@ pub struct RangeJob<'h, M: FrameMemory> {
     order: u8,
     owner: DomId,
     node: usize,
-    off: u32,
-    end: u32,
+    off: Off,
+    end: Off,
     phase: Phase,
     /// The head of the first chunk marked (before `off` if the range is inside a chunk).
-    first: u32,
+    first: Off,
     /// The next frame the current phase looks at.
-    pos: u32,
+    pos: Off,
     /// Where the marked chunks end (marking stops at the first chunk it refuses).
-    marked: u32,
+    marked: Off,
     /// Marking saw a chunk in the Movable zone, every chunk movable, a pinned chunk.
     movable_zone: bool,
     movable: bool,
-    pinned: Option<u32>,
+    pinned: Option<Off>,
     /// Where the frames are at the end (a pin's destination).
     to: Extent,
     moving: Option<Move>,
     /// Why a rolled-back job ends.
     error: Option<HeapError>,
     /// The `sync` policy's chunks freed by the current commit step, zeroed outside the lock.
-    ids: Vec<(u64, u32, u8)>,
+    ids: Vec<(u64, Off, u8)>,
 }
 
 impl<M: FrameMemory> Drop for RangeJob<'_, M> {
@@ -258,11 +258,11 @@ impl<M: FrameMemory> Heap<M> {
     /// the chunks walked.
     pub(crate) fn free_chunks(
         st: &mut NodeState,
-        mut pos: u32,
-        end: u32,
+        mut pos: Off,
+        end: Off,
         sync: bool,
-        ids: &mut Vec<(u64, u32, u8)>,
-    ) -> (u32, u64) {
+        ids: &mut Vec<(u64, Off, u8)>,
+    ) -> (Off, u64) {
         let mut walked = 0u64;
         while walked < CHUNKS_PER_STEP as u64 && pos < end {
             let (h, o) = st.chunk_of(pos);
@@ -287,7 +287,7 @@ impl<M: FrameMemory> Heap<M> {
 
     /// The `sync` policy's end of a free: zeroes the chunks [`Heap::free_chunks`] marked,
     /// with no lock held, then returns them to the free lists clean.
-    pub(crate) fn finish_sync_free(&self, n: usize, ids: &[(u64, u32, u8)]) {
+    pub(crate) fn finish_sync_free(&self, n: usize, ids: &[(u64, Off, u8)]) {
         if ids.is_empty() {
             return;
         }
@@ -311,7 +311,7 @@ impl<M: FrameMemory> Heap<M> {
 
     /// Refuses (`FreeError::TooManyChunks`) a held range `[off, 2^order)` made of more
     /// than [`CHUNKS_PER_STEP`] chunks, looking at one more than that at most.
-    pub(crate) fn check_fragments(st: &NodeState, off: u32, order: u8) -> Result<(), HeapError> {
+    pub(crate) fn check_fragments(st: &NodeState, off: Off, order: u8) -> Result<(), HeapError> {
         let end = off + size(order);
         let mut pos = st.chunk_of(off).0;
         for _ in 0..CHUNKS_PER_STEP {
@@ -429,7 +429,7 @@ impl<'h, M: FrameMemory> RangeJob<'h, M> {
         if self.op == RangeOp::Pin && self.movable_zone {
             if let Some(h) = self.pinned {
                 // Only a pin taken in place (the baseline) leaves pins in the Movable zone.
-                let mfn = Mfn(self.heap.cell(self.node).base + h as u64);
+                let mfn = self.heap.cell(self.node).mfn(h);
                 return self.roll_back(HeapError::Free(FreeError::Pinned { mfn, owner: self.owner }));
             }
             let from = Extent { mfn: self.mfn, order: self.order, node: self.node };
@@ -448,7 +448,7 @@ impl<'h, M: FrameMemory> RangeJob<'h, M> {
 
     /// Checks one chunk of the range for the job's operation, as [`Heap::free`],
     /// [`Heap::pin`] and the others check the whole range.
-    fn look(&mut self, st: &NodeState, h: u32, o: u8) -> Result<(), FreeError> {
+    fn look(&mut self, st: &NodeState, h: Off, o: u8) -> Result<(), FreeError> {
         let s = st.head(h);
         let (owner, off) = (self.owner, self.off);
         let first = self.pos == off;
@@ -550,7 +550,7 @@ impl<'h, M: FrameMemory> RangeJob<'h, M> {
 
     /// Adds (or for an unpin takes) one pin to up to [`CHUNKS_PER_STEP`] marked chunks,
     /// unmarking them. Returns where it stopped and the chunks walked.
-    fn repin(&self, st: &mut NodeState) -> (u32, u64) {
+    fn repin(&self, st: &mut NodeState) -> (Off, u64) {
         let (mut pos, mut walked) = (self.pos, 0u64);
         while walked < CHUNKS_PER_STEP as u64 && pos < self.end {
             let (h, o) = st.chunk_of(pos);

@@ -13,7 +13,7 @@ use crate::heap::{Extent, Heap, NodeGuard, Source};
 use crate::memory::FrameMemory;
 use crate::policy::Policy;
 use crate::preempt::Preempt;
-use crate::types::Zone;
+use crate::types::{Off, Zone};
 use crate::work::Kind;
 use crate::HeapError;
 use alloc::vec::Vec;
@@ -125,7 +125,7 @@ impl<M: FrameMemory> Heap<M> {
     /// Marks free chunk `head` as being scrubbed and opens its work entry at its first
     /// dirty frame. The chunk stays counted as free, its dirty bits in free_dirty; it is
     /// only off the lists. Nothing here is proportional to the chunk's size.
-    fn take_for_scrub(st: &mut NodeGuard<'_>, head: u32) -> u64 {
+    fn take_for_scrub(st: &mut NodeGuard<'_>, head: Off) -> u64 {
         st.unlink_free(head);
         let (order, fd) = (st.head(head).order, st.first_dirty(head));
         debug_assert!(fd != NONE, "only chunks with dirty frames are taken");
@@ -217,7 +217,7 @@ impl<M: FrameMemory> Heap<M> {
         st.merge_insert(w.head, w.order, fd);
     }
 
-    pub(crate) fn largest_dirty(st: &crate::node::NodeState) -> Option<u32> {
+    pub(crate) fn largest_dirty(st: &crate::node::NodeState) -> Option<Off> {
         [Zone::Normal, Zone::Movable]
             .into_iter()
             .filter_map(|z| {

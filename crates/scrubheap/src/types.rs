@@ -27,6 +27,61 @@ impl fmt::Display for Mfn {
 #[derive(Copy, Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
 pub(crate) struct Off(pub u32);
 
+impl Off {
+    /// No offset: the end of a free list, or a list without a chunk.
+    pub const NONE: Off = Off(u32::MAX);
+
+    /// The machine frame of this offset in a node whose first frame is `base`: the one
+    /// place a node offset becomes a frame number.
+    #[inline]
+    pub fn to_mfn(self, base: u64) -> Mfn {
+        debug_assert!(self != Off::NONE, "no offset has a frame");
+        Mfn(base + self.0 as u64)
+    }
+
+    /// The offset of `mfn` in a node whose first frame is `base` (`mfn` inside the node,
+    /// so at most 2^32 frames after `base`).
+    #[inline]
+    pub fn of(mfn: Mfn, base: u64) -> Off {
+        debug_assert!(mfn.0 >= base && mfn.0 - base < u32::MAX as u64, "{mfn} is not in the node at {base:#x}");
+        Off((mfn.0 - base) as u32)
+    }
+}
+
+/// The offset as a number of frames from the node's first (what invariant reports print).
+impl fmt::Display for Off {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.0)
+    }
+}
+
+/// The offset `n` frames further on (`Off::NONE` is never moved).
+impl core::ops::Add<u32> for Off {
+    type Output = Off;
+    #[inline]
+    fn add(self, n: u32) -> Off {
+        debug_assert!(self != Off::NONE && self.0.checked_add(n).is_some_and(|e| e < u32::MAX), "{self:?} + {n}");
+        Off(self.0 + n)
+    }
+}
+
+impl core::ops::AddAssign<u32> for Off {
+    #[inline]
+    fn add_assign(&mut self, n: u32) {
+        *self = *self + n;
+    }
+}
+
+/// Frames from an earlier offset up to this one (`a - b` with `b` at or before `a`).
+impl core::ops::Sub<Off> for Off {
+    type Output = u32;
+    #[inline]
+    fn sub(self, from: Off) -> u32 {
+        debug_assert!(from <= self && self != Off::NONE, "{from:?} is after {self:?}");
+        self.0 - from.0
+    }
+}
+
 /// The owner of an allocation: a domain (guest), or any other user of frames.
 #[derive(Copy, Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
 pub struct DomId(pub u32);
