@@ -166,7 +166,9 @@ impl NodeState {
     /// Whether `[off, 2^order)` is an aligned chunk inside the node.
     pub fn fits(&self, off: Off, order: u8) -> bool {
         debug_assert!(order <= MAX_ORDER);
-        self.aligned(off, order) && off.0 as u64 + size(order) as u64 <= self.frames as u64
+        let fits = self.aligned(off, order) && off.0 as u64 + size(order) as u64 <= self.frames as u64;
+        debug_assert!(!fits || self.inside(off), "a chunk that fits starts inside the node");
+        fits
     }
 
     /// Offset of the buddy of the chunk at `off` of `order`, if inside the node.
@@ -184,8 +186,8 @@ impl NodeState {
     pub fn metadata_bytes(&self) -> u64 {
         let work = self.work.capacity() * core::mem::size_of::<Work>();
         let bytes = self.recs.bytes() + self.dirty.bytes() + work + core::mem::size_of::<NodeState>();
-        debug_assert!(bytes >= self.frames as usize / 8, "at least the dirty bits");
-        debug_assert!(bytes >= self.recs.tables() as usize * crate::chunk::TABLE_BYTES);
+        assert!(bytes >= self.frames as usize / 8, "at least the dirty bits");
+        assert!(bytes >= self.recs.tables() as usize * crate::chunk::TABLE_BYTES);
         bytes as u64
     }
 
@@ -201,6 +203,7 @@ impl NodeState {
     /// The node offset of `mfn`, a frame of this node (or its end).
     #[inline]
     pub fn off(&self, mfn: Mfn) -> Off {
+        debug_assert!(mfn.0 >= self.base, "{mfn} is before the node at {:#x}", self.base);
         let off = Off::of(mfn, self.base);
         debug_assert!(off <= self.end(), "{mfn} is beyond the node's {} frames", self.frames);
         off
@@ -209,7 +212,8 @@ impl NodeState {
     /// One past the node's last offset.
     #[inline]
     pub fn end(&self) -> Off {
-        debug_assert!(self.frames < u32::MAX);
+        debug_assert!(self.frames >= 1 && self.frames < u32::MAX, "a node of 1..2^32-1 frames");
+        debug_assert!(self.movable_from.0 <= self.frames, "the Movable zone starts inside the node or at its end");
         Off(self.frames)
     }
 
@@ -217,7 +221,9 @@ impl NodeState {
     #[inline]
     pub fn inside(&self, off: Off) -> bool {
         debug_assert!(self.frames < u32::MAX, "Off::NONE is never inside");
-        off.0 < self.frames
+        let inside = off.0 < self.frames;
+        debug_assert!(inside || off >= self.end());
+        inside
     }
 
     // ---- chunk heads: the only code that reads or changes them ----
@@ -248,7 +254,9 @@ impl NodeState {
     pub fn head(&self, h: Off) -> Head {
         let head = self.head_at(h);
         debug_assert!(head.is_some(), "frame {h:?} starts no chunk");
-        head.expect("partition invariant: a chunk head")
+        let head = head.expect("partition invariant: a chunk head");
+        debug_assert!(head.order <= MAX_ORDER && h.0 as u64 + size(head.order) as u64 <= self.frames as u64);
+        head
     }
 
     /// The state of the chunk head at `h`.
@@ -422,6 +430,7 @@ impl NodeState {
     /// list's zone, order and dirtiness, with a sound back link, and the non-empty masks
     /// agree. Returns how many chunks are listed (at most `free_chunks`, else a cycle).
     pub fn check_lists(&self, free_chunks: u64) -> Result<u64, String> {
+        assert!(free_chunks <= self.frames as u64, "at most one free chunk a frame");
         let mut listed = 0u64;
         for z in [Zone::Normal, Zone::Movable] {
             for d in [false, true] {
@@ -468,12 +477,14 @@ impl NodeState {
             }
         }
         self.recs.check()?;
+        assert!(listed <= free_chunks, "the walk stops at a cycle");
         Ok(listed)
     }
 
     // ---- free lists ----
 
     fn list_of(&self, off: Off) -> (usize, usize, usize) {
+        debug_assert!(self.inside(off), "offset {off:?} beyond the node's {} frames", self.frames);
         let s = self.recs.get(off);
         debug_assert!(s.state() == State::Free && s.order() <= MAX_ORDER, "only a free head is listed");
         (self.zone_of(off) as usize, s.listed_dirty() as usize, s.order() as usize)
@@ -481,6 +492,7 @@ impl NodeState {
 
     fn list_push(&mut self, off: Off) {
         let (z, d, o) = self.list_of(off);
+        debug_assert!(self.fits(off, o as u8), "a listed chunk at {off:?} of order {o}");
         let old = self.heads[z][d][o];
         self.recs.update(off, |s| {
             s.set_prev(NONE);
@@ -719,12 +731,13 @@ impl NodeState {
     /// count on, since a scrub in progress can be aborted.
     pub fn available(&self) -> u64 {
         debug_assert!(self.free <= self.frames as u64);
+        debug_assert!(self.free_dirty <= self.free && self.scrubbing <= self.free, "parts of the free frames");
         self.free
     }
 
     /// Index of work entry `id`.
     pub fn work_index(&self, id: u64) -> usize {
-        debug_assert!(id < self.next_work_id, "work entry {id} was never made");
+        assert!(id < self.next_work_id, "work entry {id} was never made");
         let i = self.work.iter().position(|w| w.id == id).expect("a work entry outlives its worker");
         debug_assert_eq!(self.work[i].id, id);
         i
