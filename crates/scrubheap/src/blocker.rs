@@ -116,13 +116,4 @@ pub enum OfflineError {
     },
 }
 
-impl OfflineError {
-    /// The variant's name (`"OfflineBlocked"`, ...): what [`crate::HeapError::kind`] returns for it.
-    pub fn kind(&self) -> &'static str {
-        match self {
-            OfflineError::OfflineBlocked { .. } => "OfflineBlocked",
-            OfflineError::OfflineFinished { .. } => "OfflineFinished",
-            OfflineError::NotOffline { .. } => "NotOffline",
-        }
-    }
-}
+variant_kinds!(OfflineError { OfflineBlocked, OfflineFinished, NotOffline });

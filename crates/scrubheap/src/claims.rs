@@ -263,13 +263,4 @@ pub enum ClaimError {
     },
 }
 
-impl ClaimError {
-    /// The variant's name (`"ClaimExceedsFree"`, ...): what [`crate::HeapError::kind`] returns for it.
-    pub fn kind(&self) -> &'static str {
-        match self {
-            ClaimError::ClaimExceedsFree { .. } => "ClaimExceedsFree",
-            ClaimError::ClaimedByOthers { .. } => "ClaimedByOthers",
-            ClaimError::NeededByClaims { .. } => "NeededByClaims",
-        }
-    }
-}
+variant_kinds!(ClaimError { ClaimExceedsFree, ClaimedByOthers, NeededByClaims });

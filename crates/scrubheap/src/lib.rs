@@ -29,6 +29,24 @@
 
 extern crate alloc;
 
+/// `kind()` for an error enum whose variants all have named fields: the variant's name, as
+/// [`HeapError::kind`] returns it (the op log and the C status map key on it). The names
+/// are written once, `stringify!` keeps each kind equal to its variant's name, and the
+/// match is exhaustive, so a variant added to the enum and not to the list fails to build.
+macro_rules! variant_kinds {
+    ($ty:ident { $($v:ident),+ $(,)? }) => {
+        impl $ty {
+            /// The variant's name (`"InvalidOrder"`, `"NotAllocated"`, ...): what
+            /// [`crate::HeapError::kind`] returns for it.
+            pub fn kind(&self) -> &'static str {
+                match self {
+                    $($ty::$v { .. } => stringify!($v),)+
+                }
+            }
+        }
+    };
+}
+
 mod at;
 mod blocker;
 mod chunk;

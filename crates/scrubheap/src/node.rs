@@ -886,20 +886,15 @@ pub enum FreeError {
     },
 }
 
-impl FreeError {
-    /// The variant's name (`"NotAllocated"`, ...): what [`crate::HeapError::kind`] returns for it.
-    pub fn kind(&self) -> &'static str {
-        match self {
-            FreeError::NotAllocated { .. } => "NotAllocated",
-            FreeError::WrongOwner { .. } => "WrongOwner",
-            FreeError::OrderTooLarge { .. } => "OrderTooLarge",
-            FreeError::Pinned { .. } => "Pinned",
-            FreeError::Busy { .. } => "Busy",
-            FreeError::NotPinned { .. } => "NotPinned",
-            FreeError::PinLimit { .. } => "PinLimit",
-            FreeError::Sealed { .. } => "Sealed",
-            FreeError::NotSealed { .. } => "NotSealed",
-            FreeError::TooManyChunks { .. } => "TooManyChunks",
-        }
-    }
-}
+variant_kinds!(FreeError {
+    NotAllocated,
+    WrongOwner,
+    OrderTooLarge,
+    Pinned,
+    Busy,
+    NotPinned,
+    PinLimit,
+    Sealed,
+    NotSealed,
+    TooManyChunks
+});

@@ -186,18 +186,13 @@ pub enum RangeError {
     },
 }
 
-impl RangeError {
-    /// The variant's name (`"InvalidOrder"`, ...): what [`crate::HeapError::kind`] returns for it.
-    pub fn kind(&self) -> &'static str {
-        match self {
-            RangeError::InvalidOrder { .. } => "InvalidOrder",
-            RangeError::NoSuchNode { .. } => "NoSuchNode",
-            RangeError::NoSuchCpu { .. } => "NoSuchCpu",
-            RangeError::OutOfRange { .. } => "OutOfRange",
-            RangeError::Unaligned { .. } => "Unaligned",
-            RangeError::CrossesNode { .. } => "CrossesNode",
-            RangeError::BadRange { .. } => "BadRange",
-            RangeError::CrossesZone { .. } => "CrossesZone",
-        }
-    }
-}
+variant_kinds!(RangeError {
+    InvalidOrder,
+    NoSuchNode,
+    NoSuchCpu,
+    OutOfRange,
+    Unaligned,
+    CrossesNode,
+    BadRange,
+    CrossesZone
+});
