@@ -2,6 +2,7 @@
 //! panics from crossing the boundary.
 
 use scrubheap::HeapError;
+use scrubheap::{ClaimError, FreeError, OfflineError, RangeError};
 use std::cell::RefCell;
 use std::ffi::{c_char, CStr, CString};
 use std::panic::{catch_unwind, AssertUnwindSafe};
@@ -205,37 +206,37 @@ impl From<&HeapError> for ScrubheapStatus {
     fn from(e: &HeapError) -> Self {
         match e {
             HeapError::InvalidConfig(_) => S::SCRUBHEAP_E_INVALID_CONFIG,
-            HeapError::InvalidOrder { .. } => S::SCRUBHEAP_E_INVALID_ORDER,
-            HeapError::NoSuchNode { .. } => S::SCRUBHEAP_E_NO_SUCH_NODE,
+            HeapError::Range(RangeError::InvalidOrder { .. }) => S::SCRUBHEAP_E_INVALID_ORDER,
+            HeapError::Range(RangeError::NoSuchNode { .. }) => S::SCRUBHEAP_E_NO_SUCH_NODE,
             // The C ABI has no per-CPU fast path yet, so no call of it names a CPU; the
             // nearest code until it has one.
-            HeapError::NoSuchCpu { .. } => S::SCRUBHEAP_E_NO_SUCH_NODE,
-            HeapError::OutOfRange { .. } => S::SCRUBHEAP_E_OUT_OF_RANGE,
-            HeapError::Unaligned { .. } => S::SCRUBHEAP_E_UNALIGNED,
-            HeapError::CrossesNode { .. } => S::SCRUBHEAP_E_CROSSES_NODE,
+            HeapError::Range(RangeError::NoSuchCpu { .. }) => S::SCRUBHEAP_E_NO_SUCH_NODE,
+            HeapError::Range(RangeError::OutOfRange { .. }) => S::SCRUBHEAP_E_OUT_OF_RANGE,
+            HeapError::Range(RangeError::Unaligned { .. }) => S::SCRUBHEAP_E_UNALIGNED,
+            HeapError::Range(RangeError::CrossesNode { .. }) => S::SCRUBHEAP_E_CROSSES_NODE,
             HeapError::OutOfMemory { .. } => S::SCRUBHEAP_E_OUT_OF_MEMORY,
-            HeapError::NotAllocated { .. } => S::SCRUBHEAP_E_NOT_ALLOCATED,
-            HeapError::WrongOwner { .. } => S::SCRUBHEAP_E_WRONG_OWNER,
-            HeapError::OrderTooLarge { .. } => S::SCRUBHEAP_E_ORDER_TOO_LARGE,
-            HeapError::Pinned { .. } => S::SCRUBHEAP_E_PINNED,
-            HeapError::ClaimExceedsFree { .. } => S::SCRUBHEAP_E_CLAIM_EXCEEDS_FREE,
-            HeapError::Busy { .. } => S::SCRUBHEAP_E_BUSY,
-            HeapError::NotPinned { .. } => S::SCRUBHEAP_E_NOT_PINNED,
-            HeapError::PinLimit { .. } => S::SCRUBHEAP_E_PIN_LIMIT,
+            HeapError::Free(FreeError::NotAllocated { .. }) => S::SCRUBHEAP_E_NOT_ALLOCATED,
+            HeapError::Free(FreeError::WrongOwner { .. }) => S::SCRUBHEAP_E_WRONG_OWNER,
+            HeapError::Free(FreeError::OrderTooLarge { .. }) => S::SCRUBHEAP_E_ORDER_TOO_LARGE,
+            HeapError::Free(FreeError::Pinned { .. }) => S::SCRUBHEAP_E_PINNED,
+            HeapError::Claim(ClaimError::ClaimExceedsFree { .. }) => S::SCRUBHEAP_E_CLAIM_EXCEEDS_FREE,
+            HeapError::Free(FreeError::Busy { .. }) => S::SCRUBHEAP_E_BUSY,
+            HeapError::Free(FreeError::NotPinned { .. }) => S::SCRUBHEAP_E_NOT_PINNED,
+            HeapError::Free(FreeError::PinLimit { .. }) => S::SCRUBHEAP_E_PIN_LIMIT,
             HeapError::MigrationRefused { .. } => S::SCRUBHEAP_E_MIGRATION_REFUSED,
-            HeapError::OfflineBlocked { .. } => S::SCRUBHEAP_E_OFFLINE_BLOCKED,
-            HeapError::NotOffline { .. } => S::SCRUBHEAP_E_NOT_OFFLINE,
-            HeapError::BadRange { .. } => S::SCRUBHEAP_E_BAD_RANGE,
-            HeapError::NeededByClaims { .. } => S::SCRUBHEAP_E_NEEDED_BY_CLAIMS,
-            HeapError::Sealed { .. } => S::SCRUBHEAP_E_SEALED,
-            HeapError::NotSealed { .. } => S::SCRUBHEAP_E_NOT_SEALED,
+            HeapError::Offline(OfflineError::OfflineBlocked { .. }) => S::SCRUBHEAP_E_OFFLINE_BLOCKED,
+            HeapError::Offline(OfflineError::NotOffline { .. }) => S::SCRUBHEAP_E_NOT_OFFLINE,
+            HeapError::Range(RangeError::BadRange { .. }) => S::SCRUBHEAP_E_BAD_RANGE,
+            HeapError::Claim(ClaimError::NeededByClaims { .. }) => S::SCRUBHEAP_E_NEEDED_BY_CLAIMS,
+            HeapError::Free(FreeError::Sealed { .. }) => S::SCRUBHEAP_E_SEALED,
+            HeapError::Free(FreeError::NotSealed { .. }) => S::SCRUBHEAP_E_NOT_SEALED,
             HeapError::SealedMovable => S::SCRUBHEAP_E_SEALED_MOVABLE,
-            HeapError::ClaimedByOthers { .. } => S::SCRUBHEAP_E_CLAIMED_BY_OTHERS,
+            HeapError::Claim(ClaimError::ClaimedByOthers { .. }) => S::SCRUBHEAP_E_CLAIMED_BY_OTHERS,
             HeapError::NotFree { .. } => S::SCRUBHEAP_E_NOT_FREE,
-            HeapError::CrossesZone { .. } => S::SCRUBHEAP_E_CROSSES_ZONE,
+            HeapError::Range(RangeError::CrossesZone { .. }) => S::SCRUBHEAP_E_CROSSES_ZONE,
             HeapError::NeedsScrubTicket { .. } => S::SCRUBHEAP_E_NEEDS_SCRUB_TICKET,
-            HeapError::OfflineFinished { .. } => S::SCRUBHEAP_E_OFFLINE_FINISHED,
-            HeapError::TooManyChunks { .. } => S::SCRUBHEAP_E_TOO_MANY_CHUNKS,
+            HeapError::Offline(OfflineError::OfflineFinished { .. }) => S::SCRUBHEAP_E_OFFLINE_FINISHED,
+            HeapError::Free(FreeError::TooManyChunks { .. }) => S::SCRUBHEAP_E_TOO_MANY_CHUNKS,
             HeapError::JobCancelled { .. } => S::SCRUBHEAP_E_JOB_CANCELLED,
             HeapError::JobFinished { .. } => S::SCRUBHEAP_E_JOB_FINISHED,
         }
@@ -351,6 +352,25 @@ mod tests {
         // SAFETY: as above.
         let unknown = unsafe { CStr::from_ptr(scrubheap_status_str(12345)) };
         assert_eq!(unknown, c"unknown status code");
+    }
+
+    /// Every kind of heap error has a status of its own, but `NoSuchCpu`, which shares
+    /// `SCRUBHEAP_E_NO_SUCH_NODE` until the C ABI names CPUs; and the status carries the
+    /// error's own message.
+    #[test]
+    fn every_error_kind_maps_to_its_own_status() {
+        let mut by_status = std::collections::BTreeMap::new();
+        for e in scrubheap::one_error_of_each_kind() {
+            let status = ScrubheapStatus::from(&e);
+            assert!(ALL.contains(&status) && status as i32 <= -10, "{e:?} maps to {status:?}");
+            let f = Failure::from(e.clone());
+            assert_eq!((f.status, f.message.as_str()), (status, e.to_string().as_str()));
+            by_status.entry(status as i32).or_insert_with(Vec::new).push(e.kind());
+        }
+        for (status, kinds) in by_status {
+            let shared = status == S::SCRUBHEAP_E_NO_SUCH_NODE as i32 && kinds == ["NoSuchNode", "NoSuchCpu"];
+            assert!(kinds.len() == 1 || shared, "status {status} is shared by {kinds:?}");
+        }
     }
 
     #[test]

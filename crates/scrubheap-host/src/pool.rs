@@ -18,6 +18,7 @@ use crate::instrument::{LockTimer, PreemptRecorder, Sections};
 use crate::priority::ScrubPriority;
 use crate::{Arena, ArenaConfig, ArenaError, Kernel};
 use parking_lot::{Condvar, Mutex};
+use scrubheap::FreeError;
 use scrubheap::{
     AllocRequest, AllocStart, Claim, ClaimTarget, DomId, Extent, Heap, HeapConfig, HeapError, Mfn, NodeSpec, Policy,
 };
@@ -470,12 +471,12 @@ impl Drop for Pool {
 /// moved (a move takes one copy of at most one extent).
 const BUSY_RETRIES: u32 = 1 << 20;
 
-/// Retries `f` while it fails with `HeapError::Busy`, yielding between tries.
+/// Retries `f` while it fails with `FreeError::Busy`, yielding between tries.
 pub fn retry_busy<T>(mut f: impl FnMut() -> Result<T, HeapError>) -> Result<T, HeapError> {
     let mut tries = 0;
     loop {
         match f() {
-            Err(HeapError::Busy { .. }) if tries < BUSY_RETRIES => {
+            Err(HeapError::Free(FreeError::Busy { .. })) if tries < BUSY_RETRIES => {
                 tries += 1;
                 std::thread::yield_now();
             }

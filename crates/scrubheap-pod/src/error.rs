@@ -1,7 +1,7 @@
 //! PoD's typed errors. Every refused operation leaves the heap and the guests unchanged,
 //! except [`PodError::Exhausted`], which reports a guest's crash.
 
-use scrubheap::{DomId, HeapError};
+use scrubheap::{ClaimError, DomId, HeapError};
 
 /// Why a populate-on-demand operation was refused.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
@@ -149,7 +149,7 @@ impl PodError {
             self,
             PodError::OutOfMemory { .. }
                 | PodError::ClaimedNormal { .. }
-                | PodError::Heap(HeapError::OutOfMemory { .. } | HeapError::ClaimedByOthers { .. })
+                | PodError::Heap(HeapError::OutOfMemory { .. } | HeapError::Claim(ClaimError::ClaimedByOthers { .. }))
         )
     }
 }
@@ -163,7 +163,7 @@ pub struct PodViolation(pub alloc::string::String);
 mod tests {
     use super::PodError;
     use alloc::format;
-    use scrubheap::{DomId, HeapError, Mfn};
+    use scrubheap::{DomId, FreeError, HeapError, Mfn};
 
     /// The kind is `Pod` + the variant's name, as the `Debug` text starts with it; a heap
     /// error keeps the heap's kind.
@@ -190,7 +190,7 @@ mod tests {
             assert!(dbg[k.len() - 3..].starts_with(' '), "{dbg}: kind {k}");
         }
         assert_eq!(PodError::Exhausted { dom: d, gfn: 1 }.kind(), "PodExhausted");
-        let h = HeapError::NotAllocated { mfn: Mfn(3) };
+        let h = HeapError::Free(FreeError::NotAllocated { mfn: Mfn(3) });
         assert_eq!(PodError::Heap(h.clone()).kind(), h.kind());
     }
 }

@@ -13,6 +13,7 @@ use scrubheap::{
     largest_order, AllocRequest, DomId, FrameMemory, Heap, HeapError, Mfn, NoMigration, Preempt, RangeOp, Zone,
     MAX_ORDER,
 };
+use scrubheap::RangeError;
 
 /// An empty-cache reclaim in progress: what is left of its budgets. Kept across touches
 /// that yielded, so the reclaim goes on where it stopped; dropped when it ends (a page
@@ -191,7 +192,7 @@ impl Guest {
 
     pub(crate) fn check_gfn(&self, gfn: u64, order: u8) -> Result<(), PodError> {
         if order > MAX_ORDER {
-            return Err(PodError::Heap(HeapError::InvalidOrder { order }));
+            return Err(PodError::Heap(HeapError::Range(RangeError::InvalidOrder { order })));
         }
         if gfn % (1u64 << order) != 0 {
             return Err(PodError::Unaligned { dom: self.dom, gfn, order });

@@ -369,7 +369,7 @@ fn a_run_held_as_more_chunks_than_one_call_walks_goes_back_in_counted_job_steps(
     // PoD layer halved such a run until each half fit, with no preemption point).
     let before = h.stats();
     let r = h.free_sealed(Mfn(first), 8, dom);
-    assert!(matches!(r, Err(HeapError::TooManyChunks { limit: CHUNKS_PER_STEP, .. })), "{r:?}");
+    assert!(matches!(r, Err(HeapError::Free(FreeError::TooManyChunks { limit: CHUNKS_PER_STEP, .. }))), "{r:?}");
     assert_eq!(h.stats(), before);
     let s = Sections::new(&h, &pods);
     destroy(&s, dom).unwrap();

@@ -8,6 +8,7 @@ mod common;
 
 use common::snapshot;
 use scrubheap::*;
+use scrubheap::{ClaimError, FreeError, RangeError};
 use scrubheap_pod::*;
 
 const FRAMES: u64 = 8192;
@@ -430,7 +431,7 @@ fn misuse_is_refused_and_changes_nothing() {
     refused!(
         h,
         h.pods.create(&h.heap, DomId(1), &PodConfig::new(100, 10).on(3), never),
-        PodError::Heap(HeapError::NoSuchNode { .. })
+        PodError::Heap(HeapError::Range(RangeError::NoSuchNode { .. }))
     );
     refused!(
         h,
@@ -442,7 +443,7 @@ fn misuse_is_refused_and_changes_nothing() {
     refused!(
         h,
         h.pods.create(&h.heap, DomId(1), &PodConfig::new(100, 11), never),
-        PodError::Heap(HeapError::ClaimedByOthers { .. })
+        PodError::Heap(HeapError::Claim(ClaimError::ClaimedByOthers { .. }))
     );
     h.claim_cancel(DomId(9));
 
@@ -458,12 +459,16 @@ fn misuse_is_refused_and_changes_nothing() {
     refused!(h, h.balloon(DomId(1), 1536, 10), PodError::Unaligned { .. });
     refused!(h, h.balloon(DomId(1), 2048, 0), PodError::GfnOutOfRange { .. });
     refused!(h, h.balloon(DomId(1), 0, 12), PodError::GfnOutOfRange { .. });
-    refused!(h, h.balloon(DomId(1), 0, 19), PodError::Heap(HeapError::InvalidOrder { .. }));
+    refused!(h, h.balloon(DomId(1), 0, 19), PodError::Heap(HeapError::Range(RangeError::InvalidOrder { .. })));
     refused!(h, h.balloon(DomId(1), u64::MAX, 0), PodError::GfnOutOfRange { .. });
     refused!(h, h.pods.set_target(&h.heap, DomId(1), 2049, never), PodError::TargetTooLarge { .. });
     let free = h.stats().free_clean + h.stats().free_dirty;
     h.claim_set(DomId(9), &[Claim { target: ClaimTarget::Global, frames: free - 100 }]).unwrap();
-    refused!(h, h.pods.set_target(&h.heap, DomId(1), 2048, never), PodError::Heap(HeapError::ClaimedByOthers { .. }));
+    refused!(
+        h,
+        h.pods.set_target(&h.heap, DomId(1), 2048, never),
+        PodError::Heap(HeapError::Claim(ClaimError::ClaimedByOthers { .. }))
+    );
     h.claim_cancel(DomId(9));
     refused!(h, h.pods.lookup(DomId(1), 4096), PodError::GfnOutOfRange { .. });
 }
@@ -615,10 +620,10 @@ fn frames_the_pod_layer_holds_cannot_be_freed_or_pinned_behind_its_back() {
     let before = snapshot(&h.heap, &[1]);
     for (mfn, order) in [(populated, 0), (m.mfn, m.order)] {
         let e = h.free(mfn, order, DomId(1)).unwrap_err();
-        assert!(matches!(e, HeapError::Sealed { owner: DomId(1), .. }), "{e}");
+        assert!(matches!(e, HeapError::Free(FreeError::Sealed { owner: DomId(1), .. })), "{e}");
         let e = h.pin(mfn, order, DomId(1), &MetadataMigrator, &NeverPreempt).unwrap_err();
-        assert!(matches!(e, HeapError::Sealed { .. }), "{e}");
-        assert!(matches!(h.pin_in_place(mfn, order, DomId(1)), Err(HeapError::Sealed { .. })));
+        assert!(matches!(e, HeapError::Free(FreeError::Sealed { .. })), "{e}");
+        assert!(matches!(h.pin_in_place(mfn, order, DomId(1)), Err(HeapError::Free(FreeError::Sealed { .. }))));
     }
     assert_eq!(snapshot(&h.heap, &[1]), before, "a refused free or pin changes nothing");
     ok(&h);
@@ -636,7 +641,7 @@ fn a_guests_own_claim_is_its_own_and_others_claims_refuse_it_through_the_claims_
     // Dom 2 may have only the 100 frames dom 1 left unclaimed: the heap's own gate says so.
     let before = state(&h, 2);
     let r = h.pods.create(&h.heap, DomId(2), &PodConfig::new(1024, 101), never);
-    assert!(matches!(r, Err(PodError::Heap(HeapError::ClaimedByOthers { .. }))), "{r:?}");
+    assert!(matches!(r, Err(PodError::Heap(HeapError::Claim(ClaimError::ClaimedByOthers { .. })))), "{r:?}");
     assert!(r.unwrap_err().is_out_of_memory());
     assert_eq!(state(&h, 2), before);
     // Dom 1 fills its cache from its own claim, which its allocations retire.

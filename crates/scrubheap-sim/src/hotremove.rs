@@ -18,6 +18,7 @@ use crate::preset::{HostPreset, GIB, MIB};
 use rand::seq::SliceRandom;
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
+use scrubheap::OfflineError;
 use scrubheap::{
     AllocRequest, Blocker, Deadline, DomId, Extent, Heap, HeapConfig, HeapError, Mfn, Migrator, NeverPreempt, NodeSpec,
     NullMemory, OfflineStop,
@@ -516,7 +517,7 @@ fn offline_until_deadline(
                 out.blockers.clear();
                 break;
             }
-            Err(HeapError::OfflineBlocked { stop, blockers: b, .. }) => {
+            Err(HeapError::Offline(OfflineError::OfflineBlocked { stop, blockers: b, .. })) => {
                 out.blockers = b;
                 if stop == OfflineStop::Deadline {
                     break;

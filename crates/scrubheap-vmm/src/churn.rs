@@ -19,6 +19,7 @@ use crate::vm::{
     ms_since, AnonRam, BootStats, GuestProgram, Kvm, PoolRam, Prefault, Ram, SetupTimes, Tenant, TscFrequency,
     VmmError, MAX_GUEST_BYTES, MIN_GUEST_BYTES,
 };
+use scrubheap::ClaimError;
 use scrubheap::{DomId, HeapError};
 use scrubheap_host::guest::tag_of;
 use scrubheap_host::instrument::PreemptRecorder;
@@ -487,7 +488,7 @@ fn guest_ram<'p>(
         Some(pool) if pod => crate::pod::pod_ram(pool, dom, bytes, rec),
         Some(pool) => match pool.create_guest(dom, bytes, rec) {
             Ok((guest, _)) => Ok(Some(Ram::Pool(PoolRam::new(pool, guest, rec)))),
-            Err(HeapError::OutOfMemory { .. } | HeapError::ClaimExceedsFree { .. }) => Ok(None),
+            Err(HeapError::OutOfMemory { .. } | HeapError::Claim(ClaimError::ClaimExceedsFree { .. })) => Ok(None),
             Err(e) => Err(e.into()),
         },
         None => Ok(Some(Ram::Anonymous(AnonRam::new(bytes)?))),

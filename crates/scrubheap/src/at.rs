@@ -9,7 +9,8 @@ use crate::heap::{AllocRequest, Extent, Heap, NodeGuard, NodeTry};
 use crate::memory::FrameMemory;
 use crate::sync::MutexGuard;
 use crate::ticket::{AllocStart, ScrubTicket};
-use crate::types::{DomId, Mfn, Zone};
+use crate::types::RangeError;
+use crate::types::{DomId, Mfn, Off, Zone};
 
 #[inline]
 fn size(order: u8) -> u32 {
@@ -29,8 +30,8 @@ impl<M: FrameMemory> Heap<M> {
     ///
     /// Refused, with nothing changed: [`HeapError::NotFree`] naming the first frame that
     /// is not free and what it is doing (a background scrubber holding it is asked to hand
-    /// it back after its current batch: retry); [`HeapError::ClaimedByOthers`];
-    /// [`HeapError::CrossesZone`]; and the range errors of [`Heap::free`].
+    /// it back after its current batch: retry); [`crate::ClaimError::ClaimedByOthers`];
+    /// [`crate::RangeError::CrossesZone`]; and the range errors of [`Heap::free`].
     ///
     /// ```
     /// use scrubheap::{DomId, Heap, HeapConfig, Mfn, NullMemory};
@@ -79,7 +80,7 @@ impl<M: FrameMemory> Heap<M> {
         let end = off + size(order);
         if (off < movable_from) != (end <= movable_from) {
             let movable_from = st.mfn(movable_from);
-            return Err(HeapError::CrossesZone { mfn, order, movable_from });
+            return Err(HeapError::Range(RangeError::CrossesZone { mfn, order, movable_from }));
         }
         let mut req = AllocRequest::new(order, owner).exact(n);
         req.movable = st.zone_of(off) == Zone::Movable;
@@ -101,7 +102,7 @@ impl<M: FrameMemory> Heap<M> {
         &'a self,
         mut st: NodeGuard<'a>,
         n: usize,
-        off: u32,
+        off: Off,
         req: &AllocRequest,
     ) -> Result<(NodeGuard<'a>, Option<MutexGuard<'a, ClaimBook>>), HeapError> {
         let end = off + size(req.order);
@@ -117,9 +118,7 @@ impl<M: FrameMemory> Heap<M> {
         }
         let want = size(req.order) as u64;
         let (room, book) = self.gate(Some(req.owner), n, st.free);
-        if let Some((where_, free, claimed)) = room.refusal(n, want) {
-            return Err(HeapError::ClaimedByOthers { owner: req.owner, frames: want, where_, free, claimed });
-        }
+        room.admit(req.owner, n, want)?;
         if whole {
             st.unlink_free(h);
             let inside = Self::split_free_around(&mut st, h, o, off, end);
@@ -140,7 +139,7 @@ impl<M: FrameMemory> Heap<M> {
 
     /// The refusal for the range `[off, 2^order)` whose chunk at `h` is not free; a
     /// background scrubber holding it is asked to hand it back.
-    fn not_free(&self, st: &mut NodeGuard<'_>, off: u32, order: u8, h: u32) -> HeapError {
+    fn not_free(&self, st: &mut NodeGuard<'_>, off: Off, order: u8, h: Off) -> HeapError {
         let state = st.state(h);
         let what = match state {
             State::Allocated => FrameUse::Allocated,

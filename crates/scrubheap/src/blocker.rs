@@ -1,5 +1,5 @@
 //! What stops an offline, and the chunks that block one: the facts an offline's refusal
-//! carries ([`crate::HeapError::OfflineBlocked`]), kept apart from the offline itself so
+//! carries ([`crate::OfflineError::OfflineBlocked`]), kept apart from the offline itself so
 //! that errors depend on them and not on the operation.
 
 use crate::types::{DomId, Mfn};
@@ -79,3 +79,41 @@ impl fmt::Display for Blocker {
         write!(f, " ({})", self.reason)
     }
 }
+
+/// Taking frames out of service or back into it did not happen: an offline blocked (with its
+/// [`Blocker`]s) or already ended, or an online of frames that are not offline. The heap is
+/// as it was (an offline that rolled back has put every frame it took back).
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum OfflineError {
+    /// An offline stopped and was rolled back: every frame it took is back as it was.
+    #[error("offline of {count} frames at {first} rolled back ({stop}): {} blocker(s){}",
+        blockers.len(), blockers.first().map_or(alloc::string::String::new(), |b| alloc::format!(", first {b}")))]
+    OfflineBlocked {
+        /// First frame of the range.
+        first: Mfn,
+        /// Frames in the range.
+        count: u64,
+        /// Why it stopped.
+        stop: crate::blocker::OfflineStop,
+        /// What blocked it (at most [`crate::MAX_BLOCKERS`]).
+        blockers: alloc::vec::Vec<crate::blocker::Blocker>,
+    },
+    /// An offline job that has ended was advanced again.
+    #[error("the offline of {count} frames at {first} has ended: start a new one with Heap::offline_start")]
+    OfflineFinished {
+        /// First frame of the range.
+        first: Mfn,
+        /// Frames in the range.
+        count: u64,
+    },
+    /// Onlining frames that are not offline.
+    #[error("frame {mfn} is not offline (it is {state}): online only frames an offline removed")]
+    NotOffline {
+        /// The frame.
+        mfn: Mfn,
+        /// What it is.
+        state: &'static str,
+    },
+}
+
+variant_kinds!(OfflineError { OfflineBlocked, OfflineFinished, NotOffline });

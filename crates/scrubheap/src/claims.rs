@@ -1,8 +1,9 @@
 //! Claims: memory reserved for a domain before it allocates, globally and per node,
 //! installed as a set per domain.
 
-use crate::types::DomId;
+use crate::types::{DomId, Mfn};
 use alloc::collections::BTreeMap;
+use alloc::string::String;
 use alloc::vec;
 use alloc::vec::Vec;
 
@@ -215,3 +216,51 @@ impl ClaimBook {
         }
     }
 }
+
+/// Claims refused a request: a claim larger than the free unclaimed memory, or frames that
+/// other domains' claims need (the claims gate, [`crate::Heap::claims_admit`]). Nothing was
+/// changed.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum ClaimError {
+    /// A claim for more memory than is free and unclaimed.
+    #[error("claim of {requested} frames on {where_} exceeds the {available} free frames not claimed by others")]
+    ClaimExceedsFree {
+        /// Frames asked for.
+        requested: u64,
+        /// Where: "node N" or "the whole heap".
+        where_: String,
+        /// Free frames not claimed by other domains.
+        available: u64,
+    },
+    /// The claims gate refused an allocation: other domains' claims need the free memory.
+    #[error(
+        "{frames} frames for {owner} on {where_}: {free} frames are free but {claimed} of them are claimed by other domains; cancel or shrink claims, or free memory"
+    )]
+    ClaimedByOthers {
+        /// The domain asking.
+        owner: DomId,
+        /// Frames asked for.
+        frames: u64,
+        /// Where ("node N" or "the whole heap").
+        where_: String,
+        /// Free frames there.
+        free: u64,
+        /// Frames there claimed by other domains.
+        claimed: u64,
+    },
+    /// Taking a free frame out of service would leave less free memory than is claimed.
+    #[error(
+        "frame {mfn} is free but claims need it ({claimed} frames claimed, {free} free): shrink or cancel claims first"
+    )]
+    NeededByClaims {
+        /// The frame.
+        mfn: Mfn,
+        /// All outstanding claims, node and global (the refusal may come from this node's
+        /// claims or from the total).
+        claimed: u64,
+        /// Free frames on its node.
+        free: u64,
+    },
+}
+
+variant_kinds!(ClaimError { ClaimExceedsFree, ClaimedByOthers, NeededByClaims });

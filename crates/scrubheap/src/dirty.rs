@@ -1,6 +1,7 @@
 //! The per-node dirty bitmap: one bit per frame, set while the frame may hold a previous
 //! owner's bytes. Bits are only ever set inside free (or being-scrubbed, or isolated) chunks.
 
+use crate::types::Off;
 use alloc::vec::Vec;
 
 /// A vector of `n` copies of `v`, every page written now: `vec![zero; n]` maps zero pages
@@ -104,7 +105,7 @@ impl DirtyBitmap {
     }
 
     /// Sets the bits of `[off, off+len)`.
-    pub fn set_all(&mut self, off: u32, len: u32) {
+    pub fn set_all(&mut self, Off(off): Off, len: u32) {
         if len == 0 {
             return;
         }
@@ -122,7 +123,7 @@ impl DirtyBitmap {
     }
 
     /// Clears the bits of `[off, off+len)`.
-    pub fn clear_all(&mut self, off: u32, len: u32) {
+    pub fn clear_all(&mut self, Off(off): Off, len: u32) {
         if len == 0 {
             return;
         }
@@ -140,23 +141,23 @@ impl DirtyBitmap {
     }
 
     /// Sets the bits of `[off, off+len)`; returns how many were newly set.
-    pub fn set(&mut self, off: u32, len: u32) -> u32 {
-        let before = self.count(off, len);
-        self.set_all(off, len);
+    pub fn set(&mut self, Off(off): Off, len: u32) -> u32 {
+        let before = self.count(Off(off), len);
+        self.set_all(Off(off), len);
         len - before
     }
 
     /// Clears the bits of `[off, off+len)`; returns how many were set.
     #[cfg(test)]
-    pub fn clear(&mut self, off: u32, len: u32) -> u32 {
-        let before = self.count(off, len);
-        self.clear_all(off, len);
+    pub fn clear(&mut self, Off(off): Off, len: u32) -> u32 {
+        let before = self.count(Off(off), len);
+        self.clear_all(Off(off), len);
         before
     }
 
     /// Number of set bits in `[off, off+len)`: reads the words holding set bits and one
     /// summary word per 64 words of the range.
-    pub fn count(&self, off: u32, len: u32) -> u32 {
+    pub fn count(&self, Off(off): Off, len: u32) -> u32 {
         if len == 0 {
             return 0;
         }
@@ -206,7 +207,7 @@ impl DirtyBitmap {
     }
 
     /// Offset (relative to `off`) of the first set bit in `[off, off+len)`.
-    pub fn first_set(&self, off: u32, len: u32) -> Option<u32> {
+    pub fn first_set(&self, Off(off): Off, len: u32) -> Option<u32> {
         let at = self.find(0, off as usize, off as usize + len as usize)?;
         debug_assert!(at >= off as usize && at < off as usize + len as usize);
         Some(at as u32 - off)
@@ -239,11 +240,11 @@ impl DirtyBitmap {
 
     /// The first run of set bits in `[off, off+len)` starting at or after `from` (relative),
     /// at most `max` long: `(start, len)` relative to `off`.
-    pub fn next_run(&self, off: u32, len: u32, from: u32, max: u32) -> Option<(u32, u32)> {
+    pub fn next_run(&self, Off(off): Off, len: u32, from: u32, max: u32) -> Option<(u32, u32)> {
         if from >= len || max == 0 {
             return None;
         }
-        let start = self.first_set(off + from, len - from)? + from;
+        let start = self.first_set(Off(off + from), len - from)? + from;
         let limit = core::cmp::min(max, len - start);
         let run = self.first_clear(off + start, limit).unwrap_or(limit);
         Some((start, run))
@@ -266,17 +267,17 @@ mod tests {
         let n = 1u32 << 18;
         let mut b = DirtyBitmap::new(n);
         assert_eq!(b.levels.len(), 3, "2^18 bits: 4,096 words, a summary of 64, a top word");
-        b.set_all(n - 1, 1);
+        b.set_all(Off(n - 1), 1);
         let before = b.reads();
-        assert_eq!(b.first_set(0, n), Some(n - 1));
-        assert_eq!(b.count(0, n), 1);
+        assert_eq!(b.first_set(Off(0), n), Some(n - 1));
+        assert_eq!(b.count(Off(0), n), 1);
         let reads = b.reads() - before;
         // find: at most two words per level; count: two edge words, 64 summary words, one
         // non-zero word. A linear scan would read 4,096 words twice.
         assert!(reads <= 2 * 3 + 2 + 64 + 1, "read {reads} words");
-        b.clear_all(n - 1, 1);
+        b.clear_all(Off(n - 1), 1);
         let before = b.reads();
-        assert_eq!(b.first_set(1, n - 1), None);
+        assert_eq!(b.first_set(Off(1), n - 1), None);
         assert!(b.reads() - before <= 6, "read {} words", b.reads() - before);
         assert!(b.levels.iter().all(|l| l.iter().all(|&w| w == 0)), "summaries cleared with the bits");
     }
@@ -297,26 +298,26 @@ mod tests {
             match rnd(4) {
                 0 => {
                     let newly = (off..off + len).filter(|&i| !m[i as usize]).count() as u32;
-                    assert_eq!(b.set(off, len), newly);
+                    assert_eq!(b.set(Off(off), len), newly);
                     m[off as usize..(off + len) as usize].fill(true);
                 }
                 1 => {
                     let was = (off..off + len).filter(|&i| m[i as usize]).count() as u32;
-                    assert_eq!(b.clear(off, len), was);
+                    assert_eq!(b.clear(Off(off), len), was);
                     m[off as usize..(off + len) as usize].fill(false);
                 }
                 _ => {}
             }
             let model_first = (off..off + len).find(|&i| m[i as usize]).map(|i| i - off);
-            assert_eq!(b.first_set(off, len), model_first);
-            assert_eq!(b.count(off, len), (off..off + len).filter(|&i| m[i as usize]).count() as u32);
+            assert_eq!(b.first_set(Off(off), len), model_first);
+            assert_eq!(b.count(Off(off), len), (off..off + len).filter(|&i| m[i as usize]).count() as u32);
             let from = rnd(len + 1);
             let max = rnd(80) + 1;
             let model_run = (from..len).find(|&i| m[(off + i) as usize]).map(|s| {
                 let r = (s..len).take(max as usize).take_while(|&i| m[(off + i) as usize]).count() as u32;
                 (s, r)
             });
-            assert_eq!(b.next_run(off, len, from, max), model_run, "off {off} len {len} from {from} max {max}");
+            assert_eq!(b.next_run(Off(off), len, from, max), model_run, "off {off} len {len} from {from} max {max}");
         }
         for l in 0..b.levels.len() - 1 {
             for (w, &v) in b.levels[l].iter().enumerate() {
@@ -329,17 +330,17 @@ mod tests {
     #[test]
     fn set_clear_count_and_runs() {
         let mut b = DirtyBitmap::new(300);
-        assert_eq!(b.set(10, 100), 100);
-        assert_eq!(b.set(50, 100), 40);
-        assert_eq!(b.count(0, 300), 140);
-        assert_eq!(b.first_set(0, 300), Some(10));
-        assert_eq!(b.first_set(200, 100), None);
-        assert_eq!(b.next_run(0, 300, 0, 1000), Some((10, 140)));
-        assert_eq!(b.next_run(0, 300, 0, 7), Some((10, 7)));
-        assert_eq!(b.clear(60, 10), 10);
-        assert_eq!(b.next_run(0, 300, 0, 1000), Some((10, 50)));
-        assert_eq!(b.next_run(0, 300, 60, 1000), Some((70, 80)));
-        assert_eq!(b.next_run(64, 100, 0, 1000), Some((6, 80)));
-        assert_eq!(b.first_set(64, 100), Some(6));
+        assert_eq!(b.set(Off(10), 100), 100);
+        assert_eq!(b.set(Off(50), 100), 40);
+        assert_eq!(b.count(Off(0), 300), 140);
+        assert_eq!(b.first_set(Off(0), 300), Some(10));
+        assert_eq!(b.first_set(Off(200), 100), None);
+        assert_eq!(b.next_run(Off(0), 300, 0, 1000), Some((10, 140)));
+        assert_eq!(b.next_run(Off(0), 300, 0, 7), Some((10, 7)));
+        assert_eq!(b.clear(Off(60), 10), 10);
+        assert_eq!(b.next_run(Off(0), 300, 0, 1000), Some((10, 50)));
+        assert_eq!(b.next_run(Off(0), 300, 60, 1000), Some((70, 80)));
+        assert_eq!(b.next_run(Off(64), 100, 0, 1000), Some((6, 80)));
+        assert_eq!(b.first_set(Off(64), 100), Some(6));
     }
 }

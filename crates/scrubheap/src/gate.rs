@@ -32,6 +32,7 @@
 //!   every allocation updates, the contention per-node locks exist to avoid.
 
 use crate::claims::ClaimBook;
+use crate::claims::ClaimError;
 use crate::heap::Heap;
 use crate::memory::FrameMemory;
 use crate::sync::MutexGuard;
@@ -77,6 +78,14 @@ impl Room {
         }
         None
     }
+
+    /// [`Room::refusal`] as the claims gate's refusal of `frames` for `owner`.
+    pub fn admit(&self, owner: DomId, node: usize, frames: u64) -> Result<(), ClaimError> {
+        match self.refusal(node, frames) {
+            None => Ok(()),
+            Some((where_, free, claimed)) => Err(ClaimError::ClaimedByOthers { owner, frames, where_, free, claimed }),
+        }
+    }
 }
 
 impl<M: FrameMemory> Heap<M> {
@@ -87,8 +96,8 @@ impl<M: FrameMemory> Heap<M> {
     /// concurrent operations may change. It says nothing of whether `frames` are free in
     /// one piece: an admitted allocation can still run out of memory.
     ///
-    /// Refused with [`HeapError::ClaimedByOthers`] (naming the node or the whole heap),
-    /// or [`HeapError::NoSuchNode`].
+    /// Refused with [`crate::ClaimError::ClaimedByOthers`] (naming the node or the whole heap),
+    /// or [`crate::RangeError::NoSuchNode`].
     pub fn claims_admit(&self, owner: DomId, node: usize, frames: u64) -> Result<(), HeapError> {
         self.node(node)?;
         if self.claimed_total() == 0 {
@@ -96,10 +105,7 @@ impl<M: FrameMemory> Heap<M> {
         }
         let book = self.claim_book();
         let room = self.room(&book, Some(owner), node, self.available(node));
-        match room.refusal(node, frames) {
-            None => Ok(()),
-            Some((where_, free, claimed)) => Err(HeapError::ClaimedByOthers { owner, frames, where_, free, claimed }),
-        }
+        Ok(room.admit(owner, node, frames)?)
     }
 
     /// The most frames the claims gate admits for `owner` on `node` now: what the claims

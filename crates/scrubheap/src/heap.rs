@@ -2,16 +2,19 @@
 //! operations. Every operation validates its input before changing anything.
 
 use crate::chunk::State;
+use crate::claims::ClaimError;
 use crate::claims::{Claim, ClaimBook, ClaimTarget, DomClaims, Retired};
 use crate::config::HeapConfig;
 use crate::error::HeapError;
 use crate::memory::FrameMemory;
+use crate::node::FreeError;
 use crate::node::{NodeState, Pick};
 use crate::observe::LockObserver;
 use crate::policy::Policy;
 use crate::stats::{HeapStats, NodeStats, ZoneStats};
 use crate::sync::{AtomicU64, Mutex, MutexGuard};
-use crate::types::{DomId, Mfn, Zone, MAX_ORDER};
+use crate::types::RangeError;
+use crate::types::{DomId, Mfn, Off, Zone, MAX_ORDER};
 use crate::work::Kind;
 use alloc::format;
 use alloc::string::String;
@@ -78,7 +81,7 @@ impl AllocRequest {
     /// Sealed: a layer above the heap (a populate-on-demand cache, a balloon, a device
     /// driver's ring) keeps the frames for the owner and gives them back itself. The
     /// ordinary [`Heap::free`] and [`Heap::pin`] refuse every frame of a sealed
-    /// allocation ([`HeapError::Sealed`]); only [`Heap::free_sealed`] frees it (whole or
+    /// allocation ([`crate::FreeError::Sealed`]); only [`Heap::free_sealed`] frees it (whole or
     /// any aligned part). A sealed allocation is never movable ([`HeapError::SealedMovable`]).
     pub fn sealed(mut self) -> Self {
         self.sealed = true;
@@ -195,8 +198,9 @@ pub(crate) enum Source {
 impl NodeCell {
     /// The frame number of node offset `off`.
     #[inline]
-    pub(crate) fn mfn(&self, off: u32) -> Mfn {
-        Mfn(self.base + off as u64)
+    pub(crate) fn mfn(&self, off: Off) -> Mfn {
+        debug_assert!(off.0 as u64 <= self.frames, "offset {off:?} beyond the node's {} frames", self.frames);
+        off.to_mfn(self.base)
     }
 
     /// Mirrors the counters for lock-free readers; called before the node lock drops.
@@ -303,11 +307,11 @@ impl<M: FrameMemory> Heap<M> {
         for spec in &config.nodes {
             let frames = spec.frames as u32;
             let mf = spec.movable_from.map_or(frames, |m| m as u32);
-            let st = NodeState::new(base, frames, mf, config.initially_dirty);
+            let st = NodeState::new(base, frames, Off(mf), config.initially_dirty);
             let cell = NodeCell {
                 base,
                 frames: spec.frames,
-                state: Mutex::new(NodeState::new(0, 1, 1, false)),
+                state: Mutex::new(NodeState::new(0, 1, Off(1), false)),
                 free: AtomicU64::new(0),
                 free_dirty: AtomicU64::new(0),
                 allocated: AtomicU64::new(0),
@@ -452,44 +456,49 @@ impl<M: FrameMemory> Heap<M> {
         Ok(&self.served[node])
     }
 
-    pub(crate) fn node(&self, node: usize) -> Result<&NodeCell, HeapError> {
+    pub(crate) fn node(&self, node: usize) -> Result<&NodeCell, RangeError> {
         // Not `ok_or`: the error would be built, and dropped, on every call.
         match self.nodes.get(node) {
             Some(c) => Ok(c),
-            None => Err(HeapError::NoSuchNode { node, nodes: self.nodes.len() }),
+            None => Err(RangeError::NoSuchNode { node, nodes: self.nodes.len() }),
         }
     }
 
     /// The node holding `mfn`.
     pub fn node_of(&self, mfn: Mfn) -> Result<usize, HeapError> {
+        Ok(self.frame_node(mfn)?)
+    }
+
+    /// [`Heap::node_of`], refused as a range error.
+    pub(crate) fn frame_node(&self, mfn: Mfn) -> Result<usize, RangeError> {
         if mfn.0 < self.first || mfn.0 >= self.end {
-            return Err(HeapError::OutOfRange { mfn, first: Mfn(self.first), end: Mfn(self.end) });
+            return Err(RangeError::OutOfRange { mfn, first: Mfn(self.first), end: Mfn(self.end) });
         }
         Ok(self.nodes.partition_point(|c| c.base + c.frames <= mfn.0))
     }
 
     /// Validates `[mfn, 2^order)`: a known order, inside one node, naturally aligned.
     /// Returns the node and the node-relative offset.
-    pub(crate) fn locate(&self, mfn: Mfn, order: u8) -> Result<(usize, u32), HeapError> {
+    pub(crate) fn locate(&self, mfn: Mfn, order: u8) -> Result<(usize, Off), RangeError> {
         if order > MAX_ORDER {
-            return Err(HeapError::InvalidOrder { order });
+            return Err(RangeError::InvalidOrder { order });
         }
-        let n = self.node_of(mfn)?;
+        let n = self.frame_node(mfn)?;
         if mfn.0 & ((1u64 << order) - 1) != 0 {
-            return Err(HeapError::Unaligned { mfn, order, size: 1 << order });
+            return Err(RangeError::Unaligned { mfn, order, size: 1 << order });
         }
         let c = &self.nodes[n];
         if mfn.0 + (1u64 << order) > c.base + c.frames {
             if mfn.0 + (1u64 << order) > self.end {
-                return Err(HeapError::OutOfRange {
+                return Err(RangeError::OutOfRange {
                     mfn: Mfn(mfn.0 + (1 << order) - 1),
                     first: Mfn(self.first),
                     end: Mfn(self.end),
                 });
             }
-            return Err(HeapError::CrossesNode { mfn, order });
+            return Err(RangeError::CrossesNode { mfn, order });
         }
-        Ok((n, (mfn.0 - c.base) as u32))
+        Ok((n, Off::of(mfn, c.base)))
     }
 
     fn pick_rule(&self, req: &AllocRequest) -> Pick {
@@ -560,7 +569,7 @@ impl<M: FrameMemory> Heap<M> {
         &self,
         mut st: NodeGuard<'_>,
         n: usize,
-        head: u32,
+        head: Off,
         req: &AllocRequest,
         mut book: Option<MutexGuard<'_, ClaimBook>>,
     ) -> NodeTry {
@@ -629,9 +638,9 @@ impl<M: FrameMemory> Heap<M> {
     /// allocation or any aligned part of one. The frames become dirty and merge with
     /// their free buddies in O(MAX_ORDER) under the node lock. Under the `sync` policy
     /// they are zeroed first, outside the lock.
-    /// Frames of a sealed allocation are refused ([`HeapError::Sealed`]). A range held as
+    /// Frames of a sealed allocation are refused ([`crate::FreeError::Sealed`]). A range held as
     /// more than [`CHUNKS_PER_STEP`](crate::CHUNKS_PER_STEP) chunks (after partial frees
-    /// or pins) is refused ([`HeapError::TooManyChunks`], nothing changed): one call would
+    /// or pins) is refused ([`crate::FreeError::TooManyChunks`], nothing changed): one call would
     /// walk them all under the node lock; [`Heap::range_start`] frees it in bounded steps.
     pub fn free(&self, mfn: Mfn, order: u8, owner: DomId) -> Result<(), HeapError> {
         self.free_held(mfn, order, owner, false)
@@ -639,7 +648,7 @@ impl<M: FrameMemory> Heap<M> {
 
     /// [`Heap::free`] for sealed allocations (see [`AllocRequest::sealed`]): every frame
     /// of `[mfn, 2^order)` must be `owner`'s, unpinned and sealed (else
-    /// [`HeapError::NotSealed`], nothing changed). The layer that sealed the frames calls
+    /// [`crate::FreeError::NotSealed`], nothing changed). The layer that sealed the frames calls
     /// this; a range may be a whole sealed allocation or any aligned part of one, and may
     /// span several sealed allocations of the owner. Refused like [`Heap::free`] above
     /// [`CHUNKS_PER_STEP`](crate::CHUNKS_PER_STEP) chunks.
@@ -660,7 +669,7 @@ impl<M: FrameMemory> Heap<M> {
     pub(crate) fn free_located(
         &self,
         n: usize,
-        off: u32,
+        off: Off,
         order: u8,
         owner: DomId,
         sealed: bool,
@@ -680,7 +689,7 @@ impl<M: FrameMemory> Heap<M> {
         Self::check_fragments(&st, off, order)?;
         let held = st.held_by(off, order, owner, sealed)?;
         if let Some(h) = held.pinned {
-            return Err(HeapError::Pinned { mfn: st.mfn(h), owner });
+            return Err(HeapError::Free(FreeError::Pinned { mfn: st.mfn(h), owner }));
         }
         Self::split_to(&mut st, off, order);
         let end = off + size(order);
@@ -697,10 +706,12 @@ impl<M: FrameMemory> Heap<M> {
     pub fn claim_set(&self, dom: DomId, set: &[Claim]) -> Result<(), HeapError> {
         let n = self.nodes.len();
         let mut new = DomClaims::empty(n);
-        let too_big = |requested: u64| HeapError::ClaimExceedsFree {
-            requested,
-            where_: "the whole heap (the claim sizes overflow)".into(),
-            available: 0,
+        let too_big = |requested: u64| {
+            HeapError::Claim(ClaimError::ClaimExceedsFree {
+                requested,
+                where_: "the whole heap (the claim sizes overflow)".into(),
+                available: 0,
+            })
         };
         let mut total = 0u64;
         for c in set {
@@ -728,20 +739,20 @@ impl<M: FrameMemory> Heap<M> {
             total_free += free;
             let available = free.saturating_sub(book.node_total[i] - old.nodes[i]);
             if new.nodes[i] > available {
-                return Err(HeapError::ClaimExceedsFree {
+                return Err(HeapError::Claim(ClaimError::ClaimExceedsFree {
                     requested: new.nodes[i],
                     where_: format!("node {i}"),
                     available,
-                });
+                }));
             }
         }
         let available = total_free.saturating_sub(book.outstanding() - old.total());
         if new.total() > available {
-            return Err(HeapError::ClaimExceedsFree {
+            return Err(HeapError::Claim(ClaimError::ClaimExceedsFree {
                 requested: new.total(),
                 where_: "the whole heap".into(),
                 available,
-            });
+            }));
         }
         book.install(dom, new);
         self.publish_claims(&book);
@@ -856,9 +867,8 @@ impl<M: FrameMemory> Heap<M> {
         if let Some(info) = self.reserve_chunk_at(n, mfn) {
             return Ok(info);
         }
-        let cell = &self.nodes[n];
         let st = self.lock_node(n);
-        let (h, o) = st.chunk_of((mfn.0 - cell.base) as u32);
+        let (h, o) = st.chunk_of(st.off(mfn));
         let s = st.head(h);
         let state = match s.state {
             State::Free => ChunkState::Free { dirty_frames: st.dirty.count(h, size(o)) as u64 },

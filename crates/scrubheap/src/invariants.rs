@@ -7,7 +7,7 @@ use crate::error::InvariantViolation;
 use crate::heap::Heap;
 use crate::memory::FrameMemory;
 use crate::node::{Head, NodeState};
-use crate::types::{DomId, Zone, MAX_ORDER};
+use crate::types::{DomId, Off, Zone, MAX_ORDER};
 use crate::work::Kind;
 use alloc::format;
 use alloc::string::String;
@@ -29,20 +29,20 @@ struct Tally {
 
 fn check_node(n: usize, st: &NodeState) -> Result<Tally, InvariantViolation> {
     let mut t = Tally::default();
-    let mut pos = 0u32;
-    while pos < st.frames {
+    let mut pos = Off(0);
+    while pos < st.end() {
         let Some(s) = st.head_at(pos) else {
             return fail(format!("node {n}: frame offset {pos} starts no chunk"));
         };
         let o = s.order;
         let len = 1u32 << o;
-        if o > MAX_ORDER || !st.aligned(pos, o) || pos as u64 + len as u64 > st.frames as u64 {
+        if o > MAX_ORDER || !st.fits(pos, o) {
             return fail(format!("node {n}: chunk at {pos} of order {o} is misaligned or overruns the node"));
         }
-        if st.zone_of(pos) != st.zone_of(pos + len - 1) {
+        if st.zone_of(pos) != st.zone_of(pos + (len - 1)) {
             return fail(format!("node {n}: chunk at {pos} of order {o} spans two zones"));
         }
-        if let Some(i) = (pos + 1..pos + len).find(|&i| !st.is_blank(i)) {
+        if let Some(i) = (1..len).map(|i| pos + i).find(|&i| !st.is_blank(i)) {
             return fail(format!("node {n}: frame {i} inside the chunk at {pos} carries metadata"));
         }
         let bits = st.dirty.count(pos, len) as u64;
@@ -99,7 +99,7 @@ fn check_node(n: usize, st: &NodeState) -> Result<Tally, InvariantViolation> {
 
 /// A free chunk's first-dirty hint matches the bitmap, and its buddy (in the same zone)
 /// is not a free chunk of the same order: free buddies always merge.
-fn check_free_chunk(n: usize, st: &NodeState, pos: u32, o: u8) -> Result<(), InvariantViolation> {
+fn check_free_chunk(n: usize, st: &NodeState, pos: Off, o: u8) -> Result<(), InvariantViolation> {
     let len = 1u32 << o;
     let fd = st.first_dirty(pos);
     let exact = st.dirty.first_set(pos, len).unwrap_or(NONE);
@@ -123,7 +123,7 @@ fn check_free_chunk(n: usize, st: &NodeState, pos: u32, o: u8) -> Result<(), Inv
 /// A held chunk being worked on (`worked`: scrubbing, or pending a ticket) has exactly one
 /// work entry, of its kind, order and owner, and a background one has a batch in flight;
 /// any other held chunk has none.
-fn check_work_entry(n: usize, st: &NodeState, pos: u32, s: Head, worked: bool) -> Result<(), InvariantViolation> {
+fn check_work_entry(n: usize, st: &NodeState, pos: Off, s: Head, worked: bool) -> Result<(), InvariantViolation> {
     let (other, o, len) = (s.state, s.order, 1u32 << s.order);
     let entries = st.work.iter().filter(|w| w.head == pos).count();
     if entries != worked as usize {
@@ -148,7 +148,7 @@ fn check_work_entry(n: usize, st: &NodeState, pos: u32, s: Head, worked: bool) -
 /// flags only on allocations (the former on single frames), unmovable memory only in
 /// the Normal zone, nothing at all on isolated, offline and broken heads (broken ones
 /// single frames).
-fn check_held_head(n: usize, st: &NodeState, pos: u32, s: Head) -> Result<(), InvariantViolation> {
+fn check_held_head(n: usize, st: &NodeState, pos: Off, s: Head) -> Result<(), InvariantViolation> {
     let state = s.state;
     let flags = s.broken || s.migrating || s.sealed;
     match state {

@@ -29,6 +29,24 @@
 
 extern crate alloc;
 
+/// `kind()` for an error enum whose variants all have named fields: the variant's name, as
+/// [`HeapError::kind`] returns it (the op log and the C status map key on it). The names
+/// are written once, `stringify!` keeps each kind equal to its variant's name, and the
+/// match is exhaustive, so a variant added to the enum and not to the list fails to build.
+macro_rules! variant_kinds {
+    ($ty:ident { $($v:ident),+ $(,)? }) => {
+        impl $ty {
+            /// The variant's name (`"InvalidOrder"`, `"NotAllocated"`, ...): what
+            /// [`crate::HeapError::kind`] returns for it.
+            pub fn kind(&self) -> &'static str {
+                match self {
+                    $($ty::$v { .. } => stringify!($v),)+
+                }
+            }
+        }
+    };
+}
+
 mod at;
 mod blocker;
 mod chunk;
@@ -60,17 +78,17 @@ mod ticket;
 mod types;
 mod work;
 
-pub use blocker::{BlockReason, Blocker, OfflineStop};
+pub use blocker::{BlockReason, Blocker, OfflineError, OfflineStop};
 pub use chunk::{
     node_metadata_bound, BLOCK_FRAMES, BLOCK_ORDER, DIRECTORY_ENTRY_BYTES, METADATA_BITS_PER_FRAME, TABLE_BYTES,
 };
-pub use claims::{Claim, ClaimTarget};
+pub use claims::{Claim, ClaimError, ClaimTarget};
 pub use config::{HeapConfig, NodeSpec};
 pub use counting::{CountingMemory, CountingMigrator, CountingPreempt, SectionCounter};
 pub use error::{FrameUse, HeapError, InvariantViolation};
 pub use heap::{AllocRequest, ChunkInfo, ChunkState, Extent, Heap, NodePref};
 pub use memory::{FrameMemory, NullMemory};
-pub use node::largest_order;
+pub use node::{largest_order, FreeError};
 pub use observe::LockObserver;
 pub use offline::{
     Broken, Deadline, NoDeadline, OfflineJob, Offlined, StepBudget, CHUNKS_PER_STEP, MAX_BLOCKERS, MAX_BUSY_POLLS,
@@ -83,6 +101,6 @@ pub use preempt::{BatchLimit, NeverPreempt, Preempt};
 pub use range::{PinJob, RangeJob, RangeOp};
 pub use stats::{HeapStats, NodeStats, ScrubBytes, ZoneStats};
 #[cfg(any(test, feature = "testing"))]
-pub use testing::{TestMemory, TestRng};
+pub use testing::{one_error_of_each_kind, TestMemory, TestRng};
 pub use ticket::{AllocStart, ScrubTicket, MAX_WAIT_POLLS};
-pub use types::{DomId, Mfn, Zone, MAX_ORDER};
+pub use types::{DomId, Mfn, RangeError, Zone, MAX_ORDER};

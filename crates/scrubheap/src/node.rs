@@ -1,10 +1,9 @@
 //! One node's frames: chunk metadata, buddy free lists (clean and dirty, per zone and
 //! order), the dirty bitmap and the counters. Everything here is node-relative (frame
-//! offsets from the node's first frame, `u32`) and runs under the node's lock.
+//! offsets from the node's first frame, [`Off`]) and runs under the node's lock.
 
 use crate::chunk::{Records, Slot, State, BLOCK_ORDER, F_BROKEN, F_MIGRATING, F_MOVABLE, F_SEALED, NONE};
 use crate::dirty::DirtyBitmap;
-use crate::error::HeapError;
 use crate::types::{DomId, Mfn, Off, Zone, MAX_ORDER, ORDERS};
 use crate::work::{Kind, Work};
 use alloc::string::String;
@@ -37,9 +36,9 @@ pub(crate) struct Held {
     /// Every chunk is movable.
     pub movable: bool,
     /// A pinned chunk, if any.
-    pub pinned: Option<u32>,
+    pub pinned: Option<Off>,
     /// An unpinned chunk, if any.
-    pub unpinned: Option<u32>,
+    pub unpinned: Option<Off>,
 }
 
 /// How to choose among free chunks that can satisfy an order.
@@ -59,7 +58,7 @@ pub(crate) struct NodeState {
     pub base: u64,
     pub frames: u32,
     /// First offset of the Movable zone (`frames` when there is none).
-    pub movable_from: u32,
+    pub movable_from: Off,
     /// Chunk records: a per-block directory and the tables of split blocks.
     recs: Records,
     pub dirty: DirtyBitmap,
@@ -92,8 +91,9 @@ fn size(order: u8) -> u32 {
 }
 
 impl NodeState {
-    pub fn new(base: u64, frames: u32, movable_from: u32, dirty: bool) -> Self {
-        debug_assert!(frames >= 1 && movable_from <= frames, "a node of {frames} frames, Movable from {movable_from}");
+    pub fn new(base: u64, frames: u32, movable_from: Off, dirty: bool) -> Self {
+        assert!(frames >= 1 && movable_from.0 <= frames, "a node of {frames} frames, Movable from {movable_from:?}");
+        assert!(frames < u32::MAX, "a node offset fits below Off::NONE");
         let mut n = NodeState {
             base,
             frames,
@@ -111,16 +111,16 @@ impl NodeState {
             next_work_id: 1,
             in_place_by_owner: alloc::collections::BTreeMap::new(),
         };
-        n.carve(0, movable_from, dirty);
-        n.carve(movable_from, frames, dirty);
-        debug_assert_eq!(n.free, frames as u64);
-        debug_assert_eq!(n.free_dirty, if dirty { frames as u64 } else { 0 });
+        n.carve(Off(0), movable_from, dirty);
+        n.carve(movable_from, n.end(), dirty);
+        assert_eq!(n.free, frames as u64);
+        assert_eq!(n.free_dirty, if dirty { frames as u64 } else { 0 });
         n
     }
 
     /// Fills `[lo, hi)` with the largest naturally aligned free chunks.
-    fn carve(&mut self, lo: u32, hi: u32, dirty: bool) {
-        debug_assert!(lo <= hi && hi <= self.frames);
+    fn carve(&mut self, lo: Off, hi: Off, dirty: bool) {
+        assert!(lo <= hi && hi <= self.end());
         let mut pos = lo;
         while pos < hi {
             let order = self.largest_order_at(pos, hi - pos);
@@ -135,19 +135,20 @@ impl NodeState {
             self.insert_free(pos, order, fd);
             pos += size(order);
         }
-        debug_assert_eq!(pos, hi, "the chunks cover the range exactly");
+        assert_eq!(pos, hi, "the chunks cover the range exactly");
     }
 
     /// Largest order whose chunk starts at `off` (aligned in absolute frames) and fits in `room`.
-    pub fn largest_order_at(&self, off: u32, room: u32) -> u8 {
-        debug_assert!(room >= 1 && off as u64 + room as u64 <= self.frames as u64);
-        let o = largest_order(self.base + off as u64, room as u64);
+    pub fn largest_order_at(&self, off: Off, room: u32) -> u8 {
+        debug_assert!(room >= 1 && off.0 as u64 + room as u64 <= self.frames as u64);
+        let o = largest_order(self.mfn(off).0, room as u64);
         debug_assert!(self.aligned(off, o) && size(o) <= room);
         o
     }
 
-    pub fn zone_of(&self, off: u32) -> Zone {
-        debug_assert!(off < self.frames, "offset {off} beyond the node's {} frames", self.frames);
+    pub fn zone_of(&self, off: Off) -> Zone {
+        debug_assert!(self.inside(off), "offset {off:?} beyond the node's {} frames", self.frames);
+        debug_assert!(self.movable_from <= self.end());
         if off >= self.movable_from {
             Zone::Movable
         } else {
@@ -156,17 +157,26 @@ impl NodeState {
     }
 
     /// Whether `off` is aligned to `order` in absolute frame numbers.
-    pub fn aligned(&self, off: u32, order: u8) -> bool {
+    pub fn aligned(&self, off: Off, order: u8) -> bool {
         debug_assert!(order <= MAX_ORDER);
-        (self.base + off as u64) & ((1u64 << order) - 1) == 0
+        debug_assert!(off <= self.end(), "offset {off:?} beyond the node's {} frames", self.frames);
+        self.mfn(off).0 & ((1u64 << order) - 1) == 0
+    }
+
+    /// Whether `[off, 2^order)` is an aligned chunk inside the node.
+    pub fn fits(&self, off: Off, order: u8) -> bool {
+        debug_assert!(order <= MAX_ORDER);
+        let fits = self.aligned(off, order) && off.0 as u64 + size(order) as u64 <= self.frames as u64;
+        debug_assert!(!fits || self.inside(off), "a chunk that fits starts inside the node");
+        fits
     }
 
     /// Offset of the buddy of the chunk at `off` of `order`, if inside the node.
-    pub fn buddy(&self, off: u32, order: u8) -> Option<u32> {
+    pub fn buddy(&self, off: Off, order: u8) -> Option<Off> {
         debug_assert!(order < MAX_ORDER && self.aligned(off, order));
-        let b = (self.base + off as u64) ^ (1u64 << order);
-        let b = b.checked_sub(self.base).filter(|&b| b < self.frames as u64).map(|b| b as u32);
-        debug_assert!(b.is_none_or(|b| self.aligned(b, order) && b.abs_diff(off) == size(order)));
+        let b = self.mfn(off).0 ^ (1u64 << order);
+        let b = b.checked_sub(self.base).filter(|&b| b < self.frames as u64).map(|b| Off(b as u32));
+        debug_assert!(b.is_none_or(|b| self.aligned(b, order) && b.0.abs_diff(off.0) == size(order)));
         b
     }
 
@@ -176,27 +186,56 @@ impl NodeState {
     pub fn metadata_bytes(&self) -> u64 {
         let work = self.work.capacity() * core::mem::size_of::<Work>();
         let bytes = self.recs.bytes() + self.dirty.bytes() + work + core::mem::size_of::<NodeState>();
-        debug_assert!(bytes >= self.frames as usize / 8, "at least the dirty bits");
-        debug_assert!(bytes >= self.recs.tables() as usize * crate::chunk::TABLE_BYTES);
+        assert!(bytes >= self.frames as usize / 8, "at least the dirty bits");
+        assert!(bytes >= self.recs.tables() as usize * crate::chunk::TABLE_BYTES);
         bytes as u64
     }
 
-    /// The frame number of node offset `off`.
+    /// The frame number of node offset `off` (at most the node's end).
     #[inline]
-    pub fn mfn(&self, off: u32) -> Mfn {
-        debug_assert!(off <= self.frames, "offset {off} beyond the node's {} frames", self.frames);
-        Mfn(self.base + off as u64)
+    pub fn mfn(&self, off: Off) -> Mfn {
+        debug_assert!(off <= self.end(), "offset {off:?} beyond the node's {} frames", self.frames);
+        let m = off.to_mfn(self.base);
+        debug_assert!(m.0 >= self.base);
+        m
+    }
+
+    /// The node offset of `mfn`, a frame of this node (or its end).
+    #[inline]
+    pub fn off(&self, mfn: Mfn) -> Off {
+        debug_assert!(mfn.0 >= self.base, "{mfn} is before the node at {:#x}", self.base);
+        let off = Off::of(mfn, self.base);
+        debug_assert!(off <= self.end(), "{mfn} is beyond the node's {} frames", self.frames);
+        off
+    }
+
+    /// One past the node's last offset.
+    #[inline]
+    pub fn end(&self) -> Off {
+        debug_assert!(self.frames >= 1 && self.frames < u32::MAX, "a node of 1..2^32-1 frames");
+        debug_assert!(self.movable_from.0 <= self.frames, "the Movable zone starts inside the node or at its end");
+        Off(self.frames)
+    }
+
+    /// Whether `off` is a frame of the node.
+    #[inline]
+    pub fn inside(&self, off: Off) -> bool {
+        debug_assert!(self.frames < u32::MAX, "Off::NONE is never inside");
+        let inside = off.0 < self.frames;
+        debug_assert!(inside || off >= self.end());
+        inside
     }
 
     // ---- chunk heads: the only code that reads or changes them ----
 
     /// The facts of the chunk head at `h`, or `None` if `h` starts no chunk.
-    pub fn head_at(&self, h: u32) -> Option<Head> {
-        debug_assert!(h < self.frames, "offset {h} beyond the node's {} frames", self.frames);
-        let s = self.recs.get(Off(h));
+    pub fn head_at(&self, h: Off) -> Option<Head> {
+        debug_assert!(self.inside(h), "offset {h:?} beyond the node's {} frames", self.frames);
+        let s = self.recs.get(h);
         if !s.is_head() {
             return None;
         }
+        debug_assert!(s.order() <= MAX_ORDER && self.aligned(h, s.order()), "a head at {h:?} of order {}", s.order());
         let owned = matches!(s.state(), State::Allocated | State::Pending);
         let allocated = s.state() == State::Allocated;
         Some(Head {
@@ -212,93 +251,101 @@ impl NodeState {
     }
 
     /// The facts of the chunk head at `h`, which must be a head.
-    pub fn head(&self, h: u32) -> Head {
+    pub fn head(&self, h: Off) -> Head {
         let head = self.head_at(h);
-        debug_assert!(head.is_some(), "frame {h} starts no chunk");
-        head.expect("partition invariant: a chunk head")
+        debug_assert!(head.is_some(), "frame {h:?} starts no chunk");
+        let head = head.expect("partition invariant: a chunk head");
+        debug_assert!(head.order <= MAX_ORDER && h.0 as u64 + size(head.order) as u64 <= self.frames as u64);
+        head
     }
 
     /// The state of the chunk head at `h`.
     #[inline]
-    pub fn state(&self, h: u32) -> State {
-        self.recs.get(Off(h)).state()
+    pub fn state(&self, h: Off) -> State {
+        debug_assert!(self.inside(h), "offset {h:?} beyond the node's {} frames", self.frames);
+        let s = self.recs.get(h);
+        debug_assert!(s.is_head() || s == Slot::BLANK, "a record at {h:?} is a head or blank");
+        s.state()
     }
 
     /// Whether frame `off` carries no metadata at all (inside a chunk, not its head).
-    pub fn is_blank(&self, off: u32) -> bool {
-        self.recs.get(Off(off)) == Slot::BLANK
+    pub fn is_blank(&self, off: Off) -> bool {
+        debug_assert!(self.inside(off), "offset {off:?} beyond the node's {} frames", self.frames);
+        let blank = self.recs.get(off) == Slot::BLANK;
+        debug_assert!(blank || self.recs.get(off).is_head());
+        blank
     }
 
     /// Makes `h` the head of a chunk of `order` allocated to `owner`, unpinned.
-    pub fn set_allocated(&mut self, h: u32, order: u8, owner: DomId, movable: bool, sealed: bool) {
+    pub fn set_allocated(&mut self, h: Off, order: u8, owner: DomId, movable: bool, sealed: bool) {
         debug_assert!(!(movable && sealed), "a sealed allocation is never movable");
-        debug_assert!(self.aligned(h, order) && h + size(order) <= self.frames);
+        debug_assert!(self.fits(h, order));
         let mut slot = Slot::owned(State::Allocated, order, owner);
         slot.set_flag(F_MOVABLE, movable);
         slot.set_flag(F_SEALED, sealed);
-        self.recs.set(Off(h), slot);
+        self.recs.set(h, slot);
         debug_assert_eq!(self.head(h).owner, owner);
     }
 
     /// Makes `h` the head of a chunk of `order` reserved for `owner` by a scrub ticket.
-    pub fn set_pending(&mut self, h: u32, order: u8, owner: DomId) {
-        debug_assert!(self.aligned(h, order) && h + size(order) <= self.frames);
-        self.recs.set(Off(h), Slot::owned(State::Pending, order, owner));
+    pub fn set_pending(&mut self, h: Off, order: u8, owner: DomId) {
+        debug_assert!(self.fits(h, order));
+        self.recs.set(h, Slot::owned(State::Pending, order, owner));
         debug_assert_eq!(self.head(h).state, State::Pending);
     }
 
     /// Makes `h` the head of a chunk of `order` in a state without owner or flags
     /// (being scrubbed, isolated, offline, broken).
-    pub fn set_state(&mut self, h: u32, state: State, order: u8) {
+    pub fn set_state(&mut self, h: Off, state: State, order: u8) {
         debug_assert!(matches!(state, State::Scrubbing | State::Isolated | State::Offline | State::Broken));
-        debug_assert!(self.aligned(h, order) && h + size(order) <= self.frames);
-        self.recs.set(Off(h), Slot::head(state, order));
+        debug_assert!(self.fits(h, order));
+        self.recs.set(h, Slot::head(state, order));
         debug_assert_eq!(self.state(h), state);
     }
 
     /// Gives the free chunk head at `h`, already off its list, `state` (one without owner
     /// or flags, as [`NodeState::set_state`]), keeping its order: one write in place.
-    pub fn restate_free(&mut self, h: u32, state: State) {
+    pub fn restate_free(&mut self, h: Off, state: State) {
         debug_assert!(matches!(state, State::Scrubbing | State::Isolated | State::Offline | State::Broken));
         debug_assert_eq!(self.state(h), State::Free);
-        self.recs.update(Off(h), |s| *s = Slot::head(state, s.order()));
+        self.recs.update(h, |s| *s = Slot::head(state, s.order()));
         debug_assert_eq!(self.state(h), state);
     }
 
     /// Forgets the head at `h` (its frames are about to join another chunk or the free
     /// lists through [`NodeState::release`] or [`NodeState::put_back`]).
-    pub fn clear_head(&mut self, h: u32) {
+    pub fn clear_head(&mut self, h: Off) {
         debug_assert!(self.state(h) != State::Free, "a free head leaves through unlink_free");
-        self.recs.set(Off(h), Slot::BLANK);
+        self.recs.set(h, Slot::BLANK);
         debug_assert!(self.is_blank(h));
     }
 
     /// Marks (or unmarks) the allocated chunk at `h` as being migrated.
-    pub fn set_migrating(&mut self, h: u32, on: bool) {
+    pub fn set_migrating(&mut self, h: Off, on: bool) {
         debug_assert_eq!(self.state(h), State::Allocated);
-        self.recs.update(Off(h), |s| s.set_flag(F_MIGRATING, on));
+        self.recs.update(h, |s| s.set_flag(F_MIGRATING, on));
         debug_assert_eq!(self.head(h).migrating, on);
     }
 
     /// Marks the allocated single frame at `h` to leave service when freed.
-    pub fn set_broken_when_freed(&mut self, h: u32) {
+    pub fn set_broken_when_freed(&mut self, h: Off) {
         debug_assert_eq!(self.state(h), State::Allocated);
-        debug_assert_eq!(self.recs.get(Off(h)).order(), 0, "only a single frame is marked broken");
-        self.recs.update(Off(h), |s| s.set_flag(F_BROKEN, true));
+        debug_assert_eq!(self.recs.get(h).order(), 0, "only a single frame is marked broken");
+        self.recs.update(h, |s| s.set_flag(F_BROKEN, true));
         debug_assert!(self.head(h).broken);
     }
 
     /// Sets the long-term pin count of the allocated chunk at `h`.
-    pub fn set_pins(&mut self, h: u32, pins: u32) {
+    pub fn set_pins(&mut self, h: Off, pins: u32) {
         debug_assert_eq!(self.state(h), State::Allocated);
-        debug_assert!(pins == 0 || !self.recs.get(Off(h)).flags(F_SEALED), "a sealed allocation is never pinned");
-        self.recs.update(Off(h), |s| s.set_pins(pins));
+        debug_assert!(pins == 0 || !self.recs.get(h).flags(F_SEALED), "a sealed allocation is never pinned");
+        self.recs.update(h, |s| s.set_pins(pins));
         debug_assert_eq!(self.head(h).pins, pins);
     }
 
     /// Asks a background scrubber holding the chunk at `h` to hand it back after its
     /// current batch. Returns whether it had not been asked before.
-    pub fn stop_background(&mut self, h: u32) -> bool {
+    pub fn stop_background(&mut self, h: Off) -> bool {
         debug_assert_eq!(self.state(h), State::Scrubbing);
         let asked = match self.work.iter_mut().find(|w| w.head == h && w.kind == Kind::Background) {
             Some(w) if !w.stop => {
@@ -314,8 +361,8 @@ impl NodeState {
     /// Exact offset (from `h`) of the first dirty frame of the free chunk at `h`, or
     /// [`NONE`] if it is clean: its record says whether it is dirty, the bitmap's
     /// summaries where (a few word reads whatever the order).
-    pub fn first_dirty(&self, h: u32) -> u32 {
-        let s = self.recs.get(Off(h));
+    pub fn first_dirty(&self, h: Off) -> u32 {
+        let s = self.recs.get(h);
         debug_assert_eq!(s.state(), State::Free);
         if !s.listed_dirty() {
             debug_assert_eq!(self.first_dirty_in(h, s.order()), NONE, "a clean record over dirty bits");
@@ -329,8 +376,8 @@ impl NodeState {
     /// Whether `owner` holds every frame of `[off, 2^order)`, each chunk sealed exactly
     /// when `sealed` and none being migrated: the one answer for free, pin and unpin.
     /// Describes the range; the caller decides what pins it accepts.
-    pub fn held_by(&self, off: u32, order: u8, owner: DomId, sealed: bool) -> Result<Held, HeapError> {
-        debug_assert!(self.aligned(off, order) && off + size(order) <= self.frames);
+    pub fn held_by(&self, off: Off, order: u8, owner: DomId, sealed: bool) -> Result<Held, FreeError> {
+        debug_assert!(self.fits(off, order));
         let end = off + size(order);
         let mut held = Held { movable_zone: false, movable: true, pinned: None, unpinned: None };
         let mut pos = off;
@@ -338,27 +385,27 @@ impl NodeState {
             let (h, o) = self.chunk_of(pos);
             let s = self.head(h);
             let first = pos == off;
-            let beyond = HeapError::OrderTooLarge { mfn: self.mfn(off), order, owner, beyond: self.mfn(pos) };
+            let beyond = FreeError::OrderTooLarge { mfn: self.mfn(off), order, owner, beyond: self.mfn(pos) };
             match s.state {
                 State::Allocated if s.owner == owner => {}
                 State::Allocated if first => {
-                    return Err(HeapError::WrongOwner { mfn: self.mfn(off), owner, actual: s.owner })
+                    return Err(FreeError::WrongOwner { mfn: self.mfn(off), owner, actual: s.owner })
                 }
                 State::Pending if first && s.owner == owner => {
-                    return Err(HeapError::Busy { mfn: self.mfn(off), what: "still being scrubbed for its owner" })
+                    return Err(FreeError::Busy { mfn: self.mfn(off), what: "still being scrubbed for its owner" })
                 }
-                _ if first => return Err(HeapError::NotAllocated { mfn: self.mfn(off) }),
+                _ if first => return Err(FreeError::NotAllocated { mfn: self.mfn(off) }),
                 _ => return Err(beyond),
             }
             if s.migrating {
-                return Err(HeapError::Busy { mfn: self.mfn(h), what: "being migrated" });
+                return Err(FreeError::Busy { mfn: self.mfn(h), what: "being migrated" });
             }
             if s.sealed != sealed {
                 let mfn = self.mfn(h.max(off));
                 return Err(if sealed {
-                    HeapError::NotSealed { mfn, owner }
+                    FreeError::NotSealed { mfn, owner }
                 } else {
-                    HeapError::Sealed { mfn, owner }
+                    FreeError::Sealed { mfn, owner }
                 });
             }
             held.movable_zone |= self.zone_of(h) == Zone::Movable;
@@ -375,12 +422,14 @@ impl NodeState {
     }
 
     /// The free chunks on list `[zone][dirty][order]`, most recently listed first.
-    pub fn free_list(&self, zone: Zone, dirty: bool, order: u8) -> impl Iterator<Item = u32> + '_ {
+    pub fn free_list(&self, zone: Zone, dirty: bool, order: u8) -> impl Iterator<Item = Off> + '_ {
+        debug_assert!(order <= MAX_ORDER);
         let mut at = self.list_head(zone, dirty, order);
         core::iter::from_fn(move || {
             let cur = at;
-            (cur != NONE).then(|| {
-                at = self.recs.get(Off(cur)).next();
+            (cur != Off::NONE).then(|| {
+                debug_assert_eq!(self.recs.get(cur).order(), order, "a chunk on the order-{order} list");
+                at = Off(self.recs.get(cur).next());
                 cur
             })
         })
@@ -390,78 +439,92 @@ impl NodeState {
     /// list's zone, order and dirtiness, with a sound back link, and the non-empty masks
     /// agree. Returns how many chunks are listed (at most `free_chunks`, else a cycle).
     pub fn check_lists(&self, free_chunks: u64) -> Result<u64, String> {
+        assert!(free_chunks <= self.frames as u64, "at most one free chunk a frame");
         let mut listed = 0u64;
         for z in [Zone::Normal, Zone::Movable] {
             for d in [false, true] {
                 let mask = self.nonempty_mask(z, d);
                 for o in 0..=MAX_ORDER {
                     let mut cur = self.list_head(z, d, o);
-                    if (cur != NONE) != (mask & (1 << o) != 0) {
+                    if (cur != Off::NONE) != (mask & (1 << o) != 0) {
                         return Err(alloc::format!("nonempty mask of {z}/{d}/{o} disagrees with the list"));
                     }
                     let mut prev = NONE;
-                    while cur != NONE {
-                        let s = self.recs.get(Off(cur));
+                    while cur != Off::NONE {
+                        if !self.inside(cur) {
+                            return Err(alloc::format!(
+                                "list {z}/dirty={d}/order {o} links to {cur:?}, outside the node"
+                            ));
+                        }
+                        let s = self.recs.get(cur);
                         if s.state() != State::Free || s.order() != o || self.zone_of(cur) != z || s.listed_dirty() != d
                         {
                             return Err(alloc::format!(
-                                "chunk at {cur} is on list {z}/dirty={d}/order {o} but is {:?} order {}",
+                                "chunk at {} is on list {z}/dirty={d}/order {o} but is {:?} order {}",
+                                cur.0,
                                 s.state(),
                                 s.order(),
                             ));
                         }
                         if (self.first_dirty_in(cur, o) != NONE) != d {
-                            return Err(alloc::format!("chunk at {cur} on the dirty={d} list disagrees with its bits"));
+                            return Err(alloc::format!(
+                                "chunk at {} on the dirty={d} list disagrees with its bits",
+                                cur.0
+                            ));
                         }
                         if s.prev() != prev {
-                            return Err(alloc::format!("chunk at {cur} has a broken back link"));
+                            return Err(alloc::format!("chunk at {} has a broken back link", cur.0));
                         }
                         listed += 1;
                         if listed > free_chunks {
                             return Err("free lists hold more entries than free chunks (a cycle?)".into());
                         }
-                        prev = cur;
-                        cur = s.next();
+                        prev = cur.0;
+                        cur = Off(s.next());
                     }
                 }
             }
         }
         self.recs.check()?;
+        assert!(listed <= free_chunks, "the walk stops at a cycle");
         Ok(listed)
     }
 
     // ---- free lists ----
 
-    fn list_of(&self, off: u32) -> (usize, usize, usize) {
-        let s = self.recs.get(Off(off));
+    fn list_of(&self, off: Off) -> (usize, usize, usize) {
+        debug_assert!(self.inside(off), "offset {off:?} beyond the node's {} frames", self.frames);
+        let s = self.recs.get(off);
+        debug_assert!(s.state() == State::Free && s.order() <= MAX_ORDER, "only a free head is listed");
         (self.zone_of(off) as usize, s.listed_dirty() as usize, s.order() as usize)
     }
 
     /// Writes free record `slot` (off any list) at `off` and pushes it on the front of its
     /// list: one write of the record, its links in it (a scrub step's hot path).
-    fn list_push(&mut self, off: u32, mut slot: Slot) {
+    fn list_push(&mut self, off: Off, mut slot: Slot) {
         let (z, d, o) = (self.zone_of(off) as usize, slot.listed_dirty() as usize, slot.order() as usize);
+        debug_assert!(self.fits(off, o as u8), "a listed chunk at {off:?} of order {o}");
         let old = self.heads[z][d][o];
         slot.set_prev(NONE);
         slot.set_next(old);
-        self.recs.set(Off(off), slot);
+        self.recs.set(off, slot);
         if old != NONE {
-            self.recs.update(Off(old), |s| s.set_prev(off));
+            self.recs.update(Off(old), |s| s.set_prev(off.0));
         }
-        self.heads[z][d][o] = off;
+        self.heads[z][d][o] = off.0;
         self.nonempty[z][d] |= 1 << o;
         debug_assert_eq!(self.list_of(off), (z, d, o));
         debug_assert_eq!(self.list_head(self.zone_of(off), d == 1, o as u8), off);
     }
 
-    fn list_remove(&mut self, off: u32) {
+    fn list_remove(&mut self, off: Off) {
         // One read of the record: its list and its links.
-        let s = self.recs.get(Off(off));
+        let s = self.recs.get(off);
         let (z, d, o) = (self.zone_of(off) as usize, s.listed_dirty() as usize, s.order() as usize);
         debug_assert_eq!(self.list_of(off), (z, d, o));
         let (prev, next) = (s.prev(), s.next());
         if prev == NONE {
-            debug_assert_eq!(self.heads[z][d][o], off, "a chunk without a predecessor heads its list");
+            debug_assert_eq!(self.heads[z][d][o], off.0, "a chunk without a predecessor heads its list");
             self.heads[z][d][o] = next;
             if next == NONE {
                 self.nonempty[z][d] &= !(1 << o);
@@ -472,19 +535,20 @@ impl NodeState {
         if next != NONE {
             self.recs.update(Off(next), |s| s.set_prev(prev));
         }
+        debug_assert!(self.heads[z][d][o] != off.0, "{off:?} left its list");
     }
 
     /// Writes a free head at `off` and puts it on its list (counters are the caller's);
     /// `first_dirty` says which list: the clean one for [`NONE`], else the dirty one.
-    pub fn insert_free(&mut self, off: u32, order: u8, first_dirty: u32) {
-        debug_assert!(self.aligned(off, order) && off + size(order) <= self.frames);
+    pub fn insert_free(&mut self, off: Off, order: u8, first_dirty: u32) {
+        debug_assert!(self.fits(off, order));
         debug_assert_eq!(first_dirty == NONE, self.first_dirty_in(off, order) == NONE, "the list matches the bits");
         self.list_push(off, Slot::free(order, first_dirty != NONE));
         debug_assert_eq!(self.state(off), State::Free);
     }
 
     /// Takes a free chunk off its list; its head stays (state Free) for the caller to reuse.
-    pub fn unlink_free(&mut self, off: u32) {
+    pub fn unlink_free(&mut self, off: Off) {
         debug_assert_eq!(self.state(off), State::Free);
         self.list_remove(off);
         debug_assert_eq!(self.state(off), State::Free);
@@ -492,36 +556,36 @@ impl NodeState {
 
     /// Forgets the head of the free chunk at `h`, already off its list (its frames are
     /// about to be part of another chunk the caller makes).
-    pub fn forget_free(&mut self, h: u32) {
+    pub fn forget_free(&mut self, h: Off) {
         debug_assert_eq!(self.state(h), State::Free);
-        self.recs.set(Off(h), Slot::BLANK);
+        self.recs.set(h, Slot::BLANK);
         debug_assert!(self.is_blank(h));
     }
 
     /// Makes `[off, 2^order)`, whose frames carry no head, one free chunk off the free
     /// lists (counted free by the caller), its record saying whether it is dirty.
-    pub fn make_unlisted_free(&mut self, off: u32, order: u8) {
-        debug_assert!(self.aligned(off, order) && off + size(order) <= self.frames);
+    pub fn make_unlisted_free(&mut self, off: Off, order: u8) {
+        debug_assert!(self.fits(off, order));
         debug_assert!(self.is_blank(off), "the caller cleared the range's heads");
         let fd = self.first_dirty_in(off, order);
-        self.recs.set(Off(off), Slot::free(order, fd != NONE));
+        self.recs.set(off, Slot::free(order, fd != NONE));
         debug_assert_eq!(self.state(off), State::Free);
     }
 
     /// Lists the free piece `[off, 2^order)` (cut from a larger free chunk, its frames
     /// carrying no head) on the list its dirty bits say; counters are the caller's.
-    pub fn list_free_piece(&mut self, off: u32, order: u8) {
-        debug_assert!(self.aligned(off, order) && off + size(order) <= self.frames);
+    pub fn list_free_piece(&mut self, off: Off, order: u8) {
+        debug_assert!(self.fits(off, order));
         let fd = self.first_dirty_in(off, order);
         self.insert_free(off, order, fd);
         debug_assert_eq!(self.state(off), State::Free);
     }
 
     /// Head of list `[zone][dirty][order]`, for the invariant checker and scrubbers.
-    pub fn list_head(&self, zone: Zone, dirty: bool, order: u8) -> u32 {
+    pub fn list_head(&self, zone: Zone, dirty: bool, order: u8) -> Off {
         debug_assert!(order <= MAX_ORDER);
-        let h = self.heads[zone as usize][dirty as usize][order as usize];
-        debug_assert!(h == NONE || self.recs.get(Off(h)).order() == order);
+        let h = Off(self.heads[zone as usize][dirty as usize][order as usize]);
+        debug_assert!(h == Off::NONE || self.recs.get(h).order() == order);
         h
     }
 
@@ -529,12 +593,14 @@ impl NodeState {
     pub fn nonempty_mask(&self, zone: Zone, dirty: bool) -> u32 {
         let m = self.nonempty[zone as usize][dirty as usize];
         debug_assert!(m >> ORDERS == 0, "a bit per order only");
+        debug_assert!(m == 0 || self.free > 0, "a listed chunk is free");
         m
     }
 
     /// Chooses a free chunk of at least `order` in `zone` and takes it off its list:
     /// `(head, its order)`.
-    pub fn pick(&mut self, zone: Zone, order: u8, how: Pick) -> Option<(u32, u8)> {
+    pub fn pick(&mut self, zone: Zone, order: u8, how: Pick) -> Option<(Off, u8)> {
+        debug_assert!(order <= MAX_ORDER);
         let z = zone as usize;
         let at_least = !0u32 << order;
         let clean = self.nonempty[z][0] & at_least;
@@ -556,17 +622,17 @@ impl NodeState {
             Pick::CleanOnly if clean != 0 => (clean.trailing_zeros(), false),
             Pick::CleanOnly => return None,
         };
-        let head = self.heads[z][d as usize][j as usize];
-        debug_assert_ne!(head, NONE);
+        let head = Off(self.heads[z][d as usize][j as usize]);
+        debug_assert_ne!(head, Off::NONE);
         self.list_remove(head);
-        debug_assert!(j as u8 >= order && self.recs.get(Off(head)).order() == j as u8);
-        debug_assert!(how != Pick::CleanOnly || !self.recs.get(Off(head)).listed_dirty());
+        debug_assert!(j as u8 >= order && self.recs.get(head).order() == j as u8);
+        debug_assert!(how != Pick::CleanOnly || !self.recs.get(head).listed_dirty());
         Some((head, j as u8))
     }
 
     /// Exact first dirty offset within `[off, off + 2^order)`.
-    pub fn first_dirty_in(&self, off: u32, order: u8) -> u32 {
-        debug_assert!(off + size(order) <= self.frames);
+    pub fn first_dirty_in(&self, off: Off, order: u8) -> u32 {
+        debug_assert!(order <= MAX_ORDER && off.0 as u64 + size(order) as u64 <= self.frames as u64);
         let fd = self.dirty.first_set(off, size(order)).unwrap_or(NONE);
         debug_assert!(fd == NONE || fd < size(order));
         fd
@@ -574,10 +640,10 @@ impl NodeState {
 
     /// Splits the free chunk at `head` (off its list) from `from` down to `to`, putting
     /// the upper halves back on the free lists; the lower part stays unlisted.
-    pub fn split_free(&mut self, head: u32, from: u8, to: u8) {
+    pub fn split_free(&mut self, head: Off, from: u8, to: u8) {
         let mut o = from;
         // First dirty offset of the part still being split, [head, 2^o).
-        debug_assert!(to <= from && self.recs.get(Off(head)).order() == from);
+        debug_assert!(to <= from && self.recs.get(head).order() == from);
         let mut fd = self.first_dirty(head);
         while o > to {
             o -= 1;
@@ -594,15 +660,15 @@ impl NodeState {
                 fd = NONE;
             }
         }
-        self.recs.set(Off(head), Slot::free(to, fd != NONE));
+        self.recs.set(head, Slot::free(to, fd != NONE));
         debug_assert_eq!(self.first_dirty(head), fd);
     }
 
     /// Splits an allocated (or otherwise held) chunk at `head` of `from` so that the
     /// chunk of order `to` containing `target` becomes a head; every piece keeps the
     /// head's state, owner, pins and flags.
-    pub fn split_held(&mut self, head: u32, from: u8, target: u32, to: u8) {
-        let proto = self.recs.get(Off(head));
+    pub fn split_held(&mut self, head: Off, from: u8, target: Off, to: u8) {
+        let proto = self.recs.get(head);
         debug_assert!(proto.is_head() && proto.state() != State::Free && proto.order() == from);
         debug_assert!(to <= from && target >= head && target < head + size(from));
         let mut h = head;
@@ -612,8 +678,8 @@ impl NodeState {
             let upper = h + size(o);
             let mut lo = proto;
             lo.set_order(o);
-            self.recs.set(Off(h), lo);
-            self.recs.set(Off(upper), lo);
+            self.recs.set(h, lo);
+            self.recs.set(upper, lo);
             if target >= upper {
                 h = upper;
             }
@@ -623,24 +689,27 @@ impl NodeState {
 
     /// The head and order of the chunk containing `off`.
     /// In a split block only its own table is read; otherwise only block-aligned heads.
-    pub fn chunk_of(&self, off: u32) -> (u32, u8) {
-        debug_assert!(off < self.frames);
-        let from = if self.recs.split(Off(off)) { 0 } else { BLOCK_ORDER };
+    pub fn chunk_of(&self, off: Off) -> (Off, u8) {
+        debug_assert!(self.inside(off), "offset {off:?} beyond the node's {} frames", self.frames);
+        let from = if self.recs.split(off) { 0 } else { BLOCK_ORDER };
         for o in from..=MAX_ORDER {
-            let abs = (self.base + off as u64) & !((1u64 << o) - 1);
+            let abs = self.mfn(off).0 & !((1u64 << o) - 1);
             let Some(h) = abs.checked_sub(self.base) else { break };
-            let s = self.recs.get(Off(h as u32));
+            let h = Off(h as u32);
+            let s = self.recs.get(h);
             if s.is_head() && s.order() >= o {
-                return (h as u32, s.order());
+                debug_assert!(off < h + size(s.order()), "{off:?} is inside the chunk at {h:?}");
+                return (h, s.order());
             }
         }
-        unreachable!("partition invariant: frame {off} of node at {:#x} is in no chunk", self.base)
+        unreachable!("partition invariant: frame {off:?} of node at {:#x} is in no chunk", self.base)
     }
 
     /// Returns the chunk `[off, 2^order)`, whose head the caller has cleared of any other
     /// state, to the free lists: all dirty unless `clean`, merged with free buddies.
     /// Updates the free counters (not the counter of the state it left).
-    pub fn release(&mut self, off: u32, order: u8, clean: bool) {
+    pub fn release(&mut self, off: Off, order: u8, clean: bool) {
+        debug_assert!(self.fits(off, order));
         let n = size(order);
         let fd = if clean {
             debug_assert_eq!(self.dirty.count(off, n), 0);
@@ -658,8 +727,8 @@ impl NodeState {
 
     /// Returns a chunk taken off the free lists (its head state is the caller's to
     /// forget, and so is the counter it was in) with whatever dirty bits it still has.
-    pub fn put_back(&mut self, off: u32, order: u8) {
-        debug_assert!(self.aligned(off, order) && off + size(order) <= self.frames);
+    pub fn put_back(&mut self, off: Off, order: u8) {
+        debug_assert!(self.fits(off, order));
         let n = size(order);
         let fd = self.first_dirty_in(off, order);
         if fd != NONE {
@@ -674,20 +743,21 @@ impl NodeState {
     /// count on, since a scrub in progress can be aborted.
     pub fn available(&self) -> u64 {
         debug_assert!(self.free <= self.frames as u64);
+        debug_assert!(self.free_dirty <= self.free && self.scrubbing <= self.free, "parts of the free frames");
         self.free
     }
 
     /// Index of work entry `id`.
     pub fn work_index(&self, id: u64) -> usize {
-        debug_assert!(id < self.next_work_id, "work entry {id} was never made");
+        assert!(id < self.next_work_id, "work entry {id} was never made");
         let i = self.work.iter().position(|w| w.id == id).expect("a work entry outlives its worker");
         debug_assert_eq!(self.work[i].id, id);
         i
     }
 
     /// Adds a work entry for the chunk at `head`; returns its id.
-    pub fn add_work(&mut self, head: u32, order: u8, kind: crate::work::Kind) -> u64 {
-        debug_assert!(self.aligned(head, order) && head + size(order) <= self.frames);
+    pub fn add_work(&mut self, head: Off, order: u8, kind: crate::work::Kind) -> u64 {
+        debug_assert!(self.fits(head, order));
         let id = self.next_work_id;
         self.next_work_id += 1;
         self.work.push(Work { id, head, order, kind, cursor: 0, inflight: 0, stop: false });
@@ -698,23 +768,21 @@ impl NodeState {
     /// Inserts a free chunk, first merging it with free buddies (clean or dirty). Its
     /// head may still hold the record it had while out of the free lists (being scrubbed,
     /// say): it is overwritten, or blanked if a lower buddy absorbs it.
-    pub fn merge_insert(&mut self, mut off: u32, mut order: u8, fd: u32) {
-        debug_assert!(self.aligned(off, order) && off + size(order) <= self.frames);
-        debug_assert!(
-            self.is_blank(off) || (self.state(off) != State::Free && self.recs.get(Off(off)).order() == order)
-        );
+    pub fn merge_insert(&mut self, mut off: Off, mut order: u8, fd: u32) {
+        debug_assert!(self.fits(off, order));
+        debug_assert!(self.is_blank(off) || (self.state(off) != State::Free && self.recs.get(off).order() == order));
         let zone = self.zone_of(off);
         let mut dirty = fd != NONE;
         while order < MAX_ORDER {
             let Some(b) = self.buddy(off, order) else { break };
-            let bs = self.recs.get(Off(b));
+            let bs = self.recs.get(b);
             if bs.state() != State::Free || bs.order() != order || self.zone_of(b) != zone {
                 break;
             }
             dirty |= bs.listed_dirty();
             self.list_remove(b);
             let lo = b.min(off);
-            self.recs.set(Off(lo + size(order)), Slot::BLANK);
+            self.recs.set(lo + size(order), Slot::BLANK);
             off = lo;
             order += 1;
         }
@@ -737,3 +805,111 @@ pub fn largest_order(abs: u64, room: u64) -> u8 {
     let fit = 63 - room.leading_zeros();
     core::cmp::min(core::cmp::min(align, fit), MAX_ORDER as u32) as u8
 }
+
+/// A range is not held the way the operation needs (free, `free_sealed`, pin, unpin, breaking
+/// a frame): "is this range held by this owner" and what its holding allows, with one answer
+/// for every caller (`NodeState::held_by`). Nothing was changed.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum FreeError {
+    /// Freeing (or pinning) a frame that is not allocated: a double free.
+    #[error("frame {mfn} is not allocated (already free, offline or broken): double free?")]
+    NotAllocated {
+        /// The frame.
+        mfn: Mfn,
+    },
+    /// The frame is held by another owner.
+    #[error("frame {mfn} belongs to {actual}, not {owner}")]
+    WrongOwner {
+        /// The frame.
+        mfn: Mfn,
+        /// Who asked.
+        owner: DomId,
+        /// Who holds it.
+        actual: DomId,
+    },
+    /// The range goes beyond what the owner holds there.
+    #[error("order {order} at {mfn} covers frame {beyond}, which {owner} does not hold: free with the order that was allocated")]
+    OrderTooLarge {
+        /// The frame given.
+        mfn: Mfn,
+        /// The order given.
+        order: u8,
+        /// The owner.
+        owner: DomId,
+        /// The first frame of the range the owner does not hold.
+        beyond: Mfn,
+    },
+    /// The range holds a long-term pinned frame.
+    #[error("frame {mfn} is long-term pinned by {owner}: unpin it first")]
+    Pinned {
+        /// The pinned frame.
+        mfn: Mfn,
+        /// Its owner.
+        owner: DomId,
+    },
+    /// The frame is in the middle of another operation (being scrubbed, migrated,
+    /// allocated through a scrub ticket, or isolated by an offline).
+    #[error("frame {mfn} is {what} right now: retry when that is done")]
+    Busy {
+        /// The frame.
+        mfn: Mfn,
+        /// What is happening to it.
+        what: &'static str,
+    },
+    /// Unpinning a range that holds an unpinned frame.
+    #[error("frame {mfn} of {owner} is not long-term pinned: unpin only what was pinned")]
+    NotPinned {
+        /// The unpinned frame.
+        mfn: Mfn,
+        /// Its owner.
+        owner: DomId,
+    },
+    /// A chunk already holds the most pins a count can hold.
+    #[error("frame {mfn} already holds {max} pins: unpin some first", max = u32::MAX)]
+    PinLimit {
+        /// The frame.
+        mfn: Mfn,
+    },
+    /// An ordinary free or pin of frames in a sealed allocation.
+    #[error(
+        "frame {mfn} is in a sealed allocation of {owner}: only the layer that sealed it gives it back (free_sealed); it cannot be freed or pinned directly"
+    )]
+    Sealed {
+        /// The first sealed frame met.
+        mfn: Mfn,
+        /// The owner named.
+        owner: DomId,
+    },
+    /// A [`crate::Heap::free_sealed`] of frames that are not sealed.
+    #[error("frame {mfn} of {owner} is not in a sealed allocation: free it with free, not free_sealed")]
+    NotSealed {
+        /// The first frame met that is not sealed.
+        mfn: Mfn,
+        /// The owner named.
+        owner: DomId,
+    },
+    /// A one-call operation on a held range (free, `free_sealed`, unpin, `pin_in_place`)
+    /// whose range is made of more chunks than one step walks under the node lock.
+    #[error("frames {mfn}+2^{order} are held as more than {limit} chunks (after partial frees or pins): one call would walk them all under the node lock; use Heap::range_start (a job advanced in bounded steps) or Heap::range_preemptible")]
+    TooManyChunks {
+        /// The first frame of the range.
+        mfn: Mfn,
+        /// The order of the range.
+        order: u8,
+        /// The most chunks one call walks ([`crate::CHUNKS_PER_STEP`]).
+        limit: usize,
+    },
+}
+
+variant_kinds!(FreeError {
+    NotAllocated,
+    WrongOwner,
+    OrderTooLarge,
+    Pinned,
+    Busy,
+    NotPinned,
+    PinLimit,
+    Sealed,
+    NotSealed,
+    TooManyChunks
+});

@@ -11,16 +11,20 @@
 //! back and says which frames and owners blocked it. The heap has no clock: the caller's
 //! `Deadline` maps steps to wall time (a host) or simulated time (a simulator).
 
+use crate::blocker::OfflineError;
 use crate::blocker::{BlockReason, Blocker, OfflineStop};
 use crate::chunk::State;
+use crate::claims::ClaimError;
 use crate::error::HeapError;
 use crate::heap::{Extent, Heap, NodeGuard};
 use crate::memory::FrameMemory;
+use crate::node::FreeError;
 use crate::node::NodeState;
 use crate::pin::{Migrator, Move, MoveStep};
 use crate::preempt::{batch_frames, NeverPreempt, Preempt};
 use crate::reserve::RESERVE_OWNER;
-use crate::types::{DomId, Mfn, Zone};
+use crate::types::RangeError;
+use crate::types::{DomId, Mfn, Off, Zone};
 use alloc::collections::BTreeMap;
 use alloc::vec::Vec;
 use core::cell::Cell;
@@ -168,20 +172,20 @@ pub struct OfflineJob<'h, M: FrameMemory> {
     first: Mfn,
     count: u64,
     node: usize,
-    lo: u32,
-    hi: u32,
+    lo: Off,
+    hi: Off,
     phase: Phase,
     /// The next frame (node-relative) the current phase looks at.
-    pos: u32,
+    pos: Off,
     /// Chunks this offline isolated: head to order.
-    isolated: BTreeMap<u32, u8>,
+    isolated: BTreeMap<Off, u8>,
     /// The chunks the commit or roll-back has yet to walk.
-    pending: Vec<(u32, u8)>,
+    pending: Vec<(Off, u8)>,
     done: Offlined,
     /// The chunk being waited for, and how many looks so far.
-    busy: Option<(u32, u64)>,
+    busy: Option<(Off, u64)>,
     /// The move in progress: the head of the chunk it moves from, and the move.
-    moving: Option<(u32, Move)>,
+    moving: Option<(Off, Move)>,
     /// Why the offline stopped, and the blockers named so far.
     stop: Option<OfflineStop>,
     blockers: Vec<Blocker>,
@@ -209,7 +213,7 @@ impl<'h, M: FrameMemory> OfflineJob<'h, M> {
     /// `preempt` asked to, or a chunk it needs is busy; call again later). `deadline`
     /// is asked before each step of the isolation and moves; when it has passed
     /// the offline rolls back. A job that has ended refuses with
-    /// `HeapError::OfflineFinished`.
+    /// `OfflineError::OfflineFinished`.
     pub fn advance(
         &mut self,
         migrator: &dyn Migrator,
@@ -217,7 +221,7 @@ impl<'h, M: FrameMemory> OfflineJob<'h, M> {
         preempt: &dyn Preempt,
     ) -> Result<Option<Offlined>, HeapError> {
         if self.phase == Phase::Done {
-            return Err(HeapError::OfflineFinished { first: self.first, count: self.count });
+            return Err(HeapError::Offline(OfflineError::OfflineFinished { first: self.first, count: self.count }));
         }
         let batch = batch_frames(self.heap.config().scrub_batch, preempt);
         loop {
@@ -244,7 +248,7 @@ impl<'h, M: FrameMemory> OfflineJob<'h, M> {
     }
 
     /// Stops the offline: the next steps roll it back, and it ends with
-    /// `HeapError::OfflineBlocked` (stop: deadline passed). Does nothing to a job that
+    /// `OfflineError::OfflineBlocked` (stop: deadline passed). Does nothing to a job that
     /// has ended or is already rolling back.
     pub fn cancel(&mut self) {
         if matches!(self.phase, Phase::Scan | Phase::Isolate | Phase::Migrate) {
@@ -305,7 +309,7 @@ impl<'h, M: FrameMemory> OfflineJob<'h, M> {
             if !self.blockers.is_empty() {
                 self.blockers.truncate(MAX_BLOCKERS);
                 let blockers = core::mem::take(&mut self.blockers);
-                return Step::Finished(Err(self.refusal(OfflineStop::Blocked, blockers)));
+                return Step::Finished(Err(self.refusal(OfflineStop::Blocked, blockers).into()));
             }
             self.phase = Phase::Isolate;
             self.pos = self.lo;
@@ -333,7 +337,7 @@ impl<'h, M: FrameMemory> OfflineJob<'h, M> {
     /// offline with its refusal.
     fn step_roll_back(&mut self) -> Step {
         let take = core::cmp::min(CHUNKS_PER_STEP, self.pending.len());
-        let batch: Vec<(u32, u8)> = self.pending.drain(..take).collect();
+        let batch: Vec<(Off, u8)> = self.pending.drain(..take).collect();
         self.heap.roll_back(self.node, &batch);
         if !self.pending.is_empty() {
             return Step::Continue;
@@ -342,13 +346,13 @@ impl<'h, M: FrameMemory> OfflineJob<'h, M> {
         self.phase = Phase::Done;
         let stop = self.stop.unwrap_or(OfflineStop::Deadline);
         let blockers = core::mem::take(&mut self.blockers);
-        Step::Finished(Err(self.refusal(stop, blockers)))
+        Step::Finished(Err(self.refusal(stop, blockers).into()))
     }
 
     /// Up to [`CHUNKS_PER_STEP`] isolated chunks turned offline; the last step completes.
     fn step_commit(&mut self, preempt: &dyn Preempt) -> Step {
         let take = core::cmp::min(CHUNKS_PER_STEP, self.pending.len());
-        let batch: Vec<(u32, u8)> = self.pending.drain(..take).collect();
+        let batch: Vec<(Off, u8)> = self.pending.drain(..take).collect();
         self.heap.commit(self.node, &batch);
         preempt.walked(take as u64);
         if !self.pending.is_empty() {
@@ -371,7 +375,7 @@ impl<'h, M: FrameMemory> OfflineJob<'h, M> {
             MoveStep::Switched => {
                 self.heap.finish_destination(mv.to, true, 0, true);
                 let from = mv.from;
-                let off = (from.mfn.0 - self.heap.cell(self.node).base) as u32;
+                let off = Off::of(from.mfn, self.heap.cell(self.node).base);
                 for (ph, po) in self.heap.vacate_isolated(self.node, off, from.order) {
                     self.isolated.insert(ph, po);
                 }
@@ -395,8 +399,8 @@ impl<'h, M: FrameMemory> OfflineJob<'h, M> {
         }
     }
 
-    fn refusal(&self, stop: OfflineStop, blockers: Vec<Blocker>) -> HeapError {
-        HeapError::OfflineBlocked { first: self.first, count: self.count, stop, blockers }
+    fn refusal(&self, stop: OfflineStop, blockers: Vec<Blocker>) -> OfflineError {
+        OfflineError::OfflineBlocked { first: self.first, count: self.count, stop, blockers }
     }
 
     /// Up to [`CHUNKS_PER_STEP`] chunks of the isolation or migration pass.
@@ -454,7 +458,7 @@ enum Chunks {
     /// Reached the end of the range.
     End,
     /// A movable allocation to move: the head of its chunk, the part to move and its owner.
-    Move(u32, (Extent, u32)),
+    Move(Off, (Extent, u32)),
     /// A chunk it needs is busy: look again later.
     Wait,
     /// A chunk that blocks the offline.
@@ -465,12 +469,12 @@ enum Chunks {
 
 impl<M: FrameMemory> Heap<M> {
     /// Validates `count` frames from `first` inside one node: the node and offsets.
-    pub(crate) fn locate_range(&self, first: Mfn, count: u64) -> Result<(usize, u32, u32), HeapError> {
-        let n = self.node_of(first)?;
+    pub(crate) fn locate_range(&self, first: Mfn, count: u64) -> Result<(usize, Off, Off), RangeError> {
+        let n = self.frame_node(first)?;
         let (base, end) = (self.cell(n).base, self.cell(n).base + self.cell(n).frames);
         match first.0.checked_add(count) {
-            Some(e) if count > 0 && e <= end => Ok((n, (first.0 - base) as u32, (e - base) as u32)),
-            _ => Err(HeapError::BadRange { first, count }),
+            Some(e) if count > 0 && e <= end => Ok((n, Off::of(first, base), Off::of(Mfn(e), base))),
+            _ => Err(RangeError::BadRange { first, count }),
         }
     }
 
@@ -478,7 +482,7 @@ impl<M: FrameMemory> Heap<M> {
     /// service; the returned [`OfflineJob`] does the work in bounded steps.
     ///
     /// The job first scans the range: an unmovable or pinned allocation refuses the
-    /// offline (`HeapError::OfflineBlocked`, stop: blocked, naming them) and nothing
+    /// offline (`OfflineError::OfflineBlocked`, stop: blocked, naming them) and nothing
     /// changes. Then it isolates the free chunks of the range (asking background
     /// scrubbers to hand theirs back), moves each movable allocation of the range (or the
     /// part of it inside the range) to free memory elsewhere, movable memory first,
@@ -567,7 +571,7 @@ impl<M: FrameMemory> Heap<M> {
         let n = job.node;
         let cell = self.cell(n);
         let mut st = self.lock_node(n);
-        let abs = |x: u32| Mfn(cell.base + x as u64);
+        let abs = |x: Off| cell.mfn(x);
         for walked in 1..=CHUNKS_PER_STEP as u64 {
             if job.pos >= job.hi {
                 cell.publish(&st);
@@ -620,12 +624,12 @@ impl<M: FrameMemory> Heap<M> {
         &self,
         st: &mut NodeState,
         job: &mut OfflineJob<'_, M>,
-        (h, o): (u32, u8),
+        (h, o): (Off, u8),
         migrate: bool,
     ) -> Option<Chunks> {
         let s = st.head(h);
         let (node, base) = (job.node, self.cell(job.node).base);
-        let abs = |x: u32| Mfn(base + x as u64);
+        let abs = |x: Off| x.to_mfn(base);
         let blocker = |reason, owner: DomId| {
             let b = Blocker { first: abs(h), frames: size(o) as u64, owner: Some(owner), reason };
             Some(Chunks::Blocked(b))
@@ -665,7 +669,7 @@ impl<M: FrameMemory> Heap<M> {
     /// after the offline started): settled, so the walk looks at its chunks again
     /// (`Again`), or waited for while its CPU zeroes part of it (`Wait`). `None` if `h`
     /// is no reserve block.
-    fn settle_met_block(&self, st: &mut NodeGuard<'_>, n: usize, h: u32) -> Option<Chunks> {
+    fn settle_met_block(&self, st: &mut NodeGuard<'_>, n: usize, h: Off) -> Option<Chunks> {
         let s = st.head(h);
         if s.state != State::Allocated || s.owner != RESERVE_OWNER {
             return None;
@@ -676,7 +680,7 @@ impl<M: FrameMemory> Heap<M> {
 
     /// Isolates the free chunk `(h, o)` for `job`: its pieces inside the range leave the
     /// free lists. Returns false (nothing changed) if claims need the frames.
-    fn isolate_free(&self, st: &mut NodeState, job: &mut OfflineJob<'_, M>, h: u32, o: u8) -> bool {
+    fn isolate_free(&self, st: &mut NodeState, job: &mut OfflineJob<'_, M>, h: Off, o: u8) -> bool {
         let end = h + size(o);
         let inside = (core::cmp::min(end, job.hi) - core::cmp::max(h, job.lo)) as u64;
         if self.claims_admit_locked(None, job.node, st.free, inside).is_err() {
@@ -695,14 +699,14 @@ impl<M: FrameMemory> Heap<M> {
     }
 
     /// Clears the migrating mark of the chunk at `h` of `node` (a move that did not happen).
-    fn unmark_migrating(&self, node: usize, h: u32) {
+    fn unmark_migrating(&self, node: usize, h: Off) {
         let mut st = self.lock_node(node);
         st.set_migrating(h, false);
         self.cell(node).publish(&st);
     }
 
     /// The frames `[off, 2^order)` of `node`, moved away, become isolated (dirty).
-    fn vacate_isolated(&self, node: usize, off: u32, order: u8) -> Vec<(u32, u8)> {
+    fn vacate_isolated(&self, node: usize, off: Off, order: u8) -> Vec<(Off, u8)> {
         let mut st = self.lock_node(node);
         let out = Self::vacate(&mut st, off, order, true);
         self.cell(node).publish(&st);
@@ -712,7 +716,7 @@ impl<M: FrameMemory> Heap<M> {
     /// Splits the free chunk `(h, o)`, taken off its list, into the aligned pieces inside
     /// `[lo, hi)`, which it returns (still counted free; their heads are the caller's), and
     /// those outside, which go back on the free lists.
-    pub(crate) fn split_free_around(st: &mut NodeState, h: u32, o: u8, lo: u32, hi: u32) -> Vec<(u32, u8)> {
+    pub(crate) fn split_free_around(st: &mut NodeState, h: Off, o: u8, lo: Off, hi: Off) -> Vec<(Off, u8)> {
         let mut inside = Vec::new();
         let mut stack = alloc::vec![(h, o)];
         st.forget_free(h);
@@ -734,7 +738,7 @@ impl<M: FrameMemory> Heap<M> {
     /// allocation, as not reached), added to `out` up to [`MAX_BLOCKERS`], looking at
     /// [`CHUNKS_PER_STEP`] chunks at most under one hold of the node lock. Returns where
     /// it stopped and the chunks it walked.
-    fn scan_blockers(&self, node: usize, mut pos: u32, hi: u32, all: bool, out: &mut Vec<Blocker>) -> (u32, u64) {
+    fn scan_blockers(&self, node: usize, mut pos: Off, hi: Off, all: bool, out: &mut Vec<Blocker>) -> (Off, u64) {
         let base = self.cell(node).base;
         let mut st = self.lock_node(node);
         let mut walked = 0;
@@ -755,7 +759,7 @@ impl<M: FrameMemory> Heap<M> {
             };
             if let Some(reason) = reason {
                 let owner = Some(s.owner);
-                out.push(Blocker { first: Mfn(base + h as u64), frames: size(o) as u64, owner, reason });
+                out.push(Blocker { first: h.to_mfn(base), frames: size(o) as u64, owner, reason });
             }
             pos = h + size(o);
         }
@@ -763,7 +767,7 @@ impl<M: FrameMemory> Heap<M> {
         (pos, walked)
     }
 
-    fn blocker_at(&self, node: usize, h: u32, reason: BlockReason) -> Option<Blocker> {
+    fn blocker_at(&self, node: usize, h: Off, reason: BlockReason) -> Option<Blocker> {
         let st = self.lock_node(node);
         let (h, o) = st.chunk_of(h);
         let s = st.head(h);
@@ -773,7 +777,7 @@ impl<M: FrameMemory> Heap<M> {
 
     /// Returns isolated chunks of `node` (at most [`CHUNKS_PER_STEP`]) to the free lists,
     /// with their dirty bits, under one hold of the node lock.
-    fn roll_back(&self, node: usize, chunks: &[(u32, u8)]) {
+    fn roll_back(&self, node: usize, chunks: &[(Off, u8)]) {
         debug_assert!(chunks.len() <= CHUNKS_PER_STEP);
         let mut st = self.lock_node(node);
         for &(h, o) in chunks {
@@ -787,7 +791,7 @@ impl<M: FrameMemory> Heap<M> {
 
     /// Turns isolated chunks of `node` (at most [`CHUNKS_PER_STEP`]) into offline chunks;
     /// their old bytes are forgotten (an online returns them dirty).
-    fn commit(&self, node: usize, chunks: &[(u32, u8)]) {
+    fn commit(&self, node: usize, chunks: &[(Off, u8)]) {
         debug_assert!(chunks.len() <= CHUNKS_PER_STEP);
         let mut st = self.lock_node(node);
         for &(h, o) in chunks {
@@ -800,7 +804,7 @@ impl<M: FrameMemory> Heap<M> {
 
     /// Checks up to [`CHUNKS_PER_STEP`] chunks of an online from `pos`: each must be
     /// offline or broken. Returns where it stopped and the chunks walked.
-    pub(crate) fn online_check(&self, n: usize, mut pos: u32, hi: u32) -> Result<(u32, u64), HeapError> {
+    pub(crate) fn online_check(&self, n: usize, mut pos: Off, hi: Off) -> Result<(Off, u64), OfflineError> {
         let st = self.lock_node(n);
         let mut walked = 0;
         while walked < CHUNKS_PER_STEP as u64 && pos < hi {
@@ -814,7 +818,7 @@ impl<M: FrameMemory> Heap<M> {
                 State::None => unreachable!("chunk_of returns heads"),
             };
             if let Some(state) = state {
-                return Err(HeapError::NotOffline { mfn: Mfn(self.cell(n).base + pos as u64), state });
+                return Err(OfflineError::NotOffline { mfn: self.cell(n).mfn(pos), state });
             }
             pos = h + size(o);
             walked += 1;
@@ -823,10 +827,10 @@ impl<M: FrameMemory> Heap<M> {
     }
 
     /// Splits offline chunks that straddle either end of `[lo, hi)` (O(MAX_ORDER) each).
-    pub(crate) fn online_split_edges(&self, n: usize, lo: u32, hi: u32) {
+    pub(crate) fn online_split_edges(&self, n: usize, lo: Off, hi: Off) {
         let mut st = self.lock_node(n);
         for edge in [lo, hi] {
-            while edge < st.frames {
+            while edge < st.end() {
                 let (h, o) = st.chunk_of(edge);
                 if h == edge || st.state(h) != State::Offline {
                     break;
@@ -839,7 +843,7 @@ impl<M: FrameMemory> Heap<M> {
 
     /// Returns up to [`CHUNKS_PER_STEP`] offline chunks from `pos` to service. Returns
     /// where it stopped, the frames put back and the chunks walked.
-    pub(crate) fn online_put_back(&self, n: usize, mut pos: u32, hi: u32) -> (u32, u64, u64) {
+    pub(crate) fn online_put_back(&self, n: usize, mut pos: Off, hi: Off) -> (Off, u64, u64) {
         let mut st = self.lock_node(n);
         let (mut back, mut walked) = (0u64, 0u64);
         while walked < CHUNKS_PER_STEP as u64 && pos < hi {
@@ -861,19 +865,19 @@ impl<M: FrameMemory> Heap<M> {
     /// its owner frees it if it is allocated. A broken frame is never allocated again and
     /// stays out of service through [`Heap::online`].
     ///
-    /// Refused (`HeapError::Busy`, nothing changed) while the frame is being scrubbed (the
+    /// Refused (`FreeError::Busy`, nothing changed) while the frame is being scrubbed (the
     /// scrubber is asked to hand it back: retry), moved, handed to a pending allocation or
-    /// isolated by an offline; refused (`HeapError::NeededByClaims`) when the frame is
+    /// isolated by an offline; refused (`ClaimError::NeededByClaims`) when the frame is
     /// free but claims need every free frame.
     pub fn mark_broken(&self, mfn: Mfn) -> Result<Broken, HeapError> {
         let n = self.node_of(mfn)?;
         let cell = self.cell(n);
-        let off = (mfn.0 - cell.base) as u32;
+        let off = Off::of(mfn, cell.base);
         self.settle(n, off, 1);
         let mut st = self.lock_node(n);
         let (h, o) = st.chunk_of(off);
         let s = st.head(h);
-        let busy = |what| Err(HeapError::Busy { mfn, what });
+        let busy = |what| Err(HeapError::Free(FreeError::Busy { mfn, what }));
         let r = match s.state {
             State::Broken => Broken::Already,
             State::Offline => {
@@ -885,7 +889,11 @@ impl<M: FrameMemory> Heap<M> {
             }
             State::Free => {
                 if self.claims_admit_locked(None, n, st.free, 1).is_err() {
-                    return Err(HeapError::NeededByClaims { mfn, claimed: self.claimed_total(), free: st.free });
+                    return Err(HeapError::Claim(ClaimError::NeededByClaims {
+                        mfn,
+                        claimed: self.claimed_total(),
+                        free: st.free,
+                    }));
                 }
                 st.unlink_free(h);
                 let pieces = Self::split_free_around(&mut st, h, o, off, off + 1);

@@ -4,7 +4,7 @@ use crate::error::HeapError;
 use crate::heap::Heap;
 use crate::memory::FrameMemory;
 use crate::preempt::{NeverPreempt, Preempt};
-use crate::types::Mfn;
+use crate::types::{Mfn, Off};
 
 #[derive(Copy, Clone, Debug, PartialEq, Eq)]
 enum Phase {
@@ -30,10 +30,10 @@ pub struct OnlineJob<'h, M: FrameMemory> {
     heap: &'h Heap<M>,
     first: Mfn,
     node: usize,
-    lo: u32,
-    hi: u32,
+    lo: Off,
+    hi: Off,
     phase: Phase,
-    pos: u32,
+    pos: Off,
     back: u64,
     cancelled: bool,
 }
@@ -50,8 +50,8 @@ impl<M: FrameMemory> Heap<M> {
     /// Starts returning `count` offline frames from `first` (inside one node) to service,
     /// dirty: whatever the hardware holds is treated as a previous owner's bytes. Broken
     /// frames in the range stay out of service. Every frame of the range must be offline
-    /// or broken; otherwise the job ends with `HeapError::NotOffline` and nothing changes.
-    /// Checks the range's bounds now (`HeapError::BadRange`); the returned [`OnlineJob`]
+    /// or broken; otherwise the job ends with `OfflineError::NotOffline` and nothing changes.
+    /// Checks the range's bounds now (`RangeError::BadRange`); the returned [`OnlineJob`]
     /// does the rest in bounded steps.
     ///
     /// ```
@@ -132,7 +132,7 @@ impl<M: FrameMemory> OnlineJob<'_, M> {
             Phase::Check => match heap.online_check(n, self.pos, self.hi) {
                 Err(e) => {
                     self.phase = Phase::Done;
-                    Some(Err(e))
+                    Some(Err(e.into()))
                 }
                 Ok((next, walked)) => {
                     debug_assert!(next > self.pos);

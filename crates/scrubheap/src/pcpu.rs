@@ -43,10 +43,12 @@ use crate::chunk::{State, NONE};
 use crate::error::{HeapError, InvariantViolation};
 use crate::heap::{AllocRequest, Extent, Heap, NodeGuard, NodePref};
 use crate::memory::FrameMemory;
+use crate::node::FreeError;
 use crate::node::{NodeState, Pick};
 use crate::offline::CHUNKS_PER_STEP;
 use crate::reserve::{all_chunks, block_order, dirty_frames, kind_of, Block, CpuCell, CpuSlot, KINDS};
-use crate::types::{DomId, Mfn, Zone};
+use crate::types::RangeError;
+use crate::types::{DomId, Mfn, Off, Zone};
 use alloc::format;
 use alloc::vec::Vec;
 use core::sync::atomic::Ordering::Relaxed;
@@ -70,11 +72,11 @@ impl<M: FrameMemory> Heap<M> {
         (tables, blocks)
     }
 
-    fn cpu_cell(&self, cpu: usize) -> Result<&CpuCell, HeapError> {
+    fn cpu_cell(&self, cpu: usize) -> Result<&CpuCell, RangeError> {
         // Not `ok_or`: the error would be built, and dropped, on every get and put.
         match self.pcpu().cpus.get(cpu) {
             Some(c) => Ok(c),
-            None => Err(HeapError::NoSuchCpu { cpu, cpus: self.pcpu().cpus.len() }),
+            None => Err(RangeError::NoSuchCpu { cpu, cpus: self.pcpu().cpus.len() }),
         }
     }
 
@@ -232,7 +234,7 @@ impl<M: FrameMemory> Heap<M> {
         st.forget_free(head);
         st.set_allocated(head, bo, RESERVE_OWNER, false, false);
         let nr = &self.pcpu().nodes[n];
-        let idx = nr.index(k, st.base + head as u64);
+        let idx = nr.index(k, st.mfn(head).0);
         debug_assert!(nr.mapped(k, idx).is_none(), "a block region taken while live");
         let s = nr.take_record(&mut nr.live.lock());
         nr.cell(s).lock().start(k, idx, dirty, Some(cpu as u16));
@@ -258,7 +260,7 @@ impl<M: FrameMemory> Heap<M> {
 
     /// Moves the dirty bits of the block at `head` (of kind `k`, off the free lists) from
     /// the node's bitmap to a per-chunk mask, and out of the node's dirty count.
-    fn take_dirt(st: &mut NodeState, head: u32, k: usize) -> u64 {
+    fn take_dirt(st: &mut NodeState, head: Off, k: usize) -> u64 {
         if st.first_dirty(head) == NONE {
             return 0;
         }
@@ -299,7 +301,7 @@ impl<M: FrameMemory> Heap<M> {
         &self,
         cpu: usize,
         n: usize,
-        off: u32,
+        off: Off,
         order: u8,
         owner: DomId,
         sealed: bool,
@@ -308,7 +310,7 @@ impl<M: FrameMemory> Heap<M> {
         if nr.frames.load(Relaxed) == 0 {
             return None;
         }
-        let abs = self.cell(n).base + off as u64;
+        let abs = self.cell(n).mfn(off).0;
         let whole = kind_of(order).filter(|_| !sealed).and_then(|k| {
             let idx = nr.index(k, abs);
             let s = nr.mapped(k, idx)?;
@@ -326,10 +328,14 @@ impl<M: FrameMemory> Heap<M> {
         let i = ((abs - nr.region(k, idx)) >> order) as usize;
         let bit = 1u64 << i;
         if (b.free | b.scrubbing) & bit != 0 {
-            return Some(Err(HeapError::NotAllocated { mfn: Mfn(abs) }));
+            return Some(Err(HeapError::Free(FreeError::NotAllocated { mfn: Mfn(abs) })));
         }
         if b.owner_of(i) != owner.0 {
-            return Some(Err(HeapError::WrongOwner { mfn: Mfn(abs), owner, actual: DomId(b.owner_of(i)) }));
+            return Some(Err(HeapError::Free(FreeError::WrongOwner {
+                mfn: Mfn(abs),
+                owner,
+                actual: DomId(b.owner_of(i)),
+            })));
         }
         b.free |= bit;
         b.dirty |= bit;
@@ -375,12 +381,12 @@ impl<M: FrameMemory> Heap<M> {
     /// Settles every block of node `n` that holds a frame of `[off, off + len)`: its loans
     /// become ordinary allocations, its free chunks go back to the free lists. Returns
     /// the frames that went back.
-    pub(crate) fn settle(&self, n: usize, off: u32, len: u64) -> u64 {
+    pub(crate) fn settle(&self, n: usize, off: Off, len: u64) -> u64 {
         let nr = &self.pcpu().nodes[n];
         if nr.frames.load(Relaxed) == 0 {
             return 0;
         }
-        let lo = self.cell(n).base + off as u64;
+        let lo = self.cell(n).mfn(off).0;
         let hi = lo + len;
         let mut st = self.lock_node(n);
         let mut freed = 0;
@@ -418,10 +424,10 @@ impl<M: FrameMemory> Heap<M> {
     /// started would otherwise look like an unmovable allocation. `None` if no live block
     /// starts at `h`; `Some(false)` if it is still there (its CPU is zeroing part of it:
     /// look again later); `Some(true)` once settled.
-    pub(crate) fn settle_block_at(&self, st: &mut NodeGuard<'_>, n: usize, h: u32) -> Option<bool> {
+    pub(crate) fn settle_block_at(&self, st: &mut NodeGuard<'_>, n: usize, h: Off) -> Option<bool> {
         let head = st.head(h);
         let k = (0..KINDS).find(|&k| block_order(k) == head.order)?;
-        let (nr, abs) = (&self.pcpu().nodes[n], st.base + h as u64);
+        let (nr, abs) = (&self.pcpu().nodes[n], st.mfn(h).0);
         let idx = nr.index(k, abs);
         if head.owner != RESERVE_OWNER || nr.region(k, idx) != abs {
             return None;
@@ -462,7 +468,7 @@ impl<M: FrameMemory> Heap<M> {
     /// chunks right now is left as it is (for at most that call).
     pub fn drain(&self, cpu: Option<usize>) -> Result<u64, HeapError> {
         let Some(cpu) = cpu else {
-            return Ok((0..self.node_count()).map(|n| self.settle(n, 0, self.cell(n).frames)).sum());
+            return Ok((0..self.node_count()).map(|n| self.settle(n, Off(0), self.cell(n).frames)).sum());
         };
         let cell = self.cpu_cell(cpu)?;
         let mut slot = cell.slot.lock();
@@ -510,7 +516,7 @@ impl<M: FrameMemory> Heap<M> {
             return 0;
         }
         nr.unpark(&mut live, s, k, b.dirty);
-        let head = (nr.region(k, idx) - st.base) as u32;
+        let head = st.off(Mfn(nr.region(k, idx)));
         let h = st.head(head);
         debug_assert!(h.state == State::Allocated && h.order == block_order(k) && h.owner == RESERVE_OWNER);
         let (loaned, freed) = if b.free == all_chunks(k) {
@@ -531,7 +537,7 @@ impl<M: FrameMemory> Heap<M> {
 
     /// A block whose chunks are all free goes back as one chunk (one merge, not one per
     /// chunk), its dirty chunks marked in the node's bitmap: `(0 loaned, frames freed)`.
-    fn return_whole(st: &mut NodeState, head: u32, k: usize, dirty: u64) -> (u64, u64) {
+    fn return_whole(st: &mut NodeState, head: Off, k: usize, dirty: u64) -> (u64, u64) {
         let (o, _) = FAST_ORDERS[k];
         let len = 1u32 << block_order(k);
         st.clear_head(head);
@@ -554,7 +560,7 @@ impl<M: FrameMemory> Heap<M> {
 
     /// A block with loans: each loaned chunk becomes its owner's allocation, each free one
     /// goes back to the free lists: `(frames loaned, frames freed)`.
-    fn return_parts(st: &mut NodeState, head: u32, k: usize, b: &Block) -> (u64, u64) {
+    fn return_parts(st: &mut NodeState, head: Off, k: usize, b: &Block) -> (u64, u64) {
         let (o, shift) = FAST_ORDERS[k];
         let mut loaned = 0u64;
         // The block's head goes; each loan gets its own head and record.
@@ -656,7 +662,7 @@ impl<M: FrameMemory> Heap<M> {
             if nr.mapped(k, idx) != Some(s) {
                 return fail(format!("record {s} holds block {k}/{idx}, which the map does not name"));
             }
-            let head = (nr.region(k, idx) - st.base) as u32;
+            let head = st.off(Mfn(nr.region(k, idx)));
             let Some(h) = st.head_at(head) else { return fail(format!("block at {head} starts no chunk")) };
             if h.state != State::Allocated || h.order != block_order(k) || h.owner != RESERVE_OWNER {
                 return fail(format!("block at {head} is {:?} order {} of {}", h.state, h.order, h.owner));

@@ -4,15 +4,16 @@
 //! unmovable for as long as it lasts, so a pin must never stay in the Movable zone: that
 //! is what made memory hot-remove loop forever. [`Heap::pin`] first migrates any part in
 //! the Movable zone to Normal memory, and if the frames cannot be moved, refuses the pin
-//! and changes nothing. A pinned frame cannot be freed (`HeapError::Pinned`) until it is
+//! and changes nothing. A pinned frame cannot be freed (`FreeError::Pinned`) until it is
 //! unpinned as many times as it was pinned.
 
 use crate::chunk::State;
 use crate::error::HeapError;
 use crate::heap::{Extent, Heap};
 use crate::memory::FrameMemory;
+use crate::node::FreeError;
 use crate::node::{NodeState, Pick};
-use crate::types::{DomId, Mfn, Zone};
+use crate::types::{DomId, Mfn, Off, Zone};
 use alloc::vec::Vec;
 
 #[inline]
@@ -38,7 +39,7 @@ fn size(order: u8) -> u32 {
 /// mapping changed. The owner must keep `from` unwritten from the first piece to the
 /// switch (a VMM write-protects it or pauses the vCPUs that map it), or re-copy what it
 /// wrote before it returns true from `switch`. The owner must not free or pin `from`
-/// meanwhile (the heap refuses such calls with `HeapError::Busy` while the move is in
+/// meanwhile (the heap refuses such calls with `FreeError::Busy` while the move is in
 /// progress).
 ///
 /// A closure `Fn(DomId, Extent, Extent) -> bool` is a migrator with nothing to copy (a
@@ -129,7 +130,7 @@ impl<M: FrameMemory> Heap<M> {
     /// Only for baselines that show why [`Heap::pin`] moves them: an offline of a range
     /// holding such a pin can never complete. A range held as more than
     /// [`CHUNKS_PER_STEP`](crate::CHUNKS_PER_STEP) chunks is refused
-    /// (`HeapError::TooManyChunks`, nothing changed): use [`Heap::range_start`].
+    /// (`FreeError::TooManyChunks`, nothing changed): use [`Heap::range_start`].
     pub fn pin_in_place(&self, mfn: Mfn, order: u8, owner: DomId) -> Result<Extent, HeapError> {
         let (n, off) = self.locate(mfn, order)?;
         self.settle(n, off, 1 << order);
@@ -143,7 +144,7 @@ impl<M: FrameMemory> Heap<M> {
     /// Drops one long-term pin from every frame of `[mfn, 2^order)`, which `owner` must
     /// hold, every frame pinned. A range held as more than
     /// [`CHUNKS_PER_STEP`](crate::CHUNKS_PER_STEP) chunks is refused
-    /// (`HeapError::TooManyChunks`, nothing changed): use [`Heap::range_start`].
+    /// (`FreeError::TooManyChunks`, nothing changed): use [`Heap::range_start`].
     pub fn unpin(&self, mfn: Mfn, order: u8, owner: DomId) -> Result<(), HeapError> {
         let (n, off) = self.locate(mfn, order)?;
         self.settle(n, off, 1 << order);
@@ -151,7 +152,7 @@ impl<M: FrameMemory> Heap<M> {
         Self::check_fragments(&st, off, order)?;
         let held = st.held_by(off, order, owner, false)?;
         if let Some(h) = held.unpinned {
-            return Err(HeapError::NotPinned { mfn: st.mfn(h), owner });
+            return Err(HeapError::Free(FreeError::NotPinned { mfn: st.mfn(h), owner }));
         }
         Self::split_to(&mut st, off, order);
         let end = off + size(order);
@@ -166,7 +167,7 @@ impl<M: FrameMemory> Heap<M> {
     }
 
     /// Splits a held chunk larger than `[off, 2^order)` so that the range is whole chunks.
-    pub(crate) fn split_to(st: &mut NodeState, off: u32, order: u8) {
+    pub(crate) fn split_to(st: &mut NodeState, off: Off, order: u8) {
         let (h, o) = st.chunk_of(off);
         if o > order {
             st.split_held(h, o, off, order);
@@ -174,13 +175,13 @@ impl<M: FrameMemory> Heap<M> {
     }
 
     /// Adds a pin to every chunk of a held range (all or none).
-    fn pin_chunks(st: &mut NodeState, off: u32, order: u8) -> Result<(), HeapError> {
+    fn pin_chunks(st: &mut NodeState, off: Off, order: u8) -> Result<(), HeapError> {
         let end = off + size(order);
         let mut pos = off;
         while pos < end {
             let (h, o) = st.chunk_of(pos);
             if st.head(h).pins == u32::MAX {
-                return Err(HeapError::PinLimit { mfn: st.mfn(h) });
+                return Err(HeapError::Free(FreeError::PinLimit { mfn: st.mfn(h) }));
             }
             pos = h + size(o);
         }
@@ -199,7 +200,7 @@ impl<M: FrameMemory> Heap<M> {
     /// owner: free and dirty (or, with `isolate`, held by an offline, dirty), a frame
     /// marked broken out of service. Chunks around the range that were marked migrating
     /// with it are unmarked.
-    pub(crate) fn vacate(st: &mut NodeState, off: u32, order: u8, isolate: bool) -> Vec<(u32, u8)> {
+    pub(crate) fn vacate(st: &mut NodeState, off: Off, order: u8, isolate: bool) -> Vec<(Off, u8)> {
         let end = off + size(order);
         let (h0, o0) = st.chunk_of(off);
         let outer_end = core::cmp::max(end, h0 + size(o0));
@@ -233,7 +234,7 @@ impl<M: FrameMemory> Heap<M> {
     /// If the allocated chunk at `h` (whose frames the caller has already taken off
     /// `allocated`) holds a frame marked broken, it goes out of service. Returns whether
     /// it did.
-    pub(crate) fn retire_broken(st: &mut NodeState, h: u32) -> bool {
+    pub(crate) fn retire_broken(st: &mut NodeState, h: Off) -> bool {
         let s = st.head(h);
         if s.state != State::Allocated || !s.broken {
             return false;
@@ -323,7 +324,7 @@ impl<M: FrameMemory> Heap<M> {
     /// failure they go back to the free lists as they were, or all dirty if `written`.
     pub(crate) fn finish_destination(&self, to: Extent, ok: bool, pins: u32, written: bool) {
         let cell = self.cell(to.node);
-        let head = (to.mfn.0 - cell.base) as u32;
+        let head = Off::of(to.mfn, cell.base);
         let mut st = self.lock_node(to.node);
         if ok {
             st.dirty.clear_all(head, size(to.order));

@@ -4,13 +4,13 @@
 //! pins and moves split it: a 1 GiB range can be 262,144 chunks. [`Heap::free`],
 //! [`Heap::free_sealed`], [`Heap::unpin`] and [`Heap::pin_in_place`] walk a range under
 //! one hold of the node lock, so they refuse a range of more than [`CHUNKS_PER_STEP`]
-//! chunks (`HeapError::TooManyChunks`, nothing changed). [`Heap::range_start`] does any of
+//! chunks (`FreeError::TooManyChunks`, nothing changed). [`Heap::range_start`] does any of
 //! them, and [`Heap::pin_start`] a long-term pin (with its move out of the Movable zone),
 //! as a job the caller advances, yielding between steps:
 //!
 //! 1. *mark*: at most [`CHUNKS_PER_STEP`] chunks a step are validated (owner, state, pins,
 //!    sealing) and marked busy with the mark a move uses, so nothing else frees, pins,
-//!    moves, breaks or offlines them meanwhile (those refuse with `HeapError::Busy` or
+//!    moves, breaks or offlines them meanwhile (those refuse with `FreeError::Busy` or
 //!    wait). The first chunk that fails ends the marking: the marks are taken off again
 //!    in steps and the job ends with the error, the heap as it was (all or nothing);
 //! 2. *move* (a pin with frames in the Movable zone only): one piece of at most one batch
@@ -23,11 +23,12 @@ use crate::chunk::State;
 use crate::error::HeapError;
 use crate::heap::{Extent, Heap, Source};
 use crate::memory::FrameMemory;
+use crate::node::FreeError;
 use crate::node::NodeState;
 use crate::offline::CHUNKS_PER_STEP;
 use crate::pin::{Migrator, Move, MoveStep, NoMigration};
 use crate::preempt::{batch_frames, NeverPreempt, Preempt};
-use crate::types::{DomId, Mfn, Zone};
+use crate::types::{DomId, Mfn, Off, Zone};
 use crate::work::Kind;
 use alloc::vec::Vec;
 
@@ -98,26 +99,26 @@ pub struct RangeJob<'h, M: FrameMemory> {
     order: u8,
     owner: DomId,
     node: usize,
-    off: u32,
-    end: u32,
+    off: Off,
+    end: Off,
     phase: Phase,
     /// The head of the first chunk marked (before `off` if the range is inside a chunk).
-    first: u32,
+    first: Off,
     /// The next frame the current phase looks at.
-    pos: u32,
+    pos: Off,
     /// Where the marked chunks end (marking stops at the first chunk it refuses).
-    marked: u32,
+    marked: Off,
     /// Marking saw a chunk in the Movable zone, every chunk movable, a pinned chunk.
     movable_zone: bool,
     movable: bool,
-    pinned: Option<u32>,
+    pinned: Option<Off>,
     /// Where the frames are at the end (a pin's destination).
     to: Extent,
     moving: Option<Move>,
     /// Why a rolled-back job ends.
     error: Option<HeapError>,
     /// The `sync` policy's chunks freed by the current commit step, zeroed outside the lock.
-    ids: Vec<(u64, u32, u8)>,
+    ids: Vec<(u64, Off, u8)>,
 }
 
 impl<M: FrameMemory> Drop for RangeJob<'_, M> {
@@ -257,11 +258,11 @@ impl<M: FrameMemory> Heap<M> {
     /// the chunks walked.
     pub(crate) fn free_chunks(
         st: &mut NodeState,
-        mut pos: u32,
-        end: u32,
+        mut pos: Off,
+        end: Off,
         sync: bool,
-        ids: &mut Vec<(u64, u32, u8)>,
-    ) -> (u32, u64) {
+        ids: &mut Vec<(u64, Off, u8)>,
+    ) -> (Off, u64) {
         let mut walked = 0u64;
         while walked < CHUNKS_PER_STEP as u64 && pos < end {
             let (h, o) = st.chunk_of(pos);
@@ -286,7 +287,7 @@ impl<M: FrameMemory> Heap<M> {
 
     /// The `sync` policy's end of a free: zeroes the chunks [`Heap::free_chunks`] marked,
     /// with no lock held, then returns them to the free lists clean.
-    pub(crate) fn finish_sync_free(&self, n: usize, ids: &[(u64, u32, u8)]) {
+    pub(crate) fn finish_sync_free(&self, n: usize, ids: &[(u64, Off, u8)]) {
         if ids.is_empty() {
             return;
         }
@@ -308,9 +309,9 @@ impl<M: FrameMemory> Heap<M> {
         self.account(n, Source::Sync, frames);
     }
 
-    /// Refuses (`HeapError::TooManyChunks`) a held range `[off, 2^order)` made of more
+    /// Refuses (`FreeError::TooManyChunks`) a held range `[off, 2^order)` made of more
     /// than [`CHUNKS_PER_STEP`] chunks, looking at one more than that at most.
-    pub(crate) fn check_fragments(st: &NodeState, off: u32, order: u8) -> Result<(), HeapError> {
+    pub(crate) fn check_fragments(st: &NodeState, off: Off, order: u8) -> Result<(), HeapError> {
         let end = off + size(order);
         let mut pos = st.chunk_of(off).0;
         for _ in 0..CHUNKS_PER_STEP {
@@ -323,7 +324,7 @@ impl<M: FrameMemory> Heap<M> {
         if pos >= end {
             return Ok(());
         }
-        Err(HeapError::TooManyChunks { mfn: st.mfn(off), order, limit: CHUNKS_PER_STEP })
+        Err(HeapError::Free(FreeError::TooManyChunks { mfn: st.mfn(off), order, limit: CHUNKS_PER_STEP }))
     }
 }
 
@@ -420,7 +421,7 @@ impl<'h, M: FrameMemory> RangeJob<'h, M> {
         drop(st);
         preempt.walked(walked);
         if let Some(e) = refused {
-            return self.roll_back(e);
+            return self.roll_back(e.into());
         }
         if self.pos < self.end {
             return;
@@ -428,8 +429,8 @@ impl<'h, M: FrameMemory> RangeJob<'h, M> {
         if self.op == RangeOp::Pin && self.movable_zone {
             if let Some(h) = self.pinned {
                 // Only a pin taken in place (the baseline) leaves pins in the Movable zone.
-                let mfn = Mfn(self.heap.cell(self.node).base + h as u64);
-                return self.roll_back(HeapError::Pinned { mfn, owner: self.owner });
+                let mfn = self.heap.cell(self.node).mfn(h);
+                return self.roll_back(HeapError::Free(FreeError::Pinned { mfn, owner: self.owner }));
             }
             let from = Extent { mfn: self.mfn, order: self.order, node: self.node };
             match self.heap.begin_move(self.owner, from, self.movable, &[Zone::Normal]) {
@@ -447,35 +448,35 @@ impl<'h, M: FrameMemory> RangeJob<'h, M> {
 
     /// Checks one chunk of the range for the job's operation, as [`Heap::free`],
     /// [`Heap::pin`] and the others check the whole range.
-    fn look(&mut self, st: &NodeState, h: u32, o: u8) -> Result<(), HeapError> {
+    fn look(&mut self, st: &NodeState, h: Off, o: u8) -> Result<(), FreeError> {
         let s = st.head(h);
         let (owner, off) = (self.owner, self.off);
         let first = self.pos == off;
         match s.state {
             State::Allocated if s.owner == owner => {}
             State::Allocated if first => {
-                return Err(HeapError::WrongOwner { mfn: st.mfn(off), owner, actual: s.owner })
+                return Err(FreeError::WrongOwner { mfn: st.mfn(off), owner, actual: s.owner })
             }
             State::Pending if first && s.owner == owner => {
-                return Err(HeapError::Busy { mfn: st.mfn(off), what: "still being scrubbed for its owner" })
+                return Err(FreeError::Busy { mfn: st.mfn(off), what: "still being scrubbed for its owner" })
             }
-            _ if first => return Err(HeapError::NotAllocated { mfn: st.mfn(off) }),
+            _ if first => return Err(FreeError::NotAllocated { mfn: st.mfn(off) }),
             _ => {
                 let beyond = st.mfn(self.pos);
-                return Err(HeapError::OrderTooLarge { mfn: st.mfn(off), order: self.order, owner, beyond });
+                return Err(FreeError::OrderTooLarge { mfn: st.mfn(off), order: self.order, owner, beyond });
             }
         }
         let mfn = st.mfn(h.max(off));
         if s.migrating {
-            return Err(HeapError::Busy { mfn, what: "being migrated" });
+            return Err(FreeError::Busy { mfn, what: "being migrated" });
         }
         if s.sealed != self.op.sealed() {
-            return Err(if s.sealed { HeapError::Sealed { mfn, owner } } else { HeapError::NotSealed { mfn, owner } });
+            return Err(if s.sealed { FreeError::Sealed { mfn, owner } } else { FreeError::NotSealed { mfn, owner } });
         }
         match self.op {
-            RangeOp::Free | RangeOp::FreeSealed if s.pins > 0 => Err(HeapError::Pinned { mfn, owner }),
-            RangeOp::Unpin if s.pins == 0 => Err(HeapError::NotPinned { mfn, owner }),
-            RangeOp::Pin | RangeOp::PinInPlace if s.pins == u32::MAX => Err(HeapError::PinLimit { mfn }),
+            RangeOp::Free | RangeOp::FreeSealed if s.pins > 0 => Err(FreeError::Pinned { mfn, owner }),
+            RangeOp::Unpin if s.pins == 0 => Err(FreeError::NotPinned { mfn, owner }),
+            RangeOp::Pin | RangeOp::PinInPlace if s.pins == u32::MAX => Err(FreeError::PinLimit { mfn }),
             _ => {
                 self.movable_zone |= st.zone_of(h) == Zone::Movable;
                 self.movable &= s.movable;
@@ -549,7 +550,7 @@ impl<'h, M: FrameMemory> RangeJob<'h, M> {
 
     /// Adds (or for an unpin takes) one pin to up to [`CHUNKS_PER_STEP`] marked chunks,
     /// unmarking them. Returns where it stopped and the chunks walked.
-    fn repin(&self, st: &mut NodeState) -> (u32, u64) {
+    fn repin(&self, st: &mut NodeState) -> (Off, u64) {
         let (mut pos, mut walked) = (self.pos, 0u64);
         while walked < CHUNKS_PER_STEP as u64 && pos < self.end {
             let (h, o) = st.chunk_of(pos);

@@ -13,7 +13,7 @@ use crate::heap::{Extent, Heap, NodeGuard, Source};
 use crate::memory::FrameMemory;
 use crate::policy::Policy;
 use crate::preempt::Preempt;
-use crate::types::Zone;
+use crate::types::{Off, Zone};
 use crate::work::Kind;
 use crate::HeapError;
 use alloc::vec::Vec;
@@ -127,7 +127,7 @@ impl<M: FrameMemory> Heap<M> {
     /// the first dirty frame, under the same hold of the lock, so nobody sees the cursor
     /// before it moves. The chunk stays counted as free, its dirty bits in free_dirty; it
     /// is only off the lists. Nothing here is proportional to the chunk's size.
-    fn take_for_scrub(st: &mut NodeGuard<'_>, head: u32, order: u8) -> u64 {
+    fn take_for_scrub(st: &mut NodeGuard<'_>, head: Off, order: u8) -> u64 {
         debug_assert!(st.first_dirty(head) != NONE, "only chunks with dirty frames are taken");
         debug_assert_eq!(st.head(head).order, order);
         st.unlink_free(head);
@@ -221,7 +221,7 @@ impl<M: FrameMemory> Heap<M> {
 
     /// The head of a free chunk of the largest order on a dirty list of node `st`, and
     /// that order.
-    pub(crate) fn largest_dirty(st: &crate::node::NodeState) -> Option<(u32, u8)> {
+    pub(crate) fn largest_dirty(st: &crate::node::NodeState) -> Option<(Off, u8)> {
         [Zone::Normal, Zone::Movable]
             .into_iter()
             .filter_map(|z| {

@@ -1,7 +1,11 @@
 //! Test doubles, behind the `testing` feature: not for production use.
 
+use crate::blocker::{BlockReason, Blocker, OfflineError, OfflineStop};
+use crate::claims::ClaimError;
+use crate::error::{FrameUse, HeapError};
 use crate::memory::FrameMemory;
-use crate::types::{DomId, Mfn};
+use crate::node::FreeError;
+use crate::types::{DomId, Mfn, RangeError};
 use alloc::vec;
 use alloc::vec::Vec;
 use spin::Mutex;
@@ -120,4 +124,46 @@ impl TestRng {
         assert!(n > 0, "below(0) has no answer");
         self.next() % n
     }
+}
+
+/// One error of every kind [`HeapError::kind`] names (32), each once, in the order the
+/// variants were declared when `HeapError` was one flat enum: for tests that map every
+/// kind (the C status codes, the op log's counts).
+pub fn one_error_of_each_kind() -> Vec<HeapError> {
+    let (m, d) = (Mfn(3), DomId(1));
+    let blocker = Blocker { first: m, frames: 1, owner: Some(d), reason: BlockReason::Pinned };
+    vec![
+        HeapError::InvalidConfig("x (y)".into()),
+        RangeError::InvalidOrder { order: 19 }.into(),
+        RangeError::NoSuchNode { node: 2, nodes: 1 }.into(),
+        RangeError::NoSuchCpu { cpu: 2, cpus: 1 }.into(),
+        RangeError::OutOfRange { mfn: m, first: Mfn(8), end: Mfn(16) }.into(),
+        RangeError::Unaligned { mfn: m, order: 1, size: 2 }.into(),
+        RangeError::CrossesNode { mfn: m, order: 1 }.into(),
+        HeapError::OutOfMemory { order: 0, where_: "node 0".into(), free: 0, claimed: 0 },
+        FreeError::NotAllocated { mfn: m }.into(),
+        FreeError::WrongOwner { mfn: m, owner: d, actual: DomId(2) }.into(),
+        FreeError::OrderTooLarge { mfn: m, order: 1, owner: d, beyond: Mfn(4) }.into(),
+        FreeError::Pinned { mfn: m, owner: d }.into(),
+        ClaimError::ClaimExceedsFree { requested: 2, where_: "node 0".into(), available: 1 }.into(),
+        FreeError::Busy { mfn: m, what: "being migrated" }.into(),
+        FreeError::NotPinned { mfn: m, owner: d }.into(),
+        FreeError::PinLimit { mfn: m }.into(),
+        HeapError::MigrationRefused { mfn: m, order: 0, owner: d },
+        OfflineError::OfflineBlocked { first: m, count: 1, stop: OfflineStop::Blocked, blockers: vec![blocker] }.into(),
+        OfflineError::OfflineFinished { first: m, count: 1 }.into(),
+        HeapError::NeedsScrubTicket { order: 9, frames: 512, batch: 64 },
+        OfflineError::NotOffline { mfn: m, state: "free" }.into(),
+        RangeError::BadRange { first: m, count: 0 }.into(),
+        ClaimError::NeededByClaims { mfn: m, claimed: 2, free: 1 }.into(),
+        FreeError::Sealed { mfn: m, owner: d }.into(),
+        FreeError::NotSealed { mfn: m, owner: d }.into(),
+        HeapError::SealedMovable,
+        ClaimError::ClaimedByOthers { owner: d, frames: 2, where_: "node 0".into(), free: 3, claimed: 2 }.into(),
+        HeapError::NotFree { mfn: m, order: 0, first: m, what: FrameUse::Offline },
+        RangeError::CrossesZone { mfn: m, order: 1, movable_from: Mfn(4) }.into(),
+        FreeError::TooManyChunks { mfn: m, order: 9, limit: 64 }.into(),
+        HeapError::JobCancelled { job: "pin", first: m },
+        HeapError::JobFinished { job: "pin", first: m },
+    ]
 }

@@ -5,6 +5,7 @@ use crate::error::HeapError;
 use crate::heap::{AllocRequest, Extent, Heap, NodePref, NodeTry};
 use crate::memory::FrameMemory;
 use crate::preempt::Preempt;
+use crate::types::RangeError;
 use crate::types::MAX_ORDER;
 
 /// How many polls a ticket waits for a background scrubber to hand a chunk back before
@@ -142,7 +143,7 @@ impl<M: FrameMemory> Heap<M> {
     /// ticket waits for it.
     pub fn alloc_start(&self, req: &AllocRequest) -> Result<AllocStart<'_, M>, HeapError> {
         if req.order > MAX_ORDER {
-            return Err(HeapError::InvalidOrder { order: req.order });
+            return Err(HeapError::Range(RangeError::InvalidOrder { order: req.order }));
         }
         if req.sealed && req.movable {
             return Err(HeapError::SealedMovable);
@@ -213,7 +214,7 @@ impl<'h, M: FrameMemory> ScrubTicket<'h, M> {
     /// helpers one poll to start. How often to call again is the caller's business (a
     /// scheduler tick, say).
     ///
-    /// Errors: [`HeapError::NoSuchNode`] if `cpu` is not a node of the heap (the ticket
+    /// Errors: [`crate::RangeError::NoSuchNode`] if `cpu` is not a node of the heap (the ticket
     /// is unchanged).
     pub fn advance_from(&mut self, cpu: usize, preempt: &dyn Preempt) -> Result<Option<Extent>, HeapError> {
         self.heap.served_by(cpu)?;

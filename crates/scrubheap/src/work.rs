@@ -3,7 +3,7 @@
 //! batches to publish progress and to see a stop request.
 
 use crate::claims::Retired;
-use crate::types::DomId;
+use crate::types::{DomId, Off};
 
 /// Who is working on a chunk.
 #[derive(Copy, Clone, Debug, PartialEq, Eq)]
@@ -24,7 +24,7 @@ pub(crate) enum Kind {
 #[derive(Clone, Debug)]
 pub(crate) struct Work {
     pub id: u64,
-    pub head: u32,
+    pub head: Off,
     pub order: u8,
     pub kind: Kind,
     /// Offset within the chunk up to which batches have been handed out.

@@ -7,6 +7,7 @@ mod common;
 
 use common::snapshot;
 use scrubheap::*;
+use scrubheap::{ClaimError, RangeError};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Barrier;
 
@@ -175,7 +176,7 @@ fn a_range_being_scrubbed_is_refused_then_taken_once_the_scrubber_lets_go() {
 fn claims_apply() {
     let h = heap();
     h.claim_set(DomId(2), &[Claim { target: ClaimTarget::Node(0), frames: FRAMES - 8 }]).unwrap();
-    refused!(h, h.alloc_at(Mfn(0), 4, DomId(1)), HeapError::ClaimedByOthers { free: FRAMES, .. });
+    refused!(h, h.alloc_at(Mfn(0), 4, DomId(1)), HeapError::Claim(ClaimError::ClaimedByOthers { free: FRAMES, .. }));
     h.alloc_at(Mfn(0), 3, DomId(1)).unwrap();
     // The claimant's own allocation retires its claim.
     h.alloc_at(Mfn(16), 4, DomId(2)).unwrap();
@@ -186,9 +187,13 @@ fn claims_apply() {
 #[test]
 fn bad_ranges_are_refused() {
     let h = heap();
-    refused!(h, h.alloc_at(Mfn(2047), 1, DomId(1)), HeapError::Unaligned { .. });
-    refused!(h, h.alloc_at(Mfn(1024), 12, DomId(1)), HeapError::Unaligned { .. });
-    refused!(h, h.alloc_at(Mfn(0), 12, DomId(1)), HeapError::CrossesZone { movable_from: Mfn(2048), .. });
-    refused!(h, h.alloc_at(Mfn(FRAMES), 0, DomId(1)), HeapError::OutOfRange { .. });
-    refused!(h, h.alloc_at(Mfn(0), MAX_ORDER + 1, DomId(1)), HeapError::InvalidOrder { .. });
+    refused!(h, h.alloc_at(Mfn(2047), 1, DomId(1)), HeapError::Range(RangeError::Unaligned { .. }));
+    refused!(h, h.alloc_at(Mfn(1024), 12, DomId(1)), HeapError::Range(RangeError::Unaligned { .. }));
+    refused!(
+        h,
+        h.alloc_at(Mfn(0), 12, DomId(1)),
+        HeapError::Range(RangeError::CrossesZone { movable_from: Mfn(2048), .. })
+    );
+    refused!(h, h.alloc_at(Mfn(FRAMES), 0, DomId(1)), HeapError::Range(RangeError::OutOfRange { .. }));
+    refused!(h, h.alloc_at(Mfn(0), MAX_ORDER + 1, DomId(1)), HeapError::Range(RangeError::InvalidOrder { .. }));
 }

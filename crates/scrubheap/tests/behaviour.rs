@@ -2,6 +2,7 @@
 
 mod common;
 
+use scrubheap::FreeError;
 use scrubheap::*;
 
 fn free_state(h: &Heap<impl FrameMemory>, m: u64) -> (u64, u8, u64) {
@@ -135,7 +136,7 @@ fn any_aligned_part_of_an_allocation_can_be_freed() {
     h.free(Mfn(e.mfn.0 + 3), 0, DomId(1)).unwrap();
     h.check_invariants().unwrap();
     assert_eq!(h.stats().allocated, 512 - 64 - 1);
-    assert!(matches!(h.free(e.mfn, 9, DomId(1)), Err(HeapError::OrderTooLarge { .. })));
+    assert!(matches!(h.free(e.mfn, 9, DomId(1)), Err(HeapError::Free(FreeError::OrderTooLarge { .. }))));
     // The rest, piece by piece: a range covering several remaining pieces frees them all.
     h.free(Mfn(e.mfn.0 + 256), 8, DomId(1)).unwrap_err();
     h.free(Mfn(e.mfn.0 + 384), 7, DomId(1)).unwrap();
@@ -158,7 +159,7 @@ fn a_range_covering_several_pieces_of_one_owner_frees_them_together() {
     let e = h.alloc(&AllocRequest::new(3, DomId(1))).unwrap();
     h.free(Mfn(e.mfn.0 + 1), 0, DomId(1)).unwrap();
     // [0, 8) now holds pieces 0, 2-3, 4-7 of dom1 and a free frame 1.
-    assert!(matches!(h.free(e.mfn, 3, DomId(1)), Err(HeapError::OrderTooLarge { .. })));
+    assert!(matches!(h.free(e.mfn, 3, DomId(1)), Err(HeapError::Free(FreeError::OrderTooLarge { .. }))));
     h.free(Mfn(e.mfn.0 + 4), 2, DomId(1)).unwrap();
     h.free(Mfn(e.mfn.0 + 2), 1, DomId(1)).unwrap();
     h.free(e.mfn, 0, DomId(1)).unwrap();

@@ -7,6 +7,7 @@ mod common;
 
 use common::snapshot;
 use scrubheap::*;
+use scrubheap::{ClaimError, OfflineError};
 
 /// One node of 4096 dirty frames: every allocation above one batch (256) gets a ticket.
 fn dirty_heap() -> Heap<NullMemory> {
@@ -163,9 +164,9 @@ fn offline_is_blocked_by_a_global_claim_as_by_a_node_claim() {
         refused!(
             h,
             h.offline(Mfn(512), 512, &NoMigration, &NoDeadline, &NeverPreempt),
-            HeapError::OfflineBlocked { .. }
+            HeapError::Offline(OfflineError::OfflineBlocked { .. })
         );
-        let Err(HeapError::OfflineBlocked { blockers, .. }) =
+        let Err(HeapError::Offline(OfflineError::OfflineBlocked { blockers, .. })) =
             h.offline(Mfn(512), 512, &NoMigration, &NoDeadline, &NeverPreempt)
         else {
             unreachable!()
@@ -181,7 +182,7 @@ fn offline_is_blocked_by_a_global_claim_as_by_a_node_claim() {
 fn a_free_frame_is_not_marked_broken_while_a_node_claim_needs_it() {
     let h = zoned_heap();
     h.claim_set(DomId(1), &[Claim { target: NODE, frames: 1024 }]).unwrap();
-    refused!(h, h.mark_broken(Mfn(3)), HeapError::NeededByClaims { claimed: 1024, free: 1024, .. });
+    refused!(h, h.mark_broken(Mfn(3)), HeapError::Claim(ClaimError::NeededByClaims { claimed: 1024, free: 1024, .. }));
     h.claim_set(DomId(1), &[Claim { target: NODE, frames: 1023 }]).unwrap();
     assert_eq!(h.mark_broken(Mfn(3)).unwrap(), Broken::Now);
     h.check_invariants().unwrap();

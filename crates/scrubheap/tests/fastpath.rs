@@ -3,6 +3,7 @@
 //! handing a dirty frame to a request that needs scrubbed memory.
 
 use scrubheap::*;
+use scrubheap::{FreeError, OfflineError, RangeError};
 
 /// A heap whose batch holds a whole order-9 chunk (2 MiB), so `get` may zero one in place.
 fn heap(frames: u64, cpus: usize) -> Heap<TestMemory> {
@@ -92,8 +93,8 @@ fn a_parked_block_serves_the_next_refill_and_drains() {
     );
     // A put of a frame the owner does not hold is refused, the heap unchanged.
     let before = h.stats();
-    assert!(matches!(h.put(0, e.mfn, 0, DomId(1)), Err(HeapError::WrongOwner { .. })));
-    assert!(matches!(h.put(0, Mfn(e.mfn.0 + 1), 0, DomId(2)), Err(HeapError::NotAllocated { .. })));
+    assert!(matches!(h.put(0, e.mfn, 0, DomId(1)), Err(HeapError::Free(FreeError::WrongOwner { .. }))));
+    assert!(matches!(h.put(0, Mfn(e.mfn.0 + 1), 0, DomId(2)), Err(HeapError::Free(FreeError::NotAllocated { .. }))));
     assert_eq!(h.stats(), before);
     h.put(1, e.mfn, 0, DomId(2)).unwrap();
     h.put(0, got[64].mfn, 0, DomId(1)).unwrap();
@@ -233,16 +234,16 @@ fn misuse_is_refused_and_changes_nothing() {
     let h = heap(1 << 12, 2);
     let a = h.get(0, &req(0, 1)).unwrap();
     let before = h.stats();
-    assert!(matches!(h.put(0, a.mfn, 0, DomId(2)), Err(HeapError::WrongOwner { .. })));
-    assert!(matches!(h.put(2, a.mfn, 0, DomId(1)), Err(HeapError::NoSuchCpu { cpu: 2, cpus: 2 })));
-    assert!(matches!(h.get(5, &req(0, 1)), Err(HeapError::NoSuchCpu { .. })));
-    assert!(matches!(h.put(0, Mfn(1 << 20), 0, DomId(1)), Err(HeapError::OutOfRange { .. })));
+    assert!(matches!(h.put(0, a.mfn, 0, DomId(2)), Err(HeapError::Free(FreeError::WrongOwner { .. }))));
+    assert!(matches!(h.put(2, a.mfn, 0, DomId(1)), Err(HeapError::Range(RangeError::NoSuchCpu { cpu: 2, cpus: 2 }))));
+    assert!(matches!(h.get(5, &req(0, 1)), Err(HeapError::Range(RangeError::NoSuchCpu { .. }))));
+    assert!(matches!(h.put(0, Mfn(1 << 20), 0, DomId(1)), Err(HeapError::Range(RangeError::OutOfRange { .. }))));
     let free_one = Mfn(a.mfn.0 ^ 1);
-    assert!(matches!(h.put(0, free_one, 0, DomId(1)), Err(HeapError::NotAllocated { .. })));
+    assert!(matches!(h.put(0, free_one, 0, DomId(1)), Err(HeapError::Free(FreeError::NotAllocated { .. }))));
     assert_eq!(h.stats(), before);
     h.check_invariants().unwrap();
     h.put(0, a.mfn, 0, DomId(1)).unwrap();
-    assert!(matches!(h.put(0, a.mfn, 0, DomId(1)), Err(HeapError::NotAllocated { .. })), "double put");
+    assert!(matches!(h.put(0, a.mfn, 0, DomId(1)), Err(HeapError::Free(FreeError::NotAllocated { .. }))), "double put");
     assert!(Heap::new(HeapConfig::uniform(1, 64).with_cpus(0), NullMemory).is_err());
     assert!(Heap::new(HeapConfig::uniform(1, 64).with_cpus(MAX_CPUS + 1), NullMemory).is_err());
     settled(&h, 1 << 12);
@@ -398,7 +399,7 @@ fn an_offline_settles_a_block_refilled_from_its_range_after_it_started() {
         let _keep = h.get(0, &req(0, 8)).unwrap();
         drop(job.advance(&NoMigration, &NoDeadline, &NeverPreempt).unwrap_err());
         let r = h.offline(first, count, &NoMigration, &NoDeadline, &NeverPreempt);
-        let Err(HeapError::OfflineBlocked { blockers, .. }) = r else { panic!("{r:?}") };
+        let Err(HeapError::Offline(OfflineError::OfflineBlocked { blockers, .. })) = r else { panic!("{r:?}") };
         assert!(blockers.iter().any(|b| b.owner == Some(DomId(7)) && b.first == e.mfn), "{blockers:?}");
         settled(&h, 1 << 12);
     }

@@ -11,6 +11,7 @@ mod common;
 use common::snapshot;
 use proptest::prelude::*;
 use scrubheap::*;
+use scrubheap::{FreeError, RangeError};
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
@@ -453,7 +454,7 @@ fn run(policy: Policy, dirty: bool, ops: &[Op]) -> Result<(), TestCaseError> {
                         m.live.push((dom, e));
                         false
                     }
-                    Err(HeapError::NoSuchCpu { .. }) => {
+                    Err(HeapError::Range(RangeError::NoSuchCpu { .. })) => {
                         prop_assert!(cpu >= 2);
                         true
                     }
@@ -476,7 +477,7 @@ fn run(policy: Policy, dirty: bool, ops: &[Op]) -> Result<(), TestCaseError> {
                         m.live.swap_remove(i);
                         false
                     }
-                    Err(HeapError::NoSuchCpu { .. }) if cpu >= 2 => true,
+                    Err(HeapError::Range(RangeError::NoSuchCpu { .. })) if cpu >= 2 => true,
                     Err(e) => return Err(TestCaseError::fail(format!("put of a held extent: {e}"))),
                 }
             }
@@ -546,7 +547,7 @@ fn free_or_job<M: FrameMemory>(
     p: &dyn Preempt,
 ) -> Result<(), HeapError> {
     match heap.free(mfn, order, dom) {
-        Err(HeapError::TooManyChunks { .. }) => {
+        Err(HeapError::Free(FreeError::TooManyChunks { .. })) => {
             heap.range_preemptible(RangeOp::Free, mfn, order, dom, &NoMigration, p).map(|_| ())
         }
         r => r,

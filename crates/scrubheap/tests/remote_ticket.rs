@@ -2,6 +2,7 @@
 //! the frames' node's scrubbers while they make progress, and zeroes across the
 //! interconnect itself only when it is the only CPU that can.
 
+use scrubheap::RangeError;
 use scrubheap::*;
 
 const FRAMES: u64 = 1 << 12;
@@ -94,7 +95,10 @@ fn advance_from_an_unknown_node_is_refused_and_changes_nothing() {
     let h = heap(true);
     let mut t = start(&h);
     let before = h.stats();
-    assert!(matches!(t.advance_from(7, &NeverPreempt), Err(HeapError::NoSuchNode { node: 7, nodes: 2 })));
+    assert!(matches!(
+        t.advance_from(7, &NeverPreempt),
+        Err(HeapError::Range(RangeError::NoSuchNode { node: 7, nodes: 2 }))
+    ));
     assert_eq!(h.stats(), before);
     assert!(t.advance_from(1, &NeverPreempt).unwrap().is_some());
     h.check_invariants().unwrap();

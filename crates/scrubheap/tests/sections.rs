@@ -6,6 +6,7 @@
 //! over (each test also asserts the total work, so a test cannot pass by doing nothing).
 
 use scrubheap::*;
+use scrubheap::{FreeError, OfflineError};
 use std::sync::Arc;
 
 /// Two nodes of 2^18 frames (1 GiB each at 4 KiB), the upper half of each Movable
@@ -191,7 +192,10 @@ fn a_rolled_back_or_dropped_offline_stays_within_the_bound() {
             }
         }
     });
-    assert!(matches!(r, Err(HeapError::OfflineBlocked { stop: OfflineStop::Deadline, .. })), "{r:?}");
+    assert!(
+        matches!(r, Err(HeapError::Offline(OfflineError::OfflineBlocked { stop: OfflineStop::Deadline, .. }))),
+        "{r:?}"
+    );
     assert_eq!(w.heap.stats().offline, 0, "rolled back");
     assert_eq!(w.heap.stats().allocated, before.allocated);
     // A job dropped half-way (its roll-back has no Preempt: it walks in steps of
@@ -207,7 +211,10 @@ fn a_rolled_back_or_dropped_offline_stays_within_the_bound() {
     // A finished job refuses to go on.
     let mut job = w.heap.offline_start(Mfn(NODE), 1).unwrap();
     assert!((0..).find_map(|_| job.advance(&mover, &NoDeadline, &NeverPreempt).unwrap()).is_some());
-    assert!(matches!(job.advance(&mover, &NoDeadline, &NeverPreempt), Err(HeapError::OfflineFinished { .. })));
+    assert!(matches!(
+        job.advance(&mover, &NoDeadline, &NeverPreempt),
+        Err(HeapError::Offline(OfflineError::OfflineFinished { .. }))
+    ));
 }
 
 /// Splits `owner`'s `[e.mfn, 2^e.order)` into single frames (a pin and an unpin of each:
@@ -241,7 +248,10 @@ fn a_range_of_many_chunks_is_refused_in_one_call_and_done_in_counted_steps() {
             w.heap.unpin(e.mfn, 12, DomId(1)),
         ]
     });
-    assert!(r.iter().all(|r| matches!(r, Err(HeapError::TooManyChunks { limit: CHUNKS_PER_STEP, .. }))), "{r:?}");
+    assert!(
+        r.iter().all(|r| matches!(r, Err(HeapError::Free(FreeError::TooManyChunks { limit: CHUNKS_PER_STEP, .. })))),
+        "{r:?}"
+    );
     assert_eq!((max, w.heap.stats()), (0, before));
     // As jobs: at most CHUNKS_PER_STEP chunks between two points, every chunk walked.
     for op in [RangeOp::PinInPlace, RangeOp::Unpin, RangeOp::Free] {
@@ -266,7 +276,7 @@ fn a_sealed_range_of_many_chunks_is_freed_by_a_free_sealed_job_in_counted_steps(
     assert!(first % 4096 == 0 && got == (first..first + 4096).collect::<Vec<_>>(), "one aligned run");
     let before = w.heap.stats();
     let r = w.heap.free_sealed(Mfn(first), 12, DomId(2));
-    assert!(matches!(r, Err(HeapError::TooManyChunks { limit: CHUNKS_PER_STEP, .. })), "{r:?}");
+    assert!(matches!(r, Err(HeapError::Free(FreeError::TooManyChunks { limit: CHUNKS_PER_STEP, .. }))), "{r:?}");
     assert_eq!(w.heap.stats(), before);
     let e = Extent { mfn: Mfn(first), order: 12, node: 0 };
     let (to, max, total) = w.counted("FreeSealed job over 4096 chunks", true, |p| {
@@ -295,7 +305,7 @@ fn a_refused_or_cancelled_range_job_leaves_the_heap_as_it_was() {
             }
         }
     });
-    assert!(matches!(r, Err(HeapError::Pinned { mfn, .. }) if mfn.0 == e.mfn.0 + 4000), "{r:?}");
+    assert!(matches!(r, Err(HeapError::Free(FreeError::Pinned { mfn, .. })) if mfn.0 == e.mfn.0 + 4000), "{r:?}");
     assert!(total >= 2 * 4000, "marked and unmarked in steps: {total}");
     let after: Vec<ChunkInfo> = (0..4096).map(|i| w.heap.chunk_at(Mfn(e.mfn.0 + i)).unwrap()).collect();
     assert_eq!((after, w.heap.stats()), (before.clone(), stats));
@@ -313,7 +323,7 @@ fn a_refused_or_cancelled_range_job_leaves_the_heap_as_it_was() {
         let mut job = w.heap.range_start(RangeOp::PinInPlace, e.mfn, 12, DomId(1)).unwrap();
         assert!(job.advance(&NoMigration, &|| true).unwrap().is_none());
         // While marked, the range's frames are busy for everyone else.
-        assert!(matches!(w.heap.free(e.mfn, 0, DomId(1)), Err(HeapError::Busy { .. })));
+        assert!(matches!(w.heap.free(e.mfn, 0, DomId(1)), Err(HeapError::Free(FreeError::Busy { .. }))));
     }
     let after: Vec<ChunkInfo> = (0..4096).map(|i| w.heap.chunk_at(Mfn(e.mfn.0 + i)).unwrap()).collect();
     assert_eq!((after, w.heap.stats()), (before, stats));

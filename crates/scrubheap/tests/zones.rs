@@ -5,6 +5,7 @@ mod common;
 
 use common::snapshot;
 use scrubheap::*;
+use scrubheap::{ClaimError, FreeError, OfflineError, RangeError};
 use std::cell::RefCell;
 
 const NODE: u64 = 1024;
@@ -126,19 +127,19 @@ fn pin_in_normal_memory_stays_and_blocks_free_until_unpinned() {
     assert_eq!(pins(&h, Mfn(part.0 + 1)), 3);
     assert_eq!(pins(&h, part), 2);
     assert_eq!(pins(&h, e.mfn), 1);
-    let err = refused!(h, h.free(e.mfn, 4, DomId(1)), HeapError::Pinned { .. });
+    let err = refused!(h, h.free(e.mfn, 4, DomId(1)), HeapError::Free(FreeError::Pinned { .. }));
     assert!(err.to_string().contains("unpin it first"));
-    refused!(h, h.free(part, 0, DomId(1)), HeapError::Pinned { .. });
+    refused!(h, h.free(part, 0, DomId(1)), HeapError::Free(FreeError::Pinned { .. }));
     h.unpin(e.mfn, 4, DomId(1)).unwrap();
     // The unpinned rest may be freed; the still-pinned part may not.
     h.free(e.mfn, 2, DomId(1)).unwrap();
-    refused!(h, h.free(part, 2, DomId(1)), HeapError::Pinned { .. });
-    refused!(h, h.unpin(e.mfn, 4, DomId(1)), HeapError::NotAllocated { .. });
-    refused!(h, h.unpin(Mfn(e.mfn.0 + 8), 3, DomId(1)), HeapError::NotPinned { .. });
+    refused!(h, h.free(part, 2, DomId(1)), HeapError::Free(FreeError::Pinned { .. }));
+    refused!(h, h.unpin(e.mfn, 4, DomId(1)), HeapError::Free(FreeError::NotAllocated { .. }));
+    refused!(h, h.unpin(Mfn(e.mfn.0 + 8), 3, DomId(1)), HeapError::Free(FreeError::NotPinned { .. }));
     h.unpin(part, 2, DomId(1)).unwrap();
-    refused!(h, h.free(Mfn(part.0 + 1), 0, DomId(1)), HeapError::Pinned { .. });
+    refused!(h, h.free(Mfn(part.0 + 1), 0, DomId(1)), HeapError::Free(FreeError::Pinned { .. }));
     h.unpin(Mfn(part.0 + 1), 0, DomId(1)).unwrap();
-    refused!(h, h.unpin(part, 2, DomId(1)), HeapError::NotPinned { .. });
+    refused!(h, h.unpin(part, 2, DomId(1)), HeapError::Free(FreeError::NotPinned { .. }));
     h.free(part, 2, DomId(1)).unwrap();
     h.free(Mfn(e.mfn.0 + 8), 3, DomId(1)).unwrap();
     assert_eq!(h.stats().allocated, 0);
@@ -170,9 +171,9 @@ fn pin_in_movable_memory_migrates_to_normal_first() {
     assert_eq!(after.free_dirty, before.free_dirty + 2);
     // The moved part is movable still, pinned, and not freeable until unpinned.
     assert!(matches!(h.chunk_at(to.mfn).unwrap().state, ChunkState::Allocated { movable: true, pins: 1, .. }));
-    refused!(h, h.free(to.mfn, 1, DomId(1)), HeapError::Pinned { .. });
+    refused!(h, h.free(to.mfn, 1, DomId(1)), HeapError::Free(FreeError::Pinned { .. }));
     // The old place is no longer the owner's.
-    refused!(h, h.pin(part, 1, DomId(1), &rec, &NeverPreempt), HeapError::NotAllocated { .. });
+    refused!(h, h.pin(part, 1, DomId(1), &rec, &NeverPreempt), HeapError::Free(FreeError::NotAllocated { .. }));
     h.unpin(to.mfn, 1, DomId(1)).unwrap();
     h.free(to.mfn, 1, DomId(1)).unwrap();
     h.free(e.mfn, 1, DomId(1)).unwrap();
@@ -218,20 +219,40 @@ fn a_pin_is_refused_and_nothing_changes_when_it_cannot_migrate() {
 fn pin_and_unpin_misuse_is_refused() {
     let h = heap();
     let e = h.alloc(&AllocRequest::new(3, DomId(1))).unwrap();
-    refused!(h, h.pin(e.mfn, 3, DomId(2), &MetadataMigrator, &NeverPreempt), HeapError::WrongOwner { .. });
+    refused!(
+        h,
+        h.pin(e.mfn, 3, DomId(2), &MetadataMigrator, &NeverPreempt),
+        HeapError::Free(FreeError::WrongOwner { .. })
+    );
     refused!(
         h,
         h.pin(e.mfn, 4, DomId(1), &MetadataMigrator, &NeverPreempt),
-        HeapError::OrderTooLarge { .. } | HeapError::Unaligned { .. }
+        HeapError::Free(FreeError::OrderTooLarge { .. }) | HeapError::Range(RangeError::Unaligned { .. })
     );
-    refused!(h, h.pin(Mfn(e.mfn.0 + 1), 1, DomId(1), &MetadataMigrator, &NeverPreempt), HeapError::Unaligned { .. });
-    refused!(h, h.pin(Mfn(2 * NODE), 0, DomId(1), &MetadataMigrator, &NeverPreempt), HeapError::OutOfRange { .. });
-    refused!(h, h.pin(e.mfn, 19, DomId(1), &MetadataMigrator, &NeverPreempt), HeapError::InvalidOrder { .. });
-    refused!(h, h.unpin(e.mfn, 3, DomId(1)), HeapError::NotPinned { .. });
-    refused!(h, h.unpin(e.mfn, 3, DomId(2)), HeapError::WrongOwner { .. });
+    refused!(
+        h,
+        h.pin(Mfn(e.mfn.0 + 1), 1, DomId(1), &MetadataMigrator, &NeverPreempt),
+        HeapError::Range(RangeError::Unaligned { .. })
+    );
+    refused!(
+        h,
+        h.pin(Mfn(2 * NODE), 0, DomId(1), &MetadataMigrator, &NeverPreempt),
+        HeapError::Range(RangeError::OutOfRange { .. })
+    );
+    refused!(
+        h,
+        h.pin(e.mfn, 19, DomId(1), &MetadataMigrator, &NeverPreempt),
+        HeapError::Range(RangeError::InvalidOrder { .. })
+    );
+    refused!(h, h.unpin(e.mfn, 3, DomId(1)), HeapError::Free(FreeError::NotPinned { .. }));
+    refused!(h, h.unpin(e.mfn, 3, DomId(2)), HeapError::Free(FreeError::WrongOwner { .. }));
     let free = Mfn(e.mfn.0 + 64);
-    refused!(h, h.pin(free, 0, DomId(1), &MetadataMigrator, &NeverPreempt), HeapError::NotAllocated { .. });
-    refused!(h, h.pin_in_place(free, 0, DomId(1)), HeapError::NotAllocated { .. });
+    refused!(
+        h,
+        h.pin(free, 0, DomId(1), &MetadataMigrator, &NeverPreempt),
+        HeapError::Free(FreeError::NotAllocated { .. })
+    );
+    refused!(h, h.pin_in_place(free, 0, DomId(1)), HeapError::Free(FreeError::NotAllocated { .. }));
     check(&h);
 }
 
@@ -266,18 +287,18 @@ fn offline_of_free_memory_completes_and_online_returns_it_dirty() {
         h.free(e.mfn, 0, DomId(1)).unwrap();
     }
     // Online only frames that are offline.
-    refused!(h, h.online(Mfn(first.0 - 1), 2, &NeverPreempt), HeapError::NotOffline { .. });
-    refused!(h, h.online(first, 0, &NeverPreempt), HeapError::BadRange { .. });
+    refused!(h, h.online(Mfn(first.0 - 1), 2, &NeverPreempt), HeapError::Offline(OfflineError::NotOffline { .. }));
+    refused!(h, h.online(first, 0, &NeverPreempt), HeapError::Range(RangeError::BadRange { .. }));
     refused!(
         h,
         h.online(Mfn(first.0 + count - 1), 2, &NeverPreempt),
-        HeapError::BadRange { .. } | HeapError::NotOffline { .. }
+        HeapError::Range(RangeError::BadRange { .. }) | HeapError::Offline(OfflineError::NotOffline { .. })
     );
     // Online part of it, then the rest (offline chunks split at the edges).
     assert_eq!(h.online(Mfn(first.0 + 3), 5, &NeverPreempt).unwrap(), 5);
     assert_eq!(h.stats().offline, count - 5);
     check(&h);
-    refused!(h, h.online(first, count, &NeverPreempt), HeapError::NotOffline { .. });
+    refused!(h, h.online(first, count, &NeverPreempt), HeapError::Offline(OfflineError::NotOffline { .. }));
     assert_eq!(h.online(first, 3, &NeverPreempt).unwrap(), 3);
     assert_eq!(h.online(Mfn(first.0 + 8), count - 8, &NeverPreempt).unwrap(), count - 8);
     let s = h.stats();
@@ -336,9 +357,9 @@ fn offline_over_unmovable_or_pinned_memory_is_refused_and_names_the_blockers() {
     let err = refused!(
         h,
         h.offline(Mfn(0), MOVABLE_FROM, &MetadataMigrator, &NoDeadline, &NeverPreempt),
-        HeapError::OfflineBlocked { .. }
+        HeapError::Offline(OfflineError::OfflineBlocked { .. })
     );
-    let HeapError::OfflineBlocked { stop, blockers, .. } = &err else { unreachable!() };
+    let HeapError::Offline(OfflineError::OfflineBlocked { stop, blockers, .. }) = &err else { unreachable!() };
     assert_eq!(*stop, OfflineStop::Blocked);
     assert_eq!(
         blockers[..],
@@ -352,9 +373,9 @@ fn offline_over_unmovable_or_pinned_memory_is_refused_and_names_the_blockers() {
     let err = refused!(
         h,
         h.offline(first, count, &MetadataMigrator, &NoDeadline, &NeverPreempt),
-        HeapError::OfflineBlocked { .. }
+        HeapError::Offline(OfflineError::OfflineBlocked { .. })
     );
-    let HeapError::OfflineBlocked { blockers, .. } = &err else { unreachable!() };
+    let HeapError::Offline(OfflineError::OfflineBlocked { blockers, .. }) = &err else { unreachable!() };
     assert_eq!(blockers.len(), 1);
     assert_eq!(blockers[0].reason, BlockReason::Pinned);
     assert_eq!(blockers[0].first, Mfn(m.mfn.0 + 4));
@@ -366,10 +387,26 @@ fn offline_over_unmovable_or_pinned_memory_is_refused_and_names_the_blockers() {
     assert!(all_offline(&h, first, count));
     check(&h);
     // Bad ranges.
-    refused!(h, h.offline(Mfn(NODE - 1), 2, &NoMigration, &NoDeadline, &NeverPreempt), HeapError::BadRange { .. });
-    refused!(h, h.offline(Mfn(0), 0, &NoMigration, &NoDeadline, &NeverPreempt), HeapError::BadRange { .. });
-    refused!(h, h.offline(Mfn(2 * NODE), 1, &NoMigration, &NoDeadline, &NeverPreempt), HeapError::OutOfRange { .. });
-    refused!(h, h.offline(Mfn(5), u64::MAX, &NoMigration, &NoDeadline, &NeverPreempt), HeapError::BadRange { .. });
+    refused!(
+        h,
+        h.offline(Mfn(NODE - 1), 2, &NoMigration, &NoDeadline, &NeverPreempt),
+        HeapError::Range(RangeError::BadRange { .. })
+    );
+    refused!(
+        h,
+        h.offline(Mfn(0), 0, &NoMigration, &NoDeadline, &NeverPreempt),
+        HeapError::Range(RangeError::BadRange { .. })
+    );
+    refused!(
+        h,
+        h.offline(Mfn(2 * NODE), 1, &NoMigration, &NoDeadline, &NeverPreempt),
+        HeapError::Range(RangeError::OutOfRange { .. })
+    );
+    refused!(
+        h,
+        h.offline(Mfn(5), u64::MAX, &NoMigration, &NoDeadline, &NeverPreempt),
+        HeapError::Range(RangeError::BadRange { .. })
+    );
 }
 
 #[test]
@@ -389,7 +426,10 @@ fn an_offline_rolls_back_at_its_deadline_leaving_the_heap_as_it_was() {
     let before = snapshot(&h, &[1, 2]);
     for steps in [0, 1, 2, 5, 6] {
         let r = h.offline(Mfn(100), 700, &MetadataMigrator, &StepBudget::new(steps), &NeverPreempt);
-        assert!(matches!(r, Err(HeapError::OfflineBlocked { stop: OfflineStop::Deadline, .. })), "{r:?}");
+        assert!(
+            matches!(r, Err(HeapError::Offline(OfflineError::OfflineBlocked { stop: OfflineStop::Deadline, .. }))),
+            "{r:?}"
+        );
         assert_eq!(snapshot(&h, &[1, 2]), before, "rollback after {steps} steps");
         check(&h);
     }
@@ -405,7 +445,9 @@ fn an_offline_rolls_back_at_its_deadline_leaving_the_heap_as_it_was() {
     let rec = Recorder::new(h.memory());
     let free_before = h.stats().free_clean + h.stats().free_dirty;
     let r = h.offline(first, count, &rec, &StepBudget::new(10), &NeverPreempt);
-    let Err(HeapError::OfflineBlocked { stop: OfflineStop::Deadline, blockers, .. }) = r else { panic!("{r:?}") };
+    let Err(HeapError::Offline(OfflineError::OfflineBlocked { stop: OfflineStop::Deadline, blockers, .. })) = r else {
+        panic!("{r:?}")
+    };
     let moved = rec.moves.borrow().len();
     assert!(moved > 0 && moved < 20, "{moved} moved");
     assert!(!blockers.is_empty() && blockers.len() <= MAX_BLOCKERS);
@@ -426,7 +468,9 @@ fn an_offline_rolls_back_when_a_move_is_refused() {
     let mut rec = Recorder::new(h.memory());
     rec.refuse_after = Some(1);
     let r = h.offline(first, count, &rec, &NoDeadline, &NeverPreempt);
-    let Err(HeapError::OfflineBlocked { stop: OfflineStop::Blocked, blockers, .. }) = r else { panic!("{r:?}") };
+    let Err(HeapError::Offline(OfflineError::OfflineBlocked { stop: OfflineStop::Blocked, blockers, .. })) = r else {
+        panic!("{r:?}")
+    };
     assert_eq!(blockers.len(), 1);
     assert_eq!(blockers[0].reason, BlockReason::MigrationRefused);
     assert_eq!(blockers[0].frames, 32);
@@ -451,7 +495,7 @@ fn an_offline_rolls_back_when_a_move_is_refused() {
         h.free(e.mfn, 0, DomId(3)).unwrap();
     }
     let r = h.offline(first, count, &MetadataMigrator, &NoDeadline, &NeverPreempt);
-    assert!(matches!(r, Err(HeapError::OfflineBlocked { .. })), "{r:?}");
+    assert!(matches!(r, Err(HeapError::Offline(OfflineError::OfflineBlocked { .. }))), "{r:?}");
     assert_eq!(h.stats().offline, 0);
     check(&h);
 }
@@ -464,9 +508,9 @@ fn offline_respects_claims() {
     let err = refused!(
         h,
         h.offline(first, count, &NoMigration, &NoDeadline, &NeverPreempt),
-        HeapError::OfflineBlocked { .. }
+        HeapError::Offline(OfflineError::OfflineBlocked { .. })
     );
-    let HeapError::OfflineBlocked { blockers, .. } = err else { unreachable!() };
+    let HeapError::Offline(OfflineError::OfflineBlocked { blockers, .. }) = err else { unreachable!() };
     assert_eq!(blockers[0].reason, BlockReason::Claimed);
     h.claim_cancel(DomId(1));
     h.offline(first, count, &NoMigration, &NoDeadline, &NeverPreempt).unwrap();
@@ -531,14 +575,14 @@ fn broken_frames_and_offline_ranges() {
     assert_eq!(done.migrated_frames, 2, "both frames of f moved (the broken one in its own chunk)");
     assert_eq!(h.chunk_at(f.mfn).unwrap().state, ChunkState::Broken);
     assert_eq!(h.stats().offline, 2 + count1);
-    refused!(h, h.mark_broken(Mfn(2 * NODE)), HeapError::OutOfRange { .. });
+    refused!(h, h.mark_broken(Mfn(2 * NODE)), HeapError::Range(RangeError::OutOfRange { .. }));
     // Claims that need every free frame keep a free frame from being marked.
     h.free(to.mfn, 2, DomId(1)).unwrap();
     let free = h.stats().free_clean + h.stats().free_dirty;
     h.claim_set(DomId(2), &[Claim { target: ClaimTarget::Global, frames: free }]).unwrap();
     let free_frame =
         (0..NODE).map(Mfn).find(|&m| matches!(h.chunk_at(m).unwrap().state, ChunkState::Free { .. })).unwrap();
-    refused!(h, h.mark_broken(free_frame), HeapError::NeededByClaims { .. });
+    refused!(h, h.mark_broken(free_frame), HeapError::Claim(ClaimError::NeededByClaims { .. }));
     check(&h);
 }
 
@@ -550,9 +594,11 @@ fn a_ticket_in_the_range_is_waited_for_until_the_deadline_then_reported() {
     let AllocStart::Pending(ticket) = start else { panic!("a dirty 2 MiB needs a ticket") };
     let ext = ticket.extent().unwrap();
     assert_eq!(ext.mfn, Mfn(MOVABLE_FROM));
-    assert!(matches!(h.mark_broken(ext.mfn), Err(HeapError::Busy { .. })));
+    assert!(matches!(h.mark_broken(ext.mfn), Err(HeapError::Free(FreeError::Busy { .. }))));
     let r = h.offline(ext.mfn, 512, &MetadataMigrator, &StepBudget::new(1000), &NeverPreempt);
-    let Err(HeapError::OfflineBlocked { stop: OfflineStop::Deadline, blockers, .. }) = r else { panic!("{r:?}") };
+    let Err(HeapError::Offline(OfflineError::OfflineBlocked { stop: OfflineStop::Deadline, blockers, .. })) = r else {
+        panic!("{r:?}")
+    };
     assert_eq!(blockers[0].reason, BlockReason::Busy);
     assert_eq!(blockers[0].owner, Some(DomId(1)));
     assert_eq!(h.stats().offline, 0);

@@ -11,6 +11,7 @@ mod common;
 use common::snapshot;
 use proptest::prelude::*;
 use scrubheap::*;
+use scrubheap::{FreeError, OfflineError};
 use std::cell::RefCell;
 use std::sync::Arc;
 
@@ -283,7 +284,7 @@ fn run(ops: &[Op]) -> Result<(), TestCaseError> {
                         }
                         false
                     }
-                    Err(HeapError::OfflineBlocked { stop, blockers, .. }) => {
+                    Err(HeapError::Offline(OfflineError::OfflineBlocked { stop, blockers, .. })) => {
                         prop_assert!(blocked || steps.is_some() || refuse_after.is_some() || !blockers.is_empty());
                         prop_assert!(blockers.len() <= MAX_BLOCKERS);
                         if blocked && stop == OfflineStop::Blocked {
@@ -399,7 +400,7 @@ fn or_job<M: FrameMemory>(
         return job();
     }
     match plain() {
-        Err(HeapError::TooManyChunks { .. }) => job(),
+        Err(HeapError::Free(FreeError::TooManyChunks { .. })) => job(),
         r => r,
     }
 }

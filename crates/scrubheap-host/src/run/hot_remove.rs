@@ -22,6 +22,7 @@ use crate::instrument::{drive, PreemptRecorder, Sections};
 use crate::pool::Pool;
 use crate::tenants::hot_remove::{copy_piece, move_part, WallDeadline};
 use parking_lot::Mutex;
+use scrubheap::OfflineError;
 use scrubheap::{DomId, Extent, HeapError, Mfn, Migrator, Offlined};
 use scrubheap_oplog::Op;
 use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
@@ -146,7 +147,7 @@ impl HotRemove<'_> {
                     rep.aborted_scrubs = done.aborted_scrubs;
                     return;
                 }
-                Err(HeapError::OfflineBlocked { blockers, stop, .. }) => {
+                Err(HeapError::Offline(OfflineError::OfflineBlocked { blockers, stop, .. })) => {
                     if rep.blockers.len() < BLOCKERS_KEPT {
                         let first = blockers.first().map_or("none named".into(), |b| b.to_string());
                         rep.blockers.push(format!("{stop}: {first}"));

@@ -12,6 +12,7 @@ use crate::tenants::guest::{GuestOps, KernelBackend, KernelGuest};
 use crate::tenants::pins::PinOps;
 use crate::tenants::pod_guest::{self, PodGuestOps};
 use parking_lot::{Mutex, MutexGuard};
+use scrubheap::ClaimError;
 use scrubheap::{DomId, HeapError};
 use scrubheap_oplog::Op;
 use std::cmp::Reverse;
@@ -370,7 +371,7 @@ fn create_heap_guest(
             t.pins_moved += moved;
             Some(Live::Heap(hg))
         }
-        Err(HeapError::OutOfMemory { .. } | HeapError::ClaimExceedsFree { .. }) => {
+        Err(HeapError::OutOfMemory { .. } | HeapError::Claim(ClaimError::ClaimExceedsFree { .. })) => {
             tally.lock().refused += 1;
             None
         }

@@ -3,6 +3,7 @@
 
 use super::{fail, Fail, ReplayHeap, Replayer};
 use crate::kind;
+use scrubheap::FreeError;
 use scrubheap::{AllocRequest, DomId, Extent, HeapError, Mfn, Migrator, NoMigration, RangeOp, MAX_ORDER};
 
 /// One allocation of the log and what is left of it.
@@ -164,7 +165,7 @@ impl Replayer {
         for (m, o, res) in results {
             match res {
                 Ok(()) => self.forget(m, o, owner),
-                Err(e @ HeapError::Pinned { .. }) => {
+                Err(e @ HeapError::Free(FreeError::Pinned { .. })) => {
                     first_err.get_or_insert(e);
                 }
                 Err(e) => {

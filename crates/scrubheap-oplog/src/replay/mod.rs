@@ -8,6 +8,7 @@ use crate::parse::parse_line;
 use crate::report::{FinalCounts, Outcome, ReplayReport, MAX_VIOLATION_MESSAGES};
 use crate::{kind, SparseMemory, DEFAULT_MAX_FRAMES, MAX_NODES};
 use held::{Held, RecordMoves};
+use scrubheap::ClaimError;
 use scrubheap::{
     Claim, ClaimTarget, CountingMemory, CountingMigrator, CountingPreempt, DomId, Heap, HeapConfig, HeapError, Mfn,
     NoDeadline, Policy, RangeOp, SectionCounter, StepBudget,
@@ -376,11 +377,11 @@ impl Replayer {
             let free = s.free_clean + s.free_dirty;
             let own = set.iter().filter(|c| c.target != target).fold(0u64, |t, c| t.saturating_add(c.frames));
             let available = free.saturating_sub(s.claimed.saturating_sub(own));
-            return Err(HeapError::ClaimExceedsFree {
+            return Err(HeapError::Claim(ClaimError::ClaimExceedsFree {
                 requested: u64::MAX,
                 where_: "the whole heap".into(),
                 available,
-            }
+            })
             .into());
         }
         heap.claim_set(dom, &set)?;
