@@ -9,11 +9,11 @@ use crate::{
 use alloc::collections::VecDeque;
 use alloc::vec::Vec;
 use core::sync::atomic::{AtomicU64, Ordering};
+use scrubheap::RangeError;
 use scrubheap::{
     largest_order, AllocRequest, DomId, FrameMemory, Heap, HeapError, Mfn, NoMigration, Preempt, RangeOp, Zone,
     MAX_ORDER,
 };
-use scrubheap::RangeError;
 
 /// An empty-cache reclaim in progress: what is left of its budgets. Kept across touches
 /// that yielded, so the reclaim goes on where it stopped; dropped when it ends (a page
