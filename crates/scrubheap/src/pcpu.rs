@@ -265,13 +265,18 @@ impl<M: FrameMemory> Heap<M> {
             return 0;
         }
         let (o, shift) = FAST_ORDERS[k];
-        let mut mask = 0u64;
-        let mut total = 0u64;
-        for i in 0..1u32 << shift {
-            let c = st.dirty.count(head + (i << o), 1 << o);
-            if c > 0 {
-                mask |= 1 << i;
-                total += c as u64;
+        let (mut mask, mut total) = (0u64, 0u64);
+        if o == 0 {
+            // A chunk per frame: the block's dirty bits are the mask.
+            mask = st.dirty.bits(head, 1 << shift);
+            total = mask.count_ones() as u64;
+        } else {
+            for i in 0..1u32 << shift {
+                let c = st.dirty.count(head + (i << o), 1 << o);
+                if c > 0 {
+                    mask |= 1 << i;
+                    total += c as u64;
+                }
             }
         }
         let len = 1u32 << block_order(k);

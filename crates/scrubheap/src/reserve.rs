@@ -257,6 +257,9 @@ pub(crate) struct CpuSlot {
     pub(crate) in_place_last: (DomId, u64),
 }
 
+/// Aligned to two cache lines (a line and the one an adjacent-line prefetcher pairs with
+/// it): a CPU's slot is written on every get, and must share no line with another CPU's.
+#[repr(align(128))]
 pub(crate) struct CpuCell {
     pub(crate) slot: Mutex<CpuSlot>,
     pub(crate) nodes: Vec<CpuNode>,
