@@ -235,8 +235,10 @@ pub(crate) struct NodeReserve {
     pub(crate) park_limit: u64,
 }
 
-/// Per CPU and node counters, each on its own cache line.
-#[repr(align(64))]
+/// Per CPU and node counters, each on its own pair of cache lines (an adjacent-line
+/// prefetcher fetches lines in pairs: another CPU's counters on the pair's other line
+/// would be pulled away on every get).
+#[repr(align(128))]
 pub(crate) struct CpuNode {
     /// Frames lent through this CPU's gets (written under its slot lock: a plain store).
     pub(crate) lent: AtomicU64,
