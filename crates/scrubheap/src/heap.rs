@@ -474,6 +474,7 @@ impl<M: FrameMemory> Heap<M> {
     }
 
     /// [`Heap::node_of`], refused as a range error.
+    #[inline]
     pub(crate) fn frame_node(&self, mfn: Mfn) -> Result<usize, RangeError> {
         if mfn.0 < self.first || mfn.0 >= self.end {
             return Err(RangeError::OutOfRange { mfn, first: Mfn(self.first), end: Mfn(self.end) });
@@ -483,6 +484,7 @@ impl<M: FrameMemory> Heap<M> {
 
     /// Validates `[mfn, 2^order)`: a known order, inside one node, naturally aligned.
     /// Returns the node and the node-relative offset.
+    #[inline]
     pub(crate) fn locate(&self, mfn: Mfn, order: u8) -> Result<(usize, Off), RangeError> {
         if order > MAX_ORDER {
             return Err(RangeError::InvalidOrder { order });

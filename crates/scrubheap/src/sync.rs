@@ -75,6 +75,20 @@ impl<T> SpinMutex<T> {
     pub fn lock(&self) -> SpinGuard<'_, T> {
         self.0.lock()
     }
+    /// The guard if the lock is free now; `None` without waiting otherwise (for a lock
+    /// taken out of the lock order, which must not wait).
+    #[cfg(loom)]
+    pub fn try_lock(&self) -> Option<SpinGuard<'_, T>> {
+        self.0.try_lock().ok()
+    }
+
+    /// The guard if the lock is free now; `None` without waiting otherwise (for a lock
+    /// taken out of the lock order, which must not wait).
+    #[cfg(not(loom))]
+    #[inline]
+    pub fn try_lock(&self) -> Option<SpinGuard<'_, T>> {
+        self.0.try_lock()
+    }
 }
 
 /// What a waiter does between two polls of a condition another thread will make true.
