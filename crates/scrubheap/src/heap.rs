@@ -191,6 +191,11 @@ pub(crate) struct NodeCell {
     scrubbed: [AtomicU64; 3],
 }
 
+const _: () = assert!(
+    core::mem::offset_of!(NodeCell, state) >= 128 && core::mem::offset_of!(NodeCell, free) >= 256,
+    "a node's base and frames share no pair of cache lines with its lock or its published counters"
+);
+
 /// Who paid for a scrub, indexing [`NodeCell::scrubbed`].
 #[derive(Copy, Clone)]
 pub(crate) enum Source {

@@ -60,6 +60,10 @@ pub(crate) fn all_chunks(k: usize) -> u64 {
 const _: () = assert!(FAST_ORDERS[0].1 <= 6 && FAST_ORDERS[1].1 <= 6, "a block's chunks fit a u64 mask");
 #[cfg(not(loom))]
 const _: () = assert!(core::mem::size_of::<Cell>() == 64, "a block record is one cache line");
+const _: () = assert!(
+    core::mem::align_of::<CpuCell>() == 128 && core::mem::align_of::<CpuNode>() == 128,
+    "no two CPUs' slots or counters share a pair of cache lines"
+);
 
 /// One block of the fast path, or a record waiting for one (`live` is `None`).
 pub(crate) struct Block {
