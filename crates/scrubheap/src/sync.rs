@@ -99,3 +99,17 @@ pub(crate) fn relax() {
     #[cfg(not(loom))]
     core::hint::spin_loop();
 }
+
+/// `T` alone on a pair of cache lines (a line and the one an adjacent-line prefetcher
+/// fetches with it): for what one CPU writes often and another reads or writes, so that
+/// neither stalls on the other's unrelated data.
+#[repr(align(128))]
+pub(crate) struct Padded<T>(pub(crate) T);
+
+impl<T> core::ops::Deref for Padded<T> {
+    type Target = T;
+    #[inline]
+    fn deref(&self) -> &T {
+        &self.0
+    }
+}
