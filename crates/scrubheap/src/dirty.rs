@@ -155,6 +155,20 @@ impl DirtyBitmap {
         before
     }
 
+    /// The bits of `[off, off+len)` (`len` at most 64) as one word, bit `i` for frame
+    /// `off + i`: at most two words read, whatever the alignment of `off`.
+    pub fn bits(&self, Off(off): Off, len: u32) -> u64 {
+        debug_assert!((1..=64).contains(&len), "at most a word of bits, not {len}");
+        let (w, shift) = ((off / 64) as usize, off % 64);
+        let mut v = self.read(0, w) >> shift;
+        if shift + len > 64 {
+            v |= self.read(0, w + 1) << (64 - shift);
+        }
+        let v = v & (u64::MAX >> (64 - len));
+        debug_assert_eq!(v.count_ones(), self.count(Off(off), len));
+        v
+    }
+
     /// Number of set bits in `[off, off+len)`: reads the words holding set bits and one
     /// summary word per 64 words of the range.
     pub fn count(&self, Off(off): Off, len: u32) -> u32 {
@@ -280,6 +294,26 @@ mod tests {
         assert_eq!(b.first_set(Off(1), n - 1), None);
         assert!(b.reads() - before <= 6, "read {} words", b.reads() - before);
         assert!(b.levels.iter().all(|l| l.iter().all(|&w| w == 0)), "summaries cleared with the bits");
+    }
+
+    #[test]
+    fn bits_reads_a_word_of_bits_at_any_offset() {
+        let mut b = DirtyBitmap::new(300);
+        for (off, len) in [(0u32, 1u32), (3, 2), (63, 2), (100, 7), (190, 1)] {
+            b.set_all(Off(off), len);
+        }
+        let model = |off: u32, len: u32| {
+            let set = |f: u32| {
+                [(0u32, 1u32), (3, 2), (63, 2), (100, 7), (190, 1)].iter().any(|&(o, l)| (o..o + l).contains(&f))
+            };
+            (0..len).filter(|&i| set(off + i)).fold(0u64, |m, i| m | 1 << i)
+        };
+        for off in [0u32, 1, 3, 60, 63, 64, 99, 128, 190, 236] {
+            for len in [1u32, 2, 17, 63, 64] {
+                assert_eq!(b.bits(Off(off), len), model(off, len), "bits({off}, {len})");
+            }
+        }
+        assert_eq!(b.bits(Off(62), 3), 0b110, "a range across two words");
     }
 
     fn model_walk(n: u32) {

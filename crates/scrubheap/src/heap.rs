@@ -12,7 +12,7 @@ use crate::node::{NodeState, Pick};
 use crate::observe::LockObserver;
 use crate::policy::Policy;
 use crate::stats::{HeapStats, NodeStats, ZoneStats};
-use crate::sync::{AtomicU64, Mutex, MutexGuard};
+use crate::sync::{AtomicU64, Mutex, MutexGuard, Padded};
 use crate::types::RangeError;
 use crate::types::{DomId, Mfn, Off, Zone, MAX_ORDER};
 use crate::work::Kind;
@@ -171,10 +171,14 @@ pub struct ChunkInfo {
     pub state: ChunkState,
 }
 
+/// `repr(C)` with the lock on lines of its own: `base` and `frames`, read by every
+/// fast-path put, share no line with the lock another CPU's refill takes, nor with the
+/// counters its guard publishes as it drops.
+#[repr(C)]
 pub(crate) struct NodeCell {
     pub base: u64,
     pub frames: u64,
-    state: Mutex<NodeState>,
+    state: Padded<Mutex<NodeState>>,
     free: AtomicU64,
     free_dirty: AtomicU64,
     allocated: AtomicU64,
@@ -186,6 +190,11 @@ pub(crate) struct NodeCell {
     /// Bytes scrubbed on this node: background, in place, sync.
     scrubbed: [AtomicU64; 3],
 }
+
+const _: () = assert!(
+    core::mem::offset_of!(NodeCell, state) >= 128 && core::mem::offset_of!(NodeCell, free) >= 256,
+    "a node's base and frames share no pair of cache lines with its lock or its published counters"
+);
 
 /// Who paid for a scrub, indexing [`NodeCell::scrubbed`].
 #[derive(Copy, Clone)]
@@ -311,7 +320,7 @@ impl<M: FrameMemory> Heap<M> {
             let cell = NodeCell {
                 base,
                 frames: spec.frames,
-                state: Mutex::new(NodeState::new(0, 1, Off(1), false)),
+                state: Padded(Mutex::new(NodeState::new(0, 1, Off(1), false))),
                 free: AtomicU64::new(0),
                 free_dirty: AtomicU64::new(0),
                 allocated: AtomicU64::new(0),
@@ -470,6 +479,7 @@ impl<M: FrameMemory> Heap<M> {
     }
 
     /// [`Heap::node_of`], refused as a range error.
+    #[inline]
     pub(crate) fn frame_node(&self, mfn: Mfn) -> Result<usize, RangeError> {
         if mfn.0 < self.first || mfn.0 >= self.end {
             return Err(RangeError::OutOfRange { mfn, first: Mfn(self.first), end: Mfn(self.end) });
@@ -479,6 +489,7 @@ impl<M: FrameMemory> Heap<M> {
 
     /// Validates `[mfn, 2^order)`: a known order, inside one node, naturally aligned.
     /// Returns the node and the node-relative offset.
+    #[inline]
     pub(crate) fn locate(&self, mfn: Mfn, order: u8) -> Result<(usize, Off), RangeError> {
         if order > MAX_ORDER {
             return Err(RangeError::InvalidOrder { order });

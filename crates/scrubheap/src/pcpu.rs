@@ -37,7 +37,9 @@
 //! path, through the claims gate; so do movable and sealed requests and other orders.
 //!
 //! Lock order: CPU slot, then node, then the node's record lists (`live`), then a block;
-//! nobody holds two blocks, and a put releases its block before it parks it.
+//! nobody holds two blocks. A put that empties a detached block parks it holding the
+//! block's lock only if `live` is free at that moment (a try, which never waits, so it
+//! cannot deadlock); otherwise it releases the block first and takes them in order.
 
 use crate::chunk::{State, NONE};
 use crate::error::{HeapError, InvariantViolation};
@@ -265,13 +267,18 @@ impl<M: FrameMemory> Heap<M> {
             return 0;
         }
         let (o, shift) = FAST_ORDERS[k];
-        let mut mask = 0u64;
-        let mut total = 0u64;
-        for i in 0..1u32 << shift {
-            let c = st.dirty.count(head + (i << o), 1 << o);
-            if c > 0 {
-                mask |= 1 << i;
-                total += c as u64;
+        let (mut mask, mut total) = (0u64, 0u64);
+        if o == 0 {
+            // A chunk per frame: the block's dirty bits are the mask.
+            mask = st.dirty.bits(head, 1 << shift);
+            total = mask.count_ones() as u64;
+        } else {
+            for i in 0..1u32 << shift {
+                let c = st.dirty.count(head + (i << o), 1 << o);
+                if c > 0 {
+                    mask |= 1 << i;
+                    total += c as u64;
+                }
             }
         }
         let len = 1u32 << block_order(k);
@@ -297,6 +304,7 @@ impl<M: FrameMemory> Heap<M> {
     /// The fast path's part of a free: `Some` if `[off, 2^order)` of node `n` is a whole
     /// loaned chunk of a block (then done, or refused); `None` if no block holds the
     /// frames, having settled any block they were in, for the ordinary path to go on.
+    #[inline]
     pub(crate) fn put_reserved(
         &self,
         cpu: usize,
@@ -342,6 +350,18 @@ impl<M: FrameMemory> Heap<M> {
         let idle = b.cpu.is_none() && b.free == all_chunks(k);
         let counters = &self.pcpu().cpus[cpu].nodes[n];
         counters.returned.fetch_add(1 << order, Relaxed);
+        if idle && self.policy().background_scrub() {
+            // Parked at once if the parked list's lock is free: one block lock, not two.
+            // Taken while the block's is held, against the lock order, so only tried.
+            if let Some(mut live) = nr.live.try_lock() {
+                if live.parked_frames + (1 << block_order(k)) <= nr.park_limit {
+                    debug_assert!(!live.is_parked(s), "a parked block has no loan to put back");
+                    nr.park(&mut live, s, k, b.dirty);
+                    debug_assert!(live.is_parked(s));
+                    return Some(Ok(()));
+                }
+            }
+        }
         drop(b);
         if idle {
             self.retire_idle(n, k, idx, s);

@@ -60,6 +60,10 @@ pub(crate) fn all_chunks(k: usize) -> u64 {
 const _: () = assert!(FAST_ORDERS[0].1 <= 6 && FAST_ORDERS[1].1 <= 6, "a block's chunks fit a u64 mask");
 #[cfg(not(loom))]
 const _: () = assert!(core::mem::size_of::<Cell>() == 64, "a block record is one cache line");
+const _: () = assert!(
+    core::mem::align_of::<CpuCell>() == 128 && core::mem::align_of::<CpuNode>() == 128,
+    "no two CPUs' slots or counters share a pair of cache lines"
+);
 
 /// One block of the fast path, or a record waiting for one (`live` is `None`).
 pub(crate) struct Block {
@@ -235,8 +239,10 @@ pub(crate) struct NodeReserve {
     pub(crate) park_limit: u64,
 }
 
-/// Per CPU and node counters, each on its own cache line.
-#[repr(align(64))]
+/// Per CPU and node counters, each on its own pair of cache lines (an adjacent-line
+/// prefetcher fetches lines in pairs: another CPU's counters on the pair's other line
+/// would be pulled away on every get).
+#[repr(align(128))]
 pub(crate) struct CpuNode {
     /// Frames lent through this CPU's gets (written under its slot lock: a plain store).
     pub(crate) lent: AtomicU64,
@@ -257,6 +263,9 @@ pub(crate) struct CpuSlot {
     pub(crate) in_place_last: (DomId, u64),
 }
 
+/// Aligned to two cache lines (a line and the one an adjacent-line prefetcher pairs with
+/// it): a CPU's slot is written on every get, and must share no line with another CPU's.
+#[repr(align(128))]
 pub(crate) struct CpuCell {
     pub(crate) slot: Mutex<CpuSlot>,
     pub(crate) nodes: Vec<CpuNode>,

@@ -75,6 +75,20 @@ impl<T> SpinMutex<T> {
     pub fn lock(&self) -> SpinGuard<'_, T> {
         self.0.lock()
     }
+    /// The guard if the lock is free now; `None` without waiting otherwise (for a lock
+    /// taken out of the lock order, which must not wait).
+    #[cfg(loom)]
+    pub fn try_lock(&self) -> Option<SpinGuard<'_, T>> {
+        self.0.try_lock().ok()
+    }
+
+    /// The guard if the lock is free now; `None` without waiting otherwise (for a lock
+    /// taken out of the lock order, which must not wait).
+    #[cfg(not(loom))]
+    #[inline]
+    pub fn try_lock(&self) -> Option<SpinGuard<'_, T>> {
+        self.0.try_lock()
+    }
 }
 
 /// What a waiter does between two polls of a condition another thread will make true.
@@ -84,4 +98,18 @@ pub(crate) fn relax() {
     loom::thread::yield_now();
     #[cfg(not(loom))]
     core::hint::spin_loop();
+}
+
+/// `T` alone on a pair of cache lines (a line and the one an adjacent-line prefetcher
+/// fetches with it): for what one CPU writes often and another reads or writes, so that
+/// neither stalls on the other's unrelated data.
+#[repr(align(128))]
+pub(crate) struct Padded<T>(pub(crate) T);
+
+impl<T> core::ops::Deref for Padded<T> {
+    type Target = T;
+    #[inline]
+    fn deref(&self) -> &T {
+        &self.0
+    }
 }
