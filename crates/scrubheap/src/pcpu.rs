@@ -178,6 +178,7 @@ impl<M: FrameMemory> Heap<M> {
         if b.free == 0 {
             b.cpu = None;
             slot.current[n][k] = None;
+            slot.ran_out[n][k] = true;
         }
         let order = FAST_ORDERS[k].0;
         let frames = 1u64 << order;
@@ -202,11 +203,20 @@ impl<M: FrameMemory> Heap<M> {
         Take::Got(Extent { mfn, order, node: n })
     }
 
-    /// Gives CPU `cpu` a block of kind `k` on node `n`: a parked one first when the
-    /// request takes dirty memory as it is (`scrub` false), else a clean chunk of the
-    /// block order off the node's free lists (through the claims gate for nobody), then a
-    /// parked block, then a dirty chunk. False if there is none.
+    /// Gives CPU `cpu` a block of kind `k` on node `n`: its spare if it has one, else a
+    /// parked one first when the request takes dirty memory as it is (`scrub` false),
+    /// else a clean chunk of the block order off the node's free lists (through the
+    /// claims gate for nobody), then a parked block, then a dirty chunk. A CPU whose last
+    /// order-0 block ran out takes a second clean block as its spare in the same hold of
+    /// the node lock. False if there is none.
     fn refill(&self, cpu: usize, slot: &mut CpuSlot, n: usize, k: usize, scrub: bool) -> bool {
+        if let Some(s) = slot.spare[n][k].take() {
+            if self.spare_ready(cpu, n, k, s) {
+                slot.current[n][k] = Some(s);
+                return true;
+            }
+        }
+        let run = core::mem::take(&mut slot.ran_out[n][k]);
         if !scrub {
             if let Some(s) = self.unpark(cpu, n, k) {
                 slot.current[n][k] = Some(s);
@@ -214,10 +224,10 @@ impl<M: FrameMemory> Heap<M> {
             }
         }
         let bo = block_order(k);
-        let len = 1u32 << bo;
+        let len = 1u64 << bo;
         let mut st = self.lock_node(n);
         let (room, _) = self.gate(None, n, st.available());
-        let open = room.refusal(n, len as u64).is_none();
+        let open = room.refusal(n, len).is_none();
         let mut picked = open.then(|| st.pick(Zone::Normal, bo, Pick::CleanOnly)).flatten();
         if picked.is_none() {
             // A parked block's frames left the node when it was first taken, through the
@@ -229,10 +239,27 @@ impl<M: FrameMemory> Heap<M> {
             picked = open.then(|| st.pick(Zone::Normal, bo, Pick::SmallestFirst { prefer_dirty: false })).flatten();
         }
         let Some((head, got)) = picked else { return false };
+        slot.current[n][k] = Some(self.make_block(&mut st, cpu, n, k, head, got));
+        if run && FAST_ORDERS[k].0 == 0 && room.refusal(n, 2 * len).is_none() {
+            if let Some((head, got)) = st.pick(Zone::Normal, bo, Pick::CleanOnly) {
+                slot.spare[n][k] = Some(self.make_block(&mut st, cpu, n, k, head, got));
+            }
+        }
+        debug_assert!(slot.spare[n][k].is_none() || slot.spare[n][k] != slot.current[n][k]);
+        // The guard publishes the node's counters as it drops.
+        true
+    }
+
+    /// Makes the free chunk at `head` (order `got`, just picked off node `n`'s free
+    /// lists, whose lock `st` is) into a live block of kind `k` of CPU `cpu`, split to the
+    /// block order first: its record.
+    fn make_block(&self, st: &mut NodeGuard<'_>, cpu: usize, n: usize, k: usize, head: Off, got: u8) -> u32 {
+        let bo = block_order(k);
+        let len = 1u64 << bo;
         st.split_free(head, got, bo);
-        let dirty = Self::take_dirt(&mut st, head, k);
-        st.free -= len as u64;
-        st.allocated += len as u64;
+        let dirty = Self::take_dirt(st, head, k);
+        st.free -= len;
+        st.allocated += len;
         st.forget_free(head);
         st.set_allocated(head, bo, RESERVE_OWNER, false, false);
         let nr = &self.pcpu().nodes[n];
@@ -241,11 +268,18 @@ impl<M: FrameMemory> Heap<M> {
         let s = nr.take_record(&mut nr.live.lock());
         nr.cell(s).lock().start(k, idx, dirty, Some(cpu as u16));
         nr.set_map(k, idx, Some(s));
-        nr.frames.fetch_add(len as u64, Relaxed);
-        slot.current[n][k] = Some(s);
+        nr.frames.fetch_add(len, Relaxed);
         debug_assert_eq!(st.head(head).order, bo);
-        // The guard publishes the node's counters as it drops.
-        true
+        s
+    }
+
+    /// Whether record `s` of node `n` still holds a whole, unlent block of kind `k` of CPU
+    /// `cpu` (a spare: a settle or a drain may have returned it meanwhile).
+    fn spare_ready(&self, cpu: usize, n: usize, k: usize, s: u32) -> bool {
+        let b = self.pcpu().nodes[n].cell(s).lock();
+        let ready = b.live.is_some_and(|(kk, _)| kk as usize == k) && b.cpu == Some(cpu as u16);
+        debug_assert!(!ready || b.free & !b.dirty == all_chunks(k), "a spare is taken clean and never lends");
+        ready && b.free == all_chunks(k)
     }
 
     /// Takes a parked block of kind `k` off node `n`'s list for CPU `cpu`: its record.
@@ -495,7 +529,8 @@ impl<M: FrameMemory> Heap<M> {
         let mut freed = 0;
         for n in 0..self.node_count() {
             for k in 0..KINDS {
-                if let Some(s) = slot.current[n][k].take() {
+                slot.ran_out[n][k] = false;
+                for s in [slot.current[n][k].take(), slot.spare[n][k].take()].into_iter().flatten() {
                     let mut st = self.lock_node(n);
                     freed += self.dissolve(&mut st, n, s, Want::Current(cpu, k));
                 }

@@ -255,6 +255,14 @@ pub(crate) struct CpuNode {
 pub(crate) struct CpuSlot {
     /// Per node and fast order: the record of the block this CPU allocates from.
     pub(crate) current: Vec<[Option<u32>; KINDS]>,
+    /// Per node and fast order: a whole, clean block this CPU took beside its current one
+    /// (only order 0, only once a block of its ran out: a CPU in a run of gets), the next
+    /// current block, so a run of gets takes the node lock once per two blocks. It is a
+    /// live block of this CPU like the current one (reserved, settled by drain and settle).
+    pub(crate) spare: Vec<[Option<u32>; KINDS]>,
+    /// Per node and fast order: whether this CPU's last current block ran out (it is in a
+    /// run of gets, and its next refill takes a spare too).
+    pub(crate) ran_out: Vec<[bool; KINDS]>,
     /// The node the last `NodePref::Any` request was served from.
     pub(crate) any_node: usize,
     /// Frames zeroed in place by this CPU's gets, per owner; the latest owner's count is
@@ -399,6 +407,8 @@ impl Pcpu {
             .map(|_| CpuCell {
                 slot: Mutex::new(CpuSlot {
                     current: alloc::vec![[None; KINDS]; nodes.len()],
+                    spare: alloc::vec![[None; KINDS]; nodes.len()],
+                    ran_out: alloc::vec![[false; KINDS]; nodes.len()],
                     any_node: 0,
                     in_place_by_owner: BTreeMap::new(),
                     in_place_last: (RESERVE_OWNER, 0),

@@ -51,7 +51,7 @@ fn a_block_serves_64_gets_then_a_new_one_is_taken() {
     assert!(got.iter().all(|e| e.mfn.0 & !63 == block), "the 64 frames come from one block");
     let e = h.get(0, &req(0, 1)).unwrap();
     assert_ne!(e.mfn.0 & !63, block, "an exhausted block is replaced by a new one");
-    assert_eq!(h.stats().reserved, 63);
+    assert_eq!(h.stats().reserved, 63 + 64, "a CPU whose block ran out takes a spare beside the new one");
     settled(&h, 1 << 12);
     for x in got.iter().chain([&e]) {
         h.put(0, x.mfn, 0, DomId(1)).unwrap();
@@ -59,17 +59,17 @@ fn a_block_serves_64_gets_then_a_new_one_is_taken() {
     let s = h.stats();
     assert_eq!(
         (s.allocated, s.reserved, s.free_dirty),
-        (0, 128, 0),
-        "the detached block is parked, the current one stays"
+        (0, 192, 0),
+        "the detached block is parked, the current one and the spare stay"
     );
     settled(&h, 1 << 12);
     // A background scrubber returns the parked block to the free lists, then scrubs it.
     assert_eq!(h.scrub_step(0, 0, &NeverPreempt).unwrap(), 0, "no budget: nothing zeroed");
     let s = h.stats();
-    assert_eq!((s.allocated, s.reserved), (0, 64), "the parked block went back whole, the current one stays");
+    assert_eq!((s.allocated, s.reserved), (0, 128), "the parked block went back whole, the current one stays");
     assert_eq!(s.free_dirty, 64, "the returned block's frames are dirty");
     settled(&h, 1 << 12);
-    assert_eq!(h.drain(None).unwrap(), 64);
+    assert_eq!(h.drain(None).unwrap(), 128, "the current block and the spare");
     assert_eq!(h.stats().reserved, 0);
     settled(&h, 1 << 12);
 }
@@ -82,7 +82,7 @@ fn a_parked_block_serves_the_next_refill_and_drains() {
     for x in &got[..64] {
         h.put(1, x.mfn, 0, DomId(1)).unwrap();
     }
-    assert_eq!(h.stats().reserved, 127, "the first block is parked: 64 free, and 63 of the current one");
+    assert_eq!(h.stats().reserved, 191, "the first block is parked: 64 free, 63 of the current one, the spare");
     settled(&h, 1 << 12);
     // CPU 1 takes dirty memory as it is: its first refill takes the parked block.
     let e = h.get(1, &req(0, 2).noscrub()).unwrap();
@@ -99,7 +99,7 @@ fn a_parked_block_serves_the_next_refill_and_drains() {
     h.put(1, e.mfn, 0, DomId(2)).unwrap();
     h.put(0, got[64].mfn, 0, DomId(1)).unwrap();
     settled(&h, 1 << 12);
-    assert_eq!(h.drain(None).unwrap(), 128);
+    assert_eq!(h.drain(None).unwrap(), 192);
     assert_eq!(h.stats().reserved, 0);
     settled(&h, 1 << 12);
 }
@@ -129,17 +129,17 @@ fn a_parked_blocks_dirty_frames_are_counted_until_a_scrubber_cleans_them() {
         h.put(0, x.mfn, 0, DomId(1)).unwrap();
     }
     let s = conserved(&h, frames);
-    assert_eq!((s.reserved, s.parked_dirty, s.free_dirty), (63 + 40, 0, 0));
+    assert_eq!((s.reserved, s.parked_dirty, s.free_dirty), (63 + 64 + 40, 0, 0));
     for x in &got[40..64] {
         h.put(0, x.mfn, 0, DomId(1)).unwrap();
     }
     let s = conserved(&h, frames);
-    assert_eq!((s.reserved, s.parked_dirty, s.free_dirty), (127, 64, 0), "the parked block's 64 frames are dirty");
+    assert_eq!((s.reserved, s.parked_dirty, s.free_dirty), (191, 64, 0), "the parked block's 64 frames are dirty");
     assert_eq!(s.awaiting_scrub(), 64, "waiting for a scrubber, though not on the free lists");
     // A zero-budget step returns the parked block: its dirt moves to the free lists.
     assert_eq!(h.scrub_step(0, 0, &NeverPreempt).unwrap(), 0);
     let s = conserved(&h, frames);
-    assert_eq!((s.reserved, s.parked_dirty, s.free_dirty), (63, 0, 64));
+    assert_eq!((s.reserved, s.parked_dirty, s.free_dirty), (127, 0, 64));
     assert_eq!(s.awaiting_scrub(), 64);
     // Scrubbing cleans it.
     while h.scrub_step(0, 16, &NeverPreempt).unwrap() > 0 {
@@ -147,7 +147,7 @@ fn a_parked_blocks_dirty_frames_are_counted_until_a_scrubber_cleans_them() {
         assert_eq!(s.parked_dirty, 0);
     }
     let s = conserved(&h, frames);
-    assert_eq!((s.reserved, s.parked_dirty, s.free_dirty, s.awaiting_scrub()), (63, 0, 0, 0));
+    assert_eq!((s.reserved, s.parked_dirty, s.free_dirty, s.awaiting_scrub()), (127, 0, 0, 0));
     assert!(h.memory().is_zero(got[0].mfn, 64), "the returned block was zeroed");
     h.put(0, got[64].mfn, 0, DomId(1)).unwrap();
     h.drain(None).unwrap();
@@ -166,7 +166,7 @@ fn a_refill_and_a_drain_take_a_parked_blocks_dirt_out_of_the_count() {
     // CPU 1 takes the parked block as its current one: no longer parked.
     let e = h.get(1, &req(0, 2).noscrub()).unwrap();
     let s = conserved(&h, frames);
-    assert_eq!((s.reserved, s.parked_dirty), (63 + 63, 0), "a current block's dirt is not parked dirt");
+    assert_eq!((s.reserved, s.parked_dirty), (63 + 64 + 63, 0), "a current block's dirt is not parked dirt");
     h.put(1, e.mfn, 0, DomId(2)).unwrap();
     h.drain(Some(1)).unwrap();
     // Park it again, then drain everything: the count goes with the block.
@@ -191,7 +191,7 @@ fn without_background_scrubbers_an_idle_block_goes_back_at_once() {
         h.put(0, x.mfn, 0, DomId(1)).unwrap();
     }
     let s = h.stats();
-    assert_eq!((s.reserved, s.free_dirty), (64, 64), "nothing parked: no scrubber would return it");
+    assert_eq!((s.reserved, s.free_dirty), (128, 64), "nothing parked: no scrubber would return it");
     settled(&h, 1 << 12);
 }
 
@@ -433,4 +433,42 @@ fn two_threads_get_put_and_scrub_their_reserves_while_a_third_drains() {
     }
     settled(&h, 1 << 12);
     assert_eq!(h.stats().allocated, 0);
+}
+
+/// A CPU whose order-0 block runs out takes a spare block beside the next one: the spare
+/// is reserved, serves the refill after, and is returned by a drain of its CPU; a spare a
+/// settle returned meanwhile (an `alloc_at` of one of its frames) is never served.
+#[test]
+fn a_spare_block_serves_the_next_refill_and_drains_and_settles() {
+    let frames = 1 << 12;
+    let h = heap(frames, 2);
+    let mut got: Vec<Extent> = (0..65).map(|_| h.get(0, &req(0, 1)).unwrap()).collect();
+    assert_eq!(conserved(&h, frames).reserved, 63 + 64, "the current block's 63 and the spare's 64");
+    got.extend((0..64).map(|_| h.get(0, &req(0, 1)).unwrap()));
+    let blocks: Vec<u64> = got.iter().map(|e| e.mfn.0 & !63).collect();
+    assert_ne!(blocks[64], blocks[128], "the 129th get comes from the spare, a new block");
+    assert_eq!(conserved(&h, frames).reserved, 63, "the spare became the current block; no new spare yet");
+    // The next block runs out too: a spare again, which a drain of CPU 1 leaves alone.
+    got.extend((0..64).map(|_| h.get(0, &req(0, 1)).unwrap()));
+    assert_eq!(conserved(&h, frames).reserved, 63 + 64);
+    assert_eq!(h.drain(Some(1)).unwrap(), 0, "CPU 1 holds nothing");
+    assert_eq!(h.drain(Some(0)).unwrap(), 63 + 64, "a drain returns the current block and the spare");
+    assert_eq!(conserved(&h, frames).reserved, 0);
+    // A spare settled by an alloc_at is forgotten: the next refill takes a block anew.
+    got.extend((0..128).map(|_| h.get(0, &req(0, 1)).unwrap()));
+    assert_eq!(conserved(&h, frames).reserved, 64, "a whole spare beside a used-up current block");
+    let lent: Vec<u64> = got.iter().map(|e| e.mfn.0).collect();
+    let reserve = ChunkState::Allocated { owner: RESERVE_OWNER, pins: 0, movable: false, sealed: false };
+    let spare = (0..frames).find(|m| h.chunk_at(Mfn(*m)).is_ok_and(|c| c.state == reserve));
+    let spare = spare.expect("the spare's frames are the reserve's");
+    h.alloc_at(Mfn(spare), 0, DomId(5)).unwrap();
+    assert_eq!(conserved(&h, frames).reserved, 0, "the alloc_at settled the spare");
+    let e = h.get(0, &req(0, 1)).unwrap();
+    assert!(!lent.contains(&e.mfn.0) && e.mfn.0 != spare, "a free frame, not the settled spare's");
+    h.free(Mfn(spare), 0, DomId(5)).unwrap();
+    for x in got.iter().chain([&e]) {
+        h.put(0, x.mfn, 0, DomId(1)).unwrap();
+    }
+    h.drain(None).unwrap();
+    assert_eq!(conserved(&h, frames).reserved, 0);
 }
