@@ -16,8 +16,10 @@
 //!
 //! - `get` locks its CPU's slot and its current block: a clean free chunk first (a dirty
 //!   one is zeroed in place before it is returned, unless the request says `noscrub`).
-//!   An exhausted block is detached; a new one is a parked block or a chunk of the node
-//!   (see `refill`).
+//!   An exhausted block is detached; a new one is the CPU's spare, a parked block or a
+//!   chunk of the node (see `refill`). A CPU whose order-0 block ran out takes a second
+//!   clean block in the same hold of the node lock, its *spare* (current in all but name:
+//!   reserved, never lent until it becomes current, settled like any live block).
 //! - `put` finds the block through the map, checks the owner, and marks the chunk free
 //!   and dirty (its owner's bytes are in it), under the block's lock only. A detached block
 //!   whose chunks are all back is *parked*: it stays a reserve block, on its node's parked
